@@ -1,0 +1,378 @@
+//! The cgroupfs seam: every read and write of a cgroup file goes through here.
+//!
+//! Hierarchies are located from a mountinfo file given as a path, and every cgroup
+//! is addressed from a hierarchy root given as a path, so the isolators' policy is
+//! unit-tested on a temporary directory and the same code runs as root against
+//! `/sys/fs/cgroup`. Errors carry the path and the data written.
+
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+/// A cgroupfs error, with the path and (for writes) the data.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}{}: {source}", path.display(), data.as_ref().map(|d| format!(" (data {d:?})")).unwrap_or_default())]
+pub struct CgroupError {
+    /// What was being done.
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// What was written, for writes.
+    pub data: Option<String>,
+    /// The kernel's answer.
+    #[source]
+    pub source: io::Error,
+}
+
+impl CgroupError {
+    fn new(op: &'static str, path: &Path, data: Option<&str>, source: io::Error) -> Self {
+        Self {
+            op,
+            path: path.to_owned(),
+            data: data.map(str::to_owned),
+            source,
+        }
+    }
+}
+
+/// cgroup v1 (one hierarchy per controller) or v2 (unified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Legacy per-controller hierarchies.
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+/// One mounted hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    mount: PathBuf,
+    version: Version,
+}
+
+/// One mount of a cgroup filesystem, as mountinfo lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    /// Mount point.
+    pub mount_point: PathBuf,
+    /// v1 or v2.
+    pub version: Version,
+    /// v1 controllers bound to it (from the super options).
+    pub controllers: Vec<String>,
+}
+
+/// Reads the cgroup mounts out of a mountinfo file (`/proc/self/mountinfo`).
+pub fn cgroup_mounts(mountinfo: &Path) -> Result<Vec<CgroupMount>, CgroupError> {
+    let text = fs::read_to_string(mountinfo)
+        .map_err(|e| CgroupError::new("reading", mountinfo, None, e))?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// The controllers a v1 hierarchy can bind (mount options that are not controllers
+/// such as `xattr` or `name=systemd` are ignored).
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+];
+
+fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        let (Some(mount_point), Some(fstype)) = (left.get(4), right.first()) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(unescape_octal(mount_point));
+        match *fstype {
+            "cgroup" => {
+                let options = right.get(2).copied().unwrap_or_default();
+                let controllers = options
+                    .split(',')
+                    .filter(|o| V1_CONTROLLERS.contains(o))
+                    .map(str::to_owned)
+                    .collect();
+                out.push(CgroupMount {
+                    mount_point,
+                    version: Version::V1,
+                    controllers,
+                });
+            }
+            "cgroup2" => out.push(CgroupMount {
+                mount_point,
+                version: Version::V2,
+                controllers: Vec::new(),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Hierarchy {
+    /// A hierarchy at a known mount point.
+    pub fn new(mount: impl Into<PathBuf>, version: Version) -> Self {
+        Self {
+            mount: mount.into(),
+            version,
+        }
+    }
+
+    /// Finds the v1 hierarchy a controller is bound to.
+    pub fn find_v1(mountinfo: &Path, controller: &str) -> Result<Option<Self>, CgroupError> {
+        Ok(cgroup_mounts(mountinfo)?
+            .into_iter()
+            .find(|m| m.version == Version::V1 && m.controllers.iter().any(|c| c == controller))
+            .map(|m| Self::new(m.mount_point, Version::V1)))
+    }
+
+    /// Finds the unified (v2) hierarchy.
+    pub fn find_v2(mountinfo: &Path) -> Result<Option<Self>, CgroupError> {
+        Ok(cgroup_mounts(mountinfo)?
+            .into_iter()
+            .find(|m| m.version == Version::V2)
+            .map(|m| Self::new(m.mount_point, Version::V2)))
+    }
+
+    /// Mounts a v1 hierarchy for `controller` at `target` (creating the directory).
+    pub fn mount_v1(controller: &str, target: &Path) -> Result<Self, CgroupError> {
+        fs::create_dir_all(target).map_err(|e| CgroupError::new("creating", target, None, e))?;
+        nix::mount::mount(
+            Some("cgroup"),
+            target,
+            Some("cgroup"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(controller),
+        )
+        .map_err(|e| {
+            CgroupError::new(
+                "mounting cgroup at",
+                target,
+                Some(controller),
+                io::Error::from(e),
+            )
+        })?;
+        Ok(Self::new(target, Version::V1))
+    }
+
+    /// The mount point.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount
+    }
+
+    /// v1 or v2.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// A cgroup below the hierarchy root (it may not exist yet).
+    pub fn cgroup(&self, relative: impl AsRef<Path>) -> Cgroup {
+        Cgroup {
+            path: self.mount.join(relative),
+        }
+    }
+}
+
+/// One cgroup directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// A cgroup at an absolute path.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Its directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A child cgroup.
+    pub fn child(&self, name: impl AsRef<Path>) -> Cgroup {
+        Cgroup {
+            path: self.path.join(name),
+        }
+    }
+
+    /// Whether the directory exists.
+    pub fn exists(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    /// Creates the cgroup and any missing parents.
+    pub fn create(&self) -> Result<(), CgroupError> {
+        fs::create_dir_all(&self.path)
+            .map_err(|e| CgroupError::new("creating", &self.path, None, e))
+    }
+
+    /// Writes a control file.
+    pub fn write(&self, file: &str, data: &str) -> Result<(), CgroupError> {
+        let path = self.path.join(file);
+        // cgroupfs takes one value per write(2); fs::write issues exactly one for short data.
+        fs::write(&path, data).map_err(|e| CgroupError::new("writing", &path, Some(data), e))
+    }
+
+    /// Reads a control file.
+    pub fn read(&self, file: &str) -> Result<String, CgroupError> {
+        let path = self.path.join(file);
+        fs::read_to_string(&path).map_err(|e| CgroupError::new("reading", &path, None, e))
+    }
+
+    /// Whether a control file exists (the kernel offers it).
+    pub fn has(&self, file: &str) -> bool {
+        self.path.join(file).exists()
+    }
+
+    /// Moves a process into the cgroup.
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// The processes in the cgroup (not its children).
+    pub fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+        Ok(self
+            .read("cgroup.procs")?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+
+    /// Removes the cgroup and its child cgroups, deepest first. A missing cgroup is
+    /// fine (cleanup is idempotent); a busy one is retried briefly, since the kernel
+    /// frees a cgroup a moment after its last process exits.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        match fs::read_dir(&self.path) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        Cgroup::at(entry.path()).remove()?;
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(CgroupError::new("listing", &self.path, None, e)),
+        }
+        let mut delay = Duration::from_millis(1);
+        for _ in 0..8 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    thread::sleep(delay);
+                    delay *= 2;
+                }
+                // A plain directory (tests on a tempdir) still holds its control files.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    return fs::remove_dir_all(&self.path)
+                        .map_err(|e| CgroupError::new("removing", &self.path, None, e));
+                }
+                Err(e) => return Err(CgroupError::new("removing", &self.path, None, e)),
+            }
+        }
+        fs::remove_dir(&self.path).map_err(|e| CgroupError::new("removing", &self.path, None, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+25 30 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - tmpfs tmpfs rw,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+27 25 0:24 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+28 25 0:25 / /sys/fs/cgroup/net_cls,net_prio rw,relatime - cgroup cgroup rw,net_cls,net_prio
+29 25 0:26 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+30 25 0:27 / /mnt/with\\040space rw - cgroup cgroup rw,cpu
+";
+
+    #[test]
+    fn finds_hierarchies_in_mountinfo() {
+        let dir = tempfile::tempdir().unwrap();
+        let mi = dir.path().join("mountinfo");
+        fs::write(&mi, MOUNTINFO).unwrap();
+        let h = Hierarchy::find_v1(&mi, "net_cls").unwrap().unwrap();
+        assert_eq!(
+            h.mount_point(),
+            Path::new("/sys/fs/cgroup/net_cls,net_prio")
+        );
+        assert_eq!(
+            Hierarchy::find_v1(&mi, "blkio").unwrap().unwrap().version(),
+            Version::V1
+        );
+        assert_eq!(
+            Hierarchy::find_v2(&mi).unwrap().unwrap().mount_point(),
+            Path::new("/sys/fs/cgroup/unified")
+        );
+        assert_eq!(
+            Hierarchy::find_v1(&mi, "cpu")
+                .unwrap()
+                .unwrap()
+                .mount_point(),
+            Path::new("/mnt/with space")
+        );
+        assert!(Hierarchy::find_v1(&mi, "xattr").unwrap().is_none());
+        assert!(Hierarchy::find_v1(&mi, "memory").unwrap().is_none());
+    }
+
+    #[test]
+    fn write_errors_carry_path_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Hierarchy::new(dir.path(), Version::V1);
+        let cg = h.cgroup("mesos/c1");
+        let err = cg.write("net_cls.classid", "65537").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("mesos/c1/net_cls.classid") && msg.contains("65537"),
+            "{msg}"
+        );
+        cg.create().unwrap();
+        cg.write("net_cls.classid", "65537").unwrap();
+        assert_eq!(cg.read("net_cls.classid").unwrap(), "65537");
+        cg.child("mesos/nested").create().unwrap();
+        cg.remove().unwrap();
+        assert!(!cg.exists());
+        cg.remove().unwrap();
+    }
+}

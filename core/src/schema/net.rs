@@ -1,0 +1,22 @@
+//! Keys of the network isolators (`net_cls` and egress shaping).
+
+use super::{KeySpec, Kind};
+
+/// Keys of the `net` group.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        key: "net.egress.rate",
+        kind: Kind::Bandwidth,
+        help: "Guaranteed egress rate of the container (e.g. 100mbit, 10MB/s).",
+    },
+    KeySpec {
+        key: "net.egress.ceil",
+        kind: Kind::Bandwidth,
+        help: "Egress ceiling the container may borrow up to when the link is idle (default: the rate).",
+    },
+    KeySpec {
+        key: "net.egress.burst",
+        kind: Kind::Bytes,
+        help: "Bytes the container may send at the ceiling before the rate applies (e.g. 64KiB).",
+    },
+];

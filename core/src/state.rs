@@ -1,0 +1,198 @@
+//! Per-container state for `recover()`.
+//!
+//! Mesos hands `recover()` no labels and no task: whatever an isolator decided at
+//! `prepare()` must be on disk. One JSON file per container and isolator, written
+//! atomically (temporary file, fsync, rename, fsync of the directory), so a crash
+//! leaves either the old or the new state, never a torn one.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::container::ContainerId;
+
+/// A state store error, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing a file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A state file did not parse.
+    #[error("corrupt state file {path}: {source}")]
+    Corrupt {
+        /// Which file.
+        path: PathBuf,
+        /// The error.
+        source: serde_json::Error,
+    },
+}
+
+/// A directory of per-container records of one isolator.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+const SUFFIX: &str = ".json";
+
+impl StateStore {
+    /// Opens (creating) `<root>/<isolator>`.
+    pub fn open(root: &Path, isolator: &str) -> Result<Self, StateError> {
+        let dir = root.join(isolator);
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            op: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, id: &ContainerId) -> PathBuf {
+        self.dir.join(format!("{}{SUFFIX}", id.file_name()))
+    }
+
+    /// Writes a container's record atomically.
+    pub fn save<T: Serialize>(&self, id: &ContainerId, record: &T) -> Result<(), StateError> {
+        let path = self.path_of(id);
+        let io_err = |op, source| StateError::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| io_err("encoding", io::Error::other(e)))?;
+        let tmp = self.dir.join(format!(".{}.tmp", id.file_name()));
+        let mut file = File::create(&tmp).map_err(|e| io_err("creating", e))?;
+        file.write_all(&bytes).map_err(|e| io_err("writing", e))?;
+        file.sync_all().map_err(|e| io_err("syncing", e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_err("renaming", e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("syncing directory of", e))
+    }
+
+    /// Reads one container's record, if there is one.
+    pub fn load<T: DeserializeOwned>(&self, id: &ContainerId) -> Result<Option<T>, StateError> {
+        let path = self.path_of(id);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                op: "reading",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Reads every record. Leftover temporary files of an interrupted write are removed.
+    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<(ContainerId, T)>, StateError> {
+        let read_dir = fs::read_dir(&self.dir).map_err(|source| StateError::Io {
+            op: "listing",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for entry in read_dir {
+            let entry = entry.map_err(|source| StateError::Io {
+                op: "listing",
+                path: self.dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(id) = name
+                .strip_suffix(SUFFIX)
+                .and_then(ContainerId::from_file_name)
+            else {
+                continue;
+            };
+            if let Some(record) = self.load(&id)? {
+                out.push((id, record));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Removes a container's record; a missing record is not an error.
+    pub fn remove(&self, id: &ContainerId) -> Result<(), StateError> {
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io {
+                op: "removing",
+                path,
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        handle: u32,
+    }
+
+    #[test]
+    fn save_load_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "net_cls").unwrap();
+        let a = ContainerId::top("a").unwrap();
+        let b = ContainerId::new(["a", "b"]).unwrap();
+        store.save(&a, &Rec { handle: 1 }).unwrap();
+        store.save(&b, &Rec { handle: 2 }).unwrap();
+        store.save(&a, &Rec { handle: 3 }).unwrap();
+        assert_eq!(store.load::<Rec>(&a).unwrap(), Some(Rec { handle: 3 }));
+        let all: Vec<(ContainerId, Rec)> = store.load_all().unwrap();
+        assert_eq!(
+            all,
+            vec![
+                (a.clone(), Rec { handle: 3 }),
+                (b.clone(), Rec { handle: 2 })
+            ]
+        );
+        store.remove(&a).unwrap();
+        store.remove(&a).unwrap();
+        assert_eq!(store.load::<Rec>(&a).unwrap(), None);
+    }
+
+    #[test]
+    fn torn_temp_files_are_ignored_and_corruption_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "x").unwrap();
+        fs::write(store.dir().join(".a.tmp"), b"{\"hand").unwrap();
+        assert!(store.load_all::<Rec>().unwrap().is_empty());
+        assert!(!store.dir().join(".a.tmp").exists());
+        fs::write(store.dir().join("a.json"), b"{\"hand").unwrap();
+        let err = store.load_all::<Rec>().unwrap_err();
+        assert!(err.to_string().contains("a.json"), "{err}");
+    }
+}
