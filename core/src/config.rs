@@ -346,6 +346,27 @@ fn parse_per_device(inner: Kind, raw: &str) -> Result<Vec<(DeviceRef, Value)>, S
     Ok(out)
 }
 
+/// Parses a container's configuration at `prepare()`, honouring the `debug.panic`
+/// key: it panics on purpose only where the operator allowed it (the module
+/// parameter `allow_debug_panic`), and is refused otherwise.
+pub fn parse_for_prepare(
+    spec: &ContainerSpec,
+    allow_debug_panic: bool,
+) -> Result<TaskConfig, ConfigError> {
+    let config = TaskConfig::parse(spec)?;
+    if let Some(setting) = config.get("debug.panic") {
+        if setting.value == Value::Bool(true) {
+            if !allow_debug_panic {
+                return Err(setting.error(
+                    "debug panics are not allowed on this agent (allow_debug_panic=false)",
+                ));
+            }
+            panic!("debug.panic requested for container {}", spec.id);
+        }
+    }
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,25 +520,4 @@ mod tests {
         let err = TaskConfig::parse(&spec(&[("rein.log.index", &long)], &[], &[])).unwrap_err();
         assert!(err.value.chars().count() <= 81);
     }
-}
-
-/// Parses a container's configuration at `prepare()`, honouring the `debug.panic`
-/// key: it panics on purpose only where the operator allowed it (the module
-/// parameter `allow_debug_panic`), and is refused otherwise.
-pub fn parse_for_prepare(
-    spec: &ContainerSpec,
-    allow_debug_panic: bool,
-) -> Result<TaskConfig, ConfigError> {
-    let config = TaskConfig::parse(spec)?;
-    if let Some(setting) = config.get("debug.panic") {
-        if setting.value == Value::Bool(true) {
-            if !allow_debug_panic {
-                return Err(setting.error(
-                    "debug panics are not allowed on this agent (allow_debug_panic=false)",
-                ));
-            }
-            panic!("debug.panic requested for container {}", spec.id);
-        }
-    }
-    Ok(config)
 }

@@ -137,7 +137,7 @@ pub fn format_bandwidth(bits: u64) -> String {
         (1_000_000, "Mbit"),
         (1_000, "Kbit"),
     ] {
-        if bits >= div && bits % div == 0 {
+        if bits >= div && bits.is_multiple_of(div) {
             return format!("{}{unit}", bits / div);
         }
     }

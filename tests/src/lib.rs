@@ -1,1 +1,41 @@
 //! Helpers shared by the kernel-level tests.
+//!
+//! Root-only tests call [`require_root`] first: without root they print a visible
+//! `SKIPPED` line (to stderr and to `target/rein-skipped.txt`, which the test
+//! script summarises) and return, so a run never counts them as silently passed.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Whether the process runs as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Records a skipped test with its reason.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+    let path = skip_log();
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{test}: {reason}");
+    }
+}
+
+/// Where skipped tests are listed (`$REIN_SKIP_LOG`, or `target/rein-skipped.txt`).
+pub fn skip_log() -> PathBuf {
+    std::env::var_os("REIN_SKIP_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/rein-skipped.txt"))
+}
+
+/// Returns false (after recording the skip) when not root; use as
+/// `if !rein_tests::require_root("name") { return; }`.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        true
+    } else {
+        skip(test, "needs root");
+        false
+    }
+}
