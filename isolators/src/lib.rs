@@ -1,6 +1,7 @@
 //! The rein isolators. Each module holds the policy of one isolator; kernel access
 //! goes through `rein_core::cgroupfs` and the seams each module declares.
 
+pub mod blkio;
 pub mod net_cls;
 pub mod registry;
 

@@ -1,0 +1,374 @@
+//! The block I/O isolator: per-container read/write bandwidth and IOPS limits and a
+//! relative weight, per device, on cgroup v1 (`blkio.throttle.*`) and cgroup v2
+//! (`io.max`, `io.weight`), with per-device statistics in `usage()`.
+//!
+//! Cgroups follow Mesos's layout: v1 `<blkio hierarchy>/<cgroups_root>/<id>`, the
+//! same cgroup Mesos's `cgroups/blkio` uses when that is enabled too; v2
+//! `<unified>/<cgroups_root>/<id>` with the processes in `<id>/leaf` and the limits
+//! on `<id>`. A cgroup that already exists at `prepare()` belongs to Mesos and is
+//! only written to; one that does not is created here and removed at `cleanup()`.
+//! Nested containers without blkio settings live within their parent's limits; a
+//! nested container with settings gets its own cgroup below the parent's.
+
+pub mod controller;
+pub mod device;
+pub mod limits;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
+use rein_core::config::{parse_for_prepare, parse_value};
+use rein_core::isolator::Error;
+use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
+use rein_core::schema;
+use rein_core::state::StateStore;
+use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Statistics};
+
+pub use controller::Controller;
+pub use device::{DevNum, DeviceResolver, SystemResolver};
+pub use limits::{Allowed, Caps, DeviceLimits, Limits, Policy};
+
+/// Parameters of the blkio isolator, besides the common ones.
+pub const PARAMS: &[&str] = &[
+    "cgroup_version",
+    "allowed_devices",
+    "default_read_bps",
+    "default_write_bps",
+    "default_read_iops",
+    "default_write_iops",
+    "default_weight",
+    "max_read_bps",
+    "max_write_bps",
+    "max_read_iops",
+    "max_write_iops",
+    "max_weight",
+    "sysfs",
+];
+
+/// (parameter, key) of the operator's defaults.
+const DEFAULTS: [(&str, &str); 5] = [
+    ("default_read_bps", "blkio.read_bps"),
+    ("default_write_bps", "blkio.write_bps"),
+    ("default_read_iops", "blkio.read_iops"),
+    ("default_write_iops", "blkio.write_iops"),
+    ("default_weight", "blkio.weight"),
+];
+
+/// What is persisted per container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Whether this isolator created the cgroup (and so removes it).
+    pub owned: bool,
+    /// The limits applied.
+    pub limits: Limits,
+}
+
+/// The blkio isolator.
+pub struct BlkioIsolator {
+    controller: Controller,
+    root: Cgroup,
+    policy: Policy,
+    resolver: Box<dyn DeviceResolver>,
+    store: StateStore,
+    allow_debug_panic: bool,
+    containers: HashMap<ContainerId, Record>,
+}
+
+impl BlkioIsolator {
+    /// Builds the isolator from module parameters.
+    pub fn from_params(pairs: &[(String, String)]) -> Result<Self, Error> {
+        let known: Vec<&str> = COMMON_PARAMS.iter().chain(PARAMS).copied().collect();
+        let params = Params::new(pairs, &known)?;
+        let common = CommonParams::from_params(&params)?;
+        let policy = policy_from_params(&params)?;
+        let hierarchy = find_hierarchy(&params, &common)?;
+        let sysfs = params
+            .path("sysfs")?
+            .unwrap_or_else(|| PathBuf::from("/sys"));
+        let resolver = SystemResolver::new(&common.mountinfo, sysfs);
+        let store = StateStore::open(&common.state_dir, "blkio")?;
+        info!(hierarchy = %hierarchy.mount_point().display(), version = ?hierarchy.version(), "blkio isolator ready");
+        Ok(Self::new(
+            hierarchy,
+            &common,
+            policy,
+            Box::new(resolver),
+            store,
+        ))
+    }
+
+    /// Builds the isolator on explicit seams (tests, benchmarks).
+    pub fn new(
+        hierarchy: Hierarchy,
+        common: &CommonParams,
+        policy: Policy,
+        resolver: Box<dyn DeviceResolver>,
+        store: StateStore,
+    ) -> Self {
+        let root = hierarchy.cgroup(&common.cgroups_root);
+        Self {
+            controller: Controller::new(hierarchy),
+            root,
+            policy,
+            resolver,
+            store,
+            allow_debug_panic: common.allow_debug_panic,
+            containers: HashMap::new(),
+        }
+    }
+
+    /// The container's cgroup (the one that holds the limits).
+    pub fn cgroup(&self, id: &ContainerId) -> Cgroup {
+        self.root.child(id.cgroup_path())
+    }
+
+    /// The cgroup a container's processes go to.
+    pub fn process_cgroup(&self, id: &ContainerId) -> Cgroup {
+        self.controller.process_cgroup(&self.cgroup(id))
+    }
+
+    /// The interface in use.
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+
+    /// The record of a tracked container.
+    pub fn record(&self, id: &ContainerId) -> Option<&Record> {
+        self.containers.get(id)
+    }
+
+    fn setup(&self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+        let cgroup = self.cgroup(id);
+        if record.owned {
+            self.controller.create(&cgroup)?;
+        }
+        self.controller.enable_chain(&cgroup)?;
+        self.controller.apply(&cgroup, &record.limits)?;
+        self.store.save(id, record)?;
+        Ok(())
+    }
+
+    /// Re-reads a recovered container's limits and re-applies the recorded ones if
+    /// the kernel's differ (or the cgroup we own vanished).
+    fn reapply(&self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+        let cgroup = self.cgroup(id);
+        if !cgroup.exists() {
+            if record.owned {
+                warn!(container = %id, "blkio cgroup missing on recovery; recreating it");
+                return self.setup(id, record);
+            }
+            return Err("the container's blkio cgroup is gone".into());
+        }
+        let wanted: Vec<DeviceLimits> = record
+            .limits
+            .devices
+            .iter()
+            .copied()
+            .filter(DeviceLimits::is_limited)
+            .collect();
+        let current = self.controller.read_limits(&cgroup)?;
+        if current != wanted {
+            warn!(container = %id, ?current, ?wanted, "blkio limits differ from the recorded ones; re-applying");
+            self.controller.apply(&cgroup, &record.limits)?;
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+        if record.owned {
+            self.cgroup(id).remove()?;
+        }
+        self.store.remove(id)?;
+        self.containers.remove(id);
+        Ok(())
+    }
+}
+
+fn policy_from_params(params: &Params) -> Result<Policy, Error> {
+    let mut policy = Policy {
+        allowed: Vec::new(),
+        ..Policy::default()
+    };
+    let allowed = params.list("allowed_devices");
+    for entry in if allowed.is_empty() {
+        vec!["sandbox".to_owned()]
+    } else {
+        allowed
+    } {
+        let parsed = Allowed::parse(&entry).ok_or_else(|| {
+            params.error(
+                "allowed_devices",
+                format!("'{entry}' is not 'sandbox', '*' or a /dev/ path"),
+            )
+        })?;
+        policy.allowed.push(parsed);
+    }
+    for (param, key) in DEFAULTS {
+        if let Some(raw) = params.raw(param) {
+            let spec = schema::lookup(key).ok_or_else(|| format!("unknown key {key}"))?;
+            parse_value(spec.kind, raw).map_err(|reason| params.error(param, reason))?;
+            policy.defaults.push((spec.key, raw.to_owned(), param));
+        }
+    }
+    policy.caps = Caps {
+        read_bps: params.byte_rate("max_read_bps")?,
+        write_bps: params.byte_rate("max_write_bps")?,
+        read_iops: params.u64("max_read_iops")?,
+        write_iops: params.u64("max_write_iops")?,
+        weight: params.u64("max_weight")?,
+    };
+    Ok(policy)
+}
+
+fn find_hierarchy(params: &Params, common: &CommonParams) -> Result<Hierarchy, Error> {
+    let wanted = params
+        .string("cgroup_version")
+        .unwrap_or_else(|| "auto".into());
+    let v1 = || Hierarchy::find_v1(&common.mountinfo, "blkio");
+    let v2 = || -> Result<Option<Hierarchy>, Error> {
+        let Some(h) = Hierarchy::find_v2(&common.mountinfo)? else {
+            return Ok(None);
+        };
+        let controllers = Cgroup::at(h.mount_point()).read("cgroup.controllers")?;
+        Ok(controllers
+            .split_whitespace()
+            .any(|c| c == "io")
+            .then_some(h))
+    };
+    let found = match wanted.as_str() {
+        "v1" => v1()?,
+        "v2" => v2()?,
+        "auto" => match v1()? {
+            Some(h) => Some(h),
+            None => v2()?,
+        },
+        _ => {
+            return Err(params
+                .error("cgroup_version", "expected auto, v1 or v2")
+                .into())
+        }
+    };
+    found.ok_or_else(|| {
+        format!(
+            "no usable hierarchy for cgroup_version={wanted}: need a v1 blkio hierarchy or a \
+             cgroup2 hierarchy offering io (per {})",
+            common.mountinfo.display()
+        )
+        .into()
+    })
+}
+
+impl Isolator for BlkioIsolator {
+    fn name(&self) -> &'static str {
+        "blkio"
+    }
+
+    fn recover(
+        &mut self,
+        containers: &[RecoveredContainer],
+        orphans: &[ContainerId],
+    ) -> Result<(), Error> {
+        let records: Vec<(ContainerId, Record)> = self.store.load_all()?;
+        for (id, record) in records {
+            let known = containers.iter().any(|c| c.id == id) || orphans.contains(&id);
+            if !known {
+                info!(container = %id, "removing blkio state of a vanished container");
+                self.forget(&id, &record)?;
+                continue;
+            }
+            if orphans.contains(&id) {
+                // Mesos destroys orphans right after recovery; cleanup() comes for them.
+                self.containers.insert(id, record);
+                continue;
+            }
+            // A failure here must not stop the agent: the container keeps running
+            // with whatever the kernel holds, and the log says so.
+            if let Err(err) = self.reapply(&id, &record) {
+                warn!(container = %id, error = %err, "could not restore blkio limits");
+            }
+            info!(container = %id, limits = ?record.limits, "recovered blkio limits");
+            self.containers.insert(id, record);
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        let mut config = parse_for_prepare(spec, self.allow_debug_panic)?;
+        if spec.id.is_nested() {
+            if config.group("blkio").next().is_none() {
+                return Ok(LaunchInfo::default());
+            }
+        } else {
+            self.policy.add_defaults(&mut config)?;
+        }
+        if self.containers.contains_key(&spec.id) {
+            return Err(format!("container {} was already prepared", spec.id).into());
+        }
+        let limits = self
+            .policy
+            .limits(&config, &spec.sandbox, self.resolver.as_ref())?;
+        let record = Record {
+            owned: !self.cgroup(&spec.id).exists(),
+            limits,
+        };
+        if let Err(err) = self.setup(&spec.id, &record) {
+            if record.owned {
+                let _ = self.cgroup(&spec.id).remove();
+            }
+            let _ = self.store.remove(&spec.id);
+            return Err(err);
+        }
+        info!(container = %spec.id, owned = record.owned, limits = ?record.limits, "applied blkio limits");
+        self.containers.insert(spec.id.clone(), record);
+        Ok(LaunchInfo::default())
+    }
+
+    fn isolate(&mut self, id: &ContainerId, pid: i32) -> Result<(), Error> {
+        match self.containers.get(id) {
+            // A cgroup Mesos created is populated by Mesos.
+            Some(record) if record.owned => {
+                self.process_cgroup(id).add_process(pid)?;
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None if id.is_nested() => Ok(()),
+            None => Err(format!("unknown container {id}").into()),
+        }
+    }
+
+    fn usage(&mut self, id: &ContainerId) -> Result<Statistics, Error> {
+        if !self.containers.contains_key(id) {
+            return Ok(Statistics::default());
+        }
+        Ok(Statistics {
+            blkio: self.controller.stats(&self.cgroup(id))?,
+            ..Statistics::default()
+        })
+    }
+
+    fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
+        match self.containers.get(id).cloned() {
+            Some(record) => {
+                self.forget(id, &record)?;
+                info!(container = %id, "released blkio cgroup");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The cgroup version a hierarchy speaks, for callers that print it.
+pub fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::V1 => "v1",
+        Version::V2 => "v2",
+    }
+}
+
+#[cfg(test)]
+mod tests;
