@@ -1,1 +1,20 @@
+//! The bridge between the Mesos C++ shim and the rein modules.
+//!
+//! Every entry point returns at once: the work is queued to a Rust-owned thread per
+//! module instance (so no libprocess thread ever blocks and the module needs no
+//! locks), run inside `catch_unwind`, and its outcome completes the shim's promise.
+//! A panic becomes a failed future naming the module and the call; it never
+//! crosses into the agent.
 
+mod actor;
+mod convert;
+mod ffi;
+mod isolator;
+mod log;
+#[cfg(feature = "probe")]
+mod probe;
+
+pub use actor::{Completer, Outcome};
+pub use ffi::ffi::*;
+pub use isolator::{create_isolator, IsolatorHandle};
+pub use log::install_log_sink;

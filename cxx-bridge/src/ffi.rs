@@ -1,0 +1,216 @@
+//! The `#[cxx::bridge]` surface: shared structs that cross between the Mesos C++
+//! shim and Rust, the C++ callbacks Rust may call, and the Rust entry points.
+//! Protobufs never cross: the shim copies the fields below out of them.
+
+use crate::isolator::{create_isolator, IsolatorHandle};
+use crate::log::install_log_sink;
+
+#[cxx::bridge(namespace = "rein")]
+pub mod ffi {
+    /// A key/value pair: a label, an environment variable or a module parameter.
+    #[derive(Debug, Clone)]
+    struct KeyValue {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    }
+
+    /// A container id with its parent chain, root first.
+    #[derive(Debug, Clone)]
+    struct ContainerChain {
+        /// `[root, child, ...]`; a top-level container has one element.
+        ids: Vec<String>,
+    }
+
+    /// One `Resource` of the container.
+    #[derive(Debug, Clone)]
+    struct ResourceEntry {
+        /// `cpus`, `mem`, `disk`, ...
+        name: String,
+        /// The scalar value (0 for ranges and sets).
+        scalar: f64,
+        /// Whether it carries a `DiskInfo` (a volume, not the sandbox's disk).
+        has_disk_info: bool,
+    }
+
+    /// The fields of `ContainerConfig` the modules read.
+    #[derive(Debug, Clone)]
+    struct ContainerConfigView {
+        /// The container id with its parents.
+        container: ContainerChain,
+        /// `directory`: host path of the sandbox.
+        directory: String,
+        /// `user`, empty when unset.
+        user: String,
+        /// `task_info.task_id`, empty when there is no task_info.
+        task_id: String,
+        /// `task_info.name`.
+        task_name: String,
+        /// `executor_info.executor_id`.
+        executor_id: String,
+        /// `executor_info.framework_id`.
+        framework_id: String,
+        /// `task_info.labels`.
+        task_labels: Vec<KeyValue>,
+        /// `executor_info.labels`.
+        executor_labels: Vec<KeyValue>,
+        /// `command_info.environment` variables of type VALUE whose name starts with
+        /// `REIN_` (the shim copies no others, so secrets never cross).
+        environment: Vec<KeyValue>,
+        /// `resources`.
+        resources: Vec<ResourceEntry>,
+        /// `container_class == DEBUG`.
+        debug: bool,
+    }
+
+    /// One `ContainerState` given to `recover()`.
+    #[derive(Debug, Clone)]
+    struct RecoveredView {
+        /// The container id with its parents.
+        container: ContainerChain,
+        /// `pid`, 0 when unknown.
+        pid: i32,
+        /// `directory`, empty when unknown.
+        directory: String,
+    }
+
+    /// What `prepare()` asks of the launch (`ContainerLaunchInfo`).
+    #[derive(Debug, Clone, Default)]
+    struct LaunchInfoView {
+        /// Variables to add to `environment`.
+        environment: Vec<KeyValue>,
+        /// Capabilities (`CAP_SYS_RESOURCE`, ...) to remove from the bounding set.
+        drop_capabilities: Vec<String>,
+    }
+
+    /// Block I/O counters of one device (`blkio_statistics.throttling`).
+    #[derive(Debug, Clone, Default)]
+    struct BlkioDeviceView {
+        /// Device major number.
+        major: u64,
+        /// Device minor number.
+        minor: u64,
+        /// Bytes read.
+        read_bytes: u64,
+        /// Bytes written.
+        write_bytes: u64,
+        /// Read operations.
+        read_ops: u64,
+        /// Write operations.
+        write_ops: u64,
+    }
+
+    /// `ResourceStatistics` fields; `has_*` says whether a group is set.
+    #[derive(Debug, Clone, Default)]
+    struct StatisticsView {
+        /// Whether the `net_tx_*` fields are set.
+        has_net_tx: bool,
+        /// `net_tx_bytes`.
+        net_tx_bytes: u64,
+        /// `net_tx_packets`.
+        net_tx_packets: u64,
+        /// `net_tx_dropped`.
+        net_tx_dropped: u64,
+        /// `net_tx_rate_limit` (bytes/s).
+        net_tx_rate_limit: u64,
+        /// `net_tx_burst_rate_limit` (bytes/s).
+        net_tx_burst_rate_limit: u64,
+        /// `net_tx_burst_size` (bytes).
+        net_tx_burst_size: u64,
+        /// Whether `disk_used_bytes` is set.
+        has_disk_used: bool,
+        /// `disk_used_bytes`.
+        disk_used_bytes: u64,
+        /// Whether `disk_limit_bytes` is set.
+        has_disk_limit: bool,
+        /// `disk_limit_bytes`.
+        disk_limit_bytes: u64,
+        /// `blkio_statistics.throttling`, one entry per device.
+        blkio: Vec<BlkioDeviceView>,
+    }
+
+    /// `ContainerStatus` fields.
+    #[derive(Debug, Clone, Default)]
+    struct StatusView {
+        /// Whether `cgroup_info.net_cls.classid` is set.
+        has_net_cls_classid: bool,
+        /// `cgroup_info.net_cls.classid`.
+        net_cls_classid: u32,
+    }
+
+    /// A `ContainerLimitation`.
+    #[derive(Debug, Clone, Default)]
+    struct LimitationView {
+        /// `TaskStatus::Reason` name, e.g. `REASON_CONTAINER_LIMITATION_DISK`.
+        reason: String,
+        /// `message`.
+        message: String,
+        /// Name of the exceeded resource (`disk`), empty for none.
+        resource_name: String,
+        /// Its amount, in the resource's Mesos unit.
+        resource_value: f64,
+    }
+
+    /// The container's stdout and stderr for the `ContainerLogger`.
+    #[derive(Debug, Clone, Default)]
+    struct ContainerIoView {
+        /// Write end for stdout; ownership passes to C++ (close on destruction).
+        stdout_fd: i32,
+        /// Write end for stderr; ownership passes to C++.
+        stderr_fd: i32,
+    }
+
+    unsafe extern "C++" {
+        include!("rein-bridge/include/completion.h");
+
+        /// Completes one asynchronous call (a `process::Promise` in the shim).
+        type Completion;
+        fn fail(self: Pin<&mut Completion>, message: &str);
+        fn nothing(self: Pin<&mut Completion>);
+        fn launch_info(self: Pin<&mut Completion>, info: &LaunchInfoView);
+        fn statistics(self: Pin<&mut Completion>, stats: &StatisticsView);
+        fn status(self: Pin<&mut Completion>, status: &StatusView);
+        fn limitation(self: Pin<&mut Completion>, limitation: &LimitationView);
+        fn container_io(self: Pin<&mut Completion>, io: &ContainerIoView);
+
+        /// Where module log lines go (the agent's glog in the shim).
+        type LogSink;
+        fn write(self: &LogSink, level: i32, message: &str);
+    }
+
+    extern "Rust" {
+        /// One isolator instance and the Rust thread that runs its calls.
+        type IsolatorHandle;
+
+        /// Creates an isolator of `kind` (`net_cls`, ...) from its module parameters.
+        fn create_isolator(kind: &str, parameters: &Vec<KeyValue>) -> Result<Box<IsolatorHandle>>;
+        fn supports_nesting(self: &IsolatorHandle) -> bool;
+        fn recover(
+            self: &IsolatorHandle,
+            containers: Vec<RecoveredView>,
+            orphans: Vec<ContainerChain>,
+            done: UniquePtr<Completion>,
+        );
+        fn prepare(self: &IsolatorHandle, config: ContainerConfigView, done: UniquePtr<Completion>);
+        fn isolate(
+            self: &IsolatorHandle,
+            container: ContainerChain,
+            pid: i32,
+            done: UniquePtr<Completion>,
+        );
+        fn watch(self: &IsolatorHandle, container: ContainerChain, done: UniquePtr<Completion>);
+        fn update(
+            self: &IsolatorHandle,
+            container: ContainerChain,
+            resources: Vec<ResourceEntry>,
+            done: UniquePtr<Completion>,
+        );
+        fn usage(self: &IsolatorHandle, container: ContainerChain, done: UniquePtr<Completion>);
+        fn status(self: &IsolatorHandle, container: ContainerChain, done: UniquePtr<Completion>);
+        fn cleanup(self: &IsolatorHandle, container: ContainerChain, done: UniquePtr<Completion>);
+
+        /// Sends the modules' `tracing` output to `sink` (once per loaded library).
+        fn install_log_sink(sink: UniquePtr<LogSink>);
+    }
+}

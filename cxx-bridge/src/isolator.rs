@@ -1,0 +1,232 @@
+//! `IsolatorHandle`: what the shim's `Isolator` subclass holds and forwards to.
+
+use cxx::UniquePtr;
+
+use rein_core::isolator::{Error, LimitationNotifier};
+use rein_core::Isolator;
+
+use crate::actor::{deliver, error_chain, Actor, Completer, CxxCompleter, Outcome};
+use crate::convert;
+use crate::ffi::ffi::{
+    Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
+};
+
+/// One isolator instance, owned by its worker thread.
+pub struct IsolatorHandle {
+    actor: Actor<dyn Isolator>,
+    nesting: bool,
+}
+
+/// Creates an isolator; a bad parameter is an error the shim reports to the agent.
+pub fn create_isolator(
+    kind: &str,
+    parameters: &Vec<KeyValue>,
+) -> Result<Box<IsolatorHandle>, String> {
+    let params = convert::key_values(parameters);
+    let created = std::panic::catch_unwind(|| build(kind, &params)).map_err(|panic| {
+        format!(
+            "rein {kind}: panicked while starting: {}",
+            crate::actor::panic_message(&*panic)
+        )
+    })?;
+    let isolator = created.map_err(|err| format!("rein {kind}: {}", error_chain(&*err)))?;
+    IsolatorHandle::start(isolator)
+        .map(Box::new)
+        .map_err(|e| format!("rein {kind}: starting its thread: {e}"))
+}
+
+fn build(kind: &str, params: &[(String, String)]) -> Result<Box<dyn Isolator>, Error> {
+    #[cfg(feature = "probe")]
+    if kind == "probe" {
+        return Ok(Box::new(crate::probe::Probe));
+    }
+    rein_isolators::create(kind, params)
+}
+
+fn failed(err: &(dyn std::error::Error + 'static)) -> Outcome {
+    Outcome::Failed(error_chain(err))
+}
+
+fn chain_text(chain: &ContainerChain) -> String {
+    chain.ids.join(".")
+}
+
+impl IsolatorHandle {
+    /// Runs an isolator on its own thread.
+    pub fn start(isolator: Box<dyn Isolator>) -> std::io::Result<Self> {
+        let nesting = isolator.supports_nesting();
+        let name = isolator.name();
+        Ok(Self {
+            actor: Actor::spawn(name, isolator)?,
+            nesting,
+        })
+    }
+
+    /// `Isolator::supportsNesting()`.
+    pub fn supports_nesting(&self) -> bool {
+        self.nesting
+    }
+
+    /// `recover()`, completing any [`Completer`].
+    pub fn recover_with(
+        &self,
+        containers: Vec<RecoveredView>,
+        orphans: Vec<ContainerChain>,
+        done: Box<dyn Completer>,
+    ) {
+        self.actor.call("recover", String::new(), done, move |iso| {
+            let containers: Result<Vec<_>, _> =
+                containers.into_iter().map(convert::recovered).collect();
+            let orphans: Result<Vec<_>, _> =
+                orphans.into_iter().map(convert::container_id).collect();
+            let (containers, orphans) = match (containers, orphans) {
+                (Ok(c), Ok(o)) => (c, o),
+                (Err(e), _) | (_, Err(e)) => return failed(&e),
+            };
+            match iso.recover(&containers, &orphans) {
+                Ok(()) => Outcome::Nothing,
+                Err(e) => failed(&*e),
+            }
+        });
+    }
+
+    /// `prepare()`.
+    pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
+        self.actor
+            .call("prepare", chain_text(&config.container), done, move |iso| {
+                let spec = match convert::container_spec(config) {
+                    Ok(spec) => spec,
+                    Err(e) => return failed(&e),
+                };
+                match iso.prepare(&spec) {
+                    Ok(info) => Outcome::LaunchInfo(convert::launch_info(info)),
+                    Err(e) => failed(&*e),
+                }
+            });
+    }
+
+    /// `isolate()`.
+    pub fn isolate_with(&self, container: ContainerChain, pid: i32, done: Box<dyn Completer>) {
+        self.with_id("isolate", container, done, move |iso, id| {
+            iso.isolate(id, pid).map(|()| Outcome::Nothing)
+        });
+    }
+
+    /// `watch()`: completes only when the isolator reports a limitation.
+    pub fn watch_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
+        let text = chain_text(&container);
+        // The completer moves into the notifier; the call itself completes nothing.
+        self.actor
+            .call("watch", text, Box::new(Discard), move |iso| {
+                match convert::container_id(container) {
+                    Ok(id) => {
+                        let notifier = LimitationNotifier::new(move |limitation| {
+                            deliver(done, Outcome::Limitation(convert::limitation(limitation)))
+                        });
+                        iso.watch(&id, notifier);
+                    }
+                    Err(e) => deliver(done, failed(&e)),
+                }
+                Outcome::Nothing
+            });
+    }
+
+    /// `update()`.
+    pub fn update_with(
+        &self,
+        container: ContainerChain,
+        resources: Vec<ResourceEntry>,
+        done: Box<dyn Completer>,
+    ) {
+        let resources = convert::resources(resources);
+        self.with_id("update", container, done, move |iso, id| {
+            iso.update(id, &resources).map(|()| Outcome::Nothing)
+        });
+    }
+
+    /// `usage()`.
+    pub fn usage_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
+        self.with_id("usage", container, done, |iso, id| {
+            iso.usage(id)
+                .map(|s| Outcome::Statistics(convert::statistics(s)))
+        });
+    }
+
+    /// `status()`.
+    pub fn status_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
+        self.with_id("status", container, done, |iso, id| {
+            iso.status(id).map(|s| Outcome::Status(convert::status(s)))
+        });
+    }
+
+    /// `cleanup()`.
+    pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
+        self.with_id("cleanup", container, done, |iso, id| {
+            iso.cleanup(id).map(|()| Outcome::Nothing)
+        });
+    }
+
+    fn with_id(
+        &self,
+        method: &'static str,
+        container: ContainerChain,
+        done: Box<dyn Completer>,
+        work: impl FnOnce(&mut dyn Isolator, &rein_core::ContainerId) -> Result<Outcome, Error>
+            + Send
+            + 'static,
+    ) {
+        self.actor.call(
+            method,
+            chain_text(&container),
+            done,
+            move |iso| match convert::container_id(container) {
+                Ok(id) => work(iso, &id).unwrap_or_else(|e| failed(&*e)),
+                Err(e) => failed(&e),
+            },
+        );
+    }
+
+    // The cxx entry points: the same calls, completing the shim's promise.
+
+    pub(crate) fn recover(
+        &self,
+        containers: Vec<RecoveredView>,
+        orphans: Vec<ContainerChain>,
+        done: UniquePtr<Completion>,
+    ) {
+        self.recover_with(containers, orphans, CxxCompleter::boxed(done));
+    }
+    pub(crate) fn prepare(&self, config: ContainerConfigView, done: UniquePtr<Completion>) {
+        self.prepare_with(config, CxxCompleter::boxed(done));
+    }
+    pub(crate) fn isolate(&self, container: ContainerChain, pid: i32, done: UniquePtr<Completion>) {
+        self.isolate_with(container, pid, CxxCompleter::boxed(done));
+    }
+    pub(crate) fn watch(&self, container: ContainerChain, done: UniquePtr<Completion>) {
+        self.watch_with(container, CxxCompleter::boxed(done));
+    }
+    pub(crate) fn update(
+        &self,
+        container: ContainerChain,
+        resources: Vec<ResourceEntry>,
+        done: UniquePtr<Completion>,
+    ) {
+        self.update_with(container, resources, CxxCompleter::boxed(done));
+    }
+    pub(crate) fn usage(&self, container: ContainerChain, done: UniquePtr<Completion>) {
+        self.usage_with(container, CxxCompleter::boxed(done));
+    }
+    pub(crate) fn status(&self, container: ContainerChain, done: UniquePtr<Completion>) {
+        self.status_with(container, CxxCompleter::boxed(done));
+    }
+    pub(crate) fn cleanup(&self, container: ContainerChain, done: UniquePtr<Completion>) {
+        self.cleanup_with(container, CxxCompleter::boxed(done));
+    }
+}
+
+/// Completes nothing: for calls whose real completion is handed on elsewhere.
+struct Discard;
+
+impl Completer for Discard {
+    fn complete(self: Box<Self>, _outcome: Outcome) {}
+}
