@@ -7,7 +7,7 @@ use std::thread;
 
 use cxx::UniquePtr;
 
-use crate::ffi::ffi::{
+use crate::bridge::ffi::{
     Completion, ContainerIoView, LaunchInfoView, LimitationView, StatisticsView, StatusView,
 };
 

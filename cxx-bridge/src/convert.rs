@@ -7,7 +7,7 @@ use rein_core::isolator::{LaunchInfo, Limitation, RecoveredContainer, Statistics
 use rein_core::schema::ENV_PREFIX;
 use rein_core::{ContainerId, ContainerSpec, Resources};
 
-use crate::ffi::ffi::{
+use crate::bridge::ffi::{
     BlkioDeviceView, ContainerChain, ContainerConfigView, KeyValue, LaunchInfoView, LimitationView,
     RecoveredView, ResourceEntry, StatisticsView, StatusView,
 };

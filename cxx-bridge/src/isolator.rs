@@ -6,10 +6,10 @@ use rein_core::isolator::{Error, LimitationNotifier};
 use rein_core::Isolator;
 
 use crate::actor::{deliver, error_chain, Actor, Completer, CxxCompleter, Outcome};
-use crate::convert;
-use crate::ffi::ffi::{
+use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
 };
+use crate::convert;
 
 /// One isolator instance, owned by its worker thread.
 pub struct IsolatorHandle {
@@ -18,10 +18,7 @@ pub struct IsolatorHandle {
 }
 
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
-pub fn create_isolator(
-    kind: &str,
-    parameters: &Vec<KeyValue>,
-) -> Result<Box<IsolatorHandle>, String> {
+pub fn create_isolator(kind: &str, parameters: &[KeyValue]) -> Result<Box<IsolatorHandle>, String> {
     let params = convert::key_values(parameters);
     let created = std::panic::catch_unwind(|| build(kind, &params)).map_err(|panic| {
         format!(

@@ -7,14 +7,14 @@
 //! crosses into the agent.
 
 mod actor;
+mod bridge;
 mod convert;
-mod ffi;
 mod isolator;
 mod log;
 #[cfg(feature = "probe")]
 mod probe;
 
 pub use actor::{Completer, Outcome};
-pub use ffi::ffi::*;
+pub use bridge::ffi::*;
 pub use isolator::{create_isolator, IsolatorHandle};
 pub use log::install_log_sink;

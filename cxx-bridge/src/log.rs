@@ -8,7 +8,7 @@ use cxx::UniquePtr;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::ffi::ffi::LogSink;
+use crate::bridge::ffi::LogSink;
 
 struct Sink(UniquePtr<LogSink>);
 

@@ -170,9 +170,7 @@ fn watch_stays_pending_until_a_limitation() {
 
 #[test]
 fn create_reports_bad_kinds_and_parameters() {
-    let err = rein_modules::create_isolator("nope", &vec![])
-        .err()
-        .unwrap();
+    let err = rein_modules::create_isolator("nope", &[]).err().unwrap();
     assert!(err.contains("unknown isolator kind 'nope'"), "{err}");
     let params = vec![KeyValue {
         key: "bogus".into(),

@@ -184,7 +184,7 @@ pub mod ffi {
         type IsolatorHandle;
 
         /// Creates an isolator of `kind` (`net_cls`, ...) from its module parameters.
-        fn create_isolator(kind: &str, parameters: &Vec<KeyValue>) -> Result<Box<IsolatorHandle>>;
+        fn create_isolator(kind: &str, parameters: &[KeyValue]) -> Result<Box<IsolatorHandle>>;
         fn supports_nesting(self: &IsolatorHandle) -> bool;
         fn recover(
             self: &IsolatorHandle,
