@@ -2,6 +2,7 @@
 //! goes through `rein_core::cgroupfs` and the seams each module declares.
 
 pub mod blkio;
+pub mod disk;
 pub mod net_cls;
 pub mod registry;
 

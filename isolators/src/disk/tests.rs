@@ -1,0 +1,615 @@
+//! Policy tests on a tempdir with a recording fake kernel.
+
+use std::fs;
+use std::io;
+use std::sync::mpsc;
+
+use super::*;
+
+/// A fake kernel: one filesystem of a configurable kind, project ids per path,
+/// limits and usage per project, and a log of every call.
+struct FakeKernel {
+    state: Mutex<FakeState>,
+}
+
+struct FakeState {
+    fs: FsInfo,
+    projects: HashMap<PathBuf, u32>,
+    limits: HashMap<u32, Limits>,
+    used: HashMap<u32, u64>,
+    fail_set_project: bool,
+    calls: Vec<String>,
+}
+
+impl FakeKernel {
+    fn new(kind: FsKind, quota: QuotaState) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(FakeState {
+                fs: FsInfo {
+                    kind,
+                    dev: 42,
+                    quota,
+                },
+                projects: HashMap::new(),
+                limits: HashMap::new(),
+                used: HashMap::new(),
+                fail_set_project: false,
+                calls: Vec::new(),
+            }),
+        })
+    }
+
+    fn xfs() -> Arc<Self> {
+        Self::new(
+            FsKind::Xfs,
+            QuotaState {
+                accounting: true,
+                enforcing: true,
+            },
+        )
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.st().calls)
+    }
+}
+
+impl DiskKernel for FakeKernel {
+    fn filesystem(&self, path: &Path) -> io::Result<FsInfo> {
+        let mut st = self.st();
+        st.calls.push(format!("filesystem {}", path.display()));
+        Ok(st.fs)
+    }
+
+    fn project_id(&self, path: &Path) -> io::Result<u32> {
+        let mut st = self.st();
+        st.calls.push(format!("project_id {}", path.display()));
+        Ok(st.projects.get(path).copied().unwrap_or(0))
+    }
+
+    fn set_project_id(&self, path: &Path, id: u32) -> io::Result<()> {
+        let mut st = self.st();
+        st.calls
+            .push(format!("set_project_id {} {id}", path.display()));
+        if st.fail_set_project {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        st.projects.insert(path.to_owned(), id);
+        Ok(())
+    }
+
+    fn set_limits(&self, _path: &Path, id: u32, limits: Limits) -> io::Result<()> {
+        let mut st = self.st();
+        st.calls.push(format!(
+            "set_limits {id} soft={} hard={}",
+            limits.soft, limits.hard
+        ));
+        st.limits.insert(id, limits);
+        Ok(())
+    }
+
+    fn quota(&self, _path: &Path, id: u32) -> io::Result<ProjectQuota> {
+        let st = self.st();
+        Ok(ProjectQuota {
+            used: st.used.get(&id).copied().unwrap_or(0),
+            inodes: 0,
+            limits: st.limits.get(&id).copied().unwrap_or_default(),
+        })
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    kernel: Arc<FakeKernel>,
+    settings: Settings,
+}
+
+fn fixture(kernel: Arc<FakeKernel>) -> Fixture {
+    Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        kernel,
+        settings: Settings {
+            project_ids: (5000, 5009),
+            // Long: tests drive the monitor with poll_now().
+            scan_interval: Duration::from_secs(3600),
+            scan_workers: 2,
+            ..Settings::default()
+        },
+    }
+}
+
+impl Fixture {
+    fn isolator(&self) -> DiskIsolator {
+        let store = StateStore::open(&self.dir.path().join("state"), "disk").unwrap();
+        DiskIsolator::new(
+            self.settings.clone(),
+            Arc::clone(&self.kernel) as Arc<dyn DiskKernel>,
+            store,
+        )
+    }
+
+    fn sandbox(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join("sandboxes").join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn spec(&self, id: &[&str], disk_mb: Option<f64>, labels: &[(&str, &str)]) -> ContainerSpec {
+        ContainerSpec {
+            id: ContainerId::new(id.iter().copied()).unwrap(),
+            sandbox: self.sandbox(&id.join("-")),
+            resources: Resources {
+                disk_mb,
+                ..Resources::default()
+            },
+            task_labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..ContainerSpec::default()
+        }
+    }
+}
+
+fn watch(iso: &mut DiskIsolator, id: &ContainerId) -> mpsc::Receiver<Limitation> {
+    let (tx, rx) = mpsc::channel();
+    iso.watch(
+        id,
+        LimitationNotifier::new(move |l| {
+            let _ = tx.send(l);
+        }),
+    );
+    rx
+}
+
+#[test]
+fn xfs_enforce_lifecycle_and_reclaim_after_gc() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let spec = f.spec(&["c1"], Some(100.0), &[]);
+    let launch = iso.prepare(&spec).unwrap();
+    assert!(
+        launch.drop_capabilities.is_empty(),
+        "XFS stops root already"
+    );
+    assert_eq!(
+        f.kernel.calls(),
+        vec![
+            format!("filesystem {}", spec.sandbox.display()),
+            format!("set_project_id {} 5000", spec.sandbox.display()),
+            format!("set_limits 5000 soft={} hard={}", 100 * MB, 100 * MB),
+        ]
+    );
+    assert_eq!(
+        iso.backend(&spec.id),
+        Some(Backend::Quota {
+            project: 5000,
+            enforcing: true,
+            ext4: false
+        })
+    );
+
+    f.kernel.st().used.insert(5000, 12_345_678);
+    let stats = iso.usage(&spec.id).unwrap();
+    assert_eq!(stats.disk_used_bytes, Some(12_345_678));
+    assert_eq!(stats.disk_limit_bytes, Some(100 * MB));
+    assert_eq!(iso.project_ids(), (9, 10));
+
+    iso.cleanup(&spec.id).unwrap();
+    assert_eq!(
+        f.kernel.calls(),
+        vec!["set_limits 5000 soft=0 hard=0".to_owned()]
+    );
+    // The sandbox still exists (Mesos removes it later): the id stays taken.
+    assert_eq!(iso.project_ids(), (9, 10));
+    let next = iso.prepare(&f.spec(&["c2"], Some(1.0), &[])).unwrap();
+    assert_eq!(next, LaunchInfo::default());
+    assert_eq!(
+        iso.backend(&ContainerId::top("c2").unwrap())
+            .map(|b| matches!(b, Backend::Quota { project: 5001, .. })),
+        Some(true)
+    );
+    fs::remove_dir_all(&spec.sandbox).unwrap();
+    assert_eq!(iso.project_ids(), (9, 10), "5000 back, 5001 taken");
+    // Cleanup of an unknown container and a second cleanup are harmless.
+    iso.cleanup(&spec.id).unwrap();
+    iso.cleanup(&ContainerId::top("never").unwrap()).unwrap();
+}
+
+#[test]
+fn ext4_drops_cap_sys_resource_where_limits_apply() {
+    let f = fixture(FakeKernel::new(
+        FsKind::Ext4,
+        QuotaState {
+            accounting: true,
+            enforcing: true,
+        },
+    ));
+    let mut iso = f.isolator();
+    let launch = iso.prepare(&f.spec(&["e1"], Some(10.0), &[])).unwrap();
+    assert_eq!(
+        launch.drop_capabilities,
+        vec!["CAP_SYS_RESOURCE".to_owned()]
+    );
+    let launch = iso
+        .prepare(&f.spec(&["e2"], Some(10.0), &[("rein.disk.mode", "account")]))
+        .unwrap();
+    assert!(launch.drop_capabilities.is_empty(), "no limit to bypass");
+    let calls = f.kernel.calls();
+    assert!(
+        calls.contains(&"set_limits 5001 soft=0 hard=0".to_owned()),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn kill_mode_sets_headroom_and_fires_once_with_usage_and_limit() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let spec = f.spec(&["k1"], Some(10.0), &[("rein.disk.mode", "kill")]);
+    iso.prepare(&spec).unwrap();
+    let calls = f.kernel.calls();
+    assert_eq!(
+        calls.last().unwrap(),
+        &format!("set_limits 5000 soft={} hard={}", 10 * MB, 20 * MB)
+    );
+    let rx = watch(&mut iso, &spec.id);
+    f.kernel.st().used.insert(5000, 10 * MB);
+    iso.poll_now();
+    assert!(rx.try_recv().is_err(), "at the limit is not over it");
+    f.kernel.st().used.insert(5000, 15 * MB);
+    iso.poll_now();
+    let limitation = rx.try_recv().expect("limitation fired");
+    assert_eq!(limitation.reason, REASON_DISK);
+    assert!(
+        limitation.message.contains("15.0 MB"),
+        "{}",
+        limitation.message
+    );
+    assert!(
+        limitation.message.contains("10.0 MB"),
+        "{}",
+        limitation.message
+    );
+    assert_eq!(limitation.resource, Some(("disk".to_owned(), 15.0)));
+    iso.poll_now();
+    assert!(rx.try_recv().is_err(), "fires once");
+}
+
+#[test]
+fn enforce_mode_never_fires_where_the_filesystem_enforces() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let spec = f.spec(&["n1"], Some(1.0), &[]);
+    iso.prepare(&spec).unwrap();
+    let rx = watch(&mut iso, &spec.id);
+    f.kernel.st().used.insert(5000, 50 * MB);
+    iso.poll_now();
+    assert!(rx.try_recv().is_err());
+    iso.cleanup(&spec.id).unwrap();
+    // The notifier was dropped: the watch stays pending, the channel is closed.
+    assert_eq!(rx.recv(), Err(mpsc::RecvError));
+}
+
+#[test]
+fn accounting_only_filesystem_enforces_by_killing() {
+    let f = fixture(FakeKernel::new(
+        FsKind::Xfs,
+        QuotaState {
+            accounting: true,
+            enforcing: false,
+        },
+    ));
+    let mut iso = f.isolator();
+    let spec = f.spec(&["p1"], Some(1.0), &[]);
+    iso.prepare(&spec).unwrap();
+    let rx = watch(&mut iso, &spec.id);
+    f.kernel.st().used.insert(5000, 2 * MB);
+    iso.poll_now();
+    assert_eq!(rx.try_recv().unwrap().reason, REASON_DISK);
+}
+
+#[test]
+fn update_resizes_the_quota() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let spec = f.spec(&["u1"], Some(100.0), &[]);
+    iso.prepare(&spec).unwrap();
+    f.kernel.calls();
+    iso.update(
+        &spec.id,
+        &Resources {
+            disk_mb: Some(250.0),
+            ..Resources::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        f.kernel.calls(),
+        vec![format!(
+            "set_limits 5000 soft={} hard={}",
+            250 * MB,
+            250 * MB
+        )]
+    );
+    assert_eq!(
+        iso.usage(&spec.id).unwrap().disk_limit_bytes,
+        Some(250 * MB)
+    );
+    // Unknown containers are ignored.
+    iso.update(&ContainerId::top("zz").unwrap(), &Resources::default())
+        .unwrap();
+}
+
+#[test]
+fn labels_within_what_the_operator_allows() {
+    let mut f = fixture(FakeKernel::xfs());
+    f.settings.allowed_modes = vec![Mode::Enforce, Mode::Kill];
+    let mut iso = f.isolator();
+    let err = iso
+        .prepare(&f.spec(&["l1"], Some(1.0), &[("rein.disk.mode", "account")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("task label 'rein.disk.mode' = 'account': not allowed"),
+        "{err}"
+    );
+    let err = iso
+        .prepare(&f.spec(&["l2"], Some(1.0), &[("rein.disk.mode", "off")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("allow_opt_out=false"), "{err}");
+    let err = iso
+        .prepare(&f.spec(&["l3"], Some(1.0), &[("rein.disk.mode", "loud")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected one of"), "{err}");
+    assert_eq!(iso.project_ids(), (10, 10), "failed prepares hold no id");
+
+    f.settings.allow_opt_out = true;
+    let mut iso = f.isolator();
+    let spec = f.spec(&["l4"], Some(1.0), &[("rein.disk.mode", "off")]);
+    iso.prepare(&spec).unwrap();
+    assert_eq!(iso.backend(&spec.id), None);
+    assert_eq!(iso.usage(&spec.id).unwrap(), Statistics::default());
+    // The variable channel works too (tasks of a task group).
+    let mut spec = f.spec(&["l5"], Some(1.0), &[]);
+    spec.environment = vec![("REIN_DISK_MODE".into(), "kill".into())];
+    iso.prepare(&spec).unwrap();
+    assert!(f
+        .kernel
+        .calls()
+        .iter()
+        .any(|c| c.contains(&format!("hard={}", 11 * MB))));
+}
+
+#[test]
+fn nested_containers_are_accounted_in_the_parent() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    iso.prepare(&f.spec(&["top"], Some(5.0), &[])).unwrap();
+    f.kernel.calls();
+    let child = f.spec(&["top", "child"], Some(5.0), &[("rein.disk.mode", "kill")]);
+    assert_eq!(iso.prepare(&child).unwrap(), LaunchInfo::default());
+    assert!(f.kernel.calls().is_empty());
+    assert_eq!(iso.usage(&child.id).unwrap(), Statistics::default());
+    iso.cleanup(&child.id).unwrap();
+    assert!(f.kernel.calls().is_empty());
+}
+
+#[test]
+fn failed_setup_keeps_the_id_until_the_sandbox_is_gone() {
+    let f = fixture(FakeKernel::xfs());
+    f.kernel.st().fail_set_project = true;
+    let mut iso = f.isolator();
+    let spec = f.spec(&["f1"], Some(5.0), &[]);
+    let err = iso.prepare(&spec).unwrap_err().to_string();
+    assert!(err.contains("setting project id 5000 on sandbox"), "{err}");
+    assert_eq!(iso.project_ids(), (9, 10));
+    fs::remove_dir_all(&spec.sandbox).unwrap();
+    assert_eq!(iso.project_ids(), (10, 10));
+}
+
+#[test]
+fn recovery_keeps_every_project_id() {
+    let f = fixture(FakeKernel::xfs());
+    let (a, b, c) = {
+        let mut iso = f.isolator();
+        let a = f.spec(&["a"], Some(10.0), &[("rein.disk.mode", "kill")]);
+        let b = f.spec(&["b"], Some(10.0), &[]);
+        let c = f.spec(&["c"], Some(10.0), &[]);
+        for s in [&a, &b, &c] {
+            iso.prepare(s).unwrap();
+        }
+        iso.cleanup(&b.id).unwrap();
+        (a, b, c)
+    };
+    // The agent restarts; `a` lives, `b` awaits garbage collection, `c` vanished
+    // without a cleanup (its sandbox is gone).
+    fs::remove_dir_all(&c.sandbox).unwrap();
+    f.kernel.calls();
+    let mut iso = f.isolator();
+    let alive = [RecoveredContainer {
+        id: a.id.clone(),
+        pid: Some(1),
+        sandbox: Some(a.sandbox.clone()),
+    }];
+    iso.recover(&alive, &[]).unwrap();
+    let calls = f.kernel.calls();
+    assert!(
+        calls.contains(&format!("project_id {}", a.sandbox.display())),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&format!(
+            "set_limits 5000 soft={} hard={}",
+            10 * MB,
+            20 * MB
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"set_limits 5002 soft=0 hard=0".to_owned()),
+        "{calls:?}"
+    );
+    // 5000 (a) and 5001 (b, sandbox still there) held; 5002 (c) reclaimed.
+    assert_eq!(iso.project_ids(), (8, 10));
+    let d = f.spec(&["d"], Some(1.0), &[]);
+    iso.prepare(&d).unwrap();
+    let Some(Backend::Quota { project, .. }) = iso.backend(&d.id) else {
+        panic!("no quota backend");
+    };
+    assert!(project != 5000 && project != 5001, "reused {project}");
+    // Kill mode still works for the recovered container.
+    let rx = watch(&mut iso, &a.id);
+    f.kernel.st().used.insert(5000, 11 * MB);
+    iso.poll_now();
+    assert!(rx.try_recv().is_ok());
+    fs::remove_dir_all(&b.sandbox).unwrap();
+    assert_eq!(iso.project_ids(), (8, 10), "5001 back; 5000 and d's held");
+}
+
+#[test]
+fn recovery_adopts_a_sandbox_without_state() {
+    let f = fixture(FakeKernel::xfs());
+    let sandbox = f.sandbox("lost");
+    f.kernel.st().projects.insert(sandbox.clone(), 5003);
+    f.kernel.st().limits.insert(
+        5003,
+        Limits {
+            soft: 0,
+            hard: 7 * MB,
+        },
+    );
+    let mut iso = f.isolator();
+    let id = ContainerId::top("lost").unwrap();
+    iso.recover(
+        &[RecoveredContainer {
+            id: id.clone(),
+            pid: None,
+            sandbox: Some(sandbox),
+        }],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(iso.usage(&id).unwrap().disk_limit_bytes, Some(7 * MB));
+    assert_eq!(iso.project_ids(), (9, 10));
+    for _ in 0..9 {
+        let name = format!("x{}", iso.project_ids().0);
+        iso.prepare(&f.spec(&[&name], None, &[])).unwrap();
+    }
+    assert!(iso
+        .prepare(&f.spec(&["full"], None, &[]))
+        .unwrap_err()
+        .to_string()
+        .contains("in use"));
+}
+
+#[test]
+fn scan_backend_on_other_filesystems() {
+    let f = fixture(FakeKernel::new(
+        FsKind::Other(0x0102_1994),
+        QuotaState::default(),
+    ));
+    let mut iso = f.isolator();
+    let spec = f.spec(&["s1"], Some(1.0), &[]);
+    let launch = iso.prepare(&spec).unwrap();
+    assert_eq!(launch, LaunchInfo::default());
+    assert_eq!(iso.backend(&spec.id), Some(Backend::Scan));
+    assert_eq!(iso.project_ids(), (10, 10), "no project id for a scan");
+    let rx = watch(&mut iso, &spec.id);
+    fs::write(spec.sandbox.join("data"), vec![7u8; 512 * 1024]).unwrap();
+    assert_eq!(
+        iso.usage(&spec.id).unwrap().disk_used_bytes,
+        None,
+        "not scanned yet"
+    );
+    iso.poll_now();
+    let used = iso.usage(&spec.id).unwrap().disk_used_bytes.unwrap();
+    assert!(used >= 512 * 1024, "{used}");
+    assert!(rx.try_recv().is_err());
+    // Enforce on a filesystem that cannot stop writes: killed at the quota.
+    fs::write(spec.sandbox.join("more"), vec![7u8; 1024 * 1024]).unwrap();
+    iso.poll_now();
+    let limitation = rx.try_recv().unwrap();
+    assert!(
+        limitation.message.contains("quota of 1.0 MB"),
+        "{}",
+        limitation.message
+    );
+    iso.cleanup(&spec.id).unwrap();
+    assert!(fs::read_dir(f.dir.path().join("state/disk"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn monitor_thread_scans_on_its_own() {
+    let mut f = fixture(FakeKernel::new(FsKind::Other(1), QuotaState::default()));
+    f.settings.scan_interval = Duration::from_millis(100);
+    let mut iso = f.isolator();
+    let spec = f.spec(&["t1"], None, &[("rein.disk.mode", "account")]);
+    fs::write(spec.sandbox.join("data"), vec![1u8; 8192]).unwrap();
+    iso.prepare(&spec).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while iso.usage(&spec.id).unwrap().disk_used_bytes.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "monitor never scanned"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(iso); // Joins the monitor thread.
+}
+
+#[test]
+fn parameters() {
+    let common = CommonParams {
+        state_dir: "/tmp".into(),
+        cgroups_hierarchy: "/sys/fs/cgroup".into(),
+        cgroups_root: "mesos".into(),
+        mountinfo: "/proc/self/mountinfo".into(),
+        allow_debug_panic: false,
+    };
+    let parse = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect();
+        let known: Vec<&str> = COMMON_PARAMS.iter().chain(PARAMS).copied().collect();
+        Settings::from_params(&Params::new(&pairs, &known).unwrap(), &common)
+    };
+    let s = parse(&[
+        ("project_ids", "[100-200]"),
+        ("default_mode", "kill"),
+        ("headroom", "64MiB"),
+        ("scan_interval", "5s"),
+        ("scan_workers", "4"),
+        ("backend", "scan"),
+        ("allow_opt_out", "true"),
+    ])
+    .unwrap();
+    assert_eq!(s.project_ids, (100, 200));
+    assert_eq!(s.default_mode, Mode::Kill);
+    assert_eq!(s.headroom, 64 * MB);
+    assert!(s.force_scan && s.allow_opt_out);
+    for (bad, needle) in [
+        (("project_ids", "[0-0]"), "project_ids"),
+        (("project_ids", "[1-99999999999]"), "32-bit"),
+        (("default_mode", "loud"), "default_mode"),
+        (("allowed_modes", "enforce,off"), "allow_opt_out"),
+        (("backend", "du"), "auto or scan"),
+        (("scan_workers", "0"), "between 1 and 64"),
+        (("scan_interval", "1ms"), "100ms"),
+    ] {
+        let err = parse(&[bad]).unwrap_err().to_string();
+        assert!(err.contains(needle), "{bad:?}: {err}");
+    }
+    let err = parse(&[("allowed_modes", "kill"), ("default_mode", "enforce")]).unwrap_err();
+    assert!(err.to_string().contains("not among allowed_modes"), "{err}");
+}
