@@ -1,0 +1,5 @@
+//! rein-logger: a Mesos `ContainerLogger` that ships every line of every
+//! container as structured records, through a per-agent shipper with a disk
+//! buffer, to Elasticsearch (and keeps writing the sandbox files).
+
+pub mod record;

@@ -1,0 +1,166 @@
+//! One stream's pipeline: framing -> optional multiline -> encoding.
+
+use std::time::Instant;
+
+use super::encode::{EncodeOptions, SourceMeta, StreamEncoder};
+use super::frame::Framer;
+use super::multiline::{Multiline, MultilineConfig, Record};
+use super::Stream;
+
+/// A record ready for the disk buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Encoded<'a> {
+    /// Stream offset of the record's first byte.
+    pub offset: u64,
+    /// Record timestamp, milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// Deterministic document id.
+    pub id: &'a [u8],
+    /// The ECS JSON document.
+    pub doc: &'a [u8],
+}
+
+/// Per-stream parsing state. Memory is a few hundred bytes plus a pending
+/// multiline record; unconsumed bytes stay in the spool (sandbox) file.
+#[derive(Debug)]
+pub struct StreamPipeline {
+    framer: Framer,
+    multiline: Option<Multiline>,
+    enc: StreamEncoder,
+    doc: Vec<u8>,
+    id: Vec<u8>,
+    /// Empty lines seen (not shipped; they stay in the sandbox file).
+    pub empty_lines: u64,
+    /// Lines framed (pieces of split lines count once each).
+    pub lines: u64,
+}
+
+impl StreamPipeline {
+    /// A pipeline for one stream of one container.
+    pub fn new(
+        meta: &SourceMeta,
+        stream: Stream,
+        opts: &EncodeOptions,
+        max_line: usize,
+        multiline: Option<MultilineConfig>,
+    ) -> Self {
+        StreamPipeline {
+            framer: Framer::new(max_line),
+            multiline: multiline.map(Multiline::new),
+            enc: StreamEncoder::new(meta, stream, opts),
+            doc: Vec::with_capacity(1024),
+            id: Vec::with_capacity(48),
+            empty_lines: 0,
+            lines: 0,
+        }
+    }
+
+    fn emit(
+        enc: &mut StreamEncoder,
+        doc: &mut Vec<u8>,
+        id: &mut Vec<u8>,
+        rec: &Record<'_>,
+        read_ms: i64,
+        out: &mut impl FnMut(Encoded<'_>),
+    ) {
+        doc.clear();
+        id.clear();
+        let ts_ms = enc.encode(rec, read_ms, doc);
+        enc.push_id(rec.offset, id);
+        out(Encoded {
+            offset: rec.offset,
+            ts_ms,
+            id,
+            doc,
+        });
+    }
+
+    /// Parses `buf` (starting at stream offset `base`); returns bytes consumed.
+    /// `flush` also emits a trailing partial line (end of stream / timeout).
+    pub fn feed(
+        &mut self,
+        buf: &[u8],
+        base: u64,
+        flush: bool,
+        now: Instant,
+        read_ms: i64,
+        out: &mut impl FnMut(Encoded<'_>),
+    ) -> usize {
+        let StreamPipeline {
+            framer,
+            multiline,
+            enc,
+            doc,
+            id,
+            empty_lines,
+            lines,
+        } = self;
+        framer.frame(buf, base, flush, |line| {
+            *lines += 1;
+            if line.bytes.is_empty() && line.split.is_none() {
+                *empty_lines += 1;
+                return;
+            }
+            match multiline {
+                Some(m) => m.push(line, now, &mut |r| {
+                    Self::emit(enc, doc, id, &r, read_ms, out)
+                }),
+                None => {
+                    let r = Record {
+                        offset: line.offset,
+                        text: line.bytes,
+                        lines: 1,
+                        split: line.split,
+                    };
+                    Self::emit(enc, doc, id, &r, read_ms, out)
+                }
+            }
+        })
+    }
+
+    /// Emits a multiline record whose flush timeout has passed (`force`: now).
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        read_ms: i64,
+        force: bool,
+        out: &mut impl FnMut(Encoded<'_>),
+    ) {
+        let StreamPipeline {
+            multiline,
+            enc,
+            doc,
+            id,
+            ..
+        } = self;
+        if let Some(m) = multiline {
+            let mut f = |r: Record<'_>| Self::emit(enc, doc, id, &r, read_ms, out);
+            if force {
+                m.flush(&mut f)
+            } else {
+                m.poll(now, &mut f)
+            }
+        }
+    }
+
+    /// The offset up to which everything has been emitted, given that the
+    /// framer consumed up to `consumed`: a restart resumes parsing there.
+    pub fn safe_offset(&self, consumed: u64) -> u64 {
+        match self.multiline.as_ref().and_then(Multiline::pending_offset) {
+            Some(p) => p.min(consumed),
+            None => consumed,
+        }
+    }
+
+    /// True while a multiline record is pending.
+    pub fn has_pending(&self) -> bool {
+        self.multiline
+            .as_ref()
+            .is_some_and(|m| m.pending_offset().is_some())
+    }
+
+    /// True while the framer is in the middle of a split line.
+    pub fn in_split(&self) -> bool {
+        self.framer.in_split()
+    }
+}
