@@ -3,3 +3,5 @@
 //! buffer, to Elasticsearch (and keeps writing the sandbox files).
 
 pub mod record;
+pub mod wal;
+pub mod walrec;
