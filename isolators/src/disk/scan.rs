@@ -256,8 +256,10 @@ fn visit(item: Item, jobs: &[Job]) -> Vec<Item> {
     let mut bytes = allocated(&stat);
     let (mut files, mut skipped) = (0u64, 0u64);
     let mut subdirs = Vec::new();
-    let names = match read_names(&dir) {
-        Ok(names) => names,
+    // Entries are read through a duplicate descriptor and stat'ed through the
+    // original while the listing streams: no per-file allocation.
+    let mut listing = match nix::unistd::dup(dir.as_raw_fd()).and_then(Dir::from_fd) {
+        Ok(listing) => listing,
         Err(_) => {
             job.skipped.fetch_add(1, Ordering::Relaxed);
             job.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -265,26 +267,29 @@ fn visit(item: Item, jobs: &[Job]) -> Vec<Item> {
             return Vec::new();
         }
     };
-    let dir = Arc::new(dir);
-    for (name, kind) in names {
-        if kind == Some(Type::Directory) {
-            subdirs.push(name);
+    for entry in listing.iter() {
+        let Ok(entry) = entry else {
+            skipped += 1;
+            break;
+        };
+        let name = entry.file_name();
+        let raw = name.to_bytes();
+        if raw == b"." || raw == b".." {
             continue;
         }
-        let stat = match nix::sys::stat::fstatat(
-            Some(dir.as_raw_fd()),
-            name.as_c_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Ok(stat) => stat,
-            Err(_) => {
-                skipped += 1;
-                continue;
-            }
+        if entry.file_type() == Some(Type::Directory) {
+            subdirs.push(name.to_owned());
+            continue;
+        }
+        let Ok(stat) =
+            nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            skipped += 1;
+            continue;
         };
         if stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
             // The filesystem gave no type, or a file became a directory.
-            subdirs.push(name);
+            subdirs.push(name.to_owned());
             continue;
         }
         if stat.st_dev != job.dev {
@@ -299,6 +304,8 @@ fn visit(item: Item, jobs: &[Job]) -> Vec<Item> {
         bytes += allocated(&stat);
         files += 1;
     }
+    drop(listing);
+    let dir = Arc::new(dir);
     job.bytes.fetch_add(bytes, Ordering::Relaxed);
     job.files.fetch_add(files, Ordering::Relaxed);
     job.dirs.fetch_add(1, Ordering::Relaxed);
@@ -312,23 +319,6 @@ fn visit(item: Item, jobs: &[Job]) -> Vec<Item> {
             at: Where::Child(Arc::clone(&dir), name),
         })
         .collect()
-}
-
-/// The entries of a directory (without `.` and `..`), with their type where the
-/// filesystem reports it.
-fn read_names(dir: &OwnedFd) -> nix::Result<Vec<(CString, Option<Type>)>> {
-    let mut listing = Dir::from_fd(nix::unistd::dup(dir.as_raw_fd())?)?;
-    let mut names = Vec::new();
-    for entry in listing.iter() {
-        let entry = entry?;
-        let name = entry.file_name();
-        let bytes = name.to_bytes();
-        if bytes == b"." || bytes == b".." {
-            continue;
-        }
-        names.push((name.to_owned(), entry.file_type()));
-    }
-    Ok(names)
 }
 
 #[cfg(test)]
