@@ -2,6 +2,8 @@
 //! container as structured records, through a per-agent shipper with a disk
 //! buffer, to Elasticsearch (and keeps writing the sandbox files).
 
+pub mod http;
 pub mod record;
+pub mod sink;
 pub mod wal;
 pub mod walrec;

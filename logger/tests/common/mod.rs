@@ -1,0 +1,158 @@
+//! Shared helpers of the integration tests: real servers (started per test,
+//! bound to 127.0.0.1, killed on drop) and the fault-injecting proxy.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Prints a visible SKIPPED line (the test then returns early).
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    println!("SKIPPED {test}: {why}");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The osmem-server binary (PyPI osmem-server==0.1.6): `$REIN_OSMEM_BIN`, or
+/// the one in the Python site-packages.
+pub fn osmem_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("REIN_OSMEM_BIN") {
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import osmem_server,os;print(os.path.dirname(osmem_server.__file__))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let p = PathBuf::from(dir.trim()).join("bin/osmem-server");
+    p.exists().then_some(p)
+}
+
+/// An ES-compatible server, killed on drop.
+pub struct EsServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl EsServer {
+    pub fn start() -> Option<EsServer> {
+        let bin = osmem_bin()?;
+        let port = free_port();
+        let child = Command::new(bin)
+            .args([
+                "-addr",
+                &format!("127.0.0.1:{port}"),
+                "-no-stdin-watch",
+                "-no-ja",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let s = EsServer { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if s.get("/").is_some_and(|(st, _)| st == 200) {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// A plain GET; (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut c = rein_logger::http::Client::new(
+            rein_logger::http::Url::parse(&format!("http://{}", self.addr)).unwrap(),
+            None,
+            Duration::from_secs(5),
+        );
+        let r = c.request("GET", path, &[], b"").ok()?;
+        Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    }
+
+    pub fn put(&self, path: &str, body: &str) -> Option<(u16, String)> {
+        self.send("PUT", path, body)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Option<(u16, String)> {
+        self.send("POST", path, body)
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        let mut c = rein_logger::http::Client::new(
+            rein_logger::http::Url::parse(&format!("http://{}", self.addr)).unwrap(),
+            None,
+            Duration::from_secs(5),
+        );
+        let r = c
+            .request(
+                method,
+                path,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .ok()?;
+        Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    }
+
+    /// Documents in `index` (after a refresh).
+    pub fn count(&self, index: &str) -> u64 {
+        let _ = self.post(&format!("/{index}/_refresh"), "");
+        let (_, b) = self.get(&format!("/{index}/_count")).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&b)
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// The `message` of every document in `index` (up to 10,000).
+    pub fn messages(&self, index: &str) -> Vec<String> {
+        let _ = self.post(&format!("/{index}/_refresh"), "");
+        let (_, b) = self
+            .post(
+                &format!("/{index}/_search"),
+                r#"{"size":10000,"query":{"match_all":{}}}"#,
+            )
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_default();
+        v["hits"]["hits"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| h["_source"]["message"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for EsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads everything from a stream until EOF (for tests of the proxy itself).
+pub fn read_all(mut s: TcpStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = s.read_to_end(&mut v);
+    v
+}

@@ -1,0 +1,229 @@
+//! A fault-injecting HTTP proxy for `_bulk`: answers 429 or 503 itself,
+//! rejects some items of a request with a per-item 429/503 (forwarding only
+//! the others, as Elasticsearch does), answers slowly, or drops the
+//! connection before forwarding or after forwarding (the request was applied
+//! but the client never hears so). Optionally terminates TLS.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rein_logger::http::{self, Client, Url};
+
+/// What the proxy does with one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward unchanged.
+    Pass,
+    /// Answer this status for the whole request without forwarding.
+    Status(u16),
+    /// Reject items `i % every == 0` with `status` (per item), forward the rest.
+    Partial { every: usize, status: u16 },
+    /// Wait, then forward.
+    Slow(Duration),
+    /// Close the connection without forwarding.
+    DropBeforeForward,
+    /// Forward, then close without answering (applied, but unacknowledged).
+    DropAfterForward,
+}
+
+/// What the proxy saw in one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub fault: Fault,
+    pub gzip: bool,
+    pub auth: Option<String>,
+    pub items: usize,
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub script: Arc<Mutex<VecDeque<Fault>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
+impl Proxy {
+    /// Starts the proxy in front of `upstream` (plain HTTP); with `tls`, clients must use https.
+    pub fn start(upstream: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sc, se, st) = (script.clone(), seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(s) = s else { continue };
+                let (sc, se, tls) = (sc.clone(), se.clone(), tls.clone());
+                std::thread::spawn(move || {
+                    let io: Box<dyn Io> = match tls {
+                        Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                            Ok(c) => Box::new(rustls::StreamOwned::new(c, s)),
+                            Err(_) => return,
+                        },
+                        None => Box::new(s),
+                    };
+                    serve(io, upstream, &sc, &se);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            script,
+            seen,
+            stop,
+        }
+    }
+
+    pub fn push(&self, f: Fault) {
+        self.script.lock().unwrap().push_back(f);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn serve(
+    io: Box<dyn Io>,
+    upstream: SocketAddr,
+    script: &Mutex<VecDeque<Fault>>,
+    seen: &Mutex<Vec<Seen>>,
+) {
+    let mut r = BufReader::new(io);
+    let mut up = Client::new(
+        Url::parse(&format!("http://{upstream}")).unwrap(),
+        None,
+        Duration::from_secs(10),
+    );
+    loop {
+        let Ok(Some((start, headers, body))) = http::read_message(&mut r, false) else {
+            return;
+        };
+        let path = start.split(' ').nth(1).unwrap_or("/").to_string();
+        let gzip = http::header(&headers, "content-encoding") == Some("gzip");
+        let body = if gzip { gunzip(&body) } else { body };
+        let is_bulk = path.contains("_bulk");
+        let fault = if is_bulk {
+            script.lock().unwrap().pop_front().unwrap_or(Fault::Pass)
+        } else {
+            Fault::Pass
+        };
+        let lines: Vec<&[u8]> = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        seen.lock().unwrap().push(Seen {
+            fault: fault.clone(),
+            gzip,
+            auth: http::header(&headers, "authorization").map(str::to_string),
+            items: lines.len() / 2,
+        });
+        let forward = |up: &mut Client, body: &[u8]| {
+            let method = start.split(' ').next().unwrap_or("POST");
+            up.request(
+                method,
+                &path,
+                &[("Content-Type", "application/x-ndjson")],
+                body,
+            )
+        };
+        let w = r.get_mut();
+        let res = match fault {
+            Fault::Pass => match forward(&mut up, &body) {
+                Ok(resp) => http::write_response(w, resp.status, "OK", &resp.body),
+                Err(_) => return,
+            },
+            Fault::Status(s) => {
+                let b = format!(
+                    r#"{{"error":{{"type":"{}","reason":"injected by the test proxy"}},"status":{s}}}"#,
+                    if s == 429 {
+                        "es_rejected_execution_exception"
+                    } else {
+                        "unavailable_shards_exception"
+                    }
+                );
+                http::write_response(w, s, "Injected", b.as_bytes())
+            }
+            Fault::Slow(d) => {
+                std::thread::sleep(d);
+                match forward(&mut up, &body) {
+                    Ok(resp) => http::write_response(w, resp.status, "OK", &resp.body),
+                    Err(_) => return,
+                }
+            }
+            Fault::DropBeforeForward => return,
+            Fault::DropAfterForward => {
+                let _ = forward(&mut up, &body);
+                return;
+            }
+            Fault::Partial { every, status } => {
+                let n = lines.len() / 2;
+                let mut fwd = Vec::new();
+                for i in 0..n {
+                    if i % every != 0 {
+                        fwd.extend_from_slice(lines[2 * i]);
+                        fwd.push(b'\n');
+                        fwd.extend_from_slice(lines[2 * i + 1]);
+                        fwd.push(b'\n');
+                    }
+                }
+                let mut up_items: VecDeque<serde_json::Value> = VecDeque::new();
+                if !fwd.is_empty() {
+                    let Ok(resp) = forward(&mut up, &fwd) else {
+                        return;
+                    };
+                    let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+                    up_items = v["items"].as_array().cloned().unwrap_or_default().into();
+                }
+                let mut items = Vec::new();
+                for i in 0..n {
+                    if i % every == 0 {
+                        let action: serde_json::Value =
+                            serde_json::from_slice(lines[2 * i]).unwrap();
+                        let id = action["create"]["_id"].clone();
+                        let etype = if status == 429 {
+                            "es_rejected_execution_exception"
+                        } else {
+                            "unavailable_shards_exception"
+                        };
+                        items.push(serde_json::json!({"create": {"_id": id, "status": status,
+                            "error": {"type": etype, "reason": "injected by the test proxy"}}}));
+                    } else {
+                        items.push(up_items.pop_front().unwrap());
+                    }
+                }
+                let b = serde_json::json!({"errors": true, "took": 1, "items": items}).to_string();
+                http::write_response(w, 200, "OK", b.as_bytes())
+            }
+        };
+        if res.is_err() {
+            return;
+        }
+    }
+}
