@@ -1,4 +1,4 @@
-//! Keys of the container logger.
+//! Keys of the container logger (`rein-logger`).
 
 use super::{KeySpec, Kind};
 
@@ -7,17 +7,52 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "log.sink",
         kind: Kind::Enum(&["elasticsearch", "kafka", "none"]),
-        help: "Where the container's records go (within the sinks the operator enabled).",
+        help: "Where the container's records go (within the sinks the operator allows); \
+               `none` keeps only the sandbox files.",
     },
     KeySpec {
         key: "log.index",
         kind: Kind::Text(128),
-        help:
-            "Elasticsearch index pattern for this container (within the operator's allowed prefix).",
+        help: "Elasticsearch index pattern for this container, e.g. `team-a-%Y.%m.%d` \
+               (lower-case, digits, `-_.`, `%Y %m %d`; must start with one of the \
+               operator's allowed prefixes).",
     },
     KeySpec {
         key: "log.topic",
         kind: Kind::Text(128),
-        help: "Kafka topic for this container (within the operator's allowed prefix).",
+        help: "Kafka topic for this container (within the operator's allowed prefixes).",
+    },
+    KeySpec {
+        key: "log.multiline",
+        kind: Kind::Enum(&["off", "indented"]),
+        help: "Join continuation lines into one record: `indented` joins lines starting \
+               with a space or tab, `Caused by:`, `at ` or `...` (stack traces).",
+    },
+    KeySpec {
+        key: "log.multiline.pattern",
+        kind: Kind::Text(256),
+        help: "Regular expression (RE2 syntax, linear time, size-limited) matching the \
+               first line of a record; other lines are joined to the previous record.",
+    },
+    KeySpec {
+        key: "log.multiline.max_lines",
+        kind: Kind::Count,
+        help: "A joined record is emitted once it has this many lines (operator cap applies).",
+    },
+    KeySpec {
+        key: "log.multiline.max_bytes",
+        kind: Kind::Bytes,
+        help: "A joined record is emitted before it would exceed this size (operator cap applies).",
+    },
+    KeySpec {
+        key: "log.multiline.timeout",
+        kind: Kind::Duration,
+        help: "A pending joined record is emitted after this long without a new line.",
+    },
+    KeySpec {
+        key: "log.rate_limit",
+        kind: Kind::ByteRate,
+        help: "Most bytes per second read from the container's stdout+stderr; above it the \
+               container's writes block (nothing is dropped). Capped by the operator.",
     },
 ];
