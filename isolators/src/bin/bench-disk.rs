@@ -56,6 +56,7 @@ fn build_tree(root: &Path, files: u64) {
     if root.join(".complete").exists() {
         return;
     }
+    fs::create_dir_all(root).unwrap();
     let started = Instant::now();
     let data = vec![0x42u8; 4096];
     for i in 0..files {
@@ -220,22 +221,28 @@ fn bench_usage() {
     for target in [0, files] {
         build_tree(&sandbox.join(format!("t{target}")), target);
         iso.poll_now();
-        let mut samples = Vec::with_capacity(calls as usize);
-        let mut used = None;
-        for _ in 0..calls {
-            let t = Instant::now();
-            used = iso.usage(&spec.id).unwrap().disk_used_bytes;
-            samples.push(t.elapsed());
+        // SAFETY: sync has no preconditions; settles writeback before timing.
+        unsafe { libc::sync() };
+        for round in 0..3 {
+            let mut samples = Vec::with_capacity(calls as usize);
+            let mut used = None;
+            for _ in 0..calls {
+                let t = Instant::now();
+                used = iso.usage(&spec.id).unwrap().disk_used_bytes;
+                samples.push(t.elapsed());
+            }
+            samples.sort();
+            let mean = samples.iter().sum::<Duration>() / calls;
+            let p50 = samples[samples.len() / 2];
+            let p99 = samples[samples.len() * 99 / 100];
+            println!(
+                "usage() with {target:>8} files, round {round}: mean {:.2} us, p50 {:.2} us, p99 {:.2} us, used {:?} bytes",
+                mean.as_secs_f64() * 1e6,
+                p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6,
+                used
+            );
         }
-        samples.sort();
-        let mean = samples.iter().sum::<Duration>() / calls;
-        let p99 = samples[samples.len() * 99 / 100];
-        println!(
-            "usage() with {target:>8} files: mean {:.2} us, p99 {:.2} us, used {:?} bytes",
-            mean.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6,
-            used
-        );
     }
     iso.cleanup(&spec.id).unwrap();
     drop(iso);
