@@ -1,0 +1,65 @@
+//! The blkio isolator against the real kernel on cgroup v2 (`io.max`). The host binds
+//! io to v1, so these run in the VM lane (`tests/vm/run --cargo-test blkio_v2`) and
+//! skip visibly elsewhere. Root only; each measurement takes about 2 s.
+
+mod blkio_common;
+
+use rein_core::cgroupfs::Version;
+
+const V: Version = Version::V2;
+
+#[test]
+fn blkio_v2_write_bps_on_sandbox() {
+    if let Some(h) = blkio_common::lane("blkio_v2_write_bps_on_sandbox", V) {
+        blkio_common::write_bps_on_sandbox(h);
+    }
+}
+
+#[test]
+fn blkio_v2_read_bps_on_named_device() {
+    if let Some(h) = blkio_common::lane("blkio_v2_read_bps_on_named_device", V) {
+        blkio_common::read_bps_on_named_device(h);
+    }
+}
+
+#[test]
+fn blkio_v2_unlimited_is_far_above() {
+    if let Some(h) = blkio_common::lane("blkio_v2_unlimited_is_far_above", V) {
+        blkio_common::unlimited_is_far_above(h);
+    }
+}
+
+#[test]
+fn blkio_v2_cgroup_of_mesos_is_kept() {
+    if let Some(h) = blkio_common::lane("blkio_v2_cgroup_of_mesos_is_kept", V) {
+        blkio_common::cgroup_of_mesos_is_kept(h);
+    }
+}
+
+#[test]
+fn blkio_v2_recover_restores() {
+    if let Some(h) = blkio_common::lane("blkio_v2_recover_restores", V) {
+        blkio_common::recover_restores(h);
+    }
+}
+
+#[test]
+fn blkio_v2_refusals() {
+    if let Some(h) = blkio_common::lane("blkio_v2_refusals", V) {
+        blkio_common::refusals(h);
+    }
+}
+
+#[test]
+fn blkio_v2_write_iops() {
+    if let Some(h) = blkio_common::lane("blkio_v2_write_iops", V) {
+        blkio_common::iops(h, true);
+    }
+}
+
+#[test]
+fn blkio_v2_read_iops() {
+    if let Some(h) = blkio_common::lane("blkio_v2_read_iops", V) {
+        blkio_common::iops(h, false);
+    }
+}
