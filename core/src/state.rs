@@ -2,15 +2,23 @@
 //!
 //! Mesos hands `recover()` no labels and no task: whatever an isolator decided at
 //! `prepare()` must be on disk. One JSON file per container and isolator, written
-//! atomically (temporary file, fsync, rename, fsync of the directory), so a crash
-//! leaves either the old or the new state, never a torn one.
+//! atomically (temporary file, then rename), so an agent crash leaves either the old
+//! or the new record, never a torn one.
+//!
+//! Records carry the kernel's boot id. Containers never survive a reboot, so a
+//! record from an earlier boot is stale and is discarded on load; that is also why
+//! no fsync is needed (it would cost milliseconds per container on a disk-backed
+//! state directory): the page cache outlives any agent crash, and only a machine
+//! crash loses it, which the boot id turns into "no containers", as it should.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::container::ContainerId;
 
@@ -35,6 +43,28 @@ pub enum StateError {
         /// The error.
         source: serde_json::Error,
     },
+}
+
+/// The kernel's boot id (empty where the kernel does not offer one).
+pub fn boot_id() -> &'static str {
+    static BOOT_ID: OnceLock<String> = OnceLock::new();
+    BOOT_ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, T> {
+    boot_id: &'a str,
+    record: &'a T,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn<T> {
+    boot_id: String,
+    record: T,
 }
 
 /// A directory of per-container records of one isolator.
@@ -74,25 +104,37 @@ impl StateStore {
             path: path.clone(),
             source,
         };
-        let bytes = serde_json::to_vec_pretty(record)
+        let envelope = EnvelopeOut {
+            boot_id: boot_id(),
+            record,
+        };
+        let bytes = serde_json::to_vec_pretty(&envelope)
             .map_err(|e| io_err("encoding", io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{}.tmp", id.file_name()));
         let mut file = File::create(&tmp).map_err(|e| io_err("creating", e))?;
         file.write_all(&bytes).map_err(|e| io_err("writing", e))?;
-        file.sync_all().map_err(|e| io_err("syncing", e))?;
-        fs::rename(&tmp, &path).map_err(|e| io_err("renaming", e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("syncing directory of", e))
+        drop(file);
+        fs::rename(&tmp, &path).map_err(|e| io_err("renaming", e))
     }
 
-    /// Reads one container's record, if there is one.
+    /// Reads one container's record, if there is one from this boot (a record from
+    /// an earlier boot is removed).
     pub fn load<T: DeserializeOwned>(&self, id: &ContainerId) -> Result<Option<T>, StateError> {
         let path = self.path_of(id);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Corrupt { path, source }),
+            Ok(bytes) => {
+                let envelope: EnvelopeIn<T> =
+                    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if envelope.boot_id != boot_id() {
+                    tracing::info!(path = %path.display(), "discarding state from an earlier boot");
+                    self.remove(id)?;
+                    return Ok(None);
+                }
+                Ok(Some(envelope.record))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StateError::Io {
                 op: "reading",
@@ -182,6 +224,19 @@ mod tests {
         store.remove(&a).unwrap();
         store.remove(&a).unwrap();
         assert_eq!(store.load::<Rec>(&a).unwrap(), None);
+    }
+
+    #[test]
+    fn records_from_an_earlier_boot_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "x").unwrap();
+        fs::write(
+            store.dir().join("a.json"),
+            br#"{"boot_id":"another-boot","record":{"handle":1}}"#,
+        )
+        .unwrap();
+        assert!(store.load_all::<Rec>().unwrap().is_empty());
+        assert!(!store.dir().join("a.json").exists());
     }
 
     #[test]

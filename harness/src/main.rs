@@ -1,1 +1,351 @@
-fn main() {}
+//! `rein-run`: runs a command as a container through the same lifecycle a Mesos
+//! agent drives through the rein modules (recover, prepare, watch, isolate(pid),
+//! usage/status, cleanup), configured by the same labels and module parameters.
+
+mod bench;
+mod cli;
+mod config;
+mod modules;
+mod process;
+mod records;
+mod report;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rein_core::state::StateStore;
+use rein_modules::{ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry};
+
+use crate::cli::{Command, Options};
+use crate::config::Config;
+use crate::modules::Modules;
+use crate::records::ContainerRecord;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REIN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let options = match cli::parse(std::env::args().skip(1).collect()) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("rein-run: {msg}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match run(options) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("rein-run: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(options: Options) -> Result<ExitCode, String> {
+    if let Command::Defaults = options.command {
+        println!("{}", config::DEFAULT);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut config = Config::load(options.config.as_deref())?;
+    if let Some(dir) = &options.state_dir {
+        config = config.with_state_dir(dir);
+    }
+    let records = StateStore::open(&config.state_dir, "harness").map_err(|e| e.to_string())?;
+    if let Command::Bench(bench) = &options.command {
+        return bench::run(&config, &options, bench);
+    }
+    let modules = Modules::load(&config, options.strict)?;
+    eprintln!("rein-run: isolators: {}", modules.kinds().join(", "));
+    let live = recover(&modules, &records)?;
+    match &options.command {
+        Command::Run { argv } => launch(&modules, &records, &config, &options, argv),
+        Command::Wait { id } => {
+            let record = find(&live, id)?;
+            let chain = ContainerChain {
+                ids: record.chain.clone(),
+            };
+            modules.watch(&chain);
+            supervise(&modules, &records, &options, record, None)
+        }
+        Command::Destroy { id } => {
+            let record = find(&live, id)?;
+            process::kill_group(record.pid);
+            finish(&modules, &records, &options, record, "destroyed")
+        }
+        Command::Status => {
+            for record in &live {
+                print_report(&modules, &options, record);
+            }
+            if live.is_empty() {
+                eprintln!("rein-run: no live containers");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Defaults | Command::Bench(_) => unreachable!("handled above"),
+    }
+}
+
+fn find(live: &[ContainerRecord], id: &str) -> Result<ContainerRecord, String> {
+    live.iter()
+        .find(|r| r.chain.join(".") == id)
+        .cloned()
+        .ok_or_else(|| format!("no live container '{id}'"))
+}
+
+/// Recovers the isolators as an agent does at start: live containers are adopted,
+/// dead ones (orphans) are cleaned up.
+fn recover(modules: &Modules, records: &StateStore) -> Result<Vec<ContainerRecord>, String> {
+    let all: Vec<(rein_core::ContainerId, ContainerRecord)> =
+        records.load_all().map_err(|e| e.to_string())?;
+    let (live, dead): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .map(|(_, r)| r)
+        .partition(ContainerRecord::is_alive);
+    let live_views: Vec<RecoveredView> = live
+        .iter()
+        .map(|r| RecoveredView {
+            container: ContainerChain {
+                ids: r.chain.clone(),
+            },
+            pid: r.pid,
+            directory: r.sandbox.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let orphans: Vec<ContainerChain> = dead
+        .iter()
+        .map(|r| ContainerChain {
+            ids: r.chain.clone(),
+        })
+        .collect();
+    modules.recover(&live_views, &orphans)?;
+    for record in &dead {
+        let chain = ContainerChain {
+            ids: record.chain.clone(),
+        };
+        for e in modules.cleanup(&chain) {
+            eprintln!(
+                "rein-run: cleaning up orphan {}: {e}",
+                record.chain.join(".")
+            );
+        }
+        let id = rein_core::ContainerId::new(record.chain.clone()).map_err(|e| e.to_string())?;
+        records.remove(&id).map_err(|e| e.to_string())?;
+        eprintln!(
+            "rein-run: cleaned up orphan container {}",
+            record.chain.join(".")
+        );
+    }
+    if !live.is_empty() {
+        eprintln!("rein-run: recovered {} live container(s)", live.len());
+    }
+    Ok(live)
+}
+
+/// Builds what the shim would copy out of `ContainerConfig`.
+pub(crate) fn config_view(
+    options: &Options,
+    chain: &[String],
+    sandbox: &Path,
+) -> ContainerConfigView {
+    let kv = |pairs: &[(String, String)]| -> Vec<KeyValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect()
+    };
+    let mut resources = Vec::new();
+    for (name, value) in [
+        ("cpus", options.cpus),
+        ("mem", options.mem_mb),
+        ("disk", options.disk_mb),
+    ] {
+        if let Some(scalar) = value {
+            resources.push(ResourceEntry {
+                name: name.into(),
+                scalar,
+                has_disk_info: false,
+            });
+        }
+    }
+    ContainerConfigView {
+        container: ContainerChain {
+            ids: chain.to_vec(),
+        },
+        directory: sandbox.to_string_lossy().into_owned(),
+        user: String::new(),
+        task_id: options.task_id.clone().unwrap_or_else(|| chain.join(".")),
+        task_name: options.task_id.clone().unwrap_or_default(),
+        executor_id: String::new(),
+        framework_id: String::new(),
+        task_labels: kv(&options.labels),
+        executor_labels: Vec::new(),
+        environment: kv(&options.env),
+        resources,
+        debug: false,
+    }
+}
+
+fn launch(
+    modules: &Modules,
+    records: &StateStore,
+    config: &Config,
+    options: &Options,
+    argv: &[String],
+) -> Result<ExitCode, String> {
+    let chain = options.id_chain();
+    let id = rein_core::ContainerId::new(chain.clone()).map_err(|e| e.to_string())?;
+    let sandbox = options
+        .sandbox
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("sandboxes").join(id.file_name()));
+    std::fs::create_dir_all(&sandbox)
+        .map_err(|e| format!("creating sandbox {}: {e}", sandbox.display()))?;
+    let view = config_view(options, &chain, &sandbox);
+    let container = view.container.clone();
+
+    let environment = match modules.prepare(&view) {
+        Ok(env) => env,
+        Err(e) => {
+            // As the agent does for a failed launch: clean up what was prepared.
+            modules.cleanup(&container);
+            eprintln!("rein-run: launch of {id} failed: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
+    let mut env = environment;
+    env.extend(options.env.iter().cloned());
+    let held = process::Held::spawn(argv, &sandbox, &env)
+        .map_err(|e| format!("starting {argv:?}: {e}"))?;
+    let pid = held.pid();
+    let record = ContainerRecord {
+        chain: chain.clone(),
+        pid,
+        start_time: process::start_time(pid),
+        sandbox: sandbox.clone(),
+        argv: argv.to_vec(),
+    };
+    records.save(&id, &record).map_err(|e| e.to_string())?;
+    modules.watch(&container);
+    if let Err(e) = modules.isolate(&container, pid) {
+        held.abort();
+        modules.cleanup(&container);
+        let _ = records.remove(&id);
+        eprintln!("rein-run: isolating {id} failed: {e}");
+        return Ok(ExitCode::from(3));
+    }
+    let child = held
+        .release()
+        .map_err(|e| format!("releasing the container: {e}"))?;
+    eprintln!("rein-run: container {id} running as pid {pid}");
+    if options.detach {
+        print_report(modules, options, &record);
+        println!("{id}");
+        // The process outlives the harness; `wait ID` adopts it later.
+        let _ = child;
+        return Ok(ExitCode::SUCCESS);
+    }
+    supervise(modules, records, options, record, Some(child))
+}
+
+/// Waits for the container to end (or to hit a limitation), printing statistics
+/// every `--interval`, then cleans up.
+fn supervise(
+    modules: &Modules,
+    records: &StateStore,
+    options: &Options,
+    record: ContainerRecord,
+    child: Option<process::Running>,
+) -> Result<ExitCode, String> {
+    let mut last_report = Instant::now();
+    let mut outcome = "exited".to_owned();
+    loop {
+        let ended = match child.as_ref() {
+            Some(c) => match c.try_wait() {
+                Ok(Some(status)) => {
+                    outcome = format!("exited ({status})");
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => return Err(format!("waiting for the container: {e}")),
+            },
+            None => !record.is_alive(),
+        };
+        if ended {
+            break;
+        }
+        if let Some(limited) = modules.limitation(Duration::from_millis(50)) {
+            outcome = format!(
+                "killed by {} ({}: {})",
+                limited.kind, limited.limitation.reason, limited.limitation.message
+            );
+            process::kill_group(record.pid);
+            if let Some(c) = child.as_ref() {
+                c.wait();
+            }
+            break;
+        }
+        if let Some(every) = options.interval {
+            if last_report.elapsed() >= every {
+                print_report(modules, options, &record);
+                last_report = Instant::now();
+            }
+        }
+    }
+    finish(modules, records, options, record, &outcome)
+}
+
+fn finish(
+    modules: &Modules,
+    records: &StateStore,
+    options: &Options,
+    record: ContainerRecord,
+    outcome: &str,
+) -> Result<ExitCode, String> {
+    print_report(modules, options, &record);
+    let chain = ContainerChain {
+        ids: record.chain.clone(),
+    };
+    let errors = modules.cleanup(&chain);
+    let id = rein_core::ContainerId::new(record.chain.clone()).map_err(|e| e.to_string())?;
+    records.remove(&id).map_err(|e| e.to_string())?;
+    eprintln!("rein-run: container {id} {outcome}; cleaned up");
+    for e in &errors {
+        eprintln!("rein-run: {e}");
+    }
+    Ok(if errors.is_empty() && !outcome.starts_with("killed") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
+}
+
+fn print_report(modules: &Modules, options: &Options, record: &ContainerRecord) {
+    let chain = ContainerChain {
+        ids: record.chain.clone(),
+    };
+    let (status, status_errors) = modules.status(&chain);
+    let (usage, usage_errors) = modules.usage(&chain);
+    let errors: Vec<String> = status_errors.into_iter().chain(usage_errors).collect();
+    if options.json {
+        println!(
+            "{}",
+            report::to_json(
+                &record.chain.join("."),
+                record.pid,
+                &status,
+                &usage,
+                &errors
+            )
+        );
+    } else {
+        eprint!("{}", report::to_text(&status, &usage, &errors));
+    }
+}

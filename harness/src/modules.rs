@@ -1,0 +1,228 @@
+//! The isolators of one harness run, driven through the same bridge handles the
+//! agent's shim uses: each call goes to the isolator's own thread and completes
+//! through a [`Completer`], here a channel.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rein_modules::{
+    Completer, ContainerChain, ContainerConfigView, IsolatorHandle, LimitationView, Outcome,
+    RecoveredView, StatisticsView, StatusView,
+};
+
+use crate::config::Config;
+
+/// How long one call may take before the harness gives up on it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Channel(mpsc::Sender<Outcome>);
+
+impl Completer for Channel {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        let _ = self.0.send(outcome);
+    }
+}
+
+/// A limitation reported by one isolator's `watch()`.
+pub struct Limited {
+    /// The isolator kind.
+    pub kind: String,
+    /// The limitation.
+    pub limitation: LimitationView,
+}
+
+/// The loaded isolators, in configuration order.
+pub struct Modules {
+    isolators: Vec<(String, IsolatorHandle)>,
+    limits_tx: mpsc::Sender<(String, Outcome)>,
+    limits_rx: mpsc::Receiver<(String, Outcome)>,
+}
+
+/// The error of one call: which isolator, and its message.
+pub type CallError = String;
+
+impl Modules {
+    /// Creates every configured isolator. One that cannot start is reported and left
+    /// out unless `strict`.
+    pub fn load(config: &Config, strict: bool) -> Result<Self, String> {
+        let mut isolators = Vec::new();
+        for iso in &config.isolators {
+            let params: Vec<rein_modules::KeyValue> = iso
+                .parameters
+                .iter()
+                .map(|(key, value)| rein_modules::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect();
+            match rein_modules::create_isolator(&iso.kind, &params) {
+                Ok(handle) => isolators.push((iso.kind.clone(), *handle)),
+                Err(err) if strict => return Err(err),
+                Err(err) => eprintln!("rein-run: isolator {} is not available: {err}", iso.kind),
+            }
+        }
+        let (limits_tx, limits_rx) = mpsc::channel();
+        Ok(Self {
+            isolators,
+            limits_tx,
+            limits_rx,
+        })
+    }
+
+    /// The kinds loaded.
+    pub fn kinds(&self) -> Vec<&str> {
+        self.isolators.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn call_one(
+        handle: &IsolatorHandle,
+        start: impl FnOnce(&IsolatorHandle, Box<dyn Completer>),
+    ) -> Outcome {
+        let (tx, rx) = mpsc::channel();
+        start(handle, Box::new(Channel(tx)));
+        rx.recv_timeout(CALL_TIMEOUT)
+            .unwrap_or_else(|_| Outcome::Failed("no answer within the call timeout".into()))
+    }
+
+    /// `recover()` on every isolator.
+    pub fn recover(
+        &self,
+        live: &[RecoveredView],
+        orphans: &[ContainerChain],
+    ) -> Result<(), CallError> {
+        for (kind, handle) in &self.isolators {
+            let outcome = Self::call_one(handle, |h, d| {
+                h.recover_with(live.to_vec(), orphans.to_vec(), d)
+            });
+            expect_nothing(kind, "recover", outcome)?;
+        }
+        Ok(())
+    }
+
+    /// `prepare()` in order; the first failure stops (the caller cleans up).
+    /// Returns the environment to add, from every launch info.
+    pub fn prepare(
+        &self,
+        config: &ContainerConfigView,
+    ) -> Result<Vec<(String, String)>, CallError> {
+        let mut environment = Vec::new();
+        for (kind, handle) in &self.isolators {
+            match Self::call_one(handle, |h, d| h.prepare_with(config.clone(), d)) {
+                Outcome::LaunchInfo(info) => {
+                    environment.extend(info.environment.into_iter().map(|kv| (kv.key, kv.value)));
+                }
+                other => return Err(describe(kind, "prepare", other)),
+            }
+        }
+        Ok(environment)
+    }
+
+    /// `watch()` on every isolator; limitations arrive on [`Modules::limitation`].
+    pub fn watch(&self, container: &ContainerChain) {
+        for (kind, handle) in &self.isolators {
+            let tx = self.limits_tx.clone();
+            let kind = kind.clone();
+            handle.watch_with(container.clone(), Box::new(Tagged(kind, tx)));
+        }
+    }
+
+    /// `isolate()` on every isolator, all queued before any is awaited (Mesos runs
+    /// them in parallel).
+    pub fn isolate(&self, container: &ContainerChain, pid: i32) -> Result<(), CallError> {
+        let pending: Vec<_> = self
+            .isolators
+            .iter()
+            .map(|(kind, handle)| {
+                let (tx, rx) = mpsc::channel();
+                handle.isolate_with(container.clone(), pid, Box::new(Channel(tx)));
+                (kind, rx)
+            })
+            .collect();
+        for (kind, rx) in pending {
+            let outcome = rx
+                .recv_timeout(CALL_TIMEOUT)
+                .unwrap_or(Outcome::Failed("timed out".into()));
+            expect_nothing(kind, "isolate", outcome)?;
+        }
+        Ok(())
+    }
+
+    /// A limitation, if one arrived within `wait`.
+    pub fn limitation(&self, wait: Duration) -> Option<Limited> {
+        match self.limits_rx.recv_timeout(wait) {
+            Ok((kind, Outcome::Limitation(limitation))) => Some(Limited { kind, limitation }),
+            Ok((kind, other)) => {
+                eprintln!("rein-run: {}", describe(&kind, "watch", other));
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// `usage()` of every isolator, merged like Mesos's `MergeFrom`, with per-isolator errors.
+    pub fn usage(
+        &self,
+        container: &ContainerChain,
+    ) -> (Vec<(String, StatisticsView)>, Vec<CallError>) {
+        let mut stats = Vec::new();
+        let mut errors = Vec::new();
+        for (kind, handle) in &self.isolators {
+            match Self::call_one(handle, |h, d| h.usage_with(container.clone(), d)) {
+                Outcome::Statistics(s) => stats.push((kind.clone(), s)),
+                other => errors.push(describe(kind, "usage", other)),
+            }
+        }
+        (stats, errors)
+    }
+
+    /// `status()` of every isolator.
+    pub fn status(
+        &self,
+        container: &ContainerChain,
+    ) -> (Vec<(String, StatusView)>, Vec<CallError>) {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for (kind, handle) in &self.isolators {
+            match Self::call_one(handle, |h, d| h.status_with(container.clone(), d)) {
+                Outcome::Status(s) => out.push((kind.clone(), s)),
+                other => errors.push(describe(kind, "status", other)),
+            }
+        }
+        (out, errors)
+    }
+
+    /// `cleanup()` in reverse order; every isolator is cleaned even if one fails
+    /// (Mesos tolerates cleanup failures too), and all errors are returned.
+    pub fn cleanup(&self, container: &ContainerChain) -> Vec<CallError> {
+        let mut errors = Vec::new();
+        for (kind, handle) in self.isolators.iter().rev() {
+            let outcome = Self::call_one(handle, |h, d| h.cleanup_with(container.clone(), d));
+            if let Err(e) = expect_nothing(kind, "cleanup", outcome) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+struct Tagged(String, mpsc::Sender<(String, Outcome)>);
+
+impl Completer for Tagged {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        let _ = self.1.send((self.0, outcome));
+    }
+}
+
+fn expect_nothing(kind: &str, call: &str, outcome: Outcome) -> Result<(), CallError> {
+    match outcome {
+        Outcome::Nothing => Ok(()),
+        other => Err(describe(kind, call, other)),
+    }
+}
+
+fn describe(kind: &str, call: &str, outcome: Outcome) -> CallError {
+    match outcome {
+        Outcome::Failed(message) => format!("{kind} {call}: {message}"),
+        other => format!("{kind} {call}: unexpected answer {other:?}"),
+    }
+}

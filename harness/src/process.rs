@@ -1,0 +1,161 @@
+//! The container's process: forked and held before `exec` until every isolator has
+//! isolated it, as Mesos's launch helper is.
+
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// A forked process waiting for its go signal.
+pub struct Held {
+    pid: i32,
+    release: OwnedFd,
+}
+
+/// A released container process, our child.
+pub struct Running {
+    pid: i32,
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::other("argument contains a NUL byte"))
+}
+
+fn resolve(program: &str) -> io::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{program}: not found in PATH"),
+            )
+        })
+}
+
+impl Held {
+    /// Forks `argv` in its own session, in `dir`, with `env` added; the child blocks
+    /// before `exec` until [`Held::release`], and exits if the harness dies first.
+    pub fn spawn(argv: &[String], dir: &Path, env: &[(String, String)]) -> io::Result<Self> {
+        let program = argv
+            .first()
+            .ok_or_else(|| io::Error::other("no command given"))?;
+        // Everything the child needs is allocated before fork: after it, only
+        // async-signal-safe calls are allowed in a multi-threaded process.
+        let path = cstring(resolve(program)?.as_os_str().as_bytes())?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let mut vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !env.iter().any(|(name, _)| OsStr::new(name) == k))
+            .collect();
+        vars.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
+        let envs: Vec<CString> = vars
+            .iter()
+            .map(|(k, v)| cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<io::Result<_>>()?;
+        let dir = cstring(dir.as_os_str().as_bytes())?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+        env_ptrs.push(std::ptr::null());
+
+        let (wait_end, release) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let wait_fd = wait_end.as_raw_fd();
+        let release_fd = release.as_raw_fd();
+        // SAFETY: the child branch makes only async-signal-safe calls (close, setsid,
+        // read, chdir, execve, _exit) on memory allocated before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above; every pointer stays valid until execve or _exit.
+            unsafe {
+                libc::close(release_fd);
+                libc::setsid();
+                let mut byte = 0u8;
+                loop {
+                    let n = libc::read(wait_fd, (&raw mut byte).cast(), 1);
+                    if n == 1 {
+                        break;
+                    }
+                    if n == 0 || *libc::__errno_location() != libc::EINTR {
+                        libc::_exit(126);
+                    }
+                }
+                libc::chdir(dir.as_ptr());
+                libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        drop(wait_end);
+        Ok(Self { pid, release })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Lets the process `exec`.
+    pub fn release(self) -> io::Result<Running> {
+        nix::unistd::write(&self.release, b"x").map_err(io::Error::from)?;
+        Ok(Running { pid: self.pid })
+    }
+
+    /// Kills the held process and reaps it.
+    pub fn abort(self) {
+        kill_group(self.pid);
+        Running { pid: self.pid }.wait();
+    }
+}
+
+impl Running {
+    /// Whether it ended, with a description of how.
+    pub fn try_wait(&self) -> io::Result<Option<String>> {
+        match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG))
+            .map_err(io::Error::from)?
+        {
+            WaitStatus::StillAlive => Ok(None),
+            WaitStatus::Exited(_, code) => Ok(Some(format!("exit status {code}"))),
+            WaitStatus::Signaled(_, signal, _) => Ok(Some(format!("killed by {signal}"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Waits until it ends.
+    pub fn wait(&self) {
+        let _ = waitpid(Pid::from_raw(self.pid), None);
+    }
+}
+
+/// The process start time (`/proc/<pid>/stat` field 22), to tell a live process
+/// from a reused pid after a harness restart.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let state = fields.first()?;
+    if *state == "Z" || *state == "X" {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Kills a process group (the container's session), ignoring "already gone".
+pub fn kill_group(pid: i32) {
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+}
