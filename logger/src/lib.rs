@@ -3,7 +3,10 @@
 //! buffer, to Elasticsearch (and keeps writing the sandbox files).
 
 pub mod http;
+pub mod module;
+pub mod proto;
 pub mod record;
+pub mod shipper;
 pub mod sink;
 pub mod wal;
 pub mod walrec;

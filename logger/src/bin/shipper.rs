@@ -1,1 +1,86 @@
-fn main() {}
+//! `rein-log-shipper`: the per-agent log shipper.
+//!
+//! ```text
+//! rein-log-shipper run   --config FILE   # supervisor + worker (run this under systemd)
+//! rein-log-shipper check --config FILE   # validate the settings and exit
+//! rein-log-shipper stats --state-dir DIR # print the counters
+//! ```
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use rein_logger::shipper::{supervisor, worker, ShipperConfig};
+
+fn arg(args: &[String], name: &str) -> Option<PathBuf> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+}
+
+fn inherited(var: &str) -> Result<OwnedFd, String> {
+    let fd: i32 = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(format!("{var} not set"))?;
+    // SAFETY: the supervisor passed this descriptor to us (it is ours alone in this process).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fcntl on the descriptor we now own.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::F_SETFD,
+            libc::FD_CLOEXEC,
+        )
+    };
+    Ok(fd)
+}
+
+fn main_inner() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args.get(1).map(String::as_str).unwrap_or("");
+    let config = || -> Result<(PathBuf, ShipperConfig), String> {
+        let p = arg(&args, "--config").ok_or("--config FILE is required")?;
+        let c = ShipperConfig::load(&p)?;
+        Ok((p, c))
+    };
+    match cmd {
+        "run" => {
+            let (p, c) = config()?;
+            supervisor::run(&p, &c)
+        }
+        "worker" => {
+            let (_, c) = config()?;
+            supervisor::raise_nofile();
+            worker::install_stop_handler();
+            let listen = inherited("REIN_SHIPPER_LISTEN_FD")?;
+            let control = inherited("REIN_SHIPPER_CONTROL_FD")?;
+            let mut w = worker::Worker::new(c, listen, control)?;
+            w.adopt()?;
+            w.run()
+        }
+        "check" => config().map(|(_, c)| println!("{c:#?}")),
+        "stats" => {
+            let d = arg(&args, "--state-dir").ok_or("--state-dir DIR is required")?;
+            let s = std::fs::read_to_string(d.join("counters.json"))
+                .map_err(|e| format!("{}: {e}", d.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(())
+        }
+        _ => Err("usage: rein-log-shipper run|check --config FILE | stats --state-dir DIR".into()),
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = main_inner() {
+        eprintln!("rein-log-shipper: {e}");
+        std::process::exit(1);
+    }
+}

@@ -4,7 +4,7 @@
 //! Mesos ids, labels, operator fields) is serialised once; a record costs its
 //! timestamp, message, `log` object and, for JSON lines, the merged fields.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,7 @@ const TIME_KEYS: &[&str] = &["@timestamp", "timestamp", "time", "ts"];
 pub struct StreamEncoder {
     log_head: Vec<u8>,
     tail: Vec<u8>,
-    reserved: BTreeSet<String>,
+    extra_keys: Vec<String>,
     id_prefix: Vec<u8>,
     ts: TsFormatter,
 }
@@ -209,25 +209,26 @@ impl StreamEncoder {
         t.extend_from_slice(b",\"ecs\":{\"version\":\"");
         t.extend_from_slice(ECS_VERSION.as_bytes());
         t.extend_from_slice(b"\"}");
-        let mut reserved: BTreeSet<String> = RESERVED.iter().map(|s| s.to_string()).collect();
+        let mut extra_keys = Vec::new();
         for (k, v) in &opts.extra_fields {
-            if reserved.contains(k) {
+            if RESERVED.contains(&k.as_str()) {
                 continue;
             }
             t.push(b',');
             push_str(&mut t, k.as_bytes());
             t.push(b':');
             t.extend_from_slice(v.to_string().as_bytes());
-            reserved.insert(k.clone());
+            extra_keys.push(k.clone());
         }
 
         let mut id_prefix = format!("{:016x}-", fnv1a64(cid.as_bytes())).into_bytes();
         id_prefix.push(stream.tag());
         id_prefix.push(b'-');
+        t.shrink_to_fit();
         StreamEncoder {
             log_head,
             tail: t,
-            reserved,
+            extra_keys,
             id_prefix,
             ts: TsFormatter::default(),
         }
@@ -243,7 +244,7 @@ impl StreamEncoder {
 
     fn is_reserved(&self, key: &str) -> bool {
         let top = key.split('.').next().unwrap_or(key);
-        self.reserved.contains(top)
+        RESERVED.contains(&top) || self.extra_keys.iter().any(|k| k == top)
     }
 
     /// Appends the record as one JSON document to `out`; returns its

@@ -48,8 +48,8 @@ impl StreamPipeline {
             framer: Framer::new(max_line),
             multiline: multiline.map(Multiline::new),
             enc: StreamEncoder::new(meta, stream, opts),
-            doc: Vec::with_capacity(1024),
-            id: Vec::with_capacity(48),
+            doc: Vec::new(),
+            id: Vec::new(),
             empty_lines: 0,
             lines: 0,
         }
@@ -61,7 +61,7 @@ impl StreamPipeline {
         id: &mut Vec<u8>,
         rec: &Record<'_>,
         read_ms: i64,
-        out: &mut impl FnMut(Encoded<'_>),
+        out: &mut (impl FnMut(Encoded<'_>) + ?Sized),
     ) {
         doc.clear();
         id.clear();
@@ -84,7 +84,7 @@ impl StreamPipeline {
         flush: bool,
         now: Instant,
         read_ms: i64,
-        out: &mut impl FnMut(Encoded<'_>),
+        out: &mut (impl FnMut(Encoded<'_>) + ?Sized),
     ) -> usize {
         let StreamPipeline {
             framer,
@@ -124,7 +124,7 @@ impl StreamPipeline {
         now: Instant,
         read_ms: i64,
         force: bool,
-        out: &mut impl FnMut(Encoded<'_>),
+        out: &mut (impl FnMut(Encoded<'_>) + ?Sized),
     ) {
         let StreamPipeline {
             multiline,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod shipper;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,214 @@
+//! Shipper settings: a `key = value` file (one per line, `#` comments),
+//! checked like module parameters (unknown or malformed keys are errors).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rein_core::params::{ParamError, Params};
+
+use crate::http::Url;
+use crate::record::EncodeOptions;
+use crate::sink::es::{validate_index, EsConfig};
+use crate::wal::FullPolicy;
+
+/// Every setting of the shipper (see the README).
+pub const KEYS: &[&str] = &[
+    "socket",
+    "state_dir",
+    "buffer_max_bytes",
+    "buffer_segment_bytes",
+    "buffer_fsync_interval",
+    "buffer_full_policy",
+    "max_line_bytes",
+    "rotate_max_bytes",
+    "rotate_keep",
+    "partial_flush",
+    "checkpoint_interval",
+    "host_name",
+    "extra_fields",
+    "es_url",
+    "es_index",
+    "es_auth_file",
+    "es_gzip",
+    "es_ca_file",
+    "es_batch_records",
+    "es_batch_bytes",
+    "es_timeout",
+    "es_backoff_max",
+    "es_dead_letter",
+    "es_refresh",
+    "cgroup",
+    "cgroup_memory_max",
+    "cgroup_cpu_max",
+];
+
+/// The shipper's settings.
+#[derive(Clone, Debug)]
+pub struct ShipperConfig {
+    /// `socket`: unix socket the modules connect to (default /run/rein/log-shipper.sock).
+    pub socket: PathBuf,
+    /// `state_dir`: checkpoints, registrations, disk buffers, counters (default /var/lib/rein/log-shipper).
+    pub state_dir: PathBuf,
+    /// `buffer_max_bytes`: bound of each sink's disk buffer (default 1GiB).
+    pub buffer_max_bytes: u64,
+    /// `buffer_segment_bytes`: segment size (default 64MiB, at most a quarter of the bound).
+    pub buffer_segment_bytes: u64,
+    /// `buffer_fsync_interval`: longest time between an append and its fsync (default 200ms).
+    pub buffer_fsync_interval: Duration,
+    /// `buffer_full_policy`: `pause` (default) or `drop_oldest`.
+    pub buffer_full_policy: FullPolicy,
+    /// `max_line_bytes`: longer lines are split into marked parts (default 64KiB).
+    pub max_line_bytes: usize,
+    /// `rotate_max_bytes`: sandbox `stdout`/`stderr` are rotated at this size (default 10MiB).
+    pub rotate_max_bytes: u64,
+    /// `rotate_keep`: rotated files kept (`stdout.1` ... `stdout.N`, default 5).
+    pub rotate_keep: u32,
+    /// `partial_flush`: a line without newline is shipped after this long (default 2s).
+    pub partial_flush: Duration,
+    /// `checkpoint_interval`: how often read offsets are saved (default 200ms).
+    pub checkpoint_interval: Duration,
+    /// `host_name` and `extra_fields` (a JSON object) of every record.
+    pub encode: EncodeOptions,
+    /// `es_*`: the Elasticsearch sink, if `es_url` is set.
+    pub es: Option<EsConfig>,
+    /// `cgroup`: cgroup v2 directory the shipper moves into (created; none by default).
+    pub cgroup: Option<PathBuf>,
+    /// `cgroup_memory_max`: written to `memory.max` of that cgroup.
+    pub cgroup_memory_max: Option<u64>,
+    /// `cgroup_cpu_max`: written to `cpu.max` (`QUOTA PERIOD`, e.g. `50000 100000`).
+    pub cgroup_cpu_max: Option<String>,
+}
+
+/// Reads `key = value` lines.
+pub fn parse_pairs(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+impl ShipperConfig {
+    /// Reads the settings file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_pairs(&parse_pairs(&text)).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Builds the settings from pairs.
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<Self, ParamError> {
+        let p = Params::new(pairs, KEYS)?;
+        let state_dir = p
+            .path("state_dir")?
+            .unwrap_or_else(|| "/var/lib/rein/log-shipper".into());
+        let buffer_max_bytes = p.bytes("buffer_max_bytes")?.unwrap_or(1 << 30);
+        let buffer_segment_bytes = p
+            .bytes("buffer_segment_bytes")?
+            .unwrap_or(64 << 20)
+            .min(buffer_max_bytes / 4)
+            .max(4096);
+        let buffer_full_policy = match p.raw("buffer_full_policy") {
+            None => FullPolicy::Pause,
+            Some(v) => v
+                .parse()
+                .map_err(|e: String| p.error("buffer_full_policy", e))?,
+        };
+        let mut encode = EncodeOptions {
+            host_name: p.string("host_name"),
+            ..Default::default()
+        };
+        if let Some(raw) = p.raw("extra_fields") {
+            match serde_json::from_str::<serde_json::Value>(raw) {
+                Ok(serde_json::Value::Object(m)) => encode.extra_fields = m,
+                _ => return Err(p.error("extra_fields", "expected a JSON object")),
+            }
+        }
+        let es = match p.raw("es_url") {
+            None => None,
+            Some(u) => {
+                let url = Url::parse(u).map_err(|e| p.error("es_url", e))?;
+                let index = p
+                    .string("es_index")
+                    .unwrap_or_else(|| "logs-rein-%Y.%m.%d".into());
+                validate_index(&index).map_err(|e| p.error("es_index", e))?;
+                let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+                Some(EsConfig {
+                    url,
+                    index,
+                    auth_file: p.path("es_auth_file")?,
+                    gzip: p.bool("es_gzip")?.unwrap_or(true),
+                    ca_file: p
+                        .path("es_ca_file")?
+                        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
+                    batch_records: to_usize(p.u64("es_batch_records")?.unwrap_or(2000).max(1)),
+                    batch_bytes: to_usize(p.bytes("es_batch_bytes")?.unwrap_or(5 << 20).max(1024)),
+                    timeout: p.duration("es_timeout")?.unwrap_or(Duration::from_secs(30)),
+                    backoff_base: Duration::from_millis(100),
+                    backoff_max: p
+                        .duration("es_backoff_max")?
+                        .unwrap_or(Duration::from_secs(30)),
+                    dead_letter: p
+                        .path("es_dead_letter")?
+                        .unwrap_or_else(|| state_dir.join("dead-letter/elasticsearch.ndjson")),
+                    refresh: p.bool("es_refresh")?.unwrap_or(false),
+                })
+            }
+        };
+        Ok(ShipperConfig {
+            socket: p
+                .path("socket")?
+                .unwrap_or_else(|| crate::module::DEFAULT_SOCKET.into()),
+            buffer_max_bytes,
+            buffer_segment_bytes,
+            buffer_fsync_interval: p
+                .duration("buffer_fsync_interval")?
+                .unwrap_or(Duration::from_millis(200)),
+            buffer_full_policy,
+            max_line_bytes: usize::try_from(
+                p.bytes("max_line_bytes")?
+                    .unwrap_or(64 * 1024)
+                    .clamp(1024, 8 << 20),
+            )
+            .unwrap_or(65536),
+            rotate_max_bytes: p.bytes("rotate_max_bytes")?.unwrap_or(10 << 20).max(4096),
+            rotate_keep: u32::try_from(p.u64("rotate_keep")?.unwrap_or(5).clamp(1, 1000))
+                .unwrap_or(5),
+            partial_flush: p
+                .duration("partial_flush")?
+                .unwrap_or(Duration::from_secs(2)),
+            checkpoint_interval: p
+                .duration("checkpoint_interval")?
+                .unwrap_or(Duration::from_millis(200)),
+            encode,
+            es,
+            cgroup: p.path("cgroup")?,
+            cgroup_memory_max: p.bytes("cgroup_memory_max")?,
+            cgroup_cpu_max: p.string("cgroup_cpu_max"),
+            state_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_refuses_unknown_keys() {
+        let pairs = parse_pairs(
+            "# shipper\nstate_dir = /tmp/x\nes_url = https://es:9200\nbuffer_full_policy = drop_oldest\nextra_fields = {\"dc\":\"eu-1\"}\n",
+        );
+        let c = ShipperConfig::from_pairs(&pairs).unwrap();
+        assert_eq!(c.buffer_full_policy, FullPolicy::DropOldest);
+        assert!(c.es.as_ref().unwrap().url.tls);
+        assert_eq!(c.encode.extra_fields["dc"], "eu-1");
+        let bad = parse_pairs("es_urll = http://x\n");
+        assert!(ShipperConfig::from_pairs(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("es_urll"));
+        let bad = parse_pairs("es_url = http://x\nes_index = Bad/Index\n");
+        assert!(ShipperConfig::from_pairs(&bad).is_err());
+    }
+}

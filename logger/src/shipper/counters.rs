@@ -1,0 +1,123 @@
+//! Counters of the worker, written every second to `counters.json` and
+//! `metrics.prom` (Prometheus text format, for a textfile collector) in the
+//! state directory; `rein-log-shipper stats` prints them.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sink::SinkStats;
+use crate::wal::WalStats;
+
+/// Reader-side counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Containers currently attached.
+    pub containers_live: AtomicU64,
+    /// Containers registered since the worker started (including adopted ones).
+    pub containers_registered: AtomicU64,
+    /// Bytes read from container pipes (spliced into sandbox files).
+    pub bytes_read: AtomicU64,
+    /// Lines read (pieces of split lines count each).
+    pub lines_read: AtomicU64,
+    /// Records appended to a disk buffer.
+    pub records_buffered: AtomicU64,
+    /// Empty lines (kept in the sandbox file, not shipped).
+    pub empty_lines: AtomicU64,
+    /// Times reading was paused because a disk buffer was full.
+    pub buffer_full_pauses: AtomicU64,
+    /// Times a container was throttled by its rate limit.
+    pub rate_limited: AtomicU64,
+    /// Sandbox file rotations.
+    pub rotations: AtomicU64,
+    /// Registrations refused.
+    pub registrations_refused: AtomicU64,
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Snapshot as JSON.
+pub fn snapshot(
+    c: &Counters,
+    buffers: &[(&str, &WalStats)],
+    sinks: &[(&str, &SinkStats)],
+) -> serde_json::Value {
+    let mut b = serde_json::Map::new();
+    for (name, s) in buffers {
+        b.insert(
+            name.to_string(),
+            serde_json::json!({
+                "appended_records": load(&s.appended_records),
+                "acked_records": load(&s.acked_records),
+                "dropped_records": load(&s.dropped_records),
+                "corrupt_records": load(&s.corrupt_records),
+                "buffer_bytes": load(&s.buffer_bytes),
+                "fsyncs": load(&s.fsyncs),
+            }),
+        );
+    }
+    let mut k = serde_json::Map::new();
+    for (name, s) in sinks {
+        k.insert(
+            name.to_string(),
+            serde_json::json!({
+                "shipped": load(&s.shipped),
+                "duplicates": load(&s.duplicates),
+                "retried": load(&s.retried),
+                "dead_lettered": load(&s.dead_lettered),
+                "requests": load(&s.requests),
+                "failed_requests": load(&s.failed_requests),
+            }),
+        );
+    }
+    serde_json::json!({
+        "reader": {
+            "containers_live": load(&c.containers_live),
+            "containers_registered": load(&c.containers_registered),
+            "bytes_read": load(&c.bytes_read),
+            "lines_read": load(&c.lines_read),
+            "records_buffered": load(&c.records_buffered),
+            "empty_lines": load(&c.empty_lines),
+            "buffer_full_pauses": load(&c.buffer_full_pauses),
+            "rate_limited": load(&c.rate_limited),
+            "rotations": load(&c.rotations),
+            "registrations_refused": load(&c.registrations_refused),
+        },
+        "buffers": b,
+        "sinks": k,
+    })
+}
+
+/// Prometheus text format of a snapshot.
+pub fn prometheus(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(r) = v["reader"].as_object() {
+        for (k, n) in r {
+            out.push_str(&format!("rein_log_{k} {n}\n"));
+        }
+    }
+    for (group, label) in [("buffers", "buffer"), ("sinks", "sink")] {
+        if let Some(m) = v[group].as_object() {
+            for (name, fields) in m {
+                for (k, n) in fields.as_object().into_iter().flatten() {
+                    out.push_str(&format!("rein_log_{label}_{k}{{{label}=\"{name}\"}} {n}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes `counters.json` and `metrics.prom` atomically.
+pub fn write(dir: &Path, v: &serde_json::Value) -> std::io::Result<()> {
+    for (name, body) in [
+        ("counters.json", v.to_string() + "\n"),
+        ("metrics.prom", prometheus(v)),
+    ] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    Ok(())
+}

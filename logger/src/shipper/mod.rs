@@ -1,0 +1,14 @@
+//! The per-agent shipper: a tiny supervisor that never restarts and keeps a
+//! duplicate of every container pipe's read end, and a worker (restartable,
+//! upgradable) that splices each pipe into the sandbox file, parses from the
+//! file with checkpointed offsets, appends records to the disk buffer and
+//! runs the sinks. See the README for the design and its failure cases.
+
+pub mod cgroup;
+pub mod config;
+pub mod counters;
+pub mod stream;
+pub mod supervisor;
+pub mod worker;
+
+pub use config::ShipperConfig;

@@ -1,0 +1,877 @@
+//! The worker: accepts registrations, splices pipes into sandbox files,
+//! parses, buffers, checkpoints, rotates and runs the sinks. It may be
+//! killed at any instant: every byte it took from a pipe is in a sandbox
+//! file, every offset it saved is behind records already in the buffer, and
+//! the supervisor still holds every pipe.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::counters::{self, Counters};
+use super::stream::{Splice, StreamCheckpoint, StreamState};
+use super::ShipperConfig;
+use crate::module::compile_pattern;
+use crate::proto::{self, MultilineSpec, Registration, SinkKind};
+use crate::record::{Encoded, MultilineConfig, StartRule, Stream, StreamPipeline};
+use crate::sink::es::EsSink;
+use crate::sink::SinkStats;
+use crate::wal::{Wal, WalConfig};
+use crate::walrec::WalRecord;
+
+const LISTEN: u64 = u64::MAX;
+const CONTROL: u64 = u64::MAX - 1;
+const SPLICE_CHUNK: u64 = 1 << 20;
+const FAIR_SHARE: u64 = 4 << 20;
+
+/// Set by SIGTERM/SIGINT: finish cleanly.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Installs the SIGTERM/SIGINT handlers of the worker.
+pub fn install_stop_handler() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let sa = SigAction::new(
+        SigHandler::Handler(on_stop),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(s, &sa) };
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    stdout: StreamCheckpoint,
+    stderr: StreamCheckpoint,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let cap = self.rate.max(65536.0);
+        self.tokens =
+            (self.tokens + self.rate * now.duration_since(self.last).as_secs_f64()).min(cap);
+        self.last = now;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // non-negative, floored
+    fn available(&self) -> u64 {
+        self.tokens.max(0.0) as u64
+    }
+}
+
+#[derive(Debug)]
+struct Container {
+    key: String,
+    cid: Vec<u8>,
+    route: Vec<u8>,
+    dir: PathBuf,
+    streams: Vec<StreamState>,
+    to_buffer: bool,
+    bucket: Option<Bucket>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct SinkHandle {
+    wal: Arc<Wal>,
+    stats: Arc<SinkStats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The worker process.
+#[derive(Debug)]
+pub struct Worker {
+    cfg: ShipperConfig,
+    epoll: OwnedFd,
+    listen: OwnedFd,
+    control: OwnedFd,
+    containers: HashMap<u64, Container>,
+    keys: HashMap<String, u64>,
+    next_id: u64,
+    es: Option<SinkHandle>,
+    counters: Arc<Counters>,
+    buf: Vec<u8>,
+    payload: Vec<u8>,
+    scratch: (OwnedFd, OwnedFd),
+    peek: Vec<u8>,
+    paused: bool,
+    last_checkpoint: Instant,
+    last_counters: Instant,
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid epoll and target descriptors; `ev` lives across the call.
+    let r = unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn multiline_config(spec: &MultilineSpec) -> Option<MultilineConfig> {
+    let rule = match &spec.pattern {
+        None => StartRule::Indented,
+        Some(p) => match compile_pattern(p) {
+            Ok(re) => StartRule::Pattern(re),
+            Err(e) => {
+                tracing::warn!("multiline pattern refused: {e}");
+                return None;
+            }
+        },
+    };
+    Some(MultilineConfig {
+        rule,
+        max_lines: spec.max_lines.max(1),
+        max_bytes: usize::try_from(spec.max_bytes).unwrap_or(usize::MAX).max(1),
+        timeout: Duration::from_millis(spec.timeout_ms.max(1)),
+    })
+}
+
+/// Builds the per-record sink of a stream: disk-buffer payload + counters.
+fn emitter<'a>(
+    wal: Option<&'a Wal>,
+    payload: &'a mut Vec<u8>,
+    counters: &'a Counters,
+    cid: &'a [u8],
+    route: &'a [u8],
+    stream: Stream,
+) -> impl FnMut(Encoded<'_>) + 'a {
+    move |e: Encoded<'_>| {
+        if let Some(w) = wal {
+            payload.clear();
+            WalRecord {
+                stream,
+                ts_ms: e.ts_ms,
+                id: e.id,
+                container: cid,
+                route,
+                doc: e.doc,
+            }
+            .encode_into(payload);
+            w.push(payload);
+            counters.records_buffered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Worker {
+    /// Sets up the worker on the inherited listening socket and supervisor channel.
+    pub fn new(cfg: ShipperConfig, listen: OwnedFd, control: OwnedFd) -> Result<Worker, String> {
+        // SAFETY: plain syscall; the result is checked.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(format!(
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: `ep` is a new descriptor owned by nobody else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        set_nonblocking(&listen).map_err(io_err("listening socket"))?;
+        epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, listen.as_raw_fd(), LISTEN)
+            .map_err(io_err("epoll"))?;
+        epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, control.as_raw_fd(), CONTROL)
+            .map_err(io_err("epoll"))?;
+        std::fs::create_dir_all(cfg.state_dir.join("containers"))
+            .map_err(io_err(cfg.state_dir.display()))?;
+        let es = match &cfg.es {
+            None => None,
+            Some(es_cfg) => {
+                let wal = Arc::new(
+                    Wal::open(WalConfig {
+                        dir: cfg.state_dir.join("buffer/elasticsearch"),
+                        segment_bytes: cfg.buffer_segment_bytes,
+                        max_bytes: cfg.buffer_max_bytes,
+                        fsync_interval: cfg.buffer_fsync_interval,
+                        policy: cfg.buffer_full_policy,
+                    })
+                    .map_err(|e| e.to_string())?,
+                );
+                let stats = Arc::new(SinkStats::default());
+                let stop = Arc::new(AtomicBool::new(false));
+                let mut sink = EsSink::new(es_cfg.clone(), stats.clone())?;
+                let (w, s) = (wal.clone(), stop.clone());
+                let thread = std::thread::Builder::new()
+                    .name("es-sink".into())
+                    .spawn(move || sink.run(&w, &s))
+                    .map_err(io_err("sink thread"))?;
+                Some(SinkHandle {
+                    wal,
+                    stats,
+                    stop,
+                    thread: Some(thread),
+                })
+            }
+        };
+        Ok(Worker {
+            cfg,
+            epoll,
+            listen,
+            control,
+            containers: HashMap::new(),
+            keys: HashMap::new(),
+            next_id: 0,
+            es,
+            counters: Arc::new(Counters::default()),
+            buf: vec![0u8; 256 * 1024],
+            payload: Vec::new(),
+            scratch: crate::module::pipe(0).map_err(io_err("scratch pipe"))?,
+            peek: vec![0u8; 64 * 1024],
+            paused: false,
+            last_checkpoint: Instant::now(),
+            last_counters: Instant::now(),
+        })
+    }
+
+    fn container_dir(&self, key: &str) -> PathBuf {
+        self.cfg.state_dir.join("containers").join(key)
+    }
+
+    /// Takes back the containers the supervisor holds (after a restart).
+    pub fn adopt(&mut self) -> Result<(), String> {
+        loop {
+            if !proto::wait_readable(self.control.as_fd(), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?
+            {
+                return Err("the supervisor sent no container list".into());
+            }
+            let (msg, fds) =
+                proto::recv_with_fds(self.control.as_fd()).map_err(|e| format!("control: {e}"))?;
+            if msg == b"done" || msg.is_empty() {
+                return Ok(());
+            }
+            let Some(key) = msg
+                .strip_prefix(b"adopt\n")
+                .and_then(|k| std::str::from_utf8(k).ok())
+            else {
+                continue;
+            };
+            let key = key.to_string();
+            let dir = self.container_dir(&key);
+            let reg = std::fs::read(dir.join("registration.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Registration>(&b).ok());
+            let cp = std::fs::read(dir.join("checkpoint.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
+            match (reg, <[OwnedFd; 2]>::try_from(fds)) {
+                (Some(reg), Ok(fds)) => {
+                    if let Err(e) = self.attach(reg, fds, cp) {
+                        tracing::error!(container = key, "cannot take the container back: {e}");
+                    }
+                }
+                _ => {
+                    tracing::error!(
+                        container = key,
+                        "no registration saved for an adopted container; releasing it"
+                    );
+                    let _ = proto::send_with_fds(
+                        self.control.as_fd(),
+                        format!("del\n{key}").as_bytes(),
+                        &[],
+                    );
+                }
+            }
+        }
+    }
+
+    fn attach(
+        &mut self,
+        reg: Registration,
+        fds: [OwnedFd; 2],
+        cp: Option<Checkpoint>,
+    ) -> Result<u64, String> {
+        let wal = match reg.options.sink {
+            SinkKind::Elasticsearch => self.es.as_ref().map(|s| s.wal.clone()),
+            SinkKind::Kafka | SinkKind::None => None,
+        };
+        if wal.is_none() && reg.options.sink != SinkKind::None {
+            tracing::warn!(
+                container = reg.key,
+                sink = reg.options.sink.name(),
+                "sink not configured in this shipper: sandbox files only"
+            );
+        }
+        let cid = reg.meta.container_id().into_bytes();
+        let route = reg.options.route.clone().into_bytes();
+        let mut streams = Vec::with_capacity(2);
+        for ((stream, fd), scp) in [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .zip(fds)
+            .zip([cp.as_ref().map(|c| c.stdout), cp.as_ref().map(|c| c.stderr)])
+        {
+            let pipeline = wal.as_ref().map(|_| {
+                StreamPipeline::new(
+                    &reg.meta,
+                    stream,
+                    &self.cfg.encode,
+                    self.cfg.max_line_bytes,
+                    reg.options.multiline.as_ref().and_then(multiline_config),
+                )
+            });
+            let mut emit = emitter(
+                wal.as_deref(),
+                &mut self.payload,
+                &self.counters,
+                &cid,
+                &route,
+                stream,
+            );
+            let st = StreamState::open(stream, &reg.sandbox, fd, pipeline, scp, &mut emit)
+                .map_err(io_err(reg.sandbox.join(stream.name()).display()))?;
+            streams.push(st);
+        }
+        if let Some(w) = &wal {
+            w.commit().map_err(|e| e.to_string())?;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let rate = reg.options.rate_limit;
+        let mut c = Container {
+            key: reg.key.clone(),
+            cid,
+            route,
+            dir: self.container_dir(&reg.key),
+            streams,
+            to_buffer: wal.is_some(),
+            bucket: (rate > 0).then(|| Bucket {
+                rate: rate as f64,
+                tokens: rate as f64,
+                last: Instant::now(),
+            }),
+            dirty: true,
+        };
+        save_checkpoint(&c).map_err(io_err("checkpoint"))?;
+        c.dirty = false;
+        for (i, st) in c.streams.iter_mut().enumerate() {
+            if let Some(p) = &st.pipe {
+                epoll_ctl(
+                    &self.epoll,
+                    libc::EPOLL_CTL_ADD,
+                    p.as_raw_fd(),
+                    id * 2 + i as u64,
+                )
+                .map_err(io_err("epoll"))?;
+                st.armed = true;
+            }
+        }
+        self.keys.insert(reg.key.clone(), id);
+        self.containers.insert(id, c);
+        self.counters
+            .containers_live
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .containers_registered
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    fn accept(&mut self) {
+        loop {
+            // SAFETY: accept4 on our listening socket; the result is checked and owned below.
+            let fd = unsafe {
+                libc::accept4(
+                    self.listen.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return;
+            }
+            // SAFETY: a new descriptor from accept4, owned by nobody else.
+            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            let reply = match self.register(&conn) {
+                Ok(()) => b"ok".to_vec(),
+                Err(e) => {
+                    self.counters
+                        .registrations_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("registration refused: {e}");
+                    format!("error: {e}").into_bytes()
+                }
+            };
+            let _ = proto::send_with_fds(conn.as_fd(), &reply, &[]);
+        }
+    }
+
+    fn register(&mut self, conn: &OwnedFd) -> Result<(), String> {
+        if !proto::wait_readable(conn.as_fd(), Duration::from_millis(500))
+            .map_err(|e| e.to_string())?
+        {
+            return Err("no registration received".into());
+        }
+        let (msg, fds) = proto::recv_with_fds(conn.as_fd()).map_err(|e| e.to_string())?;
+        let reg: Registration =
+            serde_json::from_slice(&msg).map_err(|e| format!("bad registration: {e}"))?;
+        if reg.version != 1 {
+            return Err(format!("protocol version {} not supported", reg.version));
+        }
+        if rein_core::container::ContainerId::from_file_name(&reg.key).is_none()
+            || reg.key.contains('/')
+        {
+            return Err(format!("bad container key {:?}", reg.key));
+        }
+        if !reg.sandbox.is_absolute() || !reg.sandbox.is_dir() {
+            return Err(format!(
+                "sandbox {} is not a directory",
+                reg.sandbox.display()
+            ));
+        }
+        let fds: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|_| "expected 2 descriptors".to_string())?;
+        if self.keys.contains_key(&reg.key) {
+            return Err(format!("container {} is already registered", reg.key));
+        }
+        let dir = self.container_dir(&reg.key);
+        std::fs::create_dir_all(&dir).map_err(io_err(dir.display()))?;
+        write_atomic(&dir.join("registration.json"), &msg).map_err(io_err("registration"))?;
+        // The supervisor keeps duplicates: the pipes outlive this process.
+        if let Err(e) = proto::send_with_fds(
+            self.control.as_fd(),
+            format!("add\n{}", reg.key).as_bytes(),
+            &[fds[0].as_raw_fd(), fds[1].as_raw_fd()],
+        ) {
+            tracing::error!(
+                "supervisor unreachable ({e}): a restart of this worker would close container {}",
+                reg.key
+            );
+        }
+        self.attach(reg, fds, None).map(|_| ())
+    }
+
+    fn read(&mut self, token: u64) {
+        let (id, idx) = (token / 2, usize::try_from(token % 2).unwrap_or(0));
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
+        let wal = self
+            .es
+            .as_ref()
+            .map(|s| s.wal.clone())
+            .filter(|_| c.to_buffer);
+        let rotate_max = self.cfg.rotate_max_bytes;
+        let mut moved = 0u64;
+        let mut eof = false;
+        let mut limited = false;
+        loop {
+            if self.paused && c.to_buffer {
+                break;
+            }
+            let st = &mut c.streams[idx];
+            let allow = c.bucket.as_mut().map_or(SPLICE_CHUNK, |b| {
+                b.refill();
+                b.available().min(SPLICE_CHUNK)
+            });
+            if allow == 0 {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                limited = true;
+                break;
+            }
+            // Near the rotation size, stop at a line end so the file can be rotated there.
+            let res = if st.file_len + allow >= rotate_max && st.pipeline.is_some() {
+                st.splice_to_newline(&self.scratch, &mut self.peek, allow)
+            } else {
+                st.splice(allow)
+            };
+            let step = match res {
+                Ok(Splice::Moved(n)) => n,
+                Ok(Splice::Empty) => break,
+                Ok(Splice::Eof) => {
+                    eof = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(path = %st.path.display(), "splice: {e}; closing the stream");
+                    eof = true;
+                    break;
+                }
+            };
+            moved += step;
+            if let Some(b) = c.bucket.as_mut() {
+                b.tokens -= step as f64;
+            }
+            let st = &mut c.streams[idx];
+            let before = st.pipeline.as_ref().map_or(0, |p| p.lines);
+            let mut emit = emitter(
+                wal.as_deref(),
+                &mut self.payload,
+                &self.counters,
+                &c.cid,
+                &c.route,
+                st.stream,
+            );
+            if let Err(e) = st.parse(&mut self.buf, false, &mut emit) {
+                tracing::error!(path = %st.path.display(), "reading back: {e}");
+            }
+            drop(emit);
+            let after = st.pipeline.as_ref().map_or(0, |p| p.lines);
+            self.counters
+                .lines_read
+                .fetch_add(after - before, Ordering::Relaxed);
+            if st.wants_rotation(rotate_max) {
+                rotate_stream(
+                    c,
+                    idx,
+                    wal.as_deref(),
+                    &mut self.payload,
+                    &self.counters,
+                    self.cfg.rotate_keep,
+                );
+            }
+            if moved >= FAIR_SHARE {
+                break;
+            }
+        }
+        let st = &mut c.streams[idx];
+        // Not drained: stop watching until the next tick re-arms (rate limit, full buffer, fairness).
+        if (eof || limited || moved >= FAIR_SHARE || (self.paused && c.to_buffer)) && st.armed {
+            if let Some(p) = &st.pipe {
+                let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, p.as_raw_fd(), 0);
+            }
+            st.armed = false;
+        }
+        self.counters.bytes_read.fetch_add(moved, Ordering::Relaxed);
+        if eof {
+            st.pipe = None;
+            let before = st.pipeline.as_ref().map_or(0, |p| p.lines);
+            let mut emit = emitter(
+                wal.as_deref(),
+                &mut self.payload,
+                &self.counters,
+                &c.cid,
+                &c.route,
+                st.stream,
+            );
+            if let Err(e) = st.parse(&mut self.buf, true, &mut emit) {
+                tracing::error!(path = %st.path.display(), "reading back: {e}");
+            }
+            st.poll(true, &mut emit);
+            let after = st.pipeline.as_ref().map_or(0, |p| p.lines);
+            self.counters
+                .lines_read
+                .fetch_add(after - before, Ordering::Relaxed);
+        }
+        c.dirty = true;
+        if let Some(w) = &wal {
+            if let Err(e) = w.commit() {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let wal = self.es.as_ref().map(|s| s.wal.clone());
+        let full = wal.as_ref().is_some_and(|w| w.is_full());
+        if full && !self.paused {
+            self.counters
+                .buffer_full_pauses
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "disk buffer full: reading paused (containers block when their pipe fills)"
+            );
+        }
+        self.paused = full;
+        let mut finished = Vec::new();
+        let mut need_sync = false;
+        for (&id, c) in self.containers.iter_mut() {
+            let cwal = wal.clone().filter(|_| c.to_buffer);
+            if let Some(b) = c.bucket.as_mut() {
+                b.refill();
+            }
+            let limited = c.bucket.as_ref().is_some_and(|b| b.available() == 0);
+            let mut rotate = None;
+            for (i, st) in c.streams.iter_mut().enumerate() {
+                let blocked = (self.paused && c.to_buffer) || limited;
+                if let Some(p) = st.pipe.as_ref().filter(|_| !st.armed && !blocked) {
+                    let token = id * 2 + i as u64;
+                    if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, p.as_raw_fd(), token).is_ok() {
+                        st.armed = true;
+                    }
+                }
+                let mut emit = emitter(
+                    cwal.as_deref(),
+                    &mut self.payload,
+                    &self.counters,
+                    &c.cid,
+                    &c.route,
+                    st.stream,
+                );
+                // A line without newline is shipped after `partial_flush` of silence, but
+                // never while bytes wait in the pipe (this process was just busy).
+                if st.parse_off < st.file_len
+                    && st.last_data.elapsed() >= self.cfg.partial_flush
+                    && st.pipe.as_ref().is_none_or(|p| pipe_pending(p) == 0)
+                {
+                    let _ = st.parse(&mut self.buf, true, &mut emit);
+                    c.dirty = true;
+                }
+                st.poll(false, &mut emit);
+                if rotate.is_none() && st.wants_rotation(self.cfg.rotate_max_bytes) {
+                    rotate = Some(i);
+                }
+            }
+            if let Some(i) = rotate {
+                rotate_stream(
+                    c,
+                    i,
+                    cwal.as_deref(),
+                    &mut self.payload,
+                    &self.counters,
+                    self.cfg.rotate_keep,
+                );
+            }
+            if c.streams.iter().all(|s| s.pipe.is_none()) {
+                finished.push(id);
+                need_sync = true;
+            }
+        }
+        if let Some(w) = &wal {
+            let _ = w.commit();
+        }
+        if need_sync || self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
+            // Records first, then the offsets that point past them.
+            if let Some(w) = &wal {
+                if let Err(e) = w.sync() {
+                    tracing::error!("{e}");
+                }
+            }
+            for c in self.containers.values_mut().filter(|c| c.dirty) {
+                if save_checkpoint(c).is_ok() {
+                    c.dirty = false;
+                }
+            }
+            self.last_checkpoint = Instant::now();
+        }
+        for id in finished {
+            if let Some(c) = self.containers.remove(&id) {
+                self.keys.remove(&c.key);
+                let _ = proto::send_with_fds(
+                    self.control.as_fd(),
+                    format!("del\n{}", c.key).as_bytes(),
+                    &[],
+                );
+                let _ = std::fs::remove_dir_all(&c.dir);
+                self.counters
+                    .containers_live
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if self.last_counters.elapsed() >= Duration::from_secs(1) {
+            self.write_counters();
+            self.last_counters = Instant::now();
+        }
+    }
+
+    fn write_counters(&self) {
+        let wal_stats = self.es.as_ref().map(|s| s.wal.stats.clone());
+        let buffers: Vec<(&str, &crate::wal::WalStats)> = wal_stats
+            .iter()
+            .map(|s| ("elasticsearch", s.as_ref()))
+            .collect();
+        let sinks: Vec<(&str, &SinkStats)> = self
+            .es
+            .iter()
+            .map(|s| ("elasticsearch", s.stats.as_ref()))
+            .collect();
+        let v = counters::snapshot(&self.counters, &buffers, &sinks);
+        if let Err(e) = counters::write(&self.cfg.state_dir, &v) {
+            tracing::warn!("writing counters: {e}");
+        }
+    }
+
+    /// Runs until SIGTERM; then saves everything and stops the sinks.
+    pub fn run(&mut self) -> Result<(), String> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut last_tick = Instant::now();
+        while !STOP.load(Ordering::Relaxed) {
+            // SAFETY: `events` is a valid buffer of the length passed.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    i32::try_from(events.len()).unwrap_or(256),
+                    50,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(format!("epoll_wait: {e}"));
+                }
+            }
+            for ev in events.iter().take(usize::try_from(n).unwrap_or(0)) {
+                match ev.u64 {
+                    LISTEN => self.accept(),
+                    CONTROL => {
+                        // The supervisor only talks at start; EOF means it died.
+                        match proto::recv_with_fds(self.control.as_fd()) {
+                            Ok((m, _)) if m.is_empty() => {
+                                tracing::error!(
+                                    "supervisor gone: pipes now depend on this process alone"
+                                );
+                                let _ = epoll_ctl(
+                                    &self.epoll,
+                                    libc::EPOLL_CTL_DEL,
+                                    self.control.as_raw_fd(),
+                                    0,
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                    token => self.read(token),
+                }
+            }
+            if last_tick.elapsed() >= Duration::from_millis(50) {
+                self.tick();
+                last_tick = Instant::now();
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        let wal = self.es.as_ref().map(|s| s.wal.clone());
+        for c in self.containers.values_mut() {
+            let cwal = wal.clone().filter(|_| c.to_buffer);
+            for st in c.streams.iter_mut() {
+                let mut emit = emitter(
+                    cwal.as_deref(),
+                    &mut self.payload,
+                    &self.counters,
+                    &c.cid,
+                    &c.route,
+                    st.stream,
+                );
+                let _ = st.parse(&mut self.buf, false, &mut emit);
+            }
+        }
+        if let Some(w) = &wal {
+            let _ = w.commit().and_then(|()| w.sync());
+        }
+        for c in self.containers.values() {
+            let _ = save_checkpoint(c);
+        }
+        self.write_counters();
+        if let Some(s) = self.es.as_mut() {
+            s.stop.store(true, Ordering::Relaxed);
+            s.wal.wake();
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Bytes waiting in a pipe.
+fn pipe_pending(p: &OwnedFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer we pass.
+    if unsafe { libc::ioctl(p.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return 0;
+    }
+    n
+}
+
+/// Rotates stream `i` of `c`: pending records are emitted and made durable
+/// and the offsets at the old file's end saved before the rename.
+fn rotate_stream(
+    c: &mut Container,
+    i: usize,
+    wal: Option<&Wal>,
+    payload: &mut Vec<u8>,
+    counters: &Counters,
+    keep: u32,
+) {
+    {
+        let st = &mut c.streams[i];
+        let mut emit = emitter(wal, payload, counters, &c.cid, &c.route, st.stream);
+        st.poll(true, &mut emit);
+    }
+    if let Some(w) = wal {
+        if let Err(e) = w.commit().and_then(|()| w.sync()) {
+            tracing::error!("rotation postponed: {e}");
+            return;
+        }
+    }
+    if c.streams[i].parse_off != c.streams[i].file_len
+        || save_checkpoint_parts(&c.dir, &c.streams).is_err()
+    {
+        return;
+    }
+    match c.streams[i].rotate(keep) {
+        Ok(()) => {
+            counters.rotations.fetch_add(1, Ordering::Relaxed);
+            let _ = save_checkpoint_parts(&c.dir, &c.streams);
+        }
+        Err(e) => tracing::error!(path = %c.streams[i].path.display(), "rotation failed: {e}"),
+    }
+}
+
+fn save_checkpoint(c: &Container) -> std::io::Result<()> {
+    save_checkpoint_parts(&c.dir, &c.streams)
+}
+
+fn save_checkpoint_parts(dir: &Path, streams: &[StreamState]) -> std::io::Result<()> {
+    let cp = Checkpoint {
+        stdout: streams[0].checkpoint(),
+        stderr: streams[1].checkpoint(),
+    };
+    write_atomic(
+        &dir.join("checkpoint.json"),
+        &serde_json::to_vec(&cp).unwrap_or_default(),
+    )
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

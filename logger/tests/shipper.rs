@@ -1,0 +1,250 @@
+//! The shipper end to end: real `rein-log-shipper` processes, containers
+//! started through `LoggerModule::prepare`, chaos (kill -9 of the worker,
+//! restarts), sandbox files and their rotation, the disk buffer's contents.
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::shipper::{buffered_seqs, run_container, sandbox_stream, spec, Shipper};
+
+/// Checks that `data` is exactly lines `prefix seq=0..n` (size 200) in order.
+fn assert_lines(data: &[u8], prefix: &str, seqs: impl Iterator<Item = u64>) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.lines();
+    for i in seqs {
+        let l = lines
+            .next()
+            .unwrap_or_else(|| panic!("line {i} of {prefix} missing"));
+        assert!(
+            l.starts_with(&format!("{prefix} seq={i} ")),
+            "expected seq {i} of {prefix}, got {:.40}",
+            l
+        );
+        assert_eq!(l.len(), 199);
+    }
+    assert!(lines.next().is_none(), "extra lines in the sandbox file");
+}
+
+/// Every (prefix, seq) expected appears at least once; nothing else appears.
+fn assert_buffered(got: &[(String, u64)], expected: &BTreeMap<String, u64>) -> usize {
+    let mut seen: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (p, s) in got {
+        let v = seen
+            .entry(p.clone())
+            .or_insert_with(|| vec![0; expected.get(p).copied().unwrap_or(0) as usize]);
+        assert!((*s as usize) < v.len(), "unexpected record {p} seq={s}");
+        v[*s as usize] += 1;
+    }
+    let mut dups = 0;
+    for (p, n) in expected {
+        let v = seen.get(p).unwrap_or_else(|| panic!("no record of {p}"));
+        let lost = v.iter().filter(|c| **c == 0).count();
+        eprintln!("{p}: {lost} lost of {n}");
+    }
+    for (p, n) in expected {
+        let v = seen.get(p).unwrap_or_else(|| panic!("no record of {p}"));
+        let lost: Vec<usize> = v
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == 0)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} records of {p} lost (of {n}): {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        dups += v
+            .iter()
+            .map(|c| (*c as usize).saturating_sub(1))
+            .sum::<usize>();
+    }
+    dups
+}
+
+#[test]
+fn sandbox_files_rotated_and_every_line_buffered() {
+    let d = tempfile::tempdir().unwrap();
+    // The sink is unreachable: records stay in the disk buffer, where the test reads them.
+    let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nrotate_max_bytes = 64KiB\nrotate_keep = 100\nes_timeout = 200ms");
+    let m = sh.module();
+    let sandbox = d.path().join("sandbox-a");
+    let start = Instant::now();
+    let mut c = run_container(
+        &m,
+        &spec("a", &sandbox, &[("rein.log.sink", "elasticsearch")]),
+        &["--lines", "5000", "--prefix", "a", "--stderr-every", "10"],
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "prepare must be fast"
+    );
+    assert!(c.wait().unwrap().success());
+    sh.wait_idle(Duration::from_secs(20));
+    let stdout = sandbox_stream(&sandbox, "stdout");
+    let stderr = sandbox_stream(&sandbox, "stderr");
+    assert_lines(&stdout, "a", (0..5000).filter(|i| i % 10 != 9));
+    assert_lines(&stderr, "a", (0..5000).filter(|i| i % 10 == 9));
+    let files: Vec<_> = std::fs::read_dir(&sandbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        sandbox.join("stdout.10").exists(),
+        "rotated by size: {files:?} {}",
+        sh.counters()
+    );
+    assert!(std::fs::metadata(sandbox.join("stdout.1")).unwrap().len() <= 64 * 1024 + 200);
+    let t = Instant::now();
+    let mut counters = sh.counters();
+    while counters["reader"]["lines_read"] != 5000 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        counters = sh.counters();
+    }
+    sh.stop();
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    let dups = assert_buffered(&got, &BTreeMap::from([("a".to_string(), 5000)]));
+    assert_eq!(dups, 0, "no restart, no duplicate");
+    assert_eq!(counters["reader"]["lines_read"], 5000);
+    assert!(counters["reader"]["rotations"].as_u64().unwrap() >= 10);
+}
+
+#[test]
+fn kill_9_and_restarts_of_the_worker_lose_nothing_and_never_epipe() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nrotate_max_bytes = 256KiB\nrotate_keep = 1000\nes_timeout = 200ms\npartial_flush = 300ms");
+    let m = sh.module();
+    let n = 30_000u64;
+    let mut kids = Vec::new();
+    let mut expected = BTreeMap::new();
+    for name in ["c0", "c1", "c2"] {
+        let sandbox = d.path().join(name);
+        let labels = [("rein.log.multiline", "off")];
+        kids.push((
+            name,
+            sandbox.clone(),
+            run_container(
+                &m,
+                &spec(name, &sandbox, &labels),
+                &[
+                    "--lines",
+                    &n.to_string(),
+                    "--rate",
+                    "6000",
+                    "--prefix",
+                    name,
+                ],
+            ),
+        ));
+        expected.insert(name.to_string(), n);
+    }
+    // ~5 s of output at 18k lines/s in all; kill -9 the worker three times, restart it once.
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(900));
+        if round == 2 {
+            sh.restart_worker();
+        } else {
+            sh.kill_worker();
+        }
+    }
+    for (name, _, k) in kids.iter_mut() {
+        let st = k.wait().unwrap();
+        assert!(
+            st.success(),
+            "container {name} failed ({st}): EPIPE or worse"
+        );
+    }
+    sh.wait_idle(Duration::from_secs(30));
+    for (name, sandbox, _) in &kids {
+        assert_lines(&sandbox_stream(sandbox, "stdout"), name, 0..n);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    eprintln!("counters: {}", sh.counters());
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    let dups = assert_buffered(&got, &expected);
+    eprintln!(
+        "{} records buffered for {} lines; {dups} re-read after kills (ids make them idempotent)",
+        got.len(),
+        3 * n
+    );
+}
+
+#[test]
+fn shipper_down_at_prepare_falls_back_to_sandbox_files() {
+    let d = tempfile::tempdir().unwrap();
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            d.path().join("nobody.sock").display().to_string(),
+        ),
+        ("shipper_timeout".to_string(), "200ms".to_string()),
+    ])
+    .unwrap();
+    let sandbox = d.path().join("s");
+    let t = Instant::now();
+    let io = m.prepare(&spec("x", &sandbox, &[])).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(300));
+    assert!(!io.shipped);
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rein-log-loadgen"))
+        .args(["--lines", "100", "--prefix", "x"])
+        .stdout(std::process::Stdio::from(io.stdout))
+        .stderr(std::process::Stdio::from(io.stderr))
+        .spawn()
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+    assert_lines(&std::fs::read(sandbox.join("stdout")).unwrap(), "x", 0..100);
+}
+
+#[test]
+fn labels_are_checked_against_the_schema_and_caps() {
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            "/nonexistent.sock".to_string(),
+        ),
+        ("max_rate_limit".to_string(), "1MB/s".to_string()),
+        ("allowed_index_prefixes".to_string(), "team-".to_string()),
+    ])
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let err = |labels: &[(&str, &str)]| {
+        m.prepare(&spec("l", d.path(), labels))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[("rein.log.sink", "kafka")]).contains("rein.log.sink"));
+    assert!(err(&[("rein.log.rate_limit", "5MB/s")]).contains("cap"));
+    assert!(err(&[("rein.log.index", "other-%Y")]).contains("team-"));
+    assert!(err(&[("rein.log.index", "team-$(reboot)")]).contains("not allowed"));
+    assert!(err(&[("rein.log.multiline.pattern", "(unclosed")]).contains("invalid pattern"));
+    assert!(err(&[("rein.log.colour", "red")]).contains("not a rein setting"));
+    let ok = m
+        .registration(&spec(
+            "l",
+            d.path(),
+            &[
+                ("rein.log.index", "team-a-%Y.%m"),
+                ("rein.log.multiline.pattern", r"^\d{4}-"),
+            ],
+        ))
+        .unwrap();
+    assert_eq!(ok.options.route, "team-a-%Y.%m");
+    assert!(ok.options.multiline.is_some());
+    assert!(LoggerModuleNew::bad_param());
+}
+
+struct LoggerModuleNew;
+impl LoggerModuleNew {
+    fn bad_param() -> bool {
+        rein_logger::module::LoggerModule::new(&[("shiper_socket".to_string(), "/x".to_string())])
+            .unwrap_err()
+            .to_string()
+            .contains("shiper_socket")
+    }
+}
