@@ -3,6 +3,7 @@
 
 pub mod blkio;
 pub mod disk;
+pub mod egress;
 pub mod net_cls;
 pub mod registry;
 

@@ -76,6 +76,11 @@ impl HandleAllocator {
         }
     }
 
+    /// The primary handle.
+    pub fn primary(&self) -> u16 {
+        self.primary
+    }
+
     /// How many handles the range holds.
     pub fn capacity(&self) -> usize {
         usize::from(self.last.saturating_sub(self.first)) + usize::from(self.last >= self.first)

@@ -5,6 +5,12 @@
 //! `net_cls.classid` of `<net_cls hierarchy>/<cgroups_root>/<id>`, the classid in
 //! `ContainerStatus.cgroup_info.net_cls.classid`, handles re-reserved on recovery.
 //! Nested containers share their parent's cgroup and classid.
+//!
+//! With `egress_shaping=true` the isolator also shapes each container's egress
+//! traffic (see [`crate::egress`]): the classid is the container's HTB class.
+//! Classification is by net_cls classid on cgroup v1, and by cgroup v2 id where no
+//! net_cls hierarchy exists (or `egress_classifier=cgroup2`): the isolator then
+//! creates the container's group under the unified hierarchy instead.
 
 pub mod handles;
 
@@ -13,12 +19,17 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use rein_core::cgroupfs::{Cgroup, Hierarchy};
+use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
 use rein_core::config::parse_for_prepare;
-use rein_core::isolator::Error;
+use rein_core::isolator::{Error, NetTx};
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
 use rein_core::state::StateStore;
-use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Status};
+use rein_core::{
+    ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Resources, Statistics,
+    Status,
+};
+
+use crate::egress::{self, ClassifierChoice, EgressParams, Shape, Shaper};
 
 pub use handles::{Handle, HandleAllocator, HandleError};
 
@@ -34,6 +45,32 @@ pub const PARAMS: &[&str] = &[
 pub struct Record {
     /// The container's handle.
     pub handle: Handle,
+    /// Its egress shaping, when shaped (absent in records of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRecord>,
+}
+
+/// The egress shaping of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRecord {
+    /// Rate, ceiling, burst.
+    pub shape: Shape,
+    /// The container's cgroup v2 id (cgroup2 classification).
+    #[serde(default)]
+    pub cgroup_id: Option<u64>,
+    /// Whether it is shaped inside its own network namespace.
+    #[serde(default)]
+    pub netns: bool,
+    /// Whether its class exists (set by isolate()).
+    #[serde(default)]
+    pub active: bool,
+}
+
+/// Shaping policy and mechanism, when enabled.
+#[derive(Debug)]
+struct Egress {
+    params: EgressParams,
+    shaper: Shaper,
 }
 
 /// The net_cls isolator.
@@ -43,16 +80,23 @@ pub struct NetClsIsolator {
     allocator: HandleAllocator,
     store: StateStore,
     allow_debug_panic: bool,
-    containers: HashMap<ContainerId, Handle>,
+    containers: HashMap<ContainerId, Record>,
+    egress: Option<Egress>,
 }
 
 impl NetClsIsolator {
     /// Builds the isolator from module parameters; locates (or mounts, where allowed)
     /// the net_cls hierarchy.
     pub fn from_params(pairs: &[(String, String)]) -> Result<Self, Error> {
-        let known: Vec<&str> = COMMON_PARAMS.iter().chain(PARAMS).copied().collect();
+        let known: Vec<&str> = COMMON_PARAMS
+            .iter()
+            .chain(PARAMS)
+            .chain(egress::PARAMS)
+            .copied()
+            .collect();
         let params = Params::new(pairs, &known)?;
         let common = CommonParams::from_params(&params)?;
+        let egress_params = EgressParams::from_params(&params)?;
         let primary = params
             .u64("net_cls_primary_handle")?
             .ok_or_else(|| params.error("net_cls_primary_handle", "required (e.g. 0x1)"))?;
@@ -73,9 +117,26 @@ impl NetClsIsolator {
                     .into())
             }
         };
-        let hierarchy = match Hierarchy::find_v1(&common.mountinfo, "net_cls")? {
+        let choice = egress_params.as_ref().map(|e| e.classifier);
+        let v1 = match choice {
+            Some(ClassifierChoice::Cgroup2) => None,
+            _ => Hierarchy::find_v1(&common.mountinfo, "net_cls")?,
+        };
+        let mount = params.bool("mount_net_cls")?.unwrap_or(false);
+        let hierarchy = match v1 {
             Some(h) => h,
-            None if params.bool("mount_net_cls")?.unwrap_or(false) => {
+            None if choice == Some(ClassifierChoice::Cgroup2)
+                || (choice == Some(ClassifierChoice::Auto) && !mount) =>
+            {
+                Hierarchy::find_v2(&common.mountinfo)?.ok_or_else(|| {
+                    format!(
+                        "egress shaping by cgroup needs a net_cls or a cgroup2 hierarchy; \
+                         neither is mounted (per {})",
+                        common.mountinfo.display()
+                    )
+                })?
+            }
+            None if mount => {
                 let target = common.cgroups_hierarchy.join("net_cls");
                 info!(target = %target.display(), "mounting the net_cls hierarchy");
                 Hierarchy::mount_v1("net_cls", &target)?
@@ -89,12 +150,51 @@ impl NetClsIsolator {
             }
         };
         let store = StateStore::open(&common.state_dir, "net_cls")?;
-        Ok(Self::new(
-            hierarchy,
-            &common,
-            HandleAllocator::new(primary, first, last),
-            store,
-        ))
+        let allocator = HandleAllocator::new(primary, first, last);
+        let capacity = u32::try_from(allocator.capacity()).unwrap_or(u32::MAX);
+        let isolator = Self::new(hierarchy, &common, allocator, store);
+        match egress_params {
+            None => Ok(isolator),
+            Some(ep) => {
+                let classifier = match isolator.hierarchy.version() {
+                    Version::V1 => egress::Classifier::NetCls,
+                    Version::V2 => egress::Classifier::Cgroup2 {
+                        level: cgroup_level(&common),
+                    },
+                };
+                let shaper = Shaper::new(&ep, classifier, primary, capacity)?;
+                info!(devices = ?shaper.device_names(), ?classifier, "egress shaping enabled");
+                Ok(isolator.with_egress(ep, shaper))
+            }
+        }
+    }
+
+    /// Enables egress shaping; the tree's link and default classes' handles are
+    /// never given to containers.
+    pub fn with_egress(mut self, params: EgressParams, shaper: Shaper) -> Self {
+        let primary = self.allocator.primary();
+        for minor in [egress::LINK_MINOR, egress::DEFAULT_MINOR] {
+            // Outside the secondary range, they cannot be handed out anyway.
+            let _ = self.allocator.reserve(Handle {
+                primary,
+                secondary: minor,
+            });
+        }
+        self.egress = Some(Egress { params, shaper });
+        self
+    }
+
+    /// The shaper, when egress shaping is on (tests, harness).
+    pub fn shaper(&mut self) -> Option<&mut Shaper> {
+        self.egress.as_mut().map(|e| &mut e.shaper)
+    }
+
+    /// A container's egress shape, if it is shaped.
+    pub fn egress_shape(&self, id: &ContainerId) -> Option<Shape> {
+        self.containers
+            .get(&id.root())
+            .and_then(|r| r.egress)
+            .map(|e| e.shape)
     }
 
     /// Builds the isolator on an explicit hierarchy (tests, harness).
@@ -112,6 +212,7 @@ impl NetClsIsolator {
             store,
             allow_debug_panic: common.allow_debug_panic,
             containers: HashMap::new(),
+            egress: None,
         }
     }
 
@@ -121,7 +222,7 @@ impl NetClsIsolator {
 
     /// The handle of a container (its root's, for nested containers).
     pub fn handle(&self, id: &ContainerId) -> Option<Handle> {
-        self.containers.get(&id.root()).copied()
+        self.containers.get(&id.root()).map(|r| r.handle)
     }
 
     /// How many handles are free.
@@ -134,19 +235,90 @@ impl NetClsIsolator {
         &self.hierarchy
     }
 
-    fn setup(&self, id: &ContainerId, handle: Handle) -> Result<(), Error> {
+    /// Creates the container's cgroup; on cgroup v1 writes its classid, on v2
+    /// returns its cgroup id (the directory's inode number, as the kernel's
+    /// `cgroup_id()`).
+    fn create_cgroup(&self, id: &ContainerId, handle: Handle) -> Result<Option<u64>, Error> {
         let cgroup = self.cgroup(id);
         cgroup.create()?;
-        cgroup.write("net_cls.classid", &handle.classid().to_string())?;
-        self.store.save(id, &Record { handle })?;
+        match self.hierarchy.version() {
+            Version::V1 => {
+                cgroup.write("net_cls.classid", &handle.classid().to_string())?;
+                Ok(None)
+            }
+            Version::V2 => {
+                use std::os::unix::fs::MetadataExt;
+                let meta = std::fs::metadata(cgroup.path())
+                    .map_err(|e| format!("reading {}: {e}", cgroup.path().display()))?;
+                Ok(Some(meta.ino()))
+            }
+        }
+    }
+
+    fn setup(
+        &self,
+        id: &ContainerId,
+        handle: Handle,
+        shape: Option<Shape>,
+    ) -> Result<Record, Error> {
+        let cgroup_id = self.create_cgroup(id, handle)?;
+        let record = Record {
+            handle,
+            egress: shape.map(|shape| EgressRecord {
+                shape,
+                cgroup_id,
+                netns: false,
+                active: false,
+            }),
+        };
+        self.store.save(id, &record)?;
+        Ok(record)
+    }
+
+    fn teardown(&mut self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+        if let (Some(egress), Some(e)) = (&mut self.egress, &record.egress) {
+            egress.shaper.remove(record.handle.classid(), e.cgroup_id)?;
+        }
+        self.cgroup(id).remove()?;
+        self.store.remove(id)?;
+        self.allocator.release(record.handle);
+        self.containers.remove(id);
         Ok(())
     }
 
-    fn teardown(&mut self, id: &ContainerId, handle: Handle) -> Result<(), Error> {
-        self.cgroup(id).remove()?;
-        self.store.remove(id)?;
-        self.allocator.release(handle);
-        self.containers.remove(id);
+    /// Creates the container's class: inside its own network namespace if it has
+    /// one, on the host's devices otherwise.
+    fn shape(&mut self, id: &ContainerId, pid: i32) -> Result<(), Error> {
+        let Some(egress) = &mut self.egress else {
+            return Ok(());
+        };
+        let Some(record) = self.containers.get_mut(id) else {
+            return Ok(());
+        };
+        let Some(mut e) = record.egress else {
+            return Ok(());
+        };
+        let classid = record.handle.classid();
+        let own_netns = egress.shaper.has_own_netns(pid)?;
+        let result = if own_netns {
+            egress.shaper.add_netns(classid, &e.shape, pid).map(|n| {
+                if n == 0 {
+                    warn!(container = %id, "own network namespace has no device to shape yet");
+                }
+            })
+        } else {
+            egress.shaper.add_host(classid, &e.shape, e.cgroup_id)
+        };
+        if let Err(err) = result {
+            // Leave no half-made class behind; the launch fails.
+            let _ = egress.shaper.remove(classid, e.cgroup_id);
+            return Err(err);
+        }
+        e.netns = own_netns;
+        e.active = true;
+        record.egress = Some(e);
+        self.store.save(id, &*record)?;
+        info!(container = %id, class = %record.handle, rate = e.shape.rate, ceil = e.shape.ceil, own_netns, "shaping egress");
         Ok(())
     }
 }
@@ -162,45 +334,82 @@ impl Isolator for NetClsIsolator {
         orphans: &[ContainerId],
     ) -> Result<(), Error> {
         let records: Vec<(ContainerId, Record)> = self.store.load_all()?;
-        for (id, record) in records {
-            let known = containers.iter().any(|c| c.id == id) || orphans.contains(&id);
+        for (id, mut record) in records {
+            let live = containers.iter().find(|c| c.id == id);
+            let known = live.is_some() || orphans.contains(&id);
             if !known {
                 // Neither alive nor an orphan Mesos will clean: its cleanup was lost.
                 info!(container = %id, handle = %record.handle, "removing net_cls state of a vanished container");
+                if let (Some(egress), Some(e)) = (&mut self.egress, &record.egress) {
+                    egress.shaper.remove(record.handle.classid(), e.cgroup_id)?;
+                }
                 self.cgroup(&id).remove()?;
                 self.store.remove(&id)?;
                 continue;
             }
             self.allocator.reserve(record.handle)?;
-            self.containers.insert(id.clone(), record.handle);
             let cgroup = self.cgroup(&id);
             if !cgroup.exists() {
                 warn!(container = %id, "net_cls cgroup missing on recovery; recreating it");
-                cgroup.create()?;
-                cgroup.write("net_cls.classid", &record.handle.classid().to_string())?;
+                let cgroup_id = self.create_cgroup(&id, record.handle)?;
+                if let Some(e) = &mut record.egress {
+                    e.cgroup_id = cgroup_id;
+                }
             }
+            if let (Some(egress), Some(e)) = (&mut self.egress, &mut record.egress) {
+                let classid = record.handle.classid();
+                let adopted = match (e.active, e.netns, live.and_then(|c| c.pid)) {
+                    (false, _, _) => Ok(()),
+                    (true, false, _) => egress.shaper.adopt_host(classid, e.cgroup_id),
+                    (true, true, Some(pid)) => egress.shaper.adopt_netns(classid, pid),
+                    (true, true, None) => Err("its pid is unknown".into()),
+                };
+                if let Err(err) = adopted {
+                    // The namespace (and its tree) is gone with the container's processes.
+                    warn!(container = %id, "cannot reach the container's own network namespace: {err}");
+                    e.netns = false;
+                    e.active = false;
+                }
+            }
+            self.containers.insert(id.clone(), record.clone());
             info!(container = %id, handle = %record.handle, "recovered net_cls handle");
+        }
+        if let Some(egress) = &mut self.egress {
+            let held: Vec<u32> = self
+                .containers
+                .values()
+                .filter(|r| r.egress.is_some_and(|e| e.active && !e.netns))
+                .map(|r| r.handle.classid())
+                .collect();
+            egress.shaper.remove_unclaimed(|c| held.contains(&c))?;
         }
         Ok(())
     }
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
-        parse_for_prepare(spec, self.allow_debug_panic)?;
+        let config = parse_for_prepare(spec, self.allow_debug_panic)?;
         if spec.id.is_nested() {
             return Ok(LaunchInfo::default());
         }
         if self.containers.contains_key(&spec.id) {
             return Err(format!("container {} was already prepared", spec.id).into());
         }
+        let shape = match &self.egress {
+            Some(e) => e.params.shape_for(&config, spec.resources.cpus)?,
+            None => None,
+        };
         let handle = self.allocator.allocate()?;
-        if let Err(err) = self.setup(&spec.id, handle) {
-            // Leave nothing behind for a launch that will not happen.
-            let _ = self.cgroup(&spec.id).remove();
-            let _ = self.store.remove(&spec.id);
-            self.allocator.release(handle);
-            return Err(err);
-        }
-        self.containers.insert(spec.id.clone(), handle);
+        let record = match self.setup(&spec.id, handle, shape) {
+            Ok(record) => record,
+            Err(err) => {
+                // Leave nothing behind for a launch that will not happen.
+                let _ = self.cgroup(&spec.id).remove();
+                let _ = self.store.remove(&spec.id);
+                self.allocator.release(handle);
+                return Err(err);
+            }
+        };
+        self.containers.insert(spec.id.clone(), record);
         info!(container = %spec.id, handle = %handle, "allocated net_cls handle");
         Ok(LaunchInfo::default())
     }
@@ -210,12 +419,63 @@ impl Isolator for NetClsIsolator {
             return Err(format!("unknown container {id}").into());
         }
         self.cgroup(id).add_process(pid)?;
+        if !id.is_nested() {
+            self.shape(id, pid)?;
+        }
         Ok(())
     }
 
+    fn update(&mut self, id: &ContainerId, resources: &Resources) -> Result<(), Error> {
+        let Some(egress) = &mut self.egress else {
+            return Ok(());
+        };
+        let Some(record) = self.containers.get_mut(id) else {
+            return Ok(());
+        };
+        let Some(mut e) = record.egress else {
+            return Ok(());
+        };
+        let shape = e.shape.updated(&egress.params, resources.cpus);
+        if shape == e.shape {
+            return Ok(());
+        }
+        if e.active {
+            egress.shaper.change(record.handle.classid(), &shape)?;
+        }
+        e.shape = shape;
+        record.egress = Some(e);
+        self.store.save(id, &*record)?;
+        info!(container = %id, rate = shape.rate, "egress rate follows the container's cpus");
+        Ok(())
+    }
+
+    fn usage(&mut self, id: &ContainerId) -> Result<Statistics, Error> {
+        let (Some(egress), Some(record)) = (&mut self.egress, self.containers.get(&id.root()))
+        else {
+            return Ok(Statistics::default());
+        };
+        let Some(e) = record.egress.filter(|e| e.active) else {
+            return Ok(Statistics::default());
+        };
+        let stats = egress.shaper.stats(record.handle.classid())?;
+        Ok(Statistics {
+            net_tx: Some(NetTx {
+                bytes: stats.bytes,
+                packets: stats.packets,
+                dropped: stats.drops,
+                rate_limit: e.shape.rate / 8,
+                burst_rate_limit: e.shape.ceil / 8,
+                burst_size: e.shape.burst,
+            }),
+            ..Statistics::default()
+        })
+    }
+
     fn status(&mut self, id: &ContainerId) -> Result<Status, Error> {
+        // A classid is a net_cls notion: cgroup2 classification has none to report.
+        let v1 = self.hierarchy.version() == Version::V1;
         Ok(Status {
-            net_cls_classid: self.handle(id).map(Handle::classid),
+            net_cls_classid: self.handle(id).filter(|_| v1).map(Handle::classid),
         })
     }
 
@@ -223,15 +483,21 @@ impl Isolator for NetClsIsolator {
         if id.is_nested() {
             return Ok(());
         }
-        match self.containers.get(id).copied() {
-            Some(handle) => {
-                self.teardown(id, handle)?;
-                info!(container = %id, handle = %handle, "released net_cls handle");
+        match self.containers.get(id).cloned() {
+            Some(record) => {
+                self.teardown(id, &record)?;
+                info!(container = %id, handle = %record.handle, "released net_cls handle");
                 Ok(())
             }
             None => Ok(()),
         }
     }
+}
+
+/// Depth of the containers' cgroups below the cgroup2 root: the cgroups root's
+/// components, plus the container's own directory.
+fn cgroup_level(common: &CommonParams) -> u32 {
+    u32::try_from(common.cgroups_root.components().count() + 1).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
