@@ -4,6 +4,7 @@
 
 use crate::isolator::{create_isolator, IsolatorHandle};
 use crate::log::install_log_sink;
+use crate::logger::{create_logger, LoggerHandle};
 
 #[cxx::bridge(namespace = "rein")]
 pub mod ffi {
@@ -209,6 +210,14 @@ pub mod ffi {
         fn usage(self: &IsolatorHandle, container: ContainerChain, done: UniquePtr<Completion>);
         fn status(self: &IsolatorHandle, container: ContainerChain, done: UniquePtr<Completion>);
         fn cleanup(self: &IsolatorHandle, container: ContainerChain, done: UniquePtr<Completion>);
+
+        /// One container logger instance and the Rust thread that runs its calls.
+        type LoggerHandle;
+
+        /// Creates the container logger from its module parameters.
+        fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>>;
+        /// `ContainerLogger::prepare()`: completes with `container_io`.
+        fn prepare(self: &LoggerHandle, config: ContainerConfigView, done: UniquePtr<Completion>);
 
         /// Sends the modules' `tracing` output to `sink` (once per loaded library).
         fn install_log_sink(sink: UniquePtr<LogSink>);

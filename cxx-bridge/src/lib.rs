@@ -11,6 +11,7 @@ mod bridge;
 mod convert;
 mod isolator;
 mod log;
+mod logger;
 #[cfg(feature = "probe")]
 mod probe;
 
@@ -18,3 +19,4 @@ pub use actor::{Completer, Outcome};
 pub use bridge::ffi::*;
 pub use isolator::{create_isolator, IsolatorHandle};
 pub use log::install_log_sink;
+pub use logger::{create_logger, LoggerHandle};

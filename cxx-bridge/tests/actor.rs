@@ -181,3 +181,49 @@ fn create_reports_bad_kinds_and_parameters() {
         .unwrap();
     assert!(err.contains("module parameter 'bogus'"), "{err}");
 }
+
+#[test]
+fn logger_without_a_shipper_still_gives_working_descriptors() {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+
+    let dir = tempfile::tempdir().unwrap();
+    let params = vec![
+        KeyValue {
+            key: "shipper_socket".into(),
+            value: dir.path().join("absent.sock").to_string_lossy().into(),
+        },
+        KeyValue {
+            key: "shipper_timeout".into(),
+            value: "100ms".into(),
+        },
+    ];
+    let logger = rein_modules::create_logger(&params).unwrap();
+    let mut view = config("logged");
+    view.directory = dir.path().to_string_lossy().into_owned();
+    let (done, rx) = completer();
+    logger.prepare_with(view, done);
+    let io = match wait(&rx) {
+        Outcome::ContainerIo(io) => io,
+        other => panic!("expected descriptors, got {other:?}"),
+    };
+    // SAFETY: the descriptor was just handed to us by prepare and is owned here.
+    let mut out = unsafe { std::fs::File::from_raw_fd(io.stdout_fd) };
+    // SAFETY: as above.
+    drop(unsafe { std::fs::File::from_raw_fd(io.stderr_fd) });
+    out.write_all(b"hello\n").unwrap();
+    drop(out);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("stdout")).unwrap(),
+        "hello\n"
+    );
+
+    let (done, rx) = completer();
+    let mut bad = config("bad-label");
+    bad.task_labels = vec![KeyValue {
+        key: "rein.log.sink".into(),
+        value: "syslog".into(),
+    }];
+    logger.prepare_with(bad, done);
+    assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("rein.log.sink")));
+}
