@@ -1,8 +1,8 @@
 //! The disk isolator on real XFS and ext4 project quotas, each on a loop-device
 //! filesystem made for the test. The host kernel has neither XFS quota support nor
-//! QFMT_V2, so these run in the VM lane (`tests/vm/run --cargo-test disk_quota`) and
-//! skip visibly elsewhere; with `REIN_REQUIRE_QUOTA=1` a skip is a failure, so the lane
-//! cannot pass without running them. Root only.
+//! QFMT_V2, so these run in the VM lane (`tests/vm/run --modules quota_v2 --cargo-test disk_quota`) and
+//! skip visibly elsewhere; in the lane (or with `REIN_REQUIRE_QUOTA=1`) a skip is a
+//! failure, so the lane cannot pass without running them. Root only.
 //!
 //! Each suite: writes stop at the limit with the filesystem's error (ENOSPC on XFS,
 //! EDQUOT on ext4 for a writer without CAP_SYS_RESOURCE); usage matches what was
@@ -54,10 +54,17 @@ impl Drop for Lane {
     }
 }
 
+/// In the VM lane (its kernel command line carries `rein.job=`) or with
+/// `REIN_REQUIRE_QUOTA` set, quotas must work: a skip would hide a regression.
+fn quota_required() -> bool {
+    std::env::var_os("REIN_REQUIRE_QUOTA").is_some()
+        || fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("rein.job="))
+}
+
 fn skip(test: &str, reason: &str) -> Option<Lane> {
     assert!(
-        std::env::var_os("REIN_REQUIRE_QUOTA").is_none(),
-        "{test}: REIN_REQUIRE_QUOTA is set but {reason}"
+        !quota_required(),
+        "{test}: quotas are required here (VM lane or REIN_REQUIRE_QUOTA) but {reason}"
     );
     rein_tests::skip(test, reason);
     None
