@@ -12,6 +12,7 @@ usage: rein-run [OPTIONS] -- COMMAND [ARGS...]   run a command as a container
        rein-run [OPTIONS] status                recover and show live containers
        rein-run [OPTIONS] bench [--containers N]  lifecycle churn benchmark
        rein-run defaults                        print the embedded default configuration
+       rein-run labels                          print the label schema (Markdown)
 
 options:
   --label KEY=VALUE    task label, e.g. rein.net.egress.rate=10mbit (repeatable)
@@ -50,6 +51,8 @@ pub enum Command {
     Bench(BenchOptions),
     /// Print the default configuration.
     Defaults,
+    /// Print the label schema.
+    Labels,
 }
 
 /// Benchmark options.
@@ -188,6 +191,7 @@ pub fn parse(args: Vec<String>) -> Result<Options, String> {
             "status" => command = Some(Command::Status),
             "bench" => command = Some(Command::Bench(BenchOptions { containers: 0 })),
             "defaults" => command = Some(Command::Defaults),
+            "labels" => command = Some(Command::Labels),
             "-h" | "--help" => return Err("help".into()),
             other => return Err(format!("unknown argument '{other}'")),
         }

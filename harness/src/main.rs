@@ -47,9 +47,16 @@ fn main() -> ExitCode {
 }
 
 fn run(options: Options) -> Result<ExitCode, String> {
-    if let Command::Defaults = options.command {
-        println!("{}", config::DEFAULT);
-        return Ok(ExitCode::SUCCESS);
+    match options.command {
+        Command::Defaults => {
+            println!("{}", config::DEFAULT);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Labels => {
+            print!("{}", rein_core::schema::markdown_table());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let mut config = Config::load(options.config.as_deref())?;
     if let Some(dir) = &options.state_dir {
@@ -86,7 +93,7 @@ fn run(options: Options) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Defaults | Command::Bench(_) => unreachable!("handled above"),
+        Command::Defaults | Command::Labels | Command::Bench(_) => unreachable!("handled above"),
     }
 }
 

@@ -90,6 +90,43 @@ pub fn lookup_env(var: &str) -> Option<&'static KeySpec> {
     all_keys().find(|k| env_name(k.key) == var)
 }
 
+/// How a kind's values are written, for documentation.
+pub fn kind_syntax(kind: Kind) -> String {
+    match kind {
+        Kind::Bandwidth => "bandwidth (`100mbit`, `1gbit`, `10MB/s`)".into(),
+        Kind::ByteRate => "byte rate (`10MiB/s`)".into(),
+        Kind::Bytes => "size (`64KiB`, `2GiB`)".into(),
+        Kind::Count => "whole number".into(),
+        Kind::Duration => "duration (`500ms`, `5s`)".into(),
+        Kind::Bool => "`true` / `false`".into(),
+        Kind::Text(max) => format!("text (at most {max} bytes)"),
+        Kind::Enum(words) => words
+            .iter()
+            .map(|w| format!("`{w}`"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        Kind::PerDevice(inner) => format!(
+            "{}, or `DEVICE=VALUE,...` per device (`sandbox` or `/dev/...`)",
+            kind_syntax(*inner)
+        ),
+    }
+}
+
+/// The whole schema as a Markdown table (label, variable, value, meaning).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| label | variable | value | meaning |\n|---|---|---|---|\n");
+    for spec in all_keys() {
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            label_name(spec.key),
+            env_name(spec.key),
+            kind_syntax(spec.kind),
+            spec.help.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +152,19 @@ mod tests {
                 spec.key
             );
             assert!(!spec.help.is_empty());
+        }
+    }
+
+    #[test]
+    fn readme_documents_every_key() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for spec in all_keys() {
+            assert!(
+                readme.contains(&format!("`{}`", label_name(spec.key))),
+                "README lacks {}",
+                spec.key
+            );
         }
     }
 
