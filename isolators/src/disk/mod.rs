@@ -767,7 +767,14 @@ impl Isolator for DiskIsolator {
     }
 }
 
+/// The pause before the next pass: `scan_interval`, stretched so that passes take
+/// at most a tenth of the monitor's time however many files the sandboxes hold.
+pub fn next_pause(scan_interval: Duration, last_pass: Duration) -> Duration {
+    scan_interval.max(last_pass.saturating_mul(9))
+}
+
 fn monitor_loop(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings) {
+    let mut pause = settings.scan_interval;
     loop {
         {
             let guard = monitor.shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -776,14 +783,16 @@ fn monitor_loop(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings)
             }
             let (guard, _) = monitor
                 .wake
-                .wait_timeout(guard, settings.scan_interval)
+                .wait_timeout(guard, pause)
                 .unwrap_or_else(|e| e.into_inner());
             drop(guard);
         }
         if monitor.stop.load(Ordering::SeqCst) {
             return;
         }
+        let started = std::time::Instant::now();
         poll(monitor, kernel, settings);
+        pause = next_pause(settings.scan_interval, started.elapsed());
     }
 }
 

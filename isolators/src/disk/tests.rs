@@ -613,3 +613,13 @@ fn parameters() {
     let err = parse(&[("allowed_modes", "kill"), ("default_mode", "enforce")]).unwrap_err();
     assert!(err.to_string().contains("not among allowed_modes"), "{err}");
 }
+
+#[test]
+fn long_passes_stretch_the_pause() {
+    let i = Duration::from_secs(15);
+    assert_eq!(next_pause(i, Duration::from_millis(200)), i);
+    assert_eq!(
+        next_pause(i, Duration::from_secs(3)),
+        Duration::from_secs(27)
+    );
+}
