@@ -22,6 +22,17 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Isolators, in `--isolation` order.
     pub isolators: Vec<IsolatorConfig>,
+    /// The container logger's module parameters; absent: output goes to the terminal.
+    #[serde(default)]
+    pub logger: Option<LoggerConfig>,
+}
+
+/// The container logger and its module parameters.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoggerConfig {
+    /// Module parameters, as in the manifest.
+    #[serde(default)]
+    pub parameters: Vec<(String, String)>,
 }
 
 /// The embedded default: every isolator this library has, with parameters that

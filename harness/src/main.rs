@@ -227,10 +227,21 @@ fn launch(
             return Ok(ExitCode::from(3));
         }
     };
+    // The logger comes last, as Mesos's IOSwitchboard does.
+    let stdio = match modules.logger_prepare(&view) {
+        Ok(stdio) => stdio,
+        Err(e) => {
+            modules.cleanup(&container);
+            eprintln!("rein-run: launch of {id} failed: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
     let mut env = environment;
     env.extend(options.env.iter().cloned());
-    let held = process::Held::spawn(argv, &sandbox, &env)
+    let held = process::Held::spawn(argv, &sandbox, &env, stdio.as_ref())
         .map_err(|e| format!("starting {argv:?}: {e}"))?;
+    // The container holds its own copies now; ours must not keep its pipes open.
+    drop(stdio);
     let pid = held.pid();
     let record = ContainerRecord {
         chain: chain.clone(),

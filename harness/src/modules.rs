@@ -5,12 +5,15 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use std::os::fd::{FromRawFd, OwnedFd};
+
 use rein_modules::{
-    Completer, ContainerChain, ContainerConfigView, IsolatorHandle, LimitationView, Outcome,
-    RecoveredView, StatisticsView, StatusView,
+    Completer, ContainerChain, ContainerConfigView, IsolatorHandle, KeyValue, LimitationView,
+    LoggerHandle, Outcome, RecoveredView, StatisticsView, StatusView,
 };
 
 use crate::config::Config;
+use crate::process::Stdio;
 
 /// How long one call may take before the harness gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,9 +34,10 @@ pub struct Limited {
     pub limitation: LimitationView,
 }
 
-/// The loaded isolators, in configuration order.
+/// The loaded isolators, in configuration order, and the logger.
 pub struct Modules {
     isolators: Vec<(String, IsolatorHandle)>,
+    logger: Option<LoggerHandle>,
     limits_tx: mpsc::Sender<(String, Outcome)>,
     limits_rx: mpsc::Receiver<(String, Outcome)>,
 }
@@ -47,10 +51,10 @@ impl Modules {
     pub fn load(config: &Config, strict: bool) -> Result<Self, String> {
         let mut isolators = Vec::new();
         for iso in &config.isolators {
-            let params: Vec<rein_modules::KeyValue> = iso
+            let params: Vec<KeyValue> = iso
                 .parameters
                 .iter()
-                .map(|(key, value)| rein_modules::KeyValue {
+                .map(|(key, value)| KeyValue {
                     key: key.clone(),
                     value: value.clone(),
                 })
@@ -61,9 +65,24 @@ impl Modules {
                 Err(err) => eprintln!("rein-run: isolator {} is not available: {err}", iso.kind),
             }
         }
+        let logger = match &config.logger {
+            Some(logger) => {
+                let params: Vec<KeyValue> = logger
+                    .parameters
+                    .iter()
+                    .map(|(key, value)| KeyValue {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect();
+                Some(*rein_modules::create_logger(&params)?)
+            }
+            None => None,
+        };
         let (limits_tx, limits_rx) = mpsc::channel();
         Ok(Self {
             isolators,
+            logger,
             limits_tx,
             limits_rx,
         })
@@ -115,6 +134,28 @@ impl Modules {
             }
         }
         Ok(environment)
+    }
+
+    /// The logger's `prepare()`: the container's stdout and stderr, or `None` when
+    /// no logger is configured (output stays on the terminal).
+    pub fn logger_prepare(&self, config: &ContainerConfigView) -> Result<Option<Stdio>, CallError> {
+        let Some(logger) = &self.logger else {
+            return Ok(None);
+        };
+        let (tx, rx) = mpsc::channel();
+        logger.prepare_with(config.clone(), Box::new(Channel(tx)));
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            // SAFETY: prepare hands over freshly created descriptors that nothing
+            // else owns; they are wrapped exactly once, here.
+            Ok(Outcome::ContainerIo(io)) => Ok(Some(unsafe {
+                Stdio {
+                    stdout: OwnedFd::from_raw_fd(io.stdout_fd),
+                    stderr: OwnedFd::from_raw_fd(io.stderr_fd),
+                }
+            })),
+            Ok(other) => Err(describe("logger", "prepare", other)),
+            Err(_) => Err("logger prepare: no answer within the call timeout".into()),
+        }
     }
 
     /// `watch()` on every isolator; limitations arrive on [`Modules::limitation`].

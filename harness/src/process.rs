@@ -12,6 +12,14 @@ use nix::fcntl::OFlag;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+/// The container's stdout and stderr, as the container logger hands them out.
+pub struct Stdio {
+    /// Write end for stdout.
+    pub stdout: OwnedFd,
+    /// Write end for stderr.
+    pub stderr: OwnedFd,
+}
+
 /// A forked process waiting for its go signal.
 pub struct Held {
     pid: i32,
@@ -46,7 +54,12 @@ fn resolve(program: &str) -> io::Result<PathBuf> {
 impl Held {
     /// Forks `argv` in its own session, in `dir`, with `env` added; the child blocks
     /// before `exec` until [`Held::release`], and exits if the harness dies first.
-    pub fn spawn(argv: &[String], dir: &Path, env: &[(String, String)]) -> io::Result<Self> {
+    pub fn spawn(
+        argv: &[String],
+        dir: &Path,
+        env: &[(String, String)],
+        io: Option<&Stdio>,
+    ) -> io::Result<Self> {
         let program = argv
             .first()
             .ok_or_else(|| io::Error::other("no command given"))?;
@@ -74,6 +87,9 @@ impl Held {
         let (wait_end, release) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let wait_fd = wait_end.as_raw_fd();
         let release_fd = release.as_raw_fd();
+        let (out_fd, err_fd) = io.map_or((-1, -1), |io| {
+            (io.stdout.as_raw_fd(), io.stderr.as_raw_fd())
+        });
         // SAFETY: the child branch makes only async-signal-safe calls (close, setsid,
         // read, chdir, execve, _exit) on memory allocated before the fork.
         let pid = unsafe { libc::fork() };
@@ -94,6 +110,10 @@ impl Held {
                     if n == 0 || *libc::__errno_location() != libc::EINTR {
                         libc::_exit(126);
                     }
+                }
+                // dup2 clears close-on-exec on the new descriptors 1 and 2.
+                if out_fd >= 0 && (libc::dup2(out_fd, 1) < 0 || libc::dup2(err_fd, 2) < 0) {
+                    libc::_exit(125);
                 }
                 libc::chdir(dir.as_ptr());
                 libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
