@@ -320,17 +320,37 @@ impl Shaper {
                 shape,
             )?;
         }
-        self.adopt_host(classid, cgroup_id)
+        self.map_cgroup(classid, cgroup_id)
     }
 
-    /// Points the classifier at an existing class (recovery).
-    pub fn adopt_host(&mut self, classid: u32, cgroup_id: Option<u64>) -> Result<(), Error> {
+    fn map_cgroup(&mut self, classid: u32, cgroup_id: Option<u64>) -> Result<(), Error> {
         if let (Some(map), Some(id)) = (&self.map, cgroup_id) {
             map.insert(id, classid).map_err(|e| {
                 format!("mapping cgroup {id} to class {}: {e}", class_name(classid))
             })?;
         }
         Ok(())
+    }
+
+    /// Re-adopts a container's class after a restart: the class is set again (its
+    /// leaf, if there, is kept with its queue) and the new classifier learns it.
+    pub fn adopt_host(
+        &mut self,
+        classid: u32,
+        shape: &Shape,
+        cgroup_id: Option<u64>,
+    ) -> Result<(), Error> {
+        let parent = handle(self.major, LINK_MINOR);
+        for d in &self.devices {
+            tc::set_class(
+                &mut self.nl,
+                d.index,
+                parent,
+                classid,
+                &container_rates(shape),
+            )?;
+        }
+        self.map_cgroup(classid, cgroup_id)
     }
 
     /// Shapes a container inside its own network namespace (every device there but
@@ -362,15 +382,19 @@ impl Shaper {
         Ok(n)
     }
 
-    /// Re-attaches to a container's namespace after a restart (its tree is there).
-    pub fn adopt_netns(&mut self, classid: u32, pid: i32) -> Result<(), Error> {
+    /// Re-attaches to a container's namespace after a restart; its tree and class
+    /// are set again, leaves kept.
+    pub fn adopt_netns(&mut self, classid: u32, shape: &Shape, pid: i32) -> Result<(), Error> {
         let ns = netns::open_netns(pid)?;
         let mut nl = netns::netlink_in(&ns)?;
-        let devices = tc::links(&mut nl)?
-            .into_iter()
-            .filter(|l| !l.loopback)
-            .map(|l| l.index)
-            .collect();
+        let minor = u16::try_from(classid & 0xffff).unwrap_or(DEFAULT_MINOR);
+        let mut devices = Vec::new();
+        for l in tc::links(&mut nl)?.into_iter().filter(|l| !l.loopback) {
+            ensure_tree(&mut nl, l.index, &l.name, self.major, minor, self.line_rate)?;
+            let parent = handle(self.major, LINK_MINOR);
+            tc::set_class(&mut nl, l.index, parent, classid, &container_rates(shape))?;
+            devices.push(l.index);
+        }
         self.netns.insert(
             classid,
             NetnsShaping {

@@ -58,11 +58,12 @@ pub struct EgressRecord {
     /// The container's cgroup v2 id (cgroup2 classification).
     #[serde(default)]
     pub cgroup_id: Option<u64>,
-    /// Whether it is shaped inside its own network namespace.
-    #[serde(default)]
+    /// Whether it is shaped inside its own network namespace (known from isolate()
+    /// or recover(); not persisted, so isolate() writes no state).
+    #[serde(skip)]
     pub netns: bool,
-    /// Whether its class exists (set by isolate()).
-    #[serde(default)]
+    /// Whether its class exists (set by isolate() and recover()).
+    #[serde(skip)]
     pub active: bool,
 }
 
@@ -317,7 +318,6 @@ impl NetClsIsolator {
         e.netns = own_netns;
         e.active = true;
         record.egress = Some(e);
-        self.store.save(id, &*record)?;
         info!(container = %id, class = %record.handle, rate = e.shape.rate, ceil = e.shape.ceil, own_netns, "shaping egress");
         Ok(())
     }
@@ -358,17 +358,22 @@ impl Isolator for NetClsIsolator {
             }
             if let (Some(egress), Some(e)) = (&mut self.egress, &mut record.egress) {
                 let classid = record.handle.classid();
-                let adopted = match (e.active, e.netns, live.and_then(|c| c.pid)) {
-                    (false, _, _) => Ok(()),
-                    (true, false, _) => egress.shaper.adopt_host(classid, e.cgroup_id),
-                    (true, true, Some(pid)) => egress.shaper.adopt_netns(classid, pid),
-                    (true, true, None) => Err("its pid is unknown".into()),
+                // Where it was shaped follows from where its init process lives.
+                let pid = live.and_then(|c| c.pid);
+                let own_netns = match pid {
+                    Some(pid) => egress.shaper.has_own_netns(pid).unwrap_or(false),
+                    None => false,
                 };
-                if let Err(err) = adopted {
-                    // The namespace (and its tree) is gone with the container's processes.
-                    warn!(container = %id, "cannot reach the container's own network namespace: {err}");
-                    e.netns = false;
-                    e.active = false;
+                let adopted = match pid {
+                    Some(pid) if own_netns => egress.shaper.adopt_netns(classid, &e.shape, pid),
+                    _ => egress.shaper.adopt_host(classid, &e.shape, e.cgroup_id),
+                };
+                match adopted {
+                    Ok(()) => {
+                        e.netns = own_netns;
+                        e.active = true;
+                    }
+                    Err(err) => warn!(container = %id, "cannot re-adopt the egress class: {err}"),
                 }
             }
             self.containers.insert(id.clone(), record.clone());
