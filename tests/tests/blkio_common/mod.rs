@@ -412,7 +412,11 @@ pub fn write_bps_on_sandbox(h: Hierarchy) {
         rate <= mib as f64 * 1.10,
         "{rate:.2} MiB/s is above the limit of {mib} MiB/s"
     );
-    assert_within("write MiB/s via sandbox", rate, expected, 0.10);
+    // At least 90 % of the limit, or of what the throttle's pacing plus the
+    // filesystem's own cost allows when the writer alone is slow (emulation).
+    let floor = 0.9 * (mib as f64).min(expected);
+    eprintln!("write MiB/s via sandbox: measured {rate:.2}, limit {mib}, floor {floor:.2}");
+    assert!(rate >= floor, "{rate:.2} MiB/s is below {floor:.2} MiB/s");
     let stats = iso.usage(&s.id).unwrap().blkio;
     let dev = stats
         .iter()
