@@ -43,7 +43,9 @@ pub const DEFAULT: &str = r#"{
     { "kind": "net_cls", "parameters": [
         ["net_cls_primary_handle", "0xe"],
         ["net_cls_secondary_handles", "0x1,0xffff"],
-        ["mount_net_cls", "true"] ] }
+        ["mount_net_cls", "true"] ] },
+    { "kind": "blkio", "parameters": [
+        ["allowed_devices", "sandbox"] ] }
   ]
 }"#;
 

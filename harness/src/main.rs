@@ -229,6 +229,11 @@ fn launch(
     };
     // The logger comes last, as Mesos's IOSwitchboard does.
     let stdio = match modules.logger_prepare(&view) {
+        // A detached container must not hold the harness's terminal or pipes:
+        // without a logger its output goes to the sandbox files, as in Mesos.
+        Ok(None) if options.detach => {
+            Some(process::Stdio::sandbox_files(&sandbox).map_err(|e| e.to_string())?)
+        }
         Ok(stdio) => stdio,
         Err(e) => {
             modules.cleanup(&container);

@@ -20,6 +20,23 @@ pub struct Stdio {
     pub stderr: OwnedFd,
 }
 
+impl Stdio {
+    /// `stdout` and `stderr` files in the sandbox, appended to.
+    pub fn sandbox_files(sandbox: &Path) -> io::Result<Self> {
+        let open = |name: &str| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(sandbox.join(name))
+                .map(OwnedFd::from)
+        };
+        Ok(Self {
+            stdout: open("stdout")?,
+            stderr: open("stderr")?,
+        })
+    }
+}
+
 /// A forked process waiting for its go signal.
 pub struct Held {
     pid: i32,
