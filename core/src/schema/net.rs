@@ -7,7 +7,8 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "net.egress.rate",
         kind: Kind::Bandwidth,
-        help: "Guaranteed egress rate of the container (e.g. 100mbit, 10MB/s).",
+        help: "Guaranteed egress rate of the container (e.g. 100mbit, 10MB/s); at most the \
+               operator's egress_max_rate.",
     },
     KeySpec {
         key: "net.egress.ceil",
@@ -17,6 +18,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "net.egress.burst",
         kind: Kind::Bytes,
-        help: "Bytes the container may send at the ceiling before the rate applies (e.g. 64KiB).",
+        help: "Bytes the container may send at once above its rate (e.g. 64KiB, at least \
+               1600; default: 10 ms at the rate).",
     },
 ];

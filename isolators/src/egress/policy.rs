@@ -219,6 +219,13 @@ impl EgressParams {
                 }
             }
         }
+        let asked_burst = match config.get("net.egress.burst") {
+            Some(s) => match s.value.as_u64() {
+                Some(b) if b >= 1600 => Some(b),
+                _ => return Err(s.error("must be at least 1600 bytes (one full frame)")),
+            },
+            None => None,
+        };
         let asked_rate = config.u64("net.egress.rate");
         let asked_ceil = config.u64("net.egress.ceil");
         let (rate, from_cpus) = match (asked_rate, self.rate_from_cpus(cpus), self.default_rate) {
@@ -244,17 +251,10 @@ impl EgressParams {
             Some(c) => c,
             None => rate,
         };
-        let burst = match config.get("net.egress.burst") {
-            Some(s) => match s.value.as_u64() {
-                Some(b) if b >= 1600 => b,
-                _ => return Err(s.error("must be at least 1600 bytes (one full frame)")),
-            },
-            None => self.burst_for(rate),
-        };
         Ok(Some(Shape {
             rate,
             ceil,
-            burst,
+            burst: asked_burst.unwrap_or_else(|| self.burst_for(rate)),
             from_cpus,
         }))
     }
@@ -293,5 +293,162 @@ impl Shape {
             },
             None => *self,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rein_core::ContainerSpec;
+
+    fn params(pairs: &[(&str, &str)]) -> Result<Option<EgressParams>, ParamError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect();
+        EgressParams::from_params(&Params::new(&pairs, PARAMS).unwrap())
+    }
+
+    fn on(extra: &[(&str, &str)]) -> EgressParams {
+        let mut all = vec![("egress_shaping", "true")];
+        all.extend_from_slice(extra);
+        params(&all).unwrap().unwrap()
+    }
+
+    fn config(labels: &[(&str, &str)]) -> TaskConfig {
+        TaskConfig::parse(&ContainerSpec {
+            task_labels: labels
+                .iter()
+                .map(|(a, b)| ((*a).into(), (*b).into()))
+                .collect(),
+            ..ContainerSpec::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn parameters_default_and_validate() {
+        assert_eq!(params(&[]).unwrap(), None);
+        let err = params(&[("egress_max_rate", "1gbit")]).unwrap_err();
+        assert!(err.to_string().contains("egress_shaping"), "{err}");
+        let p = on(&[]);
+        assert_eq!(p.devices, vec![DEFAULT_ROUTE.to_owned()]);
+        assert_eq!(p.line_rate, 10_000_000_000);
+        assert_eq!(p.classifier, ClassifierChoice::Auto);
+        assert_eq!(p.leaf_qdisc.as_deref(), Some("fq_codel"));
+        assert!(on(&[("egress_devices", "none")]).devices.is_empty());
+        for (name, value, reason) in [
+            ("egress_devices", "eth0,../x", "not a network device"),
+            ("egress_classifier", "iptables", "expected auto"),
+            ("egress_leaf_qdisc", "cake", "expected fq_codel"),
+            ("egress_filter_prio", "0", "1-65535"),
+            ("egress_default_rate", "0mbit", "above 0"),
+            ("egress_max_rate", "20gbit", "egress_line_rate"),
+        ] {
+            let err = params(&[("egress_shaping", "true"), (name, value)]).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(name) && msg.contains(reason), "{msg}");
+        }
+    }
+
+    #[test]
+    fn labels_give_rate_ceiling_and_burst() {
+        let p = on(&[("egress_max_rate", "1gbit")]);
+        let s = p
+            .shape_for(
+                &config(&[
+                    ("rein.net.egress.rate", "10mbit"),
+                    ("rein.net.egress.ceil", "50mbit"),
+                    ("rein.net.egress.burst", "64KiB"),
+                ]),
+                None,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s,
+            Shape {
+                rate: 10_000_000,
+                ceil: 50_000_000,
+                burst: 65536,
+                from_cpus: false
+            }
+        );
+        // Ceiling defaults to the rate; burst to 10 ms at the rate, at least 1600 bytes.
+        let s = p
+            .shape_for(&config(&[("rein.net.egress.rate", "100mbit")]), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.ceil, s.burst), (100_000_000, 125_000));
+        let s = p
+            .shape_for(&config(&[("rein.net.egress.rate", "1mbit")]), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.burst, 1600);
+    }
+
+    #[test]
+    fn bad_labels_name_the_label_value_and_reason() {
+        let p = on(&[("egress_max_rate", "100mbit")]);
+        for (labels, needle) in [
+            (vec![("rein.net.egress.rate", "200mbit")], "cap"),
+            (vec![("rein.net.egress.ceil", "1gbit")], "cap"),
+            (
+                vec![
+                    ("rein.net.egress.rate", "20mbit"),
+                    ("rein.net.egress.ceil", "10mbit"),
+                ],
+                "below the egress rate",
+            ),
+            (vec![("rein.net.egress.burst", "100B")], "1600"),
+            (vec![("rein.net.egress.rate", "0mbit")], "above 0"),
+        ] {
+            let err = p.shape_for(&config(&labels), None).unwrap_err().to_string();
+            let (label, value) = labels.last().unwrap();
+            assert!(
+                err.contains(label) && err.contains(value) && err.contains(needle),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_cpus_then_the_default_rate() {
+        let p = on(&[
+            ("egress_rate_per_cpu", "10mbit"),
+            ("egress_default_rate", "5mbit"),
+            ("egress_max_rate", "25mbit"),
+        ]);
+        let s = p.shape_for(&config(&[]), Some(1.5)).unwrap().unwrap();
+        assert_eq!((s.rate, s.from_cpus), (15_000_000, true));
+        // Derived rates are clamped to the cap, not refused.
+        let s = p.shape_for(&config(&[]), Some(4.0)).unwrap().unwrap();
+        assert_eq!(s.rate, 25_000_000);
+        let s = p.shape_for(&config(&[]), None).unwrap().unwrap();
+        assert_eq!((s.rate, s.from_cpus), (5_000_000, false));
+        assert_eq!(on(&[]).shape_for(&config(&[]), Some(2.0)).unwrap(), None);
+        // An asked rate wins over the derived one and does not follow cpus.
+        let s = p
+            .shape_for(&config(&[("rein.net.egress.rate", "1mbit")]), Some(2.0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.updated(&p, Some(8.0)), s);
+    }
+
+    #[test]
+    fn derived_rates_follow_cpus_and_keep_an_asked_ceiling() {
+        let p = on(&[("egress_rate_per_cpu", "10mbit")]);
+        let s = p
+            .shape_for(&config(&[("rein.net.egress.ceil", "50mbit")]), Some(1.0))
+            .unwrap()
+            .unwrap();
+        let u = s.updated(&p, Some(2.0));
+        assert_eq!(
+            (u.rate, u.ceil, u.from_cpus),
+            (20_000_000, 50_000_000, true)
+        );
+        let u = s.updated(&p, Some(8.0));
+        assert_eq!((u.rate, u.ceil), (80_000_000, 80_000_000));
+        assert_eq!(s.updated(&p, None), s);
     }
 }
