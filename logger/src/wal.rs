@@ -338,6 +338,14 @@ impl Wal {
                     .map_err(io_err(&np))?;
                 g.segs.push(Segment { seq: next, len: 0 });
             }
+            // One large append can overshoot the bound: trim closed segments after it too.
+            // (never the segment just written: the newest records stay).
+            while self.cfg.policy == FullPolicy::DropOldest
+                && g.total > self.cfg.max_bytes
+                && g.segs.len() >= 2
+                && g.segs[0].seq < seq
+                && self.drop_oldest(&mut g)?
+            {}
             self.stats.buffer_bytes.store(g.total, Ordering::Relaxed);
             self.more.notify_all();
         }

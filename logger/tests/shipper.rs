@@ -248,3 +248,154 @@ impl LoggerModuleNew {
             .contains("shiper_socket")
     }
 }
+
+#[test]
+fn full_buffer_pauses_reading_without_loss() {
+    let d = tempfile::tempdir().unwrap();
+    let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nbuffer_full_policy = pause");
+    let m = sh.module();
+    let sandbox = d.path().join("p");
+    let mut c = run_container(
+        &m,
+        &spec("p", &sandbox, &[]),
+        &["--lines", "20000", "--prefix", "p"],
+    );
+    // 4 MB of output against a 64 KiB buffer and a dead sink: the container must block.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the container should be blocked on its full pipe"
+    );
+    let counters = sh.counters();
+    assert!(
+        counters["reader"]["buffer_full_pauses"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{counters}"
+    );
+    assert_eq!(counters["buffers"]["elasticsearch"]["dropped_records"], 0);
+    let _ = c.kill();
+    let _ = c.wait();
+    // Still paused (the sink is down): the rest stays in the pipe and the sandbox file.
+    sh.stop();
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    assert!(got.len() > 50);
+    // What was buffered is a prefix of the output, in order, without gaps.
+    for (i, (p, s)) in got.iter().enumerate() {
+        assert_eq!((p.as_str(), *s), ("p", i as u64));
+    }
+}
+
+#[test]
+fn full_buffer_drop_oldest_counts_every_dropped_line() {
+    let d = tempfile::tempdir().unwrap();
+    let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nbuffer_full_policy = drop_oldest\nes_batch_records = 10");
+    let m = sh.module();
+    let sandbox = d.path().join("q");
+    let mut c = run_container(
+        &m,
+        &spec("q", &sandbox, &[]),
+        &["--lines", "20000", "--prefix", "q"],
+    );
+    assert!(
+        c.wait().unwrap().success(),
+        "the container is never blocked with drop_oldest"
+    );
+    sh.wait_idle(Duration::from_secs(20));
+    let t = Instant::now();
+    let mut counters = sh.counters();
+    while counters["reader"]["lines_read"] != 20000 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        counters = sh.counters();
+    }
+    sh.stop();
+    let dropped = counters["buffers"]["elasticsearch"]["dropped_records"]
+        .as_u64()
+        .unwrap();
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    assert!(dropped > 0, "{counters}");
+    // Kept + counted as dropped = every line, but for the batch the sink holds in
+    // memory (up to es_batch_records, still shipped when the sink comes back).
+    let accounted = got.len() as u64 + dropped;
+    assert!(
+        (19_990..=20_000).contains(&accounted),
+        "kept {} + dropped {dropped}",
+        got.len()
+    );
+    // The newest lines are the ones kept.
+    assert_eq!(got.last().unwrap().1, 19_999);
+    // The sandbox file still has every line.
+    assert_lines(&sandbox_stream(&sandbox, "stdout"), "q", 0..20_000);
+}
+
+#[test]
+fn rate_limit_backs_up_into_the_container() {
+    let d = tempfile::tempdir().unwrap();
+    let _sh_guard;
+    let sh = Shipper::start(d.path(), "");
+    let m = sh.module();
+    let sandbox = d.path().join("r");
+    let t = Instant::now();
+    // 4 MB at 1 MB/s: a 1 MB burst and the 1 MiB pipe absorb half, the rest waits for the limit.
+    let mut c = run_container(
+        &m,
+        &spec(
+            "r",
+            &sandbox,
+            &[("rein.log.rate_limit", "1MB/s"), ("rein.log.sink", "none")],
+        ),
+        &["--lines", "20000", "--prefix", "r"],
+    );
+    assert!(c.wait().unwrap().success());
+    let took = t.elapsed();
+    sh.wait_idle(Duration::from_secs(20));
+    let all = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "container finished in {took:?}: not limited"
+    );
+    assert!(
+        all >= Duration::from_millis(2500),
+        "all read in {all:?}: not limited"
+    );
+    assert_lines(&sandbox_stream(&sandbox, "stdout"), "r", 0..20_000);
+    _sh_guard = sh;
+}
+
+#[test]
+fn agent_restart_and_two_module_instances() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(d.path(), "");
+    // The first module instance starts a container, then "the agent restarts".
+    let a = sh.module();
+    let s1 = d.path().join("m1");
+    let mut c1 = run_container(
+        &a,
+        &spec("m1", &s1, &[("rein.log.sink", "none")]),
+        &["--lines", "3000", "--rate", "3000", "--prefix", "m1"],
+    );
+    drop(a);
+    // Two instances in one process (the Docker containerizer makes its own).
+    let b = sh.module();
+    let c = sh.module();
+    let s2 = d.path().join("m2");
+    let s3 = d.path().join("m3");
+    let mut c2 = run_container(
+        &b,
+        &spec("m2", &s2, &[("rein.log.sink", "none")]),
+        &["--lines", "1000", "--prefix", "m2"],
+    );
+    let mut c3 = run_container(
+        &c,
+        &spec("m3", &s3, &[("rein.log.sink", "none")]),
+        &["--lines", "1000", "--prefix", "m3"],
+    );
+    for k in [&mut c1, &mut c2, &mut c3] {
+        assert!(k.wait().unwrap().success());
+    }
+    sh.wait_idle(Duration::from_secs(10));
+    assert_lines(&sandbox_stream(&s1, "stdout"), "m1", 0..3000);
+    assert_lines(&sandbox_stream(&s2, "stdout"), "m2", 0..1000);
+    assert_lines(&sandbox_stream(&s3, "stdout"), "m3", 0..1000);
+}

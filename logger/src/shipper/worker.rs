@@ -547,6 +547,21 @@ impl Worker {
             self.counters
                 .lines_read
                 .fetch_add(after - before, Ordering::Relaxed);
+            // Commit per chunk: the buffer's bound is overshot by one chunk at most.
+            if let Some(w) = &wal {
+                if let Err(e) = w.commit() {
+                    tracing::error!("{e}");
+                }
+                if w.is_full() && !self.paused {
+                    self.paused = true;
+                    self.counters
+                        .buffer_full_pauses
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "disk buffer full: reading paused (containers block when their pipe fills)"
+                    );
+                }
+            }
             if st.wants_rotation(rotate_max) {
                 rotate_stream(
                     c,

@@ -11,10 +11,25 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Prints a visible SKIPPED line (the test then returns early).
+/// Prints a visible SKIPPED line (the test then returns early) and records it
+/// in `$REIN_SKIP_LOG` (default `target/rein-skipped.txt`), which the test
+/// script counts as skipped, not passed.
 pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
     eprintln!("SKIPPED {test}: {why}");
     println!("SKIPPED {test}: {why}");
+    let log = std::env::var_os("REIN_SKIP_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/rein-skipped.txt")
+        });
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{test}: {why}");
+    }
 }
 
 pub fn free_port() -> u16 {

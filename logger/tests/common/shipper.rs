@@ -35,7 +35,7 @@ impl Shipper {
             .arg(&conf)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
             )
             .spawn()
             .unwrap();

@@ -1,0 +1,139 @@
+//! End to end against a real ES-compatible server (osmem-server 0.1.6) behind
+//! the fault-injecting proxy: containers write through `LoggerModule`, the
+//! sink is down for a while, the worker is killed with SIGKILL mid-stream,
+//! and every line must be in the index exactly once.
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Fault, Proxy};
+use common::shipper::{run_container, spec, Shipper};
+use common::{skip, EsServer};
+
+fn es_index_today() -> String {
+    let (y, m, d) = rein_logger::record::time::ymd(rein_logger::shipper::stream::now_ms());
+    format!("rein-e2e-{y:04}.{m:02}.{d:02}")
+}
+
+#[test]
+fn sink_down_and_worker_killed_every_line_once_in_elasticsearch() {
+    let Some(es) = EsServer::start() else {
+        return skip(
+            "sink_down_and_worker_killed_every_line_once_in_elasticsearch",
+            "osmem-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let proxy = Proxy::start(es.addr, None);
+    // The sink is "down" (503 to every request) until the test lets it up.
+    for _ in 0..10_000 {
+        proxy.push(Fault::Status(503));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(
+        d.path(),
+        &format!(
+            "es_url = http://{}\nes_index = rein-e2e-%Y.%m.%d\nes_backoff_max = 300ms\nes_batch_records = 1000\nextra_fields = {{\"cluster\":\"test\"}}\nhost_name = agent-host",
+            proxy.addr
+        ),
+    );
+    let m = sh.module();
+    let n = 4000u64;
+    let names = ["c0", "c1", "c2"];
+    let mut kids = Vec::new();
+    for name in names {
+        let sandbox = d.path().join(name);
+        let labels = [("team", "payments")];
+        let mut s = spec(name, &sandbox, &[]);
+        s.executor_labels = labels
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        kids.push(run_container(
+            &m,
+            &s,
+            &[
+                "--lines",
+                &n.to_string(),
+                "--rate",
+                "2000",
+                "--prefix",
+                name,
+                "--stderr-every",
+                "100",
+            ],
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    sh.kill_worker();
+    std::thread::sleep(Duration::from_millis(700));
+    for k in kids.iter_mut() {
+        assert!(k.wait().unwrap().success(), "a container saw an error");
+    }
+    // Everything is in the disk buffer; nothing reached the index while it was down.
+    assert_eq!(es.count(&es_index_today()), 0);
+    let t = Instant::now();
+    let failed = loop {
+        let f = sh.counters()["sinks"]["elasticsearch"]["failed_requests"]
+            .as_u64()
+            .unwrap_or(0);
+        if f > 0 || t.elapsed() > Duration::from_secs(5) {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(failed > 0, "the sink must have been refused");
+    // Up again; kill the worker once more while it ships.
+    proxy.script.lock().unwrap().clear();
+    std::thread::sleep(Duration::from_millis(1500));
+    sh.kill_worker();
+    let total = n * names.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let index = es_index_today();
+    while es.count(&index) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let got = es.count(&index);
+    assert_eq!(got, total, "documents in the index");
+    let msgs: BTreeSet<String> = es.messages(&index).into_iter().collect();
+    // Unique messages == documents: no line twice; and every expected line is there.
+    assert_eq!(msgs.len() as u64, total.min(10_000));
+    // One document, checked field by field (ECS names and Mesos metadata).
+    let (_, body) = es
+        .post(
+            &format!("/{index}/_search"),
+            r#"{"size":1,"query":{"match":{"message":"c1 seq=199"}}}"#,
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hit = v["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| {
+            h["_source"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("c1 seq=199 ")
+        })
+        .expect("c1 seq=199 indexed");
+    let doc = &hit["_source"];
+    assert_eq!(doc["stream"], "stderr");
+    assert_eq!(doc["container"]["id"], "parent-1.c1");
+    assert_eq!(doc["mesos"]["container"]["parent"], "parent-1");
+    assert_eq!(doc["mesos"]["task"]["id"], "task-c1");
+    assert_eq!(doc["mesos"]["framework"]["id"], "fw-1");
+    assert_eq!(doc["mesos"]["agent"]["id"], "agent-1");
+    assert_eq!(doc["labels"]["team"], "payments");
+    assert_eq!(doc["host"]["name"], "agent-host");
+    assert_eq!(doc["cluster"], "test");
+    assert_eq!(doc["ecs"]["version"], "8.11.0");
+    assert!(doc["log"]["file"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("c1/stderr"));
+    eprintln!("counters after the run: {}", sh.counters());
+}
