@@ -12,8 +12,11 @@ use crate::config::Config;
 use crate::modules::Modules;
 use crate::process::Held;
 
-/// The cgroups root the benchmark works under, apart from real containers.
-const BENCH_ROOT: &str = "rein-bench";
+/// The cgroups root the benchmark works under, apart from real containers and from
+/// other benchmark runs.
+fn bench_root() -> String {
+    format!("rein-bench-{}", std::process::id())
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -57,11 +60,18 @@ fn leftover_cgroups() -> usize {
     mounts
         .iter()
         .map(|m| {
-            std::fs::read_dir(m.mount_point.join(BENCH_ROOT))
+            std::fs::read_dir(m.mount_point.join(bench_root()))
                 .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
                 .unwrap_or(0)
         })
         .sum()
+}
+
+/// Removes the (empty) benchmark roots the isolators created.
+fn remove_bench_roots() {
+    for m in cgroup_mounts(Path::new("/proc/self/mountinfo")).unwrap_or_default() {
+        let _ = std::fs::remove_dir(m.mount_point.join(bench_root()));
+    }
 }
 
 /// Runs the churn and prints the figures.
@@ -70,8 +80,7 @@ pub fn run(config: &Config, options: &Options, bench: &BenchOptions) -> Result<E
     let mut config = config.clone().with_state_dir(&scratch);
     for iso in &mut config.isolators {
         iso.parameters.retain(|(k, _)| k != "cgroups_root");
-        iso.parameters
-            .push(("cgroups_root".into(), BENCH_ROOT.into()));
+        iso.parameters.push(("cgroups_root".into(), bench_root()));
     }
     let modules = Modules::load(&config, options.strict)?;
     let sandbox = scratch.join("sandbox");
@@ -132,6 +141,7 @@ pub fn run(config: &Config, options: &Options, bench: &BenchOptions) -> Result<E
     println!("throughput (including fork/exec/reap of each process): {rate:.0} lifecycles/s");
     println!("leaked: cgroups {leaked_cgroups}  state files (handles, ids) {leaked_state}  file descriptors {leaked_fds}");
     let _ = std::fs::remove_dir_all(&scratch);
+    remove_bench_roots();
     Ok(if leaked_cgroups + leaked_state + leaked_fds == 0 {
         ExitCode::SUCCESS
     } else {

@@ -152,10 +152,15 @@ impl Held {
         Ok(Running { pid: self.pid })
     }
 
-    /// Kills the held process and reaps it.
+    /// Kills the held process and reaps it. It may not have reached `setsid` yet, so
+    /// the process itself is killed, not only its group; closing the release pipe
+    /// first makes it exit even before the signal lands.
     pub fn abort(self) {
-        kill_group(self.pid);
-        Running { pid: self.pid }.wait();
+        let Held { pid, release } = self;
+        drop(release);
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        kill_group(pid);
+        Running { pid }.wait();
     }
 }
 
@@ -174,7 +179,7 @@ impl Running {
 
     /// Waits until it ends.
     pub fn wait(&self) {
-        let _ = waitpid(Pid::from_raw(self.pid), None);
+        while let Err(nix::errno::Errno::EINTR) = waitpid(Pid::from_raw(self.pid), None) {}
     }
 }
 
