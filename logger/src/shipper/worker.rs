@@ -577,8 +577,10 @@ impl Worker {
             }
         }
         let st = &mut c.streams[idx];
-        // Not drained: stop watching until the next tick re-arms (rate limit, full buffer, fairness).
-        if (eof || limited || moved >= FAIR_SHARE || (self.paused && c.to_buffer)) && st.armed {
+        // Blocked (rate limit, full buffer) or finished: stop watching until the next tick
+        // re-arms. A stream that only used up its fair share stays armed: level-triggered
+        // epoll reports it again after the others had their turn.
+        if (eof || limited || (self.paused && c.to_buffer)) && st.armed {
             if let Some(p) = &st.pipe {
                 let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, p.as_raw_fd(), 0);
             }
