@@ -252,3 +252,44 @@ fn egress_recovery_adopts_live_classes_and_removes_the_rest() {
     assert_eq!(class_ids(&pair).len(), 2);
     drop(sleeper);
 }
+
+#[test]
+fn egress_refused_labels_fail_only_that_container() {
+    if !rein_tests::require_root("egress_refused_labels_fail_only_that_container") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = NetPair::new("refuse");
+    let root_name = format!("rein-eg-{}-refuse", std::process::id());
+    let state = tempfile::tempdir().unwrap();
+    let root = RootGuard(hierarchy("net_cls").cgroup(&root_name));
+    let mut p = params(&root_name, state.path(), "net_cls");
+    p.push(("egress_max_rate".into(), "100mbit".into()));
+    let mut iso = isolator(&pair, &p);
+    let tree = class_ids(&pair);
+    for (label, value, reason) in [
+        ("rein.net.egress.rate", "1gbit", "cap"),
+        ("rein.net.egress.ceil", "5mbit", "below the egress rate"),
+        ("rein.net.egress.burst", "12B", "1600"),
+    ] {
+        let mut labels = vec![("rein.net.egress.rate", "10mbit")];
+        labels.retain(|(l, _)| *l != label);
+        labels.push((label, value));
+        let err = iso.prepare(&spec("bad", &labels)).unwrap_err().to_string();
+        assert!(
+            err.contains(label) && err.contains(value) && err.contains(reason),
+            "{err}"
+        );
+        assert!(!root.0.child("bad").exists());
+    }
+    assert_eq!(class_ids(&pair), tree);
+    // The module goes on serving other containers.
+    let sleeper = Sleeper::spawn(&pair);
+    let good = spec("good", &[("rein.net.egress.rate", "100mbit")]);
+    iso.prepare(&good).unwrap();
+    iso.isolate(&good.id, sleeper.pid()).unwrap();
+    assert_eq!(class_ids(&pair).len(), tree.len() + 1);
+    root.0.add_process(sleeper.pid()).unwrap();
+    iso.cleanup(&good.id).unwrap();
+    assert_eq!(class_ids(&pair), tree);
+}
