@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy};
 use rein_core::{ContainerId, ContainerSpec, Isolator, RecoveredContainer};
+use rein_isolators::egress::FILTER_NAME;
 use rein_isolators::net_cls::NetClsIsolator;
 
 use egress_net::{in_netns, NetPair, CLIENT_DEV};
@@ -292,4 +293,41 @@ fn egress_refused_labels_fail_only_that_container() {
     root.0.add_process(sleeper.pid()).unwrap();
     iso.cleanup(&good.id).unwrap();
     assert_eq!(class_ids(&pair), tree);
+}
+
+#[test]
+fn egress_recreating_the_isolator_leaks_no_bpf_object() {
+    if !rein_tests::require_root("egress_recreating_the_isolator_leaks_no_bpf_object") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = NetPair::new("bpf");
+    let root_name = format!("rein-eg-{}-bpf", std::process::id());
+    let state = tempfile::tempdir().unwrap();
+    let _root = RootGuard(hierarchy("cgroup2").cgroup(&root_name));
+    let p = params(&root_name, state.path(), "cgroup2");
+    let count = || rein_isolators::egress::bpf::loaded_objects(FILTER_NAME).unwrap();
+    let before = count();
+    drop(isolator(&pair, &p));
+    // The filter holds one program, which holds one map.
+    let installed = count();
+    assert_eq!(installed, (before.0 + 1, before.1 + 1));
+    for _ in 0..20 {
+        let mut iso = isolator(&pair, &p);
+        iso.recover(&[], &[]).unwrap();
+    }
+    // Each new isolator replaces the filter's program (and its map); none piles up.
+    // The kernel frees replaced programs after an RCU grace period: wait a little.
+    let settled = |want: (usize, usize)| {
+        let deadline = Instant::now() + std::time::Duration::from_secs(3);
+        while count() != want && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        count()
+    };
+    assert_eq!(settled(installed), installed);
+    assert_eq!(filter_lines(&pair), 1);
+    // With the namespace (and its device) gone, the program and map go too.
+    drop(pair);
+    assert_eq!(settled(before), before);
 }

@@ -18,6 +18,11 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
@@ -140,6 +145,49 @@ pub fn load_program(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
             ))
         }
     }
+}
+
+/// How many BPF programs and maps named `name` the kernel holds, system-wide
+/// (leak checks: rein's objects are all named [`super::FILTER_NAME`]).
+pub fn loaded_objects(name: &str) -> io::Result<(usize, usize)> {
+    // (get-next-id command, get-fd-by-id command, offset of the name in the info).
+    let count = |next_cmd, fd_cmd, name_at: usize| -> io::Result<usize> {
+        let (mut id, mut n) = (0u32, 0usize);
+        loop {
+            let mut a = [0u8; 128];
+            put_u32(&mut a, 0, id);
+            match bpf(next_cmd, &mut a) {
+                Ok(_) => id = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+                Err(e) => return Err(e),
+            }
+            let mut a = [0u8; 128];
+            put_u32(&mut a, 0, id);
+            let Ok(fd) = bpf(fd_cmd, &mut a).and_then(owned) else {
+                continue; // Freed in between.
+            };
+            let mut info = [0u8; 256];
+            let mut a = [0u8; 128];
+            put_u32(&mut a, 0, u32::try_from(fd.as_raw_fd()).unwrap_or_default());
+            put_u32(&mut a, 4, u32::try_from(info.len()).unwrap_or_default());
+            put_u64(&mut a, 8, info.as_mut_ptr() as u64);
+            bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+            let raw = &info[name_at..name_at + 16];
+            let end = raw.iter().position(|&c| c == 0).unwrap_or(16);
+            if &raw[..end]
+                == name
+                    .as_bytes()
+                    .get(..name.len().min(15))
+                    .unwrap_or_default()
+            {
+                n += 1;
+            }
+        }
+    };
+    Ok((
+        count(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, 64)?,
+        count(BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID, 24)?,
+    ))
 }
 
 /// A hash map from cgroup id (`u64`) to class id (`u32`).

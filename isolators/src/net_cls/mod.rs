@@ -276,15 +276,26 @@ impl NetClsIsolator {
         Ok(record)
     }
 
+    /// Releases everything; a step that fails does not stop the others (the first
+    /// error is returned). A class left behind by a failed removal is set again by
+    /// the next container that gets its handle, or removed by recover().
     fn teardown(&mut self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+        let mut first: Option<Error> = None;
         if let (Some(egress), Some(e)) = (&mut self.egress, &record.egress) {
-            egress.shaper.remove(record.handle.classid(), e.cgroup_id)?;
+            if let Err(err) = egress.shaper.remove(record.handle.classid(), e.cgroup_id) {
+                warn!(container = %id, "removing the egress class: {err}");
+                first = Some(err);
+            }
         }
-        self.cgroup(id).remove()?;
+        if let Err(err) = self.cgroup(id).remove() {
+            first.get_or_insert(err.into());
+            // The cgroup is still there: keep the handle and state for a retry.
+            return Err(first.expect("just set"));
+        }
         self.store.remove(id)?;
         self.allocator.release(record.handle);
         self.containers.remove(id);
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Creates the container's class: inside its own network namespace if it has
