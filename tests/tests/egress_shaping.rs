@@ -307,3 +307,57 @@ fn egress_rate_follows_cpus_on_update() {
     );
     f.cleanup(&id);
 }
+
+#[test]
+fn egress_shapes_devices_that_appear_in_the_netns_after_isolate() {
+    if !rein_tests::require_root("egress_shapes_devices_that_appear_in_the_netns_after_isolate") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The container's namespace has only loopback when isolate() runs, as with a
+    // network isolator that attaches the veth in its own isolate().
+    let pair = NetPair::unconnected("late");
+    let hierarchy = net_cls_mount::net_cls_hierarchy();
+    let root_name = format!("rein-eg-{}-late", std::process::id());
+    let mut f = Fixture::new(
+        None,
+        hierarchy.cgroup(&root_name),
+        &root_name,
+        &[("egress_devices", "none")],
+    );
+    let id = f.prepare("late", &[("rein.net.egress.rate", "10mbit")], None);
+    let receiver = Receiver::start(&pair.server, &[(0.5, 2.5)]);
+    let port = receiver.port;
+    let mut sender = in_netns(&pair.client, || {
+        Sender::fork(port, Duration::from_secs_f64(2.6))
+    });
+    f.iso.isolate(&id, sender.pid).unwrap();
+    pair.connect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !pair
+        .client_tc(&["qdisc", "show", "dev", CLIENT_DEV])
+        .contains("htb 1: root")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device that appeared was not shaped"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    sender.go();
+    let rate = receiver.goodput()[0];
+    sender.wait();
+    eprintln!(
+        "10mbit container, veth added after isolate: {:.2} Mbit/s",
+        rate / MBIT
+    );
+    assert_near(
+        rate,
+        10.0 * MBIT,
+        "goodput on a device added after isolate()",
+    );
+    assert!(f.iso.usage(&id).unwrap().net_tx.unwrap().bytes > 0);
+    f.cleanup(&id);
+    let qdisc = pair.client_tc(&["qdisc", "show", "dev", CLIENT_DEV]);
+    assert!(!qdisc.contains("htb"), "{qdisc}");
+}

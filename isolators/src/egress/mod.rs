@@ -13,6 +13,7 @@
 pub mod bpf;
 pub mod netlink;
 pub mod netns;
+pub mod netns_shaping;
 pub mod policy;
 pub mod shaper;
 pub mod tc;

@@ -7,12 +7,15 @@
 //! Kernel errors carry the extended-ack message (`NETLINK_EXT_ACK`) when there is one.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// `struct nlmsghdr` size.
 const NLMSG_HDR: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+const RTM_NEWLINK: u16 = 16;
+/// The multicast group of link notifications (`RTMGRP_LINK`).
+pub const RTMGRP_LINK: u32 = 1;
 
 /// Request flags.
 pub const NLM_F_REQUEST: u16 = 0x1;
@@ -210,6 +213,12 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
+        Self::open_groups(0)
+    }
+
+    /// Opens a socket that also receives the notifications of `groups` (a bit mask
+    /// of `RTMGRP_*`).
+    pub fn open_groups(groups: u32) -> io::Result<Self> {
         // SAFETY: plain socket(2); the result is checked before use.
         let raw = unsafe {
             libc::socket(
@@ -256,6 +265,7 @@ impl Netlink {
         // SAFETY: an all-zero sockaddr_nl is valid (family set below, pid 0 = kernel assigns).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or_default();
+        addr.nl_groups = groups;
         // SAFETY: `addr` is a valid sockaddr_nl of the size passed.
         let rc = unsafe {
             libc::bind(
@@ -272,6 +282,49 @@ impl Netlink {
             seq: 0,
             rx: vec![0; 64 * 1024],
         })
+    }
+
+    /// The socket's descriptor, for poll(2).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads every pending notification without waiting; returns whether one of them
+    /// announced a new or changed link. An overrun (`ENOBUFS`) counts as one: the
+    /// caller then rescans.
+    pub fn drain_link_events(&mut self) -> bool {
+        let mut seen = false;
+        loop {
+            // SAFETY: `rx` is a valid writable buffer of the length passed.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.rx.as_mut_ptr().cast(),
+                    self.rx.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => {
+                        seen = true;
+                        continue;
+                    }
+                    _ => return seen,
+                }
+            };
+            let mut at = 0;
+            while at + NLMSG_HDR <= n {
+                let len = u32_at(&self.rx, at).unwrap_or_default() as usize;
+                if len < NLMSG_HDR {
+                    break;
+                }
+                seen |= u16_at(&self.rx, at + 4) == Some(RTM_NEWLINK);
+                at += align(len);
+            }
+        }
     }
 
     fn send(&mut self, msg: &mut Msg) -> Result<u32, NlError> {

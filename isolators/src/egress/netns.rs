@@ -32,12 +32,12 @@ pub fn open_netns(pid: i32) -> io::Result<File> {
     File::open(format!("/proc/{pid}/ns/net"))
 }
 
-/// A netlink socket inside the namespace `ns`.
-pub fn netlink_in(ns: &File) -> io::Result<Netlink> {
+/// A netlink socket inside the namespace `ns`, subscribed to `groups`.
+pub fn netlink_in(ns: &File, groups: u32) -> io::Result<Netlink> {
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            Netlink::open()
+            Netlink::open_groups(groups)
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))

@@ -13,9 +13,6 @@
 //! own network namespace gets the same tree on each of its own devices, with its
 //! class as the default class (everything it sends is its own).
 
-use std::collections::HashMap;
-use std::fs::File;
-
 use tracing::{info, warn};
 
 use rein_core::isolator::Error;
@@ -23,6 +20,7 @@ use rein_core::isolator::Error;
 use super::bpf::{self, CgroupClassMap};
 use super::netlink::Netlink;
 use super::netns;
+use super::netns_shaping::NetnsShaping;
 use super::policy::{EgressParams, Shape, DEFAULT_ROUTE};
 use super::tc::{self, handle, ClassRates, ClassStats};
 
@@ -62,26 +60,16 @@ enum Leaf {
     Builtin,
 }
 
-/// A container shaped inside its own network namespace.
-#[derive(Debug)]
-struct NetnsShaping {
-    /// Keeps the namespace (and so its devices) reachable until cleanup.
-    _ns: File,
-    nl: Netlink,
-    devices: Vec<u32>,
-}
-
 /// Creates, changes and removes the containers' classes.
 #[derive(Debug)]
 pub struct Shaper {
     nl: Netlink,
     major: u16,
-    line_rate: u64,
     devices: Vec<Device>,
     classifier: Classifier,
     map: Option<CgroupClassMap>,
     leaf: Leaf,
-    netns: HashMap<u32, NetnsShaping>,
+    netns: NetnsShaping,
     home: netns::NetnsId,
 }
 
@@ -99,7 +87,8 @@ fn line_rates(line_rate: u64) -> ClassRates {
     }
 }
 
-fn container_rates(shape: &Shape) -> ClassRates {
+/// The class parameters of a container's shape.
+pub(super) fn container_rates(shape: &Shape) -> ClassRates {
     ClassRates {
         rate: shape.rate,
         ceil: shape.ceil,
@@ -109,7 +98,7 @@ fn container_rates(shape: &Shape) -> ClassRates {
 }
 
 /// Creates the tree on a device, or adopts it if rein's tree is already there.
-fn ensure_tree(
+pub(super) fn ensure_tree(
     nl: &mut Netlink,
     index: u32,
     name: &str,
@@ -204,7 +193,6 @@ impl Shaper {
         let mut shaper = Self {
             nl,
             major,
-            line_rate: params.line_rate,
             devices,
             classifier,
             map: None,
@@ -212,7 +200,7 @@ impl Shaper {
                 .leaf_qdisc
                 .clone()
                 .map_or(Leaf::Builtin, Leaf::Untried),
-            netns: HashMap::new(),
+            netns: NetnsShaping::new(major, params.line_rate)?,
             home,
         };
         if !shaper.devices.is_empty() {
@@ -353,68 +341,28 @@ impl Shaper {
         self.map_cgroup(classid, cgroup_id)
     }
 
-    /// Shapes a container inside its own network namespace (every device there but
-    /// loopback). Returns how many devices were shaped.
+    /// Shapes a container inside its own network namespace: every device there but
+    /// loopback, now and as devices appear. Returns how many devices it has now.
     pub fn add_netns(&mut self, classid: u32, shape: &Shape, pid: i32) -> Result<usize, Error> {
-        let ns =
-            netns::open_netns(pid).map_err(|e| format!("opening the netns of pid {pid}: {e}"))?;
-        let mut nl = netns::netlink_in(&ns)
-            .map_err(|e| format!("netlink in the netns of pid {pid}: {e}"))?;
-        let devices: Vec<(u32, String)> = tc::links(&mut nl)?
-            .into_iter()
-            .filter(|l| !l.loopback)
-            .map(|l| (l.index, l.name))
-            .collect();
-        let minor = u16::try_from(classid & 0xffff).unwrap_or(DEFAULT_MINOR);
-        for (index, name) in &devices {
-            ensure_tree(&mut nl, *index, name, self.major, minor, self.line_rate)?;
-            Self::add_class(&mut nl, &mut self.leaf, *index, self.major, classid, shape)?;
-        }
-        let n = devices.len();
-        self.netns.insert(
-            classid,
-            NetnsShaping {
-                _ns: ns,
-                nl,
-                devices: devices.into_iter().map(|(i, _)| i).collect(),
-            },
-        );
-        Ok(n)
+        let leaf = match &self.leaf {
+            Leaf::Untried(k) | Leaf::Kind(k) => Some(k.clone()),
+            Leaf::Builtin => None,
+        };
+        self.netns.add(classid, shape, pid, leaf)
     }
 
-    /// Re-attaches to a container's namespace after a restart; its tree and class
+    /// Re-attaches to a container's namespace after a restart; its trees and class
     /// are set again, leaves kept.
     pub fn adopt_netns(&mut self, classid: u32, shape: &Shape, pid: i32) -> Result<(), Error> {
-        let ns = netns::open_netns(pid)?;
-        let mut nl = netns::netlink_in(&ns)?;
-        let minor = u16::try_from(classid & 0xffff).unwrap_or(DEFAULT_MINOR);
-        let mut devices = Vec::new();
-        for l in tc::links(&mut nl)?.into_iter().filter(|l| !l.loopback) {
-            ensure_tree(&mut nl, l.index, &l.name, self.major, minor, self.line_rate)?;
-            let parent = handle(self.major, LINK_MINOR);
-            tc::set_class(&mut nl, l.index, parent, classid, &container_rates(shape))?;
-            devices.push(l.index);
-        }
-        self.netns.insert(
-            classid,
-            NetnsShaping {
-                _ns: ns,
-                nl,
-                devices,
-            },
-        );
-        Ok(())
+        self.netns.add(classid, shape, pid, None).map(|_| ())
     }
 
     /// Changes a container's rate, ceiling and burst.
     pub fn change(&mut self, classid: u32, shape: &Shape) -> Result<(), Error> {
         let rates = container_rates(shape);
         let parent = handle(self.major, LINK_MINOR);
-        if let Some(n) = self.netns.get_mut(&classid) {
-            for &index in &n.devices {
-                tc::set_class(&mut n.nl, index, parent, classid, &rates)?;
-            }
-            return Ok(());
+        if self.netns.contains(classid) {
+            return self.netns.change(classid, shape);
         }
         for d in &self.devices {
             tc::set_class(&mut self.nl, d.index, parent, classid, &rates)?;
@@ -424,12 +372,8 @@ impl Shaper {
 
     /// Removes a container's shaping; what is already gone is fine.
     pub fn remove(&mut self, classid: u32, cgroup_id: Option<u64>) -> Result<(), Error> {
-        if let Some(mut n) = self.netns.remove(&classid) {
-            // The whole tree in its namespace is the container's.
-            for &index in &n.devices {
-                tc::del_root_qdisc(&mut n.nl, index)?;
-            }
-            return Ok(());
+        if self.netns.contains(classid) {
+            return self.netns.remove(classid);
         }
         if let (Some(map), Some(id)) = (&self.map, cgroup_id) {
             map.remove(id)?;
@@ -450,10 +394,8 @@ impl Shaper {
                 sum.drops += s.drops;
             }
         };
-        if let Some(n) = self.netns.get_mut(&classid) {
-            for &index in &n.devices {
-                add(tc::class_stats(&mut n.nl, index, classid)?);
-            }
+        if self.netns.contains(classid) {
+            return self.netns.stats(classid);
         } else {
             for d in &self.devices {
                 add(tc::class_stats(&mut self.nl, d.index, classid)?);

@@ -53,6 +53,13 @@ pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
 impl NetPair {
     /// Creates the pair; `tag` makes the names unique per test.
     pub fn new(tag: &str) -> Self {
+        let pair = Self::unconnected(tag);
+        pair.connect();
+        pair
+    }
+
+    /// Creates the two namespaces without the veth pair (only loopback in each).
+    pub fn unconnected(tag: &str) -> Self {
         let pid = std::process::id();
         let pair = Self {
             client: format!("rein-eg-{pid}-{tag}-c"),
@@ -61,6 +68,15 @@ impl NetPair {
         pair.remove();
         ip(&["netns", "add", &pair.client]);
         ip(&["netns", "add", &pair.server]);
+        for ns in [&pair.client, &pair.server] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Adds the veth pair and its addresses.
+    pub fn connect(&self) {
+        let pair = self;
         ip(&[
             "-n",
             &pair.client,
@@ -95,9 +111,7 @@ impl NetPair {
         ]);
         for (ns, dev) in [(&pair.client, CLIENT_DEV), (&pair.server, "rs0")] {
             ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
-        pair
     }
 
     fn remove(&self) {
@@ -158,7 +172,8 @@ impl Receiver {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = thread::spawn(move || {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let listener = TcpListener::bind(SocketAddrV4::new(SERVER_ADDR, 0)).expect("bind");
+            let listener =
+                TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
             tx.send(listener.local_addr().unwrap().port()).unwrap();
             listener.set_nonblocking(true).unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);
