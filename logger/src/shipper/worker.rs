@@ -85,7 +85,8 @@ struct Container {
     route: Vec<u8>,
     dir: PathBuf,
     streams: Vec<StreamState>,
-    to_buffer: bool,
+    wal: Option<Arc<Wal>>,
+    paused: bool,
     bucket: Option<Bucket>,
     dirty: bool,
 }
@@ -108,13 +109,12 @@ pub struct Worker {
     containers: HashMap<u64, Container>,
     keys: HashMap<String, u64>,
     next_id: u64,
-    es: Option<SinkHandle>,
+    sinks: Vec<(SinkKind, SinkHandle)>,
     counters: Arc<Counters>,
     buf: Vec<u8>,
     payload: Vec<u8>,
     scratch: (OwnedFd, OwnedFd),
     peek: Vec<u8>,
-    paused: bool,
     last_checkpoint: Instant,
     last_counters: Instant,
 }
@@ -210,35 +210,26 @@ impl Worker {
             .map_err(io_err("epoll"))?;
         std::fs::create_dir_all(cfg.state_dir.join("containers"))
             .map_err(io_err(cfg.state_dir.display()))?;
-        let es = match &cfg.es {
-            None => None,
-            Some(es_cfg) => {
-                let wal = Arc::new(
-                    Wal::open(WalConfig {
-                        dir: cfg.state_dir.join("buffer/elasticsearch"),
-                        segment_bytes: cfg.buffer_segment_bytes,
-                        max_bytes: cfg.buffer_max_bytes,
-                        fsync_interval: cfg.buffer_fsync_interval,
-                        policy: cfg.buffer_full_policy,
-                    })
-                    .map_err(|e| e.to_string())?,
-                );
-                let stats = Arc::new(SinkStats::default());
-                let stop = Arc::new(AtomicBool::new(false));
-                let mut sink = EsSink::new(es_cfg.clone(), stats.clone())?;
-                let (w, s) = (wal.clone(), stop.clone());
-                let thread = std::thread::Builder::new()
-                    .name("es-sink".into())
-                    .spawn(move || sink.run(&w, &s))
-                    .map_err(io_err("sink thread"))?;
-                Some(SinkHandle {
-                    wal,
-                    stats,
-                    stop,
-                    thread: Some(thread),
-                })
-            }
-        };
+        let mut sinks = Vec::new();
+        if let Some(es_cfg) = &cfg.es {
+            let wal = open_buffer(&cfg, "elasticsearch")?;
+            let stats = Arc::new(SinkStats::default());
+            let mut sink = EsSink::new(es_cfg.clone(), stats.clone())?;
+            sinks.push((
+                SinkKind::Elasticsearch,
+                start_sink("es-sink", wal, stats, move |w, s| sink.run(w, s))?,
+            ));
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(k_cfg) = &cfg.kafka {
+            let wal = open_buffer(&cfg, "kafka")?;
+            let stats = Arc::new(SinkStats::default());
+            let mut sink = crate::sink::kafka::KafkaSink::new(k_cfg.clone(), stats.clone())?;
+            sinks.push((
+                SinkKind::Kafka,
+                start_sink("kafka-sink", wal, stats, move |w, s| sink.run(w, s))?,
+            ));
+        }
         Ok(Worker {
             cfg,
             epoll,
@@ -247,13 +238,12 @@ impl Worker {
             containers: HashMap::new(),
             keys: HashMap::new(),
             next_id: 0,
-            es,
+            sinks,
             counters: Arc::new(Counters::default()),
             buf: vec![0u8; 256 * 1024],
             payload: Vec::new(),
             scratch: crate::module::pipe(0).map_err(io_err("scratch pipe"))?,
             peek: vec![0u8; 64 * 1024],
-            paused: false,
             last_checkpoint: Instant::now(),
             last_counters: Instant::now(),
         })
@@ -317,10 +307,11 @@ impl Worker {
         fds: [OwnedFd; 2],
         cp: Option<Checkpoint>,
     ) -> Result<u64, String> {
-        let wal = match reg.options.sink {
-            SinkKind::Elasticsearch => self.es.as_ref().map(|s| s.wal.clone()),
-            SinkKind::Kafka | SinkKind::None => None,
-        };
+        let wal = self
+            .sinks
+            .iter()
+            .find(|(k, _)| *k == reg.options.sink)
+            .map(|(_, s)| s.wal.clone());
         if wal.is_none() && reg.options.sink != SinkKind::None {
             tracing::warn!(
                 container = reg.key,
@@ -369,7 +360,8 @@ impl Worker {
             route,
             dir: self.container_dir(&reg.key),
             streams,
-            to_buffer: wal.is_some(),
+            wal: wal.clone(),
+            paused: false,
             bucket: (rate > 0).then(|| Bucket {
                 rate: rate as f64,
                 tokens: rate as f64,
@@ -483,17 +475,13 @@ impl Worker {
         let Some(c) = self.containers.get_mut(&id) else {
             return;
         };
-        let wal = self
-            .es
-            .as_ref()
-            .map(|s| s.wal.clone())
-            .filter(|_| c.to_buffer);
+        let wal = c.wal.clone();
         let rotate_max = self.cfg.rotate_max_bytes;
         let mut moved = 0u64;
         let mut eof = false;
         let mut limited = false;
         loop {
-            if self.paused && c.to_buffer {
+            if c.paused {
                 break;
             }
             let st = &mut c.streams[idx];
@@ -552,8 +540,8 @@ impl Worker {
                 if let Err(e) = w.commit() {
                     tracing::error!("{e}");
                 }
-                if w.is_full() && !self.paused {
-                    self.paused = true;
+                if w.is_full() && !c.paused {
+                    c.paused = true;
                     self.counters
                         .buffer_full_pauses
                         .fetch_add(1, Ordering::Relaxed);
@@ -580,7 +568,7 @@ impl Worker {
         // Blocked (rate limit, full buffer) or finished: stop watching until the next tick
         // re-arms. A stream that only used up its fair share stays armed: level-triggered
         // epoll reports it again after the others had their turn.
-        if (eof || limited || (self.paused && c.to_buffer)) && st.armed {
+        if (eof || limited || c.paused) && st.armed {
             if let Some(p) = &st.pipe {
                 let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, p.as_raw_fd(), 0);
             }
@@ -616,28 +604,28 @@ impl Worker {
     }
 
     fn tick(&mut self) {
-        let wal = self.es.as_ref().map(|s| s.wal.clone());
-        let full = wal.as_ref().is_some_and(|w| w.is_full());
-        if full && !self.paused {
-            self.counters
-                .buffer_full_pauses
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "disk buffer full: reading paused (containers block when their pipe fills)"
-            );
-        }
-        self.paused = full;
         let mut finished = Vec::new();
         let mut need_sync = false;
         for (&id, c) in self.containers.iter_mut() {
-            let cwal = wal.clone().filter(|_| c.to_buffer);
+            let cwal = c.wal.clone();
+            let full = cwal.as_ref().is_some_and(|w| w.is_full());
+            if full && !c.paused {
+                self.counters
+                    .buffer_full_pauses
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    container = c.key,
+                    "disk buffer full: reading paused (the container blocks when its pipe fills)"
+                );
+            }
+            c.paused = full;
             if let Some(b) = c.bucket.as_mut() {
                 b.refill();
             }
             let limited = c.bucket.as_ref().is_some_and(|b| b.available() == 0);
             let mut rotate = None;
             for (i, st) in c.streams.iter_mut().enumerate() {
-                let blocked = (self.paused && c.to_buffer) || limited;
+                let blocked = c.paused || limited;
                 if let Some(p) = st.pipe.as_ref().filter(|_| !st.armed && !blocked) {
                     let token = id * 2 + i as u64;
                     if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, p.as_raw_fd(), token).is_ok() {
@@ -681,13 +669,13 @@ impl Worker {
                 need_sync = true;
             }
         }
-        if let Some(w) = &wal {
-            let _ = w.commit();
+        for (_, s) in &self.sinks {
+            let _ = s.wal.commit();
         }
         if need_sync || self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
             // Records first, then the offsets that point past them.
-            if let Some(w) = &wal {
-                if let Err(e) = w.sync() {
+            for (_, s) in &self.sinks {
+                if let Err(e) = s.wal.sync() {
                     tracing::error!("{e}");
                 }
             }
@@ -719,15 +707,15 @@ impl Worker {
     }
 
     fn write_counters(&self) {
-        let wal_stats = self.es.as_ref().map(|s| s.wal.stats.clone());
-        let buffers: Vec<(&str, &crate::wal::WalStats)> = wal_stats
+        let buffers: Vec<(&str, &crate::wal::WalStats)> = self
+            .sinks
             .iter()
-            .map(|s| ("elasticsearch", s.as_ref()))
+            .map(|(k, s)| (k.name(), s.wal.stats.as_ref()))
             .collect();
         let sinks: Vec<(&str, &SinkStats)> = self
-            .es
+            .sinks
             .iter()
-            .map(|s| ("elasticsearch", s.stats.as_ref()))
+            .map(|(k, s)| (k.name(), s.stats.as_ref()))
             .collect();
         let v = counters::snapshot(&self.counters, &buffers, &sinks);
         if let Err(e) = counters::write(&self.cfg.state_dir, &v) {
@@ -788,9 +776,8 @@ impl Worker {
     }
 
     fn shutdown(&mut self) {
-        let wal = self.es.as_ref().map(|s| s.wal.clone());
         for c in self.containers.values_mut() {
-            let cwal = wal.clone().filter(|_| c.to_buffer);
+            let cwal = c.wal.clone();
             for st in c.streams.iter_mut() {
                 let mut emit = emitter(
                     cwal.as_deref(),
@@ -803,21 +790,55 @@ impl Worker {
                 let _ = st.parse(&mut self.buf, false, &mut emit);
             }
         }
-        if let Some(w) = &wal {
-            let _ = w.commit().and_then(|()| w.sync());
+        for (_, s) in &self.sinks {
+            let _ = s.wal.commit().and_then(|()| s.wal.sync());
         }
         for c in self.containers.values() {
             let _ = save_checkpoint(c);
         }
         self.write_counters();
-        if let Some(s) = self.es.as_mut() {
+        for (_, s) in self.sinks.iter_mut() {
             s.stop.store(true, Ordering::Relaxed);
             s.wal.wake();
+        }
+        for (_, s) in self.sinks.iter_mut() {
             if let Some(t) = s.thread.take() {
                 let _ = t.join();
             }
         }
     }
+}
+
+fn open_buffer(cfg: &ShipperConfig, name: &str) -> Result<Arc<Wal>, String> {
+    Wal::open(WalConfig {
+        dir: cfg.state_dir.join("buffer").join(name),
+        segment_bytes: cfg.buffer_segment_bytes,
+        max_bytes: cfg.buffer_max_bytes,
+        fsync_interval: cfg.buffer_fsync_interval,
+        policy: cfg.buffer_full_policy,
+    })
+    .map(Arc::new)
+    .map_err(|e| e.to_string())
+}
+
+fn start_sink(
+    name: &str,
+    wal: Arc<Wal>,
+    stats: Arc<SinkStats>,
+    run: impl FnOnce(&Wal, &AtomicBool) + Send + 'static,
+) -> Result<SinkHandle, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (w, s) = (wal.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(&w, &s))
+        .map_err(io_err("sink thread"))?;
+    Ok(SinkHandle {
+        wal,
+        stats,
+        stop,
+        thread: Some(thread),
+    })
 }
 
 /// Bytes waiting in a pipe.

