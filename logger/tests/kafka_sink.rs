@@ -129,7 +129,13 @@ fn broker_down_then_up_every_record_in_order_per_container() {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&["rein-logs"]).unwrap();
+    // Explicit assignment: no consumer-group round trips.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for part in 0..3 {
+        tpl.add_partition_offset("rein-logs", part, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
     let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut got = 0u64;
     let deadline = Instant::now() + Duration::from_secs(60);

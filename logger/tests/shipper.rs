@@ -399,3 +399,54 @@ fn agent_restart_and_two_module_instances() {
     assert_lines(&sandbox_stream(&s2, "stdout"), "m2", 0..1000);
     assert_lines(&sandbox_stream(&s3, "stdout"), "m3", 0..1000);
 }
+
+/// Root only: the supervisor and the worker run in a cgroup of their own with limits.
+#[test]
+fn shipper_runs_in_its_own_cgroup() {
+    let name = "shipper_runs_in_its_own_cgroup";
+    if !nix::unistd::geteuid().is_root() {
+        return common::skip(name, "needs root");
+    }
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let v2 = root.join("cgroup.controllers").exists();
+    if !v2 && !root.join("memory/cgroup.procs").exists() {
+        return common::skip(name, "no cgroup v2 root and no v1 memory hierarchy");
+    }
+    let cg = format!("rein-log-test-{}", std::process::id());
+    let d = tempfile::tempdir().unwrap();
+    let mut sh = Shipper::start(
+        d.path(),
+        &format!("cgroup = {cg}\ncgroup_memory_max = 256MiB\ncgroup_cpu_max = 100000 100000"),
+    );
+    let own = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let sup = own(sh.child.id() as i32);
+    let worker = own(sh.worker_pid());
+    sh.stop();
+    let dirs: Vec<std::path::PathBuf> = if v2 {
+        vec![root.join(&cg)]
+    } else {
+        ["memory", "cpu", "cpuacct", "pids"]
+            .iter()
+            .map(|c| root.join(c).join(&cg))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    let limit = if v2 {
+        std::fs::read_to_string(root.join(&cg).join("memory.max")).unwrap()
+    } else {
+        std::fs::read_to_string(root.join("memory").join(&cg).join("memory.limit_in_bytes"))
+            .unwrap()
+    };
+    for dir in &dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert!(
+        sup.contains(&format!("/{cg}\n")),
+        "supervisor cgroups: {sup}"
+    );
+    assert!(
+        worker.contains(&format!("/{cg}\n")),
+        "worker cgroups: {worker}"
+    );
+    assert_eq!(limit.trim(), (256u64 << 20).to_string());
+}

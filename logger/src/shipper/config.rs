@@ -48,6 +48,7 @@ pub const KEYS: &[&str] = &[
     "kafka_dead_letter",
     "kafka_properties",
     "cgroup",
+    "cgroup_root",
     "cgroup_memory_max",
     "cgroup_cpu_max",
 ];
@@ -83,8 +84,11 @@ pub struct ShipperConfig {
     pub es: Option<EsConfig>,
     /// `kafka_*`: the Kafka sink, if `kafka_brokers` is set.
     pub kafka: Option<KafkaConfig>,
-    /// `cgroup`: cgroup v2 directory the shipper moves into (created; none by default).
-    pub cgroup: Option<PathBuf>,
+    /// `cgroup`: name of the cgroup the shipper moves into (created under
+    /// `cgroup_root`, in each v1 hierarchy or the v2 tree; none by default).
+    pub cgroup: Option<String>,
+    /// `cgroup_root`: where the cgroup hierarchies are (default /sys/fs/cgroup).
+    pub cgroup_root: PathBuf,
     /// `cgroup_memory_max`: written to `memory.max` of that cgroup.
     pub cgroup_memory_max: Option<u64>,
     /// `cgroup_cpu_max`: written to `cpu.max` (`QUOTA PERIOD`, e.g. `50000 100000`).
@@ -243,7 +247,10 @@ impl ShipperConfig {
                 .unwrap_or(Duration::from_millis(200)),
             encode,
             es,
-            cgroup: p.path("cgroup")?,
+            cgroup: p.string("cgroup"),
+            cgroup_root: p
+                .path("cgroup_root")?
+                .unwrap_or_else(|| "/sys/fs/cgroup".into()),
             cgroup_memory_max: p.bytes("cgroup_memory_max")?,
             cgroup_cpu_max: p.string("cgroup_cpu_max"),
             state_dir,

@@ -132,13 +132,13 @@ fn spawn(
 /// Runs the supervisor until SIGTERM.
 pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
     raise_nofile();
-    if let Some(cg) = &cfg.cgroup {
-        super::cgroup::join(
-            cg,
-            std::process::id(),
-            cfg.cgroup_memory_max,
-            cfg.cgroup_cpu_max.as_deref(),
-        )?;
+    if let Some(name) = &cfg.cgroup {
+        let limits = super::cgroup::Limits {
+            memory_max: cfg.cgroup_memory_max,
+            cpu_max: cfg.cgroup_cpu_max.clone(),
+        };
+        let dirs = super::cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)?;
+        tracing::info!(?dirs, "moved into the shipper's own cgroup");
     }
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| format!("{}: {e}", cfg.state_dir.display()))?;
