@@ -45,7 +45,10 @@ pub const DEFAULT: &str = r#"{
         ["net_cls_secondary_handles", "0x1,0xffff"],
         ["mount_net_cls", "true"] ] },
     { "kind": "blkio", "parameters": [
-        ["allowed_devices", "sandbox"] ] }
+        ["allowed_devices", "sandbox"] ] },
+    { "kind": "disk", "parameters": [
+        ["default_mode", "account"],
+        ["allowed_modes", "account,enforce,kill"] ] }
   ]
 }"#;
 

@@ -15,6 +15,8 @@ pub fn is_root() -> bool {
 
 /// Records a skipped test with its reason.
 pub fn skip(test: &str, reason: &str) {
+    // One line per skip: the test script counts lines.
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
     eprintln!("SKIPPED {test}: {reason}");
     let path = skip_log();
     if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
@@ -26,7 +28,9 @@ pub fn skip(test: &str, reason: &str) {
 pub fn skip_log() -> PathBuf {
     std::env::var_os("REIN_SKIP_LOG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/rein-skipped.txt"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/rein-skipped.txt")
+        })
 }
 
 /// Returns false (after recording the skip) when not root; use as
