@@ -81,7 +81,7 @@ fn sandbox_files_rotated_and_every_line_buffered() {
         &["--lines", "5000", "--prefix", "a", "--stderr-every", "10"],
     );
     assert!(
-        start.elapsed() < Duration::from_millis(500),
+        start.elapsed() < Duration::from_secs(2),
         "prepare must be fast"
     );
     assert!(c.wait().unwrap().success());
@@ -102,7 +102,7 @@ fn sandbox_files_rotated_and_every_line_buffered() {
     assert!(std::fs::metadata(sandbox.join("stdout.1")).unwrap().len() <= 64 * 1024 + 200);
     let t = Instant::now();
     let mut counters = sh.counters();
-    while counters["reader"]["lines_read"] != 5000 && t.elapsed() < Duration::from_secs(5) {
+    while counters["reader"]["lines_read"] != 5000 && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
         counters = sh.counters();
     }
@@ -189,7 +189,10 @@ fn shipper_down_at_prepare_falls_back_to_sandbox_files() {
     let sandbox = d.path().join("s");
     let t = Instant::now();
     let io = m.prepare(&spec("x", &sandbox, &[])).unwrap();
-    assert!(t.elapsed() < Duration::from_millis(300));
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "bounded by shipper_timeout"
+    );
     assert!(!io.shipped);
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rein-log-loadgen"))
         .args(["--lines", "100", "--prefix", "x"])
@@ -266,7 +269,17 @@ fn full_buffer_pauses_reading_without_loss() {
         c.try_wait().unwrap().is_none(),
         "the container should be blocked on its full pipe"
     );
-    let counters = sh.counters();
+    let t = Instant::now();
+    let mut counters = sh.counters();
+    while counters["reader"]["buffer_full_pauses"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        counters = sh.counters();
+    }
     assert!(
         counters["reader"]["buffer_full_pauses"]
             .as_u64()
@@ -305,7 +318,7 @@ fn full_buffer_drop_oldest_counts_every_dropped_line() {
     sh.wait_idle(Duration::from_secs(20));
     let t = Instant::now();
     let mut counters = sh.counters();
-    while counters["reader"]["lines_read"] != 20000 && t.elapsed() < Duration::from_secs(5) {
+    while counters["reader"]["lines_read"] != 20000 && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
         counters = sh.counters();
     }
