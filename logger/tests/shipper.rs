@@ -463,3 +463,77 @@ fn shipper_runs_in_its_own_cgroup() {
     );
     assert_eq!(limit.trim(), (256u64 << 20).to_string());
 }
+
+/// Labels reach the worker: multiline joining, JSON merge, per-task index; a line
+/// without newline is shipped after `partial_flush`.
+#[test]
+fn labels_drive_parsing_in_the_shipper() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let mut sh = Shipper::start(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms",
+    );
+    let m = sh.module();
+    let labels = [
+        ("rein.log.multiline", "indented"),
+        ("rein.log.index", "team-x-%Y"),
+    ];
+    let io = m
+        .prepare(&spec("ml", &d.path().join("ml"), &labels))
+        .unwrap();
+    assert!(io.shipped);
+    let mut out = std::fs::File::from(io.stdout);
+    out.write_all(b"Exception in main\n\tat a.B(C.java:1)\n\tat d.E(F.java:2)\n{\"msg\":\"json line\",\"level\":\"WARN\",\"user\":\"u1\"}\nno newline yet").unwrap();
+    // The partial line is shipped after partial_flush although the stream stays open.
+    let t = Instant::now();
+    let mut n = 0;
+    while n < 3 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        n = sh.counters()["buffers"]["elasticsearch"]["appended_records"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert_eq!(n, 3, "joined trace, JSON line, partial line");
+    drop(out);
+    drop(io.stderr);
+    sh.wait_idle(Duration::from_secs(10));
+    sh.stop();
+    // Decode the buffered records.
+    let copy = tempfile::tempdir().unwrap();
+    let buf = d.path().join("state/buffer/elasticsearch");
+    for e in std::fs::read_dir(&buf).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+    }
+    let w = rein_logger::wal::Wal::open(rein_logger::wal::WalConfig {
+        dir: copy.path().to_path_buf(),
+        segment_bytes: 1 << 20,
+        max_bytes: 1 << 30,
+        fsync_interval: Duration::from_secs(1),
+        policy: rein_logger::wal::FullPolicy::Pause,
+    })
+    .unwrap();
+    let b = w.read_batch(100, 1 << 20, Duration::ZERO).unwrap();
+    let recs: Vec<(String, serde_json::Value)> = b
+        .iter()
+        .map(|r| {
+            let r = rein_logger::walrec::WalRecord::decode(r).unwrap();
+            (
+                String::from_utf8(r.route.to_vec()).unwrap(),
+                serde_json::from_slice(r.doc).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(recs.len(), 3);
+    assert!(recs.iter().all(|(route, _)| route == "team-x-%Y"));
+    assert_eq!(
+        recs[0].1["message"],
+        "Exception in main\n\tat a.B(C.java:1)\n\tat d.E(F.java:2)"
+    );
+    assert_eq!(recs[0].1["log"]["lines"], 3);
+    assert_eq!(recs[1].1["message"], "json line");
+    assert_eq!(recs[1].1["log"]["level"], "warn");
+    assert_eq!(recs[1].1["user"], "u1");
+    assert_eq!(recs[2].1["message"], "no newline yet");
+}
