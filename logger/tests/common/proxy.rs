@@ -227,3 +227,96 @@ fn serve(
         }
     }
 }
+
+/// A stand-in Elasticsearch for long outage tests: answers `_bulk` like ES
+/// (`create`: 201 for a new `_id`, 409 for a known one) and 503 while `down`,
+/// and only counts ids, so hundreds of thousands of records cost little memory.
+/// (The real-server tests use osmem-server; this one is for scale.)
+pub struct FakeEs {
+    pub addr: SocketAddr,
+    pub ids: Arc<Mutex<std::collections::HashSet<String>>>,
+    pub down: Arc<AtomicBool>,
+    pub conflicts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FakeEs {
+    pub fn start() -> FakeEs {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let ids = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let down = Arc::new(AtomicBool::new(false));
+        let conflicts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (i2, d2, c2) = (ids.clone(), down.clone(), conflicts.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let (ids, down, conflicts) = (i2.clone(), d2.clone(), c2.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s);
+                    while let Ok(Some((_, headers, body))) = http::read_message(&mut r, false) {
+                        let w = r.get_mut();
+                        if down.load(Ordering::Relaxed) {
+                            if http::write_response(
+                                w,
+                                503,
+                                "Unavailable",
+                                br#"{"error":"down","status":503}"#,
+                            )
+                            .is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                        let body = if http::header(&headers, "content-encoding") == Some("gzip") {
+                            gunzip(&body)
+                        } else {
+                            body
+                        };
+                        let mut items = String::from(r#"{"errors":false,"items":["#);
+                        let mut first = true;
+                        let mut g = ids.lock().unwrap();
+                        for line in body
+                            .split(|&b| b == b'\n')
+                            .step_by(2)
+                            .filter(|l| !l.is_empty())
+                        {
+                            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+                            let id = v["create"]["_id"].as_str().unwrap().to_string();
+                            let status = if g.insert(id) {
+                                201
+                            } else {
+                                conflicts.fetch_add(1, Ordering::Relaxed);
+                                409
+                            };
+                            if !first {
+                                items.push(',');
+                            }
+                            first = false;
+                            if status == 201 {
+                                items.push_str(r#"{"create":{"status":201}}"#);
+                            } else {
+                                items.push_str(r#"{"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"exists"}}}"#);
+                            }
+                        }
+                        drop(g);
+                        items.push_str("]}");
+                        if http::write_response(w, 200, "OK", items.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeEs {
+            addr,
+            ids,
+            down,
+            conflicts,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+}
