@@ -537,3 +537,47 @@ fn labels_drive_parsing_in_the_shipper() {
     assert_eq!(recs[1].1["user"], "u1");
     assert_eq!(recs[2].1["message"], "no newline yet");
 }
+
+/// SIGUSR2: the supervisor replaces itself with the binary on disk (same pid), keeping
+/// the socket, the worker and every pipe; a later worker kill is still lossless.
+#[test]
+fn supervisor_upgrades_in_place_keeping_every_pipe() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(d.path(), "");
+    let m = sh.module();
+    let sandbox = d.path().join("u");
+    let mut c = run_container(
+        &m,
+        &spec("u", &sandbox, &[("rein.log.sink", "none")]),
+        &["--lines", "4000", "--rate", "1500", "--prefix", "u"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let sup = sh.child.id() as i32;
+    let worker = sh.worker_pid();
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(sup, libc::SIGUSR2) };
+    let t = Instant::now();
+    while std::fs::read_to_string(sh.state.join("supervisor.execs"))
+        .ok()
+        .as_deref()
+        != Some("1")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "no in-place upgrade");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(sup, 0) }, 0, "same supervisor pid");
+    assert_eq!(sh.worker_pid(), worker, "the worker kept running");
+    // The upgraded supervisor still holds the pipes: a worker kill loses nothing.
+    sh.kill_worker();
+    assert!(c.wait().unwrap().success(), "no EPIPE");
+    sh.wait_idle(Duration::from_secs(20));
+    assert_lines(&sandbox_stream(&sandbox, "stdout"), "u", 0..4000);
+    // A new registration works through the upgraded supervisor.
+    let mut c2 = run_container(
+        &m,
+        &spec("u2", &d.path().join("u2"), &[("rein.log.sink", "none")]),
+        &["--lines", "10", "--prefix", "v"],
+    );
+    assert!(c2.wait().unwrap().success());
+}

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,13 @@ use crate::proto;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RESTART: AtomicBool = AtomicBool::new(false);
+static UPGRADE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     if sig == libc::SIGHUP {
         RESTART.store(true, Ordering::Relaxed);
+    } else if sig == libc::SIGUSR2 {
+        UPGRADE.store(true, Ordering::Relaxed);
     } else {
         STOP.store(true, Ordering::Relaxed);
     }
@@ -89,10 +92,33 @@ fn bind_socket(path: &Path) -> Result<OwnedFd, String> {
 }
 
 struct WorkerProc {
-    child: Child,
+    pid: i32,
     control: OwnedFd,
     started: Instant,
     open: bool,
+}
+
+/// Reaps the worker if it exited; returns how.
+fn try_wait(pid: i32) -> Option<String> {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with WNOHANG; `status` is a valid out pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if r == pid {
+        Some(if libc::WIFSIGNALED(status) {
+            format!("signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exit {}", libc::WEXITSTATUS(status))
+        })
+    } else if r < 0 {
+        Some("gone".into())
+    } else {
+        None
+    }
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, sig) };
 }
 
 fn spawn(
@@ -116,33 +142,152 @@ fn spawn(
         .arg(cfg_path)
         .env("REIN_SHIPPER_LISTEN_FD", listen.as_raw_fd().to_string())
         .env("REIN_SHIPPER_CONTROL_FD", theirs.as_raw_fd().to_string())
+        .env_remove(STATE_VAR)
         .spawn();
     set_cloexec(listen, true);
     drop(theirs);
     let child = child.map_err(|e| format!("starting {}: {e}", exe.display()))?;
-    let _ = std::fs::write(state_dir.join("worker.pid"), child.id().to_string());
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    // Reaped with waitpid(2) below (the handle is not needed; dropping it neither
+    // kills nor waits).
+    drop(child);
+    let _ = std::fs::write(state_dir.join("worker.pid"), pid.to_string());
     Ok(WorkerProc {
-        child,
+        pid,
         control: ours,
         started: Instant::now(),
         open: true,
     })
 }
 
-/// Runs the supervisor until SIGTERM.
+/// Environment variable carrying the supervisor's state across an in-place
+/// upgrade (`exec` of the new binary, same pid, descriptors kept).
+const STATE_VAR: &str = "REIN_SUPERVISOR_STATE";
+
+type Table = BTreeMap<String, [OwnedFd; 2]>;
+
+fn handle(table: &mut Table, msg: &[u8], fds: Vec<OwnedFd>) {
+    if let Some(key) = msg.strip_prefix(b"add\n") {
+        if let Ok(pair) = <[OwnedFd; 2]>::try_from(fds) {
+            table.insert(String::from_utf8_lossy(key).into_owned(), pair);
+        }
+    } else if let Some(key) = msg.strip_prefix(b"del\n") {
+        table.remove(String::from_utf8_lossy(key).as_ref());
+    }
+}
+
+fn take_fd(n: &str) -> Option<OwnedFd> {
+    let fd: i32 = n.parse().ok()?;
+    // SAFETY: the descriptor was left open for us by the previous image of this
+    // process (see `exec_upgrade`); nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    set_cloexec(&fd, true);
+    Some(fd)
+}
+
+/// Parses `listen=N pid=P control=C key=A,B key=A,B ...` left by `exec_upgrade`.
+fn restore(state: &str) -> Option<(OwnedFd, WorkerProc, Table)> {
+    let mut listen = None;
+    let mut pid = None;
+    let mut control = None;
+    let mut table = Table::new();
+    for item in state.split(' ').filter(|s| !s.is_empty()) {
+        let (k, v) = item.split_once('=')?;
+        match k {
+            "listen" => listen = take_fd(v),
+            "pid" => pid = v.parse().ok(),
+            "control" => control = take_fd(v),
+            key => {
+                let (a, b) = v.split_once(',')?;
+                table.insert(key.to_string(), [take_fd(a)?, take_fd(b)?]);
+            }
+        }
+    }
+    let w = WorkerProc {
+        pid: pid?,
+        control: control?,
+        started: Instant::now(),
+        open: true,
+    };
+    Some((listen?, w, table))
+}
+
+/// Replaces this process's image with the binary on disk, keeping the pid,
+/// the socket, the worker (still our child) and every pipe. Returns only on failure.
+fn exec_upgrade(
+    exe: &Path,
+    cfg_path: &Path,
+    listen: &OwnedFd,
+    w: &WorkerProc,
+    table: &Table,
+) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut state = format!(
+        "listen={} pid={} control={}",
+        listen.as_raw_fd(),
+        w.pid,
+        w.control.as_raw_fd()
+    );
+    let mut keep: Vec<&OwnedFd> = vec![listen, &w.control];
+    for (key, fds) in table {
+        // Keys are container file names: no space, no `=`.
+        state.push_str(&format!(
+            " {key}={},{}",
+            fds[0].as_raw_fd(),
+            fds[1].as_raw_fd()
+        ));
+        keep.extend(fds.iter());
+    }
+    for fd in &keep {
+        set_cloexec(fd, false);
+    }
+    let err = Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(cfg_path)
+        .env(STATE_VAR, state)
+        .exec();
+    for fd in &keep {
+        set_cloexec(fd, true);
+    }
+    err.to_string()
+}
+
+/// Runs the supervisor until SIGTERM. SIGHUP restarts the worker from the
+/// binary on disk; SIGUSR2 replaces the supervisor itself (exec, same pid),
+/// keeping the worker and every pipe.
 pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
     raise_nofile();
-    if let Some(name) = &cfg.cgroup {
-        let limits = super::cgroup::Limits {
-            memory_max: cfg.cgroup_memory_max,
-            cpu_max: cfg.cgroup_cpu_max.clone(),
-        };
-        let dirs = super::cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)?;
-        tracing::info!(?dirs, "moved into the shipper's own cgroup");
-    }
-    std::fs::create_dir_all(&cfg.state_dir)
-        .map_err(|e| format!("{}: {e}", cfg.state_dir.display()))?;
-    let listen = bind_socket(&cfg.socket)?;
+    let inherited = std::env::var(STATE_VAR).ok().and_then(|s| restore(&s));
+    let (listen, mut current, mut table) = match inherited {
+        Some((listen, w, table)) => {
+            let n = std::fs::read_to_string(cfg.state_dir.join("supervisor.execs"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let _ = std::fs::write(cfg.state_dir.join("supervisor.execs"), (n + 1).to_string());
+            tracing::info!(
+                worker = w.pid,
+                containers = table.len(),
+                "supervisor upgraded in place"
+            );
+            (listen, Some(w), table)
+        }
+        None => {
+            if let Some(name) = &cfg.cgroup {
+                let limits = super::cgroup::Limits {
+                    memory_max: cfg.cgroup_memory_max,
+                    cpu_max: cfg.cgroup_cpu_max.clone(),
+                };
+                let dirs =
+                    super::cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)?;
+                tracing::info!(?dirs, "moved into the shipper's own cgroup");
+            }
+            std::fs::create_dir_all(&cfg.state_dir)
+                .map_err(|e| format!("{}: {e}", cfg.state_dir.display()))?;
+            (bind_socket(&cfg.socket)?, None, Table::new())
+        }
+    };
     let _ = std::fs::write(
         cfg.state_dir.join("supervisor.pid"),
         std::process::id().to_string(),
@@ -154,36 +299,43 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
             SaFlags::empty(),
             SigSet::empty(),
         );
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGUSR2,
+        ] {
             // SAFETY: the handler only stores to atomics.
             let _ = unsafe { sigaction(s, &sa) };
         }
     }
     let exe: PathBuf = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
     let cfg_path = std::fs::canonicalize(cfg_path).unwrap_or_else(|_| cfg_path.to_path_buf());
-    let mut table: BTreeMap<String, [OwnedFd; 2]> = BTreeMap::new();
     let mut quick_exits = 0u32;
     tracing::info!(socket = %cfg.socket.display(), "log shipper supervisor started");
     loop {
-        let mut w = spawn(&exe, &cfg_path, &listen, &cfg.state_dir)?;
-        for (key, fds) in &table {
-            let msg = format!("adopt\n{key}");
-            if proto::send_with_fds(
-                w.control.as_fd(),
-                msg.as_bytes(),
-                &[fds[0].as_raw_fd(), fds[1].as_raw_fd()],
-            )
-            .is_err()
-            {
-                break;
+        let mut w = match current.take() {
+            Some(w) => w,
+            None => {
+                let w = spawn(&exe, &cfg_path, &listen, &cfg.state_dir)?;
+                for (key, fds) in &table {
+                    let msg = format!("adopt\n{key}");
+                    if proto::send_with_fds(
+                        w.control.as_fd(),
+                        msg.as_bytes(),
+                        &[fds[0].as_raw_fd(), fds[1].as_raw_fd()],
+                    )
+                    .is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = proto::send_with_fds(w.control.as_fd(), b"done", &[]);
+                tracing::info!(pid = w.pid, containers = table.len(), "worker started");
+                w
             }
-        }
-        let _ = proto::send_with_fds(w.control.as_fd(), b"done", &[]);
-        tracing::info!(
-            pid = w.child.id(),
-            containers = table.len(),
-            "worker started"
-        );
+        };
         loop {
             if w.open
                 && proto::wait_readable(w.control.as_fd(), Duration::from_millis(200))
@@ -191,43 +343,32 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
             {
                 match proto::recv_with_fds(w.control.as_fd()) {
                     Ok((msg, fds)) if msg.is_empty() && fds.is_empty() => w.open = false,
-                    Ok((msg, fds)) => {
-                        if let Some(key) = msg.strip_prefix(b"add\n") {
-                            if let Ok(pair) = <[OwnedFd; 2]>::try_from(fds) {
-                                table.insert(String::from_utf8_lossy(key).into_owned(), pair);
-                            }
-                        } else if let Some(key) = msg.strip_prefix(b"del\n") {
-                            table.remove(String::from_utf8_lossy(key).as_ref());
-                        }
-                    }
+                    Ok((msg, fds)) => handle(&mut table, &msg, fds),
                     Err(_) => w.open = false,
                 }
             } else if !w.open {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            if UPGRADE.swap(false, Ordering::Relaxed) {
+                let e = exec_upgrade(&exe, &cfg_path, &listen, &w, &table);
+                tracing::error!("in-place upgrade failed ({e}); carrying on");
+            }
             if STOP.load(Ordering::Relaxed) || RESTART.swap(false, Ordering::Relaxed) {
-                // SAFETY: kill(2) on our own child.
-                unsafe { libc::kill(i32::try_from(w.child.id()).unwrap_or(0), libc::SIGTERM) };
+                signal(w.pid, libc::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while w.child.try_wait().ok().flatten().is_none() {
+                while try_wait(w.pid).is_none() {
                     if Instant::now() > deadline {
-                        let _ = w.child.kill();
+                        signal(w.pid, libc::SIGKILL);
                     }
                     // Keep serving the channel so the worker never blocks on it.
                     if w.open
                         && proto::wait_readable(w.control.as_fd(), Duration::from_millis(50))
                             .unwrap_or(false)
                     {
-                        if let Ok((msg, fds)) = proto::recv_with_fds(w.control.as_fd()) {
-                            if msg.is_empty() && fds.is_empty() {
-                                w.open = false;
-                            } else if let Some(key) = msg.strip_prefix(b"add\n") {
-                                if let Ok(pair) = <[OwnedFd; 2]>::try_from(fds) {
-                                    table.insert(String::from_utf8_lossy(key).into_owned(), pair);
-                                }
-                            } else if let Some(key) = msg.strip_prefix(b"del\n") {
-                                table.remove(String::from_utf8_lossy(key).as_ref());
-                            }
+                        match proto::recv_with_fds(w.control.as_fd()) {
+                            Ok((msg, fds)) if msg.is_empty() && fds.is_empty() => w.open = false,
+                            Ok((msg, fds)) => handle(&mut table, &msg, fds),
+                            Err(_) => w.open = false,
                         }
                     } else {
                         std::thread::sleep(Duration::from_millis(20));
@@ -240,7 +381,7 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
                 }
                 break;
             }
-            if let Ok(Some(status)) = w.child.try_wait() {
+            if let Some(status) = try_wait(w.pid) {
                 tracing::error!(%status, "worker exited; restarting it");
                 if w.started.elapsed() < Duration::from_secs(2) {
                     quick_exits += 1;
