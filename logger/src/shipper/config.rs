@@ -21,6 +21,7 @@ pub const KEYS: &[&str] = &[
     "buffer_fsync_interval",
     "buffer_full_policy",
     "max_line_bytes",
+    "max_unparsed_bytes",
     "rotate_max_bytes",
     "rotate_keep",
     "partial_flush",
@@ -70,6 +71,10 @@ pub struct ShipperConfig {
     pub buffer_full_policy: FullPolicy,
     /// `max_line_bytes`: longer lines are split into marked parts (default 64KiB).
     pub max_line_bytes: usize,
+    /// `max_unparsed_bytes`: per stream, bytes spliced into the sandbox files
+    /// but not parsed yet, beyond which the container's pipe is no longer read
+    /// (it blocks; default 1GiB, at least 1MiB).
+    pub max_unparsed_bytes: u64,
     /// `rotate_max_bytes`: sandbox `stdout`/`stderr` are rotated at this size (default 10MiB).
     pub rotate_max_bytes: u64,
     /// `rotate_keep`: rotated files kept (`stdout.1` ... `stdout.N`, default 5).
@@ -236,6 +241,10 @@ impl ShipperConfig {
                     .clamp(1024, 8 << 20),
             )
             .unwrap_or(65536),
+            max_unparsed_bytes: p
+                .bytes("max_unparsed_bytes")?
+                .unwrap_or(1 << 30)
+                .max(1 << 20),
             rotate_max_bytes: p.bytes("rotate_max_bytes")?.unwrap_or(10 << 20).max(4096),
             rotate_keep: u32::try_from(p.u64("rotate_keep")?.unwrap_or(5).clamp(1, 1000))
                 .unwrap_or(5),

@@ -25,6 +25,11 @@ pub struct Counters {
     pub empty_lines: AtomicU64,
     /// Times reading was paused because a disk buffer was full.
     pub buffer_full_pauses: AtomicU64,
+    /// Times a stream's pipe was left unread because its unparsed bytes
+    /// reached `max_unparsed_bytes`.
+    pub unparsed_pauses: AtomicU64,
+    /// Bytes in sandbox files not parsed yet, all streams (a gauge).
+    pub unparsed_bytes: AtomicU64,
     /// Times a container was throttled by its rate limit.
     pub rate_limited: AtomicU64,
     /// Sandbox file rotations.
@@ -80,6 +85,8 @@ pub fn snapshot(
             "records_buffered": load(&c.records_buffered),
             "empty_lines": load(&c.empty_lines),
             "buffer_full_pauses": load(&c.buffer_full_pauses),
+            "unparsed_pauses": load(&c.unparsed_pauses),
+            "unparsed_bytes": load(&c.unparsed_bytes),
             "rate_limited": load(&c.rate_limited),
             "rotations": load(&c.rotations),
             "registrations_refused": load(&c.registrations_refused),

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod counters;
+pub mod parser;
 pub mod stream;
 pub mod supervisor;
 pub mod worker;

@@ -1,11 +1,17 @@
-//! One stream of one container: the pipe is spliced into the sandbox file
-//! (so the bytes are in the page cache, never only in this process), parsed
-//! from the file with an offset that is checkpointed, and rotated by size.
+//! One stream of one container, in two halves. The reader half splices the
+//! pipe into the sandbox file (so the bytes are in the page cache, never only
+//! in this process) and rotates it by size; the parser half follows the file
+//! (and the rotated files it has not finished) with a checkpointed offset.
+//! The sandbox files are the buffer between the two: the container is
+//! throttled by the splice rate, not the parse rate, up to a bounded lag.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -34,31 +40,108 @@ pub enum Splice {
     Eof,
 }
 
-/// State of one stream.
+/// One sandbox file as the parser sees it.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// The open file (shared with the reader while it is the current file:
+    /// renames do not affect it).
+    pub file: Arc<File>,
+    /// Its inode (what checkpoints name).
+    pub inode: u64,
+    /// Stream offset of its first byte.
+    pub base: u64,
+}
+
+/// Milliseconds since this process started (monotonic).
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the reader and the parser of one stream share.
+#[derive(Debug)]
+pub struct StreamShared {
+    /// Which stream.
+    pub stream: Stream,
+    /// True when records are made of this stream (else nothing is parsed).
+    pub parses: bool,
+    /// Stream offset up to which bytes are in sandbox files (reader).
+    pub written: AtomicU64,
+    /// Stream offset up to which the parser has consumed (parser).
+    pub parsed: AtomicU64,
+    /// Stream offset of the last checkpoint saved after a buffer sync (parser):
+    /// rotated files ending after it are kept.
+    pub saved: AtomicU64,
+    /// [`mono_ms`] of the last bytes spliced (reader).
+    pub last_data_ms: AtomicU64,
+    /// Bytes were waiting in the pipe at the reader's last look (reader).
+    pub pipe_waiting: AtomicBool,
+    /// The pipe reached EOF: `written` is final (reader).
+    pub eof: AtomicBool,
+    /// Files rotated away after the parser's current one, oldest first (reader
+    /// pushes, parser pops). `written` is read under this lock.
+    next: Mutex<VecDeque<Segment>>,
+}
+
+impl StreamShared {
+    /// Locks the queue of later files.
+    pub fn next(&self) -> MutexGuard<'_, VecDeque<Segment>> {
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes spliced but not parsed yet.
+    pub fn lag(&self) -> u64 {
+        if !self.parses {
+            return 0;
+        }
+        self.written
+            .load(Ordering::Acquire)
+            .saturating_sub(self.parsed.load(Ordering::Acquire))
+    }
+}
+
+/// Reader half of a stream.
 #[derive(Debug)]
 pub struct StreamState {
     /// Which stream.
     pub stream: Stream,
     /// Pipe read end; `None` after EOF.
     pub pipe: Option<OwnedFd>,
-    /// The sandbox file (read-write, not append: `splice` needs an offset).
-    pub file: File,
+    /// The current sandbox file (read-write, not append: `splice` needs an offset).
+    pub file: Arc<File>,
     /// Its path.
     pub path: PathBuf,
     /// Its inode.
     pub inode: u64,
     /// Bytes in the file.
     pub file_len: u64,
-    /// Bytes of the file parsed so far.
-    pub parse_off: u64,
     /// Stream bytes before this file.
     pub base: u64,
-    /// Parser (`None` for the `none` sink: nothing is parsed).
-    pub pipeline: Option<StreamPipeline>,
-    /// Last time bytes arrived.
-    pub last_data: Instant,
     /// Registered with epoll.
     pub armed: bool,
+    /// The last splice ended the file at a line end and the next line would
+    /// pass the rotation size (or the file is past it): rotate now.
+    pub rotate_due: bool,
+    /// Stream offsets of the first bytes of `<name>.1`, `<name>.2`, ... as far
+    /// as known (newest first).
+    rotated_bases: VecDeque<u64>,
+    /// Shared with the parser half.
+    pub shared: Arc<StreamShared>,
+}
+
+/// Parser half of a stream.
+#[derive(Debug)]
+pub struct ParseStream {
+    /// Shared with the reader half.
+    pub shared: Arc<StreamShared>,
+    /// Parser (`None` for the `none` sink: nothing is parsed).
+    pub pipeline: Option<StreamPipeline>,
+    /// The file being parsed.
+    pub seg: Segment,
+    /// Bytes of it parsed so far.
+    pub off: u64,
+    /// Final records emitted after EOF.
+    pub done: bool,
 }
 
 fn open_rw(path: &Path) -> std::io::Result<(File, u64, u64)> {
@@ -74,96 +157,127 @@ fn open_rw(path: &Path) -> std::io::Result<(File, u64, u64)> {
     Ok((f, m.ino(), m.len()))
 }
 
-impl StreamState {
-    /// Opens (or creates) the sandbox file and positions the parser from the
-    /// checkpoint. With no checkpoint, parsing starts at the file's end
-    /// (earlier content was not ours). A checkpoint pointing at the file that
-    /// was rotated to `<name>.1` first parses that file's tail (`catch_up`).
-    pub fn open(
-        stream: Stream,
-        sandbox: &Path,
-        pipe: OwnedFd,
-        pipeline: Option<StreamPipeline>,
-        cp: Option<StreamCheckpoint>,
-        catch_up: &mut dyn FnMut(Encoded<'_>),
-    ) -> std::io::Result<StreamState> {
-        let path = sandbox.join(stream.name());
-        let (file, inode, len) = open_rw(&path)?;
-        let mut st = StreamState {
+fn rotated_path(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.to_path_buf().into_os_string();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// Opens (or creates) the sandbox file of `stream` and positions the parser
+/// from the checkpoint. With no checkpoint, parsing starts at the file's end
+/// (earlier content was not ours). A checkpoint naming a file rotated since
+/// (`<name>.N`) makes the parser start there and follow the newer files.
+pub fn open(
+    stream: Stream,
+    sandbox: &Path,
+    pipe: OwnedFd,
+    pipeline: Option<StreamPipeline>,
+    cp: Option<StreamCheckpoint>,
+) -> std::io::Result<(StreamState, ParseStream)> {
+    let path = sandbox.join(stream.name());
+    let (file, inode, len) = open_rw(&path)?;
+    let file = Arc::new(file);
+    let parses = pipeline.is_some();
+    let mut base = 0;
+    let mut off = len;
+    // Older files still to parse, oldest first: (file, inode, len).
+    let mut older: Vec<(File, u64, u64)> = Vec::new();
+    if let (Some(cp), true) = (cp, parses) {
+        base = cp.base;
+        if cp.inode == inode && cp.offset <= len {
+            off = cp.offset;
+        } else {
+            // Every `<name>.N`, newest first. A kill -9 in the middle of a rotation's
+            // renames can leave a gap in the numbers, never a change of order.
+            let mut numbered: Vec<(usize, PathBuf)> = std::fs::read_dir(sandbox)?
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name();
+                    let n = name
+                        .to_str()?
+                        .strip_prefix(stream.name())?
+                        .strip_prefix('.')?
+                        .parse()
+                        .ok()?;
+                    Some((n, e.path()))
+                })
+                .collect();
+            numbered.sort_unstable();
+            let mut found = false;
+            for (_, p) in numbered {
+                let f = File::open(&p)?;
+                let m = f.metadata()?;
+                older.push((f, m.ino(), m.len()));
+                if m.ino() == cp.inode {
+                    found = true;
+                    break;
+                }
+            }
+            if found {
+                older.reverse();
+                off = cp.offset.min(older[0].2);
+            } else {
+                tracing::warn!(path = %path.display(), "checkpoint refers to an unknown file; parsing resumes at its end");
+                older.clear();
+            }
+        }
+    }
+    let mut segs: VecDeque<Segment> = VecDeque::new();
+    let mut rotated_bases = VecDeque::new();
+    let mut b = base;
+    for (f, ino, l) in older {
+        segs.push_back(Segment {
+            file: Arc::new(f),
+            inode: ino,
+            base: b,
+        });
+        rotated_bases.push_front(b);
+        b += l;
+    }
+    let cur_base = b;
+    segs.push_back(Segment {
+        file: file.clone(),
+        inode,
+        base: cur_base,
+    });
+    let first = segs.pop_front().expect("the current file is queued");
+    let parsed = first.base + off;
+    let shared = Arc::new(StreamShared {
+        stream,
+        parses,
+        written: AtomicU64::new(cur_base + len),
+        parsed: AtomicU64::new(parsed),
+        saved: AtomicU64::new(parsed),
+        last_data_ms: AtomicU64::new(mono_ms()),
+        pipe_waiting: AtomicBool::new(false),
+        eof: AtomicBool::new(false),
+        next: Mutex::new(segs),
+    });
+    Ok((
+        StreamState {
             stream,
             pipe: Some(pipe),
             file,
             path,
             inode,
             file_len: len,
-            parse_off: len,
-            base: 0,
-            pipeline,
-            last_data: Instant::now(),
+            base: cur_base,
             armed: false,
-        };
-        if let Some(cp) = cp {
-            if cp.inode == inode && cp.offset <= len {
-                st.parse_off = cp.offset;
-                st.base = cp.base;
-            } else {
-                let rotated = st.rotated_path(1);
-                let old = std::fs::metadata(&rotated)
-                    .ok()
-                    .filter(|m| m.ino() == cp.inode);
-                if let (Some(m), Some(p)) = (old, st.pipeline.as_mut()) {
-                    // The file was rotated after the checkpoint: finish its tail first.
-                    let f = File::open(&rotated)?;
-                    let mut off = cp.offset.min(m.len());
-                    let mut buf = vec![0u8; 256 * 1024];
-                    while off < m.len() {
-                        let want = usize::try_from(m.len() - off)
-                            .unwrap_or(usize::MAX)
-                            .min(buf.len());
-                        f.read_exact_at(&mut buf[..want], off)?;
-                        let last = off + want as u64 == m.len();
-                        let used = p.feed(
-                            &buf[..want],
-                            cp.base + off,
-                            last,
-                            Instant::now(),
-                            now_ms(),
-                            catch_up,
-                        );
-                        off += used as u64;
-                        if used == 0 {
-                            break;
-                        }
-                    }
-                    p.poll(Instant::now(), now_ms(), true, catch_up);
-                    st.base = cp.base + m.len();
-                    st.parse_off = 0;
-                } else {
-                    tracing::warn!(path = %st.path.display(), "checkpoint refers to an unknown file; parsing resumes at its end");
-                    st.base = cp.base;
-                }
-            }
-        }
-        if st.pipeline.is_none() {
-            st.parse_off = st.file_len;
-        }
-        Ok(st)
-    }
+            rotate_due: false,
+            rotated_bases,
+            shared: shared.clone(),
+        },
+        ParseStream {
+            shared,
+            pipeline,
+            seg: first,
+            off,
+            done: false,
+        },
+    ))
+}
 
-    /// The checkpoint of what has been turned into buffered records.
-    pub fn checkpoint(&self) -> StreamCheckpoint {
-        let consumed = self.base + self.parse_off;
-        let safe = self
-            .pipeline
-            .as_ref()
-            .map_or(consumed, |p| p.safe_offset(consumed));
-        StreamCheckpoint {
-            inode: self.inode,
-            offset: safe.saturating_sub(self.base),
-            base: self.base,
-        }
-    }
-
+impl StreamState {
     /// Moves up to `max` bytes from the pipe into the file.
     pub fn splice(&mut self, max: u64) -> std::io::Result<Splice> {
         let Some(pipe) = &self.pipe else {
@@ -188,7 +302,10 @@ impl StreamState {
             n if n > 0 => {
                 let n = n.unsigned_abs() as u64;
                 self.file_len += n;
-                self.last_data = Instant::now();
+                self.shared
+                    .written
+                    .store(self.base + self.file_len, Ordering::Release);
+                self.shared.last_data_ms.store(mono_ms(), Ordering::Relaxed);
                 Ok(Splice::Moved(n))
             }
             _ => {
@@ -204,16 +321,24 @@ impl StreamState {
         }
     }
 
-    /// Like [`StreamState::splice`], but stops after the first newline found
-    /// in the next `max` bytes (peeked with `tee(2)` into `scratch`, a pipe
-    /// of the caller's), so that the file ends on a line boundary and can be
-    /// rotated there.
-    pub fn splice_to_newline(
+    /// Splices up to `max` bytes, ending the file on a line boundary near the
+    /// rotation size `limit` so that it can be rotated there. Far from the
+    /// limit this is a plain splice; within one peek window of it, the next
+    /// bytes are peeked with `tee(2)` into `scratch` (a pipe of the caller's)
+    /// and the splice stops after the last newline that fits (or the first
+    /// one, if none does); [`StreamState::rotate_due`] is then set.
+    pub fn splice_for_rotation(
         &mut self,
         scratch: &(OwnedFd, OwnedFd),
         peek: &mut [u8],
         max: u64,
+        limit: u64,
     ) -> std::io::Result<Splice> {
+        let window = peek.len() as u64;
+        let room = limit.saturating_sub(self.file_len);
+        if room > window {
+            return self.splice(max.min(room - window / 2));
+        }
         let Some(pipe) = &self.pipe else {
             return Ok(Splice::Eof);
         };
@@ -228,7 +353,7 @@ impl StreamState {
             )
         };
         if n <= 0 {
-            return self.splice(max);
+            return self.splice(max.min(room.max(1)));
         }
         let n = n.unsigned_abs();
         let mut got = 0;
@@ -246,47 +371,185 @@ impl StreamState {
             }
             got += r.unsigned_abs();
         }
-        let take = memchr::memchr(b'\n', &peek[..got]).map_or(got, |i| i + 1);
-        self.splice(take.max(1) as u64)
+        let fits = usize::try_from(room).unwrap_or(usize::MAX).min(got);
+        let (take, at_line_end) = match memchr::memrchr(b'\n', &peek[..fits]) {
+            Some(i) => (i + 1, true),
+            None => match memchr::memchr(b'\n', &peek[fits..got]) {
+                Some(i) => (fits + i + 1, true),
+                // No line end in sight: move what was peeked (a long line is split).
+                None => (got, false),
+            },
+        };
+        let take = take.max(1) as u64;
+        let r = self.splice(take)?;
+        if r == Splice::Moved(take) && at_line_end {
+            // The next line would pass the limit (or it is passed already).
+            self.rotate_due = take < got as u64 || self.file_len >= limit;
+        }
+        Ok(r)
     }
 
-    /// Parses what the file holds past the parse offset; a trailing partial
-    /// line is emitted only with `flush`. Returns records emitted.
+    /// Renames `name` to `name.1` (shifting older ones) and starts a new file,
+    /// which the parser follows after the old one. Rotated files are deleted
+    /// beyond `keep`, but never one the saved checkpoint has not passed.
+    pub fn rotate(&mut self, keep: u32) -> std::io::Result<()> {
+        self.rotate_due = false;
+        let new_base = self.base + self.file_len;
+        self.rotated_bases.push_front(self.base);
+        // `<name>.i` (1-based) ends where `<name>.(i-1)` begins; `.1` at `new_base`.
+        let saved = self.shared.saved.load(Ordering::Acquire);
+        let needed = if self.shared.parses {
+            let mut end = new_base;
+            let mut k = 0;
+            for b in &self.rotated_bases {
+                // `>=`: the saved checkpoint may name a file at its very end.
+                if end >= saved {
+                    k += 1;
+                }
+                end = *b;
+            }
+            k
+        } else {
+            0
+        };
+        let keep = usize::try_from(keep).unwrap_or(usize::MAX).max(needed);
+        let _ = std::fs::remove_file(rotated_path(&self.path, keep));
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(rotated_path(&self.path, n), rotated_path(&self.path, n + 1));
+        }
+        std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
+        let (file, inode, len) = open_rw(&self.path)?;
+        let file = Arc::new(file);
+        {
+            let mut q = self.shared.next();
+            q.push_back(Segment {
+                file: file.clone(),
+                inode,
+                base: new_base,
+            });
+            self.base = new_base;
+            self.file = file;
+            self.inode = inode;
+            self.file_len = len;
+            self.shared.written.store(new_base + len, Ordering::Release);
+        }
+        // Files kept longer while the parser lagged go once it has passed them.
+        let mut n = keep + 1;
+        while std::fs::remove_file(rotated_path(&self.path, n)).is_ok() {
+            n += 1;
+        }
+        self.rotated_bases.truncate(keep);
+        Ok(())
+    }
+}
+
+impl ParseStream {
+    /// The checkpoint of what has been turned into buffered records.
+    pub fn checkpoint(&self) -> StreamCheckpoint {
+        let consumed = self.seg.base + self.off;
+        let safe = self
+            .pipeline
+            .as_ref()
+            .map_or(consumed, |p| p.safe_offset(consumed));
+        StreamCheckpoint {
+            inode: self.seg.inode,
+            offset: safe.saturating_sub(self.seg.base),
+            base: self.seg.base,
+        }
+    }
+
+    /// End of the current file as far as the reader wrote it, and whether it
+    /// is final (a newer file follows).
+    fn end(&self) -> (u64, bool) {
+        let q = self.shared.next();
+        match q.front() {
+            Some(n) => (n.base - self.seg.base, true),
+            None => (
+                self.shared
+                    .written
+                    .load(Ordering::Acquire)
+                    .saturating_sub(self.seg.base),
+                false,
+            ),
+        }
+    }
+
+    /// Parses up to about `budget` bytes past the parse offset, following
+    /// rotated files; a trailing partial line of the current file is emitted
+    /// only with `flush`. Returns the bytes consumed.
     pub fn parse(
         &mut self,
         buf: &mut [u8],
+        budget: u64,
         flush: bool,
         out: &mut dyn FnMut(Encoded<'_>),
-    ) -> std::io::Result<()> {
-        let Some(p) = self.pipeline.as_mut() else {
-            self.parse_off = self.file_len;
-            return Ok(());
-        };
+    ) -> std::io::Result<u64> {
         let now = Instant::now();
         let ms = now_ms();
-        while self.parse_off < self.file_len {
-            let want = usize::try_from(self.file_len - self.parse_off)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            self.file.read_exact_at(&mut buf[..want], self.parse_off)?;
-            let at_end = self.parse_off + want as u64 == self.file_len;
-            let used = p.feed(
-                &buf[..want],
-                self.base + self.parse_off,
-                flush && at_end,
-                now,
-                ms,
-                out,
-            );
-            self.parse_off += used as u64;
-            // `used < want` only means the window ended inside a line: read on from
-            // there. Nothing used means a partial last line (lines longer than the
-            // buffer cannot occur: the framer splits them at max_line_bytes).
-            if used == 0 {
-                break;
+        let mut done = 0u64;
+        loop {
+            let (end, last_of_file) = self.end();
+            match self.pipeline.as_mut() {
+                None => {
+                    done += end.saturating_sub(self.off);
+                    self.off = end.max(self.off);
+                }
+                Some(p) => {
+                    while self.off < end && done < budget {
+                        let want = usize::try_from(end - self.off)
+                            .unwrap_or(usize::MAX)
+                            .min(buf.len());
+                        self.seg.file.read_exact_at(&mut buf[..want], self.off)?;
+                        let at_end = self.off + want as u64 == end;
+                        let used = p.feed(
+                            &buf[..want],
+                            self.seg.base + self.off,
+                            (flush || last_of_file) && at_end,
+                            now,
+                            ms,
+                            out,
+                        );
+                        self.off += used as u64;
+                        done += used as u64;
+                        // `used < want` only means the window ended inside a line: read
+                        // on from there. Nothing used means a partial last line (lines
+                        // longer than the buffer cannot occur: the framer splits them).
+                        if used == 0 {
+                            break;
+                        }
+                    }
+                }
             }
+            if last_of_file && self.off >= end {
+                // A record never spans two files.
+                if let Some(p) = self.pipeline.as_mut() {
+                    p.poll(now, ms, true, out);
+                }
+                let mut q = self.shared.next();
+                if let Some(n) = q.pop_front() {
+                    self.seg = n;
+                    self.off = 0;
+                }
+                drop(q);
+                if done < budget {
+                    continue;
+                }
+            }
+            break;
         }
-        Ok(())
+        self.shared
+            .parsed
+            .store(self.seg.base + self.off, Ordering::Release);
+        Ok(done)
+    }
+
+    /// Bytes written to the current file past the parse offset (a partial
+    /// line once the parser has caught up), or 0 while older files remain.
+    pub fn unparsed_in_current(&self) -> u64 {
+        match self.end() {
+            (_, true) => 0,
+            (end, false) => end.saturating_sub(self.off),
+        }
     }
 
     /// Emits a multiline record whose timeout passed (or all, with `force`).
@@ -296,35 +559,9 @@ impl StreamState {
         }
     }
 
-    /// True when the file may be rotated now: big enough, fully parsed.
-    pub fn wants_rotation(&self, max: u64) -> bool {
-        self.file_len >= max
-            && self.parse_off == self.file_len
-            && self.pipeline.as_ref().is_none_or(|p| !p.in_split())
-    }
-
-    fn rotated_path(&self, n: u32) -> PathBuf {
-        let mut s = self.path.clone().into_os_string();
-        s.push(format!(".{n}"));
-        PathBuf::from(s)
-    }
-
-    /// Renames `name` to `name.1` (shifting older ones, keeping `keep`) and
-    /// starts a new file. The caller flushed pending records and saved a
-    /// checkpoint at the old file's end first.
-    pub fn rotate(&mut self, keep: u32) -> std::io::Result<()> {
-        let _ = std::fs::remove_file(self.rotated_path(keep));
-        for n in (1..keep).rev() {
-            let _ = std::fs::rename(self.rotated_path(n), self.rotated_path(n + 1));
-        }
-        std::fs::rename(&self.path, self.rotated_path(1))?;
-        let (file, inode, len) = open_rw(&self.path)?;
-        self.base += self.file_len;
-        self.file = file;
-        self.inode = inode;
-        self.file_len = len;
-        self.parse_off = len;
-        Ok(())
+    /// True while the framer is in the middle of a split line.
+    pub fn in_split(&self) -> bool {
+        self.pipeline.as_ref().is_some_and(StreamPipeline::in_split)
     }
 }
 

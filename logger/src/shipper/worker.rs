@@ -1,29 +1,29 @@
-//! The worker: accepts registrations, splices pipes into sandbox files,
-//! parses, buffers, checkpoints, rotates and runs the sinks. It may be
-//! killed at any instant: every byte it took from a pipe is in a sandbox
-//! file, every offset it saved is behind records already in the buffer, and
-//! the supervisor still holds every pipe.
+//! The worker: its main thread (the reader) accepts registrations, splices
+//! pipes into sandbox files and rotates them; the parser thread
+//! (`parser.rs`) follows the files, buffers records and checkpoints; one
+//! thread per sink ships. It may be killed at any instant: every byte it took
+//! from a pipe is in a sandbox file, every offset it saved is behind records
+//! already in the buffer, rotated files are kept until the saved offsets have
+//! passed them, and the supervisor still holds every pipe.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::counters::{self, Counters};
-use super::stream::{Splice, StreamCheckpoint, StreamState};
+use super::parser::{save_checkpoint, write_atomic, Checkpoint, ParseJob, Parser, ParserConfig};
+use super::stream::{self, Splice, StreamState};
 use super::ShipperConfig;
 use crate::module::compile_pattern;
 use crate::proto::{self, MultilineSpec, Registration, SinkKind};
-use crate::record::{Encoded, MultilineConfig, StartRule, Stream, StreamPipeline};
+use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sink::es::EsSink;
 use crate::sink::SinkStats;
 use crate::wal::{Wal, WalConfig};
-use crate::walrec::WalRecord;
 
 const LISTEN: u64 = u64::MAX;
 const CONTROL: u64 = u64::MAX - 1;
@@ -51,12 +51,6 @@ pub fn install_stop_handler() {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Checkpoint {
-    stdout: StreamCheckpoint,
-    stderr: StreamCheckpoint,
-}
-
 #[derive(Debug)]
 struct Bucket {
     rate: f64,
@@ -81,14 +75,13 @@ impl Bucket {
 #[derive(Debug)]
 struct Container {
     key: String,
-    cid: Vec<u8>,
-    route: Vec<u8>,
     dir: PathBuf,
     streams: Vec<StreamState>,
     wal: Option<Arc<Wal>>,
     paused: bool,
     bucket: Option<Bucket>,
-    dirty: bool,
+    /// Set by the parser once everything is parsed and synced after EOF.
+    finished: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -111,23 +104,14 @@ pub struct Worker {
     next_id: u64,
     sinks: Vec<(SinkKind, SinkHandle)>,
     counters: Arc<Counters>,
-    buf: Vec<u8>,
-    payload: Vec<u8>,
+    parser: Parser,
     scratch: (OwnedFd, OwnedFd),
     peek: Vec<u8>,
-    last_checkpoint: Instant,
     last_counters: Instant,
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
     move |e| format!("{what}: {e}")
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> std::io::Result<()> {
@@ -161,33 +145,6 @@ fn multiline_config(spec: &MultilineSpec) -> Option<MultilineConfig> {
         max_bytes: usize::try_from(spec.max_bytes).unwrap_or(usize::MAX).max(1),
         timeout: Duration::from_millis(spec.timeout_ms.max(1)),
     })
-}
-
-/// Builds the per-record sink of a stream: disk-buffer payload + counters.
-fn emitter<'a>(
-    wal: Option<&'a Wal>,
-    payload: &'a mut Vec<u8>,
-    counters: &'a Counters,
-    cid: &'a [u8],
-    route: &'a [u8],
-    stream: Stream,
-) -> impl FnMut(Encoded<'_>) + 'a {
-    move |e: Encoded<'_>| {
-        if let Some(w) = wal {
-            payload.clear();
-            WalRecord {
-                stream,
-                ts_ms: e.ts_ms,
-                id: e.id,
-                container: cid,
-                route,
-                doc: e.doc,
-            }
-            .encode_into(payload);
-            w.push(payload);
-            counters.records_buffered.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 impl Worker {
@@ -230,6 +187,15 @@ impl Worker {
                 start_sink("kafka-sink", wal, stats, move |w, s| sink.run(w, s))?,
             ));
         }
+        let counters = Arc::new(Counters::default());
+        let parser = Parser::start(
+            ParserConfig {
+                partial_flush: cfg.partial_flush,
+                checkpoint_interval: cfg.checkpoint_interval,
+            },
+            sinks.iter().map(|(_, s)| s.wal.clone()).collect(),
+            counters.clone(),
+        )?;
         Ok(Worker {
             cfg,
             epoll,
@@ -239,12 +205,10 @@ impl Worker {
             keys: HashMap::new(),
             next_id: 0,
             sinks,
-            counters: Arc::new(Counters::default()),
-            buf: vec![0u8; 256 * 1024],
-            payload: Vec::new(),
+            counters,
+            parser,
             scratch: crate::module::pipe(0).map_err(io_err("scratch pipe"))?,
             peek: vec![0u8; 64 * 1024],
-            last_checkpoint: Instant::now(),
             last_counters: Instant::now(),
         })
     }
@@ -322,6 +286,7 @@ impl Worker {
         let cid = reg.meta.container_id().into_bytes();
         let route = reg.options.route.clone().into_bytes();
         let mut streams = Vec::with_capacity(2);
+        let mut parse_streams = Vec::with_capacity(2);
         for ((stream, fd), scp) in [Stream::Stdout, Stream::Stderr]
             .into_iter()
             .zip(fds)
@@ -336,29 +301,20 @@ impl Worker {
                     reg.options.multiline.as_ref().and_then(multiline_config),
                 )
             });
-            let mut emit = emitter(
-                wal.as_deref(),
-                &mut self.payload,
-                &self.counters,
-                &cid,
-                &route,
-                stream,
-            );
-            let st = StreamState::open(stream, &reg.sandbox, fd, pipeline, scp, &mut emit)
+            let (st, ps) = stream::open(stream, &reg.sandbox, fd, pipeline, scp)
                 .map_err(io_err(reg.sandbox.join(stream.name()).display()))?;
             streams.push(st);
+            parse_streams.push(ps);
         }
-        if let Some(w) = &wal {
-            w.commit().map_err(|e| e.to_string())?;
-        }
+        let dir = self.container_dir(&reg.key);
+        save_checkpoint(&dir, &parse_streams).map_err(io_err("checkpoint"))?;
         let id = self.next_id;
         self.next_id += 1;
         let rate = reg.options.rate_limit;
+        let finished = Arc::new(AtomicBool::new(false));
         let mut c = Container {
             key: reg.key.clone(),
-            cid,
-            route,
-            dir: self.container_dir(&reg.key),
+            dir: dir.clone(),
             streams,
             wal: wal.clone(),
             paused: false,
@@ -367,10 +323,17 @@ impl Worker {
                 tokens: rate as f64,
                 last: Instant::now(),
             }),
-            dirty: true,
+            finished: finished.clone(),
         };
-        save_checkpoint(&c).map_err(io_err("checkpoint"))?;
-        c.dirty = false;
+        self.parser.add(ParseJob::new(
+            reg.key.clone(),
+            dir,
+            cid,
+            route,
+            wal,
+            parse_streams,
+            finished,
+        ));
         for (i, st) in c.streams.iter_mut().enumerate() {
             if let Some(p) = &st.pipe {
                 epoll_ctl(
@@ -475,16 +438,34 @@ impl Worker {
         let Some(c) = self.containers.get_mut(&id) else {
             return;
         };
-        let wal = c.wal.clone();
         let rotate_max = self.cfg.rotate_max_bytes;
+        let max_lag = self.cfg.max_unparsed_bytes;
         let mut moved = 0u64;
         let mut eof = false;
         let mut limited = false;
+        let mut lagging = false;
         loop {
+            if c.wal.as_ref().is_some_and(|w| w.is_full()) && !c.paused {
+                c.paused = true;
+                self.counters
+                    .buffer_full_pauses
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    container = c.key,
+                    "disk buffer full: reading paused (the container blocks when its pipe fills)"
+                );
+            }
             if c.paused {
                 break;
             }
             let st = &mut c.streams[idx];
+            if st.shared.lag() >= max_lag {
+                self.counters
+                    .unparsed_pauses
+                    .fetch_add(1, Ordering::Relaxed);
+                lagging = true;
+                break;
+            }
             let allow = c.bucket.as_mut().map_or(SPLICE_CHUNK, |b| {
                 b.refill();
                 b.available().min(SPLICE_CHUNK)
@@ -494,11 +475,13 @@ impl Worker {
                 limited = true;
                 break;
             }
-            // Near the rotation size, stop at a line end so the file can be rotated there.
-            let res = if st.file_len + allow >= rotate_max && st.pipeline.is_some() {
-                st.splice_to_newline(&self.scratch, &mut self.peek, allow)
+            // Parsed streams are rotated at a line end only (a record never spans files).
+            let res = if st.shared.parses {
+                st.splice_for_rotation(&self.scratch, &mut self.peek, allow, rotate_max)
             } else {
-                st.splice(allow)
+                let r = st.splice(allow);
+                st.rotate_due = st.file_len >= rotate_max;
+                r
             };
             let step = match res {
                 Ok(Splice::Moved(n)) => n,
@@ -517,58 +500,25 @@ impl Worker {
             if let Some(b) = c.bucket.as_mut() {
                 b.tokens -= step as f64;
             }
-            let st = &mut c.streams[idx];
-            let before = st.pipeline.as_ref().map_or(0, |p| p.lines);
-            let mut emit = emitter(
-                wal.as_deref(),
-                &mut self.payload,
-                &self.counters,
-                &c.cid,
-                &c.route,
-                st.stream,
-            );
-            if let Err(e) = st.parse(&mut self.buf, false, &mut emit) {
-                tracing::error!(path = %st.path.display(), "reading back: {e}");
-            }
-            drop(emit);
-            let after = st.pipeline.as_ref().map_or(0, |p| p.lines);
-            self.counters
-                .lines_read
-                .fetch_add(after - before, Ordering::Relaxed);
-            // Commit per chunk: the buffer's bound is overshot by one chunk at most.
-            if let Some(w) = &wal {
-                if let Err(e) = w.commit() {
-                    tracing::error!("{e}");
+            if st.rotate_due {
+                match st.rotate(self.cfg.rotate_keep) {
+                    Ok(()) => {
+                        self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::error!(path = %st.path.display(), "rotation failed: {e}"),
                 }
-                if w.is_full() && !c.paused {
-                    c.paused = true;
-                    self.counters
-                        .buffer_full_pauses
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "disk buffer full: reading paused (containers block when their pipe fills)"
-                    );
-                }
-            }
-            if st.wants_rotation(rotate_max) {
-                rotate_stream(
-                    c,
-                    idx,
-                    wal.as_deref(),
-                    &mut self.payload,
-                    &self.counters,
-                    self.cfg.rotate_keep,
-                );
+                self.parser.wake();
             }
             if moved >= FAIR_SHARE {
                 break;
             }
         }
+        self.parser.wake();
         let st = &mut c.streams[idx];
-        // Blocked (rate limit, full buffer) or finished: stop watching until the next tick
-        // re-arms. A stream that only used up its fair share stays armed: level-triggered
-        // epoll reports it again after the others had their turn.
-        if (eof || limited || c.paused) && st.armed {
+        // Blocked (rate limit, full buffer, parser too far behind) or finished: stop
+        // watching until the next tick re-arms. A stream that only used up its fair
+        // share stays armed: level-triggered epoll reports it again after the others.
+        if (eof || limited || lagging || c.paused) && st.armed {
             if let Some(p) = &st.pipe {
                 let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, p.as_raw_fd(), 0);
             }
@@ -577,38 +527,17 @@ impl Worker {
         self.counters.bytes_read.fetch_add(moved, Ordering::Relaxed);
         if eof {
             st.pipe = None;
-            let before = st.pipeline.as_ref().map_or(0, |p| p.lines);
-            let mut emit = emitter(
-                wal.as_deref(),
-                &mut self.payload,
-                &self.counters,
-                &c.cid,
-                &c.route,
-                st.stream,
-            );
-            if let Err(e) = st.parse(&mut self.buf, true, &mut emit) {
-                tracing::error!(path = %st.path.display(), "reading back: {e}");
-            }
-            st.poll(true, &mut emit);
-            let after = st.pipeline.as_ref().map_or(0, |p| p.lines);
-            self.counters
-                .lines_read
-                .fetch_add(after - before, Ordering::Relaxed);
-        }
-        c.dirty = true;
-        if let Some(w) = &wal {
-            if let Err(e) = w.commit() {
-                tracing::error!("{e}");
-            }
+            st.shared.pipe_waiting.store(false, Ordering::Relaxed);
+            st.shared.eof.store(true, Ordering::Release);
+            self.parser.wake();
         }
     }
 
     fn tick(&mut self) {
         let mut finished = Vec::new();
-        let mut need_sync = false;
+        let max_lag = self.cfg.max_unparsed_bytes;
         for (&id, c) in self.containers.iter_mut() {
-            let cwal = c.wal.clone();
-            let full = cwal.as_ref().is_some_and(|w| w.is_full());
+            let full = c.wal.as_ref().is_some_and(|w| w.is_full());
             if full && !c.paused {
                 self.counters
                     .buffer_full_pauses
@@ -623,68 +552,24 @@ impl Worker {
                 b.refill();
             }
             let limited = c.bucket.as_ref().is_some_and(|b| b.available() == 0);
-            let mut rotate = None;
             for (i, st) in c.streams.iter_mut().enumerate() {
-                let blocked = c.paused || limited;
+                let blocked = c.paused || limited || st.shared.lag() >= max_lag;
                 if let Some(p) = st.pipe.as_ref().filter(|_| !st.armed && !blocked) {
                     let token = id * 2 + i as u64;
                     if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, p.as_raw_fd(), token).is_ok() {
                         st.armed = true;
                     }
                 }
-                let mut emit = emitter(
-                    cwal.as_deref(),
-                    &mut self.payload,
-                    &self.counters,
-                    &c.cid,
-                    &c.route,
-                    st.stream,
-                );
-                // A line without newline is shipped after `partial_flush` of silence, but
-                // never while bytes wait in the pipe (this process was just busy).
-                if st.parse_off < st.file_len
-                    && st.last_data.elapsed() >= self.cfg.partial_flush
-                    && st.pipe.as_ref().is_none_or(|p| pipe_pending(p) == 0)
-                {
-                    let _ = st.parse(&mut self.buf, true, &mut emit);
-                    c.dirty = true;
-                }
-                st.poll(false, &mut emit);
-                if rotate.is_none() && st.wants_rotation(self.cfg.rotate_max_bytes) {
-                    rotate = Some(i);
+                // Tells the parser whether a partial line may still be completed.
+                if let Some(p) = &st.pipe {
+                    st.shared
+                        .pipe_waiting
+                        .store(pipe_pending(p) > 0, Ordering::Relaxed);
                 }
             }
-            if let Some(i) = rotate {
-                rotate_stream(
-                    c,
-                    i,
-                    cwal.as_deref(),
-                    &mut self.payload,
-                    &self.counters,
-                    self.cfg.rotate_keep,
-                );
-            }
-            if c.streams.iter().all(|s| s.pipe.is_none()) {
+            if c.streams.iter().all(|s| s.pipe.is_none()) && c.finished.load(Ordering::Acquire) {
                 finished.push(id);
-                need_sync = true;
             }
-        }
-        for (_, s) in &self.sinks {
-            let _ = s.wal.commit();
-        }
-        if need_sync || self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
-            // Records first, then the offsets that point past them.
-            for (_, s) in &self.sinks {
-                if let Err(e) = s.wal.sync() {
-                    tracing::error!("{e}");
-                }
-            }
-            for c in self.containers.values_mut().filter(|c| c.dirty) {
-                if save_checkpoint(c).is_ok() {
-                    c.dirty = false;
-                }
-            }
-            self.last_checkpoint = Instant::now();
         }
         for id in finished {
             if let Some(c) = self.containers.remove(&id) {
@@ -707,6 +592,15 @@ impl Worker {
     }
 
     fn write_counters(&self) {
+        let unparsed: u64 = self
+            .containers
+            .values()
+            .flat_map(|c| c.streams.iter())
+            .map(|s| s.shared.lag())
+            .sum();
+        self.counters
+            .unparsed_bytes
+            .store(unparsed, Ordering::Relaxed);
         let buffers: Vec<(&str, &crate::wal::WalStats)> = self
             .sinks
             .iter()
@@ -776,26 +670,8 @@ impl Worker {
     }
 
     fn shutdown(&mut self) {
-        for c in self.containers.values_mut() {
-            let cwal = c.wal.clone();
-            for st in c.streams.iter_mut() {
-                let mut emit = emitter(
-                    cwal.as_deref(),
-                    &mut self.payload,
-                    &self.counters,
-                    &c.cid,
-                    &c.route,
-                    st.stream,
-                );
-                let _ = st.parse(&mut self.buf, false, &mut emit);
-            }
-        }
-        for (_, s) in &self.sinks {
-            let _ = s.wal.commit().and_then(|()| s.wal.sync());
-        }
-        for c in self.containers.values() {
-            let _ = save_checkpoint(c);
-        }
+        // The parser stops where it is: synced records, then saved offsets.
+        self.parser.stop();
         self.write_counters();
         for (_, s) in self.sinks.iter_mut() {
             s.stop.store(true, Ordering::Relaxed);
@@ -849,56 +725,6 @@ fn pipe_pending(p: &OwnedFd) -> libc::c_int {
         return 0;
     }
     n
-}
-
-/// Rotates stream `i` of `c`: pending records are emitted and made durable
-/// and the offsets at the old file's end saved before the rename.
-fn rotate_stream(
-    c: &mut Container,
-    i: usize,
-    wal: Option<&Wal>,
-    payload: &mut Vec<u8>,
-    counters: &Counters,
-    keep: u32,
-) {
-    {
-        let st = &mut c.streams[i];
-        let mut emit = emitter(wal, payload, counters, &c.cid, &c.route, st.stream);
-        st.poll(true, &mut emit);
-    }
-    if let Some(w) = wal {
-        if let Err(e) = w.commit().and_then(|()| w.sync()) {
-            tracing::error!("rotation postponed: {e}");
-            return;
-        }
-    }
-    if c.streams[i].parse_off != c.streams[i].file_len
-        || save_checkpoint_parts(&c.dir, &c.streams).is_err()
-    {
-        return;
-    }
-    match c.streams[i].rotate(keep) {
-        Ok(()) => {
-            counters.rotations.fetch_add(1, Ordering::Relaxed);
-            let _ = save_checkpoint_parts(&c.dir, &c.streams);
-        }
-        Err(e) => tracing::error!(path = %c.streams[i].path.display(), "rotation failed: {e}"),
-    }
-}
-
-fn save_checkpoint(c: &Container) -> std::io::Result<()> {
-    save_checkpoint_parts(&c.dir, &c.streams)
-}
-
-fn save_checkpoint_parts(dir: &Path, streams: &[StreamState]) -> std::io::Result<()> {
-    let cp = Checkpoint {
-        stdout: streams[0].checkpoint(),
-        stderr: streams[1].checkpoint(),
-    };
-    write_atomic(
-        &dir.join("checkpoint.json"),
-        &serde_json::to_vec(&cp).unwrap_or_default(),
-    )
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {

@@ -1,0 +1,370 @@
+//! The parser thread: follows every stream's sandbox files behind the reader
+//! (which only splices), turns lines into records in the disk buffers, and
+//! saves checkpoints behind synced records. A container writing faster than
+//! this thread parses is throttled only when its unparsed bytes reach
+//! `max_unparsed_bytes` (the reader stops reading its pipe).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::counters::Counters;
+use super::stream::{mono_ms, ParseStream, StreamCheckpoint};
+use crate::record::{Encoded, Stream};
+use crate::wal::Wal;
+use crate::walrec::WalRecord;
+
+/// Bytes parsed per stream before the next stream's turn.
+const TURN: u64 = 1 << 20;
+/// How often timers (partial lines, multiline timeouts, EOF) are looked at.
+const TIMERS: Duration = Duration::from_millis(50);
+
+/// What `checkpoint.json` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Of `stdout`.
+    pub stdout: StreamCheckpoint,
+    /// Of `stderr`.
+    pub stderr: StreamCheckpoint,
+}
+
+/// Writes `data` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Saves the checkpoint of a container's two streams in `dir`.
+pub fn save_checkpoint(dir: &Path, streams: &[ParseStream]) -> std::io::Result<()> {
+    let cp = Checkpoint {
+        stdout: streams[0].checkpoint(),
+        stderr: streams[1].checkpoint(),
+    };
+    write_atomic(
+        &dir.join("checkpoint.json"),
+        &serde_json::to_vec(&cp).unwrap_or_default(),
+    )
+}
+
+/// One container, as the parser sees it.
+#[derive(Debug)]
+pub struct ParseJob {
+    /// Container key (for messages).
+    pub key: String,
+    /// Its state directory (checkpoint).
+    pub dir: PathBuf,
+    /// Container id (`root.child`) and route of its records.
+    pub cid: Vec<u8>,
+    /// Index or topic of its records.
+    pub route: Vec<u8>,
+    /// Its disk buffer (`None`: nothing is parsed).
+    pub wal: Option<Arc<Wal>>,
+    /// stdout, stderr.
+    pub streams: Vec<ParseStream>,
+    /// Set once both streams reached EOF and their records are synced: the
+    /// reader may then forget the container.
+    pub finished: Arc<AtomicBool>,
+    dirty: bool,
+}
+
+impl ParseJob {
+    /// A container to follow; `finished` is shared with the reader.
+    pub fn new(
+        key: String,
+        dir: PathBuf,
+        cid: Vec<u8>,
+        route: Vec<u8>,
+        wal: Option<Arc<Wal>>,
+        streams: Vec<ParseStream>,
+        finished: Arc<AtomicBool>,
+    ) -> ParseJob {
+        ParseJob {
+            key,
+            dir,
+            cid,
+            route,
+            wal,
+            streams,
+            finished,
+            dirty: false,
+        }
+    }
+}
+
+/// Builds the per-record sink of a stream: disk-buffer payload + counters.
+fn emitter<'a>(
+    wal: Option<&'a Wal>,
+    payload: &'a mut Vec<u8>,
+    counters: &'a Counters,
+    cid: &'a [u8],
+    route: &'a [u8],
+    stream: Stream,
+) -> impl FnMut(Encoded<'_>) + 'a {
+    move |e: Encoded<'_>| {
+        if let Some(w) = wal {
+            payload.clear();
+            WalRecord {
+                stream,
+                ts_ms: e.ts_ms,
+                id: e.id,
+                container: cid,
+                route,
+                doc: e.doc,
+            }
+            .encode_into(payload);
+            w.push(payload);
+            counters.records_buffered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Settings of the parser thread.
+#[derive(Debug, Clone)]
+pub struct ParserConfig {
+    /// A line without newline is parsed after this much silence.
+    pub partial_flush: Duration,
+    /// How often checkpoints are saved (after a buffer sync).
+    pub checkpoint_interval: Duration,
+}
+
+/// The running parser thread.
+#[derive(Debug)]
+pub struct Parser {
+    inbox: Arc<Mutex<Vec<ParseJob>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Ctx {
+    cfg: ParserConfig,
+    wals: Vec<Arc<Wal>>,
+    counters: Arc<Counters>,
+    inbox: Arc<Mutex<Vec<ParseJob>>>,
+    stop: Arc<AtomicBool>,
+    jobs: Vec<ParseJob>,
+    buf: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Parser {
+    /// Starts the thread; `wals` are every sink's buffer (synced before checkpoints).
+    pub fn start(
+        cfg: ParserConfig,
+        wals: Vec<Arc<Wal>>,
+        counters: Arc<Counters>,
+    ) -> Result<Parser, String> {
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ctx = Ctx {
+            cfg,
+            wals,
+            counters,
+            inbox: inbox.clone(),
+            stop: stop.clone(),
+            jobs: Vec::new(),
+            buf: vec![0u8; 256 * 1024],
+            payload: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("parser".into())
+            .spawn(move || ctx.run())
+            .map_err(|e| format!("parser thread: {e}"))?;
+        Ok(Parser {
+            inbox,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a container over.
+    pub fn add(&self, job: ParseJob) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+        self.wake();
+    }
+
+    /// New bytes were written.
+    pub fn wake(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+    }
+
+    /// Stops where it is: syncs the buffers and saves every checkpoint (a
+    /// restarted worker parses on from there).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Ctx {
+    fn run(&mut self) {
+        let mut last_checkpoint = Instant::now();
+        let mut last_timers = Instant::now();
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            self.jobs.extend(
+                self.inbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..),
+            );
+            let busy = !stopping && self.parse_round();
+            let mut finishing = false;
+            if last_timers.elapsed() >= TIMERS {
+                finishing = self.timers();
+                last_timers = Instant::now();
+            }
+            if stopping || finishing || last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
+                self.checkpoint(stopping);
+                last_checkpoint = Instant::now();
+            }
+            if stopping {
+                return;
+            }
+            if !busy {
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// One turn of every stream; true if anything was parsed.
+    fn parse_round(&mut self) -> bool {
+        let mut busy = false;
+        for j in &mut self.jobs {
+            // A full buffer (policy `pause`) stops parsing; the reader stops reading.
+            if j.wal.as_ref().is_some_and(|w| w.is_full()) {
+                continue;
+            }
+            for s in &mut j.streams {
+                if s.done {
+                    continue;
+                }
+                let eof = s.shared.eof.load(Ordering::Acquire);
+                let before = s.pipeline.as_ref().map_or(0, |p| p.lines);
+                let mut emit = emitter(
+                    j.wal.as_deref(),
+                    &mut self.payload,
+                    &self.counters,
+                    &j.cid,
+                    &j.route,
+                    s.shared.stream,
+                );
+                match s.parse(&mut self.buf, TURN, eof, &mut emit) {
+                    Ok(n) if n > 0 => {
+                        busy = true;
+                        j.dirty = true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(container = j.key, "reading back: {e}"),
+                }
+                if eof && s.unparsed_in_current() == 0 {
+                    s.poll(true, &mut emit);
+                    s.done = true;
+                    j.dirty = true;
+                }
+                drop(emit);
+                let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
+                self.counters
+                    .lines_read
+                    .fetch_add(after - before, Ordering::Relaxed);
+            }
+            // Commit per turn: the buffer's bound is overshot by one turn at most.
+            if let Some(w) = &j.wal {
+                if let Err(e) = w.commit() {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+        busy
+    }
+
+    /// Partial lines after `partial_flush` of silence, multiline timeouts;
+    /// true if a container finished.
+    fn timers(&mut self) -> bool {
+        let now = mono_ms();
+        let flush_ms = u64::try_from(self.cfg.partial_flush.as_millis()).unwrap_or(u64::MAX);
+        let mut finishing = false;
+        for j in &mut self.jobs {
+            let full = j.wal.as_ref().is_some_and(|w| w.is_full());
+            for s in &mut j.streams {
+                let before = s.pipeline.as_ref().map_or(0, |p| p.lines);
+                let mut emit = emitter(
+                    j.wal.as_deref(),
+                    &mut self.payload,
+                    &self.counters,
+                    &j.cid,
+                    &j.route,
+                    s.shared.stream,
+                );
+                // A line without newline is shipped after `partial_flush` of silence,
+                // but never while bytes wait in the pipe (the reader was held back).
+                let idle = now.saturating_sub(s.shared.last_data_ms.load(Ordering::Relaxed));
+                if !full
+                    && !s.done
+                    && idle >= flush_ms
+                    && !s.shared.pipe_waiting.load(Ordering::Relaxed)
+                    && s.unparsed_in_current() > 0
+                {
+                    let _ = s.parse(&mut self.buf, TURN, true, &mut emit);
+                    j.dirty = true;
+                }
+                s.poll(false, &mut emit);
+                drop(emit);
+                let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
+                self.counters
+                    .lines_read
+                    .fetch_add(after - before, Ordering::Relaxed);
+            }
+            if let Some(w) = &j.wal {
+                let _ = w.commit();
+            }
+            finishing |= j.streams.iter().all(|s| s.done);
+        }
+        finishing
+    }
+
+    /// Records first, then the offsets that point past them; finished
+    /// containers are handed back to the reader.
+    fn checkpoint(&mut self, all: bool) {
+        for w in &self.wals {
+            if let Err(e) = w.commit().and_then(|()| w.sync()) {
+                tracing::error!("{e}");
+            }
+        }
+        for j in &mut self.jobs {
+            if !(j.dirty || all) {
+                continue;
+            }
+            match save_checkpoint(&j.dir, &j.streams) {
+                Ok(()) => {
+                    j.dirty = false;
+                    for s in &j.streams {
+                        let cp = s.checkpoint();
+                        s.shared.saved.store(cp.base + cp.offset, Ordering::Release);
+                    }
+                }
+                Err(e) => tracing::warn!(container = j.key, "checkpoint: {e}"),
+            }
+        }
+        self.jobs.retain(|j| {
+            let done = !j.dirty && j.streams.iter().all(|s| s.done);
+            if done {
+                j.finished.store(true, Ordering::Release);
+            }
+            !done
+        });
+    }
+}
