@@ -307,17 +307,8 @@ fn egress_recreating_the_isolator_leaks_no_bpf_object() {
     let _root = RootGuard(hierarchy("cgroup2").cgroup(&root_name));
     let p = params(&root_name, state.path(), "cgroup2");
     let count = || rein_isolators::egress::bpf::loaded_objects(FILTER_NAME).unwrap();
-    let before = count();
-    drop(isolator(&pair, &p));
-    // The filter holds one program, which holds one map.
-    let installed = count();
-    assert_eq!(installed, (before.0 + 1, before.1 + 1));
-    for _ in 0..20 {
-        let mut iso = isolator(&pair, &p);
-        iso.recover(&[], &[]).unwrap();
-    }
-    // Each new isolator replaces the filter's program (and its map); none piles up.
-    // The kernel frees replaced programs after an RCU grace period: wait a little.
+    // The kernel frees replaced programs and maps after an RCU grace period: counts
+    // are compared once they settle.
     let settled = |want: (usize, usize)| {
         let deadline = Instant::now() + std::time::Duration::from_secs(3);
         while count() != want && Instant::now() < deadline {
@@ -325,6 +316,22 @@ fn egress_recreating_the_isolator_leaks_no_bpf_object() {
         }
         count()
     };
+    // Maps of earlier tests' programs may still be on their way out: wait until every
+    // map left belongs to a live program (each program holds one).
+    let deadline = Instant::now() + std::time::Duration::from_secs(3);
+    while count().1 > count().0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = count();
+    drop(isolator(&pair, &p));
+    // The filter holds one program, which holds one map.
+    let installed = (before.0 + 1, before.1 + 1);
+    assert_eq!(settled(installed), installed);
+    for _ in 0..20 {
+        let mut iso = isolator(&pair, &p);
+        iso.recover(&[], &[]).unwrap();
+    }
+    // Each new isolator replaces the filter's program (and its map); none piles up.
     assert_eq!(settled(installed), installed);
     assert_eq!(filter_lines(&pair), 1);
     // With the namespace (and its device) gone, the program and map go too.
