@@ -100,7 +100,8 @@ fn throughput() {
             // from its checkpoint after a restart); the counters say how far it got.
             let took = t.elapsed().as_secs_f64();
             sh.stop();
-            let r = &sh.counters()["reader"];
+            let all = sh.counters();
+            let r = &all["reader"];
             let read = r["bytes_read"].as_u64().unwrap_or(0) as f64;
             let unparsed = r["unparsed_bytes"].as_u64().unwrap_or(0) as f64;
             notes.push(format!(

@@ -232,6 +232,30 @@ fn lagging_parser_keeps_unparsed_rotated_files_through_kill_9() {
 }
 
 #[test]
+fn eof_while_the_parser_lags_across_rotations_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nrotate_max_bytes = 16KiB\nrotate_keep = 1\nes_timeout = 200ms",
+    );
+    let m = sh.module();
+    let n = 50_000u64;
+    let sandbox = d.path().join("eof");
+    let mut c = run_container(
+        &m,
+        &spec("eof", &sandbox, &[]),
+        &["--lines", &n.to_string(), "--prefix", "eof"],
+    );
+    assert!(c.wait().unwrap().success());
+    // The pipe is closed now; the parser is typically still files behind.
+    sh.wait_idle(Duration::from_secs(60));
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    let dups = assert_buffered(&got, &BTreeMap::from([("eof".to_string(), n)]));
+    assert_eq!(dups, 0);
+}
+
+#[test]
 fn shipper_down_at_prepare_falls_back_to_sandbox_files() {
     let d = tempfile::tempdir().unwrap();
     let m = rein_logger::module::LoggerModule::new(&[

@@ -270,7 +270,7 @@ impl Ctx {
                     Ok(_) => {}
                     Err(e) => tracing::error!(container = j.key, "reading back: {e}"),
                 }
-                if eof && s.unparsed_in_current() == 0 {
+                if eof && s.fully_parsed() {
                     s.poll(true, &mut emit);
                     s.done = true;
                     j.dirty = true;

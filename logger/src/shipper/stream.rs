@@ -552,6 +552,12 @@ impl ParseStream {
         }
     }
 
+    /// True when every byte written so far, in every file, is parsed.
+    pub fn fully_parsed(&self) -> bool {
+        let (end, later_files) = self.end();
+        !later_files && self.off >= end
+    }
+
     /// Emits a multiline record whose timeout passed (or all, with `force`).
     pub fn poll(&mut self, force: bool, out: &mut dyn FnMut(Encoded<'_>)) {
         if let Some(p) = self.pipeline.as_mut() {
