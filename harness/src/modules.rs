@@ -200,36 +200,52 @@ impl Modules {
         }
     }
 
-    /// `usage()` of every isolator, merged like Mesos's `MergeFrom`, with per-isolator errors.
+    /// Asks every isolator the same question; answers and errors per isolator.
+    fn ask_all<T>(
+        &self,
+        call: &str,
+        start: impl Fn(&IsolatorHandle, Box<dyn Completer>),
+        answer: impl Fn(Outcome) -> Result<T, Outcome>,
+    ) -> (Vec<(String, T)>, Vec<CallError>) {
+        let mut answers = Vec::new();
+        let mut errors = Vec::new();
+        for (kind, handle) in &self.isolators {
+            match answer(Self::call_one(handle, &start)) {
+                Ok(value) => answers.push((kind.clone(), value)),
+                Err(other) => errors.push(describe(kind, call, other)),
+            }
+        }
+        (answers, errors)
+    }
+
+    /// `usage()` of every isolator, with per-isolator errors.
     pub fn usage(
         &self,
         container: &ContainerChain,
     ) -> (Vec<(String, StatisticsView)>, Vec<CallError>) {
-        let mut stats = Vec::new();
-        let mut errors = Vec::new();
-        for (kind, handle) in &self.isolators {
-            match Self::call_one(handle, |h, d| h.usage_with(container.clone(), d)) {
-                Outcome::Statistics(s) => stats.push((kind.clone(), s)),
-                other => errors.push(describe(kind, "usage", other)),
-            }
-        }
-        (stats, errors)
+        self.ask_all(
+            "usage",
+            |h, d| h.usage_with(container.clone(), d),
+            |o| match o {
+                Outcome::Statistics(s) => Ok(s),
+                other => Err(other),
+            },
+        )
     }
 
-    /// `status()` of every isolator.
+    /// `status()` of every isolator, with per-isolator errors.
     pub fn status(
         &self,
         container: &ContainerChain,
     ) -> (Vec<(String, StatusView)>, Vec<CallError>) {
-        let mut out = Vec::new();
-        let mut errors = Vec::new();
-        for (kind, handle) in &self.isolators {
-            match Self::call_one(handle, |h, d| h.status_with(container.clone(), d)) {
-                Outcome::Status(s) => out.push((kind.clone(), s)),
-                other => errors.push(describe(kind, "status", other)),
-            }
-        }
-        (out, errors)
+        self.ask_all(
+            "status",
+            |h, d| h.status_with(container.clone(), d),
+            |o| match o {
+                Outcome::Status(s) => Ok(s),
+                other => Err(other),
+            },
+        )
     }
 
     /// `cleanup()` in reverse order; every isolator is cleaned even if one fails
