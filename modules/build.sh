@@ -65,7 +65,9 @@ for d in "${extra[@]}"; do [[ -n "$d" ]] && add_include "$d"; done
 abi_flag=()
 libmesos="$(ls "$MESOS_HOME"/lib/libmesos.so "$MESOS_HOME"/lib/libmesos-*.so 2>/dev/null | head -1 || true)"
 if [[ -n "$libmesos" ]]; then
-  if nm -D --defined-only "$libmesos" | grep -q '__cxx11'; then abi=1; else abi=0; fi
+  # (grep -c reads everything: grep -q would end the pipe early and, with pipefail,
+  # turn a match into a failure.)
+  if [[ "$(nm -D --defined-only "$libmesos" | grep -c '__cxx11')" != 0 ]]; then abi=1; else abi=0; fi
   abi_flag=("-D_GLIBCXX_USE_CXX11_ABI=$abi")
   if [[ "$abi" == 0 ]]; then
     # The staticlib's own C++ (cxx's runtime and bridge) must match too.
