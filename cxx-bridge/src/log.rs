@@ -34,6 +34,9 @@ pub fn install_log_sink(sink: UniquePtr<LogSink>) {
         .with_writer(GlogWriter)
         .finish();
     let _ = tracing::subscriber::set_global_default(subscriber);
+    // A panic is caught and becomes a failed call; its report belongs in the agent's
+    // log with the span naming the container, not on the agent's stderr.
+    std::panic::set_hook(Box::new(|info| tracing::error!("rein: {info}")));
 }
 
 #[derive(Clone, Copy)]
