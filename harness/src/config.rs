@@ -20,6 +20,10 @@ pub struct IsolatorConfig {
 pub struct Config {
     /// Where the harness and the isolators keep their state.
     pub state_dir: PathBuf,
+    /// Where sandboxes are made (a disk-backed filesystem, as the agent's work_dir, so
+    /// that disk and block I/O isolation have a real device to work on).
+    #[serde(default = "default_sandbox_dir")]
+    pub sandbox_dir: PathBuf,
     /// Isolators, in `--isolation` order.
     pub isolators: Vec<IsolatorConfig>,
     /// The container logger's module parameters; absent: output goes to the terminal.
@@ -51,6 +55,10 @@ pub const DEFAULT: &str = r#"{
         ["allowed_modes", "account,enforce,kill"] ] }
   ]
 }"#;
+
+fn default_sandbox_dir() -> PathBuf {
+    PathBuf::from("/var/lib/rein-run/sandboxes")
+}
 
 impl Config {
     /// Loads a file, or the embedded default.
@@ -87,6 +95,7 @@ impl Config {
     /// Overrides the state directory (tests, unprivileged runs).
     pub fn with_state_dir(mut self, dir: &Path) -> Self {
         self.state_dir = dir.to_owned();
+        self.sandbox_dir = dir.join("sandboxes");
         for iso in &mut self.isolators {
             iso.parameters.retain(|(k, _)| k != "state_dir");
         }

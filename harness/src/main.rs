@@ -212,7 +212,7 @@ fn launch(
     let sandbox = options
         .sandbox
         .clone()
-        .unwrap_or_else(|| config.state_dir.join("sandboxes").join(id.file_name()));
+        .unwrap_or_else(|| config.sandbox_dir.join(id.file_name()));
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| format!("creating sandbox {}: {e}", sandbox.display()))?;
     let view = config_view(options, &chain, &sandbox);

@@ -412,7 +412,13 @@ impl Isolator for NetClsIsolator {
         }
         let shape = match &self.egress {
             Some(e) => e.params.shape_for(&config, spec.resources.cpus)?,
-            None => None,
+            None => {
+                if let Some((key, setting)) = config.group("net").next() {
+                    // Not an error: the operator chose not to shape this agent.
+                    warn!(container = %spec.id, "{} asks for egress shaping ({key}), which is off on this agent (egress_shaping=false)", setting.origin);
+                }
+                None
+            }
         };
         let handle = self.allocator.allocate()?;
         let record = match self.setup(&spec.id, handle, shape) {
