@@ -36,9 +36,10 @@ fn setup(name: &str) -> Setup {
     fs::write(
         &config,
         format!(
-            r#"{{"state_dir": "{}", "isolators": [{{"kind": "net_cls", "parameters": [
+            r#"{{"state_dir": "{}", "sandbox_dir": "{}", "isolators": [{{"kind": "net_cls", "parameters": [
                 ["net_cls_primary_handle", "0xe"], ["mount_net_cls", "true"], ["cgroups_root", "{root}"]]}}]}}"#,
-            state.display()
+            state.display(),
+            dir.path().join("sandboxes").display()
         ),
     )
     .unwrap();
