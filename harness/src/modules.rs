@@ -51,32 +51,16 @@ impl Modules {
     pub fn load(config: &Config, strict: bool) -> Result<Self, String> {
         let mut isolators = Vec::new();
         for iso in &config.isolators {
-            let params: Vec<KeyValue> = iso
-                .parameters
-                .iter()
-                .map(|(key, value)| KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect();
-            match rein_modules::create_isolator(&iso.kind, &params) {
+            match rein_modules::create_isolator(&iso.kind, &key_values(&iso.parameters)) {
                 Ok(handle) => isolators.push((iso.kind.clone(), *handle)),
                 Err(err) if strict => return Err(err),
                 Err(err) => eprintln!("rein-run: isolator {} is not available: {err}", iso.kind),
             }
         }
         let logger = match &config.logger {
-            Some(logger) => {
-                let params: Vec<KeyValue> = logger
-                    .parameters
-                    .iter()
-                    .map(|(key, value)| KeyValue {
-                        key: key.clone(),
-                        value: value.clone(),
-                    })
-                    .collect();
-                Some(*rein_modules::create_logger(&params)?)
-            }
+            Some(logger) => Some(*rein_modules::create_logger(&key_values(
+                &logger.parameters,
+            ))?),
             None => None,
         };
         let (limits_tx, limits_rx) = mpsc::channel();
@@ -260,6 +244,17 @@ impl Modules {
         }
         errors
     }
+}
+
+/// Module parameters as the bridge takes them.
+fn key_values(pairs: &[(String, String)]) -> Vec<KeyValue> {
+    pairs
+        .iter()
+        .map(|(key, value)| KeyValue {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }
 
 struct Tagged(String, mpsc::Sender<(String, Outcome)>);
