@@ -128,6 +128,22 @@ pub(crate) fn deliver(done: Box<dyn Completer>, outcome: Outcome) {
     }
 }
 
+/// Runs a module's constructor; a panic or an error becomes the message the shim
+/// reports to the agent, prefixed with the module's name.
+pub(crate) fn construct<T>(
+    name: &str,
+    build: impl FnOnce() -> Result<T, String> + std::panic::UnwindSafe,
+) -> Result<T, String> {
+    catch_unwind(build)
+        .map_err(|panic| {
+            format!(
+                "rein {name}: panicked while starting: {}",
+                panic_message(&*panic)
+            )
+        })?
+        .map_err(|err| format!("rein {name}: {err}"))
+}
+
 /// The text of a panic payload.
 pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     panic

@@ -5,7 +5,7 @@ use cxx::UniquePtr;
 use rein_core::isolator::{Error, LimitationNotifier};
 use rein_core::Isolator;
 
-use crate::actor::{deliver, error_chain, Actor, Completer, CxxCompleter, Outcome};
+use crate::actor::{construct, deliver, error_chain, Actor, Completer, CxxCompleter, Outcome};
 use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
 };
@@ -20,13 +20,9 @@ pub struct IsolatorHandle {
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
 pub fn create_isolator(kind: &str, parameters: &[KeyValue]) -> Result<Box<IsolatorHandle>, String> {
     let params = convert::key_values(parameters);
-    let created = std::panic::catch_unwind(|| build(kind, &params)).map_err(|panic| {
-        format!(
-            "rein {kind}: panicked while starting: {}",
-            crate::actor::panic_message(&*panic)
-        )
+    let isolator = construct(kind, || {
+        build(kind, &params).map_err(|err| error_chain(&*err))
     })?;
-    let isolator = created.map_err(|err| format!("rein {kind}: {}", error_chain(&*err)))?;
     IsolatorHandle::start(isolator)
         .map(Box::new)
         .map_err(|e| format!("rein {kind}: starting its thread: {e}"))

@@ -5,7 +5,7 @@ use std::os::fd::IntoRawFd;
 use cxx::UniquePtr;
 use rein_logger::module::LoggerModule;
 
-use crate::actor::{error_chain, panic_message, Actor, Completer, CxxCompleter, Outcome};
+use crate::actor::{construct, error_chain, Actor, Completer, CxxCompleter, Outcome};
 use crate::bridge::ffi::{Completion, ContainerConfigView, ContainerIoView, KeyValue};
 use crate::convert;
 
@@ -18,14 +18,9 @@ pub struct LoggerHandle {
 /// Creates the logger; a bad parameter is an error the shim reports to the agent.
 pub fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>, String> {
     let params = convert::key_values(parameters);
-    let module = std::panic::catch_unwind(|| LoggerModule::new(&params))
-        .map_err(|panic| {
-            format!(
-                "rein logger: panicked while starting: {}",
-                panic_message(&*panic)
-            )
-        })?
-        .map_err(|err| format!("rein logger: {}", error_chain(&err)))?;
+    let module = construct("logger", || {
+        LoggerModule::new(&params).map_err(|err| error_chain(&err))
+    })?;
     let actor = Actor::spawn("logger", Box::new(module))
         .map_err(|e| format!("rein logger: starting its thread: {e}"))?;
     Ok(Box::new(LoggerHandle { actor }))
