@@ -73,9 +73,7 @@ fn run(options: Options) -> Result<ExitCode, String> {
         Command::Run { argv } => launch(&modules, &records, &config, &options, argv),
         Command::Wait { id } => {
             let record = find(&live, id)?;
-            let chain = ContainerChain {
-                ids: record.chain.clone(),
-            };
+            let chain = record.container();
             modules.watch(&chain);
             supervise(&modules, &records, &options, record, None)
         }
@@ -116,32 +114,20 @@ fn recover(modules: &Modules, records: &StateStore) -> Result<Vec<ContainerRecor
     let live_views: Vec<RecoveredView> = live
         .iter()
         .map(|r| RecoveredView {
-            container: ContainerChain {
-                ids: r.chain.clone(),
-            },
+            container: r.container(),
             pid: r.pid,
             directory: r.sandbox.to_string_lossy().into_owned(),
         })
         .collect();
-    let orphans: Vec<ContainerChain> = dead
-        .iter()
-        .map(|r| ContainerChain {
-            ids: r.chain.clone(),
-        })
-        .collect();
+    let orphans: Vec<ContainerChain> = dead.iter().map(ContainerRecord::container).collect();
     modules.recover(&live_views, &orphans)?;
     for record in &dead {
-        let chain = ContainerChain {
-            ids: record.chain.clone(),
-        };
-        for e in modules.cleanup(&chain) {
+        for e in cleanup(modules, records, record)? {
             eprintln!(
                 "rein-run: cleaning up orphan {}: {e}",
                 record.chain.join(".")
             );
         }
-        let id = rein_core::ContainerId::new(record.chain.clone()).map_err(|e| e.to_string())?;
-        records.remove(&id).map_err(|e| e.to_string())?;
         eprintln!(
             "rein-run: cleaned up orphan container {}",
             record.chain.join(".")
@@ -218,8 +204,12 @@ fn launch(
     let view = config_view(options, &chain, &sandbox);
     let container = view.container.clone();
 
-    let environment = match modules.prepare(&view) {
-        Ok(env) => env,
+    // The logger comes last, as Mesos's IOSwitchboard does.
+    let prepared = modules
+        .prepare(&view)
+        .and_then(|env| Ok((env, modules.logger_prepare(&view)?)));
+    let (environment, stdio) = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => {
             // As the agent does for a failed launch: clean up what was prepared.
             modules.cleanup(&container);
@@ -227,19 +217,13 @@ fn launch(
             return Ok(ExitCode::from(3));
         }
     };
-    // The logger comes last, as Mesos's IOSwitchboard does.
-    let stdio = match modules.logger_prepare(&view) {
-        // A detached container must not hold the harness's terminal or pipes:
-        // without a logger its output goes to the sandbox files, as in Mesos.
-        Ok(None) if options.detach => {
+    // A detached container must not hold the harness's terminal or pipes: without a
+    // logger its output goes to the sandbox files, as in Mesos.
+    let stdio = match stdio {
+        None if options.detach => {
             Some(process::Stdio::sandbox_files(&sandbox).map_err(|e| e.to_string())?)
         }
-        Ok(stdio) => stdio,
-        Err(e) => {
-            modules.cleanup(&container);
-            eprintln!("rein-run: launch of {id} failed: {e}");
-            return Ok(ExitCode::from(3));
-        }
+        stdio => stdio,
     };
     let mut env = environment;
     env.extend(options.env.iter().cloned());
@@ -333,12 +317,8 @@ fn finish(
     outcome: &str,
 ) -> Result<ExitCode, String> {
     print_report(modules, options, &record);
-    let chain = ContainerChain {
-        ids: record.chain.clone(),
-    };
-    let errors = modules.cleanup(&chain);
-    let id = rein_core::ContainerId::new(record.chain.clone()).map_err(|e| e.to_string())?;
-    records.remove(&id).map_err(|e| e.to_string())?;
+    let errors = cleanup(modules, records, &record)?;
+    let id = record.chain.join(".");
     eprintln!("rein-run: container {id} {outcome}; cleaned up");
     for e in &errors {
         eprintln!("rein-run: {e}");
@@ -350,10 +330,20 @@ fn finish(
     })
 }
 
+/// Cleans a container up in every isolator (all are tried; their errors are
+/// returned) and forgets it.
+fn cleanup(
+    modules: &Modules,
+    records: &StateStore,
+    record: &ContainerRecord,
+) -> Result<Vec<modules::CallError>, String> {
+    let errors = modules.cleanup(&record.container());
+    records.remove(&record.id()?).map_err(|e| e.to_string())?;
+    Ok(errors)
+}
+
 fn print_report(modules: &Modules, options: &Options, record: &ContainerRecord) {
-    let chain = ContainerChain {
-        ids: record.chain.clone(),
-    };
+    let chain = record.container();
     let (status, status_errors) = modules.status(&chain);
     let (usage, usage_errors) = modules.usage(&chain);
     let errors: Vec<String> = status_errors.into_iter().chain(usage_errors).collect();

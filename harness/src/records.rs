@@ -21,6 +21,18 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// The id chain as the bridge takes it.
+    pub fn container(&self) -> rein_modules::ContainerChain {
+        rein_modules::ContainerChain {
+            ids: self.chain.clone(),
+        }
+    }
+
+    /// The container id.
+    pub fn id(&self) -> Result<rein_core::ContainerId, String> {
+        rein_core::ContainerId::new(self.chain.clone()).map_err(|e| e.to_string())
+    }
+
     /// Whether the container's process is still the one we started.
     pub fn is_alive(&self) -> bool {
         self.start_time.is_some() && crate::process::start_time(self.pid) == self.start_time
