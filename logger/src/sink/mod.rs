@@ -8,6 +8,9 @@ pub mod es;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod kafka_config;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod redis_config;
 
 use std::sync::atomic::AtomicU64;
 

@@ -1,0 +1,387 @@
+//! The Redis Streams sink: each record is appended with `XADD` to its stream
+//! (the task's `log.redis_stream` or the operator's `redis_stream`), fields
+//! `id`, `container`, `stream`, `doc`.
+//!
+//! No duplicates on a resend: one Lua script per batch (one round trip)
+//! adds a record only if its marker `<prefix>:<record id>` is absent and
+//! then sets the marker with a TTL; a script runs atomically, so a batch
+//! resent after a lost reply, a timeout or a worker restart is recognised
+//! record by record. The script stops at the first error that retrying may
+//! cure (OOM, a failover's READONLY...), so the records after it are resent
+//! in order; `WRONGTYPE` on a stream key can never succeed: those records go
+//! to the dead-letter file and the script goes on. Nothing is given up by
+//! timeout: until every record of a batch is stored or dead-lettered the
+//! batch stays in the disk buffer and is sent again after a backoff.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, ConnectionAddr, IntoConnectionInfo, Script, Value};
+
+use super::backoff::Backoff;
+use super::deadletter::DeadLetter;
+use super::SinkStats;
+use crate::wal::{Batch, Wal};
+use crate::walrec::WalRecord;
+
+use super::redis_config::read_auth;
+pub use super::redis_config::RedisConfig;
+
+/// KEYS: per record its marker and its stream key. ARGV: ttl seconds, maxlen
+/// (0: no trimming), then per record id, container, stream name, document.
+/// Returns one entry per record handled: 1 added, 0 already there, or the
+/// error text; it stops after the first error other than WRONGTYPE.
+const SCRIPT: &str = r"
+local ttl = ARGV[1]
+local maxlen = tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local marker, key = KEYS[2 * i - 1], KEYS[2 * i]
+  local a = 2 + 4 * (i - 1)
+  if redis.call('EXISTS', marker) == 1 then
+    out[i] = 0
+  else
+    local r
+    if maxlen > 0 then
+      r = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, '*',
+        'id', ARGV[a + 1], 'container', ARGV[a + 2], 'stream', ARGV[a + 3], 'doc', ARGV[a + 4])
+    else
+      r = redis.pcall('XADD', key, '*',
+        'id', ARGV[a + 1], 'container', ARGV[a + 2], 'stream', ARGV[a + 3], 'doc', ARGV[a + 4])
+    end
+    if type(r) == 'table' and r.err then
+      out[i] = r.err
+      if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' then
+        return out
+      end
+    else
+      redis.call('SET', marker, r, 'EX', ttl)
+      out[i] = 1
+    end
+  end
+end
+return out
+";
+
+/// What Redis answered for one record.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Added,
+    Duplicate,
+    /// Refused for good (the reason).
+    Refused(String),
+    /// Refused for now (the reason); resent after a backoff.
+    Later(String),
+    /// Not handled (the script stopped before it).
+    NotReached,
+}
+
+/// Maps the script's answer to one outcome per record.
+fn outcomes(v: &Value, n: usize) -> Vec<Outcome> {
+    let items: &[Value] = match v {
+        Value::Array(a) => a,
+        _ => &[],
+    };
+    let mut out: Vec<Outcome> = items
+        .iter()
+        .take(n)
+        .map(|x| match x {
+            Value::Int(1) => Outcome::Added,
+            Value::Int(0) => Outcome::Duplicate,
+            Value::BulkString(b) => {
+                let reason = String::from_utf8_lossy(b).into_owned();
+                if reason.starts_with("WRONGTYPE") {
+                    Outcome::Refused(reason)
+                } else {
+                    Outcome::Later(reason)
+                }
+            }
+            other => Outcome::Later(format!("unexpected answer {other:?}")),
+        })
+        .collect();
+    out.resize_with(n, || Outcome::NotReached);
+    out
+}
+
+/// The Redis Streams sink.
+pub struct RedisSink {
+    cfg: RedisConfig,
+    script: Script,
+    conn: Option<Connection>,
+    dead: DeadLetter,
+    backoff: Backoff,
+    /// Counters.
+    pub stats: Arc<SinkStats>,
+}
+
+impl std::fmt::Debug for RedisSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSink")
+            .field("url", &self.cfg.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSink {
+    /// Checks the settings (no connection is made yet).
+    pub fn new(cfg: RedisConfig, stats: Arc<SinkStats>) -> Result<RedisSink, String> {
+        let info = cfg
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| format!("redis_url `{}`: {e}", cfg.url))?;
+        if matches!(info.addr(), ConnectionAddr::Unix(_)) {
+            return Err(format!(
+                "redis_url `{}`: only redis:// and rediss:// are supported",
+                cfg.url
+            ));
+        }
+        Ok(RedisSink {
+            dead: DeadLetter::new(&cfg.dead_letter),
+            backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
+            script: Script::new(SCRIPT),
+            conn: None,
+            cfg,
+            stats,
+        })
+    }
+
+    /// A new connection with the current credentials and timeouts.
+    fn connect(&self) -> Result<Connection, String> {
+        let mut info = self
+            .cfg
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        if let Some(path) = &self.cfg.auth_file {
+            let auth = read_auth(path)?;
+            let mut r = info.redis_settings().clone().set_password(&auth.password);
+            if let Some(u) = &auth.user {
+                r = r.set_username(u);
+            }
+            info = info.set_redis_settings(r);
+        }
+        let client = match &self.cfg.ca_file {
+            Some(ca) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+                Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            _ => Client::open(info),
+        }
+        .map_err(|e| e.to_string())?;
+        let conn = client
+            .get_connection_with_timeout(self.cfg.timeout)
+            .map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(self.cfg.timeout))
+            .and_then(|()| conn.set_write_timeout(Some(self.cfg.timeout)))
+            .map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    /// Ships batches from `wal` until `stop` is set.
+    pub fn run(&mut self, wal: &Wal, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let batch = match wal.read_batch(
+                self.cfg.batch_records,
+                self.cfg.batch_bytes,
+                Duration::from_millis(200),
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("redis sink: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            if self.ship(&batch, stop) {
+                if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
+                    tracing::error!("redis sink: {e}");
+                }
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// Sends one batch until every record is stored (or was already) or
+    /// dead-lettered; false if stopped first (the batch is then sent again
+    /// after a restart, and recognised).
+    pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> bool {
+        let recs: Vec<Option<WalRecord<'_>>> = batch.iter().map(WalRecord::decode).collect();
+        let mut pending: Vec<usize> = Vec::with_capacity(recs.len());
+        for (i, r) in recs.iter().enumerate() {
+            if r.is_some() {
+                pending.push(i);
+            } else {
+                self.dead.add(
+                    "redis",
+                    "",
+                    b"",
+                    0,
+                    b"undecodable disk-buffer record",
+                    batch.get(i),
+                );
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let ttl = self.cfg.dedup_ttl.as_secs().max(1);
+        let maxlen = self.cfg.maxlen.unwrap_or(0);
+        while !pending.is_empty() {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let answer = match self.send(&recs, &pending, ttl, maxlen) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
+                    self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .retried
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    self.pause(stop);
+                    continue;
+                }
+            };
+            let mut again = Vec::new();
+            let mut reason = None;
+            for (&i, o) in pending.iter().zip(outcomes(&answer, pending.len())) {
+                match o {
+                    Outcome::Added => {
+                        self.stats.shipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Outcome::Duplicate => {
+                        self.stats.shipped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Outcome::Refused(why) => {
+                        if let Some(r) = recs[i] {
+                            let target = self.stream_of(&r).to_string();
+                            self.dead
+                                .add("redis", &target, r.id, 0, why.as_bytes(), r.doc);
+                        }
+                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Outcome::Later(why) => {
+                        reason = Some(why);
+                        again.push(i);
+                    }
+                    Outcome::NotReached => again.push(i),
+                }
+            }
+            pending = again;
+            if pending.is_empty() {
+                self.backoff.reset();
+            } else {
+                tracing::warn!(
+                    "redis sink: {} records refused for now ({}); will resend",
+                    pending.len(),
+                    reason.as_deref().unwrap_or("no answer")
+                );
+                self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .retried
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                self.pause(stop);
+            }
+        }
+        while let Err(e) = self.dead.flush() {
+            tracing::error!("dead-letter file {}: {e}", self.dead.path().display());
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        true
+    }
+
+    /// One script call for the `pending` records (connecting first if needed).
+    /// A transport error drops the connection: its state is unknown.
+    fn send(
+        &mut self,
+        recs: &[Option<WalRecord<'_>>],
+        pending: &[usize],
+        ttl: u64,
+        maxlen: u64,
+    ) -> Result<Value, String> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect()?);
+        }
+        let mut call = self.script.prepare_invoke();
+        call.arg(ttl).arg(maxlen);
+        for &i in pending {
+            let Some(r) = recs[i] else { continue };
+            let mut marker = Vec::with_capacity(self.cfg.dedup_prefix.len() + 1 + r.id.len());
+            marker.extend_from_slice(self.cfg.dedup_prefix.as_bytes());
+            marker.push(b':');
+            marker.extend_from_slice(r.id);
+            call.key(marker)
+                .key(self.stream_of(&r).as_bytes())
+                .arg(r.id)
+                .arg(r.container)
+                .arg(r.stream.name())
+                .arg(r.doc);
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let conn = self.conn.as_mut().expect("connected above");
+        match call.invoke::<Value>(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    self.conn = None;
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn stream_of<'r>(&'r self, r: &WalRecord<'r>) -> &'r str {
+        if r.route.is_empty() {
+            &self.cfg.stream
+        } else {
+            std::str::from_utf8(r.route).unwrap_or(&self.cfg.stream)
+        }
+    }
+
+    /// Sleeps one backoff delay (shorter if stopped).
+    fn pause(&mut self, stop: &AtomicBool) {
+        let end = Instant::now() + self.backoff.next_delay();
+        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_map_to_outcomes() {
+        let v = Value::Array(vec![
+            Value::Int(1),
+            Value::Int(0),
+            Value::BulkString(b"WRONGTYPE Operation against a key".to_vec()),
+            Value::BulkString(b"OOM command not allowed".to_vec()),
+        ]);
+        let o = outcomes(&v, 5);
+        assert_eq!(o[0], Outcome::Added);
+        assert_eq!(o[1], Outcome::Duplicate);
+        assert!(matches!(&o[2], Outcome::Refused(r) if r.starts_with("WRONGTYPE")));
+        assert!(matches!(&o[3], Outcome::Later(r) if r.starts_with("OOM")));
+        assert_eq!(o[4], Outcome::NotReached);
+        assert!(outcomes(&Value::Nil, 2)
+            .iter()
+            .all(|o| *o == Outcome::NotReached));
+    }
+}
