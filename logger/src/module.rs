@@ -22,6 +22,7 @@ use rein_core::params::{ParamError, Params};
 use crate::proto::{self, ContainerOptions, MultilineSpec, Registration, SinkKind};
 use crate::record::SourceMeta;
 use crate::sink::es::validate_index;
+use crate::sink::redis_config::validate_stream;
 
 /// Default path of the shipper's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
@@ -34,6 +35,7 @@ pub const PARAMS: &[&str] = &[
     "allowed_sinks",
     "allowed_index_prefixes",
     "allowed_topic_prefixes",
+    "allowed_redis_stream_prefixes",
     "default_rate_limit",
     "max_rate_limit",
     "multiline_max_lines",
@@ -88,6 +90,8 @@ pub struct ModuleConfig {
     pub index_prefixes: Vec<String>,
     /// `allowed_topic_prefixes`: a task's `log.topic` must start with one (empty: any).
     pub topic_prefixes: Vec<String>,
+    /// `allowed_redis_stream_prefixes`: a task's `log.redis_stream` must start with one (empty: any).
+    pub redis_stream_prefixes: Vec<String>,
     /// `default_rate_limit`: bytes/s per container when the task sets none (0: unlimited).
     pub default_rate_limit: u64,
     /// `max_rate_limit`: cap of `log.rate_limit` (none by default).
@@ -107,7 +111,8 @@ impl ModuleConfig {
     pub fn from_params(pairs: &[(String, String)]) -> Result<Self, LoggerError> {
         let p = Params::new(pairs, PARAMS)?;
         let sink = |name: &str, v: &str| {
-            SinkKind::parse(v).ok_or_else(|| p.error(name, "expected elasticsearch, kafka or none"))
+            SinkKind::parse(v)
+                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis or none"))
         };
         let default_sink = sink(
             "default_sink",
@@ -135,6 +140,7 @@ impl ModuleConfig {
             allowed_sinks,
             index_prefixes: p.list("allowed_index_prefixes"),
             topic_prefixes: p.list("allowed_topic_prefixes"),
+            redis_stream_prefixes: p.list("allowed_redis_stream_prefixes"),
             default_rate_limit: p.byte_rate("default_rate_limit")?.unwrap_or(0),
             max_rate_limit: p.byte_rate("max_rate_limit")?,
             ml_max_lines: p.u64("multiline_max_lines")?.unwrap_or(500),
@@ -178,6 +184,14 @@ impl ModuleConfig {
                 return Err(s.error("a topic has 1 to 249 of [a-zA-Z0-9._-]"));
             }
             check_prefix(&s.raw, &self.topic_prefixes).map_err(|e| s.error(e))?;
+            route = s.raw.clone();
+        }
+        if let Some(s) = cfg
+            .get("log.redis_stream")
+            .filter(|_| sink == SinkKind::Redis)
+        {
+            validate_stream(&s.raw).map_err(|e| s.error(e))?;
+            check_prefix(&s.raw, &self.redis_stream_prefixes).map_err(|e| s.error(e))?;
             route = s.raw.clone();
         }
         let pattern = cfg.get("log.multiline.pattern");

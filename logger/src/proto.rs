@@ -24,6 +24,8 @@ pub enum SinkKind {
     Elasticsearch,
     /// Kafka.
     Kafka,
+    /// Redis Streams.
+    Redis,
     /// Sandbox files only.
     None,
 }
@@ -34,6 +36,7 @@ impl SinkKind {
         match s {
             "elasticsearch" => Some(SinkKind::Elasticsearch),
             "kafka" => Some(SinkKind::Kafka),
+            "redis" => Some(SinkKind::Redis),
             "none" => Some(SinkKind::None),
             _ => None,
         }
@@ -44,6 +47,7 @@ impl SinkKind {
         match self {
             SinkKind::Elasticsearch => "elasticsearch",
             SinkKind::Kafka => "kafka",
+            SinkKind::Redis => "redis",
             SinkKind::None => "none",
         }
     }

@@ -6,7 +6,7 @@ use super::{KeySpec, Kind};
 pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "log.sink",
-        kind: Kind::Enum(&["elasticsearch", "kafka", "none"]),
+        kind: Kind::Enum(&["elasticsearch", "kafka", "redis", "none"]),
         help: "Where the container's records go (within the sinks the operator allows); \
                `none` keeps only the sandbox files.",
     },
@@ -21,6 +21,12 @@ pub const KEYS: &[KeySpec] = &[
         key: "log.topic",
         kind: Kind::Text(128),
         help: "Kafka topic for this container (within the operator's allowed prefixes).",
+    },
+    KeySpec {
+        key: "log.redis_stream",
+        kind: Kind::Text(128),
+        help: "Redis stream key for this container (`[a-zA-Z0-9._:-]`, within the \
+               operator's allowed prefixes).",
     },
     KeySpec {
         key: "log.multiline",

@@ -10,6 +10,7 @@ use crate::http::Url;
 use crate::record::EncodeOptions;
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
+use crate::sink::redis_config::{validate_stream, RedisConfig};
 use crate::wal::FullPolicy;
 
 /// Every setting of the shipper (see the README).
@@ -48,6 +49,18 @@ pub const KEYS: &[&str] = &[
     "kafka_backoff_max",
     "kafka_dead_letter",
     "kafka_properties",
+    "redis_url",
+    "redis_stream",
+    "redis_batch_records",
+    "redis_batch_bytes",
+    "redis_dedup_ttl",
+    "redis_dedup_prefix",
+    "redis_maxlen",
+    "redis_auth_file",
+    "redis_ca_file",
+    "redis_timeout",
+    "redis_backoff_max",
+    "redis_dead_letter",
     "cgroup",
     "cgroup_root",
     "cgroup_memory_max",
@@ -89,6 +102,8 @@ pub struct ShipperConfig {
     pub es: Option<EsConfig>,
     /// `kafka_*`: the Kafka sink, if `kafka_brokers` is set.
     pub kafka: Option<KafkaConfig>,
+    /// `redis_*`: the Redis Streams sink, if `redis_url` is set.
+    pub redis: Option<RedisConfig>,
     /// `cgroup`: name of the cgroup the shipper moves into (created under
     /// `cgroup_root`, in each v1 hierarchy or the v2 tree; none by default).
     pub cgroup: Option<String>,
@@ -224,8 +239,57 @@ impl ShipperConfig {
                 })
             }
         };
+        let redis = match p.raw("redis_url") {
+            None => None,
+            Some(u) => {
+                if !cfg!(feature = "redis") {
+                    return Err(p.error(
+                        "redis_url",
+                        "this shipper was built without the redis feature",
+                    ));
+                }
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(p.error("redis_url", "expected redis://HOST:PORT or rediss://"));
+                }
+                let stream = p
+                    .string("redis_stream")
+                    .unwrap_or_else(|| "rein-logs".into());
+                validate_stream(&stream).map_err(|e| p.error("redis_stream", e))?;
+                let dedup_prefix = p
+                    .string("redis_dedup_prefix")
+                    .unwrap_or_else(|| "rein:dedup".into());
+                validate_stream(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
+                let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+                Some(RedisConfig {
+                    url: u.to_string(),
+                    stream,
+                    batch_records: to_usize(p.u64("redis_batch_records")?.unwrap_or(1000).max(1)),
+                    batch_bytes: to_usize(
+                        p.bytes("redis_batch_bytes")?.unwrap_or(4 << 20).max(1024),
+                    ),
+                    dedup_ttl: p
+                        .duration("redis_dedup_ttl")?
+                        .unwrap_or(Duration::from_secs(3600))
+                        .max(Duration::from_secs(1)),
+                    dedup_prefix,
+                    maxlen: p.u64("redis_maxlen")?.filter(|n| *n > 0),
+                    auth_file: p.path("redis_auth_file")?,
+                    ca_file: p.path("redis_ca_file")?,
+                    timeout: p
+                        .duration("redis_timeout")?
+                        .unwrap_or(Duration::from_secs(10)),
+                    backoff_max: p
+                        .duration("redis_backoff_max")?
+                        .unwrap_or(Duration::from_secs(30)),
+                    dead_letter: p
+                        .path("redis_dead_letter")?
+                        .unwrap_or_else(|| state_dir.join("dead-letter/redis.ndjson")),
+                })
+            }
+        };
         Ok(ShipperConfig {
             kafka,
+            redis,
             socket: p
                 .path("socket")?
                 .unwrap_or_else(|| crate::module::DEFAULT_SOCKET.into()),
@@ -287,5 +351,26 @@ mod tests {
             .contains("es_urll"));
         let bad = parse_pairs("es_url = http://x\nes_index = Bad/Index\n");
         assert!(ShipperConfig::from_pairs(&bad).is_err());
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_settings() {
+        let pairs = parse_pairs(
+            "state_dir = /s\nredis_url = redis://127.0.0.1:6379/2\nredis_maxlen = 100000\nredis_dedup_ttl = 2h\n",
+        );
+        let r = ShipperConfig::from_pairs(&pairs).unwrap().redis.unwrap();
+        assert_eq!(r.stream, "rein-logs");
+        assert_eq!(r.maxlen, Some(100_000));
+        assert_eq!(r.dedup_ttl, Duration::from_secs(7200));
+        assert_eq!(r.dead_letter, PathBuf::from("/s/dead-letter/redis.ndjson"));
+        for bad in [
+            "redis_url = http://x\n",
+            "redis_url = redis://x\nredis_stream = a b\n",
+            "redis_url = redis://x\nredis_maxlen = lots\n",
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
+            assert!(e.to_string().contains("redis_"), "{e}");
+        }
     }
 }

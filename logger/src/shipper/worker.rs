@@ -187,6 +187,16 @@ impl Worker {
                 start_sink("kafka-sink", wal, stats, move |w, s| sink.run(w, s))?,
             ));
         }
+        #[cfg(feature = "redis")]
+        if let Some(r_cfg) = &cfg.redis {
+            let wal = open_buffer(&cfg, "redis")?;
+            let stats = Arc::new(SinkStats::default());
+            let mut sink = crate::sink::redis::RedisSink::new(r_cfg.clone(), stats.clone())?;
+            sinks.push((
+                SinkKind::Redis,
+                start_sink("redis-sink", wal, stats, move |w, s| sink.run(w, s))?,
+            ));
+        }
         let counters = Arc::new(Counters::default());
         let parser = Parser::start(
             ParserConfig {
