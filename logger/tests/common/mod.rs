@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis_server;
 pub mod shipper;
 
 use std::io::Read;
