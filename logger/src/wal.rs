@@ -350,15 +350,39 @@ impl Wal {
             self.more.notify_all();
         }
         if g.unsynced && g.last_sync.elapsed() >= self.cfg.fsync_interval {
-            self.sync_locked(&mut g)?;
+            return self.sync_unlocked(g);
         }
         Ok(())
     }
 
     /// `fdatasync`s appended data now (before a reader checkpoint is saved).
     pub fn sync(&self) -> Result<(), WalError> {
-        let mut g = self.lock();
-        self.sync_locked(&mut g)
+        let g = self.lock();
+        self.sync_unlocked(g)
+    }
+
+    /// Like `sync_locked`, but the `fdatasync` (which can take long under
+    /// writeback) runs after the lock is released, on a duplicate of the
+    /// segment's descriptor: whatever was written before is made durable.
+    fn sync_unlocked(&self, mut g: MutexGuard<'_, Inner>) -> Result<(), WalError> {
+        if !g.unsynced {
+            g.last_sync = Instant::now();
+            return Ok(());
+        }
+        let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
+        let f = g
+            .writer
+            .try_clone()
+            .map_err(io_err(&seg_path(&self.cfg.dir, seq)))?;
+        g.unsynced = false;
+        g.last_sync = Instant::now();
+        drop(g);
+        if let Err(e) = f.sync_data() {
+            self.lock().unsynced = true;
+            return Err(io_err(&seg_path(&self.cfg.dir, seq))(e));
+        }
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn sync_locked(&self, g: &mut Inner) -> Result<(), WalError> {
@@ -435,8 +459,11 @@ impl Wal {
 
     /// True when the buffer holds `max_bytes` or more (with the pause policy,
     /// the reader must stop reading containers until this turns false).
+    /// Lock-free (the reader asks before every splice; the parser may hold
+    /// the lock through a large write).
     pub fn is_full(&self) -> bool {
-        self.cfg.policy == FullPolicy::Pause && self.lock().total >= self.cfg.max_bytes
+        self.cfg.policy == FullPolicy::Pause
+            && self.stats.buffer_bytes.load(Ordering::Relaxed) >= self.cfg.max_bytes
     }
 
     /// Reads up to `max_records` / `max_bytes` unacknowledged records, waiting
