@@ -335,15 +335,17 @@ impl LoggerModuleNew {
 #[test]
 fn full_buffer_pauses_reading_without_loss() {
     let d = tempfile::tempdir().unwrap();
-    let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nbuffer_full_policy = pause");
+    // The parser competes for CPU from the start (it does not wait for idle
+    // CPU), so the buffer fills while the container is still writing.
+    let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nbuffer_full_policy = pause\nparser_burst_bytes = 0B");
     let m = sh.module();
     let sandbox = d.path().join("p");
     let mut c = run_container(
         &m,
         &spec("p", &sandbox, &[]),
-        &["--lines", "20000", "--prefix", "p"],
+        &["--lines", "100000", "--prefix", "p"],
     );
-    // 4 MB of output against a 64 KiB buffer and a dead sink: the container must block.
+    // 20 MB of output against a 64 KiB buffer and a dead sink: the container must block.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         c.try_wait().unwrap().is_none(),

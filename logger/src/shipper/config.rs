@@ -24,6 +24,8 @@ pub const KEYS: &[&str] = &[
     "max_line_bytes",
     "max_unparsed_bytes",
     "rotate_max_bytes",
+    "parser_burst_bytes",
+    "parser_burst_time",
     "rotate_keep",
     "partial_flush",
     "checkpoint_interval",
@@ -88,6 +90,14 @@ pub struct ShipperConfig {
     /// but not parsed yet, beyond which the container's pipe is no longer read
     /// (it blocks; default 1GiB, at least 1MiB).
     pub max_unparsed_bytes: u64,
+    /// `parser_burst_bytes`: while every stream is less than this far behind
+    /// (and for at most `parser_burst_time`), the parser runs only on idle CPU
+    /// (`SCHED_IDLE`), so a burst costs the writing container nothing; beyond,
+    /// it competes like any thread. `0B`: always compete. Default 256MiB, at most
+    /// half of `max_unparsed_bytes`.
+    pub parser_burst_bytes: u64,
+    /// `parser_burst_time`: see `parser_burst_bytes` (default 5s).
+    pub parser_burst_time: Duration,
     /// `rotate_max_bytes`: sandbox `stdout`/`stderr` are rotated at this size (default 10MiB).
     pub rotate_max_bytes: u64,
     /// `rotate_keep`: rotated files kept (`stdout.1` ... `stdout.N`, default 5).
@@ -309,6 +319,10 @@ impl ShipperConfig {
                 .bytes("max_unparsed_bytes")?
                 .unwrap_or(1 << 30)
                 .max(1 << 20),
+            parser_burst_bytes: p.bytes("parser_burst_bytes")?.unwrap_or(256 << 20),
+            parser_burst_time: p
+                .duration("parser_burst_time")?
+                .unwrap_or(Duration::from_secs(5)),
             rotate_max_bytes: p.bytes("rotate_max_bytes")?.unwrap_or(10 << 20).max(4096),
             rotate_keep: u32::try_from(p.u64("rotate_keep")?.unwrap_or(5).clamp(1, 1000))
                 .unwrap_or(5),

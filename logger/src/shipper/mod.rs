@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod config;
 pub mod counters;
 pub mod parser;
+pub mod parser_sched;
 pub mod stream;
 pub mod supervisor;
 pub mod worker;

@@ -5,7 +5,7 @@
 //! `max_unparsed_bytes` (the reader stops reading its pipe).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -138,6 +138,7 @@ pub struct ParserConfig {
 pub struct Parser {
     inbox: Arc<Mutex<Vec<ParseJob>>>,
     stop: Arc<AtomicBool>,
+    tid: Arc<AtomicI32>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -171,15 +172,26 @@ impl Parser {
             buf: vec![0u8; 256 * 1024],
             payload: Vec::new(),
         };
+        let tid = Arc::new(AtomicI32::new(0));
+        let tid_set = tid.clone();
         let thread = std::thread::Builder::new()
             .name("parser".into())
-            .spawn(move || ctx.run())
+            .spawn(move || {
+                tid_set.store(super::parser_sched::current_tid(), Ordering::Release);
+                ctx.run();
+            })
             .map_err(|e| format!("parser thread: {e}"))?;
         Ok(Parser {
             inbox,
             stop,
+            tid,
             thread: Some(thread),
         })
+    }
+
+    /// The thread's id (0 until it has started).
+    pub fn tid(&self) -> libc::pid_t {
+        self.tid.load(Ordering::Acquire)
     }
 
     /// Hands a container over.

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +27,41 @@ pub struct StreamCheckpoint {
     pub offset: u64,
     /// Stream bytes in earlier (rotated) files.
     pub base: u64,
+}
+
+/// Capacity asked for each staging pipe (and the most moved per splice).
+pub const STAGE_BYTES: u64 = 1 << 20;
+
+/// Creates a staging pipe: (read end, write end).
+pub fn stage_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = crate::module::pipe(STAGE_BYTES)?;
+    Ok((r, w))
+}
+
+/// One `splice(2)` of up to `max` bytes from the pipe `from` into `to` (at
+/// `offset` if `to` is a file); the bytes moved.
+fn splice_raw(
+    from: RawFd,
+    to: RawFd,
+    offset: Option<u64>,
+    max: u64,
+    nonblock: bool,
+) -> std::io::Result<u64> {
+    let mut off = offset.map(|o| libc::loff_t::try_from(o).unwrap_or(libc::loff_t::MAX));
+    let off_ptr = off
+        .as_mut()
+        .map_or(std::ptr::null_mut(), std::ptr::from_mut);
+    let len = usize::try_from(max).unwrap_or(usize::MAX);
+    let flags = libc::SPLICE_F_MOVE | if nonblock { libc::SPLICE_F_NONBLOCK } else { 0 };
+    // SAFETY: the caller keeps both descriptors open for the call; `off_ptr` is null or points
+    // to a loff_t on this stack frame that the kernel updates; no memory of ours
+    // is read or written otherwise.
+    let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, off_ptr, len, flags) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs() as u64)
+    }
 }
 
 /// Result of one splice round.
@@ -107,6 +142,11 @@ pub struct StreamState {
     pub stream: Stream,
     /// Pipe read end; `None` after EOF.
     pub pipe: Option<OwnedFd>,
+    /// The staging pipe (read end, write end) between the container's pipe and
+    /// the file; `None` if it could not be created (plain splice then).
+    pub stage: Option<(OwnedFd, OwnedFd)>,
+    /// Bytes in the staging pipe not yet in the file.
+    staged: u64,
     /// The current sandbox file (read-write, not append: `splice` needs an offset).
     pub file: Arc<File>,
     /// Its path.
@@ -257,6 +297,8 @@ pub fn open(
         StreamState {
             stream,
             pipe: Some(pipe),
+            stage: None,
+            staged: 0,
             file,
             path,
             inode,
@@ -279,46 +321,94 @@ pub fn open(
 
 impl StreamState {
     /// Moves up to `max` bytes from the pipe into the file.
+    ///
+    /// `splice(2)` from a pipe into a file holds the pipe's lock while it writes
+    /// the file, and a container writing flat out then spins on that lock. So
+    /// the bytes first move into a staging pipe (buffer references only: the
+    /// container's pipe is locked briefly) and go to the file from there. A
+    /// worker killed in between leaves them in the staging pipe, whose read end
+    /// the supervisor keeps: the next worker writes them first ([`Self::drain`]).
     pub fn splice(&mut self, max: u64) -> std::io::Result<Splice> {
-        let Some(pipe) = &self.pipe else {
+        if self.staged > 0 {
+            self.flush_stage()?;
+        }
+        let Some(pipe) = self.pipe.as_ref().map(AsRawFd::as_raw_fd) else {
             return Ok(Splice::Eof);
         };
-        let mut off = libc::loff_t::try_from(self.file_len).unwrap_or(libc::loff_t::MAX);
-        let len = usize::try_from(max).unwrap_or(usize::MAX);
-        // SAFETY: both descriptors are open and owned by this struct; `off` is a valid
-        // loff_t the kernel updates; no memory of ours is read or written otherwise.
-        let n = unsafe {
-            libc::splice(
-                pipe.as_raw_fd(),
-                std::ptr::null_mut(),
-                self.file.as_raw_fd(),
-                &mut off,
-                len,
-                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-            )
+        let file = self.file.as_raw_fd();
+        let Some(stage_w) = self.stage.as_ref().map(|s| s.1.as_raw_fd()) else {
+            let r = splice_raw(pipe, file, Some(self.file_len), max, true);
+            return self.account(r, true);
         };
-        match n {
-            0 => Ok(Splice::Eof),
-            n if n > 0 => {
-                let n = n.unsigned_abs() as u64;
-                self.file_len += n;
-                self.shared
-                    .written
-                    .store(self.base + self.file_len, Ordering::Release);
-                self.shared.last_data_ms.store(mono_ms(), Ordering::Relaxed);
-                Ok(Splice::Moved(n))
-            }
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    Ok(Splice::Empty)
-                } else if e.raw_os_error() == Some(libc::EINTR) {
-                    Ok(Splice::Moved(0))
-                } else {
-                    Err(e)
+        let r = splice_raw(pipe, stage_w, None, max.min(STAGE_BYTES), true);
+        let r = self.account(r, false)?;
+        if let Splice::Moved(n) = r {
+            self.staged = n;
+            self.flush_stage()?;
+        }
+        Ok(r)
+    }
+
+    /// Writes the staging pipe's bytes to the file.
+    fn flush_stage(&mut self) -> std::io::Result<()> {
+        let Some(stage_r) = self.stage.as_ref().map(|s| s.0.as_raw_fd()) else {
+            return Ok(());
+        };
+        let file = self.file.as_raw_fd();
+        while self.staged > 0 {
+            match splice_raw(stage_r, file, Some(self.file_len), self.staged, false)? {
+                0 => break,
+                n => {
+                    self.staged -= n;
+                    self.grew(n);
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Writes everything a previous worker left in its staging pipe `old`
+    /// (read end; its writer is gone, so it ends) before anything newer.
+    pub fn drain(&mut self, old: &OwnedFd) -> std::io::Result<u64> {
+        let mut total = 0;
+        loop {
+            let (from, to) = (old.as_raw_fd(), self.file.as_raw_fd());
+            match splice_raw(from, to, Some(self.file_len), STAGE_BYTES, true) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    total += n;
+                    self.grew(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Maps a splice from the container's pipe to a [`Splice`], updating the
+    /// file's length when it went straight there.
+    fn account(&mut self, r: std::io::Result<u64>, to_file: bool) -> std::io::Result<Splice> {
+        match r {
+            Ok(0) => Ok(Splice::Eof),
+            Ok(n) => {
+                if to_file {
+                    self.grew(n);
+                }
+                self.shared.last_data_ms.store(mono_ms(), Ordering::Relaxed);
+                Ok(Splice::Moved(n))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Splice::Empty),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(Splice::Moved(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn grew(&mut self, n: u64) {
+        self.file_len += n;
+        self.shared
+            .written
+            .store(self.base + self.file_len, Ordering::Release);
     }
 
     /// Splices up to `max` bytes, ending the file on a line boundary near the
@@ -577,4 +667,59 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_all(fd: &OwnedFd, data: &[u8]) {
+        let mut f = File::from(fd.try_clone().unwrap());
+        f.write_all(data).unwrap();
+    }
+
+    #[test]
+    fn staged_bytes_of_a_killed_worker_go_to_the_file_before_newer_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let (r, w) = crate::module::pipe(0).unwrap();
+        let (mut st, _ps) = open(Stream::Stdout, d.path(), r, None, None).unwrap();
+        // What a killed worker had moved out of the container's pipe but not
+        // written yet: only the supervisor's read end of its staging pipe is left.
+        let (old_r, old_w) = stage_pipe().unwrap();
+        write_all(&old_w, b"old 1\nold 2\n");
+        drop(old_w);
+        write_all(&w, b"new 3\n");
+        assert_eq!(st.drain(&old_r).unwrap(), 12);
+        st.stage = Some(stage_pipe().unwrap());
+        assert_eq!(st.splice(1 << 20).unwrap(), Splice::Moved(6));
+        assert_eq!(st.splice(1 << 20).unwrap(), Splice::Empty);
+        let text = std::fs::read(d.path().join("stdout")).unwrap();
+        assert_eq!(text, b"old 1\nold 2\nnew 3\n");
+        assert_eq!(st.shared.written.load(Ordering::Acquire), 18);
+        drop(w);
+        assert_eq!(st.splice(1 << 20).unwrap(), Splice::Eof);
+    }
+
+    #[test]
+    fn splicing_through_the_staging_pipe_keeps_every_byte_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (r, w) = crate::module::pipe(1 << 20).unwrap();
+        let (mut st, _ps) = open(Stream::Stdout, d.path(), r, None, None).unwrap();
+        st.stage = Some(stage_pipe().unwrap());
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = std::thread::spawn(move || write_all(&w, &data));
+        let mut moved = 0;
+        loop {
+            match st.splice(300_000).unwrap() {
+                Splice::Moved(n) => moved += n,
+                Splice::Empty => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Splice::Eof => break,
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(moved, 3_000_000);
+        assert_eq!(std::fs::read(d.path().join("stdout")).unwrap(), expected);
+    }
 }

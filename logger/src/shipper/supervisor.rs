@@ -164,12 +164,15 @@ fn spawn(
 /// upgrade (`exec` of the new binary, same pid, descriptors kept).
 const STATE_VAR: &str = "REIN_SUPERVISOR_STATE";
 
-type Table = BTreeMap<String, [OwnedFd; 2]>;
+/// Per container: its stdout and stderr pipes, then the worker's two staging
+/// pipes (read ends) if it uses them.
+type Table = BTreeMap<String, Vec<OwnedFd>>;
 
 fn handle(table: &mut Table, msg: &[u8], fds: Vec<OwnedFd>) {
     if let Some(key) = msg.strip_prefix(b"add\n") {
-        if let Ok(pair) = <[OwnedFd; 2]>::try_from(fds) {
-            table.insert(String::from_utf8_lossy(key).into_owned(), pair);
+        // A repeated `add` (a new worker's staging pipes) replaces the entry.
+        if matches!(fds.len(), 2 | 4) {
+            table.insert(String::from_utf8_lossy(key).into_owned(), fds);
         }
     } else if let Some(key) = msg.strip_prefix(b"del\n") {
         table.remove(String::from_utf8_lossy(key).as_ref());
@@ -185,7 +188,7 @@ fn take_fd(n: &str) -> Option<OwnedFd> {
     Some(fd)
 }
 
-/// Parses `listen=N pid=P control=C key=A,B key=A,B ...` left by `exec_upgrade`.
+/// Parses `listen=N pid=P control=C key=A,B[,C,D] ...` left by `exec_upgrade`.
 fn restore(state: &str) -> Option<(OwnedFd, WorkerProc, Table)> {
     let mut listen = None;
     let mut pid = None;
@@ -198,8 +201,8 @@ fn restore(state: &str) -> Option<(OwnedFd, WorkerProc, Table)> {
             "pid" => pid = v.parse().ok(),
             "control" => control = take_fd(v),
             key => {
-                let (a, b) = v.split_once(',')?;
-                table.insert(key.to_string(), [take_fd(a)?, take_fd(b)?]);
+                let fds = v.split(',').map(take_fd).collect::<Option<Vec<_>>>()?;
+                table.insert(key.to_string(), fds);
             }
         }
     }
@@ -231,11 +234,8 @@ fn exec_upgrade(
     let mut keep: Vec<&OwnedFd> = vec![listen, &w.control];
     for (key, fds) in table {
         // Keys are container file names: no space, no `=`.
-        state.push_str(&format!(
-            " {key}={},{}",
-            fds[0].as_raw_fd(),
-            fds[1].as_raw_fd()
-        ));
+        let list: Vec<String> = fds.iter().map(|f| f.as_raw_fd().to_string()).collect();
+        state.push_str(&format!(" {key}={}", list.join(",")));
         keep.extend(fds.iter());
     }
     for fd in &keep {
@@ -321,13 +321,8 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
                 let w = spawn(&exe, &cfg_path, &listen, &cfg.state_dir)?;
                 for (key, fds) in &table {
                     let msg = format!("adopt\n{key}");
-                    if proto::send_with_fds(
-                        w.control.as_fd(),
-                        msg.as_bytes(),
-                        &[fds[0].as_raw_fd(), fds[1].as_raw_fd()],
-                    )
-                    .is_err()
-                    {
+                    let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                    if proto::send_with_fds(w.control.as_fd(), msg.as_bytes(), &raw).is_err() {
                         break;
                     }
                 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::counters::{self, Counters};
 use super::parser::{save_checkpoint, write_atomic, Checkpoint, ParseJob, Parser, ParserConfig};
+use super::parser_sched::{self, BurstPolicy, BurstState};
 use super::stream::{self, Splice, StreamState};
 use super::ShipperConfig;
 use crate::module::compile_pattern;
@@ -105,6 +106,8 @@ pub struct Worker {
     sinks: Vec<(SinkKind, SinkHandle)>,
     counters: Arc<Counters>,
     parser: Parser,
+    /// When the parser may take CPU from the containers.
+    burst: BurstState,
     scratch: (OwnedFd, OwnedFd),
     peek: Vec<u8>,
     last_counters: Instant,
@@ -207,7 +210,6 @@ impl Worker {
             counters.clone(),
         )?;
         Ok(Worker {
-            cfg,
             epoll,
             listen,
             control,
@@ -220,6 +222,11 @@ impl Worker {
             scratch: crate::module::pipe(0).map_err(io_err("scratch pipe"))?,
             peek: vec![0u8; 64 * 1024],
             last_counters: Instant::now(),
+            burst: BurstState::new(BurstPolicy {
+                bytes: cfg.parser_burst_bytes.min(cfg.max_unparsed_bytes / 2),
+                time: cfg.parser_burst_time,
+            }),
+            cfg,
         })
     }
 
@@ -254,8 +261,8 @@ impl Worker {
             let cp = std::fs::read(dir.join("checkpoint.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
-            match (reg, <[OwnedFd; 2]>::try_from(fds)) {
-                (Some(reg), Ok(fds)) => {
+            match (reg, fds.len()) {
+                (Some(reg), 2 | 4) => {
                     if let Err(e) = self.attach(reg, fds, cp) {
                         tracing::error!(container = key, "cannot take the container back: {e}");
                     }
@@ -275,12 +282,20 @@ impl Worker {
         }
     }
 
+    /// Takes a container's two pipes (`fds[0..2]`), after an adoption with the
+    /// previous worker's two staging pipes (`fds[2..4]`, written out first), and
+    /// gives the supervisor duplicates of the pipes and of the new staging pipes.
     fn attach(
         &mut self,
         reg: Registration,
-        fds: [OwnedFd; 2],
+        fds: Vec<OwnedFd>,
         cp: Option<Checkpoint>,
     ) -> Result<u64, String> {
+        let mut fds = fds.into_iter();
+        let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
+            return Err("two pipes expected".into());
+        };
+        let old_stages: Vec<OwnedFd> = fds.collect();
         let wal = self
             .sinks
             .iter()
@@ -299,7 +314,7 @@ impl Worker {
         let mut parse_streams = Vec::with_capacity(2);
         for ((stream, fd), scp) in [Stream::Stdout, Stream::Stderr]
             .into_iter()
-            .zip(fds)
+            .zip([out, err])
             .zip([cp.as_ref().map(|c| c.stdout), cp.as_ref().map(|c| c.stderr)])
         {
             let pipeline = wal.as_ref().map(|_| {
@@ -316,6 +331,17 @@ impl Worker {
             streams.push(st);
             parse_streams.push(ps);
         }
+        for (st, old) in streams.iter_mut().zip(&old_stages) {
+            let n = st.drain(old).map_err(io_err(st.path.display()))?;
+            if n > 0 {
+                tracing::info!(
+                    container = reg.key,
+                    bytes = n,
+                    "wrote out the previous worker's staged bytes"
+                );
+            }
+        }
+        self.hand_to_supervisor(&reg.key, &mut streams);
         let dir = self.container_dir(&reg.key);
         save_checkpoint(&dir, &parse_streams).map_err(io_err("checkpoint"))?;
         let id = self.next_id;
@@ -429,18 +455,40 @@ impl Worker {
         let dir = self.container_dir(&reg.key);
         std::fs::create_dir_all(&dir).map_err(io_err(dir.display()))?;
         write_atomic(&dir.join("registration.json"), &msg).map_err(io_err("registration"))?;
-        // The supervisor keeps duplicates: the pipes outlive this process.
-        if let Err(e) = proto::send_with_fds(
-            self.control.as_fd(),
-            format!("add\n{}", reg.key).as_bytes(),
-            &[fds[0].as_raw_fd(), fds[1].as_raw_fd()],
-        ) {
-            tracing::error!(
-                "supervisor unreachable ({e}): a restart of this worker would close container {}",
-                reg.key
+        self.attach(reg, fds.into(), None).map(|_| ())
+    }
+
+    /// Gives the supervisor duplicates of both pipes and of new staging pipes
+    /// (created here), so that neither dies with this process. Without a
+    /// staging pipe for both streams, the streams splice straight into the file.
+    fn hand_to_supervisor(&self, key: &str, streams: &mut [StreamState]) {
+        let stages: Vec<_> = streams.iter().map(|_| stream::stage_pipe()).collect();
+        let mut fds: Vec<RawFd> = streams
+            .iter()
+            .filter_map(|s| s.pipe.as_ref().map(AsRawFd::as_raw_fd))
+            .collect();
+        if stages.iter().all(Result::is_ok) {
+            for (st, stage) in streams.iter_mut().zip(stages) {
+                st.stage = stage.ok();
+            }
+            fds.extend(
+                streams
+                    .iter()
+                    .filter_map(|s| s.stage.as_ref().map(|(r, _)| r.as_raw_fd())),
+            );
+        } else {
+            tracing::warn!(
+                container = key,
+                "no staging pipes: splicing straight into the files"
             );
         }
-        self.attach(reg, fds, None).map(|_| ())
+        if let Err(e) =
+            proto::send_with_fds(self.control.as_fd(), format!("add\n{key}").as_bytes(), &fds)
+        {
+            tracing::error!(
+                "supervisor unreachable ({e}): a restart of this worker would close container {key}"
+            );
+        }
     }
 
     fn read(&mut self, token: u64) {
@@ -476,9 +524,13 @@ impl Worker {
                 lagging = true;
                 break;
             }
-            let allow = c.bucket.as_mut().map_or(SPLICE_CHUNK, |b| {
+            let chunk: u64 = std::env::var("REIN_EXP_CHUNK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(SPLICE_CHUNK);
+            let allow = c.bucket.as_mut().map_or(chunk, |b| {
                 b.refill();
-                b.available().min(SPLICE_CHUNK)
+                b.available().min(chunk)
             });
             if allow == 0 {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -546,6 +598,7 @@ impl Worker {
     fn tick(&mut self) {
         let mut finished = Vec::new();
         let max_lag = self.cfg.max_unparsed_bytes;
+        let mut most_behind = 0u64;
         for (&id, c) in self.containers.iter_mut() {
             let full = c.wal.as_ref().is_some_and(|w| w.is_full());
             if full && !c.paused {
@@ -563,7 +616,9 @@ impl Worker {
             }
             let limited = c.bucket.as_ref().is_some_and(|b| b.available() == 0);
             for (i, st) in c.streams.iter_mut().enumerate() {
-                let blocked = c.paused || limited || st.shared.lag() >= max_lag;
+                let lag = st.shared.lag();
+                most_behind = most_behind.max(lag);
+                let blocked = c.paused || limited || lag >= max_lag;
                 if let Some(p) = st.pipe.as_ref().filter(|_| !st.armed && !blocked) {
                     let token = id * 2 + i as u64;
                     if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, p.as_raw_fd(), token).is_ok() {
@@ -581,6 +636,7 @@ impl Worker {
                 finished.push(id);
             }
         }
+        self.schedule_parser(most_behind);
         for id in finished {
             if let Some(c) = self.containers.remove(&id) {
                 self.keys.remove(&c.key);
@@ -598,6 +654,20 @@ impl Worker {
         if self.last_counters.elapsed() >= Duration::from_secs(1) {
             self.write_counters();
             self.last_counters = Instant::now();
+        }
+    }
+
+    /// Idle-only parsing during a burst, full competition beyond it.
+    fn schedule_parser(&mut self, most_behind: u64) {
+        let tid = self.parser.tid();
+        if tid == 0 {
+            return;
+        }
+        if let Some(mode) = self.burst.observe(most_behind, Instant::now()) {
+            if let Err(e) = parser_sched::apply(tid, mode) {
+                tracing::warn!("parser scheduling {mode:?}: {e}");
+            }
+            tracing::debug!(most_behind, "parser scheduling: {mode:?}");
         }
     }
 
