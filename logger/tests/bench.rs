@@ -4,11 +4,13 @@
 //! cargo test --release -p rein-logger --test bench -- --ignored --nocapture --test-threads=1
 //! ```
 //!
-//! - `throughput`: a container writing 200-byte lines flat out, to a plain file
-//!   and through the logger (sink `none`: splice into the sandbox file only;
-//!   sink `elasticsearch` with the sink down: splice, and the parser thread
-//!   following the files (parse + encode + disk buffer) with a large lag bound,
-//!   then with a 64 MiB one, where the parse rate throttles the container).
+//! - `throughput`: a container (GNU `yes`, then our load generator) writing
+//!   200-byte lines flat out for 2 s, to a plain file and through the logger:
+//!   sink `none` (splice into the sandbox file only); sink `elasticsearch`
+//!   down, every line parsed, encoded and buffered, with the default settings
+//!   (the parser takes idle CPU only during a burst), with the parser always
+//!   competing, and with a 64 MiB lag bound (the parse rate throttles the
+//!   container: the sustained case).
 //! - `rss_1000_containers`: the worker's and supervisor's RSS with 1,000 live containers.
 
 #![allow(
@@ -50,82 +52,163 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The stand-in container: our load generator (64 KiB writes, reports its
+/// rate) or GNU `yes` with a 200-byte line (8 KiB writes; the writer of the
+/// anchor figures), whose rate is read from `/proc/PID/io` before it is killed.
+#[derive(Clone, Copy)]
+enum Writer {
+    Loadgen,
+    Yes,
+}
+
+fn write_rate(writer: Writer, stdout: Stdio, report: &std::path::Path, secs: &str) -> f64 {
+    match writer {
+        Writer::Loadgen => loadgen_rate(stdout, report, secs),
+        Writer::Yes => {
+            let line = "y".repeat(199);
+            let mut child = Command::new("yes")
+                .arg(line)
+                .stdout(stdout)
+                .spawn()
+                .unwrap();
+            let t = std::time::Instant::now();
+            std::thread::sleep(Duration::from_secs_f64(secs.parse().unwrap()));
+            let io = std::fs::read_to_string(format!("/proc/{}/io", child.id())).unwrap();
+            let took = t.elapsed().as_secs_f64();
+            let _ = child.kill();
+            let _ = child.wait();
+            let wchar: f64 = io
+                .lines()
+                .find_map(|l| l.strip_prefix("wchar: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            wchar / took
+        }
+    }
+}
+
+/// Waits until the parser has caught up; the seconds it took, or `None`.
+fn catch_up(sh: &Shipper, limit: Duration) -> Option<f64> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        // Counters are written every second: wait for a fresh zero.
+        std::thread::sleep(Duration::from_millis(250));
+        let c = sh.counters();
+        if c["reader"]["unparsed_bytes"].as_u64() == Some(0)
+            && t.elapsed() > Duration::from_millis(1100)
+        {
+            return Some(t.elapsed().as_secs_f64());
+        }
+    }
+    None
+}
+
 #[test]
 #[ignore]
 fn throughput() {
     let d = tempfile::tempdir().unwrap();
-    let secs_owned = std::env::var("REIN_BENCH_SECS").unwrap_or_else(|_| "3".into());
+    let secs_owned = std::env::var("REIN_BENCH_SECS").unwrap_or_else(|_| "2".into());
     let secs = secs_owned.as_str();
-    let plain = std::fs::File::create(d.path().join("plain.out")).unwrap();
-    let file_rate = loadgen_rate(Stdio::from(plain), &d.path().join("r0"), secs);
-    let _ = std::fs::remove_file(d.path().join("plain.out"));
-    let mut results = vec![("plain file", file_rate)];
-    let mut notes = Vec::new();
-    for (label, sink, conf) in [
+    let configs = [
         (
             "logger, sink none (splice to sandbox file)",
             "none",
-            "rotate_max_bytes = 100MiB\n",
+            "",
+            false,
         ),
         (
-            "logger, sink elasticsearch down, parser following (max_unparsed_bytes 8GiB)",
+            "logger, sink elasticsearch (down), every line parsed, defaults",
             "elasticsearch",
-            "rotate_max_bytes = 100MiB\nes_url = http://127.0.0.1:9\nbuffer_max_bytes = 20GiB\nmax_unparsed_bytes = 8GiB\n",
+            "es_url = http://127.0.0.1:9\nbuffer_max_bytes = 20GiB\n",
+            true,
         ),
         (
-            "logger, sink elasticsearch down, parse-bound (max_unparsed_bytes 64MiB)",
+            "logger, same, parser always competing (parser_burst_bytes 0B)",
             "elasticsearch",
-            "rotate_max_bytes = 100MiB\nes_url = http://127.0.0.1:9\nbuffer_max_bytes = 20GiB\nmax_unparsed_bytes = 64MiB\n",
+            "es_url = http://127.0.0.1:9\nbuffer_max_bytes = 20GiB\nparser_burst_bytes = 0B\n",
+            true,
         ),
+        (
+            "logger, same, parse-bound (max_unparsed_bytes 64MiB)",
+            "elasticsearch",
+            "es_url = http://127.0.0.1:9\nbuffer_max_bytes = 20GiB\nmax_unparsed_bytes = 64MiB\n",
+            false,
+        ),
+    ];
+    // REIN_BENCH_ONLY=yes|loadgen[:N] runs one writer (and only config N).
+    let only = std::env::var("REIN_BENCH_ONLY").unwrap_or_default();
+    let (only_writer, only_config) = only.split_once(':').unwrap_or((only.as_str(), ""));
+    let mut lines = Vec::new();
+    for (wname, writer) in [
+        ("GNU yes", Writer::Yes),
+        ("rein-log-loadgen", Writer::Loadgen),
     ] {
-        let sd = d.path().join(format!("run{}", results.len()));
-        std::fs::create_dir_all(&sd).unwrap();
-        let mut sh = Shipper::start(&sd, conf);
-        let m = sh.module();
-        let io = m
-            .prepare(&spec(
-                "bench",
-                &sd.join("sandbox"),
-                &[("rein.log.sink", sink)],
-            ))
-            .unwrap();
-        assert!(io.shipped);
-        let t = std::time::Instant::now();
-        let rate = loadgen_rate(Stdio::from(io.stdout), &sd.join("r"), secs);
-        drop(io.stderr);
-        if sink == "none" {
-            sh.wait_idle(Duration::from_secs(120));
-        } else {
-            // Stop without waiting for the parser to catch up (it would resume
-            // from its checkpoint after a restart); the counters say how far it got.
-            let took = t.elapsed().as_secs_f64();
-            sh.stop();
-            let all = sh.counters();
-            let r = &all["reader"];
-            let read = r["bytes_read"].as_u64().unwrap_or(0) as f64;
-            let unparsed = r["unparsed_bytes"].as_u64().unwrap_or(0) as f64;
-            notes.push(format!(
-                "{label}: parsed {:.0} MB ({:.2} M lines, {:.1} MB/s) of {:.0} MB in {took:.1} s; {:.0} MB left to parse",
-                (read - unparsed) / 1e6,
-                r["lines_read"].as_u64().unwrap_or(0) as f64 / 1e6,
-                (read - unparsed) / 1e6 / took,
-                read / 1e6,
-                unparsed / 1e6
+        if !only_writer.is_empty() && !wname.ends_with(only_writer) {
+            continue;
+        }
+        let plain = std::fs::File::create(d.path().join("plain.out")).unwrap();
+        let file_rate = write_rate(writer, Stdio::from(plain), &d.path().join("r0"), secs);
+        let _ = std::fs::remove_file(d.path().join("plain.out"));
+        lines.push(format!("{wname}, 200-byte lines flat out for {secs} s:"));
+        lines.push(format!(
+            "  {:<66} {:>7.1} MB/s",
+            "plain file",
+            file_rate / 1e6
+        ));
+        for (i, (label, sink, conf, wait)) in configs.iter().enumerate() {
+            if !only_config.is_empty() && only_config != i.to_string() {
+                continue;
+            }
+            let sd = d.path().join(format!("run{i}"));
+            std::fs::create_dir_all(&sd).unwrap();
+            // REIN_BENCH_EXTRA: shipper settings added to every configuration.
+            let extra = std::env::var("REIN_BENCH_EXTRA")
+                .unwrap_or_default()
+                .replace(';', "\n");
+            let mut sh = Shipper::start(&sd, &format!("{conf}{extra}\n"));
+            let m = sh.module();
+            let io = m
+                .prepare(&spec(
+                    "bench",
+                    &sd.join("sandbox"),
+                    &[("rein.log.sink", sink)],
+                ))
+                .unwrap();
+            assert!(io.shipped);
+            let rate = write_rate(writer, Stdio::from(io.stdout), &sd.join("r"), secs);
+            drop(io.stderr);
+            let mut note = String::new();
+            if *sink == "none" {
+                sh.wait_idle(Duration::from_secs(120));
+            } else {
+                let r = sh.counters()["reader"].clone();
+                let read = r["bytes_read"].as_u64().unwrap_or(0) as f64;
+                let unparsed = r["unparsed_bytes"].as_u64().unwrap_or(0) as f64;
+                note = format!(
+                    "; at the end {:.0} of {:.0} MB parsed",
+                    (read - unparsed) / 1e6,
+                    read / 1e6
+                );
+                if *wait {
+                    match catch_up(&sh, Duration::from_secs(120)) {
+                        Some(t) => note.push_str(&format!(", all parsed {t:.1} s later")),
+                        None => note.push_str(", not all parsed 120 s later"),
+                    }
+                }
+                sh.stop();
+            }
+            let _ = std::fs::remove_dir_all(&sd);
+            lines.push(format!(
+                "  {label:<66} {:>7.1} MB/s {:>5.1}% of the plain file{note}",
+                rate / 1e6,
+                100.0 * rate / file_rate
             ));
         }
-        let _ = std::fs::remove_dir_all(&sd);
-        results.push((label, rate));
     }
-    println!("container writing 200-byte lines flat out for {secs} s:");
-    for (label, rate) in &results {
-        println!(
-            "  {label:<75} {:>8.1} MB/s  {:>5.1}% of the plain file",
-            rate / 1e6,
-            100.0 * rate / file_rate
-        );
-    }
-    for n in notes {
-        println!("  {n}");
+    for l in lines {
+        println!("{l}");
     }
 }
 

@@ -24,9 +24,14 @@ impl Shipper {
         std::fs::write(
             &conf,
             format!(
-                "socket = {}\nstate_dir = {}\ncheckpoint_interval = 100ms\n{extra}\n",
+                "socket = {}\nstate_dir = {}\n{}{extra}\n",
                 socket.display(),
-                state.display()
+                state.display(),
+                if extra.contains("checkpoint_interval") {
+                    ""
+                } else {
+                    "checkpoint_interval = 100ms\n"
+                }
             ),
         )
         .unwrap();
