@@ -329,31 +329,10 @@ impl EsSink {
 
     /// Ships batches from `wal` until `stop` is set.
     pub fn run(&mut self, wal: &Wal, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            let batch = match wal.read_batch(
-                self.cfg.batch_records,
-                self.cfg.batch_bytes,
-                Duration::from_millis(200),
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!("elasticsearch sink: {e}");
-                    self.sleep(stop, Duration::from_secs(1));
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            match self.ship(&batch, stop) {
-                Ok(()) => {
-                    if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
-                        tracing::error!("elasticsearch sink: {e}");
-                    }
-                }
-                Err(ShipError::Stopped) => return,
-            }
-        }
+        let (records, bytes) = (self.cfg.batch_records, self.cfg.batch_bytes);
+        super::run_batches("elasticsearch", wal, stop, records, bytes, |batch, stop| {
+            self.ship(batch, stop).is_ok()
+        });
     }
 
     fn sleep(&self, stop: &AtomicBool, d: Duration) {

@@ -103,30 +103,10 @@ impl KafkaSink {
 
     /// Ships batches from `wal` until `stop` is set.
     pub fn run(&mut self, wal: &Wal, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            let batch = match wal.read_batch(
-                self.cfg.batch_records,
-                self.cfg.batch_bytes,
-                Duration::from_millis(200),
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!("kafka sink: {e}");
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            if self.ship(&batch, stop) {
-                if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
-                    tracing::error!("kafka sink: {e}");
-                }
-            } else {
-                return;
-            }
-        }
+        let (records, bytes) = (self.cfg.batch_records, self.cfg.batch_bytes);
+        super::run_batches("kafka", wal, stop, records, bytes, |batch, stop| {
+            self.ship(batch, stop)
+        });
     }
 
     /// Produces one batch until every record is acknowledged or dead-lettered;

@@ -12,7 +12,43 @@ pub mod kafka_config;
 pub mod redis;
 pub mod redis_config;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::wal::{Batch, Wal};
+
+/// The loop of every sink thread: reads a batch from the disk buffer, lets
+/// `ship` deliver it (every record stored or dead-lettered: true; stopped
+/// first: false, and the batch is read again after a restart) and
+/// acknowledges it, until `stop` is set.
+pub fn run_batches(
+    name: &str,
+    wal: &Wal,
+    stop: &AtomicBool,
+    max_records: usize,
+    max_bytes: usize,
+    mut ship: impl FnMut(&Batch, &AtomicBool) -> bool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let batch = match wal.read_batch(max_records, max_bytes, Duration::from_millis(200)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{name} sink: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        if !ship(&batch, stop) {
+            return;
+        }
+        if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
+            tracing::error!("{name} sink: {e}");
+        }
+    }
+}
 
 /// Counters of one sink.
 #[derive(Debug, Default)]

@@ -188,30 +188,10 @@ impl RedisSink {
 
     /// Ships batches from `wal` until `stop` is set.
     pub fn run(&mut self, wal: &Wal, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            let batch = match wal.read_batch(
-                self.cfg.batch_records,
-                self.cfg.batch_bytes,
-                Duration::from_millis(200),
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!("redis sink: {e}");
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            if self.ship(&batch, stop) {
-                if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
-                    tracing::error!("redis sink: {e}");
-                }
-            } else {
-                return;
-            }
-        }
+        let (records, bytes) = (self.cfg.batch_records, self.cfg.batch_bytes);
+        super::run_batches("redis", wal, stop, records, bytes, |batch, stop| {
+            self.ship(batch, stop)
+        });
     }
 
     /// Sends one batch until every record is stored (or was already) or
