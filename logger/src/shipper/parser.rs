@@ -97,29 +97,50 @@ impl ParseJob {
     }
 }
 
-/// Builds the per-record sink of a stream: disk-buffer payload + counters.
+/// Records framed for a disk buffer, handed over once per stream turn (one
+/// lock instead of one per record).
+#[derive(Debug, Default)]
+struct Framed {
+    bytes: Vec<u8>,
+    records: u64,
+}
+
+impl Framed {
+    /// Hands the batch to `wal` and counts it.
+    fn flush(&mut self, wal: Option<&Wal>, counters: &Counters) {
+        if let Some(w) = wal {
+            w.push_framed(&self.bytes, self.records);
+            counters
+                .records_buffered
+                .fetch_add(self.records, Ordering::Relaxed);
+        }
+        self.bytes.clear();
+        self.records = 0;
+    }
+}
+
+/// Builds the per-record sink of a stream: frames each record into `framed`.
 fn emitter<'a>(
-    wal: Option<&'a Wal>,
-    payload: &'a mut Vec<u8>,
-    counters: &'a Counters,
+    buffered: bool,
+    framed: &'a mut Framed,
     cid: &'a [u8],
     route: &'a [u8],
     stream: Stream,
 ) -> impl FnMut(Encoded<'_>) + 'a {
     move |e: Encoded<'_>| {
-        if let Some(w) = wal {
-            payload.clear();
-            WalRecord {
-                stream,
-                ts_ms: e.ts_ms,
-                id: e.id,
-                container: cid,
-                route,
-                doc: e.doc,
-            }
-            .encode_into(payload);
-            w.push(payload);
-            counters.records_buffered.fetch_add(1, Ordering::Relaxed);
+        if buffered {
+            Wal::frame_into(&mut framed.bytes, |out| {
+                WalRecord {
+                    stream,
+                    ts_ms: e.ts_ms,
+                    id: e.id,
+                    container: cid,
+                    route,
+                    doc: e.doc,
+                }
+                .encode_into(out);
+            });
+            framed.records += 1;
         }
     }
 }
@@ -150,7 +171,7 @@ struct Ctx {
     stop: Arc<AtomicBool>,
     jobs: Vec<ParseJob>,
     buf: Vec<u8>,
-    payload: Vec<u8>,
+    framed: Framed,
 }
 
 impl Parser {
@@ -170,7 +191,7 @@ impl Parser {
             stop: stop.clone(),
             jobs: Vec::new(),
             buf: vec![0u8; 256 * 1024],
-            payload: Vec::new(),
+            framed: Framed::default(),
         };
         let tid = Arc::new(AtomicI32::new(0));
         let tid_set = tid.clone();
@@ -267,9 +288,8 @@ impl Ctx {
                 let eof = s.shared.eof.load(Ordering::Acquire);
                 let before = s.pipeline.as_ref().map_or(0, |p| p.lines);
                 let mut emit = emitter(
-                    j.wal.as_deref(),
-                    &mut self.payload,
-                    &self.counters,
+                    j.wal.is_some(),
+                    &mut self.framed,
                     &j.cid,
                     &j.route,
                     s.shared.stream,
@@ -288,6 +308,7 @@ impl Ctx {
                     j.dirty = true;
                 }
                 drop(emit);
+                self.framed.flush(j.wal.as_deref(), &self.counters);
                 let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
                 self.counters
                     .lines_read
@@ -314,9 +335,8 @@ impl Ctx {
             for s in &mut j.streams {
                 let before = s.pipeline.as_ref().map_or(0, |p| p.lines);
                 let mut emit = emitter(
-                    j.wal.as_deref(),
-                    &mut self.payload,
-                    &self.counters,
+                    j.wal.is_some(),
+                    &mut self.framed,
                     &j.cid,
                     &j.route,
                     s.shared.stream,
@@ -335,6 +355,7 @@ impl Ctx {
                 }
                 s.poll(false, &mut emit);
                 drop(emit);
+                self.framed.flush(j.wal.as_deref(), &self.counters);
                 let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
                 self.counters
                     .lines_read
