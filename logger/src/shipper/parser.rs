@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -157,7 +158,9 @@ pub struct ParserConfig {
 /// The running parser thread.
 #[derive(Debug)]
 pub struct Parser {
-    inbox: Arc<Mutex<Vec<ParseJob>>>,
+    /// New containers (a channel: the reader never waits for this thread,
+    /// which may run under `SCHED_IDLE`).
+    inbox: Sender<ParseJob>,
     stop: Arc<AtomicBool>,
     tid: Arc<AtomicI32>,
     thread: Option<JoinHandle<()>>,
@@ -167,7 +170,7 @@ struct Ctx {
     cfg: ParserConfig,
     wals: Vec<Arc<Wal>>,
     counters: Arc<Counters>,
-    inbox: Arc<Mutex<Vec<ParseJob>>>,
+    inbox: Receiver<ParseJob>,
     stop: Arc<AtomicBool>,
     jobs: Vec<ParseJob>,
     buf: Vec<u8>,
@@ -181,13 +184,13 @@ impl Parser {
         wals: Vec<Arc<Wal>>,
         counters: Arc<Counters>,
     ) -> Result<Parser, String> {
-        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let (inbox, inbox_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let mut ctx = Ctx {
             cfg,
             wals,
             counters,
-            inbox: inbox.clone(),
+            inbox: inbox_rx,
             stop: stop.clone(),
             jobs: Vec::new(),
             buf: vec![0u8; 256 * 1024],
@@ -217,10 +220,8 @@ impl Parser {
 
     /// Hands a container over.
     pub fn add(&self, job: ParseJob) {
-        self.inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(job);
+        // The thread only goes away at `stop`, after the last `add`.
+        let _ = self.inbox.send(job);
         self.wake();
     }
 
@@ -248,12 +249,7 @@ impl Ctx {
         let mut last_timers = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            self.jobs.extend(
-                self.inbox
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..),
-            );
+            self.jobs.extend(self.inbox.try_iter());
             let busy = !stopping && self.parse_round();
             let mut finishing = false;
             if last_timers.elapsed() >= TIMERS {
@@ -273,63 +269,15 @@ impl Ctx {
         }
     }
 
-    /// One turn of every stream; true if anything was parsed.
-    fn parse_round(&mut self) -> bool {
-        let mut busy = false;
-        for j in &mut self.jobs {
-            // A full buffer (policy `pause`) stops parsing; the reader stops reading.
-            if j.wal.as_ref().is_some_and(|w| w.is_full()) {
-                continue;
-            }
-            for s in &mut j.streams {
-                if s.done {
-                    continue;
-                }
-                let eof = s.shared.eof.load(Ordering::Acquire);
-                let before = s.pipeline.as_ref().map_or(0, |p| p.lines);
-                let mut emit = emitter(
-                    j.wal.is_some(),
-                    &mut self.framed,
-                    &j.cid,
-                    &j.route,
-                    s.shared.stream,
-                );
-                match s.parse(&mut self.buf, TURN, eof, &mut emit) {
-                    Ok(n) if n > 0 => {
-                        busy = true;
-                        j.dirty = true;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(container = j.key, "reading back: {e}"),
-                }
-                if eof && s.fully_parsed() {
-                    s.poll(true, &mut emit);
-                    s.done = true;
-                    j.dirty = true;
-                }
-                drop(emit);
-                self.framed.flush(j.wal.as_deref(), &self.counters);
-                let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
-                self.counters
-                    .lines_read
-                    .fetch_add(after - before, Ordering::Relaxed);
-            }
-            // Commit per turn: the buffer's bound is overshot by one turn at most.
-            if let Some(w) = &j.wal {
-                if let Err(e) = w.commit() {
-                    tracing::error!("{e}");
-                }
-            }
-        }
-        busy
-    }
-
-    /// Partial lines after `partial_flush` of silence, multiline timeouts;
-    /// true if a container finished.
-    fn timers(&mut self) -> bool {
-        let now = mono_ms();
-        let flush_ms = u64::try_from(self.cfg.partial_flush.as_millis()).unwrap_or(u64::MAX);
-        let mut finishing = false;
+    /// Runs `f` on every stream with the stream's record sink; `f` gets the
+    /// read buffer, whether the job's disk buffer is full and the job's key, and
+    /// says whether it changed the stream. The records go to the buffer after
+    /// each stream (committed after each job: a full buffer's bound is
+    /// overshot by one turn at most), and the lines are counted.
+    fn each_stream(
+        &mut self,
+        mut f: impl FnMut(&mut ParseStream, &mut [u8], bool, &str, &mut dyn FnMut(Encoded<'_>)) -> bool,
+    ) {
         for j in &mut self.jobs {
             let full = j.wal.as_ref().is_some_and(|w| w.is_full());
             for s in &mut j.streams {
@@ -341,19 +289,7 @@ impl Ctx {
                     &j.route,
                     s.shared.stream,
                 );
-                // A line without newline is shipped after `partial_flush` of silence,
-                // but never while bytes wait in the pipe (the reader was held back).
-                let idle = now.saturating_sub(s.shared.last_data_ms.load(Ordering::Relaxed));
-                if !full
-                    && !s.done
-                    && idle >= flush_ms
-                    && !s.shared.pipe_waiting.load(Ordering::Relaxed)
-                    && s.unparsed_in_current() > 0
-                {
-                    let _ = s.parse(&mut self.buf, TURN, true, &mut emit);
-                    j.dirty = true;
-                }
-                s.poll(false, &mut emit);
+                j.dirty |= f(s, &mut self.buf, full, &j.key, &mut emit);
                 drop(emit);
                 self.framed.flush(j.wal.as_deref(), &self.counters);
                 let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
@@ -362,11 +298,64 @@ impl Ctx {
                     .fetch_add(after - before, Ordering::Relaxed);
             }
             if let Some(w) = &j.wal {
-                let _ = w.commit();
+                if let Err(e) = w.commit() {
+                    tracing::error!("{e}");
+                }
             }
-            finishing |= j.streams.iter().all(|s| s.done);
         }
-        finishing
+    }
+
+    /// One turn of every stream; true if anything was parsed.
+    fn parse_round(&mut self) -> bool {
+        let mut busy = false;
+        self.each_stream(|s, buf, full, key, emit| {
+            // A full buffer (policy `pause`) stops parsing; the reader stops reading.
+            if full || s.done {
+                return false;
+            }
+            let eof = s.shared.eof.load(Ordering::Acquire);
+            let mut dirty = false;
+            match s.parse(buf, TURN, eof, emit) {
+                Ok(n) if n > 0 => {
+                    busy = true;
+                    dirty = true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(container = key, "reading back: {e}"),
+            }
+            if eof && s.fully_parsed() {
+                s.poll(true, emit);
+                s.done = true;
+                dirty = true;
+            }
+            dirty
+        });
+        busy
+    }
+
+    /// Partial lines after `partial_flush` of silence, multiline timeouts;
+    /// true if a container finished.
+    fn timers(&mut self) -> bool {
+        let now = mono_ms();
+        let flush_ms = u64::try_from(self.cfg.partial_flush.as_millis()).unwrap_or(u64::MAX);
+        self.each_stream(|s, buf, full, _, emit| {
+            // A line without newline is shipped after `partial_flush` of silence,
+            // but never while bytes wait in the pipe (the reader was held back).
+            let idle = now.saturating_sub(s.shared.last_data_ms.load(Ordering::Relaxed));
+            let mut dirty = false;
+            if !full
+                && !s.done
+                && idle >= flush_ms
+                && !s.shared.pipe_waiting.load(Ordering::Relaxed)
+                && s.unparsed_in_current() > 0
+            {
+                let _ = s.parse(buf, TURN, true, emit);
+                dirty = true;
+            }
+            s.poll(false, emit);
+            dirty
+        });
+        self.jobs.iter().any(|j| j.streams.iter().all(|s| s.done))
     }
 
     /// Records first, then the offsets that point past them; finished

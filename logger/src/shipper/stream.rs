@@ -11,7 +11,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -113,17 +114,13 @@ pub struct StreamShared {
     pub pipe_waiting: AtomicBool,
     /// The pipe reached EOF: `written` is final (reader).
     pub eof: AtomicBool,
-    /// Files rotated away after the parser's current one, oldest first (reader
-    /// pushes, parser pops). `written` is read under this lock.
-    next: Mutex<VecDeque<Segment>>,
+    /// New files after a rotation (reader sends, parser receives). A channel,
+    /// not a shared lock: the parser may run under `SCHED_IDLE`, and the
+    /// reader must never wait for a thread that may not get the CPU.
+    next: Sender<Segment>,
 }
 
 impl StreamShared {
-    /// Locks the queue of later files.
-    pub fn next(&self) -> MutexGuard<'_, VecDeque<Segment>> {
-        self.next.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Bytes spliced but not parsed yet.
     pub fn lag(&self) -> u64 {
         if !self.parses {
@@ -178,6 +175,9 @@ pub struct ParseStream {
     pub pipeline: Option<StreamPipeline>,
     /// The file being parsed.
     pub seg: Segment,
+    /// Files after it, oldest first (received from the reader).
+    later: VecDeque<Segment>,
+    later_rx: Receiver<Segment>,
     /// Bytes of it parsed so far.
     pub off: u64,
     /// Final records emitted after EOF.
@@ -281,6 +281,7 @@ pub fn open(
         base: cur_base,
     });
     let first = segs.pop_front().expect("the current file is queued");
+    let (next_tx, later_rx) = std::sync::mpsc::channel();
     let parsed = first.base + off;
     let shared = Arc::new(StreamShared {
         stream,
@@ -291,7 +292,7 @@ pub fn open(
         last_data_ms: AtomicU64::new(mono_ms()),
         pipe_waiting: AtomicBool::new(false),
         eof: AtomicBool::new(false),
-        next: Mutex::new(segs),
+        next: next_tx,
     });
     Ok((
         StreamState {
@@ -313,6 +314,8 @@ pub fn open(
             shared,
             pipeline,
             seg: first,
+            later: segs,
+            later_rx,
             off,
             done: false,
         },
@@ -510,19 +513,17 @@ impl StreamState {
         std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
         let (file, inode, len) = open_rw(&self.path)?;
         let file = Arc::new(file);
-        {
-            let mut q = self.shared.next();
-            q.push_back(Segment {
-                file: file.clone(),
-                inode,
-                base: new_base,
-            });
-            self.base = new_base;
-            self.file = file;
-            self.inode = inode;
-            self.file_len = len;
-            self.shared.written.store(new_base + len, Ordering::Release);
-        }
+        // Sent before `written` counts any byte of the new file.
+        let _ = self.shared.next.send(Segment {
+            file: file.clone(),
+            inode,
+            base: new_base,
+        });
+        self.base = new_base;
+        self.file = file;
+        self.inode = inode;
+        self.file_len = len;
+        self.shared.written.store(new_base + len, Ordering::Release);
         // Files kept longer while the parser lagged go once it has passed them.
         let mut n = keep + 1;
         while std::fs::remove_file(rotated_path(&self.path, n)).is_ok() {
@@ -550,17 +551,14 @@ impl ParseStream {
 
     /// End of the current file as far as the reader wrote it, and whether it
     /// is final (a newer file follows).
-    fn end(&self) -> (u64, bool) {
-        let q = self.shared.next();
-        match q.front() {
+    fn end(&mut self) -> (u64, bool) {
+        // `written` first: if it counts bytes of a newer file, the reader sent
+        // that file before (release/acquire), so the receive below sees it.
+        let written = self.shared.written.load(Ordering::Acquire);
+        self.later.extend(self.later_rx.try_iter());
+        match self.later.front() {
             Some(n) => (n.base - self.seg.base, true),
-            None => (
-                self.shared
-                    .written
-                    .load(Ordering::Acquire)
-                    .saturating_sub(self.seg.base),
-                false,
-            ),
+            None => (written.saturating_sub(self.seg.base), false),
         }
     }
 
@@ -615,12 +613,10 @@ impl ParseStream {
                 if let Some(p) = self.pipeline.as_mut() {
                     p.poll(now, ms, true, out);
                 }
-                let mut q = self.shared.next();
-                if let Some(n) = q.pop_front() {
+                if let Some(n) = self.later.pop_front() {
                     self.seg = n;
                     self.off = 0;
                 }
-                drop(q);
                 if done < budget {
                     continue;
                 }
@@ -635,7 +631,7 @@ impl ParseStream {
 
     /// Bytes written to the current file past the parse offset (a partial
     /// line once the parser has caught up), or 0 while older files remain.
-    pub fn unparsed_in_current(&self) -> u64 {
+    pub fn unparsed_in_current(&mut self) -> u64 {
         match self.end() {
             (_, true) => 0,
             (end, false) => end.saturating_sub(self.off),
@@ -643,7 +639,7 @@ impl ParseStream {
     }
 
     /// True when every byte written so far, in every file, is parsed.
-    pub fn fully_parsed(&self) -> bool {
+    pub fn fully_parsed(&mut self) -> bool {
         let (end, later_files) = self.end();
         !later_files && self.off >= end
     }
