@@ -663,3 +663,65 @@ fn supervisor_upgrades_in_place_keeping_every_pipe() {
     );
     assert!(c2.wait().unwrap().success());
 }
+
+/// The scheduling policy of the worker's parser thread (field 41 of its
+/// `/proc/.../stat`: 0 SCHED_OTHER, 5 SCHED_IDLE).
+fn parser_policy(worker: i32) -> Option<u32> {
+    for t in std::fs::read_dir(format!("/proc/{worker}/task")).ok()? {
+        let t = t.ok()?.path();
+        if std::fs::read_to_string(t.join("comm")).ok()?.trim() == "parser" {
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 2..];
+            return after.split(' ').nth(41 - 3)?.parse().ok();
+        }
+    }
+    None
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
+    // Leaving SCHED_IDLE needs root (or an RLIMIT_NICE), as the shipper runs.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip(
+            "parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance",
+            "needs root",
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    // A full buffer (sink down) stops the parser behind the reader: it stays
+    // behind for longer than parser_burst_time.
+    let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nparser_burst_time = 500ms");
+    let worker = sh.worker_pid();
+    wait_for("the idle parser", Duration::from_secs(5), || {
+        parser_policy(worker) == Some(5)
+    });
+    wait_for("parser_idle = 1", Duration::from_secs(5), || {
+        sh.counters()["reader"]["parser_idle"] == 1
+    });
+    let m = sh.module();
+    let mut c = run_container(
+        &m,
+        &spec("burst", &d.path().join("b"), &[]),
+        &["--lines", "50000", "--prefix", "b"],
+    );
+    wait_for("the promoted parser", Duration::from_secs(20), || {
+        parser_policy(worker) == Some(0)
+    });
+    wait_for("parser_promotions", Duration::from_secs(5), || {
+        let r = &sh.counters()["reader"];
+        r["parser_promotions"].as_u64() >= Some(1) && r["parser_idle"] == 0
+    });
+    assert!(sh.counters()["reader"]["unparsed_bytes"].as_u64() > Some(0));
+    let _ = c.kill();
+    let _ = c.wait();
+}

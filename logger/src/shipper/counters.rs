@@ -36,6 +36,11 @@ pub struct Counters {
     pub rotations: AtomicU64,
     /// Registrations refused.
     pub registrations_refused: AtomicU64,
+    /// 1 while the parser runs on idle CPU only, 0 while it competes (a gauge).
+    pub parser_idle: AtomicU64,
+    /// Times the parser was switched to compete for CPU (a burst outgrew
+    /// `parser_burst_bytes` or `parser_burst_time`).
+    pub parser_promotions: AtomicU64,
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -90,6 +95,8 @@ pub fn snapshot(
             "rate_limited": load(&c.rate_limited),
             "rotations": load(&c.rotations),
             "registrations_refused": load(&c.registrations_refused),
+            "parser_idle": load(&c.parser_idle),
+            "parser_promotions": load(&c.parser_promotions),
         },
         "buffers": b,
         "sinks": k,

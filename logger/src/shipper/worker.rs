@@ -668,6 +668,15 @@ impl Worker {
                 tracing::warn!("parser scheduling {mode:?}: {e}");
             }
             tracing::debug!(most_behind, "parser scheduling: {mode:?}");
+            let idle = mode == parser_sched::ParserMode::Idle;
+            self.counters
+                .parser_idle
+                .store(u64::from(idle), Ordering::Relaxed);
+            if !idle {
+                self.counters
+                    .parser_promotions
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
