@@ -14,7 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{connect, UnixAddr};
 use rein_core::config::{ConfigError, TaskConfig};
 use rein_core::container::{ids_from_sandbox, ContainerSpec};
 use rein_core::params::{ParamError, Params};
@@ -389,13 +389,7 @@ pub fn register(
     timeout: Duration,
 ) -> Result<(), String> {
     let start = Instant::now();
-    let s = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let s = crate::proto::seqpacket_socket().map_err(|e| e.to_string())?;
     let addr = UnixAddr::new(socket_path).map_err(|e| e.to_string())?;
     // A full backlog makes connect(2) on a blocking unix socket wait: bound it.
     let tv = nix::sys::time::TimeVal::new(

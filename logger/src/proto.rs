@@ -95,6 +95,17 @@ pub struct Registration {
     pub sandbox: PathBuf,
 }
 
+/// A close-on-exec `SOCK_SEQPACKET` unix socket (the module's connection and
+/// the shipper's listening socket: one message per registration).
+pub fn seqpacket_socket() -> nix::Result<OwnedFd> {
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
 /// Sends `data` with `fds` attached.
 pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> nix::Result<()> {
     let iov = [IoSlice::new(data)];

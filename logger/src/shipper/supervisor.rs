@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
-    bind, listen, socket, socketpair, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    bind, listen, socketpair, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
 
 use super::ShipperConfig;
@@ -64,25 +64,13 @@ fn bind_socket(path: &Path) -> Result<OwnedFd, String> {
     }
     let addr = UnixAddr::new(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if path.exists() {
-        let probe = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
+        let probe = proto::seqpacket_socket().map_err(|e| e.to_string())?;
         if nix::sys::socket::connect(probe.as_raw_fd(), &addr).is_ok() {
             return Err(format!("{}: another shipper is listening", path.display()));
         }
         let _ = std::fs::remove_file(path);
     }
-    let s = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let s = proto::seqpacket_socket().map_err(|e| e.to_string())?;
     bind(s.as_raw_fd(), &addr).map_err(|e| format!("bind {}: {e}", path.display()))?;
     listen(&s, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))
         .map_err(|e| format!("listen: {e}"))?;

@@ -358,23 +358,8 @@ impl EsSink {
 
     /// Ships one batch until every record is stored or dead-lettered.
     pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> Result<(), ShipError> {
-        let mut recs = Vec::with_capacity(batch.len());
-        for raw in batch.iter() {
-            match WalRecord::decode(raw) {
-                Some(r) => recs.push(r),
-                None => {
-                    self.dead.add(
-                        "elasticsearch",
-                        "",
-                        b"",
-                        0,
-                        b"undecodable disk-buffer record",
-                        raw,
-                    );
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        let (all, _) = super::decode_batch(batch, "elasticsearch", &mut self.dead, &self.stats);
+        let recs: Vec<WalRecord<'_>> = all.into_iter().flatten().collect();
         let mut pending: Vec<usize> = (0..recs.len()).collect();
         let mut chunk = pending.len().max(1);
         let mut body = Vec::new();

@@ -112,23 +112,7 @@ impl KafkaSink {
     /// Produces one batch until every record is acknowledged or dead-lettered;
     /// false if stopped first (the batch is then sent again after a restart).
     pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> bool {
-        let recs: Vec<Option<WalRecord<'_>>> = batch.iter().map(WalRecord::decode).collect();
-        let mut pending: Vec<usize> = Vec::with_capacity(recs.len());
-        for (i, r) in recs.iter().enumerate() {
-            if r.is_some() {
-                pending.push(i);
-            } else {
-                self.dead.add(
-                    "kafka",
-                    "",
-                    b"",
-                    0,
-                    b"undecodable disk-buffer record",
-                    batch.get(i),
-                );
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let (recs, mut pending) = super::decode_batch(batch, "kafka", &mut self.dead, &self.stats);
         let default_topic = self.cfg.topic.clone();
         while !pending.is_empty() {
             if stop.load(Ordering::Relaxed) {

@@ -16,6 +16,37 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::wal::{Batch, Wal};
+use crate::walrec::WalRecord;
+use deadletter::DeadLetter;
+
+/// Decodes a batch's records. One that cannot be decoded would fail the same
+/// way at every resend: it goes to the dead-letter file, counted. Returns every
+/// slot (`None` where dead-lettered) and the indices of the decoded ones.
+pub fn decode_batch<'a>(
+    batch: &'a Batch,
+    sink: &str,
+    dead: &mut DeadLetter,
+    stats: &SinkStats,
+) -> (Vec<Option<WalRecord<'a>>>, Vec<usize>) {
+    let recs: Vec<Option<WalRecord<'a>>> = batch.iter().map(WalRecord::decode).collect();
+    let mut good = Vec::with_capacity(recs.len());
+    for (i, r) in recs.iter().enumerate() {
+        if r.is_some() {
+            good.push(i);
+        } else {
+            dead.add(
+                sink,
+                "",
+                b"",
+                0,
+                b"undecodable disk-buffer record",
+                batch.get(i),
+            );
+            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (recs, good)
+}
 
 /// The loop of every sink thread: reads a batch from the disk buffer, lets
 /// `ship` deliver it (every record stored or dead-lettered: true; stopped

@@ -198,23 +198,7 @@ impl RedisSink {
     /// dead-lettered; false if stopped first (the batch is then sent again
     /// after a restart, and recognised).
     pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> bool {
-        let recs: Vec<Option<WalRecord<'_>>> = batch.iter().map(WalRecord::decode).collect();
-        let mut pending: Vec<usize> = Vec::with_capacity(recs.len());
-        for (i, r) in recs.iter().enumerate() {
-            if r.is_some() {
-                pending.push(i);
-            } else {
-                self.dead.add(
-                    "redis",
-                    "",
-                    b"",
-                    0,
-                    b"undecodable disk-buffer record",
-                    batch.get(i),
-                );
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let (recs, mut pending) = super::decode_batch(batch, "redis", &mut self.dead, &self.stats);
         let ttl = self.cfg.dedup_ttl.as_secs().max(1);
         let maxlen = self.cfg.maxlen.unwrap_or(0);
         while !pending.is_empty() {
