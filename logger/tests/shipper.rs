@@ -725,3 +725,102 @@ fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
     let _ = c.kill();
     let _ = c.wait();
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: &std::path::Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+        SmallFs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        nix::mount::mount(
+            None::<&str>,
+            &self.0,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT,
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn full_sandbox_disk_makes_the_container_wait_never_epipe_and_loses_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip(
+            "full_sandbox_disk_makes_the_container_wait_never_epipe_and_loses_nothing",
+            "needs root (mounts a tmpfs)",
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let sandbox = d.path().join("sandbox");
+    let fs = SmallFs::mount(&sandbox, "1m");
+    let sh = Shipper::start(d.path(), "rotate_max_bytes = 256KiB\nrotate_keep = 1000");
+    let m = sh.module();
+    // 3 MB of output into a 1 MiB sandbox.
+    let mut c = run_container(
+        &m,
+        &spec("full", &sandbox, &[("rein.log.sink", "none")]),
+        &["--lines", "15000", "--prefix", "f"],
+    );
+    let t = Instant::now();
+    while sh.counters()["reader"]["write_errors"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "no write error seen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the container should wait on its full pipe"
+    );
+    fs.resize("16m");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the container never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the container saw an error: {status:?}");
+    sh.wait_idle(Duration::from_secs(30));
+    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
+    let seqs: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("seq="))
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (0..15000).collect::<Vec<u64>>());
+    drop(sh);
+}

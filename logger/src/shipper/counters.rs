@@ -36,6 +36,8 @@ pub struct Counters {
     pub rotations: AtomicU64,
     /// Registrations refused.
     pub registrations_refused: AtomicU64,
+    /// Failed writes of sandbox files (the stream waits and retries).
+    pub write_errors: AtomicU64,
     /// 1 while the parser runs on idle CPU only, 0 while it competes (a gauge).
     pub parser_idle: AtomicU64,
     /// Times the parser was switched to compete for CPU (a burst outgrew
@@ -95,6 +97,7 @@ pub fn snapshot(
             "rate_limited": load(&c.rate_limited),
             "rotations": load(&c.rotations),
             "registrations_refused": load(&c.registrations_refused),
+            "write_errors": load(&c.write_errors),
             "parser_idle": load(&c.parser_idle),
             "parser_promotions": load(&c.parser_promotions),
         },

@@ -156,6 +156,10 @@ pub struct StreamState {
     pub base: u64,
     /// Registered with epoll.
     pub armed: bool,
+    /// Writing the sandbox file failed (disk full, quota, I/O error): the
+    /// pipe is left unread until then (the container blocks once it is full,
+    /// nothing is lost), and the delay before the next try.
+    pub stalled: Option<(std::time::Instant, std::time::Duration)>,
     /// The last splice ended the file at a line end and the next line would
     /// pass the rotation size (or the file is past it): rotate now.
     pub rotate_due: bool,
@@ -306,6 +310,7 @@ pub fn open(
             file_len: len,
             base: cur_base,
             armed: false,
+            stalled: None,
             rotate_due: false,
             rotated_bases,
             shared: shared.clone(),
@@ -359,12 +364,15 @@ impl StreamState {
         };
         let file = self.file.as_raw_fd();
         while self.staged > 0 {
-            match splice_raw(stage_r, file, Some(self.file_len), self.staged, false)? {
-                0 => break,
-                n => {
+            match splice_raw(stage_r, file, Some(self.file_len), self.staged, false) {
+                Ok(0) => break,
+                Ok(n) => {
                     self.staged -= n;
                     self.grew(n);
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // The rest stays staged for the next call.
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -405,6 +413,23 @@ impl StreamState {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(Splice::Moved(0)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Records a failed write; the delay doubles up to 30 s. Returns it.
+    pub fn stall(&mut self) -> std::time::Duration {
+        let d = self
+            .stalled
+            .map_or(std::time::Duration::from_millis(500), |(_, d)| {
+                (d * 2).min(std::time::Duration::from_secs(30))
+            });
+        self.stalled = Some((std::time::Instant::now() + d, d));
+        d
+    }
+
+    /// True while a stall's delay runs.
+    pub fn stalled_now(&self) -> bool {
+        self.stalled
+            .is_some_and(|(until, _)| std::time::Instant::now() < until)
     }
 
     fn grew(&mut self, n: u64) {

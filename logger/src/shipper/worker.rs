@@ -502,6 +502,7 @@ impl Worker {
         let mut eof = false;
         let mut limited = false;
         let mut lagging = false;
+        let mut stalled = false;
         loop {
             if c.wal.as_ref().is_some_and(|w| w.is_full()) && !c.paused {
                 c.paused = true;
@@ -553,11 +554,18 @@ impl Worker {
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(path = %st.path.display(), "splice: {e}; closing the stream");
-                    eof = true;
+                    // Never close the stream for it: the container would get EPIPE
+                    // once the supervisor lets go. Its pipe waits; retried later.
+                    let d = st.stall();
+                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(path = %st.path.display(), "writing the sandbox file: {e}; retrying in {d:?} (the container blocks once its pipe is full)");
+                    stalled = true;
                     break;
                 }
             };
+            if st.stalled.take().is_some() {
+                tracing::info!(path = %st.path.display(), "writing the sandbox file again");
+            }
             moved += step;
             if let Some(b) = c.bucket.as_mut() {
                 b.tokens -= step as f64;
@@ -580,7 +588,7 @@ impl Worker {
         // Blocked (rate limit, full buffer, parser too far behind) or finished: stop
         // watching until the next tick re-arms. A stream that only used up its fair
         // share stays armed: level-triggered epoll reports it again after the others.
-        if (eof || limited || lagging || c.paused) && st.armed {
+        if (eof || limited || lagging || stalled || c.paused) && st.armed {
             if let Some(p) = &st.pipe {
                 let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, p.as_raw_fd(), 0);
             }
@@ -618,7 +626,7 @@ impl Worker {
             for (i, st) in c.streams.iter_mut().enumerate() {
                 let lag = st.shared.lag();
                 most_behind = most_behind.max(lag);
-                let blocked = c.paused || limited || lag >= max_lag;
+                let blocked = c.paused || limited || lag >= max_lag || st.stalled_now();
                 if let Some(p) = st.pipe.as_ref().filter(|_| !st.armed && !blocked) {
                     let token = id * 2 + i as u64;
                     if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, p.as_raw_fd(), token).is_ok() {
