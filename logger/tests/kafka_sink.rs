@@ -12,49 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, skip, tansu_bin, Broker};
+use common::{fill_wal, free_port, skip, tansu_bin, Broker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
-use rein_logger::record::{EncodeOptions, SourceMeta, Stream, StreamPipeline};
 use rein_logger::sink::kafka::{KafkaConfig, KafkaSink};
 use rein_logger::sink::SinkStats;
 use rein_logger::wal::{FullPolicy, Wal, WalConfig};
-use rein_logger::walrec::WalRecord;
-
-fn fill(w: &Wal, container: &str, n: usize) {
-    let meta = SourceMeta {
-        container_chain: vec![container.into()],
-        ..Default::default()
-    };
-    let mut p = StreamPipeline::new(&meta, Stream::Stdout, &EncodeOptions::default(), 4096, None);
-    let mut input = Vec::new();
-    for i in 0..n {
-        input.extend_from_slice(format!("{container} seq={i} {}\n", "k".repeat(100)).as_bytes());
-    }
-    let mut payload = Vec::new();
-    p.feed(
-        &input,
-        0,
-        true,
-        Instant::now(),
-        1_714_564_800_000,
-        &mut |e| {
-            payload.clear();
-            WalRecord {
-                stream: Stream::Stdout,
-                ts_ms: e.ts_ms,
-                id: e.id,
-                container: container.as_bytes(),
-                route: b"",
-                doc: e.doc,
-            }
-            .encode_into(&mut payload);
-            w.push(&payload);
-        },
-    );
-    w.commit().unwrap();
-}
 
 #[test]
 fn broker_down_then_up_every_record_in_order_per_container() {
@@ -77,7 +41,7 @@ fn broker_down_then_up_every_record_in_order_per_container() {
     );
     let per = 1500;
     for c in ["ka", "kb", "kc"] {
-        fill(&w, c, per);
+        fill_wal(&w, c, "", 0, per);
     }
     let port = free_port();
     let cfg = KafkaConfig {

@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::{xrange, RedisServer, MISSING};
 use common::shipper::{run_container, spec, Shipper};
-use common::{free_port, skip};
-use rein_logger::record::{EncodeOptions, SourceMeta, Stream, StreamPipeline};
+use common::{fill_wal as fill, free_port, skip};
 use rein_logger::sink::redis::{RedisConfig, RedisSink};
 use rein_logger::sink::SinkStats;
 use rein_logger::wal::{FullPolicy, Wal, WalConfig};
-use rein_logger::walrec::WalRecord;
 
 fn wal(dir: &Path) -> Arc<Wal> {
     Arc::new(
@@ -37,43 +35,6 @@ fn wal(dir: &Path) -> Arc<Wal> {
         })
         .unwrap(),
     )
-}
-
-/// Appends `n` records `"<container> seq=<i> ..."` of one container, sent to `route`.
-fn fill(w: &Wal, container: &str, route: &str, from: usize, n: usize) {
-    let meta = SourceMeta {
-        container_chain: vec![container.into()],
-        ..Default::default()
-    };
-    let mut p = StreamPipeline::new(&meta, Stream::Stdout, &EncodeOptions::default(), 4096, None);
-    let mut input = Vec::new();
-    for i in from..from + n {
-        input.extend_from_slice(format!("{container} seq={i} {}\n", "r".repeat(100)).as_bytes());
-    }
-    let mut payload = Vec::new();
-    // Offsets continue from earlier calls so that the ids stay distinct.
-    let base = (from * (container.len() + 110)) as u64;
-    p.feed(
-        &input,
-        base,
-        true,
-        Instant::now(),
-        1_714_564_800_000,
-        &mut |e| {
-            payload.clear();
-            WalRecord {
-                stream: Stream::Stdout,
-                ts_ms: e.ts_ms,
-                id: e.id,
-                container: container.as_bytes(),
-                route: route.as_bytes(),
-                doc: e.doc,
-            }
-            .encode_into(&mut payload);
-            w.push(&payload);
-        },
-    );
-    w.commit().unwrap();
 }
 
 fn config(url: String, dir: &Path) -> RedisConfig {

@@ -253,3 +253,46 @@ pub fn read_all(mut s: TcpStream) -> Vec<u8> {
     let _ = s.read_to_end(&mut v);
     v
 }
+
+/// Appends `n` records `"<container> seq=<i> ..."` of one container, sent to `route`.
+pub fn fill_wal(w: &rein_logger::wal::Wal, container: &str, route: &str, from: usize, n: usize) {
+    let meta = rein_logger::record::SourceMeta {
+        container_chain: vec![container.into()],
+        ..Default::default()
+    };
+    let mut p = rein_logger::record::StreamPipeline::new(
+        &meta,
+        rein_logger::record::Stream::Stdout,
+        &rein_logger::record::EncodeOptions::default(),
+        4096,
+        None,
+    );
+    let mut input = Vec::new();
+    for i in from..from + n {
+        input.extend_from_slice(format!("{container} seq={i} {}\n", "r".repeat(100)).as_bytes());
+    }
+    let mut payload = Vec::new();
+    // Offsets continue from earlier calls so that the ids stay distinct.
+    let base = (from * (container.len() + 110)) as u64;
+    p.feed(
+        &input,
+        base,
+        true,
+        Instant::now(),
+        1_714_564_800_000,
+        &mut |e| {
+            payload.clear();
+            rein_logger::walrec::WalRecord {
+                stream: rein_logger::record::Stream::Stdout,
+                ts_ms: e.ts_ms,
+                id: e.id,
+                container: container.as_bytes(),
+                route: route.as_bytes(),
+                doc: e.doc,
+            }
+            .encode_into(&mut payload);
+            w.push(&payload);
+        },
+    );
+    w.commit().unwrap();
+}
