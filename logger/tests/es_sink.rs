@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -224,79 +224,6 @@ fn every_record_arrives_once_through_injected_faults() {
     }
 }
 
-/// A test CA and a server certificate for localhost/127.0.0.1 signed by it:
-/// returns (CA certificate, server certificate, server key).
-fn openssl_cert(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let p = |n: &str| dir.join(n);
-    std::fs::write(
-        p("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .ok()?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let steps: Vec<Vec<String>> = vec![
-        [
-            &["req", "-x509"][..],
-            &ec,
-            &["-days", "1", "-subj", "/CN=rein-test-ca", "-keyout"],
-        ]
-        .concat()
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            p("ca.key").display().to_string(),
-            "-out".into(),
-            p("ca.pem").display().to_string(),
-        ])
-        .collect(),
-        [&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout"]]
-            .concat()
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                p("key.pem").display().to_string(),
-                "-out".into(),
-                p("leaf.csr").display().to_string(),
-            ])
-            .collect(),
-        ["x509", "-req", "-days", "1", "-in"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                p("leaf.csr").display().to_string(),
-                "-CA".into(),
-                p("ca.pem").display().to_string(),
-                "-CAkey".into(),
-                p("ca.key").display().to_string(),
-                "-CAcreateserial".into(),
-                "-extfile".into(),
-                p("ext.cnf").display().to_string(),
-                "-out".into(),
-                p("cert.pem").display().to_string(),
-            ])
-            .collect(),
-    ];
-    for args in steps {
-        let ok = std::process::Command::new("openssl")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
-        }
-    }
-    Some((p("ca.pem"), p("cert.pem"), p("key.pem")))
-}
-
 #[test]
 fn tls_is_verified_by_default() {
     let Some(es) = EsServer::start() else {
@@ -306,7 +233,7 @@ fn tls_is_verified_by_default() {
         );
     };
     let d = tempfile::tempdir().unwrap();
-    let Some((ca, cert, key)) = openssl_cert(d.path()) else {
+    let Some((ca, cert, key)) = common::openssl_cert(d.path()) else {
         return skip("tls_is_verified_by_default", "openssl not found");
     };
     use rustls::pki_types::pem::PemObject;

@@ -12,7 +12,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -567,63 +567,13 @@ fn shipper_sends_task_lines_to_its_redis_stream_once_across_a_worker_kill() {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, made with
-/// `openssl`: (CA, certificate, key).
-fn openssl_cert(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let p = |n: &str| dir.join(n).display().to_string();
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .ok()?;
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    let steps = [
-        format!(
-            "req -x509 {ec} -days 1 -subj /CN=rein-test-ca -keyout {} -out {}",
-            p("ca.key"),
-            p("ca.pem")
-        ),
-        format!(
-            "req {ec} -subj /CN=localhost -keyout {} -out {}",
-            p("key.pem"),
-            p("req.pem")
-        ),
-        format!(
-            "x509 -req -days 1 -in {} -CA {} -CAkey {} -CAcreateserial -extfile {} -out {}",
-            p("req.pem"),
-            p("ca.pem"),
-            p("ca.key"),
-            p("ext.cnf"),
-            p("cert.pem")
-        ),
-    ];
-    for args in steps {
-        // Paths come from a temporary directory without spaces.
-        let ok = std::process::Command::new("openssl")
-            .args(args.split(' '))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
-        }
-    }
-    Some((
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    ))
-}
-
 #[test]
 fn tls_is_verified_against_the_ca_file() {
     if common::redis_server::redis_bin().is_none() {
         return skip("tls_is_verified_against_the_ca_file", MISSING);
     }
     let d = tempfile::tempdir().unwrap();
-    let Some((ca, cert, key)) = openssl_cert(d.path()) else {
+    let Some((ca, cert, key)) = common::openssl_cert(d.path()) else {
         return skip("tls_is_verified_against_the_ca_file", "openssl not found");
     };
     let tls_port = free_port().to_string();

@@ -296,3 +296,76 @@ pub fn fill_wal(w: &rein_logger::wal::Wal, container: &str, route: &str, from: u
     );
     w.commit().unwrap();
 }
+
+/// A test CA and a server certificate for localhost/127.0.0.1 signed by it:
+/// returns (CA certificate, server certificate, server key).
+pub fn openssl_cert(dir: &std::path::Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let p = |n: &str| dir.join(n);
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .ok()?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<String>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "1", "-subj", "/CN=rein-test-ca", "-keyout"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            p("ca.key").display().to_string(),
+            "-out".into(),
+            p("ca.pem").display().to_string(),
+        ])
+        .collect(),
+        [&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout"]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                p("key.pem").display().to_string(),
+                "-out".into(),
+                p("leaf.csr").display().to_string(),
+            ])
+            .collect(),
+        ["x509", "-req", "-days", "1", "-in"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                p("leaf.csr").display().to_string(),
+                "-CA".into(),
+                p("ca.pem").display().to_string(),
+                "-CAkey".into(),
+                p("ca.key").display().to_string(),
+                "-CAcreateserial".into(),
+                "-extfile".into(),
+                p("ext.cnf").display().to_string(),
+                "-out".into(),
+                p("cert.pem").display().to_string(),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let ok = std::process::Command::new("openssl")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+    }
+    Some((p("ca.pem"), p("cert.pem"), p("key.pem")))
+}
