@@ -172,33 +172,35 @@ impl Worker {
             .map_err(io_err(cfg.state_dir.display()))?;
         let mut sinks = Vec::new();
         if let Some(es_cfg) = &cfg.es {
-            let wal = open_buffer(&cfg, "elasticsearch")?;
-            let stats = Arc::new(SinkStats::default());
-            let mut sink = EsSink::new(es_cfg.clone(), stats.clone())?;
-            sinks.push((
+            sinks.push(start_sink(
+                &cfg,
                 SinkKind::Elasticsearch,
-                start_sink("es-sink", wal, stats, move |w, s| sink.run(w, s))?,
-            ));
+                "es-sink",
+                |stats| EsSink::new(es_cfg.clone(), stats),
+                EsSink::run,
+            )?);
         }
         #[cfg(feature = "kafka")]
         if let Some(k_cfg) = &cfg.kafka {
-            let wal = open_buffer(&cfg, "kafka")?;
-            let stats = Arc::new(SinkStats::default());
-            let mut sink = crate::sink::kafka::KafkaSink::new(k_cfg.clone(), stats.clone())?;
-            sinks.push((
+            use crate::sink::kafka::KafkaSink;
+            sinks.push(start_sink(
+                &cfg,
                 SinkKind::Kafka,
-                start_sink("kafka-sink", wal, stats, move |w, s| sink.run(w, s))?,
-            ));
+                "kafka-sink",
+                |stats| KafkaSink::new(k_cfg.clone(), stats),
+                KafkaSink::run,
+            )?);
         }
         #[cfg(feature = "redis")]
         if let Some(r_cfg) = &cfg.redis {
-            let wal = open_buffer(&cfg, "redis")?;
-            let stats = Arc::new(SinkStats::default());
-            let mut sink = crate::sink::redis::RedisSink::new(r_cfg.clone(), stats.clone())?;
-            sinks.push((
+            use crate::sink::redis::RedisSink;
+            sinks.push(start_sink(
+                &cfg,
                 SinkKind::Redis,
-                start_sink("redis-sink", wal, stats, move |w, s| sink.run(w, s))?,
-            ));
+                "redis-sink",
+                |stats| RedisSink::new(r_cfg.clone(), stats),
+                RedisSink::run,
+            )?);
         }
         let counters = Arc::new(Counters::default());
         let parser = Parser::start(
@@ -794,24 +796,33 @@ fn open_buffer(cfg: &ShipperConfig, name: &str) -> Result<Arc<Wal>, String> {
     .map_err(|e| e.to_string())
 }
 
-fn start_sink(
-    name: &str,
-    wal: Arc<Wal>,
-    stats: Arc<SinkStats>,
-    run: impl FnOnce(&Wal, &AtomicBool) + Send + 'static,
-) -> Result<SinkHandle, String> {
+/// Opens a sink's disk buffer, builds the sink with its counters and runs it
+/// on a thread named `thread`.
+fn start_sink<S: Send + 'static>(
+    cfg: &ShipperConfig,
+    kind: SinkKind,
+    thread: &str,
+    make: impl FnOnce(Arc<SinkStats>) -> Result<S, String>,
+    run: fn(&mut S, &Wal, &AtomicBool),
+) -> Result<(SinkKind, SinkHandle), String> {
+    let wal = open_buffer(cfg, kind.name())?;
+    let stats = Arc::new(SinkStats::default());
+    let mut sink = make(stats.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     let (w, s) = (wal.clone(), stop.clone());
     let thread = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || run(&w, &s))
+        .name(thread.into())
+        .spawn(move || run(&mut sink, &w, &s))
         .map_err(io_err("sink thread"))?;
-    Ok(SinkHandle {
-        wal,
-        stats,
-        stop,
-        thread: Some(thread),
-    })
+    Ok((
+        kind,
+        SinkHandle {
+            wal,
+            stats,
+            stop,
+            thread: Some(thread),
+        },
+    ))
 }
 
 /// Bytes waiting in a pipe.
