@@ -295,16 +295,7 @@ impl Netlink {
     pub fn drain_link_events(&mut self) -> bool {
         let mut seen = false;
         loop {
-            // SAFETY: `rx` is a valid writable buffer of the length passed.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.rx.as_mut_ptr().cast(),
-                    self.rx.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            let Ok(n) = usize::try_from(n) else {
+            let Ok(n) = usize::try_from(self.recv_raw(libc::MSG_DONTWAIT)) else {
                 let err = io::Error::last_os_error();
                 match err.raw_os_error() {
                     Some(libc::EINTR) => continue,
@@ -343,18 +334,23 @@ impl Netlink {
         Ok(seq)
     }
 
+    /// One `recv(2)` into the reply buffer with `flags`: its length, or -1 (errno set).
+    fn recv_raw(&mut self, flags: libc::c_int) -> isize {
+        // SAFETY: `rx` is a valid writable buffer of the length passed.
+        unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                self.rx.as_mut_ptr().cast(),
+                self.rx.len(),
+                flags,
+            )
+        }
+    }
+
     /// Receives one datagram into the reply buffer; returns its length.
     fn recv(&mut self, what: &str) -> Result<usize, NlError> {
         loop {
-            // SAFETY: `rx` is a valid writable buffer of the length passed.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.rx.as_mut_ptr().cast(),
-                    self.rx.len(),
-                    0,
-                )
-            };
+            let n = self.recv_raw(0);
             if n >= 0 {
                 return Ok(usize::try_from(n).unwrap_or_default());
             }
