@@ -480,14 +480,19 @@ impl Isolator for NetClsIsolator {
             return Ok(Statistics::default());
         };
         let stats = egress.shaper.stats(record.handle.classid())?;
+        // What the kernel holds, read back; computed with its rounding when no
+        // device had the class (a namespace without devices yet).
+        let held = stats
+            .held
+            .unwrap_or_else(|| egress::expected_held(&e.shape));
         Ok(Statistics {
             net_tx: Some(NetTx {
                 bytes: stats.bytes,
                 packets: stats.packets,
                 dropped: stats.drops,
-                rate_limit: e.shape.rate / 8,
-                burst_rate_limit: e.shape.ceil / 8,
-                burst_size: e.shape.burst,
+                rate_limit: held.rate,
+                burst_rate_limit: held.ceil,
+                burst_size: held.burst,
             }),
             ..Statistics::default()
         })
