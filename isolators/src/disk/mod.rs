@@ -684,6 +684,11 @@ impl DiskIsolator {
                   "the sandbox is larger than project_walk_max_entries (or deeper than the walk goes); the id is held until the sandbox is removed");
             return false;
         }
+        if self.charged(sandbox, project) {
+            // A task may have moved files into this project from its own sandbox:
+            // every running container's files go back to its own id first.
+            self.repair_live();
+        }
         match self.kernel.quota(sandbox, project) {
             Ok(q) if q.used == 0 && q.inodes == 0 => {
                 info!(container = %id, project, entries = report.entries, "project id cleared from the sandbox and reclaimed");
@@ -700,6 +705,31 @@ impl DiskIsolator {
                 warn!(container = %id, project, "reading the quota after clearing: {e}; the id is held until the sandbox is removed");
                 false
             }
+        }
+    }
+
+    /// Whether the quota shows anything charged to `project`.
+    fn charged(&self, sandbox: &Path, project: u32) -> bool {
+        self.kernel
+            .quota(sandbox, project)
+            .is_ok_and(|q| q.used > 0 || q.inodes > 0)
+    }
+
+    /// Sets every running container's sandbox back to its own project id.
+    fn repair_live(&self) {
+        let live: Vec<(ContainerId, PathBuf, u32)> = self
+            .lock()
+            .containers
+            .iter()
+            .filter_map(|(id, t)| match t.record.backend {
+                Backend::Quota { project, .. } => {
+                    Some((id.clone(), t.record.sandbox.clone(), project))
+                }
+                Backend::Scan => None,
+            })
+            .collect();
+        for (id, sandbox, project) in live {
+            self.repair(&id, &sandbox, project);
         }
     }
 
