@@ -125,6 +125,53 @@ fn attack_disk_task_changes_ids_and_plants_objects() {
 }
 
 #[test]
+fn attack_disk_directories_swapped_for_symlinks_during_walks() {
+    let Some(xfs) = Xfs::mount("attack_disk_directories_swapped_for_symlinks_during_walks") else {
+        return;
+    };
+    let sandbox = xfs.sandbox("swapper");
+    let agent = xfs.mnt.join("agent");
+    fs::create_dir_all(agent.join("inner")).unwrap();
+    fs::write(agent.join("inner/secret"), b"root only").unwrap();
+    walk(&agent, 42, 1000);
+    // The task swaps a directory of its sandbox for a symlink to the agent's
+    // directory and back, as fast as it can, while the agent walks.
+    let mut swapper = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            "mkdir -p d/inner && : > d/inner/f && \
+             while :; do mv d d2; ln -s ../../agent d; rm d; mv d2 d; done",
+        ])
+        .current_dir(&sandbox)
+        .spawn()
+        .expect("starting the task");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sandbox.join("d2").exists() && !sandbox.join("d").is_symlink() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never swapped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut walks = 0;
+    for round in 0..300u32 {
+        let id = 7000 + round % 2;
+        walk(&sandbox, id, 10_000);
+        walks += 1;
+        for p in [&agent, &agent.join("inner"), &agent.join("inner/secret")] {
+            assert_eq!(projid(p), 42, "walk {round} changed {}", p.display());
+        }
+    }
+    swapper.kill().expect("stopping the task");
+    let _ = swapper.wait();
+    eprintln!("{walks} walks raced a directory/symlink swap; nothing outside was touched");
+}
+
+#[test]
 fn attack_disk_trees_too_deep_or_too_large_stop_the_walk_at_its_bounds() {
     let Some(xfs) =
         Xfs::mount("attack_disk_trees_too_deep_or_too_large_stop_the_walk_at_its_bounds")
