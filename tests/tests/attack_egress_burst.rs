@@ -153,3 +153,68 @@ fn attack_egress_over_cap_shaping_is_refused_and_the_cap_holds() {
     drop(iso);
     let _ = root.remove();
 }
+
+#[test]
+fn attack_egress_burst_granted_before_a_cap_is_capped_at_recovery() {
+    if !rein_tests::require_root("attack_egress_burst_granted_before_a_cap_is_capped_at_recovery") {
+        return;
+    }
+    let pair = NetPair::new("rcap");
+    let hierarchy = net_cls_mount::net_cls_hierarchy();
+    let root_name = format!("rein-eg-{}-rcap", std::process::id());
+    let root = hierarchy.cgroup(&root_name);
+    let state = tempfile::tempdir().unwrap();
+    let params = |max_burst: &str| -> Vec<(String, String)> {
+        [
+            ("net_cls_primary_handle", "0x1"),
+            ("net_cls_secondary_handles", "0x10,0x7ff"),
+            ("cgroups_root", root_name.as_str()),
+            ("state_dir", state.path().to_str().unwrap()),
+            ("egress_shaping", "true"),
+            ("egress_devices", CLIENT_DEV),
+            ("egress_classifier", "net_cls"),
+            ("egress_max_rate", RATE_CAP),
+            ("egress_max_burst", max_burst),
+        ]
+        .iter()
+        .map(|(a, b)| ((*a).into(), (*b).into()))
+        .collect()
+    };
+    // An agent whose operator allowed 512 MiB bursts shapes a container.
+    let s = spec(
+        "old",
+        &[
+            ("rein.net.egress.rate", RATE_CAP),
+            ("rein.net.egress.burst", "512MiB"),
+        ],
+    );
+    {
+        let p = params("1GiB");
+        let mut iso = in_netns(&pair.client, || NetClsIsolator::from_params(&p)).unwrap();
+        iso.prepare(&s).unwrap();
+        let child = in_netns(&pair.client, || Sender::fork(1, Duration::from_secs(1)));
+        iso.isolate(&s.id, child.pid).unwrap();
+        let held = iso.usage(&s.id).unwrap().net_tx.unwrap().burst_size;
+        assert!(held > 500 << 20, "{held}");
+        // The agent stops; the container and its class stay.
+    }
+    // The operator lowers the cap; the agent restarts and recovers the container.
+    let p = params("4MiB");
+    let mut iso = in_netns(&pair.client, || NetClsIsolator::from_params(&p)).unwrap();
+    iso.recover(
+        &[rein_core::RecoveredContainer {
+            id: s.id.clone(),
+            pid: None,
+            sandbox: None,
+        }],
+        &[],
+    )
+    .unwrap();
+    let usage = iso.usage(&s.id).unwrap().net_tx.expect("net_tx");
+    eprintln!("after recovery under a 4 MiB cap: {usage:?}");
+    assert!(usage.burst_size <= BURST_CAP, "{usage:?}");
+    assert_eq!(iso.egress_shape(&s.id).unwrap().burst, BURST_CAP);
+    iso.cleanup(&s.id).unwrap();
+    drop(iso);
+    let _ = root.remove();
+}

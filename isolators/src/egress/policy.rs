@@ -342,6 +342,19 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The shape within the operator's current caps (a record from before a cap was
+    /// lowered or introduced, found at recovery).
+    pub fn within_caps(&self, params: &EgressParams) -> Shape {
+        let cap = params.rate_cap();
+        let rate = self.rate.min(cap);
+        Shape {
+            rate,
+            ceil: self.ceil.min(cap).max(rate),
+            burst: self.burst.min(params.max_burst),
+            from_cpus: self.from_cpus,
+        }
+    }
+
     /// The shape after the container's cpus changed (derived rates only).
     pub fn updated(&self, params: &EgressParams, cpus: Option<f64>) -> Shape {
         if !self.from_cpus {
@@ -553,6 +566,29 @@ mod tests {
         assert_eq!(s.updated(&p, Some(4.0)).burst, 64 << 10);
         assert_eq!(format_bytes(1600), "1600B");
         assert_eq!(format_bytes(3 << 30), "3GiB");
+    }
+
+    #[test]
+    fn recovered_shapes_are_brought_within_the_caps() {
+        let p = on(&[("egress_max_rate", "100mbit"), ("egress_max_burst", "1MiB")]);
+        let old = Shape {
+            rate: 200_000_000,
+            ceil: 1_000_000_000,
+            burst: 1 << 40,
+            from_cpus: false,
+        };
+        let s = old.within_caps(&p);
+        assert_eq!(
+            (s.rate, s.ceil, s.burst),
+            (100_000_000, 100_000_000, 1 << 20)
+        );
+        let fine = Shape {
+            rate: 10_000_000,
+            ceil: 50_000_000,
+            burst: 65536,
+            from_cpus: true,
+        };
+        assert_eq!(fine.within_caps(&p), fine);
     }
 
     #[test]

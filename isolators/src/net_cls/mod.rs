@@ -367,6 +367,24 @@ impl Isolator for NetClsIsolator {
                     e.cgroup_id = cgroup_id;
                 }
             }
+            let recapped = match (&self.egress, &mut record.egress) {
+                (Some(egress), Some(e)) => {
+                    let capped = e.shape.within_caps(&egress.params);
+                    let changed = capped != e.shape;
+                    if changed {
+                        warn!(container = %id, recorded = ?e.shape, now = ?capped,
+                              "recovered egress shaping above the operator's current caps; brought within them");
+                        e.shape = capped;
+                    }
+                    changed
+                }
+                _ => false,
+            };
+            if recapped {
+                if let Err(err) = self.store.save(&id, &record) {
+                    warn!(container = %id, "saving net_cls state: {err}");
+                }
+            }
             if let (Some(egress), Some(e)) = (&mut self.egress, &mut record.egress) {
                 let classid = record.handle.classid();
                 // Where it was shaped follows from where its init process lives.
