@@ -177,11 +177,11 @@ fn fill(path: &Path, max: u64) -> (u64, Option<io::Error>) {
             caps::Capability::CAP_SYS_RESOURCE,
         )
         .unwrap();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
+        // Creating the file can fail already (XFS charges the new inode).
+        let mut file = match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => return (0, Some(e)),
+        };
         let chunk = vec![0xa5u8; 64 * 1024];
         let mut written = 0u64;
         while written < max {
@@ -460,11 +460,40 @@ fn attacks(fs: Fs, lane: &Lane) {
         rx.try_recv().expect("killed for its own files").reason,
         REASON_DISK
     );
-    for s in [&victim, &attacker] {
+
+    // An enforce-mode neighbour filled to its limit by the attacker's file: its
+    // writes fail until the next passes move the file back to its owner.
+    let filled = spec(mnt, "filled", 8.0, None);
+    task_owned(&filled);
+    iso.prepare(&filled).unwrap();
+    let f = project(&iso, &filled.id);
+    let (ok, out) = xfs_lane::as_task(
+        &attacker.sandbox,
+        &format!("set -e; head -c 8257536 /dev/zero > fill; sync; chattr -p {f} fill"),
+    );
+    assert!(ok, "{fs:?}: {out}");
+    let (_, err) = fill(&filled.sandbox.join("blocked"), MIB);
+    eprintln!("{fs:?}: the neighbour's write while billed: {err:?}");
+    assert!(
+        err.is_some(),
+        "{fs:?}: the attacker's file did not fill the neighbour"
+    );
+    iso.poll_now(); // sees it near its limit, confirms with a walk, asks for an audit
+    iso.poll_now(); // audits every sandbox
+    assert_eq!(xfs_lane::projid(&attacker.sandbox.join("fill")), a);
+    let (_, err) = fill(&filled.sandbox.join("free-again"), MIB);
+    assert!(
+        err.is_none(),
+        "{fs:?}: still blocked: {err:?}; {:?}",
+        iso.counters()
+    );
+
+    for s in [&victim, &attacker, &filled] {
         iso.cleanup(&s.id).unwrap();
     }
     assert_nothing_charged(&victim.sandbox, v);
     assert_nothing_charged(&attacker.sandbox, a);
+    assert_nothing_charged(&filled.sandbox, f);
     assert_eq!(iso.project_ids(), (10, 10));
 }
 
