@@ -54,6 +54,7 @@ fn broker_down_then_up_every_record_in_order_per_container() {
         backoff_max: Duration::from_millis(300),
         dead_letter: d.path().join("dead.ndjson"),
         properties: vec![],
+        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
     };
     let stats = Arc::new(SinkStats::default());
     let stop = Arc::new(AtomicBool::new(false));

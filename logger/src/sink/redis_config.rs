@@ -36,6 +36,8 @@ pub struct RedisConfig {
     pub backoff_max: Duration,
     /// `redis_dead_letter`: records Redis can never accept.
     pub dead_letter: PathBuf,
+    /// `route_failure`: what becomes of the records of a stream that refuses them for good.
+    pub route_failure: super::route::RouteFailure,
 }
 
 /// Credentials read from `redis_auth_file`.
