@@ -1,0 +1,251 @@
+//! Attacks of a task on everyone's records, performed for real: content that
+//! would break a sink's framing (pretty-printed JSON, every byte value), a
+//! route that refuses records for good (a write-blocked index, a stream
+//! outside the shipper's Redis ACL), and lines of any length. Each test fails
+//! if the attack works: a victim's records must all arrive.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{skip, EsServer};
+use rein_logger::http::Url;
+use rein_logger::record::{
+    EncodeOptions, MultilineConfig, SourceMeta, StartRule, Stream, StreamPipeline,
+};
+use rein_logger::sink::es::{EsConfig, EsSink};
+use rein_logger::sink::route::RouteFailure;
+use rein_logger::sink::SinkStats;
+use rein_logger::wal::{FullPolicy, Wal, WalConfig};
+use rein_logger::walrec::WalRecord;
+
+const READ_MS: i64 = 1_714_564_800_000; // 2024-05-01T12:00:00Z
+
+fn wal(dir: &Path) -> Arc<Wal> {
+    Arc::new(
+        Wal::open(WalConfig {
+            dir: dir.join("buffer"),
+            segment_bytes: 4 << 20,
+            max_bytes: 512 << 20,
+            fsync_interval: Duration::from_millis(100),
+            policy: FullPolicy::Pause,
+        })
+        .unwrap(),
+    )
+}
+
+fn es_config(addr: std::net::SocketAddr, dir: &Path) -> EsConfig {
+    EsConfig {
+        url: Url::parse(&format!("http://{addr}")).unwrap(),
+        index: "victims-%Y.%m.%d".into(),
+        auth_file: None,
+        gzip: false,
+        ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+        batch_records: 100,
+        batch_bytes: 1 << 20,
+        timeout: Duration::from_secs(5),
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(300),
+        dead_letter: dir.join("dead-letter.ndjson"),
+        refresh: false,
+        route_failure: RouteFailure::DeadLetterAfterAttempts(3),
+    }
+}
+
+/// Encodes `input` as one container's stdout (multiline on: lines that start
+/// with a space or `}` continue a record) into `w`, sent to `route`.
+fn feed(w: &Wal, container: &str, route: &str, input: &[u8]) -> u64 {
+    let meta = SourceMeta {
+        container_chain: vec![container.into()],
+        task_labels: vec![("team".into(), "a\nb".into())],
+        ..Default::default()
+    };
+    let ml = MultilineConfig {
+        rule: StartRule::Indented,
+        max_lines: 1000,
+        max_bytes: 1 << 20,
+        timeout: Duration::from_secs(1),
+    };
+    let mut p = StreamPipeline::new(
+        &meta,
+        Stream::Stdout,
+        &EncodeOptions::default(),
+        64 * 1024,
+        Some(ml),
+    );
+    let mut n = 0;
+    let mut payload = Vec::new();
+    let mut push = |e: rein_logger::record::Encoded<'_>| {
+        payload.clear();
+        WalRecord {
+            stream: Stream::Stdout,
+            ts_ms: e.ts_ms,
+            id: e.id,
+            container: container.as_bytes(),
+            route: route.as_bytes(),
+            doc: e.doc,
+        }
+        .encode_into(&mut payload);
+        w.push(&payload);
+        n += 1;
+    };
+    p.feed(input, 0, true, Instant::now(), READ_MS, &mut push);
+    p.poll(Instant::now(), READ_MS, true, &mut push);
+    w.commit().unwrap();
+    n
+}
+
+/// Runs the sink until `until` or the deadline; returns the stats.
+fn run_es(
+    cfg: EsConfig,
+    w: Arc<Wal>,
+    until: impl Fn(&SinkStats) -> bool,
+    limit: Duration,
+) -> Arc<SinkStats> {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let stats = Arc::new(SinkStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sink = EsSink::new(cfg, stats.clone()).unwrap();
+    let (w2, s2) = (w.clone(), stop.clone());
+    let h = std::thread::spawn(move || sink.run(&w2, &s2));
+    let deadline = Instant::now() + limit;
+    while !until(&stats) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    w.wake();
+    h.join().unwrap();
+    stats
+}
+
+/// Pretty-printed JSON (joined by multiline) and lines holding every byte
+/// value, from three containers in the same `_bulk` requests: every record
+/// is stored, none is dead-lettered.
+#[test]
+fn record_content_never_breaks_the_bulk_framing() {
+    let Some(es) = EsServer::start() else {
+        return skip(
+            "record_content_never_breaks_the_bulk_framing",
+            "osmem-server not installed (pip install osmem-server==0.1.6)",
+        );
+    };
+    let d = tempfile::tempdir().unwrap();
+    let w = wal(d.path());
+    let mut total = 0;
+    for c in ["pretty", "bytes", "plain"] {
+        let mut input = Vec::new();
+        for i in 0..40u32 {
+            match c {
+                "pretty" => input.extend_from_slice(
+                    format!(
+                        "{{\n  \"msg\": \"{c} {i}\",\n  \"ctx\": {{\n    \"n\": [\n      {i},\n      2\r\n    ]\n  }}\n}}\n"
+                    )
+                    .as_bytes(),
+                ),
+                "bytes" => {
+                    // Every byte value, raw and inside JSON strings and values.
+                    for b in (0..=255u8).skip(i as usize * 7).take(7) {
+                        if b == b'\n' || b == b' ' || b == b'}' {
+                            continue;
+                        }
+                        input.extend_from_slice(&[b'x', b, b'\n']);
+                        input.extend_from_slice(b"{\"s\":\"");
+                        input.push(b);
+                        input.extend_from_slice(b"\"}\n");
+                        // Another field: a string here would conflict with a number.
+                        input.extend_from_slice(b"{\"v\":");
+                        input.push(b);
+                        input.extend_from_slice(b"1}\n");
+                    }
+                }
+                _ => input.extend_from_slice(format!("{c} line {i}\n").as_bytes()),
+            }
+        }
+        total += feed(&w, c, "", &input);
+    }
+    let cfg = es_config(es.addr, d.path());
+    let stats = run_es(
+        cfg,
+        w.clone(),
+        |s| s.shipped.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed) >= total,
+        Duration::from_secs(60),
+    );
+    let dead = std::fs::read_to_string(d.path().join("dead-letter.ndjson")).unwrap_or_default();
+    eprintln!("{total} records; {stats:?}");
+    assert_eq!(
+        stats.dead_lettered.load(Ordering::Relaxed),
+        0,
+        "dead letters: {dead:.2000}"
+    );
+    assert_eq!(stats.shipped.load(Ordering::Relaxed), total);
+    assert_eq!(es.count("victims-2024.05.01"), total);
+    let msgs = es.messages("victims-2024.05.01");
+    for i in 0..40 {
+        assert!(msgs.contains(&format!("pretty {i}")), "pretty {i} missing");
+    }
+}
+
+/// The attacker's index refuses every write for good (a write block answered
+/// 403 `cluster_block_exception` per item); the victim's records, in the
+/// same batches, are all stored and the attacker's go to the dead-letter
+/// file, counted on its route, without holding the victim back.
+#[test]
+fn a_refusing_index_is_contained_to_its_route() {
+    let Some(es) = EsServer::start() else {
+        return skip(
+            "a_refusing_index_is_contained_to_its_route",
+            "osmem-server not installed (pip install osmem-server==0.1.6)",
+        );
+    };
+    let blocked = "attacker-2024.05.01";
+    let (st, body) = es.put(&format!("/{blocked}"), "{}").unwrap();
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = es
+        .put(
+            &format!("/{blocked}/_settings"),
+            r#"{"index":{"blocks":{"write":true}}}"#,
+        )
+        .unwrap();
+    assert_eq!(st, 200, "{body}");
+    let d = tempfile::tempdir().unwrap();
+    let w = wal(d.path());
+    // Interleaved: every batch holds records of both.
+    let (n, rounds) = (50, 8);
+    for r in 0..rounds {
+        common::fill_wal(&w, "victim", "", r * n, n);
+        common::fill_wal(&w, "attacker", "attacker-%Y.%m.%d", r * n, n);
+    }
+    let total = (2 * n * rounds) as u64;
+    let start = Instant::now();
+    let stats = run_es(
+        es_config(es.addr, d.path()),
+        w.clone(),
+        |s| s.shipped.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed) >= total,
+        Duration::from_secs(60),
+    );
+    let took = start.elapsed();
+    let routes = stats.routes.snapshot();
+    eprintln!("{took:?} {stats:?} {routes:?}");
+    let victims = (n * rounds) as u64;
+    assert_eq!(
+        es.count("victims-2024.05.01"),
+        victims,
+        "every victim record stored"
+    );
+    assert_eq!(stats.shipped.load(Ordering::Relaxed), victims);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), victims);
+    assert_eq!(routes[blocked].dead_lettered, victims);
+    assert_eq!(routes[blocked].failing, 1);
+    assert_eq!(routes["victims-2024.05.01"].shipped, victims);
+    assert_eq!(routes["victims-2024.05.01"].refused, 0);
+    // Three attempts once, then each refusal is final: far below one backoff per batch.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let dl = std::fs::read_to_string(d.path().join("dead-letter.ndjson")).unwrap();
+    assert_eq!(dl.lines().count() as u64, victims);
+    assert!(dl
+        .lines()
+        .all(|l| l.contains("cluster_block_exception") && l.contains(blocked)));
+}
