@@ -6,11 +6,13 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::shipper::{spec, Shipper};
 use common::{skip, EsServer};
 use rein_logger::http::Url;
 use rein_logger::record::{
@@ -248,4 +250,128 @@ fn a_refusing_index_is_contained_to_its_route() {
     assert!(dl
         .lines()
         .all(|l| l.contains("cluster_block_exception") && l.contains(blocked)));
+}
+
+/// Every record of a disk buffer directory: (offset, message, split part).
+fn buffered_records(dir: &Path) -> Vec<(u64, String, Option<u64>)> {
+    let w = Wal::open(WalConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes: 1 << 30,
+        max_bytes: 1 << 40,
+        fsync_interval: Duration::from_secs(1),
+        policy: FullPolicy::Pause,
+    })
+    .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let b = w.read_batch(1000, 64 << 20, Duration::ZERO).unwrap();
+        if b.is_empty() {
+            return out;
+        }
+        for r in b.iter() {
+            let rec = WalRecord::decode(r).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap();
+            out.push((
+                v["log"]["offset"].as_u64().unwrap(),
+                v["message"].as_str().unwrap().to_string(),
+                v["log"]["split"]["part"].as_u64(),
+            ));
+        }
+        w.ack(b.end, b.len() as u64).unwrap();
+    }
+}
+
+/// Lines of 1 MiB, exactly `max_line_bytes` (8 MiB), one byte more, and
+/// 100 MiB without a newline up to the end: the container's writes all
+/// complete (with a lag bound far below the line), its streams end, and every
+/// byte is buffered in order, the long lines as marked parts.
+#[test]
+fn lines_of_any_length_are_split_and_shipped() {
+    const MAX: usize = 8 << 20;
+    let d = tempfile::tempdir().unwrap();
+    // The sink is unreachable: records stay in the disk buffer, where the test reads them.
+    let mut sh = Shipper::start(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nmax_line_bytes = 8MiB\nmax_unparsed_bytes = 16MiB\nrotate_keep = 1000",
+    );
+    let m = sh.module();
+    let sandbox = d.path().join("sandbox");
+    let io = m
+        .prepare(&spec(
+            "long",
+            &sandbox,
+            &[("rein.log.sink", "elasticsearch")],
+        ))
+        .unwrap();
+    assert!(io.shipped);
+    let mut stream = Vec::with_capacity(130 << 20);
+    let mut k = 0u32;
+    let mut line = |stream: &mut Vec<u8>, n: usize, newline: bool| {
+        for _ in 0..n {
+            stream.push(b'a' + (k % 26) as u8);
+            k = k.wrapping_add(7);
+        }
+        if newline {
+            stream.push(b'\n');
+        }
+    };
+    line(&mut stream, 1 << 20, true);
+    line(&mut stream, MAX, true);
+    line(&mut stream, MAX + 1, true);
+    line(&mut stream, 100 << 20, false);
+    let stream = Arc::new(stream);
+    let (s2, out) = (stream.clone(), io.stdout);
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(out);
+        f.write_all(&s2).unwrap();
+        // Closing it is the container's exit.
+    });
+    drop(io.stderr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !writer.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the container's writes never completed: {}",
+            sh.counters()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.join().unwrap();
+    sh.wait_idle(Duration::from_secs(300));
+    let counters = sh.counters();
+    sh.stop();
+    let mut recs = buffered_records(&d.path().join("state/buffer/elasticsearch"));
+    recs.sort_by_key(|r| r.0);
+    let parts: Vec<(usize, Option<u64>)> = recs.iter().map(|r| (r.1.len(), r.2)).collect();
+    eprintln!("{counters}\n{parts:?}");
+    // Every byte, in order: each record is the stream at its offset, the next
+    // one starts right after it (or after its newline).
+    let mut pos = 0usize;
+    for (off, msg, _) in &recs {
+        assert_eq!(
+            usize::try_from(*off).unwrap(),
+            pos,
+            "gap or overlap at {pos}"
+        );
+        let end = pos + msg.len();
+        assert!(msg.len() <= MAX, "a record longer than max_line_bytes");
+        assert!(
+            msg.as_bytes() == &stream[pos..end],
+            "bytes differ in the record at {pos}"
+        );
+        pos = end;
+        if stream.get(pos) == Some(&b'\n') {
+            pos += 1;
+        }
+    }
+    assert_eq!(pos, stream.len(), "not every byte was buffered");
+    let split_parts = |first: usize| parts[first..].iter().take_while(|p| p.1.is_some()).count();
+    assert_eq!(parts[0], (1 << 20, None));
+    assert_eq!(
+        parts[1],
+        (MAX, None),
+        "exactly max_line_bytes is one record"
+    );
+    assert_eq!((parts[2], parts[3]), ((MAX, Some(0)), (1, Some(1))));
+    assert_eq!(split_parts(4), 13, "100 MiB: 12 full parts and the rest");
 }
