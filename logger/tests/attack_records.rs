@@ -375,3 +375,152 @@ fn lines_of_any_length_are_split_and_shipped() {
     assert_eq!((parts[2], parts[3]), ((MAX, Some(0)), (1, Some(1))));
     assert_eq!(split_parts(4), 13, "100 MiB: 12 full parts and the rest");
 }
+
+#[cfg(feature = "redis")]
+mod redis_routes {
+    use super::*;
+    use common::redis_server::RedisServer;
+    use rein_logger::sink::redis::{RedisConfig, RedisSink};
+
+    fn config(url: String, dir: &Path) -> RedisConfig {
+        RedisConfig {
+            url,
+            stream: "rein-logs".into(),
+            batch_records: 100,
+            batch_bytes: 4 << 20,
+            dedup_ttl: Duration::from_secs(3600),
+            dedup_prefix: "rein:dedup".into(),
+            maxlen: None,
+            auth_file: None,
+            ca_file: None,
+            timeout: Duration::from_secs(2),
+            backoff_max: Duration::from_millis(300),
+            dead_letter: dir.join("dead.ndjson"),
+            route_failure: RouteFailure::DeadLetterAfterAttempts(3),
+        }
+    }
+
+    fn run(cfg: RedisConfig, w: Arc<Wal>, total: u64) -> Arc<SinkStats> {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let stats = Arc::new(SinkStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut sink = RedisSink::new(cfg, stats.clone()).unwrap();
+        let (w2, s2) = (w.clone(), stop.clone());
+        let h = std::thread::spawn(move || sink.run(&w2, &s2));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stats.shipped.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed)
+            < total
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        w.wake();
+        h.join().unwrap();
+        stats
+    }
+
+    fn xlen(con: &mut redis::Connection, key: &str) -> u64 {
+        redis::cmd("XLEN").arg(key).query(con).unwrap()
+    }
+
+    /// The shipper's ACL user may write `rein-logs` and its markers only; the
+    /// attacker's stream is outside it (`NOPERM` for its script calls). The
+    /// victim's records, in the same batches, all arrive.
+    #[test]
+    fn a_stream_outside_the_acl_is_contained_to_its_route() {
+        let Some(srv) = RedisServer::start(0, &[]) else {
+            return skip(
+                "a_stream_outside_the_acl_is_contained_to_its_route",
+                "redis-server not installed",
+            );
+        };
+        let mut con = srv.conn();
+        let _: () = redis::cmd("ACL")
+            .arg(&[
+                "SETUSER",
+                "logs",
+                "on",
+                ">pw",
+                "~rein-logs",
+                "~rein:dedup:*",
+                "+@all",
+            ])
+            .query(&mut con)
+            .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let auth = d.path().join("auth");
+        std::fs::write(&auth, "logs pw\n").unwrap();
+        let w = wal(d.path());
+        let (n, rounds) = (40, 6);
+        for r in 0..rounds {
+            common::fill_wal(&w, "victim", "", r * n, n);
+            common::fill_wal(&w, "attacker", "other-team", r * n, n);
+        }
+        let mut cfg = config(srv.url(), d.path());
+        cfg.auth_file = Some(auth);
+        let total = (2 * n * rounds) as u64;
+        let start = Instant::now();
+        let stats = run(cfg, w, total);
+        let took = start.elapsed();
+        let routes = stats.routes.snapshot();
+        eprintln!("{took:?} {stats:?} {routes:?}");
+        let victims = (n * rounds) as u64;
+        assert_eq!(
+            xlen(&mut con, "rein-logs"),
+            victims,
+            "every victim record stored"
+        );
+        assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), victims);
+        assert_eq!(routes["other-team"].failing, 1);
+        assert_eq!(routes["other-team"].dead_lettered, victims);
+        assert_eq!(routes["rein-logs"].shipped, victims);
+        assert!(took < Duration::from_secs(20), "took {took:?}");
+        let dl = std::fs::read_to_string(d.path().join("dead.ndjson")).unwrap();
+        assert!(dl.lines().all(|l| l.contains("NOPERM")), "{dl:.500}");
+    }
+
+    /// A task names its stream after the victim's dedup markers, so that the
+    /// victim's records would look already stored: the shipper refuses every
+    /// stream in its own namespace and the victim's records all arrive.
+    #[test]
+    fn a_task_stream_cannot_reach_the_dedup_markers() {
+        let Some(srv) = RedisServer::start(0, &[]) else {
+            return skip(
+                "a_task_stream_cannot_reach_the_dedup_markers",
+                "redis-server not installed",
+            );
+        };
+        let d = tempfile::tempdir().unwrap();
+        // The victim's record ids, as the pipeline gives them.
+        let scratch = wal(&d.path().join("scratch"));
+        let n = 50;
+        common::fill_wal(&scratch, "victim", "", 0, n);
+        let b = scratch.read_batch(1000, 64 << 20, Duration::ZERO).unwrap();
+        let ids: Vec<String> = b
+            .iter()
+            .map(|r| String::from_utf8(WalRecord::decode(r).unwrap().id.to_vec()).unwrap())
+            .collect();
+        assert_eq!(ids.len(), n);
+        let w = wal(d.path());
+        // First the attacker, one record per victim marker; then the victim.
+        for (i, id) in ids.iter().enumerate() {
+            common::fill_wal(&w, "attacker", &format!("rein:dedup:{id}"), i, 1);
+        }
+        common::fill_wal(&w, "victim", "", 0, n);
+        let stats = run(config(srv.url(), d.path()), w, 2 * n as u64);
+        let mut con = srv.conn();
+        eprintln!("{stats:?}");
+        assert_eq!(
+            xlen(&mut con, "rein-logs"),
+            n as u64,
+            "victim records suppressed"
+        );
+        assert_eq!(stats.duplicates.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), n as u64);
+        let dl = std::fs::read_to_string(d.path().join("dead.ndjson")).unwrap();
+        assert!(dl
+            .lines()
+            .all(|l| l.contains("dedup marker namespace") || l.contains("reserved")));
+    }
+}
