@@ -524,3 +524,39 @@ mod redis_routes {
             .all(|l| l.contains("dedup marker namespace") || l.contains("reserved")));
     }
 }
+
+/// A task label naming a stream in the shipper's own namespace fails that
+/// container at `prepare`, with a message naming the label.
+#[test]
+fn reserved_stream_labels_are_refused_at_prepare() {
+    let d = tempfile::tempdir().unwrap();
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            d.path().join("none.sock").display().to_string(),
+        ),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,redis".to_string(),
+        ),
+    ])
+    .unwrap();
+    for stream in ["rein:dedup:0000000000000000-o-0", "rein:anything"] {
+        let s = spec(
+            "r",
+            &d.path().join("sandbox"),
+            &[
+                ("rein.log.sink", "redis"),
+                ("rein.log.redis_stream", stream),
+            ],
+        );
+        let Err(e) = m.prepare(&s) else {
+            panic!("`{stream}` accepted")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("log.redis_stream") && e.contains("reserved"),
+            "{e}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use crate::http::Url;
 use crate::record::EncodeOptions;
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
-use crate::sink::redis_config::{validate_stream, RedisConfig};
+use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
 use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
 use crate::wal::FullPolicy;
 
@@ -294,7 +294,7 @@ impl ShipperConfig {
                 let dedup_prefix = p
                     .string("redis_dedup_prefix")
                     .unwrap_or_else(|| "rein:dedup".into());
-                validate_stream(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
+                validate_key(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
                 Some(RedisConfig {
                     url: u.to_string(),

@@ -240,11 +240,6 @@ pub fn check_redis_stream(stream: &[u8], dedup_prefix: &str) -> Result<(), Strin
     }
     let s = std::str::from_utf8(stream).map_err(|_| "stream key is not UTF-8".to_string())?;
     super::redis_config::validate_stream(s)?;
-    if s.starts_with(RESERVED_REDIS_PREFIX) {
-        return Err(format!(
-            "stream keys starting with `{RESERVED_REDIS_PREFIX}` are reserved for the shipper"
-        ));
-    }
     if s == dedup_prefix || s.starts_with(&format!("{dedup_prefix}:")) {
         return Err(format!(
             "stream key is inside the shipper's dedup marker namespace `{dedup_prefix}:`"
