@@ -102,7 +102,15 @@ impl KafkaSink {
                 cfg.message_timeout.as_millis().to_string(),
             )
             .set("compression.type", &cfg.compression)
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // A missing topic (auto-create off) fails its records as "unknown topic",
+            // a route refusal, before they would time out (a transient error).
+            .set(
+                "topic.metadata.propagation.max.ms",
+                (cfg.message_timeout.as_millis() / 2)
+                    .clamp(1000, 30_000)
+                    .to_string(),
+            );
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
@@ -316,5 +324,34 @@ impl KafkaSink {
 impl Drop for KafkaSink {
     fn drop(&mut self) {
         let _ = self.producer.flush(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified() {
+        let e = |c| KafkaError::MessageProduction(c);
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
+            ErrorClass::Record
+        );
+        for c in [
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert_eq!(classify(&e(c)), ErrorClass::Route, "{c:?}");
+        }
+        for c in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert_eq!(classify(&e(c)), ErrorClass::Transient, "{c:?}");
+        }
     }
 }
