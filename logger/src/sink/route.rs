@@ -24,9 +24,10 @@ pub enum RouteFailure {
     /// so every route of that sink waits too: only for destinations whose
     /// routes the operator alone controls.
     Wait,
-    /// Resend for this many attempts, then the route is marked failing and its
-    /// records go to the dead-letter file at their first refusal, until one
-    /// of its records is stored again.
+    /// Resend until the route has refused this many records (or one record
+    /// this many times), then the route is marked failing and its records go
+    /// to the dead-letter file at their first refusal, until one of its
+    /// records is stored again.
     DeadLetterAfterAttempts(u32),
     /// The same with a time since the route's first refusal.
     DeadLetterAfter(Duration),
@@ -43,13 +44,13 @@ impl std::str::FromStr for RouteFailure {
             return Ok(RouteFailure::Wait);
         }
         let Some(b) = s.strip_prefix("dead_letter_after:") else {
-            return Err("expected `wait`, `dead_letter_after:ATTEMPTS` or `dead_letter_after:DURATION` (e.g. 30s)".into());
+            return Err("expected `wait`, `dead_letter_after:REFUSALS` or `dead_letter_after:DURATION` (e.g. 30s)".into());
         };
         if let Ok(n) = b.parse::<u32>() {
             return if (1..=1000).contains(&n) {
                 Ok(RouteFailure::DeadLetterAfterAttempts(n))
             } else {
-                Err("attempts must be 1 to 1000".into())
+                Err("refusals must be 1 to 1000".into())
             };
         }
         let d = rein_core::units::parse_duration(b).map_err(|e| e.0)?;
