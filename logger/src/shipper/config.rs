@@ -295,6 +295,8 @@ impl ShipperConfig {
                     .string("redis_dedup_prefix")
                     .unwrap_or_else(|| "rein:dedup".into());
                 validate_key(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
+                crate::sink::route::check_redis_stream(stream.as_bytes(), &dedup_prefix)
+                    .map_err(|e| p.error("redis_stream", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
                 Some(RedisConfig {
                     url: u.to_string(),
@@ -429,6 +431,8 @@ mod tests {
             "redis_url = http://x\n",
             "redis_url = redis://x\nredis_stream = a b\n",
             "redis_url = redis://x\nredis_maxlen = lots\n",
+            "redis_url = redis://x\nredis_stream = rein:logs\n",
+            "redis_url = redis://x\nredis_dedup_prefix = m\nredis_stream = m:1\n",
         ] {
             let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
             assert!(e.to_string().contains("redis_"), "{e}");
