@@ -560,3 +560,127 @@ fn reserved_stream_labels_are_refused_at_prepare() {
         );
     }
 }
+
+/// Through a real shipper and an ES-compatible server: an attacker container
+/// routes its records to a write-blocked index of today (`log.index`), writes
+/// pretty-printed JSON and lines dated 1999 and 2190; a victim container beside
+/// it writes pretty-printed JSON too. Every victim record is stored, the
+/// attacker's are dead-lettered on its failing route, no index of another
+/// date is created.
+#[test]
+fn shipper_keeps_a_victim_shipping_beside_a_hostile_route() {
+    let Some(es) = EsServer::start() else {
+        return skip(
+            "shipper_keeps_a_victim_shipping_beside_a_hostile_route",
+            "osmem-server not installed (pip install osmem-server==0.1.6)",
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (y, m, dd) = rein_logger::record::time::ymd(i64::try_from(now).unwrap());
+    let today = format!("{y:04}.{m:02}.{dd:02}");
+    let blocked = format!("attacker-{today}");
+    assert_eq!(es.put(&format!("/{blocked}"), "{}").unwrap().0, 200);
+    let (st, body) = es
+        .put(
+            &format!("/{blocked}/_settings"),
+            r#"{"index":{"blocks":{"write":true}}}"#,
+        )
+        .unwrap();
+    assert_eq!(st, 200, "{body}");
+    let d = tempfile::tempdir().unwrap();
+    let mut sh = Shipper::start(
+        d.path(),
+        &format!(
+            "es_url = http://{}\nes_index = victims-%Y.%m.%d\nes_gzip = false\nes_backoff_max = 300ms\nes_batch_records = 50\nroute_failure = dead_letter_after:3\npartial_flush = 300ms",
+            es.addr
+        ),
+    );
+    let module = sh.module();
+    let victim = module
+        .prepare(&spec(
+            "victim",
+            &d.path().join("victim"),
+            &[
+                ("rein.log.sink", "elasticsearch"),
+                ("rein.log.multiline", "indented"),
+            ],
+        ))
+        .unwrap();
+    let attacker = module
+        .prepare(&spec(
+            "attacker",
+            &d.path().join("attacker"),
+            &[
+                ("rein.log.sink", "elasticsearch"),
+                ("rein.log.multiline", "indented"),
+                ("rein.log.index", "attacker-%Y.%m.%d"),
+            ],
+        ))
+        .unwrap();
+    let n = 200;
+    let mut v = std::fs::File::from(victim.stdout);
+    let mut a = std::fs::File::from(attacker.stdout);
+    for i in 0..n {
+        write!(
+            v,
+            "{{\n  \"msg\": \"victim {i}\",\n  \"ctx\": {{\n    \"i\": {i}\n  }}\n}}\n"
+        )
+        .unwrap();
+        match i % 3 {
+            0 => write!(
+                a,
+                "{{\n  \"msg\": \"attacker {i}\",\n  \"x\": [\n 1\n ]\n}}\n"
+            )
+            .unwrap(),
+            1 => writeln!(a, "1999-01-01T00:00:00Z attacker {i}").unwrap(),
+            _ => writeln!(
+                a,
+                "{{\"@timestamp\":\"2190-01-01T00:00:00Z\",\"msg\":\"attacker {i}\"}}"
+            )
+            .unwrap(),
+        }
+    }
+    drop((v, a, victim.stderr, attacker.stderr));
+    let victims_index = format!("victims-{today}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let dead_of = |c: &serde_json::Value| {
+        c["sinks"]["elasticsearch"]["dead_lettered"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    loop {
+        let c = sh.counters();
+        if es.count(&victims_index) >= n && dead_of(&c) >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "victim {} of {n}; {c}",
+            es.count(&victims_index)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sh.wait_idle(Duration::from_secs(60));
+    let c = sh.counters();
+    sh.stop();
+    eprintln!("{c}");
+    assert_eq!(es.count(&victims_index), n, "every victim record once");
+    assert_eq!(dead_of(&c), n, "only the attacker's records dead-lettered");
+    let route = &c["routes"][format!("elasticsearch/{blocked}")];
+    assert_eq!(route["failing"], 1, "{c}");
+    assert_eq!(route["dead_lettered"], n);
+    for other in ["attacker-1999.01.01", "attacker-2190.01.01"] {
+        assert_eq!(
+            es.get(&format!("/{other}")).unwrap().0,
+            404,
+            "{other} created"
+        );
+    }
+    let msgs = es.messages(&victims_index);
+    for i in 0..n {
+        assert!(msgs.contains(&format!("victim {i}")), "victim {i} missing");
+    }
+}
