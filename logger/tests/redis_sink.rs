@@ -51,6 +51,7 @@ fn config(url: String, dir: &Path) -> RedisConfig {
         timeout: Duration::from_secs(2),
         backoff_max: Duration::from_millis(300),
         dead_letter: dir.join("dead.ndjson"),
+        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
     }
 }
 

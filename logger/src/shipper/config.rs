@@ -10,7 +10,8 @@ use crate::http::Url;
 use crate::record::EncodeOptions;
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
-use crate::sink::redis_config::{validate_stream, RedisConfig};
+use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
+use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
 use crate::wal::FullPolicy;
 
 /// Every setting of the shipper (see the README).
@@ -31,6 +32,9 @@ pub const KEYS: &[&str] = &[
     "checkpoint_interval",
     "host_name",
     "extra_fields",
+    "max_timestamp_past",
+    "max_timestamp_future",
+    "route_failure",
     "es_url",
     "es_index",
     "es_auth_file",
@@ -164,6 +168,26 @@ impl ShipperConfig {
             host_name: p.string("host_name"),
             ..Default::default()
         };
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let day = Duration::from_secs(24 * 3600);
+        if let Some(d) = p.duration("max_timestamp_past")? {
+            if d > 366 * day {
+                return Err(p.error("max_timestamp_past", "at most 366 days"));
+            }
+            encode.max_ts_past_ms = ms(d);
+        }
+        if let Some(d) = p.duration("max_timestamp_future")? {
+            if d > day {
+                return Err(p.error("max_timestamp_future", "at most 24h"));
+            }
+            encode.max_ts_future_ms = ms(d);
+        }
+        let route_failure = match p.raw("route_failure") {
+            None => DEFAULT_ROUTE_FAILURE,
+            Some(v) => v
+                .parse::<RouteFailure>()
+                .map_err(|e| p.error("route_failure", e))?,
+        };
         if let Some(raw) = p.raw("extra_fields") {
             match serde_json::from_str::<serde_json::Value>(raw) {
                 Ok(serde_json::Value::Object(m)) => encode.extra_fields = m,
@@ -198,6 +222,7 @@ impl ShipperConfig {
                         .path("es_dead_letter")?
                         .unwrap_or_else(|| state_dir.join("dead-letter/elasticsearch.ndjson")),
                     refresh: p.bool("es_refresh")?.unwrap_or(false),
+                    route_failure,
                 })
             }
         };
@@ -246,6 +271,7 @@ impl ShipperConfig {
                         .path("kafka_dead_letter")?
                         .unwrap_or_else(|| state_dir.join("dead-letter/kafka.ndjson")),
                     properties,
+                    route_failure,
                 })
             }
         };
@@ -268,7 +294,9 @@ impl ShipperConfig {
                 let dedup_prefix = p
                     .string("redis_dedup_prefix")
                     .unwrap_or_else(|| "rein:dedup".into());
-                validate_stream(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
+                validate_key(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
+                crate::sink::route::check_redis_stream(stream.as_bytes(), &dedup_prefix)
+                    .map_err(|e| p.error("redis_stream", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
                 Some(RedisConfig {
                     url: u.to_string(),
@@ -294,6 +322,7 @@ impl ShipperConfig {
                     dead_letter: p
                         .path("redis_dead_letter")?
                         .unwrap_or_else(|| state_dir.join("dead-letter/redis.ndjson")),
+                    route_failure,
                 })
             }
         };
@@ -365,6 +394,26 @@ mod tests {
             .contains("es_urll"));
         let bad = parse_pairs("es_url = http://x\nes_index = Bad/Index\n");
         assert!(ShipperConfig::from_pairs(&bad).is_err());
+        assert_eq!(c.es.as_ref().unwrap().route_failure, DEFAULT_ROUTE_FAILURE);
+        assert_eq!(
+            c.encode.max_ts_past_ms,
+            crate::record::encode::DEFAULT_TS_PAST_MS
+        );
+        let c = ShipperConfig::from_pairs(&parse_pairs(
+            "es_url = http://x\nroute_failure = wait\nmax_timestamp_past = 2h\nmax_timestamp_future = 1m\n",
+        ))
+        .unwrap();
+        assert_eq!(c.es.unwrap().route_failure, RouteFailure::Wait);
+        assert_eq!(c.encode.max_ts_past_ms, 7_200_000);
+        assert_eq!(c.encode.max_ts_future_ms, 60_000);
+        for (bad, key) in [
+            ("route_failure = sometimes\n", "route_failure"),
+            ("max_timestamp_future = 2d\n", "max_timestamp_future"),
+            ("max_timestamp_future = 48h\n", "max_timestamp_future"),
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[cfg(feature = "redis")]
@@ -382,6 +431,8 @@ mod tests {
             "redis_url = http://x\n",
             "redis_url = redis://x\nredis_stream = a b\n",
             "redis_url = redis://x\nredis_maxlen = lots\n",
+            "redis_url = redis://x\nredis_stream = rein:logs\n",
+            "redis_url = redis://x\nredis_dedup_prefix = m\nredis_stream = m:1\n",
         ] {
             let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
             assert!(e.to_string().contains("redis_"), "{e}");

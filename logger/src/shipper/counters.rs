@@ -70,7 +70,19 @@ pub fn snapshot(
         );
     }
     let mut k = serde_json::Map::new();
+    let mut routes = serde_json::Map::new();
     for (name, s) in sinks {
+        for (route, r) in s.routes.snapshot() {
+            routes.insert(
+                format!("{name}/{route}"),
+                serde_json::json!({
+                    "shipped": r.shipped,
+                    "refused": r.refused,
+                    "dead_lettered": r.dead_lettered,
+                    "failing": r.failing,
+                }),
+            );
+        }
         k.insert(
             name.to_string(),
             serde_json::json!({
@@ -103,6 +115,7 @@ pub fn snapshot(
         },
         "buffers": b,
         "sinks": k,
+        "routes": routes,
     })
 }
 
@@ -120,6 +133,24 @@ pub fn prometheus(v: &serde_json::Value) -> String {
                 for (k, n) in fields.as_object().into_iter().flatten() {
                     out.push_str(&format!("rein_log_{label}_{k}{{{label}=\"{name}\"}} {n}\n"));
                 }
+            }
+        }
+    }
+    // Routes: `sink/target`, labelled with both (quotes and backslashes escaped).
+    if let Some(m) = v["routes"].as_object() {
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        for (name, fields) in m {
+            let (sink, route) = name.split_once('/').unwrap_or((name, ""));
+            for (k, n) in fields.as_object().into_iter().flatten() {
+                out.push_str(&format!(
+                    "rein_log_route_{k}{{sink=\"{}\",route=\"{}\"}} {n}\n",
+                    esc(sink),
+                    esc(route)
+                ));
             }
         }
     }

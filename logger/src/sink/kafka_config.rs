@@ -26,4 +26,6 @@ pub struct KafkaConfig {
     pub dead_letter: PathBuf,
     /// `kafka_properties`: extra librdkafka settings (`key=value;key=value`, e.g. TLS/SASL).
     pub properties: Vec<(String, String)>,
+    /// `route_failure`: what becomes of the records of a topic that refuses them for good.
+    pub route_failure: super::route::RouteFailure,
 }

@@ -11,6 +11,7 @@ pub mod kafka_config;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod redis_config;
+pub mod route;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -96,4 +97,6 @@ pub struct SinkStats {
     pub requests: AtomicU64,
     /// Requests that failed as a whole (connection, timeout, 429, 5xx, ...).
     pub failed_requests: AtomicU64,
+    /// Per route (index, topic, stream): failure state and counters.
+    pub routes: route::RouteTable,
 }

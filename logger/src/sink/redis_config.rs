@@ -36,6 +36,8 @@ pub struct RedisConfig {
     pub backoff_max: Duration,
     /// `redis_dead_letter`: records Redis can never accept.
     pub dead_letter: PathBuf,
+    /// `route_failure`: what becomes of the records of a stream that refuses them for good.
+    pub route_failure: super::route::RouteFailure,
 }
 
 /// Credentials read from `redis_auth_file`.
@@ -82,6 +84,18 @@ pub fn read_auth(path: &Path) -> Result<RedisAuth, String> {
 /// A stream key a task or the operator may use: 1 to 128 of `[a-zA-Z0-9._:-]`
 /// (no spaces, braces or globbing characters).
 pub fn validate_stream(s: &str) -> Result<(), String> {
+    validate_key(s)?;
+    if s.starts_with(super::route::RESERVED_REDIS_PREFIX) {
+        return Err(format!(
+            "stream keys starting with `{}` are reserved for the shipper's own keys",
+            super::route::RESERVED_REDIS_PREFIX
+        ));
+    }
+    Ok(())
+}
+
+/// A key the shipper writes: 1 to 128 of `[a-zA-Z0-9._:-]`.
+pub fn validate_key(s: &str) -> Result<(), String> {
     if s.is_empty()
         || s.len() > 128
         || !s
