@@ -320,7 +320,7 @@ impl EsSink {
         Ok(EsSink {
             client: Client::new(cfg.url.clone(), tls, cfg.timeout),
             auth,
-            dead: DeadLetter::new(&cfg.dead_letter),
+            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
             cfg,
             stats,
