@@ -64,23 +64,38 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     regular_private(f, path)
 }
 
-/// Creates (or truncates) a regular file, mode 0600.
+/// Creates (or empties) a regular file, mode 0600. It is emptied only once
+/// known to be ours.
 pub fn create(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .create(true)
         .write(true)
-        .truncate(true)
+        .truncate(false)
         .mode(FILE_MODE)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    regular_private(f, path)
+    let f = regular_private(f, path)?;
+    f.set_len(0)?;
+    Ok(f)
 }
 
 fn regular_private(f: File, path: &Path) -> io::Result<File> {
-    if !f.metadata()?.is_file() {
+    let m = f.metadata()?;
+    if !m.is_file() {
         return Err(io::Error::other(format!(
             "{} is not a regular file",
             path.display()
+        )));
+    }
+    // A file someone else made (say in a world-writable directory) may be
+    // open in their hands already: changing its mode would not take it back.
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return Err(io::Error::other(format!(
+            "{} belongs to uid {}, not to this process",
+            path.display(),
+            m.uid()
         )));
     }
     fchmod(&f, FILE_MODE)?;

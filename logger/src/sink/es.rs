@@ -293,7 +293,6 @@ pub enum ShipError {
 }
 
 /// The sink: one connection, one batch in flight.
-#[derive(Debug)]
 pub struct EsSink {
     cfg: EsConfig,
     client: Client,
@@ -302,6 +301,16 @@ pub struct EsSink {
     backoff: Backoff,
     /// Counters.
     pub stats: Arc<SinkStats>,
+}
+
+/// Without the `Authorization` header (it carries the credentials).
+impl std::fmt::Debug for EsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsSink")
+            .field("cfg", &self.cfg)
+            .field("auth", &self.auth.as_ref().map(|_| crate::redact::REDACTED))
+            .finish_non_exhaustive()
+    }
 }
 
 impl EsSink {
