@@ -523,6 +523,22 @@ fn only_root_or_the_socket_group_hands_containers_to_the_shipper() {
         .unwrap()
         .count();
     assert_eq!(entries, 0, "nothing registered");
+    // An in-place upgrade of the supervisor (SIGUSR2) sets the socket's mode
+    // again, whatever happened to it.
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGUSR2) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(s.state.join("supervisor.execs"))
+        .ok()
+        .as_deref()
+        != Some("1")
+    {
+        assert!(Instant::now() < deadline, "no upgrade: {}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(mode(&s.socket) & 0o777, 0o600, "after the upgrade");
+    assert_eq!(mode(&s.state.join("supervisor.execs")), 0o600);
+    assert_eq!(register(&s.socket, &[]), "shipped=false");
     // Root (the agent) is served.
     let root_sandbox = d.path().join("sandbox-root");
     std::fs::create_dir(&root_sandbox).unwrap();
@@ -723,6 +739,10 @@ fn check_bad_settings_and_failing_connections_never_show_secrets() {
     assert!(
         text.contains("es_auth_file") && text.contains("open to other users"),
         "a readable auth file is pointed out: {text}"
+    );
+    assert!(
+        text.contains("the settings file") && !text.contains("redis_auth_file"),
+        "the settings file (kafka_properties, redis_url) is pointed out, the 0600 auth file is not: {text}"
     );
     // 2. Refused settings quote their value without the secret.
     for bad in [

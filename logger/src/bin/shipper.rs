@@ -38,10 +38,18 @@ fn inherited(var: &str) -> Result<OwnedFd, String> {
 }
 
 /// `check`: the effective settings (secrets redacted by their `Debug`) and
-/// a warning for every credentials file other users can read.
-fn check(c: &ShipperConfig) {
+/// a warning for every file holding credentials that other users can read.
+fn check(path: &std::path::Path, c: &ShipperConfig) {
     println!("{c:#?}");
+    let settings_hold_secrets = c.kafka.as_ref().is_some_and(|k| !k.secrets().is_empty())
+        || c.redis
+            .as_ref()
+            .is_some_and(|r| !r.url.secrets().is_empty());
     let files = [
+        (
+            "the settings file",
+            settings_hold_secrets.then(|| path.to_path_buf()),
+        ),
         (
             "es_auth_file",
             c.es.as_ref().and_then(|e| e.auth_file.clone()),
@@ -89,7 +97,7 @@ fn main_inner() -> Result<(), String> {
             w.adopt()?;
             w.run()
         }
-        "check" => config().map(|(_, c)| check(&c)),
+        "check" => config().map(|(p, c)| check(&p, &c)),
         "stats" => {
             let d = arg(&args, "--state-dir").ok_or("--state-dir DIR is required")?;
             let s = std::fs::read_to_string(d.join("counters.json"))
