@@ -429,6 +429,25 @@ fn state_is_private_from_the_start_and_an_older_state_is_tightened() {
     s.wait_for("every record dead-lettered", Duration::from_secs(60), |c| {
         n(c, "sinks.kafka.dead_lettered") >= 20
     });
+    // A worker killed and restarted (it adopts the container, rewrites
+    // checkpoints and counters) creates nothing more open.
+    let pid = |st: &Path| {
+        std::fs::read_to_string(st.join("worker.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+    };
+    let old_worker = pid(&s.state).unwrap();
+    // SAFETY: kill(2) of a worker this test's shipper started.
+    unsafe { libc::kill(old_worker, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pid(&s.state) == Some(old_worker) {
+        assert!(Instant::now() < deadline, "no new worker: {}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(state.join("counters.json")).unwrap();
+    s.wait_for("the new worker's counters", Duration::from_secs(20), |c| {
+        n(c, "reader.containers_live") == 1
+    });
     // Every object of the state, created now or left by the older version.
     let mut wrong = Vec::new();
     let paths = tree(&state);
