@@ -325,9 +325,13 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
                 containers = table.len(),
                 "supervisor upgraded in place"
             );
-            // A newer binary may have stricter settings or modes.
-            secure_state_dir(&cfg.state_dir)?;
-            set_socket_access(&cfg.socket, cfg.socket_group)?;
+            // A newer binary may have stricter settings or modes. Failing here
+            // must not end the supervisor (its pipes would close): log it.
+            if let Err(e) = secure_state_dir(&cfg.state_dir)
+                .and_then(|()| set_socket_access(&cfg.socket, cfg.socket_group))
+            {
+                tracing::error!("after the upgrade: {e}");
+            }
             (listen, Some(w), table)
         }
         None => {
