@@ -8,11 +8,9 @@
 //! followed. [`tighten_tree`] brings a state directory left by an older
 //! version (default umask: 0755/0644) to the same modes at start.
 
-use std::ffi::CString;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -173,12 +171,6 @@ fn set_mode(f: &File, mode: u32) -> io::Result<bool> {
     Ok(true)
 }
 
-/// `path` as a C string (for the few calls std has no wrapper for).
-pub fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::other(format!("{}: NUL byte in path", path.display())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +229,8 @@ mod tests {
         assert!(create_dir(&link).is_err());
         assert_eq!(mode(&target), 0o644, "the link's target is untouched");
         let fifo = d.path().join("fifo");
-        let c = cpath(&fifo).unwrap();
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(fifo.as_os_str()))
+            .unwrap();
         // SAFETY: mkfifo with a valid C string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         assert!(
