@@ -398,6 +398,9 @@ pub fn register(
     );
     let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SendTimeout, &tv);
     connect(s.as_raw_fd(), &addr).map_err(|e| format!("connect: {e}"))?;
+    // The pipes carry the container's output: only to a shipper run by root
+    // (or by our own user), whoever could bind a socket at this path.
+    crate::peercred::check_server(s.as_fd())?;
     let msg = serde_json::to_vec(reg).map_err(|e| e.to_string())?;
     proto::send_with_fds(s.as_fd(), &msg, &[out_r.as_raw_fd(), err_r.as_raw_fd()])
         .map_err(|e| format!("send: {e}"))?;

@@ -384,7 +384,7 @@ mod redis_routes {
 
     fn config(url: String, dir: &Path) -> RedisConfig {
         RedisConfig {
-            url,
+            url: url.into(),
             stream: "rein-logs".into(),
             batch_records: 100,
             batch_bytes: 4 << 20,

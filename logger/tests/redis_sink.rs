@@ -39,7 +39,7 @@ fn wal(dir: &Path) -> Arc<Wal> {
 
 fn config(url: String, dir: &Path) -> RedisConfig {
     RedisConfig {
-        url,
+        url: url.into(),
         stream: "rein-logs".into(),
         batch_records: 500,
         batch_bytes: 4 << 20,

@@ -405,6 +405,9 @@ fn full_buffer_drop_oldest_counts_every_dropped_line() {
         counters = sh.counters();
     }
     sh.stop();
+    // The worker writes its counters once more after its last append: a
+    // snapshot taken before may miss the last segment dropped.
+    let counters = sh.counters();
     let dropped = counters["buffers"]["elasticsearch"]["dropped_records"]
         .as_u64()
         .unwrap();

@@ -7,7 +7,10 @@ use std::time::Duration;
 use rein_core::params::{ParamError, Params};
 
 use crate::http::Url;
+use crate::peercred;
 use crate::record::EncodeOptions;
+use crate::redact;
+use crate::sink::deadletter::DeadLetterLimits;
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
@@ -17,6 +20,9 @@ use crate::wal::FullPolicy;
 /// Every setting of the shipper (see the README).
 pub const KEYS: &[&str] = &[
     "socket",
+    "socket_group",
+    "max_dead_letter_bytes",
+    "dead_letter_full_policy",
     "state_dir",
     "buffer_max_bytes",
     "buffer_segment_bytes",
@@ -78,6 +84,12 @@ pub const KEYS: &[&str] = &[
 pub struct ShipperConfig {
     /// `socket`: unix socket the modules connect to (default /run/rein/log-shipper.sock).
     pub socket: PathBuf,
+    /// `socket_group`: group (name or gid) whose members may use the socket
+    /// besides root (socket mode 0660 instead of 0600; none by default).
+    pub socket_group: Option<u32>,
+    /// `max_dead_letter_bytes` (default 1GiB) and `dead_letter_full_policy`
+    /// (`pause`, default, or `drop`): bound of every dead-letter file.
+    pub dead_letter: DeadLetterLimits,
     /// `state_dir`: checkpoints, registrations, disk buffers, counters (default /var/lib/rein/log-shipper).
     pub state_dir: PathBuf,
     /// `buffer_max_bytes`: bound of each sink's disk buffer (default 1GiB).
@@ -146,8 +158,20 @@ impl ShipperConfig {
         Self::from_pairs(&parse_pairs(&text)).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Builds the settings from pairs.
+    /// Builds the settings from pairs. An error never shows a secret: the
+    /// value it quotes goes through [`redact::setting`] (unknown keys: hidden).
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<Self, ParamError> {
+        Self::build(pairs).map_err(|mut e| {
+            e.value = if KEYS.contains(&e.name.as_str()) {
+                redact::setting(&e.name, &e.value)
+            } else {
+                redact::REDACTED.into()
+            };
+            e
+        })
+    }
+
+    fn build(pairs: &[(String, String)]) -> Result<Self, ParamError> {
         let p = Params::new(pairs, KEYS)?;
         let state_dir = p
             .path("state_dir")?
@@ -197,6 +221,15 @@ impl ShipperConfig {
         let es = match p.raw("es_url") {
             None => None,
             Some(u) => {
+                if u.split("://")
+                    .nth(1)
+                    .is_some_and(|r| r.split(['/', '?']).next().is_some_and(|a| a.contains('@')))
+                {
+                    return Err(p.error(
+                        "es_url",
+                        "credentials in the URL are not accepted (they would show in logs): put them in es_auth_file",
+                    ));
+                }
                 let url = Url::parse(u).map_err(|e| p.error("es_url", e))?;
                 let index = p
                     .string("es_index")
@@ -299,7 +332,7 @@ impl ShipperConfig {
                     .map_err(|e| p.error("redis_stream", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
                 Some(RedisConfig {
-                    url: u.to_string(),
+                    url: u.into(),
                     stream,
                     batch_records: to_usize(p.u64("redis_batch_records")?.unwrap_or(1000).max(1)),
                     batch_bytes: to_usize(
@@ -326,9 +359,27 @@ impl ShipperConfig {
                 })
             }
         };
+        let dead_letter = DeadLetterLimits {
+            max_bytes: p
+                .bytes("max_dead_letter_bytes")?
+                .unwrap_or(1 << 30)
+                .max(64 << 10),
+            policy: match p.raw("dead_letter_full_policy") {
+                None => DeadLetterLimits::default().policy,
+                Some(v) => v
+                    .parse()
+                    .map_err(|e: String| p.error("dead_letter_full_policy", e))?,
+            },
+        };
+        let socket_group = match p.raw("socket_group") {
+            None => None,
+            Some(g) => Some(peercred::resolve_group(g).map_err(|e| p.error("socket_group", e))?),
+        };
         Ok(ShipperConfig {
             kafka,
             redis,
+            socket_group,
+            dead_letter,
             socket: p
                 .path("socket")?
                 .unwrap_or_else(|| crate::module::DEFAULT_SOCKET.into()),
@@ -413,6 +464,50 @@ mod tests {
         ] {
             let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
             assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_secrets() {
+        for text in [
+            "redis_url = redis://u:hunter2@\nredis_stream = a b\n",
+            "redis_url = http://u:hunter2@x\n",
+            "kafka_brokers = b:1\nkafka_properties = sasl.password=hunter2;junk\n",
+            "es_url = https://elastic:hunter2@es:9200\n",
+            "es_urll = https://elastic:hunter2@es:9200\n",
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(text)).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let c = ShipperConfig::from_pairs(&parse_pairs(
+            "kafka_brokers = b:1\nkafka_properties = sasl.username=u;sasl.password=hunter2\nredis_url = redis://u:hunter3@r:1\n",
+        ));
+        if let Ok(c) = c {
+            let shown = format!("{c:?}{c:#?}");
+            assert!(!shown.contains("hunter"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn socket_and_dead_letter_settings() {
+        let c = ShipperConfig::from_pairs(&parse_pairs("")).unwrap();
+        assert_eq!(c.socket_group, None);
+        assert_eq!(c.dead_letter, DeadLetterLimits::default());
+        let c = ShipperConfig::from_pairs(&parse_pairs(
+            "socket_group = root\nmax_dead_letter_bytes = 10MiB\ndead_letter_full_policy = drop\n",
+        ))
+        .unwrap();
+        assert_eq!(c.socket_group, Some(0));
+        assert_eq!(c.dead_letter.max_bytes, 10 << 20);
+        for bad in [
+            "socket_group = no-such-group-rein\n",
+            "dead_letter_full_policy = later\n",
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
+            assert!(
+                e.to_string().contains(bad.split(' ').next().unwrap()),
+                "{e}"
+            );
         }
     }
 

@@ -36,6 +36,9 @@ pub struct Counters {
     pub rotations: AtomicU64,
     /// Registrations refused.
     pub registrations_refused: AtomicU64,
+    /// Connections refused for their peer's credentials (not root, not
+    /// the shipper's user, not in `socket_group`).
+    pub connections_refused: AtomicU64,
     /// Failed writes of sandbox files (the stream waits and retries).
     pub write_errors: AtomicU64,
     /// 1 while the parser runs on idle CPU only, 0 while it competes (a gauge).
@@ -90,6 +93,8 @@ pub fn snapshot(
                 "duplicates": load(&s.duplicates),
                 "retried": load(&s.retried),
                 "dead_lettered": load(&s.dead_lettered),
+                "dead_letter_dropped": load(&s.dead_letter_dropped),
+                "dead_letter_full": load(&s.dead_letter_full),
                 "requests": load(&s.requests),
                 "failed_requests": load(&s.failed_requests),
             }),
@@ -109,6 +114,7 @@ pub fn snapshot(
             "rate_limited": load(&c.rate_limited),
             "rotations": load(&c.rotations),
             "registrations_refused": load(&c.registrations_refused),
+            "connections_refused": load(&c.connections_refused),
             "write_errors": load(&c.write_errors),
             "parser_idle": load(&c.parser_idle),
             "parser_promotions": load(&c.parser_promotions),
@@ -163,9 +169,7 @@ pub fn write(dir: &Path, v: &serde_json::Value) -> std::io::Result<()> {
         ("counters.json", v.to_string() + "\n"),
         ("metrics.prom", prometheus(v)),
     ] {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, body)?;
-        std::fs::rename(&tmp, dir.join(name))?;
+        crate::private::write_atomic(&dir.join(name), body.as_bytes())?;
     }
     Ok(())
 }

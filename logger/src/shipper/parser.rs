@@ -36,12 +36,9 @@ pub struct Checkpoint {
     pub stderr: StreamCheckpoint,
 }
 
-/// Writes `data` to `path` through a temporary file and a rename.
+/// Writes `data` to `path` through a temporary file (0600) and a rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    crate::private::write_atomic(path, data)
 }
 
 /// Saves the checkpoint of a container's two streams in `dir`.

@@ -168,7 +168,7 @@ impl Worker {
             .map_err(io_err("epoll"))?;
         epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, control.as_raw_fd(), CONTROL)
             .map_err(io_err("epoll"))?;
-        std::fs::create_dir_all(cfg.state_dir.join("containers"))
+        crate::private::create_dir(&cfg.state_dir.join("containers"))
             .map_err(io_err(cfg.state_dir.display()))?;
         let mut sinks = Vec::new();
         if let Some(es_cfg) = &cfg.es {
@@ -411,6 +411,15 @@ impl Worker {
             }
             // SAFETY: a new descriptor from accept4, owned by nobody else.
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Only root, our own user or `socket_group` may hand us containers.
+            if let Err(e) = crate::peercred::check_client(conn.as_fd(), self.cfg.socket_group) {
+                self.counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("connection refused: {e}");
+                let _ = proto::send_with_fds(conn.as_fd(), format!("error: {e}").as_bytes(), &[]);
+                continue;
+            }
             let reply = match self.register(&conn) {
                 Ok(()) => b"ok".to_vec(),
                 Err(e) => {
@@ -455,7 +464,7 @@ impl Worker {
             return Err(format!("container {} is already registered", reg.key));
         }
         let dir = self.container_dir(&reg.key);
-        std::fs::create_dir_all(&dir).map_err(io_err(dir.display()))?;
+        crate::private::create_dir(&dir).map_err(io_err(dir.display()))?;
         write_atomic(&dir.join("registration.json"), &msg).map_err(io_err("registration"))?;
         self.attach(reg, fds.into(), None).map(|_| ())
     }

@@ -307,7 +307,6 @@ pub enum ShipError {
 }
 
 /// The sink: one connection, one batch in flight.
-#[derive(Debug)]
 pub struct EsSink {
     cfg: EsConfig,
     client: Client,
@@ -316,6 +315,16 @@ pub struct EsSink {
     backoff: Backoff,
     /// Counters.
     pub stats: Arc<SinkStats>,
+}
+
+/// Without the `Authorization` header (it carries the credentials).
+impl std::fmt::Debug for EsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsSink")
+            .field("cfg", &self.cfg)
+            .field("auth", &self.auth.as_ref().map(|_| crate::redact::REDACTED))
+            .finish_non_exhaustive()
+    }
 }
 
 impl EsSink {
@@ -334,7 +343,7 @@ impl EsSink {
         Ok(EsSink {
             client: Client::new(cfg.url.clone(), tls, cfg.timeout),
             auth,
-            dead: DeadLetter::new(&cfg.dead_letter),
+            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
             cfg,
             stats,

@@ -114,11 +114,14 @@ impl KafkaSink {
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let producer: BaseProducer<Deliveries> = cc
-            .create_with_context(Deliveries::default())
-            .map_err(|e| format!("kafka producer: {e}"))?;
+        let producer: BaseProducer<Deliveries> =
+            cc.create_with_context(Deliveries::default()).map_err(|e| {
+                // librdkafka quotes a refused value: it may be a password.
+                let e = crate::redact::scrub(&e.to_string(), &cfg.secrets());
+                format!("kafka producer: {e}")
+            })?;
         Ok(KafkaSink {
-            dead: DeadLetter::new(&cfg.dead_letter),
+            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
             producer,
             cfg,

@@ -91,8 +91,13 @@ pub struct SinkStats {
     pub duplicates: AtomicU64,
     /// Record sends repeated after 429/5xx or a failed request.
     pub retried: AtomicU64,
-    /// Records written to the dead-letter file.
+    /// Records given to the dead-letter file.
     pub dead_lettered: AtomicU64,
+    /// Of those, records not written because the file was full and
+    /// `dead_letter_full_policy` is `drop`.
+    pub dead_letter_dropped: AtomicU64,
+    /// 1 while the dead-letter file is full (the sink waits under `pause`).
+    pub dead_letter_full: AtomicU64,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Requests that failed as a whole (connection, timeout, 429, 5xx, ...).

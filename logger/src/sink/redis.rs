@@ -26,6 +26,7 @@ use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
 use super::route;
 use super::SinkStats;
+use crate::redact;
 use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
 
@@ -137,11 +138,10 @@ impl std::fmt::Debug for RedisSink {
 impl RedisSink {
     /// Checks the settings (no connection is made yet).
     pub fn new(cfg: RedisConfig, stats: Arc<SinkStats>) -> Result<RedisSink, String> {
-        let info = cfg
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("redis_url `{}`: {e}", cfg.url))?;
+        let info = cfg.url.expose().into_connection_info().map_err(|e| {
+            let e = redact::scrub(&e.to_string(), &cfg.url.secrets());
+            format!("redis_url `{}`: {e}", cfg.url)
+        })?;
         if matches!(info.addr(), ConnectionAddr::Unix(_)) {
             return Err(format!(
                 "redis_url `{}`: only redis:// and rediss:// are supported",
@@ -149,7 +149,7 @@ impl RedisSink {
             ));
         }
         Ok(RedisSink {
-            dead: DeadLetter::new(&cfg.dead_letter),
+            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
             script: Script::new(SCRIPT),
             conn: None,
@@ -163,7 +163,7 @@ impl RedisSink {
         let mut info = self
             .cfg
             .url
-            .as_str()
+            .expose()
             .into_connection_info()
             .map_err(|e| e.to_string())?;
         if let Some(path) = &self.cfg.auth_file {
@@ -259,7 +259,8 @@ impl RedisSink {
                         Value::Array(vec![Value::BulkString(e.into_bytes()); group.len()])
                     }
                     Err(e) => {
-                        tracing::warn!("redis sink: {e}; will resend");
+                        let e = redact::scrub(&e, &self.cfg.url.secrets());
+                        tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
                         self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
                         reason = Some(e);
                         again.extend_from_slice(&group);

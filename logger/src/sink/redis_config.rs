@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::redact::SecretUrl;
+
 /// Settings of the Redis Streams sink (shipper keys `redis_*`).
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis_url`: `redis://host:port[/db]` or `rediss://` (TLS).
-    pub url: String,
+    /// `redis_url`: `redis://host:port[/db]` or `rediss://` (TLS); shown
+    /// without its password wherever it is displayed.
+    pub url: SecretUrl,
     /// `redis_stream`: default stream key (default `rein-logs`).
     pub stream: String,
     /// `redis_batch_records` / `redis_batch_bytes`: records per batch from the
