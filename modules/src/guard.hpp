@@ -62,11 +62,11 @@ void guardedCallback(process::Promise<T>& promise, const char* call, Body&& body
   }
 }
 
-// Logs why a module could not be created (the agent then refuses to start and
-// names the module); never throws.
-inline void logCreateFailure(const char* module, const char* what) noexcept {
+// Logs why a module could not be created, e.g. "the net_cls isolator" (the agent
+// then refuses to start and names the module); never throws.
+inline void logCreateFailure(const char* kind, const char* type, const char* what) noexcept {
   try {
-    LOG(ERROR) << "rein: cannot create the " << module << ": " << what;
+    LOG(ERROR) << "rein: cannot create the " << kind << " " << type << ": " << what;
   } catch (...) {
   }
 }

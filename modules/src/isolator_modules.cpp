@@ -32,10 +32,10 @@ mesos::slave::Isolator* createRustIsolator(const char* kind, const mesos::Parame
     LOG(INFO) << "rein: created the " << kind << " isolator";
     return new rein_shim::RustIsolator(kind, std::move(handle));
   } catch (const std::exception& e) {
-    rein_shim::logCreateFailure(kind, e.what());
+    rein_shim::logCreateFailure(kind, "isolator", e.what());
     return nullptr;
   } catch (...) {
-    rein_shim::logCreateFailure(kind, "unknown exception");
+    rein_shim::logCreateFailure(kind, "isolator", "unknown exception");
     return nullptr;
   }
 }

@@ -95,10 +95,10 @@ mesos::slave::ContainerLogger* createLogger(const mesos::Parameters& parameters)
     LOG(INFO) << "rein: created the container logger";
     return new RustContainerLogger(std::move(handle));
   } catch (const std::exception& e) {
-    logCreateFailure("container logger", e.what());
+    logCreateFailure("container", "logger", e.what());
     return nullptr;
   } catch (...) {
-    logCreateFailure("container logger", "unknown exception");
+    logCreateFailure("container", "logger", "unknown exception");
     return nullptr;
   }
 }
