@@ -292,14 +292,23 @@ pub fn utf8_problem(bytes: &[u8]) -> Option<String> {
 /// Longest rendering of a name in messages, in characters.
 const SHOWN_MAX: usize = 128;
 
-/// Bytes rendered for a message or a log line: invalid UTF-8 as `\xNN`, control
-/// characters escaped (no log injection), at most [`SHOWN_MAX`] characters.
+/// Bytes rendered for a message: invalid UTF-8 as `\xNN`, control characters
+/// escaped (no log injection), at most [`SHOWN_MAX`] characters.
 pub fn shown(bytes: &[u8]) -> String {
+    render(bytes, SHOWN_MAX)
+}
+
+/// As [`shown`], whole: for ids in log lines, which must stay searchable.
+pub fn escaped(bytes: &[u8]) -> String {
+    render(bytes, usize::MAX)
+}
+
+fn render(bytes: &[u8], max: usize) -> String {
     let mut out = String::new();
     let mut count = 0;
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if count == SHOWN_MAX {
+            if count == max {
                 out.push('…');
                 return out;
             }
@@ -311,7 +320,7 @@ pub fn shown(bytes: &[u8]) -> String {
             }
         }
         for b in chunk.invalid() {
-            if count == SHOWN_MAX {
+            if count == max {
                 out.push('…');
                 return out;
             }
@@ -497,7 +506,7 @@ impl RawContainerConfig {
         for (name, value) in self.environment {
             // Defence in depth: the shim passes only our variables; never keep others.
             if name.starts_with(ENV_PREFIX.as_bytes()) {
-                environment.push(exact_pair("environment variable", name, value)?);
+                environment.push(exact_pair("variable", name, value)?);
             }
         }
         let agent_id = ids_from_sandbox(&sandbox).map(|(agent, ..)| agent);
@@ -591,7 +600,7 @@ mod tests {
         r.environment = vec![(b"REIN_LOG_SINK".to_vec(), b"\xff".to_vec())];
         assert_eq!(
             r.decode().unwrap_err().to_string(),
-            "environment variable 'REIN_LOG_SINK': value is not valid UTF-8 (byte 0xff at offset 0)"
+            "variable 'REIN_LOG_SINK': value is not valid UTF-8 (byte 0xff at offset 0)"
         );
     }
 
@@ -610,6 +619,7 @@ mod tests {
     fn shown_escapes_and_bounds() {
         assert_eq!(shown(b"a\nb\xff\xc3\xa9"), "a\\nb\\xff\u{e9}");
         assert_eq!(shown(&[b'x'; 500]).chars().count(), SHOWN_MAX + 1);
+        assert_eq!(escaped(&[b'x'; 500]).len(), 500);
     }
 
     #[test]

@@ -276,7 +276,7 @@ impl ffi::ContainerChain {
         let segments: Vec<String> = self
             .ids
             .iter()
-            .map(|id| rein_core::container::shown(&id.value))
+            .map(|id| rein_core::container::escaped(&id.value))
             .collect();
         segments.join(".")
     }

@@ -231,10 +231,7 @@ fn invalid_utf8_fails_only_that_call_naming_the_field() {
     );
     let mut v = config("c");
     v.environment = vec![KeyValue::new(b"REIN_\xff".to_vec(), "1")];
-    expect_failure(
-        v,
-        "environment variable 'REIN_\\xff': name is not valid UTF-8",
-    );
+    expect_failure(v, "variable 'REIN_\\xff': name is not valid UTF-8");
     let mut v = config("c");
     v.directory = NOT_UTF8.to_vec();
     expect_failure(v, "sandbox directory: not valid UTF-8");

@@ -23,7 +23,7 @@ const FIELDS: &[&str] = &[
     "user: ",
     "task label '",
     "executor label '",
-    "environment variable '",
+    "variable '",
 ];
 
 fn split(bytes: &[u8], sep: u8) -> Vec<Vec<u8>> {

@@ -310,7 +310,7 @@ int main() {
   }
   {
     Case c{"a REIN_ value", config("u3"),
-           "environment variable 'REIN_LOG_SINK': value is not valid UTF-8"};
+           "variable 'REIN_LOG_SINK': value is not valid UTF-8"};
     c.view.environment.push_back(keyValue("REIN_LOG_SINK", kNotUtf8));
     cases.push_back(std::move(c));
   }

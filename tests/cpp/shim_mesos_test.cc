@@ -93,7 +93,7 @@ int main() {
     v->set_type(mesos::Environment::Variable::VALUE);
     v->set_value(bad);
     std::string out = settle(iso.prepare(id, c));
-    check(out.find("environment variable 'REIN_LOG_SINK': value is not valid UTF-8") != std::string::npos,
+    check(out.find("variable 'REIN_LOG_SINK': value is not valid UTF-8") != std::string::npos,
           "prepare with a 0xff REIN_ value fails naming it", out);
   }
   {
