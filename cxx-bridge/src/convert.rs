@@ -62,11 +62,23 @@ pub(crate) fn container_spec(view: ContainerConfigView) -> Result<ContainerSpec,
     let decoded = raw.decode()?;
     if !decoded.altered.is_empty() {
         tracing::warn!(
-            "not valid UTF-8, carried with U+FFFD (only displayed and shipped): {}",
-            decoded.altered.join(", ")
+            "{} field(s) not valid UTF-8, carried with U+FFFD (only displayed and shipped): {}",
+            decoded.altered.len(),
+            listed(&decoded.altered)
         );
     }
     Ok(decoded.spec)
+}
+
+/// Fields named in one log line: a task with thousands of labels makes no huge line.
+const LISTED_MAX: usize = 10;
+
+fn listed(fields: &[String]) -> String {
+    let mut text = fields[..fields.len().min(LISTED_MAX)].join(", ");
+    if fields.len() > LISTED_MAX {
+        text.push_str(&format!(" and {} more", fields.len() - LISTED_MAX));
+    }
+    text
 }
 
 /// A container `recover()` is given. Its id and directory must be exact; one that
@@ -221,6 +233,18 @@ mod tests {
             err.to_string(),
             "directory of container c: not valid UTF-8 (byte 0xff at offset 3)"
         );
+    }
+
+    #[test]
+    fn altered_fields_are_listed_with_a_bound() {
+        let fields: Vec<String> = (0..25).map(|i| format!("task label 'l{i}'")).collect();
+        let text = listed(&fields);
+        assert!(
+            text.starts_with("task label 'l0', task label 'l1'"),
+            "{text}"
+        );
+        assert!(text.ends_with("task label 'l9' and 15 more"), "{text}");
+        assert_eq!(listed(&fields[..1]), "task label 'l0'");
     }
 
     #[test]

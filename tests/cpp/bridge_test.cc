@@ -363,6 +363,11 @@ int main() {
     }
   }
 
+  check(logs->wait_for_line("not valid UTF-8, carried with U+FFFD", 1) &&
+            logs->wait_for_line("task label 'x\\xff\\xfe'", 1) &&
+            logs->wait_for_line("task name", 1),
+        "what was carried with U+FFFD is logged as a warning naming the fields", logs->dump());
+
   // Calls that take only a container id.
   try {
     const rein::ContainerChain bad = chain(kNotUtf8);
