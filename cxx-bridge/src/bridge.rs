@@ -6,6 +6,10 @@ use crate::isolator::{create_isolator, IsolatorHandle};
 use crate::log::install_log_sink;
 use crate::logger::{create_logger, LoggerHandle};
 
+fn copy_bytes(data: &[u8]) -> Vec<u8> {
+    data.to_vec()
+}
+
 #[cxx::bridge(namespace = "rein")]
 pub mod ffi {
     // Everything the shim copies out of a protobuf crosses as bytes: Mesos does not
@@ -243,6 +247,10 @@ pub mod ffi {
 
         /// Sends the modules' `tracing` output to `sink` (once per loaded library).
         fn install_log_sink(sink: UniquePtr<LogSink>);
+
+        /// A copy of `data` as a Rust `Vec`, in one call: how the shim copies each
+        /// protobuf string (pushing byte by byte costs two calls per byte).
+        fn copy_bytes(data: &[u8]) -> Vec<u8>;
     }
 }
 

@@ -28,10 +28,8 @@ bool startsWith(const std::string& s, const std::string& prefix) {
 // Protobuf strings cross as bytes: they need not be UTF-8, and a rust::String
 // built from other bytes throws. Rust decides what each field may carry.
 rust::Vec<uint8_t> bytes(const std::string& s) {
-  rust::Vec<uint8_t> out;
-  out.reserve(s.size());
-  for (const char c : s) out.push_back(static_cast<uint8_t>(c));
-  return out;
+  return rein::copy_bytes(
+      rust::Slice<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
 }
 
 rein::KeyValue keyValue(const std::string& key, const std::string& value) {

@@ -138,10 +138,8 @@ bool contains(const std::string& text, const std::string& needle) {
 
 // What the shim does with every protobuf string: copy its bytes, whatever they are.
 rust::Vec<uint8_t> bytes(const std::string& s) {
-  rust::Vec<uint8_t> out;
-  out.reserve(s.size());
-  for (const char c : s) out.push_back(static_cast<uint8_t>(c));
-  return out;
+  return rein::copy_bytes(
+      rust::Slice<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
 }
 
 rein::KeyValue keyValue(const std::string& key, const std::string& value) {
@@ -279,6 +277,15 @@ int main() {
     check(false, "rust::String rejects invalid UTF-8", "it did not throw");
   } catch (const std::invalid_argument&) {
     check(true, "rust::String rejects invalid UTF-8 (so the shim never builds one)");
+  }
+
+  {
+    const std::string raw = kNotUtf8 + std::string(1, '\0') + "y";
+    const rust::Vec<uint8_t> copied = bytes(raw);
+    check(copied.size() == raw.size() &&
+              std::string(reinterpret_cast<const char*>(copied.data()), copied.size()) == raw,
+          "copy_bytes keeps every byte (invalid UTF-8, NUL)");
+    check(bytes(std::string()).empty(), "copy_bytes of an empty string is empty");
   }
 
   // Every entry point that takes bytes, with bytes that are not UTF-8: no exception
