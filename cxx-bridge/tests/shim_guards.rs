@@ -180,12 +180,7 @@ fn definitions<'a>(files: &'a BTreeMap<String, String>, name: &str) -> Vec<&'a s
             // A definition's name is preceded by a return type or `X::`, not by
             // `return`, `=`, `(` or `,` (calls and arguments).
             let prefix = text[..at].trim_end();
-            let prev_word: String = prefix
-                .chars()
-                .rev()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            if prev_word == "nruter" || prefix.ends_with(['=', '(', ',', '!', '&', '|']) {
+            if prefix.ends_with("return") || prefix.ends_with(['=', '(', ',', '!', '&', '|']) {
                 continue;
             }
             let paren = text.len() - trimmed.len();
