@@ -116,7 +116,7 @@ fn recover(modules: &Modules, records: &StateStore) -> Result<Vec<ContainerRecor
         .map(|r| RecoveredView {
             container: r.container(),
             pid: r.pid,
-            directory: r.sandbox.to_string_lossy().into_owned(),
+            directory: r.sandbox.as_os_str().as_encoded_bytes().to_vec(),
         })
         .collect();
     let orphans: Vec<ContainerChain> = dead.iter().map(ContainerRecord::container).collect();
@@ -148,10 +148,7 @@ pub(crate) fn config_view(
     let kv = |pairs: &[(String, String)]| -> Vec<KeyValue> {
         pairs
             .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: v.clone(),
-            })
+            .map(|(k, v)| KeyValue::new(k.as_str(), v.as_str()))
             .collect()
     };
     let mut resources = Vec::new();
@@ -162,22 +159,24 @@ pub(crate) fn config_view(
     ] {
         if let Some(scalar) = value {
             resources.push(ResourceEntry {
-                name: name.into(),
+                name: name.as_bytes().to_vec(),
                 scalar,
                 has_disk_info: false,
             });
         }
     }
     ContainerConfigView {
-        container: ContainerChain {
-            ids: chain.to_vec(),
-        },
-        directory: sandbox.to_string_lossy().into_owned(),
-        user: String::new(),
-        task_id: options.task_id.clone().unwrap_or_else(|| chain.join(".")),
-        task_name: options.task_id.clone().unwrap_or_default(),
-        executor_id: String::new(),
-        framework_id: String::new(),
+        container: ContainerChain::new(chain.iter().map(String::as_str)),
+        directory: sandbox.as_os_str().as_encoded_bytes().to_vec(),
+        user: Vec::new(),
+        task_id: options
+            .task_id
+            .clone()
+            .unwrap_or_else(|| chain.join("."))
+            .into(),
+        task_name: options.task_id.clone().unwrap_or_default().into(),
+        executor_id: Vec::new(),
+        framework_id: Vec::new(),
         task_labels: kv(&options.labels),
         executor_labels: Vec::new(),
         environment: kv(&options.env),
