@@ -6,6 +6,7 @@ pub mod http;
 pub mod module;
 pub mod proto;
 pub mod record;
+pub mod sandbox;
 pub mod shipper;
 pub mod sink;
 pub mod wal;
