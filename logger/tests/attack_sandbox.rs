@@ -237,18 +237,17 @@ fn attack(test: &str, moment: Moment) {
             if *k == "foreign" {
                 let (sb, t, stop) = (sb.clone(), t.clone(), stop_root.clone());
                 root_loop = Some(std::thread::spawn(move || {
+                    let (a, o) = (&t.absent, &t.outside_dir);
+                    let mut i = 0u64;
                     while !stop.exists() {
-                        for n in ["stdout", "stdout.1", "stdout.2"] {
-                            attacker::plant(
-                                "foreign",
-                                &sb,
-                                n,
-                                &t.secret,
-                                &t.absent,
-                                &t.outside_dir,
-                            );
+                        attacker::plant_when_free("foreign", &sb, "stdout", &t.secret, a, o);
+                        std::thread::yield_now();
+                        i += 1;
+                        if i.is_multiple_of(200) {
+                            for n in ["stdout", "stdout.1", "stdout.2"] {
+                                attacker::plant("foreign", &sb, n, &t.secret, a, o);
+                            }
                         }
-                        std::thread::sleep(Duration::from_millis(2));
                     }
                 }));
             } else {

@@ -83,10 +83,10 @@ pub enum Mode {
     /// Puts the object at `stdout`, `stderr`, `stdout.1`..`stdout.3` (replacing
     /// whatever is there) and exits.
     Plant,
-    /// Replaces `stdout`, `stdout.1`, `stdout.2` by the object again and again
-    /// until the stop file exists.
+    /// Creates the object at `stdout` whenever the name is free, and replaces
+    /// `stdout`, `stdout.1`, `stdout.2` by it, until the stop file exists.
     Loop,
-    /// Puts the object at `stdout.1` .. `stdout.5000` and exits.
+    /// Puts the object at `stdout.1` .. `stdout.5000`, moves `stdout` away and exits.
     Many,
 }
 
@@ -135,6 +135,55 @@ pub fn run(kind: &str, mode: Mode, sandbox: &Path, t: &Target) -> bool {
         .is_some_and(|s| s.success())
 }
 
+/// Makes the object `kind` at `at` (fails if the name is taken).
+fn make(
+    kind: &str,
+    dir: &Path,
+    at: &Path,
+    secret: &Path,
+    absent: &Path,
+    outside: &Path,
+) -> std::io::Result<()> {
+    match kind {
+        "symlink-file" => std::os::unix::fs::symlink(secret, at),
+        "symlink-new" => std::os::unix::fs::symlink(absent, at),
+        "symlink-dir" => std::os::unix::fs::symlink(outside, at),
+        "fifo" => nix::unistd::mkfifo(at, nix::sys::stat::Mode::from_bits_truncate(0o666))
+            .map_err(std::io::Error::from),
+        "socket" => std::os::unix::net::UnixListener::bind(at).map(drop),
+        "directory" => std::fs::create_dir(at),
+        "hardlink" => {
+            let own = dir.join("attacker-own-file");
+            if !own.exists() {
+                let _ = std::fs::write(&own, b"attacker's own file\n");
+            }
+            std::fs::hard_link(own, at)
+        }
+        // A file of another owner holding the marker (made by root in the test).
+        "foreign" => std::fs::read(secret).and_then(|b| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(at)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &b))
+        }),
+        k => panic!("unknown kind {k}"),
+    }
+}
+
+/// Makes `kind` at `name` the moment the name is free (the shipper's
+/// rotation renames `stdout` away, then creates it again): true if made.
+pub fn plant_when_free(
+    kind: &str,
+    dir: &Path,
+    name: &str,
+    secret: &Path,
+    absent: &Path,
+    outside: &Path,
+) -> bool {
+    make(kind, dir, &dir.join(name), secret, absent, outside).is_ok()
+}
+
 /// Plants `kind` at `name` in `dir` as the *current* user: used by the test
 /// (as root) for the one kind a task cannot make itself, a file of another
 /// owner, and by the attacker process for all the others.
@@ -143,25 +192,7 @@ pub fn plant(kind: &str, dir: &Path, name: &str, secret: &Path, absent: &Path, o
     let tmp = dir.join(format!(".att-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_dir_all(&tmp);
-    let made = match kind {
-        "symlink-file" => std::os::unix::fs::symlink(secret, &tmp),
-        "symlink-new" => std::os::unix::fs::symlink(absent, &tmp),
-        "symlink-dir" => std::os::unix::fs::symlink(outside, &tmp),
-        "fifo" => nix::unistd::mkfifo(&tmp, nix::sys::stat::Mode::from_bits_truncate(0o666))
-            .map_err(std::io::Error::from),
-        "socket" => std::os::unix::net::UnixListener::bind(&tmp).map(drop),
-        "directory" => std::fs::create_dir(&tmp),
-        "hardlink" => {
-            let own = dir.join("attacker-own-file");
-            if !own.exists() {
-                let _ = std::fs::write(&own, b"attacker's own file\n");
-            }
-            std::fs::hard_link(own, &tmp)
-        }
-        // A file of another owner holding the marker (made by root in the test).
-        "foreign" => std::fs::read(secret).and_then(|b| std::fs::write(&tmp, b)),
-        k => panic!("unknown kind {k}"),
-    };
+    let made = make(kind, dir, &tmp, secret, absent, outside);
     if made.is_err() {
         return;
     }
@@ -196,18 +227,26 @@ pub fn attacker_main() {
             for n in 1..=5000 {
                 p(&format!("stdout.{n}"));
             }
+            // The current file moved away: a worker restarted now looks for
+            // its checkpoint's file elsewhere.
+            let _ = std::fs::rename(dir.join("stdout"), dir.join("moved-away"));
         }
         "loop" => {
             let end = Instant::now() + Duration::from_secs(60);
             let mut i = 0u64;
             while Instant::now() < end && !stop.exists() {
-                for name in ["stdout", "stdout.1", "stdout.2"] {
-                    p(name);
+                // Like `while :; do ln -s T stdout; done`: in the window between
+                // the shipper's rename of `stdout` and its new file.
+                for _ in 0..200 {
+                    plant_when_free(&kind, &dir, "stdout", &secret, &absent, &outside);
+                    std::thread::yield_now();
                 }
+                // And like `ln -sf`: over whatever holds the names.
                 i += 1;
-                // Thousands of swaps a second, leaving the machine some CPU.
-                if i.is_multiple_of(8) {
-                    std::thread::sleep(Duration::from_micros(500));
+                if i.is_multiple_of(4) {
+                    for name in ["stdout", "stdout.1", "stdout.2"] {
+                        p(name);
+                    }
                 }
             }
         }
