@@ -946,4 +946,58 @@ mod tests {
         assert_eq!(std::fs::read(&secret).unwrap(), b"SECRET");
         drop(w);
     }
+
+    #[test]
+    fn adoption_after_a_kill_inside_a_rotation_finds_every_recorded_file() {
+        let d = tempfile::tempdir().unwrap();
+        let sb = d.path().join("sb");
+        let state = d.path().join("state");
+        std::fs::create_dir(&sb).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        let dir = Arc::new(SandboxDir::open(&sb).unwrap());
+        let (r, w) = crate::module::pipe(0).unwrap();
+        let (mut st, _) = open(Stream::Stdout, dir.clone(), &state, r, None, None, None).unwrap();
+        write_all(&w, b"a\n");
+        st.splice(1 << 20).unwrap();
+        let before = load_record(&state, Stream::Stdout).unwrap();
+        st.rotate(5).unwrap();
+        let after = load_record(&state, Stream::Stdout).unwrap();
+        let (x, y) = (before.current, after.current);
+        let cp = |id: FileId| StreamCheckpoint {
+            inode: id.ino,
+            offset: 0,
+            base: 0,
+        };
+        let adopt = |rec: &FileRecord, cp: StreamCheckpoint| {
+            let (r, _w) = crate::module::pipe(0).unwrap();
+            // A pipeline-less stream ignores checkpoints: look at the files only.
+            open(
+                Stream::Stdout,
+                dir.clone(),
+                &state,
+                r,
+                None,
+                Some(cp),
+                Some(rec.clone()),
+            )
+            .unwrap()
+        };
+        // Killed after the new file was recorded, before it got its name.
+        let tmp = after.created_as.clone().unwrap();
+        std::fs::rename(sb.join("stdout"), sb.join(&tmp)).unwrap();
+        let (st2, _) = adopt(&after, cp(x));
+        assert_eq!(st2.id, y, "the recorded file is taken back under its name");
+        assert!(dir.holds("stdout", y).unwrap());
+        assert_eq!(st2.base, 2);
+        assert_eq!(st2.rotated.front().map(|r| r.0), Some(x));
+        drop(st2);
+        // Killed after the old file became `.1`, before the new one was recorded.
+        std::fs::remove_file(sb.join("stdout")).unwrap();
+        let (st3, _) = adopt(&before, cp(x));
+        assert_ne!(st3.id, x);
+        assert_eq!(st3.rotated.front().map(|r| r.0), Some(x), "found at `.1`");
+        assert_eq!(st3.base, 2, "the new file starts where `.1` ends");
+        assert!(dir.holds("stdout.1", x).unwrap());
+        drop(w);
+    }
 }
