@@ -8,7 +8,7 @@
 //! unix socket; directory; hard link to a file of its own; a file of another
 //! owner, planted by root since a task cannot make one) at every moment
 //! (before registration, during a rotation loop, before a worker kill -9 and
-//! adoption, thousands of rotated names). Each run asserts: not one byte
+//! adoption, before a worker upgrade, thousands of rotated names). Each run asserts: not one byte
 //! written outside (content, size, mtime), no outside content shipped, a
 //! victim container beside the attackers keeps shipping every line, every
 //! attacker's own lines are shipped once, and the refusals are counted.
@@ -45,6 +45,8 @@ enum Moment {
     Registration,
     Rotation,
     Adoption,
+    /// A worker upgrade (`SIGHUP`: clean stop, offsets saved, new worker).
+    Upgrade,
     RotatedNames,
 }
 
@@ -268,7 +270,10 @@ fn attack(test: &str, moment: Moment) {
         });
     };
     write_batch(&mut outs, 0, BATCH);
-    if matches!(moment, Moment::Adoption | Moment::RotatedNames) {
+    if matches!(
+        moment,
+        Moment::Adoption | Moment::Upgrade | Moment::RotatedNames
+    ) {
         // Everything written so far is buffered and checkpointed: what the
         // restarted worker does is all that is tested.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -282,15 +287,19 @@ fn attack(test: &str, moment: Moment) {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let mode = if moment == Moment::Adoption {
-            Mode::Plant
-        } else {
+        let mode = if moment == Moment::RotatedNames {
             Mode::Many
+        } else {
+            Mode::Plant
         };
         for (k, sb) in &sandboxes {
             assert!(attack_once(k, mode, sb, &t, &mut foreign), "{k}");
         }
-        sh.kill_worker();
+        if moment == Moment::Upgrade {
+            sh.restart_worker();
+        } else {
+            sh.kill_worker();
+        }
     }
     write_batch(&mut outs, BATCH, 2 * BATCH);
     for (stop, mut c) in loops {
@@ -438,6 +447,14 @@ fn planted_before_worker_kill_nothing_adopted_but_our_files() {
     attack(
         "planted_before_worker_kill_nothing_adopted_but_our_files",
         Moment::Adoption,
+    );
+}
+
+#[test]
+fn planted_before_worker_upgrade_nothing_adopted_but_our_files() {
+    attack(
+        "planted_before_worker_upgrade_nothing_adopted_but_our_files",
+        Moment::Upgrade,
     );
 }
 
