@@ -156,7 +156,7 @@ pub struct StreamState {
     /// The sandbox directory.
     dir: Arc<SandboxDir>,
     /// Where the [`FileRecord`] is kept.
-    rec_path: PathBuf,
+    rec_file: RecordFile,
     /// Its identity.
     pub id: FileId,
     /// Bytes in the file.
@@ -232,11 +232,37 @@ pub fn load_record(state: &Path, stream: Stream) -> Option<FileRecord> {
     serde_json::from_slice(&b).ok()
 }
 
-fn save_record(path: &Path, rec: &FileRecord) {
-    let body = serde_json::to_vec(rec).unwrap_or_default();
-    if let Err(e) = super::parser::write_atomic(path, &body) {
-        // Only a later adoption suffers: it starts a new file.
-        tracing::warn!(path = %path.display(), "recording the sandbox files: {e}");
+/// A stream's [`FileRecord`] file, kept open: rewritten in place at every
+/// rotation (one `pwrite`, padded with blanks to its former length, so a kill
+/// never leaves half of it; no create and rename per rotation).
+#[derive(Debug)]
+struct RecordFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl RecordFile {
+    fn open(path: PathBuf) -> std::io::Result<RecordFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)?;
+        Ok(RecordFile { file, path })
+    }
+
+    fn save(&self, rec: &FileRecord) {
+        let mut body = serde_json::to_vec(rec).unwrap_or_default();
+        let old = self.file.metadata().map_or(0, |m| m.len());
+        body.resize(body.len().max(usize::try_from(old).unwrap_or(0)), b' ');
+        if let Err(e) = self.file.write_all_at(&body, 0) {
+            // Only a later adoption suffers: it starts a new file.
+            tracing::warn!(path = %self.path.display(), "recording the sandbox files: {e}");
+        }
     }
 }
 
@@ -283,7 +309,7 @@ pub fn open(
 ) -> std::io::Result<(StreamState, ParseStream)> {
     let name = stream.name();
     let path = dir.path().join(name);
-    let rec_path = record_path(state, stream);
+    let rec_file = RecordFile::open(record_path(state, stream))?;
     let record = record.or_else(|| {
         cp.map(|c| FileRecord {
             current: FileId {
@@ -366,7 +392,7 @@ pub fn open(
             let (f, id) = dir.create(name, &mut |id, tmp| {
                 rec.current = id;
                 rec.created_as = Some(tmp.to_string());
-                save_record(&rec_path, &rec);
+                rec_file.save(&rec);
             })?;
             (f, id, next_base, 0)
         }
@@ -411,7 +437,7 @@ pub fn open(
             file,
             path,
             dir,
-            rec_path,
+            rec_file,
             id,
             file_len: len,
             base,
@@ -659,11 +685,11 @@ impl StreamState {
             rotated: self.rotated.iter().copied().collect(),
             ..FileRecord::default()
         };
-        let rec_path = &self.rec_path;
+        let rec_file = &self.rec_file;
         let created = self.dir.create(name, &mut |id, tmp| {
             rec.current = id;
             rec.created_as = Some(tmp.to_string());
-            save_record(rec_path, &rec);
+            rec_file.save(&rec);
         });
         let (file, id) = match created {
             Ok(c) => c,
