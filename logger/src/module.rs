@@ -175,14 +175,7 @@ impl ModuleConfig {
             route = s.raw.clone();
         }
         if let Some(s) = cfg.get("log.topic").filter(|_| sink == SinkKind::Kafka) {
-            if !s
-                .raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                || s.raw.len() > 249
-            {
-                return Err(s.error("a topic has 1 to 249 of [a-zA-Z0-9._-]"));
-            }
+            crate::sink::route::validate_topic(&s.raw).map_err(|e| s.error(e))?;
             check_prefix(&s.raw, &self.topic_prefixes).map_err(|e| s.error(e))?;
             route = s.raw.clone();
         }

@@ -559,6 +559,26 @@ fn reserved_stream_labels_are_refused_at_prepare() {
             "{e}"
         );
     }
+    // The broker's own topics are refused at prepare too.
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            d.path().join("none.sock").display().to_string(),
+        ),
+        ("allowed_sinks".to_string(), "elasticsearch,kafka".to_string()),
+    ])
+    .unwrap();
+    for topic in ["__consumer_offsets", "..", "a topic"] {
+        let s = spec(
+            "k",
+            &d.path().join("sandbox"),
+            &[("rein.log.sink", "kafka"), ("rein.log.topic", topic)],
+        );
+        let Err(e) = m.prepare(&s) else {
+            panic!("topic `{topic}` accepted")
+        };
+        assert!(e.to_string().contains("log.topic"), "{e}");
+    }
 }
 
 /// Through a real shipper and an ES-compatible server: an attacker container
