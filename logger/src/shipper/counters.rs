@@ -94,6 +94,7 @@ pub fn snapshot(
                 "retried": load(&s.retried),
                 "dead_lettered": load(&s.dead_lettered),
                 "dead_letter_dropped": load(&s.dead_letter_dropped),
+                "dead_letter_over_share": load(&s.dead_letter_over_share),
                 "dead_letter_full": load(&s.dead_letter_full),
                 "requests": load(&s.requests),
                 "failed_requests": load(&s.failed_requests),

@@ -538,6 +538,7 @@ impl EsSink {
         self.dead.add(
             "elasticsearch",
             &idx,
+            r.container,
             r.id,
             status,
             reason.as_bytes(),

@@ -149,8 +149,15 @@ impl KafkaSink {
                 Ok(()) => true,
                 Err(e) => {
                     let why = format!("refused route: {e}");
-                    self.dead
-                        .add("kafka", &self.topic_of(&r), r.id, 0, why.as_bytes(), r.doc);
+                    self.dead.add(
+                        "kafka",
+                        &self.topic_of(&r),
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.stats.routes.invalid("kafka", &self.topic_of(&r), &e);
                     false
@@ -318,8 +325,15 @@ impl KafkaSink {
 
     fn dead_letter(&mut self, r: &WalRecord<'_>, e: &KafkaError) {
         let topic = self.topic_of(r);
-        self.dead
-            .add("kafka", &topic, r.id, 0, e.to_string().as_bytes(), r.doc);
+        self.dead.add(
+            "kafka",
+            &topic,
+            r.container,
+            r.id,
+            0,
+            e.to_string().as_bytes(),
+            r.doc,
+        );
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 }

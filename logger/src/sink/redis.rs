@@ -221,8 +221,15 @@ impl RedisSink {
                 Err(e) => {
                     let target = String::from_utf8_lossy(r.route).into_owned();
                     let why = format!("refused route: {e}");
-                    self.dead
-                        .add("redis", &target, r.id, 0, why.as_bytes(), r.doc);
+                    self.dead.add(
+                        "redis",
+                        &target,
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.stats.routes.invalid("redis", &target, &e);
                     false
@@ -281,8 +288,15 @@ impl RedisSink {
                         Outcome::Refused(why) => {
                             let policy = self.cfg.route_failure;
                             if self.stats.routes.refused("redis", stream, policy, &why) {
-                                self.dead
-                                    .add("redis", stream, r.id, 0, why.as_bytes(), r.doc);
+                                self.dead.add(
+                                    "redis",
+                                    stream,
+                                    r.container,
+                                    r.id,
+                                    0,
+                                    why.as_bytes(),
+                                    r.doc,
+                                );
                                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 reason = Some(why);
