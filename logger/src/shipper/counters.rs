@@ -83,6 +83,7 @@ pub fn snapshot(
                     "refused": r.refused,
                     "dead_lettered": r.dead_lettered,
                     "failing": r.failing,
+                    "stalled": r.stalled,
                 }),
             );
         }

@@ -280,10 +280,10 @@ impl DeadLetter {
             f.sync_data()?;
             *size += fit as u64;
         }
-        let written = memchr::memchr_iter(b'\n', &self.buf[..fit]).count() as u64;
+        let lines = memchr::memchr_iter(b'\n', &self.buf[..fit]).count();
         self.buf.drain(..fit);
-        self.queued -= written;
-        self.queue.drain(..written as usize);
+        self.queued -= lines as u64;
+        self.queue.drain(..lines);
         if self.buf.is_empty() {
             self.stats.dead_letter_full.store(0, Ordering::Relaxed);
             return Ok(());

@@ -12,6 +12,12 @@
 //! (429, 5xx, connection, timeout) are resent with backoff as before; a
 //! record the destination can never parse (a mapping error) is dead-lettered
 //! at once.
+//!
+//! A route answering *transient* per-item errors forever (a red index,
+//! per-item 429 for one index) while other routes of the same request are
+//! stored is also one route's problem: [`RouteTable::transient`] counts such
+//! requests against the same `route_failure` bound. A request where nothing
+//! was stored (the whole destination busy or down) stays a sink-wide retry.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -72,6 +78,9 @@ pub struct RouteCounters {
     pub dead_lettered: u64,
     /// 1 while the route is marked failing.
     pub failing: u64,
+    /// Records answered with a transient error (429, 5xx) while other routes
+    /// of the same request were stored.
+    pub stalled: u64,
 }
 
 /// Routes tracked per sink; beyond, they are counted under [`OTHER_ROUTES`]
@@ -160,6 +169,64 @@ impl RouteTable {
                     route,
                     ?policy,
                     "route refused a record for good ({reason}); resending"
+                );
+            }
+            give_up
+        })
+    }
+
+    /// `items` records of `route` got a transient error in a request where
+    /// other routes' records were stored (`others_stored`), or the route is
+    /// already failing: true if they must go to the dead-letter file now.
+    /// One call per request and route: the bound counts requests (attempts)
+    /// or the time since the first such request. Without other routes stored
+    /// and while not failing, false (a sink-wide retry, nothing counted).
+    pub fn transient(
+        &self,
+        sink: &str,
+        route: &str,
+        policy: RouteFailure,
+        others_stored: bool,
+        items: u64,
+        reason: &str,
+    ) -> bool {
+        self.with(route, |s| {
+            if s.counters.failing == 1 {
+                s.counters.dead_lettered += items;
+                if others_stored {
+                    s.counters.stalled += items;
+                }
+                return true;
+            }
+            if !others_stored {
+                return false;
+            }
+            s.counters.stalled += items;
+            let now = Instant::now();
+            let first = *s.first_refusal.get_or_insert(now);
+            s.attempts = s.attempts.saturating_add(1);
+            let give_up = match policy {
+                RouteFailure::Wait => false,
+                RouteFailure::DeadLetterAfterAttempts(n) => s.attempts >= n,
+                RouteFailure::DeadLetterAfter(d) => now.duration_since(first) >= d,
+            };
+            if give_up {
+                s.counters.failing = 1;
+                s.counters.dead_lettered += items;
+                tracing::error!(
+                    sink,
+                    route,
+                    attempts = s.attempts,
+                    "route keeps failing ({reason}) while other routes are stored: its \
+                     records go to the dead-letter file until it accepts one again; \
+                     other routes ship on"
+                );
+            } else if s.attempts == 1 {
+                tracing::warn!(
+                    sink,
+                    route,
+                    ?policy,
+                    "route failed ({reason}) while other routes were stored; resending"
                 );
             }
             give_up
@@ -295,6 +362,32 @@ mod tests {
         assert_eq!(snap["good"].shipped, 1);
         assert!(!t.refused("es", "w", RouteFailure::Wait, "x"));
         assert!(!t.refused("es", "w", RouteFailure::Wait, "x"));
+    }
+
+    #[test]
+    fn a_route_failing_transiently_beside_others_fails_after_its_bound() {
+        let t = RouteTable::default();
+        let p = RouteFailure::DeadLetterAfterAttempts(3);
+        // Nothing else stored: the destination as a whole, not counted.
+        for _ in 0..10 {
+            assert!(!t.transient("es", "red", p, false, 5, "503"));
+        }
+        assert!(!t.transient("es", "red", p, true, 5, "503"));
+        assert!(!t.transient("es", "red", p, true, 5, "503"));
+        assert!(t.transient("es", "red", p, true, 5, "503"));
+        assert!(t.is_failing("red"));
+        // Failing: at once, even alone in a request.
+        assert!(t.transient("es", "red", p, false, 2, "503"));
+        let snap = t.snapshot();
+        assert_eq!(snap["red"].stalled, 15);
+        assert_eq!(snap["red"].dead_lettered, 7);
+        t.stored("es", "red");
+        assert!(!t.is_failing("red"));
+        assert!(!t.transient("es", "red", p, true, 1, "503"));
+        let w = RouteFailure::Wait;
+        for _ in 0..10 {
+            assert!(!t.transient("es", "w", w, true, 1, "429"));
+        }
     }
 
     #[test]
