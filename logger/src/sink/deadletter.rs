@@ -60,7 +60,8 @@ pub struct DeadLetterLimits {
     pub max_bytes: u64,
     /// What happens beyond it.
     pub policy: DeadLetterFullPolicy,
-    /// Largest part of one file a single container's records may take.
+    /// Largest part of one file a single container's records may take
+    /// (`max_bytes` or more: no share, the file's bound alone).
     pub max_bytes_per_container: u64,
 }
 
@@ -187,7 +188,8 @@ impl DeadLetter {
         let share = self.limits.max_bytes_per_container;
         let shares = self.shares.get_or_insert_with(HashMap::new);
         let s = share_of(shares, &key);
-        if s.bytes + len > share {
+        // A share as large as the file is no share: the file's bound alone.
+        if share < self.limits.max_bytes && s.bytes + len > share {
             self.buf.truncate(start);
             s.over += 1;
             self.stats

@@ -4,7 +4,7 @@
 //! verified against a CA file. Only items answered 429 or 5xx are resent, with
 //! backoff; other 4xx items go to the dead-letter file with their reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -396,7 +396,7 @@ impl EsSink {
         let mut pending: Vec<usize> = (0..recs.len()).collect();
         // Indices stored while shipping this batch: evidence that an index
         // failing transiently all along is its own problem, not the cluster's.
-        let mut stored_idx = std::collections::HashSet::new();
+        let mut batch_routes = route::BatchRoutes::default();
         let mut chunk = pending.len().max(1);
         let mut body = Vec::new();
         let mut gz = Vec::new();
@@ -464,27 +464,24 @@ impl EsSink {
                 }
                 Outcome::Items(items) => {
                     let mut again = Vec::new();
-                    // The items answered 429/5xx, per index (status of the first).
-                    let mut transient: BTreeMap<String, (u16, Vec<usize>)> = BTreeMap::new();
                     for (j, o) in items.iter().enumerate() {
                         match o {
                             ItemOutcome::Stored => {
                                 self.stats.shipped.fetch_add(1, Ordering::Relaxed);
                                 let idx = self.index_of(&subset[j]);
                                 self.stats.routes.stored("elasticsearch", &idx);
-                                stored_idx.insert(idx);
+                                batch_routes.stored(&idx);
                             }
                             ItemOutcome::Duplicate => {
                                 self.stats.shipped.fetch_add(1, Ordering::Relaxed);
                                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                                stored_idx.insert(self.index_of(&subset[j]));
+                                batch_routes.stored(&self.index_of(&subset[j]));
                             }
-                            ItemOutcome::Retry(status) => {
-                                let e = transient
-                                    .entry(self.index_of(&subset[j]))
-                                    .or_insert((*status, Vec::new()));
-                                e.1.push(j);
-                            }
+                            ItemOutcome::Retry(status) => batch_routes.transient(
+                                self.index_of(&subset[j]),
+                                || format!("per-item {status}"),
+                                (j, *status),
+                            ),
                             ItemOutcome::RouteRefused(status, reason) => {
                                 let idx = self.index_of(&subset[j]);
                                 let policy = self.cfg.route_failure;
@@ -508,30 +505,13 @@ impl EsSink {
                     // An index failing while others of the batch are stored is
                     // that index's problem (route policy); when nothing was
                     // stored, the whole destination is busy: resend everything.
-                    for (idx, (status, js)) in transient {
-                        let others = stored_idx.iter().any(|s| *s != idx);
-                        let ours = stored_idx.contains(&idx);
-                        let why = format!("per-item {status}");
-                        if !ours
-                            && self.stats.routes.transient(
-                                "elasticsearch",
-                                &idx,
-                                self.cfg.route_failure,
-                                others,
-                                js.len() as u64,
-                                &why,
-                            )
-                        {
-                            for j in js {
-                                let reason = format!(
-                                    "{why} while other indices were stored; route failing (route_failure)"
-                                );
-                                self.dead_letter(&subset[j], status, &reason);
-                            }
-                        } else {
-                            again.extend(js.iter().map(|&j| pending[j]));
-                        }
+                    let policy = self.cfg.route_failure;
+                    let (dead, resend) =
+                        batch_routes.settle(&self.stats.routes, "elasticsearch", policy);
+                    for ((j, status), why) in dead {
+                        self.dead_letter(&subset[j], status, &why);
                     }
+                    again.extend(resend.into_iter().map(|(j, _)| pending[j]));
                     again.sort_unstable();
                     let retry = again.len();
                     again.extend_from_slice(&pending[take..]);

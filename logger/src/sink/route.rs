@@ -257,6 +257,70 @@ impl RouteTable {
     }
 }
 
+/// The routes of the batch a sink is shipping: which stored records, and
+/// which answered transient errors in the last attempt. [`BatchRoutes::settle`]
+/// decides, once per attempt, which of those go to the dead-letter file
+/// (their route keeps failing while others of the batch are stored, past
+/// `route_failure`) and which are resent.
+#[derive(Debug)]
+pub struct BatchRoutes<T> {
+    stored: std::collections::HashSet<String>,
+    transient: BTreeMap<String, (String, Vec<T>)>,
+}
+
+impl<T> Default for BatchRoutes<T> {
+    fn default() -> Self {
+        BatchRoutes {
+            stored: Default::default(),
+            transient: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> BatchRoutes<T> {
+    /// A record of `route` was stored (or already was).
+    pub fn stored(&mut self, route: &str) {
+        if !self.stored.contains(route) {
+            self.stored.insert(route.to_string());
+        }
+    }
+
+    /// `item` of `route` got a transient error (`reason` of the first is kept).
+    pub fn transient(&mut self, route: String, reason: impl FnOnce() -> String, item: T) {
+        self.transient
+            .entry(route)
+            .or_insert_with(|| (reason(), Vec::new()))
+            .1
+            .push(item);
+    }
+
+    /// Ends one attempt: the items to dead-letter now (with the reason) and
+    /// the items to resend. A route that stored records in this batch is
+    /// resent (the destination is merely busy); so is everything when no
+    /// other route stored any (nothing tells a route from the destination).
+    pub fn settle(
+        &mut self,
+        table: &RouteTable,
+        sink: &str,
+        policy: RouteFailure,
+    ) -> (Vec<(T, String)>, Vec<T>) {
+        let (mut dead, mut again) = (Vec::new(), Vec::new());
+        for (route, (reason, items)) in std::mem::take(&mut self.transient) {
+            let ours = self.stored.contains(&route);
+            let others = self.stored.len() > usize::from(ours);
+            if !ours && table.transient(sink, &route, policy, others, items.len() as u64, &reason) {
+                let why = format!(
+                    "{reason}, while other routes were stored: route failing (route_failure)"
+                );
+                dead.extend(items.into_iter().map(|i| (i, why.clone())));
+            } else {
+                again.extend(items);
+            }
+        }
+        (dead, again)
+    }
+}
+
 /// Why a task-chosen (or buffered) route can never be used by a sink; the
 /// same rules as at `prepare`, checked again by the shipper before use.
 pub fn check_es_index(route: &[u8]) -> Result<(), String> {
@@ -388,6 +452,29 @@ mod tests {
         for _ in 0..10 {
             assert!(!t.transient("es", "w", w, true, 1, "429"));
         }
+    }
+
+    #[test]
+    fn a_batch_settles_per_route() {
+        let t = RouteTable::default();
+        let p = RouteFailure::DeadLetterAfterAttempts(2);
+        let mut b = BatchRoutes::default();
+        // Alone: resent, not counted.
+        b.transient("red".into(), || "503".into(), 1);
+        assert_eq!(b.settle(&t, "es", p), (vec![], vec![1]));
+        b.stored("ok");
+        // A route busy in part (some of its records stored) is resent.
+        b.stored("busy");
+        b.transient("busy".into(), || "429".into(), 5);
+        b.transient("red".into(), || "503".into(), 1);
+        assert_eq!(b.settle(&t, "es", p), (vec![], vec![5, 1]));
+        b.transient("red".into(), || "503".into(), 1);
+        b.transient("red".into(), || "503".into(), 2);
+        let (dead, again) = b.settle(&t, "es", p);
+        assert_eq!(dead.iter().map(|d| d.0).collect::<Vec<_>>(), [1, 2]);
+        assert!(dead[0].1.contains("503"), "{}", dead[0].1);
+        assert!(again.is_empty());
+        assert!(t.is_failing("red"));
     }
 
     #[test]
