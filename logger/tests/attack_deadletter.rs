@@ -440,6 +440,8 @@ fn shipper_keeps_a_victim_shipping_while_a_tenant_fills_the_dead_letter_file() {
         ],
     );
     let attacker = module.prepare(&attacker_spec).unwrap();
+    // A second write end of the attacker's stdout, for lines after a worker crash.
+    let later = attacker.stdout.try_clone().unwrap();
     // The attacker's task: 4000 lines of 200 bytes (800 KB, three times the
     // file), as an unprivileged user when we can.
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rein-log-loadgen"));
@@ -469,10 +471,14 @@ fn shipper_keeps_a_victim_shipping_while_a_tenant_fills_the_dead_letter_file() {
         |c: &serde_json::Value, k: &str| c["sinks"]["elasticsearch"][k].as_u64().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut paused = 0;
+    let acked = |c: &serde_json::Value| {
+        let b = &c["buffers"]["elasticsearch"];
+        b["acked_records"].as_u64() == b["appended_records"].as_u64()
+    };
     loop {
         let c = sh.counters();
         paused = paused.max(sink(&c, "dead_letter_full"));
-        if es.count(&victims_index) >= n && sink(&c, "dead_lettered") >= 4000 {
+        if es.count(&victims_index) >= n && sink(&c, "dead_lettered") >= 4000 && acked(&c) {
             break;
         }
         assert!(
@@ -482,15 +488,41 @@ fn shipper_keeps_a_victim_shipping_while_a_tenant_fills_the_dead_letter_file() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    sh.wait_idle(Duration::from_secs(60));
     let c = sh.counters();
-    sh.stop();
     eprintln!("{c}");
+    let dl = sh.state.join("dead-letter/elasticsearch.ndjson");
+    let by = dead_by_container(&dl);
+    // The worker crashes; the new one reads the shares back from the file:
+    // the attacker's next lines are over its share at once.
+    sh.kill_worker();
+    // Counters restart with the worker: read only the new one's.
+    let _ = std::fs::remove_file(sh.state.join("counters.json"));
+    let mut f = std::fs::File::from(later);
+    for i in 0..100 {
+        writeln!(f, "attack after the crash {i}").unwrap();
+    }
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let c2 = loop {
+        let c2 = sh.counters();
+        if sink(&c2, "dead_lettered") >= 100 && acked(&c2) {
+            break c2;
+        }
+        assert!(Instant::now() < deadline, "after the crash: {c2}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    sh.wait_idle(Duration::from_secs(60));
+    sh.stop();
+    eprintln!("{c2}");
+    assert_eq!(sink(&c2, "dead_letter_over_share"), 100, "{c2}");
+    assert_eq!(
+        dead_by_container(&dl),
+        by,
+        "written past its share after a crash"
+    );
     assert_eq!(paused, 0, "the sink paused: {c}");
     assert_eq!(sink(&c, "dead_letter_full"), 0, "{c}");
     assert_eq!(es.count(&victims_index), n, "every victim line once: {c}");
-    let dl = sh.state.join("dead-letter/elasticsearch.ndjson");
-    let by = dead_by_container(&dl);
     let written: u64 = by.values().map(|e| e.0).sum();
     let bytes: u64 = by.values().map(|e| e.1).sum();
     assert!(bytes <= 32 << 10, "over its share: {by:?}");
@@ -506,5 +538,5 @@ fn shipper_keeps_a_victim_shipping_while_a_tenant_fills_the_dead_letter_file() {
         .split(|&b| b == b'\n')
         .filter(|l| l.starts_with(b"attack"))
         .count();
-    assert_eq!(lines, 4000);
+    assert_eq!(lines, 4100);
 }
