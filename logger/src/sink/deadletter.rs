@@ -528,6 +528,37 @@ mod tests {
         assert!(std::fs::read_to_string(&p).unwrap().contains("h-new"));
     }
 
+    /// Time to read the shares of a full default-size file back (worker start).
+    /// `cargo test --release -p rein-logger --lib -- --ignored --nocapture share_scan`
+    #[test]
+    #[ignore]
+    fn share_scan_of_a_full_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dead.ndjson");
+        let doc = format!("{{\"message\":\"{}\"}}", "x".repeat(400));
+        {
+            let mut d = DeadLetter::new(&p, Arc::new(SinkStats::default()));
+            let mut n = 0u64;
+            while n < 1 << 30 {
+                for c in 0..64 {
+                    let c = format!("parent-1.c{c}");
+                    d.add("es", "i", c.as_bytes(), b"id", 403, b"x", doc.as_bytes());
+                }
+                d.flush().unwrap();
+                n = std::fs::metadata(&p).unwrap().len();
+                if d.share_used(b"parent-1.c0") + 2000 > DEFAULT_MAX_BYTES_PER_CONTAINER {
+                    break;
+                }
+            }
+        }
+        let size = std::fs::metadata(&p).unwrap().len();
+        let t = std::time::Instant::now();
+        let mut d = DeadLetter::new(&p, Arc::new(SinkStats::default()));
+        d.add("es", "i", b"x", b"id", 403, b"x", b"{}");
+        eprintln!("read the shares of {size} bytes in {:?}", t.elapsed());
+        assert!(d.share_used(b"parent-1.c1") > 0);
+    }
+
     #[test]
     fn tracked_containers_are_bounded() {
         let mut m = HashMap::new();
