@@ -9,6 +9,7 @@ pub mod private;
 pub mod proto;
 pub mod record;
 pub mod redact;
+pub mod sandbox;
 pub mod shipper;
 pub mod sink;
 pub mod wal;

@@ -5,12 +5,11 @@
 //! its own) share no state.
 //!
 //! If the shipper does not answer within `shipper_timeout`, the container
-//! still gets working descriptors: its sandbox `stdout`/`stderr` files,
-//! opened for appending (records are then not shipped; a warning says so).
+//! still gets working descriptors: new sandbox `stdout`/`stderr` files,
+//! created relative to the sandbox directory (no task-planted name followed)
+//! and opened for appending (records are then not shipped; a warning says so).
 
-use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use rein_core::params::{ParamError, Params};
 
 use crate::proto::{self, ContainerOptions, MultilineSpec, Registration, SinkKind};
 use crate::record::SourceMeta;
+use crate::sandbox::SandboxDir;
 use crate::sink::es::validate_index;
 use crate::sink::redis_config::validate_stream;
 
@@ -348,9 +348,13 @@ impl LoggerModule {
                     "log shipper unreachable ({e}); the container writes its sandbox files directly and its records are not shipped"
                 );
                 drop((out_r, out_w, err_r, err_w));
+                let dir = SandboxDir::open(&spec.sandbox).map_err(io(format!(
+                    "opening the sandbox {}",
+                    spec.sandbox.display()
+                )))?;
                 Ok(ContainerIo {
-                    stdout: open_append(&spec.sandbox.join("stdout"))?,
-                    stderr: open_append(&spec.sandbox.join("stderr"))?,
+                    stdout: new_sandbox_file(&dir, "stdout")?,
+                    stderr: new_sandbox_file(&dir, "stderr")?,
                     shipped: false,
                 })
             }
@@ -358,15 +362,19 @@ impl LoggerModule {
     }
 }
 
-fn open_append(p: &Path) -> Result<OwnedFd, LoggerError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(p)
-        .map_err(io(format!("opening {}", p.display())))?;
-    Ok(f.into())
+/// A new file of the agent's at `name` in the sandbox, opened for appending:
+/// whatever a task put at that name is refused, never followed (the agent
+/// runs as root).
+fn new_sandbox_file(dir: &SandboxDir, name: &str) -> Result<OwnedFd, LoggerError> {
+    let what = || format!("creating {}", dir.path().join(name).display());
+    let (f, _) = dir.create(name, &mut |_, _| {}).map_err(io(what()))?;
+    let fd = OwnedFd::from(f);
+    // SAFETY: fcntl on a descriptor we own; O_APPEND is a file status flag.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
+    if r < 0 {
+        return Err(io(what())(std::io::Error::last_os_error()));
+    }
+    Ok(fd)
 }
 
 /// A close-on-exec pipe with (best effort) `size` bytes of buffer.

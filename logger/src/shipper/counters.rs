@@ -120,6 +120,7 @@ pub fn snapshot(
             "write_errors": load(&c.write_errors),
             "parser_idle": load(&c.parser_idle),
             "parser_promotions": load(&c.parser_promotions),
+            "sandbox_objects_refused": crate::sandbox::objects_refused(),
         },
         "buffers": b,
         "sinks": k,
