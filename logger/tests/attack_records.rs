@@ -565,7 +565,10 @@ fn reserved_stream_labels_are_refused_at_prepare() {
             "shipper_socket".to_string(),
             d.path().join("none.sock").display().to_string(),
         ),
-        ("allowed_sinks".to_string(), "elasticsearch,kafka".to_string()),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,kafka".to_string(),
+        ),
     ])
     .unwrap();
     for topic in ["__consumer_offsets", "..", "a topic"] {

@@ -10,7 +10,7 @@ use crate::http::Url;
 use crate::peercred;
 use crate::record::EncodeOptions;
 use crate::redact;
-use crate::sink::deadletter::DeadLetterLimits;
+use crate::sink::deadletter::{DeadLetterLimits, DEFAULT_MAX_BYTES_PER_CONTAINER};
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "socket_group",
     "max_dead_letter_bytes",
     "dead_letter_full_policy",
+    "max_dead_letter_bytes_per_container",
     "state_dir",
     "buffer_max_bytes",
     "buffer_segment_bytes",
@@ -88,7 +89,9 @@ pub struct ShipperConfig {
     /// besides root (socket mode 0660 instead of 0600; none by default).
     pub socket_group: Option<u32>,
     /// `max_dead_letter_bytes` (default 1GiB) and `dead_letter_full_policy`
-    /// (`pause`, default, or `drop`): bound of every dead-letter file.
+    /// (`pause`, default, or `drop`): bound of every dead-letter file;
+    /// `max_dead_letter_bytes_per_container` (default 16MiB, at most the
+    /// former): one container's share of it.
     pub dead_letter: DeadLetterLimits,
     /// `state_dir`: checkpoints, registrations, disk buffers, counters (default /var/lib/rein/log-shipper).
     pub state_dir: PathBuf,
@@ -359,11 +362,23 @@ impl ShipperConfig {
                 })
             }
         };
+        let max_dead_letter_bytes = p
+            .bytes("max_dead_letter_bytes")?
+            .unwrap_or(1 << 30)
+            .max(64 << 10);
+        let max_bytes_per_container = match p.bytes("max_dead_letter_bytes_per_container")? {
+            None => DEFAULT_MAX_BYTES_PER_CONTAINER.min(max_dead_letter_bytes),
+            Some(n) if n > max_dead_letter_bytes => {
+                return Err(p.error(
+                    "max_dead_letter_bytes_per_container",
+                    "must not exceed max_dead_letter_bytes",
+                ))
+            }
+            Some(n) => n.max(4 << 10),
+        };
         let dead_letter = DeadLetterLimits {
-            max_bytes: p
-                .bytes("max_dead_letter_bytes")?
-                .unwrap_or(1 << 30)
-                .max(64 << 10),
+            max_bytes: max_dead_letter_bytes,
+            max_bytes_per_container,
             policy: match p.raw("dead_letter_full_policy") {
                 None => DeadLetterLimits::default().policy,
                 Some(v) => v
@@ -499,9 +514,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.socket_group, Some(0));
         assert_eq!(c.dead_letter.max_bytes, 10 << 20);
+        assert_eq!(c.dead_letter.max_bytes_per_container, 10 << 20);
+        let c =
+            ShipperConfig::from_pairs(&parse_pairs("max_dead_letter_bytes_per_container = 1MiB\n"))
+                .unwrap();
+        assert_eq!(c.dead_letter.max_bytes_per_container, 1 << 20);
+        assert_eq!(c.dead_letter.max_bytes, 1 << 30);
         for bad in [
             "socket_group = no-such-group-rein\n",
             "dead_letter_full_policy = later\n",
+            "max_dead_letter_bytes_per_container = 2GiB\n",
         ] {
             let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
             assert!(

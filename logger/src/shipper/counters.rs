@@ -83,6 +83,7 @@ pub fn snapshot(
                     "refused": r.refused,
                     "dead_lettered": r.dead_lettered,
                     "failing": r.failing,
+                    "stalled": r.stalled,
                 }),
             );
         }
@@ -94,6 +95,7 @@ pub fn snapshot(
                 "retried": load(&s.retried),
                 "dead_lettered": load(&s.dead_lettered),
                 "dead_letter_dropped": load(&s.dead_letter_dropped),
+                "dead_letter_over_share": load(&s.dead_letter_over_share),
                 "dead_letter_full": load(&s.dead_letter_full),
                 "requests": load(&s.requests),
                 "failed_requests": load(&s.failed_requests),

@@ -394,6 +394,9 @@ impl EsSink {
             }
         });
         let mut pending: Vec<usize> = (0..recs.len()).collect();
+        // Indices stored while shipping this batch: evidence that an index
+        // failing transiently all along is its own problem, not the cluster's.
+        let mut batch_routes = route::BatchRoutes::default();
         let mut chunk = pending.len().max(1);
         let mut body = Vec::new();
         let mut gz = Vec::new();
@@ -467,12 +470,18 @@ impl EsSink {
                                 self.stats.shipped.fetch_add(1, Ordering::Relaxed);
                                 let idx = self.index_of(&subset[j]);
                                 self.stats.routes.stored("elasticsearch", &idx);
+                                batch_routes.stored(&idx);
                             }
                             ItemOutcome::Duplicate => {
                                 self.stats.shipped.fetch_add(1, Ordering::Relaxed);
                                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                                batch_routes.stored(&self.index_of(&subset[j]));
                             }
-                            ItemOutcome::Retry(_) => again.push(pending[j]),
+                            ItemOutcome::Retry(status) => batch_routes.transient(
+                                self.index_of(&subset[j]),
+                                || format!("per-item {status}"),
+                                (j, *status),
+                            ),
                             ItemOutcome::RouteRefused(status, reason) => {
                                 let idx = self.index_of(&subset[j]);
                                 let policy = self.cfg.route_failure;
@@ -493,6 +502,17 @@ impl EsSink {
                             }
                         }
                     }
+                    // An index failing while others of the batch are stored is
+                    // that index's problem (route policy); when nothing was
+                    // stored, the whole destination is busy: resend everything.
+                    let policy = self.cfg.route_failure;
+                    let (dead, resend) =
+                        batch_routes.settle(&self.stats.routes, "elasticsearch", policy);
+                    for ((j, status), why) in dead {
+                        self.dead_letter(&subset[j], status, &why);
+                    }
+                    again.extend(resend.into_iter().map(|(j, _)| pending[j]));
+                    again.sort_unstable();
                     let retry = again.len();
                     again.extend_from_slice(&pending[take..]);
                     pending = again;
@@ -538,6 +558,7 @@ impl EsSink {
         self.dead.add(
             "elasticsearch",
             &idx,
+            r.container,
             r.id,
             status,
             reason.as_bytes(),

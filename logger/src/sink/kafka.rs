@@ -149,14 +149,23 @@ impl KafkaSink {
                 Ok(()) => true,
                 Err(e) => {
                     let why = format!("refused route: {e}");
-                    self.dead
-                        .add("kafka", &self.topic_of(&r), r.id, 0, why.as_bytes(), r.doc);
+                    self.dead.add(
+                        "kafka",
+                        &self.topic_of(&r),
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.stats.routes.invalid("kafka", &self.topic_of(&r), &e);
                     false
                 }
             }
         });
+        // Topics stored in this batch (see `route::BatchRoutes`).
+        let mut batch_routes = route::BatchRoutes::default();
         while !pending.is_empty() {
             if stop.load(Ordering::Relaxed) {
                 return false;
@@ -253,7 +262,9 @@ impl KafkaSink {
                 match err {
                     None => {
                         self.stats.shipped.fetch_add(1, Ordering::Relaxed);
-                        self.stats.routes.stored("kafka", &self.topic_of(&r));
+                        let topic = self.topic_of(&r);
+                        self.stats.routes.stored("kafka", &topic);
+                        batch_routes.stored(&topic);
                     }
                     Some(e) => match classify(&e) {
                         ErrorClass::Record => self.dead_letter(&r, &e),
@@ -269,11 +280,21 @@ impl KafkaSink {
                         }
                         ErrorClass::Transient => {
                             tracing::warn!("kafka delivery failed, will resend: {e}");
-                            failed.push(i);
+                            batch_routes.transient(self.topic_of(&r), || e.to_string(), i);
                         }
                     },
                 }
             }
+            // A topic failing while others of the batch are stored is that
+            // topic's problem (route policy); else the broker's: resend.
+            let policy = self.cfg.route_failure;
+            let (dead, resend) = batch_routes.settle(&self.stats.routes, "kafka", policy);
+            for (i, why) in dead {
+                if let Some(r) = recs[i] {
+                    self.dead_letter_why(&r, &why);
+                }
+            }
+            failed.extend(resend);
             // Sent but never reported (cannot happen before the deadline): resend.
             for &i in &pending {
                 if !reported[i] && !failed.contains(&i) && recs[i].is_some() {
@@ -317,9 +338,13 @@ impl KafkaSink {
     }
 
     fn dead_letter(&mut self, r: &WalRecord<'_>, e: &KafkaError) {
+        self.dead_letter_why(r, &e.to_string());
+    }
+
+    fn dead_letter_why(&mut self, r: &WalRecord<'_>, why: &str) {
         let topic = self.topic_of(r);
         self.dead
-            .add("kafka", &topic, r.id, 0, e.to_string().as_bytes(), r.doc);
+            .add("kafka", &topic, r.container, r.id, 0, why.as_bytes(), r.doc);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 }

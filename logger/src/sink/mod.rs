@@ -39,6 +39,7 @@ pub fn decode_batch<'a>(
                 sink,
                 "",
                 b"",
+                b"",
                 0,
                 b"undecodable disk-buffer record",
                 batch.get(i),
@@ -96,6 +97,9 @@ pub struct SinkStats {
     /// Of those, records not written because the file was full and
     /// `dead_letter_full_policy` is `drop`.
     pub dead_letter_dropped: AtomicU64,
+    /// Of those, records not written because their container had used its
+    /// share of the file (`max_dead_letter_bytes_per_container`).
+    pub dead_letter_over_share: AtomicU64,
     /// 1 while the dead-letter file is full (the sink waits under `pause`).
     pub dead_letter_full: AtomicU64,
     /// Requests sent.

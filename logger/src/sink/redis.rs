@@ -221,14 +221,23 @@ impl RedisSink {
                 Err(e) => {
                     let target = String::from_utf8_lossy(r.route).into_owned();
                     let why = format!("refused route: {e}");
-                    self.dead
-                        .add("redis", &target, r.id, 0, why.as_bytes(), r.doc);
+                    self.dead.add(
+                        "redis",
+                        &target,
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.stats.routes.invalid("redis", &target, &e);
                     false
                 }
             }
         });
+        // Streams stored in this batch (see `route::BatchRoutes`).
+        let mut batch_routes = route::BatchRoutes::default();
         while !pending.is_empty() {
             if stop.load(Ordering::Relaxed) {
                 return false;
@@ -273,16 +282,25 @@ impl RedisSink {
                         Outcome::Added => {
                             self.stats.shipped.fetch_add(1, Ordering::Relaxed);
                             self.stats.routes.stored("redis", stream);
+                            batch_routes.stored(stream);
                         }
                         Outcome::Duplicate => {
                             self.stats.shipped.fetch_add(1, Ordering::Relaxed);
                             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            batch_routes.stored(stream);
                         }
                         Outcome::Refused(why) => {
                             let policy = self.cfg.route_failure;
                             if self.stats.routes.refused("redis", stream, policy, &why) {
-                                self.dead
-                                    .add("redis", stream, r.id, 0, why.as_bytes(), r.doc);
+                                self.dead.add(
+                                    "redis",
+                                    stream,
+                                    r.container,
+                                    r.id,
+                                    0,
+                                    why.as_bytes(),
+                                    r.doc,
+                                );
                                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 reason = Some(why);
@@ -290,13 +308,33 @@ impl RedisSink {
                             }
                         }
                         Outcome::Later(why) => {
+                            batch_routes.transient(stream.clone(), || why.clone(), i);
                             reason = Some(why);
-                            again.push(i);
                         }
                         Outcome::NotReached => again.push(i),
                     }
                 }
             }
+            // A stream failing while others of the batch are stored is that
+            // stream's problem (route policy); else Redis's: resend.
+            let policy = self.cfg.route_failure;
+            let (dead, resend) = batch_routes.settle(&self.stats.routes, "redis", policy);
+            for (i, why) in dead {
+                if let Some(r) = recs[i] {
+                    let stream = self.stream_of(&r).to_string();
+                    self.dead.add(
+                        "redis",
+                        &stream,
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            again.extend(resend);
             again.sort_unstable();
             pending = again;
             if pending.is_empty() {

@@ -12,6 +12,12 @@
 //! (429, 5xx, connection, timeout) are resent with backoff as before; a
 //! record the destination can never parse (a mapping error) is dead-lettered
 //! at once.
+//!
+//! A route answering *transient* per-item errors forever (a red index,
+//! per-item 429 for one index) while other routes of the same request are
+//! stored is also one route's problem: [`RouteTable::transient`] counts such
+//! requests against the same `route_failure` bound. A request where nothing
+//! was stored (the whole destination busy or down) stays a sink-wide retry.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -72,6 +78,9 @@ pub struct RouteCounters {
     pub dead_lettered: u64,
     /// 1 while the route is marked failing.
     pub failing: u64,
+    /// Records answered with a transient error (429, 5xx) while other routes
+    /// of the same request were stored.
+    pub stalled: u64,
 }
 
 /// Routes tracked per sink; beyond, they are counted under [`OTHER_ROUTES`]
@@ -166,6 +175,64 @@ impl RouteTable {
         })
     }
 
+    /// `items` records of `route` got a transient error in a request where
+    /// other routes' records were stored (`others_stored`), or the route is
+    /// already failing: true if they must go to the dead-letter file now.
+    /// One call per request and route: the bound counts requests (attempts)
+    /// or the time since the first such request. Without other routes stored
+    /// and while not failing, false (a sink-wide retry, nothing counted).
+    pub fn transient(
+        &self,
+        sink: &str,
+        route: &str,
+        policy: RouteFailure,
+        others_stored: bool,
+        items: u64,
+        reason: &str,
+    ) -> bool {
+        self.with(route, |s| {
+            if s.counters.failing == 1 {
+                s.counters.dead_lettered += items;
+                if others_stored {
+                    s.counters.stalled += items;
+                }
+                return true;
+            }
+            if !others_stored {
+                return false;
+            }
+            s.counters.stalled += items;
+            let now = Instant::now();
+            let first = *s.first_refusal.get_or_insert(now);
+            s.attempts = s.attempts.saturating_add(1);
+            let give_up = match policy {
+                RouteFailure::Wait => false,
+                RouteFailure::DeadLetterAfterAttempts(n) => s.attempts >= n,
+                RouteFailure::DeadLetterAfter(d) => now.duration_since(first) >= d,
+            };
+            if give_up {
+                s.counters.failing = 1;
+                s.counters.dead_lettered += items;
+                tracing::error!(
+                    sink,
+                    route,
+                    attempts = s.attempts,
+                    "route keeps failing ({reason}) while other routes are stored: its \
+                     records go to the dead-letter file until it accepts one again; \
+                     other routes ship on"
+                );
+            } else if s.attempts == 1 {
+                tracing::warn!(
+                    sink,
+                    route,
+                    ?policy,
+                    "route failed ({reason}) while other routes were stored; resending"
+                );
+            }
+            give_up
+        })
+    }
+
     /// A record whose route no destination can have (a name the rules refuse)
     /// went to the dead-letter file.
     pub fn invalid(&self, sink: &str, route: &str, reason: &str) {
@@ -187,6 +254,70 @@ impl RouteTable {
         self.lock()
             .get(route)
             .is_some_and(|s| s.counters.failing == 1)
+    }
+}
+
+/// The routes of the batch a sink is shipping: which stored records, and
+/// which answered transient errors in the last attempt. [`BatchRoutes::settle`]
+/// decides, once per attempt, which of those go to the dead-letter file
+/// (their route keeps failing while others of the batch are stored, past
+/// `route_failure`) and which are resent.
+#[derive(Debug)]
+pub struct BatchRoutes<T> {
+    stored: std::collections::HashSet<String>,
+    transient: BTreeMap<String, (String, Vec<T>)>,
+}
+
+impl<T> Default for BatchRoutes<T> {
+    fn default() -> Self {
+        BatchRoutes {
+            stored: Default::default(),
+            transient: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> BatchRoutes<T> {
+    /// A record of `route` was stored (or already was).
+    pub fn stored(&mut self, route: &str) {
+        if !self.stored.contains(route) {
+            self.stored.insert(route.to_string());
+        }
+    }
+
+    /// `item` of `route` got a transient error (`reason` of the first is kept).
+    pub fn transient(&mut self, route: String, reason: impl FnOnce() -> String, item: T) {
+        self.transient
+            .entry(route)
+            .or_insert_with(|| (reason(), Vec::new()))
+            .1
+            .push(item);
+    }
+
+    /// Ends one attempt: the items to dead-letter now (with the reason) and
+    /// the items to resend. A route that stored records in this batch is
+    /// resent (the destination is merely busy); so is everything when no
+    /// other route stored any (nothing tells a route from the destination).
+    pub fn settle(
+        &mut self,
+        table: &RouteTable,
+        sink: &str,
+        policy: RouteFailure,
+    ) -> (Vec<(T, String)>, Vec<T>) {
+        let (mut dead, mut again) = (Vec::new(), Vec::new());
+        for (route, (reason, items)) in std::mem::take(&mut self.transient) {
+            let ours = self.stored.contains(&route);
+            let others = self.stored.len() > usize::from(ours);
+            if !ours && table.transient(sink, &route, policy, others, items.len() as u64, &reason) {
+                let why = format!(
+                    "{reason}, while other routes were stored: route failing (route_failure)"
+                );
+                dead.extend(items.into_iter().map(|i| (i, why.clone())));
+            } else {
+                again.extend(items);
+            }
+        }
+        (dead, again)
     }
 }
 
@@ -295,6 +426,55 @@ mod tests {
         assert_eq!(snap["good"].shipped, 1);
         assert!(!t.refused("es", "w", RouteFailure::Wait, "x"));
         assert!(!t.refused("es", "w", RouteFailure::Wait, "x"));
+    }
+
+    #[test]
+    fn a_route_failing_transiently_beside_others_fails_after_its_bound() {
+        let t = RouteTable::default();
+        let p = RouteFailure::DeadLetterAfterAttempts(3);
+        // Nothing else stored: the destination as a whole, not counted.
+        for _ in 0..10 {
+            assert!(!t.transient("es", "red", p, false, 5, "503"));
+        }
+        assert!(!t.transient("es", "red", p, true, 5, "503"));
+        assert!(!t.transient("es", "red", p, true, 5, "503"));
+        assert!(t.transient("es", "red", p, true, 5, "503"));
+        assert!(t.is_failing("red"));
+        // Failing: at once, even alone in a request.
+        assert!(t.transient("es", "red", p, false, 2, "503"));
+        let snap = t.snapshot();
+        assert_eq!(snap["red"].stalled, 15);
+        assert_eq!(snap["red"].dead_lettered, 7);
+        t.stored("es", "red");
+        assert!(!t.is_failing("red"));
+        assert!(!t.transient("es", "red", p, true, 1, "503"));
+        let w = RouteFailure::Wait;
+        for _ in 0..10 {
+            assert!(!t.transient("es", "w", w, true, 1, "429"));
+        }
+    }
+
+    #[test]
+    fn a_batch_settles_per_route() {
+        let t = RouteTable::default();
+        let p = RouteFailure::DeadLetterAfterAttempts(2);
+        let mut b = BatchRoutes::default();
+        // Alone: resent, not counted.
+        b.transient("red".into(), || "503".into(), 1);
+        assert_eq!(b.settle(&t, "es", p), (vec![], vec![1]));
+        b.stored("ok");
+        // A route busy in part (some of its records stored) is resent.
+        b.stored("busy");
+        b.transient("busy".into(), || "429".into(), 5);
+        b.transient("red".into(), || "503".into(), 1);
+        assert_eq!(b.settle(&t, "es", p), (vec![], vec![5, 1]));
+        b.transient("red".into(), || "503".into(), 1);
+        b.transient("red".into(), || "503".into(), 2);
+        let (dead, again) = b.settle(&t, "es", p);
+        assert_eq!(dead.iter().map(|d| d.0).collect::<Vec<_>>(), [1, 2]);
+        assert!(dead[0].1.contains("503"), "{}", dead[0].1);
+        assert!(again.is_empty());
+        assert!(t.is_failing("red"));
     }
 
     #[test]
