@@ -6,29 +6,46 @@ use crate::isolator::{create_isolator, IsolatorHandle};
 use crate::log::install_log_sink;
 use crate::logger::{create_logger, LoggerHandle};
 
+fn copy_bytes(data: &[u8]) -> Vec<u8> {
+    data.to_vec()
+}
+
 #[cxx::bridge(namespace = "rein")]
 pub mod ffi {
-    /// A key/value pair: a label, an environment variable or a module parameter.
+    // Everything the shim copies out of a protobuf crosses as bytes: Mesos does not
+    // check that protobuf strings are UTF-8, and a `rust::String` built from other
+    // bytes throws on the agent's thread. Rust decides what each field may carry
+    // (rein_core::container::RawContainerConfig::decode).
+
+    /// A key/value pair as bytes: a label, an environment variable or a module
+    /// parameter.
     #[derive(Debug, Clone)]
     struct KeyValue {
         /// Key.
-        key: String,
+        key: Vec<u8>,
         /// Value.
-        value: String,
+        value: Vec<u8>,
+    }
+
+    /// One `ContainerID.value`, as bytes.
+    #[derive(Debug, Clone)]
+    struct IdSegment {
+        /// The bytes of the id.
+        value: Vec<u8>,
     }
 
     /// A container id with its parent chain, root first.
     #[derive(Debug, Clone)]
     struct ContainerChain {
         /// `[root, child, ...]`; a top-level container has one element.
-        ids: Vec<String>,
+        ids: Vec<IdSegment>,
     }
 
     /// One `Resource` of the container.
     #[derive(Debug, Clone)]
     struct ResourceEntry {
         /// `cpus`, `mem`, `disk`, ...
-        name: String,
+        name: Vec<u8>,
         /// The scalar value (0 for ranges and sets).
         scalar: f64,
         /// Whether it carries a `DiskInfo` (a volume, not the sandbox's disk).
@@ -41,17 +58,17 @@ pub mod ffi {
         /// The container id with its parents.
         container: ContainerChain,
         /// `directory`: host path of the sandbox.
-        directory: String,
+        directory: Vec<u8>,
         /// `user`, empty when unset.
-        user: String,
+        user: Vec<u8>,
         /// `task_info.task_id`, empty when there is no task_info.
-        task_id: String,
+        task_id: Vec<u8>,
         /// `task_info.name`.
-        task_name: String,
+        task_name: Vec<u8>,
         /// `executor_info.executor_id`.
-        executor_id: String,
+        executor_id: Vec<u8>,
         /// `executor_info.framework_id`.
-        framework_id: String,
+        framework_id: Vec<u8>,
         /// `task_info.labels`.
         task_labels: Vec<KeyValue>,
         /// `executor_info.labels`.
@@ -73,14 +90,23 @@ pub mod ffi {
         /// `pid`, 0 when unknown.
         pid: i32,
         /// `directory`, empty when unknown.
-        directory: String,
+        directory: Vec<u8>,
+    }
+
+    /// An environment variable the modules set (always UTF-8: Rust made it).
+    #[derive(Debug, Clone)]
+    struct LaunchVariable {
+        /// Name.
+        key: String,
+        /// Value.
+        value: String,
     }
 
     /// What `prepare()` asks of the launch (`ContainerLaunchInfo`).
     #[derive(Debug, Clone, Default)]
     struct LaunchInfoView {
         /// Variables to add to `environment`.
-        environment: Vec<KeyValue>,
+        environment: Vec<LaunchVariable>,
         /// Capabilities (`CAP_SYS_RESOURCE`, ...) to remove from the bounding set.
         drop_capabilities: Vec<String>,
     }
@@ -221,5 +247,45 @@ pub mod ffi {
 
         /// Sends the modules' `tracing` output to `sink` (once per loaded library).
         fn install_log_sink(sink: UniquePtr<LogSink>);
+
+        /// A copy of `data` as a Rust `Vec`, in one call: how the shim copies each
+        /// protobuf string (pushing byte by byte costs two calls per byte).
+        fn copy_bytes(data: &[u8]) -> Vec<u8>;
+    }
+}
+
+impl ffi::KeyValue {
+    /// A pair from anything that is bytes (`&str`, `String`, `Vec<u8>`).
+    pub fn new(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl ffi::ContainerChain {
+    /// A chain from its ids, root first.
+    pub fn new<I, S>(ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Vec<u8>>,
+    {
+        Self {
+            ids: ids
+                .into_iter()
+                .map(|id| ffi::IdSegment { value: id.into() })
+                .collect(),
+        }
+    }
+
+    /// `root.child` for log lines; bytes that are not UTF-8 are shown escaped.
+    pub fn text(&self) -> String {
+        let segments: Vec<String> = self
+            .ids
+            .iter()
+            .map(|id| rein_core::container::escaped(&id.value))
+            .collect();
+        segments.join(".")
     }
 }

@@ -1,78 +1,95 @@
-//! Conversions between the bridge's shared structs and rein-core's types, in one place.
+//! Conversions between the bridge's shared structs and rein-core's types, in one
+//! place. What the shim copies arrives as bytes; whether a field may carry bytes
+//! that are not UTF-8 is decided here and in `rein_core::container`.
 
 use std::path::PathBuf;
 
-use rein_core::container::{ids_from_sandbox, InvalidContainerId, ResourceEntry as CoreEntry};
+use rein_core::container::{
+    exact_pair, exact_text, InvalidField, RawContainerConfig, ResourceEntry as CoreEntry,
+};
 use rein_core::isolator::{LaunchInfo, Limitation, RecoveredContainer, Statistics, Status};
-use rein_core::schema::ENV_PREFIX;
 use rein_core::{ContainerId, ContainerSpec, Resources};
 
 use crate::bridge::ffi::{
-    BlkioDeviceView, ContainerChain, ContainerConfigView, KeyValue, LaunchInfoView, LimitationView,
-    RecoveredView, ResourceEntry, StatisticsView, StatusView,
+    BlkioDeviceView, ContainerChain, ContainerConfigView, KeyValue, LaunchInfoView, LaunchVariable,
+    LimitationView, RecoveredView, ResourceEntry, StatisticsView, StatusView,
 };
 
-fn pairs(kvs: Vec<KeyValue>) -> Vec<(String, String)> {
+fn raw_pairs(kvs: Vec<KeyValue>) -> Vec<(Vec<u8>, Vec<u8>)> {
     kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
 }
 
-fn non_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
+/// Module parameters: the operator's settings, refused (naming the parameter) when
+/// not UTF-8, so module creation fails with a message instead of guessing.
+pub(crate) fn parameters(kvs: &[KeyValue]) -> Result<Vec<(String, String)>, InvalidField> {
+    kvs.iter()
+        .map(|kv| exact_pair("module parameter", kv.key.clone(), kv.value.clone()))
+        .collect()
 }
 
-pub(crate) fn key_values(kvs: &[KeyValue]) -> Vec<(String, String)> {
-    pairs(kvs.to_vec())
+pub(crate) fn container_id(chain: ContainerChain) -> Result<ContainerId, InvalidField> {
+    ContainerId::from_bytes(chain.ids.into_iter().map(|id| id.value))
 }
 
-pub(crate) fn container_id(chain: ContainerChain) -> Result<ContainerId, InvalidContainerId> {
-    ContainerId::new(chain.ids)
+fn core_entries(entries: Vec<ResourceEntry>) -> Vec<CoreEntry> {
+    entries
+        .into_iter()
+        .map(|e| CoreEntry::from_bytes(e.name, e.scalar, e.has_disk_info))
+        .collect()
 }
 
 pub(crate) fn resources(entries: Vec<ResourceEntry>) -> Resources {
-    let entries: Vec<CoreEntry> = entries
-        .into_iter()
-        .map(|e| CoreEntry {
-            name: e.name,
-            scalar: e.scalar,
-            has_disk_info: e.has_disk_info,
-        })
-        .collect();
-    Resources::from_entries(&entries)
+    Resources::from_entries(&core_entries(entries))
 }
 
-pub(crate) fn container_spec(
-    view: ContainerConfigView,
-) -> Result<ContainerSpec, InvalidContainerId> {
-    let id = container_id(view.container)?;
-    let sandbox = PathBuf::from(view.directory);
-    let agent_id = ids_from_sandbox(&sandbox).map(|(agent, ..)| agent);
-    // Defence in depth: the shim passes only our variables, but never keep others.
-    let environment = pairs(view.environment)
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .collect();
-    Ok(ContainerSpec {
-        id,
-        sandbox,
-        user: non_empty(view.user),
-        task_id: non_empty(view.task_id),
-        task_name: non_empty(view.task_name),
-        executor_id: non_empty(view.executor_id),
-        framework_id: non_empty(view.framework_id),
-        agent_id,
-        task_labels: pairs(view.task_labels),
-        executor_labels: pairs(view.executor_labels),
-        environment,
-        resources: resources(view.resources),
+/// The container's spec, or the first field it may not carry. Fields carried with
+/// U+FFFD (labels that are not ours, names only shipped) are logged here.
+pub(crate) fn container_spec(view: ContainerConfigView) -> Result<ContainerSpec, InvalidField> {
+    let raw = RawContainerConfig {
+        container: view.container.ids.into_iter().map(|id| id.value).collect(),
+        directory: view.directory,
+        user: view.user,
+        task_id: view.task_id,
+        task_name: view.task_name,
+        executor_id: view.executor_id,
+        framework_id: view.framework_id,
+        task_labels: raw_pairs(view.task_labels),
+        executor_labels: raw_pairs(view.executor_labels),
+        environment: raw_pairs(view.environment),
+        resources: core_entries(view.resources),
         debug: view.debug,
-    })
+    };
+    let decoded = raw.decode()?;
+    if !decoded.altered.is_empty() {
+        tracing::warn!(
+            "{} field(s) not valid UTF-8, carried with U+FFFD (only displayed and shipped): {}",
+            decoded.altered.len(),
+            listed(&decoded.altered)
+        );
+    }
+    Ok(decoded.spec)
 }
 
-pub(crate) fn recovered(view: RecoveredView) -> Result<RecoveredContainer, InvalidContainerId> {
+/// Fields named in one log line: a task with thousands of labels makes no huge line.
+const LISTED_MAX: usize = 10;
+
+fn listed(fields: &[String]) -> String {
+    let mut text = fields[..fields.len().min(LISTED_MAX)].join(", ");
+    if fields.len() > LISTED_MAX {
+        text.push_str(&format!(" and {} more", fields.len() - LISTED_MAX));
+    }
+    text
+}
+
+/// A container `recover()` is given. Its id and directory must be exact; one that
+/// is not cannot be ours (`prepare()` refuses such containers).
+pub(crate) fn recovered(view: RecoveredView) -> Result<RecoveredContainer, InvalidField> {
+    let id = container_id(view.container)?;
+    let directory = exact_text(|| format!("directory of container {id}"), view.directory)?;
     Ok(RecoveredContainer {
-        id: container_id(view.container)?,
+        id,
         pid: (view.pid > 0).then_some(view.pid),
-        sandbox: non_empty(view.directory).map(PathBuf::from),
+        sandbox: (!directory.is_empty()).then(|| PathBuf::from(directory)),
     })
 }
 
@@ -81,7 +98,7 @@ pub(crate) fn launch_info(info: LaunchInfo) -> LaunchInfoView {
         environment: info
             .environment
             .into_iter()
-            .map(|(key, value)| KeyValue { key, value })
+            .map(|(key, value)| LaunchVariable { key, value })
             .collect(),
         drop_capabilities: info.drop_capabilities,
     }
@@ -137,36 +154,33 @@ pub(crate) fn limitation(limitation: Limitation) -> LimitationView {
 mod tests {
     use super::*;
 
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: v.into(),
+    fn view() -> ContainerConfigView {
+        ContainerConfigView {
+            container: ContainerChain::new(["root", "child"]),
+            directory: b"/w/slaves/S1/frameworks/F/executors/E/runs/R".to_vec(),
+            user: Vec::new(),
+            task_id: b"t1".to_vec(),
+            task_name: Vec::new(),
+            executor_id: b"E".to_vec(),
+            framework_id: b"F".to_vec(),
+            task_labels: vec![KeyValue::new("rein.net.egress.rate", "1mbit")],
+            executor_labels: vec![],
+            environment: vec![
+                KeyValue::new("REIN_LOG_SINK", "kafka"),
+                KeyValue::new("DB_PASSWORD", "hunter2"),
+            ],
+            resources: vec![ResourceEntry {
+                name: b"disk".to_vec(),
+                scalar: 64.0,
+                has_disk_info: false,
+            }],
+            debug: false,
         }
     }
 
     #[test]
     fn config_view_becomes_spec_without_foreign_variables() {
-        let view = ContainerConfigView {
-            container: ContainerChain {
-                ids: vec!["root".into(), "child".into()],
-            },
-            directory: "/w/slaves/S1/frameworks/F/executors/E/runs/R".into(),
-            user: String::new(),
-            task_id: "t1".into(),
-            task_name: String::new(),
-            executor_id: "E".into(),
-            framework_id: "F".into(),
-            task_labels: vec![kv("rein.net.egress.rate", "1mbit")],
-            executor_labels: vec![],
-            environment: vec![kv("REIN_LOG_SINK", "kafka"), kv("DB_PASSWORD", "hunter2")],
-            resources: vec![ResourceEntry {
-                name: "disk".into(),
-                scalar: 64.0,
-                has_disk_info: false,
-            }],
-            debug: false,
-        };
-        let spec = container_spec(view).unwrap();
+        let spec = container_spec(view()).unwrap();
         assert_eq!(spec.id.to_string(), "root.child");
         assert_eq!(spec.user, None);
         assert_eq!(spec.task_id.as_deref(), Some("t1"));
@@ -179,12 +193,58 @@ mod tests {
     }
 
     #[test]
-    fn bad_chain_is_an_error() {
-        assert!(container_id(ContainerChain {
-            ids: vec!["a/b".into()]
+    fn invalid_utf8_in_our_settings_is_refused_naming_the_field() {
+        let mut bad = view();
+        bad.task_labels = vec![KeyValue::new("rein.net.egress.rate", b"1m\xffbit".to_vec())];
+        assert_eq!(
+            container_spec(bad).unwrap_err().to_string(),
+            "task label 'rein.net.egress.rate': value is not valid UTF-8 (byte 0xff at offset 2)"
+        );
+        let mut foreign = view();
+        foreign.executor_labels = vec![KeyValue::new(b"owner\xff".to_vec(), "x")];
+        foreign.resources[0].name = b"gpus\xff".to_vec();
+        let spec = container_spec(foreign).unwrap();
+        assert_eq!(spec.executor_labels[0].0, "owner\u{fffd}");
+        assert_eq!(spec.resources.disk_mb, None);
+    }
+
+    #[test]
+    fn bad_parameters_and_chains_are_errors() {
+        let err = parameters(&[KeyValue::new("state_dir", b"/var/\xc0".to_vec())]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "module parameter 'state_dir': value is not valid UTF-8 (byte 0xc0 at offset 5)"
+        );
+        assert!(container_id(ContainerChain::new(["a/b"])).is_err());
+        assert!(container_id(ContainerChain::new(Vec::<Vec<u8>>::new())).is_err());
+        let err = container_id(ContainerChain::new([b"a\xff".to_vec()])).unwrap_err();
+        assert!(err.to_string().contains("segment 1 'a\\xff'"), "{err}");
+    }
+
+    #[test]
+    fn recovered_directory_must_be_exact() {
+        let err = recovered(RecoveredView {
+            container: ContainerChain::new(["c"]),
+            pid: 1,
+            directory: b"/w/\xff".to_vec(),
         })
-        .is_err());
-        assert!(container_id(ContainerChain { ids: vec![] }).is_err());
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "directory of container c: not valid UTF-8 (byte 0xff at offset 3)"
+        );
+    }
+
+    #[test]
+    fn altered_fields_are_listed_with_a_bound() {
+        let fields: Vec<String> = (0..25).map(|i| format!("task label 'l{i}'")).collect();
+        let text = listed(&fields);
+        assert!(
+            text.starts_with("task label 'l0', task label 'l1'"),
+            "{text}"
+        );
+        assert!(text.ends_with("task label 'l9' and 15 more"), "{text}");
+        assert_eq!(listed(&fields[..1]), "task label 'l0'");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct IsolatorHandle {
 
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
 pub fn create_isolator(kind: &str, parameters: &[KeyValue]) -> Result<Box<IsolatorHandle>, String> {
-    let params = convert::key_values(parameters);
+    let params = convert::parameters(parameters).map_err(|e| format!("rein {kind}: {e}"))?;
     let isolator = construct(kind, || {
         build(kind, &params).map_err(|err| error_chain(&*err))
     })?;
@@ -40,8 +40,22 @@ fn failed(err: &(dyn std::error::Error + 'static)) -> Outcome {
     Outcome::Failed(error_chain(err))
 }
 
-fn chain_text(chain: &ContainerChain) -> String {
-    chain.ids.join(".")
+/// Keeps what decodes; each container that does not is logged and left out: its id
+/// or directory is not UTF-8, so `prepare()` refused it and no module holds state
+/// for it, and one such container must not fail the agent's recovery.
+fn decodable<V, T>(
+    views: Vec<V>,
+    what: &str,
+    decode: impl Fn(V) -> Result<T, rein_core::container::InvalidField>,
+) -> Vec<T> {
+    views
+        .into_iter()
+        .filter_map(|view| {
+            decode(view)
+                .map_err(|e| tracing::warn!("recover: skipping a {what}: {e}"))
+                .ok()
+        })
+        .collect()
 }
 
 impl IsolatorHandle {
@@ -68,14 +82,8 @@ impl IsolatorHandle {
         done: Box<dyn Completer>,
     ) {
         self.actor.call("recover", String::new(), done, move |iso| {
-            let containers: Result<Vec<_>, _> =
-                containers.into_iter().map(convert::recovered).collect();
-            let orphans: Result<Vec<_>, _> =
-                orphans.into_iter().map(convert::container_id).collect();
-            let (containers, orphans) = match (containers, orphans) {
-                (Ok(c), Ok(o)) => (c, o),
-                (Err(e), _) | (_, Err(e)) => return failed(&e),
-            };
+            let containers = decodable(containers, "container", convert::recovered);
+            let orphans = decodable(orphans, "orphan", convert::container_id);
             match iso.recover(&containers, &orphans) {
                 Ok(()) => Outcome::Nothing,
                 Err(e) => failed(&*e),
@@ -86,7 +94,7 @@ impl IsolatorHandle {
     /// `prepare()`.
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
         self.actor
-            .call("prepare", chain_text(&config.container), done, move |iso| {
+            .call("prepare", config.container.text(), done, move |iso| {
                 let spec = match convert::container_spec(config) {
                     Ok(spec) => spec,
                     Err(e) => return failed(&e),
@@ -107,7 +115,7 @@ impl IsolatorHandle {
 
     /// `watch()`: completes only when the isolator reports a limitation.
     pub fn watch_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
-        let text = chain_text(&container);
+        let text = container.text();
         // The completer moves into the notifier; the call itself completes nothing.
         self.actor
             .call("watch", text, Box::new(Discard), move |iso| {
@@ -152,11 +160,23 @@ impl IsolatorHandle {
         });
     }
 
-    /// `cleanup()`.
+    /// `cleanup()`. An id that does not decode was refused by `prepare()`, so there
+    /// is nothing to clean up: the containerizer can finish destroying it.
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
-        self.with_id("cleanup", container, done, |iso, id| {
-            iso.cleanup(id).map(|()| Outcome::Nothing)
-        });
+        self.actor.call(
+            "cleanup",
+            container.text(),
+            done,
+            move |iso| match convert::container_id(container) {
+                Ok(id) => iso
+                    .cleanup(&id)
+                    .map_or_else(|e| failed(&*e), |()| Outcome::Nothing),
+                Err(e) => {
+                    tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
+                    Outcome::Nothing
+                }
+            },
+        );
     }
 
     fn with_id(
@@ -170,7 +190,7 @@ impl IsolatorHandle {
     ) {
         self.actor.call(
             method,
-            chain_text(&container),
+            container.text(),
             done,
             move |iso| match convert::container_id(container) {
                 Ok(id) => work(iso, &id).unwrap_or_else(|e| failed(&*e)),

@@ -17,7 +17,7 @@ pub struct LoggerHandle {
 
 /// Creates the logger; a bad parameter is an error the shim reports to the agent.
 pub fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>, String> {
-    let params = convert::key_values(parameters);
+    let params = convert::parameters(parameters).map_err(|e| format!("rein logger: {e}"))?;
     let module = construct("logger", || {
         LoggerModule::new(&params).map_err(|err| error_chain(&err))
     })?;
@@ -29,7 +29,7 @@ pub fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>, Strin
 impl LoggerHandle {
     /// `prepare()`, completing any [`Completer`] with the container's descriptors.
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
-        let text = config.container.ids.join(".");
+        let text = config.container.text();
         self.actor.call("prepare", text, done, move |logger| {
             let spec = match convert::container_spec(config) {
                 Ok(spec) => spec,

@@ -80,16 +80,13 @@ impl Isolator for Flaky {
 fn config(id: &str) -> ContainerConfigView {
     ContainerConfigView {
         container: chain(id),
-        directory: "/tmp/sandbox".into(),
-        user: String::new(),
-        task_id: String::new(),
-        task_name: String::new(),
-        executor_id: String::new(),
-        framework_id: String::new(),
-        task_labels: vec![KeyValue {
-            key: "other".into(),
-            value: "x".into(),
-        }],
+        directory: b"/tmp/sandbox".to_vec(),
+        user: Vec::new(),
+        task_id: Vec::new(),
+        task_name: Vec::new(),
+        executor_id: Vec::new(),
+        framework_id: Vec::new(),
+        task_labels: vec![KeyValue::new("other", "x")],
         executor_labels: vec![],
         environment: vec![],
         resources: vec![],
@@ -98,9 +95,7 @@ fn config(id: &str) -> ContainerConfigView {
 }
 
 fn chain(id: &str) -> ContainerChain {
-    ContainerChain {
-        ids: vec![id.into()],
-    }
+    ContainerChain::new([id])
 }
 
 #[test]
@@ -130,12 +125,7 @@ fn errors_and_bad_ids_become_failures() {
     handle.prepare_with(config("bad"), done);
     assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("refused")));
     let (done, rx) = completer();
-    handle.status_with(
-        ContainerChain {
-            ids: vec!["a/b".into()],
-        },
-        done,
-    );
+    handle.status_with(ContainerChain::new(["a/b"]), done);
     assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("slash")));
     let (done, rx) = completer();
     handle.status_with(chain("ok"), done);
@@ -172,10 +162,7 @@ fn watch_stays_pending_until_a_limitation() {
 fn create_reports_bad_kinds_and_parameters() {
     let err = rein_modules::create_isolator("nope", &[]).err().unwrap();
     assert!(err.contains("unknown isolator kind 'nope'"), "{err}");
-    let params = vec![KeyValue {
-        key: "bogus".into(),
-        value: "1".into(),
-    }];
+    let params = vec![KeyValue::new("bogus", "1")];
     let err = rein_modules::create_isolator("net_cls", &params)
         .err()
         .unwrap();
@@ -189,18 +176,15 @@ fn logger_without_a_shipper_still_gives_working_descriptors() {
 
     let dir = tempfile::tempdir().unwrap();
     let params = vec![
-        KeyValue {
-            key: "shipper_socket".into(),
-            value: dir.path().join("absent.sock").to_string_lossy().into(),
-        },
-        KeyValue {
-            key: "shipper_timeout".into(),
-            value: "100ms".into(),
-        },
+        KeyValue::new(
+            "shipper_socket",
+            dir.path().join("absent.sock").to_string_lossy().as_ref(),
+        ),
+        KeyValue::new("shipper_timeout", "100ms"),
     ];
     let logger = rein_modules::create_logger(&params).unwrap();
     let mut view = config("logged");
-    view.directory = dir.path().to_string_lossy().into_owned();
+    view.directory = dir.path().to_string_lossy().as_bytes().to_vec();
     let (done, rx) = completer();
     logger.prepare_with(view, done);
     let io = match wait(&rx) {
@@ -220,10 +204,121 @@ fn logger_without_a_shipper_still_gives_working_descriptors() {
 
     let (done, rx) = completer();
     let mut bad = config("bad-label");
-    bad.task_labels = vec![KeyValue {
-        key: "rein.log.sink".into(),
-        value: "syslog".into(),
-    }];
+    bad.task_labels = vec![KeyValue::new("rein.log.sink", "syslog")];
     logger.prepare_with(bad, done);
     assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("rein.log.sink")));
+}
+
+/// Bytes a framework can put in any protobuf string: Mesos does not check UTF-8.
+const NOT_UTF8: &[u8] = b"x\xff\xfe";
+
+#[test]
+fn invalid_utf8_fails_only_that_call_naming_the_field() {
+    let handle = IsolatorHandle::start(Box::<Flaky>::default()).unwrap();
+    let expect_failure = |view: ContainerConfigView, needle: &str| {
+        let (done, rx) = completer();
+        handle.prepare_with(view, done);
+        match wait(&rx) {
+            Outcome::Failed(m) => assert!(m.contains(needle), "{m} lacks {needle}"),
+            other => panic!("expected a failure naming {needle}, got {other:?}"),
+        }
+    };
+    let mut v = config("c");
+    v.task_labels = vec![KeyValue::new("rein.disk.mode", NOT_UTF8)];
+    expect_failure(
+        v,
+        "task label 'rein.disk.mode': value is not valid UTF-8 (byte 0xff at offset 1)",
+    );
+    let mut v = config("c");
+    v.environment = vec![KeyValue::new(b"REIN_\xff".to_vec(), "1")];
+    expect_failure(v, "variable 'REIN_\\xff': name is not valid UTF-8");
+    let mut v = config("c");
+    v.directory = NOT_UTF8.to_vec();
+    expect_failure(v, "sandbox directory: not valid UTF-8");
+    let mut v = config("c");
+    v.user = NOT_UTF8.to_vec();
+    expect_failure(v, "user: not valid UTF-8");
+    let mut v = config("c");
+    v.container = ContainerChain::new([b"ok".to_vec(), NOT_UTF8.to_vec()]);
+    expect_failure(v, "container id: segment 2 'x\\xff\\xfe'");
+
+    // Foreign labels and shipped names never fail a container.
+    let mut v = config("fine");
+    v.task_labels = vec![KeyValue::new(NOT_UTF8, NOT_UTF8)];
+    v.executor_labels = vec![KeyValue::new("team", NOT_UTF8)];
+    v.task_name = NOT_UTF8.to_vec();
+    v.task_id = NOT_UTF8.to_vec();
+    v.executor_id = NOT_UTF8.to_vec();
+    v.framework_id = NOT_UTF8.to_vec();
+    let (done, rx) = completer();
+    handle.prepare_with(v, done);
+    assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+
+    // Every call taking an id fails (or, for cleanup, has nothing to do) and the
+    // worker keeps serving.
+    let bad = || ContainerChain::new([NOT_UTF8]);
+    let (done, rx) = completer();
+    handle.isolate_with(bad(), 1, done);
+    assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("not valid UTF-8")));
+    let (done, rx) = completer();
+    handle.status_with(bad(), done);
+    assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("not valid UTF-8")));
+    let (done, rx) = completer();
+    handle.usage_with(bad(), done);
+    assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("not valid UTF-8")));
+    let (done, rx) = completer();
+    handle.update_with(bad(), vec![], done);
+    assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("not valid UTF-8")));
+    let (done, rx) = completer();
+    handle.watch_with(bad(), done);
+    assert!(matches!(wait(&rx), Outcome::Failed(m) if m.contains("not valid UTF-8")));
+    let (done, rx) = completer();
+    handle.cleanup_with(bad(), done);
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+    let (done, rx) = completer();
+    handle.status_with(chain("ok"), done);
+    assert!(matches!(wait(&rx), Outcome::Status(_)));
+}
+
+#[test]
+fn recover_skips_containers_that_cannot_be_ours() {
+    let handle = IsolatorHandle::start(Box::<Flaky>::default()).unwrap();
+    let (done, rx) = completer();
+    handle.recover_with(
+        vec![
+            rein_modules::RecoveredView {
+                container: ContainerChain::new([NOT_UTF8]),
+                pid: 1,
+                directory: b"/tmp".to_vec(),
+            },
+            rein_modules::RecoveredView {
+                container: chain("ok"),
+                pid: 1,
+                directory: NOT_UTF8.to_vec(),
+            },
+        ],
+        vec![ContainerChain::new([NOT_UTF8])],
+        done,
+    );
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+}
+
+#[test]
+fn module_parameters_that_are_not_utf8_fail_creation_naming_them() {
+    let err = rein_modules::create_isolator("net_cls", &[KeyValue::new("state_dir", NOT_UTF8)])
+        .err()
+        .unwrap();
+    assert!(
+        err.contains(
+            "module parameter 'state_dir': value is not valid UTF-8 (byte 0xff at offset 1)"
+        ),
+        "{err}"
+    );
+    let err = rein_modules::create_logger(&[KeyValue::new(NOT_UTF8, "1")])
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("module parameter 'x\\xff\\xfe': name is not valid UTF-8"),
+        "{err}"
+    );
 }

@@ -96,7 +96,7 @@ pub fn run(config: &Config, options: &Options, bench: &BenchOptions) -> Result<E
             .prepare(&view)
             .map_err(|e| format!("container {i}: {e}"))?;
         let mut spent = t0.elapsed();
-        let held = Held::spawn(&["/bin/true".to_owned()], &sandbox, &[], None)
+        let held = Held::spawn(&["/bin/true".to_owned()], &sandbox, &[], None, None)
             .map_err(|e| e.to_string())?;
         modules.watch(&view.container);
         let t1 = Instant::now();

@@ -1,6 +1,8 @@
 //! Command-line parsing (no shell, no config file sees task strings: labels are
 //! passed as data to the same parser the agent modules use).
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ options:
   --cpus N --mem MB --disk MB   the container's resources
   --id ID              container id (default: generated); parent.child for a nested one
   --sandbox DIR        sandbox directory (default: STATE/sandboxes/ID)
+  --user USER          run the command as this user (name or uid), in a sandbox it
+                       owns, as the agent's --switch_user does
   --config FILE        isolators and module parameters (default: embedded, see `defaults`)
   --state-dir DIR      where state is kept (default: from the configuration)
   --strict             fail when a configured isolator cannot start
@@ -73,14 +77,17 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// `--strict`.
     pub strict: bool,
-    /// `--label`s.
-    pub labels: Vec<(String, String)>,
+    /// `--label`s, as bytes: a framework may send labels that are not UTF-8, and
+    /// the modules must see them as the agent's shim passes them.
+    pub labels: Vec<(Vec<u8>, Vec<u8>)>,
     /// `--env`s.
     pub env: Vec<(String, String)>,
     /// `--id`.
     pub id: Option<String>,
     /// `--sandbox`.
     pub sandbox: Option<PathBuf>,
+    /// `--user`.
+    pub user: Option<String>,
     /// `--cpus`.
     pub cpus: Option<f64>,
     /// `--mem`.
@@ -121,6 +128,17 @@ fn pair(s: &str, what: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{what} '{s}' is not KEY=VALUE"))
 }
 
+fn byte_pair(s: OsString) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let bytes = s.into_vec();
+    let eq = bytes.iter().position(|b| *b == b'=').ok_or_else(|| {
+        format!(
+            "label '{}' is not KEY=VALUE",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
+    Ok((bytes[..eq].to_vec(), bytes[eq + 1..].to_vec()))
+}
+
 fn number(s: &str, what: &str) -> Result<f64, String> {
     s.parse::<f64>()
         .ok()
@@ -128,8 +146,9 @@ fn number(s: &str, what: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{what} '{s}' is not a non-negative number"))
 }
 
-/// Parses the arguments (without the program name).
-pub fn parse(args: Vec<String>) -> Result<Options, String> {
+/// Parses the arguments (without the program name). Only label values may be
+/// other than UTF-8.
+pub fn parse(args: Vec<OsString>) -> Result<Options, String> {
     let mut o = Options {
         command: Command::Status,
         config: None,
@@ -139,6 +158,7 @@ pub fn parse(args: Vec<String>) -> Result<Options, String> {
         env: Vec::new(),
         id: None,
         sandbox: None,
+        user: None,
         cpus: None,
         mem_mb: None,
         disk_mb: None,
@@ -150,17 +170,34 @@ pub fn parse(args: Vec<String>) -> Result<Options, String> {
     let mut command = None;
     let mut containers = 1000;
     let mut it = args.into_iter();
+    let text = |arg: OsString| {
+        arg.into_string().map_err(|arg| {
+            format!(
+                "argument '{}' is not valid UTF-8",
+                arg.to_string_lossy().escape_debug()
+            )
+        })
+    };
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        let arg = text(arg)?;
+        if arg == "--label" {
+            let label = it.next().ok_or("--label needs a value")?;
+            o.labels.push(byte_pair(label)?);
+            continue;
+        }
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value"))
+                .and_then(text)
+        };
         match arg.as_str() {
             "--" => {
-                let argv: Vec<String> = it.by_ref().collect();
+                let argv: Vec<String> = it.by_ref().map(text).collect::<Result<_, _>>()?;
                 if argv.is_empty() {
                     return Err("no command after --".into());
                 }
                 command = Some(Command::Run { argv });
             }
-            "--label" => o.labels.push(pair(&value("--label")?, "label")?),
             "--env" => o.env.push(pair(&value("--env")?, "variable")?),
             "--cpus" => o.cpus = Some(number(&value("--cpus")?, "--cpus")?),
             "--mem" => o.mem_mb = Some(number(&value("--mem")?, "--mem")?),
@@ -168,6 +205,7 @@ pub fn parse(args: Vec<String>) -> Result<Options, String> {
             "--id" => o.id = Some(value("--id")?),
             "--task-id" => o.task_id = Some(value("--task-id")?),
             "--sandbox" => o.sandbox = Some(PathBuf::from(value("--sandbox")?)),
+            "--user" => o.user = Some(value("--user")?),
             "--config" => o.config = Some(PathBuf::from(value("--config")?)),
             "--state-dir" => o.state_dir = Some(PathBuf::from(value("--state-dir")?)),
             "--containers" => {
@@ -208,7 +246,11 @@ pub fn parse(args: Vec<String>) -> Result<Options, String> {
 mod tests {
     use super::*;
 
-    fn args(s: &[&str]) -> Vec<String> {
+    fn args(s: &[&str]) -> Vec<OsString> {
+        s.iter().map(OsString::from).collect()
+    }
+
+    fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|a| (*a).to_owned()).collect()
     }
 
@@ -227,13 +269,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             o.labels,
-            vec![("rein.net.egress.rate".to_owned(), "10mbit".to_owned())]
+            vec![(b"rein.net.egress.rate".to_vec(), b"10mbit".to_vec())]
         );
         assert_eq!(o.disk_mb, Some(64.0));
         assert_eq!(
             o.command,
             Command::Run {
-                argv: args(&["sh", "-c", "x"])
+                argv: strings(&["sh", "-c", "x"])
             }
         );
     }
@@ -251,6 +293,15 @@ mod tests {
             Command::Bench(BenchOptions { containers: 10 })
         );
         assert!(parse(args(&["--label", "novalue", "--", "true"])).is_err());
+        let o = parse(vec![
+            "--label".into(),
+            OsString::from_vec(b"rein.log.sink=r\xffd".to_vec()),
+            "--".into(),
+            "true".into(),
+        ])
+        .unwrap();
+        assert_eq!(o.labels[0].1, b"r\xffd");
+        assert!(parse(vec![OsString::from_vec(b"--id=\xff".to_vec())]).is_err());
         assert!(parse(args(&["--cpus", "-1", "--", "true"])).is_err());
         assert!(parse(args(&["--"])).is_err());
         assert!(parse(args(&[])).is_err());

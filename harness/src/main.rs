@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let options = match cli::parse(std::env::args().skip(1).collect()) {
+    let options = match cli::parse(std::env::args_os().skip(1).collect()) {
         Ok(o) => o,
         Err(msg) => {
             eprintln!("rein-run: {msg}\n\n{}", cli::USAGE);
@@ -116,7 +116,7 @@ fn recover(modules: &Modules, records: &StateStore) -> Result<Vec<ContainerRecor
         .map(|r| RecoveredView {
             container: r.container(),
             pid: r.pid,
-            directory: r.sandbox.to_string_lossy().into_owned(),
+            directory: r.sandbox.as_os_str().as_encoded_bytes().to_vec(),
         })
         .collect();
     let orphans: Vec<ContainerChain> = dead.iter().map(ContainerRecord::container).collect();
@@ -148,12 +148,14 @@ pub(crate) fn config_view(
     let kv = |pairs: &[(String, String)]| -> Vec<KeyValue> {
         pairs
             .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: v.clone(),
-            })
+            .map(|(k, v)| KeyValue::new(k.as_str(), v.as_str()))
             .collect()
     };
+    let labels = options
+        .labels
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
     let mut resources = Vec::new();
     for (name, value) in [
         ("cpus", options.cpus),
@@ -162,23 +164,25 @@ pub(crate) fn config_view(
     ] {
         if let Some(scalar) = value {
             resources.push(ResourceEntry {
-                name: name.into(),
+                name: name.as_bytes().to_vec(),
                 scalar,
                 has_disk_info: false,
             });
         }
     }
     ContainerConfigView {
-        container: ContainerChain {
-            ids: chain.to_vec(),
-        },
-        directory: sandbox.to_string_lossy().into_owned(),
-        user: String::new(),
-        task_id: options.task_id.clone().unwrap_or_else(|| chain.join(".")),
-        task_name: options.task_id.clone().unwrap_or_default(),
-        executor_id: String::new(),
-        framework_id: String::new(),
-        task_labels: kv(&options.labels),
+        container: ContainerChain::new(chain.iter().map(String::as_str)),
+        directory: sandbox.as_os_str().as_encoded_bytes().to_vec(),
+        user: options.user.clone().unwrap_or_default().into_bytes(),
+        task_id: options
+            .task_id
+            .clone()
+            .unwrap_or_else(|| chain.join("."))
+            .into(),
+        task_name: options.task_id.clone().unwrap_or_default().into(),
+        executor_id: Vec::new(),
+        framework_id: Vec::new(),
+        task_labels: labels,
         executor_labels: Vec::new(),
         environment: kv(&options.env),
         resources,
@@ -199,8 +203,19 @@ fn launch(
         .sandbox
         .clone()
         .unwrap_or_else(|| config.sandbox_dir.join(id.file_name()));
+    let user = options
+        .user
+        .as_deref()
+        .map(process::Credentials::of)
+        .transpose()
+        .map_err(|e| format!("--user: {e}"))?;
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| format!("creating sandbox {}: {e}", sandbox.display()))?;
+    if let Some(c) = user {
+        // The sandbox belongs to the task's user, as the agent's --switch_user makes it.
+        std::os::unix::fs::chown(&sandbox, Some(c.uid), Some(c.gid))
+            .map_err(|e| format!("giving sandbox {} to --user: {e}", sandbox.display()))?;
+    }
     let view = config_view(options, &chain, &sandbox);
     let container = view.container.clone();
 
@@ -227,7 +242,7 @@ fn launch(
     };
     let mut env = environment;
     env.extend(options.env.iter().cloned());
-    let held = process::Held::spawn(argv, &sandbox, &env, stdio.as_ref())
+    let held = process::Held::spawn(argv, &sandbox, &env, stdio.as_ref(), user)
         .map_err(|e| format!("starting {argv:?}: {e}"))?;
     // The container holds its own copies now; ours must not keep its pipes open.
     drop(stdio);

@@ -250,10 +250,7 @@ impl Modules {
 fn key_values(pairs: &[(String, String)]) -> Vec<KeyValue> {
     pairs
         .iter()
-        .map(|(key, value)| KeyValue {
-            key: key.clone(),
-            value: value.clone(),
-        })
+        .map(|(key, value)| KeyValue::new(key.as_str(), value.as_str()))
         .collect()
 }
 

@@ -37,6 +37,31 @@ impl Stdio {
     }
 }
 
+/// The user a container runs as (`--user`), as the agent's `--switch_user` does.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// That user's primary group.
+    pub gid: u32,
+}
+
+impl Credentials {
+    /// Looks a user up by name, or by number.
+    pub fn of(user: &str) -> io::Result<Self> {
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+            Err(_) => nix::unistd::User::from_name(user),
+        }
+        .map_err(io::Error::from)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no user '{user}'")))?;
+        Ok(Self {
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+        })
+    }
+}
+
 /// A forked process waiting for its go signal.
 pub struct Held {
     pid: i32,
@@ -69,13 +94,15 @@ fn resolve(program: &str) -> io::Result<PathBuf> {
 }
 
 impl Held {
-    /// Forks `argv` in its own session, in `dir`, with `env` added; the child blocks
-    /// before `exec` until [`Held::release`], and exits if the harness dies first.
+    /// Forks `argv` in its own session, in `dir`, with `env` added, as `user` when
+    /// given (no supplementary groups); the child blocks before `exec` until
+    /// [`Held::release`], and exits if the harness dies first.
     pub fn spawn(
         argv: &[String],
         dir: &Path,
         env: &[(String, String)],
         io: Option<&Stdio>,
+        user: Option<Credentials>,
     ) -> io::Result<Self> {
         let program = argv
             .first()
@@ -108,7 +135,8 @@ impl Held {
             (io.stdout.as_raw_fd(), io.stderr.as_raw_fd())
         });
         // SAFETY: the child branch makes only async-signal-safe calls (close, setsid,
-        // read, chdir, execve, _exit) on memory allocated before the fork.
+        // read, dup2, setgroups, setresgid, setresuid, chdir, execve, _exit) on memory
+        // allocated before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(io::Error::last_os_error());
@@ -131,6 +159,15 @@ impl Held {
                 // dup2 clears close-on-exec on the new descriptors 1 and 2.
                 if out_fd >= 0 && (libc::dup2(out_fd, 1) < 0 || libc::dup2(err_fd, 2) < 0) {
                     libc::_exit(125);
+                }
+                if let Some(c) = user {
+                    // Groups first: after setresuid the process may no longer change them.
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(c.gid, c.gid, c.gid) != 0
+                        || libc::setresuid(c.uid, c.uid, c.uid) != 0
+                    {
+                        libc::_exit(124);
+                    }
                 }
                 libc::chdir(dir.as_ptr());
                 libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());

@@ -23,9 +23,7 @@ pub struct ContainerRecord {
 impl ContainerRecord {
     /// The id chain as the bridge takes it.
     pub fn container(&self) -> rein_modules::ContainerChain {
-        rein_modules::ContainerChain {
-            ids: self.chain.clone(),
-        }
+        rein_modules::ContainerChain::new(self.chain.iter().map(String::as_str))
     }
 
     /// The container id.

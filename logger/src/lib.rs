@@ -4,8 +4,12 @@
 
 pub mod http;
 pub mod module;
+pub mod peercred;
+pub mod private;
 pub mod proto;
 pub mod record;
+pub mod redact;
+pub mod sandbox;
 pub mod shipper;
 pub mod sink;
 pub mod wal;

@@ -5,12 +5,11 @@
 //! its own) share no state.
 //!
 //! If the shipper does not answer within `shipper_timeout`, the container
-//! still gets working descriptors: its sandbox `stdout`/`stderr` files,
-//! opened for appending (records are then not shipped; a warning says so).
+//! still gets working descriptors: new sandbox `stdout`/`stderr` files,
+//! created relative to the sandbox directory (no task-planted name followed)
+//! and opened for appending (records are then not shipped; a warning says so).
 
-use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use rein_core::params::{ParamError, Params};
 
 use crate::proto::{self, ContainerOptions, MultilineSpec, Registration, SinkKind};
 use crate::record::SourceMeta;
+use crate::sandbox::SandboxDir;
 use crate::sink::es::validate_index;
 use crate::sink::redis_config::validate_stream;
 
@@ -175,14 +175,7 @@ impl ModuleConfig {
             route = s.raw.clone();
         }
         if let Some(s) = cfg.get("log.topic").filter(|_| sink == SinkKind::Kafka) {
-            if !s
-                .raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                || s.raw.len() > 249
-            {
-                return Err(s.error("a topic has 1 to 249 of [a-zA-Z0-9._-]"));
-            }
+            crate::sink::route::validate_topic(&s.raw).map_err(|e| s.error(e))?;
             check_prefix(&s.raw, &self.topic_prefixes).map_err(|e| s.error(e))?;
             route = s.raw.clone();
         }
@@ -348,9 +341,13 @@ impl LoggerModule {
                     "log shipper unreachable ({e}); the container writes its sandbox files directly and its records are not shipped"
                 );
                 drop((out_r, out_w, err_r, err_w));
+                let dir = SandboxDir::open(&spec.sandbox).map_err(io(format!(
+                    "opening the sandbox {}",
+                    spec.sandbox.display()
+                )))?;
                 Ok(ContainerIo {
-                    stdout: open_append(&spec.sandbox.join("stdout"))?,
-                    stderr: open_append(&spec.sandbox.join("stderr"))?,
+                    stdout: new_sandbox_file(&dir, "stdout")?,
+                    stderr: new_sandbox_file(&dir, "stderr")?,
                     shipped: false,
                 })
             }
@@ -358,15 +355,19 @@ impl LoggerModule {
     }
 }
 
-fn open_append(p: &Path) -> Result<OwnedFd, LoggerError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(p)
-        .map_err(io(format!("opening {}", p.display())))?;
-    Ok(f.into())
+/// A new file of the agent's at `name` in the sandbox, opened for appending:
+/// whatever a task put at that name is refused, never followed (the agent
+/// runs as root).
+fn new_sandbox_file(dir: &SandboxDir, name: &str) -> Result<OwnedFd, LoggerError> {
+    let what = || format!("creating {}", dir.path().join(name).display());
+    let (f, _) = dir.create(name, &mut |_, _| {}).map_err(io(what()))?;
+    let fd = OwnedFd::from(f);
+    // SAFETY: fcntl on a descriptor we own; O_APPEND is a file status flag.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
+    if r < 0 {
+        return Err(io(what())(std::io::Error::last_os_error()));
+    }
+    Ok(fd)
 }
 
 /// A close-on-exec pipe with (best effort) `size` bytes of buffer.
@@ -398,6 +399,9 @@ pub fn register(
     );
     let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SendTimeout, &tv);
     connect(s.as_raw_fd(), &addr).map_err(|e| format!("connect: {e}"))?;
+    // The pipes carry the container's output: only to a shipper run by root
+    // (or by our own user), whoever could bind a socket at this path.
+    crate::peercred::check_server(s.as_fd())?;
     let msg = serde_json::to_vec(reg).map_err(|e| e.to_string())?;
     proto::send_with_fds(s.as_fd(), &msg, &[out_r.as_raw_fd(), err_r.as_raw_fd()])
         .map_err(|e| format!("send: {e}"))?;

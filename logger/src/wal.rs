@@ -11,12 +11,17 @@
 //! applies. `Pause` makes [`Wal::is_full`] true so the shipper stops reading
 //! the containers' pipes (they back up into the containers); `DropOldest`
 //! deletes the oldest segment and counts every record lost with it.
+//!
+//! The buffer holds every container's records: its directory is 0700 and its
+//! files 0600 whatever the umask (see [`crate::private`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::private;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -200,7 +205,7 @@ impl Wal {
     /// Opens (or creates) the buffer, replaying what a previous run left.
     pub fn open(cfg: WalConfig) -> Result<Wal, WalError> {
         let dir = cfg.dir.clone();
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        private::create_dir(&dir).map_err(io_err(&dir))?;
         let stats = Arc::new(WalStats::default());
         let mut seqs: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(&dir))?
@@ -228,7 +233,7 @@ impl Wal {
         }
         if segs.is_empty() {
             let seq = cursor.seg.max(1);
-            File::create(seg_path(&dir, seq)).map_err(io_err(&dir))?;
+            private::create(&seg_path(&dir, seq)).map_err(io_err(&dir))?;
             segs.push(Segment { seq, len: 0 });
         }
         // Cut a torn or corrupt tail off the last segment.
@@ -250,10 +255,7 @@ impl Wal {
             f.sync_data().map_err(io_err(&lp))?;
             last.len = valid as u64;
         }
-        let mut writer = OpenOptions::new()
-            .append(true)
-            .open(&lp)
-            .map_err(io_err(&lp))?;
+        let mut writer = private::open_append(&lp).map_err(io_err(&lp))?;
         writer.seek(SeekFrom::End(0)).map_err(io_err(&lp))?;
         let cursor = if cursor.seg < segs[0].seq {
             Pos {
@@ -352,11 +354,7 @@ impl Wal {
                 self.sync_locked(&mut g)?;
                 let next = seq + 1;
                 let np = seg_path(&self.cfg.dir, next);
-                g.writer = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&np)
-                    .map_err(io_err(&np))?;
+                g.writer = private::open_append(&np).map_err(io_err(&np))?;
                 g.segs.push(Segment { seq: next, len: 0 });
             }
             // One large append can overshoot the bound: trim closed segments after it too.
@@ -428,11 +426,7 @@ impl Wal {
                 self.sync_locked(g)?;
                 let next = g.segs.last().map(|s| s.seq).unwrap_or(0) + 1;
                 let np = seg_path(&self.cfg.dir, next);
-                g.writer = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&np)
-                    .map_err(io_err(&np))?;
+                g.writer = private::open_append(&np).map_err(io_err(&np))?;
                 g.segs.push(Segment { seq: next, len: 0 });
                 return Ok(true);
             }
@@ -607,9 +601,9 @@ impl Wal {
     }
 
     fn save_cursor(&self, p: Pos) -> Result<(), WalError> {
-        let tmp = self.cfg.dir.join("cursor.tmp");
-        fs::write(&tmp, format!("{}:{}\n", p.seg, p.off)).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, self.cfg.dir.join("cursor")).map_err(io_err(&tmp))
+        let path = self.cfg.dir.join("cursor");
+        private::write_atomic(&path, format!("{}:{}\n", p.seg, p.off).as_bytes())
+            .map_err(io_err(&path))
     }
 
     /// Unacknowledged bytes (approximate: whole segments are counted).

@@ -82,6 +82,7 @@ fn config(url: &str, dir: &Path) -> EsConfig {
         backoff_max: Duration::from_millis(200),
         dead_letter: dir.join("dead-letter.ndjson"),
         refresh: false,
+        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
     }
 }
 

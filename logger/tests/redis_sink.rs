@@ -39,7 +39,7 @@ fn wal(dir: &Path) -> Arc<Wal> {
 
 fn config(url: String, dir: &Path) -> RedisConfig {
     RedisConfig {
-        url,
+        url: url.into(),
         stream: "rein-logs".into(),
         batch_records: 500,
         batch_bytes: 4 << 20,
@@ -51,6 +51,7 @@ fn config(url: String, dir: &Path) -> RedisConfig {
         timeout: Duration::from_secs(2),
         backoff_max: Duration::from_millis(300),
         dead_letter: dir.join("dead.ndjson"),
+        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
     }
 }
 

@@ -206,6 +206,9 @@ fn lagging_parser_keeps_unparsed_rotated_files_through_kill_9() {
     std::thread::sleep(Duration::from_millis(1100));
     let counters = sh.counters();
     eprintln!("counters: {counters}");
+    // The last worker's own pauses count too: on a loaded machine the samples before
+    // the kills may all fall between two pauses.
+    lag_seen += counters["reader"]["unparsed_pauses"].as_u64().unwrap_or(0);
     drop(sh);
     let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
     let dups = assert_buffered(&got, &BTreeMap::from([("lag".to_string(), n)]));
@@ -405,6 +408,9 @@ fn full_buffer_drop_oldest_counts_every_dropped_line() {
         counters = sh.counters();
     }
     sh.stop();
+    // The worker writes its counters once more after its last append: a
+    // snapshot taken before may miss the last segment dropped.
+    let counters = sh.counters();
     let dropped = counters["buffers"]["elasticsearch"]["dropped_records"]
         .as_u64()
         .unwrap();

@@ -15,6 +15,7 @@
 
 #include "bridge.hpp"
 #include "convert.hpp"
+#include "guard.hpp"
 
 namespace rein_shim {
 
@@ -25,15 +26,23 @@ template <typename T>
 class PromiseCompletion : public rein::Completion {
  public:
   PromiseCompletion() : promise_(std::make_shared<process::Promise<T>>()) {}
-  ~PromiseCompletion() override { promise_->fail("rein: internal error: call dropped"); }
+  ~PromiseCompletion() override {
+    try {
+      promise_->fail("rein: internal error: call dropped");
+    } catch (...) {
+    }
+  }
 
   process::Future<T> future() const { return promise_->future(); }
 
-  void fail(rust::Str message) override { promise_->fail(toString(message)); }
+  void fail(rust::Str message) override {
+    guardedCallback(*promise_, "fail", [&] { promise_->fail(toString(message)); });
+  }
 
  protected:
   void set(const T& value) { promise_->set(value); }
   void failWith(const std::string& message) { promise_->fail(message); }
+  process::Promise<T>& promise() { return *promise_; }
 
  private:
   std::shared_ptr<process::Promise<T>> promise_;
@@ -41,29 +50,37 @@ class PromiseCompletion : public rein::Completion {
 
 class NothingCompletion : public PromiseCompletion<Nothing> {
  public:
-  void nothing() override { set(Nothing()); }
+  void nothing() override {
+    guardedCallback(promise(), "nothing", [&] { set(Nothing()); });
+  }
 };
 
 class LaunchInfoCompletion : public PromiseCompletion<Option<mesos::slave::ContainerLaunchInfo>> {
  public:
   void launch_info(const rein::LaunchInfoView& view) override {
-    Try<Option<mesos::slave::ContainerLaunchInfo>> info = toLaunchInfo(view);
-    if (info.isError()) {
-      failWith(info.error());
-    } else {
-      set(info.get());
-    }
+    guardedCallback(promise(), "launch_info", [&] {
+      Try<Option<mesos::slave::ContainerLaunchInfo>> info = toLaunchInfo(view);
+      if (info.isError()) {
+        failWith(info.error());
+      } else {
+        set(info.get());
+      }
+    });
   }
 };
 
 class StatisticsCompletion : public PromiseCompletion<mesos::ResourceStatistics> {
  public:
-  void statistics(const rein::StatisticsView& view) override { set(toStatistics(view)); }
+  void statistics(const rein::StatisticsView& view) override {
+    guardedCallback(promise(), "statistics", [&] { set(toStatistics(view)); });
+  }
 };
 
 class StatusCompletion : public PromiseCompletion<mesos::ContainerStatus> {
  public:
-  void status(const rein::StatusView& view) override { set(toStatus(view)); }
+  void status(const rein::StatusView& view) override {
+    guardedCallback(promise(), "status", [&] { set(toStatus(view)); });
+  }
 };
 
 // watch(): "no limitation" is a future that never completes, and a failed watch
@@ -77,9 +94,11 @@ class LimitationCompletion : public rein::Completion {
       std::shared_ptr<process::Promise<mesos::slave::ContainerLimitation>> promise)
     : promise_(std::move(promise)) {}
 
-  void fail(rust::Str message) override { promise_->fail(toString(message)); }
+  void fail(rust::Str message) override {
+    guardedCallback(*promise_, "fail", [&] { promise_->fail(toString(message)); });
+  }
   void limitation(const rein::LimitationView& view) override {
-    promise_->set(toLimitation(view));
+    guardedCallback(*promise_, "limitation", [&] { promise_->set(toLimitation(view)); });
   }
 
  private:

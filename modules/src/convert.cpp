@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <set>
 #include <sstream>
+#include <vector>
 
 #include <glog/logging.h>
 
@@ -23,11 +25,26 @@ bool startsWith(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
+// Protobuf strings cross as bytes: they need not be UTF-8, and a rust::String
+// built from other bytes throws. Rust decides what each field may carry.
+rust::Vec<uint8_t> bytes(const std::string& s) {
+  return rein::copy_bytes(
+      rust::Slice<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
+}
+
 rein::KeyValue keyValue(const std::string& key, const std::string& value) {
   rein::KeyValue kv;
-  kv.key = key;
-  kv.value = value;
+  kv.key = bytes(key);
+  kv.value = bytes(value);
   return kv;
+}
+
+rein::ResourceEntry resourceEntry(const mesos::Resource& resource) {
+  rein::ResourceEntry entry;
+  entry.name = bytes(resource.name());
+  entry.scalar = resource.type() == mesos::Value::SCALAR ? resource.scalar().value() : 0.0;
+  entry.has_disk_info = resource.has_disk();
+  return entry;
 }
 
 rust::Vec<rein::KeyValue> labels(const mesos::Labels& labels) {
@@ -109,26 +126,28 @@ void addThrottling(
 }  // namespace
 
 rein::ContainerChain toChain(const mesos::ContainerID& containerId) {
-  std::vector<std::string> leafFirst;
+  std::vector<const mesos::ContainerID*> leafFirst;
   const mesos::ContainerID* id = &containerId;
-  leafFirst.push_back(id->value());
+  leafFirst.push_back(id);
   while (id->has_parent()) {
     id = &id->parent();
-    leafFirst.push_back(id->value());
+    leafFirst.push_back(id);
   }
   rein::ContainerChain chain;
   for (auto it = leafFirst.rbegin(); it != leafFirst.rend(); ++it) {
-    chain.ids.push_back(rust::String(*it));
+    rein::IdSegment segment;
+    segment.value = bytes((*it)->value());
+    chain.ids.push_back(std::move(segment));
   }
   return chain;
 }
 
 std::string chainText(const mesos::ContainerID& containerId) {
-  const rein::ContainerChain chain = toChain(containerId);
-  std::string text;
-  for (const rust::String& id : chain.ids) {
-    if (!text.empty()) text += ".";
-    text += toString(id);
+  std::string text = containerId.value();
+  const mesos::ContainerID* id = &containerId;
+  while (id->has_parent()) {
+    id = &id->parent();
+    text = id->value() + "." + text;
   }
   return text;
 }
@@ -138,18 +157,18 @@ rein::ContainerConfigView toConfigView(
     const mesos::slave::ContainerConfig& config) {
   rein::ContainerConfigView view;
   view.container = toChain(containerId);
-  view.directory = config.directory();
-  view.user = config.has_user() ? config.user() : std::string();
+  view.directory = bytes(config.directory());
+  if (config.has_user()) view.user = bytes(config.user());
   if (config.has_task_info()) {
     const mesos::TaskInfo& task = config.task_info();
-    view.task_id = task.task_id().value();
-    view.task_name = task.name();
+    view.task_id = bytes(task.task_id().value());
+    view.task_name = bytes(task.name());
     if (task.has_labels()) view.task_labels = labels(task.labels());
   }
   if (config.has_executor_info()) {
     const mesos::ExecutorInfo& executor = config.executor_info();
-    view.executor_id = executor.executor_id().value();
-    if (executor.has_framework_id()) view.framework_id = executor.framework_id().value();
+    view.executor_id = bytes(executor.executor_id().value());
+    if (executor.has_framework_id()) view.framework_id = bytes(executor.framework_id().value());
     if (executor.has_labels()) view.executor_labels = labels(executor.labels());
   }
   // Only plain values of our own variables: secrets and everything else stay here.
@@ -163,11 +182,7 @@ rein::ContainerConfigView toConfigView(
     }
   }
   for (const mesos::Resource& resource : config.resources()) {
-    rein::ResourceEntry entry;
-    entry.name = resource.name();
-    entry.scalar = resource.type() == mesos::Value::SCALAR ? resource.scalar().value() : 0.0;
-    entry.has_disk_info = resource.has_disk();
-    view.resources.push_back(std::move(entry));
+    view.resources.push_back(resourceEntry(resource));
   }
   view.debug = config.has_container_class() &&
                config.container_class() == mesos::slave::ContainerClass::DEBUG;
@@ -178,18 +193,14 @@ rein::RecoveredView toRecoveredView(const mesos::slave::ContainerState& state) {
   rein::RecoveredView view;
   view.container = toChain(state.container_id());
   view.pid = state.has_pid() ? static_cast<int32_t>(state.pid()) : 0;
-  view.directory = state.has_directory() ? state.directory() : std::string();
+  if (state.has_directory()) view.directory = bytes(state.directory());
   return view;
 }
 
 rust::Vec<rein::ResourceEntry> toResourceEntries(const mesos::Resources& resources) {
   rust::Vec<rein::ResourceEntry> entries;
   for (const mesos::Resource& resource : resources) {
-    rein::ResourceEntry entry;
-    entry.name = resource.name();
-    entry.scalar = resource.type() == mesos::Value::SCALAR ? resource.scalar().value() : 0.0;
-    entry.has_disk_info = resource.has_disk();
-    entries.push_back(std::move(entry));
+    entries.push_back(resourceEntry(resource));
   }
   return entries;
 }
@@ -207,7 +218,7 @@ Try<Option<mesos::slave::ContainerLaunchInfo>> toLaunchInfo(const rein::LaunchIn
     return None();
   }
   mesos::slave::ContainerLaunchInfo info;
-  for (const rein::KeyValue& kv : view.environment) {
+  for (const rein::LaunchVariable& kv : view.environment) {
     mesos::Environment::Variable* variable = info.mutable_environment()->add_variables();
     variable->set_name(toString(kv.key));
     variable->set_type(mesos::Environment::Variable::VALUE);

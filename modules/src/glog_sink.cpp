@@ -14,13 +14,17 @@ namespace {
 // Levels as the bridge sends them: 0 info, 1 warning, 2 error, 3 debug.
 class GlogSink : public rein::LogSink {
  public:
+  // Called from Rust: nothing may unwind back into it; a lost line is all it costs.
   void write(int32_t level, rust::Str message) const override {
-    const std::string text = toString(message);
-    switch (level) {
-      case 0: LOG(INFO) << text; break;
-      case 1: LOG(WARNING) << text; break;
-      case 2: LOG(ERROR) << text; break;
-      default: VLOG(1) << text; break;
+    try {
+      const std::string text = toString(message);
+      switch (level) {
+        case 0: LOG(INFO) << text; break;
+        case 1: LOG(WARNING) << text; break;
+        case 2: LOG(ERROR) << text; break;
+        default: VLOG(1) << text; break;
+      }
+    } catch (...) {
     }
   }
 };

@@ -1,6 +1,7 @@
 // The isolator module symbols the agent looks up by name (--modules, --isolation).
 // Each creates the generic RustIsolator for one rein isolator kind.
 
+#include <exception>
 #include <string>
 #include <utility>
 
@@ -15,20 +16,26 @@
 #include "bridge.hpp"
 #include "convert.hpp"
 #include "glog_sink.hpp"
+#include "guard.hpp"
 #include "rust_isolator.hpp"
 
 namespace {
 
+// Creation never throws into the agent: a bad parameter (unknown, malformed, not
+// UTF-8) or any exception is logged and the agent refuses to start, naming us.
 mesos::slave::Isolator* createRustIsolator(const char* kind, const mesos::Parameters& parameters) {
-  rein_shim::installGlogSinkOnce();
   try {
+    rein_shim::installGlogSinkOnce();
     const rust::Vec<rein::KeyValue> params = rein_shim::toKeyValues(parameters);
     rust::Box<rein::IsolatorHandle> handle = rein::create_isolator(
         kind, rust::Slice<const rein::KeyValue>(params.data(), params.size()));
     LOG(INFO) << "rein: created the " << kind << " isolator";
     return new rein_shim::RustIsolator(kind, std::move(handle));
-  } catch (const rust::Error& e) {
-    LOG(ERROR) << "rein: cannot create the " << kind << " isolator: " << e.what();
+  } catch (const std::exception& e) {
+    rein_shim::logCreateFailure(kind, "isolator", e.what());
+    return nullptr;
+  } catch (...) {
+    rein_shim::logCreateFailure(kind, "isolator", "unknown exception");
     return nullptr;
   }
 }

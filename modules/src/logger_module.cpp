@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <exception>
 #include <memory>
 #include <string>
 #include <utility>
@@ -29,6 +30,7 @@
 #include "completions.hpp"
 #include "convert.hpp"
 #include "glog_sink.hpp"
+#include "guard.hpp"
 
 namespace rein_shim {
 namespace {
@@ -38,18 +40,20 @@ using mesos::slave::ContainerIO;
 class ContainerIoCompletion : public PromiseCompletion<ContainerIO> {
  public:
   void container_io(const rein::ContainerIoView& view) override {
-    if (view.stdout_fd < 0 || view.stderr_fd < 0) {
-      // ContainerIO CHECKs its descriptors: a bad one must fail the call, not the agent.
-      if (view.stdout_fd >= 0) ::close(view.stdout_fd);
-      if (view.stderr_fd >= 0) ::close(view.stderr_fd);
-      failWith("rein logger: invalid descriptors (stdout " + std::to_string(view.stdout_fd) +
-               ", stderr " + std::to_string(view.stderr_fd) + ")");
-      return;
-    }
-    ContainerIO io;
-    io.out = ContainerIO::IO::FD(view.stdout_fd, true);
-    io.err = ContainerIO::IO::FD(view.stderr_fd, true);
-    set(io);
+    guardedCallback(promise(), "container_io", [&] {
+      if (view.stdout_fd < 0 || view.stderr_fd < 0) {
+        // ContainerIO CHECKs its descriptors: a bad one must fail the call, not the agent.
+        if (view.stdout_fd >= 0) ::close(view.stdout_fd);
+        if (view.stderr_fd >= 0) ::close(view.stderr_fd);
+        failWith("rein logger: invalid descriptors (stdout " + std::to_string(view.stdout_fd) +
+                 ", stderr " + std::to_string(view.stderr_fd) + ")");
+        return;
+      }
+      ContainerIO io;
+      io.out = ContainerIO::IO::FD(view.stdout_fd, true);
+      io.err = ContainerIO::IO::FD(view.stderr_fd, true);
+      set(io);
+    });
   }
 };
 
@@ -58,14 +62,22 @@ class RustContainerLogger : public mesos::slave::ContainerLogger {
   explicit RustContainerLogger(rust::Box<rein::LoggerHandle> handle)
     : handle_(std::move(handle)) {}
 
-  Try<Nothing> initialize() override { return Nothing(); }
+  Try<Nothing> initialize() override {
+    try {
+      return Nothing();
+    } catch (...) {
+      return Error("rein logger: initialize failed");
+    }
+  }
 
   process::Future<ContainerIO> prepare(
       const mesos::ContainerID& containerId,
       const mesos::slave::ContainerConfig& containerConfig) override {
-    rein::ContainerConfigView view = toConfigView(containerId, containerConfig);
-    return startCall<ContainerIoCompletion>([&](std::unique_ptr<rein::Completion> done) {
-      handle_->prepare(std::move(view), std::move(done));
+    return guarded<ContainerIO>("logger", "prepare", [&]() -> process::Future<ContainerIO> {
+      rein::ContainerConfigView view = toConfigView(containerId, containerConfig);
+      return startCall<ContainerIoCompletion>([&](std::unique_ptr<rein::Completion> done) {
+        handle_->prepare(std::move(view), std::move(done));
+      });
     });
   }
 
@@ -73,16 +85,20 @@ class RustContainerLogger : public mesos::slave::ContainerLogger {
   rust::Box<rein::LoggerHandle> handle_;
 };
 
+// As createRustIsolator: never throws into the agent.
 mesos::slave::ContainerLogger* createLogger(const mesos::Parameters& parameters) {
-  installGlogSinkOnce();
   try {
+    installGlogSinkOnce();
     const rust::Vec<rein::KeyValue> params = toKeyValues(parameters);
     rust::Box<rein::LoggerHandle> handle =
         rein::create_logger(rust::Slice<const rein::KeyValue>(params.data(), params.size()));
     LOG(INFO) << "rein: created the container logger";
     return new RustContainerLogger(std::move(handle));
-  } catch (const rust::Error& e) {
-    LOG(ERROR) << "rein: cannot create the container logger: " << e.what();
+  } catch (const std::exception& e) {
+    logCreateFailure("container", "logger", e.what());
+    return nullptr;
+  } catch (...) {
+    logCreateFailure("container", "logger", "unknown exception");
     return nullptr;
   }
 }

@@ -3,13 +3,18 @@
 // panics in prepare() and fails isolate(). Proves that panics and errors come back
 // as fail() on the completion, that create_isolator throws rust::Error, that a
 // dropped completion (watch without a limitation) is destroyed without an answer,
-// and that module log lines reach the installed LogSink.
+// that module log lines reach the installed LogSink, and that bytes which are not
+// UTF-8 (Mesos does not check protobuf strings) cross every entry point without an
+// exception: each field is refused naming it, or carried, in Rust.
+
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,6 +70,11 @@ class RecordingCompletion : public rein::Completion {
   }
   void limitation(const rein::LimitationView& l) override {
     record_->answer("limitation", std::string(l.message));
+  }
+  void container_io(const rein::ContainerIoView& io) override {
+    if (io.stdout_fd >= 0) ::close(io.stdout_fd);
+    if (io.stderr_fd >= 0) ::close(io.stderr_fd);
+    record_->answer("container_io");
   }
 
  private:
@@ -126,11 +136,29 @@ bool contains(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
 }
 
+// What the shim does with every protobuf string: copy its bytes, whatever they are.
+rust::Vec<uint8_t> bytes(const std::string& s) {
+  return rein::copy_bytes(
+      rust::Slice<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
+}
+
+rein::KeyValue keyValue(const std::string& key, const std::string& value) {
+  rein::KeyValue kv;
+  kv.key = bytes(key);
+  kv.value = bytes(value);
+  return kv;
+}
+
 rein::ContainerChain chain(const std::string& id) {
   rein::ContainerChain c;
-  c.ids.push_back(rust::String(id));
+  rein::IdSegment segment;
+  segment.value = bytes(id);
+  c.ids.push_back(std::move(segment));
   return c;
 }
+
+// A framework can put these bytes in any label, name or id.
+const std::string kNotUtf8 = std::string("x\xff\xfe");
 
 std::pair<std::unique_ptr<rein::Completion>, std::shared_ptr<Record>> completion() {
   auto record = std::make_shared<Record>();
@@ -160,9 +188,8 @@ int main() {
 
   // Parameters cross as KeyValue; a bad one is named in the error.
   try {
-    std::vector<rein::KeyValue> params(1);
-    params[0].key = "bogus";
-    params[0].value = "1";
+    std::vector<rein::KeyValue> params;
+    params.push_back(keyValue("bogus", "1"));
     rein::create_isolator("net_cls",
                           rust::Slice<const rein::KeyValue>(params.data(), params.size()));
     check(false, "create_isolator(\"net_cls\", bogus) throws", "it returned a handle");
@@ -179,7 +206,7 @@ int main() {
   {
     rein::ContainerConfigView config;
     config.container = chain("c1");
-    config.directory = "/tmp/rein-bridge-test/sandbox";
+    config.directory = bytes("/tmp/rein-bridge-test/sandbox");
     config.debug = false;
     auto call = completion();
     handle->prepare(std::move(config), std::move(call.first));
@@ -206,7 +233,7 @@ int main() {
   // A malformed container id is a failure, not a crash.
   {
     auto call = completion();
-    handle->cleanup(chain("a/b"), std::move(call.first));
+    handle->status(chain("a/b"), std::move(call.first));
     check(call.second->wait_destroyed() && call.second->kind == "fail",
           "a bad container id fails the call", describe(*call.second));
   }
@@ -241,6 +268,194 @@ int main() {
     check(call.second->wait_destroyed() && call.second->answers == 0,
           "watch without a limitation drops its completion unanswered",
           describe(*call.second));
+  }
+
+  // The hazard the bridge avoids: a rust::String built from such bytes throws.
+  try {
+    rust::String s(kNotUtf8);
+    (void)s;
+    check(false, "rust::String rejects invalid UTF-8", "it did not throw");
+  } catch (const std::invalid_argument&) {
+    check(true, "rust::String rejects invalid UTF-8 (so the shim never builds one)");
+  }
+
+  {
+    const std::string raw = kNotUtf8 + std::string(1, '\0') + "y";
+    const rust::Vec<uint8_t> copied = bytes(raw);
+    check(copied.size() == raw.size() &&
+              std::string(reinterpret_cast<const char*>(copied.data()), copied.size()) == raw,
+          "copy_bytes keeps every byte (invalid UTF-8, NUL)");
+    check(bytes(std::string()).empty(), "copy_bytes of an empty string is empty");
+  }
+
+  // Every entry point that takes bytes, with bytes that are not UTF-8: no exception
+  // may escape, and each refusal names its field.
+  auto config = [](const std::string& id) -> rein::ContainerConfigView {
+    rein::ContainerConfigView view;
+    view.container = chain(id);
+    view.directory = bytes("/tmp/rein-bridge-test/slaves/S1/frameworks/F/executors/E/runs/" + id);
+    view.debug = false;
+    return view;
+  };
+  struct Case {
+    const char* what;
+    rein::ContainerConfigView view;
+    const char* expected;
+  };
+  std::vector<Case> cases;
+  {
+    Case c{"our task label value", config("u1"),
+           "task label 'rein.net.egress.rate': value is not valid UTF-8 (byte 0xff at offset 1)"};
+    c.view.task_labels.push_back(keyValue("rein.net.egress.rate", kNotUtf8));
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"our executor label name", config("u2"),
+           "executor label 'rein.disk.mode\\xff': name is not valid UTF-8"};
+    c.view.executor_labels.push_back(keyValue("rein.disk.mode\xff", "kill"));
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"a REIN_ value", config("u3"),
+           "variable 'REIN_LOG_SINK': value is not valid UTF-8"};
+    c.view.environment.push_back(keyValue("REIN_LOG_SINK", kNotUtf8));
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"the sandbox directory", config("u4"), "sandbox directory: not valid UTF-8"};
+    c.view.directory = bytes("/tmp/" + kNotUtf8);
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"the user", config("u5"), "user: not valid UTF-8"};
+    c.view.user = bytes(kNotUtf8);
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"a container id", config("u6"), "container id: segment 2 'x\\xff\\xfe'"};
+    rein::IdSegment child;
+    child.value = bytes(kNotUtf8);
+    c.view.container.ids.push_back(std::move(child));
+    cases.push_back(std::move(c));
+  }
+  {
+    // Not ours, only displayed or shipped: carried, so the call reaches the probe
+    // (whose prepare panics on purpose).
+    Case c{"foreign labels, names and ids", config("u7"), "panicked in prepare"};
+    c.view.task_labels.push_back(keyValue(kNotUtf8, kNotUtf8));
+    c.view.executor_labels.push_back(keyValue("team", kNotUtf8));
+    c.view.task_id = bytes(kNotUtf8);
+    c.view.task_name = bytes(kNotUtf8);
+    c.view.executor_id = bytes(kNotUtf8);
+    c.view.framework_id = bytes(kNotUtf8);
+    rein::ResourceEntry gpus;
+    gpus.name = bytes("gpus" + kNotUtf8);
+    gpus.scalar = 1;
+    gpus.has_disk_info = false;
+    c.view.resources.push_back(std::move(gpus));
+    cases.push_back(std::move(c));
+  }
+  for (Case& c : cases) {
+    const std::string what = std::string("prepare with invalid UTF-8 in ") + c.what;
+    try {
+      auto call = completion();
+      handle->prepare(std::move(c.view), std::move(call.first));
+      check(call.second->wait_destroyed() && call.second->kind == "fail" &&
+                contains(call.second->message, c.expected),
+            what + (contains(c.expected, "panicked") ? " is carried to the isolator"
+                                                     : " fails naming it"),
+            describe(*call.second) + " (expected " + c.expected + ")");
+    } catch (...) {
+      check(false, what, "an exception escaped");
+    }
+  }
+
+  check(logs->wait_for_line("not valid UTF-8, carried with U+FFFD", 1) &&
+            logs->wait_for_line("task label 'x\\xff\\xfe'", 1) &&
+            logs->wait_for_line("task name", 1),
+        "what was carried with U+FFFD is logged as a warning naming the fields", logs->dump());
+
+  // Calls that take only a container id.
+  try {
+    const rein::ContainerChain bad = chain(kNotUtf8);
+    auto isolate = completion();
+    handle->isolate(bad, 1, std::move(isolate.first));
+    auto update = completion();
+    handle->update(bad, rust::Vec<rein::ResourceEntry>(), std::move(update.first));
+    auto usage = completion();
+    handle->usage(bad, std::move(usage.first));
+    auto status = completion();
+    handle->status(bad, std::move(status.first));
+    auto watch = completion();
+    handle->watch(bad, std::move(watch.first));
+    auto cleanup = completion();
+    handle->cleanup(bad, std::move(cleanup.first));
+    for (auto* r : {&isolate, &update, &usage, &status, &watch}) {
+      check(r->second->wait_destroyed() && r->second->kind == "fail" &&
+                contains(r->second->message, "container id: segment 1 'x\\xff\\xfe'"),
+            "a call with an invalid UTF-8 container id fails naming it", describe(*r->second));
+    }
+    check(cleanup.second->wait_destroyed() && cleanup.second->kind == "nothing",
+          "cleanup of a refused container has nothing to do", describe(*cleanup.second));
+
+    // recover() is given everything the agent knows: one undecodable container (it
+    // cannot be ours) must not fail the agent's recovery.
+    rust::Vec<rein::RecoveredView> containers;
+    rein::RecoveredView view;
+    view.container = chain(kNotUtf8);
+    view.pid = 1;
+    view.directory = bytes("/tmp/" + kNotUtf8);
+    containers.push_back(std::move(view));
+    rust::Vec<rein::ContainerChain> orphans;
+    orphans.push_back(chain(kNotUtf8));
+    auto recover = completion();
+    handle->recover(std::move(containers), std::move(orphans), std::move(recover.first));
+    check(recover.second->wait_destroyed() && recover.second->kind == "nothing",
+          "recover skips containers with invalid UTF-8", describe(*recover.second));
+    check(logs->wait_for_line("recover: skipping a container: container id", 1),
+          "the skipped container is logged as a warning", logs->dump());
+  } catch (...) {
+    check(false, "calls with an invalid UTF-8 container id", "an exception escaped");
+  }
+
+  // Module creation: a parameter that is not UTF-8 is rust::Error naming it.
+  for (const char* kind : {"net_cls", "logger"}) {
+    const std::string what = std::string("creating the ") + kind + " module with a non-UTF-8 parameter";
+    try {
+      std::vector<rein::KeyValue> params;
+      params.push_back(keyValue("state_dir", "/var/" + kNotUtf8));
+      const rust::Slice<const rein::KeyValue> slice(params.data(), params.size());
+      if (std::string(kind) == "logger") {
+        rein::create_logger(slice);
+      } else {
+        rein::create_isolator(kind, slice);
+      }
+      check(false, what, "it returned a handle");
+    } catch (const rust::Error& e) {
+      check(contains(e.what(), "module parameter 'state_dir': value is not valid UTF-8"),
+            what + " fails naming it", e.what());
+    } catch (...) {
+      check(false, what, "an exception other than rust::Error escaped");
+    }
+  }
+
+  // The logger's prepare takes the same view.
+  try {
+    std::vector<rein::KeyValue> params;
+    params.push_back(keyValue("shipper_socket", "/nonexistent/rein-bridge-test.sock"));
+    params.push_back(keyValue("shipper_timeout", "100ms"));
+    rust::Box<rein::LoggerHandle> logger =
+        rein::create_logger(rust::Slice<const rein::KeyValue>(params.data(), params.size()));
+    rein::ContainerConfigView view = config("l1");
+    view.task_labels.push_back(keyValue("rein.log.sink", kNotUtf8));
+    auto call = completion();
+    logger->prepare(std::move(view), std::move(call.first));
+    check(call.second->wait_destroyed() && call.second->kind == "fail" &&
+              contains(call.second->message,
+                       "task label 'rein.log.sink': value is not valid UTF-8"),
+          "the logger's prepare refuses our label naming it", describe(*call.second));
+  } catch (...) {
+    check(false, "the logger's prepare with invalid UTF-8", "an exception escaped");
   }
 
   std::printf("%d passed, %d failed\n", passed, failed);

@@ -8,8 +8,14 @@
 //! EDQUOT on ext4 for a writer without CAP_SYS_RESOURCE); usage matches what was
 //! written within block rounding; nested sandboxes count in the parent's quota;
 //! update() resizes; kill mode fires with usage and limit in the message; a restart
-//! of the isolator recovers every project id; ids are reclaimed only once the
-//! sandbox is gone.
+//! of the isolator recovers every project id; cleanup clears the id from the
+//! sandbox's files and reclaims it at once (the quota shows nothing charged).
+//!
+//! Attacks, with the task's steps run as the unprivileged owner of its sandbox:
+//! files moved into a neighbour's project (`chattr -p`) never get the neighbour
+//! killed and go back to their owner's project; files moved out of the project
+//! (to escape the quota) are charged again by the audit. Churn: hundreds of
+//! launches on a handful of ids, sandboxes never removed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -26,6 +32,9 @@ use rein_core::{
 use rein_isolators::disk::{
     Backend, DiskIsolator, DiskKernel, LinuxKernel, Mode, Settings, REASON_DISK,
 };
+
+#[path = "support/xfs_lane.rs"]
+mod xfs_lane;
 
 const MIB: u64 = 1 << 20;
 
@@ -168,11 +177,11 @@ fn fill(path: &Path, max: u64) -> (u64, Option<io::Error>) {
             caps::Capability::CAP_SYS_RESOURCE,
         )
         .unwrap();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
+        // Creating the file can fail already (XFS charges the new inode).
+        let mut file = match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => return (0, Some(e)),
+        };
         let chunk = vec![0xa5u8; 64 * 1024];
         let mut written = 0u64;
         while written < max {
@@ -359,11 +368,12 @@ fn suite(fs: Fs, lane: &Lane) {
     let (_, err) = fill(&c3.sandbox.join("x"), 3 * MIB);
     assert!(err.is_none(), "account mode limited writes: {err:?}");
 
-    // Cleanup clears the limits; the id returns only once the sandbox is gone.
+    // Cleanup clears the limits and the id from every file: reclaimed at once,
+    // while the sandbox stays for Mesos to remove later.
     iso.cleanup(&c1.id).unwrap();
-    let q = LinuxKernel.quota(&c1.sandbox, 7000).unwrap();
-    assert_eq!((q.limits.soft, q.limits.hard), (0, 0));
-    assert_eq!(iso.project_ids(), (7, 10));
+    assert_nothing_charged(&c1.sandbox, 7000);
+    assert_eq!(LinuxKernel.project_id(&c1.sandbox).unwrap(), 0);
+    assert_eq!(iso.project_ids(), (8, 10));
     fs::remove_dir_all(&c1.sandbox).unwrap();
     assert_eq!(iso.project_ids(), (8, 10));
     for c in [&c2, &c3] {
@@ -372,6 +382,161 @@ fn suite(fs: Fs, lane: &Lane) {
     }
     assert_eq!(iso.project_ids(), (10, 10));
     assert_eq!(Mode::parse("kill"), Some(Mode::Kill));
+}
+
+/// The quota of `project` shows no limit and nothing charged (or no record at all).
+fn assert_nothing_charged(path: &Path, project: u32) {
+    match LinuxKernel.quota(path, project) {
+        Ok(q) => {
+            assert_eq!((q.limits.soft, q.limits.hard), (0, 0), "{q:?}");
+            assert_eq!((q.used, q.inodes), (0, 0), "{q:?}");
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => panic!("reading the quota of {project}: {e}"),
+    }
+}
+
+/// A sandbox of `spec` owned by the task's user.
+fn task_owned(spec: &ContainerSpec) {
+    let id = Some(nix::unistd::Uid::from_raw(xfs_lane::TASK_UID));
+    let gid = Some(nix::unistd::Gid::from_raw(xfs_lane::TASK_UID));
+    nix::unistd::chown(&spec.sandbox, id, gid).unwrap();
+}
+
+fn attacks(fs: Fs, lane: &Lane) {
+    let mnt = &lane.mnt;
+    let state = tempfile::tempdir().unwrap();
+    let mut iso = isolator(state.path());
+    // The victim: 4 MB in kill mode (writes stop at 8 MiB with the headroom).
+    let victim = spec(mnt, "victim", 4.0, Some("kill"));
+    let attacker = spec(mnt, "attacker", 64.0, None);
+    for s in [&victim, &attacker] {
+        task_owned(s);
+        iso.prepare(s).unwrap();
+    }
+    let (v, a) = (project(&iso, &victim.id), project(&iso, &attacker.id));
+    let rx = watch(&mut iso, &victim.id);
+    // The attacker bills 6 MiB to the victim's project (the kernel lets the owner,
+    // up to the victim's hard limit).
+    let (ok, out) = xfs_lane::as_task(
+        &attacker.sandbox,
+        &format!("set -e; head -c 6291456 /dev/zero > bill; sync; chattr -p {v} bill"),
+    );
+    assert!(ok, "{fs:?}: {out}");
+    let charged = used(&mut iso, &victim.id);
+    eprintln!("{fs:?}: victim charged {charged} bytes by the attacker's file");
+    assert!(charged >= 6 * MIB, "{charged}");
+    iso.poll_now();
+    assert!(
+        rx.try_recv().is_err(),
+        "{fs:?}: the victim was killed for the attacker's file; {:?}",
+        iso.counters()
+    );
+    assert_eq!(
+        iso.counters()
+            .kills_withheld
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The next pass audits: the file is charged to its owner again.
+    iso.poll_now();
+    assert!(rx.try_recv().is_err());
+    assert_eq!(xfs_lane::projid(&attacker.sandbox.join("bill")), a);
+    assert!(used(&mut iso, &victim.id) < MIB);
+    assert!(used(&mut iso, &attacker.id) >= 6 * MIB);
+
+    // The attacker takes its file out of every project to escape its quota.
+    let (ok, out) = xfs_lane::as_task(&attacker.sandbox, "chattr -p 0 bill");
+    assert!(ok, "{out}");
+    assert!(used(&mut iso, &attacker.id) < MIB);
+    iso.audit_now();
+    assert!(used(&mut iso, &attacker.id) >= 6 * MIB, "charged again");
+
+    // The victim's own writes still get it killed.
+    let (_, err) = fill(&victim.sandbox.join("own"), 5 * MIB);
+    assert!(err.is_none(), "{err:?}");
+    iso.poll_now();
+    assert_eq!(
+        rx.try_recv().expect("killed for its own files").reason,
+        REASON_DISK
+    );
+
+    // An enforce-mode neighbour filled to its limit by the attacker's file: its
+    // writes fail until the next passes move the file back to its owner.
+    let filled = spec(mnt, "filled", 8.0, None);
+    task_owned(&filled);
+    iso.prepare(&filled).unwrap();
+    let f = project(&iso, &filled.id);
+    let (ok, out) = xfs_lane::as_task(
+        &attacker.sandbox,
+        &format!("set -e; head -c 8257536 /dev/zero > fill; sync; chattr -p {f} fill"),
+    );
+    assert!(ok, "{fs:?}: {out}");
+    let (_, err) = fill(&filled.sandbox.join("blocked"), MIB);
+    eprintln!("{fs:?}: the neighbour's write while billed: {err:?}");
+    assert!(
+        err.is_some(),
+        "{fs:?}: the attacker's file did not fill the neighbour"
+    );
+    iso.poll_now(); // sees it near its limit, confirms with a walk, asks for an audit
+    iso.poll_now(); // audits every sandbox
+    assert_eq!(xfs_lane::projid(&attacker.sandbox.join("fill")), a);
+    let (_, err) = fill(&filled.sandbox.join("free-again"), MIB);
+    assert!(
+        err.is_none(),
+        "{fs:?}: still blocked: {err:?}; {:?}",
+        iso.counters()
+    );
+
+    for s in [&victim, &attacker, &filled] {
+        iso.cleanup(&s.id).unwrap();
+    }
+    assert_nothing_charged(&victim.sandbox, v);
+    assert_nothing_charged(&attacker.sandbox, a);
+    assert_nothing_charged(&filled.sandbox, f);
+    assert_eq!(iso.project_ids(), (10, 10));
+}
+
+fn churn(fs: Fs, lane: &Lane) {
+    let state = tempfile::tempdir().unwrap();
+    let mut iso = isolator(state.path());
+    let cycles = 200;
+    let mut live = std::collections::VecDeque::new();
+    for n in 0..cycles {
+        let s = spec(&lane.mnt, &format!("churn{n}"), 2.0, None);
+        iso.prepare(&s)
+            .unwrap_or_else(|e| panic!("{fs:?} launch {n}: {e}; {:?}", iso.counters()));
+        let (_, err) = fill(&s.sandbox.join("out"), 64 * 1024);
+        assert!(err.is_none(), "{err:?}");
+        live.push_back(s.id.clone());
+        if live.len() > 3 {
+            iso.cleanup(&live.pop_front().unwrap()).unwrap();
+        }
+    }
+    let c = iso.counters();
+    eprintln!("{fs:?}: {cycles} launches on 10 ids: {c:?}");
+    assert_eq!(
+        c.ids_reclaimed_at_cleanup
+            .load(std::sync::atomic::Ordering::Relaxed),
+        cycles - 3
+    );
+    assert_eq!(iso.project_ids(), (7, 10));
+}
+
+#[test]
+fn disk_quota_attacks_xfs() {
+    if let Some(lane) = lane("disk_quota_attacks_xfs", Fs::Xfs) {
+        attacks(Fs::Xfs, &lane);
+        churn(Fs::Xfs, &lane);
+    }
+}
+
+#[test]
+fn disk_quota_attacks_ext4() {
+    if let Some(lane) = lane("disk_quota_attacks_ext4", Fs::Ext4) {
+        attacks(Fs::Ext4, &lane);
+        churn(Fs::Ext4, &lane);
+    }
 }
 
 #[test]

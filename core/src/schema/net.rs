@@ -13,12 +13,13 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "net.egress.ceil",
         kind: Kind::Bandwidth,
-        help: "Egress ceiling the container may borrow up to when the link is idle (default: the rate).",
+        help: "Egress ceiling the container may borrow up to when the link is idle (default: the \
+               rate); at most the operator's egress_max_rate.",
     },
     KeySpec {
         key: "net.egress.burst",
         kind: Kind::Bytes,
         help: "Bytes the container may send at once above its rate (e.g. 64KiB, at least \
-               1600; default: 10 ms at the rate).",
+               1600; default: 10 ms at the rate); at most the operator's egress_max_burst.",
     },
 ];

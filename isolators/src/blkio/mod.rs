@@ -58,6 +58,10 @@ const DEFAULTS: [(&str, &str); 5] = [
     ("default_weight", "blkio.weight"),
 ];
 
+/// The kernel's default I/O weight (cgroup v2 scale): the weight cap when the operator
+/// sets neither `max_weight` nor `default_weight`.
+pub const KERNEL_DEFAULT_WEIGHT: u64 = 100;
+
 /// What is persisted per container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -214,12 +218,27 @@ fn policy_from_params(params: &Params) -> Result<Policy, Error> {
             policy.defaults.push((spec.key, raw.to_owned(), param));
         }
     }
+    // A task may lower what the operator gives by default, never raise it: an unset cap
+    // follows a plain (all-device) default, and the weight cap is the kernel's default
+    // weight, so no task takes a larger share than a neighbour that asked for nothing.
+    let rate_cap = |max: &str, default: &str| -> Result<Option<u64>, Error> {
+        Ok(match params.byte_rate(max)? {
+            Some(cap) => Some(cap),
+            None => params.byte_rate(default).ok().flatten(),
+        })
+    };
+    let count_cap = |max: &str, default: &str| -> Result<Option<u64>, Error> {
+        Ok(match params.u64(max)? {
+            Some(cap) => Some(cap),
+            None => params.u64(default).ok().flatten(),
+        })
+    };
     policy.caps = Caps {
-        read_bps: params.byte_rate("max_read_bps")?,
-        write_bps: params.byte_rate("max_write_bps")?,
-        read_iops: params.u64("max_read_iops")?,
-        write_iops: params.u64("max_write_iops")?,
-        weight: params.u64("max_weight")?,
+        read_bps: rate_cap("max_read_bps", "default_read_bps")?,
+        write_bps: rate_cap("max_write_bps", "default_write_bps")?,
+        read_iops: count_cap("max_read_iops", "default_read_iops")?,
+        write_iops: count_cap("max_write_iops", "default_write_iops")?,
+        weight: Some(count_cap("max_weight", "default_weight")?.unwrap_or(KERNEL_DEFAULT_WEIGHT)),
     };
     Ok(policy)
 }

@@ -510,3 +510,53 @@ fn file_formats() {
         (5, 6, 1, 2)
     );
 }
+
+fn caps_of(pairs: &[(&str, &str)]) -> Caps {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    let known: Vec<&str> = COMMON_PARAMS.iter().chain(PARAMS).copied().collect();
+    policy_from_params(&Params::new(&pairs, &known).unwrap())
+        .unwrap()
+        .caps
+}
+
+#[test]
+fn a_task_can_lower_what_it_is_given_by_default_never_raise_it() {
+    // Nothing set: throttles stay uncapped (no label means no throttle anyway), but the
+    // weight is capped at the kernel's default, so no task outweighs a neighbour that
+    // asked for nothing.
+    let none = caps_of(&[]);
+    assert_eq!(none.weight, Some(KERNEL_DEFAULT_WEIGHT));
+    assert_eq!(none.write_bps, None);
+
+    // Plain defaults become the caps when no cap is set.
+    let d = caps_of(&[
+        ("default_write_bps", "10MiB/s"),
+        ("default_read_iops", "200"),
+        ("default_weight", "300"),
+    ]);
+    assert_eq!(d.write_bps, Some(10 << 20));
+    assert_eq!(d.read_iops, Some(200));
+    assert_eq!(d.weight, Some(300));
+
+    // An explicit cap wins over the default.
+    let c = caps_of(&[("default_weight", "300"), ("max_weight", "1000")]);
+    assert_eq!(c.weight, Some(1000));
+
+    // Through prepare: a weight above the derived cap fails the launch naming the cap.
+    let f = fixture(Version::V2);
+    let mut iso = f.isolator(Policy {
+        caps: none,
+        ..allow(&["sandbox"])
+    });
+    fs::create_dir_all(f.file("z/leaf")).unwrap();
+    fs::write(f.file("z/io.weight"), "default 100").unwrap();
+    let err = iso
+        .prepare(&spec(&["z"], "/sb/sda", &[("rein.blkio.weight", "10000")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_weight"), "{err}");
+    assert!(err.contains("rein.blkio.weight"), "{err}");
+}

@@ -14,6 +14,8 @@ use std::path::Path;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use super::tree::{self, TreeReport};
+
 /// `statfs.f_type` of XFS.
 pub const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
 /// `statfs.f_type` of ext2/3/4.
@@ -86,12 +88,16 @@ pub trait DiskKernel: Send + Sync {
     /// The filesystem holding `path`.
     fn filesystem(&self, path: &Path) -> io::Result<FsInfo>;
 
-    /// The project id of `path` (0 when none was set).
+    /// The project id of the directory `path` (0 when none was set). The sandbox
+    /// belongs to the task, which may have changed it: only ever compared with the
+    /// persisted record, never trusted over it.
     fn project_id(&self, path: &Path) -> io::Result<u32>;
 
-    /// Sets `id` on `path` and everything below it on the same filesystem, with
-    /// PROJINHERIT on directories so new files inherit it.
-    fn set_project_id(&self, path: &Path, id: u32) -> io::Result<()>;
+    /// Sets `id` on the directory `path` and on every directory and regular file
+    /// below it on the same filesystem, with PROJINHERIT on directories so new files
+    /// inherit it (id 0 clears both), visiting at most `max_entries` entries; see
+    /// [`tree`](super::tree) for how it withstands what the task planted.
+    fn set_project_tree(&self, path: &Path, id: u32, max_entries: u64) -> io::Result<TreeReport>;
 
     /// Sets the limits of project `id` on the filesystem holding `path`.
     fn set_limits(&self, path: &Path, id: u32, limits: Limits) -> io::Result<()>;
@@ -99,23 +105,6 @@ pub trait DiskKernel: Send + Sync {
     /// Reads the quota record of project `id` on the filesystem holding `path`.
     fn quota(&self, path: &Path, id: u32) -> io::Result<ProjectQuota>;
 }
-
-// <linux/fs.h>: struct fsxattr.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct FsXattr {
-    xflags: u32,
-    extsize: u32,
-    nextents: u32,
-    projid: u32,
-    cowextsize: u32,
-    pad: [u8; 8],
-}
-
-const FS_XFLAG_PROJINHERIT: u32 = 0x0000_0200;
-
-nix::ioctl_read!(fs_get_xattr, b'X', 31, FsXattr);
-nix::ioctl_write_ptr!(fs_set_xattr, b'X', 32, FsXattr);
 
 // <linux/quota.h> and <linux/dqblk_xfs.h>.
 const PRJQUOTA: u32 = 2;
@@ -188,24 +177,6 @@ fn quotactl_fd(fd: &OwnedFd, cmd: u32, id: u32, addr: *mut libc::c_void) -> io::
     }
 }
 
-fn get_xattr(fd: &OwnedFd) -> io::Result<FsXattr> {
-    let mut attr = FsXattr::default();
-    // SAFETY: `attr` is a valid `struct fsxattr` for the kernel to fill.
-    unsafe { fs_get_xattr(fd.as_raw_fd(), &mut attr) }?;
-    Ok(attr)
-}
-
-fn set_project_on_fd(fd: &OwnedFd, id: u32, is_dir: bool) -> io::Result<()> {
-    let mut attr = get_xattr(fd)?;
-    attr.projid = id;
-    if is_dir {
-        attr.xflags |= FS_XFLAG_PROJINHERIT;
-    }
-    // SAFETY: `attr` is a valid `struct fsxattr` the kernel only reads.
-    unsafe { fs_set_xattr(fd.as_raw_fd(), &attr) }?;
-    Ok(())
-}
-
 impl LinuxKernel {
     fn quota_state(fd: &OwnedFd) -> QuotaState {
         let mut stat = QuotaStatV {
@@ -221,49 +192,6 @@ impl LinuxKernel {
             // No quota support in the kernel or on this filesystem.
             Err(_) => QuotaState::default(),
         }
-    }
-
-    /// Walks a tree below an open directory, setting the project id on every
-    /// directory and regular file on the same device. Symlinks and special files are
-    /// skipped (the ioctl needs an open file; their blocks are few).
-    fn set_project_tree(dir: OwnedFd, dev: u64, id: u32) -> io::Result<()> {
-        set_project_on_fd(&dir, id, true)?;
-        let mut children = Vec::new();
-        let mut listing = nix::dir::Dir::from_fd(nix::unistd::dup(dir.as_raw_fd())?)?;
-        for entry in listing.iter() {
-            let entry = entry?;
-            let name = entry.file_name();
-            if name.to_bytes() == b"." || name.to_bytes() == b".." {
-                continue;
-            }
-            children.push(name.to_owned());
-        }
-        drop(listing);
-        for name in children {
-            let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-            let raw = match nix::fcntl::openat(
-                Some(dir.as_raw_fd()),
-                name.as_c_str(),
-                flags,
-                Mode::empty(),
-            ) {
-                Ok(raw) => raw,
-                // Gone, a symlink (ELOOP) or a special file we may not open: skip.
-                Err(_) => continue,
-            };
-            // SAFETY: `openat` just returned this descriptor and nothing else owns it.
-            let child = unsafe { OwnedFd::from_raw_fd(raw) };
-            let stat = nix::sys::stat::fstat(child.as_raw_fd())?;
-            if stat.st_dev != dev {
-                continue;
-            }
-            match stat.st_mode & libc::S_IFMT {
-                libc::S_IFDIR => Self::set_project_tree(child, dev, id)?,
-                libc::S_IFREG => set_project_on_fd(&child, id, false)?,
-                _ => {}
-            }
-        }
-        Ok(())
     }
 }
 
@@ -285,17 +213,19 @@ impl DiskKernel for LinuxKernel {
     }
 
     fn project_id(&self, path: &Path) -> io::Result<u32> {
-        let fd = open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
-        Ok(get_xattr(&fd)?.projid)
-    }
-
-    fn set_project_id(&self, path: &Path, id: u32) -> io::Result<()> {
         let fd = open(
             path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
         )?;
-        let dev = nix::sys::stat::fstat(fd.as_raw_fd())?.st_dev;
-        Self::set_project_tree(fd, dev, id)
+        Ok(tree::get_xattr(&fd)?.projid)
+    }
+
+    fn set_project_tree(&self, path: &Path, id: u32, max_entries: u64) -> io::Result<TreeReport> {
+        let fd = open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        )?;
+        tree::set_project_tree(fd, id, max_entries)
     }
 
     fn set_limits(&self, path: &Path, id: u32, limits: Limits) -> io::Result<()> {

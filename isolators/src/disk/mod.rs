@@ -8,16 +8,32 @@
 //! it), or a scan of the sandbox otherwise. Usage comes from the quota in one
 //! `quotactl` call, or from the last scan. A monitor thread owned by the isolator
 //! polls kill-mode containers and runs the scans; `watch()` fires only when a
-//! container goes over in kill mode. Project ids are re-read from sandboxes on
-//! recovery and released only once the sandbox is gone.
+//! container goes over in kill mode.
+//!
+//! The sandbox belongs to the task, and the kernel lets the owner of a file change
+//! its project id (`chattr -p`, `FS_IOC_FSSETXATTR`, allowed to the owner in the
+//! initial user namespace on XFS and ext4) and its PROJINHERIT flag. So an id read
+//! from the sandbox is never trusted: the persisted record is the truth. Recovery
+//! uses the recorded id, and a sandbox found carrying another is logged, counted and
+//! set back; an audit pass (every `project_audit_interval`) sets every sandbox's
+//! files back to their container's id, so files moved out of a project (to escape
+//! the quota) or into a neighbour's (to bill it) return where they belong; and a
+//! kill is decided only once a walk of the container's own sandbox confirms the
+//! usage, so files a neighbour charged to its project never get it killed.
+//!
+//! Project ids are reclaimed at cleanup: the id is cleared from the sandbox's files
+//! (the bounded walk of [`tree`]) and returned to the pool once the project's quota
+//! shows nothing charged to it any more; otherwise (a walk past its bounds, files
+//! elsewhere still carrying it) it is held until the sandbox is removed, as before.
 
 pub mod kernel;
 pub mod projects;
 pub mod scan;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -37,6 +53,7 @@ use rein_core::{
 pub use kernel::{DiskKernel, FsInfo, FsKind, Limits, LinuxKernel, ProjectQuota, QuotaState};
 pub use projects::{ProjectAllocator, ProjectError};
 pub use scan::{scan, scan_many, ScanOptions, ScanResult};
+pub use tree::TreeReport;
 
 /// Parameters of the disk isolator, besides the common ones.
 pub const PARAMS: &[&str] = &[
@@ -48,6 +65,8 @@ pub const PARAMS: &[&str] = &[
     "scan_interval",
     "scan_workers",
     "backend",
+    "project_walk_max_entries",
+    "project_audit_interval",
 ];
 
 /// The `reason` of a disk limitation.
@@ -113,7 +132,9 @@ pub enum Backend {
 /// The operator's settings (module parameters).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `project_ids`: the project id range, inclusive (`[5000-10000]`).
+    /// `project_ids`: the project id range, inclusive (`[5000-1004999]`, a million
+    /// ids). Ids are reclaimed at cleanup; only sandboxes whose id could not be
+    /// cleared hold theirs until garbage collection.
     pub project_ids: (u32, u32),
     /// `default_mode`: the mode of containers that do not choose one (`enforce`).
     pub default_mode: Mode,
@@ -131,12 +152,56 @@ pub struct Settings {
     pub force_scan: bool,
     /// `allow_debug_panic` (common parameter).
     pub allow_debug_panic: bool,
+    /// `project_walk_max_entries`: the most entries one walk of a sandbox visits
+    /// when it sets, clears or repairs project ids (`1000000`).
+    pub walk_max_entries: u64,
+    /// `project_audit_interval`: how often every sandbox's files are set back to
+    /// their container's project id (`60s`; `0s` turns the audit off).
+    pub audit_interval: Duration,
+}
+
+/// The first and last id of the default `project_ids`: a million ids, so that even
+/// ids held until garbage collection (a week by default) last 140 launches an hour.
+pub const DEFAULT_PROJECT_IDS: (u32, u32) = (5000, 1_004_999);
+
+/// A warning is logged (and counted) when fewer than this fraction of ids is free.
+const LOW_POOL_PERCENT: u64 = 10;
+
+/// Ids tried at one prepare when candidates are still charged for files.
+const DIRTY_ID_TRIES: usize = 16;
+
+/// What the isolator counts of what tasks did to their project ids and of the id
+/// pool (besides the log lines each one comes with).
+#[derive(Debug, Default)]
+pub struct DiskCounters {
+    /// Recovered sandboxes carrying another id than the record (set back).
+    pub recover_mismatches: AtomicU64,
+    /// Containers whose recovery failed (each handled alone; recovery goes on).
+    pub recover_failures: AtomicU64,
+    /// Entries the audit found with another id or without PROJINHERIT (set back).
+    pub entries_repaired: AtomicU64,
+    /// Kills not made: the project's usage came from outside the sandbox.
+    pub kills_withheld: AtomicU64,
+    /// Ids cleared from their sandbox and returned to the pool at cleanup.
+    pub ids_reclaimed_at_cleanup: AtomicU64,
+    /// Ids held until their sandbox is removed (clearing incomplete or charged).
+    pub ids_held_for_gc: AtomicU64,
+    /// Ids skipped at allocation because files outside any sandbox still carry them.
+    pub dirty_ids_skipped: AtomicU64,
+    /// Prepares that found fewer than 10% of the ids free.
+    pub pool_low: AtomicU64,
+    /// Prepares refused because no id was free.
+    pub pool_exhausted: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            project_ids: (5000, 10000),
+            project_ids: DEFAULT_PROJECT_IDS,
             default_mode: Mode::Enforce,
             allowed_modes: vec![Mode::Account, Mode::Enforce, Mode::Kill],
             allow_opt_out: false,
@@ -145,6 +210,8 @@ impl Default for Settings {
             scan_workers: 2,
             force_scan: false,
             allow_debug_panic: false,
+            walk_max_entries: 1_000_000,
+            audit_interval: Duration::from_secs(60),
         }
     }
 }
@@ -212,6 +279,22 @@ impl Settings {
                 .ok()
                 .filter(|n| (1..=64).contains(n))
                 .ok_or_else(|| params.error("scan_workers", "between 1 and 64"))?;
+        }
+        if let Some(n) = params.u64("project_walk_max_entries")? {
+            if n < 1000 {
+                return Err(params
+                    .error("project_walk_max_entries", "at least 1000")
+                    .into());
+            }
+            s.walk_max_entries = n;
+        }
+        if let Some(d) = params.duration("project_audit_interval")? {
+            if !d.is_zero() && d < Duration::from_secs(1) {
+                return Err(params
+                    .error("project_audit_interval", "0s (off) or at least 1s")
+                    .into());
+            }
+            s.audit_interval = d;
         }
         s.force_scan = match params.raw("backend").map(str::trim) {
             None | Some("auto") => false,
@@ -281,6 +364,9 @@ struct Monitor {
     stop: AtomicBool,
     wake: Condvar,
     shared: Mutex<Shared>,
+    counters: DiskCounters,
+    /// An audit of every sandbox is wanted at the next pass.
+    audit_due: AtomicBool,
 }
 
 /// The disk quota isolator.
@@ -352,6 +438,8 @@ impl DiskIsolator {
             shared: Mutex::new(Shared {
                 containers: HashMap::new(),
             }),
+            counters: DiskCounters::default(),
+            audit_due: AtomicBool::new(false),
         });
         let thread = {
             let monitor = Arc::clone(&monitor);
@@ -389,7 +477,19 @@ impl DiskIsolator {
     /// Runs one monitor pass on the calling thread (scans, kill checks); the monitor
     /// thread does the same every `scan_interval`.
     pub fn poll_now(&self) {
-        poll(&self.monitor, self.kernel.as_ref(), &self.settings);
+        let audit = self.monitor.audit_due.swap(false, Ordering::SeqCst);
+        poll(&self.monitor, self.kernel.as_ref(), &self.settings, audit);
+    }
+
+    /// Runs one monitor pass with an audit of every sandbox's project ids; the
+    /// monitor thread audits every `project_audit_interval`.
+    pub fn audit_now(&self) {
+        poll(&self.monitor, self.kernel.as_ref(), &self.settings, true);
+    }
+
+    /// What was counted so far.
+    pub fn counters(&self) -> &DiskCounters {
+        &self.monitor.counters
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -447,12 +547,69 @@ impl DiskIsolator {
             return Ok(Backend::Scan);
         }
         self.reclaim_gone();
-        let project = self.allocator.allocate()?;
+        let project = self.allocate_clean(sandbox)?;
         Ok(Backend::Quota {
             project,
             enforcing: fs.quota.enforcing,
             ext4: fs.kind == FsKind::Ext4,
         })
+    }
+
+    /// Allocates an id that nothing is charged to (files outside any sandbox may
+    /// still carry an id whose sandbox was cleared: such ids are skipped and kept
+    /// out of the pool). Warns when the pool runs low; the error when it is empty
+    /// names the setting to raise.
+    fn allocate_clean(&mut self, sandbox: &Path) -> Result<u32, Error> {
+        let counters = &self.monitor.counters;
+        for _ in 0..DIRTY_ID_TRIES {
+            let project = match self.allocator.allocate() {
+                Ok(p) => p,
+                Err(ProjectError::Exhausted(total)) => {
+                    bump(&counters.pool_exhausted, 1);
+                    let (first, last) = self.allocator.range();
+                    let live = self.lock().containers.len();
+                    let message = format!(
+                        "no free disk project id: all {total} ids of project_ids=[{first}-{last}] \
+                         are held ({live} by running containers, {} by sandboxes awaiting garbage \
+                         collection, the rest by files still charged to them); widen the module \
+                         parameter project_ids or shorten the agent's --gc_delay",
+                        self.awaiting_gc.len()
+                    );
+                    warn!("{message}");
+                    return Err(message.into());
+                }
+                Err(e) => return Err(e.to_string().into()),
+            };
+            match self.kernel.quota(sandbox, project) {
+                Ok(q) if q.used > 0 || q.inodes > 0 => {
+                    bump(&counters.dirty_ids_skipped, 1);
+                    warn!(
+                        project,
+                        used = q.used,
+                        inodes = q.inodes,
+                        "project id still charged for files outside any sandbox; not reused"
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            let (free, total) = (self.allocator.free(), self.allocator.total());
+            if free * 100 < total * LOW_POOL_PERCENT {
+                bump(&counters.pool_low, 1);
+                warn!(
+                    free,
+                    total,
+                    "fewer than {LOW_POOL_PERCENT}% of the disk project ids are free; widen \
+                     the module parameter project_ids or shorten the agent's --gc_delay"
+                );
+            }
+            return Ok(project);
+        }
+        Err(format!(
+            "no clean disk project id after {DIRTY_ID_TRIES} tries: files outside any sandbox \
+             are charged to them (see the log); widen the module parameter project_ids"
+        )
+        .into())
     }
 
     fn apply_quota(&self, record: &Record) -> Result<(), Error> {
@@ -473,7 +630,9 @@ impl DiskIsolator {
             })
     }
 
-    /// Clears a released project's limits and keeps its id until the sandbox is gone.
+    /// Clears a released project's limits and its id from the sandbox's files, and
+    /// returns the id to the pool once nothing is charged to it; otherwise keeps it
+    /// until the sandbox is gone.
     fn release(&mut self, id: &ContainerId, mut record: Record) -> Result<(), Error> {
         match record.backend {
             Backend::Quota { project, .. } => {
@@ -484,6 +643,13 @@ impl DiskIsolator {
                     // The sandbox may be gone already; the id is reclaimed below then.
                     warn!(container = %id, project, "clearing project limits: {e}");
                 }
+                if self.clear_project(id, &record.sandbox, project) {
+                    self.store.remove(id)?;
+                    self.allocator.release(project);
+                    bump(&self.monitor.counters.ids_reclaimed_at_cleanup, 1);
+                    return Ok(());
+                }
+                bump(&self.monitor.counters.ids_held_for_gc, 1);
                 record.released = true;
                 self.store.save(id, &record)?;
                 self.awaiting_gc
@@ -493,6 +659,78 @@ impl DiskIsolator {
             Backend::Scan => self.store.remove(id)?,
         }
         Ok(())
+    }
+
+    /// Clears `project` from the sandbox's files (bounded walk, no name followed);
+    /// true when the walk was complete and the project's quota shows nothing
+    /// charged to it any more, so the id can be handed out again.
+    fn clear_project(&self, id: &ContainerId, sandbox: &Path, project: u32) -> bool {
+        let report = match self
+            .kernel
+            .set_project_tree(sandbox, 0, self.settings.walk_max_entries)
+        {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TreeReport {
+                complete: true,
+                ..TreeReport::default()
+            },
+            Err(e) => {
+                warn!(container = %id, project, "clearing the project id from the sandbox: {e}; the id is held until the sandbox is removed");
+                return false;
+            }
+        };
+        if !report.complete {
+            warn!(container = %id, project, entries = report.entries, skipped = report.skipped,
+                  "the sandbox is larger than project_walk_max_entries (or deeper than the walk goes); the id is held until the sandbox is removed");
+            return false;
+        }
+        if self.charged(sandbox, project) {
+            // A task may have moved files into this project from its own sandbox:
+            // every running container's files go back to its own id first.
+            self.repair_live();
+        }
+        match self.kernel.quota(sandbox, project) {
+            Ok(q) if q.used == 0 && q.inodes == 0 => {
+                info!(container = %id, project, entries = report.entries, "project id cleared from the sandbox and reclaimed");
+                true
+            }
+            Ok(q) => {
+                warn!(container = %id, project, used = q.used, inodes = q.inodes, skipped = report.skipped,
+                      "files outside the sandbox (or not reached) still carry the project id; it is held until the sandbox is removed");
+                false
+            }
+            // The filesystem answers no quota for it: nothing is charged.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => {
+                warn!(container = %id, project, "reading the quota after clearing: {e}; the id is held until the sandbox is removed");
+                false
+            }
+        }
+    }
+
+    /// Whether the quota shows anything charged to `project`.
+    fn charged(&self, sandbox: &Path, project: u32) -> bool {
+        self.kernel
+            .quota(sandbox, project)
+            .is_ok_and(|q| q.used > 0 || q.inodes > 0)
+    }
+
+    /// Sets every running container's sandbox back to its own project id.
+    fn repair_live(&self) {
+        let live: Vec<(ContainerId, PathBuf, u32)> = self
+            .lock()
+            .containers
+            .iter()
+            .filter_map(|(id, t)| match t.record.backend {
+                Backend::Quota { project, .. } => {
+                    Some((id.clone(), t.record.sandbox.clone(), project))
+                }
+                Backend::Scan => None,
+            })
+            .collect();
+        for (id, sandbox, project) in live {
+            self.repair(&id, &sandbox, project);
+        }
     }
 
     /// Releases project ids whose sandboxes have been removed.
@@ -530,65 +768,112 @@ impl DiskIsolator {
         );
     }
 
-    /// Re-adopts one container from its record, re-reading the project id from its
-    /// sandbox (the sandbox is what the kernel charges).
-    fn adopt(&mut self, id: &ContainerId, mut record: Record) -> Result<(), Error> {
-        if let Backend::Quota { project, .. } = &mut record.backend {
-            match self.kernel.project_id(&record.sandbox) {
-                Ok(on_disk) if on_disk != *project && self.allocator.contains(on_disk) => {
-                    warn!(container = %id, recorded = *project, on_disk, "sandbox carries another project id; using it");
-                    *project = on_disk;
+    /// Re-adopts one container from its record. The recorded id is the truth: the
+    /// sandbox, which the task owns, is only compared with it, and set back when it
+    /// carries another. Whatever goes wrong affects this container only.
+    fn adopt(&mut self, id: &ContainerId, mut record: Record) {
+        if let Backend::Quota { project, .. } = record.backend {
+            let project = match self.allocator.reserve(project) {
+                Ok(()) => project,
+                Err(ProjectError::OutOfRange { .. }) => {
+                    // The operator narrowed the range: the id stays in use where it is,
+                    // and is never handed out (it is outside the pool).
+                    warn!(container = %id, project, "recovered project id is outside project_ids; kept for this container");
+                    project
                 }
-                Ok(_) => {}
+                Err(e) => {
+                    // Two records with one id (a damaged state directory): this one
+                    // gets a fresh id rather than sharing a neighbour's.
+                    bump(&self.monitor.counters.recover_failures, 1);
+                    match self.allocator.allocate() {
+                        Ok(fresh) => {
+                            warn!(container = %id, project, fresh, "recovered project id {e}; giving the container a fresh one");
+                            fresh
+                        }
+                        Err(e) => {
+                            warn!(container = %id, project, "cannot recover the disk quota: {e}");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Backend::Quota { project: p, .. } = &mut record.backend {
+                *p = project;
+            }
+            match self.kernel.project_id(&record.sandbox) {
+                Ok(on_disk) if on_disk == project => {}
+                Ok(on_disk) => {
+                    bump(&self.monitor.counters.recover_mismatches, 1);
+                    warn!(container = %id, recorded = project, on_disk,
+                          "the sandbox carries another project id than recorded (a task may change the id of its own files); setting the recorded one back");
+                    self.repair(id, &record.sandbox, project);
+                }
                 Err(e) => {
                     warn!(container = %id, "reading the project id of {}: {e}", record.sandbox.display())
                 }
             }
-            self.allocator
-                .reserve(*project)
-                .map_err(|e| format!("recovering container {id}: {e}"))?;
         }
         self.apply_quota(&record)
             .unwrap_or_else(|e| warn!(container = %id, "re-applying limits: {e}"));
-        self.store.save(id, &record)?;
+        if let Err(e) = self.store.save(id, &record) {
+            warn!(container = %id, "saving disk state: {e}");
+        }
         info!(container = %id, backend = ?record.backend, mode = record.mode.as_str(), "recovered disk quota");
         self.track(id, record);
-        Ok(())
     }
 
-    /// A live container without a record (state lost): keep its project id.
-    fn adopt_unrecorded(&mut self, container: &RecoveredContainer) -> Result<(), Error> {
-        let Some(sandbox) = &container.sandbox else {
-            return Ok(());
-        };
-        let Ok(project) = self.kernel.project_id(sandbox) else {
-            return Ok(());
-        };
-        if !self.allocator.contains(project) || self.allocator.is_used(project) {
-            return Ok(());
+    /// Sets `project` back over a sandbox; logs and counts what had been changed.
+    fn repair(&self, id: &ContainerId, sandbox: &Path, project: u32) {
+        match self
+            .kernel
+            .set_project_tree(sandbox, project, self.settings.walk_max_entries)
+        {
+            Ok(r) => {
+                bump(&self.monitor.counters.entries_repaired, r.changed);
+                if r.changed > 0 || !r.complete {
+                    warn!(container = %id, project, changed = r.changed, entries = r.entries,
+                          complete = r.complete, "set the sandbox's files back to the container's project id");
+                }
+            }
+            Err(e) => warn!(container = %id, project, "setting the project id back: {e}"),
         }
-        let Ok(fs) = self.kernel.filesystem(sandbox) else {
-            return Ok(());
+    }
+
+    /// A live container without a record (state lost): it gets a fresh id, set over
+    /// its sandbox; the id its sandbox carries is the task's to change, so it is
+    /// not adopted. Its limit returns with the next `update()`.
+    fn adopt_unrecorded(&mut self, container: &RecoveredContainer) {
+        let Some(sandbox) = &container.sandbox else {
+            return;
         };
-        let quota = self.kernel.quota(sandbox, project).unwrap_or_default();
-        let limit = (quota.limits.hard > 0).then_some(quota.limits.hard);
+        let Ok(Backend::Quota {
+            project,
+            enforcing,
+            ext4,
+        }) = self.choose_backend(sandbox)
+        else {
+            return;
+        };
         let record = Record {
             sandbox: sandbox.clone(),
-            mode: if limit.is_some() {
-                Mode::Enforce
-            } else {
-                Mode::Account
-            },
+            mode: self.settings.default_mode,
             backend: Backend::Quota {
                 project,
-                enforcing: fs.quota.enforcing,
-                ext4: fs.kind == FsKind::Ext4,
+                enforcing,
+                ext4,
             },
-            limit,
+            limit: None,
             released: false,
         };
-        warn!(container = %container.id, project, "no disk state for a live container; adopting the project id of its sandbox");
-        self.adopt(&container.id, record)
+        warn!(container = %container.id, project, "no disk state for a live container; giving its sandbox a fresh project id");
+        self.repair(&container.id, sandbox, project);
+        // Already reserved by the allocation; adopt() would find it taken.
+        self.apply_quota(&record)
+            .unwrap_or_else(|e| warn!(container = %container.id, "setting limits: {e}"));
+        if let Err(e) = self.store.save(&container.id, &record) {
+            warn!(container = %container.id, "saving disk state: {e}");
+        }
+        self.track(&container.id, record);
     }
 }
 
@@ -624,25 +909,35 @@ impl Isolator for DiskIsolator {
                     if let Err(e) = self.allocator.reserve(project) {
                         warn!(container = %id, "keeping a released project id: {e}");
                     }
-                    self.awaiting_gc.insert(id, (record.sandbox, project));
+                    if self.clear_project(&id, &record.sandbox, project)
+                        && self.store.remove(&id).is_ok()
+                    {
+                        self.allocator.release(project);
+                        bump(&self.monitor.counters.ids_reclaimed_at_cleanup, 1);
+                    } else {
+                        self.awaiting_gc.insert(id, (record.sandbox, project));
+                    }
                 }
                 continue;
             }
             let known = containers.iter().any(|c| c.id == id) || orphans.contains(&id);
             if known {
-                self.adopt(&id, record)?;
+                self.adopt(&id, record);
             } else {
                 // Neither alive nor an orphan Mesos will clean: its cleanup was lost.
                 info!(container = %id, "releasing the disk quota of a vanished container");
                 if let Backend::Quota { project, .. } = record.backend {
                     let _ = self.allocator.reserve(project);
                 }
-                self.release(&id, record)?;
+                if let Err(e) = self.release(&id, record) {
+                    bump(&self.monitor.counters.recover_failures, 1);
+                    warn!(container = %id, "releasing the disk quota: {e}");
+                }
             }
         }
         for container in containers {
             if !container.id.is_nested() && !seen.contains(&container.id) {
-                self.adopt_unrecorded(container)?;
+                self.adopt_unrecorded(container);
             }
         }
         self.reclaim_gone();
@@ -680,13 +975,19 @@ impl Isolator for DiskIsolator {
         if let Backend::Quota { project, ext4, .. } = backend {
             let setup = self
                 .kernel
-                .set_project_id(&spec.sandbox, project)
+                .set_project_tree(&spec.sandbox, project, self.settings.walk_max_entries)
                 .map_err(|e| -> Error {
                     format!(
                         "setting project id {project} on sandbox {}: {e}",
                         spec.sandbox.display()
                     )
                     .into()
+                })
+                .map(|report| {
+                    if !report.complete {
+                        warn!(container = %spec.id, project, entries = report.entries,
+                              "the sandbox already holds more than project_walk_max_entries entries; only those were given the project id");
+                    }
                 })
                 .and_then(|()| self.apply_quota(&record))
                 .and_then(|()| Ok(self.store.save(&spec.id, &record)?));
@@ -775,6 +1076,7 @@ pub fn next_pause(scan_interval: Duration, last_pass: Duration) -> Duration {
 
 fn monitor_loop(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings) {
     let mut pause = settings.scan_interval;
+    let mut last_audit = std::time::Instant::now();
     loop {
         {
             let guard = monitor.shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -791,40 +1093,126 @@ fn monitor_loop(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings)
             return;
         }
         let started = std::time::Instant::now();
-        poll(monitor, kernel, settings);
+        let periodic =
+            !settings.audit_interval.is_zero() && last_audit.elapsed() >= settings.audit_interval;
+        let audit = monitor.audit_due.swap(false, Ordering::SeqCst) || periodic;
+        if audit {
+            last_audit = started;
+        }
+        poll(monitor, kernel, settings, audit);
         pause = next_pause(settings.scan_interval, started.elapsed());
     }
 }
 
-/// One pass: scan scan-backed sandboxes, read kill-mode quotas, fire limitations.
-fn poll(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings) {
-    let (scans, quotas): (Vec<_>, Vec<_>) = {
+/// A quota-backed container as one pass sees it.
+struct QuotaItem {
+    id: ContainerId,
+    sandbox: PathBuf,
+    project: u32,
+}
+
+/// One pass: scan scan-backed sandboxes, read the quotas, audit the sandboxes'
+/// project ids (when `audit`), verify and fire limitations.
+fn poll(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings, audit: bool) {
+    let (scans, quotas): (Vec<_>, Vec<QuotaItem>) = {
         let shared = monitor.shared.lock().unwrap_or_else(|e| e.into_inner());
-        shared
+        let scans = shared
             .containers
             .iter()
-            .filter(|(_, t)| t.record.backend == Backend::Scan || t.kill_at().is_some())
-            .map(|(id, t)| (id.clone(), t.record.sandbox.clone(), t.record.backend))
-            .partition(|(_, _, backend)| *backend == Backend::Scan)
+            .filter(|(_, t)| t.record.backend == Backend::Scan)
+            .map(|(id, t)| (id.clone(), t.record.sandbox.clone()))
+            .collect();
+        let quotas = shared
+            .containers
+            .iter()
+            .filter_map(|(id, t)| match t.record.backend {
+                Backend::Quota { project, .. }
+                    if audit || t.kill_at().is_some() || t.record.limit.is_some() =>
+                {
+                    Some(QuotaItem {
+                        id: id.clone(),
+                        sandbox: t.record.sandbox.clone(),
+                        project,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        (scans, quotas)
     };
     // The slow part runs without the lock, so usage() never waits for a scan.
     let mut measured: Vec<(ContainerId, u64)> = Vec::new();
-    let roots: Vec<PathBuf> = scans
-        .iter()
-        .map(|(_, sandbox, _)| sandbox.clone())
-        .collect();
-    for ((id, _, _), result) in scans.iter().zip(scan_many(&roots, settings.scan_options())) {
+    let roots: Vec<PathBuf> = scans.iter().map(|(_, sandbox)| sandbox.clone()).collect();
+    for ((id, _), result) in scans.iter().zip(scan_many(&roots, settings.scan_options())) {
         match result {
             Ok(found) => measured.push((id.clone(), found.bytes)),
             Err(e) => warn!(container = %id, "scanning sandbox: {e}"),
         }
     }
-    for (id, sandbox, backend) in &quotas {
-        if let Backend::Quota { project, .. } = backend {
-            match kernel.quota(sandbox, *project) {
-                Ok(q) => measured.push((id.clone(), q.used)),
-                Err(e) => warn!(container = %id, project, "reading the quota: {e}"),
+    if audit {
+        for q in &quotas {
+            audit_sandbox(monitor, kernel, settings, q);
+        }
+    }
+    let mut quota_used: Vec<(ContainerId, u64)> = Vec::new();
+    for q in &quotas {
+        match kernel.quota(&q.sandbox, q.project) {
+            Ok(found) => quota_used.push((q.id.clone(), found.used)),
+            Err(e) => warn!(container = %q.id, project = q.project, "reading the quota: {e}"),
+        }
+    }
+    // Quota containers over their kill threshold (or near a hard limit) are
+    // confirmed by a walk of their own sandbox before anything is decided.
+    let suspects: Vec<(ContainerId, u64, Option<u64>)> = {
+        let shared = monitor.shared.lock().unwrap_or_else(|e| e.into_inner());
+        quota_used
+            .iter()
+            .filter_map(|(id, used)| {
+                let t = shared.containers.get(id)?;
+                t.record.limit?;
+                let kill_at = t.kill_at().filter(|_| t.notifier.is_some());
+                let near = limits_for(&t.record, settings.headroom).hard;
+                let suspicious =
+                    kill_at.is_some_and(|k| *used > k) || (near > 0 && *used >= near / 10 * 9);
+                suspicious.then_some((id.clone(), *used, kill_at))
+            })
+            .collect()
+    };
+    let mut confirmed: Vec<(ContainerId, u64, u64)> = Vec::new();
+    for (id, used, kill_at) in suspects {
+        let Some(q) = quotas.iter().find(|q| q.id == id) else {
+            continue;
+        };
+        let own = match kernel.set_project_tree(&q.sandbox, q.project, settings.walk_max_entries) {
+            Ok(r) => {
+                bump(&monitor.counters.entries_repaired, r.changed);
+                // Past the walk's bounds the sandbox itself is huge: the quota stands.
+                r.complete.then_some(r.bytes)
             }
+            Err(e) => {
+                warn!(container = %id, "walking the sandbox to confirm its usage: {e}");
+                None
+            }
+        };
+        let foreign = own.is_some_and(|own| own.saturating_add(MB) < used);
+        if foreign {
+            // Files outside the sandbox carry its id: set every sandbox back.
+            monitor.audit_due.store(true, Ordering::SeqCst);
+            warn!(container = %id, project = q.project, charged = used, own = ?own,
+                  "the project is charged for files outside its sandbox (another task moved files into it); auditing every sandbox");
+        }
+        let Some(kill_at) = kill_at else {
+            continue;
+        };
+        match own {
+            Some(own) if own <= kill_at => {
+                bump(&monitor.counters.kills_withheld, 1);
+                warn!(container = %id, project = q.project, charged = used, own, kill_at,
+                      "not killed: its own sandbox is within the quota");
+            }
+            // Reported as what its own sandbox holds, not what it was charged.
+            Some(own) => confirmed.push((id, own, kill_at)),
+            None => confirmed.push((id, used, kill_at)),
         }
     }
     let mut fire = Vec::new();
@@ -834,21 +1222,23 @@ fn poll(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings) {
             let Some(tracked) = shared.containers.get_mut(&id) else {
                 continue; // Cleaned up meanwhile.
             };
-            if tracked.record.backend == Backend::Scan {
-                tracked.scanned = Some(used);
-            }
+            tracked.scanned = Some(used);
             let Some(kill_at) = tracked.kill_at() else {
                 continue;
             };
             if used > kill_at {
                 if let Some(notifier) = tracked.notifier.take() {
-                    let message = format!(
-                        "Disk usage {:.1} MB exceeds the quota of {:.1} MB of container {id}",
-                        megabytes(used),
-                        megabytes(kill_at)
-                    );
-                    fire.push((notifier, message, used));
+                    fire.push((notifier, limitation_message(&id, used, kill_at), used));
                 }
+            }
+        }
+        for (id, used, kill_at) in confirmed {
+            if let Some(notifier) = shared
+                .containers
+                .get_mut(&id)
+                .and_then(|t| t.notifier.take())
+            {
+                fire.push((notifier, limitation_message(&id, used, kill_at), used));
             }
         }
     }
@@ -860,6 +1250,32 @@ fn poll(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings) {
             message,
             resource: Some(("disk".into(), megabytes(used))),
         });
+    }
+}
+
+fn limitation_message(id: &ContainerId, used: u64, kill_at: u64) -> String {
+    format!(
+        "Disk usage {:.1} MB exceeds the quota of {:.1} MB of container {id}",
+        megabytes(used),
+        megabytes(kill_at)
+    )
+}
+
+/// Sets one sandbox's files back to its container's project id.
+fn audit_sandbox(monitor: &Monitor, kernel: &dyn DiskKernel, settings: &Settings, q: &QuotaItem) {
+    match kernel.set_project_tree(&q.sandbox, q.project, settings.walk_max_entries) {
+        Ok(r) => {
+            bump(&monitor.counters.entries_repaired, r.changed);
+            if r.changed > 0 {
+                warn!(container = %q.id, project = q.project, changed = r.changed, entries = r.entries,
+                      "entries of the sandbox carried another project id (the task changed them); set back");
+            }
+            if !r.complete {
+                warn!(container = %q.id, project = q.project, entries = r.entries,
+                      "the sandbox has more entries than project_walk_max_entries: audited in part");
+            }
+        }
+        Err(e) => warn!(container = %q.id, project = q.project, "auditing the sandbox: {e}"),
     }
 }
 

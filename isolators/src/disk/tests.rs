@@ -6,19 +6,49 @@ use std::sync::mpsc;
 
 use super::*;
 
-/// A fake kernel: one filesystem of a configurable kind, project ids per path,
-/// limits and usage per project, and a log of every call.
+/// A fake kernel: one filesystem of a configurable kind, a project id per path
+/// (sandboxes, their directories and files, as the kernel keeps one per inode),
+/// file sizes, limits per project, usage charged from outside any sandbox, and a
+/// log of every call but the read-only ones.
 struct FakeKernel {
     state: Mutex<FakeState>,
 }
 
 struct FakeState {
     fs: FsInfo,
-    projects: HashMap<PathBuf, u32>,
+    /// Ordered by components, so a tree's paths follow its root.
+    projects: std::collections::BTreeMap<PathBuf, u32>,
+    sizes: HashMap<PathBuf, u64>,
+    /// Bytes and inodes per project of the paths above.
+    totals: HashMap<u32, (u64, u64)>,
     limits: HashMap<u32, Limits>,
+    /// Usage charged to a project by files outside every sandbox.
     used: HashMap<u32, u64>,
     fail_set_project: bool,
     calls: Vec<String>,
+}
+
+impl FakeState {
+    fn charged(&self, id: u32) -> (u64, u64) {
+        let extra = self.used.get(&id).copied().unwrap_or(0);
+        let (bytes, inodes) = self.totals.get(&id).copied().unwrap_or_default();
+        (bytes + extra, inodes + u64::from(extra > 0))
+    }
+
+    /// Sets the id of one path, keeping the totals; returns the old id.
+    fn set_id(&mut self, path: &Path, id: u32) -> Option<u32> {
+        let size = self.sizes.get(path).copied().unwrap_or(0);
+        let old = self.projects.insert(path.to_owned(), id);
+        if let Some(old) = old {
+            let t = self.totals.entry(old).or_default();
+            t.0 -= size;
+            t.1 -= 1;
+        }
+        let t = self.totals.entry(id).or_default();
+        t.0 += size;
+        t.1 += 1;
+        old
+    }
 }
 
 impl FakeKernel {
@@ -30,7 +60,9 @@ impl FakeKernel {
                     dev: 42,
                     quota,
                 },
-                projects: HashMap::new(),
+                projects: std::collections::BTreeMap::new(),
+                sizes: HashMap::new(),
+                totals: HashMap::new(),
                 limits: HashMap::new(),
                 used: HashMap::new(),
                 fail_set_project: false,
@@ -56,6 +88,33 @@ impl FakeKernel {
     fn calls(&self) -> Vec<String> {
         std::mem::take(&mut self.st().calls)
     }
+
+    /// A file of `bytes` written by the task: it inherits its directory's id.
+    fn put(&self, path: &Path, bytes: u64) {
+        let mut st = self.st();
+        let id = st
+            .projects
+            .get(path.parent().unwrap())
+            .copied()
+            .unwrap_or(0);
+        if let Some(old) = st.projects.remove(path) {
+            let size = st.sizes.get(path).copied().unwrap_or(0);
+            let t = st.totals.entry(old).or_default();
+            t.0 -= size;
+            t.1 -= 1;
+        }
+        st.sizes.insert(path.to_owned(), bytes);
+        st.set_id(path, id);
+    }
+
+    /// The task changes the id of one of its files (`chattr -p`).
+    fn chattr(&self, path: &Path, id: u32) {
+        self.st().set_id(path, id);
+    }
+
+    fn id_of(&self, path: &Path) -> u32 {
+        self.st().projects.get(path).copied().unwrap_or(0)
+    }
 }
 
 impl DiskKernel for FakeKernel {
@@ -71,15 +130,39 @@ impl DiskKernel for FakeKernel {
         Ok(st.projects.get(path).copied().unwrap_or(0))
     }
 
-    fn set_project_id(&self, path: &Path, id: u32) -> io::Result<()> {
+    fn set_project_tree(&self, path: &Path, id: u32, max_entries: u64) -> io::Result<TreeReport> {
         let mut st = self.st();
         st.calls
-            .push(format!("set_project_id {} {id}", path.display()));
+            .push(format!("set_project_tree {} {id}", path.display()));
         if st.fail_set_project {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
-        st.projects.insert(path.to_owned(), id);
-        Ok(())
+        if !st.projects.contains_key(path) {
+            st.set_id(path, 0);
+        }
+        let mut report = TreeReport {
+            complete: true,
+            ..TreeReport::default()
+        };
+        let below: Vec<PathBuf> = st
+            .projects
+            .range(path.to_owned()..)
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(path))
+            .cloned()
+            .collect();
+        for p in below {
+            if report.entries >= max_entries {
+                report.complete = false;
+                break;
+            }
+            report.entries += 1;
+            report.bytes += st.sizes.get(&p).copied().unwrap_or(0);
+            if st.set_id(&p, id) != Some(id) {
+                report.changed += 1;
+            }
+        }
+        Ok(report)
     }
 
     fn set_limits(&self, _path: &Path, id: u32, limits: Limits) -> io::Result<()> {
@@ -94,9 +177,10 @@ impl DiskKernel for FakeKernel {
 
     fn quota(&self, _path: &Path, id: u32) -> io::Result<ProjectQuota> {
         let st = self.st();
+        let (used, inodes) = st.charged(id);
         Ok(ProjectQuota {
-            used: st.used.get(&id).copied().unwrap_or(0),
-            inodes: 0,
+            used,
+            inodes,
             limits: st.limits.get(&id).copied().unwrap_or_default(),
         })
     }
@@ -167,7 +251,7 @@ fn watch(iso: &mut DiskIsolator, id: &ContainerId) -> mpsc::Receiver<Limitation>
 }
 
 #[test]
-fn xfs_enforce_lifecycle_and_reclaim_after_gc() {
+fn xfs_enforce_lifecycle_and_reclaim_at_cleanup() {
     let f = fixture(FakeKernel::xfs());
     let mut iso = f.isolator();
     let spec = f.spec(&["c1"], Some(100.0), &[]);
@@ -180,7 +264,7 @@ fn xfs_enforce_lifecycle_and_reclaim_after_gc() {
         f.kernel.calls(),
         vec![
             format!("filesystem {}", spec.sandbox.display()),
-            format!("set_project_id {} 5000", spec.sandbox.display()),
+            format!("set_project_tree {} 5000", spec.sandbox.display()),
             format!("set_limits 5000 soft={} hard={}", 100 * MB, 100 * MB),
         ]
     );
@@ -193,7 +277,7 @@ fn xfs_enforce_lifecycle_and_reclaim_after_gc() {
         })
     );
 
-    f.kernel.st().used.insert(5000, 12_345_678);
+    f.kernel.put(&spec.sandbox.join("data"), 12_345_678);
     let stats = iso.usage(&spec.id).unwrap();
     assert_eq!(stats.disk_used_bytes, Some(12_345_678));
     assert_eq!(stats.disk_limit_bytes, Some(100 * MB));
@@ -202,19 +286,33 @@ fn xfs_enforce_lifecycle_and_reclaim_after_gc() {
     iso.cleanup(&spec.id).unwrap();
     assert_eq!(
         f.kernel.calls(),
-        vec!["set_limits 5000 soft=0 hard=0".to_owned()]
+        vec![
+            "set_limits 5000 soft=0 hard=0".to_owned(),
+            format!("set_project_tree {} 0", spec.sandbox.display()),
+        ]
     );
-    // The sandbox still exists (Mesos removes it later): the id stays taken.
-    assert_eq!(iso.project_ids(), (9, 10));
+    // The sandbox still exists (Mesos removes it later), but the id was cleared
+    // from its files: it is back in the pool at once.
+    assert_eq!(f.kernel.id_of(&spec.sandbox.join("data")), 0);
+    assert_eq!(iso.project_ids(), (10, 10));
+    assert_eq!(
+        iso.counters()
+            .ids_reclaimed_at_cleanup
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert!(fs::read_dir(f.dir.path().join("state/disk"))
+        .unwrap()
+        .next()
+        .is_none());
     let next = iso.prepare(&f.spec(&["c2"], Some(1.0), &[])).unwrap();
     assert_eq!(next, LaunchInfo::default());
     assert_eq!(
         iso.backend(&ContainerId::top("c2").unwrap())
             .map(|b| matches!(b, Backend::Quota { project: 5001, .. })),
-        Some(true)
+        Some(true),
+        "round robin: a reclaimed id is not reused at once"
     );
-    fs::remove_dir_all(&spec.sandbox).unwrap();
-    assert_eq!(iso.project_ids(), (9, 10), "5000 back, 5001 taken");
     // Cleanup of an unknown container and a second cleanup are harmless.
     iso.cleanup(&spec.id).unwrap();
     iso.cleanup(&ContainerId::top("never").unwrap()).unwrap();
@@ -258,10 +356,10 @@ fn kill_mode_sets_headroom_and_fires_once_with_usage_and_limit() {
         &format!("set_limits 5000 soft={} hard={}", 10 * MB, 20 * MB)
     );
     let rx = watch(&mut iso, &spec.id);
-    f.kernel.st().used.insert(5000, 10 * MB);
+    f.kernel.put(&spec.sandbox.join("a"), 10 * MB);
     iso.poll_now();
     assert!(rx.try_recv().is_err(), "at the limit is not over it");
-    f.kernel.st().used.insert(5000, 15 * MB);
+    f.kernel.put(&spec.sandbox.join("b"), 5 * MB);
     iso.poll_now();
     let limitation = rx.try_recv().expect("limitation fired");
     assert_eq!(limitation.reason, REASON_DISK);
@@ -287,7 +385,7 @@ fn enforce_mode_never_fires_where_the_filesystem_enforces() {
     let spec = f.spec(&["n1"], Some(1.0), &[]);
     iso.prepare(&spec).unwrap();
     let rx = watch(&mut iso, &spec.id);
-    f.kernel.st().used.insert(5000, 50 * MB);
+    f.kernel.put(&spec.sandbox.join("big"), 50 * MB);
     iso.poll_now();
     assert!(rx.try_recv().is_err());
     iso.cleanup(&spec.id).unwrap();
@@ -308,7 +406,7 @@ fn accounting_only_filesystem_enforces_by_killing() {
     let spec = f.spec(&["p1"], Some(1.0), &[]);
     iso.prepare(&spec).unwrap();
     let rx = watch(&mut iso, &spec.id);
-    f.kernel.st().used.insert(5000, 2 * MB);
+    f.kernel.put(&spec.sandbox.join("big"), 2 * MB);
     iso.poll_now();
     assert_eq!(rx.try_recv().unwrap().reason, REASON_DISK);
 }
@@ -425,7 +523,11 @@ fn recovery_keeps_every_project_id() {
         for s in [&a, &b, &c] {
             iso.prepare(s).unwrap();
         }
+        // Files outside the sandbox still carry b's id: it is held until b's
+        // sandbox is removed.
+        f.kernel.st().used.insert(5001, 4096);
         iso.cleanup(&b.id).unwrap();
+        assert_eq!(iso.counters().ids_held_for_gc.load(Ordering::Relaxed), 1);
         (a, b, c)
     };
     // The agent restarts; `a` lives, `b` awaits garbage collection, `c` vanished
@@ -466,7 +568,7 @@ fn recovery_keeps_every_project_id() {
     assert!(project != 5000 && project != 5001, "reused {project}");
     // Kill mode still works for the recovered container.
     let rx = watch(&mut iso, &a.id);
-    f.kernel.st().used.insert(5000, 11 * MB);
+    f.kernel.put(&a.sandbox.join("big"), 11 * MB);
     iso.poll_now();
     assert!(rx.try_recv().is_ok());
     fs::remove_dir_all(&b.sandbox).unwrap();
@@ -474,10 +576,11 @@ fn recovery_keeps_every_project_id() {
 }
 
 #[test]
-fn recovery_adopts_a_sandbox_without_state() {
+fn recovery_gives_a_sandbox_without_state_a_fresh_id() {
     let f = fixture(FakeKernel::xfs());
     let sandbox = f.sandbox("lost");
-    f.kernel.st().projects.insert(sandbox.clone(), 5003);
+    f.kernel.st().set_id(&sandbox, 5003);
+    f.kernel.put(&sandbox.join("data"), MB);
     f.kernel.st().limits.insert(
         5003,
         Limits {
@@ -491,22 +594,45 @@ fn recovery_adopts_a_sandbox_without_state() {
         &[RecoveredContainer {
             id: id.clone(),
             pid: None,
-            sandbox: Some(sandbox),
+            sandbox: Some(sandbox.clone()),
         }],
         &[],
     )
     .unwrap();
-    assert_eq!(iso.usage(&id).unwrap().disk_limit_bytes, Some(7 * MB));
+    // The id the sandbox carries is the task's to choose: never adopted.
+    assert_eq!(
+        iso.backend(&id),
+        Some(Backend::Quota {
+            project: 5000,
+            enforcing: true,
+            ext4: false
+        })
+    );
+    assert_eq!(f.kernel.id_of(&sandbox), 5000);
+    assert_eq!(f.kernel.id_of(&sandbox.join("data")), 5000);
+    assert_eq!(iso.usage(&id).unwrap().disk_used_bytes, Some(MB));
+    assert_eq!(iso.usage(&id).unwrap().disk_limit_bytes, None);
     assert_eq!(iso.project_ids(), (9, 10));
     for _ in 0..9 {
         let name = format!("x{}", iso.project_ids().0);
         iso.prepare(&f.spec(&[&name], None, &[])).unwrap();
     }
-    assert!(iso
+    let err = iso
         .prepare(&f.spec(&["full"], None, &[]))
         .unwrap_err()
-        .to_string()
-        .contains("in use"));
+        .to_string();
+    assert!(
+        err.contains("no free disk project id")
+            && err.contains("project_ids=[5000-5009]")
+            && err.contains("widen the module parameter project_ids"),
+        "{err}"
+    );
+    let c = iso.counters();
+    assert_eq!(c.pool_exhausted.load(Ordering::Relaxed), 1);
+    assert!(
+        c.pool_low.load(Ordering::Relaxed) >= 1,
+        "warned before exhaustion"
+    );
 }
 
 #[test]
@@ -592,8 +718,15 @@ fn parameters() {
         ("scan_workers", "4"),
         ("backend", "scan"),
         ("allow_opt_out", "true"),
+        ("project_walk_max_entries", "5000"),
+        ("project_audit_interval", "5m"),
     ])
     .unwrap();
+    assert_eq!(s.walk_max_entries, 5000);
+    assert_eq!(s.audit_interval, Duration::from_secs(300));
+    let d = parse(&[]).unwrap();
+    assert_eq!(d.project_ids, DEFAULT_PROJECT_IDS);
+    assert_eq!(d.audit_interval, Duration::from_secs(60));
     assert_eq!(s.project_ids, (100, 200));
     assert_eq!(s.default_mode, Mode::Kill);
     assert_eq!(s.headroom, 64 * MB);
@@ -606,6 +739,8 @@ fn parameters() {
         (("backend", "du"), "auto or scan"),
         (("scan_workers", "0"), "between 1 and 64"),
         (("scan_interval", "1ms"), "100ms"),
+        (("project_walk_max_entries", "10"), "at least 1000"),
+        (("project_audit_interval", "10ms"), "at least 1s"),
     ] {
         let err = parse(&[bad]).unwrap_err().to_string();
         assert!(err.contains(needle), "{bad:?}: {err}");
@@ -621,5 +756,243 @@ fn long_passes_stretch_the_pause() {
     assert_eq!(
         next_pause(i, Duration::from_secs(3)),
         Duration::from_secs(27)
+    );
+}
+
+/// What a running container is, for recover().
+fn alive(spec: &ContainerSpec) -> RecoveredContainer {
+    RecoveredContainer {
+        id: spec.id.clone(),
+        pid: Some(1),
+        sandbox: Some(spec.sandbox.clone()),
+    }
+}
+
+fn count(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+#[test]
+fn recover_uses_the_recorded_id_whatever_the_task_set() {
+    let f = fixture(FakeKernel::xfs());
+    let (a, b, c) = {
+        let mut iso = f.isolator();
+        let specs = [
+            f.spec(&["a"], Some(10.0), &[]),
+            f.spec(&["b"], Some(10.0), &[("rein.disk.mode", "kill")]),
+            f.spec(&["c"], Some(10.0), &[]),
+        ];
+        for s in &specs {
+            iso.prepare(s).unwrap();
+        }
+        let [a, b, c] = specs;
+        (a, b, c)
+    };
+    // While the agent is down, a's task sets its sandbox and a file to b's id
+    // (the neighbour's), and c's task sets its sandbox to 0 and to an id outside
+    // the range.
+    f.kernel.put(&a.sandbox.join("data"), 3 * MB);
+    f.kernel.chattr(&a.sandbox, 5001);
+    f.kernel.chattr(&a.sandbox.join("data"), 5001);
+    f.kernel.chattr(&c.sandbox, 0);
+    f.kernel.put(&c.sandbox.join("x"), MB);
+    f.kernel.chattr(&c.sandbox.join("x"), 99_999);
+    let mut iso = f.isolator();
+    iso.recover(&[alive(&a), alive(&b), alive(&c)], &[])
+        .expect("recovery never fails because of what a task set");
+    for (spec, project) in [(&a, 5000), (&b, 5001), (&c, 5002)] {
+        assert_eq!(
+            iso.backend(&spec.id)
+                .map(|b| matches!(b, Backend::Quota { project: p, .. } if p == project)),
+            Some(true),
+            "{}",
+            spec.id
+        );
+        assert_eq!(f.kernel.id_of(&spec.sandbox), project, "set back");
+    }
+    assert_eq!(f.kernel.id_of(&a.sandbox.join("data")), 5000);
+    assert_eq!(f.kernel.id_of(&c.sandbox.join("x")), 5002);
+    let counters = iso.counters();
+    assert_eq!(count(&counters.recover_mismatches), 2);
+    assert_eq!(count(&counters.entries_repaired), 4);
+    assert_eq!(count(&counters.recover_failures), 0);
+    // b is charged nothing of a's: its kill mode does not fire.
+    let rx = watch(&mut iso, &b.id);
+    iso.poll_now();
+    assert!(rx.try_recv().is_err());
+    assert_eq!(iso.usage(&a.id).unwrap().disk_used_bytes, Some(3 * MB));
+    assert_eq!(iso.project_ids(), (7, 10));
+}
+
+#[test]
+fn recover_survives_a_damaged_state_with_one_id_twice() {
+    let f = fixture(FakeKernel::xfs());
+    let a = f.spec(&["a"], Some(1.0), &[]);
+    let b = f.spec(&["b"], Some(1.0), &[]);
+    {
+        let mut iso = f.isolator();
+        iso.prepare(&a).unwrap();
+        iso.prepare(&b).unwrap();
+    }
+    // b's record claims a's id.
+    let store = StateStore::open(&f.dir.path().join("state"), "disk").unwrap();
+    let mut record: Record = store.load(&b.id).unwrap().unwrap();
+    record.backend = Backend::Quota {
+        project: 5000,
+        enforcing: true,
+        ext4: false,
+    };
+    store.save(&b.id, &record).unwrap();
+    let mut iso = f.isolator();
+    iso.recover(&[alive(&a), alive(&b)], &[]).unwrap();
+    let projects: Vec<u32> = [&a, &b]
+        .iter()
+        .map(|s| match iso.backend(&s.id) {
+            Some(Backend::Quota { project, .. }) => project,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_ne!(projects[0], projects[1], "{projects:?}");
+    assert_eq!(f.kernel.id_of(&b.sandbox), projects[1]);
+    assert_eq!(count(&iso.counters().recover_failures), 1);
+}
+
+#[test]
+fn files_moved_into_a_neighbours_project_never_get_it_killed() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let victim = f.spec(&["victim"], Some(10.0), &[("rein.disk.mode", "kill")]);
+    let attacker = f.spec(&["attacker"], Some(100.0), &[]);
+    iso.prepare(&victim).unwrap();
+    iso.prepare(&attacker).unwrap();
+    let rx = watch(&mut iso, &victim.id);
+    f.kernel.put(&victim.sandbox.join("own"), 2 * MB);
+    // The attacker writes 50 MB and moves it into the victim's project.
+    let planted = attacker.sandbox.join("bill-the-neighbour");
+    f.kernel.put(&planted, 50 * MB);
+    f.kernel.chattr(&planted, 5000);
+    assert_eq!(
+        iso.usage(&victim.id).unwrap().disk_used_bytes,
+        Some(52 * MB)
+    );
+    iso.poll_now();
+    assert!(
+        rx.try_recv().is_err(),
+        "the victim was killed for the attacker's files"
+    );
+    assert_eq!(count(&iso.counters().kills_withheld), 1);
+    // The next pass audits every sandbox: the file is charged to its owner again.
+    iso.poll_now();
+    assert!(rx.try_recv().is_err());
+    assert_eq!(f.kernel.id_of(&planted), 5001);
+    assert_eq!(iso.usage(&victim.id).unwrap().disk_used_bytes, Some(2 * MB));
+    assert_eq!(
+        iso.usage(&attacker.id).unwrap().disk_used_bytes,
+        Some(50 * MB)
+    );
+    assert!(count(&iso.counters().entries_repaired) >= 1);
+    // The victim's own files still get it killed when they pass its quota.
+    f.kernel.put(&victim.sandbox.join("more"), 9 * MB);
+    iso.poll_now();
+    let limitation = rx.try_recv().expect("killed for its own files");
+    assert!(
+        limitation.message.contains("11.0 MB"),
+        "{}",
+        limitation.message
+    );
+}
+
+#[test]
+fn files_moved_out_of_the_project_are_charged_again_by_the_audit() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let s = f.spec(&["escape"], Some(10.0), &[("rein.disk.mode", "kill")]);
+    iso.prepare(&s).unwrap();
+    let rx = watch(&mut iso, &s.id);
+    let sub = s.sandbox.join("sub");
+    f.kernel.put(&sub, 0);
+    // The task takes its files out of the project (id 0 and an unused one).
+    f.kernel.chattr(&sub, 0);
+    f.kernel.put(&sub.join("hidden"), 30 * MB);
+    f.kernel.put(&s.sandbox.join("elsewhere"), 30 * MB);
+    f.kernel.chattr(&s.sandbox.join("elsewhere"), 77);
+    assert_eq!(f.kernel.id_of(&sub.join("hidden")), 0);
+    iso.poll_now();
+    assert!(rx.try_recv().is_err(), "not charged yet");
+    iso.audit_now();
+    assert_eq!(count(&iso.counters().entries_repaired), 3);
+    assert_eq!(f.kernel.id_of(&sub.join("hidden")), 5000);
+    iso.poll_now();
+    assert_eq!(
+        rx.try_recv().expect("over once charged").reason,
+        REASON_DISK
+    );
+}
+
+#[test]
+fn churn_of_350k_launches_never_exhausts_the_ids() {
+    // A week of 50,000 launches a day, sandboxes never garbage-collected, on a
+    // range of only 100 ids: each cleanup clears and reclaims its id.
+    let mut f = fixture(FakeKernel::xfs());
+    // The state directory sees 700,000 writes: keep it in memory where possible.
+    if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
+        f.dir = dir;
+    }
+    f.settings.project_ids = (5000, 5099);
+    let mut iso = f.isolator();
+    let sandboxes = f.dir.path().join("sandboxes");
+    let mut live: std::collections::VecDeque<ContainerId> = std::collections::VecDeque::new();
+    let cycles = 350_000u32;
+    for n in 0..cycles {
+        let id = ContainerId::top(&format!("c{n}")).unwrap();
+        let sandbox = sandboxes.join(format!("c{n}"));
+        let spec = ContainerSpec {
+            id: id.clone(),
+            sandbox: sandbox.clone(),
+            resources: Resources {
+                disk_mb: Some(1.0),
+                ..Resources::default()
+            },
+            ..ContainerSpec::default()
+        };
+        iso.prepare(&spec)
+            .unwrap_or_else(|e| panic!("launch {n}: {e}; counters {:?}", iso.counters()));
+        if n % 7 == 0 {
+            f.kernel.put(&sandbox.join("out"), 4096);
+        }
+        live.push_back(id);
+        // About 50 containers run at once.
+        if live.len() > 50 {
+            let done = live.pop_front().unwrap();
+            iso.cleanup(&done).unwrap();
+        }
+    }
+    let counters = iso.counters();
+    eprintln!("after {cycles} launches: {counters:?}");
+    assert_eq!(count(&counters.pool_exhausted), 0);
+    assert_eq!(count(&counters.ids_held_for_gc), 0);
+    assert_eq!(
+        count(&counters.ids_reclaimed_at_cleanup),
+        u64::from(cycles) - 50
+    );
+    let (free, total) = iso.project_ids();
+    assert_eq!((free, total), (50, 100));
+}
+
+#[test]
+fn the_default_range_outlasts_a_week_of_launches_even_without_reclaim() {
+    // Should every id be held until garbage collection (files elsewhere still
+    // charged), a week at 50,000 launches a day still fits the default range.
+    let (first, last) = DEFAULT_PROJECT_IDS;
+    let mut allocator = ProjectAllocator::new(first, last);
+    for n in 0..350_000 {
+        allocator
+            .allocate()
+            .unwrap_or_else(|e| panic!("launch {n}: {e}"));
+    }
+    assert!(
+        allocator.free() * 100 >= allocator.total() * 60,
+        "{}",
+        allocator.free()
     );
 }

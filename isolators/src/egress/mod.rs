@@ -8,6 +8,13 @@
 //! cgroup v2 id. The kernel is reached through rtnetlink ([`netlink`], [`tc`]) and
 //! the bpf(2) syscall ([`bpf`]); no tool is spawned. Containers with their own
 //! network namespace are shaped on their own devices ([`netns`]).
+//!
+//! Every value a task sets (rate, ceiling, burst) is capped by an operator
+//! setting (`egress_max_rate`, else `egress_line_rate`; `egress_max_burst`); a
+//! task asking for more fails to launch with a message naming the label and the
+//! cap. What `usage()` reports is what the kernel holds: the class's parameters
+//! are read back with its counters (HTB keeps bursts as time in 64 ns ticks, so a
+//! burst is reported as the bytes that time allows at the rate).
 //! See `README.md` beside this file.
 
 pub mod bpf;
@@ -19,4 +26,5 @@ pub mod shaper;
 pub mod tc;
 
 pub use policy::{ClassifierChoice, EgressParams, Shape, PARAMS};
-pub use shaper::{Classifier, Shaper, DEFAULT_MINOR, FILTER_NAME, LINK_MINOR};
+pub use shaper::{expected_held, Classifier, Shaper, DEFAULT_MINOR, FILTER_NAME, LINK_MINOR};
+pub use tc::HeldRates;

@@ -201,6 +201,7 @@ impl NetnsShaping {
                     sum.bytes += s.bytes;
                     sum.packets += s.packets;
                     sum.drops += s.drops;
+                    sum.held = sum.held.or(s.held);
                 }
             }
         }

@@ -20,10 +20,17 @@ use rein_core::units::format_bandwidth;
 ///   the container's `cpus` (as port_mapping's `--egress_rate_per_cpu`); a derived
 ///   rate follows the container's resources on `update()`. Takes precedence over
 ///   `egress_default_rate`.
-/// - `egress_max_rate` (bandwidth; default none): the cap. A task asking for more
-///   (rate or ceiling) fails to launch; derived and default rates are clamped to it.
+/// - `egress_max_rate` (bandwidth; default: `egress_line_rate`): the cap on
+///   `rein.net.egress.rate` and `rein.net.egress.ceil`. A task asking for more fails
+///   to launch; derived and default rates are clamped to it.
 /// - `egress_default_burst` (bytes, e.g. `64KiB`; default: 10 ms at the rate, at
-///   least 1600 bytes): the burst of tasks that ask for none.
+///   least 1600 bytes, at most `egress_max_burst`): the burst of tasks that ask for
+///   none.
+/// - `egress_max_burst` (bytes, default `16MiB`, from 1600 to 1GiB): the cap on
+///   `rein.net.egress.burst`. A task asking for more fails to launch with a message
+///   naming the label and the cap; default bursts are clamped to it. The burst is
+///   what a class may send at line speed before its rate applies again (HTB's burst
+///   and cburst), so it bounds how long a container can hold the link at once.
 /// - `egress_line_rate` (bandwidth, default `10gbit`): the rate of the tree's link
 ///   class and of the default class that carries all traffic that is not ours.
 /// - `egress_classifier` (`auto`, `net_cls` or `cgroup2`; default `auto`): how
@@ -42,11 +49,29 @@ pub const PARAMS: &[&str] = &[
     "egress_rate_per_cpu",
     "egress_max_rate",
     "egress_default_burst",
+    "egress_max_burst",
     "egress_line_rate",
     "egress_classifier",
     "egress_leaf_qdisc",
     "egress_filter_prio",
 ];
+
+/// The smallest burst: one full-size Ethernet frame plus headroom.
+pub const MIN_BURST: u64 = 1600;
+/// Default of `egress_max_burst`: 13 ms of a 10gbit link, 1.3 s of 100mbit.
+pub const DEFAULT_MAX_BURST: u64 = 16 << 20;
+/// The largest `egress_max_burst` accepted.
+const MAX_BURST_CAP: u64 = 1 << 30;
+
+/// A byte count as the parameters and labels write it (`16MiB`, `1600B`).
+pub fn format_bytes(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
 
 /// Stands in [`EgressParams::devices`] for the device of the default route.
 pub const DEFAULT_ROUTE: &str = "@default-route";
@@ -76,6 +101,8 @@ pub struct EgressParams {
     pub max_rate: Option<u64>,
     /// Burst of tasks that ask for none, bytes.
     pub default_burst: Option<u64>,
+    /// Cap on the burst, bytes.
+    pub max_burst: u64,
     /// Line rate, bits/s.
     pub line_rate: u64,
     /// Classifier choice.
@@ -162,12 +189,37 @@ impl EgressParams {
                 "egress_default_burst",
                 params.bytes("egress_default_burst")?,
             )?,
+            max_burst: params
+                .bytes("egress_max_burst")?
+                .unwrap_or(DEFAULT_MAX_BURST),
             line_rate: positive("egress_line_rate", params.bandwidth("egress_line_rate")?)?
                 .unwrap_or(10_000_000_000),
             classifier,
             leaf_qdisc,
             filter_prio,
         };
+        if !(MIN_BURST..=MAX_BURST_CAP).contains(&out.max_burst) {
+            return Err(params.error(
+                "egress_max_burst",
+                format!(
+                    "must be within {} and {}",
+                    format_bytes(MIN_BURST),
+                    format_bytes(MAX_BURST_CAP)
+                ),
+            ));
+        }
+        if let Some(b) = out.default_burst {
+            if !(MIN_BURST..=out.max_burst).contains(&b) {
+                return Err(params.error(
+                    "egress_default_burst",
+                    format!(
+                        "must be within {} and egress_max_burst ({})",
+                        format_bytes(MIN_BURST),
+                        format_bytes(out.max_burst)
+                    ),
+                ));
+            }
+        }
         if let (Some(cap), Some(line)) = (out.max_rate, Some(out.line_rate)) {
             if cap > line {
                 return Err(params.error(
@@ -180,9 +232,16 @@ impl EgressParams {
     }
 
     /// The default burst for a rate: the parameter, else 10 ms at the rate (at least
-    /// one full-size frame plus headroom).
+    /// one full-size frame plus headroom), never above the cap.
     fn burst_for(&self, rate: u64) -> u64 {
-        self.default_burst.unwrap_or((rate / 8 / 100).max(1600))
+        self.default_burst
+            .unwrap_or((rate / 8 / 100).max(MIN_BURST))
+            .min(self.max_burst)
+    }
+
+    /// The cap on rate and ceiling: `egress_max_rate`, else the line rate.
+    pub fn rate_cap(&self) -> u64 {
+        self.max_rate.unwrap_or(self.line_rate).min(self.line_rate)
     }
 
     fn clamp(&self, rate: u64) -> u64 {
@@ -209,21 +268,30 @@ impl EgressParams {
         config: &TaskConfig,
         cpus: Option<f64>,
     ) -> Result<Option<Shape>, ConfigError> {
-        let shown = |v: u64| format_bandwidth(v);
+        let rate_param = if self.max_rate.is_some() {
+            "egress_max_rate"
+        } else {
+            "egress_line_rate"
+        };
+        let shown_rate = |v: u64| format!("{} ({rate_param})", format_bandwidth(v));
         for key in ["net.egress.rate", "net.egress.ceil"] {
             if let Some(s) = config.get(key) {
-                s.ensure_at_most(self.max_rate, shown)?;
-                s.ensure_at_most(Some(self.line_rate), shown)?;
+                s.ensure_at_most(Some(self.rate_cap()), shown_rate)?;
                 if s.value.as_u64() == Some(0) {
                     return Err(s.error("must be above 0"));
                 }
             }
         }
         let asked_burst = match config.get("net.egress.burst") {
-            Some(s) => match s.value.as_u64() {
-                Some(b) if b >= 1600 => Some(b),
-                _ => return Err(s.error("must be at least 1600 bytes (one full frame)")),
-            },
+            Some(s) => {
+                s.ensure_at_most(Some(self.max_burst), |v| {
+                    format!("{} (egress_max_burst)", format_bytes(v))
+                })?;
+                match s.value.as_u64() {
+                    Some(b) if b >= MIN_BURST => Some(b),
+                    _ => return Err(s.error("must be at least 1600 bytes (one full frame)")),
+                }
+            }
             None => None,
         };
         let asked_rate = config.u64("net.egress.rate");
@@ -274,6 +342,19 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The shape within the operator's current caps (a record from before a cap was
+    /// lowered or introduced, found at recovery).
+    pub fn within_caps(&self, params: &EgressParams) -> Shape {
+        let cap = params.rate_cap();
+        let rate = self.rate.min(cap);
+        Shape {
+            rate,
+            ceil: self.ceil.min(cap).max(rate),
+            burst: self.burst.min(params.max_burst),
+            from_cpus: self.from_cpus,
+        }
+    }
+
     /// The shape after the container's cpus changed (derived rates only).
     pub fn updated(&self, params: &EgressParams, cpus: Option<f64>) -> Shape {
         if !self.from_cpus {
@@ -344,6 +425,9 @@ mod tests {
             ("egress_filter_prio", "0", "1-65535"),
             ("egress_default_rate", "0mbit", "above 0"),
             ("egress_max_rate", "20gbit", "egress_line_rate"),
+            ("egress_max_burst", "1000B", "1600B"),
+            ("egress_max_burst", "2GiB", "1GiB"),
+            ("egress_default_burst", "32MiB", "egress_max_burst (16MiB)"),
         ] {
             let err = params(&[("egress_shaping", "true"), (name, value)]).unwrap_err();
             let msg = err.to_string();
@@ -410,6 +494,101 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn every_shaping_label_is_capped_by_an_operator_setting() {
+        // Without egress_max_rate, the line rate caps rate and ceiling.
+        let p = on(&[("egress_line_rate", "1gbit")]);
+        assert_eq!(p.max_burst, DEFAULT_MAX_BURST);
+        for (label, value, needle) in [
+            (
+                "rein.net.egress.rate",
+                "2gbit",
+                "above the operator's cap of 1Gbit (egress_line_rate)",
+            ),
+            (
+                "rein.net.egress.ceil",
+                "2gbit",
+                "above the operator's cap of 1Gbit (egress_line_rate)",
+            ),
+            (
+                "rein.net.egress.burst",
+                "1TiB",
+                "above the operator's cap of 16MiB (egress_max_burst)",
+            ),
+        ] {
+            let err = p
+                .shape_for(&config(&[(label, value)]), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(label) && err.contains(value) && err.contains(needle),
+                "{err}"
+            );
+        }
+        let p = on(&[("egress_max_rate", "100mbit"), ("egress_max_burst", "1MiB")]);
+        let err = p
+            .shape_for(
+                &config(&[
+                    ("rein.net.egress.rate", "100mbit"),
+                    ("rein.net.egress.burst", "1048577B"),
+                ]),
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cap of 1MiB (egress_max_burst)"), "{err}");
+        assert!(err.contains("rein.net.egress.burst"), "{err}");
+        let s = p
+            .shape_for(
+                &config(&[
+                    ("rein.net.egress.rate", "100mbit"),
+                    ("rein.net.egress.burst", "1MiB"),
+                ]),
+                None,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.burst, 1 << 20, "at the cap is accepted");
+        // Default bursts (10 ms at the rate) are clamped to the cap, not refused.
+        let p = on(&[("egress_max_burst", "64KiB")]);
+        let s = p
+            .shape_for(&config(&[("rein.net.egress.rate", "1gbit")]), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.burst, 64 << 10);
+        let p = on(&[
+            ("egress_max_burst", "64KiB"),
+            ("egress_rate_per_cpu", "1gbit"),
+        ]);
+        let s = p.shape_for(&config(&[]), Some(1.0)).unwrap().unwrap();
+        assert_eq!(s.updated(&p, Some(4.0)).burst, 64 << 10);
+        assert_eq!(format_bytes(1600), "1600B");
+        assert_eq!(format_bytes(3 << 30), "3GiB");
+    }
+
+    #[test]
+    fn recovered_shapes_are_brought_within_the_caps() {
+        let p = on(&[("egress_max_rate", "100mbit"), ("egress_max_burst", "1MiB")]);
+        let old = Shape {
+            rate: 200_000_000,
+            ceil: 1_000_000_000,
+            burst: 1 << 40,
+            from_cpus: false,
+        };
+        let s = old.within_caps(&p);
+        assert_eq!(
+            (s.rate, s.ceil, s.burst),
+            (100_000_000, 100_000_000, 1 << 20)
+        );
+        let fine = Shape {
+            rate: 10_000_000,
+            ceil: 50_000_000,
+            burst: 65536,
+            from_cpus: true,
+        };
+        assert_eq!(fine.within_caps(&p), fine);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::netlink::Netlink;
 use super::netns;
 use super::netns_shaping::NetnsShaping;
 use super::policy::{EgressParams, Shape, DEFAULT_ROUTE};
-use super::tc::{self, handle, ClassRates, ClassStats};
+use super::tc::{self, handle, ClassRates, ClassStats, HeldRates};
 
 /// Minor of the link class every container class hangs below.
 pub const LINK_MINOR: u16 = 0xfffe;
@@ -95,6 +95,12 @@ pub(super) fn container_rates(shape: &Shape) -> ClassRates {
         burst: shape.burst,
         cburst: shape.burst,
     }
+}
+
+/// What the kernel holds for a container's shape once applied (its rounding of
+/// rates and bursts); what is reported when no class could be read back.
+pub fn expected_held(shape: &Shape) -> HeldRates {
+    tc::held_rates(&container_rates(shape))
 }
 
 /// Creates the tree on a device, or adopts it if rein's tree is already there.
@@ -392,6 +398,7 @@ impl Shaper {
                 sum.bytes += s.bytes;
                 sum.packets += s.packets;
                 sum.drops += s.drops;
+                sum.held = sum.held.or(s.held);
             }
         };
         if self.netns.contains(classid) {

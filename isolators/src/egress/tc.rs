@@ -207,6 +207,59 @@ fn xmit_ticks(bytes: u64, bytes_per_sec: u64) -> u32 {
     u32::try_from(ns / 64).unwrap_or(u32::MAX)
 }
 
+/// The bytes a class may send at once with a bucket of `ticks` at `bytes_per_sec`:
+/// HTB keeps the bucket as time (ticks of 64 ns, saturated at `u32::MAX`, about
+/// 275 s), so this is what it really allows, whatever was asked.
+fn ticks_to_bytes(ticks: u32, bytes_per_sec: u64) -> u64 {
+    let bytes = u128::from(ticks) * 64 * u128::from(bytes_per_sec) / 1_000_000_000;
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+/// What the kernel holds for an HTB class: byte rates and bursts in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldRates {
+    /// Guaranteed rate, bytes per second.
+    pub rate: u64,
+    /// Ceiling, bytes per second.
+    pub ceil: u64,
+    /// Bytes sendable at once at the rate.
+    pub burst: u64,
+    /// Bytes sendable at once at the ceiling.
+    pub cburst: u64,
+}
+
+/// What the kernel will hold for `rates` once [`set_class`] applied them, computed
+/// with the kernel's own rounding (byte rates, bursts as whole ticks).
+pub fn held_rates(rates: &ClassRates) -> HeldRates {
+    let (opt, rate, ceil) = htb_opt(rates);
+    held_from_opt(&opt, rate, ceil).unwrap_or_default()
+}
+
+/// Decodes a `tc_htb_opt` (with the 64-bit rates where the kernel sent them).
+fn held_from_opt(opt: &[u8], rate64: u64, ceil64: u64) -> Option<HeldRates> {
+    let rate = rate64.max(u64::from(u32_at(opt, 8)?));
+    let ceil = ceil64.max(u64::from(u32_at(opt, 20)?));
+    Some(HeldRates {
+        rate,
+        ceil,
+        burst: ticks_to_bytes(u32_at(opt, 24)?, rate),
+        cburst: ticks_to_bytes(u32_at(opt, 28)?, ceil),
+    })
+}
+
+/// The HTB parameters in a class reply's attributes.
+fn parse_held(a: &[u8]) -> Option<HeldRates> {
+    let options = find_attr(a, TCA_OPTIONS)?;
+    let opt = find_attr(options, TCA_HTB_PARMS)?;
+    let rate64 = find_attr(options, TCA_HTB_RATE64)
+        .and_then(|d| u64_at(d, 0))
+        .unwrap_or_default();
+    let ceil64 = find_attr(options, TCA_HTB_CEIL64)
+        .and_then(|d| u64_at(d, 0))
+        .unwrap_or_default();
+    held_from_opt(opt, rate64, ceil64)
+}
+
 /// `tc_ratespec` for a byte rate (saturated; the 64-bit attribute carries the rest).
 fn ratespec(bytes_per_sec: u64) -> [u8; 12] {
     let mut b = [0u8; 12];
@@ -304,10 +357,15 @@ pub struct ClassStats {
     pub packets: u64,
     /// Packets dropped.
     pub drops: u64,
+    /// Rates and bursts as the kernel holds them (read back with the counters).
+    pub held: Option<HeldRates>,
 }
 
 fn parse_stats(a: &[u8]) -> ClassStats {
-    let mut s = ClassStats::default();
+    let mut s = ClassStats {
+        held: parse_held(a),
+        ..ClassStats::default()
+    };
     if let Some(stats) = find_attr(a, TCA_STATS2) {
         if let Some(basic) = find_attr(stats, TCA_STATS_BASIC) {
             s.bytes = u64_at(basic, 0).unwrap_or_default();
@@ -429,6 +487,67 @@ mod tests {
         assert_eq!(rate, 12_500_000_000);
         assert_eq!(u32_at(&b, 8), Some(u32::MAX));
         assert_eq!(u32_at(&b, 32), Some(200_000));
+    }
+
+    #[test]
+    fn held_rates_follow_the_kernels_rounding() {
+        // 100mbit with a 64 KiB burst: 65536 bytes in ticks of 64 ns, rounded down.
+        let held = held_rates(&ClassRates {
+            rate: 100_000_000,
+            ceil: 100_000_000,
+            burst: 65_536,
+            cburst: 65_536,
+        });
+        assert_eq!((held.rate, held.ceil), (12_500_000, 12_500_000));
+        assert!(held.burst <= 65_536 && held.burst > 65_536 - 1, "{held:?}");
+        // A burst the bucket cannot hold is reported as what it holds: u32::MAX
+        // ticks at 12.5 MB/s, about 3.4 GB, not the 1 TiB asked.
+        let held = held_rates(&ClassRates {
+            rate: 100_000_000,
+            ceil: 100_000_000,
+            burst: 1 << 40,
+            cburst: 1 << 40,
+        });
+        assert_eq!(
+            held.burst,
+            u64::from(u32::MAX) * 64 * 12_500_000 / 1_000_000_000
+        );
+        assert!(held.burst < 4_000_000_000, "{held:?}");
+        // Rates above 4 GB/s travel in the 64-bit attributes.
+        let held = held_rates(&ClassRates {
+            rate: 40_000_000_000,
+            ceil: 40_000_000_000,
+            burst: 5_000_000,
+            cburst: 5_000_000,
+        });
+        assert_eq!(held.rate, 5_000_000_000);
+        assert!(
+            held.burst <= 5_000_000 && held.burst > 4_999_000,
+            "{held:?}"
+        );
+    }
+
+    #[test]
+    fn class_replies_yield_the_held_rates() {
+        let (opt, _, _) = htb_opt(&ClassRates {
+            rate: 80_000_000_000,
+            ceil: 80_000_000_000,
+            burst: 10_000_000,
+            cburst: 10_000_000,
+        });
+        let mut m = Msg::new(0, 0, "test");
+        m.nest(TCA_OPTIONS)
+            .attr(TCA_HTB_PARMS, &opt)
+            .attr(TCA_HTB_RATE64, &10_000_000_000u64.to_ne_bytes())
+            .attr(TCA_HTB_CEIL64, &10_000_000_000u64.to_ne_bytes())
+            .end_nest();
+        let bytes = m.bytes();
+        let held = parse_stats(&bytes[16..]).held.expect("held rates");
+        assert_eq!((held.rate, held.ceil), (10_000_000_000, 10_000_000_000));
+        assert!(
+            held.burst <= 10_000_000 && held.burst > 9_999_000,
+            "{held:?}"
+        );
     }
 
     #[test]

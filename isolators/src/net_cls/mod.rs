@@ -367,6 +367,24 @@ impl Isolator for NetClsIsolator {
                     e.cgroup_id = cgroup_id;
                 }
             }
+            let recapped = match (&self.egress, &mut record.egress) {
+                (Some(egress), Some(e)) => {
+                    let capped = e.shape.within_caps(&egress.params);
+                    let changed = capped != e.shape;
+                    if changed {
+                        warn!(container = %id, recorded = ?e.shape, now = ?capped,
+                              "recovered egress shaping above the operator's current caps; brought within them");
+                        e.shape = capped;
+                    }
+                    changed
+                }
+                _ => false,
+            };
+            if recapped {
+                if let Err(err) = self.store.save(&id, &record) {
+                    warn!(container = %id, "saving net_cls state: {err}");
+                }
+            }
             if let (Some(egress), Some(e)) = (&mut self.egress, &mut record.egress) {
                 let classid = record.handle.classid();
                 // Where it was shaped follows from where its init process lives.
@@ -480,14 +498,19 @@ impl Isolator for NetClsIsolator {
             return Ok(Statistics::default());
         };
         let stats = egress.shaper.stats(record.handle.classid())?;
+        // What the kernel holds, read back; computed with its rounding when no
+        // device had the class (a namespace without devices yet).
+        let held = stats
+            .held
+            .unwrap_or_else(|| egress::expected_held(&e.shape));
         Ok(Statistics {
             net_tx: Some(NetTx {
                 bytes: stats.bytes,
                 packets: stats.packets,
                 dropped: stats.drops,
-                rate_limit: e.shape.rate / 8,
-                burst_rate_limit: e.shape.ceil / 8,
-                burst_size: e.shape.burst,
+                rate_limit: held.rate,
+                burst_rate_limit: held.ceil,
+                burst_size: held.burst,
             }),
             ..Statistics::default()
         })

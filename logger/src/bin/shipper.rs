@@ -7,6 +7,7 @@
 //! ```
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use rein_logger::shipper::{supervisor, worker, ShipperConfig};
@@ -36,6 +37,42 @@ fn inherited(var: &str) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// `check`: the effective settings (secrets redacted by their `Debug`) and
+/// a warning for every file holding credentials that other users can read.
+fn check(path: &std::path::Path, c: &ShipperConfig) {
+    println!("{c:#?}");
+    let settings_hold_secrets = c.kafka.as_ref().is_some_and(|k| !k.secrets().is_empty())
+        || c.redis
+            .as_ref()
+            .is_some_and(|r| !r.url.secrets().is_empty());
+    let files = [
+        (
+            "the settings file",
+            settings_hold_secrets.then(|| path.to_path_buf()),
+        ),
+        (
+            "es_auth_file",
+            c.es.as_ref().and_then(|e| e.auth_file.clone()),
+        ),
+        (
+            "redis_auth_file",
+            c.redis.as_ref().and_then(|r| r.auth_file.clone()),
+        ),
+    ];
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        match std::fs::metadata(&path) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => eprintln!(
+                "warning: {key} {} is open to other users (mode {:o}): chmod 600 it",
+                path.display(),
+                m.permissions().mode() & 0o7777
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: {key} {}: {e}", path.display()),
+        }
+    }
+}
+
 fn main_inner() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let cmd = args.get(1).map(String::as_str).unwrap_or("");
@@ -51,6 +88,7 @@ fn main_inner() -> Result<(), String> {
         }
         "worker" => {
             let (_, c) = config()?;
+            rein_logger::sink::deadletter::set_limits(c.dead_letter);
             supervisor::raise_nofile();
             worker::install_stop_handler();
             let listen = inherited("REIN_SHIPPER_LISTEN_FD")?;
@@ -59,7 +97,7 @@ fn main_inner() -> Result<(), String> {
             w.adopt()?;
             w.run()
         }
-        "check" => config().map(|(_, c)| println!("{c:#?}")),
+        "check" => config().map(|(p, c)| check(&p, &c)),
         "stats" => {
             let d = arg(&args, "--state-dir").ok_or("--state-dir DIR is required")?;
             let s = std::fs::read_to_string(d.join("counters.json"))

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::json::{self, push_str, raw_as_str};
+use super::json::{self, push_compact, push_str, raw_as_str};
 use super::multiline::Record;
 use super::time::{parse_leading_timestamp, TsFormatter};
 use super::Stream;
@@ -48,12 +48,34 @@ impl SourceMeta {
 }
 
 /// Operator-level encoding settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EncodeOptions {
     /// Written as `host.name`.
     pub host_name: Option<String>,
     /// Operator fields merged at the top level of every document.
     pub extra_fields: serde_json::Map<String, serde_json::Value>,
+    /// `max_timestamp_past`: how far before its receive time a record's own
+    /// timestamp is trusted (it picks the dated index). Older: the record
+    /// gets its receive time and keeps its own in `log.original_timestamp`.
+    pub max_ts_past_ms: i64,
+    /// `max_timestamp_future`: the same, after the receive time.
+    pub max_ts_future_ms: i64,
+}
+
+/// Default of `max_timestamp_past`: one day.
+pub const DEFAULT_TS_PAST_MS: i64 = 24 * 3600 * 1000;
+/// Default of `max_timestamp_future`: five minutes.
+pub const DEFAULT_TS_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            host_name: None,
+            extra_fields: serde_json::Map::new(),
+            max_ts_past_ms: DEFAULT_TS_PAST_MS,
+            max_ts_future_ms: DEFAULT_TS_FUTURE_MS,
+        }
+    }
 }
 
 /// Top-level names the logger writes itself; JSON-line fields with these
@@ -85,6 +107,16 @@ pub struct StreamEncoder {
     extra_keys: Vec<String>,
     id_prefix: Vec<u8>,
     ts: TsFormatter,
+    max_past_ms: i64,
+    max_future_ms: i64,
+}
+
+/// A record's time: the one its index is chosen by, and the task's own
+/// when that was refused as too far from the receive time.
+#[derive(Clone, Copy, Debug)]
+struct RecordTime {
+    ms: i64,
+    refused: Option<i64>,
 }
 
 fn push_kv_str(out: &mut Vec<u8>, first: &mut bool, k: &str, v: &str) {
@@ -231,6 +263,32 @@ impl StreamEncoder {
             extra_keys,
             id_prefix,
             ts: TsFormatter::default(),
+            max_past_ms: opts.max_ts_past_ms.max(0),
+            max_future_ms: opts.max_ts_future_ms.max(0),
+        }
+    }
+
+    /// The record's own time if it lies within the accepted skew of its
+    /// receive time, else the receive time: a task never picks an index date.
+    fn bound_time(&self, own: Option<i64>, read_ms: i64) -> RecordTime {
+        match own {
+            Some(t)
+                if t >= read_ms.saturating_sub(self.max_past_ms)
+                    && t <= read_ms.saturating_add(self.max_future_ms) =>
+            {
+                RecordTime {
+                    ms: t,
+                    refused: None,
+                }
+            }
+            Some(t) => RecordTime {
+                ms: read_ms,
+                refused: Some(t),
+            },
+            None => RecordTime {
+                ms: read_ms,
+                refused: None,
+            },
         }
     }
 
@@ -253,35 +311,68 @@ impl StreamEncoder {
         if let Some(fields) = json::parse_object(rec.text) {
             return self.encode_json(rec, &fields, read_ms, out);
         }
-        let (ts, rest) = match parse_leading_timestamp(rec.text) {
-            Some((ms, n)) => (ms, &rec.text[n..]),
-            None => (read_ms, rec.text),
+        let (own, rest) = match parse_leading_timestamp(rec.text) {
+            Some((ms, n)) => (Some(ms), &rec.text[n..]),
+            None => (None, rec.text),
         };
+        let time = self.bound_time(own, read_ms);
         let level = detect_level(rest);
         out.extend_from_slice(b"{\"@timestamp\":\"");
-        self.ts.push(ts, out);
+        self.ts.push(time.ms, out);
         out.extend_from_slice(b"\",\"message\":");
         push_str(out, rec.text);
         out.push(b',');
-        self.push_log(rec, level.map(str::as_bytes), out);
+        self.push_log(rec, level.map(str::as_bytes), time, out);
         out.extend_from_slice(&self.tail);
         out.push(b'}');
-        ts
+        time.ms
     }
 
-    fn push_log(&self, rec: &Record<'_>, level: Option<&[u8]>, out: &mut Vec<u8>) {
+    /// The `log` object. `log.flags` lists what was done to the record:
+    /// `multiline` (lines joined, count in `log.lines`), `split` (a part of
+    /// an overlong line, position in `log.split`), `timestamp_refused` (its
+    /// own time, kept in `log.original_timestamp`, was outside the skew).
+    fn push_log(
+        &mut self,
+        rec: &Record<'_>,
+        level: Option<&[u8]>,
+        t: RecordTime,
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(&self.log_head);
         out.extend_from_slice(itoa_u64(rec.offset).as_bytes_mut());
         if let Some(l) = level {
             out.extend_from_slice(b",\"level\":");
             push_str(out, l);
         }
+        let flags = [
+            (rec.lines > 1, &b"\"multiline\""[..]),
+            (rec.split.is_some(), b"\"split\""),
+            (t.refused.is_some(), b"\"timestamp_refused\""),
+        ];
+        if flags.iter().any(|f| f.0) {
+            out.extend_from_slice(b",\"flags\":[");
+            let mut first = true;
+            for (_, name) in flags.iter().filter(|f| f.0) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(name);
+            }
+            out.push(b']');
+        }
         if rec.lines > 1 {
-            out.extend_from_slice(b",\"flags\":[\"multiline\"],\"lines\":");
+            out.extend_from_slice(b",\"lines\":");
             out.extend_from_slice(itoa_u64(u64::from(rec.lines)).as_bytes_mut());
         }
+        if let Some(own) = t.refused {
+            out.extend_from_slice(b",\"original_timestamp\":\"");
+            self.ts.push(own, out);
+            out.push(b'"');
+        }
         if let Some(s) = rec.split {
-            out.extend_from_slice(b",\"flags\":[\"split\"],\"split\":{\"part\":");
+            out.extend_from_slice(b",\"split\":{\"part\":");
             out.extend_from_slice(itoa_u64(u64::from(s.index)).as_bytes_mut());
             out.extend_from_slice(if s.last {
                 b",\"last\":true}"
@@ -330,13 +421,13 @@ impl StreamEncoder {
                 break;
             }
         }
-        let ts = ts.unwrap_or(read_ms);
+        let time = self.bound_time(ts, read_ms);
         out.extend_from_slice(b"{\"@timestamp\":\"");
-        self.ts.push(ts, out);
+        self.ts.push(time.ms, out);
         out.extend_from_slice(b"\",\"message\":");
         push_str(out, msg.as_deref().map(str::as_bytes).unwrap_or(rec.text));
         out.push(b',');
-        self.push_log(rec, level.as_deref().map(str::as_bytes), out);
+        self.push_log(rec, level.as_deref().map(str::as_bytes), time, out);
         out.extend_from_slice(&self.tail);
         let mut nested = Vec::new();
         for (k, v) in fields {
@@ -351,7 +442,8 @@ impl StreamEncoder {
             dst.push(b',');
             push_str(dst, k.as_bytes());
             dst.push(b':');
-            dst.extend_from_slice(v.get().as_bytes());
+            // Raw text as the task wrote it (pretty-printed: newlines): compacted.
+            push_compact(dst, v.get().as_bytes());
         }
         if !nested.is_empty() {
             out.extend_from_slice(b",\"json\":{");
@@ -359,7 +451,7 @@ impl StreamEncoder {
             out.push(b'}');
         }
         out.push(b'}');
-        ts
+        time.ms
     }
 }
 
@@ -470,6 +562,102 @@ mod tests {
         assert_eq!(detect_level(b"ts=1 level=warning msg=x"), Some("warn"));
         assert_eq!(detect_level(b"[debug] x"), Some("debug"));
         assert_eq!(detect_level(b"plain text"), None);
+    }
+
+    fn encode_one(text: &[u8], lines: u32, read_ms: i64) -> (serde_json::Value, i64) {
+        let meta = SourceMeta {
+            container_chain: vec!["c".into()],
+            task_labels: vec![("a\nb".into(), "v\"\n".into())],
+            ..Default::default()
+        };
+        let mut e = StreamEncoder::new(&meta, Stream::Stdout, &EncodeOptions::default());
+        let rec = Record {
+            offset: 0,
+            text,
+            lines,
+            split: None,
+        };
+        let mut out = Vec::new();
+        let ts = e.encode(&rec, read_ms, &mut out);
+        assert!(
+            !out.contains(&b'\n') && !out.contains(&b'\r'),
+            "raw line break in {}",
+            String::from_utf8_lossy(&out)
+        );
+        let v = serde_json::from_slice(&out)
+            .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&out)));
+        (v, ts)
+    }
+
+    #[test]
+    fn pretty_printed_json_becomes_one_line() {
+        let pretty = b"{\n  \"msg\": \"hello\",\n  \"ctx\": {\n    \"a\": [\n      1,\n      2\n    ]\r\n  },\n  \"log\" : {\"x\": \"y\"}\n}";
+        let (v, _) = encode_one(pretty, 7, 1000);
+        assert_eq!(v["message"], "hello");
+        assert_eq!(v["ctx"]["a"][1], 2);
+        assert_eq!(v["json"]["log"]["x"], "y");
+        assert_eq!(v["log"]["flags"][0], "multiline");
+    }
+
+    #[test]
+    fn every_byte_value_encodes_to_one_valid_line() {
+        for b in 0..=255u8 {
+            for text in [
+                vec![b],
+                vec![b'x', b, b'y'],
+                format!("{{\"k\":\"a{}b\"}}", char::from(b)).into_bytes(),
+                [b"{\"k\":".as_slice(), &[b], b"1}"].concat(),
+                [b"{\"k\":\"".as_slice(), &[b], b"\"}"].concat(),
+            ] {
+                encode_one(&text, 1, 1000);
+            }
+        }
+    }
+
+    #[test]
+    fn flags_are_one_array() {
+        let meta = SourceMeta::default();
+        let mut e = StreamEncoder::new(&meta, Stream::Stdout, &EncodeOptions::default());
+        let rec = Record {
+            offset: 0,
+            text: b"2020-01-01T00:00:00Z x",
+            lines: 3,
+            split: Some(super::super::SplitPart {
+                index: 1,
+                last: true,
+            }),
+        };
+        let mut out = Vec::new();
+        e.encode(&rec, 1_714_564_800_000, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(s.matches("\"flags\"").count(), 1, "{s}");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(
+            v["log"]["flags"],
+            serde_json::json!(["multiline", "split", "timestamp_refused"])
+        );
+    }
+
+    #[test]
+    fn a_task_cannot_pick_the_index_date() {
+        let now = 1_714_564_800_000; // 2024-05-01T12:00:00Z
+                                     // Within the skew: the record's own time.
+        let (v, ts) = encode_one(b"2024-05-01T11:00:00Z ok", 1, now);
+        assert_eq!(ts, now - 3_600_000);
+        assert!(v["log"].get("original_timestamp").is_none());
+        // Far past, far future, JSON time fields: the receive time, own time kept.
+        for line in [
+            &b"1999-01-01T00:00:00Z old"[..],
+            b"2024-05-01T12:10:00Z too far ahead",
+            br#"{"@timestamp":"2190-01-01T00:00:00Z","msg":"x"}"#,
+            br#"{"ts":1,"msg":"x"}"#,
+        ] {
+            let (v, ts) = encode_one(line, 1, now);
+            assert_eq!(ts, now, "{}", String::from_utf8_lossy(line));
+            assert_eq!(v["@timestamp"], "2024-05-01T12:00:00.000Z");
+            assert!(v["log"]["original_timestamp"].is_string(), "{v}");
+            assert_eq!(v["log"]["flags"], serde_json::json!(["timestamp_refused"]));
+        }
     }
 
     #[test]

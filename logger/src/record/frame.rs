@@ -51,6 +51,13 @@ impl Framer {
         }
     }
 
+    /// Bytes a caller's read window must hold for every call to make
+    /// progress: a line of `max_line` bytes and its newline. A smaller window
+    /// ending inside an overlong line would be consumed by nothing, forever.
+    pub fn window_needed(&self) -> usize {
+        self.max_line + 1
+    }
+
     /// True while the previous call ended in the middle of a split line.
     pub fn in_split(&self) -> bool {
         self.part > 0

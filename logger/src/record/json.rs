@@ -56,6 +56,101 @@ pub fn push_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+fn hex4(b: &[u8]) -> Option<u16> {
+    let s = std::str::from_utf8(b.get(..4)?).ok()?;
+    u16::from_str_radix(s, 16).ok()
+}
+
+/// Appends the JSON text `raw` on one line: whitespace between tokens is
+/// dropped (pretty-printed values keep no raw newline), raw control bytes
+/// inside strings are escaped and unpaired UTF-16 surrogate escapes become
+/// U+FFFD. Every sink's framing relies on a document being exactly one line
+/// of valid JSON, whatever the task wrote: this is the only way a task's JSON
+/// text reaches a document.
+pub fn push_compact(out: &mut Vec<u8>, raw: &[u8]) {
+    let mut i = 0;
+    let mut in_str = false;
+    while i < raw.len() {
+        let b = raw[i];
+        if !in_str {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b'"' => {
+                    in_str = true;
+                    out.push(b);
+                }
+                // Not valid between tokens: never copied, so it cannot break a frame.
+                0..=0x1f => {}
+                _ => out.push(b),
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_str = false;
+                out.push(b);
+                i += 1;
+            }
+            b'\\' if raw.get(i + 1) == Some(&b'u') => {
+                let Some(u) = hex4(&raw[(i + 2).min(raw.len())..]) else {
+                    // What follows is copied as plain characters.
+                    out.extend_from_slice(b"\\ufffd");
+                    i += 2;
+                    continue;
+                };
+                let paired_low = raw.get(i + 6) == Some(&b'\\')
+                    && raw.get(i + 7) == Some(&b'u')
+                    && hex4(&raw[(i + 8).min(raw.len())..])
+                        .is_some_and(|l| (0xdc00..0xe000).contains(&l));
+                match u {
+                    0xd800..=0xdbff if paired_low => {
+                        out.extend_from_slice(&raw[i..i + 12]);
+                        i += 12;
+                    }
+                    0xd800..=0xdfff => {
+                        out.extend_from_slice(b"\\ufffd");
+                        i += 6;
+                    }
+                    _ => {
+                        out.extend_from_slice(&raw[i..i + 6]);
+                        i += 6;
+                    }
+                }
+            }
+            b'\\' => {
+                match raw.get(i + 1) {
+                    Some(&e) if b"\"\\/bfnrt".contains(&e) => out.extend_from_slice(&[b, e]),
+                    _ => out.extend_from_slice(b"\\\\"),
+                }
+                i += 2;
+            }
+            0..=0x1f => {
+                escape_valid(out, &raw[i..=i]);
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    if in_str {
+        out.push(b'"');
+    }
+}
+
+/// `doc` as one line: borrowed when it has no CR/LF (every document this
+/// version encodes), compacted otherwise (records buffered by older versions).
+pub fn one_line(doc: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memchr2(b'\n', b'\r', doc).is_none() {
+        return Cow::Borrowed(doc);
+    }
+    let mut out = Vec::with_capacity(doc.len());
+    push_compact(&mut out, doc);
+    Cow::Owned(out)
+}
+
 /// A JSON object line, its top-level keys sorted, values kept as raw text.
 pub type Fields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
 
@@ -105,5 +200,33 @@ mod tests {
         assert_eq!(raw_as_str(f["a"]).unwrap(), "x\"y");
         assert!(parse_object(b"{not json}").is_none());
         assert!(parse_object(b"[1,2]").is_none());
+    }
+
+    #[test]
+    fn compacts_pretty_json_to_one_valid_line() {
+        let pretty = b"{\n  \"a\" : [ 1,\r\n 2 ],\n\t\"b\": \"x y\\n\\u00e9\\ud83d\\ude00\"\n}";
+        let mut o = Vec::new();
+        push_compact(&mut o, pretty);
+        assert_eq!(
+            std::str::from_utf8(&o).unwrap(),
+            r#"{"a":[1,2],"b":"x y\n\u00e9\ud83d\ude00"}"#
+        );
+        // Lone surrogates, raw control bytes in strings, a bad escape.
+        for raw in [
+            &br#""\ud800x""#[..],
+            br#""\udc00""#,
+            b"\"a\x01\x1fb\"",
+            br#""\q""#,
+            br#""\u12""#,
+            b"\"unterminated",
+        ] {
+            o.clear();
+            push_compact(&mut o, raw);
+            assert!(!o.contains(&b'\n'), "{o:?}");
+            serde_json::from_slice::<serde_json::Value>(&o)
+                .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(&o)));
+        }
+        assert!(matches!(one_line(b"{\"a\":1}"), Cow::Borrowed(_)));
+        assert_eq!(&*one_line(b"{\n\"a\":1\n}"), b"{\"a\":1}");
     }
 }

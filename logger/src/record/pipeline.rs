@@ -159,6 +159,12 @@ impl StreamPipeline {
             .is_some_and(|m| m.pending_offset().is_some())
     }
 
+    /// Smallest read window with which [`StreamPipeline::feed`] always
+    /// consumes something (see [`Framer::window_needed`]).
+    pub fn window_needed(&self) -> usize {
+        self.framer.window_needed()
+    }
+
     /// True while the framer is in the middle of a split line.
     pub fn in_split(&self) -> bool {
         self.framer.in_split()

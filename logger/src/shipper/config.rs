@@ -7,15 +7,23 @@ use std::time::Duration;
 use rein_core::params::{ParamError, Params};
 
 use crate::http::Url;
+use crate::peercred;
 use crate::record::EncodeOptions;
+use crate::redact;
+use crate::sink::deadletter::{DeadLetterLimits, DEFAULT_MAX_BYTES_PER_CONTAINER};
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
-use crate::sink::redis_config::{validate_stream, RedisConfig};
+use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
+use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
 use crate::wal::FullPolicy;
 
 /// Every setting of the shipper (see the README).
 pub const KEYS: &[&str] = &[
     "socket",
+    "socket_group",
+    "max_dead_letter_bytes",
+    "dead_letter_full_policy",
+    "max_dead_letter_bytes_per_container",
     "state_dir",
     "buffer_max_bytes",
     "buffer_segment_bytes",
@@ -31,6 +39,9 @@ pub const KEYS: &[&str] = &[
     "checkpoint_interval",
     "host_name",
     "extra_fields",
+    "max_timestamp_past",
+    "max_timestamp_future",
+    "route_failure",
     "es_url",
     "es_index",
     "es_auth_file",
@@ -74,6 +85,14 @@ pub const KEYS: &[&str] = &[
 pub struct ShipperConfig {
     /// `socket`: unix socket the modules connect to (default /run/rein/log-shipper.sock).
     pub socket: PathBuf,
+    /// `socket_group`: group (name or gid) whose members may use the socket
+    /// besides root (socket mode 0660 instead of 0600; none by default).
+    pub socket_group: Option<u32>,
+    /// `max_dead_letter_bytes` (default 1GiB) and `dead_letter_full_policy`
+    /// (`pause`, default, or `drop`): bound of every dead-letter file;
+    /// `max_dead_letter_bytes_per_container` (default 16MiB, at most the
+    /// former): one container's share of it.
+    pub dead_letter: DeadLetterLimits,
     /// `state_dir`: checkpoints, registrations, disk buffers, counters (default /var/lib/rein/log-shipper).
     pub state_dir: PathBuf,
     /// `buffer_max_bytes`: bound of each sink's disk buffer (default 1GiB).
@@ -142,8 +161,20 @@ impl ShipperConfig {
         Self::from_pairs(&parse_pairs(&text)).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Builds the settings from pairs.
+    /// Builds the settings from pairs. An error never shows a secret: the
+    /// value it quotes goes through [`redact::setting`] (unknown keys: hidden).
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<Self, ParamError> {
+        Self::build(pairs).map_err(|mut e| {
+            e.value = if KEYS.contains(&e.name.as_str()) {
+                redact::setting(&e.name, &e.value)
+            } else {
+                redact::REDACTED.into()
+            };
+            e
+        })
+    }
+
+    fn build(pairs: &[(String, String)]) -> Result<Self, ParamError> {
         let p = Params::new(pairs, KEYS)?;
         let state_dir = p
             .path("state_dir")?
@@ -164,6 +195,26 @@ impl ShipperConfig {
             host_name: p.string("host_name"),
             ..Default::default()
         };
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let day = Duration::from_secs(24 * 3600);
+        if let Some(d) = p.duration("max_timestamp_past")? {
+            if d > 366 * day {
+                return Err(p.error("max_timestamp_past", "at most 366 days"));
+            }
+            encode.max_ts_past_ms = ms(d);
+        }
+        if let Some(d) = p.duration("max_timestamp_future")? {
+            if d > day {
+                return Err(p.error("max_timestamp_future", "at most 24h"));
+            }
+            encode.max_ts_future_ms = ms(d);
+        }
+        let route_failure = match p.raw("route_failure") {
+            None => DEFAULT_ROUTE_FAILURE,
+            Some(v) => v
+                .parse::<RouteFailure>()
+                .map_err(|e| p.error("route_failure", e))?,
+        };
         if let Some(raw) = p.raw("extra_fields") {
             match serde_json::from_str::<serde_json::Value>(raw) {
                 Ok(serde_json::Value::Object(m)) => encode.extra_fields = m,
@@ -173,6 +224,15 @@ impl ShipperConfig {
         let es = match p.raw("es_url") {
             None => None,
             Some(u) => {
+                if u.split("://")
+                    .nth(1)
+                    .is_some_and(|r| r.split(['/', '?']).next().is_some_and(|a| a.contains('@')))
+                {
+                    return Err(p.error(
+                        "es_url",
+                        "credentials in the URL are not accepted (they would show in logs): put them in es_auth_file",
+                    ));
+                }
                 let url = Url::parse(u).map_err(|e| p.error("es_url", e))?;
                 let index = p
                     .string("es_index")
@@ -198,6 +258,7 @@ impl ShipperConfig {
                         .path("es_dead_letter")?
                         .unwrap_or_else(|| state_dir.join("dead-letter/elasticsearch.ndjson")),
                     refresh: p.bool("es_refresh")?.unwrap_or(false),
+                    route_failure,
                 })
             }
         };
@@ -246,6 +307,7 @@ impl ShipperConfig {
                         .path("kafka_dead_letter")?
                         .unwrap_or_else(|| state_dir.join("dead-letter/kafka.ndjson")),
                     properties,
+                    route_failure,
                 })
             }
         };
@@ -268,10 +330,12 @@ impl ShipperConfig {
                 let dedup_prefix = p
                     .string("redis_dedup_prefix")
                     .unwrap_or_else(|| "rein:dedup".into());
-                validate_stream(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
+                validate_key(&dedup_prefix).map_err(|e| p.error("redis_dedup_prefix", e))?;
+                crate::sink::route::check_redis_stream(stream.as_bytes(), &dedup_prefix)
+                    .map_err(|e| p.error("redis_stream", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
                 Some(RedisConfig {
-                    url: u.to_string(),
+                    url: u.into(),
                     stream,
                     batch_records: to_usize(p.u64("redis_batch_records")?.unwrap_or(1000).max(1)),
                     batch_bytes: to_usize(
@@ -294,12 +358,43 @@ impl ShipperConfig {
                     dead_letter: p
                         .path("redis_dead_letter")?
                         .unwrap_or_else(|| state_dir.join("dead-letter/redis.ndjson")),
+                    route_failure,
                 })
             }
+        };
+        let max_dead_letter_bytes = p
+            .bytes("max_dead_letter_bytes")?
+            .unwrap_or(1 << 30)
+            .max(64 << 10);
+        let max_bytes_per_container = match p.bytes("max_dead_letter_bytes_per_container")? {
+            None => DEFAULT_MAX_BYTES_PER_CONTAINER.min(max_dead_letter_bytes),
+            Some(n) if n > max_dead_letter_bytes => {
+                return Err(p.error(
+                    "max_dead_letter_bytes_per_container",
+                    "must not exceed max_dead_letter_bytes",
+                ))
+            }
+            Some(n) => n.max(4 << 10),
+        };
+        let dead_letter = DeadLetterLimits {
+            max_bytes: max_dead_letter_bytes,
+            max_bytes_per_container,
+            policy: match p.raw("dead_letter_full_policy") {
+                None => DeadLetterLimits::default().policy,
+                Some(v) => v
+                    .parse()
+                    .map_err(|e: String| p.error("dead_letter_full_policy", e))?,
+            },
+        };
+        let socket_group = match p.raw("socket_group") {
+            None => None,
+            Some(g) => Some(peercred::resolve_group(g).map_err(|e| p.error("socket_group", e))?),
         };
         Ok(ShipperConfig {
             kafka,
             redis,
+            socket_group,
+            dead_letter,
             socket: p
                 .path("socket")?
                 .unwrap_or_else(|| crate::module::DEFAULT_SOCKET.into()),
@@ -365,6 +460,77 @@ mod tests {
             .contains("es_urll"));
         let bad = parse_pairs("es_url = http://x\nes_index = Bad/Index\n");
         assert!(ShipperConfig::from_pairs(&bad).is_err());
+        assert_eq!(c.es.as_ref().unwrap().route_failure, DEFAULT_ROUTE_FAILURE);
+        assert_eq!(
+            c.encode.max_ts_past_ms,
+            crate::record::encode::DEFAULT_TS_PAST_MS
+        );
+        let c = ShipperConfig::from_pairs(&parse_pairs(
+            "es_url = http://x\nroute_failure = wait\nmax_timestamp_past = 2h\nmax_timestamp_future = 1m\n",
+        ))
+        .unwrap();
+        assert_eq!(c.es.unwrap().route_failure, RouteFailure::Wait);
+        assert_eq!(c.encode.max_ts_past_ms, 7_200_000);
+        assert_eq!(c.encode.max_ts_future_ms, 60_000);
+        for (bad, key) in [
+            ("route_failure = sometimes\n", "route_failure"),
+            ("max_timestamp_future = 2d\n", "max_timestamp_future"),
+            ("max_timestamp_future = 48h\n", "max_timestamp_future"),
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_secrets() {
+        for text in [
+            "redis_url = redis://u:hunter2@\nredis_stream = a b\n",
+            "redis_url = http://u:hunter2@x\n",
+            "kafka_brokers = b:1\nkafka_properties = sasl.password=hunter2;junk\n",
+            "es_url = https://elastic:hunter2@es:9200\n",
+            "es_urll = https://elastic:hunter2@es:9200\n",
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(text)).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let c = ShipperConfig::from_pairs(&parse_pairs(
+            "kafka_brokers = b:1\nkafka_properties = sasl.username=u;sasl.password=hunter2\nredis_url = redis://u:hunter3@r:1\n",
+        ));
+        if let Ok(c) = c {
+            let shown = format!("{c:?}{c:#?}");
+            assert!(!shown.contains("hunter"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn socket_and_dead_letter_settings() {
+        let c = ShipperConfig::from_pairs(&parse_pairs("")).unwrap();
+        assert_eq!(c.socket_group, None);
+        assert_eq!(c.dead_letter, DeadLetterLimits::default());
+        let c = ShipperConfig::from_pairs(&parse_pairs(
+            "socket_group = root\nmax_dead_letter_bytes = 10MiB\ndead_letter_full_policy = drop\n",
+        ))
+        .unwrap();
+        assert_eq!(c.socket_group, Some(0));
+        assert_eq!(c.dead_letter.max_bytes, 10 << 20);
+        assert_eq!(c.dead_letter.max_bytes_per_container, 10 << 20);
+        let c =
+            ShipperConfig::from_pairs(&parse_pairs("max_dead_letter_bytes_per_container = 1MiB\n"))
+                .unwrap();
+        assert_eq!(c.dead_letter.max_bytes_per_container, 1 << 20);
+        assert_eq!(c.dead_letter.max_bytes, 1 << 30);
+        for bad in [
+            "socket_group = no-such-group-rein\n",
+            "dead_letter_full_policy = later\n",
+            "max_dead_letter_bytes_per_container = 2GiB\n",
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
+            assert!(
+                e.to_string().contains(bad.split(' ').next().unwrap()),
+                "{e}"
+            );
+        }
     }
 
     #[cfg(feature = "redis")]
@@ -382,6 +548,8 @@ mod tests {
             "redis_url = http://x\n",
             "redis_url = redis://x\nredis_stream = a b\n",
             "redis_url = redis://x\nredis_maxlen = lots\n",
+            "redis_url = redis://x\nredis_stream = rein:logs\n",
+            "redis_url = redis://x\nredis_dedup_prefix = m\nredis_stream = m:1\n",
         ] {
             let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
             assert!(e.to_string().contains("redis_"), "{e}");

@@ -36,6 +36,9 @@ pub struct Counters {
     pub rotations: AtomicU64,
     /// Registrations refused.
     pub registrations_refused: AtomicU64,
+    /// Connections refused for their peer's credentials (not root, not
+    /// the shipper's user, not in `socket_group`).
+    pub connections_refused: AtomicU64,
     /// Failed writes of sandbox files (the stream waits and retries).
     pub write_errors: AtomicU64,
     /// 1 while the parser runs on idle CPU only, 0 while it competes (a gauge).
@@ -70,7 +73,20 @@ pub fn snapshot(
         );
     }
     let mut k = serde_json::Map::new();
+    let mut routes = serde_json::Map::new();
     for (name, s) in sinks {
+        for (route, r) in s.routes.snapshot() {
+            routes.insert(
+                format!("{name}/{route}"),
+                serde_json::json!({
+                    "shipped": r.shipped,
+                    "refused": r.refused,
+                    "dead_lettered": r.dead_lettered,
+                    "failing": r.failing,
+                    "stalled": r.stalled,
+                }),
+            );
+        }
         k.insert(
             name.to_string(),
             serde_json::json!({
@@ -78,6 +94,9 @@ pub fn snapshot(
                 "duplicates": load(&s.duplicates),
                 "retried": load(&s.retried),
                 "dead_lettered": load(&s.dead_lettered),
+                "dead_letter_dropped": load(&s.dead_letter_dropped),
+                "dead_letter_over_share": load(&s.dead_letter_over_share),
+                "dead_letter_full": load(&s.dead_letter_full),
                 "requests": load(&s.requests),
                 "failed_requests": load(&s.failed_requests),
             }),
@@ -97,12 +116,15 @@ pub fn snapshot(
             "rate_limited": load(&c.rate_limited),
             "rotations": load(&c.rotations),
             "registrations_refused": load(&c.registrations_refused),
+            "connections_refused": load(&c.connections_refused),
             "write_errors": load(&c.write_errors),
             "parser_idle": load(&c.parser_idle),
             "parser_promotions": load(&c.parser_promotions),
+            "sandbox_objects_refused": crate::sandbox::objects_refused(),
         },
         "buffers": b,
         "sinks": k,
+        "routes": routes,
     })
 }
 
@@ -123,6 +145,24 @@ pub fn prometheus(v: &serde_json::Value) -> String {
             }
         }
     }
+    // Routes: `sink/target`, labelled with both (quotes and backslashes escaped).
+    if let Some(m) = v["routes"].as_object() {
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        for (name, fields) in m {
+            let (sink, route) = name.split_once('/').unwrap_or((name, ""));
+            for (k, n) in fields.as_object().into_iter().flatten() {
+                out.push_str(&format!(
+                    "rein_log_route_{k}{{sink=\"{}\",route=\"{}\"}} {n}\n",
+                    esc(sink),
+                    esc(route)
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -132,9 +172,7 @@ pub fn write(dir: &Path, v: &serde_json::Value) -> std::io::Result<()> {
         ("counters.json", v.to_string() + "\n"),
         ("metrics.prom", prometheus(v)),
     ] {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, body)?;
-        std::fs::rename(&tmp, dir.join(name))?;
+        crate::private::write_atomic(&dir.join(name), body.as_bytes())?;
     }
     Ok(())
 }

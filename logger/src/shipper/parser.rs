@@ -15,12 +15,15 @@ use serde::{Deserialize, Serialize};
 
 use super::counters::Counters;
 use super::stream::{mono_ms, ParseStream, StreamCheckpoint};
-use crate::record::{Encoded, Stream};
+use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
 use crate::walrec::WalRecord;
 
 /// Bytes parsed per stream before the next stream's turn.
 const TURN: u64 = 1 << 20;
+/// Initial read window; it grows to the longest line a stream may frame
+/// (`max_line_bytes` + newline, 8 MiB at most) the first time one needs it.
+const WINDOW: usize = 256 * 1024;
 /// How often timers (partial lines, multiline timeouts, EOF) are looked at.
 const TIMERS: Duration = Duration::from_millis(50);
 
@@ -33,12 +36,9 @@ pub struct Checkpoint {
     pub stderr: StreamCheckpoint,
 }
 
-/// Writes `data` to `path` through a temporary file and a rename.
+/// Writes `data` to `path` through a temporary file (0600) and a rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    crate::private::write_atomic(path, data)
 }
 
 /// Saves the checkpoint of a container's two streams in `dir`.
@@ -193,7 +193,7 @@ impl Parser {
             inbox: inbox_rx,
             stop: stop.clone(),
             jobs: Vec::new(),
-            buf: vec![0u8; 256 * 1024],
+            buf: vec![0u8; WINDOW],
             framed: Framed::default(),
         };
         let tid = Arc::new(AtomicI32::new(0));
@@ -281,6 +281,13 @@ impl Ctx {
         for j in &mut self.jobs {
             let full = j.wal.as_ref().is_some_and(|w| w.is_full());
             for s in &mut j.streams {
+                // A window shorter than a whole line (split at `max_line_bytes`) would
+                // end inside an overlong line and never be consumed: the stream would
+                // stall for good. One buffer, as large as the largest line bound.
+                let need = s.pipeline.as_ref().map_or(0, StreamPipeline::window_needed);
+                if self.buf.len() < need {
+                    self.buf.resize(need, 0);
+                }
                 let before = s.pipeline.as_ref().map_or(0, |p| p.lines);
                 let mut emit = emitter(
                     j.wal.is_some(),

@@ -6,9 +6,9 @@
 //! throttled by the splice rate, not the parse rate, up to a bounded lag.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -18,6 +18,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Encoded, Stream, StreamPipeline};
+use crate::sandbox::{FileId, SandboxDir};
 
 /// What a checkpoint keeps of a stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +85,10 @@ pub struct Segment {
     pub file: Arc<File>,
     /// Its inode (what checkpoints name).
     pub inode: u64,
+    /// Its final length when known apart from the next file's base (a
+    /// rotated file taken back on adoption: a file a task removed between
+    /// two may leave a gap in stream offsets).
+    pub end: Option<u64>,
     /// Stream offset of its first byte.
     pub base: u64,
 }
@@ -146,10 +151,14 @@ pub struct StreamState {
     staged: u64,
     /// The current sandbox file (read-write, not append: `splice` needs an offset).
     pub file: Arc<File>,
-    /// Its path.
+    /// Its path (for messages: every access goes through `dir`).
     pub path: PathBuf,
-    /// Its inode.
-    pub inode: u64,
+    /// The sandbox directory.
+    dir: Arc<SandboxDir>,
+    /// Where the [`FileRecord`] is kept.
+    rec_file: RecordFile,
+    /// Its identity.
+    pub id: FileId,
     /// Bytes in the file.
     pub file_len: u64,
     /// Stream bytes before this file.
@@ -163,9 +172,9 @@ pub struct StreamState {
     /// The last splice ended the file at a line end and the next line would
     /// pass the rotation size (or the file is past it): rotate now.
     pub rotate_due: bool,
-    /// Stream offsets of the first bytes of `<name>.1`, `<name>.2`, ... as far
-    /// as known (newest first).
-    rotated_bases: VecDeque<u64>,
+    /// Identity and first byte's stream offset of `<name>.1`, `<name>.2`, ...
+    /// (newest first): the only rotated files the reader ever renames or removes.
+    rotated: VecDeque<(FileId, u64)>,
     /// Shared with the parser half.
     pub shared: Arc<StreamShared>,
 }
@@ -188,109 +197,230 @@ pub struct ParseStream {
     pub done: bool,
 }
 
-fn open_rw(path: &Path) -> std::io::Result<(File, u64, u64)> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
-    let m = f.metadata()?;
-    Ok((f, m.ino(), m.len()))
+/// Stream offset by which a new file's base passes a lost one's: more than a
+/// sandbox file can hold between two rotations, so no record made after a
+/// task removed the shipper's current file reuses the id of a shipped one.
+const LOST_FILE_GAP: u64 = 1 << 40;
+
+/// What the reader records of one stream's sandbox files in the container's
+/// private state (`<stream>.files.json`): the identity of every file it
+/// created, so that a restarted worker uses those and nothing else a name
+/// may hold by then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The file being written (named `<stream>`).
+    pub current: FileId,
+    /// Its first byte's stream offset.
+    pub base: u64,
+    /// Rotated files, newest first (named `<stream>.1`, `<stream>.2`, ...),
+    /// with their first byte's stream offset.
+    pub rotated: Vec<(FileId, u64)>,
+    /// The unique name `current` was created under, where a worker killed
+    /// before renaming it to `<stream>` left it.
+    #[serde(default)]
+    pub created_as: Option<String>,
 }
 
-fn rotated_path(path: &Path, n: usize) -> PathBuf {
-    let mut s = path.to_path_buf().into_os_string();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
+/// Where a stream's [`FileRecord`] is kept in a container's state directory.
+pub fn record_path(state: &Path, stream: Stream) -> PathBuf {
+    state.join(format!("{}.files.json", stream.name()))
 }
 
-/// Opens (or creates) the sandbox file of `stream` and positions the parser
-/// from the checkpoint. With no checkpoint, parsing starts at the file's end
-/// (earlier content was not ours). A checkpoint naming a file rotated since
-/// (`<name>.N`) makes the parser start there and follow the newer files.
+/// Reads a stream's [`FileRecord`], if any.
+pub fn load_record(state: &Path, stream: Stream) -> Option<FileRecord> {
+    let b = std::fs::read(record_path(state, stream)).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// A stream's [`FileRecord`] file, kept open: rewritten in place at every
+/// rotation (one `pwrite`, padded with blanks to its former length, so a kill
+/// never leaves half of it; no create and rename per rotation).
+#[derive(Debug)]
+struct RecordFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl RecordFile {
+    fn open(path: PathBuf) -> std::io::Result<RecordFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)?;
+        Ok(RecordFile { file, path })
+    }
+
+    fn save(&self, rec: &FileRecord) {
+        let mut body = serde_json::to_vec(rec).unwrap_or_default();
+        let old = self.file.metadata().map_or(0, |m| m.len());
+        body.resize(body.len().max(usize::try_from(old).unwrap_or(0)), b' ');
+        if let Err(e) = self.file.write_all_at(&body, 0) {
+            // Only a later adoption suffers: it starts a new file.
+            tracing::warn!(path = %self.path.display(), "recording the sandbox files: {e}");
+        }
+    }
+}
+
+/// Name of the `n`th rotated file (`0`: the current one).
+fn rotated_name(name: &str, n: usize) -> String {
+    if n == 0 {
+        name.to_string()
+    } else {
+        format!("{name}.{n}")
+    }
+}
+
+fn file_len(f: &File) -> std::io::Result<u64> {
+    Ok(f.metadata()?.len())
+}
+
+/// Opens the recorded file `id`, the `n`th of the stream, at its name or,
+/// after a worker killed in the middle of a rotation, one number later.
+fn find_recorded(dir: &SandboxDir, name: &str, n: usize, id: FileId) -> Option<File> {
+    [n, n + 1].into_iter().find_map(|k| {
+        dir.open_ours(&rotated_name(name, k), id, k == 0)
+            .unwrap_or_else(|e| {
+                tracing::warn!(path = %dir.path().join(rotated_name(name, k)).display(), "{e}");
+                None
+            })
+    })
+}
+
+/// Starts a stream in the sandbox `dir`. At registration (no `record`, no
+/// checkpoint) the shipper creates a new file, whatever the name held. On
+/// adoption it takes back the files of its `record` (or, from an older
+/// version, the checkpoint's inode) only where the names still hold those
+/// very files, and resumes parsing at the checkpoint (with none, at the end
+/// of the current file). A file a task moved or replaced is not read; a new
+/// one is started in place of the current one.
 pub fn open(
     stream: Stream,
-    sandbox: &Path,
+    dir: Arc<SandboxDir>,
+    state: &Path,
     pipe: OwnedFd,
     pipeline: Option<StreamPipeline>,
     cp: Option<StreamCheckpoint>,
+    record: Option<FileRecord>,
 ) -> std::io::Result<(StreamState, ParseStream)> {
-    let path = sandbox.join(stream.name());
-    let (file, inode, len) = open_rw(&path)?;
-    let file = Arc::new(file);
+    let name = stream.name();
+    let path = dir.path().join(name);
+    let rec_file = RecordFile::open(record_path(state, stream))?;
+    let record = record.or_else(|| {
+        cp.map(|c| FileRecord {
+            current: FileId {
+                dev: dir.dev(),
+                ino: c.inode,
+            },
+            base: c.base,
+            ..FileRecord::default()
+        })
+    });
     let parses = pipeline.is_some();
-    let mut base = 0;
-    let mut off = len;
-    // Older files still to parse, oldest first: (file, inode, len).
-    let mut older: Vec<(File, u64, u64)> = Vec::new();
-    if let (Some(cp), true) = (cp, parses) {
-        base = cp.base;
-        if cp.inode == inode && cp.offset <= len {
-            off = cp.offset;
-        } else {
-            // Every `<name>.N`, newest first. A kill -9 in the middle of a rotation's
-            // renames can leave a gap in the numbers, never a change of order.
-            let mut numbered: Vec<(usize, PathBuf)> = std::fs::read_dir(sandbox)?
-                .filter_map(|e| {
-                    let e = e.ok()?;
-                    let name = e.file_name();
-                    let n = name
-                        .to_str()?
-                        .strip_prefix(stream.name())?
-                        .strip_prefix('.')?
-                        .parse()
-                        .ok()?;
-                    Some((n, e.path()))
-                })
-                .collect();
-            numbered.sort_unstable();
-            let mut found = false;
-            for (_, p) in numbered {
-                let f = File::open(&p)?;
-                let m = f.metadata()?;
-                older.push((f, m.ino(), m.len()));
-                if m.ino() == cp.inode {
-                    found = true;
-                    break;
-                }
+    let mut rotated: VecDeque<(FileId, u64)> = VecDeque::new();
+    let mut current: Option<(File, FileId, u64)> = None;
+    let mut next_base = 0;
+    if let Some(r) = &record {
+        rotated.extend(r.rotated.iter().copied());
+        next_base = r.base;
+        // Killed between creating the file and naming it: it gets its name now.
+        if let Some(tmp) = &r.created_as {
+            if dir.holds(tmp, r.current)? {
+                dir.rename_ours(tmp, name, r.current)?;
             }
-            if found {
-                older.reverse();
-                off = cp.offset.min(older[0].2);
-            } else {
-                tracing::warn!(path = %path.display(), "checkpoint refers to an unknown file; parsing resumes at its end");
-                older.clear();
+        }
+        match find_recorded(&dir, name, 0, r.current) {
+            Some(f) if dir.holds(name, r.current)? => current = Some((f, r.current, r.base)),
+            Some(f) => {
+                // Renamed to `.1` by a rotation the previous worker did not finish.
+                rotated.push_front((r.current, r.base));
+                next_base = r.base + file_len(&f)?;
+            }
+            None => {
+                // Removed or replaced by the task: its unparsed lines are gone.
+                tracing::warn!(path = %path.display(), "the recorded file is gone or replaced; a new file is started");
+                next_base = r.base + LOST_FILE_GAP;
             }
         }
     }
-    let mut segs: VecDeque<Segment> = VecDeque::new();
-    let mut rotated_bases = VecDeque::new();
-    let mut b = base;
-    for (f, ino, l) in older {
-        segs.push_back(Segment {
+    // Older files still to parse, oldest first: (file, inode, base, len).
+    let mut older: Vec<(File, u64, u64, u64)> = Vec::new();
+    let mut off = None;
+    if let (Some(cp), true) = (cp, parses) {
+        if current.as_ref().is_some_and(|c| c.1.ino == cp.inode) {
+            off = Some(cp.offset);
+        } else if let Some(k) = rotated.iter().position(|(id, _)| id.ino == cp.inode) {
+            // The checkpoint's file and every newer rotated file, oldest first.
+            for i in (0..=k).rev() {
+                let (id, base) = rotated[i];
+                match find_recorded(&dir, name, i + 1, id) {
+                    Some(f) => {
+                        let len = file_len(&f)?;
+                        older.push((f, id.ino, base, len));
+                    }
+                    None => tracing::warn!(
+                        path = %path.display(),
+                        n = i + 1,
+                        "a rotated file not parsed yet is gone or replaced; its lines are not shipped"
+                    ),
+                }
+            }
+            if older.first().is_some_and(|o| o.1 == cp.inode) {
+                off = Some(cp.offset.min(older[0].3));
+            }
+        }
+        if off.is_none() {
+            tracing::warn!(path = %path.display(), "checkpoint refers to an unknown file; parsing resumes at its end");
+            older.clear();
+        }
+    }
+    let (file, id, base, len) = match current {
+        Some((f, id, base)) => {
+            let len = file_len(&f)?;
+            (f, id, base, len)
+        }
+        None => {
+            let mut rec = FileRecord {
+                base: next_base,
+                rotated: rotated.iter().copied().collect(),
+                ..FileRecord::default()
+            };
+            let (f, id) = dir.create(name, &mut |id, tmp| {
+                rec.current = id;
+                rec.created_as = Some(tmp.to_string());
+                rec_file.save(&rec);
+            })?;
+            (f, id, next_base, 0)
+        }
+    };
+    let file = Arc::new(file);
+    let mut segs: VecDeque<Segment> = older
+        .into_iter()
+        .map(|(f, ino, b, len)| Segment {
             file: Arc::new(f),
             inode: ino,
             base: b,
-        });
-        rotated_bases.push_front(b);
-        b += l;
-    }
-    let cur_base = b;
+            end: Some(len),
+        })
+        .collect();
     segs.push_back(Segment {
         file: file.clone(),
-        inode,
-        base: cur_base,
+        inode: id.ino,
+        base,
+        end: None,
     });
     let first = segs.pop_front().expect("the current file is queued");
+    let off = off.unwrap_or(if first.inode == id.ino { len } else { 0 });
     let (next_tx, later_rx) = std::sync::mpsc::channel();
     let parsed = first.base + off;
     let shared = Arc::new(StreamShared {
         stream,
         parses,
-        written: AtomicU64::new(cur_base + len),
+        written: AtomicU64::new(base + len),
         parsed: AtomicU64::new(parsed),
         saved: AtomicU64::new(parsed),
         last_data_ms: AtomicU64::new(mono_ms()),
@@ -306,13 +436,15 @@ pub fn open(
             staged: 0,
             file,
             path,
-            inode,
+            dir,
+            rec_file,
+            id,
             file_len: len,
-            base: cur_base,
+            base,
             armed: false,
             stalled: None,
             rotate_due: false,
-            rotated_bases,
+            rotated,
             shared: shared.clone(),
         },
         ParseStream {
@@ -509,17 +641,20 @@ impl StreamState {
 
     /// Renames `name` to `name.1` (shifting older ones) and starts a new file,
     /// which the parser follows after the old one. Rotated files are deleted
-    /// beyond `keep`, but never one the saved checkpoint has not passed.
+    /// beyond `keep`, but never one the saved checkpoint has not passed. Only
+    /// the files the reader recorded are renamed or removed, each only where
+    /// its name still holds it: no listing, no name taken on trust, and the
+    /// work is bounded by the reader's own files, whatever a task planted.
     pub fn rotate(&mut self, keep: u32) -> std::io::Result<()> {
         self.rotate_due = false;
         let new_base = self.base + self.file_len;
-        self.rotated_bases.push_front(self.base);
+        self.rotated.push_front((self.id, self.base));
         // `<name>.i` (1-based) ends where `<name>.(i-1)` begins; `.1` at `new_base`.
         let saved = self.shared.saved.load(Ordering::Acquire);
         let needed = if self.shared.parses {
             let mut end = new_base;
             let mut k = 0;
-            for b in &self.rotated_bases {
+            for (_, b) in &self.rotated {
                 // `>=`: the saved checkpoint may name a file at its very end.
                 if end >= saved {
                     k += 1;
@@ -531,30 +666,52 @@ impl StreamState {
             0
         };
         let keep = usize::try_from(keep).unwrap_or(usize::MAX).max(needed);
-        let _ = std::fs::remove_file(rotated_path(&self.path, keep));
-        for n in (1..keep).rev() {
-            let _ = std::fs::rename(rotated_path(&self.path, n), rotated_path(&self.path, n + 1));
+        let name = self.stream.name();
+        // Before the renames the `i`th (0: the file just finished) is `rotated_name(i)`.
+        while self.rotated.len() > keep {
+            let i = self.rotated.len() - 1;
+            if let Some((id, _)) = self.rotated.pop_back() {
+                let _ = self.dir.remove_ours(&rotated_name(name, i), id);
+            }
         }
-        std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
-        let (file, inode, len) = open_rw(&self.path)?;
+        for (i, (id, _)) in self.rotated.iter().enumerate().rev() {
+            // False: a task moved the file; it keeps whatever name it has now.
+            let _ =
+                self.dir
+                    .rename_ours(&rotated_name(name, i), &rotated_name(name, i + 1), *id)?;
+        }
+        let mut rec = FileRecord {
+            base: new_base,
+            rotated: self.rotated.iter().copied().collect(),
+            ..FileRecord::default()
+        };
+        let rec_file = &self.rec_file;
+        let created = self.dir.create(name, &mut |id, tmp| {
+            rec.current = id;
+            rec.created_as = Some(tmp.to_string());
+            rec_file.save(&rec);
+        });
+        let (file, id) = match created {
+            Ok(c) => c,
+            Err(e) => {
+                // Writing goes on in the current file (under `.1`); retried at the next line end.
+                self.rotated.pop_front();
+                return Err(e);
+            }
+        };
         let file = Arc::new(file);
         // Sent before `written` counts any byte of the new file.
         let _ = self.shared.next.send(Segment {
             file: file.clone(),
-            inode,
+            inode: id.ino,
             base: new_base,
+            end: None,
         });
         self.base = new_base;
         self.file = file;
-        self.inode = inode;
-        self.file_len = len;
-        self.shared.written.store(new_base + len, Ordering::Release);
-        // Files kept longer while the parser lagged go once it has passed them.
-        let mut n = keep + 1;
-        while std::fs::remove_file(rotated_path(&self.path, n)).is_ok() {
-            n += 1;
-        }
-        self.rotated_bases.truncate(keep);
+        self.id = id;
+        self.file_len = 0;
+        self.shared.written.store(new_base, Ordering::Release);
         Ok(())
     }
 }
@@ -582,7 +739,10 @@ impl ParseStream {
         let written = self.shared.written.load(Ordering::Acquire);
         self.later.extend(self.later_rx.try_iter());
         match self.later.front() {
-            Some(n) => (n.base - self.seg.base, true),
+            Some(n) => (
+                self.seg.end.unwrap_or(n.base.saturating_sub(self.seg.base)),
+                true,
+            ),
             None => (written.saturating_sub(self.seg.base), false),
         }
     }
@@ -695,6 +855,11 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn open_in(d: &Path, pipe: OwnedFd) -> (StreamState, ParseStream) {
+        let dir = Arc::new(SandboxDir::open(d).unwrap());
+        open(Stream::Stdout, dir, d, pipe, None, None, None).unwrap()
+    }
+
     fn write_all(fd: &OwnedFd, data: &[u8]) {
         let mut f = File::from(fd.try_clone().unwrap());
         f.write_all(data).unwrap();
@@ -704,7 +869,7 @@ mod tests {
     fn staged_bytes_of_a_killed_worker_go_to_the_file_before_newer_ones() {
         let d = tempfile::tempdir().unwrap();
         let (r, w) = crate::module::pipe(0).unwrap();
-        let (mut st, _ps) = open(Stream::Stdout, d.path(), r, None, None).unwrap();
+        let (mut st, _ps) = open_in(d.path(), r);
         // What a killed worker had moved out of the container's pipe but not
         // written yet: only the supervisor's read end of its staging pipe is left.
         let (old_r, old_w) = stage_pipe().unwrap();
@@ -726,7 +891,7 @@ mod tests {
     fn splicing_through_the_staging_pipe_keeps_every_byte_in_order() {
         let d = tempfile::tempdir().unwrap();
         let (r, w) = crate::module::pipe(1 << 20).unwrap();
-        let (mut st, _ps) = open(Stream::Stdout, d.path(), r, None, None).unwrap();
+        let (mut st, _ps) = open_in(d.path(), r);
         st.stage = Some(stage_pipe().unwrap());
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let expected = data.clone();
@@ -742,5 +907,123 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(moved, 3_000_000);
         assert_eq!(std::fs::read(d.path().join("stdout")).unwrap(), expected);
+    }
+
+    #[test]
+    fn rotation_and_adoption_use_only_the_files_the_reader_recorded() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let sb = d.path().join("sb");
+        let state = d.path().join("state");
+        std::fs::create_dir(&sb).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, b"SECRET").unwrap();
+        let (r, w) = crate::module::pipe(0).unwrap();
+        let dir = Arc::new(SandboxDir::open(&sb).unwrap());
+        let (mut st, _ps) = open(Stream::Stdout, dir.clone(), &state, r, None, None, None).unwrap();
+        write_all(&w, b"a\n");
+        assert_eq!(st.splice(1 << 20).unwrap(), Splice::Moved(2));
+        st.rotate(5).unwrap();
+        // The task plants where the next rotation renames to, moves the
+        // current file away and plants a symlink at its name.
+        symlink(&secret, sb.join("stdout.2")).unwrap();
+        std::fs::rename(sb.join("stdout"), sb.join("moved")).unwrap();
+        symlink(&secret, sb.join("stdout")).unwrap();
+        write_all(&w, b"b\n");
+        assert_eq!(st.splice(1 << 20).unwrap(), Splice::Moved(2));
+        st.rotate(5).unwrap();
+        write_all(&w, b"c\n");
+        assert_eq!(st.splice(1 << 20).unwrap(), Splice::Moved(2));
+        assert_eq!(std::fs::read(&secret).unwrap(), b"SECRET");
+        assert_eq!(std::fs::read(sb.join("stdout.2")).unwrap(), b"a\n");
+        assert_eq!(std::fs::read(sb.join("moved")).unwrap(), b"b\n");
+        assert_eq!(std::fs::read(sb.join("stdout")).unwrap(), b"c\n");
+        assert!(!std::fs::symlink_metadata(sb.join("stdout"))
+            .unwrap()
+            .is_symlink());
+        let rec = load_record(&state, Stream::Stdout).unwrap();
+        assert_eq!(rec.current, st.id);
+        assert_eq!(rec.base, 4);
+        assert_eq!(rec.rotated.len(), 2);
+        // Adoption: the task swapped the current file for a symlink again.
+        std::fs::rename(sb.join("stdout"), sb.join("moved-2")).unwrap();
+        symlink(&secret, sb.join("stdout")).unwrap();
+        drop(st);
+        let (r2, w2) = crate::module::pipe(0).unwrap();
+        let (mut st2, _) = open(
+            Stream::Stdout,
+            dir,
+            &state,
+            r2,
+            None,
+            None,
+            Some(rec.clone()),
+        )
+        .unwrap();
+        assert_ne!(st2.id, rec.current);
+        assert!(
+            st2.base > rec.base,
+            "a lost file's offsets are never reused"
+        );
+        write_all(&w2, b"d\n");
+        assert_eq!(st2.splice(1 << 20).unwrap(), Splice::Moved(2));
+        assert_eq!(std::fs::read(sb.join("stdout")).unwrap(), b"d\n");
+        assert_eq!(std::fs::read(&secret).unwrap(), b"SECRET");
+        drop(w);
+    }
+
+    #[test]
+    fn adoption_after_a_kill_inside_a_rotation_finds_every_recorded_file() {
+        let d = tempfile::tempdir().unwrap();
+        let sb = d.path().join("sb");
+        let state = d.path().join("state");
+        std::fs::create_dir(&sb).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        let dir = Arc::new(SandboxDir::open(&sb).unwrap());
+        let (r, w) = crate::module::pipe(0).unwrap();
+        let (mut st, _) = open(Stream::Stdout, dir.clone(), &state, r, None, None, None).unwrap();
+        write_all(&w, b"a\n");
+        st.splice(1 << 20).unwrap();
+        let before = load_record(&state, Stream::Stdout).unwrap();
+        st.rotate(5).unwrap();
+        let after = load_record(&state, Stream::Stdout).unwrap();
+        let (x, y) = (before.current, after.current);
+        let cp = |id: FileId| StreamCheckpoint {
+            inode: id.ino,
+            offset: 0,
+            base: 0,
+        };
+        let adopt = |rec: &FileRecord, cp: StreamCheckpoint| {
+            let (r, _w) = crate::module::pipe(0).unwrap();
+            // A pipeline-less stream ignores checkpoints: look at the files only.
+            open(
+                Stream::Stdout,
+                dir.clone(),
+                &state,
+                r,
+                None,
+                Some(cp),
+                Some(rec.clone()),
+            )
+            .unwrap()
+        };
+        // Killed after the new file was recorded, before it got its name.
+        let tmp = after.created_as.clone().unwrap();
+        std::fs::rename(sb.join("stdout"), sb.join(&tmp)).unwrap();
+        let (st2, _) = adopt(&after, cp(x));
+        assert_eq!(st2.id, y, "the recorded file is taken back under its name");
+        assert!(dir.holds("stdout", y).unwrap());
+        assert_eq!(st2.base, 2);
+        assert_eq!(st2.rotated.front().map(|r| r.0), Some(x));
+        drop(st2);
+        // Killed after the old file became `.1`, before the new one was recorded.
+        std::fs::remove_file(sb.join("stdout")).unwrap();
+        let (st3, _) = adopt(&before, cp(x));
+        assert_ne!(st3.id, x);
+        assert_eq!(st3.rotated.front().map(|r| r.0), Some(x), "found at `.1`");
+        assert_eq!(st3.base, 2, "the new file starts where `.1` ends");
+        assert!(dir.holds("stdout.1", x).unwrap());
+        drop(w);
     }
 }

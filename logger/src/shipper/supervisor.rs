@@ -58,9 +58,53 @@ pub fn raise_nofile() {
     }
 }
 
-fn bind_socket(path: &Path) -> Result<OwnedFd, String> {
+/// The socket's directory must not let another user replace the socket
+/// (write access for group or others): refuse to start otherwise. A missing
+/// directory is created 0755 (the socket's own mode is what guards it; a
+/// `socket_group` member must be able to reach it).
+fn check_socket_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let m = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.mode() & 0o022 != 0 || (m.uid() != 0 && m.uid() != me) {
+        return Err(format!(
+            "socket directory {} (mode {:o}, owner {}) can be written by other users, who could replace the socket: use a directory only root can write, such as /run/rein",
+            dir.display(),
+            m.mode() & 0o7777,
+            m.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Gives the socket its access: 0600 (root, or the shipper's own user,
+/// only) or, with `socket_group`, 0660 and that group. Only ever widens a
+/// socket bound 0600, so there is no moment when it is open to others.
+pub fn set_socket_access(path: &Path, group: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match group {
+        Some(gid) => {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| format!("chown {} to group {gid}: {e}", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
+/// Binds and listens on the modules' socket. The socket file is created
+/// with mode 0600 (umask 0177 around `bind`), then given its group.
+fn bind_socket(path: &Path, group: Option<u32>) -> Result<OwnedFd, String> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        check_socket_dir(d)?;
     }
     let addr = UnixAddr::new(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if path.exists() {
@@ -71,12 +115,31 @@ fn bind_socket(path: &Path) -> Result<OwnedFd, String> {
         let _ = std::fs::remove_file(path);
     }
     let s = proto::seqpacket_socket().map_err(|e| e.to_string())?;
-    bind(s.as_raw_fd(), &addr).map_err(|e| format!("bind {}: {e}", path.display()))?;
+    // SAFETY: umask(2) cannot fail. The supervisor has a single thread at
+    // this point, so nothing else is created under this umask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = bind(s.as_raw_fd(), &addr);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    bound.map_err(|e| format!("bind {}: {e}", path.display()))?;
+    set_socket_access(path, group)?;
     listen(&s, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))
         .map_err(|e| format!("listen: {e}"))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     Ok(s)
+}
+
+/// Makes the state directory private (0700, files 0600), tightening what an
+/// older version left with the default umask.
+fn secure_state_dir(dir: &Path) -> Result<(), String> {
+    let n = crate::private::tighten_tree(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if n > 0 {
+        tracing::info!(
+            state_dir = %dir.display(),
+            changed = n,
+            "state directory made private (0700 directories, 0600 files)"
+        );
+    }
+    Ok(())
 }
 
 struct WorkerProc {
@@ -139,7 +202,7 @@ fn spawn(
     // Reaped with waitpid(2) below (the handle is not needed; dropping it neither
     // kills nor waits).
     drop(child);
-    let _ = std::fs::write(state_dir.join("worker.pid"), pid.to_string());
+    let _ = crate::private::write_atomic(&state_dir.join("worker.pid"), pid.to_string().as_bytes());
     Ok(WorkerProc {
         pid,
         control: ours,
@@ -253,12 +316,22 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .unwrap_or(0);
-            let _ = std::fs::write(cfg.state_dir.join("supervisor.execs"), (n + 1).to_string());
+            let _ = crate::private::write_atomic(
+                &cfg.state_dir.join("supervisor.execs"),
+                (n + 1).to_string().as_bytes(),
+            );
             tracing::info!(
                 worker = w.pid,
                 containers = table.len(),
                 "supervisor upgraded in place"
             );
+            // A newer binary may have stricter settings or modes. Failing here
+            // must not end the supervisor (its pipes would close): log it.
+            if let Err(e) = secure_state_dir(&cfg.state_dir)
+                .and_then(|()| set_socket_access(&cfg.socket, cfg.socket_group))
+            {
+                tracing::error!("after the upgrade: {e}");
+            }
             (listen, Some(w), table)
         }
         None => {
@@ -271,14 +344,17 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
                     super::cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)?;
                 tracing::info!(?dirs, "moved into the shipper's own cgroup");
             }
-            std::fs::create_dir_all(&cfg.state_dir)
-                .map_err(|e| format!("{}: {e}", cfg.state_dir.display()))?;
-            (bind_socket(&cfg.socket)?, None, Table::new())
+            secure_state_dir(&cfg.state_dir)?;
+            (
+                bind_socket(&cfg.socket, cfg.socket_group)?,
+                None,
+                Table::new(),
+            )
         }
     };
-    let _ = std::fs::write(
-        cfg.state_dir.join("supervisor.pid"),
-        std::process::id().to_string(),
+    let _ = crate::private::write_atomic(
+        &cfg.state_dir.join("supervisor.pid"),
+        std::process::id().to_string().as_bytes(),
     );
     {
         use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};

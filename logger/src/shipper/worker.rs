@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use super::counters::{self, Counters};
 use super::parser::{save_checkpoint, write_atomic, Checkpoint, ParseJob, Parser, ParserConfig};
 use super::parser_sched::{self, BurstPolicy, BurstState};
-use super::stream::{self, Splice, StreamState};
+use super::stream::{self, FileRecord, Splice, StreamState};
 use super::ShipperConfig;
 use crate::module::compile_pattern;
 use crate::proto::{self, MultilineSpec, Registration, SinkKind};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
+use crate::sandbox::SandboxDir;
 use crate::sink::es::EsSink;
 use crate::sink::SinkStats;
 use crate::wal::{Wal, WalConfig};
@@ -168,7 +169,7 @@ impl Worker {
             .map_err(io_err("epoll"))?;
         epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, control.as_raw_fd(), CONTROL)
             .map_err(io_err("epoll"))?;
-        std::fs::create_dir_all(cfg.state_dir.join("containers"))
+        crate::private::create_dir(&cfg.state_dir.join("containers"))
             .map_err(io_err(cfg.state_dir.display()))?;
         let mut sinks = Vec::new();
         if let Some(es_cfg) = &cfg.es {
@@ -265,7 +266,9 @@ impl Worker {
                 .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
             match (reg, fds.len()) {
                 (Some(reg), 2 | 4) => {
-                    if let Err(e) = self.attach(reg, fds, cp) {
+                    let records =
+                        [Stream::Stdout, Stream::Stderr].map(|s| stream::load_record(&dir, s));
+                    if let Err(e) = self.attach(reg, fds, cp, records) {
                         tracing::error!(container = key, "cannot take the container back: {e}");
                     }
                 }
@@ -287,11 +290,14 @@ impl Worker {
     /// Takes a container's two pipes (`fds[0..2]`), after an adoption with the
     /// previous worker's two staging pipes (`fds[2..4]`, written out first), and
     /// gives the supervisor duplicates of the pipes and of the new staging pipes.
+    /// The sandbox files are those of `records` (saved by the previous
+    /// worker), never whatever their names hold; without, new ones.
     fn attach(
         &mut self,
         reg: Registration,
         fds: Vec<OwnedFd>,
         cp: Option<Checkpoint>,
+        records: [Option<FileRecord>; 2],
     ) -> Result<u64, String> {
         let mut fds = fds.into_iter();
         let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
@@ -310,14 +316,22 @@ impl Worker {
                 "sink not configured in this shipper: sandbox files only"
             );
         }
+        // Taken once, by a walk that follows no symlink a task controls; every
+        // sandbox file is then reached relative to it.
+        let sandbox = Arc::new(
+            SandboxDir::open(&reg.sandbox)
+                .map_err(|e| format!("sandbox {}: {e}", reg.sandbox.display()))?,
+        );
+        let dir = self.container_dir(&reg.key);
         let cid = reg.meta.container_id().into_bytes();
         let route = reg.options.route.clone().into_bytes();
         let mut streams = Vec::with_capacity(2);
         let mut parse_streams = Vec::with_capacity(2);
-        for ((stream, fd), scp) in [Stream::Stdout, Stream::Stderr]
+        for (((stream, fd), scp), record) in [Stream::Stdout, Stream::Stderr]
             .into_iter()
             .zip([out, err])
             .zip([cp.as_ref().map(|c| c.stdout), cp.as_ref().map(|c| c.stderr)])
+            .zip(records)
         {
             let pipeline = wal.as_ref().map(|_| {
                 StreamPipeline::new(
@@ -328,7 +342,7 @@ impl Worker {
                     reg.options.multiline.as_ref().and_then(multiline_config),
                 )
             });
-            let (st, ps) = stream::open(stream, &reg.sandbox, fd, pipeline, scp)
+            let (st, ps) = stream::open(stream, sandbox.clone(), &dir, fd, pipeline, scp, record)
                 .map_err(io_err(reg.sandbox.join(stream.name()).display()))?;
             streams.push(st);
             parse_streams.push(ps);
@@ -344,7 +358,6 @@ impl Worker {
             }
         }
         self.hand_to_supervisor(&reg.key, &mut streams);
-        let dir = self.container_dir(&reg.key);
         save_checkpoint(&dir, &parse_streams).map_err(io_err("checkpoint"))?;
         let id = self.next_id;
         self.next_id += 1;
@@ -411,6 +424,15 @@ impl Worker {
             }
             // SAFETY: a new descriptor from accept4, owned by nobody else.
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Only root, our own user or `socket_group` may hand us containers.
+            if let Err(e) = crate::peercred::check_client(conn.as_fd(), self.cfg.socket_group) {
+                self.counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("connection refused: {e}");
+                let _ = proto::send_with_fds(conn.as_fd(), format!("error: {e}").as_bytes(), &[]);
+                continue;
+            }
             let reply = match self.register(&conn) {
                 Ok(()) => b"ok".to_vec(),
                 Err(e) => {
@@ -442,9 +464,9 @@ impl Worker {
         {
             return Err(format!("bad container key {:?}", reg.key));
         }
-        if !reg.sandbox.is_absolute() || !reg.sandbox.is_dir() {
+        if !reg.sandbox.is_absolute() {
             return Err(format!(
-                "sandbox {} is not a directory",
+                "sandbox {} is not an absolute path",
                 reg.sandbox.display()
             ));
         }
@@ -455,9 +477,9 @@ impl Worker {
             return Err(format!("container {} is already registered", reg.key));
         }
         let dir = self.container_dir(&reg.key);
-        std::fs::create_dir_all(&dir).map_err(io_err(dir.display()))?;
+        crate::private::create_dir(&dir).map_err(io_err(dir.display()))?;
         write_atomic(&dir.join("registration.json"), &msg).map_err(io_err("registration"))?;
-        self.attach(reg, fds.into(), None).map(|_| ())
+        self.attach(reg, fds.into(), None, [None, None]).map(|_| ())
     }
 
     /// Gives the supervisor duplicates of both pipes and of new staging pipes

@@ -15,9 +15,10 @@ use serde::Deserialize;
 
 use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
+use super::route::{self, RouteFailure};
 use super::SinkStats;
 use crate::http::{self, Client, Url};
-use crate::record::json::push_str;
+use crate::record::json::{one_line, push_str};
 use crate::record::time::ymd;
 use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
@@ -111,6 +112,8 @@ pub struct EsConfig {
     pub dead_letter: PathBuf,
     /// Add `?refresh=true` (tests only: makes documents searchable at once).
     pub refresh: bool,
+    /// `route_failure`: what becomes of the records of an index that refuses them for good.
+    pub route_failure: RouteFailure,
 }
 
 /// Checks an index pattern: Elasticsearch index-name rules, with `%Y %m %d`.
@@ -175,7 +178,9 @@ pub fn encode_bulk(records: &[WalRecord<'_>], default_index: &str, out: &mut Vec
         out.extend_from_slice(b",\"_id\":");
         push_str(out, r.id);
         out.extend_from_slice(b"}}\n");
-        out.extend_from_slice(r.doc);
+        // One line per document, whatever the buffer holds: the framing of
+        // every other record of the request depends on it.
+        out.extend_from_slice(&one_line(r.doc));
         out.push(b'\n');
     }
 }
@@ -187,9 +192,13 @@ pub enum ItemOutcome {
     Stored,
     /// Already stored under the same id (409 on `create`): a resend.
     Duplicate,
-    /// Resend later (429, 5xx, or a write block such as a full disk).
+    /// Resend later (429, 5xx).
     Retry(u16),
-    /// Refused for good: to the dead-letter file with this reason.
+    /// The target index refuses it (a write block, a missing or closed index,
+    /// no permission...): up to the route policy.
+    RouteRefused(u16, String),
+    /// The document itself can never be stored (mapping or parse error, too
+    /// large): to the dead-letter file with this reason.
     Dead(u16, String),
 }
 
@@ -266,18 +275,23 @@ pub fn classify(status: u16, body: &[u8], n: usize) -> Outcome {
                 .and_then(|t| t.as_str())
                 .unwrap_or("")
                 .to_string();
+            let reason = |e: Option<serde_json::Value>, s: u16| {
+                e.map(|e| e.to_string())
+                    .unwrap_or_else(|| format!("status {s}"))
+            };
             match item.status {
                 200..=299 => ItemOutcome::Stored,
                 409 if etype == "version_conflict_engine_exception" => ItemOutcome::Duplicate,
                 429 | 500..=599 => ItemOutcome::Retry(item.status),
-                // An index write block (e.g. flood-stage disk watermark) lifts by itself.
-                403 if etype == "cluster_block_exception" => ItemOutcome::Retry(item.status),
-                s => ItemOutcome::Dead(
-                    s,
-                    item.error
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| format!("status {s}")),
-                ),
+                // The document's own fault: the same answer from any index.
+                s @ (400 | 409 | 413)
+                    if !etype.starts_with("index_") && etype != "invalid_index_name_exception" =>
+                {
+                    ItemOutcome::Dead(s, reason(item.error, s))
+                }
+                // The index's: a write block (which a flood-stage watermark lifts by
+                // itself, or an operator's block never does), missing, closed, forbidden.
+                s => ItemOutcome::RouteRefused(s, reason(item.error, s)),
             }
         })
         .collect();
@@ -293,7 +307,6 @@ pub enum ShipError {
 }
 
 /// The sink: one connection, one batch in flight.
-#[derive(Debug)]
 pub struct EsSink {
     cfg: EsConfig,
     client: Client,
@@ -302,6 +315,16 @@ pub struct EsSink {
     backoff: Backoff,
     /// Counters.
     pub stats: Arc<SinkStats>,
+}
+
+/// Without the `Authorization` header (it carries the credentials).
+impl std::fmt::Debug for EsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsSink")
+            .field("cfg", &self.cfg)
+            .field("auth", &self.auth.as_ref().map(|_| crate::redact::REDACTED))
+            .finish_non_exhaustive()
+    }
 }
 
 impl EsSink {
@@ -320,7 +343,7 @@ impl EsSink {
         Ok(EsSink {
             client: Client::new(cfg.url.clone(), tls, cfg.timeout),
             auth,
-            dead: DeadLetter::new(&cfg.dead_letter),
+            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
             cfg,
             stats,
@@ -359,8 +382,21 @@ impl EsSink {
     /// Ships one batch until every record is stored or dead-lettered.
     pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> Result<(), ShipError> {
         let (all, _) = super::decode_batch(batch, "elasticsearch", &mut self.dead, &self.stats);
-        let recs: Vec<WalRecord<'_>> = all.into_iter().flatten().collect();
+        let mut recs: Vec<WalRecord<'_>> = all.into_iter().flatten().collect();
+        // A route no index can have (buffered before a rule existed): at once.
+        recs.retain(|r| match route::check_es_index(r.route) {
+            Ok(()) => true,
+            Err(e) => {
+                self.dead_letter(r, 0, &format!("refused route: {e}"));
+                let target = String::from_utf8_lossy(r.route);
+                self.stats.routes.invalid("elasticsearch", &target, &e);
+                false
+            }
+        });
         let mut pending: Vec<usize> = (0..recs.len()).collect();
+        // Indices stored while shipping this batch: evidence that an index
+        // failing transiently all along is its own problem, not the cluster's.
+        let mut batch_routes = route::BatchRoutes::default();
         let mut chunk = pending.len().max(1);
         let mut body = Vec::new();
         let mut gz = Vec::new();
@@ -419,6 +455,11 @@ impl EsSink {
                     for r in &subset {
                         self.dead_letter(r, status, &reason);
                     }
+                    tracing::error!(
+                        status,
+                        items = take,
+                        "elasticsearch refused a _bulk request as a whole; its records are in the dead-letter file: {reason}"
+                    );
                     pending.drain(..take);
                 }
                 Outcome::Items(items) => {
@@ -427,17 +468,51 @@ impl EsSink {
                         match o {
                             ItemOutcome::Stored => {
                                 self.stats.shipped.fetch_add(1, Ordering::Relaxed);
+                                let idx = self.index_of(&subset[j]);
+                                self.stats.routes.stored("elasticsearch", &idx);
+                                batch_routes.stored(&idx);
                             }
                             ItemOutcome::Duplicate => {
                                 self.stats.shipped.fetch_add(1, Ordering::Relaxed);
                                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                                batch_routes.stored(&self.index_of(&subset[j]));
                             }
-                            ItemOutcome::Retry(_) => again.push(pending[j]),
+                            ItemOutcome::Retry(status) => batch_routes.transient(
+                                self.index_of(&subset[j]),
+                                || format!("per-item {status}"),
+                                (j, *status),
+                            ),
+                            ItemOutcome::RouteRefused(status, reason) => {
+                                let idx = self.index_of(&subset[j]);
+                                let policy = self.cfg.route_failure;
+                                let refused = format!("{status} {reason}");
+                                if self.stats.routes.refused(
+                                    "elasticsearch",
+                                    &idx,
+                                    policy,
+                                    &refused,
+                                ) {
+                                    self.dead_letter(&subset[j], *status, reason);
+                                } else {
+                                    again.push(pending[j]);
+                                }
+                            }
                             ItemOutcome::Dead(status, reason) => {
                                 self.dead_letter(&subset[j], *status, reason);
                             }
                         }
                     }
+                    // An index failing while others of the batch are stored is
+                    // that index's problem (route policy); when nothing was
+                    // stored, the whole destination is busy: resend everything.
+                    let policy = self.cfg.route_failure;
+                    let (dead, resend) =
+                        batch_routes.settle(&self.stats.routes, "elasticsearch", policy);
+                    for ((j, status), why) in dead {
+                        self.dead_letter(&subset[j], status, &why);
+                    }
+                    again.extend(resend.into_iter().map(|(j, _)| pending[j]));
+                    again.sort_unstable();
                     let retry = again.len();
                     again.extend_from_slice(&pending[take..]);
                     pending = again;
@@ -447,7 +522,7 @@ impl EsSink {
                             .fetch_add(retry as u64, Ordering::Relaxed);
                         tracing::warn!(
                             items = retry,
-                            "elasticsearch rejected items (429/5xx), will resend"
+                            "elasticsearch rejected items (429/5xx or a refusing index), will resend"
                         );
                         self.retry_wait(stop)?;
                     } else {
@@ -463,7 +538,8 @@ impl EsSink {
         Ok(())
     }
 
-    fn dead_letter(&mut self, r: &WalRecord<'_>, status: u16, reason: &str) {
+    /// The index a record goes to: its route (a pattern), or the default.
+    fn index_of(&self, r: &WalRecord<'_>) -> String {
         let mut idx = Vec::new();
         index_name(
             if r.route.is_empty() {
@@ -474,9 +550,15 @@ impl EsSink {
             r.ts_ms,
             &mut idx,
         );
+        String::from_utf8_lossy(&idx).into_owned()
+    }
+
+    fn dead_letter(&mut self, r: &WalRecord<'_>, status: u16, reason: &str) {
+        let idx = self.index_of(r);
         self.dead.add(
             "elasticsearch",
-            &String::from_utf8_lossy(&idx),
+            &idx,
+            r.container,
             r.id,
             status,
             reason.as_bytes(),
@@ -589,8 +671,10 @@ mod tests {
             matches!(&items[3], ItemOutcome::Dead(400, r) if r.contains("mapper_parsing_exception"))
         );
         assert_eq!(items[4], ItemOutcome::Retry(503));
-        assert_eq!(items[5], ItemOutcome::Retry(403));
-        assert!(matches!(&items[6], ItemOutcome::Dead(404, _)));
+        assert!(
+            matches!(&items[5], ItemOutcome::RouteRefused(403, r) if r.contains("cluster_block_exception"))
+        );
+        assert!(matches!(&items[6], ItemOutcome::RouteRefused(404, _)));
         let ok = r#"{"errors":false,"items":[{"create":{"status":201}},{"index":{"status":200}}]}"#;
         assert_eq!(
             classify(200, ok.as_bytes(), 2),

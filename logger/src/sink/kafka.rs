@@ -17,6 +17,7 @@ use rdkafka::ClientContext;
 
 use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
+use super::route;
 use super::SinkStats;
 use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
@@ -41,18 +42,34 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Errors the broker will answer the same way forever.
-fn permanent(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
+/// What a produce error means for the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorClass {
+    /// The record itself can never be accepted (too large, invalid).
+    Record,
+    /// Its topic refuses every record for good (unknown with auto-create
+    /// off, invalid, not authorised): up to the route policy.
+    Route,
+    /// Anything else: resent after a backoff.
+    Transient,
+}
+
+fn classify(e: &KafkaError) -> ErrorClass {
+    match e.rdkafka_error_code() {
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::InvalidTopic
-        )
-    )
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord,
+        ) => ErrorClass::Record,
+        Some(
+            RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        ) => ErrorClass::Route,
+        _ => ErrorClass::Transient,
+    }
 }
 
 /// The Kafka sink.
@@ -85,15 +102,26 @@ impl KafkaSink {
                 cfg.message_timeout.as_millis().to_string(),
             )
             .set("compression.type", &cfg.compression)
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // A missing topic (auto-create off) fails its records as "unknown topic",
+            // a route refusal, before they would time out (a transient error).
+            .set(
+                "topic.metadata.propagation.max.ms",
+                (cfg.message_timeout.as_millis() / 2)
+                    .clamp(1000, 30_000)
+                    .to_string(),
+            );
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let producer: BaseProducer<Deliveries> = cc
-            .create_with_context(Deliveries::default())
-            .map_err(|e| format!("kafka producer: {e}"))?;
+        let producer: BaseProducer<Deliveries> =
+            cc.create_with_context(Deliveries::default()).map_err(|e| {
+                // librdkafka quotes a refused value: it may be a password.
+                let e = crate::redact::scrub(&e.to_string(), &cfg.secrets());
+                format!("kafka producer: {e}")
+            })?;
         Ok(KafkaSink {
-            dead: DeadLetter::new(&cfg.dead_letter),
+            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
             producer,
             cfg,
@@ -114,6 +142,30 @@ impl KafkaSink {
     pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> bool {
         let (recs, mut pending) = super::decode_batch(batch, "kafka", &mut self.dead, &self.stats);
         let default_topic = self.cfg.topic.clone();
+        // A route no topic can have (buffered before a rule existed): at once.
+        pending.retain(|&i| {
+            let Some(r) = recs[i] else { return false };
+            match route::check_kafka_topic(r.route) {
+                Ok(()) => true,
+                Err(e) => {
+                    let why = format!("refused route: {e}");
+                    self.dead.add(
+                        "kafka",
+                        &self.topic_of(&r),
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.stats.routes.invalid("kafka", &self.topic_of(&r), &e);
+                    false
+                }
+            }
+        });
+        // Topics stored in this batch (see `route::BatchRoutes`).
+        let mut batch_routes = route::BatchRoutes::default();
         while !pending.is_empty() {
             if stop.load(Ordering::Relaxed) {
                 return false;
@@ -164,7 +216,7 @@ impl KafkaSink {
                             self.producer.poll(Duration::from_millis(50));
                         }
                         Err((e, _)) => {
-                            if permanent(&e) {
+                            if classify(&e) != ErrorClass::Transient {
                                 refused.push((i, e));
                             } else {
                                 tracing::warn!("kafka produce: {e}");
@@ -200,29 +252,49 @@ impl KafkaSink {
                     .unwrap_or_else(|e| e.into_inner()),
             );
             let mut reported = vec![false; recs.len()];
-            for (i, e) in refused {
+            let outcomes = refused
+                .into_iter()
+                .map(|(i, e)| (i, Some(e)))
+                .chain(results);
+            for (i, err) in outcomes {
                 reported[i] = true;
-                if let Some(r) = recs[i] {
-                    self.dead_letter(&r, &e);
-                }
-            }
-            for (i, err) in results {
-                reported[i] = true;
+                let Some(r) = recs[i] else { continue };
                 match err {
                     None => {
                         self.stats.shipped.fetch_add(1, Ordering::Relaxed);
+                        let topic = self.topic_of(&r);
+                        self.stats.routes.stored("kafka", &topic);
+                        batch_routes.stored(&topic);
                     }
-                    Some(e) if permanent(&e) => {
-                        if let Some(r) = recs[i] {
-                            self.dead_letter(&r, &e);
+                    Some(e) => match classify(&e) {
+                        ErrorClass::Record => self.dead_letter(&r, &e),
+                        ErrorClass::Route => {
+                            let topic = self.topic_of(&r);
+                            let policy = self.cfg.route_failure;
+                            let why = e.to_string();
+                            if self.stats.routes.refused("kafka", &topic, policy, &why) {
+                                self.dead_letter(&r, &e);
+                            } else {
+                                failed.push(i);
+                            }
                         }
-                    }
-                    Some(e) => {
-                        tracing::warn!("kafka delivery failed, will resend: {e}");
-                        failed.push(i);
-                    }
+                        ErrorClass::Transient => {
+                            tracing::warn!("kafka delivery failed, will resend: {e}");
+                            batch_routes.transient(self.topic_of(&r), || e.to_string(), i);
+                        }
+                    },
                 }
             }
+            // A topic failing while others of the batch are stored is that
+            // topic's problem (route policy); else the broker's: resend.
+            let policy = self.cfg.route_failure;
+            let (dead, resend) = batch_routes.settle(&self.stats.routes, "kafka", policy);
+            for (i, why) in dead {
+                if let Some(r) = recs[i] {
+                    self.dead_letter_why(&r, &why);
+                }
+            }
+            failed.extend(resend);
             // Sent but never reported (cannot happen before the deadline): resend.
             for &i in &pending {
                 if !reported[i] && !failed.contains(&i) && recs[i].is_some() {
@@ -257,14 +329,22 @@ impl KafkaSink {
         true
     }
 
-    fn dead_letter(&mut self, r: &WalRecord<'_>, e: &KafkaError) {
-        let topic = if r.route.is_empty() {
+    fn topic_of(&self, r: &WalRecord<'_>) -> String {
+        if r.route.is_empty() {
             self.cfg.topic.clone()
         } else {
             String::from_utf8_lossy(r.route).into_owned()
-        };
+        }
+    }
+
+    fn dead_letter(&mut self, r: &WalRecord<'_>, e: &KafkaError) {
+        self.dead_letter_why(r, &e.to_string());
+    }
+
+    fn dead_letter_why(&mut self, r: &WalRecord<'_>, why: &str) {
+        let topic = self.topic_of(r);
         self.dead
-            .add("kafka", &topic, r.id, 0, e.to_string().as_bytes(), r.doc);
+            .add("kafka", &topic, r.container, r.id, 0, why.as_bytes(), r.doc);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -272,5 +352,34 @@ impl KafkaSink {
 impl Drop for KafkaSink {
     fn drop(&mut self) {
         let _ = self.producer.flush(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified() {
+        let e = |c| KafkaError::MessageProduction(c);
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
+            ErrorClass::Record
+        );
+        for c in [
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert_eq!(classify(&e(c)), ErrorClass::Route, "{c:?}");
+        }
+        for c in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert_eq!(classify(&e(c)), ErrorClass::Transient, "{c:?}");
+        }
     }
 }

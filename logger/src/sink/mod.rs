@@ -11,6 +11,7 @@ pub mod kafka_config;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod redis_config;
+pub mod route;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub fn decode_batch<'a>(
             dead.add(
                 sink,
                 "",
+                b"",
                 b"",
                 0,
                 b"undecodable disk-buffer record",
@@ -90,10 +92,20 @@ pub struct SinkStats {
     pub duplicates: AtomicU64,
     /// Record sends repeated after 429/5xx or a failed request.
     pub retried: AtomicU64,
-    /// Records written to the dead-letter file.
+    /// Records given to the dead-letter file.
     pub dead_lettered: AtomicU64,
+    /// Of those, records not written because the file was full and
+    /// `dead_letter_full_policy` is `drop`.
+    pub dead_letter_dropped: AtomicU64,
+    /// Of those, records not written because their container had used its
+    /// share of the file (`max_dead_letter_bytes_per_container`).
+    pub dead_letter_over_share: AtomicU64,
+    /// 1 while the dead-letter file is full (the sink waits under `pause`).
+    pub dead_letter_full: AtomicU64,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Requests that failed as a whole (connection, timeout, 429, 5xx, ...).
     pub failed_requests: AtomicU64,
+    /// Per route (index, topic, stream): failure state and counters.
+    pub routes: route::RouteTable,
 }

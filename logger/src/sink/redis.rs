@@ -8,8 +8,11 @@
 //! resent after a lost reply, a timeout or a worker restart is recognised
 //! record by record. The script stops at the first error that retrying may
 //! cure (OOM, a failover's READONLY...), so the records after it are resent
-//! in order; `WRONGTYPE` on a stream key can never succeed: those records go
-//! to the dead-letter file and the script goes on. Nothing is given up by
+//! in order; `WRONGTYPE` or `NOPERM` on a stream key can never succeed: the
+//! script goes on, and the stream's records are handled by the route policy
+//! (`route_failure`). One call per stream of a batch: Redis checks the ACL of
+//! every key of a script call before running it, so a stream outside the ACL
+//! fails its own call only. Nothing is given up by
 //! timeout: until every record of a batch is stored or dead-lettered the
 //! batch stays in the disk buffer and is sent again after a backoff.
 
@@ -21,7 +24,9 @@ use redis::{Client, Connection, ConnectionAddr, IntoConnectionInfo, Script, Valu
 
 use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
+use super::route;
 use super::SinkStats;
+use crate::redact;
 use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
 
@@ -31,7 +36,8 @@ pub use super::redis_config::RedisConfig;
 /// KEYS: per record its marker and its stream key. ARGV: ttl seconds, maxlen
 /// (0: no trimming), then per record id, container, stream name, document.
 /// Returns one entry per record handled: 1 added, 0 already there, or the
-/// error text; it stops after the first error other than WRONGTYPE.
+/// error text; it stops after the first error other than WRONGTYPE and
+/// NOPERM (the stream's own, permanent).
 const SCRIPT: &str = r"
 local ttl = ARGV[1]
 local maxlen = tonumber(ARGV[2])
@@ -52,7 +58,7 @@ for i = 1, #KEYS / 2 do
     end
     if type(r) == 'table' and r.err then
       out[i] = r.err
-      if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' then
+      if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' and string.sub(r.err, 1, 6) ~= 'NOPERM' then
         return out
       end
     else
@@ -69,12 +75,18 @@ return out
 enum Outcome {
     Added,
     Duplicate,
-    /// Refused for good (the reason).
+    /// Its stream refuses it for good (the reason): up to the route policy.
     Refused(String),
     /// Refused for now (the reason); resent after a backoff.
     Later(String),
     /// Not handled (the script stopped before it).
     NotReached,
+}
+
+/// Errors a stream answers the same way forever: a key of another type, a
+/// key outside the shipper's ACL.
+fn route_refusal(reason: &str) -> bool {
+    reason.starts_with("WRONGTYPE") || reason.starts_with("NOPERM")
 }
 
 /// Maps the script's answer to one outcome per record.
@@ -91,7 +103,7 @@ fn outcomes(v: &Value, n: usize) -> Vec<Outcome> {
             Value::Int(0) => Outcome::Duplicate,
             Value::BulkString(b) => {
                 let reason = String::from_utf8_lossy(b).into_owned();
-                if reason.starts_with("WRONGTYPE") {
+                if route_refusal(&reason) {
                     Outcome::Refused(reason)
                 } else {
                     Outcome::Later(reason)
@@ -126,11 +138,10 @@ impl std::fmt::Debug for RedisSink {
 impl RedisSink {
     /// Checks the settings (no connection is made yet).
     pub fn new(cfg: RedisConfig, stats: Arc<SinkStats>) -> Result<RedisSink, String> {
-        let info = cfg
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("redis_url `{}`: {e}", cfg.url))?;
+        let info = cfg.url.expose().into_connection_info().map_err(|e| {
+            let e = redact::scrub(&e.to_string(), &cfg.url.secrets());
+            format!("redis_url `{}`: {e}", cfg.url)
+        })?;
         if matches!(info.addr(), ConnectionAddr::Unix(_)) {
             return Err(format!(
                 "redis_url `{}`: only redis:// and rediss:// are supported",
@@ -138,7 +149,7 @@ impl RedisSink {
             ));
         }
         Ok(RedisSink {
-            dead: DeadLetter::new(&cfg.dead_letter),
+            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
             script: Script::new(SCRIPT),
             conn: None,
@@ -152,7 +163,7 @@ impl RedisSink {
         let mut info = self
             .cfg
             .url
-            .as_str()
+            .expose()
             .into_connection_info()
             .map_err(|e| e.to_string())?;
         if let Some(path) = &self.cfg.auth_file {
@@ -201,48 +212,130 @@ impl RedisSink {
         let (recs, mut pending) = super::decode_batch(batch, "redis", &mut self.dead, &self.stats);
         let ttl = self.cfg.dedup_ttl.as_secs().max(1);
         let maxlen = self.cfg.maxlen.unwrap_or(0);
+        // A stream no task may use (the shipper's own namespace, buffered before
+        // a rule existed): to the dead-letter file at once.
+        pending.retain(|&i| {
+            let Some(r) = recs[i] else { return false };
+            match route::check_redis_stream(r.route, &self.cfg.dedup_prefix) {
+                Ok(()) => true,
+                Err(e) => {
+                    let target = String::from_utf8_lossy(r.route).into_owned();
+                    let why = format!("refused route: {e}");
+                    self.dead.add(
+                        "redis",
+                        &target,
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.stats.routes.invalid("redis", &target, &e);
+                    false
+                }
+            }
+        });
+        // Streams stored in this batch (see `route::BatchRoutes`).
+        let mut batch_routes = route::BatchRoutes::default();
         while !pending.is_empty() {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
-            let answer = match self.send(&recs, &pending, ttl, maxlen) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
-                    self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .retried
-                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    self.pause(stop);
-                    continue;
-                }
-            };
             let mut again = Vec::new();
             let mut reason = None;
-            for (&i, o) in pending.iter().zip(outcomes(&answer, pending.len())) {
-                match o {
-                    Outcome::Added => {
-                        self.stats.shipped.fetch_add(1, Ordering::Relaxed);
+            // In order of first appearance, one call per stream.
+            let mut streams: Vec<&str> = Vec::new();
+            for &i in &pending {
+                if let Some(r) = recs[i] {
+                    let st = self.stream_of(&r);
+                    if !streams.contains(&st) {
+                        streams.push(st);
                     }
-                    Outcome::Duplicate => {
-                        self.stats.shipped.fetch_add(1, Ordering::Relaxed);
-                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Outcome::Refused(why) => {
-                        if let Some(r) = recs[i] {
-                            let target = self.stream_of(&r).to_string();
-                            self.dead
-                                .add("redis", &target, r.id, 0, why.as_bytes(), r.doc);
-                        }
-                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Outcome::Later(why) => {
-                        reason = Some(why);
-                        again.push(i);
-                    }
-                    Outcome::NotReached => again.push(i),
                 }
             }
+            let streams: Vec<String> = streams.into_iter().map(str::to_string).collect();
+            for stream in &streams {
+                let group: Vec<usize> = pending
+                    .iter()
+                    .copied()
+                    .filter(|&i| recs[i].is_some_and(|r| self.stream_of(&r) == stream))
+                    .collect();
+                let answer = match self.send(&recs, &group, ttl, maxlen) {
+                    Ok(v) => v,
+                    // The whole call was refused for its stream (ACL on a key).
+                    Err(e) if route_refusal(&e) => {
+                        Value::Array(vec![Value::BulkString(e.into_bytes()); group.len()])
+                    }
+                    Err(e) => {
+                        let e = redact::scrub(&e, &self.cfg.url.secrets());
+                        tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
+                        self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+                        reason = Some(e);
+                        again.extend_from_slice(&group);
+                        continue;
+                    }
+                };
+                for (&i, o) in group.iter().zip(outcomes(&answer, group.len())) {
+                    let Some(r) = recs[i] else { continue };
+                    match o {
+                        Outcome::Added => {
+                            self.stats.shipped.fetch_add(1, Ordering::Relaxed);
+                            self.stats.routes.stored("redis", stream);
+                            batch_routes.stored(stream);
+                        }
+                        Outcome::Duplicate => {
+                            self.stats.shipped.fetch_add(1, Ordering::Relaxed);
+                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            batch_routes.stored(stream);
+                        }
+                        Outcome::Refused(why) => {
+                            let policy = self.cfg.route_failure;
+                            if self.stats.routes.refused("redis", stream, policy, &why) {
+                                self.dead.add(
+                                    "redis",
+                                    stream,
+                                    r.container,
+                                    r.id,
+                                    0,
+                                    why.as_bytes(),
+                                    r.doc,
+                                );
+                                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                reason = Some(why);
+                                again.push(i);
+                            }
+                        }
+                        Outcome::Later(why) => {
+                            batch_routes.transient(stream.clone(), || why.clone(), i);
+                            reason = Some(why);
+                        }
+                        Outcome::NotReached => again.push(i),
+                    }
+                }
+            }
+            // A stream failing while others of the batch are stored is that
+            // stream's problem (route policy); else Redis's: resend.
+            let policy = self.cfg.route_failure;
+            let (dead, resend) = batch_routes.settle(&self.stats.routes, "redis", policy);
+            for (i, why) in dead {
+                if let Some(r) = recs[i] {
+                    let stream = self.stream_of(&r).to_string();
+                    self.dead.add(
+                        "redis",
+                        &stream,
+                        r.container,
+                        r.id,
+                        0,
+                        why.as_bytes(),
+                        r.doc,
+                    );
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            again.extend(resend);
+            again.sort_unstable();
             pending = again;
             if pending.is_empty() {
                 self.backoff.reset();
@@ -304,7 +397,11 @@ impl RedisSink {
                 if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
                     self.conn = None;
                 }
-                Err(e.to_string())
+                // The code first, so that `route_refusal` recognises it.
+                match e.code() {
+                    Some(code) if route_refusal(code) => Err(format!("{code} {e}")),
+                    _ => Err(e.to_string()),
+                }
             }
         }
     }

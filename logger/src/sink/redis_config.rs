@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::redact::SecretUrl;
+
 /// Settings of the Redis Streams sink (shipper keys `redis_*`).
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis_url`: `redis://host:port[/db]` or `rediss://` (TLS).
-    pub url: String,
+    /// `redis_url`: `redis://host:port[/db]` or `rediss://` (TLS); shown
+    /// without its password wherever it is displayed.
+    pub url: SecretUrl,
     /// `redis_stream`: default stream key (default `rein-logs`).
     pub stream: String,
     /// `redis_batch_records` / `redis_batch_bytes`: records per batch from the
@@ -36,6 +39,8 @@ pub struct RedisConfig {
     pub backoff_max: Duration,
     /// `redis_dead_letter`: records Redis can never accept.
     pub dead_letter: PathBuf,
+    /// `route_failure`: what becomes of the records of a stream that refuses them for good.
+    pub route_failure: super::route::RouteFailure,
 }
 
 /// Credentials read from `redis_auth_file`.
@@ -82,6 +87,18 @@ pub fn read_auth(path: &Path) -> Result<RedisAuth, String> {
 /// A stream key a task or the operator may use: 1 to 128 of `[a-zA-Z0-9._:-]`
 /// (no spaces, braces or globbing characters).
 pub fn validate_stream(s: &str) -> Result<(), String> {
+    validate_key(s)?;
+    if s.starts_with(super::route::RESERVED_REDIS_PREFIX) {
+        return Err(format!(
+            "stream keys starting with `{}` are reserved for the shipper's own keys",
+            super::route::RESERVED_REDIS_PREFIX
+        ));
+    }
+    Ok(())
+}
+
+/// A key the shipper writes: 1 to 128 of `[a-zA-Z0-9._:-]`.
+pub fn validate_key(s: &str) -> Result<(), String> {
     if s.is_empty()
         || s.len() > 128
         || !s

@@ -22,6 +22,9 @@ pub enum Fault {
     Status(u16),
     /// Reject items `i % every == 0` with `status` (per item), forward the rest.
     Partial { every: usize, status: u16 },
+    /// Reject the items whose `_index` starts with `index` with `status`
+    /// (per item), forward the rest.
+    PartialIndex { index: String, status: u16 },
     /// Wait, then forward.
     Slow(Duration),
     /// Close the connection without forwarding.
@@ -42,6 +45,8 @@ pub struct Seen {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub script: Arc<Mutex<VecDeque<Fault>>>,
+    /// The fault of every request once the script is empty (`Pass` unless set).
+    pub always: Arc<Mutex<Fault>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
 }
@@ -55,16 +60,17 @@ impl Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let script = Arc::new(Mutex::new(VecDeque::new()));
+        let always = Arc::new(Mutex::new(Fault::Pass));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (sc, se, st) = (script.clone(), seen.clone(), stop.clone());
+        let (sc, se, st, al) = (script.clone(), seen.clone(), stop.clone(), always.clone());
         std::thread::spawn(move || {
             for s in l.incoming() {
                 if st.load(Ordering::Relaxed) {
                     return;
                 }
                 let Ok(s) = s else { continue };
-                let (sc, se, tls) = (sc.clone(), se.clone(), tls.clone());
+                let (sc, se, tls, al) = (sc.clone(), se.clone(), tls.clone(), al.clone());
                 std::thread::spawn(move || {
                     let io: Box<dyn Io> = match tls {
                         Some(cfg) => match rustls::ServerConnection::new(cfg) {
@@ -73,13 +79,14 @@ impl Proxy {
                         },
                         None => Box::new(s),
                     };
-                    serve(io, upstream, &sc, &se);
+                    serve(io, upstream, &sc, &al, &se);
                 });
             }
         });
         Proxy {
             addr,
             script,
+            always,
             seen,
             stop,
         }
@@ -87,6 +94,11 @@ impl Proxy {
 
     pub fn push(&self, f: Fault) {
         self.script.lock().unwrap().push_back(f);
+    }
+
+    /// Applies `f` to every request once the script is empty.
+    pub fn set_always(&self, f: Fault) {
+        *self.always.lock().unwrap() = f;
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -113,6 +125,7 @@ fn serve(
     io: Box<dyn Io>,
     upstream: SocketAddr,
     script: &Mutex<VecDeque<Fault>>,
+    always: &Mutex<Fault>,
     seen: &Mutex<Vec<Seen>>,
 ) {
     let mut r = BufReader::new(io);
@@ -130,7 +143,8 @@ fn serve(
         let body = if gzip { gunzip(&body) } else { body };
         let is_bulk = path.contains("_bulk");
         let fault = if is_bulk {
-            script.lock().unwrap().pop_front().unwrap_or(Fault::Pass)
+            let next = script.lock().unwrap().pop_front();
+            next.unwrap_or_else(|| always.lock().unwrap().clone())
         } else {
             Fault::Pass
         };
@@ -182,11 +196,26 @@ fn serve(
                 let _ = forward(&mut up, &body);
                 return;
             }
-            Fault::Partial { every, status } => {
+            Fault::Partial { .. } | Fault::PartialIndex { .. } => {
                 let n = lines.len() / 2;
+                let status = match &fault {
+                    Fault::Partial { status, .. } | Fault::PartialIndex { status, .. } => *status,
+                    _ => unreachable!(),
+                };
+                let rejected = |i: usize| match &fault {
+                    Fault::Partial { every, .. } => i.is_multiple_of(*every),
+                    Fault::PartialIndex { index, .. } => {
+                        let action: serde_json::Value =
+                            serde_json::from_slice(lines[2 * i]).unwrap();
+                        action["create"]["_index"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with(index.as_str()))
+                    }
+                    _ => false,
+                };
                 let mut fwd = Vec::new();
                 for i in 0..n {
-                    if i % every != 0 {
+                    if !rejected(i) {
                         fwd.extend_from_slice(lines[2 * i]);
                         fwd.push(b'\n');
                         fwd.extend_from_slice(lines[2 * i + 1]);
@@ -203,7 +232,7 @@ fn serve(
                 }
                 let mut items = Vec::new();
                 for i in 0..n {
-                    if i % every == 0 {
+                    if rejected(i) {
                         let action: serde_json::Value =
                             serde_json::from_slice(lines[2 * i]).unwrap();
                         let id = action["create"]["_id"].clone();

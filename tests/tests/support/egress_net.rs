@@ -235,6 +235,13 @@ pub struct Sender {
 impl Sender {
     /// Forks the sender towards `SERVER_ADDR:port`.
     pub fn fork(port: u16, duration: Duration) -> Self {
+        Self::fork_as(port, duration, None)
+    }
+
+    /// Forks the sender; with `uid`, the child drops to that user and group (all
+    /// three ids, and no supplementary groups) before it connects, as a task of an
+    /// unprivileged user sends.
+    pub fn fork_as(port: u16, duration: Duration, uid: Option<u32>) -> Self {
         let (go_r, go_w) = nix::unistd::pipe().expect("pipe");
         let addr = libc::sockaddr_in {
             sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
@@ -251,7 +258,7 @@ impl Sender {
         match unsafe { nix::unistd::fork() }.expect("fork") {
             nix::unistd::ForkResult::Child => {
                 // SAFETY: in the freshly forked child, as sender_child requires.
-                unsafe { sender_child(go_r.as_raw_fd(), &addr, &buf, secs) }
+                unsafe { sender_child(go_r.as_raw_fd(), &addr, &buf, secs, uid) }
             }
             nix::unistd::ForkResult::Parent { child } => {
                 drop(go_r);
@@ -292,12 +299,26 @@ impl Drop for Sender {
 ///
 /// # Safety
 /// Only to be called in a freshly forked child; never returns.
-unsafe fn sender_child(go: i32, addr: &libc::sockaddr_in, buf: &[u8], secs: f64) -> ! {
+unsafe fn sender_child(
+    go: i32,
+    addr: &libc::sockaddr_in,
+    buf: &[u8],
+    secs: f64,
+    uid: Option<u32>,
+) -> ! {
     // SAFETY: plain system calls on valid buffers and descriptors; _exit ends the child.
     unsafe {
         let mut b = [0u8; 1];
         if libc::read(go, b.as_mut_ptr().cast(), 1) != 1 {
             libc::_exit(2);
+        }
+        if let Some(id) = uid {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(id, id, id) != 0
+                || libc::setresuid(id, id, id) != 0
+            {
+                libc::_exit(4);
+            }
         }
         let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         if s < 0

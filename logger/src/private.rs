@@ -1,0 +1,272 @@
+//! Private state: what the shipper keeps on disk (disk buffers, dead-letter
+//! files, registrations with every label, checkpoints, counters) holds other
+//! tenants' output and metadata, so it is root's alone. Directories are 0700
+//! and files 0600, created with that mode (so there is never a moment when a
+//! file is more open) and then set with `fchmod`, which neither the umask nor
+//! an older version's file can change. Paths are opened with `O_NOFOLLOW`:
+//! a symbolic link planted where a state file belongs is refused, never
+//! followed. [`tighten_tree`] brings a state directory left by an older
+//! version (default umask: 0755/0644) to the same modes at start.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of every state directory.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every state file.
+pub const FILE_MODE: u32 = 0o600;
+
+fn fchmod(f: &File, mode: u32) -> io::Result<()> {
+    // SAFETY: fchmod on a descriptor owned by `f`.
+    if unsafe { libc::fchmod(f.as_raw_fd(), mode) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens an existing directory without following a symbolic link.
+fn open_dir(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+}
+
+/// Creates `dir` (missing parents too, each 0700) and sets `dir` itself to
+/// 0700. A symbolic link at `dir` is refused.
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    create_parents(dir)?;
+    fchmod(&open_dir(dir)?, DIR_MODE)
+}
+
+/// Creates `dir` and its missing parents with mode 0700; existing ones are
+/// left as they are (an operator's `/var/log` is not ours to change).
+pub fn create_parents(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Opens (creating it 0600 if missing) a regular file for appending; its
+/// mode is set to 0600 whatever it was. Links, FIFOs, devices and sockets at
+/// `path` are refused (`O_NOFOLLOW`, `O_NONBLOCK`, then a type check).
+pub fn open_append(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    regular_private(f, path)
+}
+
+/// Creates (or empties) a regular file, mode 0600. It is emptied only once
+/// known to be ours.
+pub fn create(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let f = regular_private(f, path)?;
+    f.set_len(0)?;
+    Ok(f)
+}
+
+fn regular_private(f: File, path: &Path) -> io::Result<File> {
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    // A file someone else made (say in a world-writable directory) may be
+    // open in their hands already: changing its mode would not take it back.
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return Err(io::Error::other(format!(
+            "{} belongs to uid {}, not to this process",
+            path.display(),
+            m.uid()
+        )));
+    }
+    fchmod(&f, FILE_MODE)?;
+    // O_NONBLOCK was only for the open (a FIFO must not block it).
+    // SAFETY: fcntl on a descriptor owned by `f`.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(f)
+}
+
+/// Writes `data` to `path` through `path.tmp` (0600) and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    create(&tmp)?.write_all(data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Makes `root` 0700 (created if missing) and, below it, every directory
+/// 0700 and every regular file 0600, top down (so nothing is reachable by
+/// others while the rest is changed). Symbolic links are not followed and
+/// other objects are left alone. Returns how many modes were changed.
+pub fn tighten_tree(root: &Path) -> io::Result<u64> {
+    create_parents(root)?;
+    tighten_dir(root, 0)
+}
+
+/// Deepest directory level visited (the state tree is a few levels deep).
+const MAX_DEPTH: u32 = 16;
+
+fn tighten_dir(dir: &Path, depth: u32) -> io::Result<u64> {
+    let d = open_dir(dir)?;
+    let mut changed = u64::from(set_mode(&d, DIR_MODE)?);
+    if depth >= MAX_DEPTH {
+        return Ok(changed);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            changed += tighten_dir(&path, depth + 1)?;
+        } else if ty.is_file() {
+            changed += u64::from(tighten_file(&path)?);
+        }
+    }
+    Ok(changed)
+}
+
+fn tighten_file(path: &Path) -> io::Result<bool> {
+    // O_NONBLOCK: a FIFO swapped in since the listing must not block us.
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !f.metadata()?.is_file() {
+        return Ok(false);
+    }
+    set_mode(&f, FILE_MODE)
+}
+
+fn set_mode(f: &File, mode: u32) -> io::Result<bool> {
+    if f.metadata()?.mode() & 0o7777 == mode {
+        return Ok(false);
+    }
+    fchmod(f, mode)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// Sets a permissive umask for the duration of a test (restored on drop).
+    struct Umask(libc::mode_t);
+    impl Umask {
+        fn set(m: libc::mode_t) -> Umask {
+            // SAFETY: umask(2) cannot fail.
+            Umask(unsafe { libc::umask(m) })
+        }
+    }
+    impl Drop for Umask {
+        fn drop(&mut self) {
+            // SAFETY: umask(2) cannot fail.
+            unsafe { libc::umask(self.0) };
+        }
+    }
+
+    #[test]
+    fn files_and_dirs_are_private_whatever_the_umask() {
+        let _u = Umask::set(0);
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a/b");
+        create_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&d.path().join("a")), 0o700);
+        let f = dir.join("f");
+        open_append(&f).unwrap().write_all(b"x").unwrap();
+        assert_eq!(mode(&f), 0o600);
+        write_atomic(&dir.join("g"), b"y").unwrap();
+        assert_eq!(mode(&dir.join("g")), 0o600);
+        // An existing file of an older version is tightened when opened.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut a = open_append(&f).unwrap();
+        assert_eq!(mode(&f), 0o600);
+        a.write_all(b"z").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"xz");
+    }
+
+    #[test]
+    fn links_and_fifos_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, "root only").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_append(&link).is_err());
+        assert!(create(&link).is_err());
+        assert!(create_dir(&link).is_err());
+        assert_eq!(mode(&target), 0o644, "the link's target is untouched");
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(fifo.as_os_str()))
+            .unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(
+            open_append(&fifo).is_err(),
+            "a FIFO is refused, not waited on"
+        );
+    }
+
+    #[test]
+    fn an_older_tree_is_tightened_top_down_without_following_links() {
+        // What an older version left under the default umask.
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("state");
+        std::fs::create_dir_all(root.join("containers/c1")).unwrap();
+        std::fs::write(root.join("containers/c1/registration.json"), "{}").unwrap();
+        std::fs::write(root.join("counters.json"), "{}").unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        for p in ["", "containers", "containers/c1"] {
+            set(&root.join(p), 0o755);
+        }
+        for p in ["counters.json", "containers/c1/registration.json"] {
+            set(&root.join(p), 0o644);
+        }
+        set(&outside, 0o644);
+        let n = tighten_tree(&root).unwrap();
+        assert_eq!(n, 5, "root, containers, c1, two files");
+        for p in ["", "containers", "containers/c1"] {
+            assert_eq!(mode(&root.join(p)), 0o700, "{p}");
+        }
+        assert_eq!(mode(&root.join("containers/c1/registration.json")), 0o600);
+        assert_eq!(mode(&outside), 0o644, "a link's target is not changed");
+        assert_eq!(tighten_tree(&root).unwrap(), 0);
+    }
+}
