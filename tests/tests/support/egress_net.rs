@@ -348,3 +348,15 @@ unsafe fn sender_child(
         libc::_exit(0)
     }
 }
+
+/// A top-level container with task labels `labels`.
+pub fn labelled_spec(name: &str, labels: &[(&str, &str)]) -> rein_core::ContainerSpec {
+    rein_core::ContainerSpec {
+        id: rein_core::ContainerId::top(name).unwrap(),
+        task_labels: labels
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect(),
+        ..rein_core::ContainerSpec::default()
+    }
+}
