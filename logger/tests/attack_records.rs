@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::shipper::{drain_buffer, spec, Shipper};
-use common::sinks::{buffer, run_until, victims_es_config};
+use common::sinks::{buffer, run_es, run_until, victims_es_config};
 use common::{skip, EsServer, WalAppender};
 use rein_logger::record::{
     EncodeOptions, MultilineConfig, SourceMeta, StartRule, Stream, StreamPipeline,
 };
-use rein_logger::sink::es::{EsConfig, EsSink};
 use rein_logger::sink::SinkStats;
 use rein_logger::wal::Wal;
 use rein_logger::walrec::WalRecord;
@@ -56,16 +55,6 @@ fn feed(w: &Wal, container: &str, route: &str, input: &[u8]) -> u64 {
     p.poll(Instant::now(), READ_MS, true, &mut push);
     w.commit().unwrap();
     out.n
-}
-
-/// Runs the sink until `until` or the deadline; returns the stats.
-fn run_es(
-    cfg: EsConfig,
-    w: Arc<Wal>,
-    until: impl Fn(&SinkStats) -> bool,
-    limit: Duration,
-) -> Arc<SinkStats> {
-    run_until(|s| EsSink::new(cfg, s).unwrap(), &w, until, limit)
 }
 
 /// Pretty-printed JSON (joined by multiline) and lines holding every byte

@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy};
-use common::sinks::{buffer, run_until};
+use common::sinks::{buffer, run_es};
 use common::{skip, EsServer, WalAppender};
 use rein_logger::http::Url;
 use rein_logger::record::{EncodeOptions, SourceMeta, Stream, StreamPipeline};
-use rein_logger::sink::es::{EsConfig, EsSink};
-use rein_logger::sink::SinkStats;
+use rein_logger::sink::es::EsConfig;
 use rein_logger::wal::Wal;
 
 const READ_MS: i64 = 1_714_564_800_000; // 2024-05-01
@@ -69,16 +68,6 @@ fn config(url: &str, dir: &Path) -> EsConfig {
     }
 }
 
-/// Runs the sink until `until` or the deadline; returns the stats.
-fn run_sink(
-    cfg: EsConfig,
-    w: Arc<Wal>,
-    until: impl Fn(&SinkStats) -> bool,
-    limit: Duration,
-) -> Arc<SinkStats> {
-    run_until(|s| EsSink::new(cfg, s).unwrap(), &w, until, limit)
-}
-
 #[test]
 fn every_record_arrives_once_through_injected_faults() {
     let Some(es) = EsServer::start() else {
@@ -126,7 +115,7 @@ fn every_record_arrives_once_through_injected_faults() {
     let mut cfg = config(&format!("http://{}", proxy.addr), d.path());
     cfg.auth_file = Some(auth);
     let total = n as u64;
-    let stats = run_sink(
+    let stats = run_es(
         cfg,
         w.clone(),
         |s| s.shipped.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed) >= total,
@@ -219,7 +208,7 @@ fn tls_is_verified_by_default() {
         &format!("https://localhost:{}", proxy.addr.port()),
         d.path(),
     );
-    let stats = run_sink(
+    let stats = run_es(
         cfg.clone(),
         w.clone(),
         |s| s.failed_requests.load(Ordering::Relaxed) >= 2,
@@ -235,7 +224,7 @@ fn tls_is_verified_by_default() {
     // 2. With the server's CA configured, everything arrives.
     let mut cfg = cfg;
     cfg.ca_file = ca;
-    let stats = run_sink(
+    let stats = run_es(
         cfg,
         w.clone(),
         |s| s.shipped.load(Ordering::Relaxed) >= 50,

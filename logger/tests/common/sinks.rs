@@ -32,6 +32,13 @@ impl TestSink for rein_logger::sink::redis::RedisSink {
     }
 }
 
+#[cfg(feature = "kafka")]
+impl TestSink for rein_logger::sink::kafka::KafkaSink {
+    fn ship(&mut self, w: &Wal, stop: &AtomicBool) {
+        self.run(w, stop);
+    }
+}
+
 /// A disk buffer in `dir/buffer` that pauses when full.
 pub fn buffer(dir: &Path, segment_bytes: u64, max_bytes: u64) -> Arc<Wal> {
     Arc::new(
@@ -120,6 +127,16 @@ impl RunningSink {
 /// Records shipped or dead-lettered.
 pub fn handled(s: &SinkStats) -> u64 {
     s.shipped.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed)
+}
+
+/// [`run_until`] of an Elasticsearch sink.
+pub fn run_es(
+    cfg: EsConfig,
+    w: Arc<Wal>,
+    until: impl Fn(&SinkStats) -> bool,
+    limit: Duration,
+) -> Arc<SinkStats> {
+    run_until(|s| EsSink::new(cfg, s).unwrap(), &w, until, limit)
 }
 
 /// Runs the sink `new` builds (with test logging) until `until` or `limit`;
