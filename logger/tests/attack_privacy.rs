@@ -217,6 +217,18 @@ fn child_exe(dir: &Path) -> PathBuf {
     exe
 }
 
+/// User 65534 connects to the shipper's `socket`: what it got.
+fn connect_as_nobody(exe: &Path, socket: &Path) -> Vec<String> {
+    as_user(
+        exe,
+        NOBODY,
+        NOBODY,
+        &[],
+        "connect",
+        &[socket.display().to_string()],
+    )
+}
+
 /// Runs `action` in `exe` as `uid`/`gid` with the supplementary `groups`;
 /// returns the `RESULT` lines it printed.
 fn as_user(
@@ -466,14 +478,7 @@ fn state_is_private_from_the_start_and_an_older_state_is_tightened() {
     let open: Vec<&String> = got.iter().filter(|r| !r.starts_with("denied\t")).collect();
     assert_eq!(got.len(), paths.len(), "{got:?}");
     assert!(open.is_empty(), "user {NOBODY} got at:\n{open:#?}");
-    let got = as_user(
-        &exe,
-        NOBODY,
-        NOBODY,
-        &[],
-        "connect",
-        &[s.socket.display().to_string()],
-    );
+    let got = connect_as_nobody(&exe, &s.socket);
     assert!(got[0].starts_with("refused"), "{got:?}");
     kill(c);
     s.stop();
@@ -499,14 +504,7 @@ fn only_root_or_the_socket_group_hands_containers_to_the_shipper() {
     std::fs::create_dir(&a).unwrap();
     let mut s = Shipper::start(&a, "", "warn");
     assert_eq!(mode(&s.socket) & 0o777, 0o600);
-    let got = as_user(
-        &exe,
-        NOBODY,
-        NOBODY,
-        &[],
-        "connect",
-        &[s.socket.display().to_string()],
-    );
+    let got = connect_as_nobody(&exe, &s.socket);
     assert!(got[0].contains("EACCES"), "{got:?}");
     assert_eq!(register(&s.socket, &[]), "shipped=false");
     // 2. Even with the file mode opened (as the old chmod-after-listen window
