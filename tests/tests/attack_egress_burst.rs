@@ -19,7 +19,9 @@ use std::time::Duration;
 use rein_core::Isolator;
 use rein_isolators::net_cls::NetClsIsolator;
 
-use egress_net::{in_netns, labelled_spec as spec, NetPair, Receiver, Sender, CLIENT_DEV};
+use egress_net::{
+    in_netns, labelled_spec as spec, shaping_params, NetPair, Receiver, Sender, CLIENT_DEV,
+};
 
 /// The task's user (`nobody`).
 const TASK_UID: u32 = 65534;
@@ -30,20 +32,10 @@ const BURST_CAP: u64 = 4 << 20;
 /// The isolator's settings: shaping on the client device, rates capped at
 /// `RATE_CAP`, bursts at `max_burst`.
 fn params(root_name: &str, state: &Path, max_burst: &str) -> Vec<(String, String)> {
-    [
-        ("net_cls_primary_handle", "0x1"),
-        ("net_cls_secondary_handles", "0x10,0x7ff"),
-        ("cgroups_root", root_name),
-        ("state_dir", state.to_str().unwrap()),
-        ("egress_shaping", "true"),
-        ("egress_devices", CLIENT_DEV),
-        ("egress_classifier", "net_cls"),
-        ("egress_max_rate", RATE_CAP),
-        ("egress_max_burst", max_burst),
-    ]
-    .iter()
-    .map(|(a, b)| ((*a).into(), (*b).into()))
-    .collect()
+    let mut p = shaping_params(root_name, state, "net_cls");
+    p.push(("egress_max_rate".into(), RATE_CAP.into()));
+    p.push(("egress_max_burst".into(), max_burst.into()));
+    p
 }
 
 #[test]

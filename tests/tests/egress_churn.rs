@@ -18,7 +18,7 @@ use rein_core::{Isolator, RecoveredContainer};
 use rein_isolators::egress::FILTER_NAME;
 use rein_isolators::net_cls::NetClsIsolator;
 
-use egress_net::{in_netns, labelled_spec as spec, NetPair, CLIENT_DEV};
+use egress_net::{in_netns, labelled_spec as spec, shaping_params as params, NetPair, CLIENT_DEV};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -51,21 +51,6 @@ impl Drop for RootGuard {
     fn drop(&mut self) {
         let _ = self.0.remove();
     }
-}
-
-fn params(root_name: &str, state: &Path, classifier: &str) -> Vec<(String, String)> {
-    [
-        ("net_cls_primary_handle", "0x1"),
-        ("net_cls_secondary_handles", "0x10,0x7ff"),
-        ("cgroups_root", root_name),
-        ("state_dir", state.to_str().unwrap()),
-        ("egress_shaping", "true"),
-        ("egress_devices", CLIENT_DEV),
-        ("egress_classifier", classifier),
-    ]
-    .iter()
-    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-    .collect()
 }
 
 fn isolator(pair: &NetPair, params: &[(String, String)]) -> NetClsIsolator {
