@@ -579,16 +579,23 @@ mod tests {
         "regular",
     ];
 
+    /// In `d`: a sandbox, a file holding `SECRET` and an empty directory,
+    /// the last two outside the sandbox.
+    fn scene(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let sb = d.join("sb");
+        std::fs::create_dir(&sb).unwrap();
+        let secret = d.join("secret");
+        std::fs::write(&secret, b"SECRET").unwrap();
+        let outside_dir = d.join("outside");
+        std::fs::create_dir(&outside_dir).unwrap();
+        (sb, secret, outside_dir)
+    }
+
     #[test]
     fn create_refuses_whatever_stands_at_the_name_and_never_follows_it() {
         for kind in KINDS {
             let d = tempfile::tempdir().unwrap();
-            let sb = d.path().join("sb");
-            std::fs::create_dir(&sb).unwrap();
-            let secret = d.path().join("secret");
-            std::fs::write(&secret, b"SECRET").unwrap();
-            let outside_dir = d.path().join("outside");
-            std::fs::create_dir(&outside_dir).unwrap();
+            let (sb, secret, outside_dir) = scene(d.path());
             let _sock = plant(kind, &sb.join("stdout"), &secret, &outside_dir);
             let dir = SandboxDir::open(&sb).unwrap();
             let before = objects_refused();
@@ -626,12 +633,7 @@ mod tests {
     #[test]
     fn only_the_recorded_file_is_opened_and_nothing_blocks() {
         let d = tempfile::tempdir().unwrap();
-        let sb = d.path().join("sb");
-        std::fs::create_dir(&sb).unwrap();
-        let secret = d.path().join("secret");
-        std::fs::write(&secret, b"SECRET").unwrap();
-        let outside_dir = d.path().join("outside");
-        std::fs::create_dir(&outside_dir).unwrap();
+        let (sb, secret, outside_dir) = scene(d.path());
         let dir = SandboxDir::open(&sb).unwrap();
         let (_f, id) = dir.create("stdout", &mut |_, _| {}).unwrap();
         // A task moves the file away and plants something else at its name.

@@ -14,19 +14,18 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy};
 use common::shipper::{spec, Shipper};
-use common::{fill_wal, skip, EsServer};
-use rein_logger::http::Url;
+use common::sinks::{buffer, run_until, victims_es_config};
+use common::{fill_wal, is_root, skip, EsServer};
 use rein_logger::sink::deadletter::{self, DeadLetterFullPolicy, DeadLetterLimits};
 use rein_logger::sink::es::{EsConfig, EsSink};
-use rein_logger::sink::route::RouteFailure;
 use rein_logger::sink::SinkStats;
-use rein_logger::wal::{FullPolicy, Wal, WalConfig};
+use rein_logger::wal::Wal;
 
 const NO_OSMEM: &str = "osmem-server not installed (pip install osmem-server==0.1.6)";
 /// The dead-letter bound of the sink-level tests (one per test process).
@@ -43,34 +42,7 @@ fn limits() {
 }
 
 fn wal(dir: &Path) -> Arc<Wal> {
-    Arc::new(
-        Wal::open(WalConfig {
-            dir: dir.join("buffer"),
-            segment_bytes: 4 << 20,
-            max_bytes: 512 << 20,
-            fsync_interval: Duration::from_millis(100),
-            policy: FullPolicy::Pause,
-        })
-        .unwrap(),
-    )
-}
-
-fn es_config(addr: std::net::SocketAddr, dir: &Path) -> EsConfig {
-    EsConfig {
-        url: Url::parse(&format!("http://{addr}")).unwrap(),
-        index: "victims-%Y.%m.%d".into(),
-        auth_file: None,
-        gzip: false,
-        ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
-        batch_records: 100,
-        batch_bytes: 1 << 20,
-        timeout: Duration::from_secs(5),
-        backoff_base: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(300),
-        dead_letter: dir.join("dead-letter.ndjson"),
-        refresh: false,
-        route_failure: RouteFailure::DeadLetterAfterAttempts(3),
-    }
+    buffer(dir, 4 << 20, 512 << 20)
 }
 
 /// Runs the sink until `until` or `limit`; returns the stats and the
@@ -81,41 +53,14 @@ fn run_es(
     until: impl Fn(&SinkStats) -> bool,
     limit: Duration,
 ) -> (Arc<SinkStats>, u64) {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let stats = Arc::new(SinkStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sink = EsSink::new(cfg, stats.clone()).unwrap();
-    let (w2, s2) = (w.clone(), stop.clone());
-    let h = std::thread::spawn(move || sink.run(&w2, &s2));
-    let deadline = Instant::now() + limit;
     let full = AtomicU64::new(0);
-    while !until(&stats) && Instant::now() < deadline {
-        full.fetch_max(
-            stats.dead_letter_full.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::Relaxed);
-    w.wake();
-    h.join().unwrap();
-    full.fetch_max(
-        stats.dead_letter_full.load(Ordering::Relaxed),
-        Ordering::Relaxed,
-    );
+    let watch = |s: &SinkStats| {
+        full.fetch_max(load(&s.dead_letter_full), Ordering::Relaxed);
+        until(s)
+    };
+    let stats = run_until(|s| EsSink::new(cfg, s).unwrap(), &w, watch, limit);
+    full.fetch_max(load(&stats.dead_letter_full), Ordering::Relaxed);
     (stats, full.into_inner())
-}
-
-fn block_writes(es: &EsServer, index: &str) {
-    let (st, body) = es.put(&format!("/{index}"), "{}").unwrap();
-    assert_eq!(st, 200, "{body}");
-    let (st, body) = es
-        .put(
-            &format!("/{index}/_settings"),
-            r#"{"index":{"blocks":{"write":true}}}"#,
-        )
-        .unwrap();
-    assert_eq!(st, 200, "{body}");
 }
 
 /// Dead-letter lines per container, and their bytes.
@@ -151,7 +96,7 @@ fn a_tenant_filling_the_dead_letter_file_never_pauses_the_sink() {
     };
     limits();
     let blocked = "attacker-2024.05.01";
-    block_writes(&es, blocked);
+    es.block_writes(blocked);
     let d = tempfile::tempdir().unwrap();
     let dl = d.path().join("dead-letter.ndjson");
     let w = wal(d.path());
@@ -178,7 +123,7 @@ fn a_tenant_filling_the_dead_letter_file_never_pauses_the_sink() {
     let total = attacker_total + victims + refused_victims;
     let start = Instant::now();
     let (stats, full) = run_es(
-        es_config(es.addr, d.path()),
+        victims_es_config(es.addr, d.path()),
         w.clone(),
         |s| load(&s.shipped) + load(&s.dead_lettered) >= total,
         Duration::from_secs(120),
@@ -230,7 +175,7 @@ fn a_tenant_filling_the_dead_letter_file_never_pauses_the_sink() {
     );
     let more = (attackers.len() * per_round + 5 + victims_per_round) as u64;
     let (stats2, full2) = run_es(
-        es_config(es.addr, d.path()),
+        victims_es_config(es.addr, d.path()),
         w.clone(),
         |s| load(&s.shipped) + load(&s.dead_lettered) >= more,
         Duration::from_secs(120),
@@ -286,7 +231,7 @@ fn a_route_failing_per_item_forever_is_contained_to_its_route() {
         let each = (n * rounds) as u64;
         let start = Instant::now();
         let (stats, _) = run_es(
-            es_config(proxy.addr, d.path()),
+            victims_es_config(proxy.addr, d.path()),
             w.clone(),
             |s| load(&s.shipped) + load(&s.dead_lettered) >= 2 * each,
             Duration::from_secs(90),
@@ -323,7 +268,7 @@ fn a_route_failing_per_item_forever_is_contained_to_its_route() {
         proxy.set_always(Fault::Pass);
         fill_wal(&w, "attacker", &pattern, base + n * rounds, 10);
         let (stats, _) = run_es(
-            es_config(proxy.addr, d.path()),
+            victims_es_config(proxy.addr, d.path()),
             w.clone(),
             |s| load(&s.shipped) >= 10,
             Duration::from_secs(30),
@@ -370,7 +315,7 @@ fn whole_destination_transient_errors_stay_a_sink_wide_retry() {
     }
     let total = (8 * n) as u64;
     let (stats, _) = run_es(
-        es_config(proxy.addr, d.path()),
+        victims_es_config(proxy.addr, d.path()),
         w.clone(),
         |s| load(&s.shipped) + load(&s.dead_lettered) >= total,
         Duration::from_secs(90),
@@ -389,11 +334,6 @@ fn whole_destination_transient_errors_stay_a_sink_wide_retry() {
     assert_eq!(es.count("team-b-2024.05.01"), total / 2);
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Through a real shipper: an attacker task (user 65534 when run as root)
 /// writes thousands of lines to a write-blocked index of today with a small
 /// dead-letter file; a victim beside it ships every line, the sink never
@@ -407,13 +347,8 @@ fn shipper_keeps_a_victim_shipping_while_a_tenant_fills_the_dead_letter_file() {
             NO_OSMEM,
         );
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let (y, m, dd) = rein_logger::record::time::ymd(i64::try_from(now).unwrap());
-    let today = format!("{y:04}.{m:02}.{dd:02}");
-    block_writes(&es, &format!("attacker-{today}"));
+    let today = common::today();
+    es.block_writes(&format!("attacker-{today}"));
     let d = tempfile::tempdir().unwrap();
     let mut sh = Shipper::start(
         d.path(),

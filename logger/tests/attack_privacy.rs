@@ -29,18 +29,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, skip};
-use rein_core::container::{ContainerId, ContainerSpec};
+use common::shipper::{counters_in, spec_in as spec, terminate};
+use common::{free_port, is_root, skip};
 use rein_logger::module::LoggerModule;
 
 const NOBODY: u32 = 65534;
 const ACTION: &str = "REIN_PRIVACY_ACTION";
 const ARGS: &str = "REIN_PRIVACY_ARGS";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -48,23 +43,6 @@ fn chmod(p: &Path, mode: u32) {
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
-}
-
-fn spec(name: &str, sandbox: &Path, labels: &[(&str, &str)]) -> ContainerSpec {
-    ContainerSpec {
-        id: ContainerId::new(["parent-1", name]).unwrap(),
-        sandbox: sandbox.to_path_buf(),
-        task_id: Some(format!("task-{name}")),
-        task_name: Some("web".into()),
-        executor_id: Some("exec-1".into()),
-        framework_id: Some("fw-1".into()),
-        agent_id: Some("agent-1".into()),
-        task_labels: labels
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect(),
-        ..Default::default()
-    }
 }
 
 fn module(socket: &Path) -> LoggerModule {
@@ -138,10 +116,7 @@ impl Shipper {
     }
 
     fn counters(&self) -> serde_json::Value {
-        std::fs::read_to_string(self.state.join("counters.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default()
+        counters_in(&self.state)
     }
 
     /// Polls the counters until `ok`; fails with the counters and the log.
@@ -167,9 +142,7 @@ impl Shipper {
     }
 
     fn stop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -222,12 +195,38 @@ fn kill(mut c: Child) {
     let _ = c.wait();
 }
 
+/// A directory any user may enter (only the shipper's own modes may stand
+/// between another user and its files) holding [`child_exe`]; None, after a
+/// visible skip (`needs`: why root), unless root.
+fn as_root(test: &str, needs: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !is_root() {
+        skip(test, &format!("needs root ({needs})"));
+        return None;
+    }
+    let d = tempfile::tempdir().unwrap();
+    chmod(d.path(), 0o755);
+    let exe = child_exe(d.path());
+    Some((d, exe))
+}
+
 /// This test binary, copied into `dir` (0755) so that any user can run it.
 fn child_exe(dir: &Path) -> PathBuf {
     let exe = dir.join("attack-privacy-child");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     chmod(&exe, 0o755);
     exe
+}
+
+/// User 65534 connects to the shipper's `socket`: what it got.
+fn connect_as_nobody(exe: &Path, socket: &Path) -> Vec<String> {
+    as_user(
+        exe,
+        NOBODY,
+        NOBODY,
+        &[],
+        "connect",
+        &[socket.display().to_string()],
+    )
 }
 
 /// Runs `action` in `exe` as `uid`/`gid` with the supplementary `groups`;
@@ -390,13 +389,9 @@ fn zz_as_another_user() {
 #[test]
 fn state_is_private_from_the_start_and_an_older_state_is_tightened() {
     let test = "state_is_private_from_the_start_and_an_older_state_is_tightened";
-    if !is_root() {
-        return skip(test, "needs root (files of root read as user 65534)");
-    }
-    let d = tempfile::tempdir().unwrap();
-    // Only the shipper's own modes may stand between another user and its files.
-    chmod(d.path(), 0o755);
-    let exe = child_exe(d.path());
+    let Some((d, exe)) = as_root(test, "files of root read as user 65534") else {
+        return;
+    };
     // What an older version left under the default umask.
     let state = d.path().join("state");
     let old = state.join("containers/parent-1.old-tenant");
@@ -483,14 +478,7 @@ fn state_is_private_from_the_start_and_an_older_state_is_tightened() {
     let open: Vec<&String> = got.iter().filter(|r| !r.starts_with("denied\t")).collect();
     assert_eq!(got.len(), paths.len(), "{got:?}");
     assert!(open.is_empty(), "user {NOBODY} got at:\n{open:#?}");
-    let got = as_user(
-        &exe,
-        NOBODY,
-        NOBODY,
-        &[],
-        "connect",
-        &[s.socket.display().to_string()],
-    );
+    let got = connect_as_nobody(&exe, &s.socket);
     assert!(got[0].starts_with("refused"), "{got:?}");
     kill(c);
     s.stop();
@@ -499,12 +487,9 @@ fn state_is_private_from_the_start_and_an_older_state_is_tightened() {
 #[test]
 fn only_root_or_the_socket_group_hands_containers_to_the_shipper() {
     let test = "only_root_or_the_socket_group_hands_containers_to_the_shipper";
-    if !is_root() {
-        return skip(test, "needs root (user 65534 against a root shipper)");
-    }
-    let d = tempfile::tempdir().unwrap();
-    chmod(d.path(), 0o755);
-    let exe = child_exe(d.path());
+    let Some((d, exe)) = as_root(test, "user 65534 against a root shipper") else {
+        return;
+    };
     // A sandbox the unprivileged user owns (its fallback files go there).
     let sandbox = d.path().join("sandbox-b");
     std::fs::create_dir(&sandbox).unwrap();
@@ -519,14 +504,7 @@ fn only_root_or_the_socket_group_hands_containers_to_the_shipper() {
     std::fs::create_dir(&a).unwrap();
     let mut s = Shipper::start(&a, "", "warn");
     assert_eq!(mode(&s.socket) & 0o777, 0o600);
-    let got = as_user(
-        &exe,
-        NOBODY,
-        NOBODY,
-        &[],
-        "connect",
-        &[s.socket.display().to_string()],
-    );
+    let got = connect_as_nobody(&exe, &s.socket);
     assert!(got[0].contains("EACCES"), "{got:?}");
     assert_eq!(register(&s.socket, &[]), "shipped=false");
     // 2. Even with the file mode opened (as the old chmod-after-listen window

@@ -8,53 +8,24 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::shipper::{spec, Shipper};
-use common::{skip, EsServer};
-use rein_logger::http::Url;
+use common::shipper::{drain_buffer, spec, Shipper};
+use common::sinks::{buffer, run_es, run_until, victims_es_config};
+use common::{skip, EsServer, WalAppender};
 use rein_logger::record::{
     EncodeOptions, MultilineConfig, SourceMeta, StartRule, Stream, StreamPipeline,
 };
-use rein_logger::sink::es::{EsConfig, EsSink};
-use rein_logger::sink::route::RouteFailure;
 use rein_logger::sink::SinkStats;
-use rein_logger::wal::{FullPolicy, Wal, WalConfig};
+use rein_logger::wal::Wal;
 use rein_logger::walrec::WalRecord;
 
 const READ_MS: i64 = 1_714_564_800_000; // 2024-05-01T12:00:00Z
 
 fn wal(dir: &Path) -> Arc<Wal> {
-    Arc::new(
-        Wal::open(WalConfig {
-            dir: dir.join("buffer"),
-            segment_bytes: 4 << 20,
-            max_bytes: 512 << 20,
-            fsync_interval: Duration::from_millis(100),
-            policy: FullPolicy::Pause,
-        })
-        .unwrap(),
-    )
-}
-
-fn es_config(addr: std::net::SocketAddr, dir: &Path) -> EsConfig {
-    EsConfig {
-        url: Url::parse(&format!("http://{addr}")).unwrap(),
-        index: "victims-%Y.%m.%d".into(),
-        auth_file: None,
-        gzip: false,
-        ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
-        batch_records: 100,
-        batch_bytes: 1 << 20,
-        timeout: Duration::from_secs(5),
-        backoff_base: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(300),
-        dead_letter: dir.join("dead-letter.ndjson"),
-        refresh: false,
-        route_failure: RouteFailure::DeadLetterAfterAttempts(3),
-    }
+    buffer(dir, 4 << 20, 512 << 20)
 }
 
 /// Encodes `input` as one container's stdout (multiline on: lines that start
@@ -78,49 +49,12 @@ fn feed(w: &Wal, container: &str, route: &str, input: &[u8]) -> u64 {
         64 * 1024,
         Some(ml),
     );
-    let mut n = 0;
-    let mut payload = Vec::new();
-    let mut push = |e: rein_logger::record::Encoded<'_>| {
-        payload.clear();
-        WalRecord {
-            stream: Stream::Stdout,
-            ts_ms: e.ts_ms,
-            id: e.id,
-            container: container.as_bytes(),
-            route: route.as_bytes(),
-            doc: e.doc,
-        }
-        .encode_into(&mut payload);
-        w.push(&payload);
-        n += 1;
-    };
+    let mut out = WalAppender::new(w, container, route);
+    let mut push = |e: rein_logger::record::Encoded<'_>| out.push(e);
     p.feed(input, 0, true, Instant::now(), READ_MS, &mut push);
     p.poll(Instant::now(), READ_MS, true, &mut push);
     w.commit().unwrap();
-    n
-}
-
-/// Runs the sink until `until` or the deadline; returns the stats.
-fn run_es(
-    cfg: EsConfig,
-    w: Arc<Wal>,
-    until: impl Fn(&SinkStats) -> bool,
-    limit: Duration,
-) -> Arc<SinkStats> {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let stats = Arc::new(SinkStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sink = EsSink::new(cfg, stats.clone()).unwrap();
-    let (w2, s2) = (w.clone(), stop.clone());
-    let h = std::thread::spawn(move || sink.run(&w2, &s2));
-    let deadline = Instant::now() + limit;
-    while !until(&stats) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::Relaxed);
-    w.wake();
-    h.join().unwrap();
-    stats
+    out.n
 }
 
 /// Pretty-printed JSON (joined by multiline) and lines holding every byte
@@ -168,7 +102,7 @@ fn record_content_never_breaks_the_bulk_framing() {
         }
         total += feed(&w, c, "", &input);
     }
-    let cfg = es_config(es.addr, d.path());
+    let cfg = victims_es_config(es.addr, d.path());
     let stats = run_es(
         cfg,
         w.clone(),
@@ -203,15 +137,7 @@ fn a_refusing_index_is_contained_to_its_route() {
         );
     };
     let blocked = "attacker-2024.05.01";
-    let (st, body) = es.put(&format!("/{blocked}"), "{}").unwrap();
-    assert_eq!(st, 200, "{body}");
-    let (st, body) = es
-        .put(
-            &format!("/{blocked}/_settings"),
-            r#"{"index":{"blocks":{"write":true}}}"#,
-        )
-        .unwrap();
-    assert_eq!(st, 200, "{body}");
+    es.block_writes(blocked);
     let d = tempfile::tempdir().unwrap();
     let w = wal(d.path());
     // Interleaved: every batch holds records of both.
@@ -223,7 +149,7 @@ fn a_refusing_index_is_contained_to_its_route() {
     let total = (2 * n * rounds) as u64;
     let start = Instant::now();
     let stats = run_es(
-        es_config(es.addr, d.path()),
+        victims_es_config(es.addr, d.path()),
         w.clone(),
         |s| s.shipped.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed) >= total,
         Duration::from_secs(60),
@@ -254,31 +180,16 @@ fn a_refusing_index_is_contained_to_its_route() {
 
 /// Every record of a disk buffer directory: (offset, message, split part).
 fn buffered_records(dir: &Path) -> Vec<(u64, String, Option<u64>)> {
-    let w = Wal::open(WalConfig {
-        dir: dir.to_path_buf(),
-        segment_bytes: 1 << 30,
-        max_bytes: 1 << 40,
-        fsync_interval: Duration::from_secs(1),
-        policy: FullPolicy::Pause,
-    })
-    .unwrap();
     let mut out = Vec::new();
-    loop {
-        let b = w.read_batch(1000, 64 << 20, Duration::ZERO).unwrap();
-        if b.is_empty() {
-            return out;
-        }
-        for r in b.iter() {
-            let rec = WalRecord::decode(r).unwrap();
-            let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap();
-            out.push((
-                v["log"]["offset"].as_u64().unwrap(),
-                v["message"].as_str().unwrap().to_string(),
-                v["log"]["split"]["part"].as_u64(),
-            ));
-        }
-        w.ack(b.end, b.len() as u64).unwrap();
-    }
+    drain_buffer(dir, |rec| {
+        let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap();
+        out.push((
+            v["log"]["offset"].as_u64().unwrap(),
+            v["message"].as_str().unwrap().to_string(),
+            v["log"]["split"]["part"].as_u64(),
+        ));
+    });
+    out
 }
 
 /// Lines of 1 MiB, exactly `max_line_bytes` (8 MiB), one byte more, and
@@ -379,49 +290,26 @@ fn lines_of_any_length_are_split_and_shipped() {
 #[cfg(feature = "redis")]
 mod redis_routes {
     use super::*;
-    use common::redis_server::RedisServer;
+    use common::redis_server::{sink_config, xlen, RedisServer};
+    use common::sinks::handled;
     use rein_logger::sink::redis::{RedisConfig, RedisSink};
+    use rein_logger::sink::route::RouteFailure;
 
     fn config(url: String, dir: &Path) -> RedisConfig {
         RedisConfig {
-            url: url.into(),
-            stream: "rein-logs".into(),
             batch_records: 100,
-            batch_bytes: 4 << 20,
-            dedup_ttl: Duration::from_secs(3600),
-            dedup_prefix: "rein:dedup".into(),
-            maxlen: None,
-            auth_file: None,
-            ca_file: None,
-            timeout: Duration::from_secs(2),
-            backoff_max: Duration::from_millis(300),
-            dead_letter: dir.join("dead.ndjson"),
             route_failure: RouteFailure::DeadLetterAfterAttempts(3),
+            ..sink_config(url, dir)
         }
     }
 
     fn run(cfg: RedisConfig, w: Arc<Wal>, total: u64) -> Arc<SinkStats> {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        let stats = Arc::new(SinkStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut sink = RedisSink::new(cfg, stats.clone()).unwrap();
-        let (w2, s2) = (w.clone(), stop.clone());
-        let h = std::thread::spawn(move || sink.run(&w2, &s2));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stats.shipped.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed)
-            < total
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        stop.store(true, Ordering::Relaxed);
-        w.wake();
-        h.join().unwrap();
-        stats
-    }
-
-    fn xlen(con: &mut redis::Connection, key: &str) -> u64 {
-        redis::cmd("XLEN").arg(key).query(con).unwrap()
+        run_until(
+            |s| RedisSink::new(cfg, s).unwrap(),
+            &w,
+            |s| handled(s) >= total,
+            Duration::from_secs(60),
+        )
     }
 
     /// The shipper's ACL user may write `rein-logs` and its markers only; the
@@ -525,22 +413,24 @@ mod redis_routes {
     }
 }
 
+/// The agent's module with no shipper running, allowing `sinks`.
+fn module_allowing(dir: &Path, sinks: &str) -> rein_logger::module::LoggerModule {
+    rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            dir.join("none.sock").display().to_string(),
+        ),
+        ("allowed_sinks".to_string(), sinks.to_string()),
+    ])
+    .unwrap()
+}
+
 /// A task label naming a stream in the shipper's own namespace fails that
 /// container at `prepare`, with a message naming the label.
 #[test]
 fn reserved_stream_labels_are_refused_at_prepare() {
     let d = tempfile::tempdir().unwrap();
-    let m = rein_logger::module::LoggerModule::new(&[
-        (
-            "shipper_socket".to_string(),
-            d.path().join("none.sock").display().to_string(),
-        ),
-        (
-            "allowed_sinks".to_string(),
-            "elasticsearch,redis".to_string(),
-        ),
-    ])
-    .unwrap();
+    let m = module_allowing(d.path(), "elasticsearch,redis");
     for stream in ["rein:dedup:0000000000000000-o-0", "rein:anything"] {
         let s = spec(
             "r",
@@ -560,17 +450,7 @@ fn reserved_stream_labels_are_refused_at_prepare() {
         );
     }
     // The broker's own topics are refused at prepare too.
-    let m = rein_logger::module::LoggerModule::new(&[
-        (
-            "shipper_socket".to_string(),
-            d.path().join("none.sock").display().to_string(),
-        ),
-        (
-            "allowed_sinks".to_string(),
-            "elasticsearch,kafka".to_string(),
-        ),
-    ])
-    .unwrap();
+    let m = module_allowing(d.path(), "elasticsearch,kafka");
     for topic in ["__consumer_offsets", "..", "a topic"] {
         let s = spec(
             "k",
@@ -598,21 +478,9 @@ fn shipper_keeps_a_victim_shipping_beside_a_hostile_route() {
             "osmem-server not installed (pip install osmem-server==0.1.6)",
         );
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let (y, m, dd) = rein_logger::record::time::ymd(i64::try_from(now).unwrap());
-    let today = format!("{y:04}.{m:02}.{dd:02}");
+    let today = common::today();
     let blocked = format!("attacker-{today}");
-    assert_eq!(es.put(&format!("/{blocked}"), "{}").unwrap().0, 200);
-    let (st, body) = es
-        .put(
-            &format!("/{blocked}/_settings"),
-            r#"{"index":{"blocks":{"write":true}}}"#,
-        )
-        .unwrap();
-    assert_eq!(st, 200, "{body}");
+    es.block_writes(&blocked);
     let d = tempfile::tempdir().unwrap();
     let mut sh = Shipper::start(
         d.path(),

@@ -137,6 +137,55 @@ fn plant_foreign(sb: &Path, name: &str, t: &Target) -> Foreign {
     }
 }
 
+/// A file's content, size and mtime.
+type Fingerprint = (Vec<u8>, u64, i64, i64);
+
+/// A base directory (root's, 0755) with the attack's targets outside the
+/// sandboxes, and the root-only file's fingerprint; None, after a visible
+/// skip, unless root.
+fn scene(test: &str) -> Option<(tempfile::TempDir, Target, Fingerprint)> {
+    if !nix::unistd::geteuid().is_root() {
+        common::skip(
+            test,
+            "needs root (sandboxes owned by nobody, attacker run as nobody)",
+        );
+        return None;
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Target::make(d.path());
+    let secret_before = fingerprint(&t.secret);
+    Some((d, t, secret_before))
+}
+
+/// Not one byte outside the sandboxes: the root-only file, the absent path,
+/// the outside directory and every planted file of another owner are as
+/// they were.
+fn assert_nothing_outside(t: &Target, secret_before: &Fingerprint, foreign: &[Foreign], ctx: &str) {
+    assert_eq!(
+        &fingerprint(&t.secret),
+        secret_before,
+        "{ctx}: the root-only file changed"
+    );
+    assert!(
+        !t.absent.exists(),
+        "{ctx}: a file was created outside the sandbox"
+    );
+    assert_eq!(
+        std::fs::read_dir(&t.outside_dir).unwrap().count(),
+        0,
+        "{ctx}: written into the outside directory"
+    );
+    for f in foreign {
+        let m = f.file.metadata().unwrap();
+        assert_eq!(
+            (m.len(), m.mtime(), m.mtime_nsec()),
+            f.before,
+            "{ctx}: a file of another owner was written"
+        );
+    }
+}
+
 /// Plants `kind` in `sb` the way `mode` says: as `nobody`, or as root for
 /// the `foreign` kind. False if the attacker process could not run.
 fn attack_once(kind: &str, mode: Mode, sb: &Path, t: &Target, foreign: &mut Vec<Foreign>) -> bool {
@@ -160,17 +209,10 @@ fn attack_once(kind: &str, mode: Mode, sb: &Path, t: &Target, foreign: &mut Vec<
 }
 
 fn attack(test: &str, moment: Moment) {
-    if !nix::unistd::geteuid().is_root() {
-        return common::skip(
-            test,
-            "needs root (sandboxes owned by nobody, attacker run as nobody)",
-        );
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some((d, t, secret_before)) = scene(test) else {
+        return;
+    };
     let base = d.path();
-    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let t = Target::make(base);
-    let secret_before = fingerprint(&t.secret);
     let sandboxes: Vec<(&str, PathBuf)> = KINDS
         .iter()
         .map(|k| (*k, attacker::sandbox(base, &format!("att-{k}"))))
@@ -326,29 +368,9 @@ fn attack(test: &str, moment: Moment) {
     let recs = attacker::records(&sh.state.join("buffer/elasticsearch"));
     let ctx = format!("{moment:?}: counters {counters}");
 
-    // Not one byte outside the sandboxes.
-    assert_eq!(
-        fingerprint(&t.secret),
-        secret_before,
-        "{ctx}: the root-only file changed"
-    );
-    assert!(
-        !t.absent.exists(),
-        "{ctx}: a file was created outside the sandbox"
-    );
-    assert_eq!(
-        std::fs::read_dir(&t.outside_dir).unwrap().count(),
-        0,
-        "{ctx}: written into the outside directory"
-    );
+    assert_nothing_outside(&t, &secret_before, &foreign, &ctx);
     for f in &foreign {
-        let m = f.file.metadata().unwrap();
-        assert_eq!(
-            (m.len(), m.mtime(), m.mtime_nsec()),
-            f.before,
-            "{ctx}: a file of another owner was written"
-        );
-        let mut b = vec![0u8; m.len() as usize];
+        let mut b = vec![0u8; f.before.0 as usize];
         f.file.read_exact_at(&mut b, 0).unwrap();
         assert_eq!(b, secret_before.0, "{ctx}");
     }
@@ -471,17 +493,10 @@ fn five_thousand_rotated_names_planted_nothing_read_nothing_slowed() {
 #[test]
 fn module_fallback_follows_nothing_planted() {
     let test = "module_fallback_follows_nothing_planted";
-    if !nix::unistd::geteuid().is_root() {
-        return common::skip(
-            test,
-            "needs root (sandboxes owned by nobody, attacker run as nobody)",
-        );
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some((d, t, secret_before)) = scene(test) else {
+        return;
+    };
     let base = d.path();
-    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let t = Target::make(base);
-    let secret_before = fingerprint(&t.secret);
     let m = rein_logger::module::LoggerModule::new(&[
         (
             "shipper_socket".to_string(),
@@ -513,28 +528,7 @@ fn module_fallback_follows_nothing_planted() {
                 "{kind}"
             );
         }
-        assert_eq!(
-            fingerprint(&t.secret),
-            secret_before,
-            "{kind}: the root-only file changed"
-        );
-        assert!(
-            !t.absent.exists(),
-            "{kind}: a file was created outside the sandbox"
-        );
-        assert_eq!(
-            std::fs::read_dir(&t.outside_dir).unwrap().count(),
-            0,
-            "{kind}"
-        );
-        for f in &foreign {
-            let meta = f.file.metadata().unwrap();
-            assert_eq!(
-                (meta.len(), meta.mtime(), meta.mtime_nsec()),
-                f.before,
-                "{kind}"
-            );
-        }
+        assert_nothing_outside(&t, &secret_before, &foreign, kind);
         assert!(
             rein_logger::sandbox::objects_refused() >= before + 2,
             "{kind}: refusals not counted"

@@ -4,30 +4,22 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy};
-use common::{skip, EsServer};
+use common::sinks::{buffer, run_es};
+use common::{skip, EsServer, WalAppender};
 use rein_logger::http::Url;
 use rein_logger::record::{EncodeOptions, SourceMeta, Stream, StreamPipeline};
-use rein_logger::sink::es::{EsConfig, EsSink};
-use rein_logger::sink::SinkStats;
-use rein_logger::wal::{FullPolicy, Wal, WalConfig};
-use rein_logger::walrec::WalRecord;
+use rein_logger::sink::es::EsConfig;
+use rein_logger::wal::Wal;
 
 const READ_MS: i64 = 1_714_564_800_000; // 2024-05-01
 
-fn wal(dir: &Path) -> Wal {
-    Wal::open(WalConfig {
-        dir: dir.join("buffer"),
-        segment_bytes: 1 << 20,
-        max_bytes: 256 << 20,
-        fsync_interval: Duration::from_millis(100),
-        policy: FullPolicy::Pause,
-    })
-    .unwrap()
+fn wal(dir: &Path) -> Arc<Wal> {
+    buffer(dir, 1 << 20, 256 << 20)
 }
 
 /// Encodes `n` lines of one container into the buffer; lines in `poison`
@@ -51,19 +43,9 @@ fn fill(w: &Wal, n: usize, poison: &[usize]) {
         input.extend_from_slice(l.as_bytes());
         input.push(b'\n');
     }
-    let mut payload = Vec::new();
+    let mut out = WalAppender::new(w, "c1", "");
     p.feed(&input, 0, true, Instant::now(), READ_MS, &mut |e| {
-        payload.clear();
-        WalRecord {
-            stream: Stream::Stdout,
-            ts_ms: e.ts_ms,
-            id: e.id,
-            container: b"c1",
-            route: b"",
-            doc: e.doc,
-        }
-        .encode_into(&mut payload);
-        w.push(&payload);
+        out.push(e)
     });
     w.commit().unwrap();
 }
@@ -84,38 +66,6 @@ fn config(url: &str, dir: &Path) -> EsConfig {
         refresh: false,
         route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
     }
-}
-
-fn run_sink(
-    cfg: EsConfig,
-    w: Arc<Wal>,
-    until: impl Fn(&SinkStats) -> bool,
-    limit: Duration,
-) -> Arc<SinkStats> {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    run_sink_inner(cfg, w, until, limit)
-}
-
-/// Runs the sink until `done` or the deadline; returns the stats.
-fn run_sink_inner(
-    cfg: EsConfig,
-    w: Arc<Wal>,
-    until: impl Fn(&SinkStats) -> bool,
-    limit: Duration,
-) -> Arc<SinkStats> {
-    let stats = Arc::new(SinkStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sink = EsSink::new(cfg, stats.clone()).unwrap();
-    let (w2, s2) = (w.clone(), stop.clone());
-    let h = std::thread::spawn(move || sink.run(&w2, &s2));
-    let deadline = Instant::now() + limit;
-    while !until(&stats) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::Relaxed);
-    w.wake();
-    h.join().unwrap();
-    stats
 }
 
 #[test]
@@ -148,7 +98,7 @@ fn every_record_arrives_once_through_injected_faults() {
         proxy.push(f);
     }
     let d = tempfile::tempdir().unwrap();
-    let w = Arc::new(wal(d.path()));
+    let w = wal(d.path());
     // A mapped numeric field: documents with text in it are refused (400).
     let (st, body) = es
         .put(
@@ -165,7 +115,7 @@ fn every_record_arrives_once_through_injected_faults() {
     let mut cfg = config(&format!("http://{}", proxy.addr), d.path());
     cfg.auth_file = Some(auth);
     let total = n as u64;
-    let stats = run_sink(
+    let stats = run_es(
         cfg,
         w.clone(),
         |s| s.shipped.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed) >= total,
@@ -251,14 +201,14 @@ fn tls_is_verified_by_default() {
         .with_single_cert(certs, key)
         .unwrap();
     let proxy = Proxy::start(es.addr, Some(Arc::new(scfg)));
-    let w = Arc::new(wal(d.path()));
+    let w = wal(d.path());
     fill(&w, 50, &[]);
     // 1. The system CAs do not know this self-signed server: nothing is sent, nothing lost.
     let cfg = config(
         &format!("https://localhost:{}", proxy.addr.port()),
         d.path(),
     );
-    let stats = run_sink(
+    let stats = run_es(
         cfg.clone(),
         w.clone(),
         |s| s.failed_requests.load(Ordering::Relaxed) >= 2,
@@ -274,7 +224,7 @@ fn tls_is_verified_by_default() {
     // 2. With the server's CA configured, everything arrives.
     let mut cfg = cfg;
     cfg.ca_file = ca;
-    let stats = run_sink(
+    let stats = run_es(
         cfg,
         w.clone(),
         |s| s.shipped.load(Ordering::Relaxed) >= 50,

@@ -8,17 +8,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::sinks::{buffer, handled, RunningSink};
 use common::{fill_wal, free_port, skip, tansu_bin, Broker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 use rein_logger::sink::kafka::{KafkaConfig, KafkaSink};
 use rein_logger::sink::SinkStats;
-use rein_logger::wal::{FullPolicy, Wal, WalConfig};
+use rein_logger::wal::Wal;
 
 #[test]
 fn broker_down_then_up_every_record_in_order_per_container() {
@@ -29,16 +30,7 @@ fn broker_down_then_up_every_record_in_order_per_container() {
         );
     }
     let d = tempfile::tempdir().unwrap();
-    let w = Arc::new(
-        Wal::open(WalConfig {
-            dir: d.path().join("buffer"),
-            segment_bytes: 1 << 20,
-            max_bytes: 1 << 30,
-            fsync_interval: Duration::from_millis(100),
-            policy: FullPolicy::Pause,
-        })
-        .unwrap(),
-    );
+    let w = buffer(d.path(), 1 << 20, 1 << 30);
     let per = 1500;
     for c in ["ka", "kb", "kc"] {
         fill_wal(&w, c, "", 0, per);
@@ -56,11 +48,8 @@ fn broker_down_then_up_every_record_in_order_per_container() {
         properties: vec![],
         route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
     };
-    let stats = Arc::new(SinkStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sink = KafkaSink::new(cfg, stats.clone()).unwrap();
-    let (w2, s2) = (w.clone(), stop.clone());
-    let h = std::thread::spawn(move || sink.run(&w2, &s2));
+    let run = RunningSink::start(|s| KafkaSink::new(cfg, s).unwrap(), &w);
+    let stats = run.stats.clone();
     // Broker down: attempts time out and are retried, nothing is acknowledged.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 0);
@@ -80,9 +69,7 @@ fn broker_down_then_up_every_record_in_order_per_container() {
     while stats.shipped.load(Ordering::Relaxed) < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, Ordering::Relaxed);
-    w.wake();
-    h.join().unwrap();
+    run.stop();
     assert_eq!(stats.shipped.load(Ordering::Relaxed), total);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
     assert!(
@@ -155,16 +142,7 @@ fn a_reserved_topic_is_contained_to_its_route() {
     }
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let d = tempfile::tempdir().unwrap();
-    let w = Arc::new(
-        Wal::open(WalConfig {
-            dir: d.path().join("buffer"),
-            segment_bytes: 1 << 20,
-            max_bytes: 1 << 30,
-            fsync_interval: Duration::from_millis(100),
-            policy: FullPolicy::Pause,
-        })
-        .unwrap(),
-    );
+    let w = buffer(d.path(), 1 << 20, 1 << 30);
     let (n, rounds) = (50, 4);
     for r in 0..rounds {
         fill_wal(&w, "victim", "", r * n, n);
@@ -184,22 +162,9 @@ fn a_reserved_topic_is_contained_to_its_route() {
         properties: vec![],
         route_failure: rein_logger::sink::route::RouteFailure::DeadLetterAfterAttempts(2),
     };
-    let stats = Arc::new(SinkStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sink = KafkaSink::new(cfg, stats.clone()).unwrap();
-    let (w2, s2) = (w.clone(), stop.clone());
-    let h = std::thread::spawn(move || sink.run(&w2, &s2));
     let total = (2 * n * rounds) as u64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stats.shipped.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed)
-        < total
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.store(true, Ordering::Relaxed);
-    w.wake();
-    h.join().unwrap();
+    let stats = RunningSink::start(|s| KafkaSink::new(cfg, s).unwrap(), &w)
+        .until(|s| handled(s) >= total, Duration::from_secs(120));
     let routes = stats.routes.snapshot();
     eprintln!("{stats:?} {routes:?}");
     let victims = (n * rounds) as u64;
@@ -408,16 +373,7 @@ mod kafka_tls {
     }
 
     fn buffer(dir: &std::path::Path, total: u64) -> Arc<Wal> {
-        let w = Arc::new(
-            Wal::open(WalConfig {
-                dir: dir.join("buffer"),
-                segment_bytes: 1 << 20,
-                max_bytes: 1 << 30,
-                fsync_interval: Duration::from_millis(100),
-                policy: FullPolicy::Pause,
-            })
-            .unwrap(),
-        );
+        let w = crate::common::sinks::buffer(dir, 1 << 20, 1 << 30);
         fill_wal(&w, "tls", "", 0, total as usize);
         w
     }
@@ -429,19 +385,7 @@ mod kafka_tls {
         until: &dyn Fn(&SinkStats) -> bool,
         limit: Duration,
     ) -> Arc<SinkStats> {
-        let stats = Arc::new(SinkStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut sink = KafkaSink::new(cfg, stats.clone()).unwrap();
-        let (w2, s2) = (w.clone(), stop.clone());
-        let h = std::thread::spawn(move || sink.run(&w2, &s2));
-        let deadline = Instant::now() + limit;
-        while !until(&stats) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        stop.store(true, Ordering::Relaxed);
-        w.wake();
-        h.join().unwrap();
-        stats
+        RunningSink::start(|s| KafkaSink::new(cfg, s).unwrap(), w).until(until, limit)
     }
 
     #[test]

@@ -17,92 +17,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis_server::{xrange, RedisServer, MISSING};
+use common::redis_server::{sink_config as config, xlen, xrange, RedisServer, MISSING};
 use common::shipper::{run_container, spec, Shipper};
+use common::sinks::{buffer, RunningSink};
 use common::{fill_wal as fill, free_port, skip};
 use rein_logger::sink::redis::{RedisConfig, RedisSink};
 use rein_logger::sink::SinkStats;
-use rein_logger::wal::{FullPolicy, Wal, WalConfig};
+use rein_logger::wal::Wal;
 
 fn wal(dir: &Path) -> Arc<Wal> {
-    Arc::new(
-        Wal::open(WalConfig {
-            dir: dir.join("buffer"),
-            segment_bytes: 1 << 20,
-            max_bytes: 1 << 30,
-            fsync_interval: Duration::from_millis(100),
-            policy: FullPolicy::Pause,
-        })
-        .unwrap(),
-    )
-}
-
-fn config(url: String, dir: &Path) -> RedisConfig {
-    RedisConfig {
-        url: url.into(),
-        stream: "rein-logs".into(),
-        batch_records: 500,
-        batch_bytes: 4 << 20,
-        dedup_ttl: Duration::from_secs(3600),
-        dedup_prefix: "rein:dedup".into(),
-        maxlen: None,
-        auth_file: None,
-        ca_file: None,
-        timeout: Duration::from_secs(2),
-        backoff_max: Duration::from_millis(300),
-        dead_letter: dir.join("dead.ndjson"),
-        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
-    }
+    buffer(dir, 1 << 20, 1 << 30)
 }
 
 /// Runs the sink on `w` in a thread; `stop()` ends it.
-struct Running {
-    stop: Arc<AtomicBool>,
-    w: Arc<Wal>,
-    h: Option<std::thread::JoinHandle<()>>,
-    stats: Arc<SinkStats>,
-}
-
-impl Running {
-    fn start(cfg: RedisConfig, w: &Arc<Wal>) -> Running {
-        let stats = Arc::new(SinkStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut sink = RedisSink::new(cfg, stats.clone()).unwrap();
-        let (w2, s2) = (w.clone(), stop.clone());
-        let h = std::thread::spawn(move || sink.run(&w2, &s2));
-        Running {
-            stop,
-            w: w.clone(),
-            h: Some(h),
-            stats,
-        }
-    }
-
-    fn stat(&self, f: fn(&SinkStats) -> &std::sync::atomic::AtomicU64) -> u64 {
-        f(&self.stats).load(Ordering::Relaxed)
-    }
-
-    /// Stops at once (the batch in hand stays in the buffer).
-    fn stop(mut self) -> Arc<SinkStats> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.w.wake();
-        self.h.take().unwrap().join().unwrap();
-        self.stats.clone()
-    }
-
-    /// Waits until `shipped + dead_lettered >= n` (or 60 s), then stops.
-    fn finish(mut self, n: u64) -> Arc<SinkStats> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.stat(|s| &s.shipped) + self.stat(|s| &s.dead_lettered) < n
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        self.w.wake();
-        self.h.take().unwrap().join().unwrap();
-        self.stats.clone()
-    }
+fn start(cfg: RedisConfig, w: &Arc<Wal>) -> RunningSink {
+    RunningSink::start(|s| RedisSink::new(cfg, s).unwrap(), w)
 }
 
 fn buffer_empty(w: &Wal) -> bool {
@@ -137,10 +66,6 @@ fn seqs_by_container(entries: &[common::redis_server::Entry]) -> BTreeMap<String
     out
 }
 
-fn xlen(con: &mut redis::Connection, key: &str) -> u64 {
-    redis::cmd("XLEN").arg(key).query(con).unwrap()
-}
-
 #[test]
 fn every_record_once_in_order_per_container_with_fields() {
     let Some(srv) = RedisServer::start(0, &[]) else {
@@ -158,7 +83,7 @@ fn every_record_once_in_order_per_container_with_fields() {
     fill(&w, "rd", "team-a:logs", 0, 200);
     let mut con = srv.conn();
     let mem_before: u64 = info_field(&mut con, "used_memory");
-    let run = Running::start(config(srv.url(), d.path()), &w);
+    let run = start(config(srv.url(), d.path()), &w);
     let stats = run.finish(3 * per as u64 + 200);
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 3 * per as u64 + 200);
     assert_eq!(stats.duplicates.load(Ordering::Relaxed), 0);
@@ -235,7 +160,7 @@ fn redis_down_then_up_every_record_arrives() {
         fill(&w, c, "", 0, 1000);
     }
     let port = free_port();
-    let run = Running::start(config(format!("redis://127.0.0.1:{port}"), d.path()), &w);
+    let run = start(config(format!("redis://127.0.0.1:{port}"), d.path()), &w);
     // Down: connections are refused, the batch stays in the buffer and is retried.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(run.stat(|s| &s.shipped), 0);
@@ -390,7 +315,7 @@ fn wrongtype_stream_goes_to_dead_letter_and_the_rest_ships() {
     fill(&w, "wa", "", 0, 100);
     fill(&w, "wb", "not-a-stream", 0, 50);
     fill(&w, "wa", "", 100, 100);
-    let run = Running::start(config(srv.url(), d.path()), &w);
+    let run = start(config(srv.url(), d.path()), &w);
     let stats = run.finish(250);
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 200);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 50);
@@ -434,7 +359,7 @@ fn maxlen_trims_each_stream() {
     fill(&w, "ma", "", 0, 2000);
     let mut cfg = config(srv.url(), d.path());
     cfg.maxlen = Some(300);
-    let stats = Running::start(cfg, &w).finish(2000);
+    let stats = start(cfg, &w).finish(2000);
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 2000);
     // `~`: trimmed by whole nodes (100 entries each by default), never below 300.
     let n = xlen(&mut srv.conn(), "rein-logs");
@@ -462,7 +387,7 @@ fn acl_user_from_auth_file_reread_on_reconnect() {
     fill(&w, "aa", "", 0, 100);
     let mut cfg = config(srv.url(), d.path());
     cfg.auth_file = Some(auth.clone());
-    let run = Running::start(cfg, &w);
+    let run = start(cfg, &w);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         run.stat(|s| &s.shipped),
@@ -603,7 +528,7 @@ fn tls_is_verified_against_the_ca_file() {
     fill(&w, "ta", "", 0, 100);
     let url = format!("rediss://127.0.0.1:{tls_port}");
     // The system CAs do not know this server: nothing is sent, nothing is lost.
-    let stats = Running::start(config(url.clone(), d.path()), &w);
+    let stats = start(config(url.clone(), d.path()), &w);
     std::thread::sleep(Duration::from_millis(1500));
     let stats = stats.stop();
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 0);
@@ -611,7 +536,7 @@ fn tls_is_verified_against_the_ca_file() {
     assert!(!buffer_empty(&w));
     let mut cfg = config(url, d.path());
     cfg.ca_file = Some(ca);
-    let stats = Running::start(cfg, &w).finish(100);
+    let stats = start(cfg, &w).finish(100);
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 100);
     assert_eq!(xlen(&mut srv.conn(), "rein-logs"), 100);
 }

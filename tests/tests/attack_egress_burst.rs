@@ -13,12 +13,15 @@ mod egress_net;
 #[path = "support/net_cls_mount.rs"]
 mod net_cls_mount;
 
+use std::path::Path;
 use std::time::Duration;
 
-use rein_core::{ContainerId, ContainerSpec, Isolator};
+use rein_core::Isolator;
 use rein_isolators::net_cls::NetClsIsolator;
 
-use egress_net::{in_netns, NetPair, Receiver, Sender, CLIENT_DEV};
+use egress_net::{
+    in_netns, labelled_spec as spec, shaping_params, NetPair, Receiver, Sender, CLIENT_DEV,
+};
 
 /// The task's user (`nobody`).
 const TASK_UID: u32 = 65534;
@@ -26,15 +29,13 @@ const RATE_CAP: &str = "100mbit";
 const RATE_CAP_BYTES: f64 = 12_500_000.0;
 const BURST_CAP: u64 = 4 << 20;
 
-fn spec(name: &str, labels: &[(&str, &str)]) -> ContainerSpec {
-    ContainerSpec {
-        id: ContainerId::top(name).unwrap(),
-        task_labels: labels
-            .iter()
-            .map(|(a, b)| ((*a).into(), (*b).into()))
-            .collect(),
-        ..ContainerSpec::default()
-    }
+/// The isolator's settings: shaping on the client device, rates capped at
+/// `RATE_CAP`, bursts at `max_burst`.
+fn params(root_name: &str, state: &Path, max_burst: &str) -> Vec<(String, String)> {
+    let mut p = shaping_params(root_name, state, "net_cls");
+    p.push(("egress_max_rate".into(), RATE_CAP.into()));
+    p.push(("egress_max_burst".into(), max_burst.into()));
+    p
 }
 
 #[test]
@@ -47,20 +48,7 @@ fn attack_egress_over_cap_shaping_is_refused_and_the_cap_holds() {
     let root_name = format!("rein-eg-{}-atk", std::process::id());
     let root = hierarchy.cgroup(&root_name);
     let state = tempfile::tempdir().unwrap();
-    let params: Vec<(String, String)> = [
-        ("net_cls_primary_handle", "0x1"),
-        ("net_cls_secondary_handles", "0x10,0x7ff"),
-        ("cgroups_root", root_name.as_str()),
-        ("state_dir", state.path().to_str().unwrap()),
-        ("egress_shaping", "true"),
-        ("egress_devices", CLIENT_DEV),
-        ("egress_classifier", "net_cls"),
-        ("egress_max_rate", RATE_CAP),
-        ("egress_max_burst", "4MiB"),
-    ]
-    .iter()
-    .map(|(a, b)| ((*a).into(), (*b).into()))
-    .collect();
+    let params = params(&root_name, state.path(), "4MiB");
     let mut iso = in_netns(&pair.client, || NetClsIsolator::from_params(&params))
         .unwrap_or_else(|e| panic!("creating the isolator: {e}"));
 
@@ -164,22 +152,6 @@ fn attack_egress_burst_granted_before_a_cap_is_capped_at_recovery() {
     let root_name = format!("rein-eg-{}-rcap", std::process::id());
     let root = hierarchy.cgroup(&root_name);
     let state = tempfile::tempdir().unwrap();
-    let params = |max_burst: &str| -> Vec<(String, String)> {
-        [
-            ("net_cls_primary_handle", "0x1"),
-            ("net_cls_secondary_handles", "0x10,0x7ff"),
-            ("cgroups_root", root_name.as_str()),
-            ("state_dir", state.path().to_str().unwrap()),
-            ("egress_shaping", "true"),
-            ("egress_devices", CLIENT_DEV),
-            ("egress_classifier", "net_cls"),
-            ("egress_max_rate", RATE_CAP),
-            ("egress_max_burst", max_burst),
-        ]
-        .iter()
-        .map(|(a, b)| ((*a).into(), (*b).into()))
-        .collect()
-    };
     // An agent whose operator allowed 512 MiB bursts shapes a container.
     let s = spec(
         "old",
@@ -189,7 +161,7 @@ fn attack_egress_burst_granted_before_a_cap_is_capped_at_recovery() {
         ],
     );
     {
-        let p = params("1GiB");
+        let p = params(&root_name, state.path(), "1GiB");
         let mut iso = in_netns(&pair.client, || NetClsIsolator::from_params(&p)).unwrap();
         iso.prepare(&s).unwrap();
         let child = in_netns(&pair.client, || Sender::fork(1, Duration::from_secs(1)));
@@ -199,7 +171,7 @@ fn attack_egress_burst_granted_before_a_cap_is_capped_at_recovery() {
         // The agent stops; the container and its class stay.
     }
     // The operator lowers the cap; the agent restarts and recovers the container.
-    let p = params("4MiB");
+    let p = params(&root_name, state.path(), "4MiB");
     let mut iso = in_netns(&pair.client, || NetClsIsolator::from_params(&p)).unwrap();
     iso.recover(
         &[rein_core::RecoveredContainer {

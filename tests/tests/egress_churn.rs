@@ -14,11 +14,11 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy};
-use rein_core::{ContainerId, ContainerSpec, Isolator, RecoveredContainer};
+use rein_core::{Isolator, RecoveredContainer};
 use rein_isolators::egress::FILTER_NAME;
 use rein_isolators::net_cls::NetClsIsolator;
 
-use egress_net::{in_netns, NetPair, CLIENT_DEV};
+use egress_net::{in_netns, labelled_spec as spec, shaping_params as params, NetPair, CLIENT_DEV};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -53,35 +53,9 @@ impl Drop for RootGuard {
     }
 }
 
-fn params(root_name: &str, state: &Path, classifier: &str) -> Vec<(String, String)> {
-    [
-        ("net_cls_primary_handle", "0x1"),
-        ("net_cls_secondary_handles", "0x10,0x7ff"),
-        ("cgroups_root", root_name),
-        ("state_dir", state.to_str().unwrap()),
-        ("egress_shaping", "true"),
-        ("egress_devices", CLIENT_DEV),
-        ("egress_classifier", classifier),
-    ]
-    .iter()
-    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-    .collect()
-}
-
 fn isolator(pair: &NetPair, params: &[(String, String)]) -> NetClsIsolator {
     in_netns(&pair.client, || NetClsIsolator::from_params(params))
         .unwrap_or_else(|e| panic!("creating the isolator: {e}"))
-}
-
-fn spec(name: &str, labels: &[(&str, &str)]) -> ContainerSpec {
-    ContainerSpec {
-        id: ContainerId::top(name).unwrap(),
-        task_labels: labels
-            .iter()
-            .map(|(a, b)| ((*a).into(), (*b).into()))
-            .collect(),
-        ..ContainerSpec::default()
-    }
 }
 
 fn class_ids(pair: &NetPair) -> Vec<String> {

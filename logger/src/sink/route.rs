@@ -96,6 +96,21 @@ struct RouteState {
     counters: RouteCounters,
 }
 
+impl RouteState {
+    /// Counts one more failed attempt of the route (the first one starts its
+    /// clock): true once `policy` gives up on it.
+    fn attempt_gives_up(&mut self, policy: RouteFailure) -> bool {
+        let now = Instant::now();
+        let first = *self.first_refusal.get_or_insert(now);
+        self.attempts = self.attempts.saturating_add(1);
+        match policy {
+            RouteFailure::Wait => false,
+            RouteFailure::DeadLetterAfterAttempts(n) => self.attempts >= n,
+            RouteFailure::DeadLetterAfter(d) => now.duration_since(first) >= d,
+        }
+    }
+}
+
 /// Failure state and counters of every route of one sink.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -142,18 +157,11 @@ impl RouteTable {
     pub fn refused(&self, sink: &str, route: &str, policy: RouteFailure, reason: &str) -> bool {
         self.with(route, |s| {
             s.counters.refused += 1;
-            let now = Instant::now();
-            let first = *s.first_refusal.get_or_insert(now);
             if s.counters.failing == 1 {
                 s.counters.dead_lettered += 1;
                 return true;
             }
-            s.attempts = s.attempts.saturating_add(1);
-            let give_up = match policy {
-                RouteFailure::Wait => false,
-                RouteFailure::DeadLetterAfterAttempts(n) => s.attempts >= n,
-                RouteFailure::DeadLetterAfter(d) => now.duration_since(first) >= d,
-            };
+            let give_up = s.attempt_gives_up(policy);
             if give_up {
                 s.counters.failing = 1;
                 s.counters.dead_lettered += 1;
@@ -202,14 +210,7 @@ impl RouteTable {
                 return false;
             }
             s.counters.stalled += items;
-            let now = Instant::now();
-            let first = *s.first_refusal.get_or_insert(now);
-            s.attempts = s.attempts.saturating_add(1);
-            let give_up = match policy {
-                RouteFailure::Wait => false,
-                RouteFailure::DeadLetterAfterAttempts(n) => s.attempts >= n,
-                RouteFailure::DeadLetterAfter(d) => now.duration_since(first) >= d,
-            };
+            let give_up = s.attempt_gives_up(policy);
             if give_up {
                 s.counters.failing = 1;
                 s.counters.dead_lettered += items;

@@ -265,36 +265,15 @@ pub struct Rec {
 
 /// Every record in a disk buffer directory (read from a copy).
 pub fn records(buffer: &Path) -> Vec<Rec> {
-    use rein_logger::wal::{FullPolicy, Wal, WalConfig};
-    let copy = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(buffer).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
-    }
-    let w = Wal::open(WalConfig {
-        dir: copy.path().to_path_buf(),
-        segment_bytes: 1 << 30,
-        max_bytes: 1 << 40,
-        fsync_interval: Duration::from_secs(1),
-        policy: FullPolicy::Pause,
-    })
-    .unwrap();
     let mut out = Vec::new();
-    loop {
-        let b = w.read_batch(100_000, 64 << 20, Duration::ZERO).unwrap();
-        if b.is_empty() {
-            return out;
-        }
-        for r in b.iter() {
-            let rec = rein_logger::walrec::WalRecord::decode(r).unwrap();
-            let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap_or_default();
-            out.push(Rec {
-                id: String::from_utf8_lossy(rec.id).into_owned(),
-                container: String::from_utf8_lossy(rec.container).into_owned(),
-                message: v["message"].as_str().unwrap_or_default().to_string(),
-                doc: rec.doc.to_vec(),
-            });
-        }
-        w.ack(b.end, b.len() as u64).unwrap();
-    }
+    crate::common::shipper::read_buffer(buffer, |rec| {
+        let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap_or_default();
+        out.push(Rec {
+            id: String::from_utf8_lossy(rec.id).into_owned(),
+            container: String::from_utf8_lossy(rec.container).into_owned(),
+            message: v["message"].as_str().unwrap_or_default().to_string(),
+            doc: rec.doc.to_vec(),
+        });
+    });
+    out
 }

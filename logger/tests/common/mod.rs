@@ -6,6 +6,7 @@ pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod shipper;
+pub mod sinks;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,6 +33,21 @@ pub fn skip(test: &str, why: &str) {
     {
         let _ = writeln!(f, "{test}: {why}");
     }
+}
+
+/// Today (UTC) as the `%Y.%m.%d` of an index name.
+pub fn today() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (y, m, d) = rein_logger::record::time::ymd(i64::try_from(now).unwrap());
+    format!("{y:04}.{m:02}.{d:02}")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 pub fn free_port() -> u16 {
@@ -218,6 +234,20 @@ impl EsServer {
         Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
     }
 
+    /// Creates `index` with writes blocked: the server refuses every record
+    /// for it (403 `cluster_block_exception` per item).
+    pub fn block_writes(&self, index: &str) {
+        let (st, body) = self.put(&format!("/{index}"), "{}").unwrap();
+        assert_eq!(st, 200, "{body}");
+        let (st, body) = self
+            .put(
+                &format!("/{index}/_settings"),
+                r#"{"index":{"blocks":{"write":true}}}"#,
+            )
+            .unwrap();
+        assert_eq!(st, 200, "{body}");
+    }
+
     /// Documents in `index` (after a refresh).
     pub fn count(&self, index: &str) -> u64 {
         let _ = self.post(&format!("/{index}/_refresh"), "");
@@ -263,6 +293,43 @@ pub fn read_all(mut s: TcpStream) -> Vec<u8> {
     v
 }
 
+/// Appends the records a pipeline gives to a buffer, as stdout of
+/// `container` sent to `route`; counts them.
+pub struct WalAppender<'a> {
+    w: &'a rein_logger::wal::Wal,
+    container: &'a str,
+    route: &'a str,
+    payload: Vec<u8>,
+    pub n: u64,
+}
+
+impl<'a> WalAppender<'a> {
+    pub fn new(w: &'a rein_logger::wal::Wal, container: &'a str, route: &'a str) -> Self {
+        WalAppender {
+            w,
+            container,
+            route,
+            payload: Vec::new(),
+            n: 0,
+        }
+    }
+
+    pub fn push(&mut self, e: rein_logger::record::Encoded<'_>) {
+        self.payload.clear();
+        rein_logger::walrec::WalRecord {
+            stream: rein_logger::record::Stream::Stdout,
+            ts_ms: e.ts_ms,
+            id: e.id,
+            container: self.container.as_bytes(),
+            route: self.route.as_bytes(),
+            doc: e.doc,
+        }
+        .encode_into(&mut self.payload);
+        self.w.push(&self.payload);
+        self.n += 1;
+    }
+}
+
 /// Appends `n` records `"<container> seq=<i> ..."` of one container, sent to `route`.
 pub fn fill_wal(w: &rein_logger::wal::Wal, container: &str, route: &str, from: usize, n: usize) {
     let meta = rein_logger::record::SourceMeta {
@@ -280,7 +347,7 @@ pub fn fill_wal(w: &rein_logger::wal::Wal, container: &str, route: &str, from: u
     for i in from..from + n {
         input.extend_from_slice(format!("{container} seq={i} {}\n", "r".repeat(100)).as_bytes());
     }
-    let mut payload = Vec::new();
+    let mut out = WalAppender::new(w, container, route);
     // Offsets continue from earlier calls so that the ids stay distinct.
     let base = (from * (container.len() + 110)) as u64;
     p.feed(
@@ -289,19 +356,7 @@ pub fn fill_wal(w: &rein_logger::wal::Wal, container: &str, route: &str, from: u
         true,
         Instant::now(),
         1_714_564_800_000,
-        &mut |e| {
-            payload.clear();
-            rein_logger::walrec::WalRecord {
-                stream: rein_logger::record::Stream::Stdout,
-                ts_ms: e.ts_ms,
-                id: e.id,
-                container: container.as_bytes(),
-                route: route.as_bytes(),
-                doc: e.doc,
-            }
-            .encode_into(&mut payload);
-            w.push(&payload);
-        },
+        &mut |e| out.push(e),
     );
     w.commit().unwrap();
 }

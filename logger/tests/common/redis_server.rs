@@ -78,6 +78,31 @@ impl Drop for RedisServer {
     }
 }
 
+/// The sink settings of the tests: stream `rein-logs`, dead letters in
+/// `dir/dead.ndjson`.
+pub fn sink_config(url: String, dir: &std::path::Path) -> rein_logger::sink::redis::RedisConfig {
+    rein_logger::sink::redis::RedisConfig {
+        url: url.into(),
+        stream: "rein-logs".into(),
+        batch_records: 500,
+        batch_bytes: 4 << 20,
+        dedup_ttl: Duration::from_secs(3600),
+        dedup_prefix: "rein:dedup".into(),
+        maxlen: None,
+        auth_file: None,
+        ca_file: None,
+        timeout: Duration::from_secs(2),
+        backoff_max: Duration::from_millis(300),
+        dead_letter: dir.join("dead.ndjson"),
+        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
+    }
+}
+
+/// Entries in `key` (`XLEN`).
+pub fn xlen(con: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("XLEN").arg(key).query(con).unwrap()
+}
+
 /// One stream entry: (entry id, fields in order).
 pub type Entry = (String, Vec<(String, Vec<u8>)>);
 

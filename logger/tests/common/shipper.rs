@@ -104,10 +104,7 @@ impl Shipper {
     }
 
     pub fn counters(&self) -> serde_json::Value {
-        std::fs::read_to_string(self.state.join("counters.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default()
+        counters_in(&self.state)
     }
 
     /// Waits until no container is attached any more (all streams at EOF and flushed).
@@ -126,9 +123,7 @@ impl Shipper {
     }
 
     pub fn stop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -140,8 +135,30 @@ impl Drop for Shipper {
     }
 }
 
+/// The counters a shipper with state directory `state` last wrote (null
+/// before the first).
+pub fn counters_in(state: &Path) -> serde_json::Value {
+    std::fs::read_to_string(state.join("counters.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+/// SIGTERM to a shipper this test started, then waits for it.
+pub fn terminate(child: &mut Child) {
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+/// A container of task `task-<name>` in `sandbox` (created) with `labels`.
 pub fn spec(name: &str, sandbox: &Path, labels: &[(&str, &str)]) -> ContainerSpec {
     std::fs::create_dir_all(sandbox).unwrap();
+    spec_in(name, sandbox, labels)
+}
+
+/// [`spec`] without creating the sandbox.
+pub fn spec_in(name: &str, sandbox: &Path, labels: &[(&str, &str)]) -> ContainerSpec {
     ContainerSpec {
         id: ContainerId::new(["parent-1", name]).unwrap(),
         sandbox: sandbox.to_path_buf(),
@@ -185,49 +202,62 @@ pub fn sandbox_stream(sandbox: &Path, name: &str) -> Vec<u8> {
     out
 }
 
-/// Sequence numbers (`seq=N`) of the records in a disk buffer directory,
-/// with their line prefix (read from a copy: the directory is left as it was).
-pub fn buffered_seqs(buffer: &Path) -> Vec<(String, u64)> {
+/// Calls `f` with every record of a disk buffer directory, in order,
+/// acknowledging them as it goes: the directory is consumed.
+pub fn drain_buffer(dir: &Path, mut f: impl FnMut(rein_logger::walrec::WalRecord<'_>)) {
     use rein_logger::wal::{FullPolicy, Wal, WalConfig};
-    let copy = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(buffer).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
-    }
     let w = Wal::open(WalConfig {
-        dir: copy.path().to_path_buf(),
+        dir: dir.to_path_buf(),
         segment_bytes: 1 << 30,
         max_bytes: 1 << 40,
         fsync_interval: Duration::from_secs(1),
         policy: FullPolicy::Pause,
     })
     .unwrap();
-    let mut out = Vec::new();
     loop {
         let b = w.read_batch(100_000, 64 << 20, Duration::ZERO).unwrap();
         if b.is_empty() {
-            return out;
+            return;
         }
         for r in b.iter() {
-            let rec = rein_logger::walrec::WalRecord::decode(r).unwrap();
-            let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap();
-            let msg = v["message"].as_str().unwrap();
-            assert!(
-                msg.contains(" seq="),
-                "not a whole line: {msg:.60} (flags {})",
-                v["log"]
-            );
-            let mut parts = msg.split(' ');
-            let prefix = parts.next().unwrap().to_string();
-            let seq = parts
-                .next()
-                .unwrap()
-                .strip_prefix("seq=")
-                .unwrap()
-                .parse()
-                .unwrap();
-            out.push((prefix, seq));
+            f(rein_logger::walrec::WalRecord::decode(r).unwrap());
         }
         w.ack(b.end, b.len() as u64).unwrap();
     }
+}
+
+/// [`drain_buffer`] on a copy: the directory is left as it was.
+pub fn read_buffer(dir: &Path, f: impl FnMut(rein_logger::walrec::WalRecord<'_>)) {
+    let copy = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+    }
+    drain_buffer(copy.path(), f);
+}
+
+/// Sequence numbers (`seq=N`) of the records in a disk buffer directory,
+/// with their line prefix (read from a copy: the directory is left as it was).
+pub fn buffered_seqs(buffer: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    read_buffer(buffer, |rec| {
+        let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap();
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.contains(" seq="),
+            "not a whole line: {msg:.60} (flags {})",
+            v["log"]
+        );
+        let mut parts = msg.split(' ');
+        let prefix = parts.next().unwrap().to_string();
+        let seq = parts
+            .next()
+            .unwrap()
+            .strip_prefix("seq=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((prefix, seq));
+    });
+    out
 }

@@ -348,3 +348,36 @@ unsafe fn sender_child(
         libc::_exit(0)
     }
 }
+
+/// A top-level container with task labels `labels`.
+pub fn labelled_spec(name: &str, labels: &[(&str, &str)]) -> rein_core::ContainerSpec {
+    rein_core::ContainerSpec {
+        id: rein_core::ContainerId::top(name).unwrap(),
+        task_labels: labels
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect(),
+        ..rein_core::ContainerSpec::default()
+    }
+}
+
+/// The net_cls isolator's settings with egress shaping on the client device,
+/// classified by `classifier`.
+pub fn shaping_params(
+    root_name: &str,
+    state: &std::path::Path,
+    classifier: &str,
+) -> Vec<(String, String)> {
+    [
+        ("net_cls_primary_handle", "0x1"),
+        ("net_cls_secondary_handles", "0x10,0x7ff"),
+        ("cgroups_root", root_name),
+        ("state_dir", state.to_str().unwrap()),
+        ("egress_shaping", "true"),
+        ("egress_devices", CLIENT_DEV),
+        ("egress_classifier", classifier),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect()
+}
