@@ -62,6 +62,20 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     regular_private(f, path)
 }
 
+/// Opens (creating it 0600 if missing, never emptying it) a regular file to
+/// read and rewrite in place; refused like [`open_append`]'s.
+pub fn open_rw(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    regular_private(f, path)
+}
+
 /// Creates (or empties) a regular file, mode 0600. It is emptied only once
 /// known to be ours.
 pub fn create(path: &Path) -> io::Result<File> {

@@ -243,15 +243,7 @@ struct RecordFile {
 
 impl RecordFile {
     fn open(path: PathBuf) -> std::io::Result<RecordFile> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)?;
+        let file = crate::private::open_rw(&path)?;
         Ok(RecordFile { file, path })
     }
 
