@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// A cgroupfs error, with the path and (for writes) the data.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {}{}: {source}", path.display(), data.as_ref().map(|d| format!(" (data {d:?})")).unwrap_or_default())]
+#[error("{op} {}{}: {source}{}", path.display(), data.as_ref().map(|d| format!(" (data {d:?})")).unwrap_or_default(), detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
 pub struct CgroupError {
     /// What was being done.
     pub op: &'static str,
@@ -24,6 +24,8 @@ pub struct CgroupError {
     /// The kernel's answer.
     #[source]
     pub source: io::Error,
+    /// What was found about the cause (e.g. the processes keeping a cgroup busy).
+    pub detail: Option<String>,
 }
 
 impl CgroupError {
@@ -33,7 +35,19 @@ impl CgroupError {
             path: path.to_owned(),
             data: data.map(str::to_owned),
             source,
+            detail: None,
         }
+    }
+
+    fn with_detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Whether the cgroup could not be removed because it is in use (a process is
+    /// still in it, or in a child the kernel has not freed yet).
+    pub fn is_busy(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::EBUSY)
     }
 }
 
@@ -145,6 +159,38 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether the calling thread's mount table (its own mount namespace) shows a v1
+/// hierarchy with `controller` mounted at `target`.
+fn mounted_at(target: &Path, controller: &str) -> bool {
+    let target = fs::canonicalize(target).unwrap_or_else(|_| target.to_owned());
+    cgroup_mounts(Path::new("/proc/thread-self/mountinfo"))
+        .map(|mounts| {
+            mounts.iter().any(|m| {
+                m.version == Version::V1
+                    && m.mount_point == target
+                    && m.controllers.iter().any(|c| c == controller)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// An exclusive `flock` on a mount point's parent directory, held while looking up
+/// and mounting. Best effort: without it (a read-only parent, no locking) the
+/// `EBUSY` check of [`Hierarchy::mount_v1`] still makes concurrent mounts safe.
+struct MountLock {
+    _held: Option<nix::fcntl::Flock<fs::File>>,
+}
+
+impl MountLock {
+    fn take(target: &Path) -> Self {
+        let dir = target.parent().unwrap_or(target);
+        let lock = fs::File::open(dir)
+            .ok()
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+        Self { _held: lock }
+    }
+}
+
 impl Hierarchy {
     /// A hierarchy at a known mount point.
     pub fn new(mount: impl Into<PathBuf>, version: Version) -> Self {
@@ -170,10 +216,49 @@ impl Hierarchy {
             .map(|m| Self::new(m.mount_point, Version::V2)))
     }
 
+    /// Finds the v1 hierarchy of `controller`, mounting it at `target` when none is
+    /// mounted. Safe when several processes start at once (two agents, two harness
+    /// runs): the look-up and the mount are serialised by a lock on the target's
+    /// parent directory, and a mount that loses a race anyway (the kernel refuses the
+    /// same hierarchy twice on one mount point with `EBUSY`) is accepted once the
+    /// mount table shows the controller mounted.
+    pub fn find_or_mount_v1(
+        mountinfo: &Path,
+        controller: &str,
+        target: &Path,
+    ) -> Result<Self, CgroupError> {
+        if let Some(h) = Self::find_v1(mountinfo, controller)? {
+            return Ok(h);
+        }
+        fs::create_dir_all(target).map_err(|e| CgroupError::new("creating", target, None, e))?;
+        let _lock = MountLock::take(target);
+        if let Some(h) = Self::find_v1(mountinfo, controller)? {
+            return Ok(h);
+        }
+        match Self::mount_v1(controller, target) {
+            Ok(h) => Ok(h),
+            Err(e) if e.is_busy() => match Self::find_v1(mountinfo, controller)? {
+                Some(h) => {
+                    tracing::info!(controller, mount = %h.mount_point().display(),
+                                   "the hierarchy was mounted by another process at the same time; using it");
+                    Ok(h)
+                }
+                None => Err(e.with_detail(format!(
+                    "the {controller} controller is bound to another hierarchy that is not \
+                     mounted here; mount that hierarchy with the same controllers"
+                ))),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     /// Mounts a v1 hierarchy for `controller` at `target` (creating the directory).
+    /// Idempotent: if the same hierarchy is already mounted at `target` (another
+    /// process mounted it a moment ago, and the kernel answers `EBUSY`), that mount
+    /// is the result.
     pub fn mount_v1(controller: &str, target: &Path) -> Result<Self, CgroupError> {
         fs::create_dir_all(target).map_err(|e| CgroupError::new("creating", target, None, e))?;
-        nix::mount::mount(
+        let mounted = nix::mount::mount(
             Some("cgroup"),
             target,
             Some("cgroup"),
@@ -181,16 +266,19 @@ impl Hierarchy {
                 | nix::mount::MsFlags::MS_NODEV
                 | nix::mount::MsFlags::MS_NOEXEC,
             Some(controller),
-        )
-        .map_err(|e| {
-            CgroupError::new(
+        );
+        match mounted {
+            Ok(()) => Ok(Self::new(target, Version::V1)),
+            Err(nix::errno::Errno::EBUSY) if mounted_at(target, controller) => {
+                Ok(Self::new(target, Version::V1))
+            }
+            Err(e) => Err(CgroupError::new(
                 "mounting cgroup at",
                 target,
                 Some(controller),
                 io::Error::from(e),
-            )
-        })?;
-        Ok(Self::new(target, Version::V1))
+            )),
+        }
     }
 
     /// The mount point.
@@ -282,11 +370,21 @@ impl Cgroup {
     /// fine (cleanup is idempotent); a busy one is retried briefly, since the kernel
     /// frees a cgroup a moment after its last process exits.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        self.remove_with(8)
+    }
+
+    /// Removes like [`Cgroup::remove`] but without waiting: a busy cgroup fails at
+    /// once (recovery and retries of earlier failures, which must not stall).
+    pub fn remove_now(&self) -> Result<(), CgroupError> {
+        self.remove_with(0)
+    }
+
+    fn remove_with(&self, busy_retries: u32) -> Result<(), CgroupError> {
         match fs::read_dir(&self.path) {
             Ok(entries) => {
                 for entry in entries.flatten() {
                     if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        Cgroup::at(entry.path()).remove()?;
+                        Cgroup::at(entry.path()).remove_with(busy_retries)?;
                     }
                 }
             }
@@ -294,7 +392,7 @@ impl Cgroup {
             Err(e) => return Err(CgroupError::new("listing", &self.path, None, e)),
         }
         let mut delay = Duration::from_millis(1);
-        for _ in 0..8 {
+        for _ in 0..busy_retries {
             match fs::remove_dir(&self.path) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -302,15 +400,36 @@ impl Cgroup {
                     thread::sleep(delay);
                     delay *= 2;
                 }
-                // A plain directory (tests on a tempdir) still holds its control files.
-                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                    return fs::remove_dir_all(&self.path)
-                        .map_err(|e| CgroupError::new("removing", &self.path, None, e));
-                }
-                Err(e) => return Err(CgroupError::new("removing", &self.path, None, e)),
+                Err(e) => return self.removal_failed(e),
             }
         }
-        fs::remove_dir(&self.path).map_err(|e| CgroupError::new("removing", &self.path, None, e))
+        match fs::remove_dir(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => self.removal_failed(e),
+        }
+    }
+
+    fn removal_failed(&self, e: io::Error) -> Result<(), CgroupError> {
+        match e.raw_os_error() {
+            // A plain directory (tests on a tempdir) still holds its control files.
+            Some(libc::ENOTEMPTY) => fs::remove_dir_all(&self.path)
+                .map_err(|e| CgroupError::new("removing", &self.path, None, e)),
+            Some(libc::EBUSY) => {
+                let detail = match self.procs() {
+                    Ok(pids) if !pids.is_empty() => format!(
+                        "processes still in it: {}",
+                        pids.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => "no process listed in it; the kernel has not released it yet".into(),
+                };
+                Err(CgroupError::new("removing", &self.path, None, e).with_detail(detail))
+            }
+            _ => Err(CgroupError::new("removing", &self.path, None, e)),
+        }
     }
 }
 

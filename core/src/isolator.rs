@@ -5,8 +5,10 @@
 //! (scans, watches) runs on threads the isolator owns and reports through
 //! [`LimitationNotifier`] or cached statistics.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::container::{ContainerId, ContainerSpec, Resources};
 
@@ -131,6 +133,121 @@ impl fmt::Debug for LimitationNotifier {
     }
 }
 
+/// What an isolator met, container by container, at `recover()` and in cleanups
+/// (each also logged with the container and the reason). `recover()` fails only
+/// when the isolator as a whole cannot work; everything counted here is one
+/// container's trouble and leaves the others alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryCounters {
+    /// State files that could not be read or parsed (the container is handled
+    /// without them: cleaned if it is gone, its cgroup removed at its cleanup).
+    pub unreadable_records: u64,
+    /// Recovered containers whose state could not be fully restored (kept and
+    /// tracked all the same).
+    pub recover_failures: u64,
+    /// Cleanup attempts that failed (a cgroup kept busy by a process, a netlink
+    /// error); each is retried later.
+    pub cleanup_failures: u64,
+    /// Cleanups that succeeded on a retry.
+    pub cleanups_retried: u64,
+    /// Cleanups waiting for their retry now.
+    pub cleanups_pending: u64,
+}
+
+/// The first retry of a failed cleanup comes this long after the failure; each
+/// further failure doubles the delay, up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest delay between two retries of one cleanup.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Cleanups that failed for a reason of their own, waiting for a retry with a
+/// growing delay. The isolators retry those that are due at each later
+/// `prepare()` and `cleanup()` (the calls that need what a leftover holds: a
+/// handle, a class, a cgroup name), and all of them at the next `recover()`,
+/// since their state stays on disk until they succeed.
+#[derive(Debug, Clone)]
+pub struct PendingCleanups<K: Ord> {
+    entries: BTreeMap<K, Retry>,
+}
+
+#[derive(Debug, Clone)]
+struct Retry {
+    attempts: u32,
+    due: Instant,
+    reason: String,
+}
+
+impl<K: Ord + Clone> Default for PendingCleanups<K> {
+    fn default() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> PendingCleanups<K> {
+    /// Records a failed attempt; returns the delay until its next retry.
+    pub fn failed(&mut self, key: K, reason: String) -> Duration {
+        let entry = self.entries.entry(key).or_insert(Retry {
+            attempts: 0,
+            due: Instant::now(),
+            reason: String::new(),
+        });
+        let shift = entry.attempts.min(16);
+        let delay = RETRY_FIRST.saturating_mul(1 << shift).min(RETRY_MAX);
+        entry.attempts += 1;
+        entry.due = Instant::now() + delay;
+        entry.reason = reason;
+        delay
+    }
+
+    /// Records a success; returns how many attempts had failed before (0 if the
+    /// key was not pending).
+    pub fn succeeded(&mut self, key: &K) -> u32 {
+        self.entries.remove(key).map_or(0, |r| r.attempts)
+    }
+
+    /// Forgets a key without counting a success (its object went away otherwise).
+    pub fn forget(&mut self, key: &K) {
+        self.entries.remove(key);
+    }
+
+    /// The keys whose retry is due.
+    pub fn due(&self) -> Vec<K> {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .filter(|(_, r)| r.due <= now)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Every pending key, due or not.
+    pub fn keys(&self) -> Vec<K> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Whether a key is pending.
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The last failure's reason of a pending key.
+    pub fn reason(&self, key: &K) -> Option<&str> {
+        self.entries.get(key).map(|r| r.reason.as_str())
+    }
+
+    /// How many are pending.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is pending.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// One isolator. `cleanup()` may come for containers the isolator never saw and
 /// must be idempotent; `prepare()` failures fail only that container's launch.
 pub trait Isolator: Send {
@@ -176,4 +293,26 @@ pub trait Isolator: Send {
 
     /// Releases everything the container held.
     fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_cleanups_back_off_and_count_attempts() {
+        let mut p = PendingCleanups::<u32>::default();
+        assert_eq!(p.failed(7, "busy".into()), RETRY_FIRST);
+        assert_eq!(p.failed(7, "busy again".into()), RETRY_FIRST * 2);
+        assert_eq!(p.reason(&7), Some("busy again"));
+        assert!(p.due().is_empty(), "not due before its delay");
+        assert_eq!(p.keys(), vec![7]);
+        for _ in 0..40 {
+            p.failed(7, "still".into());
+        }
+        assert_eq!(p.failed(7, "still".into()), RETRY_MAX);
+        assert_eq!(p.succeeded(&7), 43);
+        assert_eq!(p.succeeded(&7), 0);
+        assert!(p.is_empty());
+    }
 }

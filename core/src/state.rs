@@ -67,6 +67,25 @@ struct EnvelopeIn<T> {
     record: T,
 }
 
+/// What [`StateStore::scan`] found: the records it could read, and the files it
+/// could not.
+#[derive(Debug)]
+pub struct Scan<T> {
+    /// Readable records of this boot, by container.
+    pub records: Vec<(ContainerId, T)>,
+    /// Files that could not be read or parsed.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A state file that could not be read or parsed, and its container.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The container the file is named after.
+    pub id: ContainerId,
+    /// Why it could not be read.
+    pub error: StateError,
+}
+
 /// A directory of per-container records of one isolator.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -144,14 +163,30 @@ impl StateStore {
         }
     }
 
-    /// Reads every record. Leftover temporary files of an interrupted write are removed.
+    /// Reads every record; the first file that cannot be read or parsed fails the
+    /// whole load. Leftover temporary files of an interrupted write are removed.
     pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<(ContainerId, T)>, StateError> {
+        let scan = self.scan()?;
+        match scan.unreadable.into_iter().next() {
+            Some(bad) => Err(bad.error),
+            None => Ok(scan.records),
+        }
+    }
+
+    /// Reads every record, keeping going past files that cannot be read or parsed
+    /// (each is returned with its container and error, and left in place for the
+    /// container's cleanup to remove); fails only if the directory cannot be listed.
+    /// Leftover temporary files of an interrupted write are removed.
+    pub fn scan<T: DeserializeOwned>(&self) -> Result<Scan<T>, StateError> {
         let read_dir = fs::read_dir(&self.dir).map_err(|source| StateError::Io {
             op: "listing",
             path: self.dir.clone(),
             source,
         })?;
-        let mut out = Vec::new();
+        let mut out = Scan {
+            records: Vec::new(),
+            unreadable: Vec::new(),
+        };
         for entry in read_dir {
             let entry = entry.map_err(|source| StateError::Io {
                 op: "listing",
@@ -170,11 +205,14 @@ impl StateStore {
             else {
                 continue;
             };
-            if let Some(record) = self.load(&id)? {
-                out.push((id, record));
+            match self.load(&id) {
+                Ok(Some(record)) => out.records.push((id, record)),
+                Ok(None) => {}
+                Err(error) => out.unreadable.push(Unreadable { id, error }),
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.records.sort_by(|a, b| a.0.cmp(&b.0));
+        out.unreadable.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
@@ -249,5 +287,43 @@ mod tests {
         fs::write(store.dir().join("a.json"), b"{\"hand").unwrap();
         let err = store.load_all::<Rec>().unwrap_err();
         assert!(err.to_string().contains("a.json"), "{err}");
+    }
+
+    #[test]
+    fn scan_reads_past_unreadable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "x").unwrap();
+        let ids: Vec<ContainerId> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| ContainerId::top(n).unwrap())
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            store
+                .save(
+                    id,
+                    &Rec {
+                        handle: u32::try_from(n).unwrap(),
+                    },
+                )
+                .unwrap();
+        }
+        // Truncated, not JSON at all, and a directory where the file should be.
+        fs::write(store.dir().join("b.json"), b"{\"boot_id\":\"x\",\"rec").unwrap();
+        fs::write(store.dir().join("c.json"), b"\0\0\0").unwrap();
+        fs::remove_file(store.dir().join("d.json")).unwrap();
+        fs::create_dir(store.dir().join("d.json")).unwrap();
+        let scan = store.scan::<Rec>().unwrap();
+        assert_eq!(scan.records, vec![(ids[0].clone(), Rec { handle: 0 })]);
+        let bad: Vec<&ContainerId> = scan.unreadable.iter().map(|u| &u.id).collect();
+        assert_eq!(bad, vec![&ids[1], &ids[2], &ids[3]]);
+        assert!(matches!(
+            scan.unreadable[0].error,
+            StateError::Corrupt { .. }
+        ));
+        assert!(matches!(scan.unreadable[2].error, StateError::Io { .. }));
+        // Left in place for the container's cleanup.
+        assert!(store.dir().join("b.json").exists());
+        store.remove(&ids[1]).unwrap();
+        assert!(!store.dir().join("b.json").exists());
     }
 }

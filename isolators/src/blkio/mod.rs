@@ -14,7 +14,7 @@ pub mod controller;
 pub mod device;
 pub mod limits;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -22,10 +22,10 @@ use tracing::{info, warn};
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
 use rein_core::config::{parse_for_prepare, parse_value};
-use rein_core::isolator::Error;
+use rein_core::isolator::{Error, PendingCleanups, RecoveryCounters};
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
 use rein_core::schema;
-use rein_core::state::StateStore;
+use rein_core::state::{Scan, StateStore};
 use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Statistics};
 
 pub use controller::Controller;
@@ -72,6 +72,11 @@ pub struct Record {
 }
 
 /// The blkio isolator.
+///
+/// One container's trouble stays its own: a state file that cannot be read, a
+/// cgroup kept busy by a process are logged with the container and the reason,
+/// counted ([`BlkioIsolator::counters`]) and retried later ([`PendingCleanups`]);
+/// the state file stays until the cleanup succeeds.
 pub struct BlkioIsolator {
     controller: Controller,
     root: Cgroup,
@@ -80,6 +85,12 @@ pub struct BlkioIsolator {
     store: StateStore,
     allow_debug_panic: bool,
     containers: HashMap<ContainerId, Record>,
+    /// Containers whose state file could not be read: their cgroup is removed at
+    /// their cleanup.
+    unrecorded: HashSet<ContainerId>,
+    /// Containers whose cleanup failed.
+    pending: PendingCleanups<ContainerId>,
+    counters: RecoveryCounters,
 }
 
 impl BlkioIsolator {
@@ -122,7 +133,39 @@ impl BlkioIsolator {
             store,
             allow_debug_panic: common.allow_debug_panic,
             containers: HashMap::new(),
+            unrecorded: HashSet::new(),
+            pending: PendingCleanups::default(),
+            counters: RecoveryCounters::default(),
         }
+    }
+
+    /// What recovery and cleanups met so far.
+    pub fn counters(&self) -> RecoveryCounters {
+        RecoveryCounters {
+            cleanups_pending: u64::try_from(self.pending.len()).unwrap_or(u64::MAX),
+            ..self.counters
+        }
+    }
+
+    /// The containers whose cleanup failed and waits for a retry, with the last reason.
+    pub fn pending_cleanups(&self) -> Vec<(ContainerId, String)> {
+        self.pending
+            .keys()
+            .into_iter()
+            .map(|id| {
+                let reason = self.pending.reason(&id).unwrap_or_default().to_owned();
+                (id, reason)
+            })
+            .collect()
+    }
+
+    /// Retries the failed cleanups whose delay has passed (every later `prepare()`
+    /// and `cleanup()` does this first); returns how many are still pending.
+    pub fn retry_cleanups(&mut self) -> usize {
+        for id in self.pending.due() {
+            let _ = self.release_or_retry(&id, false);
+        }
+        self.pending.len()
     }
 
     /// The container's cgroup (the one that holds the limits).
@@ -182,13 +225,47 @@ impl BlkioIsolator {
         Ok(())
     }
 
-    fn forget(&mut self, id: &ContainerId, record: &Record) -> Result<(), Error> {
-        if record.owned {
-            self.cgroup(id).remove()?;
+    /// Removes what a tracked or unrecorded container holds. `patient` waits
+    /// briefly for a cgroup whose last process just exited (`cleanup()`).
+    fn release(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+        let owned = match self.containers.get(id) {
+            Some(record) => record.owned,
+            None if self.unrecorded.contains(id) => true,
+            None => return Ok(()),
+        };
+        if owned {
+            let cgroup = self.cgroup(id);
+            if patient {
+                cgroup.remove()?;
+            } else {
+                cgroup.remove_now()?;
+            }
         }
         self.store.remove(id)?;
         self.containers.remove(id);
+        self.unrecorded.remove(id);
         Ok(())
+    }
+
+    /// Releases a container; a failure is logged, counted and retried later.
+    fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+        match self.release(id, patient) {
+            Ok(()) => {
+                let failed_before = self.pending.succeeded(id);
+                if failed_before > 0 {
+                    self.counters.cleanups_retried += 1;
+                    info!(container = %id, failed_before, "blkio cleanup succeeded on a retry");
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.counters.cleanup_failures += 1;
+                let retry_in = self.pending.failed(id.clone(), err.to_string());
+                warn!(container = %id, ?retry_in,
+                      "blkio cleanup failed: {err}; the container's state is kept and the cleanup is retried");
+                Err(err)
+            }
+        }
     }
 }
 
@@ -291,12 +368,26 @@ impl Isolator for BlkioIsolator {
         containers: &[RecoveredContainer],
         orphans: &[ContainerId],
     ) -> Result<(), Error> {
-        let records: Vec<(ContainerId, Record)> = self.store.load_all()?;
-        for (id, record) in records {
-            let known = containers.iter().any(|c| c.id == id) || orphans.contains(&id);
-            if !known {
+        // Only a state directory that cannot be listed stops recovery.
+        let scan: Scan<Record> = self.store.scan()?;
+        let known =
+            |id: &ContainerId| containers.iter().any(|c| &c.id == id) || orphans.contains(id);
+        for bad in scan.unreadable {
+            self.counters.unreadable_records += 1;
+            let id = bad.id;
+            warn!(container = %id, error = %bad.error,
+                  "blkio state unreadable; the container keeps the limits the kernel holds, and its cgroup is removed at its cleanup");
+            self.unrecorded.insert(id.clone());
+            if !known(&id) {
+                let _ = self.release_or_retry(&id, false);
+            }
+        }
+        for (id, record) in scan.records {
+            if !known(&id) {
+                // Neither alive nor an orphan Mesos will clean: its cleanup was lost.
                 info!(container = %id, "removing blkio state of a vanished container");
-                self.forget(&id, &record)?;
+                self.containers.insert(id.clone(), record);
+                let _ = self.release_or_retry(&id, false);
                 continue;
             }
             if orphans.contains(&id) {
@@ -307,15 +398,25 @@ impl Isolator for BlkioIsolator {
             // A failure here must not stop the agent: the container keeps running
             // with whatever the kernel holds, and the log says so.
             if let Err(err) = self.reapply(&id, &record) {
+                self.counters.recover_failures += 1;
                 warn!(container = %id, error = %err, "could not restore blkio limits");
             }
             info!(container = %id, limits = ?record.limits, "recovered blkio limits");
             self.containers.insert(id, record);
         }
+        let c = self.counters();
+        info!(
+            containers = self.containers.len(),
+            unreadable_records = c.unreadable_records,
+            recover_failures = c.recover_failures,
+            cleanups_pending = c.cleanups_pending,
+            "blkio recovery done"
+        );
         Ok(())
     }
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        self.retry_cleanups();
         let mut config = parse_for_prepare(spec, self.allow_debug_panic)?;
         if spec.id.is_nested() {
             if config.group("blkio").next().is_none() {
@@ -370,14 +471,13 @@ impl Isolator for BlkioIsolator {
     }
 
     fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
-        match self.containers.get(id).cloned() {
-            Some(record) => {
-                self.forget(id, &record)?;
-                info!(container = %id, "released blkio cgroup");
-                Ok(())
-            }
-            None => Ok(()),
+        self.retry_cleanups();
+        if !self.containers.contains_key(id) && !self.unrecorded.contains(id) {
+            return Ok(());
         }
+        self.release_or_retry(id, true)?;
+        info!(container = %id, "released blkio cgroup");
+        Ok(())
     }
 }
 

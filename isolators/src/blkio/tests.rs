@@ -560,3 +560,41 @@ fn a_task_can_lower_what_it_is_given_by_default_never_raise_it() {
     assert!(err.contains("max_weight"), "{err}");
     assert!(err.contains("rein.blkio.weight"), "{err}");
 }
+
+#[test]
+fn an_unreadable_record_is_its_containers_trouble_only() {
+    let f = fixture(Version::V1);
+    let mut iso = f.isolator(allow(&["sandbox"]));
+    let specs: Vec<ContainerSpec> = ["a", "b", "c"]
+        .iter()
+        .map(|id| spec(&[id], "/sb/sda", &[("rein.blkio.write_bps", "10MiB/s")]))
+        .collect();
+    for s in &specs {
+        iso.prepare(s).unwrap();
+    }
+    drop(iso);
+    let state = f.dir.path().join("state/blkio");
+    fs::write(state.join("b.json"), b"{\"boot_id\":").unwrap();
+    fs::write(state.join("c.json"), b"").unwrap();
+
+    let mut iso = f.isolator(allow(&["sandbox"]));
+    let live: Vec<RecoveredContainer> = specs[..2]
+        .iter()
+        .map(|s| RecoveredContainer {
+            id: s.id.clone(),
+            pid: None,
+            sandbox: Some("/sb/sda".into()),
+        })
+        .collect();
+    iso.recover(&live, &[]).unwrap();
+    assert_eq!(iso.counters().unreadable_records, 2, "{:?}", iso.counters());
+    assert!(iso.record(&specs[0].id).is_some());
+    assert!(!f.file("c").exists(), "the vanished one is cleaned at once");
+    assert!(f.file("b").exists(), "the live one keeps its cgroup and limits");
+    assert_eq!(f.read("b/blkio.throttle.write_bps_device"), "8:0 10485760");
+    iso.cleanup(&specs[1].id).unwrap();
+    assert!(!f.file("b").exists());
+    iso.cleanup(&specs[0].id).unwrap();
+    assert_eq!(f.state_files(), 0);
+    assert_eq!(iso.counters().cleanups_pending, 0);
+}

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 use rein_core::config::{parse_for_prepare, Setting};
 use rein_core::isolator::Error;
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
-use rein_core::state::StateStore;
+use rein_core::state::{Scan, StateStore};
 use rein_core::{
     ContainerId, ContainerSpec, Isolator, LaunchInfo, Limitation, LimitationNotifier,
     RecoveredContainer, Resources, Statistics,
@@ -900,7 +900,22 @@ impl Isolator for DiskIsolator {
         containers: &[RecoveredContainer],
         orphans: &[ContainerId],
     ) -> Result<(), Error> {
-        let records: Vec<(ContainerId, Record)> = self.store.load_all()?;
+        // Only a state directory that cannot be listed stops recovery; a record
+        // that cannot be read is its container's trouble: a live one is adopted as
+        // if it had none (a fresh id for its sandbox, saved over the file); for an
+        // orphan or a vanished one there is nothing to act on, and the file goes.
+        let scan: Scan<Record> = self.store.scan()?;
+        for bad in scan.unreadable {
+            bump(&self.monitor.counters.recover_failures, 1);
+            let live = containers.iter().any(|c| c.id == bad.id);
+            warn!(container = %bad.id, error = %bad.error, live, "disk state unreadable");
+            if !live {
+                if let Err(e) = self.store.remove(&bad.id) {
+                    warn!(container = %bad.id, "removing the unreadable disk state: {e}");
+                }
+            }
+        }
+        let records = scan.records;
         let mut seen = Vec::new();
         for (id, record) in records {
             seen.push(id.clone());

@@ -26,5 +26,8 @@ pub mod shaper;
 pub mod tc;
 
 pub use policy::{ClassifierChoice, EgressParams, Shape, PARAMS};
-pub use shaper::{expected_held, Classifier, Shaper, DEFAULT_MINOR, FILTER_NAME, LINK_MINOR};
+pub use shaper::{
+    expected_held, Classifier, Shaper, Unclaimed, UnclaimedFailure, DEFAULT_MINOR, FILTER_NAME,
+    LINK_MINOR,
+};
 pub use tc::HeldRates;

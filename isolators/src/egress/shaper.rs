@@ -60,6 +60,26 @@ enum Leaf {
     Builtin,
 }
 
+/// What [`Shaper::remove_unclaimed`] did.
+#[derive(Debug, Default)]
+pub struct Unclaimed {
+    /// Classes removed.
+    pub removed: Vec<u32>,
+    /// Classes (or whole devices, when listing failed) that could not be done.
+    pub failed: Vec<UnclaimedFailure>,
+}
+
+/// A class left behind, or a device whose classes could not be listed.
+#[derive(Debug)]
+pub struct UnclaimedFailure {
+    /// The device.
+    pub device: String,
+    /// The class; `None` when the device's classes could not be listed.
+    pub classid: Option<u32>,
+    /// The kernel's answer.
+    pub error: Error,
+}
+
 /// Creates, changes and removes the containers' classes.
 #[derive(Debug)]
 pub struct Shaper {
@@ -412,27 +432,56 @@ impl Shaper {
     }
 
     /// Removes classes of rein's major on the host devices that `keep` does not
-    /// claim (left by containers whose cleanup was lost). Returns how many.
-    pub fn remove_unclaimed(&mut self, keep: impl Fn(u32) -> bool) -> Result<usize, Error> {
-        let mut removed = 0;
+    /// claim (left by containers whose cleanup was lost). A class or a device that
+    /// fails is reported and the others are still done.
+    pub fn remove_unclaimed(&mut self, keep: impl Fn(u32) -> bool) -> Unclaimed {
+        let mut out = Unclaimed::default();
         for d in &self.devices {
-            for classid in tc::classes(&mut self.nl, d.index)? {
+            let classes = match tc::classes(&mut self.nl, d.index) {
+                Ok(c) => c,
+                Err(e) => {
+                    out.failed.push(UnclaimedFailure {
+                        device: d.name.clone(),
+                        classid: None,
+                        error: e.into(),
+                    });
+                    continue;
+                }
+            };
+            for classid in classes {
                 let minor = classid & 0xffff;
                 let ours = classid >> 16 == u32::from(self.major)
                     && minor != u32::from(LINK_MINOR)
                     && minor != u32::from(DEFAULT_MINOR);
-                if ours && !keep(classid) {
-                    info!(
-                        device = d.name,
-                        class = class_name(classid),
-                        "removing an orphaned egress class"
-                    );
-                    tc::del_class(&mut self.nl, d.index, classid)?;
-                    removed += 1;
+                if !ours || keep(classid) {
+                    continue;
+                }
+                info!(
+                    device = d.name,
+                    class = class_name(classid),
+                    "removing an orphaned egress class"
+                );
+                match tc::del_class(&mut self.nl, d.index, classid) {
+                    Ok(()) => out.removed.push(classid),
+                    Err(e) => out.failed.push(UnclaimedFailure {
+                        device: d.name.clone(),
+                        classid: Some(classid),
+                        error: e.into(),
+                    }),
                 }
             }
         }
-        Ok(removed)
+        out
+    }
+
+    /// Removes one class from the host devices (never a container's own namespace);
+    /// a missing class is fine.
+    pub fn remove_host_class(&mut self, classid: u32) -> Result<(), Error> {
+        for d in &self.devices {
+            tc::del_class(&mut self.nl, d.index, classid)
+                .map_err(|e| format!("on device {}: {e}", d.name))?;
+        }
+        Ok(())
     }
 
     /// Class ids present on the host devices (tests, diagnostics).

@@ -14,16 +14,16 @@
 
 pub mod handles;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
 use rein_core::config::parse_for_prepare;
-use rein_core::isolator::{Error, NetTx};
+use rein_core::isolator::{Error, NetTx, PendingCleanups, RecoveryCounters};
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
-use rein_core::state::StateStore;
+use rein_core::state::{Scan, StateStore};
 use rein_core::{
     ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Resources, Statistics,
     Status,
@@ -74,7 +74,22 @@ struct Egress {
     shaper: Shaper,
 }
 
+/// A host class left behind that could not be removed, or a device whose classes
+/// could not be listed (the whole look-up is retried then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StaleClass {
+    Scan,
+    Class(u32),
+}
+
 /// The net_cls isolator.
+///
+/// One container's trouble stays its own: a state file that cannot be read, a
+/// cgroup kept busy by a process, a class the kernel refuses to remove are logged
+/// with the container and the reason, counted ([`NetClsIsolator::counters`]) and
+/// retried later ([`PendingCleanups`]); the container keeps its handle (and its
+/// state file) until its cleanup succeeds, so no new container gets a classid
+/// that processes still use.
 pub struct NetClsIsolator {
     hierarchy: Hierarchy,
     root: Cgroup,
@@ -83,6 +98,16 @@ pub struct NetClsIsolator {
     allow_debug_panic: bool,
     containers: HashMap<ContainerId, Record>,
     egress: Option<Egress>,
+    /// Containers whose state file could not be read nor rebuilt: their cgroup is
+    /// removed at their cleanup.
+    unrecorded: HashSet<ContainerId>,
+    /// Containers whose cleanup failed.
+    pending: PendingCleanups<ContainerId>,
+    /// Host classes that could not be removed.
+    stale_classes: PendingCleanups<StaleClass>,
+    /// Handles kept out of use while a stale class of theirs is on a device.
+    held_for_stale: HashSet<Handle>,
+    counters: RecoveryCounters,
 }
 
 impl NetClsIsolator {
@@ -140,7 +165,7 @@ impl NetClsIsolator {
             None if mount => {
                 let target = common.cgroups_hierarchy.join("net_cls");
                 info!(target = %target.display(), "mounting the net_cls hierarchy");
-                Hierarchy::mount_v1("net_cls", &target)?
+                Hierarchy::find_or_mount_v1(&common.mountinfo, "net_cls", &target)?
             }
             None => {
                 return Err(format!(
@@ -214,7 +239,48 @@ impl NetClsIsolator {
             allow_debug_panic: common.allow_debug_panic,
             containers: HashMap::new(),
             egress: None,
+            unrecorded: HashSet::new(),
+            pending: PendingCleanups::default(),
+            stale_classes: PendingCleanups::default(),
+            held_for_stale: HashSet::new(),
+            counters: RecoveryCounters::default(),
         }
+    }
+
+    /// What recovery and cleanups met so far.
+    pub fn counters(&self) -> RecoveryCounters {
+        RecoveryCounters {
+            cleanups_pending: u64::try_from(self.pending.len() + self.stale_classes.len())
+                .unwrap_or(u64::MAX),
+            ..self.counters
+        }
+    }
+
+    /// The containers whose cleanup failed and waits for a retry, with the last reason.
+    pub fn pending_cleanups(&self) -> Vec<(ContainerId, String)> {
+        self.pending
+            .keys()
+            .into_iter()
+            .map(|id| {
+                let reason = self.pending.reason(&id).unwrap_or_default().to_owned();
+                (id, reason)
+            })
+            .collect()
+    }
+
+    /// Retries the failed cleanups whose delay has passed (every later `prepare()`
+    /// and `cleanup()` does this first); returns how many are still pending.
+    pub fn retry_cleanups(&mut self) -> usize {
+        for id in self.pending.due() {
+            let _ = self.release_or_retry(&id, false);
+        }
+        for key in self.stale_classes.due() {
+            match key {
+                StaleClass::Scan => self.remove_unclaimed_classes(),
+                StaleClass::Class(classid) => self.retry_stale_class(classid),
+            }
+        }
+        self.pending.len() + self.stale_classes.len()
     }
 
     fn cgroup(&self, id: &ContainerId) -> Cgroup {
@@ -276,26 +342,257 @@ impl NetClsIsolator {
         Ok(record)
     }
 
-    /// Releases everything; a step that fails does not stop the others (the first
-    /// error is returned). A class left behind by a failed removal is set again by
-    /// the next container that gets its handle, or removed by recover().
-    fn teardown(&mut self, id: &ContainerId, record: &Record) -> Result<(), Error> {
-        let mut first: Option<Error> = None;
-        if let (Some(egress), Some(e)) = (&mut self.egress, &record.egress) {
-            if let Err(err) = egress.shaper.remove(record.handle.classid(), e.cgroup_id) {
-                warn!(container = %id, "removing the egress class: {err}");
-                first = Some(err);
+    /// Releases everything a container holds; a step that fails does not stop the
+    /// others, but the handle and the state file are kept until all succeeded (the
+    /// cleanup is then retried). `patient` waits briefly for a cgroup whose last
+    /// process just exited (`cleanup()`); recovery and retries do not wait.
+    fn teardown(&mut self, id: &ContainerId, record: &Record, patient: bool) -> Result<(), Error> {
+        let mut failures = Vec::new();
+        if let Some(egress) = &mut self.egress {
+            // Also for a record without shaping: one rebuilt from the kernel may have a class.
+            let cgroup_id = record.egress.and_then(|e| e.cgroup_id);
+            if let Err(err) = egress.shaper.remove(record.handle.classid(), cgroup_id) {
+                failures.push(format!(
+                    "removing its egress class {}: {err}",
+                    record.handle
+                ));
             }
         }
-        if let Err(err) = self.cgroup(id).remove() {
-            first.get_or_insert(err.into());
-            // The cgroup is still there: keep the handle and state for a retry.
-            return Err(first.expect("just set"));
+        let cgroup = self.cgroup(id);
+        let removed = if patient {
+            cgroup.remove()
+        } else {
+            cgroup.remove_now()
+        };
+        if let Err(err) = removed {
+            failures.push(err.to_string());
+        }
+        if !failures.is_empty() {
+            return Err(failures.join("; ").into());
         }
         self.store.remove(id)?;
-        self.allocator.release(record.handle);
         self.containers.remove(id);
-        first.map_or(Ok(()), Err)
+        self.release_handle(record.handle);
+        Ok(())
+    }
+
+    /// Returns a handle to the pool unless another container (a corrupt pair of
+    /// records) or a stale class still holds it.
+    fn release_handle(&mut self, handle: Handle) {
+        let held = self.containers.values().any(|r| r.handle == handle)
+            || self.held_for_stale.contains(&handle);
+        if !held {
+            self.allocator.release(handle);
+        }
+    }
+
+    /// Releases a tracked or unrecorded container; nothing to do for others.
+    fn release(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+        if let Some(record) = self.containers.get(id).cloned() {
+            return self.teardown(id, &record, patient);
+        }
+        if self.unrecorded.contains(id) {
+            let cgroup = self.cgroup(id);
+            if patient {
+                cgroup.remove()?;
+            } else {
+                cgroup.remove_now()?;
+            }
+            self.store.remove(id)?;
+            self.unrecorded.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Releases a container; a failure is logged, counted and retried later.
+    fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+        match self.release(id, patient) {
+            Ok(()) => {
+                let failed_before = self.pending.succeeded(id);
+                if failed_before > 0 {
+                    self.counters.cleanups_retried += 1;
+                    info!(container = %id, failed_before, "net_cls cleanup succeeded on a retry");
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.counters.cleanup_failures += 1;
+                let retry_in = self.pending.failed(id.clone(), err.to_string());
+                warn!(container = %id, ?retry_in,
+                      "net_cls cleanup failed: {err}; the container keeps its handle and state, and the cleanup is retried");
+                Err(err)
+            }
+        }
+    }
+
+    /// The handle a container's cgroup holds in the kernel (cgroup v1), to rebuild
+    /// a record that could not be read; `None` if there is none of this isolator's.
+    fn handle_in_kernel(&self, id: &ContainerId) -> Option<Handle> {
+        if self.hierarchy.version() != Version::V1 {
+            return None;
+        }
+        let classid: u32 = self
+            .cgroup(id)
+            .read("net_cls.classid")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let handle = Handle::from_classid(classid);
+        (handle.primary == self.allocator.primary() && handle.secondary != 0).then_some(handle)
+    }
+
+    /// Re-adopts (or, for a container Mesos no longer knows, cleans up) one
+    /// recorded container; what fails is logged and counted, never returned.
+    fn recover_one(
+        &mut self,
+        id: &ContainerId,
+        mut record: Record,
+        live: Option<&RecoveredContainer>,
+        known: bool,
+    ) {
+        if let Err(err) = self.allocator.reserve(record.handle) {
+            // Two records with one handle, or a handle outside a changed range.
+            self.counters.recover_failures += 1;
+            warn!(container = %id, handle = %record.handle, "reserving the recovered net_cls handle: {err}; the container is kept");
+        }
+        if !known {
+            // Neither alive nor an orphan Mesos will clean: its cleanup was lost.
+            info!(container = %id, handle = %record.handle, "removing net_cls state of a vanished container");
+            self.containers.insert(id.clone(), record);
+            let _ = self.release_or_retry(id, false);
+            return;
+        }
+        let cgroup = self.cgroup(id);
+        if !cgroup.exists() {
+            warn!(container = %id, "net_cls cgroup missing on recovery; recreating it");
+            match self.create_cgroup(id, record.handle) {
+                Ok(cgroup_id) => {
+                    if let Some(e) = &mut record.egress {
+                        e.cgroup_id = cgroup_id;
+                    }
+                }
+                Err(err) => {
+                    self.counters.recover_failures += 1;
+                    warn!(container = %id, "recreating the net_cls cgroup: {err}; the container is kept");
+                }
+            }
+        }
+        let recapped = match (&self.egress, &mut record.egress) {
+            (Some(egress), Some(e)) => {
+                let capped = e.shape.within_caps(&egress.params);
+                let changed = capped != e.shape;
+                if changed {
+                    warn!(container = %id, recorded = ?e.shape, now = ?capped,
+                          "recovered egress shaping above the operator's current caps; brought within them");
+                    e.shape = capped;
+                }
+                changed
+            }
+            _ => false,
+        };
+        if recapped {
+            if let Err(err) = self.store.save(id, &record) {
+                warn!(container = %id, "saving net_cls state: {err}");
+            }
+        }
+        if let (Some(egress), Some(e)) = (&mut self.egress, &mut record.egress) {
+            let classid = record.handle.classid();
+            // Where it was shaped follows from where its init process lives.
+            let pid = live.and_then(|c| c.pid);
+            let own_netns = match pid {
+                Some(pid) => egress.shaper.has_own_netns(pid).unwrap_or(false),
+                None => false,
+            };
+            let adopted = match pid {
+                Some(pid) if own_netns => egress.shaper.adopt_netns(classid, &e.shape, pid),
+                _ => egress.shaper.adopt_host(classid, &e.shape, e.cgroup_id),
+            };
+            match adopted {
+                Ok(()) => {
+                    e.netns = own_netns;
+                    e.active = true;
+                }
+                Err(err) => {
+                    self.counters.recover_failures += 1;
+                    warn!(container = %id, "cannot re-adopt the egress class: {err}");
+                }
+            }
+        }
+        info!(container = %id, handle = %record.handle, "recovered net_cls handle");
+        self.containers.insert(id.clone(), record);
+    }
+
+    /// Removes host classes no container claims; one that fails keeps its handle
+    /// out of use and is retried later.
+    fn remove_unclaimed_classes(&mut self) {
+        let Some(egress) = &mut self.egress else {
+            return;
+        };
+        let held: Vec<u32> = self
+            .containers
+            .values()
+            .filter(|r| r.egress.is_some_and(|e| e.active && !e.netns))
+            .map(|r| r.handle.classid())
+            .collect();
+        let report = egress.shaper.remove_unclaimed(|c| held.contains(&c));
+        for classid in report.removed {
+            self.stale_class_gone(StaleClass::Class(classid));
+        }
+        if !report.failed.iter().any(|f| f.classid.is_none()) {
+            self.stale_class_gone(StaleClass::Scan);
+        }
+        for failure in report.failed {
+            self.counters.cleanup_failures += 1;
+            let key = match failure.classid {
+                Some(classid) => {
+                    let handle = Handle::from_classid(classid);
+                    if self.allocator.reserve(handle).is_ok() {
+                        self.held_for_stale.insert(handle);
+                    }
+                    StaleClass::Class(classid)
+                }
+                None => StaleClass::Scan,
+            };
+            let retry_in = self.stale_classes.failed(key, failure.error.to_string());
+            match failure.classid {
+                Some(classid) => warn!(device = failure.device, class = %Handle::from_classid(classid), ?retry_in,
+                    "removing an unclaimed egress class failed: {}; its handle is kept out of use and the removal retried", failure.error),
+                None => warn!(device = failure.device, ?retry_in,
+                    "listing the device's egress classes failed: {}; unclaimed classes are looked for again later", failure.error),
+            }
+        }
+    }
+
+    fn retry_stale_class(&mut self, classid: u32) {
+        let Some(egress) = &mut self.egress else {
+            self.stale_classes.forget(&StaleClass::Class(classid));
+            return;
+        };
+        match egress.shaper.remove_host_class(classid) {
+            Ok(()) => self.stale_class_gone(StaleClass::Class(classid)),
+            Err(err) => {
+                self.counters.cleanup_failures += 1;
+                let retry_in = self
+                    .stale_classes
+                    .failed(StaleClass::Class(classid), err.to_string());
+                warn!(class = %Handle::from_classid(classid), ?retry_in, "removing an unclaimed egress class failed again: {err}");
+            }
+        }
+    }
+
+    fn stale_class_gone(&mut self, key: StaleClass) {
+        if self.stale_classes.succeeded(&key) == 0 {
+            return;
+        }
+        self.counters.cleanups_retried += 1;
+        if let StaleClass::Class(classid) = key {
+            let handle = Handle::from_classid(classid);
+            info!(class = %handle, "unclaimed egress class removed on a retry");
+            if self.held_for_stale.remove(&handle) {
+                self.release_handle(handle);
+            }
+        }
     }
 
     /// Creates the container's class: inside its own network namespace if it has
@@ -344,83 +641,59 @@ impl Isolator for NetClsIsolator {
         containers: &[RecoveredContainer],
         orphans: &[ContainerId],
     ) -> Result<(), Error> {
-        let records: Vec<(ContainerId, Record)> = self.store.load_all()?;
-        for (id, mut record) in records {
+        // Only a state directory that cannot be listed stops recovery: the
+        // isolator could not know its containers at all.
+        let scan: Scan<Record> = self.store.scan()?;
+        let known =
+            |id: &ContainerId| containers.iter().any(|c| &c.id == id) || orphans.contains(id);
+        let mut records = scan.records;
+        for bad in scan.unreadable {
+            self.counters.unreadable_records += 1;
+            let id = bad.id;
+            match self.handle_in_kernel(&id) {
+                Some(handle) => {
+                    warn!(container = %id, %handle, error = %bad.error,
+                          "net_cls state unreadable; rebuilt from the cgroup's net_cls.classid (egress shaping of this container, if any, is no longer reported)");
+                    let record = Record {
+                        handle,
+                        egress: None,
+                    };
+                    if known(&id) {
+                        if let Err(err) = self.store.save(&id, &record) {
+                            warn!(container = %id, "saving the rebuilt net_cls state: {err}");
+                        }
+                    }
+                    records.push((id, record));
+                }
+                None => {
+                    warn!(container = %id, error = %bad.error,
+                          "net_cls state unreadable and no classid to rebuild it from; the container's cgroup is removed at its cleanup");
+                    self.unrecorded.insert(id.clone());
+                    if !known(&id) {
+                        let _ = self.release_or_retry(&id, false);
+                    }
+                }
+            }
+        }
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, record) in records {
             let live = containers.iter().find(|c| c.id == id);
-            let known = live.is_some() || orphans.contains(&id);
-            if !known {
-                // Neither alive nor an orphan Mesos will clean: its cleanup was lost.
-                info!(container = %id, handle = %record.handle, "removing net_cls state of a vanished container");
-                if let (Some(egress), Some(e)) = (&mut self.egress, &record.egress) {
-                    egress.shaper.remove(record.handle.classid(), e.cgroup_id)?;
-                }
-                self.cgroup(&id).remove()?;
-                self.store.remove(&id)?;
-                continue;
-            }
-            self.allocator.reserve(record.handle)?;
-            let cgroup = self.cgroup(&id);
-            if !cgroup.exists() {
-                warn!(container = %id, "net_cls cgroup missing on recovery; recreating it");
-                let cgroup_id = self.create_cgroup(&id, record.handle)?;
-                if let Some(e) = &mut record.egress {
-                    e.cgroup_id = cgroup_id;
-                }
-            }
-            let recapped = match (&self.egress, &mut record.egress) {
-                (Some(egress), Some(e)) => {
-                    let capped = e.shape.within_caps(&egress.params);
-                    let changed = capped != e.shape;
-                    if changed {
-                        warn!(container = %id, recorded = ?e.shape, now = ?capped,
-                              "recovered egress shaping above the operator's current caps; brought within them");
-                        e.shape = capped;
-                    }
-                    changed
-                }
-                _ => false,
-            };
-            if recapped {
-                if let Err(err) = self.store.save(&id, &record) {
-                    warn!(container = %id, "saving net_cls state: {err}");
-                }
-            }
-            if let (Some(egress), Some(e)) = (&mut self.egress, &mut record.egress) {
-                let classid = record.handle.classid();
-                // Where it was shaped follows from where its init process lives.
-                let pid = live.and_then(|c| c.pid);
-                let own_netns = match pid {
-                    Some(pid) => egress.shaper.has_own_netns(pid).unwrap_or(false),
-                    None => false,
-                };
-                let adopted = match pid {
-                    Some(pid) if own_netns => egress.shaper.adopt_netns(classid, &e.shape, pid),
-                    _ => egress.shaper.adopt_host(classid, &e.shape, e.cgroup_id),
-                };
-                match adopted {
-                    Ok(()) => {
-                        e.netns = own_netns;
-                        e.active = true;
-                    }
-                    Err(err) => warn!(container = %id, "cannot re-adopt the egress class: {err}"),
-                }
-            }
-            self.containers.insert(id.clone(), record.clone());
-            info!(container = %id, handle = %record.handle, "recovered net_cls handle");
+            self.recover_one(&id, record, live, known(&id));
         }
-        if let Some(egress) = &mut self.egress {
-            let held: Vec<u32> = self
-                .containers
-                .values()
-                .filter(|r| r.egress.is_some_and(|e| e.active && !e.netns))
-                .map(|r| r.handle.classid())
-                .collect();
-            egress.shaper.remove_unclaimed(|c| held.contains(&c))?;
-        }
+        self.remove_unclaimed_classes();
+        let c = self.counters();
+        info!(
+            containers = self.containers.len(),
+            unreadable_records = c.unreadable_records,
+            recover_failures = c.recover_failures,
+            cleanups_pending = c.cleanups_pending,
+            "net_cls recovery done"
+        );
         Ok(())
     }
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        self.retry_cleanups();
         let config = parse_for_prepare(spec, self.allow_debug_panic)?;
         if spec.id.is_nested() {
             return Ok(LaunchInfo::default());
@@ -528,14 +801,14 @@ impl Isolator for NetClsIsolator {
         if id.is_nested() {
             return Ok(());
         }
-        match self.containers.get(id).cloned() {
-            Some(record) => {
-                self.teardown(id, &record)?;
-                info!(container = %id, handle = %record.handle, "released net_cls handle");
-                Ok(())
-            }
-            None => Ok(()),
+        self.retry_cleanups();
+        if !self.containers.contains_key(id) && !self.unrecorded.contains(id) {
+            return Ok(());
         }
+        let handle = self.handle(id);
+        self.release_or_retry(id, true)?;
+        info!(container = %id, handle = ?handle.map(|h| h.to_string()), "released net_cls handle");
+        Ok(())
     }
 }
 

@@ -224,3 +224,60 @@ fn parameters_are_checked() {
     assert!(err.to_string().contains("mount_net_cls"), "{err}");
     assert!(Path::new(DEFAULT_STATE_DIR).is_absolute());
 }
+
+#[test]
+fn an_unreadable_record_is_its_containers_trouble_only() {
+    let f = fixture();
+    let mut iso = f.isolator(1, 10);
+    for id in ["a", "b", "c", "d"] {
+        iso.prepare(&spec(&[id])).unwrap();
+    }
+    let handle = |iso: &NetClsIsolator, id: &str| iso.handle(&spec(&[id]).id);
+    let (a, b) = (handle(&iso, "a"), handle(&iso, "b"));
+    drop(iso);
+    let state = f.common.state_dir.join("net_cls");
+    // b: truncated (its handle is rebuilt from the cgroup); c: not JSON and its
+    // container gone; d: a directory in place of the file and no classid left.
+    fs::write(state.join("b.json"), b"{\"boot_id\":\"").unwrap();
+    fs::write(state.join("c.json"), b"\0garbage").unwrap();
+    fs::remove_file(state.join("d.json")).unwrap();
+    fs::create_dir(state.join("d.json")).unwrap();
+    fs::write(f.classid_file("d"), "0").unwrap();
+
+    let mut iso = f.isolator(1, 10);
+    let live: Vec<RecoveredContainer> = ["a", "b", "d"]
+        .iter()
+        .map(|id| RecoveredContainer {
+            id: spec(&[id]).id,
+            pid: None,
+            sandbox: None,
+        })
+        .collect();
+    iso.recover(&live, &[]).unwrap();
+    let c = iso.counters();
+    assert_eq!(c.unreadable_records, 3, "{c:?}");
+    assert_eq!(handle(&iso, "a"), a);
+    assert_eq!(handle(&iso, "b"), b, "rebuilt from net_cls.classid");
+    assert!(!f.classid_file("c").parent().unwrap().exists());
+    assert!(!state.join("c.json").exists());
+    assert_eq!(iso.free_handles(), 8, "a and b hold theirs");
+    // The rebuilt record is saved; d's cgroup goes at its cleanup.
+    assert!(f.isolator(1, 10).store.load::<Record>(&spec(&["b"]).id).unwrap().is_some());
+    iso.cleanup(&spec(&["d"]).id).unwrap_err();
+    assert_eq!(iso.counters().cleanups_pending, 1, "{:?}", iso.counters());
+    assert!(!f.classid_file("d").parent().unwrap().exists());
+    fs::remove_dir(state.join("d.json")).unwrap();
+    assert_eq!(iso.retry_cleanups(), 1, "not due yet");
+    // Due after its first delay (a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while iso.retry_cleanups() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", iso.counters());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let c = iso.counters();
+    assert_eq!((c.cleanups_retried, c.cleanups_pending), (1, 0), "{c:?}");
+    for id in ["a", "b"] {
+        iso.cleanup(&spec(&[id]).id).unwrap();
+    }
+    assert_eq!(iso.free_handles(), 10);
+}
