@@ -590,7 +590,10 @@ fn an_unreadable_record_is_its_containers_trouble_only() {
     assert_eq!(iso.counters().unreadable_records, 2, "{:?}", iso.counters());
     assert!(iso.record(&specs[0].id).is_some());
     assert!(!f.file("c").exists(), "the vanished one is cleaned at once");
-    assert!(f.file("b").exists(), "the live one keeps its cgroup and limits");
+    assert!(
+        f.file("b").exists(),
+        "the live one keeps its cgroup and limits"
+    );
     assert_eq!(f.read("b/blkio.throttle.write_bps_device"), "8:0 10485760");
     iso.cleanup(&specs[1].id).unwrap();
     assert!(!f.file("b").exists());

@@ -262,7 +262,12 @@ fn an_unreadable_record_is_its_containers_trouble_only() {
     assert!(!state.join("c.json").exists());
     assert_eq!(iso.free_handles(), 8, "a and b hold theirs");
     // The rebuilt record is saved; d's cgroup goes at its cleanup.
-    assert!(f.isolator(1, 10).store.load::<Record>(&spec(&["b"]).id).unwrap().is_some());
+    assert!(f
+        .isolator(1, 10)
+        .store
+        .load::<Record>(&spec(&["b"]).id)
+        .unwrap()
+        .is_some());
     iso.cleanup(&spec(&["d"]).id).unwrap_err();
     assert_eq!(iso.counters().cleanups_pending, 1, "{:?}", iso.counters());
     assert!(!f.classid_file("d").parent().unwrap().exists());
