@@ -529,11 +529,15 @@ impl NetClsIsolator {
         let Some(egress) = &mut self.egress else {
             return;
         };
+        // Active host classes are claimed; so are those of containers whose own
+        // cleanup is pending (it removes their class, and reports it once).
         let held: Vec<u32> = self
             .containers
-            .values()
-            .filter(|r| r.egress.is_some_and(|e| e.active && !e.netns))
-            .map(|r| r.handle.classid())
+            .iter()
+            .filter(|(id, r)| {
+                r.egress.is_some_and(|e| e.active && !e.netns) || self.pending.contains(id)
+            })
+            .map(|(_, r)| r.handle.classid())
             .collect();
         let report = egress.shaper.remove_unclaimed(|c| held.contains(&c));
         for classid in report.removed {
