@@ -260,7 +260,12 @@ pub trait Isolator: Send {
     }
 
     /// Re-adopts live containers from persisted state; cleans up what belongs to
-    /// orphans and to containers that no longer exist.
+    /// orphans and to containers that no longer exist. Fails only when the
+    /// isolator as a whole cannot work (its state directory cannot be listed):
+    /// one container's trouble (an unreadable record, a busy cgroup, a kernel
+    /// object that cannot be removed) is logged, counted in
+    /// [`RecoveryCounters`] and retried later ([`PendingCleanups`]), since a
+    /// failed `recover()` stops the agent.
     fn recover(
         &mut self,
         containers: &[RecoveredContainer],

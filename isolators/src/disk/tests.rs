@@ -996,3 +996,43 @@ fn the_default_range_outlasts_a_week_of_launches_even_without_reclaim() {
         allocator.free()
     );
 }
+
+#[test]
+fn an_unreadable_record_is_its_containers_trouble_only() {
+    let f = fixture(FakeKernel::xfs());
+    let specs: Vec<ContainerSpec> = ["a", "b", "c"]
+        .iter()
+        .map(|n| f.spec(&[n], Some(10.0), &[]))
+        .collect();
+    {
+        let mut iso = f.isolator();
+        for s in &specs {
+            iso.prepare(s).unwrap();
+        }
+    }
+    // b's record is torn (b lives on), c's is garbage (c vanished).
+    let state = f.dir.path().join("state/disk");
+    fs::write(state.join("b.json"), b"{\"boot_id\":\"").unwrap();
+    fs::write(state.join("c.json"), b"\0").unwrap();
+    let mut iso = f.isolator();
+    iso.recover(&[alive(&specs[0]), alive(&specs[1])], &[])
+        .unwrap();
+    let failures = iso.counters().recover_failures.load(Ordering::Relaxed);
+    assert_eq!(failures, 2);
+    assert!(matches!(
+        iso.backend(&specs[0].id),
+        Some(Backend::Quota { project: 5000, .. })
+    ));
+    // b is adopted as a container without state: its sandbox gets an id again,
+    // saved over the torn record.
+    let Some(Backend::Quota { project, .. }) = iso.backend(&specs[1].id) else {
+        panic!("b not adopted");
+    };
+    assert_eq!(f.kernel.id_of(&specs[1].sandbox), project);
+    assert!(StateStore::open(&f.dir.path().join("state"), "disk")
+        .unwrap()
+        .load::<Record>(&specs[1].id)
+        .unwrap()
+        .is_some());
+    assert!(!state.join("c.json").exists());
+}
