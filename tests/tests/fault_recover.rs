@@ -382,6 +382,58 @@ fn net_cls_recover_survives_a_corrupt_state_file_of_one_of_three_containers() {
     assert_eq!(iso.free_handles(), 16);
 }
 
+#[test]
+fn net_cls_recover_survives_state_whose_cgroup_vanished() {
+    if !rein_tests::require_root("net_cls_recover_survives_state_whose_cgroup_vanished") {
+        return;
+    }
+    let _serial = serial();
+    let h = net_cls_mount::net_cls_hierarchy();
+    let root_name = format!("rein-fr-{}-vanished", std::process::id());
+    let root = RootGuard::new(&h, &root_name);
+    let state = tempfile::tempdir().unwrap();
+    let common = common(&root_name, state.path());
+    let mut sleeper = Sleeper::spawn();
+    let names = ["a", "gone", "lost"];
+    let mut iso = net_cls_isolator(&h, &common);
+    for name in names {
+        iso.prepare(&spec(name, state.path())).unwrap();
+    }
+    iso.isolate(&top("a"), sleeper.pid()).unwrap();
+    let handles: Vec<_> = names.iter().map(|n| iso.handle(&top(n)).unwrap()).collect();
+    drop(iso);
+    // Someone removed two cgroups behind the agent's back: "gone" is unknown to
+    // the agent now, "lost" is still running (its cgroup must come back).
+    for name in ["gone", "lost"] {
+        root.0.child(name).remove().unwrap();
+    }
+
+    let mut iso = net_cls_isolator(&h, &common);
+    iso.recover(
+        &[live("a", sleeper.pid()), live("lost", sleeper.pid())],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("a vanished cgroup failed the whole recovery: {e}"));
+    let counters = iso.counters();
+    assert_eq!(counters.cleanups_pending, 0, "{counters:?}");
+    assert_eq!(iso.handle(&top("a")), Some(handles[0]));
+    assert_eq!(iso.handle(&top("lost")), Some(handles[2]));
+    assert_eq!(
+        root.0.child("lost").read("net_cls.classid").unwrap().trim(),
+        handles[2].classid().to_string(),
+        "the live container's cgroup is recreated with its classid"
+    );
+    assert!(!state_file(state.path(), "net_cls", "gone").exists());
+    assert_eq!(iso.free_handles(), 14);
+
+    sleeper.kill();
+    for name in ["a", "lost"] {
+        iso.cleanup(&top(name)).unwrap();
+    }
+    assert_eq!(root.groups(), Vec::<String>::new());
+    assert_eq!(iso.free_handles(), 16);
+}
+
 fn class_ids(pair: &NetPair) -> Vec<String> {
     let mut ids: Vec<String> = pair
         .client_tc(&["class", "show", "dev", CLIENT_DEV])
