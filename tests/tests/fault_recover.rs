@@ -7,6 +7,8 @@
 
 #[path = "support/egress_net.rs"]
 mod egress_net;
+#[path = "support/fresh_mount_ns.rs"]
+mod fresh_mount_ns;
 #[path = "support/net_cls_mount.rs"]
 mod net_cls_mount;
 
@@ -17,7 +19,7 @@ use std::sync::{Barrier, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rein_core::cgroupfs::{cgroup_mounts, Cgroup, Hierarchy, Version};
+use rein_core::cgroupfs::{Cgroup, Hierarchy};
 use rein_core::params::CommonParams;
 use rein_core::state::StateStore;
 use rein_core::{ContainerId, ContainerSpec, Isolator, RecoveredContainer};
@@ -25,6 +27,7 @@ use rein_isolators::blkio::{BlkioIsolator, Policy, SystemResolver};
 use rein_isolators::net_cls::{HandleAllocator, NetClsIsolator};
 
 use egress_net::{in_netns, labelled_spec, shaping_params, NetPair, CLIENT_DEV};
+use fresh_mount_ns::{net_cls_mounts, unmount_all, without_net_cls_mounted, THREAD_MOUNTINFO};
 
 /// The tests share hierarchies and the mount table: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -553,49 +556,6 @@ fn egress_recover_survives_classes_the_kernel_refuses_to_remove() {
     iso.cleanup(&top("live")).unwrap();
     assert_eq!(class_ids(&pair), tree);
     assert_eq!(root.groups(), Vec::<String>::new());
-}
-
-/// Runs `f` on a thread with its own mount namespace, where no net_cls
-/// hierarchy is mounted (as on a fresh machine); the host's mounts are untouched.
-/// Threads `f` starts share that namespace.
-fn without_net_cls_mounted<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
-            nix::mount::mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .expect("making our mounts private");
-            for m in net_cls_mounts() {
-                nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH)
-                    .unwrap_or_else(|e| panic!("unmounting {} in our namespace: {e}", m.display()));
-            }
-            assert!(net_cls_mounts().is_empty());
-            f()
-        })
-        .join()
-        .expect("mount namespace thread panicked")
-    })
-}
-
-const THREAD_MOUNTINFO: &str = "/proc/thread-self/mountinfo";
-
-fn net_cls_mounts() -> Vec<PathBuf> {
-    cgroup_mounts(Path::new(THREAD_MOUNTINFO))
-        .unwrap()
-        .into_iter()
-        .filter(|m| m.version == Version::V1 && m.controllers.iter().any(|c| c == "net_cls"))
-        .map(|m| m.mount_point)
-        .collect()
-}
-
-/// Unmounts everything stacked at `target`.
-fn unmount_all(target: &Path) {
-    while nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
 }
 
 /// Several starters at once, `rounds` times, each round on a fresh mount point:
