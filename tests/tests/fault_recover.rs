@@ -244,6 +244,94 @@ fn net_cls_recover_survives_a_cgroup_kept_busy_by_a_live_process() {
     assert_eq!(iso.free_handles(), 16);
 }
 
+/// Thaws a freezer cgroup on drop.
+struct Thaw<'a>(&'a Cgroup);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.write("freezer.state", "THAWED");
+    }
+}
+
+/// A process's state letter in `/proc/<pid>/stat` (`D`: uninterruptible).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn net_cls_recover_survives_a_process_stuck_in_d_state() {
+    const TEST: &str = "net_cls_recover_survives_a_process_stuck_in_d_state";
+    if !rein_tests::require_root(TEST) {
+        return;
+    }
+    // The v1 freezer holds a task in the uninterruptible state ("D"), where not
+    // even SIGKILL ends it: the closest real stand-in for a task stuck on I/O.
+    let Some(freezer) = Hierarchy::find_v1(Path::new("/proc/self/mountinfo"), "freezer").unwrap()
+    else {
+        rein_tests::skip(TEST, "no cgroup v1 freezer hierarchy is mounted");
+        return;
+    };
+    let _serial = serial();
+    let h = net_cls_mount::net_cls_hierarchy();
+    let root_name = format!("rein-fr-{}-dstate", std::process::id());
+    let root = RootGuard::new(&h, &root_name);
+    let ice = RootGuard::new(&freezer, &root_name);
+    let state = tempfile::tempdir().unwrap();
+    let common = common(&root_name, state.path());
+    let mut alive = Sleeper::spawn();
+    let mut stuck = Sleeper::spawn();
+    let mut iso = net_cls_isolator(&h, &common);
+    for (name, s) in [("a", &alive), ("stuck", &stuck)] {
+        iso.prepare(&spec(name, state.path())).unwrap();
+        iso.isolate(&top(name), s.pid()).unwrap();
+    }
+    drop(iso);
+    ice.0.create().unwrap();
+    ice.0.add_process(stuck.pid()).unwrap();
+    // Dropped before the sleepers: a failing test never waits on a frozen process.
+    let _thaw = Thaw(&ice.0);
+    ice.0.write("freezer.state", "FROZEN").unwrap();
+    let pid = stuck.pid();
+    wait_until(
+        "the process frozen in D state",
+        30,
+        &mut (),
+        |()| proc_state(pid) == Some('D'),
+        |()| format!("state {:?}", proc_state(pid)),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(proc_state(pid), Some('D'), "SIGKILL does not end it");
+
+    let mut iso = net_cls_isolator(&h, &common);
+    let recovered = iso.recover(&[live("a", alive.pid())], &[]);
+    // Thaw before asserting, so a failure leaves nothing frozen behind.
+    let pending = iso.pending_cleanups();
+    ice.0.write("freezer.state", "THAWED").unwrap();
+    stuck.kill();
+    recovered.unwrap_or_else(|e| panic!("a process in D state failed the whole recovery: {e}"));
+    assert!(iso.handle(&top("a")).is_some());
+    assert_eq!(pending.len(), 1, "{pending:?} {:?}", iso.counters());
+    assert!(pending[0].1.contains(&pid.to_string()), "{pending:?}");
+
+    wait_until(
+        "the stuck container cleaned by a retry once thawed",
+        30,
+        &mut iso,
+        |iso| iso.retry_cleanups() == 0,
+        |iso| format!("{:?} {:?}", iso.counters(), iso.pending_cleanups()),
+    );
+    assert!(!root.0.child("stuck").exists());
+    assert_eq!(iso.counters().cleanups_retried, 1);
+    alive.kill();
+    iso.cleanup(&top("a")).unwrap();
+    assert_eq!(root.groups(), Vec::<String>::new());
+}
+
 #[test]
 fn blkio_v1_recover_survives_a_busy_cgroup_and_cleans_it_at_a_later_recover() {
     const TEST: &str = "blkio_v1_recover_survives_a_busy_cgroup_and_cleans_it_at_a_later_recover";
