@@ -646,6 +646,50 @@ fn egress_recover_survives_classes_the_kernel_refuses_to_remove() {
     assert_eq!(root.groups(), Vec::<String>::new());
 }
 
+#[test]
+fn egress_recover_survives_its_device_deleted_behind_its_back() {
+    if !rein_tests::require_root("egress_recover_survives_its_device_deleted_behind_its_back") {
+        return;
+    }
+    let _serial = serial();
+    let pair = NetPair::new("fr-dev");
+    let h = net_cls_mount::net_cls_hierarchy();
+    let root_name = format!("rein-fr-{}-device", std::process::id());
+    let root = RootGuard::new(&h, &root_name);
+    let state = tempfile::tempdir().unwrap();
+    let params = shaping_params(&root_name, state.path(), "net_cls");
+    let isolator = || {
+        in_netns(&pair.client, || NetClsIsolator::from_params(&params))
+            .unwrap_or_else(|e| panic!("creating the isolator: {e}"))
+    };
+    let mut sleeper = Sleeper::spawn_in(&pair);
+    {
+        let mut iso = isolator();
+        for (name, rate) in [("live", "10mbit"), ("vanished", "20mbit")] {
+            iso.prepare(&labelled_spec(name, &[("rein.net.egress.rate", rate)]))
+                .unwrap();
+        }
+        iso.isolate(&top("live"), sleeper.pid()).unwrap();
+    } // The agent restarts ...
+    let mut iso = isolator();
+    // ... and the shaped device goes away before recovery reaches it: every
+    // netlink request on it now fails (ENODEV).
+    egress_net::ip(&["-n", &pair.client, "link", "del", CLIENT_DEV]);
+    iso.recover(&[live("live", sleeper.pid())], &[])
+        .unwrap_or_else(|e| panic!("a deleted device failed the whole recovery: {e}"));
+    let counters = iso.counters();
+    assert!(iso.handle(&top("live")).is_some(), "{counters:?}");
+    assert_eq!(
+        counters.recover_failures, 1,
+        "the live container's class could not be set again: {counters:?}"
+    );
+    assert_eq!(counters.cleanups_pending, 0, "{counters:?}");
+    assert!(!state_file(state.path(), "net_cls", "vanished").exists());
+    sleeper.kill();
+    iso.cleanup(&top("live")).unwrap();
+    assert_eq!(root.groups(), Vec::<String>::new());
+}
+
 /// Several starters at once, `rounds` times, each round on a fresh mount point:
 /// every one must succeed and see net_cls mounted.
 fn race<T: Send>(

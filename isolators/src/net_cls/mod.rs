@@ -274,10 +274,15 @@ impl NetClsIsolator {
         for id in self.pending.due() {
             let _ = self.release_or_retry(&id, false);
         }
-        for key in self.stale_classes.due() {
-            match key {
-                StaleClass::Scan => self.remove_unclaimed_classes(),
-                StaleClass::Class(classid) => self.retry_stale_class(classid),
+        let due = self.stale_classes.due();
+        if due.contains(&StaleClass::Scan) {
+            // A sweep retries every unclaimed class as well.
+            self.remove_unclaimed_classes();
+        } else {
+            for key in due {
+                if let StaleClass::Class(classid) = key {
+                    self.retry_stale_class(classid);
+                }
             }
         }
         self.pending.len() + self.stale_classes.len()
