@@ -267,6 +267,59 @@ fn a_stalled_parser_is_reported_and_resumes() {
 }
 
 #[test]
+fn a_stalled_sink_is_reported_and_resumes() {
+    let test = "a_stalled_sink_is_reported_and_resumes";
+    let Some(es) = EsServer::start() else {
+        return skip(
+            test,
+            "osmem-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "es_url = http://{}\nes_index = rein-stall-%Y.%m.%d\nes_batch_records = 200\nthread_stall_timeout = 1s",
+            es.addr
+        ),
+        &[("REIN_FAULT_STALL", "sink:2:3000")],
+    );
+    let m = sh.module();
+    let n = 3000u64;
+    let sandbox = d.path().join("k0");
+    let mut c = run_container(
+        &m,
+        &spec("k0", &sandbox, &[("rein.log.multiline", "off")]),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "1000",
+            "--prefix",
+            "k0",
+        ],
+    );
+    wait_for(
+        &sh,
+        "the sink stall reported",
+        Duration::from_secs(30),
+        || reader(&sh, "thread_stalls_sink") >= 1,
+    );
+    wait_exit(&sh, "k0", &mut c, Duration::from_secs(60));
+    let index = format!("rein-stall-{}", common::today());
+    wait_for(
+        &sh,
+        "every line in Elasticsearch",
+        Duration::from_secs(60),
+        || es.count(&index) >= n,
+    );
+    let c = sh.counters();
+    eprintln!("counters: {c}");
+    let got = seqs_of(&es.messages(&index).join("\n"));
+    check_lines(&got, &[("k0", n)], true).unwrap_or_else(|e| panic!("{e}; counters: {c}"));
+}
+
+#[test]
 fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing() {
     let test = "a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing";
     if !common::is_root() {
