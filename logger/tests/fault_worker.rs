@@ -221,6 +221,16 @@ fn panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once() {
     let got = seqs_of(&es.messages(&index).join("\n"));
     let expected: Vec<(&str, u64)> = names.iter().map(|p| (*p, n)).collect();
     check_lines(&got, &expected, true).unwrap_or_else(|e| panic!("{e}; counters: {c}"));
+    // The counters add up: every line read once, buffered once, acknowledged once.
+    wait_for(
+        &sh,
+        "every record acknowledged",
+        Duration::from_secs(10),
+        || sh.counters()["buffers"]["elasticsearch"]["acked_records"].as_u64() == Some(2 * n),
+    );
+    for k in ["lines_read", "records_buffered"] {
+        assert_eq!(reader(&sh, k), 2 * n, "{k}: {}", sh.counters());
+    }
     assert_eq!(
         sh.worker_pid(),
         pid,
