@@ -169,6 +169,7 @@ pub struct Worker {
     peek: Vec<u8>,
     last_counters: Instant,
     parser_live: Liveness,
+    counters_failing: bool,
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
@@ -290,6 +291,7 @@ impl Worker {
             peek: vec![0u8; 64 * 1024],
             last_counters: Instant::now(),
             parser_live: Liveness::new("parser"),
+            counters_failing: false,
             burst: BurstState::new(BurstPolicy {
                 bytes: cfg.parser_burst_bytes.min(cfg.max_unparsed_bytes / 2),
                 time: cfg.parser_burst_time,
@@ -951,7 +953,7 @@ impl Worker {
         }
     }
 
-    fn write_counters(&self) {
+    fn write_counters(&mut self) {
         let unparsed: u64 = self
             .containers
             .values()
@@ -972,8 +974,17 @@ impl Worker {
             .map(|(k, s)| (k.name(), s.stats.as_ref()))
             .collect();
         let v = counters::snapshot(&self.counters, &buffers, &sinks);
-        if let Err(e) = counters::write(&self.cfg.state_dir, &v) {
-            tracing::warn!("writing counters: {e}");
+        // Logged when it starts and stops failing, not every second.
+        match counters::write(&self.cfg.state_dir, &v) {
+            Err(e) if !self.counters_failing => {
+                tracing::warn!("writing counters: {e}");
+                self.counters_failing = true;
+            }
+            Ok(()) if self.counters_failing => {
+                tracing::info!("writing counters again");
+                self.counters_failing = false;
+            }
+            _ => {}
         }
     }
 
