@@ -133,6 +133,17 @@ impl SmallFs {
         let _ = f.sync_all();
     }
 
+    fn resize(&self, size: &str) {
+        nix::mount::mount(
+            None::<&str>,
+            &self.0,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT,
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+    }
+
     /// Frees the space again.
     fn free(&self) {
         std::fs::remove_file(self.0.join("filler")).unwrap();
@@ -415,6 +426,70 @@ fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing()
     drop(sh);
     let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
     check_lines(&got, &[("adopted", n), ("registered", n)], false)
+        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {c}"));
+}
+
+#[test]
+fn a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox() {
+    let test = "a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox";
+    if !common::is_root() {
+        return skip(test, "needs root (mounts a tmpfs)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let sandbox = d.path().join("sandbox");
+    let fs = SmallFs::mount(&sandbox, "1m");
+    let sh = Shipper::start(
+        d.path(),
+        &format!("{NO_ES}\nrotate_max_bytes = 256KiB\nrotate_keep = 1000"),
+    );
+    let m = sh.module();
+    // 3 MB of output into a 1 MiB sandbox: the reader stalls with bytes staged.
+    let n = 15_000u64;
+    let mut c = run_container(
+        &m,
+        &spec("full", &sandbox, &[("rein.log.multiline", "off")]),
+        &["--lines", &n.to_string(), "--prefix", "full"],
+    );
+    wait_for(
+        &sh,
+        "a sandbox write error",
+        Duration::from_secs(20),
+        || reader(&sh, "write_errors") > 0,
+    );
+    // Not a byte of room left; a new worker must write the staged bytes
+    // first and cannot: it waits too.
+    fs.fill();
+    sh.kill_worker();
+    // Counters of the new worker only.
+    let _ = std::fs::remove_file(d.path().join("state/counters.json"));
+    wait_for(
+        &sh,
+        "the new worker waiting on the sandbox",
+        Duration::from_secs(20),
+        || reader(&sh, "write_errors") > 0 && reader(&sh, "containers_live") == 1,
+    );
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the container should wait on its full pipe"
+    );
+    fs.resize("16m");
+    wait_exit(&sh, "full", &mut c, Duration::from_secs(60));
+    sh.wait_idle(Duration::from_secs(60));
+    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
+    let c = sh.counters();
+    let got = seqs_of(&text);
+    assert_eq!(
+        got.iter().map(|(_, s)| *s).collect::<Vec<u64>>(),
+        (0..n).collect::<Vec<u64>>(),
+        "the sandbox file holds every line once, in order; counters: {c}"
+    );
+    assert!(
+        !d.path().join("state/unregistered").exists(),
+        "the container must stay in its sandbox; counters: {c}"
+    );
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    check_lines(&got, &[("full", n)], false)
         .unwrap_or_else(|e| panic!("buffer: {e}; counters: {c}"));
 }
 

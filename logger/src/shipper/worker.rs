@@ -88,6 +88,10 @@ struct Container {
     finished: Arc<AtomicBool>,
     /// State the state directory did not take yet (retried every second).
     unsaved: Unsaved,
+    /// The previous worker's staging pipes while their bytes are not all in
+    /// the files (the sandbox disk refused them): the container's pipes are
+    /// not read until they are, and the supervisor holds these.
+    old_stages: Option<Vec<OwnedFd>>,
 }
 
 /// A container's state that could not be saved when it was attached (a full
@@ -482,15 +486,11 @@ impl Worker {
             streams.push(st);
             parse_streams.push(ps);
         }
+        // The previous worker's staged bytes go first. A sandbox disk that
+        // refuses them (full, say) makes the container wait, as while running.
+        let mut undrained = false;
         for (st, old) in streams.iter_mut().zip(&old_stages) {
-            let n = st.drain(old).map_err(io_err(st.path.display()))?;
-            if n > 0 {
-                tracing::info!(
-                    container = reg.key,
-                    bytes = n,
-                    "wrote out the previous worker's staged bytes"
-                );
-            }
+            undrained |= !self.write_out_stage(&reg.key, st, old);
         }
         // Nothing below fails: the supervisor holds the pipes from here on.
         let mut unsaved = Unsaved {
@@ -509,7 +509,19 @@ impl Worker {
                 .containers_state_unsaved
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.hand_to_supervisor(&reg.key, &mut streams);
+        let old_stages = if undrained {
+            // The supervisor keeps the old staging pipes until they are written out.
+            let mut fds: Vec<RawFd> = streams
+                .iter()
+                .filter_map(|s| s.pipe.as_ref().map(AsRawFd::as_raw_fd))
+                .collect();
+            fds.extend(old_stages.iter().map(AsRawFd::as_raw_fd));
+            send_add(&self.control, &reg.key, &fds);
+            Some(old_stages)
+        } else {
+            hand_to_supervisor(&self.control, &reg.key, &mut streams);
+            None
+        };
         let id = self.next_id;
         self.next_id += 1;
         let rate = reg.options.rate_limit;
@@ -527,6 +539,7 @@ impl Worker {
             }),
             finished: finished.clone(),
             unsaved,
+            old_stages,
         };
         self.parser.add(ParseJob::new(
             reg.key.clone(),
@@ -538,7 +551,7 @@ impl Worker {
             finished,
         ));
         for (i, st) in c.streams.iter_mut().enumerate() {
-            if let Some(p) = &st.pipe {
+            if let Some(p) = st.pipe.as_ref().filter(|_| c.old_stages.is_none()) {
                 // Not armed: the next tick tries again.
                 match epoll_ctl(
                     &self.epoll,
@@ -642,36 +655,60 @@ impl Worker {
             .map(|_| ())
     }
 
-    /// Gives the supervisor duplicates of both pipes and of new staging pipes
-    /// (created here), so that neither dies with this process. Without a
-    /// staging pipe for both streams, the streams splice straight into the file.
-    fn hand_to_supervisor(&self, key: &str, streams: &mut [StreamState]) {
-        let stages: Vec<_> = streams.iter().map(|_| stream::stage_pipe()).collect();
-        let mut fds: Vec<RawFd> = streams
-            .iter()
-            .filter_map(|s| s.pipe.as_ref().map(AsRawFd::as_raw_fd))
-            .collect();
-        if stages.iter().all(Result::is_ok) {
-            for (st, stage) in streams.iter_mut().zip(stages) {
-                st.stage = stage.ok();
+    /// Writes out a previous worker's staging pipe `old` into `st`'s file;
+    /// false if the file refused it (retried by the tick).
+    fn write_out_stage(&self, key: &str, st: &mut StreamState, old: &OwnedFd) -> bool {
+        match st.drain(old) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        container = key,
+                        bytes = n,
+                        "wrote out the previous worker's staged bytes"
+                    );
+                }
+                st.stalled = None;
+                true
             }
-            fds.extend(
-                streams
-                    .iter()
-                    .filter_map(|s| s.stage.as_ref().map(|(r, _)| r.as_raw_fd())),
-            );
-        } else {
-            tracing::warn!(
-                container = key,
-                "no staging pipes: splicing straight into the files"
-            );
+            Err(e) => {
+                let d = st.stall();
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %st.path.display(), "writing the previous worker's staged bytes: {e}; retrying in {d:?} (the container's pipe is not read until then)");
+                false
+            }
         }
-        if let Err(e) =
-            proto::send_with_fds(self.control.as_fd(), format!("add\n{key}").as_bytes(), &fds)
-        {
-            tracing::error!(
-                "supervisor unreachable ({e}): a restart of this worker would close container {key}"
-            );
+    }
+
+    /// Retries the staged bytes of a previous worker; once all are written,
+    /// the container is read again with staging pipes of this worker.
+    fn retry_old_stages(&mut self) {
+        let ids: Vec<u64> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| {
+                c.old_stages.is_some() && !c.streams.iter().any(StreamState::stalled_now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(mut c) = self.containers.remove(&id) else {
+                continue;
+            };
+            let olds = c.old_stages.take().unwrap_or_default();
+            let mut done = true;
+            for (st, old) in c.streams.iter_mut().zip(&olds) {
+                done &= self.write_out_stage(&c.key, st, old);
+            }
+            if done {
+                tracing::info!(
+                    container = c.key,
+                    "the previous worker's staged bytes are written: reading again"
+                );
+                hand_to_supervisor(&self.control, &c.key, &mut c.streams);
+            } else {
+                c.old_stages = Some(olds);
+            }
+            self.containers.insert(id, c);
         }
     }
 
@@ -759,6 +796,15 @@ impl Worker {
         let Some(c) = self.containers.get_mut(&id) else {
             return;
         };
+        if c.old_stages.is_some() {
+            // Older bytes first: not read until the tick has written them out.
+            let st = &mut c.streams[idx];
+            if let Some(p) = st.pipe.as_ref().filter(|_| st.armed) {
+                let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, p.as_raw_fd(), 0);
+                st.armed = false;
+            }
+            return;
+        }
         let rotate_max = self.cfg.rotate_max_bytes;
         let max_lag = self.cfg.max_unparsed_bytes;
         let mut moved = 0u64;
@@ -867,6 +913,7 @@ impl Worker {
     }
 
     fn tick(&mut self) {
+        self.retry_old_stages();
         let mut finished = Vec::new();
         let max_lag = self.cfg.max_unparsed_bytes;
         let mut most_behind = 0u64;
@@ -889,7 +936,11 @@ impl Worker {
             for (i, st) in c.streams.iter_mut().enumerate() {
                 let lag = st.shared.lag();
                 most_behind = most_behind.max(lag);
-                let blocked = c.paused || limited || lag >= max_lag || st.stalled_now();
+                let blocked = c.paused
+                    || limited
+                    || lag >= max_lag
+                    || st.stalled_now()
+                    || c.old_stages.is_some();
                 if let Some(p) = st.pipe.as_ref().filter(|_| !st.armed && !blocked) {
                     let token = id * 2 + i as u64;
                     if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, p.as_raw_fd(), token).is_ok() {
@@ -1134,6 +1185,42 @@ fn start_sink<S: Send + 'static>(
             live: Liveness::new(thread),
         },
     ))
+}
+
+/// Gives the supervisor duplicates of both pipes and of new staging pipes
+/// (created here), so that neither dies with this process. Without a
+/// staging pipe for both streams, the streams splice straight into the file.
+fn hand_to_supervisor(control: &OwnedFd, key: &str, streams: &mut [StreamState]) {
+    let stages: Vec<_> = streams.iter().map(|_| stream::stage_pipe()).collect();
+    let mut fds: Vec<RawFd> = streams
+        .iter()
+        .filter_map(|s| s.pipe.as_ref().map(AsRawFd::as_raw_fd))
+        .collect();
+    if stages.iter().all(Result::is_ok) {
+        for (st, stage) in streams.iter_mut().zip(stages) {
+            st.stage = stage.ok();
+        }
+        fds.extend(
+            streams
+                .iter()
+                .filter_map(|s| s.stage.as_ref().map(|(r, _)| r.as_raw_fd())),
+        );
+    } else {
+        tracing::warn!(
+            container = key,
+            "no staging pipes: splicing straight into the files"
+        );
+    }
+    send_add(control, key, &fds);
+}
+
+/// Tells the supervisor to hold `fds` for container `key` (replacing what it held).
+fn send_add(control: &OwnedFd, key: &str, fds: &[RawFd]) {
+    if let Err(e) = proto::send_with_fds(control.as_fd(), format!("add\n{key}").as_bytes(), fds) {
+        tracing::error!(
+            "supervisor unreachable ({e}): a restart of this worker would close container {key}"
+        );
+    }
 }
 
 /// A container key as the module makes them (a flat, reversible file name).
