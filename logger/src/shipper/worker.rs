@@ -333,7 +333,8 @@ impl Worker {
             };
             let key = key.to_string();
             if !matches!(fds.len(), 2 | 4) || !valid_key(&key) {
-                self.release(&key, &format!("{} descriptors", fds.len()));
+                let why = format!("bad key or {} descriptors", fds.len());
+                self.release(&key, &why);
                 continue;
             }
             self.adopt_one(&key, fds);
