@@ -136,6 +136,7 @@ impl SinkHandle {
         [
             &s.requests,
             &s.failed_requests,
+            &s.retried,
             &s.dead_lettered,
             &self.wal.stats.acked_records,
         ]
