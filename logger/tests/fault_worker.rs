@@ -653,3 +653,77 @@ fn registrations_written_by_the_previous_version_are_adopted() {
     let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
     check_lines(&seqs_of(&text), &[("c-v1", n)], true).unwrap();
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_panic_in_the_redis_sink_thread_ships_every_line_once() {
+    use common::redis_server::{xlen, xrange, RedisServer};
+    let test = "a_panic_in_the_redis_sink_thread_ships_every_line_once";
+    let Some(srv) = RedisServer::start(0, &[]) else {
+        return skip(
+            test,
+            "redis-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "redis_url = {}\nredis_stream = rein-default\nredis_backoff_max = 300ms\nredis_batch_records = 200\npartial_flush = 300ms",
+            srv.url()
+        ),
+        &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
+    );
+    let pid = sh.worker_pid();
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            sh.socket.display().to_string(),
+        ),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,redis,none".to_string(),
+        ),
+    ])
+    .unwrap();
+    let n = 3000u64;
+    let labels = [("rein.log.sink", "redis"), ("rein.log.multiline", "off")];
+    let mut c = run_container(
+        &m,
+        &spec("r1", &d.path().join("r1"), &labels),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "1500",
+            "--prefix",
+            "r1",
+        ],
+    );
+    wait_exit(&sh, "r1", &mut c, Duration::from_secs(60));
+    let mut con = srv.conn();
+    wait_for(
+        &sh,
+        "every line in the Redis stream",
+        Duration::from_secs(60),
+        || xlen(&mut con, "rein-default") >= n,
+    );
+    wait_for(
+        &sh,
+        "both sink panics counted",
+        Duration::from_secs(10),
+        || reader(&sh, "thread_panics_sink") == 2,
+    );
+    let counters = sh.counters();
+    eprintln!("counters: {counters}");
+    let got: Vec<(String, u64)> = xrange(&mut con, "rein-default")
+        .iter()
+        .flat_map(|e| {
+            let doc = &e.1.iter().find(|(k, _)| k == "doc").unwrap().1;
+            let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
+            seqs_of(v["message"].as_str().unwrap())
+        })
+        .collect();
+    check_lines(&got, &[("r1", n)], true).unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
+    assert_eq!(sh.worker_pid(), pid, "a sink panic must not end the worker");
+}
