@@ -430,6 +430,65 @@ fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing()
 }
 
 #[test]
+fn a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_kill() {
+    let test = "a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_kill";
+    if !common::is_root() {
+        return skip(test, "needs root (mounts a tmpfs)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    // The whole state directory on a small file system, the disk buffer apart
+    // (a full buffer is another case).
+    let small = SmallFs::mount(&d.path().join("state"), "4m");
+    let _buffer = SmallFs::mount(&d.path().join("state/buffer"), "64m");
+    let sh = Shipper::start(d.path(), &format!("{NO_ES}\nstate_reserve_bytes = 512KiB"));
+    let m = sh.module();
+    small.fill();
+    let n = 6000u64;
+    let sandbox = d.path().join("kept");
+    let mut c = run_container(
+        &m,
+        &spec("kept", &sandbox, &[("rein.log.multiline", "off")]),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "2000",
+            "--prefix",
+            "kept",
+        ],
+    );
+    let state = d.path().join("state/containers/parent-1.kept");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("registration.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["key"], "parent-1.kept",
+        "saved from the reserve while full"
+    );
+    // Killed while the state directory is still full, then space returns.
+    let old = sh.worker_pid();
+    // SAFETY: kill(2) of a process this test started (through the supervisor).
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    small.free();
+    sh.wait_new_worker(old);
+    wait_exit(&sh, "kept", &mut c, Duration::from_secs(60));
+    sh.wait_idle(Duration::from_secs(60));
+    let counters = sh.counters();
+    eprintln!("counters: {counters}");
+    assert!(
+        !d.path().join("state/unregistered").exists(),
+        "the registration was lost: the output left the sandbox; counters: {counters}"
+    );
+    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
+    check_lines(&seqs_of(&text), &[("kept", n)], true)
+        .unwrap_or_else(|e| panic!("sandbox: {e}; counters: {counters}"));
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    check_lines(&got, &[("kept", n)], false)
+        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {counters}"));
+}
+
+#[test]
 fn a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox() {
     let test = "a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox";
     if !common::is_root() {

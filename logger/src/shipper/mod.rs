@@ -10,6 +10,7 @@ pub mod counters;
 pub mod parser;
 pub mod parser_sched;
 pub mod registration;
+pub mod reserve;
 pub mod stream;
 pub mod supervisor;
 pub mod threads;

@@ -18,6 +18,7 @@ use super::counters::{self, Counters};
 use super::parser::{Checkpoint, ParseJob, Parser, ParserConfig};
 use super::parser_sched::{self, BurstPolicy, BurstState};
 use super::registration::{self, Loaded};
+use super::reserve::Reserve;
 use super::stream::{self, FileRecord, ParseStream, Splice, StreamState};
 use super::threads::{self, Liveness};
 use super::ShipperConfig;
@@ -175,6 +176,8 @@ pub struct Worker {
     last_counters: Instant,
     parser_live: Liveness,
     counters_failing: bool,
+    /// Room for registrations and first checkpoints in a full state directory.
+    reserve: Reserve,
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
@@ -235,6 +238,7 @@ impl Worker {
         crate::private::create_dir(&cfg.state_dir.join("containers"))
             .map_err(io_err(cfg.state_dir.display()))?;
         threads::install_panic_log();
+        let reserve = Reserve::open(&cfg.state_dir, cfg.state_reserve_bytes);
         let counters = Arc::new(Counters::default());
         let mut sinks = Vec::new();
         if let Some(es_cfg) = &cfg.es {
@@ -297,6 +301,7 @@ impl Worker {
             last_counters: Instant::now(),
             parser_live: Liveness::new("parser"),
             counters_failing: false,
+            reserve,
             burst: BurstState::new(BurstPolicy {
                 bytes: cfg.parser_burst_bytes.min(cfg.max_unparsed_bytes / 2),
                 time: cfg.parser_burst_time,
@@ -359,7 +364,9 @@ impl Worker {
                     let copy = dir.join(registration::COPY);
                     if !copy.exists() {
                         if let Ok(b) = std::fs::read(dir.join(registration::FILE)) {
-                            let _ = crate::private::write_atomic(&copy, &b);
+                            let _ = self.reserve.save(&dir, b.len() as u64, || {
+                                crate::private::write_atomic(&copy, &b)
+                            });
                         }
                     }
                 }
@@ -501,7 +508,11 @@ impl Worker {
         };
         if first_checkpoint {
             let body = checkpoint_body(&parse_streams);
-            if let Err(e) = crate::private::write_atomic(&dir.join("checkpoint.json"), &body) {
+            let path = dir.join("checkpoint.json");
+            let saved = self.reserve.save(&dir, body.len() as u64, || {
+                crate::private::write_atomic(&path, &body)
+            });
+            if let Err(e) = saved {
                 self.state_unsaved(&reg.key, "checkpoint", &e);
                 unsaved.checkpoint = Some(body);
             }
@@ -644,9 +655,17 @@ impl Worker {
             return Err(format!("container {} is already registered", reg.key));
         }
         let dir = self.container_dir(&reg.key);
-        crate::private::create_dir(&dir).map_err(io_err(dir.display()))?;
+        self.reserve
+            .save(&self.cfg.state_dir, 4096, || {
+                crate::private::create_dir(&dir)
+            })
+            .map_err(io_err(dir.display()))?;
         // A full state directory does not refuse the container: it is saved later.
-        let unsaved = match registration::save(&dir, &msg) {
+        let need = 2 * msg.len() as u64;
+        let unsaved = match self
+            .reserve
+            .save(&dir, need, || registration::save(&dir, &msg))
+        {
             Ok(()) => None,
             Err(e) => {
                 self.state_unsaved(&reg.key, "registration", &e);
@@ -727,15 +746,24 @@ impl Worker {
     /// Retries the state the state directory did not take at attach.
     fn save_pending_state(&mut self) {
         let mut left = 0u64;
+        let reserve = &self.reserve;
         for c in self.containers.values_mut() {
             if let Some(msg) = &c.unsaved.registration {
-                if registration::save(&c.dir, msg).is_ok() {
+                let need = 2 * msg.len() as u64;
+                if reserve
+                    .save(&c.dir, need, || registration::save(&c.dir, msg))
+                    .is_ok()
+                {
                     c.unsaved.registration = None;
                 }
             }
             if let Some(body) = &c.unsaved.checkpoint {
                 // The parser's own checkpoint, once saved, is newer: kept.
-                if write_new(&c.dir.join("checkpoint.json"), body).is_ok() {
+                let path = c.dir.join("checkpoint.json");
+                if reserve
+                    .save(&c.dir, body.len() as u64, || write_new(&path, body))
+                    .is_ok()
+                {
                     c.unsaved.checkpoint = None;
                 }
             }
@@ -977,6 +1005,7 @@ impl Worker {
         }
         if self.last_counters.elapsed() >= Duration::from_secs(1) {
             self.save_pending_state();
+            self.reserve.top_up();
             self.check_threads();
             self.write_counters();
             self.last_counters = Instant::now();
