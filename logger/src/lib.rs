@@ -2,6 +2,7 @@
 //! container as structured records, through a per-agent shipper with a disk
 //! buffer, to Elasticsearch (and keeps writing the sandbox files).
 
+pub mod fault;
 pub mod http;
 pub mod module;
 pub mod peercred;

@@ -66,10 +66,25 @@ pub struct MultilineSpec {
     pub timeout_ms: u64,
 }
 
+/// A sink name this version does not know (written by a newer one) reads as
+/// [`SinkKind::None`]: the container's output then goes to its sandbox files
+/// only, instead of the whole registration being unreadable.
+fn sink_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SinkKind, D::Error> {
+    let name = String::deserialize(d)?;
+    Ok(SinkKind::parse(&name).unwrap_or_else(|| {
+        tracing::warn!(
+            sink = name,
+            "unknown sink in a registration: sandbox files only"
+        );
+        SinkKind::None
+    }))
+}
+
 /// Per-container choices (labels / variables within operator caps).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerOptions {
     /// Destination.
+    #[serde(deserialize_with = "sink_or_none")]
     pub sink: SinkKind,
     /// Index pattern or topic; empty for the shipper's default.
     pub route: String,
@@ -79,11 +94,21 @@ pub struct ContainerOptions {
     pub rate_limit: u64,
 }
 
+/// Major version of the registration format (the module's message and the
+/// worker's `registration.json`). Within a major version fields are only
+/// added, each with a serde default, and readers ignore fields they do not
+/// know: a newer worker reads an older registration, an older worker of the
+/// same major version a newer one. An incompatible change takes a new major
+/// version.
+pub const REGISTRATION_VERSION: u32 = 1;
+
 /// A container registration: sent by the module with the read ends of the
-/// container's stdout and stderr pipes.
+/// container's stdout and stderr pipes; the worker keeps it as
+/// `registration.json` to take the container back after a restart.
+/// Fields added after version 1 must carry `#[serde(default)]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
-    /// Protocol version (1).
+    /// Major format version ([`REGISTRATION_VERSION`]).
     pub version: u32,
     /// Flat, reversible file name of the container id (state directory name).
     pub key: String,
@@ -158,5 +183,49 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> nix::Result<bool>
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod registration_format {
+    use super::*;
+
+    const V1: &str = include_str!("../tests/fixtures/registration-v1.json");
+    const V1_MULTILINE: &str = include_str!("../tests/fixtures/registration-v1-multiline.json");
+    const V1_NEWER: &str = include_str!("../tests/fixtures/registration-v1-newer.json");
+
+    #[test]
+    fn version_1_as_written_before_reads_unchanged() {
+        let r: Registration = serde_json::from_str(V1).unwrap();
+        assert_eq!(r.version, REGISTRATION_VERSION);
+        assert_eq!(r.key, "parent-1.c-v1");
+        assert_eq!(r.options.sink, SinkKind::Elasticsearch);
+        assert_eq!(r.sandbox, PathBuf::from("/SANDBOX"));
+        let m: Registration = serde_json::from_str(V1_MULTILINE).unwrap();
+        assert_eq!(m.options.sink, SinkKind::None);
+        assert_eq!(
+            m.options
+                .multiline
+                .as_ref()
+                .and_then(|s| s.pattern.as_deref()),
+            Some("^\\d")
+        );
+        // What this version writes reads back the same (and as version 1).
+        let again: Registration = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn fields_of_a_newer_version_are_ignored() {
+        let newer: Registration = serde_json::from_str(V1_NEWER).unwrap();
+        let v1: Registration = serde_json::from_str(V1).unwrap();
+        assert_eq!(newer, v1);
+    }
+
+    #[test]
+    fn an_unknown_sink_reads_as_sandbox_files_only() {
+        let s = V1.replace("\"elasticsearch\"", "\"loki\"");
+        let r: Registration = serde_json::from_str(&s).unwrap();
+        assert_eq!(r.options.sink, SinkKind::None);
     }
 }

@@ -37,6 +37,8 @@ pub const KEYS: &[&str] = &[
     "rotate_keep",
     "partial_flush",
     "checkpoint_interval",
+    "thread_stall_timeout",
+    "state_reserve_bytes",
     "host_name",
     "extra_fields",
     "max_timestamp_past",
@@ -125,6 +127,14 @@ pub struct ShipperConfig {
     pub partial_flush: Duration,
     /// `checkpoint_interval`: how often read offsets are saved (default 200ms).
     pub checkpoint_interval: Duration,
+    /// `thread_stall_timeout`: a worker thread (parser, sink) that makes no
+    /// progress this long while it has work is logged and counted as stalled
+    /// (default 2min, at least 1s).
+    pub thread_stall_timeout: Duration,
+    /// `state_reserve_bytes`: room kept allocated in `state_dir/reserve` for
+    /// registrations and first checkpoints when the state directory's file
+    /// system is full (default 4MiB, about 300 containers; `0B`: none).
+    pub state_reserve_bytes: u64,
     /// `host_name` and `extra_fields` (a JSON object) of every record.
     pub encode: EncodeOptions,
     /// `es_*`: the Elasticsearch sink, if `es_url` is set.
@@ -427,6 +437,11 @@ impl ShipperConfig {
             checkpoint_interval: p
                 .duration("checkpoint_interval")?
                 .unwrap_or(Duration::from_millis(200)),
+            thread_stall_timeout: p
+                .duration("thread_stall_timeout")?
+                .unwrap_or(Duration::from_secs(120))
+                .max(Duration::from_secs(1)),
+            state_reserve_bytes: p.bytes("state_reserve_bytes")?.unwrap_or(4 << 20),
             encode,
             es,
             cgroup: p.string("cgroup"),

@@ -46,6 +46,32 @@ pub struct Counters {
     /// Times the parser was switched to compete for CPU (a burst outgrew
     /// `parser_burst_bytes` or `parser_burst_time`).
     pub parser_promotions: AtomicU64,
+
+    // Thread containment and adoption (see `threads.rs` and the worker's
+    // `attach`/`adopt`).
+    /// Panics of the parser thread (it was restarted, state kept).
+    pub thread_panics_parser: AtomicU64,
+    /// Panics of sink threads (each was rebuilt from its buffer's cursor).
+    pub thread_panics_sink: AtomicU64,
+    /// Stalls of the parser: no progress for `thread_stall_timeout` with
+    /// bytes to parse.
+    pub thread_stalls_parser: AtomicU64,
+    /// Stalls of sink threads: no request and no acknowledgement for
+    /// `thread_stall_timeout` with records to ship.
+    pub thread_stalls_sink: AtomicU64,
+    /// Sink threads found ended and started again.
+    pub thread_restarts: AtomicU64,
+    /// Failed saves of a container's registration or first checkpoint (the
+    /// container stays attached; retried every second).
+    pub state_save_errors: AtomicU64,
+    /// Containers whose state is not saved yet (a gauge).
+    pub containers_state_unsaved: AtomicU64,
+    /// Adopted containers whose `registration.json` was unreadable (taken
+    /// back from the copy, or into sandbox files only).
+    pub registrations_unreadable: AtomicU64,
+    /// Adopted containers that could not be taken back and were released
+    /// to the supervisor (their sandbox is gone).
+    pub containers_released: AtomicU64,
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -121,6 +147,16 @@ pub fn snapshot(
             "parser_idle": load(&c.parser_idle),
             "parser_promotions": load(&c.parser_promotions),
             "sandbox_objects_refused": crate::sandbox::objects_refused(),
+            // Thread containment and adoption.
+            "thread_panics_parser": load(&c.thread_panics_parser),
+            "thread_panics_sink": load(&c.thread_panics_sink),
+            "thread_stalls_parser": load(&c.thread_stalls_parser),
+            "thread_stalls_sink": load(&c.thread_stalls_sink),
+            "thread_restarts": load(&c.thread_restarts),
+            "state_save_errors": load(&c.state_save_errors),
+            "containers_state_unsaved": load(&c.containers_state_unsaved),
+            "registrations_unreadable": load(&c.registrations_unreadable),
+            "containers_released": load(&c.containers_released),
         },
         "buffers": b,
         "sinks": k,

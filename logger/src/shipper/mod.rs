@@ -9,8 +9,11 @@ pub mod config;
 pub mod counters;
 pub mod parser;
 pub mod parser_sched;
+pub mod registration;
+pub mod reserve;
 pub mod stream;
 pub mod supervisor;
+pub mod threads;
 pub mod worker;
 
 pub use config::ShipperConfig;

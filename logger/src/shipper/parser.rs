@@ -202,7 +202,11 @@ impl Parser {
             .name("parser".into())
             .spawn(move || {
                 tid_set.store(super::parser_sched::current_tid(), Ordering::Release);
-                ctx.run();
+                // A panic restarts the loop with every stream where it was.
+                let (counters, stop) = (ctx.counters.clone(), ctx.stop.clone());
+                super::threads::contain("parser", &counters.thread_panics_parser, &stop, |_| {
+                    ctx.run();
+                });
             })
             .map_err(|e| format!("parser thread: {e}"))?;
         Ok(Parser {

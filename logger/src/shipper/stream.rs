@@ -749,6 +749,7 @@ impl ParseStream {
         flush: bool,
         out: &mut dyn FnMut(Encoded<'_>),
     ) -> std::io::Result<u64> {
+        crate::fault::point("parser");
         let now = Instant::now();
         let ms = now_ms();
         let mut done = 0u64;

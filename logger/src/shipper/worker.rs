@@ -10,14 +10,17 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::counters::{self, Counters};
-use super::parser::{save_checkpoint, write_atomic, Checkpoint, ParseJob, Parser, ParserConfig};
+use super::parser::{Checkpoint, ParseJob, Parser, ParserConfig};
 use super::parser_sched::{self, BurstPolicy, BurstState};
-use super::stream::{self, FileRecord, Splice, StreamState};
+use super::registration::{self, Loaded};
+use super::reserve::Reserve;
+use super::stream::{self, FileRecord, ParseStream, Splice, StreamState};
+use super::threads::{self, Liveness};
 use super::ShipperConfig;
 use crate::module::compile_pattern;
 use crate::proto::{self, MultilineSpec, Registration, SinkKind};
@@ -84,6 +87,37 @@ struct Container {
     bucket: Option<Bucket>,
     /// Set by the parser once everything is parsed and synced after EOF.
     finished: Arc<AtomicBool>,
+    /// State the state directory did not take yet (retried every second).
+    unsaved: Unsaved,
+    /// The previous worker's staging pipes while their bytes are not all in
+    /// the files (the sandbox disk refused them): the container's pipes are
+    /// not read until they are, and the supervisor holds these.
+    old_stages: Option<Vec<OwnedFd>>,
+}
+
+/// A container's state that could not be saved when it was attached (a full
+/// or failing state directory): the container is attached all the same.
+#[derive(Debug, Default)]
+struct Unsaved {
+    /// The registration message, for `registration.json` and its copy.
+    registration: Option<Vec<u8>>,
+    /// The first checkpoint (only written if the parser has not saved one).
+    checkpoint: Option<Vec<u8>>,
+}
+
+impl Unsaved {
+    fn any(&self) -> bool {
+        self.registration.is_some() || self.checkpoint.is_some()
+    }
+}
+
+/// Starts a sink's thread (again), with a new sink.
+struct SinkSpawner(Box<dyn Fn() -> std::io::Result<JoinHandle<()>> + Send>);
+
+impl std::fmt::Debug for SinkSpawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SinkSpawner")
+    }
 }
 
 #[derive(Debug)]
@@ -92,6 +126,34 @@ struct SinkHandle {
     stats: Arc<SinkStats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    spawn: SinkSpawner,
+    live: Liveness,
+}
+
+impl SinkHandle {
+    /// Moves whenever the sink sends, fails or acknowledges anything.
+    fn progress(&self) -> u64 {
+        let s = &self.stats;
+        [
+            &s.requests,
+            &s.failed_requests,
+            &s.retried,
+            &s.dead_lettered,
+            &self.wal.stats.acked_records,
+        ]
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .fold(0u64, u64::wrapping_add)
+    }
+
+    /// Records appended in this run and neither acknowledged nor dropped yet.
+    fn has_work(&self) -> bool {
+        let w = &self.wal.stats;
+        let done = w.acked_records.load(Ordering::Relaxed)
+            + w.dropped_records.load(Ordering::Relaxed)
+            + w.corrupt_records.load(Ordering::Relaxed);
+        w.appended_records.load(Ordering::Relaxed) > done
+    }
 }
 
 /// The worker process.
@@ -112,6 +174,10 @@ pub struct Worker {
     scratch: (OwnedFd, OwnedFd),
     peek: Vec<u8>,
     last_counters: Instant,
+    parser_live: Liveness,
+    counters_failing: bool,
+    /// Room for registrations and first checkpoints in a full state directory.
+    reserve: Reserve,
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
@@ -171,39 +237,47 @@ impl Worker {
             .map_err(io_err("epoll"))?;
         crate::private::create_dir(&cfg.state_dir.join("containers"))
             .map_err(io_err(cfg.state_dir.display()))?;
+        threads::install_panic_log();
+        let reserve = Reserve::open(&cfg.state_dir, cfg.state_reserve_bytes);
+        let counters = Arc::new(Counters::default());
         let mut sinks = Vec::new();
         if let Some(es_cfg) = &cfg.es {
+            let es_cfg = es_cfg.clone();
             sinks.push(start_sink(
                 &cfg,
                 SinkKind::Elasticsearch,
                 "es-sink",
-                |stats| EsSink::new(es_cfg.clone(), stats),
+                &counters,
+                move |stats| EsSink::new(es_cfg.clone(), stats),
                 EsSink::run,
             )?);
         }
         #[cfg(feature = "kafka")]
         if let Some(k_cfg) = &cfg.kafka {
             use crate::sink::kafka::KafkaSink;
+            let k_cfg = k_cfg.clone();
             sinks.push(start_sink(
                 &cfg,
                 SinkKind::Kafka,
                 "kafka-sink",
-                |stats| KafkaSink::new(k_cfg.clone(), stats),
+                &counters,
+                move |stats| KafkaSink::new(k_cfg.clone(), stats),
                 KafkaSink::run,
             )?);
         }
         #[cfg(feature = "redis")]
         if let Some(r_cfg) = &cfg.redis {
             use crate::sink::redis::RedisSink;
+            let r_cfg = r_cfg.clone();
             sinks.push(start_sink(
                 &cfg,
                 SinkKind::Redis,
                 "redis-sink",
-                |stats| RedisSink::new(r_cfg.clone(), stats),
+                &counters,
+                move |stats| RedisSink::new(r_cfg.clone(), stats),
                 RedisSink::run,
             )?);
         }
-        let counters = Arc::new(Counters::default());
         let parser = Parser::start(
             ParserConfig {
                 partial_flush: cfg.partial_flush,
@@ -225,6 +299,9 @@ impl Worker {
             scratch: crate::module::pipe(0).map_err(io_err("scratch pipe"))?,
             peek: vec![0u8; 64 * 1024],
             last_counters: Instant::now(),
+            parser_live: Liveness::new("parser"),
+            counters_failing: false,
+            reserve,
             burst: BurstState::new(BurstPolicy {
                 bytes: cfg.parser_burst_bytes.min(cfg.max_unparsed_bytes / 2),
                 time: cfg.parser_burst_time,
@@ -238,6 +315,10 @@ impl Worker {
     }
 
     /// Takes back the containers the supervisor holds (after a restart).
+    /// A container is released (the supervisor closes its pipes) only when
+    /// its output can go nowhere at all: an unreadable registration or a
+    /// failed attach leaves it writing into its sandbox files, or into the
+    /// shipper's own state, never blocked on a pipe nobody reads.
     pub fn adopt(&mut self) -> Result<(), String> {
         loop {
             if !proto::wait_readable(self.control.as_fd(), Duration::from_secs(10))
@@ -257,34 +338,95 @@ impl Worker {
                 continue;
             };
             let key = key.to_string();
-            let dir = self.container_dir(&key);
-            let reg = std::fs::read(dir.join("registration.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Registration>(&b).ok());
-            let cp = std::fs::read(dir.join("checkpoint.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
-            match (reg, fds.len()) {
-                (Some(reg), 2 | 4) => {
-                    let records =
-                        [Stream::Stdout, Stream::Stderr].map(|s| stream::load_record(&dir, s));
-                    if let Err(e) = self.attach(reg, fds, cp, records) {
-                        tracing::error!(container = key, "cannot take the container back: {e}");
+            if !matches!(fds.len(), 2 | 4) || !valid_key(&key) {
+                let why = format!("bad key or {} descriptors", fds.len());
+                self.release(&key, &why);
+                continue;
+            }
+            self.adopt_one(&key, fds);
+        }
+    }
+
+    fn adopt_one(&mut self, key: &str, fds: Vec<OwnedFd>) {
+        let dir = self.container_dir(key);
+        let cp = std::fs::read(dir.join("checkpoint.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
+        let records = || [Stream::Stdout, Stream::Stderr].map(|s| stream::load_record(&dir, s));
+        // Spares of the descriptors: a failed attach drops the ones it was given.
+        let spare: Vec<OwnedFd> = fds.iter().filter_map(|f| f.try_clone().ok()).collect();
+        let failed = match registration::load(&dir, key) {
+            Loaded::Full { reg, problem } => {
+                if let Some(p) = problem {
+                    self.unreadable(key, &p, "taken back from the copy");
+                } else {
+                    // Written by an older version without the copy: make it now.
+                    let copy = dir.join(registration::COPY);
+                    if !copy.exists() {
+                        if let Ok(b) = std::fs::read(dir.join(registration::FILE)) {
+                            let _ = self.reserve.save(&dir, b.len() as u64, || {
+                                crate::private::write_atomic(&copy, &b)
+                            });
+                        }
                     }
                 }
-                _ => {
-                    tracing::error!(
-                        container = key,
-                        "no registration saved for an adopted container; releasing it"
-                    );
-                    let _ = proto::send_with_fds(
-                        self.control.as_fd(),
-                        format!("del\n{key}").as_bytes(),
-                        &[],
-                    );
+                match self.attach(*reg, fds, cp, records(), None, true) {
+                    Ok(_) => return,
+                    Err(e) => e,
                 }
             }
+            Loaded::SandboxOnly { sandbox, problem } => {
+                self.unreadable(key, &problem, "its output goes to its sandbox files only");
+                let reg = registration::files_only(key, sandbox);
+                match self.attach(reg, fds, None, records(), None, false) {
+                    Ok(_) => return,
+                    Err(e) => e,
+                }
+            }
+            Loaded::Nothing { problem } => {
+                self.unreadable(key, &problem, "no sandbox known");
+                drop(fds);
+                problem
+            }
+        };
+        // Last resort: the shipper's own state, so that the container never blocks.
+        let spill = self.cfg.state_dir.join("unregistered").join(key);
+        tracing::error!(
+            container = key,
+            "cannot take the container back ({failed}): its output goes to {}",
+            spill.display()
+        );
+        let res = crate::private::create_dir(&spill)
+            .map_err(io_err(spill.display()))
+            .and_then(|()| {
+                let reg = registration::files_only(key, spill.clone());
+                self.attach(reg, spare, None, [None, None], None, false)
+            });
+        if let Err(e) = res {
+            self.release(key, &e);
         }
+    }
+
+    fn unreadable(&self, key: &str, problem: &str, outcome: &str) {
+        self.counters
+            .registrations_unreadable
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            container = key,
+            "registration unreadable ({problem}): {outcome}"
+        );
+    }
+
+    /// Tells the supervisor to close the container's pipes (its output can go nowhere).
+    fn release(&self, key: &str, why: &str) {
+        self.counters
+            .containers_released
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            container = key,
+            "cannot take the container back ({why}); releasing it"
+        );
+        let _ = proto::send_with_fds(self.control.as_fd(), format!("del\n{key}").as_bytes(), &[]);
     }
 
     /// Takes a container's two pipes (`fds[0..2]`), after an adoption with the
@@ -292,12 +434,18 @@ impl Worker {
     /// gives the supervisor duplicates of the pipes and of the new staging pipes.
     /// The sandbox files are those of `records` (saved by the previous
     /// worker), never whatever their names hold; without, new ones.
+    /// Fails only before the supervisor is told of the container: from then
+    /// on a state directory that takes no write (the registration message
+    /// `unsaved_registration`, the first checkpoint if `first_checkpoint`)
+    /// leaves the container attached, its state saved later.
     fn attach(
         &mut self,
         reg: Registration,
         fds: Vec<OwnedFd>,
         cp: Option<Checkpoint>,
         records: [Option<FileRecord>; 2],
+        unsaved_registration: Option<Vec<u8>>,
+        first_checkpoint: bool,
     ) -> Result<u64, String> {
         let mut fds = fds.into_iter();
         let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
@@ -347,18 +495,46 @@ impl Worker {
             streams.push(st);
             parse_streams.push(ps);
         }
+        // The previous worker's staged bytes go first. A sandbox disk that
+        // refuses them (full, say) makes the container wait, as while running.
+        let mut undrained = false;
         for (st, old) in streams.iter_mut().zip(&old_stages) {
-            let n = st.drain(old).map_err(io_err(st.path.display()))?;
-            if n > 0 {
-                tracing::info!(
-                    container = reg.key,
-                    bytes = n,
-                    "wrote out the previous worker's staged bytes"
-                );
+            undrained |= !self.write_out_stage(&reg.key, st, old);
+        }
+        // Nothing below fails: the supervisor holds the pipes from here on.
+        let mut unsaved = Unsaved {
+            registration: unsaved_registration,
+            checkpoint: None,
+        };
+        if first_checkpoint {
+            let body = checkpoint_body(&parse_streams);
+            let path = dir.join("checkpoint.json");
+            let saved = self.reserve.save(&dir, body.len() as u64, || {
+                crate::private::write_atomic(&path, &body)
+            });
+            if let Err(e) = saved {
+                self.state_unsaved(&reg.key, "checkpoint", &e);
+                unsaved.checkpoint = Some(body);
             }
         }
-        self.hand_to_supervisor(&reg.key, &mut streams);
-        save_checkpoint(&dir, &parse_streams).map_err(io_err("checkpoint"))?;
+        if unsaved.any() {
+            self.counters
+                .containers_state_unsaved
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let old_stages = if undrained {
+            // The supervisor keeps the old staging pipes until they are written out.
+            let mut fds: Vec<RawFd> = streams
+                .iter()
+                .filter_map(|s| s.pipe.as_ref().map(AsRawFd::as_raw_fd))
+                .collect();
+            fds.extend(old_stages.iter().map(AsRawFd::as_raw_fd));
+            send_add(&self.control, &reg.key, &fds);
+            Some(old_stages)
+        } else {
+            hand_to_supervisor(&self.control, &reg.key, &mut streams);
+            None
+        };
         let id = self.next_id;
         self.next_id += 1;
         let rate = reg.options.rate_limit;
@@ -375,6 +551,8 @@ impl Worker {
                 last: Instant::now(),
             }),
             finished: finished.clone(),
+            unsaved,
+            old_stages,
         };
         self.parser.add(ParseJob::new(
             reg.key.clone(),
@@ -386,15 +564,17 @@ impl Worker {
             finished,
         ));
         for (i, st) in c.streams.iter_mut().enumerate() {
-            if let Some(p) = &st.pipe {
-                epoll_ctl(
+            if let Some(p) = st.pipe.as_ref().filter(|_| c.old_stages.is_none()) {
+                // Not armed: the next tick tries again.
+                match epoll_ctl(
                     &self.epoll,
                     libc::EPOLL_CTL_ADD,
                     p.as_raw_fd(),
                     id * 2 + i as u64,
-                )
-                .map_err(io_err("epoll"))?;
-                st.armed = true;
+                ) {
+                    Ok(()) => st.armed = true,
+                    Err(e) => tracing::warn!(container = reg.key, "epoll: {e}"),
+                }
             }
         }
         self.keys.insert(reg.key.clone(), id);
@@ -456,12 +636,10 @@ impl Worker {
         let (msg, fds) = proto::recv_with_fds(conn.as_fd()).map_err(|e| e.to_string())?;
         let reg: Registration =
             serde_json::from_slice(&msg).map_err(|e| format!("bad registration: {e}"))?;
-        if reg.version != 1 {
+        if reg.version != proto::REGISTRATION_VERSION {
             return Err(format!("protocol version {} not supported", reg.version));
         }
-        if rein_core::container::ContainerId::from_file_name(&reg.key).is_none()
-            || reg.key.contains('/')
-        {
+        if !valid_key(&reg.key) {
             return Err(format!("bad container key {:?}", reg.key));
         }
         if !reg.sandbox.is_absolute() {
@@ -477,42 +655,170 @@ impl Worker {
             return Err(format!("container {} is already registered", reg.key));
         }
         let dir = self.container_dir(&reg.key);
-        crate::private::create_dir(&dir).map_err(io_err(dir.display()))?;
-        write_atomic(&dir.join("registration.json"), &msg).map_err(io_err("registration"))?;
-        self.attach(reg, fds.into(), None, [None, None]).map(|_| ())
+        self.reserve
+            .save(&self.cfg.state_dir, 4096, || {
+                crate::private::create_dir(&dir)
+            })
+            .map_err(io_err(dir.display()))?;
+        // A full state directory does not refuse the container: it is saved later.
+        let need = 2 * msg.len() as u64;
+        let unsaved = match self
+            .reserve
+            .save(&dir, need, || registration::save(&dir, &msg))
+        {
+            Ok(()) => None,
+            Err(e) => {
+                self.state_unsaved(&reg.key, "registration", &e);
+                Some(msg)
+            }
+        };
+        self.attach(reg, fds.into(), None, [None, None], unsaved, true)
+            .map(|_| ())
     }
 
-    /// Gives the supervisor duplicates of both pipes and of new staging pipes
-    /// (created here), so that neither dies with this process. Without a
-    /// staging pipe for both streams, the streams splice straight into the file.
-    fn hand_to_supervisor(&self, key: &str, streams: &mut [StreamState]) {
-        let stages: Vec<_> = streams.iter().map(|_| stream::stage_pipe()).collect();
-        let mut fds: Vec<RawFd> = streams
-            .iter()
-            .filter_map(|s| s.pipe.as_ref().map(AsRawFd::as_raw_fd))
-            .collect();
-        if stages.iter().all(Result::is_ok) {
-            for (st, stage) in streams.iter_mut().zip(stages) {
-                st.stage = stage.ok();
+    /// Writes out a previous worker's staging pipe `old` into `st`'s file;
+    /// false if the file refused it (retried by the tick).
+    fn write_out_stage(&self, key: &str, st: &mut StreamState, old: &OwnedFd) -> bool {
+        match st.drain(old) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        container = key,
+                        bytes = n,
+                        "wrote out the previous worker's staged bytes"
+                    );
+                }
+                st.stalled = None;
+                true
             }
-            fds.extend(
-                streams
-                    .iter()
-                    .filter_map(|s| s.stage.as_ref().map(|(r, _)| r.as_raw_fd())),
-            );
-        } else {
-            tracing::warn!(
-                container = key,
-                "no staging pipes: splicing straight into the files"
+            Err(e) => {
+                let d = st.stall();
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %st.path.display(), "writing the previous worker's staged bytes: {e}; retrying in {d:?} (the container's pipe is not read until then)");
+                false
+            }
+        }
+    }
+
+    /// Retries the staged bytes of a previous worker; once all are written,
+    /// the container is read again with staging pipes of this worker.
+    fn retry_old_stages(&mut self) {
+        let ids: Vec<u64> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| {
+                c.old_stages.is_some() && !c.streams.iter().any(StreamState::stalled_now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(mut c) = self.containers.remove(&id) else {
+                continue;
+            };
+            let olds = c.old_stages.take().unwrap_or_default();
+            let mut done = true;
+            for (st, old) in c.streams.iter_mut().zip(&olds) {
+                done &= self.write_out_stage(&c.key, st, old);
+            }
+            if done {
+                tracing::info!(
+                    container = c.key,
+                    "the previous worker's staged bytes are written: reading again"
+                );
+                hand_to_supervisor(&self.control, &c.key, &mut c.streams);
+            } else {
+                c.old_stages = Some(olds);
+            }
+            self.containers.insert(id, c);
+        }
+    }
+
+    fn state_unsaved(&self, key: &str, what: &str, e: &std::io::Error) {
+        self.counters
+            .state_save_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            container = key,
+            "saving the {what}: {e}; the container stays attached and it is saved once the state directory takes it"
+        );
+    }
+
+    /// Retries the state the state directory did not take at attach.
+    fn save_pending_state(&mut self) {
+        let mut left = 0u64;
+        let reserve = &self.reserve;
+        for c in self.containers.values_mut() {
+            if let Some(msg) = &c.unsaved.registration {
+                let need = 2 * msg.len() as u64;
+                if reserve
+                    .save(&c.dir, need, || registration::save(&c.dir, msg))
+                    .is_ok()
+                {
+                    c.unsaved.registration = None;
+                }
+            }
+            if let Some(body) = &c.unsaved.checkpoint {
+                // The parser's own checkpoint, once saved, is newer: kept.
+                let path = c.dir.join("checkpoint.json");
+                if reserve
+                    .save(&c.dir, body.len() as u64, || write_new(&path, body))
+                    .is_ok()
+                {
+                    c.unsaved.checkpoint = None;
+                }
+            }
+            if c.unsaved.any() {
+                left += 1;
+            }
+        }
+        let before = self
+            .counters
+            .containers_state_unsaved
+            .swap(left, Ordering::Relaxed);
+        if left < before {
+            tracing::info!(
+                containers = before - left,
+                "container state saved after all"
             );
         }
-        if let Err(e) =
-            proto::send_with_fds(self.control.as_fd(), format!("add\n{key}").as_bytes(), &fds)
-        {
-            tracing::error!(
-                "supervisor unreachable ({e}): a restart of this worker would close container {key}"
-            );
+    }
+
+    /// Liveness: a sink thread that ended is started again; a thread without
+    /// progress while it has work is reported.
+    fn check_threads(&mut self) {
+        let limit = self.cfg.thread_stall_timeout;
+        for (kind, s) in self.sinks.iter_mut() {
+            if s.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                if let Some(t) = s.thread.take() {
+                    let _ = t.join();
+                }
+                self.counters
+                    .thread_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    sink = kind.name(),
+                    "the sink thread ended; starting it again"
+                );
+                match (s.spawn.0)() {
+                    Ok(t) => s.thread = Some(t),
+                    Err(e) => tracing::error!(sink = kind.name(), "sink thread: {e}"),
+                }
+            }
+            let (progress, work) = (s.progress(), s.has_work());
+            s.live
+                .observe(progress, work, limit, &self.counters.thread_stalls_sink);
         }
+        // The parser: any stream it should be parsing moved, or its lines.
+        let mut progress = self.counters.lines_read.load(Ordering::Relaxed);
+        let mut work = false;
+        for c in self.containers.values().filter(|c| !c.paused) {
+            for st in &c.streams {
+                progress = progress.wrapping_add(st.shared.parsed.load(Ordering::Relaxed));
+                work |= st.shared.lag() > 0;
+            }
+        }
+        self.parser_live
+            .observe(progress, work, limit, &self.counters.thread_stalls_parser);
     }
 
     fn read(&mut self, token: u64) {
@@ -520,6 +826,15 @@ impl Worker {
         let Some(c) = self.containers.get_mut(&id) else {
             return;
         };
+        if c.old_stages.is_some() {
+            // Older bytes first: not read until the tick has written them out.
+            let st = &mut c.streams[idx];
+            if let Some(p) = st.pipe.as_ref().filter(|_| st.armed) {
+                let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, p.as_raw_fd(), 0);
+                st.armed = false;
+            }
+            return;
+        }
         let rotate_max = self.cfg.rotate_max_bytes;
         let max_lag = self.cfg.max_unparsed_bytes;
         let mut moved = 0u64;
@@ -628,6 +943,7 @@ impl Worker {
     }
 
     fn tick(&mut self) {
+        self.retry_old_stages();
         let mut finished = Vec::new();
         let max_lag = self.cfg.max_unparsed_bytes;
         let mut most_behind = 0u64;
@@ -650,7 +966,11 @@ impl Worker {
             for (i, st) in c.streams.iter_mut().enumerate() {
                 let lag = st.shared.lag();
                 most_behind = most_behind.max(lag);
-                let blocked = c.paused || limited || lag >= max_lag || st.stalled_now();
+                let blocked = c.paused
+                    || limited
+                    || lag >= max_lag
+                    || st.stalled_now()
+                    || c.old_stages.is_some();
                 if let Some(p) = st.pipe.as_ref().filter(|_| !st.armed && !blocked) {
                     let token = id * 2 + i as u64;
                     if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, p.as_raw_fd(), token).is_ok() {
@@ -684,6 +1004,9 @@ impl Worker {
             }
         }
         if self.last_counters.elapsed() >= Duration::from_secs(1) {
+            self.save_pending_state();
+            self.reserve.top_up();
+            self.check_threads();
             self.write_counters();
             self.last_counters = Instant::now();
         }
@@ -712,7 +1035,7 @@ impl Worker {
         }
     }
 
-    fn write_counters(&self) {
+    fn write_counters(&mut self) {
         let unparsed: u64 = self
             .containers
             .values()
@@ -733,8 +1056,17 @@ impl Worker {
             .map(|(k, s)| (k.name(), s.stats.as_ref()))
             .collect();
         let v = counters::snapshot(&self.counters, &buffers, &sinks);
-        if let Err(e) = counters::write(&self.cfg.state_dir, &v) {
-            tracing::warn!("writing counters: {e}");
+        // Logged when it starts and stops failing, not every second.
+        match counters::write(&self.cfg.state_dir, &v) {
+            Err(e) if !self.counters_failing => {
+                tracing::warn!("writing counters: {e}");
+                self.counters_failing = true;
+            }
+            Ok(()) if self.counters_failing => {
+                tracing::info!("writing counters again");
+                self.counters_failing = false;
+            }
+            _ => {}
         }
     }
 
@@ -819,32 +1151,145 @@ fn open_buffer(cfg: &ShipperConfig, name: &str) -> Result<Arc<Wal>, String> {
 }
 
 /// Opens a sink's disk buffer, builds the sink with its counters and runs it
-/// on a thread named `thread`.
+/// on a thread named `thread`, contained: after a panic the sink is built
+/// again by `make` and reads on from its buffer's acknowledged cursor.
 fn start_sink<S: Send + 'static>(
     cfg: &ShipperConfig,
     kind: SinkKind,
-    thread: &str,
-    make: impl FnOnce(Arc<SinkStats>) -> Result<S, String>,
+    thread: &'static str,
+    counters: &Arc<Counters>,
+    make: impl Fn(Arc<SinkStats>) -> Result<S, String> + Send + Sync + 'static,
     run: fn(&mut S, &Wal, &AtomicBool),
 ) -> Result<(SinkKind, SinkHandle), String> {
     let wal = open_buffer(cfg, kind.name())?;
     let stats = Arc::new(SinkStats::default());
-    let mut sink = make(stats.clone())?;
+    // A configuration the sink refuses stops the worker here, at start.
+    let first = Arc::new(Mutex::new(Some(make(stats.clone())?)));
+    let make = Arc::new(make);
     let stop = Arc::new(AtomicBool::new(false));
-    let (w, s) = (wal.clone(), stop.clone());
-    let thread = std::thread::Builder::new()
-        .name(thread.into())
-        .spawn(move || run(&mut sink, &w, &s))
-        .map_err(io_err("sink thread"))?;
+    let spawn = {
+        let (wal, stats, stop, counters) =
+            (wal.clone(), stats.clone(), stop.clone(), counters.clone());
+        move || {
+            let (w, st, s, c, m) = (
+                wal.clone(),
+                stats.clone(),
+                stop.clone(),
+                counters.clone(),
+                make.clone(),
+            );
+            let mut sink = first
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            std::thread::Builder::new()
+                .name(thread.into())
+                .spawn(move || {
+                    threads::contain(thread, &c.thread_panics_sink, &s, |again| {
+                        if again || sink.is_none() {
+                            // A panic may have left it in the middle of a request: a new one.
+                            sink = None;
+                            match m(st.clone()) {
+                                Ok(new) => sink = Some(new),
+                                Err(e) => {
+                                    tracing::error!(thread, "building the sink: {e}");
+                                    return;
+                                }
+                            }
+                        }
+                        if let Some(sink) = sink.as_mut() {
+                            run(sink, &w, &s);
+                        }
+                    });
+                })
+        }
+    };
+    let t = spawn().map_err(io_err("sink thread"))?;
     Ok((
         kind,
         SinkHandle {
             wal,
             stats,
             stop,
-            thread: Some(thread),
+            thread: Some(t),
+            spawn: SinkSpawner(Box::new(spawn)),
+            live: Liveness::new(thread),
         },
     ))
+}
+
+/// Gives the supervisor duplicates of both pipes and of new staging pipes
+/// (created here), so that neither dies with this process. Without a
+/// staging pipe for both streams, the streams splice straight into the file.
+fn hand_to_supervisor(control: &OwnedFd, key: &str, streams: &mut [StreamState]) {
+    let stages: Vec<_> = streams.iter().map(|_| stream::stage_pipe()).collect();
+    let mut fds: Vec<RawFd> = streams
+        .iter()
+        .filter_map(|s| s.pipe.as_ref().map(AsRawFd::as_raw_fd))
+        .collect();
+    if stages.iter().all(Result::is_ok) {
+        for (st, stage) in streams.iter_mut().zip(stages) {
+            st.stage = stage.ok();
+        }
+        fds.extend(
+            streams
+                .iter()
+                .filter_map(|s| s.stage.as_ref().map(|(r, _)| r.as_raw_fd())),
+        );
+    } else {
+        tracing::warn!(
+            container = key,
+            "no staging pipes: splicing straight into the files"
+        );
+    }
+    send_add(control, key, &fds);
+}
+
+/// Tells the supervisor to hold `fds` for container `key` (replacing what it held).
+fn send_add(control: &OwnedFd, key: &str, fds: &[RawFd]) {
+    if let Err(e) = proto::send_with_fds(control.as_fd(), format!("add\n{key}").as_bytes(), fds) {
+        tracing::error!(
+            "supervisor unreachable ({e}): a restart of this worker would close container {key}"
+        );
+    }
+}
+
+/// A container key as the module makes them (a flat, reversible file name).
+fn valid_key(key: &str) -> bool {
+    rein_core::container::ContainerId::from_file_name(key).is_some() && !key.contains('/')
+}
+
+/// `checkpoint.json` of a container's two streams.
+fn checkpoint_body(streams: &[ParseStream]) -> Vec<u8> {
+    let cp = Checkpoint {
+        stdout: streams[0].checkpoint(),
+        stderr: streams[1].checkpoint(),
+    };
+    serde_json::to_vec(&cp).unwrap_or_default()
+}
+
+/// Writes `path` only if it does not exist yet (an existing one is newer);
+/// Ok in both cases.
+fn write_new(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    crate::private::write_atomic(&tmp, data)?;
+    let res = nix::fcntl::renameat2(
+        None,
+        &tmp,
+        None,
+        path,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    match res {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EEXIST) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Bytes waiting in a pipe.

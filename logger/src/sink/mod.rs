@@ -77,6 +77,7 @@ pub fn run_batches(
         if !ship(&batch, stop) {
             return;
         }
+        crate::fault::point("sink");
         if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
             tracing::error!("{name} sink: {e}");
         }

