@@ -53,6 +53,8 @@ pub const KEYS: &[&str] = &[
     "es_backoff_max",
     "es_dead_letter",
     "es_refresh",
+    "es_request_timeout",
+    "es_max_response_bytes",
     "kafka_brokers",
     "kafka_topic",
     "kafka_compression",
@@ -239,6 +241,21 @@ impl ShipperConfig {
                     .unwrap_or_else(|| "logs-rein-%Y.%m.%d".into());
                 validate_index(&index).map_err(|e| p.error("es_index", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+                let request_timeout = p
+                    .duration("es_request_timeout")?
+                    .unwrap_or(Duration::from_secs(120));
+                if request_timeout < Duration::from_secs(1) {
+                    return Err(p.error("es_request_timeout", "must be at least 1s"));
+                }
+                let max_response_bytes = p
+                    .bytes("es_max_response_bytes")?
+                    .unwrap_or(crate::http::DEFAULT_MAX_RESPONSE_BYTES);
+                if max_response_bytes < 64 << 10 {
+                    return Err(p.error(
+                        "es_max_response_bytes",
+                        "must be at least 64KiB (a _bulk answer of one batch must fit)",
+                    ));
+                }
                 Some(EsConfig {
                     url,
                     index,
@@ -250,6 +267,8 @@ impl ShipperConfig {
                     batch_records: to_usize(p.u64("es_batch_records")?.unwrap_or(2000).max(1)),
                     batch_bytes: to_usize(p.bytes("es_batch_bytes")?.unwrap_or(5 << 20).max(1024)),
                     timeout: p.duration("es_timeout")?.unwrap_or(Duration::from_secs(30)),
+                    request_timeout,
+                    max_response_bytes,
                     backoff_base: Duration::from_millis(100),
                     backoff_max: p
                         .duration("es_backoff_max")?

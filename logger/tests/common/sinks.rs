@@ -65,6 +65,8 @@ pub fn victims_es_config(addr: SocketAddr, dir: &Path) -> EsConfig {
         batch_records: 100,
         batch_bytes: 1 << 20,
         timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(20),
+        max_response_bytes: 1 << 20,
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(300),
         dead_letter: dir.join("dead-letter.ndjson"),
