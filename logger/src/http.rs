@@ -267,7 +267,10 @@ impl Client {
         match e {
             ureq::Error::Timeout(T::Resolve | T::Connect) => self.transport(e),
             ureq::Error::Timeout(_) => self.refused(Refusal::Slow, e),
-            ureq::Error::LargeResponseHeader(..) => self.refused(Refusal::TooLarge, e),
+            ureq::Error::LargeResponseHeader(..)
+            | ureq::Error::Protocol(ureq_proto::Error::HttpParseTooManyHeaders) => {
+                self.refused(Refusal::TooLarge, e)
+            }
             ureq::Error::Protocol(_) | ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
                 self.refused(Refusal::Malformed, e)
             }
