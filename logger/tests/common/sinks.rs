@@ -103,6 +103,11 @@ impl RunningSink {
         f(&self.stats).load(Ordering::Relaxed)
     }
 
+    /// Whether the sink thread still runs (it ends only when stopped).
+    pub fn running(&self) -> bool {
+        !self.h.is_finished()
+    }
+
     /// Stops at once (the batch in hand stays in the buffer).
     pub fn stop(self) -> Arc<SinkStats> {
         self.stop.store(true, Ordering::Relaxed);
