@@ -773,3 +773,35 @@ mod kafka_faults {
         survives("kafka_silent_broker", Raw::Stall(Vec::new()));
     }
 }
+
+/// The limits are operator settings with documented defaults; values that
+/// would refuse every answer are refused with the setting's name.
+#[test]
+fn response_limits_are_settings() {
+    use rein_logger::shipper::config::{parse_pairs, ShipperConfig};
+    let conf = |extra: &str| {
+        ShipperConfig::from_pairs(&parse_pairs(&format!(
+            "state_dir = /tmp/x\nes_url = http://127.0.0.1:9200\n{extra}"
+        )))
+    };
+    let es = conf("").unwrap().es.unwrap();
+    assert_eq!(es.max_response_bytes, 64 << 20);
+    assert_eq!(es.request_timeout, Duration::from_secs(120));
+    assert_eq!(es.timeout, Duration::from_secs(30));
+    let es = conf("es_max_response_bytes = 16MiB\nes_request_timeout = 45s")
+        .unwrap()
+        .es
+        .unwrap();
+    assert_eq!(
+        (es.max_response_bytes, es.request_timeout),
+        (16 << 20, Duration::from_secs(45))
+    );
+    for (bad, key) in [
+        ("es_max_response_bytes = 1KiB", "es_max_response_bytes"),
+        ("es_request_timeout = 0s", "es_request_timeout"),
+        ("es_timeout = 0s", "es_timeout"),
+    ] {
+        let e = conf(bad).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}

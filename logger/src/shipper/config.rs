@@ -241,6 +241,10 @@ impl ShipperConfig {
                     .unwrap_or_else(|| "logs-rein-%Y.%m.%d".into());
                 validate_index(&index).map_err(|e| p.error("es_index", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+                let timeout = p.duration("es_timeout")?.unwrap_or(Duration::from_secs(30));
+                if timeout.is_zero() {
+                    return Err(p.error("es_timeout", "must be more than 0s"));
+                }
                 let request_timeout = p
                     .duration("es_request_timeout")?
                     .unwrap_or(Duration::from_secs(120));
@@ -266,7 +270,7 @@ impl ShipperConfig {
                         .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
                     batch_records: to_usize(p.u64("es_batch_records")?.unwrap_or(2000).max(1)),
                     batch_bytes: to_usize(p.bytes("es_batch_bytes")?.unwrap_or(5 << 20).max(1024)),
-                    timeout: p.duration("es_timeout")?.unwrap_or(Duration::from_secs(30)),
+                    timeout,
                     request_timeout,
                     max_response_bytes,
                     backoff_base: Duration::from_millis(100),
