@@ -449,28 +449,37 @@ impl EsSink {
                 headers.push(("Authorization", a));
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = match self.client.request("POST", path, &headers, payload) {
-                Ok(resp) => classify(resp.status, &resp.body, take),
+            // A refused answer is counted and logged (rate-limited) once, here.
+            let (outcome, refusal) = match self.client.request("POST", path, &headers, payload) {
+                Ok(resp) => match classify(resp.status, &resp.body, take) {
+                    Outcome::Unusable(status, reason) => (
+                        Outcome::RetryAll(status, reason.clone()),
+                        Some((Refusal::Unusable, reason)),
+                    ),
+                    o => (o, None),
+                },
                 Err(HttpError::Refused {
                     refusal, reason, ..
-                }) => {
-                    self.refused(refusal, take, &reason);
-                    Outcome::RetryAll(0, reason)
-                }
-                Err(e @ HttpError::Transport { .. }) => Outcome::RetryAll(0, e.to_string()),
+                }) => (
+                    Outcome::RetryAll(0, reason.clone()),
+                    Some((refusal, reason)),
+                ),
+                Err(e @ HttpError::Transport { .. }) => (Outcome::RetryAll(0, e.to_string()), None),
             };
-            if let Outcome::Unusable(_, reason) = &outcome {
-                self.refused(Refusal::Unusable, take, reason);
+            if let Some((r, why)) = &refusal {
+                self.refused(*r, take, why);
             }
             match outcome {
                 Outcome::RetryAll(status, reason) | Outcome::Unusable(status, reason) => {
                     self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
                     self.stats.retried.fetch_add(take as u64, Ordering::Relaxed);
-                    tracing::warn!(
-                        status,
-                        items = take,
-                        "elasticsearch _bulk failed, will resend: {reason}"
-                    );
+                    if refusal.is_none() {
+                        tracing::warn!(
+                            status,
+                            items = take,
+                            "elasticsearch _bulk failed, will resend: {reason}"
+                        );
+                    }
                     if status == 413 && chunk > 1 {
                         chunk = take.div_ceil(2);
                     }
