@@ -798,6 +798,10 @@ fn response_limits_are_settings() {
     );
     for (bad, key) in [
         ("es_max_response_bytes = 1KiB", "es_max_response_bytes"),
+        (
+            "es_max_response_bytes = 1MiB\nes_batch_records = 5000",
+            "es_max_response_bytes",
+        ),
         ("es_request_timeout = 0s", "es_request_timeout"),
         ("es_timeout = 0s", "es_timeout"),
     ] {

@@ -254,10 +254,16 @@ impl ShipperConfig {
                 let max_response_bytes = p
                     .bytes("es_max_response_bytes")?
                     .unwrap_or(crate::http::DEFAULT_MAX_RESPONSE_BYTES);
-                if max_response_bytes < 64 << 10 {
+                let batch_records = p.u64("es_batch_records")?.unwrap_or(2000).max(1);
+                // An answer with an error for every item of a full batch must
+                // fit, or such a batch would be refused at every resend.
+                let needed = (batch_records.saturating_mul(1 << 10)).max(64 << 10);
+                if max_response_bytes < needed {
                     return Err(p.error(
                         "es_max_response_bytes",
-                        "must be at least 64KiB (a _bulk answer of one batch must fit)",
+                        format!(
+                            "must be at least 64KiB and 1KiB per record of es_batch_records ({needed} bytes): the _bulk answer of a full batch must fit"
+                        ),
                     ));
                 }
                 Some(EsConfig {
@@ -268,7 +274,7 @@ impl ShipperConfig {
                     ca_file: p
                         .path("es_ca_file")?
                         .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
-                    batch_records: to_usize(p.u64("es_batch_records")?.unwrap_or(2000).max(1)),
+                    batch_records: to_usize(batch_records),
                     batch_bytes: to_usize(p.bytes("es_batch_bytes")?.unwrap_or(5 << 20).max(1024)),
                     timeout,
                     request_timeout,
