@@ -359,6 +359,92 @@ mod tests {
         assert!(Url::parse("ftp://x").is_err());
     }
 
+    /// A server answering `answer` to one request, `gap` between its bytes.
+    fn canned(answer: &'static [u8], gap: Duration) -> Url {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            if gap.is_zero() {
+                let _ = s.write_all(answer);
+                return;
+            }
+            for b in answer {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        url
+    }
+
+    fn ask(url: &Url) -> Result<Response, HttpError> {
+        let limits = Limits {
+            io_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(1),
+            max_response_bytes: 1024,
+            max_header_bytes: 1024,
+        };
+        Client::new(url, None, limits)
+            .unwrap()
+            .request("POST", "/_bulk", &[], b"{}\n")
+    }
+
+    #[test]
+    fn hostile_answers_are_refused_by_class() {
+        let ok = ask(&canned(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            Duration::ZERO,
+        ))
+        .unwrap();
+        assert_eq!((ok.status, ok.body.as_slice()), (200, &b"{}"[..]));
+        let mut long_header = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        long_header.resize(2048, b'a');
+        let long_header: &'static [u8] = long_header.leak();
+        let cases: [(&'static [u8], Duration, Refusal); 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n{",
+                Duration::ZERO,
+                Refusal::Truncated,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n",
+                Duration::ZERO,
+                Refusal::Truncated,
+            ),
+            (&[b'x'; 3000], Duration::ZERO, Refusal::Malformed),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                Duration::from_millis(100),
+                Refusal::Slow,
+            ),
+            (long_header, Duration::ZERO, Refusal::TooLarge),
+        ];
+        for (answer, gap, want) in cases {
+            match ask(&canned(answer, gap)) {
+                Err(HttpError::Refused { refusal, .. }) if refusal == want => {}
+                other => panic!(
+                    "{:.60}: expected {want:?}, got {other:?}",
+                    String::from_utf8_lossy(answer)
+                ),
+            }
+        }
+        let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n".to_vec();
+        big.resize(big.len() + 4096, b' ');
+        let big: &'static [u8] = big.leak();
+        assert!(matches!(
+            ask(&canned(big, Duration::ZERO)),
+            Err(HttpError::Refused {
+                refusal: Refusal::TooLarge,
+                ..
+            })
+        ));
+    }
+
     #[test]
     fn https_needs_a_readable_ca_file() {
         let u = Url::parse("https://es.example:9243").unwrap();
