@@ -449,6 +449,8 @@ enum Raw {
     Stall(Vec<u8>),
     /// Sends these bytes, then zeros until the client hangs up (or `cap`).
     Flood(Vec<u8>, usize),
+    /// Sends these bytes one every 300 ms.
+    Trickle(Vec<u8>),
     /// Answers `+OK` to every command it sees (a Redis that is no Redis).
     OkToAll,
 }
@@ -497,6 +499,15 @@ impl RawHostile {
                                 let _ = s.write_all(b);
                             }
                             Raw::Stall(_) => {}
+                            Raw::Trickle(b) => {
+                                for x in b {
+                                    if st.load(Ordering::Relaxed) || s.write_all(&[*x]).is_err() {
+                                        return;
+                                    }
+                                    std::thread::sleep(Duration::from_millis(300));
+                                }
+                                return;
+                            }
                             Raw::Flood(b, cap) => {
                                 let _ = s.write_all(b);
                                 flood(&mut s, &[0u8; 64 << 10], *cap);
@@ -545,8 +556,9 @@ fn own_peak_rss_kib() -> u64 {
     peak_rss_kib(std::process::id() as i32)
 }
 
-/// The sink runs in this process; the hostile answers announce up to 1 TiB.
-const MAX_TEST_PEAK_KIB: u64 = 1 << 20;
+/// The sink runs in this process; the hostile answers announce up to 1 TiB
+/// and send up to 1 GiB.
+const MAX_TEST_PEAK_KIB: u64 = 256 << 10;
 
 /// Waits until `cond` (or panics after 60 s with `what` and the counters).
 fn wait_for(what: &str, stats: &rein_logger::sink::SinkStats, cond: impl Fn() -> bool) {
@@ -659,6 +671,26 @@ mod redis_faults {
         survives(
             "redis_silent_after_half_an_answer",
             Raw::Stall(b"$100\r\nabc".to_vec()),
+            Refusal::Slow,
+        );
+    }
+
+    #[test]
+    fn redis_endless_bulk_string() {
+        survives(
+            "redis_endless_bulk_string",
+            Raw::Flood(b"$1099511627776\r\n".to_vec(), 1 << 30),
+            Refusal::TooLarge,
+        );
+    }
+
+    #[test]
+    fn redis_trickling_answer() {
+        // One byte every 300 ms: each read is within redis_timeout (1s);
+        // only the deadline of the whole reply cuts it.
+        survives(
+            "redis_trickling_answer",
+            Raw::Trickle(b"$1000\r\n".iter().chain(&[b'x'; 1000]).copied().collect()),
             Refusal::Slow,
         );
     }

@@ -11,6 +11,8 @@ pub mod kafka_config;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod redis_config;
+#[cfg(feature = "redis")]
+pub mod redis_conn;
 pub mod refused;
 pub mod route;
 

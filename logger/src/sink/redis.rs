@@ -20,10 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, ConnectionAddr, IntoConnectionInfo, Script, Value};
+use redis::{ConnectionAddr, IntoConnectionInfo, Script, Value};
 
 use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
+use super::redis_conn::BoundedConn;
 use super::route;
 use super::SinkStats;
 use crate::http::Refusal;
@@ -139,7 +140,7 @@ fn outcomes(v: &Value, n: usize) -> Vec<Outcome> {
 pub struct RedisSink {
     cfg: RedisConfig,
     script: Script,
-    conn: Option<Connection>,
+    conn: Option<BoundedConn>,
     dead: DeadLetter,
     backoff: Backoff,
     /// Counters.
@@ -179,7 +180,7 @@ impl RedisSink {
 
     /// A new connection with the current credentials and timeouts, for a
     /// call of `records`.
-    fn connect(&self, records: usize) -> Result<Connection, String> {
+    fn connect(&self, records: usize) -> Result<BoundedConn, String> {
         let mut info = self
             .cfg
             .url
@@ -194,33 +195,15 @@ impl RedisSink {
             }
             info = info.set_redis_settings(r);
         }
-        let client = match &self.cfg.ca_file {
-            Some(ca) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
-                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-                Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
-            _ => Client::open(info),
-        }
-        .map_err(|e| e.to_string())?;
-        // The handshake (CLIENT SETINFO, AUTH) reads answers too.
-        let conn = client
-            .get_connection_with_timeout(self.cfg.timeout)
-            .map_err(|e| {
-                if let Some(refusal) = refusal_of(&e) {
+        // The handshake (AUTH, SELECT) reads answers too.
+        BoundedConn::connect(&info, self.cfg.ca_file.as_deref(), self.cfg.timeout).map_err(
+            |(e, cut)| {
+                if let Some(refusal) = cut.or_else(|| refusal_of(&e)) {
                     self.refused(refusal, records, &e.to_string());
                 }
                 e.to_string()
-            })?;
-        conn.set_read_timeout(Some(self.cfg.timeout))
-            .and_then(|()| conn.set_write_timeout(Some(self.cfg.timeout)))
-            .map_err(|e| e.to_string())?;
-        Ok(conn)
+            },
+        )
     }
 
     /// Ships batches from `wal` until `stop` is set.
@@ -428,13 +411,15 @@ impl RedisSink {
                 Err(why)
             }
             Err(e) => {
+                // A limit of the connection, or what the error says.
+                let refusal = conn.cut.or_else(|| refusal_of(&e));
                 // Only an error reply of the server leaves the connection in
                 // step; after anything else (garbage, a cut or late answer)
                 // the next reply read could belong to this call.
                 if e.code().is_none() {
                     self.conn = None;
                 }
-                if let Some(refusal) = refusal_of(&e) {
+                if let Some(refusal) = refusal {
                     self.refused(refusal, pending.len(), &e.to_string());
                 }
                 // The code first, so that `route_refusal` recognises it.
