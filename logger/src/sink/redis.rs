@@ -168,6 +168,12 @@ impl RedisSink {
                 cfg.url
             ));
         }
+        if matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }) {
+            return Err(format!(
+                "redis_url `{}`: certificate checks cannot be turned off (#insecure); set redis_ca_file",
+                cfg.url
+            ));
+        }
         Ok(RedisSink {
             dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
