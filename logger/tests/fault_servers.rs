@@ -706,13 +706,15 @@ mod kafka_faults {
     use super::*;
     use common::sinks::{buffer, handled, RunningSink};
     use common::{fill_wal, free_port, tansu_bin, Broker};
+    use rein_logger::http::Refusal;
     use rein_logger::sink::kafka::{KafkaConfig, KafkaSink};
     use std::sync::atomic::Ordering;
 
     /// A hostile broker answers `raw`: nothing is acknowledged, the sink
-    /// keeps running and retrying; then Tansu takes the port and every
-    /// record is delivered (at least once).
-    fn survives(test: &str, raw: Raw) {
+    /// keeps running and retrying (answers librdkafka refuses are counted
+    /// under `reason`); then Tansu takes the port and every record is
+    /// delivered (at least once).
+    fn survives(test: &str, raw: Raw, reason: Option<Refusal>) {
         if tansu_bin().is_none() {
             return skip(
                 test,
@@ -742,7 +744,9 @@ mod kafka_faults {
         // librdkafka reconnects after each refused answer; the batch times
         // out and is retried, never acknowledged.
         wait_for("three connections and a retry", &stats, || {
-            hostile.connections() >= 3 && stats.retried.load(Ordering::Relaxed) > 0
+            hostile.connections() >= 3
+                && stats.retried.load(Ordering::Relaxed) > 0
+                && reason.is_none_or(|r| stats.responses_refused.get(r) > 0)
         });
         assert!(run.running(), "{test}: the sink thread ended");
         assert_eq!(
@@ -775,6 +779,7 @@ mod kafka_faults {
         survives(
             "kafka_garbage",
             Raw::Close(b"\x13\x37garbage\xff\x00\r\n".repeat(100)),
+            Some(Refusal::TooLarge),
         );
     }
 
@@ -782,27 +787,35 @@ mod kafka_faults {
     fn kafka_size_prefix_of_two_gib() {
         let mut b = 0x7fff_ffffu32.to_be_bytes().to_vec();
         b.extend_from_slice(&[0u8; 64]);
-        survives("kafka_size_prefix_of_two_gib", Raw::Stall(b));
+        survives(
+            "kafka_size_prefix_of_two_gib",
+            Raw::Stall(b),
+            Some(Refusal::TooLarge),
+        );
     }
 
     #[test]
     fn kafka_size_prefix_over_the_limit() {
         // Over receive.message.max.bytes (64 MiB), under librdkafka's own
         // default (100 MB), and the bytes to fill it.
-        let b = (96u32 << 20).to_be_bytes().to_vec();
-        survives("kafka_size_prefix_over_the_limit", Raw::Flood(b, 96 << 20));
+        let b = (80u32 << 20).to_be_bytes().to_vec();
+        survives(
+            "kafka_size_prefix_over_the_limit",
+            Raw::Flood(b, 80 << 20),
+            Some(Refusal::TooLarge),
+        );
     }
 
     #[test]
     fn kafka_truncated_answer() {
         let mut b = 100u32.to_be_bytes().to_vec();
         b.extend_from_slice(&[0u8; 10]);
-        survives("kafka_truncated_answer", Raw::Close(b));
+        survives("kafka_truncated_answer", Raw::Close(b), None);
     }
 
     #[test]
     fn kafka_silent_broker() {
-        survives("kafka_silent_broker", Raw::Stall(Vec::new()));
+        survives("kafka_silent_broker", Raw::Stall(Vec::new()), None);
     }
 }
 
