@@ -1,32 +1,71 @@
-//! A small blocking HTTP/1.1 client (keep-alive, Content-Length and chunked
-//! responses, optional TLS with rustls) and the server-side helpers the test
-//! proxy uses. Enough for `_bulk`; no redirects, no proxies.
+//! The HTTP client of the Elasticsearch sink: `ureq` (a maintained blocking
+//! HTTP/1.1 client, rustls for TLS) held to limits, so that no answer of a
+//! server can make the shipper allocate without bound or wait forever. Every
+//! response is bounded in header size, body size and total time; one that
+//! breaks a limit or the protocol is refused with a [`Refusal`] the sink
+//! counts, and the request is retried like any failed one.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+/// Why an answer of the server was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Headers or body over their limit (announced or actually sent).
+    TooLarge,
+    /// Not HTTP: a bad status line, header, length or chunk.
+    Malformed,
+    /// The connection ended before the whole body arrived.
+    Truncated,
+    /// The answer did not arrive within the request deadline.
+    Slow,
+    /// Valid HTTP, but a body the sink cannot take as an answer to what it
+    /// sent (not JSON, the wrong number of items...).
+    Unusable,
+}
+
+impl Refusal {
+    /// Every reason, in the order of the counters.
+    pub const ALL: [Refusal; 5] = [
+        Refusal::TooLarge,
+        Refusal::Malformed,
+        Refusal::Truncated,
+        Refusal::Slow,
+        Refusal::Unusable,
+    ];
+
+    /// The name in counters and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::TooLarge => "too_large",
+            Refusal::Malformed => "malformed",
+            Refusal::Truncated => "truncated",
+            Refusal::Slow => "slow",
+            Refusal::Unusable => "unusable",
+        }
+    }
+}
 
 /// Errors of a request; all are retried by the sinks.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// Connection, TLS or transfer error.
-    #[error("{url}: {source}")]
-    Io {
-        /// Target.
-        url: String,
+    /// No answer: connection refused or reset, TLS failure, connect timeout.
+    #[error("{target}: {reason}")]
+    Transport {
+        /// `host:port`.
+        target: String,
         /// Cause.
-        source: io::Error,
+        reason: String,
     },
-    /// Malformed response.
-    #[error("{url}: bad response: {reason}")]
-    Protocol {
-        /// Target.
-        url: String,
-        /// What was wrong.
+    /// The server answered something the client does not accept.
+    #[error("{target}: response refused ({}): {reason}", refusal.name())]
+    Refused {
+        /// `host:port`.
+        target: String,
+        /// Class of the fault.
+        refusal: Refusal,
+        /// Details.
         reason: String,
     },
 }
@@ -76,54 +115,69 @@ impl Url {
             prefix: prefix.into(),
         })
     }
+
+    /// `host:port`, for messages.
+    pub fn target(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// `scheme://host:port/prefix` (IPv6 addresses in brackets).
+    pub fn base(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}{}", self.host, self.port, self.prefix)
+        } else {
+            format!("{scheme}://{}:{}{}", self.host, self.port, self.prefix)
+        }
+    }
 }
 
-/// Builds a rustls client configuration that verifies servers against the
-/// CA certificates in `ca_file` (PEM).
-pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-    for c in certs {
-        let c = c.map_err(|e| format!("{}: {e}", ca_file.display()))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+/// The bounds every exchange is held to.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connecting, and each read or write: a server that stops sending.
+    pub io_timeout: Duration,
+    /// The whole exchange, from connecting to the last byte of the body: a
+    /// server that trickles.
+    pub request_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: u64,
+    /// Largest status line plus headers accepted.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            io_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(120),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_header_bytes: MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// Default body limit: a `_bulk` answer with a long error for every item of
+/// the largest batch fits many times over.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
+/// Status line and headers: Elasticsearch sends a few hundred bytes.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// Reads the CA certificates (PEM) servers are verified against.
+fn load_roots(ca_file: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    let mut roots = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| format!("{}: {e}", ca_file.display()))? {
+            ureq::tls::PemItem::Certificate(c) => roots.push(c),
+            _ => continue,
+        }
     }
     if roots.is_empty() {
         return Err(format!("{}: no CA certificate found", ca_file.display()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
-enum Conn {
-    Plain(BufReader<TcpStream>),
-    Tls(Box<BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>>),
-}
-
-impl Conn {
-    fn reader(&mut self) -> &mut dyn BufRead {
-        match self {
-            Conn::Plain(r) => r,
-            Conn::Tls(r) => r.as_mut(),
-        }
-    }
-    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
-        match self {
-            Conn::Plain(r) => r.get_mut().write_all(b),
-            Conn::Tls(r) => {
-                let s = r.get_mut();
-                s.write_all(b)?;
-                s.flush()
-            }
-        }
-    }
+    Ok(roots)
 }
 
 /// A response.
@@ -131,85 +185,121 @@ impl Conn {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Body (decoded from chunked transfer if needed).
+    /// Body, at most `max_response_bytes`.
     pub body: Vec<u8>,
 }
 
-/// A keep-alive connection to one server.
+/// Keep-alive connections to one server.
 pub struct Client {
-    url: Url,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    timeout: Duration,
-    conn: Option<Conn>,
+    agent: ureq::Agent,
+    base: String,
+    target: String,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("url", &self.url).finish()
+        f.debug_struct("Client")
+            .field("target", &self.target)
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
 impl Client {
-    /// A client for `url`; https needs a TLS configuration.
-    pub fn new(url: Url, tls: Option<Arc<rustls::ClientConfig>>, timeout: Duration) -> Self {
-        Client {
-            url,
-            tls,
-            timeout,
-            conn: None,
+    /// A client for `url`; https servers are verified against `ca_file`.
+    pub fn new(url: &Url, ca_file: Option<&Path>, limits: Limits) -> Result<Client, String> {
+        let mut tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));
+        if url.tls {
+            let ca = ca_file.ok_or_else(|| format!("{}: https needs a CA file", url.target()))?;
+            let roots = load_roots(ca)?;
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            // The operator names the server: no proxy from the environment, no redirects.
+            .proxy(None)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .user_agent(concat!("rein-log-shipper/", env!("CARGO_PKG_VERSION")))
+            .max_response_header_size(limits.max_header_bytes)
+            .timeout_connect(Some(limits.io_timeout))
+            .timeout_per_read(Some(limits.io_timeout))
+            .timeout_per_write(Some(limits.io_timeout))
+            .timeout_per_call(Some(limits.request_timeout))
+            .max_idle_connections_per_host(2)
+            .build()
+            .new_agent();
+        Ok(Client {
+            agent,
+            base: url.base(),
+            target: url.target(),
+            limits,
+        })
+    }
+
+    /// The limits responses are held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn transport(&self, reason: impl std::fmt::Display) -> HttpError {
+        HttpError::Transport {
+            target: self.target.clone(),
+            reason: reason.to_string(),
         }
     }
 
-    fn err(&self, source: io::Error) -> HttpError {
-        HttpError::Io {
-            url: format!("{}:{}", self.url.host, self.url.port),
-            source,
+    fn refused(&self, refusal: Refusal, reason: impl std::fmt::Display) -> HttpError {
+        HttpError::Refused {
+            target: self.target.clone(),
+            refusal,
+            reason: reason.to_string(),
         }
     }
 
-    fn proto(&self, reason: impl Into<String>) -> HttpError {
-        HttpError::Protocol {
-            url: format!("{}:{}", self.url.host, self.url.port),
-            reason: reason.into(),
-        }
-    }
-
-    fn connect(&self) -> Result<Conn, HttpError> {
-        let addrs = (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()
-            .map_err(|e| self.err(e))?;
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, self.timeout) {
-                Ok(s) => {
-                    s.set_read_timeout(Some(self.timeout))
-                        .map_err(|e| self.err(e))?;
-                    s.set_write_timeout(Some(self.timeout))
-                        .map_err(|e| self.err(e))?;
-                    let _ = s.set_nodelay(true);
-                    if !self.url.tls {
-                        return Ok(Conn::Plain(BufReader::new(s)));
-                    }
-                    let cfg = self
-                        .tls
-                        .clone()
-                        .ok_or_else(|| self.proto("https without TLS settings"))?;
-                    let name = ServerName::try_from(self.url.host.clone())
-                        .map_err(|e| self.proto(format!("server name: {e}")))?;
-                    let c = rustls::ClientConnection::new(cfg, name)
-                        .map_err(|e| self.proto(format!("TLS: {e}")))?;
-                    return Ok(Conn::Tls(Box::new(BufReader::new(
-                        rustls::StreamOwned::new(c, s),
-                    ))));
-                }
-                Err(e) => last = e,
+    /// An error while sending or reading the status line and headers.
+    fn head_error(&self, e: ureq::Error) -> HttpError {
+        use ureq::Timeout as T;
+        match e {
+            ureq::Error::Timeout(T::Resolve | T::Connect) => self.transport(e),
+            ureq::Error::Timeout(_) => self.refused(Refusal::Slow, e),
+            ureq::Error::LargeResponseHeader(..)
+            | ureq::Error::Protocol(ureq_proto::Error::HttpParseTooManyHeaders) => {
+                self.refused(Refusal::TooLarge, e)
             }
+            ureq::Error::Protocol(_) | ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
+                self.refused(Refusal::Malformed, e)
+            }
+            _ => self.transport(e),
         }
-        Err(self.err(last))
     }
 
-    /// Sends one request and reads the response. A failure closes the
-    /// connection (the next call reconnects).
+    /// An error while reading the body: the server answered, then misbehaved.
+    fn body_error(&self, e: ureq::Error) -> HttpError {
+        match e {
+            ureq::Error::Timeout(_) => self.refused(Refusal::Slow, e),
+            ureq::Error::BodyExceedsLimit(_) => self.refused(
+                Refusal::TooLarge,
+                format!("body over {} bytes", self.limits.max_response_bytes),
+            ),
+            ureq::Error::Io(io) => match io.kind() {
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                    self.refused(Refusal::Slow, io)
+                }
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    self.refused(Refusal::Malformed, io)
+                }
+                _ => self.refused(Refusal::Truncated, io),
+            },
+            e => self.refused(Refusal::Malformed, e),
+        }
+    }
+
+    /// Sends one request and reads the whole response within the limits.
     pub fn request(
         &mut self,
         method: &str,
@@ -217,138 +307,31 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, HttpError> {
-        let r = self.request_once(method, path, headers, body);
-        if r.is_err() {
-            self.conn = None;
-        }
-        r
-    }
-
-    fn request_once(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<Response, HttpError> {
-        if self.conn.is_none() {
-            self.conn = Some(self.connect()?);
-        }
-        let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Length: {}\r\n",
-            self.url.prefix,
-            self.url.host,
-            self.url.port,
-            body.len()
-        );
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
         for (k, v) in headers {
-            head.push_str(k);
-            head.push_str(": ");
-            head.push_str(v);
-            head.push_str("\r\n");
+            req = req.header(*k, *v);
         }
-        head.push_str("\r\n");
-        let mut msg = head.into_bytes();
-        msg.extend_from_slice(body);
-        let conn = self.conn.as_mut().expect("connected");
-        if let Err(e) = conn.write_all(&msg) {
-            return Err(self.err(e));
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        let (status, hdrs, body) = match read_message(conn.reader(), true) {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(self.err(io::ErrorKind::UnexpectedEof.into())),
-            Err(e) => return Err(self.err(e)),
+        let sent = if body.is_empty() && matches!(method, "GET" | "HEAD" | "DELETE") {
+            req.body(())
+                .map_err(|e| self.transport(e))
+                .and_then(|r| self.agent.run(r).map_err(|e| self.head_error(e)))
+        } else {
+            req.body(body)
+                .map_err(|e| self.transport(e))
+                .and_then(|r| self.agent.run(r).map_err(|e| self.head_error(e)))
         };
-        let status: u16 = status
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| self.proto(format!("status line `{status}`")))?;
-        if header(&hdrs, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
-            self.conn = None;
-        }
+        let mut resp = sent?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(self.limits.max_response_bytes)
+            .read_to_vec()
+            .map_err(|e| self.body_error(e))?;
         Ok(Response { status, body })
     }
-}
-
-/// Value of header `name` (case-insensitive).
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-type Message = (String, Vec<(String, String)>, Vec<u8>);
-
-/// Reads one HTTP message (request or response): start line, headers and
-/// body. `Ok(None)` at a clean EOF before the start line.
-pub fn read_message(r: &mut dyn BufRead, is_response: bool) -> io::Result<Option<Message>> {
-    let mut start = String::new();
-    if r.read_line(&mut start)? == 0 {
-        return Ok(None);
-    }
-    let start = start.trim_end().to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut l = String::new();
-        if r.read_line(&mut l)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = l.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-        if headers.len() > 200 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "too many headers",
-            ));
-        }
-    }
-    let mut body = Vec::new();
-    if header(&headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l)?;
-            let n = usize::from_str_radix(l.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-            if n == 0 {
-                let mut crlf = String::new();
-                r.read_line(&mut crlf)?;
-                break;
-            }
-            let at = body.len();
-            body.resize(at + n, 0);
-            r.read_exact(&mut body[at..])?;
-            let mut crlf = [0u8; 2];
-            r.read_exact(&mut crlf)?;
-        }
-    } else if let Some(n) = header(&headers, "content-length") {
-        let n: usize = n
-            .parse()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad length"))?;
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else if is_response && !start.contains(" 204 ") && !start.contains(" 304 ") {
-        r.read_to_end(&mut body)?;
-    }
-    Ok(Some((start, headers, body)))
-}
-
-/// Writes a response with a body (server side, for tests and tools).
-pub fn write_response(w: &mut dyn Write, status: u16, reason: &str, body: &[u8]) -> io::Result<()> {
-    write!(
-        w,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    w.write_all(body)?;
-    w.flush()
 }
 
 #[cfg(test)]
@@ -367,24 +350,109 @@ mod tests {
                 prefix: "/base".into()
             }
         );
+        assert_eq!(u.base(), "https://es.example:9243/base");
         assert_eq!(Url::parse("http://127.0.0.1").unwrap().port, 80);
+        assert_eq!(
+            Url::parse("http://[::1]:9200").unwrap().base(),
+            "http://[::1]:9200"
+        );
         assert!(Url::parse("ftp://x").is_err());
     }
 
+    /// A server answering `answer` to one request, `gap` between its bytes.
+    fn canned(answer: &'static [u8], gap: Duration) -> Url {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            if gap.is_zero() {
+                let _ = s.write_all(answer);
+                return;
+            }
+            for b in answer {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        url
+    }
+
+    fn ask(url: &Url) -> Result<Response, HttpError> {
+        let limits = Limits {
+            io_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(1),
+            max_response_bytes: 1024,
+            max_header_bytes: 1024,
+        };
+        Client::new(url, None, limits)
+            .unwrap()
+            .request("POST", "/_bulk", &[], b"{}\n")
+    }
+
     #[test]
-    fn reads_chunked_and_length_messages() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nHTTP/1.1 429 Too Many\r\nContent-Length: 2\r\n\r\n{}";
-        let mut r = io::BufReader::new(&raw[..]);
-        let (s, _, b) = read_message(&mut r, true).unwrap().unwrap();
-        assert_eq!(
-            (s.as_str(), b.as_slice()),
-            ("HTTP/1.1 200 OK", &b"hello world"[..])
-        );
-        let (s, _, b) = read_message(&mut r, true).unwrap().unwrap();
-        assert_eq!(
-            (s.as_str(), b.as_slice()),
-            ("HTTP/1.1 429 Too Many", &b"{}"[..])
-        );
-        assert!(read_message(&mut r, true).unwrap().is_none());
+    fn hostile_answers_are_refused_by_class() {
+        let ok = ask(&canned(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            Duration::ZERO,
+        ))
+        .unwrap();
+        assert_eq!((ok.status, ok.body.as_slice()), (200, &b"{}"[..]));
+        let mut long_header = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        long_header.resize(2048, b'a');
+        let long_header: &'static [u8] = long_header.leak();
+        let cases: [(&'static [u8], Duration, Refusal); 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n{",
+                Duration::ZERO,
+                Refusal::Truncated,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n",
+                Duration::ZERO,
+                Refusal::Truncated,
+            ),
+            (&[b'x'; 3000], Duration::ZERO, Refusal::Malformed),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                Duration::from_millis(100),
+                Refusal::Slow,
+            ),
+            (long_header, Duration::ZERO, Refusal::TooLarge),
+        ];
+        for (answer, gap, want) in cases {
+            match ask(&canned(answer, gap)) {
+                Err(HttpError::Refused { refusal, .. }) if refusal == want => {}
+                other => panic!(
+                    "{:.60}: expected {want:?}, got {other:?}",
+                    String::from_utf8_lossy(answer)
+                ),
+            }
+        }
+        let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n".to_vec();
+        big.resize(big.len() + 4096, b' ');
+        let big: &'static [u8] = big.leak();
+        assert!(matches!(
+            ask(&canned(big, Duration::ZERO)),
+            Err(HttpError::Refused {
+                refusal: Refusal::TooLarge,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn https_needs_a_readable_ca_file() {
+        let u = Url::parse("https://es.example:9243").unwrap();
+        assert!(Client::new(&u, None, Limits::default()).is_err());
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let e = Client::new(&u, Some(&ca), Limits::default()).unwrap_err();
+        assert!(e.contains("no CA certificate"), "{e}");
     }
 }

@@ -60,6 +60,8 @@ fn config(url: &str, dir: &Path) -> EsConfig {
         batch_records: 200,
         batch_bytes: 1 << 20,
         timeout: Duration::from_millis(1500),
+        request_timeout: Duration::from_secs(20),
+        max_response_bytes: 1 << 20,
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         dead_letter: dir.join("dead-letter.ndjson"),

@@ -55,6 +55,8 @@ pub const KEYS: &[&str] = &[
     "es_backoff_max",
     "es_dead_letter",
     "es_refresh",
+    "es_request_timeout",
+    "es_max_response_bytes",
     "kafka_brokers",
     "kafka_topic",
     "kafka_compression",
@@ -249,6 +251,31 @@ impl ShipperConfig {
                     .unwrap_or_else(|| "logs-rein-%Y.%m.%d".into());
                 validate_index(&index).map_err(|e| p.error("es_index", e))?;
                 let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+                let timeout = p.duration("es_timeout")?.unwrap_or(Duration::from_secs(30));
+                if timeout.is_zero() {
+                    return Err(p.error("es_timeout", "must be more than 0s"));
+                }
+                let request_timeout = p
+                    .duration("es_request_timeout")?
+                    .unwrap_or(Duration::from_secs(120));
+                if request_timeout < Duration::from_secs(1) {
+                    return Err(p.error("es_request_timeout", "must be at least 1s"));
+                }
+                let max_response_bytes = p
+                    .bytes("es_max_response_bytes")?
+                    .unwrap_or(crate::http::DEFAULT_MAX_RESPONSE_BYTES);
+                let batch_records = p.u64("es_batch_records")?.unwrap_or(2000).max(1);
+                // An answer with an error for every item of a full batch must
+                // fit, or such a batch would be refused at every resend.
+                let needed = (batch_records.saturating_mul(1 << 10)).max(64 << 10);
+                if max_response_bytes < needed {
+                    return Err(p.error(
+                        "es_max_response_bytes",
+                        format!(
+                            "must be at least 64KiB and 1KiB per record of es_batch_records ({needed} bytes): the _bulk answer of a full batch must fit"
+                        ),
+                    ));
+                }
                 Some(EsConfig {
                     url,
                     index,
@@ -257,9 +284,11 @@ impl ShipperConfig {
                     ca_file: p
                         .path("es_ca_file")?
                         .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
-                    batch_records: to_usize(p.u64("es_batch_records")?.unwrap_or(2000).max(1)),
+                    batch_records: to_usize(batch_records),
                     batch_bytes: to_usize(p.bytes("es_batch_bytes")?.unwrap_or(5 << 20).max(1024)),
-                    timeout: p.duration("es_timeout")?.unwrap_or(Duration::from_secs(30)),
+                    timeout,
+                    request_timeout,
+                    max_response_bytes,
                     backoff_base: Duration::from_millis(100),
                     backoff_max: p
                         .duration("es_backoff_max")?

@@ -127,6 +127,13 @@ pub fn snapshot(
                 "failed_requests": load(&s.failed_requests),
             }),
         );
+        // Refused answers of the destination, in total and per reason.
+        if let Some(sink) = k.get_mut(*name) {
+            sink["responses_refused"] = s.responses_refused.total().into();
+            for r in crate::http::Refusal::ALL {
+                sink[format!("responses_refused_{}", r.name())] = s.responses_refused.get(r).into();
+            }
+        }
     }
     serde_json::json!({
         "reader": {

@@ -17,7 +17,7 @@ use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
 use super::route::{self, RouteFailure};
 use super::SinkStats;
-use crate::http::{self, Client, Url};
+use crate::http::{Client, HttpError, Limits, Refusal, Url};
 use crate::record::json::{one_line, push_str};
 use crate::record::time::ymd;
 use crate::wal::{Batch, Wal};
@@ -102,8 +102,13 @@ pub struct EsConfig {
     pub batch_records: usize,
     /// Bytes of documents per request.
     pub batch_bytes: usize,
-    /// Connect/read/write timeout.
+    /// Connect timeout, and the longest wait for each read or write.
     pub timeout: Duration,
+    /// `es_request_timeout`: the whole request, from connecting to the last
+    /// byte of the answer (a server trickling its answer is cut off here).
+    pub request_timeout: Duration,
+    /// `es_max_response_bytes`: the largest answer body accepted.
+    pub max_response_bytes: u64,
     /// First retry delay.
     pub backoff_base: Duration,
     /// Longest retry delay.
@@ -211,13 +216,15 @@ pub enum Outcome {
     RetryAll(u16, String),
     /// The request was refused as a whole for good (a 4xx such as 400).
     DeadAll(u16, String),
+    /// A success status with a body that is no answer to the request (not
+    /// JSON, items missing or extra): nothing is known stored, resend all.
+    Unusable(u16, String),
 }
 
 #[derive(Deserialize)]
 struct BulkResponse {
     #[serde(default)]
     errors: bool,
-    #[serde(default)]
     items: Vec<HashMap<String, BulkItem>>,
 }
 
@@ -245,12 +252,22 @@ pub fn classify(status: u16, body: &[u8], n: usize) -> Outcome {
     }
     let resp: BulkResponse = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return Outcome::RetryAll(status, format!("unreadable _bulk response: {e}")),
+        Err(e) => return Outcome::Unusable(status, format!("unreadable _bulk response: {e}")),
     };
     if resp.items.len() != n {
-        return Outcome::RetryAll(
+        return Outcome::Unusable(
             status,
             format!("{} items in the response for {n} sent", resp.items.len()),
+        );
+    }
+    // Each item is `{"<action>": {...}}`: one result per record sent.
+    if let Some(i) = resp.items.iter().position(|m| m.len() != 1) {
+        return Outcome::Unusable(
+            status,
+            format!(
+                "item {i} of the response has {} results",
+                resp.items[i].len()
+            ),
         );
     }
     if !resp.errors
@@ -331,17 +348,19 @@ impl EsSink {
     /// Builds the sink; fails on unreadable auth or CA files.
     pub fn new(cfg: EsConfig, stats: Arc<SinkStats>) -> Result<EsSink, String> {
         validate_index(&cfg.index)?;
-        let tls = if cfg.url.tls {
-            Some(http::tls_config(&cfg.ca_file)?)
-        } else {
-            None
+        let limits = Limits {
+            io_timeout: cfg.timeout,
+            request_timeout: cfg.request_timeout,
+            max_response_bytes: cfg.max_response_bytes,
+            ..Limits::default()
         };
+        let client = Client::new(&cfg.url, Some(&cfg.ca_file), limits)?;
         let auth = match &cfg.auth_file {
             Some(p) => Some(Auth::load(p)?.header()),
             None => None,
         };
         Ok(EsSink {
-            client: Client::new(cfg.url.clone(), tls, cfg.timeout),
+            client,
             auth,
             dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
@@ -430,19 +449,37 @@ impl EsSink {
                 headers.push(("Authorization", a));
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = match self.client.request("POST", path, &headers, payload) {
-                Ok(resp) => classify(resp.status, &resp.body, take),
-                Err(e) => Outcome::RetryAll(0, e.to_string()),
+            // A refused answer is counted and logged (rate-limited) once, here.
+            let (outcome, refusal) = match self.client.request("POST", path, &headers, payload) {
+                Ok(resp) => match classify(resp.status, &resp.body, take) {
+                    Outcome::Unusable(status, reason) => (
+                        Outcome::RetryAll(status, reason.clone()),
+                        Some((Refusal::Unusable, reason)),
+                    ),
+                    o => (o, None),
+                },
+                Err(HttpError::Refused {
+                    refusal, reason, ..
+                }) => (
+                    Outcome::RetryAll(0, reason.clone()),
+                    Some((refusal, reason)),
+                ),
+                Err(e @ HttpError::Transport { .. }) => (Outcome::RetryAll(0, e.to_string()), None),
             };
+            if let Some((r, why)) = &refusal {
+                self.refused(*r, take, why);
+            }
             match outcome {
-                Outcome::RetryAll(status, reason) => {
+                Outcome::RetryAll(status, reason) | Outcome::Unusable(status, reason) => {
                     self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
                     self.stats.retried.fetch_add(take as u64, Ordering::Relaxed);
-                    tracing::warn!(
-                        status,
-                        items = take,
-                        "elasticsearch _bulk failed, will resend: {reason}"
-                    );
+                    if refusal.is_none() {
+                        tracing::warn!(
+                            status,
+                            items = take,
+                            "elasticsearch _bulk failed, will resend: {reason}"
+                        );
+                    }
                     if status == 413 && chunk > 1 {
                         chunk = take.div_ceil(2);
                     }
@@ -536,6 +573,13 @@ impl EsSink {
             self.retry_wait(stop)?;
         }
         Ok(())
+    }
+
+    /// Counts and logs (rate-limited) an answer refused for a request of `records`.
+    fn refused(&self, refusal: Refusal, records: usize, reason: &str) {
+        self.stats
+            .responses_refused
+            .record("elasticsearch", refusal, records, reason);
     }
 
     /// The index a record goes to: its route (a pattern), or the default.
@@ -695,13 +739,23 @@ mod tests {
             Outcome::DeadAll(400, _)
         ));
         // A truncated or mismatched response never loses items.
-        assert!(matches!(
-            classify(200, b"{\"errors\":fal", 2),
-            Outcome::RetryAll(..)
-        ));
+        for bad in [
+            &b"{\"errors\":fal"[..],
+            b"\x00\xff garbage",
+            b"",
+            b"{\"errors\":false}",
+            br#"{"errors":false,"items":[{},{}]}"#,
+            br#"{"errors":false,"items":[{"create":{"status":201},"index":{"status":201}},{"create":{"status":201}}]}"#,
+        ] {
+            assert!(
+                matches!(classify(200, bad, 2), Outcome::Unusable(200, _)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         assert!(matches!(
             classify(200, ok.as_bytes(), 3),
-            Outcome::RetryAll(..)
+            Outcome::Unusable(..)
         ));
     }
 }

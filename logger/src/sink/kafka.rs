@@ -19,17 +19,37 @@ use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
 use super::route;
 use super::SinkStats;
+use crate::http::Refusal;
 use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
 
 pub use super::kafka_config::KafkaConfig;
 
-#[derive(Default)]
 struct Deliveries {
     results: Mutex<Vec<(usize, Option<KafkaError>)>>,
+    stats: Arc<SinkStats>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    /// librdkafka's connection-level errors. A broker answer it refused (a
+    /// size prefix over `receive.message.max.bytes`, a frame it cannot
+    /// parse) is counted like the other sinks' refused answers; librdkafka
+    /// drops the connection and the records are produced again.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::BadMessage) {
+            let refusal = if reason.contains("Invalid response size") {
+                Refusal::TooLarge
+            } else {
+                Refusal::Malformed
+            };
+            self.stats
+                .responses_refused
+                .record("kafka", refusal, 0, reason);
+        } else {
+            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<usize>;
@@ -82,6 +102,10 @@ pub struct KafkaSink {
     pub stats: Arc<SinkStats>,
 }
 
+/// `receive.message.max.bytes` unless `kafka_properties` sets it: room for
+/// the metadata of a large cluster, far below what a hostile size prefix asks.
+pub const KAFKA_MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
@@ -103,6 +127,13 @@ impl KafkaSink {
             )
             .set("compression.type", &cfg.compression)
             .set("linger.ms", "5")
+            // The largest answer accepted from a broker: a bigger size prefix
+            // is refused before anything is allocated, and the connection
+            // dropped (librdkafka's default is 100 MB).
+            .set(
+                "receive.message.max.bytes",
+                KAFKA_MAX_RESPONSE_BYTES.to_string(),
+            )
             // A missing topic (auto-create off) fails its records as "unknown topic",
             // a route refusal, before they would time out (a transient error).
             .set(
@@ -114,8 +145,12 @@ impl KafkaSink {
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let producer: BaseProducer<Deliveries> =
-            cc.create_with_context(Deliveries::default()).map_err(|e| {
+        let producer: BaseProducer<Deliveries> = cc
+            .create_with_context(Deliveries {
+                results: Mutex::default(),
+                stats: stats.clone(),
+            })
+            .map_err(|e| {
                 // librdkafka quotes a refused value: it may be a password.
                 let e = crate::redact::scrub(&e.to_string(), &cfg.secrets());
                 format!("kafka producer: {e}")

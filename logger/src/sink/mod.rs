@@ -11,6 +11,9 @@ pub mod kafka_config;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod redis_config;
+#[cfg(feature = "redis")]
+pub mod redis_conn;
+pub mod refused;
 pub mod route;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,4 +112,8 @@ pub struct SinkStats {
     pub failed_requests: AtomicU64,
     /// Per route (index, topic, stream): failure state and counters.
     pub routes: route::RouteTable,
+    // Answers of the destination refused (too large, malformed, truncated,
+    // slow, unusable): the batch was resent, never acknowledged on them.
+    /// Refused answers per reason.
+    pub responses_refused: refused::ResponseRefusals,
 }

@@ -20,12 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, ConnectionAddr, IntoConnectionInfo, Script, Value};
+use redis::{ConnectionAddr, IntoConnectionInfo, Script, Value};
 
 use super::backoff::Backoff;
 use super::deadletter::DeadLetter;
+use super::redis_conn::BoundedConn;
 use super::route;
 use super::SinkStats;
+use crate::http::Refusal;
 use crate::redact;
 use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
@@ -89,6 +91,24 @@ fn route_refusal(reason: &str) -> bool {
     reason.starts_with("WRONGTYPE") || reason.starts_with("NOPERM")
 }
 
+/// The class of an error that is the server's answer misbehaving (not a
+/// connection that could not be made, not an error reply).
+fn refusal_of(e: &redis::RedisError) -> Option<Refusal> {
+    if e.is_timeout() {
+        return Some(Refusal::Slow);
+    }
+    match e.kind() {
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
+            Some(Refusal::Malformed)
+        }
+        // Cut off mid-answer (refused connections are no answer at all).
+        redis::ErrorKind::Io if e.is_connection_dropped() && !e.is_connection_refusal() => {
+            Some(Refusal::Truncated)
+        }
+        _ => None,
+    }
+}
+
 /// Maps the script's answer to one outcome per record.
 fn outcomes(v: &Value, n: usize) -> Vec<Outcome> {
     let items: &[Value] = match v {
@@ -120,7 +140,7 @@ fn outcomes(v: &Value, n: usize) -> Vec<Outcome> {
 pub struct RedisSink {
     cfg: RedisConfig,
     script: Script,
-    conn: Option<Connection>,
+    conn: Option<BoundedConn>,
     dead: DeadLetter,
     backoff: Backoff,
     /// Counters.
@@ -148,6 +168,12 @@ impl RedisSink {
                 cfg.url
             ));
         }
+        if matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }) {
+            return Err(format!(
+                "redis_url `{}`: certificate checks cannot be turned off (#insecure); set redis_ca_file",
+                cfg.url
+            ));
+        }
         Ok(RedisSink {
             dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
             backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
@@ -158,8 +184,9 @@ impl RedisSink {
         })
     }
 
-    /// A new connection with the current credentials and timeouts.
-    fn connect(&self) -> Result<Connection, String> {
+    /// A new connection with the current credentials and timeouts, for a
+    /// call of `records`.
+    fn connect(&self, records: usize) -> Result<BoundedConn, String> {
         let mut info = self
             .cfg
             .url
@@ -174,27 +201,15 @@ impl RedisSink {
             }
             info = info.set_redis_settings(r);
         }
-        let client = match &self.cfg.ca_file {
-            Some(ca) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
-                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-                Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
-            _ => Client::open(info),
-        }
-        .map_err(|e| e.to_string())?;
-        let conn = client
-            .get_connection_with_timeout(self.cfg.timeout)
-            .map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(self.cfg.timeout))
-            .and_then(|()| conn.set_write_timeout(Some(self.cfg.timeout)))
-            .map_err(|e| e.to_string())?;
-        Ok(conn)
+        // The handshake (AUTH, SELECT) reads answers too.
+        BoundedConn::connect(&info, self.cfg.ca_file.as_deref(), self.cfg.timeout).map_err(
+            |(e, cut)| {
+                if let Some(refusal) = cut.or_else(|| refusal_of(&e)) {
+                    self.refused(refusal, records, &e.to_string());
+                }
+                e.to_string()
+            },
+        )
     }
 
     /// Ships batches from `wal` until `stop` is set.
@@ -372,7 +387,7 @@ impl RedisSink {
         maxlen: u64,
     ) -> Result<Value, String> {
         if self.conn.is_none() {
-            self.conn = Some(self.connect()?);
+            self.conn = Some(self.connect(pending.len())?);
         }
         let mut call = self.script.prepare_invoke();
         call.arg(ttl).arg(maxlen);
@@ -392,10 +407,26 @@ impl RedisSink {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn.as_mut().expect("connected above");
         match call.invoke::<Value>(conn) {
-            Ok(v) => Ok(v),
+            // One entry per record handled, never more.
+            Ok(Value::Array(a)) if a.len() <= pending.len() => Ok(Value::Array(a)),
+            Ok(v) => {
+                // Not an answer to this call: what else the server sent is unknown.
+                self.conn = None;
+                let why = format!("not an answer to the script: {:.200}", format!("{v:?}"));
+                self.refused(Refusal::Unusable, pending.len(), &why);
+                Err(why)
+            }
             Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                // A limit of the connection, or what the error says.
+                let refusal = conn.cut.or_else(|| refusal_of(&e));
+                // Only an error reply of the server leaves the connection in
+                // step; after anything else (garbage, a cut or late answer)
+                // the next reply read could belong to this call.
+                if e.code().is_none() {
                     self.conn = None;
+                }
+                if let Some(refusal) = refusal {
+                    self.refused(refusal, pending.len(), &e.to_string());
                 }
                 // The code first, so that `route_refusal` recognises it.
                 match e.code() {
@@ -404,6 +435,14 @@ impl RedisSink {
                 }
             }
         }
+    }
+
+    /// Counts and logs (rate-limited) an answer refused for a call of `records`.
+    fn refused(&self, refusal: Refusal, records: usize, reason: &str) {
+        let reason = redact::scrub(reason, &self.cfg.url.secrets());
+        self.stats
+            .responses_refused
+            .record("redis", refusal, records, &reason);
     }
 
     fn stream_of<'r>(&'r self, r: &WalRecord<'r>) -> &'r str {

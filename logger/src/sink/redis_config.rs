@@ -33,7 +33,8 @@ pub struct RedisConfig {
     /// `redis_ca_file`: CAs for `rediss://` (default: the system's).
     pub ca_file: Option<PathBuf>,
     /// `redis_timeout`: connect, read and write timeout (default 10s); a
-    /// timed-out batch is sent again, never dropped.
+    /// whole reply must arrive within 4 times it (a trickling server is cut
+    /// off). A timed-out batch is sent again, never dropped.
     pub timeout: Duration,
     /// `redis_backoff_max`: longest delay between attempts (default 30s).
     pub backoff_max: Duration,

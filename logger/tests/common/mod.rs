@@ -2,6 +2,7 @@
 //! bound to 127.0.0.1, killed on drop) and the fault-injecting proxy.
 #![allow(dead_code)]
 
+pub mod http_server;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis_server;
@@ -200,11 +201,7 @@ impl EsServer {
 
     /// A plain GET; (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut c = rein_logger::http::Client::new(
-            rein_logger::http::Url::parse(&format!("http://{}", self.addr)).unwrap(),
-            None,
-            Duration::from_secs(5),
-        );
+        let mut c = proxy::upstream_client(self.addr);
         let r = c.request("GET", path, &[], b"").ok()?;
         Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
     }
@@ -218,11 +215,7 @@ impl EsServer {
     }
 
     fn send(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        let mut c = rein_logger::http::Client::new(
-            rein_logger::http::Url::parse(&format!("http://{}", self.addr)).unwrap(),
-            None,
-            Duration::from_secs(5),
-        );
+        let mut c = proxy::upstream_client(self.addr);
         let r = c
             .request(
                 method,

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rein_logger::http::{self, Client, Url};
+use super::http_server::{self as http, decoded_body};
+use rein_logger::http::{Client, Limits, Url};
 
 /// What the proxy does with one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,14 +114,6 @@ impl Drop for Proxy {
     }
 }
 
-fn gunzip(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(b)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
 fn serve(
     io: Box<dyn Io>,
     upstream: SocketAddr,
@@ -129,18 +122,14 @@ fn serve(
     seen: &Mutex<Vec<Seen>>,
 ) {
     let mut r = BufReader::new(io);
-    let mut up = Client::new(
-        Url::parse(&format!("http://{upstream}")).unwrap(),
-        None,
-        Duration::from_secs(10),
-    );
+    let mut up = upstream_client(upstream);
     loop {
-        let Ok(Some((start, headers, body))) = http::read_message(&mut r, false) else {
+        let Ok(Some((start, headers, body))) = http::read_request(&mut r) else {
             return;
         };
         let path = start.split(' ').nth(1).unwrap_or("/").to_string();
         let gzip = http::header(&headers, "content-encoding") == Some("gzip");
-        let body = if gzip { gunzip(&body) } else { body };
+        let body = decoded_body(&headers, body);
         let is_bulk = path.contains("_bulk");
         let fault = if is_bulk {
             let next = script.lock().unwrap().pop_front();
@@ -257,6 +246,21 @@ fn serve(
     }
 }
 
+/// A client of the real server behind a test proxy or helper.
+pub fn upstream_client(upstream: SocketAddr) -> Client {
+    let limits = Limits {
+        io_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    Client::new(
+        &Url::parse(&format!("http://{upstream}")).unwrap(),
+        None,
+        limits,
+    )
+    .unwrap()
+}
+
 /// A stand-in Elasticsearch for long outage tests: answers `_bulk` like ES
 /// (`create`: 201 for a new `_id`, 409 for a known one) and 503 while `down`,
 /// and only counts ids, so hundreds of thousands of records cost little memory.
@@ -282,7 +286,7 @@ impl FakeEs {
                 let (ids, down, conflicts) = (i2.clone(), d2.clone(), c2.clone());
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(s);
-                    while let Ok(Some((_, headers, body))) = http::read_message(&mut r, false) {
+                    while let Ok(Some((_, headers, body))) = http::read_request(&mut r) {
                         let w = r.get_mut();
                         if down.load(Ordering::Relaxed) {
                             if http::write_response(
@@ -297,11 +301,7 @@ impl FakeEs {
                             }
                             continue;
                         }
-                        let body = if http::header(&headers, "content-encoding") == Some("gzip") {
-                            gunzip(&body)
-                        } else {
-                            body
-                        };
+                        let body = decoded_body(&headers, body);
                         let mut items = String::from(r#"{"errors":false,"items":["#);
                         let mut first = true;
                         let mut g = ids.lock().unwrap();

@@ -65,6 +65,8 @@ pub fn victims_es_config(addr: SocketAddr, dir: &Path) -> EsConfig {
         batch_records: 100,
         batch_bytes: 1 << 20,
         timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(20),
+        max_response_bytes: 1 << 20,
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(300),
         dead_letter: dir.join("dead-letter.ndjson"),
@@ -99,6 +101,11 @@ impl RunningSink {
 
     pub fn stat(&self, f: fn(&SinkStats) -> &AtomicU64) -> u64 {
         f(&self.stats).load(Ordering::Relaxed)
+    }
+
+    /// Whether the sink thread still runs (it ends only when stopped).
+    pub fn running(&self) -> bool {
+        !self.h.is_finished()
     }
 
     /// Stops at once (the batch in hand stays in the buffer).
