@@ -90,6 +90,62 @@ pub mod fault {
         *PLAN.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// Installs the plan of `$REIN_WAL_FAULTS`, in debug builds only (the
+    /// fault tests run the real shipper binary): comma-separated rules
+    /// `op:fault:skip:count` (op `write`, `sync` or `truncate`; fault an errno
+    /// name `eio`, `enospc`, `erofs` or `shortN`, a write of N bytes) that hit
+    /// calls `skip..skip+count` of that op on any buffer (the first rule that
+    /// matches wins). A malformed plan is a panic: it is a test's mistake.
+    pub(super) fn from_env() {
+        #[cfg(debug_assertions)]
+        {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                let Ok(spec) = std::env::var("REIN_WAL_FAULTS") else {
+                    return;
+                };
+                let rules: Vec<(Op, Fault, u64, u64)> = spec
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(|r| {
+                        parse_rule(r).unwrap_or_else(|| panic!("REIN_WAL_FAULTS: bad rule `{r}`"))
+                    })
+                    .collect();
+                tracing::warn!("disk buffer faults injected: {spec}");
+                let mut seen = std::collections::HashMap::new();
+                set(move |op, _| {
+                    let n = seen.entry(op).or_insert(0u64);
+                    *n += 1;
+                    let k = *n - 1;
+                    rules
+                        .iter()
+                        .find(|r| r.0 == op && (r.2..r.2 + r.3).contains(&k))
+                        .map(|r| r.1)
+                });
+            });
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    fn parse_rule(r: &str) -> Option<(Op, Fault, u64, u64)> {
+        let mut it = r.split(':');
+        let op = match it.next()? {
+            "write" => Op::Write,
+            "sync" => Op::Sync,
+            "truncate" => Op::Truncate,
+            _ => return None,
+        };
+        let fault = match it.next()? {
+            "eio" => Fault::Errno(libc::EIO),
+            "enospc" => Fault::Errno(libc::ENOSPC),
+            "erofs" => Fault::Errno(libc::EROFS),
+            f => Fault::Short(f.strip_prefix("short")?.parse().ok()?),
+        };
+        let skip = it.next()?.parse().ok()?;
+        let count = it.next()?.parse().ok()?;
+        it.next().is_none().then_some((op, fault, skip, count))
+    }
+
     pub(super) fn check(op: Op, path: &Path) -> Option<Fault> {
         if !ARMED.load(Ordering::Acquire) {
             return None;
@@ -339,6 +395,7 @@ fn scan(data: &[u8]) -> (usize, u64, bool) {
 impl Wal {
     /// Opens (or creates) the buffer, replaying what a previous run left.
     pub fn open(cfg: WalConfig) -> Result<Wal, WalError> {
+        fault::from_env();
         let dir = cfg.dir.clone();
         private::create_dir(&dir).map_err(io_err(&dir))?;
         let stats = Arc::new(WalStats::default());

@@ -1,0 +1,420 @@
+//! Disk faults under the shipper's state directory, for real: a `state_dir`
+//! on a small tmpfs that fills mid-stream and is then enlarged, a real
+//! file system error that turns it read-only, a dead-letter file on a full
+//! file system, and I/O errors, short writes and failed syncs injected at
+//! the disk buffer's exact write and sync calls (`REIN_WAL_FAULTS`, honoured
+//! by debug builds; the kernel here has no device-mapper). After each: every
+//! line the container wrote reaches Elasticsearch exactly once, the
+//! container never saw EPIPE, and the counters add up.
+
+#![allow(clippy::cast_possible_truncation)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::shipper::{run_container, sandbox_stream, spec, Shipper};
+use common::{free_port, is_root, osmem_bin, skip, EsServer};
+
+/// The shipper inherits the environment: starts (which may set
+/// `REIN_WAL_FAULTS`) happen one at a time.
+static START: Mutex<()> = Mutex::new(());
+
+fn start_shipper(dir: &Path, extra: &str, faults: Option<&str>) -> Shipper {
+    let _one = START.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = faults {
+        std::env::set_var("REIN_WAL_FAULTS", f);
+    }
+    let sh = Shipper::start(dir, extra);
+    std::env::remove_var("REIN_WAL_FAULTS");
+    sh
+}
+
+/// A tmpfs mounted at a directory, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ],
+            at,
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        run("mount", &["-o", &format!("remount,size={size}")], &self.0);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str], path: &Path) {
+    let st = Command::new(cmd).args(args).arg(path).status().unwrap();
+    assert!(st.success(), "{cmd} {args:?} {}: {st}", path.display());
+}
+
+/// osmem on a given port (the shipper may be started before it).
+fn es_on(port: u16) -> EsServer {
+    let child = Command::new(osmem_bin().unwrap())
+        .args([
+            "-addr",
+            &format!("127.0.0.1:{port}"),
+            "-no-stdin-watch",
+            "-no-ja",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let es = EsServer {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while es.get("/").is_none_or(|(st, _)| st != 200) {
+        assert!(Instant::now() < deadline, "osmem did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    es
+}
+
+/// Why a test cannot run here, if it cannot.
+fn cannot_run() -> Option<&'static str> {
+    if !is_root() {
+        return Some("needs root (mounts a tmpfs)");
+    }
+    if osmem_bin().is_none() {
+        return Some(
+            "osmem-server not installed (pip install osmem-server==0.1.6, or set REIN_OSMEM_BIN)",
+        );
+    }
+    None
+}
+
+fn n(c: &serde_json::Value, group: &str, key: &str) -> u64 {
+    let v = if group == "reader" {
+        &c["reader"][key]
+    } else {
+        &c["buffers"]["elasticsearch"][key]
+    };
+    v.as_u64().unwrap_or(0)
+}
+
+/// Waits until `cond` holds on the counters; panics with all of them after `limit`.
+fn wait_for(
+    sh: &Shipper,
+    what: &str,
+    limit: Duration,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = sh.counters();
+        if cond(&c) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "{what}: counters {c:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const LINES: u64 = 6000;
+const SIZE: &str = "1000";
+
+/// Every line `prefix seq=0..LINES` is in `index` exactly once, and the
+/// counters add up: read = buffered = appended = acknowledged.
+fn assert_all_shipped_once(es: &EsServer, sh: &Shipper, index: &str, prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while es.count(index) < LINES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {LINES} lines in {index}; counters {:#}",
+            es.count(index),
+            sh.counters()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = wait_for(
+        sh,
+        "every record acknowledged",
+        Duration::from_secs(60),
+        |c| {
+            n(c, "buffer", "acked_records") == n(c, "buffer", "appended_records")
+                && n(c, "reader", "records_buffered") == LINES
+        },
+    );
+    let msgs = es.messages(index);
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    for m in &msgs {
+        let rest = m
+            .strip_prefix(&format!("{prefix} seq="))
+            .unwrap_or_else(|| panic!("unexpected document {m:.60}"));
+        let seq: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+        *seen.entry(seq).or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..LINES)
+        .filter(|s| !seen.contains_key(s))
+        .take(10)
+        .collect();
+    let twice: Vec<u64> = seen
+        .iter()
+        .filter(|e| *e.1 > 1)
+        .map(|e| *e.0)
+        .take(10)
+        .collect();
+    assert!(
+        msgs.len() as u64 == LINES && missing.is_empty() && twice.is_empty(),
+        "{} documents; missing {missing:?}, twice {twice:?}; counters {c:#}",
+        msgs.len()
+    );
+    assert_eq!(n(&c, "reader", "lines_read"), LINES, "{c:#}");
+    assert_eq!(
+        n(&c, "buffer", "appended_records"),
+        n(&c, "buffer", "acked_records"),
+        "{c:#}"
+    );
+    assert_eq!(n(&c, "buffer", "dropped_records"), 0, "{c:#}");
+    assert_eq!(n(&c, "buffer", "corrupt_records"), 0, "{c:#}");
+    assert_eq!(n(&c, "buffer", "stalled"), 0, "{c:#}");
+    assert_eq!(n(&c, "reader", "buffer_stalled_streams"), 0, "{c:#}");
+}
+
+/// Bytes up to which a container's stdout was checkpointed (stream offset).
+fn checkpointed(state: &Path) -> u64 {
+    let mut best = 0;
+    for e in std::fs::read_dir(state.join("containers"))
+        .into_iter()
+        .flatten()
+    {
+        let p = e.unwrap().path().join("checkpoint.json");
+        if let Ok(b) = std::fs::read(p) {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            best = best.max(
+                v["stdout"]["base"].as_u64().unwrap() + v["stdout"]["offset"].as_u64().unwrap(),
+            );
+        }
+    }
+    best
+}
+
+const SHIPPER: &str = "es_index = fault-%Y.%m.%d\nes_gzip = false\nes_backoff_max = 300ms\nbuffer_fsync_interval = 50ms\nmax_unparsed_bytes = 1MiB\nparser_burst_bytes = 0B";
+
+/// `state_dir` on a 1 MiB tmpfs; Elasticsearch is down, so the buffer fills
+/// the file system mid-stream (ENOSPC). The streams stall (the container
+/// blocks, its pipe unread), no checkpoint passes a record that is not in the
+/// buffer, then the tmpfs is enlarged, Elasticsearch comes up, and every
+/// line arrives exactly once.
+#[test]
+fn state_dir_fills_mid_stream_then_grows() {
+    let name = "state_dir_fills_mid_stream_then_grows";
+    if let Some(why) = cannot_run() {
+        return skip(name, why);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("state"), "1m");
+    let port = free_port();
+    let mut sh = start_shipper(
+        d.path(),
+        &format!("es_url = http://127.0.0.1:{port}\n{SHIPPER}"),
+        None,
+    );
+    let m = sh.module();
+    let sandbox = d.path().join("sb");
+    let mut c = run_container(
+        &m,
+        &spec("full", &sandbox, &[]),
+        &[
+            "--lines",
+            &LINES.to_string(),
+            "--size",
+            SIZE,
+            "--rate",
+            "400",
+            "--prefix",
+            "full",
+        ],
+    );
+    let stalled = wait_for(
+        &sh,
+        "the buffer never failed",
+        Duration::from_secs(60),
+        |c| n(c, "buffer", "write_errors") > 0 && n(c, "reader", "buffer_stalled_streams") > 0,
+    );
+    // Held back, not lost: the parser stops, the container blocks.
+    let cp = checkpointed(&sh.state);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the container was not held back: {stalled:#}"
+    );
+    assert_eq!(
+        checkpointed(&sh.state),
+        cp,
+        "a checkpoint moved while the buffer failed"
+    );
+    // Every line before the checkpoint is in the buffer (durably: a copy of the files).
+    let buffered = common::shipper::buffered_seqs(&sh.state.join("buffer/elasticsearch"));
+    let line = SIZE.parse::<u64>().unwrap();
+    let mut have = vec![false; LINES as usize];
+    for (_, s) in &buffered {
+        have[*s as usize] = true;
+    }
+    let covered = cp / line;
+
+    assert!(
+        covered > 0,
+        "nothing checkpointed before the disk filled: {stalled:#}"
+    );
+    assert!(
+        (0..covered as usize).all(|i| have[i]),
+        "checkpoint at line {covered} passes lines not in the buffer"
+    );
+    fs.resize("256m");
+    let es = es_on(port);
+    assert!(c.wait().unwrap().success(), "the container failed (EPIPE?)");
+    let index = format!("fault-{}", common::today());
+    assert_all_shipped_once(&es, &sh, &index, "full");
+    let c = sh.counters();
+    assert!(n(&c, "reader", "buffer_stalled_ms") > 0, "{c:#}");
+    eprintln!(
+        "write_errors {} stalled_ms {} checkpoint at line {covered} when full",
+        n(&c, "buffer", "write_errors"),
+        n(&c, "reader", "buffer_stalled_ms")
+    );
+    sh.stop();
+    assert_eq!(
+        sandbox_stream(&sandbox, "stdout").len() as u64,
+        LINES * line
+    );
+}
+
+/// EIO, ENOSPC, a short write followed by an error (with the cut failing
+/// too) and failed syncs, injected at the buffer's calls of a real shipper
+/// while Elasticsearch is up: every line arrives exactly once.
+#[test]
+fn injected_write_and_sync_errors_lose_and_duplicate_nothing() {
+    let name = "injected_write_and_sync_errors_lose_and_duplicate_nothing";
+    if let Some(why) = cannot_run().filter(|w| !w.starts_with("needs root")) {
+        return skip(name, why);
+    }
+    if !cfg!(debug_assertions) {
+        return skip(
+            name,
+            "fault injection (REIN_WAL_FAULTS) exists in debug builds only",
+        );
+    }
+    let es = EsServer::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let plan = "write:short300:4:1,write:eio:5:30,truncate:eio:5:2,sync:eio:10:15,write:enospc:60:30,write:erofs:120:20";
+    let mut sh = start_shipper(
+        d.path(),
+        &format!("es_url = http://{}\n{SHIPPER}", es.addr),
+        Some(plan),
+    );
+    let m = sh.module();
+    let sandbox = d.path().join("sb");
+    let mut c = run_container(
+        &m,
+        &spec("inj", &sandbox, &[]),
+        &[
+            "--lines",
+            &LINES.to_string(),
+            "--size",
+            SIZE,
+            "--rate",
+            "2000",
+            "--prefix",
+            "inj",
+        ],
+    );
+    assert!(c.wait().unwrap().success(), "the container failed (EPIPE?)");
+    let index = format!("fault-{}", common::today());
+    assert_all_shipped_once(&es, &sh, &index, "inj");
+    let c = sh.counters();
+    assert!(
+        n(&c, "buffer", "write_errors") >= 80,
+        "faults not injected: {c:#}"
+    );
+    assert!(n(&c, "buffer", "sync_errors") >= 1, "{c:#}");
+    sh.stop();
+}
+
+/// A dead-letter file on a full file system: the failed write is cut back
+/// to its last whole line and nothing is taken as written; once there is
+/// room, every record is in the file exactly once.
+#[test]
+fn dead_letter_write_on_a_full_file_system_is_retried_whole() {
+    use rein_logger::sink::deadletter::{DeadLetter, DeadLetterFullPolicy, DeadLetterLimits};
+    let name = "dead_letter_write_on_a_full_file_system_is_retried_whole";
+    if !is_root() {
+        return skip(name, "needs root (mounts a tmpfs)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("dl"), "64k");
+    let path = d.path().join("dl/dead-letter.ndjson");
+    let stats = std::sync::Arc::new(rein_logger::sink::SinkStats::default());
+    let mut dl = DeadLetter::with_limits(
+        &path,
+        DeadLetterLimits {
+            max_bytes: 1 << 30,
+            policy: DeadLetterFullPolicy::Pause,
+            max_bytes_per_container: 1 << 30,
+        },
+        stats,
+    );
+    let doc = format!("{{\"message\":\"{}\"}}", "d".repeat(300));
+    for i in 0..1000 {
+        dl.add(
+            "es",
+            "idx",
+            b"c1",
+            format!("id-{i}").as_bytes(),
+            400,
+            b"refused",
+            doc.as_bytes(),
+        );
+    }
+    for _ in 0..3 {
+        let e = dl.flush().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        let data = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            data.is_empty() || data.ends_with(b"\n"),
+            "a partial line stays"
+        );
+        assert!(data.len() < 64 << 10);
+    }
+    fs.resize("4m");
+    dl.flush().unwrap();
+    let data = std::fs::read_to_string(&path).unwrap();
+    let ids: Vec<String> = data
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..1000).map(|i| format!("id-{i}")).collect::<Vec<_>>()
+    );
+}
