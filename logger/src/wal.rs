@@ -1,6 +1,8 @@
 //! The disk buffer: a segmented write-ahead log between reading and shipping.
 //!
-//! Frames are `[len: u32 LE][crc32: u32 LE][payload]`. Segments are files
+//! Frames are `[len: u32 LE][crc32: u32 LE][payload]`; a payload is never
+//! empty (the CRC of nothing is 0, so zeroed blocks, as a file system can
+//! leave past its last good write, would read as records). Segments are files
 //! `NNNNNNNNNNNNNNNNNNNN.wal` in one directory; `cursor` holds the position up
 //! to which the sink has acknowledged (written atomically with a rename).
 //! Appends are written with one `pwrite(2)` per batch and `fdatasync`ed at most
@@ -380,7 +382,7 @@ fn scan(data: &[u8]) -> (usize, u64, bool) {
     while pos + HDR <= data.len() {
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or([0; 4])) as usize;
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or([0; 4]));
-        if len > MAX_FRAME || pos + HDR + len > data.len() {
+        if len == 0 || len > MAX_FRAME || pos + HDR + len > data.len() {
             return (pos, n, true);
         }
         if crc32fast::hash(&data[pos + HDR..pos + HDR + len]) != crc {
@@ -884,7 +886,7 @@ impl Wal {
                     let len =
                         u32::from_le_bytes(data[i..i + 4].try_into().unwrap_or([0; 4])) as usize;
                     let crc = u32::from_le_bytes(data[i + 4..i + 8].try_into().unwrap_or([0; 4]));
-                    if len > MAX_FRAME {
+                    if len == 0 || len > MAX_FRAME {
                         // Unreadable rest of a closed segment: skip it, counted.
                         self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
                         batch.end = Pos {
@@ -1366,5 +1368,24 @@ mod tests {
         let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
         assert_eq!(drain(&w), (0..60).map(rec).collect::<Vec<_>>());
         assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn zeroed_tail_is_cut_not_read_as_records() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        for i in 0..3 {
+            w.push(&rec(i));
+        }
+        w.commit().unwrap();
+        drop(w);
+        // What a file system can leave of writes it never wrote back: zeros.
+        let seg = seg_path(d.path(), 1);
+        let f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.set_len(frames(3) + 4096).unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), frames(3));
+        assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 1);
+        assert_eq!(drain(&w), (0..3).map(rec).collect::<Vec<_>>());
     }
 }
