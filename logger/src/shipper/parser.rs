@@ -296,10 +296,14 @@ impl Ctx {
         mut f: impl FnMut(&mut ParseStream, &mut [u8], bool, &str, &mut dyn FnMut(Encoded<'_>)) -> bool,
     ) {
         let mut stalled = 0;
+        let mut retried: Vec<Arc<Wal>> = Vec::new();
         for j in &mut self.jobs {
             if let Some(w) = j.wal.as_ref().filter(|w| w.is_stalled()) {
-                // Retries the held-back write before anything new is parsed.
-                commit(w, &self.counters);
+                // Retries the held-back write (once a round) before anything new is parsed.
+                if !retried.iter().any(|r| Arc::ptr_eq(r, w)) {
+                    retried.push(w.clone());
+                    commit(w, &self.counters);
+                }
             }
             let held = j.wal.as_ref().is_some_and(|w| w.is_stalled());
             if held {
@@ -330,7 +334,7 @@ impl Ctx {
                     .lines_read
                     .fetch_add(after - before, Ordering::Relaxed);
             }
-            if let Some(w) = &j.wal {
+            if let Some(w) = j.wal.as_ref().filter(|_| !held) {
                 commit(w, &self.counters);
             }
         }
