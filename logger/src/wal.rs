@@ -581,17 +581,26 @@ impl Wal {
         if self.cfg.policy == FullPolicy::DropOldest {
             while g.total + len > self.cfg.max_bytes && self.drop_oldest(g)? {}
         }
-        let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
-        let p = seg_path(&self.cfg.dir, seq);
-        let at = g.segs.last().map_or(0, |s| s.len);
-        if let Err(e) = write_all_at(&g.writer, &p, &g.pending, at) {
+        let seq = loop {
+            let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
+            let p = seg_path(&self.cfg.dir, seq);
+            let at = g.segs.last().map_or(0, |s| s.len);
+            let Err(e) = write_all_at(&g.writer, &p, &g.pending, at) else {
+                break seq;
+            };
             // Part of the batch may be in the file: cut it off, now or before the next write.
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             if truncate(&g.writer, &p, at).is_err() {
                 g.tail_dirty = true;
+                return Err(io_err(&p)(e));
             }
-            return Err(io_err(&p)(e));
-        }
+            // A full file system is a full buffer to the drop-oldest policy too (it
+            // never holds containers back): make room, counted, and write again.
+            let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+            if !(no_space && self.cfg.policy == FullPolicy::DropOldest && self.drop_oldest(g)?) {
+                return Err(io_err(&p)(e));
+            }
+        };
         let data = std::mem::take(&mut g.pending);
         let n = std::mem::take(&mut g.pending_records);
         g.tail.extend_from_slice(&data);
@@ -1387,5 +1396,29 @@ mod tests {
         assert_eq!(fs::metadata(&seg).unwrap().len(), frames(3));
         assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 1);
         assert_eq!(drain(&w), (0..3).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_on_a_full_file_system() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::DropOldest)).unwrap();
+        for i in 0..60 {
+            w.push(&rec(i));
+            w.commit().unwrap();
+        }
+        // Far below `max_bytes`, but the file system is full until a segment goes.
+        faults(d.path(), |op, k| {
+            (op == fault::Op::Write && k < 2).then_some(fault::Fault::Errno(libc::ENOSPC))
+        });
+        w.push(&rec(60));
+        assert_eq!(w.commit().unwrap(), 1);
+        fault::clear();
+        let dropped = w.stats.dropped_records.load(Ordering::Relaxed);
+        assert!(dropped > 0);
+        let got = drain(&w);
+        assert_eq!(got.len() as u64 + dropped, 61);
+        assert_eq!(got.last(), Some(&rec(60)));
+        assert!(!w.is_stalled());
     }
 }

@@ -623,3 +623,77 @@ fn state_dir_turns_read_only_then_read_write() {
     assert_all_shipped_once(&es, &sh, &index, "ro", false);
     sh.stop();
 }
+
+/// With `buffer_full_policy = drop_oldest`, a full file system under the
+/// buffer is a full buffer: the oldest segments go (counted), the container
+/// is never held back, and kept + dropped + in flight = read, exactly.
+#[test]
+fn drop_oldest_on_a_full_file_system_never_blocks_and_counts_every_line() {
+    let name = "drop_oldest_on_a_full_file_system_never_blocks_and_counts_every_line";
+    if !is_root() {
+        return skip(name, "needs root (mounts a tmpfs)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    // Only the buffer's file system is small: counters and checkpoints stay writable.
+    let _fs = Tmpfs::mount(&d.path().join("state/buffer"), "1m");
+    let mut sh = start_shipper(
+        d.path(),
+        &format!(
+            "es_url = http://127.0.0.1:{}\nbuffer_full_policy = drop_oldest\nbuffer_segment_bytes = 64KiB\nes_batch_records = 10\n{SHIPPER}",
+            free_port()
+        ),
+        None,
+    );
+    let m = sh.module();
+    let mut c = run_container(
+        &m,
+        &spec("drop", &d.path().join("sb"), &[]),
+        &[
+            "--lines",
+            &LINES.to_string(),
+            "--size",
+            SIZE,
+            "--rate",
+            "3000",
+            "--prefix",
+            "drop",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the container is held back: {:#}",
+            sh.counters()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.wait().unwrap().success(), "the container failed (EPIPE?)");
+    wait_for(
+        &sh,
+        "every line read and buffered",
+        Duration::from_secs(120),
+        |c| n(c, "reader", "lines_read") == LINES && n(c, "reader", "records_buffered") == LINES,
+    );
+    sh.stop();
+    let c = sh.counters();
+    let kept = common::shipper::buffered_seqs(&sh.state.join("buffer/elasticsearch"));
+    let (dropped, in_flight) = (
+        n(&c, "buffer", "dropped_records"),
+        n(&c, "buffer", "dropped_in_flight"),
+    );
+    let all = format!(
+        "kept {} + dropped {dropped} + in flight {in_flight}; counters {c:#}",
+        kept.len()
+    );
+    assert!(
+        n(&c, "buffer", "write_errors") > 0,
+        "the file system never filled: {all}"
+    );
+    assert_eq!(kept.len() as u64 + dropped + in_flight, LINES, "{all}");
+    let first = kept[0].1;
+    for (i, (_, s)) in kept.iter().enumerate() {
+        assert_eq!(*s, first + i as u64, "gap or duplicate at {i}: {all}");
+    }
+    assert_eq!(kept.last().unwrap().1, LINES - 1, "{all}");
+}
