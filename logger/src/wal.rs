@@ -1421,4 +1421,42 @@ mod tests {
         assert_eq!(got.last(), Some(&rec(60)));
         assert!(!w.is_stalled());
     }
+
+    #[test]
+    fn failed_cursor_save_deletes_no_segment_and_a_restart_replays() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        for i in 0..60 {
+            w.push(&rec(i));
+            w.commit().unwrap();
+        }
+        let segs = || {
+            fs::read_dir(d.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "wal")
+                })
+                .count()
+        };
+        let before = segs();
+        assert!(before > 2);
+        // The cursor cannot be saved (a directory where its temporary file goes).
+        fs::create_dir(d.path().join("cursor.tmp")).unwrap();
+        let b = w.read_batch(50, 1 << 20, Duration::ZERO).unwrap();
+        assert!(w.ack(b.end, b.len() as u64).is_err());
+        assert_eq!(
+            segs(),
+            before,
+            "a segment went before the cursor passing it was saved"
+        );
+        drop(w);
+        fs::remove_dir(d.path().join("cursor.tmp")).unwrap();
+        // Shipped records come again (at least once), none is missing.
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        assert_eq!(drain(&w), (0..60).map(rec).collect::<Vec<_>>());
+    }
 }
