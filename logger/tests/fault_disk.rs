@@ -604,6 +604,16 @@ fn state_dir_turns_read_only_then_read_write() {
         .parse()
         .unwrap();
     let worker = sh.worker_pid();
+    // Continues the supervisor however this test ends (a stopped one would
+    // never handle the SIGTERM that stops it).
+    struct Continue(i32);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) of a process this test started.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let stopped = Continue(sup);
     // SAFETY: kill(2) of processes this test started.
     unsafe {
         libc::kill(sup, libc::SIGSTOP);
@@ -616,8 +626,7 @@ fn state_dir_turns_read_only_then_read_write() {
         std::thread::sleep(Duration::from_millis(20));
     }
     fs.repair();
-    // SAFETY: as above.
-    unsafe { libc::kill(sup, libc::SIGCONT) };
+    drop(stopped);
     sh.wait_new_worker(worker);
     assert!(c.wait().unwrap().success(), "the container failed (EPIPE?)");
     assert_all_shipped_once(&es, &sh, &index, "ro", false);
