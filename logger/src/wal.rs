@@ -1,11 +1,24 @@
 //! The disk buffer: a segmented write-ahead log between reading and shipping.
 //!
-//! Frames are `[len: u32 LE][crc32: u32 LE][payload]`. Segments are files
+//! Frames are `[len: u32 LE][crc32: u32 LE][payload]`; a payload is never
+//! empty (the CRC of nothing is 0, so zeroed blocks, as a file system can
+//! leave past its last good write, would read as records). Segments are files
 //! `NNNNNNNNNNNNNNNNNNNN.wal` in one directory; `cursor` holds the position up
 //! to which the sink has acknowledged (written atomically with a rename).
-//! Appends are written with one `write(2)` per batch and `fdatasync`ed at most
+//! Appends are written with one `pwrite(2)` per batch and `fdatasync`ed at most
 //! every `fsync_interval`. On open, the last segment is scanned and a torn or
 //! corrupt tail (a crash in the middle of a write) is cut off and counted.
+//!
+//! A failed write never loses or mis-frames records: the queued records stay
+//! queued (not counted as appended) and a partly written batch is cut off
+//! again (or, if even that fails, before the next write), so the segment
+//! always ends at a frame boundary. Bytes written since the last successful
+//! `fdatasync` are kept in memory: after a failed sync the kernel may have
+//! dropped them from the page cache, so they are written again before the
+//! next sync. While a write or sync fails, [`Wal::is_stalled`] is true (the
+//! parser stops feeding this buffer and saves no checkpoint past it), errors
+//! are counted and logged at most every [`LOG_EVERY`], and everything resumes
+//! by itself at the first success.
 //!
 //! The buffer is bounded: when it holds `max_bytes`, the [`FullPolicy`]
 //! applies. `Pause` makes [`Wal::is_full`] true so the shipper stops reading
@@ -16,7 +29,7 @@
 //! files 0600 whatever the umask (see [`crate::private`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +41,160 @@ use std::time::{Duration, Instant};
 const HDR: usize = 8;
 /// Largest accepted frame payload (a record is far smaller).
 pub const MAX_FRAME: usize = 64 << 20;
+/// Most bytes written but not yet synced (kept in memory to be re-written
+/// after a failed sync): past it, a sync comes before the next write.
+const MAX_UNSYNCED: usize = 16 << 20;
+/// Longest interval between two log lines about failing writes or syncs.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Fault injection at the buffer's exact `pwrite`, `fdatasync` and
+/// `ftruncate` calls, for tests: a plan set here is asked before each call
+/// (with the file's path, so that a test only hurts its own buffer). Nothing
+/// sets a plan outside tests; unarmed, a check is one atomic load.
+pub mod fault {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// The call about to be made.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Op {
+        /// `pwrite` of frames.
+        Write,
+        /// `fdatasync` of a segment.
+        Sync,
+        /// `ftruncate` cutting a failed write off.
+        Truncate,
+    }
+
+    /// What happens instead.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Fault {
+        /// The call fails with this `errno` and does nothing.
+        Errno(i32),
+        /// A write stores only this many bytes and reports them (a short write).
+        Short(usize),
+    }
+
+    type Plan = Box<dyn FnMut(Op, &Path) -> Option<Fault> + Send>;
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    static PLAN: Mutex<Option<Plan>> = Mutex::new(None);
+
+    /// Installs `plan` (replacing any other).
+    pub fn set(plan: impl FnMut(Op, &Path) -> Option<Fault> + Send + 'static) {
+        *PLAN.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(plan));
+        ARMED.store(true, Ordering::Release);
+    }
+
+    /// Removes the plan.
+    pub fn clear() {
+        ARMED.store(false, Ordering::Release);
+        *PLAN.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Installs the plan of `$REIN_WAL_FAULTS`, in debug builds only (the
+    /// fault tests run the real shipper binary): comma-separated rules
+    /// `op:fault:skip:count` (op `write`, `sync` or `truncate`; fault an errno
+    /// name `eio`, `enospc`, `erofs` or `shortN`, a write of N bytes) that hit
+    /// calls `skip..skip+count` of that op on any buffer (the first rule that
+    /// matches wins). A malformed plan is a panic: it is a test's mistake.
+    pub(super) fn from_env() {
+        #[cfg(debug_assertions)]
+        {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                let Ok(spec) = std::env::var("REIN_WAL_FAULTS") else {
+                    return;
+                };
+                let rules: Vec<(Op, Fault, u64, u64)> = spec
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(|r| {
+                        parse_rule(r).unwrap_or_else(|| panic!("REIN_WAL_FAULTS: bad rule `{r}`"))
+                    })
+                    .collect();
+                tracing::warn!("disk buffer faults injected: {spec}");
+                let mut seen = std::collections::HashMap::new();
+                set(move |op, _| {
+                    let n = seen.entry(op).or_insert(0u64);
+                    *n += 1;
+                    let k = *n - 1;
+                    rules
+                        .iter()
+                        .find(|r| r.0 == op && (r.2..r.2 + r.3).contains(&k))
+                        .map(|r| r.1)
+                });
+            });
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    fn parse_rule(r: &str) -> Option<(Op, Fault, u64, u64)> {
+        let mut it = r.split(':');
+        let op = match it.next()? {
+            "write" => Op::Write,
+            "sync" => Op::Sync,
+            "truncate" => Op::Truncate,
+            _ => return None,
+        };
+        let fault = match it.next()? {
+            "eio" => Fault::Errno(libc::EIO),
+            "enospc" => Fault::Errno(libc::ENOSPC),
+            "erofs" => Fault::Errno(libc::EROFS),
+            f => Fault::Short(f.strip_prefix("short")?.parse().ok()?),
+        };
+        let skip = it.next()?.parse().ok()?;
+        let count = it.next()?.parse().ok()?;
+        it.next().is_none().then_some((op, fault, skip, count))
+    }
+
+    pub(super) fn check(op: Op, path: &Path) -> Option<Fault> {
+        if !ARMED.load(Ordering::Acquire) {
+            return None;
+        }
+        PLAN.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|p| p(op, path))
+    }
+}
+
+/// `pwrite` of `data` at `off` (one call: the count may be short).
+fn write_at(f: &File, path: &Path, data: &[u8], off: u64) -> io::Result<usize> {
+    match fault::check(fault::Op::Write, path) {
+        Some(fault::Fault::Errno(e)) => Err(io::Error::from_raw_os_error(e)),
+        Some(fault::Fault::Short(n)) => f.write_at(&data[..n.min(data.len())], off),
+        None => f.write_at(data, off),
+    }
+}
+
+/// Writes all of `data` at `off`, resuming after short writes.
+fn write_all_at(f: &File, path: &Path, data: &[u8], off: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match write_at(f, path, &data[done..], off + done as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn sync_file(f: &File, path: &Path) -> io::Result<()> {
+    match fault::check(fault::Op::Sync, path) {
+        Some(fault::Fault::Errno(e)) => Err(io::Error::from_raw_os_error(e)),
+        _ => f.sync_data(),
+    }
+}
+
+fn truncate(f: &File, path: &Path, len: u64) -> io::Result<()> {
+    match fault::check(fault::Op::Truncate, path) {
+        Some(fault::Fault::Errno(e)) => Err(io::Error::from_raw_os_error(e)),
+        _ => f.set_len(len),
+    }
+}
 
 /// What to do when the buffer is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +248,18 @@ pub struct WalStats {
     pub buffer_bytes: AtomicU64,
     /// `fdatasync` calls.
     pub fsyncs: AtomicU64,
+    /// Failed writes (full or read-only file system, I/O error); the
+    /// records stay queued and are written again.
+    pub write_errors: AtomicU64,
+    /// Failed `fdatasync`s; the unsynced bytes are written again.
+    pub sync_errors: AtomicU64,
+    /// 1 while writes or syncs fail and the parser holds back (a gauge).
+    pub stalled: AtomicU64,
+    /// Records a sink has read and not yet acknowledged (a gauge).
+    pub in_flight_records: AtomicU64,
+    /// Records the drop-oldest policy deleted from disk while a sink held
+    /// them (not lost: they are shipped or dead-lettered from memory).
+    pub dropped_in_flight: AtomicU64,
 }
 
 /// Errors of the buffer; all carry the path.
@@ -150,6 +329,7 @@ struct Segment {
 #[derive(Debug)]
 struct Inner {
     segs: Vec<Segment>,
+    /// The last segment, opened read-write (not append: writes go at `len`).
     writer: File,
     cursor: Pos,
     inflight: Pos,
@@ -158,6 +338,19 @@ struct Inner {
     pending_records: u64,
     unsynced: bool,
     last_sync: Instant,
+    /// Length of the last segment known durable (synced).
+    synced: u64,
+    /// Its bytes from `synced` to its length: written again after a failed sync.
+    tail: Vec<u8>,
+    /// A sync failed: `tail` must be written again before the next one.
+    resync: bool,
+    /// The file may hold bytes past the last frame (a failed write not cut off yet).
+    tail_dirty: bool,
+    /// Errors since the last log line, and when that was.
+    errors_unlogged: u64,
+    last_error_log: Option<Instant>,
+    /// First error of the current run of failures.
+    failing_since: Option<Instant>,
 }
 
 /// The write-ahead log. Share it between the reader and the sink with `Arc`.
@@ -189,7 +382,7 @@ fn scan(data: &[u8]) -> (usize, u64, bool) {
     while pos + HDR <= data.len() {
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or([0; 4])) as usize;
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or([0; 4]));
-        if len > MAX_FRAME || pos + HDR + len > data.len() {
+        if len == 0 || len > MAX_FRAME || pos + HDR + len > data.len() {
             return (pos, n, true);
         }
         if crc32fast::hash(&data[pos + HDR..pos + HDR + len]) != crc {
@@ -204,6 +397,7 @@ fn scan(data: &[u8]) -> (usize, u64, bool) {
 impl Wal {
     /// Opens (or creates) the buffer, replaying what a previous run left.
     pub fn open(cfg: WalConfig) -> Result<Wal, WalError> {
+        fault::from_env();
         let dir = cfg.dir.clone();
         private::create_dir(&dir).map_err(io_err(&dir))?;
         let stats = Arc::new(WalStats::default());
@@ -255,8 +449,8 @@ impl Wal {
             f.sync_data().map_err(io_err(&lp))?;
             last.len = valid as u64;
         }
-        let mut writer = private::open_append(&lp).map_err(io_err(&lp))?;
-        writer.seek(SeekFrom::End(0)).map_err(io_err(&lp))?;
+        let synced = last.len;
+        let writer = private::open_rw(&lp).map_err(io_err(&lp))?;
         let cursor = if cursor.seg < segs[0].seq {
             Pos {
                 seg: segs[0].seq,
@@ -277,6 +471,13 @@ impl Wal {
             pending_records: 0,
             unsynced: false,
             last_sync: Instant::now(),
+            synced,
+            tail: Vec::new(),
+            resync: false,
+            tail_dirty: false,
+            errors_unlogged: 0,
+            last_error_log: None,
+            failing_since: None,
         };
         Ok(Wal {
             cfg,
@@ -329,52 +530,181 @@ impl Wal {
         g.pending_records += 1;
     }
 
-    /// Writes the queued records (one `write`), applying the full policy, and
-    /// `fdatasync`s if the interval has passed.
-    pub fn commit(&self) -> Result<(), WalError> {
+    /// Writes the queued records (one `pwrite`), applying the full policy,
+    /// and `fdatasync`s if the interval has passed; returns how many records
+    /// were written. On error nothing queued is lost: the records stay queued
+    /// (retried by the next call) and the segment still ends at a frame
+    /// boundary. A failing sync after the write is reported by [`Wal::sync`]
+    /// and makes [`Wal::is_stalled`] true until it succeeds.
+    pub fn commit(&self) -> Result<u64, WalError> {
         let mut g = self.lock();
-        if !g.pending.is_empty() {
-            let data = std::mem::take(&mut g.pending);
-            let n = std::mem::take(&mut g.pending_records);
-            if self.cfg.policy == FullPolicy::DropOldest {
-                while g.total + data.len() as u64 > self.cfg.max_bytes
-                    && self.drop_oldest(&mut g)?
-                {}
+        let r = self.write_pending(&mut g);
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => {
+                self.failed(&mut g, "write", &e);
+                return Err(e);
             }
-            let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
-            let p = seg_path(&self.cfg.dir, seq);
-            g.writer.write_all(&data).map_err(io_err(&p))?;
-            let last = g.segs.last_mut().expect("one segment");
-            last.len += data.len() as u64;
-            let roll = last.len >= self.cfg.segment_bytes;
-            g.total += data.len() as u64;
-            g.unsynced = true;
-            self.stats.appended_records.fetch_add(n, Ordering::Relaxed);
-            if roll {
-                self.sync_locked(&mut g)?;
-                let next = seq + 1;
-                let np = seg_path(&self.cfg.dir, next);
-                g.writer = private::open_append(&np).map_err(io_err(&np))?;
-                g.segs.push(Segment { seq: next, len: 0 });
-            }
-            // One large append can overshoot the bound: trim closed segments after it too.
-            // (never the segment just written: the newest records stay).
-            while self.cfg.policy == FullPolicy::DropOldest
-                && g.total > self.cfg.max_bytes
-                && g.segs.len() >= 2
-                && g.segs[0].seq < seq
-                && self.drop_oldest(&mut g)?
-            {}
+        };
+        if n > 0 {
             self.stats.buffer_bytes.store(g.total, Ordering::Relaxed);
             self.more.notify_all();
         }
-        if g.unsynced && g.last_sync.elapsed() >= self.cfg.fsync_interval {
-            return self.sync_unlocked(g);
+        let due = g.unsynced
+            && (g.last_sync.elapsed() >= self.cfg.fsync_interval || g.tail.len() >= MAX_UNSYNCED);
+        if due || g.resync || g.tail_dirty {
+            // The records are written: a failing sync only holds back checkpoints.
+            let _ = self.sync_unlocked(g);
+        } else if g.failing_since.is_some() {
+            self.recovered(&mut g);
         }
+        Ok(n)
+    }
+
+    fn write_pending(&self, g: &mut Inner) -> Result<u64, WalError> {
+        if g.pending.is_empty() {
+            return Ok(0);
+        }
+        self.repair(g)?;
+        if g.segs
+            .last()
+            .is_some_and(|s| s.len >= self.cfg.segment_bytes)
+        {
+            // A roll that failed after the last write is retried first.
+            self.roll(g)?;
+        }
+        if g.tail.len() >= MAX_UNSYNCED {
+            // Bounds what is kept in memory: no more until it is durable.
+            self.sync_locked(g)?;
+        }
+        let len = g.pending.len() as u64;
+        if self.cfg.policy == FullPolicy::DropOldest {
+            while g.total + len > self.cfg.max_bytes && self.drop_oldest(g)? {}
+        }
+        let seq = loop {
+            let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
+            let p = seg_path(&self.cfg.dir, seq);
+            let at = g.segs.last().map_or(0, |s| s.len);
+            let Err(e) = write_all_at(&g.writer, &p, &g.pending, at) else {
+                break seq;
+            };
+            // Part of the batch may be in the file: cut it off, now or before the next write.
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            if truncate(&g.writer, &p, at).is_err() {
+                g.tail_dirty = true;
+                return Err(io_err(&p)(e));
+            }
+            // A full file system is a full buffer to the drop-oldest policy too (it
+            // never holds containers back): make room, counted, and write again.
+            let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+            if !(no_space && self.cfg.policy == FullPolicy::DropOldest && self.drop_oldest(g)?) {
+                return Err(io_err(&p)(e));
+            }
+        };
+        let data = std::mem::take(&mut g.pending);
+        let n = std::mem::take(&mut g.pending_records);
+        g.tail.extend_from_slice(&data);
+        let last = g.segs.last_mut().expect("one segment");
+        last.len += len;
+        let roll = last.len >= self.cfg.segment_bytes;
+        g.total += len;
+        g.unsynced = true;
+        self.stats.appended_records.fetch_add(n, Ordering::Relaxed);
+        if roll {
+            // Written already: a failing roll is retried before the next write.
+            if let Err(e) = self.roll(g) {
+                self.failed(g, "roll", &e);
+            }
+        }
+        // One large append can overshoot the bound: trim closed segments after it too.
+        // (never the segment just written: the newest records stay).
+        while self.cfg.policy == FullPolicy::DropOldest
+            && g.total > self.cfg.max_bytes
+            && g.segs.len() >= 2
+            && g.segs[0].seq < seq
+            && self.drop_oldest(g)?
+        {}
+        Ok(n)
+    }
+
+    /// Brings the last segment back to exactly its frames, durable or held
+    /// in memory: after a failed sync its unsynced bytes are written again
+    /// (the kernel may have dropped them), and whatever a failed write left
+    /// past the last frame is cut off.
+    fn repair(&self, g: &mut Inner) -> Result<(), WalError> {
+        if !(g.resync || g.tail_dirty) {
+            return Ok(());
+        }
+        let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
+        let p = seg_path(&self.cfg.dir, seq);
+        if g.resync {
+            write_all_at(&g.writer, &p, &g.tail, g.synced).map_err(|e| {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                io_err(&p)(e)
+            })?;
+            g.resync = false;
+            g.unsynced = true;
+            g.tail_dirty = true;
+        }
+        let len = g.segs.last().map_or(0, |s| s.len);
+        truncate(&g.writer, &p, len).map_err(io_err(&p))?;
+        g.tail_dirty = false;
         Ok(())
     }
 
-    /// `fdatasync`s appended data now (before a reader checkpoint is saved).
+    /// Closes the last segment (synced) and starts the next one.
+    fn roll(&self, g: &mut Inner) -> Result<(), WalError> {
+        self.sync_locked(g)?;
+        let next = g.segs.last().map(|s| s.seq).unwrap_or(0) + 1;
+        let np = seg_path(&self.cfg.dir, next);
+        g.writer = private::open_rw(&np).map_err(io_err(&np))?;
+        g.segs.push(Segment { seq: next, len: 0 });
+        g.synced = 0;
+        g.tail.clear();
+        Ok(())
+    }
+
+    /// Counts and logs (at most every [`LOG_EVERY`]) a failure; the buffer
+    /// is stalled until the next success.
+    fn failed(&self, g: &mut Inner, what: &str, e: &WalError) {
+        g.failing_since.get_or_insert_with(Instant::now);
+        self.stats.stalled.store(1, Ordering::Relaxed);
+        g.errors_unlogged += 1;
+        if g.last_error_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            tracing::error!(
+                failures = g.errors_unlogged,
+                queued_records = g.pending_records,
+                "{what} failed, records are held back and retried (the containers of this \
+                 buffer block once their pipes are full): {e}"
+            );
+            g.errors_unlogged = 0;
+            g.last_error_log = Some(Instant::now());
+        }
+    }
+
+    fn recovered(&self, g: &mut Inner) {
+        if g.pending.is_empty() && !g.resync && !g.tail_dirty {
+            if let Some(t) = g.failing_since.take() {
+                self.stats.stalled.store(0, Ordering::Relaxed);
+                g.last_error_log = None;
+                g.errors_unlogged = 0;
+                tracing::warn!(
+                    dir = %self.cfg.dir.display(),
+                    after_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "disk buffer writes succeed again"
+                );
+            }
+        }
+    }
+
+    /// True while records wait for a failed write or sync to succeed: the
+    /// producer should hold back and no checkpoint may pass them.
+    pub fn is_stalled(&self) -> bool {
+        self.stats.stalled.load(Ordering::Relaxed) != 0
+    }
+
+    /// Makes everything committed durable now (before a reader checkpoint
+    /// is saved). An error means some committed records may not be on disk.
     pub fn sync(&self) -> Result<(), WalError> {
         let g = self.lock();
         self.sync_unlocked(g)
@@ -384,34 +714,69 @@ impl Wal {
     /// writeback) runs after the lock is released, on a duplicate of the
     /// segment's descriptor: whatever was written before is made durable.
     fn sync_unlocked(&self, mut g: MutexGuard<'_, Inner>) -> Result<(), WalError> {
+        if let Err(e) = self.repair(&mut g) {
+            self.failed(&mut g, "rewriting unsynced records", &e);
+            return Err(e);
+        }
         if !g.unsynced {
             g.last_sync = Instant::now();
+            self.recovered(&mut g);
             return Ok(());
         }
         let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
-        let f = g
-            .writer
-            .try_clone()
-            .map_err(io_err(&seg_path(&self.cfg.dir, seq)))?;
+        let p = seg_path(&self.cfg.dir, seq);
+        let target = g.segs.last().map_or(0, |s| s.len);
+        let f = match g.writer.try_clone() {
+            Ok(f) => f,
+            Err(e) => return Err(io_err(&p)(e)),
+        };
         g.unsynced = false;
         g.last_sync = Instant::now();
         drop(g);
-        if let Err(e) = f.sync_data() {
-            self.lock().unsynced = true;
-            return Err(io_err(&seg_path(&self.cfg.dir, seq))(e));
+        let r = sync_file(&f, &p);
+        let mut g = self.lock();
+        if let Err(e) = r {
+            self.sync_failed(&mut g);
+            let e = io_err(&p)(e);
+            self.failed(&mut g, "sync", &e);
+            return Err(e);
         }
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.synced_to(&mut g, seq, target);
+        self.recovered(&mut g);
         Ok(())
     }
 
+    fn sync_failed(&self, g: &mut Inner) {
+        self.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
+        g.unsynced = true;
+        g.resync = true;
+    }
+
+    /// Segment `seq` is durable up to `len`: its memory copy is let go.
+    fn synced_to(&self, g: &mut Inner, seq: u64, len: u64) {
+        if g.segs.last().is_some_and(|s| s.seq == seq) && len > g.synced {
+            let n = usize::try_from(len - g.synced)
+                .unwrap_or(usize::MAX)
+                .min(g.tail.len());
+            g.tail.drain(..n);
+            g.synced = len;
+        }
+    }
+
     fn sync_locked(&self, g: &mut Inner) -> Result<(), WalError> {
+        self.repair(g)?;
         if g.unsynced {
             let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
-            g.writer
-                .sync_data()
-                .map_err(io_err(&seg_path(&self.cfg.dir, seq)))?;
+            let p = seg_path(&self.cfg.dir, seq);
+            if let Err(e) = sync_file(&g.writer, &p) {
+                self.sync_failed(g);
+                return Err(io_err(&p)(e));
+            }
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             g.unsynced = false;
+            let len = g.segs.last().map_or(0, |s| s.len);
+            self.synced_to(g, seq, len);
         }
         g.last_sync = Instant::now();
         Ok(())
@@ -423,32 +788,37 @@ impl Wal {
         if g.segs.len() < 2 {
             // Close the active segment so that it can go next time.
             if g.segs.last().is_some_and(|s| s.len > 0) {
-                self.sync_locked(g)?;
-                let next = g.segs.last().map(|s| s.seq).unwrap_or(0) + 1;
-                let np = seg_path(&self.cfg.dir, next);
-                g.writer = private::open_append(&np).map_err(io_err(&np))?;
-                g.segs.push(Segment { seq: next, len: 0 });
+                self.roll(g)?;
                 return Ok(true);
             }
             return Ok(false);
         }
         let old = g.segs.remove(0);
         let p = seg_path(&self.cfg.dir, old.seq);
-        let from = if g.inflight.seg == old.seq {
-            g.inflight.off
-        } else if g.inflight.seg > old.seq {
-            old.len
-        } else {
-            0
+        // Unacknowledged records from the cursor on; those up to `inflight`
+        // are held by the sink (shipped from memory), the rest are lost.
+        let within = |p: Pos| match p.seg.cmp(&old.seq) {
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Equal => p.off.min(old.len),
+            std::cmp::Ordering::Greater => old.len,
         };
+        let from = within(g.cursor);
+        let mid = within(g.inflight).max(from);
         let mut data = Vec::new();
         if from < old.len {
             let mut f = File::open(&p).map_err(io_err(&p))?;
             f.seek(SeekFrom::Start(from)).map_err(io_err(&p))?;
             f.read_to_end(&mut data).map_err(io_err(&p))?;
         }
-        let (_, n, _) = scan(&data);
+        let split = usize::try_from(mid - from)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let (_, held, _) = scan(&data[..split]);
+        let (_, n, _) = scan(&data[split..]);
         self.stats.dropped_records.fetch_add(n, Ordering::Relaxed);
+        self.stats
+            .dropped_in_flight
+            .fetch_add(held, Ordering::Relaxed);
         if n > 0 {
             tracing::warn!(
                 records = n,
@@ -464,7 +834,10 @@ impl Wal {
         };
         if g.cursor < first {
             g.cursor = first;
-            self.save_cursor(first)?;
+            // Only a restart suffers (it starts at the first segment left).
+            if let Err(e) = self.save_cursor(first) {
+                tracing::warn!("{e}");
+            }
         }
         if g.inflight < first {
             g.inflight = first;
@@ -522,7 +895,7 @@ impl Wal {
                     let len =
                         u32::from_le_bytes(data[i..i + 4].try_into().unwrap_or([0; 4])) as usize;
                     let crc = u32::from_le_bytes(data[i + 4..i + 8].try_into().unwrap_or([0; 4]));
-                    if len > MAX_FRAME {
+                    if len == 0 || len > MAX_FRAME {
                         // Unreadable rest of a closed segment: skip it, counted.
                         self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
                         batch.end = Pos {
@@ -569,6 +942,11 @@ impl Wal {
             }
             if !batch.is_empty() || Instant::now() >= deadline {
                 g.inflight = g.inflight.max(batch.end);
+                if !batch.is_empty() {
+                    self.stats
+                        .in_flight_records
+                        .store(batch.len() as u64, Ordering::Relaxed);
+                }
                 return Ok(batch);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -590,14 +968,19 @@ impl Wal {
         self.stats
             .acked_records
             .fetch_add(records, Ordering::Relaxed);
+        if end >= g.inflight {
+            self.stats.in_flight_records.store(0, Ordering::Relaxed);
+        }
+        // The cursor first: a segment is deleted only once a restart would
+        // not look for it (a failed save leaves them for the next ack).
+        self.save_cursor(end)?;
         while g.segs.len() > 1 && g.segs[0].seq < end.seg {
             let old = g.segs.remove(0);
             let _ = fs::remove_file(seg_path(&self.cfg.dir, old.seq));
             g.total -= old.len;
         }
-        // A fully read, closed-out single segment: recycle it when the writer rolls.
         self.stats.buffer_bytes.store(g.total, Ordering::Relaxed);
-        self.save_cursor(end)
+        Ok(())
     }
 
     fn save_cursor(&self, p: Pos) -> Result<(), WalError> {
@@ -620,6 +1003,7 @@ impl Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn cfg(dir: &Path, max: u64, policy: FullPolicy) -> WalConfig {
         WalConfig {
@@ -810,5 +1194,269 @@ mod tests {
         let got = drain(&w);
         let dropped = w.stats.dropped_records.load(Ordering::Relaxed);
         assert_eq!(5 + got.len() as u64 + dropped, 300);
+    }
+
+    /// Installs a fault plan for the buffer in `dir` only: `f` gets the
+    /// operation and how many times it was asked for before.
+    fn faults(
+        dir: &Path,
+        mut f: impl FnMut(fault::Op, u64) -> Option<fault::Fault> + Send + 'static,
+    ) {
+        let dir = dir.to_path_buf();
+        let mut n = std::collections::HashMap::new();
+        fault::set(move |op, p| {
+            if !p.starts_with(&dir) {
+                return None;
+            }
+            let k = n.entry(op).or_insert(0u64);
+            *k += 1;
+            f(op, *k - 1)
+        });
+    }
+
+    /// Fault plans are process-wide: the tests that set one run one at a time.
+    static FAULTS: Mutex<()> = Mutex::new(());
+
+    fn seg_lens(d: &Path) -> u64 {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    fn frames(n: u32) -> u64 {
+        (0..n).map(|i| (HDR + rec(i).len()) as u64).sum()
+    }
+
+    #[test]
+    fn failed_write_keeps_the_records_queued_until_a_retry_succeeds() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        for errno in [libc::ENOSPC, libc::EIO, libc::EROFS, libc::EDQUOT] {
+            faults(d.path(), move |op, _| {
+                (op == fault::Op::Write).then_some(fault::Fault::Errno(errno))
+            });
+            let before = seg_lens(d.path());
+            w.push(&rec(0));
+            assert!(w.commit().is_err(), "errno {errno}");
+            assert!(w.commit().is_err());
+            assert!(w.is_stalled());
+            assert_eq!(w.stats.appended_records.load(Ordering::Relaxed), 0);
+            assert_eq!(seg_lens(d.path()), before, "nothing half-written stays");
+            // Nothing to read yet: the record is not in the buffer.
+            assert!(w
+                .read_batch(10, 1 << 20, Duration::ZERO)
+                .unwrap()
+                .is_empty());
+            fault::clear();
+            assert_eq!(w.commit().unwrap(), 1);
+            assert!(!w.is_stalled());
+            assert_eq!(drain(&w), vec![rec(0)]);
+            w.stats.appended_records.store(0, Ordering::Relaxed);
+        }
+        assert_eq!(w.stats.write_errors.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn short_write_is_cut_back_to_the_last_frame_and_rewritten_whole() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        w.push(&rec(0));
+        w.commit().unwrap();
+        // Half a frame lands, then the disk is full; then the cut itself fails once.
+        faults(d.path(), |op, k| match (op, k) {
+            (fault::Op::Write, 0) => Some(fault::Fault::Short(HDR + 5)),
+            (fault::Op::Write, _) => Some(fault::Fault::Errno(libc::ENOSPC)),
+            (fault::Op::Truncate, 0) => Some(fault::Fault::Errno(libc::EIO)),
+            _ => None,
+        });
+        for i in 1..4 {
+            w.push(&rec(i));
+        }
+        assert!(w.commit().is_err());
+        assert_eq!(
+            seg_lens(d.path()),
+            frames(1) + HDR as u64 + 5,
+            "the cut failed"
+        );
+        // The next try cuts first (then fails to write again): a clean end.
+        assert!(w.commit().is_err());
+        assert_eq!(seg_lens(d.path()), frames(1));
+        fault::clear();
+        assert_eq!(w.commit().unwrap(), 3);
+        assert_eq!(seg_lens(d.path()), frames(4));
+        drop(w);
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        assert_eq!(drain(&w), (0..4).map(rec).collect::<Vec<_>>());
+        assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn short_writes_that_go_on_are_completed() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        faults(d.path(), |op, _| {
+            (op == fault::Op::Write).then_some(fault::Fault::Short(7))
+        });
+        for i in 0..5 {
+            w.push(&rec(i));
+        }
+        assert_eq!(w.commit().unwrap(), 5);
+        fault::clear();
+        assert_eq!(w.stats.write_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(drain(&w), (0..5).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn failed_sync_writes_the_unsynced_bytes_again_before_reporting_success() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        w.push(&rec(0));
+        w.commit().unwrap();
+        w.sync().unwrap();
+        faults(d.path(), |op, _| {
+            (op == fault::Op::Sync).then_some(fault::Fault::Errno(libc::EIO))
+        });
+        for i in 1..4 {
+            w.push(&rec(i));
+        }
+        assert_eq!(w.commit().unwrap(), 3, "written, not yet durable");
+        assert!(w.sync().is_err());
+        assert!(w.is_stalled());
+        // What a failed writeback may leave: the unsynced pages lost.
+        let seg = seg_path(d.path(), 1);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(
+            &vec![0u8; usize::try_from(frames(4) - frames(1)).unwrap()],
+            frames(1),
+        )
+        .unwrap();
+        assert!(w.sync().is_err(), "still failing");
+        fault::clear();
+        w.sync().unwrap();
+        assert!(!w.is_stalled());
+        assert!(w.stats.sync_errors.load(Ordering::Relaxed) >= 2);
+        drop(w);
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        assert_eq!(drain(&w), (0..4).map(rec).collect::<Vec<_>>());
+        assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn failing_roll_keeps_writing_the_segment_and_rolls_later() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        faults(d.path(), |op, k| {
+            (op == fault::Op::Sync && k < 3).then_some(fault::Fault::Errno(libc::EIO))
+        });
+        let mut n = 0;
+        let mut errs = 0;
+        for i in 0..60 {
+            w.push(&rec(i));
+            match w.commit() {
+                Ok(k) => n += k,
+                Err(_) => errs += 1,
+            }
+        }
+        while w.is_stalled() {
+            n += w.commit().unwrap_or(0);
+            let _ = w.sync();
+        }
+        fault::clear();
+        n += w.commit().unwrap();
+        w.sync().unwrap();
+        assert_eq!(n, 60, "{errs} failed commits");
+        drop(w);
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        assert_eq!(drain(&w), (0..60).map(rec).collect::<Vec<_>>());
+        assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn zeroed_tail_is_cut_not_read_as_records() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        for i in 0..3 {
+            w.push(&rec(i));
+        }
+        w.commit().unwrap();
+        drop(w);
+        // What a file system can leave of writes it never wrote back: zeros.
+        let seg = seg_path(d.path(), 1);
+        let f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.set_len(frames(3) + 4096).unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), frames(3));
+        assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 1);
+        assert_eq!(drain(&w), (0..3).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_on_a_full_file_system() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::DropOldest)).unwrap();
+        for i in 0..60 {
+            w.push(&rec(i));
+            w.commit().unwrap();
+        }
+        // Far below `max_bytes`, but the file system is full until a segment goes.
+        faults(d.path(), |op, k| {
+            (op == fault::Op::Write && k < 2).then_some(fault::Fault::Errno(libc::ENOSPC))
+        });
+        w.push(&rec(60));
+        assert_eq!(w.commit().unwrap(), 1);
+        fault::clear();
+        let dropped = w.stats.dropped_records.load(Ordering::Relaxed);
+        assert!(dropped > 0);
+        let got = drain(&w);
+        assert_eq!(got.len() as u64 + dropped, 61);
+        assert_eq!(got.last(), Some(&rec(60)));
+        assert!(!w.is_stalled());
+    }
+
+    #[test]
+    fn failed_cursor_save_deletes_no_segment_and_a_restart_replays() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        for i in 0..60 {
+            w.push(&rec(i));
+            w.commit().unwrap();
+        }
+        let segs = || {
+            fs::read_dir(d.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "wal")
+                })
+                .count()
+        };
+        let before = segs();
+        assert!(before > 2);
+        // The cursor cannot be saved (a directory where its temporary file goes).
+        fs::create_dir(d.path().join("cursor.tmp")).unwrap();
+        let b = w.read_batch(50, 1 << 20, Duration::ZERO).unwrap();
+        assert!(w.ack(b.end, b.len() as u64).is_err());
+        assert_eq!(
+            segs(),
+            before,
+            "a segment went before the cursor passing it was saved"
+        );
+        drop(w);
+        fs::remove_dir(d.path().join("cursor.tmp")).unwrap();
+        // Shipped records come again (at least once), none is missing.
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        assert_eq!(drain(&w), (0..60).map(rec).collect::<Vec<_>>());
     }
 }

@@ -72,6 +72,14 @@ pub struct Counters {
     /// Adopted containers that could not be taken back and were released
     /// to the supervisor (their sandbox is gone).
     pub containers_released: AtomicU64,
+
+    // Disk buffer faults (full or read-only `state_dir`, I/O errors).
+    /// Streams held back because their disk buffer cannot write or sync (a gauge).
+    pub buffer_stalled_streams: AtomicU64,
+    /// Milliseconds during which any stream was held back so.
+    pub buffer_stalled_ms: AtomicU64,
+    /// Checkpoint saves that failed (the previous checkpoint stays in force).
+    pub checkpoint_save_errors: AtomicU64,
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -95,6 +103,11 @@ pub fn snapshot(
                 "corrupt_records": load(&s.corrupt_records),
                 "buffer_bytes": load(&s.buffer_bytes),
                 "fsyncs": load(&s.fsyncs),
+                "write_errors": load(&s.write_errors),
+                "sync_errors": load(&s.sync_errors),
+                "stalled": load(&s.stalled),
+                "in_flight_records": load(&s.in_flight_records),
+                "dropped_in_flight": load(&s.dropped_in_flight),
             }),
         );
     }
@@ -164,6 +177,9 @@ pub fn snapshot(
             "containers_state_unsaved": load(&c.containers_state_unsaved),
             "registrations_unreadable": load(&c.registrations_unreadable),
             "containers_released": load(&c.containers_released),
+            "buffer_stalled_streams": load(&c.buffer_stalled_streams),
+            "buffer_stalled_ms": load(&c.buffer_stalled_ms),
+            "checkpoint_save_errors": load(&c.checkpoint_save_errors),
         },
         "buffers": b,
         "sinks": k,

@@ -107,16 +107,26 @@ struct Framed {
 }
 
 impl Framed {
-    /// Hands the batch to `wal` and counts it.
-    fn flush(&mut self, wal: Option<&Wal>, counters: &Counters) {
+    /// Hands the batch to `wal` (counted once written, by [`commit`]).
+    fn flush(&mut self, wal: Option<&Wal>) {
         if let Some(w) = wal {
             w.push_framed(&self.bytes, self.records);
-            counters
-                .records_buffered
-                .fetch_add(self.records, Ordering::Relaxed);
         }
         self.bytes.clear();
         self.records = 0;
+    }
+}
+
+/// Writes what `wal` has queued; true when it is all written. A failure is
+/// counted and logged by the buffer, which keeps the records queued: the
+/// streams feeding it are held back until a retry succeeds.
+fn commit(wal: &Wal, counters: &Counters) -> bool {
+    match wal.commit() {
+        Ok(n) => {
+            counters.records_buffered.fetch_add(n, Ordering::Relaxed);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -175,6 +185,10 @@ struct Ctx {
     jobs: Vec<ParseJob>,
     buf: Vec<u8>,
     framed: Framed,
+    /// When streams were last seen held back by a failing buffer.
+    stalled_at: Option<Instant>,
+    /// When a failed checkpoint save was last logged.
+    checkpoint_error_logged: Option<Instant>,
 }
 
 impl Parser {
@@ -195,6 +209,8 @@ impl Parser {
             jobs: Vec::new(),
             buf: vec![0u8; WINDOW],
             framed: Framed::default(),
+            stalled_at: None,
+            checkpoint_error_logged: None,
         };
         let tid = Arc::new(AtomicI32::new(0));
         let tid_set = tid.clone();
@@ -274,7 +290,8 @@ impl Ctx {
     }
 
     /// Runs `f` on every stream with the stream's record sink; `f` gets the
-    /// read buffer, whether the job's disk buffer is full and the job's key, and
+    /// read buffer, whether the job's disk buffer is full (or stalled by a
+    /// failing write: the stream must not move on) and the job's key, and
     /// says whether it changed the stream. The records go to the buffer after
     /// each stream (committed after each job: a full buffer's bound is
     /// overshot by one turn at most), and the lines are counted.
@@ -282,8 +299,21 @@ impl Ctx {
         &mut self,
         mut f: impl FnMut(&mut ParseStream, &mut [u8], bool, &str, &mut dyn FnMut(Encoded<'_>)) -> bool,
     ) {
+        let mut stalled = 0;
+        let mut retried: Vec<Arc<Wal>> = Vec::new();
         for j in &mut self.jobs {
-            let full = j.wal.as_ref().is_some_and(|w| w.is_full());
+            if let Some(w) = j.wal.as_ref().filter(|w| w.is_stalled()) {
+                // Retries the held-back write (once a round) before anything new is parsed.
+                if !retried.iter().any(|r| Arc::ptr_eq(r, w)) {
+                    retried.push(w.clone());
+                    commit(w, &self.counters);
+                }
+            }
+            let held = j.wal.as_ref().is_some_and(|w| w.is_stalled());
+            if held {
+                stalled += j.streams.iter().filter(|s| !s.done).count() as u64;
+            }
+            let full = held || j.wal.as_ref().is_some_and(|w| w.is_full());
             for s in &mut j.streams {
                 // A window shorter than a whole line (split at `max_line_bytes`) would
                 // end inside an overlong line and never be consumed: the stream would
@@ -302,17 +332,31 @@ impl Ctx {
                 );
                 j.dirty |= f(s, &mut self.buf, full, &j.key, &mut emit);
                 drop(emit);
-                self.framed.flush(j.wal.as_deref(), &self.counters);
+                self.framed.flush(j.wal.as_deref());
                 let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
                 self.counters
                     .lines_read
                     .fetch_add(after - before, Ordering::Relaxed);
             }
-            if let Some(w) = &j.wal {
-                if let Err(e) = w.commit() {
-                    tracing::error!("{e}");
-                }
+            if let Some(w) = j.wal.as_ref().filter(|_| !held) {
+                commit(w, &self.counters);
             }
+        }
+        self.note_stalled(stalled);
+    }
+
+    /// Keeps the gauge of streams held back by a failing buffer and the time
+    /// during which any was.
+    fn note_stalled(&mut self, streams: u64) {
+        let c = &self.counters;
+        c.buffer_stalled_streams.store(streams, Ordering::Relaxed);
+        let now = Instant::now();
+        if let Some(t) = self.stalled_at.take() {
+            let ms = u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX);
+            c.buffer_stalled_ms.fetch_add(ms, Ordering::Relaxed);
+        }
+        if streams > 0 {
+            self.stalled_at = Some(now);
         }
     }
 
@@ -370,15 +414,25 @@ impl Ctx {
     }
 
     /// Records first, then the offsets that point past them; finished
-    /// containers are handed back to the reader.
+    /// containers are handed back to the reader. A container whose buffer
+    /// could not write or sync everything keeps its last checkpoint (a
+    /// restart parses again from there; the records have deterministic ids),
+    /// and so does one whose checkpoint could not be saved: `saved`, which
+    /// decides which rotated files are kept, only moves with a saved file.
     fn checkpoint(&mut self, all: bool) {
+        let mut durable = Vec::with_capacity(self.wals.len());
         for w in &self.wals {
-            if let Err(e) = w.commit().and_then(|()| w.sync()) {
-                tracing::error!("{e}");
-            }
+            // `sync` logs and counts its failures (rate-limited).
+            durable.push(commit(w, &self.counters) && w.sync().is_ok());
         }
+        let wals = &self.wals;
+        let is_durable = |w: &Arc<Wal>| {
+            wals.iter()
+                .position(|x| Arc::ptr_eq(x, w))
+                .is_none_or(|i| durable[i])
+        };
         for j in &mut self.jobs {
-            if !(j.dirty || all) {
+            if !(j.dirty || all) || !j.wal.as_ref().is_none_or(is_durable) {
                 continue;
             }
             match save_checkpoint(&j.dir, &j.streams) {
@@ -389,7 +443,21 @@ impl Ctx {
                         s.shared.saved.store(cp.base + cp.offset, Ordering::Release);
                     }
                 }
-                Err(e) => tracing::warn!(container = j.key, "checkpoint: {e}"),
+                Err(e) => {
+                    self.counters
+                        .checkpoint_save_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if self
+                        .checkpoint_error_logged
+                        .is_none_or(|t| t.elapsed() >= crate::wal::LOG_EVERY)
+                    {
+                        self.checkpoint_error_logged = Some(Instant::now());
+                        tracing::error!(
+                            container = j.key,
+                            "checkpoint not saved (retried; nothing is deleted on its account): {e}"
+                        );
+                    }
+                }
             }
         }
         self.jobs.retain(|j| {

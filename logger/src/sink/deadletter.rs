@@ -122,6 +122,9 @@ pub struct DeadLetter {
     queue: std::collections::VecDeque<(Vec<u8>, u64)>,
     /// Share used per container in the open file; `None` until it is read.
     shares: Option<HashMap<Vec<u8>, Share>>,
+    /// Length to cut the file back to before the next write (a failed write
+    /// whose cut failed too).
+    cut_to: Option<u64>,
 }
 
 impl DeadLetter {
@@ -142,6 +145,7 @@ impl DeadLetter {
             queued: 0,
             queue: std::collections::VecDeque::new(),
             shares: None,
+            cut_to: None,
         }
     }
 
@@ -235,8 +239,13 @@ impl DeadLetter {
                 .map_or(true, |m| m.ino() != ours.ino() || m.dev() != ours.dev());
             if moved {
                 self.file = None;
-            } else if let Some((_, size)) = &mut self.file {
-                *size = ours.len();
+                self.cut_to = None;
+            } else if let Some((f, size)) = &mut self.file {
+                if let Some(len) = self.cut_to.filter(|&l| l < ours.len()) {
+                    f.set_len(len)?;
+                }
+                self.cut_to = None;
+                *size = f.metadata()?.len();
             }
         }
         if self.file.is_none() {
@@ -278,8 +287,18 @@ impl DeadLetter {
                 .map_or(0, |i| i + 1)
         };
         if fit > 0 {
-            f.write_all(&self.buf[..fit])?;
-            f.sync_data()?;
+            if let Err(e) = f.write_all(&self.buf[..fit]).and_then(|()| f.sync_data()) {
+                // Nothing is taken as written: part of it may be in the file (a
+                // short write) or, after a failed sync, not really on disk. Cut
+                // back to the last whole line; the records are written again by
+                // the retry (their batch stays unacknowledged until then).
+                if let Err(t) = f.set_len(*size) {
+                    tracing::warn!(path = %self.path.display(), "cutting back a failed write: {t}");
+                    // Cut before the next write (see `file`).
+                    self.cut_to = Some(*size);
+                }
+                return Err(e);
+            }
             *size += fit as u64;
         }
         let lines = memchr::memchr_iter(b'\n', &self.buf[..fit]).count();
