@@ -438,8 +438,11 @@ impl Supervisor<'_> {
 
     fn upgrade(&mut self, w: Option<&WorkerProc>) {
         let e = exec_upgrade(&self.exe, &self.cfg_path, &self.listen, w, &self.table);
-        tracing::error!("in-place upgrade failed ({e}); carrying on");
-        self.record_error(&format!("in-place upgrade: {e}"));
+        tracing::error!(exe = %self.exe.display(), "in-place upgrade failed ({e}); carrying on");
+        self.record_error(&format!(
+            "in-place upgrade from {}: {e}",
+            self.exe.display()
+        ));
     }
 
     /// Starts a worker and hands it every container, retrying with backoff
