@@ -133,7 +133,7 @@ impl Writers {
             let st = c.wait().unwrap();
             assert!(
                 st.success(),
-                "container {name} failed ({st}; exit 32 is EPIPE); {}",
+                "container {name} failed ({st}; exit 32 is EPIPE, 101 EPIPE on stderr too); {}",
                 ctx()
             );
         }
@@ -275,9 +275,38 @@ fn worker_binary_missing_or_not_executable_during_an_upgrade_never_epipes() {
             .contains("rein-log-shipper"),
         "the last error names the binary: {stats}"
     );
-    // 4. The binary is back: a worker starts (at the next retry, or now with
+    // 4. A file that is executable but no program (exec fails: ENOEXEC),
+    //    then a program that exits at once: still up, every failure counted.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(&exe, b"\x7fELF garbage").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = stat(&sh.state, "spawn_failures");
+    kill(sup, libc::SIGHUP);
+    wait_for(
+        Duration::from_secs(15),
+        || stat(&sh.state, "spawn_failures") > before,
+        || format!("no failed start of a file exec refuses; {}", ctx()),
+    );
+    let tmp = exe.with_extension("tmp");
+    std::fs::write(&tmp, b"#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &exe).unwrap();
+    let exits = stat(&sh.state, "worker_exits") + stat(&sh.state, "adoption_failures");
+    kill(sup, libc::SIGHUP);
+    wait_for(
+        Duration::from_secs(15),
+        || stat(&sh.state, "worker_exits") + stat(&sh.state, "adoption_failures") > exits,
+        || format!("a worker exiting at once was not counted; {}", ctx()),
+    );
+    assert!(
+        sh.child.try_wait().unwrap().is_none(),
+        "the supervisor exited while holding pipes; {}",
+        ctx()
+    );
+    // 5. The binary is back: a worker starts (at the next retry, or now with
     //    SIGHUP) and everything is shipped, once.
     std::fs::rename(&saved, &exe).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     kill(sup, libc::SIGHUP);
     wait_for(
         Duration::from_secs(40),
@@ -306,7 +335,7 @@ fn kill_9_of_the_worker_at_random_moments_every_line_once() {
     // started (while it adopts), some while it ships.
     while t.elapsed() < Duration::from_secs(7) {
         let pid = worker_pid(&sh.state);
-        let pause = if rng.next() % 3 == 0 {
+        let pause = if rng.next().is_multiple_of(3) {
             rng.ms(0, 40)
         } else {
             rng.ms(150, 900)

@@ -216,7 +216,8 @@ impl Chaos {
                             self.fig.written += c.lines;
                             self.done.push((c.name, Some(c.sandbox), c.lines));
                         }
-                        Some(32) => {
+                        // 101: EPIPE reported on a broken stderr too (a panic).
+                        Some(32 | 101) => {
                             eprintln!("chaos: container {} got EPIPE", c.name);
                             self.fig.epipes += 1;
                         }
@@ -255,7 +256,7 @@ impl Chaos {
             return;
         }
         self.fig.binary_outages += 1;
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             let _ = std::fs::write(&self.exe, b"not a program");
         }
         let until = Instant::now() + rng.ms(1000, 8000);

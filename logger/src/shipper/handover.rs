@@ -196,12 +196,29 @@ fn take(conn: BorrowedFd<'_>) -> Result<Received, String> {
     if msg != b"listen" || fds.len() != 1 {
         return Err("the first message must carry the listening socket".into());
     }
-    let listen = fds.remove(0);
-    let mut containers = Vec::new();
+    let mut r = Received {
+        listen: fds.remove(0),
+        pid: peer.pid,
+        containers: Vec::new(),
+    };
     loop {
-        let (msg, fds) = recv_within(conn, "container")?;
+        let (msg, fds) = match recv_within(conn, "container") {
+            Ok((msg, fds)) if !(msg.is_empty() && fds.is_empty()) => (msg, fds),
+            // The worker died in the middle: what came is all that is left of
+            // those pipes, keep it (refusing would close them).
+            Ok(_) | Err(_) if died(r.pid) => {
+                tracing::error!(
+                    pid = r.pid,
+                    containers = r.containers.len(),
+                    "the orphaned worker died during the handover; keeping what it handed over"
+                );
+                return Ok(r);
+            }
+            Ok(_) => return Err("the worker closed the handover".into()),
+            Err(e) => return Err(e),
+        };
         if msg == b"done" {
-            break;
+            return Ok(r);
         }
         let Some(key) = msg.strip_prefix(b"add\n") else {
             return Err(format!(
@@ -212,13 +229,21 @@ fn take(conn: BorrowedFd<'_>) -> Result<Received, String> {
         if !matches!(fds.len(), 2 | 4) {
             return Err(format!("{} descriptors for one container", fds.len()));
         }
-        containers.push((String::from_utf8_lossy(key).into_owned(), fds));
+        r.containers
+            .push((String::from_utf8_lossy(key).into_owned(), fds));
     }
-    Ok(Received {
-        listen,
-        pid: peer.pid,
-        containers,
-    })
+}
+
+/// Whether `pid` ends within a second.
+fn died(pid: i32) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(1) {
+        if ended(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Whether process `pid` has ended (gone, or a zombie: its descriptors are closed).
