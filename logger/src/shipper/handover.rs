@@ -246,14 +246,17 @@ fn died(pid: i32) -> bool {
     false
 }
 
-/// Whether process `pid` has ended (gone, or a zombie: its descriptors are closed).
+/// Whether process `pid` has ended: gone, or a zombie whose threads have all
+/// exited (only then are its descriptors closed; a thread group leader is a
+/// zombie while other threads still exit).
 pub fn ended(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    let zombie = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the last `)` (the command name may hold one).
         Ok(s) => s
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.trim_start().chars().next())
             .is_some_and(|c| c == 'Z' || c == 'X'),
-        Err(_) => true,
-    }
+        Err(_) => return true,
+    };
+    zombie && std::fs::read_dir(format!("/proc/{pid}/task")).map_or(true, |d| d.count() <= 1)
 }
