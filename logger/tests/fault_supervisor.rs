@@ -303,11 +303,24 @@ fn worker_binary_missing_or_not_executable_during_an_upgrade_never_epipes() {
         "the supervisor exited while holding pipes; {}",
         ctx()
     );
-    // 5. The binary is back: a worker starts (at the next retry, or now with
-    //    SIGHUP) and everything is shipped, once.
+    // 5. The binary is back, and the supervisor is upgraded in place while
+    //    no worker (or one exiting at once) runs: the new image keeps every
+    //    pipe, starts a worker, and everything is shipped, once.
     std::fs::rename(&saved, &exe).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    kill(sup, libc::SIGHUP);
+    kill(sup, libc::SIGUSR2);
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(sh.state.join("supervisor.execs"))
+                .is_ok_and(|s| s.trim() == "1")
+        },
+        || format!("no in-place upgrade; {}", ctx()),
+    );
+    assert!(
+        sh.child.try_wait().unwrap().is_none(),
+        "same supervisor process; {}",
+        ctx()
+    );
     wait_for(
         Duration::from_secs(40),
         || stat(&sh.state, "worker_pid") > 0 && worker_pid(&sh.state) != worker,
