@@ -104,6 +104,8 @@ pub struct Worker {
     containers: HashMap<u64, Container>,
     keys: HashMap<String, u64>,
     next_id: u64,
+    /// Set when the supervisor is gone: the last look for a new one (`handover`).
+    orphaned: Option<Instant>,
     sinks: Vec<(SinkKind, SinkHandle)>,
     counters: Arc<Counters>,
     parser: Parser,
@@ -112,8 +114,6 @@ pub struct Worker {
     scratch: (OwnedFd, OwnedFd),
     peek: Vec<u8>,
     last_counters: Instant,
-    /// Set when the supervisor is gone: the last look for a new one (`handover`).
-    orphaned: Option<Instant>,
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
@@ -221,13 +221,13 @@ impl Worker {
             containers: HashMap::new(),
             keys: HashMap::new(),
             next_id: 0,
+            orphaned: None,
             sinks,
             counters,
             parser,
             scratch: crate::module::pipe(0).map_err(io_err("scratch pipe"))?,
             peek: vec![0u8; 64 * 1024],
             last_counters: Instant::now(),
-            orphaned: None,
             burst: BurstState::new(BurstPolicy {
                 bytes: cfg.parser_burst_bytes.min(cfg.max_unparsed_bytes / 2),
                 time: cfg.parser_burst_time,
