@@ -260,3 +260,62 @@ pub fn ended(pid: i32) -> bool {
     };
     zombie && std::fs::read_dir(format!("/proc/{pid}/task")).map_or(true, |d| d.count() <= 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_waiting_supervisor_means_nothing_is_handed_over() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, _b) = crate::module::pipe(0).unwrap();
+        assert!(!offer(d.path(), a.as_fd(), &[]).unwrap());
+    }
+
+    #[test]
+    fn every_descriptor_reaches_the_new_supervisor_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Listener::bind(d.path()).unwrap();
+        let dir = d.path().to_path_buf();
+        let worker = std::thread::spawn(move || {
+            let listen = crate::module::pipe(0).unwrap();
+            let one: Vec<_> = (0..2).map(|_| crate::module::pipe(0).unwrap()).collect();
+            let two: Vec<_> = (0..4).map(|_| crate::module::pipe(0).unwrap()).collect();
+            let raw = |v: &Vec<(OwnedFd, OwnedFd)>| v.iter().map(|p| p.0.as_raw_fd()).collect();
+            // Keep the write ends: the receiver checks what it got by reading.
+            for (i, p) in one.iter().chain(&two).enumerate() {
+                nix::unistd::write(&p.1, &[u8::try_from(i).unwrap()]).unwrap();
+            }
+            let list = vec![("a".to_string(), raw(&one)), ("b".to_string(), raw(&two))];
+            let done = offer(&dir, listen.0.as_fd(), &list).unwrap();
+            (done, one, two)
+        });
+        let r = l.receive(Duration::from_secs(10)).unwrap().unwrap();
+        let (done, _one, _two) = worker.join().unwrap();
+        assert!(done);
+        assert_eq!(r.pid, i32::try_from(std::process::id()).unwrap());
+        let keys: Vec<_> = r
+            .containers
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.len()))
+            .collect();
+        assert_eq!(keys, [("a", 2), ("b", 4)]);
+        let mut seen = Vec::new();
+        for (_, fds) in &r.containers {
+            for fd in fds {
+                let mut b = [0u8; 1];
+                nix::unistd::read(fd.as_raw_fd(), &mut b).unwrap();
+                seen.push(b[0]);
+            }
+        }
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
+        drop(l);
+        assert!(!socket_path(d.path()).exists(), "the socket is removed");
+    }
+
+    #[test]
+    fn a_running_process_has_not_ended_a_missing_one_has() {
+        assert!(!ended(i32::try_from(std::process::id()).unwrap()));
+        assert!(ended(i32::MAX));
+    }
+}

@@ -890,3 +890,47 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_retries_back_off_to_thirty_seconds() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(9), Duration::from_secs(30));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn state_without_a_worker_restores_the_table() {
+        let (a, b) = crate::module::pipe(0).unwrap();
+        let (c, d) = crate::module::pipe(0).unwrap();
+        let state = format!(
+            "listen={} k1={},{}",
+            a.as_raw_fd(),
+            b.as_raw_fd(),
+            c.as_raw_fd()
+        );
+        // The descriptors now belong to the restored values.
+        std::mem::forget((a, b, c));
+        let (_listen, w, table) = restore(&state).unwrap();
+        assert!(w.is_none());
+        assert_eq!(table["k1"].len(), 2);
+        drop(d);
+    }
+
+    #[test]
+    fn a_missing_or_plain_file_is_not_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bin");
+        assert!(executable(&p).is_err());
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(executable(&p).is_err());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(executable(&p).is_ok());
+    }
+}
