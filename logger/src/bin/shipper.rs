@@ -3,7 +3,7 @@
 //! ```text
 //! rein-log-shipper run   --config FILE   # supervisor + worker (run this under systemd)
 //! rein-log-shipper check --config FILE   # validate the settings and exit
-//! rein-log-shipper stats --state-dir DIR # print the counters
+//! rein-log-shipper stats --state-dir DIR # print the counters (the supervisor's under "supervisor")
 //! ```
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -100,9 +100,27 @@ fn main_inner() -> Result<(), String> {
         "check" => config().map(|(p, c)| check(&p, &c)),
         "stats" => {
             let d = arg(&args, "--state-dir").ok_or("--state-dir DIR is required")?;
-            let s = std::fs::read_to_string(d.join("counters.json"))
-                .map_err(|e| format!("{}: {e}", d.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| e.to_string())?;
+            let read = |name: &str| -> Result<Option<serde_json::Value>, String> {
+                match std::fs::read_to_string(d.join(name)) {
+                    Ok(s) => serde_json::from_str(&s)
+                        .map(Some)
+                        .map_err(|e| format!("{}: {e}", d.join(name).display())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(format!("{}: {e}", d.join(name).display())),
+                }
+            };
+            // The worker's counters, and the supervisor's under `supervisor`
+            // (there even when no worker could be started).
+            let worker = read("counters.json")?;
+            let sup = read(supervisor::STATS_FILE)?;
+            let mut v = match (worker, &sup) {
+                (Some(v), _) => v,
+                (None, Some(_)) => serde_json::json!({}),
+                (None, None) => return Err(format!("{}: no counters yet", d.display())),
+            };
+            if let (Some(obj), Some(s)) = (v.as_object_mut(), sup) {
+                obj.insert("supervisor".into(), s);
+            }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(())
         }

@@ -166,6 +166,8 @@ pub struct Worker {
     containers: HashMap<u64, Container>,
     keys: HashMap<String, u64>,
     next_id: u64,
+    /// Set when the supervisor is gone: the last look for a new one (`handover`).
+    orphaned: Option<Instant>,
     sinks: Vec<(SinkKind, SinkHandle)>,
     counters: Arc<Counters>,
     parser: Parser,
@@ -293,6 +295,7 @@ impl Worker {
             containers: HashMap::new(),
             keys: HashMap::new(),
             next_id: 0,
+            orphaned: None,
             sinks,
             counters,
             parser,
@@ -1106,6 +1109,7 @@ impl Worker {
                                     self.control.as_raw_fd(),
                                     0,
                                 );
+                                self.orphaned = Some(Instant::now());
                             }
                             _ => {}
                         }
@@ -1116,10 +1120,71 @@ impl Worker {
             if last_tick.elapsed() >= Duration::from_millis(50) {
                 self.tick();
                 last_tick = Instant::now();
+                if self.hand_over_if_asked() {
+                    break;
+                }
             }
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// Without a supervisor: gives the listening socket and every
+    /// container's descriptors to a new one once it waits for them (see
+    /// `handover`). True when handed over: this worker must stop reading.
+    fn hand_over_if_asked(&mut self) -> bool {
+        let Some(last) = self.orphaned else {
+            return false;
+        };
+        if last.elapsed() < super::handover::OFFER_INTERVAL {
+            return false;
+        }
+        self.orphaned = Some(Instant::now());
+        // A stream at EOF is handed over as a pipe at EOF (the supervisor
+        // holds two pipes per container).
+        let mut at_eof = Vec::new();
+        let mut list = Vec::with_capacity(self.containers.len());
+        for c in self.containers.values() {
+            let mut fds = Vec::with_capacity(4);
+            for st in &c.streams {
+                match &st.pipe {
+                    Some(p) => fds.push(p.as_raw_fd()),
+                    None => match crate::module::pipe(0) {
+                        Ok((r, _)) => {
+                            fds.push(r.as_raw_fd());
+                            at_eof.push(r);
+                        }
+                        Err(e) => {
+                            tracing::warn!("handover: {e}; trying again");
+                            return false;
+                        }
+                    },
+                }
+            }
+            if c.streams.iter().all(|s| s.stage.is_some()) {
+                fds.extend(
+                    c.streams
+                        .iter()
+                        .filter_map(|s| s.stage.as_ref().map(|(r, _)| r.as_raw_fd())),
+                );
+            }
+            list.push((c.key.clone(), fds));
+        }
+        match super::handover::offer(&self.cfg.state_dir, self.listen.as_fd(), &list) {
+            Ok(done) => {
+                if done {
+                    tracing::warn!(
+                        containers = list.len(),
+                        "handed every container to a new supervisor; stopping"
+                    );
+                }
+                done
+            }
+            Err(e) => {
+                tracing::error!("handing over to a new supervisor: {e}; still reading every pipe");
+                false
+            }
+        }
     }
 
     fn shutdown(&mut self) {
