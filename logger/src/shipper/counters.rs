@@ -121,6 +121,9 @@ pub fn snapshot(
             "parser_idle": load(&c.parser_idle),
             "parser_promotions": load(&c.parser_promotions),
             "sandbox_objects_refused": crate::sandbox::objects_refused(),
+            "fallback_containers": load(&FALLBACK_CONTAINERS),
+            "fallback_reported": load(&FALLBACK_REPORTED),
+            "fallback_records_removed": load(&FALLBACK_RECORDS_REMOVED),
         },
         "buffers": b,
         "sinks": k,
@@ -176,3 +179,14 @@ pub fn write(dir: &Path, v: &serde_json::Value) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+// Containers the module could not hand to the shipper (they write their
+// sandbox files directly, unshipped): read from the module's records by
+// `shipper::fallback`.
+
+/// Records of fallen-back containers whose sandbox still exists (a gauge).
+pub static FALLBACK_CONTAINERS: AtomicU64 = AtomicU64::new(0);
+/// Fallen-back containers named in a warning by this worker.
+pub static FALLBACK_REPORTED: AtomicU64 = AtomicU64::new(0);
+/// Records removed because the container's sandbox was gone.
+pub static FALLBACK_RECORDS_REMOVED: AtomicU64 = AtomicU64::new(0);

@@ -454,6 +454,14 @@ impl Worker {
             return Err("no registration received".into());
         }
         let (msg, fds) = proto::recv_with_fds(conn.as_fd()).map_err(|e| e.to_string())?;
+        if msg == proto::PROBE {
+            return Ok(()); // a module asking whether we answer: nothing to register
+        }
+        if proto::peer_closed(conn.as_fd()) {
+            return Err(
+                "the module stopped waiting (its container writes its sandbox files)".into(),
+            );
+        }
         let reg: Registration =
             serde_json::from_slice(&msg).map_err(|e| format!("bad registration: {e}"))?;
         if reg.version != 1 {
@@ -669,6 +677,7 @@ impl Worker {
             }
         }
         self.schedule_parser(most_behind);
+        super::fallback::tick(&self.cfg.socket);
         for id in finished {
             if let Some(c) = self.containers.remove(&id) {
                 self.keys.remove(&c.key);

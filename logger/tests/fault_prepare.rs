@@ -1,0 +1,540 @@
+//! Launches against a wedged shipper: a real shipper whose worker is stopped
+//! (SIGSTOP) and a socket that takes connections and never answers. Launches
+//! must not queue behind one another, fall back to intact sandbox files,
+//! stop waiting at all once the shipper is known wedged (the breaker), hand
+//! containers to it again once it answers (SIGCONT), and every fallen-back
+//! container is recorded and counted. Also: messages cut by the kernel
+//! (`MSG_TRUNC`, `MSG_CTRUNC`) are refused and their descriptors closed.
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::shipper::{spec, Shipper};
+use rein_logger::module::LoggerModule;
+use rein_logger::proto;
+
+fn module(socket: &Path, timeout: &str) -> LoggerModule {
+    LoggerModule::new(&[
+        ("shipper_socket".to_string(), socket.display().to_string()),
+        ("shipper_timeout".to_string(), timeout.to_string()),
+    ])
+    .unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool, info: impl Fn() -> String) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out waiting for {what}: {}",
+            info()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) of a process this test started (through the supervisor).
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+fn n(c: &serde_json::Value, path: &str) -> u64 {
+    path.split('.')
+        .fold(c, |v, k| &v[k])
+        .as_u64()
+        .unwrap_or_default()
+}
+
+/// A container's lines, written through its descriptor as the task would.
+fn write_lines(fd: &OwnedFd, name: &str, seqs: std::ops::Range<u32>) {
+    let mut f = std::fs::File::from(fd.try_clone().unwrap());
+    for i in seqs {
+        writeln!(f, "{name} seq={i} {}", "x".repeat(40)).unwrap();
+    }
+}
+
+/// `data` is exactly lines `name seq=0..n`.
+fn assert_lines(data: &[u8], name: &str, n: u32) {
+    let text = String::from_utf8_lossy(data);
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        got.len(),
+        n as usize,
+        "{name}: {} lines, {n} expected",
+        got.len()
+    );
+    for (i, l) in got.iter().enumerate() {
+        assert_eq!(*l, format!("{name} seq={i} {}", "x".repeat(40)), "{name}");
+    }
+}
+
+/// Names in `dir` starting with `prefix.` (moved-aside copies of a file).
+fn moved_aside(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{prefix}.")))
+        .collect()
+}
+
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // Never leave a stopped worker behind a failed assertion.
+        // SAFETY: kill(2) of a process this test started.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn concurrent_launches_against_a_stopped_shipper_take_one_timeout_and_keep_their_files() {
+    const N: usize = 50;
+    let d = tempfile::tempdir().unwrap();
+    let mut sh = Shipper::start(d.path(), "");
+    let m = Arc::new(module(&sh.socket, "1s"));
+    let worker = sh.worker_pid();
+    signal(worker, libc::SIGSTOP);
+    let stopped = Stopped(worker);
+
+    let gate = Arc::new(Barrier::new(N + 1));
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let (m, gate) = (Arc::clone(&m), Arc::clone(&gate));
+            let sandbox = d.path().join(format!("s{i}"));
+            std::thread::spawn(move || {
+                let sp = spec(&format!("c{i}"), &sandbox, &[]);
+                gate.wait();
+                let t = Instant::now();
+                let io = m.prepare(&sp).unwrap();
+                (sandbox, io, t.elapsed())
+            })
+        })
+        .collect();
+    gate.wait();
+    let t = Instant::now();
+    let got: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let total = t.elapsed();
+    let slowest = got.iter().map(|g| g.2).max().unwrap();
+    eprintln!("{N} concurrent prepares against a stopped shipper: {total:?} (slowest {slowest:?})");
+    assert!(
+        total < Duration::from_millis(2500),
+        "{N} launches took {total:?}: they queued behind one another"
+    );
+    assert!(
+        got.iter().all(|g| !g.1.shipped),
+        "a stopped shipper took a container"
+    );
+    assert!(m.breaker_open(), "a timeout must open the breaker");
+    for (i, (_, io, _)) in got.iter().enumerate() {
+        write_lines(&io.stdout, &format!("c{i}"), 0..10);
+    }
+
+    // The shipper wakes up and finds 50 registrations whose modules gave up.
+    signal(worker, libc::SIGCONT);
+    drop(stopped);
+    wait_for(
+        "the breaker to close",
+        Duration::from_secs(20),
+        || !m.breaker_open(),
+        String::new,
+    );
+    wait_for(
+        "the worker to refuse the abandoned registrations and count the fallbacks",
+        Duration::from_secs(20),
+        || {
+            let c = sh.counters();
+            n(&c, "reader.registrations_refused") == N as u64
+                && n(&c, "reader.fallback_containers") == N as u64
+        },
+        || sh.counters()["reader"].to_string(),
+    );
+    let c = sh.counters();
+    assert_eq!(n(&c, "reader.containers_registered"), 0, "{c}");
+    assert_eq!(n(&c, "reader.fallback_reported"), N as u64, "{c}");
+
+    // Every container's own file is intact at its name, written on after.
+    for (i, (sandbox, io, _)) in got.iter().enumerate() {
+        write_lines(&io.stdout, &format!("c{i}"), 10..20);
+        assert_lines(
+            &std::fs::read(sandbox.join("stdout")).unwrap(),
+            &format!("c{i}"),
+            20,
+        );
+        assert!(
+            moved_aside(sandbox, "stdout").is_empty() && moved_aside(sandbox, "stderr").is_empty(),
+            "a late registration moved the container's files aside: {:?}",
+            moved_aside(sandbox, "stdout")
+        );
+    }
+
+    // Each is recorded (root-only), naming its sandbox and the reason.
+    let dir = rein_logger::fallback::dir_for(&sh.socket);
+    let recs = rein_logger::fallback::list(&dir);
+    assert_eq!(recs.len(), N);
+    for (path, rec) in &recs {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(path).unwrap().mode() & 0o777, 0o600);
+        assert!(rec.sandbox.starts_with(d.path()), "{rec:?}");
+        assert!(rec.reason.contains("no answer within"), "{rec:?}");
+    }
+    // A gone sandbox takes its record with it, counted.
+    std::fs::remove_dir_all(&got[0].0).unwrap();
+    wait_for(
+        "the record of a removed sandbox to go",
+        Duration::from_secs(20),
+        || n(&sh.counters(), "reader.fallback_records_removed") == 1,
+        || sh.counters()["reader"].to_string(),
+    );
+    wait_for(
+        "the gauge to follow",
+        Duration::from_secs(20),
+        || n(&sh.counters(), "reader.fallback_containers") == N as u64 - 1,
+        || sh.counters()["reader"].to_string(),
+    );
+    sh.stop();
+}
+
+#[test]
+fn the_breaker_makes_later_launches_fall_back_at_once_and_closes_when_the_shipper_answers() {
+    let d = tempfile::tempdir().unwrap();
+    // The sink is unreachable: records stay in the disk buffer.
+    let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms");
+    let m = module(&sh.socket, "500ms");
+    let worker = sh.worker_pid();
+    signal(worker, libc::SIGSTOP);
+    let stopped = Stopped(worker);
+
+    let t = Instant::now();
+    let first = m
+        .prepare(&spec("first", &d.path().join("first"), &[]))
+        .unwrap();
+    let waited = t.elapsed();
+    assert!(!first.shipped);
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500),
+        "the first launch waits about shipper_timeout, all steps together: {waited:?}"
+    );
+    assert!(m.breaker_open());
+    // Later launches: no wait at all.
+    let t = Instant::now();
+    let later: Vec<_> = (0..20)
+        .map(|i| {
+            let sandbox = d.path().join(format!("later{i}"));
+            let io = m
+                .prepare(&spec(&format!("later{i}"), &sandbox, &[]))
+                .unwrap();
+            (sandbox, io)
+        })
+        .collect();
+    let took = t.elapsed();
+    eprintln!("20 launches with the breaker open: {took:?}");
+    assert!(
+        took < Duration::from_millis(450),
+        "20 launches with the breaker open took {took:?}: they waited for the shipper"
+    );
+    assert!(later.iter().all(|(_, io)| !io.shipped));
+    for (i, (_, io)) in later.iter().enumerate() {
+        write_lines(&io.stdout, &format!("later{i}"), 0..5);
+        write_lines(&io.stderr, &format!("later{i}"), 0..3);
+    }
+
+    signal(worker, libc::SIGCONT);
+    drop(stopped);
+    wait_for(
+        "the probe to close the breaker",
+        Duration::from_secs(20),
+        || !m.breaker_open(),
+        String::new,
+    );
+    // Handed to the shipper again, and shipped.
+    let sandbox = d.path().join("after");
+    let io = m
+        .prepare(&spec(
+            "after",
+            &sandbox,
+            &[("rein.log.sink", "elasticsearch")],
+        ))
+        .unwrap();
+    assert!(io.shipped, "the breaker closed but the launch fell back");
+    write_lines(&io.stdout, "after", 0..7);
+    drop(io);
+    wait_for(
+        "the shipped container's records",
+        Duration::from_secs(20),
+        || {
+            let c = sh.counters();
+            n(&c, "reader.lines_read") == 7 && n(&c, "reader.records_buffered") == 7
+        },
+        || sh.counters()["reader"].to_string(),
+    );
+    assert_lines(&std::fs::read(sandbox.join("stdout")).unwrap(), "after", 7);
+    for (i, (sandbox, _)) in later.iter().enumerate() {
+        let name = format!("later{i}");
+        assert_lines(&std::fs::read(sandbox.join("stdout")).unwrap(), &name, 5);
+        assert_lines(&std::fs::read(sandbox.join("stderr")).unwrap(), &name, 3);
+    }
+    let c = sh.counters();
+    // The first launch's registration was queued, then refused; the probes
+    // are answered and count nothing.
+    assert_eq!(n(&c, "reader.registrations_refused"), 1, "{c}");
+    assert_eq!(n(&c, "reader.containers_registered"), 1, "{c}");
+    sh.stop();
+}
+
+/// A socket that takes every connection and never answers.
+struct Silent {
+    socket: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Silent {
+    fn start(dir: &Path) -> Silent {
+        use nix::sys::socket::{bind, listen, Backlog, UnixAddr};
+        let socket = dir.join("silent.sock");
+        let s = proto::seqpacket_socket().unwrap();
+        bind(s.as_raw_fd(), &UnixAddr::new(&socket).unwrap()).unwrap();
+        listen(&s, Backlog::new(1024).unwrap()).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if proto::wait_readable(s.as_fd(), Duration::from_millis(20)).unwrap() {
+                    if let Ok(c) = nix::sys::socket::accept(s.as_raw_fd()) {
+                        // SAFETY: a new descriptor from accept, owned by nobody else.
+                        held.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) });
+                    }
+                }
+            }
+            held.len()
+        });
+        Silent {
+            socket,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+#[test]
+fn a_shipper_that_accepts_and_never_answers_costs_one_timeout_then_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let mut silent = Silent::start(d.path());
+    let m = Arc::new(module(&silent.socket, "400ms"));
+    let t = Instant::now();
+    // Two waves of 25: the second starts while the first still waits.
+    let mut threads = Vec::new();
+    for i in 0..50 {
+        if i == 25 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let m = Arc::clone(&m);
+        let sandbox = d.path().join(format!("s{i}"));
+        threads.push(std::thread::spawn(move || {
+            let io = m.prepare(&spec(&format!("c{i}"), &sandbox, &[])).unwrap();
+            write_lines(&io.stdout, &format!("c{i}"), 0..3);
+            (sandbox, io.shipped)
+        }));
+    }
+    let got: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let total = t.elapsed();
+    eprintln!("50 prepares against a silent socket: {total:?}");
+    assert!(total < Duration::from_millis(1500), "took {total:?}");
+    for (i, (sandbox, shipped)) in got.iter().enumerate() {
+        assert!(!shipped);
+        assert_lines(
+            &std::fs::read(sandbox.join("stdout")).unwrap(),
+            &format!("c{i}"),
+            3,
+        );
+    }
+    // Once open, nothing more waits (and nothing more connects but the probe).
+    assert!(m.breaker_open());
+    let t = Instant::now();
+    for i in 0..10 {
+        let io = m
+            .prepare(&spec(
+                &format!("x{i}"),
+                &d.path().join(format!("x{i}")),
+                &[],
+            ))
+            .unwrap();
+        assert!(!io.shipped);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    let held = silent.stop();
+    eprintln!("connections the silent socket took: {held}");
+    let recs = rein_logger::fallback::list(&rein_logger::fallback::dir_for(&silent.socket));
+    assert_eq!(recs.len(), 60, "one record per fallen-back container");
+}
+
+#[test]
+fn shipper_timeout_of_zero_or_beyond_the_cap_is_refused() {
+    for bad in ["0s", "0ms", "61s", "1h"] {
+        let e = LoggerModule::new(&[("shipper_timeout".to_string(), bad.to_string())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shipper_timeout"), "{bad}: {e}");
+        assert!(e.contains("above 0 and at most"), "{bad}: {e}");
+    }
+    for good in ["1ms", "1s", "60s"] {
+        LoggerModule::new(&[("shipper_timeout".to_string(), good.to_string())]).unwrap();
+    }
+}
+
+// ---- Messages cut by the kernel ----
+
+fn pair() -> (OwnedFd, OwnedFd) {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap()
+}
+
+/// Room for a message of `bytes` on `s` (root may exceed `wmem_max`).
+fn make_room(s: &OwnedFd, bytes: usize) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let want = bytes * 2 + 4096;
+    if setsockopt(s, sockopt::SndBufForce, &want).is_err() {
+        let _ = setsockopt(s, sockopt::SndBuf, &want);
+    }
+    nix::sys::socket::getsockopt(s, sockopt::SndBuf).unwrap_or(0) > bytes + 1024
+}
+
+/// True when nothing but us holds the write end we drop: its pipe's read end
+/// then sees end-of-file (a leaked copy anywhere in this process, or in the
+/// shipper, would keep it open).
+fn no_copy_left(read_end: &OwnedFd) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if proto::wait_readable(read_end.as_fd(), Duration::from_millis(100)).unwrap() {
+            let mut b = [0u8; 16];
+            return nix::unistd::read(read_end.as_raw_fd(), &mut b).unwrap() == 0;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+    }
+}
+
+#[test]
+fn an_oversized_message_is_refused_and_its_descriptors_closed() {
+    let (a, b) = pair();
+    let big = vec![b'x'; proto::MAX_MESSAGE + 1];
+    if !make_room(&a, big.len()) {
+        common::skip(
+            "an_oversized_message_is_refused_and_its_descriptors_closed",
+            "cannot make a socket buffer big enough for an oversized message",
+        );
+        return;
+    }
+    let (r, w) = rein_logger::module::pipe(0).unwrap();
+    proto::send_with_fds(a.as_fd(), &big, &[w.as_raw_fd()]).unwrap();
+    drop(w);
+    let e = proto::recv_with_fds(b.as_fd()).unwrap_err();
+    assert_eq!(e, nix::errno::Errno::EMSGSIZE);
+    assert!(no_copy_left(&r), "the descriptor of a cut message was kept");
+    // The largest allowed message still passes whole.
+    let max = vec![b'y'; proto::MAX_MESSAGE];
+    proto::send_with_fds(a.as_fd(), &max, &[]).unwrap();
+    let (got, fds) = proto::recv_with_fds(b.as_fd()).unwrap();
+    assert_eq!(got.len(), proto::MAX_MESSAGE);
+    assert!(fds.is_empty());
+}
+
+#[test]
+fn more_descriptors_than_the_control_buffer_holds_are_refused_and_closed() {
+    let (a, b) = pair();
+    let (r, w) = rein_logger::module::pipe(0).unwrap();
+    // The same write end, many times: each copy the kernel installs must go.
+    let many = vec![w.as_raw_fd(); proto::MAX_FDS + 12];
+    proto::send_with_fds(a.as_fd(), b"many", &many).unwrap();
+    let exact = vec![w.as_raw_fd(); proto::MAX_FDS];
+    proto::send_with_fds(a.as_fd(), b"exact", &exact).unwrap();
+    drop(w);
+    let e = proto::recv_with_fds(b.as_fd()).unwrap_err();
+    assert_eq!(e, nix::errno::Errno::ETOOMANYREFS);
+    let (msg, fds) = proto::recv_with_fds(b.as_fd()).unwrap();
+    assert_eq!(msg, b"exact");
+    assert_eq!(fds.len(), proto::MAX_FDS);
+    drop(fds);
+    assert!(no_copy_left(&r), "descriptors of a cut message were kept");
+}
+
+#[test]
+fn the_shipper_refuses_cut_registrations_and_keeps_none_of_their_descriptors() {
+    let d = tempfile::tempdir().unwrap();
+    let mut sh = Shipper::start(d.path(), "");
+    let send = |msg: &[u8], copies: usize| -> (String, OwnedFd) {
+        let s = proto::seqpacket_socket().unwrap();
+        nix::sys::socket::connect(
+            s.as_raw_fd(),
+            &nix::sys::socket::UnixAddr::new(&sh.socket).unwrap(),
+        )
+        .unwrap();
+        assert!(make_room(&s, msg.len()), "socket buffer");
+        let (r, w) = rein_logger::module::pipe(0).unwrap();
+        proto::send_with_fds(s.as_fd(), msg, &vec![w.as_raw_fd(); copies]).unwrap();
+        drop(w);
+        assert!(proto::wait_readable(s.as_fd(), Duration::from_secs(10)).unwrap());
+        let (reply, _) = proto::recv_with_fds(s.as_fd()).unwrap();
+        (String::from_utf8_lossy(&reply).into_owned(), r)
+    };
+    // A valid registration followed by padding beyond MAX_MESSAGE: cut, the
+    // kept part would parse.
+    let reg = serde_json::to_vec(
+        &LoggerModule::new(&[])
+            .unwrap()
+            .registration(&spec("cut", &d.path().join("cut"), &[]))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut big = reg.clone();
+    big.resize(proto::MAX_MESSAGE + 100, b' ');
+    let (reply, r) = send(&big, 2);
+    assert!(
+        reply.starts_with("error") && reply.contains("EMSGSIZE"),
+        "{reply}"
+    );
+    assert!(
+        no_copy_left(&r),
+        "the shipper kept a descriptor of a cut message"
+    );
+    let (reply, r) = send(&reg, proto::MAX_FDS + 3);
+    assert!(
+        reply.starts_with("error") && reply.contains("ETOOMANYREFS"),
+        "{reply}"
+    );
+    assert!(
+        no_copy_left(&r),
+        "the shipper kept a descriptor of a cut message"
+    );
+    wait_for(
+        "the refusals to be counted",
+        Duration::from_secs(10),
+        || n(&sh.counters(), "reader.registrations_refused") == 2,
+        || sh.counters()["reader"].to_string(),
+    );
+    assert_eq!(n(&sh.counters(), "reader.containers_registered"), 0);
+    sh.stop();
+}
