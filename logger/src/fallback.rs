@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::Registration;
 use crate::sandbox::FileId;
 
 /// Format of a record.
@@ -35,6 +36,9 @@ pub struct FallbackRecord {
     pub at_ms: u64,
     /// The `stdout` and `stderr` files the module created there.
     pub files: [FileId; 2],
+    /// What the shipper would have been sent (metadata and options), for
+    /// whoever takes the files over.
+    pub registration: Registration,
 }
 
 /// The directory of the records of the shipper listening at `socket`.
@@ -59,10 +63,22 @@ pub fn module_counts() -> (u64, u64) {
 pub fn record(socket: &Path, rec: &FallbackRecord) -> Option<PathBuf> {
     let dir = dir_for(socket);
     let path = dir.join(format!("{}.json", rec.key));
-    let written = crate::private::create_dir(&dir).and_then(|()| {
-        let body = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-        crate::private::write_atomic(&path, &body)
+    // The socket's directory is made as the shipper makes it (0755: members
+    // of its `socket_group` must reach the socket); the records' own is 0700.
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let made = parent.map_or(Ok(()), |p| {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(p)
     });
+    let written = made
+        .and_then(|()| crate::private::create_dir(&dir))
+        .and_then(|()| {
+            let body = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+            crate::private::write_atomic(&path, &body)
+        });
     match written {
         Ok(()) => {
             WRITTEN.fetch_add(1, Ordering::Relaxed);

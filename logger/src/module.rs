@@ -379,14 +379,14 @@ impl LoggerModule {
             }
         };
         drop((out_r, out_w, err_r, err_w));
-        self.fall_back(spec, &reg.key, why)
+        self.fall_back(spec, reg, why)
     }
 
     /// The container writes new sandbox files of its own; recorded and logged.
     fn fall_back(
         &self,
         spec: &ContainerSpec,
-        key: &str,
+        registration: Registration,
         why: String,
     ) -> Result<ContainerIo, LoggerError> {
         let dir = SandboxDir::open(&spec.sandbox).map_err(io(format!(
@@ -397,11 +397,12 @@ impl LoggerModule {
         let (stderr, err_id) = new_sandbox_file(&dir, "stderr")?;
         let rec = FallbackRecord {
             version: crate::fallback::VERSION,
-            key: key.to_owned(),
+            key: registration.key.clone(),
             sandbox: spec.sandbox.clone(),
             reason: why.clone(),
             at_ms: crate::fallback::now_ms(),
             files: [out_id, err_id],
+            registration,
         };
         let recorded = crate::fallback::record(&self.cfg.socket, &rec);
         tracing::warn!(
