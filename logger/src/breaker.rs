@@ -73,10 +73,23 @@ impl Breaker {
     }
 
     /// Records the outcome of a conversation: a timeout opens the breaker
-    /// (and starts the probe), anything else leaves it as it is.
+    /// (and starts the probe), a registration taken closes it (a launch that
+    /// started before it opened may be the first to see the shipper back),
+    /// anything else leaves it as it is.
     pub fn observe(&self, outcome: &Result<(), HandoffError>) {
-        let Err(e @ HandoffError::Timeout(..)) = outcome else {
-            return;
+        let e = match outcome {
+            Ok(()) => {
+                if let Some((since, _)) = self.state().open.take() {
+                    tracing::warn!(
+                        socket = %self.inner.socket.display(),
+                        "log shipper took a container again after {:.1?}: launches are handed to it again",
+                        since.elapsed()
+                    );
+                }
+                return;
+            }
+            Err(e @ HandoffError::Timeout(..)) => e,
+            Err(_) => return,
         };
         let mut st = self.state();
         if st.open.is_none() {

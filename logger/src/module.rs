@@ -409,6 +409,10 @@ impl LoggerModule {
             container = %spec.id,
             socket = %self.cfg.socket.display(),
             record = %recorded.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()),
+            fallbacks_so_far = {
+                let (recorded, unrecorded) = crate::fallback::module_counts();
+                recorded + unrecorded
+            },
             "{why}; the container writes its sandbox files directly and its records are not shipped"
         );
         Ok(ContainerIo {

@@ -123,7 +123,7 @@ fn concurrent_launches_against_a_stopped_shipper_take_one_timeout_and_keep_their
     let slowest = got.iter().map(|g| g.2).max().unwrap();
     eprintln!("{N} concurrent prepares against a stopped shipper: {total:?} (slowest {slowest:?})");
     assert!(
-        total < Duration::from_millis(2500),
+        total < Duration::from_secs(3),
         "{N} launches took {total:?}: they queued behind one another"
     );
     assert!(
@@ -205,7 +205,7 @@ fn the_breaker_makes_later_launches_fall_back_at_once_and_closes_when_the_shippe
     let d = tempfile::tempdir().unwrap();
     // The sink is unreachable: records stay in the disk buffer.
     let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms");
-    let m = module(&sh.socket, "500ms");
+    let m = module(&sh.socket, "2s");
     let worker = sh.worker_pid();
     signal(worker, libc::SIGSTOP);
     let stopped = Stopped(worker);
@@ -217,7 +217,7 @@ fn the_breaker_makes_later_launches_fall_back_at_once_and_closes_when_the_shippe
     let waited = t.elapsed();
     assert!(!first.shipped);
     assert!(
-        waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500),
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(4000),
         "the first launch waits about shipper_timeout, all steps together: {waited:?}"
     );
     assert!(m.breaker_open());
@@ -235,8 +235,8 @@ fn the_breaker_makes_later_launches_fall_back_at_once_and_closes_when_the_shippe
     let took = t.elapsed();
     eprintln!("20 launches with the breaker open: {took:?}");
     assert!(
-        took < Duration::from_millis(450),
-        "20 launches with the breaker open took {took:?}: they waited for the shipper"
+        took < Duration::from_secs(2),
+        "20 launches with the breaker open took {took:?} (more than one shipper_timeout): they waited for the shipper"
     );
     assert!(later.iter().all(|(_, io)| !io.shipped));
     for (i, (_, io)) in later.iter().enumerate() {
@@ -332,7 +332,7 @@ impl Silent {
 fn a_shipper_that_accepts_and_never_answers_costs_one_timeout_then_nothing() {
     let d = tempfile::tempdir().unwrap();
     let mut silent = Silent::start(d.path());
-    let m = Arc::new(module(&silent.socket, "400ms"));
+    let m = Arc::new(module(&silent.socket, "1s"));
     let t = Instant::now();
     // Two waves of 25: the second starts while the first still waits.
     let mut threads = Vec::new();
@@ -351,7 +351,7 @@ fn a_shipper_that_accepts_and_never_answers_costs_one_timeout_then_nothing() {
     let got: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let total = t.elapsed();
     eprintln!("50 prepares against a silent socket: {total:?}");
-    assert!(total < Duration::from_millis(2000), "took {total:?}");
+    assert!(total < Duration::from_millis(3500), "took {total:?}");
     for (i, (sandbox, shipped)) in got.iter().enumerate() {
         assert!(!shipped);
         assert_lines(
@@ -373,11 +373,7 @@ fn a_shipper_that_accepts_and_never_answers_costs_one_timeout_then_nothing() {
             .unwrap();
         assert!(!io.shipped);
     }
-    assert!(
-        t.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let held = silent.stop();
     eprintln!("connections the silent socket took: {held}");
     let recs = rein_logger::fallback::list(&rein_logger::fallback::dir_for(&silent.socket));
