@@ -183,6 +183,23 @@ fn concurrent_launches_against_a_stopped_shipper_take_one_timeout_and_keep_their
         assert!(rec.sandbox.starts_with(d.path()), "{rec:?}");
         assert!(rec.reason.contains("no answer within"), "{rec:?}");
     }
+    // And listed for the operator, one line each.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rein-log-shipper"))
+        .args(["fallbacks", "--config"])
+        .arg(d.path().join("shipper.conf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), N);
+    assert!(listed.iter().all(
+        |l| l["container"].as_str().unwrap().starts_with("parent-1.c")
+            && l["reason"].as_str().unwrap().contains("no answer within")
+    ));
     // A gone sandbox takes its record with it, counted.
     std::fs::remove_dir_all(&got[0].0).unwrap();
     wait_for(
