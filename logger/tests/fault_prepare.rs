@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::shipper::{spec, Shipper};
+use std::collections::BTreeMap;
+
+use common::shipper::{buffered_seqs, spec, Shipper};
 use rein_logger::module::LoggerModule;
 use rein_logger::proto;
 
@@ -258,8 +260,9 @@ fn the_breaker_makes_later_launches_fall_back_at_once_and_closes_when_the_shippe
     assert!(later.iter().all(|(_, io)| !io.shipped));
     for (i, (_, io)) in later.iter().enumerate() {
         write_lines(&io.stdout, &format!("later{i}"), 0..5);
-        write_lines(&io.stderr, &format!("later{i}"), 0..3);
+        write_lines(&io.stderr, &format!("later{i}err"), 0..3);
     }
+    write_lines(&first.stdout, "first", 0..4);
 
     signal(worker, libc::SIGCONT);
     drop(stopped);
@@ -281,27 +284,83 @@ fn the_breaker_makes_later_launches_fall_back_at_once_and_closes_when_the_shippe
     assert!(io.shipped, "the breaker closed but the launch fell back");
     write_lines(&io.stdout, "after", 0..7);
     drop(io);
+    // The fallen-back containers' files are followed while they still run...
+    let buffered = |want: u64| {
+        move |c: &serde_json::Value| {
+            n(c, "reader.lines_read") == want && n(c, "reader.records_buffered") == want
+        }
+    };
+    let (after, fallen) = (7, 4 + 20 * (5 + 3));
+    let done = buffered(after + fallen);
     wait_for(
-        "the shipped container's records",
-        Duration::from_secs(20),
+        "every line so far in the disk buffer",
+        Duration::from_secs(30),
+        || done(&sh.counters()),
+        || sh.counters()["reader"].to_string(),
+    );
+    // ... and what they write later too, a last line without newline included.
+    for (i, (_, io)) in later.iter().enumerate() {
+        write_lines(&io.stdout, &format!("later{i}"), 5..10);
+    }
+    write!(
+        std::fs::File::from(first.stdout.try_clone().unwrap()),
+        "first seq=4 {}",
+        "x".repeat(40)
+    )
+    .unwrap();
+    let fallen = fallen + 20 * 5 + 1;
+    let done = buffered(after + fallen);
+    wait_for(
+        "the later lines in the disk buffer",
+        Duration::from_secs(30),
+        || done(&sh.counters()),
+        || sh.counters()["reader"].to_string(),
+    );
+    assert_eq!(n(&sh.counters(), "reader.fallback_containers"), 21);
+    // The containers end: their records go, counted.
+    drop(later);
+    drop(first);
+    wait_for(
+        "the fallen-back containers to be done",
+        Duration::from_secs(30),
         || {
             let c = sh.counters();
-            n(&c, "reader.lines_read") == 7 && n(&c, "reader.records_buffered") == 7
+            n(&c, "reader.fallback_shipped") == 21 && n(&c, "reader.fallback_containers") == 0
         },
         || sh.counters()["reader"].to_string(),
     );
+    let dir = rein_logger::fallback::dir_for(&sh.socket);
+    assert!(rein_logger::fallback::list(&dir).is_empty());
     assert_lines(&std::fs::read(sandbox.join("stdout")).unwrap(), "after", 7);
-    for (i, (sandbox, _)) in later.iter().enumerate() {
-        let name = format!("later{i}");
-        assert_lines(&std::fs::read(sandbox.join("stdout")).unwrap(), &name, 5);
-        assert_lines(&std::fs::read(sandbox.join("stderr")).unwrap(), &name, 3);
-    }
     let c = sh.counters();
     // The first launch's registration was queued, then refused; the probes
     // are answered and count nothing.
     assert_eq!(n(&c, "reader.registrations_refused"), 1, "{c}");
     assert_eq!(n(&c, "reader.containers_registered"), 1, "{c}");
+    assert_eq!(n(&c, "reader.fallback_files_lost"), 0, "{c}");
     sh.stop();
+    // Every line exactly once in the disk buffer.
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    expected.insert("after".into(), 7);
+    expected.insert("first".into(), 5);
+    for i in 0..20 {
+        expected.insert(format!("later{i}"), 10);
+        expected.insert(format!("later{i}err"), 3);
+    }
+    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (prefix, seq) in buffered_seqs(&d.path().join("state/buffer/elasticsearch")) {
+        got.entry(prefix).or_default().push(seq);
+    }
+    for (prefix, n) in &expected {
+        let mut seqs = got.remove(prefix).unwrap_or_default();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..*n).collect::<Vec<_>>(),
+            "{prefix}: every line once"
+        );
+    }
+    assert!(got.is_empty(), "unexpected records: {got:?}");
 }
 
 /// A socket that takes every connection and never answers.
@@ -606,5 +665,72 @@ fn a_launch_without_any_shipper_is_recorded_root_only_next_to_the_socket() {
     assert_eq!(
         [rec.files[0].ino, rec.files[1].ino],
         [ino("stdout"), ino("stderr")]
+    );
+}
+
+#[test]
+fn fallen_back_files_are_shipped_once_through_a_worker_kill_and_a_replaced_name_is_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    // No shipper yet: every launch falls back (at once: nothing listens).
+    let m = module(&d.path().join("shipper.sock"), "1s");
+    let launch = |name: &str| {
+        let sandbox = d.path().join(name);
+        let io = m.prepare(&spec(name, &sandbox, &[])).unwrap();
+        assert!(!io.shipped);
+        (sandbox, io)
+    };
+    let (a_box, a) = launch("a");
+    let (b_box, b) = launch("b");
+    let (_, v) = launch("v");
+    write_lines(&a.stdout, "a", 0..1000);
+    write_lines(&v.stdout, "v", 0..50);
+    write_lines(&b.stdout, "b", 0..10);
+    write_lines(&b.stderr, "berr", 0..10);
+    // Task b replaces its stdout by a link to a file it must never get shipped.
+    std::fs::rename(b_box.join("stdout"), b_box.join("stdout.moved")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", b_box.join("stdout")).unwrap();
+
+    let mut sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms");
+    let progress = sh.state.join("fallback/parent-1.a.json");
+    let size = std::fs::metadata(a_box.join("stdout")).unwrap().len();
+    wait_for(
+        "a's file parsed to its end and the offset saved",
+        Duration::from_secs(30),
+        || {
+            std::fs::read(&progress)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|p| p["offsets"][0] == size)
+        },
+        || sh.counters()["reader"].to_string(),
+    );
+    sh.kill_worker();
+    write_lines(&a.stdout, "a", 1000..2000);
+    drop((a, b, v));
+    wait_for(
+        "every fallen-back container done",
+        Duration::from_secs(30),
+        || n(&sh.counters(), "reader.fallback_shipped") == 3,
+        || sh.counters()["reader"].to_string(),
+    );
+    let c = sh.counters();
+    assert_eq!(n(&c, "reader.fallback_files_lost"), 1, "{c}");
+    sh.stop();
+    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (prefix, seq) in buffered_seqs(&d.path().join("state/buffer/elasticsearch")) {
+        got.entry(prefix).or_default().push(seq);
+    }
+    for (prefix, n) in [("a", 2000), ("v", 50), ("berr", 10)] {
+        let mut seqs = got.remove(prefix).unwrap_or_default();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..n).collect::<Vec<_>>(),
+            "{prefix}: every line once"
+        );
+    }
+    assert!(
+        got.is_empty(),
+        "records of a name the task replaced: {got:?}"
     );
 }

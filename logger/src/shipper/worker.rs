@@ -132,7 +132,7 @@ fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> std::io::R
     }
 }
 
-fn multiline_config(spec: &MultilineSpec) -> Option<MultilineConfig> {
+pub(super) fn multiline_config(spec: &MultilineSpec) -> Option<MultilineConfig> {
     let rule = match &spec.pattern {
         None => StartRule::Indented,
         Some(p) => match compile_pattern(p) {
@@ -677,7 +677,6 @@ impl Worker {
             }
         }
         self.schedule_parser(most_behind);
-        super::fallback::tick(&self.cfg.socket);
         for id in finished {
             if let Some(c) = self.containers.remove(&id) {
                 self.keys.remove(&c.key);
@@ -749,6 +748,14 @@ impl Worker {
 
     /// Runs until SIGTERM; then saves everything and stops the sinks.
     pub fn run(&mut self) -> Result<(), String> {
+        let wals = self
+            .sinks
+            .iter()
+            .map(|(k, s)| (*k, s.wal.clone()))
+            .collect();
+        if let Err(e) = super::fallback::start(&self.cfg, wals, self.counters.clone()) {
+            tracing::error!("fallen-back containers will not be followed: {e}");
+        }
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut last_tick = Instant::now();
         while !STOP.load(Ordering::Relaxed) {
