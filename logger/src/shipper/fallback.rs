@@ -113,18 +113,34 @@ pub fn start(
 }
 
 /// True while some process has `f` open for writing: a read lease cannot be
-/// taken then. Where leases do not work, the file is taken as written (it is
-/// followed until its sandbox is gone).
+/// taken then. The lease is held for an instant; a task opening its file for
+/// writing in that instant breaks it, and the kernel then signals us: with
+/// `SIGURG` (ignored by default), set before each lease because removing a
+/// lease resets it to `SIGIO`, which would end the worker. Where that or the
+/// lease is refused, the file is taken as written (followed until its
+/// sandbox is gone).
 fn has_writers(f: &File) -> bool {
-    // SAFETY: fcntl on a descriptor `f` owns; a read lease taken is released
-    // at once.
-    unsafe {
-        if libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) == 0 {
-            libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK);
-            return false;
-        }
+    if read_lease(f, true) {
+        read_lease(f, false);
+        return false;
     }
     true
+}
+
+/// Takes (`on`) or releases a read lease on `f`; true if done.
+fn read_lease(f: &File, on: bool) -> bool {
+    /// `F_SETSIG` of Linux (every architecture; not in the libc crate).
+    const F_SETSIG: libc::c_int = 10;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `f` owns.
+    unsafe {
+        if on {
+            libc::fcntl(fd, F_SETSIG, libc::SIGURG) == 0
+                && libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0
+        } else {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) == 0
+        }
+    }
 }
 
 impl Pickup {
@@ -377,5 +393,38 @@ impl Pickup {
         );
         self.tails.remove(key);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task opening its file for writing while the lease is held: the
+    /// break signal must not end the process, every time (the second lease
+    /// comes after a removal, which resets the signal).
+    #[test]
+    fn lease_breaks_do_not_kill_the_process() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("stdout");
+        std::fs::write(&path, b"x\n").unwrap();
+        let f = File::open(&path).unwrap();
+        for _ in 0..2 {
+            assert!(!has_writers(&f), "nobody writes");
+            let p = path.clone();
+            let writer = std::thread::spawn(move || {
+                std::fs::OpenOptions::new().append(true).open(p).unwrap()
+            });
+            // Hold the lease has_writers takes while the writer's open breaks it.
+            let leased = read_lease(&f, true);
+            std::thread::sleep(Duration::from_millis(200));
+            if leased {
+                read_lease(&f, false);
+            }
+            let w = writer.join().unwrap();
+            assert!(has_writers(&f), "a writer holds it");
+            drop(w);
+        }
+        assert!(!has_writers(&f));
     }
 }
