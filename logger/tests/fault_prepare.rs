@@ -682,6 +682,9 @@ fn fallen_back_files_are_shipped_once_through_a_worker_kill_and_a_replaced_name_
     let (a_box, a) = launch("a");
     let (b_box, b) = launch("b");
     let (_, v) = launch("v");
+    // Beyond one turn of the follower (4 MiB): caught up without a pause.
+    let (_, big) = launch("big");
+    write_lines(&big.stdout, "big", 0..100_000);
     write_lines(&a.stdout, "a", 0..1000);
     write_lines(&v.stdout, "v", 0..50);
     write_lines(&b.stdout, "b", 0..10);
@@ -706,11 +709,11 @@ fn fallen_back_files_are_shipped_once_through_a_worker_kill_and_a_replaced_name_
     );
     sh.kill_worker();
     write_lines(&a.stdout, "a", 1000..2000);
-    drop((a, b, v));
+    drop((a, b, v, big));
     wait_for(
         "every fallen-back container done",
-        Duration::from_secs(30),
-        || n(&sh.counters(), "reader.fallback_shipped") == 3,
+        Duration::from_secs(60),
+        || n(&sh.counters(), "reader.fallback_shipped") == 4,
         || sh.counters()["reader"].to_string(),
     );
     let c = sh.counters();
@@ -720,7 +723,7 @@ fn fallen_back_files_are_shipped_once_through_a_worker_kill_and_a_replaced_name_
     for (prefix, seq) in buffered_seqs(&d.path().join("state/buffer/elasticsearch")) {
         got.entry(prefix).or_default().push(seq);
     }
-    for (prefix, n) in [("a", 2000), ("v", 50), ("berr", 10)] {
+    for (prefix, n) in [("a", 2000), ("v", 50), ("berr", 10), ("big", 100_000)] {
         let mut seqs = got.remove(prefix).unwrap_or_default();
         seqs.sort_unstable();
         assert_eq!(

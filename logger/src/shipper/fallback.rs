@@ -85,6 +85,8 @@ struct Pickup {
     tails: BTreeMap<String, Tail>,
     buf: Vec<u8>,
     framed: Vec<u8>,
+    /// A stream had more than one turn to parse in the last round.
+    busy: bool,
 }
 
 /// Starts the thread; it ends with the worker (`worker::STOP`).
@@ -101,13 +103,18 @@ pub fn start(
         tails: BTreeMap::new(),
         buf: Vec::new(),
         framed: Vec::new(),
+        busy: false,
     };
     std::thread::Builder::new()
         .name("fallback".into())
         .spawn(move || {
             while !super::worker::STOP.load(Ordering::Relaxed) {
+                p.busy = false;
                 p.round();
-                std::thread::sleep(ROUND);
+                // A backlog is caught up without pause; otherwise one look per round.
+                if !p.busy {
+                    std::thread::sleep(ROUND);
+                }
             }
         })
 }
@@ -347,6 +354,7 @@ impl Pickup {
                 s.off += used as u64;
                 moved = true;
             }
+            self.busy |= s.off >= stop && s.off < size;
             s.pipeline.poll(Instant::now(), read_ms, false, &mut emit);
             if ended && s.off >= size {
                 s.pipeline.poll(Instant::now(), read_ms, true, &mut emit);
