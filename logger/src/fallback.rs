@@ -1,11 +1,11 @@
 //! Records of containers the module could not hand to the shipper: they
-//! write their sandbox `stdout`/`stderr` directly and their lines are not
-//! shipped. One root-only file per container (`<key>.json`, 0600, in a 0700
-//! directory next to the shipper's socket: `log-shipper.sock` has
-//! `log-shipper.fallback/`), so each one is reported, not only logged: the
-//! shipper counts and names them (`shipper::fallback`) and removes a record
-//! once the container's sandbox is gone. The records also hold the identity of
-//! the files the module created, for whoever takes them over later.
+//! write their sandbox `stdout`/`stderr` directly. One root-only file per
+//! container (`<key>.json`, 0600, in a 0700 directory next to the shipper's
+//! socket: `log-shipper.sock` has `log-shipper.fallback/`), holding what the
+//! registration would have said and the identity of the two files the module
+//! created: the shipper counts and names them, follows and ships those files
+//! (`shipper::fallback`), and removes the record once the container ended and
+//! its files are parsed, or once its sandbox is gone.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

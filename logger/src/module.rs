@@ -1,18 +1,20 @@
 //! The agent side: `LoggerModule::prepare` gives a container the write ends
 //! of two pipes and hands the read ends to the per-agent shipper over its
-//! unix socket. The module keeps nothing: an agent restart changes nothing
-//! for running containers, and two instances (the Docker containerizer makes
-//! its own) share no state.
+//! unix socket. The module keeps no container in memory: an agent restart
+//! changes nothing for running containers, and two instances (the Docker
+//! containerizer makes its own) share no state.
 //!
-//! If the shipper does not answer within `shipper_timeout` (one deadline for
-//! connecting, sending and the answer), the container still gets working
-//! descriptors: new sandbox `stdout`/`stderr` files, created relative to the
-//! sandbox directory (no task-planted name followed) and opened for appending
-//! (records are then not shipped: a warning and a record in the fallback
-//! directory say so, see `fallback`). A timeout opens the module's circuit
-//! breaker (`breaker`): later launches fall back at once, without waiting,
-//! until a background probe finds the shipper answering again. `prepare` may
-//! run on many threads at once: nothing in it waits for another launch.
+//! If the shipper does not take the container within `shipper_timeout` (one
+//! deadline for connecting, sending and the answer), the container still
+//! gets working descriptors: new sandbox `stdout`/`stderr` files, created
+//! relative to the sandbox directory (no task-planted name followed) and
+//! opened for appending. A warning and a root-only record next to the
+//! shipper's socket say so (`fallback`); from that record the shipper follows
+//! and ships those files once it runs (`shipper::fallback`). A timeout opens
+//! the module's circuit breaker (`breaker`): later launches fall back at once,
+//! without waiting, until a background probe finds the shipper answering
+//! again. `prepare` may run on many threads at once: nothing in it waits for
+//! another launch.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
