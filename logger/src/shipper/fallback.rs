@@ -376,7 +376,13 @@ impl Pickup {
         }
         // Offsets only behind records that are in the buffer for good.
         if let Err(e) = t.wal.commit().and_then(|()| t.wal.sync()) {
-            tracing::error!(container = key, "disk buffer: {e}");
+            // Whether the buffer kept them or not, these records are read
+            // again from the saved offsets (same ids: no duplicate stored).
+            tracing::error!(
+                container = key,
+                "disk buffer: {e}; reading again from the saved offsets"
+            );
+            self.tails.remove(key);
             return false;
         }
         let p = Progress {
