@@ -367,10 +367,6 @@ impl Pickup {
             t.wal.push_framed(&self.framed, records);
             self.framed.clear();
         }
-        self.counters.lines_read.fetch_add(lines, Ordering::Relaxed);
-        self.counters
-            .records_buffered
-            .fetch_add(records, Ordering::Relaxed);
         if !moved && records == 0 {
             return false;
         }
@@ -385,6 +381,11 @@ impl Pickup {
             self.tails.remove(key);
             return false;
         }
+        // Counted once in the buffer for good (a failed commit reads them again).
+        self.counters.lines_read.fetch_add(lines, Ordering::Relaxed);
+        self.counters
+            .records_buffered
+            .fetch_add(records, Ordering::Relaxed);
         let p = Progress {
             offsets: [0, 1].map(|i| t.streams[i].pipeline.safe_offset(t.streams[i].off)),
         };
