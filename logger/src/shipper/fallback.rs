@@ -42,6 +42,8 @@ use crate::walrec::WalRecord;
 
 /// How often the records are read and the files followed.
 pub const ROUND: Duration = Duration::from_millis(500);
+/// How long after a failure to follow a container's files it is tried again.
+const RETRY: Duration = Duration::from_secs(30);
 /// Bytes parsed per stream and round at most.
 const TURN: u64 = 4 << 20;
 
@@ -83,6 +85,8 @@ struct Pickup {
     counters: Arc<Counters>,
     reported: BTreeSet<String>,
     tails: BTreeMap<String, Tail>,
+    /// Containers whose files could not be opened, and when.
+    failed: BTreeMap<String, Instant>,
     buf: Vec<u8>,
     framed: Vec<u8>,
     /// A stream had more than one turn to parse in the last round.
@@ -101,6 +105,7 @@ pub fn start(
         counters,
         reported: BTreeSet::new(),
         tails: BTreeMap::new(),
+        failed: BTreeMap::new(),
         buf: Vec::new(),
         framed: Vec::new(),
         busy: false,
@@ -180,13 +185,29 @@ impl Pickup {
                     rec.reason
                 );
             }
-            if !self.tails.contains_key(&rec.key) {
+            let retry_due = self
+                .failed
+                .get(&rec.key)
+                .is_none_or(|t| t.elapsed() >= RETRY);
+            if !self.tails.contains_key(&rec.key) && retry_due {
                 match self.open(&path, &rec) {
                     Ok(Some(t)) => {
+                        self.failed.remove(&rec.key);
                         self.tails.insert(rec.key.clone(), t);
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(container = rec.key, "following its files: {e}"),
+                    Err(e) => {
+                        if self
+                            .failed
+                            .insert(rec.key.clone(), Instant::now())
+                            .is_none()
+                        {
+                            tracing::warn!(
+                                container = rec.key,
+                                "following its files: {e} (tried again every {RETRY:?})"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -203,6 +224,7 @@ impl Pickup {
     }
 
     fn forget(&mut self, key: &str) {
+        self.failed.remove(key);
         if let Some(t) = self.tails.remove(key) {
             let _ = std::fs::remove_file(t.progress);
         }
