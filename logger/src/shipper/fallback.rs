@@ -87,6 +87,8 @@ struct Pickup {
     tails: BTreeMap<String, Tail>,
     /// Containers whose files could not be opened, and when.
     failed: BTreeMap<String, Instant>,
+    /// Files found no longer at their name (container, stream index).
+    lost: BTreeSet<(String, usize)>,
     buf: Vec<u8>,
     framed: Vec<u8>,
     /// A stream had more than one turn to parse in the last round.
@@ -106,6 +108,7 @@ pub fn start(
         reported: BTreeSet::new(),
         tails: BTreeMap::new(),
         failed: BTreeMap::new(),
+        lost: BTreeSet::new(),
         buf: Vec::new(),
         framed: Vec::new(),
         busy: false,
@@ -223,8 +226,11 @@ impl Pickup {
         }
     }
 
+    /// Drops what is kept of a container whose record goes.
     fn forget(&mut self, key: &str) {
         self.failed.remove(key);
+        self.reported.remove(key);
+        self.lost.retain(|(k, _)| k != key);
         if let Some(t) = self.tails.remove(key) {
             let _ = std::fs::remove_file(t.progress);
         }
@@ -232,7 +238,7 @@ impl Pickup {
 
     /// Opens the container's files where their names still hold them;
     /// `None` when its records go nowhere (sink `none` or not configured).
-    fn open(&self, path: &Path, rec: &FallbackRecord) -> Result<Option<Tail>, String> {
+    fn open(&mut self, path: &Path, rec: &FallbackRecord) -> Result<Option<Tail>, String> {
         let reg = &rec.registration;
         let Some(wal) = self
             .wals
@@ -261,7 +267,8 @@ impl Pickup {
             let file = sandbox
                 .open_ours(stream.name(), rec.files[i], false)
                 .map_err(|e| format!("{}: {e}", stream.name()))?;
-            if file.is_none() {
+            // Counted once per file, however often the container is reopened.
+            if file.is_none() && self.lost.insert((rec.key.clone(), i)) {
                 FALLBACK_FILES_LOST.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     container = rec.key,
@@ -428,7 +435,7 @@ impl Pickup {
             container = key,
             "a fallen-back container ended: its sandbox files are parsed to their end"
         );
-        self.tails.remove(key);
+        self.forget(key);
         true
     }
 }
