@@ -106,9 +106,11 @@ impl Breaker {
                 .name("rein-logger-probe".into())
                 .spawn(move || probe_until_closed(weak));
             if let Err(e) = started {
-                // Without a probe, the next launch after PROBE_EVERY tries itself.
-                tracing::error!("starting the shipper probe: {e}");
+                // Nothing would close it: it stays closed (each launch then
+                // waits for the shipper itself, at most shipper_timeout).
+                tracing::error!("starting the shipper probe: {e}; the breaker stays closed");
                 st.probing = false;
+                st.open = None;
             }
         }
     }

@@ -12,9 +12,9 @@
 //! When no process holds a file open for writing any more (a read lease can
 //! be taken) and it is parsed to its end, the container is done: its record
 //! goes (`fallback_shipped`). A record whose sandbox is gone is removed
-//! (`fallback_records_removed`). Records are ids by stream offset as for any
-//! container, so a worker restart resends without duplicates in
-//! Elasticsearch.
+//! (`fallback_records_removed`). Record ids are made from stream offsets as
+//! for any container, so what a restarted worker sends again is no duplicate
+//! in Elasticsearch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
