@@ -737,3 +737,116 @@ fn fallen_back_files_are_shipped_once_through_a_worker_kill_and_a_replaced_name_
         "records of a name the task replaced: {got:?}"
     );
 }
+
+/// A listening socket with room for `backlog` waiting connections, never accepting.
+fn never_accepting(path: &Path, backlog: i32) -> OwnedFd {
+    use nix::sys::socket::{bind, listen, Backlog, UnixAddr};
+    let s = proto::seqpacket_socket().unwrap();
+    bind(s.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    listen(&s, Backlog::new(backlog).unwrap()).unwrap();
+    s
+}
+
+#[test]
+fn a_full_backlog_costs_one_timeout_not_a_blocked_connect() {
+    let d = tempfile::tempdir().unwrap();
+    let socket = d.path().join("full.sock");
+    let _listener = never_accepting(&socket, 0);
+    // Fill the backlog.
+    let mut held = Vec::new();
+    loop {
+        let s = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        match nix::sys::socket::connect(
+            s.as_raw_fd(),
+            &nix::sys::socket::UnixAddr::new(&socket).unwrap(),
+        ) {
+            Ok(()) => held.push(s),
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(held.len() < 100, "the backlog never filled");
+    }
+    let m = module(&socket, "500ms");
+    let sandbox = d.path().join("s");
+    let t = Instant::now();
+    let io = m.prepare(&spec("full", &sandbox, &[])).unwrap();
+    let waited = t.elapsed();
+    assert!(!io.shipped);
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(2000),
+        "{waited:?}"
+    );
+    assert!(m.breaker_open());
+    let recs = rein_logger::fallback::list(&rein_logger::fallback::dir_for(&socket));
+    assert!(
+        recs[0].1.reason.contains("backlog is full"),
+        "{:?}",
+        recs[0].1
+    );
+    write_lines(&io.stdout, "full", 0..3);
+    assert_lines(&std::fs::read(sandbox.join("stdout")).unwrap(), "full", 3);
+}
+
+#[test]
+fn a_shipper_that_hangs_up_or_answers_garbage_fails_fast_and_opens_no_breaker() {
+    use nix::sys::socket::accept;
+    let d = tempfile::tempdir().unwrap();
+    let socket = d.path().join("rude.sock");
+    let listener = never_accepting(&socket, 16);
+    // Reads each request, then hangs up (odd ones) or answers garbage (even ones).
+    let server = std::thread::spawn(move || {
+        for i in 0..4 {
+            // SAFETY: a new descriptor from accept, owned by nobody else.
+            let c = unsafe {
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
+                    accept(listener.as_raw_fd()).unwrap(),
+                )
+            };
+            let _ = proto::recv_with_fds(c.as_fd());
+            if i % 2 == 0 {
+                proto::send_with_fds(c.as_fd(), b"\xff\x00garbage", &[]).unwrap();
+            }
+        }
+    });
+    let m = module(&socket, "5s");
+    for i in 0..4 {
+        let sandbox = d.path().join(format!("r{i}"));
+        let t = Instant::now();
+        let io = m.prepare(&spec(&format!("r{i}"), &sandbox, &[])).unwrap();
+        assert!(!io.shipped);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(!m.breaker_open(), "an answer, even a bad one, is no wedge");
+        write_lines(&io.stdout, &format!("r{i}"), 0..2);
+        assert_lines(
+            &std::fs::read(sandbox.join("stdout")).unwrap(),
+            &format!("r{i}"),
+            2,
+        );
+    }
+    server.join().unwrap();
+    let mut reasons: Vec<String> =
+        rein_logger::fallback::list(&rein_logger::fallback::dir_for(&socket))
+            .into_iter()
+            .map(|(_, r)| r.reason)
+            .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 4);
+    assert!(
+        reasons.iter().filter(|r| r.contains("refused")).count() == 2,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("without answering"))
+            .count()
+            == 2,
+        "{reasons:?}"
+    );
+}
