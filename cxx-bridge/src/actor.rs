@@ -99,18 +99,7 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
     ) {
         let name = self.name;
         let job: Job<S> = Box::new(move |state: &mut S| {
-            let span =
-                tracing::info_span!("rein", module = name, call = method, container = %container);
-            let _entered = span.enter();
-            let outcome = catch_unwind(AssertUnwindSafe(|| work(state))).unwrap_or_else(|panic| {
-                let message = format!(
-                    "rein {name} panicked in {method}: {}",
-                    panic_message(&*panic)
-                );
-                tracing::error!("{message}");
-                Outcome::Failed(message)
-            });
-            deliver(done, outcome);
+            run_call(name, method, &container, done, || work(state));
         });
         if let Err(mpsc::SendError(job)) = self.tx.send(job) {
             // The worker is gone (it never is, short of process exit); fail the call
@@ -119,6 +108,28 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
             tracing::error!(module = name, call = method, "rein worker thread is gone");
         }
     }
+}
+
+/// Runs one call: inside a span naming the module, the call and the
+/// container; a panic becomes a failure; the outcome completes `done`.
+pub(crate) fn run_call(
+    name: &'static str,
+    method: &'static str,
+    container: &str,
+    done: Box<dyn Completer>,
+    work: impl FnOnce() -> Outcome,
+) {
+    let span = tracing::info_span!("rein", module = name, call = method, container = %container);
+    let _entered = span.enter();
+    let outcome = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = format!(
+            "rein {name} panicked in {method}: {}",
+            panic_message(&*panic)
+        );
+        tracing::error!("{message}");
+        Outcome::Failed(message)
+    });
+    deliver(done, outcome);
 }
 
 /// Completes, containing a panic in the completion itself.

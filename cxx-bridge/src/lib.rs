@@ -2,7 +2,9 @@
 //!
 //! Every entry point returns at once: the work is queued to a Rust-owned thread per
 //! module instance (so no libprocess thread ever blocks and the module needs no
-//! locks), run inside `catch_unwind`, and its outcome completes the shim's promise.
+//! locks; the logger's `prepare` runs on a small pool instead, so that launches
+//! never queue behind one waiting for the shipper), run inside `catch_unwind`, and
+//! its outcome completes the shim's promise.
 //! A panic becomes a failed future naming the module and the call; it never
 //! crosses into the agent.
 

@@ -1,18 +1,29 @@
 //! `LoggerHandle`: what the shim's `ContainerLogger` subclass holds and forwards to.
+//!
+//! Unlike the isolators' single thread, `prepare` calls run on a small pool:
+//! each may wait up to `shipper_timeout` for the shipper, and launches must
+//! not queue behind one another while it does (the module's breaker then
+//! makes the later ones fall back without waiting at all).
 
 use std::os::fd::IntoRawFd;
+use std::sync::{mpsc, Arc, Mutex};
 
 use cxx::UniquePtr;
 use rein_logger::module::LoggerModule;
 
-use crate::actor::{construct, error_chain, Actor, Completer, CxxCompleter, Outcome};
+use crate::actor::{construct, error_chain, run_call, Completer, CxxCompleter, Outcome};
 use crate::bridge::ffi::{Completion, ContainerConfigView, ContainerIoView, KeyValue};
 use crate::convert;
+
+/// Threads running `prepare` calls side by side.
+pub const PREPARE_THREADS: usize = 16;
+
+type Job = Box<dyn FnOnce(&LoggerModule) + Send>;
 
 /// One logger instance (the Docker containerizer makes a second one in the same
 /// process; instances share nothing but the shipper they talk to).
 pub struct LoggerHandle {
-    actor: Actor<LoggerModule>,
+    jobs: mpsc::Sender<Job>,
 }
 
 /// Creates the logger; a bad parameter is an error the shim reports to the agent.
@@ -21,28 +32,59 @@ pub fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>, Strin
     let module = construct("logger", || {
         LoggerModule::new(&params).map_err(|err| error_chain(&err))
     })?;
-    let actor = Actor::spawn("logger", Box::new(module))
-        .map_err(|e| format!("rein logger: starting its thread: {e}"))?;
-    Ok(Box::new(LoggerHandle { actor }))
+    let module = Arc::new(module);
+    let (jobs, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..PREPARE_THREADS {
+        let (module, rx) = (Arc::clone(&module), Arc::clone(&rx));
+        std::thread::Builder::new()
+            .name(format!("rein-logger-{i}"))
+            .spawn(move || loop {
+                // The lock is held only while taking a job, never while running it.
+                let job = rx
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .recv();
+                match job {
+                    Ok(job) => job(&module),
+                    Err(mpsc::RecvError) => return,
+                }
+            })
+            .map_err(|e| format!("rein logger: starting its threads: {e}"))?;
+    }
+    Ok(Box::new(LoggerHandle { jobs }))
 }
 
 impl LoggerHandle {
     /// `prepare()`, completing any [`Completer`] with the container's descriptors.
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
         let text = config.container.text();
-        self.actor.call("prepare", text, done, move |logger| {
-            let spec = match convert::container_spec(config) {
-                Ok(spec) => spec,
-                Err(e) => return Outcome::Failed(e.to_string()),
-            };
-            match logger.prepare(&spec) {
-                Ok(io) => Outcome::ContainerIo(ContainerIoView {
-                    stdout_fd: io.stdout.into_raw_fd(),
-                    stderr_fd: io.stderr.into_raw_fd(),
-                }),
-                Err(e) => Outcome::Failed(error_chain(&e)),
-            }
+        let job: Job = Box::new(move |logger: &LoggerModule| {
+            run_call("logger", "prepare", &text, done, || {
+                let spec = match convert::container_spec(config) {
+                    Ok(spec) => spec,
+                    Err(e) => return Outcome::Failed(e.to_string()),
+                };
+                match logger.prepare(&spec) {
+                    Ok(io) => Outcome::ContainerIo(ContainerIoView {
+                        stdout_fd: io.stdout.into_raw_fd(),
+                        stderr_fd: io.stderr.into_raw_fd(),
+                    }),
+                    Err(e) => Outcome::Failed(error_chain(&e)),
+                }
+            });
         });
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            // The threads are gone (they never are, short of process exit):
+            // dropping the completion fails the call rather than leave the
+            // agent waiting.
+            drop(job);
+            tracing::error!(
+                module = "logger",
+                call = "prepare",
+                "rein logger threads are gone"
+            );
+        }
     }
 
     pub(crate) fn prepare(&self, config: ContainerConfigView, done: UniquePtr<Completion>) {

@@ -2,7 +2,10 @@
 //! container as structured records, through a per-agent shipper with a disk
 //! buffer, to Elasticsearch (and keeps writing the sandbox files).
 
+pub mod breaker;
+pub mod fallback;
 pub mod fault;
+pub mod handoff;
 pub mod http;
 pub mod module;
 pub mod peercred;

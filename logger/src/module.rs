@@ -1,31 +1,44 @@
 //! The agent side: `LoggerModule::prepare` gives a container the write ends
 //! of two pipes and hands the read ends to the per-agent shipper over its
-//! unix socket. The module keeps nothing: an agent restart changes nothing
-//! for running containers, and two instances (the Docker containerizer makes
-//! its own) share no state.
+//! unix socket. The module keeps no container in memory: an agent restart
+//! changes nothing for running containers, and two instances (the Docker
+//! containerizer makes its own) share no state.
 //!
-//! If the shipper does not answer within `shipper_timeout`, the container
-//! still gets working descriptors: new sandbox `stdout`/`stderr` files,
-//! created relative to the sandbox directory (no task-planted name followed)
-//! and opened for appending (records are then not shipped; a warning says so).
+//! If the shipper does not take the container within `shipper_timeout` (one
+//! deadline for connecting, sending and the answer), the container still
+//! gets working descriptors: new sandbox `stdout`/`stderr` files, created
+//! relative to the sandbox directory (no task-planted name followed) and
+//! opened for appending. A warning and a root-only record next to the
+//! shipper's socket say so (`fallback`); from that record the shipper follows
+//! and ships those files once it runs (`shipper::fallback`). A timeout opens
+//! the module's circuit breaker (`breaker`): later launches fall back at once,
+//! without waiting, until a background probe finds the shipper answering
+//! again. `prepare` may run on many threads at once: nothing in it waits for
+//! another launch.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use nix::sys::socket::{connect, UnixAddr};
 use rein_core::config::{ConfigError, TaskConfig};
 use rein_core::container::{ids_from_sandbox, ContainerSpec};
 use rein_core::params::{ParamError, Params};
 
-use crate::proto::{self, ContainerOptions, MultilineSpec, Registration, SinkKind};
+use crate::breaker::Breaker;
+use crate::fallback::FallbackRecord;
+pub use crate::handoff::{register, HandoffError};
+use crate::proto::{ContainerOptions, MultilineSpec, Registration, SinkKind};
 use crate::record::SourceMeta;
-use crate::sandbox::SandboxDir;
+use crate::sandbox::{FileId, SandboxDir};
 use crate::sink::es::validate_index;
 use crate::sink::redis_config::validate_stream;
 
 /// Default path of the shipper's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
+
+/// Longest `shipper_timeout` accepted: a launch never waits longer for the
+/// shipper (and `0s` would mean waiting forever).
+pub const MAX_SHIPPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every module parameter (see the README for each).
 pub const PARAMS: &[&str] = &[
@@ -80,7 +93,8 @@ pub struct ContainerIo {
 pub struct ModuleConfig {
     /// `shipper_socket`: the shipper's unix socket.
     pub socket: PathBuf,
-    /// `shipper_timeout`: longest wait for the shipper in `prepare` (default 1s).
+    /// `shipper_timeout`: longest wait for the shipper in `prepare`, all steps
+    /// together (default 1s, above 0 and at most [`MAX_SHIPPER_TIMEOUT`]).
     pub timeout: Duration,
     /// `default_sink`: sink of containers that choose none (default elasticsearch).
     pub default_sink: SinkKind,
@@ -133,9 +147,7 @@ impl ModuleConfig {
             socket: p
                 .path("shipper_socket")?
                 .unwrap_or_else(|| DEFAULT_SOCKET.into()),
-            timeout: p
-                .duration("shipper_timeout")?
-                .unwrap_or(Duration::from_secs(1)),
+            timeout: shipper_timeout(&p)?,
             default_sink,
             allowed_sinks,
             index_prefixes: p.list("allowed_index_prefixes"),
@@ -245,6 +257,23 @@ impl ModuleConfig {
     }
 }
 
+/// `shipper_timeout`: refused when 0 (it would make launches wait forever
+/// for a wedged shipper) or above [`MAX_SHIPPER_TIMEOUT`].
+fn shipper_timeout(p: &Params) -> Result<Duration, ParamError> {
+    let t = p
+        .duration("shipper_timeout")?
+        .unwrap_or(Duration::from_secs(1));
+    if t.is_zero() || t > MAX_SHIPPER_TIMEOUT {
+        return Err(p.error(
+            "shipper_timeout",
+            format!(
+                "must be above 0 and at most {MAX_SHIPPER_TIMEOUT:?} (a launch waits that long at most for the shipper)"
+            ),
+        ));
+    }
+    Ok(t)
+}
+
 fn check_prefix(v: &str, prefixes: &[String]) -> Result<(), String> {
     if prefixes.is_empty() || prefixes.iter().any(|p| v.starts_with(p.as_str())) {
         Ok(())
@@ -267,6 +296,7 @@ pub fn compile_pattern(p: &str) -> Result<regex::bytes::Regex, String> {
 #[derive(Debug)]
 pub struct LoggerModule {
     cfg: ModuleConfig,
+    breaker: Breaker,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LoggerError {
@@ -277,14 +307,19 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LoggerError {
 impl LoggerModule {
     /// Creates the module from its parameters.
     pub fn new(params: &[(String, String)]) -> Result<Self, LoggerError> {
-        Ok(LoggerModule {
-            cfg: ModuleConfig::from_params(params)?,
-        })
+        let cfg = ModuleConfig::from_params(params)?;
+        let breaker = Breaker::new(cfg.socket.clone(), cfg.timeout);
+        Ok(LoggerModule { cfg, breaker })
     }
 
     /// The operator settings.
     pub fn config(&self) -> &ModuleConfig {
         &self.cfg
+    }
+
+    /// True while the shipper is taken as wedged (launches fall back at once).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     /// Builds the registration of a container (labels parsed and checked).
@@ -322,52 +357,87 @@ impl LoggerModule {
     }
 
     /// Gives the container its stdout/stderr. Never blocks longer than
-    /// `shipper_timeout`; fails only on bad labels or when no descriptor at
-    /// all can be made.
+    /// `shipper_timeout`, and not at all while the breaker is open; fails only
+    /// on bad labels or when no descriptor at all can be made.
     pub fn prepare(&self, spec: &ContainerSpec) -> Result<ContainerIo, LoggerError> {
         let reg = self.registration(spec)?;
         let (out_r, out_w) = pipe(self.cfg.pipe_buffer).map_err(io("creating the stdout pipe"))?;
         let (err_r, err_w) = pipe(self.cfg.pipe_buffer).map_err(io("creating the stderr pipe"))?;
-        match register(&self.cfg.socket, &reg, &out_r, &err_r, self.cfg.timeout) {
-            Ok(()) => Ok(ContainerIo {
-                stdout: out_w,
-                stderr: err_w,
-                shipped: true,
-            }),
-            Err(e) => {
-                tracing::warn!(
-                    container = %spec.id,
-                    socket = %self.cfg.socket.display(),
-                    "log shipper unreachable ({e}); the container writes its sandbox files directly and its records are not shipped"
-                );
-                drop((out_r, out_w, err_r, err_w));
-                let dir = SandboxDir::open(&spec.sandbox).map_err(io(format!(
-                    "opening the sandbox {}",
-                    spec.sandbox.display()
-                )))?;
-                Ok(ContainerIo {
-                    stdout: new_sandbox_file(&dir, "stdout")?,
-                    stderr: new_sandbox_file(&dir, "stderr")?,
-                    shipped: false,
-                })
+        let why = match self.breaker.open_reason() {
+            Some(why) => why,
+            None => {
+                let outcome = register(&self.cfg.socket, &reg, &out_r, &err_r, self.cfg.timeout);
+                self.breaker.observe(&outcome);
+                match outcome {
+                    Ok(()) => {
+                        return Ok(ContainerIo {
+                            stdout: out_w,
+                            stderr: err_w,
+                            shipped: true,
+                        })
+                    }
+                    Err(e) => format!("log shipper: {e}"),
+                }
             }
-        }
+        };
+        drop((out_r, out_w, err_r, err_w));
+        self.fall_back(spec, reg, why)
+    }
+
+    /// The container writes new sandbox files of its own; recorded and logged.
+    fn fall_back(
+        &self,
+        spec: &ContainerSpec,
+        registration: Registration,
+        why: String,
+    ) -> Result<ContainerIo, LoggerError> {
+        let dir = SandboxDir::open(&spec.sandbox).map_err(io(format!(
+            "opening the sandbox {}",
+            spec.sandbox.display()
+        )))?;
+        let (stdout, out_id) = new_sandbox_file(&dir, "stdout")?;
+        let (stderr, err_id) = new_sandbox_file(&dir, "stderr")?;
+        let rec = FallbackRecord {
+            version: crate::fallback::VERSION,
+            key: registration.key.clone(),
+            sandbox: spec.sandbox.clone(),
+            reason: why.clone(),
+            at_ms: crate::fallback::now_ms(),
+            files: [out_id, err_id],
+            registration,
+        };
+        let recorded = crate::fallback::record(&self.cfg.socket, &rec);
+        tracing::warn!(
+            container = %spec.id,
+            socket = %self.cfg.socket.display(),
+            record = %recorded.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()),
+            fallbacks_so_far = {
+                let (recorded, unrecorded) = crate::fallback::module_counts();
+                recorded + unrecorded
+            },
+            "{why}; the container writes its sandbox files directly and its records are not shipped"
+        );
+        Ok(ContainerIo {
+            stdout,
+            stderr,
+            shipped: false,
+        })
     }
 }
 
 /// A new file of the agent's at `name` in the sandbox, opened for appending:
 /// whatever a task put at that name is refused, never followed (the agent
 /// runs as root).
-fn new_sandbox_file(dir: &SandboxDir, name: &str) -> Result<OwnedFd, LoggerError> {
+fn new_sandbox_file(dir: &SandboxDir, name: &str) -> Result<(OwnedFd, FileId), LoggerError> {
     let what = || format!("creating {}", dir.path().join(name).display());
-    let (f, _) = dir.create(name, &mut |_, _| {}).map_err(io(what()))?;
+    let (f, id) = dir.create(name, &mut |_, _| {}).map_err(io(what()))?;
     let fd = OwnedFd::from(f);
     // SAFETY: fcntl on a descriptor we own; O_APPEND is a file status flag.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
     if r < 0 {
         return Err(io(what())(std::io::Error::last_os_error()));
     }
-    Ok(fd)
+    Ok((fd, id))
 }
 
 /// A close-on-exec pipe with (best effort) `size` bytes of buffer.
@@ -379,40 +449,4 @@ pub fn pipe(size: u64) -> std::io::Result<(OwnedFd, OwnedFd)> {
         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, sz) };
     }
     Ok((r, w))
-}
-
-/// Sends the registration and the read ends to the shipper; waits for "ok".
-pub fn register(
-    socket_path: &Path,
-    reg: &Registration,
-    out_r: &OwnedFd,
-    err_r: &OwnedFd,
-    timeout: Duration,
-) -> Result<(), String> {
-    let start = Instant::now();
-    let s = crate::proto::seqpacket_socket().map_err(|e| e.to_string())?;
-    let addr = UnixAddr::new(socket_path).map_err(|e| e.to_string())?;
-    // A full backlog makes connect(2) on a blocking unix socket wait: bound it.
-    let tv = nix::sys::time::TimeVal::new(
-        i64::try_from(timeout.as_secs()).unwrap_or(1),
-        libc::suseconds_t::from(timeout.subsec_micros()),
-    );
-    let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SendTimeout, &tv);
-    connect(s.as_raw_fd(), &addr).map_err(|e| format!("connect: {e}"))?;
-    // The pipes carry the container's output: only to a shipper run by root
-    // (or by our own user), whoever could bind a socket at this path.
-    crate::peercred::check_server(s.as_fd())?;
-    let msg = serde_json::to_vec(reg).map_err(|e| e.to_string())?;
-    proto::send_with_fds(s.as_fd(), &msg, &[out_r.as_raw_fd(), err_r.as_raw_fd()])
-        .map_err(|e| format!("send: {e}"))?;
-    let left = timeout.saturating_sub(start.elapsed());
-    if !proto::wait_readable(s.as_fd(), left).map_err(|e| e.to_string())? {
-        return Err(format!("no answer within {timeout:?}"));
-    }
-    let (reply, _) = proto::recv_with_fds(s.as_fd()).map_err(|e| format!("recv: {e}"))?;
-    if reply == b"ok" {
-        Ok(())
-    } else {
-        Err(format!("refused: {}", String::from_utf8_lossy(&reply)))
-    }
 }

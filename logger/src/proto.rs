@@ -3,12 +3,12 @@
 //! descriptors passed with `SCM_RIGHTS`. No task-supplied string is ever
 //! interpreted by a shell, written to a config file or put on a command line.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::record::SourceMeta;
@@ -143,33 +143,106 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> nix::R
     Ok(())
 }
 
+/// Most descriptors one message may carry (a registration has two).
+pub const MAX_FDS: usize = 8;
+
 /// Receives one message and the descriptors attached to it (close-on-exec).
 /// An empty message with no descriptors means the peer closed.
+///
+/// A message cut by the kernel is an error, never acted on: `EMSGSIZE` when
+/// its bytes did not fit `MAX_MESSAGE` (`MSG_TRUNC`), `ETOOMANYREFS` when it
+/// carried more than [`MAX_FDS`] descriptors (`MSG_CTRUNC`: the kernel closed
+/// the others). Every descriptor received with it is closed before returning.
 pub fn recv_with_fds(sock: BorrowedFd<'_>) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::errno::Errno;
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([RawFd; 8]);
-    let (n, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for fd in raw {
-                    // SAFETY: the kernel just installed this descriptor in our table for us;
-                    // nothing else owns it.
+    // u64 words: the control buffer must be aligned for `cmsghdr`.
+    const CMSG_WORDS: usize = 8;
+    let mut cmsg = [0u64; CMSG_WORDS];
+    #[allow(clippy::cast_possible_truncation)] // 32 bytes
+    const FDS_BYTES: u32 = (MAX_FDS * std::mem::size_of::<RawFd>()) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(FDS_BYTES) } as usize;
+    assert!(space <= std::mem::size_of_val(&cmsg));
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iovec, no control).
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cmsg.as_mut_ptr().cast();
+    hdr.msg_controllen = space;
+    let n = loop {
+        // SAFETY: `hdr` points to `buf` and `cmsg`, both alive and of the
+        // lengths given, for the whole call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        if let Ok(n) = usize::try_from(n) {
+            break n;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => return Err(e),
+        }
+    };
+    // Take ownership of every descriptor the kernel installed, first: an
+    // error below then closes them.
+    let mut fds = Vec::new();
+    let control_end = hdr.msg_controllen;
+    // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR walk `hdr`'s control buffer within
+    // `msg_controllen` (set by the kernel, at most our buffer's size).
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&hdr) };
+    while !c.is_null() {
+        // SAFETY: `c` is a header inside the control buffer (checked by CMSG_*).
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+        // SAFETY: as above; CMSG_DATA/CMSG_LEN only compute addresses and sizes.
+        let (data, header) = unsafe { (libc::CMSG_DATA(c), libc::CMSG_LEN(0) as usize) };
+        let offset = data as usize - cmsg.as_ptr() as usize;
+        #[allow(clippy::unnecessary_cast)] // cmsg_len is not usize on every libc
+        let len = (len as usize).min(control_end.saturating_sub(offset - header));
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS && len >= header {
+            let count = (len - header) / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `count` descriptors lie at `data`, within the buffer
+                // (bounded by msg_controllen above); unaligned read of an int.
+                let fd = unsafe { data.cast::<RawFd>().add(i).read_unaligned() };
+                if fd >= 0 {
+                    // SAFETY: the kernel just installed this descriptor in our
+                    // table for us; nothing else owns it.
                     fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
                 }
             }
         }
-        (msg.bytes, fds)
-    };
+        // SAFETY: as for CMSG_FIRSTHDR.
+        c = unsafe { libc::CMSG_NXTHDR(&hdr, c) };
+    }
+    if hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        drop(fds);
+        return Err(Errno::EMSGSIZE);
+    }
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        drop(fds);
+        return Err(Errno::ETOOMANYREFS);
+    }
     buf.truncate(n);
     Ok((buf, fds))
+}
+
+/// What a module sends to learn whether the shipper answers again: the
+/// shipper replies `ok` and registers nothing. (An older shipper answers it
+/// with an error, which proves it alive just as well.)
+pub const PROBE: &[u8] = b"probe";
+
+/// True when the peer has closed the connection (a module that stopped
+/// waiting for the answer): what it sent must not be acted on any more.
+pub fn peer_closed(sock: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock, PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP))
 }
 
 /// Waits until `fd` is readable, at most `timeout`. Returns false on timeout.

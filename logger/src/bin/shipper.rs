@@ -124,7 +124,22 @@ fn main_inner() -> Result<(), String> {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(())
         }
-        _ => Err("usage: rein-log-shipper run|check --config FILE | stats --state-dir DIR".into()),
+        // Containers the module could not hand to this shipper (their output
+        // is in their sandbox files only): one JSON line each.
+        "fallbacks" => {
+            let (_, c) = config()?;
+            let dir = rein_logger::fallback::dir_for(&c.socket);
+            for (_, r) in rein_logger::fallback::list(&dir) {
+                let line = serde_json::json!({"container": r.key, "sandbox": r.sandbox,
+                    "reason": r.reason, "at_ms": r.at_ms});
+                println!("{line}");
+            }
+            Ok(())
+        }
+        _ => Err(
+            "usage: rein-log-shipper run|check|fallbacks --config FILE | stats --state-dir DIR"
+                .into(),
+        ),
     }
 }
 

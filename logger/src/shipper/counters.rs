@@ -180,6 +180,11 @@ pub fn snapshot(
             "buffer_stalled_streams": load(&c.buffer_stalled_streams),
             "buffer_stalled_ms": load(&c.buffer_stalled_ms),
             "checkpoint_save_errors": load(&c.checkpoint_save_errors),
+            "fallback_containers": load(&FALLBACK_CONTAINERS),
+            "fallback_reported": load(&FALLBACK_REPORTED),
+            "fallback_records_removed": load(&FALLBACK_RECORDS_REMOVED),
+            "fallback_shipped": load(&FALLBACK_SHIPPED),
+            "fallback_files_lost": load(&FALLBACK_FILES_LOST),
         },
         "buffers": b,
         "sinks": k,
@@ -235,3 +240,20 @@ pub fn write(dir: &Path, v: &serde_json::Value) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+// Containers the module could not hand to the shipper (they write their
+// sandbox files directly): followed from the module's records by
+// `shipper::fallback`.
+
+/// Records of fallen-back containers whose sandbox still exists (a gauge).
+pub static FALLBACK_CONTAINERS: AtomicU64 = AtomicU64::new(0);
+/// Fallen-back containers named in a warning by this worker.
+pub static FALLBACK_REPORTED: AtomicU64 = AtomicU64::new(0);
+/// Records removed because the container's sandbox was gone.
+pub static FALLBACK_RECORDS_REMOVED: AtomicU64 = AtomicU64::new(0);
+/// Fallen-back containers whose files were parsed to their end after the
+/// container ended (their record is then removed).
+pub static FALLBACK_SHIPPED: AtomicU64 = AtomicU64::new(0);
+/// Files of fallen-back containers no longer at their name (removed or
+/// replaced by the task): their lines are not shipped.
+pub static FALLBACK_FILES_LOST: AtomicU64 = AtomicU64::new(0);

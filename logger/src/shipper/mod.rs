@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod counters;
+pub mod fallback;
 pub mod handover;
 pub mod parser;
 pub mod parser_sched;

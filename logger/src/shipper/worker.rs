@@ -200,7 +200,7 @@ fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> std::io::R
     }
 }
 
-fn multiline_config(spec: &MultilineSpec) -> Option<MultilineConfig> {
+pub(super) fn multiline_config(spec: &MultilineSpec) -> Option<MultilineConfig> {
     let rule = match &spec.pattern {
         None => StartRule::Indented,
         Some(p) => match compile_pattern(p) {
@@ -637,6 +637,14 @@ impl Worker {
             return Err("no registration received".into());
         }
         let (msg, fds) = proto::recv_with_fds(conn.as_fd()).map_err(|e| e.to_string())?;
+        if msg == proto::PROBE {
+            return Ok(()); // a module asking whether we answer: nothing to register
+        }
+        if proto::peer_closed(conn.as_fd()) {
+            return Err(
+                "the module stopped waiting (its container writes its sandbox files)".into(),
+            );
+        }
         let reg: Registration =
             serde_json::from_slice(&msg).map_err(|e| format!("bad registration: {e}"))?;
         if reg.version != proto::REGISTRATION_VERSION {
@@ -1075,6 +1083,14 @@ impl Worker {
 
     /// Runs until SIGTERM; then saves everything and stops the sinks.
     pub fn run(&mut self) -> Result<(), String> {
+        let wals = self
+            .sinks
+            .iter()
+            .map(|(k, s)| (*k, s.wal.clone()))
+            .collect();
+        if let Err(e) = super::fallback::start(&self.cfg, wals, self.counters.clone()) {
+            tracing::error!("fallen-back containers will not be followed: {e}");
+        }
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut last_tick = Instant::now();
         while !STOP.load(Ordering::Relaxed) {

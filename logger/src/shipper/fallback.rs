@@ -1,0 +1,474 @@
+//! Containers the module could not hand to the shipper (see
+//! `crate::fallback`): they write their sandbox `stdout`/`stderr` directly.
+//! A thread of the worker reads the module's records every [`ROUND`]: it
+//! names each new one in a warning (container, sandbox, reason) and counts
+//! them (`fallback_containers`, a gauge; `fallback_reported`), and it ships
+//! their lines: it follows the two files the module created, through
+//! descriptors opened relative to the sandbox and only where the name still
+//! holds that very file (`SandboxDir::open_ours`: the task owns those names
+//! and may replace them, so a name is never followed), parses them like any
+//! stream into the container's disk buffer, and saves its offsets
+//! (`<state_dir>/fallback/<key>.json`) only after the records are synced.
+//! When no process holds a file open for writing any more (a read lease can
+//! be taken) and it is parsed to its end, the container is done: its record
+//! goes (`fallback_shipped`). A record whose sandbox is gone is removed
+//! (`fallback_records_removed`). Record ids are made from stream offsets as
+//! for any container, so what a restarted worker sends again is no duplicate
+//! in Elasticsearch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::counters::{
+    Counters, FALLBACK_CONTAINERS, FALLBACK_FILES_LOST, FALLBACK_RECORDS_REMOVED,
+    FALLBACK_REPORTED, FALLBACK_SHIPPED,
+};
+use super::stream::now_ms;
+use super::ShipperConfig;
+use crate::fallback::{dir_for, list, FallbackRecord};
+use crate::proto::SinkKind;
+use crate::record::{Encoded, Stream, StreamPipeline};
+use crate::sandbox::SandboxDir;
+use crate::wal::Wal;
+use crate::walrec::WalRecord;
+
+/// How often the records are read and the files followed.
+pub const ROUND: Duration = Duration::from_millis(500);
+/// How long after a failure to follow a container's files it is tried again.
+const RETRY: Duration = Duration::from_secs(30);
+/// Bytes parsed per stream and round at most.
+const TURN: u64 = 4 << 20;
+
+/// Offsets saved for a container being shipped.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    /// Safe stream offsets (everything before is in the disk buffer) of
+    /// stdout and stderr.
+    offsets: [u64; 2],
+}
+
+#[derive(Debug)]
+struct TailStream {
+    stream: Stream,
+    /// `None`: the file is gone or replaced (its lines are not shipped).
+    file: Option<File>,
+    pipeline: StreamPipeline,
+    /// Consumed by the framer.
+    off: u64,
+    /// Size at the last look, and when it last grew.
+    size: u64,
+    grew: Instant,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct Tail {
+    wal: Arc<Wal>,
+    cid: Vec<u8>,
+    route: Vec<u8>,
+    streams: Vec<TailStream>,
+    progress: PathBuf,
+    record: PathBuf,
+}
+
+struct Pickup {
+    cfg: ShipperConfig,
+    wals: Vec<(SinkKind, Arc<Wal>)>,
+    counters: Arc<Counters>,
+    reported: BTreeSet<String>,
+    tails: BTreeMap<String, Tail>,
+    /// Containers whose files could not be opened, and when.
+    failed: BTreeMap<String, Instant>,
+    /// Files found no longer at their name (container, stream index).
+    lost: BTreeSet<(String, usize)>,
+    buf: Vec<u8>,
+    framed: Vec<u8>,
+    /// A stream had more than one turn to parse in the last round.
+    busy: bool,
+}
+
+/// Starts the thread; it ends with the worker (`worker::STOP`).
+pub fn start(
+    cfg: &ShipperConfig,
+    wals: Vec<(SinkKind, Arc<Wal>)>,
+    counters: Arc<Counters>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut p = Pickup {
+        cfg: cfg.clone(),
+        wals,
+        counters,
+        reported: BTreeSet::new(),
+        tails: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        lost: BTreeSet::new(),
+        buf: Vec::new(),
+        framed: Vec::new(),
+        busy: false,
+    };
+    std::thread::Builder::new()
+        .name("fallback".into())
+        .spawn(move || {
+            while !super::worker::STOP.load(Ordering::Relaxed) {
+                p.busy = false;
+                p.round();
+                // A backlog is caught up without pause; otherwise one look per round.
+                if !p.busy {
+                    std::thread::sleep(ROUND);
+                }
+            }
+        })
+}
+
+/// True while some process has `f` open for writing: a read lease cannot be
+/// taken then. The lease is held for an instant; a task opening its file for
+/// writing in that instant breaks it, and the kernel then signals us: with
+/// `SIGURG` (ignored by default), set before each lease because removing a
+/// lease resets it to `SIGIO`, which would end the worker. Where that or the
+/// lease is refused, the file is taken as written (followed until its
+/// sandbox is gone).
+fn has_writers(f: &File) -> bool {
+    if read_lease(f, true) {
+        read_lease(f, false);
+        return false;
+    }
+    true
+}
+
+/// Takes (`on`) or releases a read lease on `f`; true if done.
+fn read_lease(f: &File, on: bool) -> bool {
+    /// `F_SETSIG` of Linux (every architecture; not in the libc crate).
+    const F_SETSIG: libc::c_int = 10;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `f` owns.
+    unsafe {
+        if on {
+            libc::fcntl(fd, F_SETSIG, libc::SIGURG) == 0
+                && libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0
+        } else {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) == 0
+        }
+    }
+}
+
+impl Pickup {
+    fn round(&mut self) {
+        let mut present = 0u64;
+        let mut seen = BTreeSet::new();
+        for (path, rec) in list(&dir_for(&self.cfg.socket)) {
+            if std::fs::symlink_metadata(&rec.sandbox)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                self.forget(&rec.key);
+                if std::fs::remove_file(&path).is_ok() {
+                    FALLBACK_RECORDS_REMOVED.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        container = rec.key,
+                        "the sandbox of a fallen-back container is gone: its record is removed"
+                    );
+                }
+                continue;
+            }
+            present += 1;
+            seen.insert(rec.key.clone());
+            if self.reported.insert(rec.key.clone()) {
+                FALLBACK_REPORTED.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    container = rec.key,
+                    sandbox = %rec.sandbox.display(),
+                    at_ms = rec.at_ms,
+                    "container not handed to the shipper at launch ({}): its sandbox files are followed from here (shipped if its sink is configured)",
+                    rec.reason
+                );
+            }
+            let retry_due = self
+                .failed
+                .get(&rec.key)
+                .is_none_or(|t| t.elapsed() >= RETRY);
+            if !self.tails.contains_key(&rec.key) && retry_due {
+                match self.open(&path, &rec) {
+                    Ok(Some(t)) => {
+                        self.failed.remove(&rec.key);
+                        self.tails.insert(rec.key.clone(), t);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if self
+                            .failed
+                            .insert(rec.key.clone(), Instant::now())
+                            .is_none()
+                        {
+                            tracing::warn!(
+                                container = rec.key,
+                                "following its files: {e} (tried again every {RETRY:?})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Records removed by hand are no longer followed.
+        self.tails.retain(|k, _| seen.contains(k));
+        FALLBACK_CONTAINERS.store(present, Ordering::Relaxed);
+        let keys: Vec<String> = self.tails.keys().cloned().collect();
+        for key in keys {
+            if self.follow(&key) {
+                present -= 1;
+                FALLBACK_CONTAINERS.store(present, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops what is kept of a container whose record goes.
+    fn forget(&mut self, key: &str) {
+        self.failed.remove(key);
+        self.reported.remove(key);
+        self.lost.retain(|(k, _)| k != key);
+        if let Some(t) = self.tails.remove(key) {
+            let _ = std::fs::remove_file(t.progress);
+        }
+    }
+
+    /// Opens the container's files where their names still hold them;
+    /// `None` when its records go nowhere (sink `none` or not configured).
+    fn open(&mut self, path: &Path, rec: &FallbackRecord) -> Result<Option<Tail>, String> {
+        let reg = &rec.registration;
+        let Some(wal) = self
+            .wals
+            .iter()
+            .find(|(k, _)| *k == reg.options.sink)
+            .map(|(_, w)| w.clone())
+        else {
+            return Ok(None);
+        };
+        let dir = self.cfg.state_dir.join("fallback");
+        crate::private::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let progress = dir.join(format!("{}.json", rec.key));
+        let saved: Progress = std::fs::read(&progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let sandbox = SandboxDir::open(&rec.sandbox)
+            .map_err(|e| format!("sandbox {}: {e}", rec.sandbox.display()))?;
+        let multiline = reg
+            .options
+            .multiline
+            .as_ref()
+            .and_then(super::worker::multiline_config);
+        let mut streams = Vec::with_capacity(2);
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let file = sandbox
+                .open_ours(stream.name(), rec.files[i], false)
+                .map_err(|e| format!("{}: {e}", stream.name()))?;
+            // Counted once per file, however often the container is reopened.
+            if file.is_none() && self.lost.insert((rec.key.clone(), i)) {
+                FALLBACK_FILES_LOST.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    container = rec.key,
+                    "its {} is no longer the file the module created (removed or replaced by the task): not shipped",
+                    stream.name()
+                );
+            }
+            streams.push(TailStream {
+                stream,
+                done: file.is_none(),
+                file,
+                pipeline: StreamPipeline::new(
+                    &reg.meta,
+                    stream,
+                    &self.cfg.encode,
+                    self.cfg.max_line_bytes,
+                    multiline.clone(),
+                ),
+                off: saved.offsets[i],
+                size: 0,
+                grew: Instant::now(),
+            });
+        }
+        Ok(Some(Tail {
+            wal,
+            cid: reg.meta.container_id().into_bytes(),
+            route: reg.options.route.clone().into_bytes(),
+            streams,
+            progress,
+            record: path.to_path_buf(),
+        }))
+    }
+
+    /// Parses what is new in the container's files; true once it is done.
+    fn follow(&mut self, key: &str) -> bool {
+        let Some(t) = self.tails.get_mut(key) else {
+            return false;
+        };
+        // A full buffer (policy `pause`) waits: the files keep the lines.
+        if t.wal.is_full() {
+            return false;
+        }
+        let (flush_after, read_ms) = (self.cfg.partial_flush, now_ms());
+        let mut records = 0u64;
+        let mut lines = 0u64;
+        let mut moved = false;
+        for s in &mut t.streams {
+            let Some(f) = s.file.as_ref().filter(|_| !s.done) else {
+                continue;
+            };
+            // Writers are looked for before the size: bytes written after
+            // this look are then still read below.
+            let ended = !has_writers(f);
+            let size = match f.metadata() {
+                Ok(m) => m.len(),
+                Err(e) => {
+                    tracing::warn!(container = key, "{}: {e}", s.stream.name());
+                    continue;
+                }
+            };
+            if size > s.size {
+                s.grew = Instant::now();
+            }
+            s.size = size;
+            let need = s.pipeline.window_needed().max(256 * 1024);
+            if self.buf.len() < need {
+                self.buf.resize(need, 0);
+            }
+            let before = s.pipeline.lines;
+            let (cid, route, stream) = (&t.cid, &t.route, s.stream);
+            let framed = &mut self.framed;
+            let mut emit = |e: Encoded<'_>| {
+                Wal::frame_into(framed, |out| {
+                    WalRecord {
+                        stream,
+                        ts_ms: e.ts_ms,
+                        id: e.id,
+                        container: cid,
+                        route,
+                        doc: e.doc,
+                    }
+                    .encode_into(out);
+                });
+                records += 1;
+            };
+            let stop = s.off + TURN;
+            while s.off < size.min(stop) {
+                let want = usize::try_from(size - s.off).unwrap_or(usize::MAX);
+                let n = match f.read_at(&mut self.buf[..want.min(need)], s.off) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(container = key, "{}: {e}", s.stream.name());
+                        break;
+                    }
+                };
+                // A trailing line without newline waits for `partial_flush`
+                // of silence, or the end.
+                let last = s.off + n as u64 >= size;
+                let flush = last && (ended || s.grew.elapsed() >= flush_after);
+                let used = s.pipeline.feed(
+                    &self.buf[..n],
+                    s.off,
+                    flush,
+                    Instant::now(),
+                    read_ms,
+                    &mut emit,
+                );
+                if used == 0 {
+                    break;
+                }
+                s.off += used as u64;
+                moved = true;
+            }
+            self.busy |= s.off >= stop && s.off < size;
+            s.pipeline.poll(Instant::now(), read_ms, false, &mut emit);
+            if ended && s.off >= size {
+                s.pipeline.poll(Instant::now(), read_ms, true, &mut emit);
+                s.done = true;
+                moved = true;
+            }
+            lines += s.pipeline.lines - before;
+        }
+        if records > 0 {
+            t.wal.push_framed(&self.framed, records);
+            self.framed.clear();
+        }
+        if !moved && records == 0 {
+            return false;
+        }
+        // Offsets only behind records that are in the buffer for good.
+        if let Err(e) = t.wal.commit().and_then(|()| t.wal.sync()) {
+            // Whether the buffer kept them or not, these records are read
+            // again from the saved offsets (same ids: no duplicate stored).
+            tracing::error!(
+                container = key,
+                "disk buffer: {e}; reading again from the saved offsets"
+            );
+            self.tails.remove(key);
+            return false;
+        }
+        // Counted once in the buffer for good (a failed commit reads them again).
+        self.counters.lines_read.fetch_add(lines, Ordering::Relaxed);
+        self.counters
+            .records_buffered
+            .fetch_add(records, Ordering::Relaxed);
+        let p = Progress {
+            offsets: [0, 1].map(|i| t.streams[i].pipeline.safe_offset(t.streams[i].off)),
+        };
+        let saved = serde_json::to_vec(&p)
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::private::write_atomic(&t.progress, &b));
+        if let Err(e) = saved {
+            tracing::warn!(container = key, "{}: {e}", t.progress.display());
+            return false;
+        }
+        if !t.streams.iter().all(|s| s.done) {
+            return false;
+        }
+        let _ = std::fs::remove_file(&t.record);
+        let _ = std::fs::remove_file(&t.progress);
+        FALLBACK_SHIPPED.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            container = key,
+            "a fallen-back container ended: its sandbox files are parsed to their end"
+        );
+        self.forget(key);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task opening its file for writing while the lease is held: the
+    /// break signal must not end the process, every time (the second lease
+    /// comes after a removal, which resets the signal).
+    #[test]
+    fn lease_breaks_do_not_kill_the_process() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("stdout");
+        std::fs::write(&path, b"x\n").unwrap();
+        let f = File::open(&path).unwrap();
+        for _ in 0..2 {
+            assert!(!has_writers(&f), "nobody writes");
+            let p = path.clone();
+            let writer = std::thread::spawn(move || {
+                std::fs::OpenOptions::new().append(true).open(p).unwrap()
+            });
+            // Hold the lease has_writers takes while the writer's open breaks it.
+            let leased = read_lease(&f, true);
+            std::thread::sleep(Duration::from_millis(200));
+            if leased {
+                read_lease(&f, false);
+            }
+            let w = writer.join().unwrap();
+            assert!(has_writers(&f), "a writer holds it");
+            drop(w);
+        }
+        assert!(!has_writers(&f));
+    }
+}
