@@ -399,22 +399,22 @@ impl Pickup {
         if !moved && records == 0 {
             return false;
         }
-        // Offsets only behind records that are in the buffer for good.
-        if let Err(e) = t.wal.commit().and_then(|()| t.wal.sync()) {
-            // Whether the buffer kept them or not, these records are read
-            // again from the saved offsets (same ids: no duplicate stored).
-            tracing::error!(
-                container = key,
-                "disk buffer: {e}; reading again from the saved offsets"
-            );
-            self.tails.remove(key);
-            return false;
-        }
-        // Counted once in the buffer for good (a failed commit reads them again).
+        // The buffer keeps queued records until it can write them (a full or
+        // failing disk stalls, never drops), so they are counted once here.
         self.counters.lines_read.fetch_add(lines, Ordering::Relaxed);
         self.counters
             .records_buffered
             .fetch_add(records, Ordering::Relaxed);
+        // Offsets are saved only behind records that are in the buffer for
+        // good; until then a restart reads them again (same ids).
+        if let Err(e) = t.wal.commit().and_then(|_| t.wal.sync()) {
+            // The buffer logs its failures itself, rate-limited.
+            tracing::debug!(
+                container = key,
+                "disk buffer: {e}; offsets kept until the buffer writes again"
+            );
+            return false;
+        }
         let p = Progress {
             offsets: [0, 1].map(|i| t.streams[i].pipeline.safe_offset(t.streams[i].off)),
         };
