@@ -16,9 +16,11 @@
 //! `fdatasync` are kept in memory: after a failed sync the kernel may have
 //! dropped them from the page cache, so they are written again before the
 //! next sync. While a write or sync fails, [`Wal::is_stalled`] is true (the
-//! parser stops feeding this buffer and saves no checkpoint past it), errors
-//! are counted and logged at most every [`LOG_EVERY`], and everything resumes
-//! by itself at the first success.
+//! parser stops feeding this buffer and saves no checkpoint past it), every
+//! failed attempt is counted (`write_errors`, `sync_errors`) and each run of
+//! failures once (`write_stalls`), logged at most every [`LOG_EVERY`]; the
+//! producer tries again after a backoff ([`Wal::retry_due`], 20 ms doubling
+//! to 1 s), and everything resumes by itself at the first success.
 //!
 //! The buffer is bounded: when it holds `max_bytes`, the [`FullPolicy`]
 //! applies. `Pause` makes [`Wal::is_full`] true so the shipper stops reading
@@ -46,6 +48,11 @@ pub const MAX_FRAME: usize = 64 << 20;
 const MAX_UNSYNCED: usize = 16 << 20;
 /// Longest interval between two log lines about failing writes or syncs.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// First wait before a stalled buffer is tried again; doubled per failure
+/// up to [`RETRY_MAX`], back to this at the next success.
+pub const RETRY_FIRST: Duration = Duration::from_millis(20);
+/// Longest wait between two tries of a stalled buffer.
+pub const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Fault injection at the buffer's exact `pwrite`, `fdatasync` and
 /// `ftruncate` calls, for tests: a plan set here is asked before each call
@@ -248,9 +255,13 @@ pub struct WalStats {
     pub buffer_bytes: AtomicU64,
     /// `fdatasync` calls.
     pub fsyncs: AtomicU64,
-    /// Failed writes (full or read-only file system, I/O error); the
-    /// records stay queued and are written again.
+    /// Failed writes (full or read-only file system, I/O error), one per
+    /// attempt; the records stay queued and are written again.
     pub write_errors: AtomicU64,
+    /// Times the buffer stalled: runs of failed writes or syncs, each ended
+    /// by a success (so `write_errors` / `write_stalls` is the attempts per
+    /// incident).
+    pub write_stalls: AtomicU64,
     /// Failed `fdatasync`s; the unsynced bytes are written again.
     pub sync_errors: AtomicU64,
     /// 1 while writes or syncs fail and the parser holds back (a gauge).
@@ -351,6 +362,9 @@ struct Inner {
     last_error_log: Option<Instant>,
     /// First error of the current run of failures.
     failing_since: Option<Instant>,
+    /// While failing: the wait before the next try, and when that is due.
+    retry_delay: Duration,
+    retry_at: Option<Instant>,
 }
 
 /// The write-ahead log. Share it between the reader and the sink with `Arc`.
@@ -478,6 +492,8 @@ impl Wal {
             errors_unlogged: 0,
             last_error_log: None,
             failing_since: None,
+            retry_delay: Duration::ZERO,
+            retry_at: None,
         };
         Ok(Wal {
             cfg,
@@ -667,7 +683,16 @@ impl Wal {
     /// Counts and logs (at most every [`LOG_EVERY`]) a failure; the buffer
     /// is stalled until the next success.
     fn failed(&self, g: &mut Inner, what: &str, e: &WalError) {
-        g.failing_since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        if g.failing_since.is_none() {
+            g.failing_since = Some(now);
+            g.retry_delay = RETRY_FIRST;
+            self.stats.write_stalls.fetch_add(1, Ordering::Relaxed);
+        } else if g.retry_at.is_none_or(|t| now >= t) {
+            // Once per try (a try may fail twice: a write's roll, then its sync).
+            g.retry_delay = (g.retry_delay * 2).min(RETRY_MAX);
+        }
+        g.retry_at = Some(now + g.retry_delay);
         self.stats.stalled.store(1, Ordering::Relaxed);
         g.errors_unlogged += 1;
         if g.last_error_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
@@ -686,6 +711,8 @@ impl Wal {
         if g.pending.is_empty() && !g.resync && !g.tail_dirty {
             if let Some(t) = g.failing_since.take() {
                 self.stats.stalled.store(0, Ordering::Relaxed);
+                g.retry_at = None;
+                g.retry_delay = Duration::ZERO;
                 g.last_error_log = None;
                 g.errors_unlogged = 0;
                 tracing::warn!(
@@ -701,6 +728,20 @@ impl Wal {
     /// producer should hold back and no checkpoint may pass them.
     pub fn is_stalled(&self) -> bool {
         self.stats.stalled.load(Ordering::Relaxed) != 0
+    }
+
+    /// True unless the buffer is stalled and its backoff (from
+    /// [`RETRY_FIRST`], doubled per failed try up to [`RETRY_MAX`]) has not
+    /// passed: a producer tries [`Wal::commit`] / [`Wal::sync`] of a stalled
+    /// buffer only when this is true.
+    pub fn retry_due(&self) -> bool {
+        !self.is_stalled() || self.lock().retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// The current wait between two tries while stalled (`None`: not stalled).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        let g = self.lock();
+        g.failing_since.map(|_| g.retry_delay)
     }
 
     /// Makes everything committed durable now (before a reader checkpoint
@@ -1228,6 +1269,44 @@ mod tests {
 
     fn frames(n: u32) -> u64 {
         (0..n).map(|i| (HDR + rec(i).len()) as u64).sum()
+    }
+
+    #[test]
+    fn a_stall_backs_off_and_counts_attempts_and_incidents_apart() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        for incident in 1..=2u64 {
+            faults(d.path(), |op, _| {
+                (op == fault::Op::Write).then_some(fault::Fault::Errno(libc::ENOSPC))
+            });
+            w.push(&rec(0));
+            let mut delays = Vec::new();
+            for _ in 0..9 {
+                // Each try waits for the backoff, as the parser does.
+                while !w.retry_due() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                assert!(w.commit().is_err());
+                delays.push(w.retry_delay().unwrap().as_millis());
+                assert!(!w.retry_due(), "a failed try is not retried at once");
+            }
+            assert_eq!(delays, [20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+            assert_eq!(w.stats.write_stalls.load(Ordering::Relaxed), incident);
+            assert_eq!(w.stats.write_errors.load(Ordering::Relaxed), 9 * incident);
+            fault::clear();
+            while !w.retry_due() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(w.commit().unwrap(), 1);
+            assert!(!w.is_stalled() && w.retry_due());
+            assert_eq!(
+                w.retry_delay(),
+                None,
+                "the backoff starts over after a success"
+            );
+            assert_eq!(drain(&w), vec![rec(0)]);
+        }
     }
 
     #[test]

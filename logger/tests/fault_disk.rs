@@ -209,6 +209,22 @@ fn assert_all_shipped_once(
     assert_eq!(n(&c, "reader", "buffer_stalled_streams"), 0, "{c:#}");
 }
 
+/// A stalled buffer is retried with a backoff (20 ms doubling to 1 s, from
+/// the start at each incident), not every parser round: at most about eight
+/// tries per incident plus one a second of stall (a try may count a write
+/// and a sync error, hence the factor 2); incidents are counted apart.
+fn assert_backed_off(c: &serde_json::Value, stalled_for: Duration) {
+    let tries = n(c, "buffer", "write_errors") + n(c, "buffer", "sync_errors");
+    let stalls = n(c, "buffer", "write_stalls");
+    assert!(stalls >= 1 && stalls <= tries, "{c:#}");
+    let bound = 2 * (stalls * 8 + stalled_for.as_secs() + 1);
+    assert!(
+        tries <= bound,
+        "{tries} failed tries in {stalls} stalls over {stalled_for:?} (at most {bound} with \
+         the backoff): {c:#}"
+    );
+}
+
 /// Bytes up to which a container's stdout was checkpointed (stream offset).
 fn checkpointed(state: &Path) -> u64 {
     let mut best = 0;
@@ -264,6 +280,7 @@ fn state_dir_fills_mid_stream_then_grows() {
             "full",
         ],
     );
+    let started = Instant::now();
     let stalled = wait_for(
         &sh,
         "the buffer never failed",
@@ -306,9 +323,12 @@ fn state_dir_fills_mid_stream_then_grows() {
     assert_all_shipped_once(&es, &sh, &index, "full", true);
     let c = sh.counters();
     assert!(n(&c, "reader", "buffer_stalled_ms") > 0, "{c:#}");
+    assert_eq!(n(&c, "buffer", "write_stalls"), 1, "one incident: {c:#}");
+    assert_backed_off(&c, started.elapsed());
     eprintln!(
-        "write_errors {} stalled_ms {} checkpoint at line {covered} when full",
+        "write_errors {} write_stalls {} stalled_ms {} checkpoint at line {covered} when full",
         n(&c, "buffer", "write_errors"),
+        n(&c, "buffer", "write_stalls"),
         n(&c, "reader", "buffer_stalled_ms")
     );
     sh.stop();
@@ -335,7 +355,9 @@ fn injected_write_and_sync_errors_lose_and_duplicate_nothing() {
     }
     let es = EsServer::start().unwrap();
     let d = tempfile::tempdir().unwrap();
-    let plan = "write:short300:4:1,write:eio:5:30,truncate:eio:5:2,sync:eio:10:15,write:enospc:60:30,write:erofs:120:20";
+    // Three runs of failed writes, with successes between them, and failed syncs.
+    let plan = "write:short300:2:1,write:eio:3:6,truncate:eio:3:2,sync:eio:3:3,write:enospc:12:6,write:erofs:21:6";
+    let started = Instant::now();
     let mut sh = start_shipper(
         d.path(),
         &format!("es_url = http://{}\n{SHIPPER}", es.addr),
@@ -362,10 +384,12 @@ fn injected_write_and_sync_errors_lose_and_duplicate_nothing() {
     assert_all_shipped_once(&es, &sh, &index, "inj", true);
     let c = sh.counters();
     assert!(
-        n(&c, "buffer", "write_errors") >= 80,
+        n(&c, "buffer", "write_errors") >= 18,
         "faults not injected: {c:#}"
     );
     assert!(n(&c, "buffer", "sync_errors") >= 1, "{c:#}");
+    assert!(n(&c, "buffer", "write_stalls") >= 3, "{c:#}");
+    assert_backed_off(&c, started.elapsed());
     sh.stop();
 }
 

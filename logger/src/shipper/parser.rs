@@ -365,10 +365,13 @@ impl Ctx {
         let mut retried: Vec<Arc<Wal>> = Vec::new();
         for (ji, j) in self.jobs.iter_mut().enumerate() {
             if let Some(w) = j.wal.as_ref().filter(|w| w.is_stalled()) {
-                // Retries the held-back write (once a round) before anything new is parsed.
+                // Retries the held-back write (once a round, once its backoff
+                // passed) before anything new is parsed.
                 if !retried.iter().any(|r| Arc::ptr_eq(r, w)) {
                     retried.push(w.clone());
-                    commit(w, &self.counters);
+                    if w.retry_due() {
+                        commit(w, &self.counters);
+                    }
                 }
             }
             let held = j.wal.as_ref().is_some_and(|w| w.is_stalled());
@@ -490,8 +493,9 @@ impl Ctx {
     fn checkpoint(&mut self, all: bool) {
         let mut durable = Vec::with_capacity(self.wals.len());
         for w in &self.wals {
-            // `sync` logs and counts its failures (rate-limited).
-            durable.push(commit(w, &self.counters) && w.sync().is_ok());
+            // `sync` logs and counts its failures (rate-limited). A stalled
+            // buffer is not durable; it is tried only once its backoff passed.
+            durable.push(w.retry_due() && commit(w, &self.counters) && w.sync().is_ok());
         }
         let wals = &self.wals;
         let is_durable = |w: &Arc<Wal>| {
