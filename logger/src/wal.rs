@@ -473,6 +473,15 @@ impl Wal {
         } else {
             cursor
         };
+        if Self::load_cursor(&dir).is_none() {
+            // Made now, while there is room: a full file system takes a new
+            // cursor only in place of an existing file.
+            let path = dir.join("cursor");
+            let body = format!("{}:{}\n", cursor.seg, cursor.off);
+            if let Err(e) = private::write_atomic(&path, body.as_bytes()) {
+                tracing::warn!(path = %path.display(), "{e}");
+            }
+        }
         let total = segs.iter().map(|s| s.len).sum();
         stats.buffer_bytes.store(total, Ordering::Relaxed);
         let inner = Inner {
@@ -614,6 +623,14 @@ impl Wal {
             // never holds containers back): make room, counted, and write again.
             let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
             if !(no_space && self.cfg.policy == FullPolicy::DropOldest && self.drop_oldest(g)?) {
+                if no_space && at > 0 {
+                    // The segment ends here: once acknowledged it is deleted
+                    // whole, the room the next write needs (acknowledged
+                    // records in the segment being written free nothing).
+                    if let Err(re) = self.roll(g) {
+                        tracing::debug!("closing a segment on a full file system: {re}");
+                    }
+                }
                 return Err(io_err(&p)(e));
             }
         };
@@ -677,7 +694,46 @@ impl Wal {
         g.segs.push(Segment { seq: next, len: 0 });
         g.synced = 0;
         g.tail.clear();
+        // Acknowledged to its end already: it goes now (the sink may have
+        // nothing more to acknowledge for a while).
+        if self.advance_cursor(g) {
+            match self.save_cursor(g.cursor) {
+                Ok(()) => self.delete_acked(g),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         Ok(())
+    }
+
+    /// Moves the acknowledged cursor from the very end of a closed segment
+    /// to the start of the next, so that a wholly acknowledged segment is
+    /// deleted even when nothing was read past it. True if it moved.
+    fn advance_cursor(&self, g: &mut Inner) -> bool {
+        let before = g.cursor;
+        while let Some(i) = g.segs.iter().position(|s| s.seq == g.cursor.seg) {
+            match g.segs.get(i + 1) {
+                Some(next) if g.cursor.off >= g.segs[i].len => {
+                    g.cursor = Pos {
+                        seg: next.seq,
+                        off: 0,
+                    };
+                }
+                _ => break,
+            }
+        }
+        g.inflight = g.inflight.max(g.cursor);
+        g.cursor != before
+    }
+
+    /// Deletes the segments before the acknowledged cursor's (once the
+    /// cursor is saved: a restart must not look for them).
+    fn delete_acked(&self, g: &mut Inner) {
+        while g.segs.len() > 1 && g.segs[0].seq < g.cursor.seg {
+            let old = g.segs.remove(0);
+            let _ = fs::remove_file(seg_path(&self.cfg.dir, old.seq));
+            g.total -= old.len;
+        }
+        self.stats.buffer_bytes.store(g.total, Ordering::Relaxed);
     }
 
     /// Counts and logs (at most every [`LOG_EVERY`]) a failure; the buffer
@@ -1012,15 +1068,11 @@ impl Wal {
         if end >= g.inflight {
             self.stats.in_flight_records.store(0, Ordering::Relaxed);
         }
+        self.advance_cursor(&mut g);
         // The cursor first: a segment is deleted only once a restart would
         // not look for it (a failed save leaves them for the next ack).
-        self.save_cursor(end)?;
-        while g.segs.len() > 1 && g.segs[0].seq < end.seg {
-            let old = g.segs.remove(0);
-            let _ = fs::remove_file(seg_path(&self.cfg.dir, old.seq));
-            g.total -= old.len;
-        }
-        self.stats.buffer_bytes.store(g.total, Ordering::Relaxed);
+        self.save_cursor(g.cursor)?;
+        self.delete_acked(&mut g);
         Ok(())
     }
 
@@ -1271,6 +1323,70 @@ mod tests {
         (0..n).map(|i| (HDR + rec(i).len()) as u64).sum()
     }
 
+    fn segments(d: &Path) -> usize {
+        fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_full_file_system_closes_the_segment_so_acknowledging_it_makes_room() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        for ack_before in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+            assert!(d.path().join("cursor").exists(), "made while there is room");
+            for i in 0..3 {
+                w.push(&rec(i));
+            }
+            assert_eq!(w.commit().unwrap(), 3);
+            let b = w.read_batch(10, 1 << 20, Duration::ZERO).unwrap();
+            assert_eq!(b.len(), 3);
+            if ack_before {
+                w.ack(b.end, 3).unwrap();
+            }
+            faults(d.path(), |op, _| {
+                (op == fault::Op::Write).then_some(fault::Fault::Errno(libc::ENOSPC))
+            });
+            w.push(&rec(3));
+            assert!(w.commit().is_err());
+            if !ack_before {
+                assert_eq!(segments(d.path()), 2, "closed, not acknowledged yet");
+                w.ack(b.end, 3).unwrap();
+            }
+            // Wholly acknowledged, the closed segment is gone: its room is free.
+            assert_eq!(
+                segments(d.path()),
+                1,
+                "ack before the failure: {ack_before}"
+            );
+            assert_eq!(w.bytes(), 0);
+            assert_eq!(w.commit().map_err(|_| ()), Err(()), "still failing");
+            assert_eq!(
+                segments(d.path()),
+                1,
+                "an empty segment is not closed again"
+            );
+            fault::clear();
+            assert_eq!(w.commit().unwrap(), 1);
+            assert_eq!(drain(&w), vec![rec(3)]);
+            assert_eq!(w.stats.acked_records.load(Ordering::Relaxed), 4);
+            drop(w);
+            let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+            assert!(
+                drain(&w).is_empty(),
+                "a restart finds nothing unacknowledged"
+            );
+        }
+    }
+
     #[test]
     fn a_stall_backs_off_and_counts_attempts_and_incidents_apart() {
         let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -1324,7 +1440,13 @@ mod tests {
             assert!(w.commit().is_err());
             assert!(w.is_stalled());
             assert_eq!(w.stats.appended_records.load(Ordering::Relaxed), 0);
-            assert_eq!(seg_lens(d.path()), before, "nothing half-written stays");
+            // (On ENOSPC/EDQUOT the acknowledged segment is closed and deleted.)
+            let full = matches!(errno, libc::ENOSPC | libc::EDQUOT);
+            assert_eq!(
+                seg_lens(d.path()),
+                if full { 0 } else { before },
+                "nothing half-written stays (errno {errno})"
+            );
             // Nothing to read yet: the record is not in the buffer.
             assert!(w
                 .read_batch(10, 1 << 20, Duration::ZERO)
