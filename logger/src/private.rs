@@ -120,13 +120,57 @@ fn regular_private(f: File, path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// Writes `data` to `path` through `path.tmp` (0600) and a rename.
+/// Writes `data` to `path` through `path.tmp` (0600) and a rename. When the
+/// file system has no room for the temporary copy (ENOSPC, EDQUOT), the
+/// copy is removed (its blocks go back) and, if `path` is already a file of
+/// ours whose allocated blocks hold `data`, it is rewritten in place (see
+/// [`write_in_place`]): a full state directory still takes a new checkpoint,
+/// cursor, counters or pid of a file that exists. Otherwise the first error
+/// is returned.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    create(&tmp)?.write_all(data)?;
-    std::fs::rename(&tmp, path)
+    let res = create(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    let Err(e) = res else {
+        return Ok(());
+    };
+    let _ = std::fs::remove_file(&tmp);
+    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        && write_in_place(path, data).is_ok()
+    {
+        return Ok(());
+    }
+    Err(e)
+}
+
+/// Rewrites the existing file `path` with `data` in one `pwrite` at offset
+/// 0, padded with newlines to its former length: no block is freed or
+/// needed (it is refused unless the file's allocated blocks hold `data`),
+/// and the padding is blank space to every format kept this way (JSON, a
+/// pid, a cursor, Prometheus text). Only used when the file system is full:
+/// a reader may then see the file half rewritten; a kill cannot cut one
+/// small `pwrite` to the page cache short.
+pub fn write_in_place(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let f = regular_private(f, path)?;
+    let m = f.metadata()?;
+    let len = data.len() as u64;
+    if len > m.blocks().saturating_mul(512) {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    let mut body = data.to_vec();
+    body.resize(
+        usize::try_from(m.len().max(len)).unwrap_or(usize::MAX),
+        b'\n',
+    );
+    f.write_all_at(&body, 0)
 }
 
 /// Makes `root` 0700 (created if missing) and, below it, every directory
@@ -192,6 +236,26 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn in_place_rewrite_pads_to_the_old_length_and_needs_no_new_block() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cursor");
+        write_atomic(&p, b"12:345678\n").unwrap();
+        write_in_place(&p, b"13:0\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"13:0\n\n\n\n\n\n");
+        let v: serde_json::Value = {
+            write_in_place(&p, br#"{"a":1}"#).unwrap();
+            serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+        };
+        assert_eq!(v["a"], 1, "newline padding is JSON whitespace");
+        // Past the blocks the file holds, a write could need room: refused.
+        let big = vec![b'x'; 1 << 20];
+        assert!(write_in_place(&p, &big).is_err());
+        assert!(write_in_place(&d.path().join("missing"), b"1").is_err());
+        std::os::unix::fs::symlink(&p, d.path().join("link")).unwrap();
+        assert!(write_in_place(&d.path().join("link"), b"1").is_err());
     }
 
     /// Sets a permissive umask for the duration of a test (restored on drop).

@@ -16,9 +16,11 @@
 //! `fdatasync` are kept in memory: after a failed sync the kernel may have
 //! dropped them from the page cache, so they are written again before the
 //! next sync. While a write or sync fails, [`Wal::is_stalled`] is true (the
-//! parser stops feeding this buffer and saves no checkpoint past it), errors
-//! are counted and logged at most every [`LOG_EVERY`], and everything resumes
-//! by itself at the first success.
+//! parser stops feeding this buffer and saves no checkpoint past it), every
+//! failed attempt is counted (`write_errors`, `sync_errors`) and each run of
+//! failures once (`write_stalls`), logged at most every [`LOG_EVERY`]; the
+//! producer tries again after a backoff ([`Wal::retry_due`], 20 ms doubling
+//! to 1 s), and everything resumes by itself at the first success.
 //!
 //! The buffer is bounded: when it holds `max_bytes`, the [`FullPolicy`]
 //! applies. `Pause` makes [`Wal::is_full`] true so the shipper stops reading
@@ -46,6 +48,11 @@ pub const MAX_FRAME: usize = 64 << 20;
 const MAX_UNSYNCED: usize = 16 << 20;
 /// Longest interval between two log lines about failing writes or syncs.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// First wait before a stalled buffer is tried again; doubled per failure
+/// up to [`RETRY_MAX`], back to this at the next success.
+pub const RETRY_FIRST: Duration = Duration::from_millis(20);
+/// Longest wait between two tries of a stalled buffer.
+pub const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Fault injection at the buffer's exact `pwrite`, `fdatasync` and
 /// `ftruncate` calls, for tests: a plan set here is asked before each call
@@ -248,9 +255,13 @@ pub struct WalStats {
     pub buffer_bytes: AtomicU64,
     /// `fdatasync` calls.
     pub fsyncs: AtomicU64,
-    /// Failed writes (full or read-only file system, I/O error); the
-    /// records stay queued and are written again.
+    /// Failed writes (full or read-only file system, I/O error), one per
+    /// attempt; the records stay queued and are written again.
     pub write_errors: AtomicU64,
+    /// Times the buffer stalled: runs of failed writes or syncs, each ended
+    /// by a success (so `write_errors` / `write_stalls` is the attempts per
+    /// incident).
+    pub write_stalls: AtomicU64,
     /// Failed `fdatasync`s; the unsynced bytes are written again.
     pub sync_errors: AtomicU64,
     /// 1 while writes or syncs fail and the parser holds back (a gauge).
@@ -351,6 +362,9 @@ struct Inner {
     last_error_log: Option<Instant>,
     /// First error of the current run of failures.
     failing_since: Option<Instant>,
+    /// While failing: the wait before the next try, and when that is due.
+    retry_delay: Duration,
+    retry_at: Option<Instant>,
 }
 
 /// The write-ahead log. Share it between the reader and the sink with `Arc`.
@@ -459,6 +473,15 @@ impl Wal {
         } else {
             cursor
         };
+        if Self::load_cursor(&dir).is_none() {
+            // Made now, while there is room: a full file system takes a new
+            // cursor only in place of an existing file.
+            let path = dir.join("cursor");
+            let body = format!("{}:{}\n", cursor.seg, cursor.off);
+            if let Err(e) = private::write_atomic(&path, body.as_bytes()) {
+                tracing::warn!(path = %path.display(), "{e}");
+            }
+        }
         let total = segs.iter().map(|s| s.len).sum();
         stats.buffer_bytes.store(total, Ordering::Relaxed);
         let inner = Inner {
@@ -478,6 +501,8 @@ impl Wal {
             errors_unlogged: 0,
             last_error_log: None,
             failing_since: None,
+            retry_delay: Duration::ZERO,
+            retry_at: None,
         };
         Ok(Wal {
             cfg,
@@ -598,6 +623,14 @@ impl Wal {
             // never holds containers back): make room, counted, and write again.
             let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
             if !(no_space && self.cfg.policy == FullPolicy::DropOldest && self.drop_oldest(g)?) {
+                if no_space && at > 0 {
+                    // The segment ends here: once acknowledged it is deleted
+                    // whole, the room the next write needs (acknowledged
+                    // records in the segment being written free nothing).
+                    if let Err(re) = self.roll(g) {
+                        tracing::debug!("closing a segment on a full file system: {re}");
+                    }
+                }
                 return Err(io_err(&p)(e));
             }
         };
@@ -661,13 +694,61 @@ impl Wal {
         g.segs.push(Segment { seq: next, len: 0 });
         g.synced = 0;
         g.tail.clear();
+        // Acknowledged to its end already: it goes now (the sink may have
+        // nothing more to acknowledge for a while).
+        if self.advance_cursor(g) {
+            match self.save_cursor(g.cursor) {
+                Ok(()) => self.delete_acked(g),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         Ok(())
+    }
+
+    /// Moves the acknowledged cursor from the very end of a closed segment
+    /// to the start of the next, so that a wholly acknowledged segment is
+    /// deleted even when nothing was read past it. True if it moved.
+    fn advance_cursor(&self, g: &mut Inner) -> bool {
+        let before = g.cursor;
+        while let Some(i) = g.segs.iter().position(|s| s.seq == g.cursor.seg) {
+            match g.segs.get(i + 1) {
+                Some(next) if g.cursor.off >= g.segs[i].len => {
+                    g.cursor = Pos {
+                        seg: next.seq,
+                        off: 0,
+                    };
+                }
+                _ => break,
+            }
+        }
+        g.inflight = g.inflight.max(g.cursor);
+        g.cursor != before
+    }
+
+    /// Deletes the segments before the acknowledged cursor's (once the
+    /// cursor is saved: a restart must not look for them).
+    fn delete_acked(&self, g: &mut Inner) {
+        while g.segs.len() > 1 && g.segs[0].seq < g.cursor.seg {
+            let old = g.segs.remove(0);
+            let _ = fs::remove_file(seg_path(&self.cfg.dir, old.seq));
+            g.total -= old.len;
+        }
+        self.stats.buffer_bytes.store(g.total, Ordering::Relaxed);
     }
 
     /// Counts and logs (at most every [`LOG_EVERY`]) a failure; the buffer
     /// is stalled until the next success.
     fn failed(&self, g: &mut Inner, what: &str, e: &WalError) {
-        g.failing_since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        if g.failing_since.is_none() {
+            g.failing_since = Some(now);
+            g.retry_delay = RETRY_FIRST;
+            self.stats.write_stalls.fetch_add(1, Ordering::Relaxed);
+        } else if g.retry_at.is_none_or(|t| now >= t) {
+            // Once per try (a try may fail twice: a write's roll, then its sync).
+            g.retry_delay = (g.retry_delay * 2).min(RETRY_MAX);
+        }
+        g.retry_at = Some(now + g.retry_delay);
         self.stats.stalled.store(1, Ordering::Relaxed);
         g.errors_unlogged += 1;
         if g.last_error_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
@@ -686,6 +767,8 @@ impl Wal {
         if g.pending.is_empty() && !g.resync && !g.tail_dirty {
             if let Some(t) = g.failing_since.take() {
                 self.stats.stalled.store(0, Ordering::Relaxed);
+                g.retry_at = None;
+                g.retry_delay = Duration::ZERO;
                 g.last_error_log = None;
                 g.errors_unlogged = 0;
                 tracing::warn!(
@@ -701,6 +784,20 @@ impl Wal {
     /// producer should hold back and no checkpoint may pass them.
     pub fn is_stalled(&self) -> bool {
         self.stats.stalled.load(Ordering::Relaxed) != 0
+    }
+
+    /// True unless the buffer is stalled and its backoff (from
+    /// [`RETRY_FIRST`], doubled per failed try up to [`RETRY_MAX`]) has not
+    /// passed: a producer tries [`Wal::commit`] / [`Wal::sync`] of a stalled
+    /// buffer only when this is true.
+    pub fn retry_due(&self) -> bool {
+        !self.is_stalled() || self.lock().retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// The current wait between two tries while stalled (`None`: not stalled).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        let g = self.lock();
+        g.failing_since.map(|_| g.retry_delay)
     }
 
     /// Makes everything committed durable now (before a reader checkpoint
@@ -971,15 +1068,11 @@ impl Wal {
         if end >= g.inflight {
             self.stats.in_flight_records.store(0, Ordering::Relaxed);
         }
+        self.advance_cursor(&mut g);
         // The cursor first: a segment is deleted only once a restart would
         // not look for it (a failed save leaves them for the next ack).
-        self.save_cursor(end)?;
-        while g.segs.len() > 1 && g.segs[0].seq < end.seg {
-            let old = g.segs.remove(0);
-            let _ = fs::remove_file(seg_path(&self.cfg.dir, old.seq));
-            g.total -= old.len;
-        }
-        self.stats.buffer_bytes.store(g.total, Ordering::Relaxed);
+        self.save_cursor(g.cursor)?;
+        self.delete_acked(&mut g);
         Ok(())
     }
 
@@ -1230,6 +1323,108 @@ mod tests {
         (0..n).map(|i| (HDR + rec(i).len()) as u64).sum()
     }
 
+    fn segments(d: &Path) -> usize {
+        fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_full_file_system_closes_the_segment_so_acknowledging_it_makes_room() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        for ack_before in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+            assert!(d.path().join("cursor").exists(), "made while there is room");
+            for i in 0..3 {
+                w.push(&rec(i));
+            }
+            assert_eq!(w.commit().unwrap(), 3);
+            let b = w.read_batch(10, 1 << 20, Duration::ZERO).unwrap();
+            assert_eq!(b.len(), 3);
+            if ack_before {
+                w.ack(b.end, 3).unwrap();
+            }
+            faults(d.path(), |op, _| {
+                (op == fault::Op::Write).then_some(fault::Fault::Errno(libc::ENOSPC))
+            });
+            w.push(&rec(3));
+            assert!(w.commit().is_err());
+            if !ack_before {
+                assert_eq!(segments(d.path()), 2, "closed, not acknowledged yet");
+                w.ack(b.end, 3).unwrap();
+            }
+            // Wholly acknowledged, the closed segment is gone: its room is free.
+            assert_eq!(
+                segments(d.path()),
+                1,
+                "ack before the failure: {ack_before}"
+            );
+            assert_eq!(w.bytes(), 0);
+            assert_eq!(w.commit().map_err(|_| ()), Err(()), "still failing");
+            assert_eq!(
+                segments(d.path()),
+                1,
+                "an empty segment is not closed again"
+            );
+            fault::clear();
+            assert_eq!(w.commit().unwrap(), 1);
+            assert_eq!(drain(&w), vec![rec(3)]);
+            assert_eq!(w.stats.acked_records.load(Ordering::Relaxed), 4);
+            drop(w);
+            let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+            assert!(
+                drain(&w).is_empty(),
+                "a restart finds nothing unacknowledged"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stall_backs_off_and_counts_attempts_and_incidents_apart() {
+        let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+        for incident in 1..=2u64 {
+            faults(d.path(), |op, _| {
+                (op == fault::Op::Write).then_some(fault::Fault::Errno(libc::ENOSPC))
+            });
+            w.push(&rec(0));
+            let mut delays = Vec::new();
+            for _ in 0..9 {
+                // Each try waits for the backoff, as the parser does.
+                while !w.retry_due() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                assert!(w.commit().is_err());
+                delays.push(w.retry_delay().unwrap().as_millis());
+                assert!(!w.retry_due(), "a failed try is not retried at once");
+            }
+            assert_eq!(delays, [20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+            assert_eq!(w.stats.write_stalls.load(Ordering::Relaxed), incident);
+            assert_eq!(w.stats.write_errors.load(Ordering::Relaxed), 9 * incident);
+            fault::clear();
+            while !w.retry_due() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(w.commit().unwrap(), 1);
+            assert!(!w.is_stalled() && w.retry_due());
+            assert_eq!(
+                w.retry_delay(),
+                None,
+                "the backoff starts over after a success"
+            );
+            assert_eq!(drain(&w), vec![rec(0)]);
+        }
+    }
+
     #[test]
     fn failed_write_keeps_the_records_queued_until_a_retry_succeeds() {
         let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -1245,7 +1440,13 @@ mod tests {
             assert!(w.commit().is_err());
             assert!(w.is_stalled());
             assert_eq!(w.stats.appended_records.load(Ordering::Relaxed), 0);
-            assert_eq!(seg_lens(d.path()), before, "nothing half-written stays");
+            // (On ENOSPC/EDQUOT the acknowledged segment is closed and deleted.)
+            let full = matches!(errno, libc::ENOSPC | libc::EDQUOT);
+            assert_eq!(
+                seg_lens(d.path()),
+                if full { 0 } else { before },
+                "nothing half-written stays (errno {errno})"
+            );
             // Nothing to read yet: the record is not in the buffer.
             assert!(w
                 .read_batch(10, 1 << 20, Duration::ZERO)

@@ -149,11 +149,26 @@ fn assert_all_shipped_once(
     prefix: &str,
     one_worker: bool,
 ) {
+    assert_each_shipped_once(es, sh, index, &[prefix], LINES, one_worker);
+}
+
+/// [`assert_all_shipped_once`] for `lines` lines of each of several
+/// containers (10,000 in all at most: what one search returns).
+fn assert_each_shipped_once(
+    es: &EsServer,
+    sh: &Shipper,
+    index: &str,
+    prefixes: &[&str],
+    lines: u64,
+    one_worker: bool,
+) {
+    let total = lines * prefixes.len() as u64;
+    assert!(total <= 10_000, "more lines than one search returns");
     let deadline = Instant::now() + Duration::from_secs(180);
-    while es.count(index) < LINES {
+    while es.count(index) < total {
         assert!(
             Instant::now() < deadline,
-            "{} of {LINES} lines in {index}; counters {:#}",
+            "{} of {total} lines in {index}; counters {:#}",
             es.count(index),
             sh.counters()
         );
@@ -167,35 +182,38 @@ fn assert_all_shipped_once(
             // A restarted worker also ships what its predecessor left buffered.
             !one_worker
                 || (n(c, "buffer", "acked_records") == n(c, "buffer", "appended_records")
-                    && n(c, "reader", "records_buffered") == LINES)
+                    && n(c, "reader", "records_buffered") == total)
         },
     );
     let msgs = es.messages(index);
-    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut seen: BTreeMap<(&str, u64), u32> = BTreeMap::new();
     for m in &msgs {
-        let rest = m
-            .strip_prefix(&format!("{prefix} seq="))
+        let (prefix, rest) = prefixes
+            .iter()
+            .find_map(|p| Some((*p, m.strip_prefix(&format!("{p} seq="))?)))
             .unwrap_or_else(|| panic!("unexpected document {m:.60}"));
         let seq: u64 = rest.split(' ').next().unwrap().parse().unwrap();
-        *seen.entry(seq).or_default() += 1;
+        *seen.entry((prefix, seq)).or_default() += 1;
     }
-    let missing: Vec<u64> = (0..LINES)
-        .filter(|s| !seen.contains_key(s))
+    let missing: Vec<(&str, u64)> = prefixes
+        .iter()
+        .flat_map(|p| (0..lines).map(move |s| (*p, s)))
+        .filter(|k| !seen.contains_key(k))
         .take(10)
         .collect();
-    let twice: Vec<u64> = seen
+    let twice: Vec<(&str, u64)> = seen
         .iter()
         .filter(|e| *e.1 > 1)
         .map(|e| *e.0)
         .take(10)
         .collect();
     assert!(
-        msgs.len() as u64 == LINES && missing.is_empty() && twice.is_empty(),
+        msgs.len() as u64 == total && missing.is_empty() && twice.is_empty(),
         "{} documents; missing {missing:?}, twice {twice:?}; counters {c:#}",
         msgs.len()
     );
     if one_worker {
-        assert_eq!(n(&c, "reader", "lines_read"), LINES, "{c:#}");
+        assert_eq!(n(&c, "reader", "lines_read"), total, "{c:#}");
         // (A restarted worker may cut the torn tail the failed file system left.)
         assert_eq!(n(&c, "buffer", "corrupt_records"), 0, "{c:#}");
     }
@@ -207,6 +225,22 @@ fn assert_all_shipped_once(
     );
     assert_eq!(n(&c, "buffer", "stalled"), 0, "{c:#}");
     assert_eq!(n(&c, "reader", "buffer_stalled_streams"), 0, "{c:#}");
+}
+
+/// A stalled buffer is retried with a backoff (20 ms doubling to 1 s, from
+/// the start at each incident), not every parser round: at most about eight
+/// tries per incident plus one a second of stall (a try may count a write
+/// and a sync error, hence the factor 2); incidents are counted apart.
+fn assert_backed_off(c: &serde_json::Value, stalled_for: Duration) {
+    let tries = n(c, "buffer", "write_errors") + n(c, "buffer", "sync_errors");
+    let stalls = n(c, "buffer", "write_stalls");
+    assert!(stalls >= 1 && stalls <= tries, "{c:#}");
+    let bound = 2 * (stalls * 8 + stalled_for.as_secs() + 1);
+    assert!(
+        tries <= bound,
+        "{tries} failed tries in {stalls} stalls over {stalled_for:?} (at most {bound} with \
+         the backoff): {c:#}"
+    );
 }
 
 /// Bytes up to which a container's stdout was checkpointed (stream offset).
@@ -264,6 +298,7 @@ fn state_dir_fills_mid_stream_then_grows() {
             "full",
         ],
     );
+    let started = Instant::now();
     let stalled = wait_for(
         &sh,
         "the buffer never failed",
@@ -306,9 +341,12 @@ fn state_dir_fills_mid_stream_then_grows() {
     assert_all_shipped_once(&es, &sh, &index, "full", true);
     let c = sh.counters();
     assert!(n(&c, "reader", "buffer_stalled_ms") > 0, "{c:#}");
+    assert_eq!(n(&c, "buffer", "write_stalls"), 1, "one incident: {c:#}");
+    assert_backed_off(&c, started.elapsed());
     eprintln!(
-        "write_errors {} stalled_ms {} checkpoint at line {covered} when full",
+        "write_errors {} write_stalls {} stalled_ms {} checkpoint at line {covered} when full",
         n(&c, "buffer", "write_errors"),
+        n(&c, "buffer", "write_stalls"),
         n(&c, "reader", "buffer_stalled_ms")
     );
     sh.stop();
@@ -316,6 +354,138 @@ fn state_dir_fills_mid_stream_then_grows() {
         sandbox_stream(&sandbox, "stdout").len() as u64,
         LINES * line
     );
+}
+
+/// The whole `state_dir` (disk buffer, containers' state, checkpoints,
+/// registrations, counters) on one 2 MiB tmpfs, Elasticsearch down: the
+/// buffer fills it mid-stream; a new container registers while it is full;
+/// the worker is killed (-9) while it is full. Then the tmpfs is enlarged and
+/// Elasticsearch comes up: every line of both containers arrives exactly
+/// once, neither container saw EPIPE, the counters add up.
+#[test]
+fn whole_state_dir_full_with_a_new_container_and_a_killed_worker() {
+    whole_state_dir_full(
+        "whole_state_dir_full_with_a_new_container_and_a_killed_worker",
+        false,
+    );
+}
+
+/// The same, the new container registering with the worker started on the
+/// full file system after the kill.
+#[test]
+fn whole_state_dir_full_with_a_killed_worker_then_a_new_container() {
+    whole_state_dir_full(
+        "whole_state_dir_full_with_a_killed_worker_then_a_new_container",
+        true,
+    );
+}
+
+fn whole_state_dir_full(name: &str, register_after_kill: bool) {
+    if let Some(why) = cannot_run() {
+        return skip(name, why);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("state"), "2m");
+    let port = free_port();
+    let mut sh = start_shipper(
+        d.path(),
+        &format!("es_url = http://127.0.0.1:{port}\n{SHIPPER}\nstate_reserve_bytes = 256KiB"),
+        None,
+    );
+    let m = sh.module();
+    // 8 MB of lines in all (two searches' worth of documents at most).
+    let lines = 4000u64;
+    let args = |prefix: &'static str| {
+        [
+            "--lines".to_string(),
+            lines.to_string(),
+            "--size".to_string(),
+            SIZE.to_string(),
+            "--rate".to_string(),
+            "1000".to_string(),
+            "--prefix".to_string(),
+            prefix.to_string(),
+        ]
+    };
+    let start = |prefix: &'static str| {
+        let a = args(prefix);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_container(&m, &spec(prefix, &d.path().join(prefix), &[]), &a)
+    };
+    let started = Instant::now();
+    let mut first = start("first");
+    let full = wait_for(
+        &sh,
+        "the buffer never filled the state directory",
+        Duration::from_secs(60),
+        |c| n(c, "buffer", "write_errors") > 0 && n(c, "buffer", "stalled") == 1,
+    );
+    // The buffer's writes fail; what room is left for small files goes too.
+    let filler = d.path().join("state/filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![b'x'; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Registered while the state directory is full: taken all the same.
+    let mut second = (!register_after_kill).then(|| start("second"));
+    // Killed while full; the supervisor starts a worker on the full file system.
+    let old = sh.worker_pid();
+    // SAFETY: kill(2) of a process this test started (through the supervisor).
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    sh.wait_new_worker(old);
+    let mut second = second.take().unwrap_or_else(|| start("second"));
+    // The fault lasts a while: both containers blocked, none released.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        first.try_wait().unwrap().is_none() && second.try_wait().unwrap().is_none(),
+        "a container ended while the state directory was full (EPIPE?): {full:#}"
+    );
+    fs.resize("256m");
+    let es = es_on(port);
+    for (prefix, c) in [("first", &mut first), ("second", &mut second)] {
+        let st = c.wait().unwrap();
+        assert!(st.success(), "container {prefix} failed ({st}): EPIPE?");
+    }
+    let index = format!("fault-{}", common::today());
+    assert_each_shipped_once(&es, &sh, &index, &["first", "second"], lines, false);
+    // The counters add up: Elasticsearch was down before the kill, so the
+    // second worker shipped everything; what it shipped twice (parsed again
+    // from the last durable checkpoint, same ids) is counted as duplicates.
+    let unique = |c: &serde_json::Value| {
+        let s = &c["sinks"]["elasticsearch"];
+        s["shipped"].as_u64().unwrap_or(0) - s["duplicates"].as_u64().unwrap_or(0)
+    };
+    let c = wait_for(
+        &sh,
+        "shipped = lines + duplicates, nothing in flight",
+        Duration::from_secs(30),
+        |c| unique(c) == 2 * lines && n(c, "buffer", "in_flight_records") == 0,
+    );
+    eprintln!("counters after the restart: {c}");
+    assert_eq!(
+        c["reader"]["containers_released"].as_u64(),
+        Some(0),
+        "{c:#}"
+    );
+    assert_eq!(
+        n(&c, "buffer", "acked_records"),
+        c["sinks"]["elasticsearch"]["shipped"].as_u64().unwrap(),
+        "{c:#}"
+    );
+    assert!(n(&c, "reader", "lines_read") <= 2 * lines, "{c:#}");
+    assert_backed_off(&c, started.elapsed());
+    sh.stop();
+    let line = SIZE.parse::<u64>().unwrap();
+    for prefix in ["first", "second"] {
+        assert_eq!(
+            sandbox_stream(&d.path().join(prefix), "stdout").len() as u64,
+            lines * line,
+            "sandbox of {prefix}"
+        );
+    }
 }
 
 /// EIO, ENOSPC, a short write followed by an error (with the cut failing
@@ -335,7 +505,9 @@ fn injected_write_and_sync_errors_lose_and_duplicate_nothing() {
     }
     let es = EsServer::start().unwrap();
     let d = tempfile::tempdir().unwrap();
-    let plan = "write:short300:4:1,write:eio:5:30,truncate:eio:5:2,sync:eio:10:15,write:enospc:60:30,write:erofs:120:20";
+    // Three runs of failed writes, with successes between them, and failed syncs.
+    let plan = "write:short300:2:1,write:eio:3:6,truncate:eio:3:2,sync:eio:3:3,write:enospc:12:6,write:erofs:21:6";
+    let started = Instant::now();
     let mut sh = start_shipper(
         d.path(),
         &format!("es_url = http://{}\n{SHIPPER}", es.addr),
@@ -362,10 +534,12 @@ fn injected_write_and_sync_errors_lose_and_duplicate_nothing() {
     assert_all_shipped_once(&es, &sh, &index, "inj", true);
     let c = sh.counters();
     assert!(
-        n(&c, "buffer", "write_errors") >= 80,
+        n(&c, "buffer", "write_errors") >= 18,
         "faults not injected: {c:#}"
     );
     assert!(n(&c, "buffer", "sync_errors") >= 1, "{c:#}");
+    assert!(n(&c, "buffer", "write_stalls") >= 3, "{c:#}");
+    assert_backed_off(&c, started.elapsed());
     sh.stop();
 }
 

@@ -867,3 +867,140 @@ fn a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once() {
     check_lines(&got, &[("k1", n)], false).unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
     assert_eq!(sh.worker_pid(), pid, "a sink panic must not end the worker");
 }
+
+/// Panics inside parse turns (after a record was framed, before the turn's
+/// batch reached its buffer) with two containers routed to two sinks: the
+/// cut turn's records go to their own buffer once, no line is read or
+/// buffered twice, and a multiline record being joined is rebuilt whole.
+#[test]
+fn panics_inside_parse_turns_put_every_record_in_its_own_sink_once() {
+    use common::redis_server::{xrange, RedisServer};
+    let test = "panics_inside_parse_turns_put_every_record_in_its_own_sink_once";
+    let Some(es) = EsServer::start() else {
+        return skip(
+            test,
+            "osmem-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let Some(srv) = RedisServer::start(0, &[]) else {
+        return skip(
+            test,
+            "redis-server not installed (.ci/logger-servers.sh install)",
+        );
+    };
+    let d = tempfile::tempdir().unwrap();
+    // `parser_record` counts records framed by the parser (both containers).
+    let panics = [150u64, 800, 1500, 2200, 2900];
+    let plan: Vec<String> = panics
+        .iter()
+        .map(|n| format!("parser_record:{n}"))
+        .collect();
+    let sh = Shipper::start_env(
+        d.path(),
+        &format!(
+            "es_url = http://{}\nes_index = rein-turn-%Y.%m.%d\nes_backoff_max = 300ms\n\
+             redis_url = {}\nredis_stream = rein-turn\nredis_backoff_max = 300ms\npartial_flush = 300ms",
+            es.addr,
+            srv.url()
+        ),
+        &[("REIN_FAULT_PANIC", &plan.join(",")), ("RUST_LOG", "error")],
+    );
+    let pid = sh.worker_pid();
+    let m = rein_logger::module::LoggerModule::new(&[
+        (
+            "shipper_socket".to_string(),
+            sh.socket.display().to_string(),
+        ),
+        (
+            "allowed_sinks".to_string(),
+            "elasticsearch,redis,none".to_string(),
+        ),
+    ])
+    .unwrap();
+    let n = 3000u64;
+    // Ten lines to a record: `e1 seq=N0 ...` starts one.
+    let es_labels = [("rein.log.multiline.pattern", r"^e1 seq=[0-9]*0 ")];
+    let redis_labels = [("rein.log.sink", "redis"), ("rein.log.multiline", "off")];
+    let mut kids: Vec<(&str, Child)> = [("e1", &es_labels[..]), ("r1", &redis_labels[..])]
+        .into_iter()
+        .map(|(name, labels)| {
+            let c = run_container(
+                &m,
+                &spec(name, &d.path().join(name), labels),
+                &[
+                    "--lines",
+                    &n.to_string(),
+                    "--rate",
+                    "1500",
+                    "--prefix",
+                    name,
+                ],
+            );
+            (name, c)
+        })
+        .collect();
+    for (name, k) in &mut kids {
+        wait_exit(&sh, name, k, Duration::from_secs(60));
+    }
+    sh.wait_idle(Duration::from_secs(60));
+    let index = format!("rein-turn-{}", common::today());
+    let mut con = srv.conn();
+    let redis_seqs = |con: &mut redis::Connection| -> Vec<(String, u64)> {
+        xrange(con, "rein-turn")
+            .iter()
+            .flat_map(|e| {
+                let doc = &e.1.iter().find(|(k, _)| k == "doc").unwrap().1;
+                let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
+                seqs_of(v["message"].as_str().unwrap())
+            })
+            .collect()
+    };
+    wait_for(
+        &sh,
+        "every record in its sink",
+        Duration::from_secs(60),
+        || es.count(&index) >= n / 10 && redis_seqs(&mut con).len() as u64 >= n,
+    );
+    // counters.json is written every second: wait for the one after the end.
+    wait_for(
+        &sh,
+        "every parser panic counted, no container left",
+        Duration::from_secs(10),
+        || {
+            reader(&sh, "thread_panics_parser") == panics.len() as u64
+                && reader(&sh, "containers_live") == 0
+        },
+    );
+    let c = sh.counters();
+    eprintln!("counters: {c}");
+    let got = seqs_of(&es.messages(&index).join("\n"));
+    check_lines(&got, &[("e1", n)], true)
+        .unwrap_or_else(|e| panic!("Elasticsearch: {e}; counters: {c}"));
+    let got = redis_seqs(&mut con);
+    check_lines(&got, &[("r1", n)], true).unwrap_or_else(|e| panic!("Redis: {e}; counters: {c}"));
+    // Exactly once in the buffers too (the sinks' id checks hide nothing):
+    // every line read once, every record (n / 10 joined + n) buffered once.
+    assert_eq!(
+        reader(&sh, "lines_read"),
+        2 * n,
+        "lines_read; counters: {c}"
+    );
+    assert_eq!(
+        reader(&sh, "records_buffered"),
+        n / 10 + n,
+        "records_buffered; counters: {c}"
+    );
+    for (sink, records) in [("elasticsearch", n / 10), ("redis", n)] {
+        let b = &c["buffers"][sink];
+        assert_eq!(
+            b["appended_records"].as_u64(),
+            Some(records),
+            "{sink} buffer; counters: {c}"
+        );
+    }
+    assert_eq!(
+        sh.worker_pid(),
+        pid,
+        "a parser panic must not end the worker"
+    );
+}

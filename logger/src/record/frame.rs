@@ -63,6 +63,16 @@ impl Framer {
         self.part > 0
     }
 
+    /// The next piece's index while in a split line (0: at a line start).
+    pub(super) fn part(&self) -> u32 {
+        self.part
+    }
+
+    /// Puts the framer back at a piece index taken with [`Framer::part`].
+    pub(super) fn resume_part(&mut self, part: u32) {
+        self.part = part;
+    }
+
     /// Emits every complete line of `buf` (whose first byte is at stream offset
     /// `base`) and returns how many bytes were consumed. With `flush`, a trailing
     /// line without newline is emitted too (end of stream or flush timeout).

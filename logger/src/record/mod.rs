@@ -15,7 +15,7 @@ pub use encode::EncodeOptions;
 pub use encode::{SourceMeta, StreamEncoder};
 pub use frame::{Framer, Line, SplitPart};
 pub use multiline::{Multiline, MultilineConfig, Record, StartRule};
-pub use pipeline::{Encoded, StreamPipeline};
+pub use pipeline::{Encoded, PipelineMark, StreamPipeline};
 
 /// Which of the container's two output streams a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

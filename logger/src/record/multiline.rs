@@ -124,6 +124,14 @@ impl Multiline {
         }
     }
 
+    /// Forgets the pending record without emitting it (a rewind reads its
+    /// lines again).
+    pub fn discard(&mut self) {
+        self.buf.clear();
+        self.lines = 0;
+        self.last = None;
+    }
+
     /// Emits the pending record now.
     pub fn flush(&mut self, f: &mut impl FnMut(Record<'_>)) {
         if self.lines > 0 {

@@ -20,6 +20,18 @@ pub struct Encoded<'a> {
     pub doc: &'a [u8],
 }
 
+/// Where a pipeline stands between two calls, cheap to take: a pending
+/// multiline record is not copied (its lines are still in the stream's file,
+/// from `pending` on, and a rewind reads them again).
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineMark {
+    part: u32,
+    lines: u64,
+    empty_lines: u64,
+    /// Stream offset of the pending multiline record, if any.
+    pub pending: Option<u64>,
+}
+
 /// Per-stream parsing state. Memory is a few hundred bytes plus a pending
 /// multiline record; unconsumed bytes stay in the spool (sandbox) file.
 #[derive(Debug)]
@@ -150,6 +162,41 @@ impl StreamPipeline {
             Some(p) => p.min(consumed),
             None => consumed,
         }
+    }
+
+    /// Where the pipeline stands (see [`StreamPipeline::rewind`]).
+    pub fn mark(&self) -> PipelineMark {
+        PipelineMark {
+            part: self.framer.part(),
+            lines: self.lines,
+            empty_lines: self.empty_lines,
+            pending: self.multiline.as_ref().and_then(Multiline::pending_offset),
+        }
+    }
+
+    /// Puts the pipeline back to `mark`, whatever a call cut short by a panic
+    /// left half-updated. `replay` must feed again, through the given
+    /// pipeline, the stream's bytes from `mark.pending` to where the mark was
+    /// taken (it is not called when no record was pending): the lines of the
+    /// pending record are joined again. The line counters are the mark's
+    /// afterwards, so no line is counted twice.
+    pub fn rewind<E>(
+        &mut self,
+        mark: &PipelineMark,
+        replay: impl FnOnce(&mut Self) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.framer.resume_part(0);
+        if let Some(m) = self.multiline.as_mut() {
+            m.discard();
+        }
+        let res = match mark.pending {
+            Some(_) => replay(self),
+            None => Ok(()),
+        };
+        self.framer.resume_part(mark.part);
+        self.lines = mark.lines;
+        self.empty_lines = mark.empty_lines;
+        res
     }
 
     /// True while a multiline record is pending.

@@ -104,6 +104,7 @@ pub fn snapshot(
                 "buffer_bytes": load(&s.buffer_bytes),
                 "fsyncs": load(&s.fsyncs),
                 "write_errors": load(&s.write_errors),
+                "write_stalls": load(&s.write_stalls),
                 "sync_errors": load(&s.sync_errors),
                 "stalled": load(&s.stalled),
                 "in_flight_records": load(&s.in_flight_records),

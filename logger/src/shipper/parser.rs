@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::counters::Counters;
-use super::stream::{mono_ms, ParseStream, StreamCheckpoint};
+use super::stream::{mono_ms, ParseStream, StreamCheckpoint, TurnStart};
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
 use crate::walrec::WalRecord;
@@ -112,9 +112,22 @@ impl Framed {
         if let Some(w) = wal {
             w.push_framed(&self.bytes, self.records);
         }
+        self.clear();
+    }
+
+    fn clear(&mut self) {
         self.bytes.clear();
         self.records = 0;
     }
+}
+
+/// The stream whose turn is under way (its records are in [`Framed`] until
+/// the turn ends).
+#[derive(Debug)]
+struct Turn {
+    job: usize,
+    stream: usize,
+    start: TurnStart,
 }
 
 /// Writes what `wal` has queued; true when it is all written. A failure is
@@ -152,6 +165,7 @@ fn emitter<'a>(
                 .encode_into(out);
             });
             framed.records += 1;
+            crate::fault::point("parser_record");
         }
     }
 }
@@ -185,6 +199,9 @@ struct Ctx {
     jobs: Vec<ParseJob>,
     buf: Vec<u8>,
     framed: Framed,
+    /// Set from a stream's turn start until its records are handed to its
+    /// buffer: after a panic, where that stream is put back.
+    turn: Option<Turn>,
     /// When streams were last seen held back by a failing buffer.
     stalled_at: Option<Instant>,
     /// When a failed checkpoint save was last logged.
@@ -209,6 +226,7 @@ impl Parser {
             jobs: Vec::new(),
             buf: vec![0u8; WINDOW],
             framed: Framed::default(),
+            turn: None,
             stalled_at: None,
             checkpoint_error_logged: None,
         };
@@ -220,7 +238,10 @@ impl Parser {
                 tid_set.store(super::parser_sched::current_tid(), Ordering::Release);
                 // A panic restarts the loop with every stream where it was.
                 let (counters, stop) = (ctx.counters.clone(), ctx.stop.clone());
-                super::threads::contain("parser", &counters.thread_panics_parser, &stop, |_| {
+                super::threads::contain("parser", &counters.thread_panics_parser, &stop, |again| {
+                    if again {
+                        ctx.after_panic();
+                    }
                     ctx.run();
                 });
             })
@@ -264,6 +285,47 @@ impl Parser {
 }
 
 impl Ctx {
+    /// Makes the state consistent again after a panic. Outside a stream's
+    /// turn it is (the records of earlier turns are queued in their own
+    /// buffers). Inside one, the records that turn made so far are dropped
+    /// (they must not reach the buffer of whichever job comes next) and the
+    /// stream is put back where the turn started: its next turn makes them
+    /// again, once, for its own buffer; its lines are counted then. A panic
+    /// in here leaves `turn` set, so the next try starts over from the same
+    /// point.
+    fn after_panic(&mut self) {
+        self.framed.clear();
+        let Some(t) = self.turn.as_ref() else {
+            return;
+        };
+        let (ji, si, start) = (t.job, t.stream, t.start.clone());
+        if let Some(j) = self.jobs.get_mut(ji).filter(|j| si < j.streams.len()) {
+            j.dirty = true;
+            let s = &mut j.streams[si];
+            let mut emit = emitter(
+                j.wal.is_some(),
+                &mut self.framed,
+                &j.cid,
+                &j.route,
+                s.shared.stream,
+            );
+            if let Err(e) = s.rewind(start, &mut self.buf, &mut emit) {
+                tracing::error!(
+                    container = j.key,
+                    "rebuilding a pending record after a panic: {e}"
+                );
+            }
+            drop(emit);
+            self.framed.flush(j.wal.as_deref());
+            tracing::warn!(
+                container = j.key,
+                stream = s.shared.stream.name(),
+                "the parse turn cut short by the panic is parsed again"
+            );
+        }
+        self.turn = None;
+    }
+
     fn run(&mut self) {
         let mut last_checkpoint = Instant::now();
         let mut last_timers = Instant::now();
@@ -301,12 +363,15 @@ impl Ctx {
     ) {
         let mut stalled = 0;
         let mut retried: Vec<Arc<Wal>> = Vec::new();
-        for j in &mut self.jobs {
+        for (ji, j) in self.jobs.iter_mut().enumerate() {
             if let Some(w) = j.wal.as_ref().filter(|w| w.is_stalled()) {
-                // Retries the held-back write (once a round) before anything new is parsed.
+                // Retries the held-back write (once a round, once its backoff
+                // passed) before anything new is parsed.
                 if !retried.iter().any(|r| Arc::ptr_eq(r, w)) {
                     retried.push(w.clone());
-                    commit(w, &self.counters);
+                    if w.retry_due() {
+                        commit(w, &self.counters);
+                    }
                 }
             }
             let held = j.wal.as_ref().is_some_and(|w| w.is_stalled());
@@ -314,7 +379,7 @@ impl Ctx {
                 stalled += j.streams.iter().filter(|s| !s.done).count() as u64;
             }
             let full = held || j.wal.as_ref().is_some_and(|w| w.is_full());
-            for s in &mut j.streams {
+            for (si, s) in j.streams.iter_mut().enumerate() {
                 // A window shorter than a whole line (split at `max_line_bytes`) would
                 // end inside an overlong line and never be consumed: the stream would
                 // stall for good. One buffer, as large as the largest line bound.
@@ -323,6 +388,11 @@ impl Ctx {
                     self.buf.resize(need, 0);
                 }
                 let before = s.pipeline.as_ref().map_or(0, |p| p.lines);
+                self.turn = Some(Turn {
+                    job: ji,
+                    stream: si,
+                    start: s.turn_start(),
+                });
                 let mut emit = emitter(
                     j.wal.is_some(),
                     &mut self.framed,
@@ -337,6 +407,7 @@ impl Ctx {
                 self.counters
                     .lines_read
                     .fetch_add(after - before, Ordering::Relaxed);
+                self.turn = None;
             }
             if let Some(w) = j.wal.as_ref().filter(|_| !held) {
                 commit(w, &self.counters);
@@ -422,8 +493,9 @@ impl Ctx {
     fn checkpoint(&mut self, all: bool) {
         let mut durable = Vec::with_capacity(self.wals.len());
         for w in &self.wals {
-            // `sync` logs and counts its failures (rate-limited).
-            durable.push(commit(w, &self.counters) && w.sync().is_ok());
+            // `sync` logs and counts its failures (rate-limited). A stalled
+            // buffer is not durable; it is tried only once its backoff passed.
+            durable.push(w.retry_due() && commit(w, &self.counters) && w.sync().is_ok());
         }
         let wals = &self.wals;
         let is_durable = |w: &Arc<Wal>| {
