@@ -46,6 +46,13 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Most bytes written but not yet synced (kept in memory to be re-written
 /// after a failed sync): past it, a sync comes before the next write.
 const MAX_UNSYNCED: usize = 16 << 20;
+/// Smallest piece a queued batch is cut into after failures for want of
+/// room (a record larger than it still goes whole). A batch is written at
+/// once; each ENOSPC halves the next try's piece down to this, so a file
+/// system with less room than a whole batch (full, its acknowledged
+/// segments deleted) still takes it piece by piece instead of refusing it
+/// forever; a commit written whole lifts the limit again.
+const MIN_CHUNK: usize = 64 << 10;
 /// Longest interval between two log lines about failing writes or syncs.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// First wait before a stalled buffer is tried again; doubled per failure
@@ -286,6 +293,34 @@ pub enum WalError {
     },
 }
 
+impl WalError {
+    /// The file system is full (or the quota reached).
+    pub fn is_no_space(&self) -> bool {
+        let WalError::Io { source, .. } = self;
+        matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+}
+
+/// The end of the longest run of whole frames of `buf` from `from` that is at
+/// most `max` bytes long (at least one frame), and how many frames it holds.
+fn whole_frames(buf: &[u8], from: usize, max: usize) -> (usize, u64) {
+    let (mut pos, mut n) = (from, 0);
+    while let Some(h) = buf.get(pos..pos + HDR) {
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let end = pos + HDR + len;
+        if end > buf.len() || (n > 0 && end - from > max) {
+            break;
+        }
+        pos = end;
+        n += 1;
+    }
+    if n == 0 {
+        // Not a frame (never queued so): the rest goes out as it is.
+        return (buf.len(), 0);
+    }
+    (pos, n)
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     move |source| WalError::Io {
         path: path.to_path_buf(),
@@ -347,6 +382,13 @@ struct Inner {
     total: u64,
     pending: Vec<u8>,
     pending_records: u64,
+    /// Records written by a commit that failed part-way (its first chunks
+    /// went out): reported by the next commit that succeeds.
+    written_unreported: u64,
+    /// Largest piece written at once now: halved by each ENOSPC, unlimited
+    /// again once a commit is written whole (one failed write per try: the
+    /// backoff holds).
+    chunk: usize,
     unsynced: bool,
     last_sync: Instant,
     /// Length of the last segment known durable (synced).
@@ -492,6 +534,8 @@ impl Wal {
             total,
             pending: Vec::new(),
             pending_records: 0,
+            written_unreported: 0,
+            chunk: usize::MAX,
             unsynced: false,
             last_sync: Instant::now(),
             synced,
@@ -588,9 +632,54 @@ impl Wal {
 
     fn write_pending(&self, g: &mut Inner) -> Result<u64, WalError> {
         if g.pending.is_empty() {
-            return Ok(0);
+            return Ok(std::mem::take(&mut g.written_unreported));
         }
         self.repair(g)?;
+        let (mut done, mut written) = (0, 0);
+        let r = loop {
+            if done == g.pending.len() {
+                break Ok(());
+            }
+            let (end, records) = whole_frames(&g.pending, done, g.chunk);
+            match self.write_chunk(g, done, end, records) {
+                Ok(()) => {
+                    done = end;
+                    written += records;
+                }
+                Err(e) => {
+                    if e.is_no_space() && records > 1 {
+                        // A smaller piece may fit at the next try.
+                        g.chunk = ((end - done) / 2).max(MIN_CHUNK);
+                    }
+                    break Err(e);
+                }
+            }
+        };
+        // Written frames leave the queue whatever happened to the rest.
+        g.pending.drain(..done);
+        g.pending_records -= written;
+        match r {
+            Ok(()) => {
+                g.chunk = usize::MAX;
+                Ok(written + std::mem::take(&mut g.written_unreported))
+            }
+            Err(e) => {
+                g.written_unreported += written;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the queued frames `g.pending[from..end]` (`records` of them)
+    /// at the end of the last segment; on failure nothing of them counts as
+    /// written and the segment is cut back to its last frame.
+    fn write_chunk(
+        &self,
+        g: &mut Inner,
+        from: usize,
+        end: usize,
+        records: u64,
+    ) -> Result<(), WalError> {
         if g.segs
             .last()
             .is_some_and(|s| s.len >= self.cfg.segment_bytes)
@@ -602,7 +691,7 @@ impl Wal {
             // Bounds what is kept in memory: no more until it is durable.
             self.sync_locked(g)?;
         }
-        let len = g.pending.len() as u64;
+        let len = (end - from) as u64;
         if self.cfg.policy == FullPolicy::DropOldest {
             while g.total + len > self.cfg.max_bytes && self.drop_oldest(g)? {}
         }
@@ -610,7 +699,7 @@ impl Wal {
             let seq = g.segs.last().map(|s| s.seq).unwrap_or(1);
             let p = seg_path(&self.cfg.dir, seq);
             let at = g.segs.last().map_or(0, |s| s.len);
-            let Err(e) = write_all_at(&g.writer, &p, &g.pending, at) else {
+            let Err(e) = write_all_at(&g.writer, &p, &g.pending[from..end], at) else {
                 break seq;
             };
             // Part of the batch may be in the file: cut it off, now or before the next write.
@@ -634,15 +723,16 @@ impl Wal {
                 return Err(io_err(&p)(e));
             }
         };
-        let data = std::mem::take(&mut g.pending);
-        let n = std::mem::take(&mut g.pending_records);
-        g.tail.extend_from_slice(&data);
+        let Inner { pending, tail, .. } = &mut *g;
+        tail.extend_from_slice(&pending[from..end]);
         let last = g.segs.last_mut().expect("one segment");
         last.len += len;
         let roll = last.len >= self.cfg.segment_bytes;
         g.total += len;
         g.unsynced = true;
-        self.stats.appended_records.fetch_add(n, Ordering::Relaxed);
+        self.stats
+            .appended_records
+            .fetch_add(records, Ordering::Relaxed);
         if roll {
             // Written already: a failing roll is retried before the next write.
             if let Err(e) = self.roll(g) {
@@ -657,7 +747,7 @@ impl Wal {
             && g.segs[0].seq < seq
             && self.drop_oldest(g)?
         {}
-        Ok(n)
+        Ok(())
     }
 
     /// Brings the last segment back to exactly its frames, durable or held

@@ -880,3 +880,67 @@ fn drop_oldest_on_a_full_file_system_never_blocks_and_counts_every_line() {
     }
     assert_eq!(kept.last().unwrap().1, LINES - 1, "{all}");
 }
+
+/// A batch larger than all the room the file system has (the buffer's own
+/// segments acknowledged and deleted) goes out in pieces of whole records:
+/// before, the whole batch was written at once and refused with ENOSPC for
+/// as long as the disk stayed full, so the buffer never drained.
+#[test]
+fn a_batch_larger_than_the_room_left_goes_out_in_pieces() {
+    use rein_logger::wal::{FullPolicy, Wal, WalConfig};
+    if !is_root() {
+        skip(
+            "a_batch_larger_than_the_room_left_goes_out_in_pieces",
+            "needs root (mounts a tmpfs)",
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("fs"), "2m");
+    let w = Wal::open(WalConfig {
+        dir: fs.0.join("buffer"),
+        segment_bytes: 256 << 10,
+        max_bytes: 1 << 30,
+        fsync_interval: Duration::from_millis(10),
+        policy: FullPolicy::Pause,
+    })
+    .unwrap();
+    // 3 MiB of 1 KiB records queued at once: more than the whole file system.
+    let total = 3 * 1024;
+    let record = |i: usize| format!("{i:08}{}", "r".repeat(1016)).into_bytes();
+    for i in 0..total {
+        w.push(&record(i));
+    }
+    let (mut got, mut failures, mut written) = (Vec::new(), 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < total {
+        match w.commit() {
+            Ok(n) => written += n,
+            Err(e) => {
+                assert!(e.is_no_space(), "only ENOSPC expected: {e}");
+                failures += 1;
+            }
+        }
+        // A sink: reads and acknowledges what is written, which frees room.
+        let b = w.read_batch(512, 4 << 20, Duration::ZERO).unwrap();
+        got.extend(b.iter().map(<[u8]>::to_vec));
+        if !b.is_empty() {
+            w.ack(b.end, b.len() as u64).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stuck: {} of {total} read back, {written} reported written, {failures} \
+             failed commits, {} bytes buffered",
+            got.len(),
+            w.bytes()
+        );
+    }
+    assert!(
+        failures > 0,
+        "the file system never filled: the test proves nothing"
+    );
+    assert_eq!(written, total as u64, "every record reported written once");
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r, &record(i), "record {i} in order, once");
+    }
+}

@@ -77,6 +77,8 @@ struct Tail {
     streams: Vec<TailStream>,
     progress: PathBuf,
     record: PathBuf,
+    /// Records were queued but not yet durable: offsets wait for them.
+    unsaved: bool,
 }
 
 struct Pickup {
@@ -299,6 +301,7 @@ impl Pickup {
             streams,
             progress,
             record: path.to_path_buf(),
+            unsaved: false,
         }))
     }
 
@@ -396,18 +399,23 @@ impl Pickup {
             t.wal.push_framed(&self.framed, records);
             self.framed.clear();
         }
-        if !moved && records == 0 {
+        if !moved && records == 0 && !t.unsaved {
             return false;
         }
-        // The buffer keeps queued records until it can write them (a full or
-        // failing disk stalls, never drops), so they are counted once here.
+        // Read once: the buffer keeps queued records until it can write them
+        // (a full or failing disk stalls, never drops).
         self.counters.lines_read.fetch_add(lines, Ordering::Relaxed);
-        self.counters
-            .records_buffered
-            .fetch_add(records, Ordering::Relaxed);
+        t.unsaved = true;
         // Offsets are saved only behind records that are in the buffer for
         // good; until then a restart reads them again (same ids).
-        if let Err(e) = t.wal.commit().and_then(|_| t.wal.sync()) {
+        let durable = t.wal.commit().and_then(|n| {
+            // Counted by whoever writes them (the parser shares the buffer).
+            self.counters
+                .records_buffered
+                .fetch_add(n, Ordering::Relaxed);
+            t.wal.sync()
+        });
+        if let Err(e) = durable {
             // The buffer logs its failures itself, rate-limited.
             tracing::debug!(
                 container = key,
@@ -415,6 +423,7 @@ impl Pickup {
             );
             return false;
         }
+        t.unsaved = false;
         let p = Progress {
             offsets: [0, 1].map(|i| t.streams[i].pipeline.safe_offset(t.streams[i].off)),
         };
