@@ -379,6 +379,16 @@ impl Cgroup {
         self.remove_with(0)
     }
 
+    /// [`Cgroup::remove`] when `patient` (a cleanup right after the last
+    /// process exited), else [`Cgroup::remove_now`] (recovery and retries).
+    pub fn remove_if(&self, patient: bool) -> Result<(), CgroupError> {
+        if patient {
+            self.remove()
+        } else {
+            self.remove_now()
+        }
+    }
+
     fn remove_with(&self, busy_retries: u32) -> Result<(), CgroupError> {
         match fs::read_dir(&self.path) {
             Ok(entries) => {

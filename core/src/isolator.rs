@@ -227,6 +227,48 @@ impl<K: Ord + Clone> PendingCleanups<K> {
         self.entries.keys().cloned().collect()
     }
 
+    /// Every pending key with its last failure's reason.
+    pub fn listed(&self) -> Vec<(K, String)> {
+        self.entries
+            .iter()
+            .map(|(k, r)| (k.clone(), r.reason.clone()))
+            .collect()
+    }
+
+    /// Settles one cleanup attempt of `key`: a success ends its retries (counted
+    /// if it had failed before); a failure is counted, logged with what the
+    /// isolator keeps meanwhile (`kept`) and scheduled for a retry.
+    pub fn settle<E: std::fmt::Display>(
+        &mut self,
+        key: &K,
+        outcome: Result<(), E>,
+        counters: &mut RecoveryCounters,
+        isolator: &str,
+        kept: &str,
+    ) -> Result<(), E>
+    where
+        K: std::fmt::Display,
+    {
+        match outcome {
+            Ok(()) => {
+                let failed_before = self.succeeded(key);
+                if failed_before > 0 {
+                    counters.cleanups_retried += 1;
+                    tracing::info!(container = %key, failed_before,
+                                   "{isolator} cleanup succeeded on a retry");
+                }
+                Ok(())
+            }
+            Err(err) => {
+                counters.cleanup_failures += 1;
+                let retry_in = self.failed(key.clone(), err.to_string());
+                tracing::warn!(container = %key, ?retry_in,
+                               "{isolator} cleanup failed: {err}; {kept}, and the cleanup is retried");
+                Err(err)
+            }
+        }
+    }
+
     /// Whether a key is pending.
     pub fn contains(&self, key: &K) -> bool {
         self.entries.contains_key(key)

@@ -149,14 +149,7 @@ impl BlkioIsolator {
 
     /// The containers whose cleanup failed and waits for a retry, with the last reason.
     pub fn pending_cleanups(&self) -> Vec<(ContainerId, String)> {
-        self.pending
-            .keys()
-            .into_iter()
-            .map(|id| {
-                let reason = self.pending.reason(&id).unwrap_or_default().to_owned();
-                (id, reason)
-            })
-            .collect()
+        self.pending.listed()
     }
 
     /// Retries the failed cleanups whose delay has passed (every later `prepare()`
@@ -234,12 +227,7 @@ impl BlkioIsolator {
             None => return Ok(()),
         };
         if owned {
-            let cgroup = self.cgroup(id);
-            if patient {
-                cgroup.remove()?;
-            } else {
-                cgroup.remove_now()?;
-            }
+            self.cgroup(id).remove_if(patient)?;
         }
         self.store.remove(id)?;
         self.containers.remove(id);
@@ -249,23 +237,14 @@ impl BlkioIsolator {
 
     /// Releases a container; a failure is logged, counted and retried later.
     fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
-        match self.release(id, patient) {
-            Ok(()) => {
-                let failed_before = self.pending.succeeded(id);
-                if failed_before > 0 {
-                    self.counters.cleanups_retried += 1;
-                    info!(container = %id, failed_before, "blkio cleanup succeeded on a retry");
-                }
-                Ok(())
-            }
-            Err(err) => {
-                self.counters.cleanup_failures += 1;
-                let retry_in = self.pending.failed(id.clone(), err.to_string());
-                warn!(container = %id, ?retry_in,
-                      "blkio cleanup failed: {err}; the container's state is kept and the cleanup is retried");
-                Err(err)
-            }
-        }
+        let outcome = self.release(id, patient);
+        self.pending.settle(
+            id,
+            outcome,
+            &mut self.counters,
+            "blkio",
+            "the container's state is kept",
+        )
     }
 }
 

@@ -258,14 +258,7 @@ impl NetClsIsolator {
 
     /// The containers whose cleanup failed and waits for a retry, with the last reason.
     pub fn pending_cleanups(&self) -> Vec<(ContainerId, String)> {
-        self.pending
-            .keys()
-            .into_iter()
-            .map(|id| {
-                let reason = self.pending.reason(&id).unwrap_or_default().to_owned();
-                (id, reason)
-            })
-            .collect()
+        self.pending.listed()
     }
 
     /// Retries the failed cleanups whose delay has passed (every later `prepare()`
@@ -397,12 +390,7 @@ impl NetClsIsolator {
             return self.teardown(id, &record, patient);
         }
         if self.unrecorded.contains(id) {
-            let cgroup = self.cgroup(id);
-            if patient {
-                cgroup.remove()?;
-            } else {
-                cgroup.remove_now()?;
-            }
+            self.cgroup(id).remove_if(patient)?;
             self.store.remove(id)?;
             self.unrecorded.remove(id);
         }
@@ -411,23 +399,14 @@ impl NetClsIsolator {
 
     /// Releases a container; a failure is logged, counted and retried later.
     fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
-        match self.release(id, patient) {
-            Ok(()) => {
-                let failed_before = self.pending.succeeded(id);
-                if failed_before > 0 {
-                    self.counters.cleanups_retried += 1;
-                    info!(container = %id, failed_before, "net_cls cleanup succeeded on a retry");
-                }
-                Ok(())
-            }
-            Err(err) => {
-                self.counters.cleanup_failures += 1;
-                let retry_in = self.pending.failed(id.clone(), err.to_string());
-                warn!(container = %id, ?retry_in,
-                      "net_cls cleanup failed: {err}; the container keeps its handle and state, and the cleanup is retried");
-                Err(err)
-            }
-        }
+        let outcome = self.release(id, patient);
+        self.pending.settle(
+            id,
+            outcome,
+            &mut self.counters,
+            "net_cls",
+            "the container keeps its handle and state",
+        )
     }
 
     /// The handle a container's cgroup holds in the kernel (cgroup v1), to rebuild
