@@ -26,6 +26,28 @@ pub struct WalRecord<'a> {
 
 const VERSION: u8 = 1;
 
+/// Frames one record a stream's pipeline encoded into `buf`, as the disk
+/// buffer stores it (the parser and the fallen-back files' follower).
+pub fn frame_encoded(
+    buf: &mut Vec<u8>,
+    stream: Stream,
+    container: &[u8],
+    route: &[u8],
+    e: &crate::record::pipeline::Encoded<'_>,
+) {
+    crate::wal::Wal::frame_into(buf, |out| {
+        WalRecord {
+            stream,
+            ts_ms: e.ts_ms,
+            id: e.id,
+            container,
+            route,
+            doc: e.doc,
+        }
+        .encode_into(out);
+    });
+}
+
 fn push_short(out: &mut Vec<u8>, b: &[u8]) {
     let n = b.len().min(u16::MAX as usize);
     out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_le_bytes());

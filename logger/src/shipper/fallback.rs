@@ -38,7 +38,6 @@ use crate::proto::SinkKind;
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
 use crate::wal::Wal;
-use crate::walrec::WalRecord;
 
 /// How often the records are read and the files followed.
 pub const ROUND: Duration = Duration::from_millis(500);
@@ -344,17 +343,7 @@ impl Pickup {
             let (cid, route, stream) = (&t.cid, &t.route, s.stream);
             let framed = &mut self.framed;
             let mut emit = |e: Encoded<'_>| {
-                Wal::frame_into(framed, |out| {
-                    WalRecord {
-                        stream,
-                        ts_ms: e.ts_ms,
-                        id: e.id,
-                        container: cid,
-                        route,
-                        doc: e.doc,
-                    }
-                    .encode_into(out);
-                });
+                crate::walrec::frame_encoded(framed, stream, cid, route, &e);
                 records += 1;
             };
             let stop = s.off + TURN;

@@ -17,7 +17,6 @@ use super::counters::Counters;
 use super::stream::{mono_ms, ParseStream, StreamCheckpoint, TurnStart};
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
-use crate::walrec::WalRecord;
 
 /// Bytes parsed per stream before the next stream's turn.
 const TURN: u64 = 1 << 20;
@@ -153,17 +152,7 @@ fn emitter<'a>(
 ) -> impl FnMut(Encoded<'_>) + 'a {
     move |e: Encoded<'_>| {
         if buffered {
-            Wal::frame_into(&mut framed.bytes, |out| {
-                WalRecord {
-                    stream,
-                    ts_ms: e.ts_ms,
-                    id: e.id,
-                    container: cid,
-                    route,
-                    doc: e.doc,
-                }
-                .encode_into(out);
-            });
+            crate::walrec::frame_encoded(&mut framed.bytes, stream, cid, route, &e);
             framed.records += 1;
             crate::fault::point("parser_record");
         }
