@@ -538,7 +538,11 @@ fn injected_write_and_sync_errors_lose_and_duplicate_nothing() {
         "faults not injected: {c:#}"
     );
     assert!(n(&c, "buffer", "sync_errors") >= 1, "{c:#}");
-    assert!(n(&c, "buffer", "write_stalls") >= 3, "{c:#}");
+    // The plan's three runs of failures are three incidents only if a commit
+    // is written whole between them, which timing decides (a loaded machine
+    // batches more per commit); the exact count is the unit test
+    // `a_stall_backs_off_and_counts_attempts_and_incidents_apart`.
+    assert!(n(&c, "buffer", "write_stalls") >= 1, "{c:#}");
     assert_backed_off(&c, started.elapsed());
     sh.stop();
 }
