@@ -18,36 +18,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::shipper::{run_container, spec, terminate, Shipper};
 use fake_es::FakeEs;
 
-/// splitmix64: small, seedable, good enough for choosing moments.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> (Rng, u64) {
-        let seed = std::env::var("REIN_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("REIN_FAULT_SEED={seed}");
-        (Rng(seed), seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo + 1))
-    }
+/// The generator of this run: `REIN_FAULT_SEED` replays one.
+fn rng_from_env() -> (Rng, u64) {
+    let seed = std::env::var("REIN_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("REIN_FAULT_SEED={seed}");
+    (Rng(seed), seed)
 }
 
 fn es_settings(es: &FakeEs) -> String {
@@ -203,7 +190,7 @@ fn start_supervisor(exe: &Path, dir: &Path) -> Child {
 #[test]
 fn worker_binary_missing_or_not_executable_during_an_upgrade_never_epipes() {
     let es = FakeEs::start();
-    let (mut rng, seed) = Rng::from_env();
+    let (mut rng, seed) = rng_from_env();
     let d = tempfile::tempdir().unwrap();
     // The first shipper only writes the settings; ours runs from a copy of the binary.
     let mut sh = Shipper::start(d.path(), &es_settings(&es));
@@ -335,7 +322,7 @@ fn worker_binary_missing_or_not_executable_during_an_upgrade_never_epipes() {
 #[test]
 fn kill_9_of_the_worker_at_random_moments_every_line_once() {
     let es = FakeEs::start();
-    let (mut rng, seed) = Rng::from_env();
+    let (mut rng, seed) = rng_from_env();
     let d = tempfile::tempdir().unwrap();
     let sh = Shipper::start(d.path(), &es_settings(&es));
     let state = sh.state.clone();
@@ -378,7 +365,7 @@ fn kill_9_of_the_worker_at_random_moments_every_line_once() {
 #[test]
 fn control_messages_queued_when_the_worker_dies_are_all_handled() {
     let es = FakeEs::start();
-    let (_, seed) = Rng::from_env();
+    let (_, seed) = rng_from_env();
     let d = tempfile::tempdir().unwrap();
     let sh = Shipper::start(d.path(), &es_settings(&es));
     let state = sh.state.clone();
@@ -415,7 +402,7 @@ fn control_messages_queued_when_the_worker_dies_are_all_handled() {
 #[test]
 fn kill_9_of_the_supervisor_then_a_new_one_takes_every_container_over() {
     let es = FakeEs::start();
-    let (mut rng, seed) = Rng::from_env();
+    let (mut rng, seed) = rng_from_env();
     let d = tempfile::tempdir().unwrap();
     let mut sh = Shipper::start(d.path(), &es_settings(&es));
     let state = sh.state.clone();

@@ -6,6 +6,7 @@ pub mod http_server;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis_server;
+pub mod rng;
 pub mod shipper;
 pub mod sinks;
 
