@@ -35,18 +35,13 @@ pub struct Checkpoint {
     pub stderr: StreamCheckpoint,
 }
 
-/// Writes `data` to `path` through a temporary file (0600) and a rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    crate::private::write_atomic(path, data)
-}
-
 /// Saves the checkpoint of a container's two streams in `dir`.
 pub fn save_checkpoint(dir: &Path, streams: &[ParseStream]) -> std::io::Result<()> {
     let cp = Checkpoint {
         stdout: streams[0].checkpoint(),
         stderr: streams[1].checkpoint(),
     };
-    write_atomic(
+    crate::private::write_atomic(
         &dir.join("checkpoint.json"),
         &serde_json::to_vec(&cp).unwrap_or_default(),
     )
