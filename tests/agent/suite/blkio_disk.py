@@ -1,0 +1,138 @@
+# Part of the agent suite (tests/agent/run); see its docstring for the checks.
+"""Checks (h)-(k), (o): the blkio and disk isolators on one agent."""
+
+import os
+import re
+import uuid
+
+from .common import cgroup_v1_mounts, free_port, http_json, log, read, wait_for
+from .scheduler import TERMINAL
+
+
+class BlkioDiskPhase:
+    # -- blkio and disk: one more agent with both modules ---------------------------
+
+    def statistics_of(self, daemon, task_id):
+        """The /monitor/statistics entry of a command task (executor id = task id)."""
+        for entry in http_json(daemon.port, "/monitor/statistics"):
+            if entry.get("executor_id") == task_id:
+                return entry.get("statistics", {})
+        return None
+
+    def run_blkio_disk(self):
+        r = self.results
+        common = {"state_dir": os.path.join(self.tmp, "rein-state-io"),
+                  "cgroups_root": self.root_io}
+        manifest = self.write_manifest("modules-io.json", {
+            "rein_BlkioIsolator": dict(common, allowed_devices="sandbox"),
+            "rein_DiskIsolator": dict(common, scan_interval="1s", default_mode="kill"),
+        })
+        io = self.agent("agent-io", free_port(),
+                        "filesystem/posix,cgroups/cpu,rein_BlkioIsolator,rein_DiskIsolator",
+                        self.root_io, manifest)
+        io.start()
+        io_id = self.agent_id(io)
+        log(f"agent-io registered: {io_id}")
+
+        # (h) (i) 20 MiB of O_DIRECT writes at 10 MiB/s, then a pause to read statistics.
+        task = "blkio-" + uuid.uuid4().hex[:6]
+        self.sched.launch(io_id, task, "dd if=/dev/zero of=f bs=1M count=20 oflag=direct "
+                          "2>&1; echo dd-done; sleep 8", {"rein.blkio.write_bps": "10MiB/s"})
+        st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
+        if st["state"] != "TASK_RUNNING":
+            raise RuntimeError(f"blkio task: {st['state']}: {st.get('message')}")
+        _, sandbox = wait_for("the blkio task's container",
+                              lambda: self.container_of(io, task), 20)
+        out = wait_for("dd's report", lambda: "dd-done" in read(
+            os.path.join(sandbox, "stdout")) and read(os.path.join(sandbox, "stdout")), 60)
+
+        def written():
+            stats = self.statistics_of(io, task) or {}
+            total = 0
+            for dev in stats.get("blkio_statistics", {}).get("throttling", []):
+                for v in dev.get("io_service_bytes", []):
+                    if v.get("op") == "WRITE":
+                        total += v.get("value", 0)
+            return total
+        try:
+            wrote = wait_for("blkio statistics", lambda: written() >= 20 << 20, 6, 0.5) \
+                and written()
+        except TimeoutError:
+            wrote = written()
+        m = re.search(r"(\d+) bytes .* copied, ([\d.]+) s", out)
+        if m:
+            nbytes, secs = int(m.group(1)), float(m.group(2))
+            rate = nbytes / secs / (1 << 20)
+            r.record("h", nbytes == 20 << 20 and 8.5 <= rate <= 11.5,
+                     f"dd wrote {nbytes} bytes in {secs:.2f} s = {rate:.2f} MiB/s "
+                     "(limit 10 MiB/s, accepted 8.5-11.5)")
+        else:
+            r.record("h", False, f"no dd report in the task's output: {out[-300:]!r}")
+        r.record("i", wrote >= 20 << 20,
+                 f"/monitor/statistics blkio throttling WRITE bytes {wrote} (>= {20 << 20})")
+        self.sched.wait_state(task, TERMINAL, 60)
+
+        # (k) A task under its quota: usage and quota in the statistics.
+        under = "diskok-" + uuid.uuid4().hex[:6]
+        self.sched.launch(io_id, under, "dd if=/dev/zero of=f bs=1M count=3 conv=fsync "
+                          "2>/dev/null; sleep 600", {"rein.disk.mode": "kill"}, disk=10)
+        # (j) A task writing 30 MB with a quota of 10 MB, in kill mode. The usage in the
+        # message is what the scan saw when it fired: over the quota, not always all 30 MB.
+        over = "diskover-" + uuid.uuid4().hex[:6]
+        self.sched.launch(io_id, over, "dd if=/dev/zero of=f bs=1M count=30 conv=fsync "
+                          "2>/dev/null; sleep 600", {"rein.disk.mode": "kill"}, disk=10)
+        for tid in (under, over):
+            st = self.sched.wait_state(tid, ("TASK_RUNNING",) + TERMINAL, 90)
+            if st["state"] != "TASK_RUNNING":
+                raise RuntimeError(f"disk task {tid}: {st['state']}: {st.get('message')}")
+        failed = self.sched.wait_state(over, TERMINAL, 60)
+        message = failed.get("message", "")
+        numbers = re.findall(r"([\d.]+) MB", message)
+        r.record("j", failed["state"] == "TASK_FAILED"
+                 and failed.get("reason") == "REASON_CONTAINER_LIMITATION_DISK"
+                 and len(numbers) >= 2 and float(numbers[0]) > float(numbers[1]) and
+                 abs(float(numbers[1]) - 10.0) < 0.6,
+                 f"{failed['state']} {failed.get('reason')}: {message!r}")
+
+        def disk_stats():
+            stats = self.statistics_of(io, under) or {}
+            used, limit = stats.get("disk_used_bytes"), stats.get("disk_limit_bytes")
+            return (used, limit) if used is not None and used >= 3 << 20 else None
+        try:
+            used, limit = wait_for("disk statistics", disk_stats, 20, 0.5)
+        except TimeoutError:
+            stats = self.statistics_of(io, under) or {}
+            used, limit = stats.get("disk_used_bytes"), stats.get("disk_limit_bytes")
+        alive = self.sched.states(under)[-1] == "TASK_RUNNING"
+        r.record("k", used is not None and (3 << 20) <= used < (10 << 20)
+                 and limit == 10 << 20 and alive,
+                 f"disk_used_bytes {used}, disk_limit_bytes {limit} (quota {10 << 20}); "
+                 f"task still {self.sched.states(under)[-1]}")
+        self.sched.kill(under, io_id)
+        self.sched.wait_state(under, TERMINAL, 60)
+
+    # -- egress shaping: a veth to a network namespace of our own ------------------
+
+    def check_io_egress_leftovers(self):
+        """(o) The third and fourth agents' tasks have ended: nothing may be left."""
+        state_dirs = [os.path.join(self.tmp, d) for d in ("rein-state-io", "rein-state-egress")]
+
+        def leftovers():
+            groups = []
+            for point in set(cgroup_v1_mounts().values()):
+                for root in (self.root_io, self.root_eg):
+                    top = os.path.join(point, root)
+                    if os.path.isdir(top):
+                        groups += [os.path.join(top, d) for d in os.listdir(top)
+                                   if os.path.isdir(os.path.join(top, d))]
+            files = [os.path.join(dp, f) for sd in state_dirs
+                     for dp, _, fs in os.walk(sd) for f in fs]
+            return groups, files
+        try:
+            wait_for("cleanup", lambda: leftovers() == ([], []), 30, 0.5)
+        except TimeoutError:
+            pass
+        groups, files = leftovers()
+        self.results.record("o", groups == [] and files == [],
+                            f"cgroups left {groups}, state files left {files}")
+

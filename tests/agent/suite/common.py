@@ -1,0 +1,231 @@
+# Part of the agent suite (tests/agent/run); see its docstring for the checks.
+"""Helpers shared by every phase: results, HTTP, waiting, the machine's state."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+
+# tests/agent/suite/common.py -> the repository root.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+CHECKS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p",
+          "q", "r", "s", "t"]
+CHECK_NAMES = {
+    "a": "task processes in our net_cls cgroup with our classid",
+    "b": "task status carries the classid",
+    "c": "malformed label fails only that task",
+    "d": "agent SIGKILL + restart recovers container and handle",
+    "e": "no cgroup or state file left after the tasks end",
+    "f": "debug panic fails only that task; agent keeps running",
+    "g": "launch latency with and without the module",
+    "h": "blkio: a 10MiB/s task's O_DIRECT writes run at 10MiB/s",
+    "i": "blkio: /monitor/statistics shows the task's written bytes",
+    "j": "disk: a task over its quota fails with REASON_CONTAINER_LIMITATION_DISK",
+    "k": "disk: /monitor/statistics shows usage and quota",
+    "l": "egress: a 10mbit task sends at 10 Mbit/s",
+    "m": "egress: the HTB class survives an agent restart and goes with the task",
+    "n": "logger: task stdout through the shipper survives an agent restart",
+    "o": "blkio, disk, egress: no cgroup or state file left after the tasks end",
+    "p": "logger: every line in Elasticsearch once, with metadata, across an agent restart",
+    "q": "logger: burst of 50 tasks in one offer, tasks/s with and without the logger",
+    "r": "tenant: non-UTF-8 labels, name and REIN_ value fail at most that task; the agent "
+         "lives on and keeps launching",
+    "s": "tenant: sandbox symlinks/FIFOs through the logger write nothing outside the "
+         "sandbox across rotation, shipper and agent restarts; a victim's lines all kept",
+    "t": "logger: a wedged shipper (worker stopped) delays no launch of a burst; the tasks' "
+         "lines reach Elasticsearch once when it resumes",
+}
+CGROUP_V1 = "/sys/fs/cgroup"
+
+
+class Results:
+    def __init__(self):
+        self.outcomes = {}
+
+    def record(self, check, ok, detail=""):
+        # A check may be recorded from several steps; a failure sticks.
+        if self.outcomes.get(check, ("pass",))[0] == "fail":
+            return
+        self.outcomes[check] = ("pass" if ok else "fail", detail)
+        print(f"{'ok  ' if ok else 'FAIL'} ({check}) {CHECK_NAMES[check]}"
+              + (f": {detail}" if detail else ""), flush=True)
+
+    def skip_rest(self, why):
+        for c in CHECKS:
+            if c not in self.outcomes:
+                self.outcomes[c] = ("skip", why)
+                print(f"SKIP ({c}) {CHECK_NAMES[c]}: {why}", flush=True)
+
+    def summary(self):
+        counts = {"pass": 0, "fail": 0, "skip": 0}
+        for kind, _ in self.outcomes.values():
+            counts[kind] += 1
+        return counts
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, predicate, timeout, interval=0.2):
+    deadline = time.time() + timeout
+    last_error = None
+    while time.time() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last_error = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                       + (f" (last error: {last_error})" if last_error else ""))
+
+
+def http_json(port, path, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path} -> {resp.status}: {body[:200]!r}")
+        return loads_bytes(body)
+    finally:
+        conn.close()
+
+
+def raw(data):
+    """Bytes (possibly not UTF-8) as a str that json.dumps carries through `wire`."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def wire(body):
+    """A JSON request body; strings made by `raw` go out as their original bytes."""
+    return json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+
+def loads_bytes(data):
+    """JSON from Mesos, which echoes a task's bytes unchanged (maybe not UTF-8)."""
+    return json.loads(data.decode("utf-8", "surrogateescape"))
+
+
+def http_ok(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status == 200
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------
+# Processes and the machine's state.
+
+
+class Daemon:
+    def __init__(self, name, argv, log_dir, env):
+        self.name, self.argv, self.log_dir, self.env = name, argv, log_dir, env
+        self.proc = None
+
+    def start(self):
+        out = open(os.path.join(self.log_dir, f"{self.name}.out"), "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                     env=self.env, start_new_session=True)
+        out.close()
+        log(f"started {self.name} (pid {self.proc.pid})")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def sigkill(self):
+        if self.alive():
+            # Only the daemon itself: its executors must survive (recovery test).
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self):
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def cgroup_v1_mounts():
+    """subsystem -> mount point of the v1 hierarchies."""
+    mounts = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _, options = right.split()[:3]
+            if fstype != "cgroup":
+                continue
+            point = left.split()[4]
+            for opt in options.split(","):
+                if opt in ("cpu", "cpuacct", "freezer", "net_cls", "memory", "blkio",
+                           "devices", "pids", "cpuset", "perf_event", "net_prio",
+                           "hugetlb") or opt.startswith("name="):
+                    mounts[opt] = point
+    return mounts
+
+
+def mount_points():
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def pid_net_cls_path(pid):
+    for line in read(f"/proc/{pid}/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "net_cls" in controllers.split(","):
+            return path
+    return None
+
+
+def kill_and_remove_cgroups(root_name):
+    """Kills what is left in our cgroups and removes them, deepest first."""
+    for point in set(cgroup_v1_mounts().values()):
+        top = os.path.join(point, root_name)
+        if not os.path.isdir(top):
+            continue
+        for _ in range(3):
+            for dirpath, _, _ in os.walk(top):
+                procs = os.path.join(dirpath, "cgroup.procs")
+                if os.path.exists(procs):
+                    for pid in read(procs).split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+            time.sleep(0.3)
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+            if not os.path.isdir(top):
+                break
+        if os.path.isdir(top):
+            log(f"WARNING: could not remove {top}")
+
+
