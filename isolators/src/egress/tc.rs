@@ -361,6 +361,19 @@ pub struct ClassStats {
     pub held: Option<HeldRates>,
 }
 
+impl ClassStats {
+    /// Adds the counters of one more device (a missing class adds nothing); the
+    /// held parameters are the first device's.
+    pub fn add(&mut self, other: Option<ClassStats>) {
+        if let Some(s) = other {
+            self.bytes += s.bytes;
+            self.packets += s.packets;
+            self.drops += s.drops;
+            self.held = self.held.or(s.held);
+        }
+    }
+}
+
 fn parse_stats(a: &[u8]) -> ClassStats {
     let mut s = ClassStats {
         held: parse_held(a),
