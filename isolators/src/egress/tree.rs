@@ -16,9 +16,52 @@
 use tracing::{info, warn};
 
 use super::error::EgressError;
-use super::netlink::Netlink;
+use super::netlink::{Netlink, NlError};
 use super::policy::Shape;
 use super::tc::{self, handle, ClassRates, HeldRates};
+
+/// The tc requests the tree is built with: rtnetlink ([`Netlink`]), or a fake in
+/// the tests of what is created, adopted or refused.
+pub(super) trait TreeOps {
+    /// The device's root qdisc: handle and kind (`None`: the kernel's default).
+    fn root_qdisc(&mut self, index: u32) -> Result<Option<(u32, String)>, NlError>;
+    /// Creates the HTB root `major:` with `default_minor` as its default class.
+    fn add_htb_root(&mut self, index: u32, major: u16, default_minor: u16) -> Result<(), NlError>;
+    /// Creates or changes an HTB class.
+    fn set_class(
+        &mut self,
+        index: u32,
+        parent: u32,
+        classid: u32,
+        rates: &ClassRates,
+    ) -> Result<(), NlError>;
+    /// Attaches a leaf qdisc of `kind` below a class.
+    fn add_leaf(&mut self, index: u32, classid: u32, kind: &str) -> Result<(), NlError>;
+}
+
+impl TreeOps for Netlink {
+    fn root_qdisc(&mut self, index: u32) -> Result<Option<(u32, String)>, NlError> {
+        tc::root_qdisc(self, index)
+    }
+
+    fn add_htb_root(&mut self, index: u32, major: u16, default_minor: u16) -> Result<(), NlError> {
+        tc::add_htb_root(self, index, major, default_minor)
+    }
+
+    fn set_class(
+        &mut self,
+        index: u32,
+        parent: u32,
+        classid: u32,
+        rates: &ClassRates,
+    ) -> Result<(), NlError> {
+        tc::set_class(self, index, parent, classid, rates)
+    }
+
+    fn add_leaf(&mut self, index: u32, classid: u32, kind: &str) -> Result<(), NlError> {
+        tc::add_leaf(self, index, classid, kind)
+    }
+}
 
 /// Minor of the link class every container class hangs below.
 pub const LINK_MINOR: u16 = 0xfffe;
@@ -82,14 +125,14 @@ pub fn expected_held(shape: &Shape) -> HeldRates {
 
 /// Creates the tree on a device, or adopts it if rein's tree is already there.
 pub(super) fn ensure_tree(
-    nl: &mut Netlink,
+    nl: &mut impl TreeOps,
     index: u32,
     name: &str,
     major: u16,
     default_minor: u16,
     line_rate: u64,
 ) -> Result<(), EgressError> {
-    match tc::root_qdisc(nl, index)? {
+    match nl.root_qdisc(index)? {
         Some((h, kind)) if h == handle(major, 0) && kind == "htb" => {}
         Some((h, kind)) => {
             return Err(EgressError::ForeignRoot {
@@ -100,7 +143,7 @@ pub(super) fn ensure_tree(
             })
         }
         None => {
-            tc::add_htb_root(nl, index, major, default_minor)?;
+            nl.add_htb_root(index, major, default_minor)?;
             info!(
                 device = name,
                 major = format!("{major:x}"),
@@ -110,10 +153,9 @@ pub(super) fn ensure_tree(
     }
     // Upserts: a tree left by an earlier run gets the current line rate.
     let link = handle(major, LINK_MINOR);
-    tc::set_class(nl, index, handle(major, 0), link, &line_rates(line_rate))?;
+    nl.set_class(index, handle(major, 0), link, &line_rates(line_rate))?;
     if default_minor == DEFAULT_MINOR {
-        tc::set_class(
-            nl,
+        nl.set_class(
             index,
             link,
             handle(major, DEFAULT_MINOR),
@@ -126,26 +168,20 @@ pub(super) fn ensure_tree(
 /// Sets a container's class below the link class of a device (created, or changed
 /// in place).
 pub(super) fn set_container_class(
-    nl: &mut Netlink,
+    nl: &mut impl TreeOps,
     index: u32,
     major: u16,
     classid: u32,
     shape: &Shape,
 ) -> Result<(), EgressError> {
     let parent = handle(major, LINK_MINOR);
-    Ok(tc::set_class(
-        nl,
-        index,
-        parent,
-        classid,
-        &container_rates(shape),
-    )?)
+    Ok(nl.set_class(index, parent, classid, &container_rates(shape))?)
 }
 
 /// Adds a container's class and its leaf on one device; a kernel without the
 /// leaf's qdisc keeps HTB's FIFO from then on (logged once).
 pub(super) fn add_container_class(
-    nl: &mut Netlink,
+    nl: &mut impl TreeOps,
     leaf: &mut Leaf,
     index: u32,
     major: u16,
@@ -155,8 +191,8 @@ pub(super) fn add_container_class(
     set_container_class(nl, index, major, classid, shape)?;
     match leaf.clone() {
         Leaf::Builtin => {}
-        Leaf::Kind(kind) => tc::add_leaf(nl, index, classid, &kind)?,
-        Leaf::Untried(kind) => match tc::add_leaf(nl, index, classid, &kind) {
+        Leaf::Kind(kind) => nl.add_leaf(index, classid, &kind)?,
+        Leaf::Untried(kind) => match nl.add_leaf(index, classid, &kind) {
             Ok(()) => *leaf = Leaf::Kind(kind),
             Err(e) if tc::is_unknown_kind(&e) => {
                 warn!(
@@ -173,7 +209,154 @@ pub(super) fn add_container_class(
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
+    use super::super::error::class_name;
     use super::*;
+
+    /// A device as tc sees it: its root qdisc, and every request made.
+    #[derive(Default)]
+    struct FakeTc {
+        root: Option<(u32, String)>,
+        /// Leaf kinds the kernel lacks.
+        missing: Vec<&'static str>,
+        calls: Vec<String>,
+    }
+
+    impl TreeOps for FakeTc {
+        fn root_qdisc(&mut self, _index: u32) -> Result<Option<(u32, String)>, NlError> {
+            Ok(self.root.clone())
+        }
+
+        fn add_htb_root(
+            &mut self,
+            index: u32,
+            major: u16,
+            default_minor: u16,
+        ) -> Result<(), NlError> {
+            self.calls
+                .push(format!("root {index} {major:x}: default {default_minor:x}"));
+            self.root = Some((handle(major, 0), "htb".into()));
+            Ok(())
+        }
+
+        fn set_class(
+            &mut self,
+            index: u32,
+            parent: u32,
+            classid: u32,
+            rates: &ClassRates,
+        ) -> Result<(), NlError> {
+            self.calls.push(format!(
+                "class {index} {} < {} rate {}",
+                class_name(classid),
+                class_name(parent),
+                rates.rate
+            ));
+            Ok(())
+        }
+
+        fn add_leaf(&mut self, index: u32, classid: u32, kind: &str) -> Result<(), NlError> {
+            if self.missing.contains(&kind) {
+                return Err(NlError {
+                    what: format!("attaching a {kind} leaf"),
+                    source: io::Error::from_raw_os_error(libc::ENOENT),
+                    ext: None,
+                });
+            }
+            self.calls
+                .push(format!("leaf {index} {} {kind}", class_name(classid)));
+            Ok(())
+        }
+    }
+
+    fn shape() -> Shape {
+        Shape {
+            rate: 10_000_000,
+            ceil: 10_000_000,
+            burst: 12_500,
+            from_cpus: false,
+        }
+    }
+
+    #[test]
+    fn a_tree_is_created_once_then_adopted_with_the_current_line_rate() {
+        let mut tc = FakeTc::default();
+        ensure_tree(&mut tc, 3, "eth0", 1, DEFAULT_MINOR, 1_000_000_000).unwrap();
+        assert_eq!(
+            tc.calls,
+            [
+                "root 3 1: default ffff",
+                "class 3 1:fffe < 1:0 rate 1000000000",
+                "class 3 1:ffff < 1:fffe rate 1000000000"
+            ]
+        );
+        tc.calls.clear();
+        ensure_tree(&mut tc, 3, "eth0", 1, DEFAULT_MINOR, 2_000_000_000).unwrap();
+        assert_eq!(
+            tc.calls,
+            [
+                "class 3 1:fffe < 1:0 rate 2000000000",
+                "class 3 1:ffff < 1:fffe rate 2000000000"
+            ],
+            "adopted, not created again"
+        );
+        // In a container's namespace its own class is the default: no default class.
+        let mut tc = FakeTc::default();
+        ensure_tree(&mut tc, 2, "veth0", 1, 0x10, 1_000_000_000).unwrap();
+        assert_eq!(
+            tc.calls,
+            [
+                "root 2 1: default 10",
+                "class 2 1:fffe < 1:0 rate 1000000000"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_root_qdisc_that_is_not_ours_is_never_replaced() {
+        for root in [(handle(1, 0), "fq_codel"), (handle(2, 0), "htb")] {
+            let mut tc = FakeTc {
+                root: Some((root.0, root.1.into())),
+                ..FakeTc::default()
+            };
+            let err = ensure_tree(&mut tc, 3, "eth0", 1, DEFAULT_MINOR, 1_000_000_000)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("device eth0")
+                    && err.contains(root.1)
+                    && err.contains("net_cls_primary_handle"),
+                "{err}"
+            );
+            assert!(tc.calls.is_empty(), "{:?}", tc.calls);
+        }
+    }
+
+    #[test]
+    fn a_missing_leaf_qdisc_falls_back_to_htbs_fifo_once() {
+        let mut tc = FakeTc {
+            missing: vec!["fq_codel"],
+            ..FakeTc::default()
+        };
+        let mut leaf = Leaf::Untried("fq_codel".into());
+        add_container_class(&mut tc, &mut leaf, 3, 1, 0x1_0010, &shape()).unwrap();
+        assert_eq!(leaf, Leaf::Builtin);
+        add_container_class(&mut tc, &mut leaf, 3, 1, 0x1_0011, &shape()).unwrap();
+        assert_eq!(
+            tc.calls,
+            [
+                "class 3 1:10 < 1:fffe rate 10000000",
+                "class 3 1:11 < 1:fffe rate 10000000"
+            ],
+            "not tried again"
+        );
+        let mut tc = FakeTc::default();
+        let mut leaf = Leaf::Untried("pfifo".into());
+        add_container_class(&mut tc, &mut leaf, 3, 1, 0x1_0012, &shape()).unwrap();
+        assert_eq!(leaf, Leaf::Kind("pfifo".into()));
+        assert_eq!(tc.calls.last().unwrap(), "leaf 3 1:12 pfifo");
+    }
 
     #[test]
     fn only_container_classes_of_our_major_are_ours() {
