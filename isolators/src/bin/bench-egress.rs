@@ -4,8 +4,8 @@
 //!
 //! Makes a network namespace with a veth pair (the only use of `ip`, at set-up),
 //! and its own cgroups roots, then times per container:
-//! - the shaping alone: `Shaper::add_host` (HTB class + leaf, and the map entry with
-//!   cgroup2 classification) and `Shaper::remove`, for both classifiers;
+//! - the shaping alone: the `Shaper`'s `add_host` (HTB class + leaf, and the map
+//!   entry with cgroup2 classification) and `remove`, for both classifiers;
 //! - the whole net_cls isolator lifecycle (`prepare` + `isolate` + `cleanup`) with
 //!   and without shaping, to give shaping's share of it.
 //!
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rein_core::cgroupfs::Hierarchy;
 use rein_core::{ContainerId, ContainerSpec, Isolator};
-use rein_isolators::egress::{Classifier, EgressParams, Shape, Shaper};
+use rein_isolators::egress::{Classifier, EgressKernel, EgressParams, Shape, Shaper};
 use rein_isolators::net_cls::NetClsIsolator;
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";

@@ -7,7 +7,10 @@
 //! BPF classifier that maps packets to classes by net_cls classid (cgroup v1) or by
 //! cgroup v2 id. The kernel is reached through rtnetlink ([`netlink`], [`tc`]) and
 //! the bpf(2) syscall ([`bpf`]); no tool is spawned. Containers with their own
-//! network namespace are shaped on their own devices ([`netns`]).
+//! network namespace are shaped on their own devices ([`netns`], [`netns_shaping`]).
+//! The isolator reaches all of it through one seam, [`EgressKernel`] ([`kernel`]),
+//! whose real implementation is [`Shaper`]; its policy is unit-tested on a
+//! recording fake.
 //!
 //! Every value a task sets (rate, ceiling, burst) is capped by an operator
 //! setting (`egress_max_rate`, else `egress_line_rate`; `egress_max_burst`); a
@@ -18,16 +21,21 @@
 //! See `README.md` beside this file.
 
 pub mod bpf;
+pub mod error;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod kernel;
 pub mod netlink;
 pub mod netns;
 pub mod netns_shaping;
 pub mod policy;
 pub mod shaper;
 pub mod tc;
+pub mod tree;
 
+pub use error::EgressError;
+pub use kernel::{EgressKernel, Unclaimed, UnclaimedFailure};
 pub use policy::{ClassifierChoice, EgressParams, Shape, PARAMS};
-pub use shaper::{
-    expected_held, Classifier, Shaper, Unclaimed, UnclaimedFailure, DEFAULT_MINOR, FILTER_NAME,
-    LINK_MINOR,
-};
-pub use tc::HeldRates;
+pub use shaper::{Classifier, Shaper};
+pub use tc::{ClassStats, HeldRates};
+pub use tree::{expected_held, DEFAULT_MINOR, FILTER_NAME, LINK_MINOR};

@@ -7,7 +7,14 @@
 //! Kernel errors carry the extended-ack message (`NETLINK_EXT_ACK`) when there is one.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+    SockProtocol, SockType,
+};
+use nix::sys::time::TimeVal;
 
 /// `struct nlmsghdr` size.
 const NLMSG_HDR: usize = 16;
@@ -219,19 +226,13 @@ impl Netlink {
     /// Opens a socket that also receives the notifications of `groups` (a bit mask
     /// of `RTMGRP_*`).
     pub fn open_groups(groups: u32) -> io::Result<Self> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?;
+        // nix has no options for these two: set them by hand.
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
             let one: libc::c_int = 1;
             // SAFETY: `one` outlives the call and its size is passed. Failure only loses
@@ -248,35 +249,8 @@ impl Netlink {
         }
         // The kernel answers at once; a bound on the wait turns a lost reply into an
         // error instead of a hung isolator thread.
-        let timeout = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: `timeout` outlives the call and its size is passed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::from_ref(&timeout).cast(),
-                u32::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or_default(),
-            );
-        }
-        // SAFETY: an all-zero sockaddr_nl is valid (family set below, pid 0 = kernel assigns).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or_default();
-        addr.nl_groups = groups;
-        // SAFETY: `addr` is a valid sockaddr_nl of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                std::ptr::from_ref(&addr).cast(),
-                u32::try_from(std::mem::size_of::<libc::sockaddr_nl>()).unwrap_or_default(),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(5, 0))?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
         Ok(Self {
             fd,
             seq: 0,
@@ -285,8 +259,8 @@ impl Netlink {
     }
 
     /// The socket's descriptor, for poll(2).
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Reads every pending notification without waiting; returns whether one of them
@@ -295,16 +269,14 @@ impl Netlink {
     pub fn drain_link_events(&mut self) -> bool {
         let mut seen = false;
         loop {
-            let Ok(n) = usize::try_from(self.recv_raw(libc::MSG_DONTWAIT)) else {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) => {
-                        seen = true;
-                        continue;
-                    }
-                    _ => return seen,
+            let n = match self.recv_raw(MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ENOBUFS) => {
+                    seen = true;
+                    continue;
                 }
+                Err(_) => return seen,
             };
             let mut at = 0;
             while at + NLMSG_HDR <= n {
@@ -322,45 +294,32 @@ impl Netlink {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let bytes = msg.finish(seq);
-        // SAFETY: `bytes` is a valid buffer of the length passed; the kernel is the peer.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n < 0 {
-            return Err(NlError {
-                what: msg.what.clone(),
-                source: io::Error::last_os_error(),
-                ext: None,
-            });
-        }
+        send(self.fd.as_raw_fd(), bytes, MsgFlags::empty()).map_err(|e| NlError {
+            what: msg.what.clone(),
+            source: e.into(),
+            ext: None,
+        })?;
         Ok(seq)
     }
 
-    /// One `recv(2)` into the reply buffer with `flags`: its length, or -1 (errno set).
-    fn recv_raw(&mut self, flags: libc::c_int) -> isize {
-        // SAFETY: `rx` is a valid writable buffer of the length passed.
-        unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                self.rx.as_mut_ptr().cast(),
-                self.rx.len(),
-                flags,
-            )
-        }
+    /// One `recv(2)` into the reply buffer with `flags`: its length.
+    fn recv_raw(&mut self, flags: MsgFlags) -> nix::Result<usize> {
+        recv(self.fd.as_raw_fd(), &mut self.rx, flags)
     }
 
     /// Receives one datagram into the reply buffer; returns its length.
     fn recv(&mut self, what: &str) -> Result<usize, NlError> {
         loop {
-            let n = self.recv_raw(0);
-            if n >= 0 {
-                return Ok(usize::try_from(n).unwrap_or_default());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(NlError {
-                    what: what.to_owned(),
-                    source: err,
-                    ext: None,
-                });
+            match self.recv_raw(MsgFlags::empty()) {
+                Ok(n) => return Ok(n),
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(NlError {
+                        what: what.to_owned(),
+                        source: e.into(),
+                        ext: None,
+                    })
+                }
             }
         }
     }

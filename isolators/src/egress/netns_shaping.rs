@@ -8,19 +8,20 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use tracing::{info, warn};
 
-use rein_core::isolator::Error;
-
+use super::error::EgressError;
 use super::netlink::{Netlink, RTMGRP_LINK};
 use super::netns;
 use super::policy::Shape;
-use super::shaper::{container_rates, ensure_tree, LINK_MINOR};
-use super::tc::{self, handle, ClassStats};
+use super::tc::{self, ClassStats};
+use super::tree::{self, Leaf, LINK_MINOR};
 
 /// One container's namespace.
 #[derive(Debug)]
@@ -35,8 +36,8 @@ struct Entry {
     devices: Vec<u32>,
     classid: u32,
     shape: Shape,
-    /// Leaf qdisc kind for new devices (`None`: HTB's FIFO).
-    leaf: Option<String>,
+    /// Leaf qdisc for new devices.
+    leaf: Leaf,
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +54,7 @@ pub struct NetnsShaping {
     major: u16,
     line_rate: u64,
     state: Arc<Mutex<State>>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -62,47 +63,29 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: eventfd(2) with valid flags; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn signal(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a valid buffer to an eventfd; a full counter only
-    // means a wake-up is already pending.
-    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+fn signal(wake: &EventFd) {
+    // A full counter only means a wake-up is already pending.
+    let _ = wake.write(1);
 }
 
 impl Entry {
     /// Shapes the namespace's devices that are not shaped yet; returns how many.
-    fn shape_new_devices(&mut self, major: u16, line_rate: u64) -> Result<usize, Error> {
+    fn shape_new_devices(&mut self, major: u16, line_rate: u64) -> Result<usize, EgressError> {
         let minor = u16::try_from(self.classid & 0xffff).unwrap_or(LINK_MINOR);
         let mut added = 0;
         for l in tc::links(&mut self.nl)? {
             if l.loopback || self.devices.contains(&l.index) {
                 continue;
             }
-            ensure_tree(&mut self.nl, l.index, &l.name, major, minor, line_rate)?;
-            let parent = handle(major, LINK_MINOR);
-            tc::set_class(
+            tree::ensure_tree(&mut self.nl, l.index, &l.name, major, minor, line_rate)?;
+            tree::add_container_class(
                 &mut self.nl,
+                &mut self.leaf,
                 l.index,
-                parent,
+                major,
                 self.classid,
-                &container_rates(&self.shape),
+                &self.shape,
             )?;
-            if let Some(kind) = &self.leaf {
-                match tc::add_leaf(&mut self.nl, l.index, self.classid, kind) {
-                    Err(e) if tc::is_unknown_kind(&e) => self.leaf = None,
-                    other => other?,
-                }
-            }
             self.devices.push(l.index);
             added += 1;
         }
@@ -112,12 +95,14 @@ impl Entry {
 
 impl NetnsShaping {
     /// No container yet; the watcher starts with the first one.
-    pub fn new(major: u16, line_rate: u64) -> Result<Self, Error> {
+    pub fn new(major: u16, line_rate: u64) -> Result<Self, EgressError> {
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| EgressError::io("creating the netns watcher's eventfd")(e.into()))?;
         Ok(Self {
             major,
             line_rate,
             state: Arc::new(Mutex::new(State::default())),
-            wake: Arc::new(eventfd().map_err(|e| format!("creating an eventfd: {e}"))?),
+            wake: Arc::new(wake),
             watcher: None,
         })
     }
@@ -129,20 +114,19 @@ impl NetnsShaping {
 
     /// Shapes the container of `pid` in its namespace, now and as devices appear.
     /// Returns how many devices it has now.
-    pub fn add(
+    pub(super) fn add(
         &mut self,
         classid: u32,
         shape: &Shape,
         pid: i32,
-        leaf: Option<String>,
-    ) -> Result<usize, Error> {
-        let ns =
-            netns::open_netns(pid).map_err(|e| format!("opening the netns of pid {pid}: {e}"))?;
+        leaf: Leaf,
+    ) -> Result<usize, EgressError> {
+        let ns = netns::open_netns(pid).map_err(EgressError::netns(pid, "opening the netns"))?;
         // Subscribe before the first scan, so a device added in between is not missed.
         let events = netns::netlink_in(&ns, RTMGRP_LINK)
-            .map_err(|e| format!("netlink in the netns of pid {pid}: {e}"))?;
-        let nl = netns::netlink_in(&ns, 0)
-            .map_err(|e| format!("netlink in the netns of pid {pid}: {e}"))?;
+            .map_err(EgressError::netns(pid, "netlink in the netns"))?;
+        let nl =
+            netns::netlink_in(&ns, 0).map_err(EgressError::netns(pid, "netlink in the netns"))?;
         let mut entry = Entry {
             _ns: ns,
             nl,
@@ -160,21 +144,20 @@ impl NetnsShaping {
     }
 
     /// Changes a container's class on its devices.
-    pub fn change(&mut self, classid: u32, shape: &Shape) -> Result<(), Error> {
+    pub fn change(&mut self, classid: u32, shape: &Shape) -> Result<(), EgressError> {
         let mut state = lock(&self.state);
         let Some(e) = state.entries.get_mut(&classid) else {
             return Ok(());
         };
         e.shape = *shape;
-        let parent = handle(self.major, LINK_MINOR);
         for &index in &e.devices.clone() {
-            tc::set_class(&mut e.nl, index, parent, classid, &container_rates(shape))?;
+            tree::set_container_class(&mut e.nl, index, self.major, classid, shape)?;
         }
         Ok(())
     }
 
     /// Removes the container's trees (the whole tree in its namespace is its own).
-    pub fn remove(&mut self, classid: u32) -> Result<(), Error> {
+    pub fn remove(&mut self, classid: u32) -> Result<(), EgressError> {
         let mut state = lock(&self.state);
         let Some(mut e) = state.entries.remove(&classid) else {
             return Ok(());
@@ -192,23 +175,18 @@ impl NetnsShaping {
     }
 
     /// The container's counters over its devices.
-    pub fn stats(&mut self, classid: u32) -> Result<ClassStats, Error> {
+    pub fn stats(&mut self, classid: u32) -> Result<ClassStats, EgressError> {
         let mut state = lock(&self.state);
         let mut sum = ClassStats::default();
         if let Some(e) = state.entries.get_mut(&classid) {
             for &index in &e.devices.clone() {
-                if let Some(s) = tc::class_stats(&mut e.nl, index, classid)? {
-                    sum.bytes += s.bytes;
-                    sum.packets += s.packets;
-                    sum.drops += s.drops;
-                    sum.held = sum.held.or(s.held);
-                }
+                sum.add(tc::class_stats(&mut e.nl, index, classid)?);
             }
         }
         Ok(sum)
     }
 
-    fn ensure_watcher(&mut self) -> Result<(), Error> {
+    fn ensure_watcher(&mut self) -> Result<(), EgressError> {
         if self.watcher.is_some() {
             return Ok(());
         }
@@ -217,7 +195,7 @@ impl NetnsShaping {
         let handle = std::thread::Builder::new()
             .name("rein-egress-netns".into())
             .spawn(move || watch(&state, &wake, major, line_rate))
-            .map_err(|e| format!("starting the netns watcher: {e}"))?;
+            .map_err(EgressError::io("starting the netns watcher"))?;
         self.watcher = Some(handle);
         Ok(())
     }
@@ -235,7 +213,7 @@ impl Drop for NetnsShaping {
 
 /// The watcher: waits for link notifications of any shaped namespace and shapes
 /// the devices that appeared.
-fn watch(state: &Mutex<State>, wake: &OwnedFd, major: u16, line_rate: u64) {
+fn watch(state: &Mutex<State>, wake: &EventFd, major: u16, line_rate: u64) {
     loop {
         let watched: Vec<(u32, i32)> = {
             let mut s = lock(state);
@@ -246,31 +224,30 @@ fn watch(state: &Mutex<State>, wake: &OwnedFd, major: u16, line_rate: u64) {
             }
             s.entries
                 .iter()
-                .map(|(c, e)| (*c, e.events.raw_fd()))
+                .map(|(c, e)| (*c, e.events.fd().as_raw_fd()))
                 .collect()
         };
-        let mut fds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
-            .chain(watched.iter().map(|(_, fd)| *fd))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(wake.as_fd())
+            .chain(watched.iter().map(|(_, fd)| {
+                // SAFETY: every descriptor stays open until the next loop: removed
+                // entries wait in `retired`, which only this thread clears.
+                unsafe { BorrowedFd::borrow_raw(*fd) }
+            }))
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
             .collect();
-        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or_default();
-        // SAFETY: `fds` is a valid array of `nfds` pollfds; every descriptor stays open
-        // until the next loop (removed entries wait in `retired`).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, 1000) };
-        if n <= 0 {
+        if !matches!(poll(&mut fds, PollTimeout::from(1000u16)), Ok(n) if n > 0) {
             continue;
         }
-        if fds[0].revents != 0 {
-            let mut buf = [0u8; 8];
-            // SAFETY: reads 8 bytes into a valid buffer from the eventfd.
-            unsafe { libc::read(wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready[0] {
+            let _ = wake.read();
         }
-        for (pfd, (classid, _)) in fds[1..].iter().zip(&watched) {
-            if pfd.revents == 0 {
+        for (ready, (classid, _)) in ready[1..].iter().zip(&watched) {
+            if !ready {
                 continue;
             }
             let mut s = lock(state);

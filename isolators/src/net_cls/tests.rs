@@ -6,13 +6,13 @@ use rein_core::params::DEFAULT_STATE_DIR;
 
 use super::*;
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    hierarchy: Hierarchy,
-    common: CommonParams,
+    pub(super) hierarchy: Hierarchy,
+    pub(super) common: CommonParams,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let hierarchy = Hierarchy::new(dir.path().join("net_cls"), Version::V1);
     fs::create_dir_all(hierarchy.mount_point()).unwrap();
@@ -31,7 +31,7 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    fn isolator(&self, first: u16, last: u16) -> NetClsIsolator {
+    pub(super) fn isolator(&self, first: u16, last: u16) -> NetClsIsolator {
         let store = StateStore::open(&self.common.state_dir, "net_cls").unwrap();
         NetClsIsolator::new(
             self.hierarchy.clone(),
@@ -50,7 +50,7 @@ impl Fixture {
     }
 }
 
-fn spec(id: &[&str]) -> ContainerSpec {
+pub(super) fn spec(id: &[&str]) -> ContainerSpec {
     ContainerSpec {
         id: ContainerId::new(id.iter().copied()).unwrap(),
         ..ContainerSpec::default()
