@@ -305,6 +305,27 @@ impl ffi::KeyValue {
     }
 }
 
+impl ffi::ContainerConfigView {
+    /// A config with only its container and sandbox set (tests and `rein-run`
+    /// fill in the rest).
+    pub fn new(container: ffi::ContainerChain, directory: impl Into<Vec<u8>>) -> Self {
+        Self {
+            container,
+            directory: directory.into(),
+            user: Vec::new(),
+            task_id: Vec::new(),
+            task_name: Vec::new(),
+            executor_id: Vec::new(),
+            framework_id: Vec::new(),
+            task_labels: Vec::new(),
+            executor_labels: Vec::new(),
+            environment: Vec::new(),
+            resources: Vec::new(),
+            debug: false,
+        }
+    }
+}
+
 impl ffi::ContainerChain {
     /// A chain from its ids, root first.
     pub fn new<I, S>(ids: I) -> Self

@@ -96,20 +96,7 @@ fn install_agent() {
 }
 
 fn config(id: &str) -> ContainerConfigView {
-    ContainerConfigView {
-        container: ContainerChain::new([id]),
-        directory: b"/tmp/sandbox".to_vec(),
-        user: Vec::new(),
-        task_id: Vec::new(),
-        task_name: Vec::new(),
-        executor_id: Vec::new(),
-        framework_id: Vec::new(),
-        task_labels: vec![],
-        executor_labels: vec![],
-        environment: vec![],
-        resources: vec![],
-        debug: false,
-    }
+    ContainerConfigView::new(ContainerChain::new([id]), "/tmp/sandbox")
 }
 
 fn start() -> (IsolatorHandle, Arc<Mutex<Vec<String>>>) {
