@@ -11,7 +11,11 @@
 //!
 //! Everything here is a pure function of its inputs (the agent's command line and
 //! `MESOS_ISOLATION`, its bounding set, the Mesos capability table); the bridge
-//! reads them once, when the agent loads the modules.
+//! reads them once, when the agent loads the modules, and [`install`]s the result
+//! for the process, so that an isolator can also ask [`check_drops`] before it
+//! changes anything.
+
+use std::sync::OnceLock;
 
 use thiserror::Error;
 
@@ -119,6 +123,25 @@ impl AgentCapabilities {
     }
 }
 
+static AGENT: OnceLock<AgentCapabilities> = OnceLock::new();
+
+/// Records the agent this process is (once; later calls change nothing).
+pub fn install(agent: AgentCapabilities) -> &'static AgentCapabilities {
+    AGENT.get_or_init(|| agent)
+}
+
+/// The agent, once installed; `None` outside an agent (`rein-run`, tests), where
+/// no launch applies a bounding set.
+pub fn installed() -> Option<&'static AgentCapabilities> {
+    AGENT.get()
+}
+
+/// Whether dropping `drops` would be refused in this agent: what an isolator
+/// asks before its side effects. Always allowed outside an agent.
+pub fn check_drops(drops: &[String]) -> Result<(), Refusal> {
+    installed().map_or(Ok(()), |agent| agent.bounding_without(drops).map(drop))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +230,20 @@ mod tests {
             .bounding_without(&drops(&["KILL"]))
             .unwrap();
         assert_eq!(set, Some(vec![1000, 1024]));
+    }
+
+    #[test]
+    fn an_isolator_can_ask_before_its_side_effects() {
+        // The only test that installs: before it, this process is no agent.
+        let sys_resource = drops(&["CAP_SYS_RESOURCE"]);
+        assert_eq!(installed(), None);
+        assert_eq!(check_drops(&sys_resource), Ok(()));
+        install(agent(true, Some(!0)));
+        assert!(matches!(
+            check_drops(&sys_resource),
+            Err(Refusal::AgentSetsCapabilities(_))
+        ));
+        assert_eq!(check_drops(&[]), Ok(()));
     }
 
     #[test]

@@ -9,11 +9,10 @@ use rein_core::launch_policy::{self, AgentCapabilities, MesosCapability};
 
 use crate::bridge::ffi::MesosEnumValue;
 
-/// The agent, as the launch and limitation decisions need it.
+/// The agent, as the limitation decisions need it (capability drops are decided
+/// against `rein_core::launch_policy::installed()`).
 #[derive(Debug)]
 pub struct Agent {
-    /// What capability drops are decided against.
-    pub(crate) capabilities: AgentCapabilities,
     /// `TaskStatus::Reason` names and numbers.
     reasons: Vec<(String, i32)>,
 }
@@ -50,8 +49,8 @@ pub fn install_mesos_enums(capabilities: Vec<MesosEnumValue>, reasons: Vec<Mesos
             mesos_capabilities = capabilities.mesos.len(),
             "rein: capability drops are decided against this agent"
         );
+        launch_policy::install(capabilities);
         Agent {
-            capabilities,
             reasons: table(reasons),
         }
     });
@@ -74,11 +73,6 @@ impl Agent {
     #[cfg(test)]
     pub(crate) fn for_tests(reasons: &[(&str, i32)]) -> Self {
         Self {
-            capabilities: AgentCapabilities {
-                agent_sets_capabilities: false,
-                bounding: None,
-                mesos: Vec::new(),
-            },
             reasons: reasons.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
         }
     }

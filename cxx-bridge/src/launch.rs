@@ -9,7 +9,7 @@ use crate::bridge::ffi::{BoundingSet, LaunchInfoView, LaunchVariable};
 
 /// The launch info of one `prepare()`, or why it is refused.
 pub(crate) fn decide(info: LaunchInfo) -> Result<LaunchInfoView, Refusal> {
-    decide_for(crate::agent::get().map(|agent| &agent.capabilities), info)
+    decide_for(rein_core::launch_policy::installed(), info)
 }
 
 fn decide_for(
