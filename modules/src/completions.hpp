@@ -23,6 +23,8 @@ namespace rein_shim {
 template <typename T>
 class Answer : public rein::Completion {
  public:
+  using Value = T;
+
   process::Future<T> future() { return promise_.future(); }
 
   void fail(rust::Str message) override {
@@ -93,11 +95,18 @@ class LimitationCompletion : public Answer<mesos::slave::ContainerLimitation> {
 
 // Hands a completion to a Rust call and returns its future at once.
 template <typename C, typename Call>
-auto startCall(Call call) -> decltype(std::declval<C&>().future()) {
+process::Future<typename C::Value> startCall(Call call) {
   std::unique_ptr<C> done(new C());
-  auto future = done->future();
+  process::Future<typename C::Value> future = done->future();
   call(std::unique_ptr<rein::Completion>(done.release()));
   return future;
+}
+
+// One agent-facing call: `rust` gets the completion (and converts the arguments);
+// the agent gets its future, or the failure an exception becomes.
+template <typename C, typename Call>
+process::Future<typename C::Value> forward(const char* module, const char* call, Call rust) {
+  return guarded<typename C::Value>(module, call, [&] { return startCall<C>(rust); });
 }
 
 }  // namespace rein_shim

@@ -60,10 +60,9 @@ class RustContainerLogger : public mesos::slave::ContainerLogger {
   process::Future<ContainerIO> prepare(
       const mesos::ContainerID& containerId,
       const mesos::slave::ContainerConfig& containerConfig) override {
-    return guarded<ContainerIO>("logger", "prepare", [&] {
-      return startCall<ContainerIoCompletion>([&](std::unique_ptr<rein::Completion> done) {
-        handle_->prepare(toConfigView(containerId, containerConfig), std::move(done));
-      });
+    using Done = std::unique_ptr<rein::Completion>;
+    return forward<ContainerIoCompletion>("logger", "prepare", [&](Done done) {
+      handle_->prepare(toConfigView(containerId, containerConfig), std::move(done));
     });
   }
 

@@ -33,41 +33,33 @@ bool RustIsolator::supportsNesting() {
 Future<Nothing> RustIsolator::recover(
     const std::vector<ContainerState>& states,
     const hashset<ContainerID>& orphans) {
-  return guarded<Nothing>(kind_, "recover", [&]() -> Future<Nothing> {
+  return forward<NothingCompletion>(kind_, "recover", [&](Done done) {
     rust::Vec<rein::RecoveredView> containers;
     for (const ContainerState& state : states) containers.push_back(toRecoveredView(state));
     rust::Vec<rein::ContainerChain> orphanChains;
     for (const ContainerID& orphan : orphans) orphanChains.push_back(toChain(orphan));
-    return startCall<NothingCompletion>([&](Done done) {
-      handle_->recover(std::move(containers), std::move(orphanChains), std::move(done));
-    });
+    handle_->recover(std::move(containers), std::move(orphanChains), std::move(done));
   });
 }
 
 Future<Option<ContainerLaunchInfo>> RustIsolator::prepare(
     const ContainerID& containerId,
     const ContainerConfig& containerConfig) {
-  return guarded<Option<ContainerLaunchInfo>>(kind_, "prepare", [&] {
-    return startCall<LaunchInfoCompletion>([&](Done done) {
-      handle_->prepare(toConfigView(containerId, containerConfig), std::move(done));
-    });
+  return forward<LaunchInfoCompletion>(kind_, "prepare", [&](Done done) {
+    handle_->prepare(toConfigView(containerId, containerConfig), std::move(done));
   });
 }
 
 Future<Nothing> RustIsolator::isolate(const ContainerID& containerId, pid_t pid) {
-  return guarded<Nothing>(kind_, "isolate", [&] {
-    return startCall<NothingCompletion>([&](Done done) {
-      handle_->isolate(toChain(containerId), static_cast<int32_t>(pid), std::move(done));
-    });
+  return forward<NothingCompletion>(kind_, "isolate", [&](Done done) {
+    handle_->isolate(toChain(containerId), static_cast<int32_t>(pid), std::move(done));
   });
 }
 
 // Rust keeps the completion until cleanup() (see LimitationCompletion).
 Future<ContainerLimitation> RustIsolator::watch(const ContainerID& containerId) {
-  return guarded<ContainerLimitation>(kind_, "watch", [&] {
-    return startCall<LimitationCompletion>([&](Done done) {
-      handle_->watch(toChain(containerId), std::move(done));
-    });
+  return forward<LimitationCompletion>(kind_, "watch", [&](Done done) {
+    handle_->watch(toChain(containerId), std::move(done));
   });
 }
 
@@ -75,34 +67,26 @@ Future<Nothing> RustIsolator::update(
     const ContainerID& containerId,
     const mesos::Resources& resourceRequests,
     const google::protobuf::Map<std::string, mesos::Value::Scalar>& /* resourceLimits */) {
-  return guarded<Nothing>(kind_, "update", [&] {
-    return startCall<NothingCompletion>([&](Done done) {
-      handle_->update(toChain(containerId), toResourceEntries(resourceRequests), std::move(done));
-    });
+  return forward<NothingCompletion>(kind_, "update", [&](Done done) {
+    handle_->update(toChain(containerId), toResourceEntries(resourceRequests), std::move(done));
   });
 }
 
 Future<mesos::ResourceStatistics> RustIsolator::usage(const ContainerID& containerId) {
-  return guarded<mesos::ResourceStatistics>(kind_, "usage", [&] {
-    return startCall<StatisticsCompletion>([&](Done done) {
-      handle_->usage(toChain(containerId), std::move(done));
-    });
+  return forward<StatisticsCompletion>(kind_, "usage", [&](Done done) {
+    handle_->usage(toChain(containerId), std::move(done));
   });
 }
 
 Future<mesos::ContainerStatus> RustIsolator::status(const ContainerID& containerId) {
-  return guarded<mesos::ContainerStatus>(kind_, "status", [&] {
-    return startCall<StatusCompletion>([&](Done done) {
-      handle_->status(toChain(containerId), std::move(done));
-    });
+  return forward<StatusCompletion>(kind_, "status", [&](Done done) {
+    handle_->status(toChain(containerId), std::move(done));
   });
 }
 
 Future<Nothing> RustIsolator::cleanup(const ContainerID& containerId) {
-  return guarded<Nothing>(kind_, "cleanup", [&] {
-    return startCall<NothingCompletion>([&](Done done) {
-      handle_->cleanup(toChain(containerId), std::move(done));
-    });
+  return forward<NothingCompletion>(kind_, "cleanup", [&](Done done) {
+    handle_->cleanup(toChain(containerId), std::move(done));
   });
 }
 
