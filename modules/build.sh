@@ -81,15 +81,7 @@ cp "$REIN_STATICLIB" "$out/librein_modules.a"
 IFS=: read -r -a cxx_dirs <<<"$REIN_CXX_INCLUDES"
 for d in "${cxx_dirs[@]}"; do includes+=("-I$d"); done
 
-symbols=(rein_NetClsIsolator rein_BlkioIsolator rein_DiskIsolator)
-defines=()
-bridge_header="${cxx_dirs[0]}/rein-bridge/src/bridge.rs.h"
-if grep -q 'create_logger' "$bridge_header"; then
-  defines+=(-DREIN_WITH_LOGGER)
-  symbols+=(rein_ContainerLogger)
-else
-  echo "modules/build.sh: the bridge has no create_logger yet; building without rein_ContainerLogger"
-fi
+symbols=(rein_NetClsIsolator rein_BlkioIsolator rein_DiskIsolator rein_ContainerLogger)
 
 read -r -a cppflags <<<"${MESOS_CPPFLAGS:-}"
 objects=()
@@ -97,7 +89,7 @@ for file in "$src"/*.cpp; do
   obj="$out/$(basename "${file%.cpp}").o"
   echo "modules/build.sh: compiling $(basename "$file")"
   "$cxx" -std="$std" -fPIC -O2 -g0 -Wall -Wno-unused-local-typedefs -Wno-deprecated-declarations -D__STDC_FORMAT_MACROS \
-    "${abi_flag[@]}" "${cppflags[@]}" "${defines[@]}" "${includes[@]}" -c "$file" -o "$obj"
+    "${abi_flag[@]}" "${cppflags[@]}" "${includes[@]}" -c "$file" -o "$obj"
   objects+=("$obj")
 done
 

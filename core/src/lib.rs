@@ -9,6 +9,7 @@ pub mod cgroupfs;
 pub mod config;
 pub mod container;
 pub mod isolator;
+pub mod launch_policy;
 pub mod params;
 pub mod schema;
 pub mod state;

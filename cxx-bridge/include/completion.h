@@ -30,11 +30,13 @@ class Completion {
   virtual void container_io(const ContainerIoView&) { fail("rein: unexpected answer (container io)"); }
 };
 
-// Receives the modules' log lines (levels: 0 info, 1 warning, 2 error, 3 debug).
+// Receives the modules' log lines: `write` at a glog severity (0 info, 1 warning,
+// 2 error), `debug` for debug lines.
 class LogSink {
  public:
   virtual ~LogSink() = default;
-  virtual void write(int32_t level, rust::Str message) const = 0;
+  virtual void write(int32_t severity, rust::Str message) const = 0;
+  virtual void debug(rust::Str message) const = 0;
 };
 
 }  // namespace rein

@@ -57,6 +57,8 @@ impl Completer for CxxCompleter {
         match &outcome {
             Outcome::Failed(message) => done.fail(message),
             Outcome::Nothing => done.nothing(),
+            // `None` for a launch info that asks nothing: decided here, not in the shim.
+            Outcome::LaunchInfo(info) if info.is_empty() => done.nothing(),
             Outcome::LaunchInfo(info) => done.launch_info(info),
             Outcome::Statistics(stats) => done.statistics(stats),
             Outcome::Status(status) => done.status(status),

@@ -2,6 +2,8 @@
 //! shim and Rust, the C++ callbacks Rust may call, and the Rust entry points.
 //! Protobufs never cross: the shim copies the fields below out of them.
 
+use crate::agent::install_mesos_enums;
+use crate::convert::is_module_variable;
 use crate::isolator::{create_isolator, IsolatorHandle};
 use crate::log::install_log_sink;
 use crate::logger::{create_logger, LoggerHandle};
@@ -102,13 +104,32 @@ pub mod ffi {
         value: String,
     }
 
-    /// What `prepare()` asks of the launch (`ContainerLaunchInfo`).
+    /// A whole capability bounding set, as `CapabilityInfo::Capability` numbers.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    struct BoundingSet {
+        /// The capabilities the container keeps (numbers this Mesos named).
+        capabilities: Vec<i32>,
+    }
+
+    /// What `prepare()` asks of the launch (`ContainerLaunchInfo`), fully decided:
+    /// the shim copies it. An empty one is answered as `None`.
     #[derive(Debug, Clone, Default)]
     struct LaunchInfoView {
         /// Variables to add to `environment`.
         environment: Vec<LaunchVariable>,
-        /// Capabilities (`CAP_SYS_RESOURCE`, ...) to remove from the bounding set.
-        drop_capabilities: Vec<String>,
+        /// `bounding_capabilities`: empty to leave it unset, else exactly one set
+        /// (which may itself be empty: the container keeps no capability).
+        bounding_capabilities: Vec<BoundingSet>,
+    }
+
+    /// One value of a Mesos protobuf enum, as this Mesos defines it.
+    #[derive(Debug, Clone)]
+    struct MesosEnumValue {
+        /// Its name, e.g. `SYS_RESOURCE` (ASCII in every Mesos; crosses as bytes
+        /// like every other protobuf string).
+        name: Vec<u8>,
+        /// Its number, e.g. 1024.
+        number: i32,
     }
 
     /// Block I/O counters of one device (`blkio_statistics.throttling`).
@@ -171,9 +192,15 @@ pub mod ffi {
     struct LimitationView {
         /// `TaskStatus::Reason` name, e.g. `REASON_CONTAINER_LIMITATION_DISK`.
         reason: String,
+        /// Whether `reason_number` is set: this Mesos knows the reason.
+        has_reason: bool,
+        /// The reason's number in this Mesos (`reason`).
+        reason_number: i32,
         /// `message`.
         message: String,
-        /// Name of the exceeded resource (`disk`), empty for none.
+        /// Whether a resource was exceeded (`resources[0]`).
+        has_resource: bool,
+        /// Name of the exceeded resource (`disk`).
         resource_name: String,
         /// Its amount, in the resource's Mesos unit.
         resource_value: f64,
@@ -203,7 +230,10 @@ pub mod ffi {
 
         /// Where module log lines go (the agent's glog in the shim).
         type LogSink;
-        fn write(self: &LogSink, level: i32, message: &str);
+        /// A line at glog severity `severity` (0 info, 1 warning, 2 error).
+        fn write(self: &LogSink, severity: i32, message: &str);
+        /// A debug line (`VLOG(1)`).
+        fn debug(self: &LogSink, message: &str);
     }
 
     extern "Rust" {
@@ -248,6 +278,17 @@ pub mod ffi {
         /// Sends the modules' `tracing` output to `sink` (once per loaded library).
         fn install_log_sink(sink: UniquePtr<LogSink>);
 
+        /// Hands over this Mesos's capability and task status reason tables (once
+        /// per loaded library): with them and the agent's own flags and bounding
+        /// set, Rust decides every capability drop (rein_core::launch_policy) and
+        /// every limitation's reason.
+        fn install_mesos_enums(capabilities: Vec<MesosEnumValue>, reasons: Vec<MesosEnumValue>);
+
+        /// Whether a `command_info.environment` variable crosses into Rust: a plain
+        /// value (`plain`: type VALUE) of one of the modules' variables. Secrets
+        /// and every other variable stay in the shim.
+        fn is_module_variable(plain: bool, name: &[u8]) -> bool;
+
         /// A copy of `data` as a Rust `Vec`, in one call: how the shim copies each
         /// protobuf string (pushing byte by byte costs two calls per byte).
         fn copy_bytes(data: &[u8]) -> Vec<u8>;
@@ -260,6 +301,27 @@ impl ffi::KeyValue {
         Self {
             key: key.into(),
             value: value.into(),
+        }
+    }
+}
+
+impl ffi::ContainerConfigView {
+    /// A config with only its container and sandbox set (tests and `rein-run`
+    /// fill in the rest).
+    pub fn new(container: ffi::ContainerChain, directory: impl Into<Vec<u8>>) -> Self {
+        Self {
+            container,
+            directory: directory.into(),
+            user: Vec::new(),
+            task_id: Vec::new(),
+            task_name: Vec::new(),
+            executor_id: Vec::new(),
+            framework_id: Vec::new(),
+            task_labels: Vec::new(),
+            executor_labels: Vec::new(),
+            environment: Vec::new(),
+            resources: Vec::new(),
+            debug: false,
         }
     }
 }

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use rein_core::container::{
     exact_pair, exact_text, InvalidField, RawContainerConfig, ResourceEntry as CoreEntry,
 };
-use rein_core::isolator::{LaunchInfo, Limitation, RecoveredContainer, Statistics, Status};
+use rein_core::isolator::{Limitation, RecoveredContainer, Statistics, Status};
 use rein_core::{ContainerId, ContainerSpec, Resources};
 
 use crate::bridge::ffi::{
-    BlkioDeviceView, ContainerChain, ContainerConfigView, KeyValue, LaunchInfoView, LaunchVariable,
-    LimitationView, RecoveredView, ResourceEntry, StatisticsView, StatusView,
+    BlkioDeviceView, ContainerChain, ContainerConfigView, KeyValue, LimitationView, RecoveredView,
+    ResourceEntry, StatisticsView, StatusView,
 };
 
 fn raw_pairs(kvs: Vec<KeyValue>) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -93,17 +93,6 @@ pub(crate) fn recovered(view: RecoveredView) -> Result<RecoveredContainer, Inval
     })
 }
 
-pub(crate) fn launch_info(info: LaunchInfo) -> LaunchInfoView {
-    LaunchInfoView {
-        environment: info
-            .environment
-            .into_iter()
-            .map(|(key, value)| LaunchVariable { key, value })
-            .collect(),
-        drop_capabilities: info.drop_capabilities,
-    }
-}
-
 pub(crate) fn statistics(stats: Statistics) -> StatisticsView {
     let net = stats.net_tx.unwrap_or_default();
     StatisticsView {
@@ -140,11 +129,34 @@ pub(crate) fn status(status: Status) -> StatusView {
     }
 }
 
+/// See the bridge's `is_module_variable`.
+pub(crate) fn is_module_variable(plain: bool, name: &[u8]) -> bool {
+    plain && name.starts_with(rein_core::schema::ENV_PREFIX.as_bytes())
+}
+
 pub(crate) fn limitation(limitation: Limitation) -> LimitationView {
+    limitation_for(crate::agent::get(), limitation)
+}
+
+/// A limitation with its reason numbered as the agent's Mesos numbers it; a reason
+/// it does not know is sent without one (and logged). Outside an agent the reason
+/// stays a name.
+fn limitation_for(agent: Option<&crate::agent::Agent>, limitation: Limitation) -> LimitationView {
+    let number = agent.and_then(|agent| agent.reason_number(&limitation.reason));
+    if agent.is_some() && number.is_none() {
+        tracing::warn!(
+            "rein: limitation with an unknown reason '{}'; sending it without one",
+            limitation.reason
+        );
+    }
+    let has_resource = limitation.resource.is_some();
     let (resource_name, resource_value) = limitation.resource.unwrap_or_default();
     LimitationView {
         reason: limitation.reason,
+        has_reason: number.is_some(),
+        reason_number: number.unwrap_or_default(),
         message: limitation.message,
+        has_resource,
         resource_name,
         resource_value,
     }
@@ -245,6 +257,42 @@ mod tests {
         );
         assert!(text.ends_with("task label 'l9' and 15 more"), "{text}");
         assert_eq!(listed(&fields[..1]), "task label 'l0'");
+    }
+
+    #[test]
+    fn only_plain_module_variables_cross() {
+        assert!(is_module_variable(true, b"REIN_LOG_SINK"));
+        assert!(!is_module_variable(false, b"REIN_LOG_SINK"));
+        assert!(!is_module_variable(true, b"DB_PASSWORD"));
+        assert!(!is_module_variable(true, b"rein_log_sink"));
+    }
+
+    #[test]
+    fn limitation_reasons_are_numbered_as_the_agent_numbers_them() {
+        let disk = || Limitation {
+            reason: "REASON_CONTAINER_LIMITATION_DISK".into(),
+            message: "over quota".into(),
+            resource: Some(("disk".into(), 10.0)),
+        };
+        let agent = crate::agent::Agent::for_tests(&[("REASON_CONTAINER_LIMITATION_DISK", 20)]);
+        let view = limitation_for(Some(&agent), disk());
+        assert!(view.has_reason && view.has_resource);
+        assert_eq!(
+            (view.reason_number, view.resource_name.as_str()),
+            (20, "disk")
+        );
+        let unknown = crate::agent::Agent::for_tests(&[]);
+        let view = limitation_for(Some(&unknown), disk());
+        assert!(!view.has_reason);
+        let view = limitation_for(
+            None,
+            Limitation {
+                resource: None,
+                ..disk()
+            },
+        );
+        assert!(!view.has_reason && !view.has_resource);
+        assert_eq!(view.reason, "REASON_CONTAINER_LIMITATION_DISK");
     }
 
     #[test]

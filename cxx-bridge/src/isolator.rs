@@ -1,20 +1,57 @@
 //! `IsolatorHandle`: what the shim's `Isolator` subclass holds and forwards to.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use cxx::UniquePtr;
 
 use rein_core::isolator::{Error, LimitationNotifier};
-use rein_core::Isolator;
+use rein_core::{ContainerId, Isolator};
 
 use crate::actor::{construct, deliver, error_chain, Actor, Completer, CxxCompleter, Outcome};
 use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
 };
-use crate::convert;
+use crate::{convert, launch};
 
 /// One isolator instance, owned by its worker thread.
 pub struct IsolatorHandle {
     actor: Actor<dyn Isolator>,
     nesting: bool,
+    watches: Watches,
+}
+
+/// The pending `watch()` completions, by container, owned here until the
+/// container's `cleanup()`: a limitation completes one; dropping it at cleanup ends
+/// the shim's future unanswered (the containerizer is destroying the container and
+/// ignores it). An isolator that drops its notifier early (a container it does not
+/// track) thus still leaves the future pending, which is "no limitation".
+#[derive(Clone, Default)]
+struct Watches(Arc<Mutex<HashMap<ContainerId, Box<dyn Completer>>>>);
+
+impl Watches {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, Box<dyn Completer>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `done` for `id` and returns the notifier that completes it.
+    fn register(&self, id: &ContainerId, done: Box<dyn Completer>) -> LimitationNotifier {
+        self.map().insert(id.clone(), done);
+        let (watches, id) = (self.clone(), id.clone());
+        LimitationNotifier::new(move |limitation| {
+            // Taken out before completing: the completion runs without the lock.
+            let done = watches.map().remove(&id);
+            if let Some(done) = done {
+                deliver(done, Outcome::Limitation(convert::limitation(limitation)));
+            }
+        })
+    }
+
+    /// Ends `id`'s watch unanswered.
+    fn end(&self, id: &ContainerId) {
+        let done = self.map().remove(id);
+        drop(done);
+    }
 }
 
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
@@ -66,6 +103,7 @@ impl IsolatorHandle {
         Ok(Self {
             actor: Actor::spawn(name, isolator)?,
             nesting,
+            watches: Watches::default(),
         })
     }
 
@@ -91,7 +129,9 @@ impl IsolatorHandle {
         });
     }
 
-    /// `prepare()`.
+    /// `prepare()`: the launch info is decided here ([`launch::decide`]), so the
+    /// shim only copies it. A launch the policy refuses is undone at once (the
+    /// isolator's `cleanup()`), before the failure reaches the agent.
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
         self.actor
             .call("prepare", config.container.text(), done, move |iso| {
@@ -99,9 +139,18 @@ impl IsolatorHandle {
                     Ok(spec) => spec,
                     Err(e) => return failed(&e),
                 };
-                match iso.prepare(&spec) {
-                    Ok(info) => Outcome::LaunchInfo(convert::launch_info(info)),
-                    Err(e) => failed(&*e),
+                let info = match iso.prepare(&spec) {
+                    Ok(info) => info,
+                    Err(e) => return failed(&*e),
+                };
+                match launch::decide(info) {
+                    Ok(view) => Outcome::LaunchInfo(view),
+                    Err(refusal) => {
+                        if let Err(e) = iso.cleanup(&spec.id) {
+                            tracing::warn!("undoing the refused launch: {}", error_chain(&*e));
+                        }
+                        failed(&refusal)
+                    }
                 }
             });
     }
@@ -113,19 +162,16 @@ impl IsolatorHandle {
         });
     }
 
-    /// `watch()`: completes only when the isolator reports a limitation.
+    /// `watch()`: completes only when the isolator reports a limitation; kept
+    /// pending until `cleanup()` otherwise (see [`Watches`]).
     pub fn watch_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
         let text = container.text();
-        // The completer moves into the notifier; the call itself completes nothing.
+        let watches = self.watches.clone();
+        // The completer is kept in `watches`; the call itself completes nothing.
         self.actor
             .call("watch", text, Box::new(Discard), move |iso| {
                 match convert::container_id(container) {
-                    Ok(id) => {
-                        let notifier = LimitationNotifier::new(move |limitation| {
-                            deliver(done, Outcome::Limitation(convert::limitation(limitation)))
-                        });
-                        iso.watch(&id, notifier);
-                    }
+                    Ok(id) => iso.watch(&id, watches.register(&id, done)),
                     Err(e) => deliver(done, failed(&e)),
                 }
                 Outcome::Nothing
@@ -163,14 +209,18 @@ impl IsolatorHandle {
     /// `cleanup()`. An id that does not decode was refused by `prepare()`, so there
     /// is nothing to clean up: the containerizer can finish destroying it.
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
+        let watches = self.watches.clone();
         self.actor.call(
             "cleanup",
             container.text(),
             done,
             move |iso| match convert::container_id(container) {
-                Ok(id) => iso
-                    .cleanup(&id)
-                    .map_or_else(|e| failed(&*e), |()| Outcome::Nothing),
+                Ok(id) => {
+                    // The container is being destroyed: its limitation no longer matters.
+                    watches.end(&id);
+                    iso.cleanup(&id)
+                        .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
+                }
                 Err(e) => {
                     tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
                     Outcome::Nothing

@@ -9,15 +9,18 @@
 //! crosses into the agent.
 
 mod actor;
+mod agent;
 mod bridge;
 mod convert;
 mod isolator;
+mod launch;
 mod log;
 mod logger;
 #[cfg(feature = "probe")]
 mod probe;
 
 pub use actor::{Completer, Outcome};
+pub use agent::install_mesos_enums;
 pub use bridge::ffi::*;
 pub use isolator::{create_isolator, IsolatorHandle};
 pub use log::install_log_sink;

@@ -44,7 +44,7 @@ struct GlogWriter;
 
 /// One formatted event, sent to glog when dropped.
 struct Line {
-    level: i32,
+    level: Option<i32>,
     buf: Vec<u8>,
 }
 
@@ -64,17 +64,22 @@ impl Drop for Line {
         let text = String::from_utf8_lossy(&self.buf);
         let text = text.trim_end();
         if let Some(sink) = sink.0.as_ref() {
-            sink.write(self.level, text);
+            match self.level {
+                Some(severity) => sink.write(severity, text),
+                None => sink.debug(text),
+            }
         }
     }
 }
 
-fn glog_level(level: &Level) -> i32 {
+/// The glog severity of a level (0 info, 1 warning, 2 error); `None` for debug
+/// and trace, which go to `VLOG(1)`.
+fn glog_severity(level: &Level) -> Option<i32> {
     match *level {
-        Level::ERROR => 2,
-        Level::WARN => 1,
-        Level::INFO => 0,
-        _ => 3,
+        Level::ERROR => Some(2),
+        Level::WARN => Some(1),
+        Level::INFO => Some(0),
+        _ => None,
     }
 }
 
@@ -83,14 +88,14 @@ impl<'a> MakeWriter<'a> for GlogWriter {
 
     fn make_writer(&'a self) -> Line {
         Line {
-            level: 0,
+            level: Some(0),
             buf: Vec::new(),
         }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
         Line {
-            level: glog_level(meta.level()),
+            level: glog_severity(meta.level()),
             buf: Vec::new(),
         }
     }

@@ -79,18 +79,8 @@ impl Isolator for Flaky {
 
 fn config(id: &str) -> ContainerConfigView {
     ContainerConfigView {
-        container: chain(id),
-        directory: b"/tmp/sandbox".to_vec(),
-        user: Vec::new(),
-        task_id: Vec::new(),
-        task_name: Vec::new(),
-        executor_id: Vec::new(),
-        framework_id: Vec::new(),
         task_labels: vec![KeyValue::new("other", "x")],
-        executor_labels: vec![],
-        environment: vec![],
-        resources: vec![],
-        debug: false,
+        ..ContainerConfigView::new(chain(id), "/tmp/sandbox")
     }
 }
 

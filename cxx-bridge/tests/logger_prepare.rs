@@ -20,20 +20,10 @@ impl Completer for Channel {
 }
 
 fn config(id: &str, sandbox: &std::path::Path) -> ContainerConfigView {
-    ContainerConfigView {
-        container: ContainerChain::new([id]),
-        directory: sandbox.as_os_str().as_encoded_bytes().to_vec(),
-        user: Vec::new(),
-        task_id: Vec::new(),
-        task_name: Vec::new(),
-        executor_id: Vec::new(),
-        framework_id: Vec::new(),
-        task_labels: vec![],
-        executor_labels: vec![],
-        environment: vec![],
-        resources: vec![],
-        debug: false,
-    }
+    ContainerConfigView::new(
+        ContainerChain::new([id]),
+        sandbox.as_os_str().as_encoded_bytes(),
+    )
 }
 
 /// Launches `ids` at once; returns how long until all completed.

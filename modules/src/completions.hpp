@@ -1,5 +1,5 @@
 // Completions: each owns the process::Promise behind the future the shim returned,
-// and is fulfilled once by Rust, from the module's Rust thread (Promise is safe to
+// and is answered once by Rust, from the module's Rust thread (Promise is safe to
 // set from any thread; the continuations chained with plain `then` run there, and
 // those the containerizer defers are dispatched to its own process).
 #pragma once
@@ -19,99 +19,94 @@
 
 namespace rein_shim {
 
+// A promise Rust answers: set() with a value, fail() with a message.
+template <typename T>
+class Answer : public rein::Completion {
+ public:
+  using Value = T;
+
+  process::Future<T> future() { return promise_.future(); }
+
+  void fail(rust::Str message) override {
+    guardedCallback(promise_, "fail", [&] { promise_.fail(toString(message)); });
+  }
+
+ protected:
+  template <typename Convert>
+  void set(const char* call, Convert convert) {
+    guardedCallback(promise_, call, [&] { promise_.set(convert()); });
+  }
+
+  process::Promise<T> promise_;
+};
+
 // Rust drops a completion without answering only if the call was lost (a bug): the
 // agent must not wait forever for prepare, isolate or cleanup, so the destructor
 // fails whatever is still pending. Failing a set promise is a no-op.
 template <typename T>
-class PromiseCompletion : public rein::Completion {
+class PromiseCompletion : public Answer<T> {
  public:
-  PromiseCompletion() : promise_(std::make_shared<process::Promise<T>>()) {}
   ~PromiseCompletion() override {
     try {
-      promise_->fail("rein: internal error: call dropped");
+      this->promise_.fail("rein: internal error: call dropped");
     } catch (...) {
     }
   }
-
-  process::Future<T> future() const { return promise_->future(); }
-
-  void fail(rust::Str message) override {
-    guardedCallback(*promise_, "fail", [&] { promise_->fail(toString(message)); });
-  }
-
- protected:
-  void set(const T& value) { promise_->set(value); }
-  void failWith(const std::string& message) { promise_->fail(message); }
-  process::Promise<T>& promise() { return *promise_; }
-
- private:
-  std::shared_ptr<process::Promise<T>> promise_;
 };
 
 class NothingCompletion : public PromiseCompletion<Nothing> {
  public:
-  void nothing() override {
-    guardedCallback(promise(), "nothing", [&] { set(Nothing()); });
-  }
+  void nothing() override { set("nothing", [] { return Nothing(); }); }
 };
 
+// Rust answers `nothing` for a launch info that asks nothing (Mesos's None).
 class LaunchInfoCompletion : public PromiseCompletion<Option<mesos::slave::ContainerLaunchInfo>> {
  public:
+  using Info = Option<mesos::slave::ContainerLaunchInfo>;
+  void nothing() override { set("nothing", [] { return Info::none(); }); }
   void launch_info(const rein::LaunchInfoView& view) override {
-    guardedCallback(promise(), "launch_info", [&] {
-      Try<Option<mesos::slave::ContainerLaunchInfo>> info = toLaunchInfo(view);
-      if (info.isError()) {
-        failWith(info.error());
-      } else {
-        set(info.get());
-      }
-    });
+    set("launch_info", [&] { return Info(toLaunchInfo(view)); });
   }
 };
 
 class StatisticsCompletion : public PromiseCompletion<mesos::ResourceStatistics> {
  public:
   void statistics(const rein::StatisticsView& view) override {
-    guardedCallback(promise(), "statistics", [&] { set(toStatistics(view)); });
+    set("statistics", [&] { return toStatistics(view); });
   }
 };
 
 class StatusCompletion : public PromiseCompletion<mesos::ContainerStatus> {
  public:
   void status(const rein::StatusView& view) override {
-    guardedCallback(promise(), "status", [&] { set(toStatus(view)); });
+    set("status", [&] { return toStatus(view); });
   }
 };
 
-// watch(): "no limitation" is a future that never completes, and a failed watch
-// destroys the container. So dropping this completion must not fail the promise;
-// and the promise is shared with the isolator, which keeps it until cleanup(): a
-// destroyed libprocess Promise abandons its future, and a truly pending future
-// does not depend on every consumer treating "abandoned" like "pending".
-class LimitationCompletion : public rein::Completion {
+// watch(): "no limitation" is a future that never completes. Rust keeps this
+// completion until the container's cleanup() and drops it unanswered then, which
+// abandons the future (the containerizer is destroying that container).
+class LimitationCompletion : public Answer<mesos::slave::ContainerLimitation> {
  public:
-  explicit LimitationCompletion(
-      std::shared_ptr<process::Promise<mesos::slave::ContainerLimitation>> promise)
-    : promise_(std::move(promise)) {}
-
-  void fail(rust::Str message) override {
-    guardedCallback(*promise_, "fail", [&] { promise_->fail(toString(message)); });
-  }
   void limitation(const rein::LimitationView& view) override {
-    guardedCallback(*promise_, "limitation", [&] { promise_->set(toLimitation(view)); });
+    set("limitation", [&] { return toLimitation(view); });
   }
-
- private:
-  std::shared_ptr<process::Promise<mesos::slave::ContainerLimitation>> promise_;
 };
 
 // Hands a completion to a Rust call and returns its future at once.
 template <typename C, typename Call>
-auto startCall(Call call) -> decltype(std::declval<C&>().future()) {
+process::Future<typename C::Value> startCall(Call call) {
   std::unique_ptr<C> done(new C());
-  auto future = done->future();
+  process::Future<typename C::Value> future = done->future();
   call(std::unique_ptr<rein::Completion>(done.release()));
   return future;
+}
+
+// One agent-facing call: `rust` gets the completion (and converts the arguments);
+// the agent gets its future, or the failure an exception becomes.
+template <typename C, typename Call>
+process::Future<typename C::Value> forward(const char* module, const char* call, Call rust) {
+  return guarded<typename C::Value>(module, call, [&] { return startCall<C>(rust); });
 }
 
 }  // namespace rein_shim

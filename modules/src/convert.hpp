@@ -1,17 +1,15 @@
-// Protobufs to the bridge's shared structs and back. Only the fields the modules
-// read cross: never the whole ContainerConfig (it can hold inline secrets).
+// Protobufs to the bridge's shared structs and back, field by field. Only the
+// fields the modules read cross: never the whole ContainerConfig (it can hold
+// inline secrets). Every decision (what a field may carry, what a launch asks,
+// which capabilities a container keeps) is Rust's: these only copy.
 #pragma once
 
 #include <string>
-#include <vector>
 
 #include <mesos/mesos.hpp>
 #include <mesos/resources.hpp>
 #include <mesos/slave/containerizer.hpp>
 #include <mesos/slave/isolator.hpp>
-
-#include <stout/option.hpp>
-#include <stout/try.hpp>
 
 #include "bridge.hpp"
 
@@ -20,22 +18,33 @@ namespace rein_shim {
 // The id with its parents, root first.
 rein::ContainerChain toChain(const mesos::ContainerID& containerId);
 
-// "root.child", for keys and log lines.
-std::string chainText(const mesos::ContainerID& containerId);
-
 rein::ContainerConfigView toConfigView(
     const mesos::ContainerID& containerId,
     const mesos::slave::ContainerConfig& config);
 
 rein::RecoveredView toRecoveredView(const mesos::slave::ContainerState& state);
 
-rust::Vec<rein::ResourceEntry> toResourceEntries(const mesos::Resources& resources);
+// `resources` is a mesos::Resources or a repeated Resource field.
+template <typename Resources>
+rust::Vec<rein::ResourceEntry> toResourceEntries(const Resources& resources) {
+  rust::Vec<rein::ResourceEntry> entries;
+  for (const mesos::Resource& resource : resources) {
+    rein::ResourceEntry entry;
+    entry.name = bytes(resource.name());
+    entry.scalar = resource.scalar().value();  // 0 for ranges and sets
+    entry.has_disk_info = resource.has_disk();
+    entries.push_back(std::move(entry));
+  }
+  return entries;
+}
 
 rust::Vec<rein::KeyValue> toKeyValues(const mesos::Parameters& parameters);
 
-// The launch info, or None when it asks for nothing. Fails when a capability to drop
-// is unknown to Mesos or cannot be dropped safely (see README, "Capabilities").
-Try<Option<mesos::slave::ContainerLaunchInfo>> toLaunchInfo(const rein::LaunchInfoView& view);
+// This Mesos's enum tables, for Rust to decide against (see README, "Capabilities").
+rust::Vec<rein::MesosEnumValue> capabilityNames();
+rust::Vec<rein::MesosEnumValue> reasonNames();
+
+mesos::slave::ContainerLaunchInfo toLaunchInfo(const rein::LaunchInfoView& view);
 
 // Sets the required `timestamp` to now.
 mesos::ResourceStatistics toStatistics(const rein::StatisticsView& view);

@@ -2,7 +2,6 @@
 // Each creates the generic RustIsolator for one rein isolator kind.
 
 #include <exception>
-#include <string>
 #include <utility>
 
 #include <glog/logging.h>
@@ -15,8 +14,8 @@
 
 #include "bridge.hpp"
 #include "convert.hpp"
-#include "glog_sink.hpp"
 #include "guard.hpp"
+#include "install.hpp"
 #include "rust_isolator.hpp"
 
 namespace {
@@ -25,7 +24,7 @@ namespace {
 // UTF-8) or any exception is logged and the agent refuses to start, naming us.
 mesos::slave::Isolator* createRustIsolator(const char* kind, const mesos::Parameters& parameters) {
   try {
-    rein_shim::installGlogSinkOnce();
+    rein_shim::installOnce();
     const rust::Vec<rein::KeyValue> params = rein_shim::toKeyValues(parameters);
     rust::Box<rein::IsolatorHandle> handle = rein::create_isolator(
         kind, rust::Slice<const rein::KeyValue>(params.data(), params.size()));

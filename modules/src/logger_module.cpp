@@ -1,11 +1,6 @@
 // The ContainerLogger module `rein_ContainerLogger`: the Rust logger returns the
-// write ends of the container's stdout and stderr; ownership passes to the
-// containerizer. Built only when the bridge declares create_logger (modules/build
-// defines REIN_WITH_LOGGER then), so the library builds before the logger exists.
-
-#ifdef REIN_WITH_LOGGER
-
-#include <unistd.h>
+// write ends of the container's stdout and stderr (always valid: Rust owned them);
+// ownership passes to the containerizer.
 
 #include <exception>
 #include <memory>
@@ -29,8 +24,8 @@
 #include "bridge.hpp"
 #include "completions.hpp"
 #include "convert.hpp"
-#include "glog_sink.hpp"
 #include "guard.hpp"
+#include "install.hpp"
 
 namespace rein_shim {
 namespace {
@@ -40,19 +35,11 @@ using mesos::slave::ContainerIO;
 class ContainerIoCompletion : public PromiseCompletion<ContainerIO> {
  public:
   void container_io(const rein::ContainerIoView& view) override {
-    guardedCallback(promise(), "container_io", [&] {
-      if (view.stdout_fd < 0 || view.stderr_fd < 0) {
-        // ContainerIO CHECKs its descriptors: a bad one must fail the call, not the agent.
-        if (view.stdout_fd >= 0) ::close(view.stdout_fd);
-        if (view.stderr_fd >= 0) ::close(view.stderr_fd);
-        failWith("rein logger: invalid descriptors (stdout " + std::to_string(view.stdout_fd) +
-                 ", stderr " + std::to_string(view.stderr_fd) + ")");
-        return;
-      }
+    set("container_io", [&]() -> ContainerIO {
       ContainerIO io;
       io.out = ContainerIO::IO::FD(view.stdout_fd, true);
       io.err = ContainerIO::IO::FD(view.stderr_fd, true);
-      set(io);
+      return io;
     });
   }
 };
@@ -73,11 +60,9 @@ class RustContainerLogger : public mesos::slave::ContainerLogger {
   process::Future<ContainerIO> prepare(
       const mesos::ContainerID& containerId,
       const mesos::slave::ContainerConfig& containerConfig) override {
-    return guarded<ContainerIO>("logger", "prepare", [&]() -> process::Future<ContainerIO> {
-      rein::ContainerConfigView view = toConfigView(containerId, containerConfig);
-      return startCall<ContainerIoCompletion>([&](std::unique_ptr<rein::Completion> done) {
-        handle_->prepare(std::move(view), std::move(done));
-      });
+    using Done = std::unique_ptr<rein::Completion>;
+    return forward<ContainerIoCompletion>("logger", "prepare", [&](Done done) {
+      handle_->prepare(toConfigView(containerId, containerConfig), std::move(done));
     });
   }
 
@@ -88,7 +73,7 @@ class RustContainerLogger : public mesos::slave::ContainerLogger {
 // As createRustIsolator: never throws into the agent.
 mesos::slave::ContainerLogger* createLogger(const mesos::Parameters& parameters) {
   try {
-    installGlogSinkOnce();
+    installOnce();
     const rust::Vec<rein::KeyValue> params = toKeyValues(parameters);
     rust::Box<rein::LoggerHandle> handle =
         rein::create_logger(rust::Slice<const rein::KeyValue>(params.data(), params.size()));
@@ -114,5 +99,3 @@ mesos::modules::Module<mesos::slave::ContainerLogger> rein_ContainerLogger(
     "rein container logger: structured log shipping without helper processes.",
     nullptr,
     rein_shim::createLogger);
-
-#endif  // REIN_WITH_LOGGER

@@ -1,12 +1,9 @@
 // One generic Isolator for every rein isolator kind: converts the call's protobufs
 // into the bridge's structs, hands a completion to Rust and returns its future at
 // once. No call blocks a libprocess thread; the Rust side queues the work to the
-// module's own thread.
+// module's own thread, and decides everything.
 #pragma once
 
-#include <map>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -20,7 +17,8 @@ namespace rein_shim {
 
 class RustIsolator : public mesos::slave::Isolator {
  public:
-  RustIsolator(std::string kind, rust::Box<rein::IsolatorHandle> handle);
+  // `kind` ("net_cls", ...) names the module in the failure an exception becomes.
+  RustIsolator(const char* kind, rust::Box<rein::IsolatorHandle> handle);
   ~RustIsolator() override;
 
   bool supportsNesting() override;
@@ -50,14 +48,8 @@ class RustIsolator : public mesos::slave::Isolator {
   process::Future<Nothing> cleanup(const mesos::ContainerID& containerId) override;
 
  private:
-  using LimitationPromise = process::Promise<mesos::slave::ContainerLimitation>;
-
-  const std::string kind_;
+  const char* const kind_;
   rust::Box<rein::IsolatorHandle> handle_;
-
-  // watch() promises, kept until cleanup() so they stay pending (see completions.hpp).
-  std::mutex watchesMutex_;
-  std::map<std::string, std::shared_ptr<LimitationPromise>> watches_;
 };
 
 }  // namespace rein_shim

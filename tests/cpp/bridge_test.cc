@@ -2,7 +2,8 @@
 // as the agent module, driven through the "probe" isolator (feature `probe`), which
 // panics in prepare() and fails isolate(). Proves that panics and errors come back
 // as fail() on the completion, that create_isolator throws rust::Error, that a
-// dropped completion (watch without a limitation) is destroyed without an answer,
+// watch without a limitation stays pending until cleanup and is then destroyed
+// without an answer,
 // that module log lines reach the installed LogSink, and that bytes which are not
 // UTF-8 (Mesos does not check protobuf strings) cross every entry point without an
 // exception: each field is refused naming it, or carried, in Rust.
@@ -19,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "rein-bridge/src/bridge.rs.h"
+#include "bridge.hpp"
 
 namespace {
 
@@ -113,6 +114,7 @@ class RecordingSink : public rein::LogSink {
     record_->lines.emplace_back(level, std::string(message));
     record_->changed.notify_all();
   }
+  void debug(rust::Str message) const override { write(3, message); }
 
  private:
   std::shared_ptr<LogRecord> record_;
@@ -136,18 +138,10 @@ bool contains(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
 }
 
-// What the shim does with every protobuf string: copy its bytes, whatever they are.
-rust::Vec<uint8_t> bytes(const std::string& s) {
-  return rein::copy_bytes(
-      rust::Slice<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
-}
-
-rein::KeyValue keyValue(const std::string& key, const std::string& value) {
-  rein::KeyValue kv;
-  kv.key = bytes(key);
-  kv.value = bytes(value);
-  return kv;
-}
+// What the shim does with every protobuf string: copy its bytes, whatever they are
+// (the shim's own helpers, from modules/src/bridge.hpp).
+using rein_shim::bytes;
+using rein_shim::keyValue;
 
 rein::ContainerChain chain(const std::string& id) {
   rein::ContainerChain c;
@@ -260,13 +254,20 @@ int main() {
           "recover answers nothing()", describe(*recover.second));
   }
 
-  // watch() on an isolator that never reports a limitation: the completion is
-  // destroyed without an answer (the shim must then leave the future pending).
+  // watch() on an isolator that never reports a limitation: Rust keeps the
+  // completion (the future stays pending) until the container's cleanup, then
+  // destroys it without an answer.
   {
     auto call = completion();
     handle->watch(chain("c1"), std::move(call.first));
+    auto later = completion();
+    handle->status(chain("c1"), std::move(later.first));
+    check(later.second->wait_destroyed() && !call.second->wait_destroyed(std::chrono::milliseconds(0)),
+          "watch without a limitation stays pending", describe(*call.second));
+    auto cleanup = completion();
+    handle->cleanup(chain("c1"), std::move(cleanup.first));
     check(call.second->wait_destroyed() && call.second->answers == 0,
-          "watch without a limitation drops its completion unanswered",
+          "watch without a limitation is destroyed unanswered at cleanup",
           describe(*call.second));
   }
 

@@ -15,6 +15,8 @@
 
 #include <process/clock.hpp>
 
+#include "completions.hpp"
+#include "convert.hpp"
 #include "rust_isolator.hpp"
 
 // The two symbols the shim takes from libmesos/libprocess, which this test does not
@@ -43,6 +45,14 @@ static std::string settle(const process::Future<T>& f) {
   if (f.isFailed()) return "FAILED: " + f.failure();
   if (f.isDiscarded()) return "DISCARDED";
   return "READY";
+}
+
+// The value of a ready future, without Future::get (its await needs libprocess).
+template <typename T>
+static T valueOf(const process::Future<T>& f) {
+  T out;
+  f.onReady([&out](const T& value) { out = value; });
+  return out;
 }
 
 int main() {
@@ -163,6 +173,49 @@ int main() {
     } catch (...) {
       check(false, "creating the logger with a 0xff parameter", "threw");
     }
+  }
+  {
+    // The launch info Rust decided, copied onto the real protobuf: nothing asked
+    // is None; a bounding set is copied whole, even when empty.
+    rein_shim::LaunchInfoCompletion none;
+    none.nothing();
+    check(settle(none.future()) == "READY" && valueOf(none.future()).isNone(),
+          "an empty launch info is None", "");
+    rein_shim::LaunchInfoCompletion some;
+    rein::LaunchInfoView view;
+    rein::LaunchVariable variable;
+    variable.key = "REIN_X";
+    variable.value = "1";
+    view.environment.push_back(variable);
+    rein::BoundingSet bounding;
+    bounding.capabilities.push_back(mesos::CapabilityInfo::CHOWN);
+    bounding.capabilities.push_back(mesos::CapabilityInfo::KILL);
+    view.bounding_capabilities.push_back(bounding);
+    some.launch_info(view);
+    const Option<mesos::slave::ContainerLaunchInfo> info = valueOf(some.future());
+    check(info.isSome() && info->environment().variables_size() == 1 &&
+              info->has_bounding_capabilities() &&
+              info->bounding_capabilities().capabilities_size() == 2 &&
+              info->bounding_capabilities().capabilities(1) == mesos::CapabilityInfo::KILL,
+          "a decided bounding set is copied whole", "");
+    rein_shim::LaunchInfoCompletion empty;
+    rein::LaunchInfoView emptySet;
+    emptySet.bounding_capabilities.push_back(rein::BoundingSet());
+    empty.launch_info(emptySet);
+    const Option<mesos::slave::ContainerLaunchInfo> dropAll = valueOf(empty.future());
+    check(dropAll.isSome() && dropAll->has_bounding_capabilities() &&
+              dropAll->bounding_capabilities().capabilities_size() == 0,
+          "an empty bounding set is still set", "");
+    // The tables Rust decides against come from this Mesos's descriptors.
+    const rust::Vec<rein::MesosEnumValue> caps = rein_shim::capabilityNames();
+    const rust::Vec<rein::MesosEnumValue> reasons = rein_shim::reasonNames();
+    bool sysResource = false;
+    for (const rein::MesosEnumValue& cap : caps) {
+      sysResource = sysResource || (std::string(cap.name.begin(), cap.name.end()) == "SYS_RESOURCE" &&
+                                    cap.number == mesos::CapabilityInfo::SYS_RESOURCE);
+    }
+    check(sysResource && reasons.size() > 10, "the capability and reason tables are this Mesos's",
+          std::to_string(caps.size()) + " capabilities, " + std::to_string(reasons.size()) + " reasons");
   }
   std::printf("%d failures\n", failures);
   return failures == 0 ? 0 : 1;
