@@ -198,7 +198,7 @@ impl Parser {
         cfg: ParserConfig,
         wals: Vec<Arc<Wal>>,
         counters: Arc<Counters>,
-    ) -> Result<Parser, String> {
+    ) -> std::io::Result<Parser> {
         let (inbox, inbox_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let mut ctx = Ctx {
@@ -228,8 +228,7 @@ impl Parser {
                     }
                     ctx.run();
                 });
-            })
-            .map_err(|e| format!("parser thread: {e}"))?;
+            })?;
         Ok(Parser {
             inbox,
             stop,
