@@ -64,48 +64,29 @@ impl SinkHandle {
 /// The configured sinks, in a fixed order.
 pub(super) type Sinks = Vec<(SinkKind, SinkHandle)>;
 
-/// Starts every sink the configuration names.
-pub(super) fn start_all(
-    cfg: &ShipperConfig,
-    counters: &Arc<Counters>,
-) -> Result<Sinks, WorkerError> {
+/// Starts every sink the configuration names, each with its kind and thread name.
+pub(super) fn start_all(cfg: &ShipperConfig, c: &Arc<Counters>) -> Result<Sinks, WorkerError> {
     let mut sinks = Vec::new();
     let es = (SinkKind::Elasticsearch, "es-sink");
     sinks.extend(start(
         cfg,
         es,
         cfg.es.as_ref(),
-        counters,
+        c,
         EsSink::new,
         EsSink::run,
     )?);
     #[cfg(feature = "kafka")]
     {
-        use crate::sink::kafka::KafkaSink;
+        use crate::sink::kafka::KafkaSink as K;
         let kafka = (SinkKind::Kafka, "kafka-sink");
-        let c = cfg.kafka.as_ref();
-        sinks.extend(start(
-            cfg,
-            kafka,
-            c,
-            counters,
-            KafkaSink::new,
-            KafkaSink::run,
-        )?);
+        sinks.extend(start(cfg, kafka, cfg.kafka.as_ref(), c, K::new, K::run)?);
     }
     #[cfg(feature = "redis")]
     {
-        use crate::sink::redis::RedisSink;
+        use crate::sink::redis::RedisSink as R;
         let redis = (SinkKind::Redis, "redis-sink");
-        let c = cfg.redis.as_ref();
-        sinks.extend(start(
-            cfg,
-            redis,
-            c,
-            counters,
-            RedisSink::new,
-            RedisSink::run,
-        )?);
+        sinks.extend(start(cfg, redis, cfg.redis.as_ref(), c, R::new, R::run)?);
     }
     Ok(sinks)
 }
