@@ -104,3 +104,50 @@ pub(super) fn send_add(control: &OwnedFd, key: &str, fds: &[RawFd]) {
 pub(super) fn send_del(control: &OwnedFd, key: &str) {
     let _ = proto::send_with_fds(control.as_fd(), format!("del\n{key}").as_bytes(), &[]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    fn channel() -> (OwnedFd, OwnedFd) {
+        let flags = SockFlag::SOCK_CLOEXEC;
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags).unwrap()
+    }
+
+    #[test]
+    fn the_container_list_is_read_until_done_and_strangers_are_skipped() {
+        let (worker, supervisor) = channel();
+        let (r, w) = crate::module::pipe(0).unwrap();
+        let fds = [r.as_raw_fd(), w.as_raw_fd()];
+        let send = |m: &[u8], f: &[RawFd]| proto::send_with_fds(supervisor.as_fd(), m, f).unwrap();
+        send(b"adopt\nabc", &fds);
+        send(b"something else", &[]);
+        send(b"done", &[]);
+        match next_adoption(&worker).unwrap() {
+            Adoption::Container { key, fds } => {
+                assert_eq!(key, "abc");
+                assert_eq!(fds.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(next_adoption(&worker).unwrap(), Adoption::Other));
+        assert!(matches!(next_adoption(&worker).unwrap(), Adoption::Done));
+    }
+
+    #[test]
+    fn held_descriptors_and_releases_reach_the_supervisor_and_eof_means_it_is_gone() {
+        let (worker, supervisor) = channel();
+        let (r, _w) = crate::module::pipe(0).unwrap();
+        send_add(&worker, "abc", &[r.as_raw_fd()]);
+        send_del(&worker, "abc");
+        let (m, fds) = proto::recv_with_fds(supervisor.as_fd()).unwrap();
+        assert_eq!((m.as_slice(), fds.len()), (&b"add\nabc"[..], 1));
+        let (m, fds) = proto::recv_with_fds(supervisor.as_fd()).unwrap();
+        assert_eq!((m.as_slice(), fds.len()), (&b"del\nabc"[..], 0));
+        proto::send_with_fds(supervisor.as_fd(), b"later talk", &[]).unwrap();
+        assert!(!supervisor_gone(&worker), "a message is not an EOF");
+        drop(supervisor);
+        assert!(supervisor_gone(&worker));
+    }
+}
