@@ -95,7 +95,7 @@ fn main_inner() -> Result<(), String> {
             let control = inherited("REIN_SHIPPER_CONTROL_FD")?;
             let mut w = worker::Worker::new(c, listen, control)?;
             w.adopt()?;
-            w.run()
+            Ok(w.run()?)
         }
         "check" => config().map(|(p, c)| check(&p, &c)),
         "stats" => {

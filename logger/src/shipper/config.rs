@@ -166,11 +166,44 @@ pub fn parse_pairs(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Why the settings file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The settings file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A setting is wrong (the error names it).
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        /// The settings file.
+        path: PathBuf,
+        /// The setting and why.
+        source: ParamError,
+    },
+}
+
+impl From<ConfigError> for String {
+    fn from(e: ConfigError) -> String {
+        e.to_string()
+    }
+}
+
 impl ShipperConfig {
     /// Reads the settings file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_pairs(&parse_pairs(&text)).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_pairs(&parse_pairs(&text)).map_err(|source| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Builds the settings from pairs. An error never shows a secret: the

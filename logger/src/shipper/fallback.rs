@@ -96,6 +96,16 @@ struct Pickup {
     busy: bool,
 }
 
+/// Why a fallen-back container's files could not be opened (retried later).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+struct OpenError {
+    /// The directory or file.
+    what: String,
+    /// Why.
+    source: std::io::Error,
+}
+
 /// Starts the thread; it ends with the worker (`worker::STOP`).
 pub fn start(
     cfg: &ShipperConfig,
@@ -239,7 +249,7 @@ impl Pickup {
 
     /// Opens the container's files where their names still hold them;
     /// `None` when its records go nowhere (sink `none` or not configured).
-    fn open(&mut self, path: &Path, rec: &FallbackRecord) -> Result<Option<Tail>, String> {
+    fn open(&mut self, path: &Path, rec: &FallbackRecord) -> Result<Option<Tail>, OpenError> {
         let reg = &rec.registration;
         let Some(wal) = self
             .wals
@@ -250,14 +260,19 @@ impl Pickup {
             return Ok(None);
         };
         let dir = self.cfg.state_dir.join("fallback");
-        crate::private::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::private::create_dir(&dir).map_err(|source| OpenError {
+            what: dir.display().to_string(),
+            source,
+        })?;
         let progress = dir.join(format!("{}.json", rec.key));
         let saved: Progress = std::fs::read(&progress)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let sandbox = SandboxDir::open(&rec.sandbox)
-            .map_err(|e| format!("sandbox {}: {e}", rec.sandbox.display()))?;
+        let sandbox = SandboxDir::open(&rec.sandbox).map_err(|source| OpenError {
+            what: format!("sandbox {}", rec.sandbox.display()),
+            source,
+        })?;
         let multiline = reg
             .options
             .multiline
@@ -267,7 +282,10 @@ impl Pickup {
         for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
             let file = sandbox
                 .open_ours(stream.name(), rec.files[i], false)
-                .map_err(|e| format!("{}: {e}", stream.name()))?;
+                .map_err(|source| OpenError {
+                    what: stream.name().to_string(),
+                    source,
+                })?;
             // Counted once per file, however often the container is reopened.
             if file.is_none() && self.lost.insert((rec.key.clone(), i)) {
                 FALLBACK_FILES_LOST.fetch_add(1, Ordering::Relaxed);

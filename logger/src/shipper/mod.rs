@@ -4,11 +4,11 @@
 //! file with checkpointed offsets, appends records to the disk buffer and
 //! runs the sinks. See the README for the design and its failure cases.
 
-pub mod cgroup;
 pub mod config;
 pub mod counters;
 pub mod fallback;
 pub mod handover;
+pub mod own_cgroup;
 pub mod parser;
 pub mod parser_sched;
 pub mod registration;

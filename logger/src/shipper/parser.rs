@@ -54,10 +54,8 @@ pub struct ParseJob {
     pub key: String,
     /// Its state directory (checkpoint).
     pub dir: PathBuf,
-    /// Container id (`root.child`) and route of its records.
-    pub cid: Vec<u8>,
-    /// Index or topic of its records.
-    pub route: Vec<u8>,
+    /// Container id and route of its records.
+    pub tags: RecordTags,
     /// Its disk buffer (`None`: nothing is parsed).
     pub wal: Option<Arc<Wal>>,
     /// stdout, stderr.
@@ -82,8 +80,7 @@ impl ParseJob {
         ParseJob {
             key,
             dir,
-            cid,
-            route,
+            tags: RecordTags { cid, route },
             wal,
             streams,
             finished,
@@ -137,16 +134,26 @@ fn commit(wal: &Wal, counters: &Counters) -> bool {
     }
 }
 
-/// Builds the per-record sink of a stream: frames each record into `framed`.
+/// What every record of a container carries besides its own fields.
+#[derive(Debug)]
+pub struct RecordTags {
+    /// Container id (`root.child`).
+    pub cid: Vec<u8>,
+    /// Index or topic of its records.
+    pub route: Vec<u8>,
+}
+
+/// Builds the per-record sink of a stream: frames each record into `framed`
+/// (only when `buffered`: else records go nowhere).
 fn emitter<'a>(
-    buffered: bool,
     framed: &'a mut Framed,
-    cid: &'a [u8],
-    route: &'a [u8],
+    buffered: bool,
+    tags: &'a RecordTags,
     stream: Stream,
 ) -> impl FnMut(Encoded<'_>) + 'a {
     move |e: Encoded<'_>| {
         if buffered {
+            let (cid, route) = (&tags.cid, &tags.route);
             crate::walrec::frame_encoded(&mut framed.bytes, stream, cid, route, &e);
             framed.records += 1;
             crate::fault::point("parser_record");
@@ -198,7 +205,7 @@ impl Parser {
         cfg: ParserConfig,
         wals: Vec<Arc<Wal>>,
         counters: Arc<Counters>,
-    ) -> Result<Parser, String> {
+    ) -> std::io::Result<Parser> {
         let (inbox, inbox_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let mut ctx = Ctx {
@@ -228,8 +235,7 @@ impl Parser {
                     }
                     ctx.run();
                 });
-            })
-            .map_err(|e| format!("parser thread: {e}"))?;
+            })?;
         Ok(Parser {
             inbox,
             stop,
@@ -286,13 +292,7 @@ impl Ctx {
         if let Some(j) = self.jobs.get_mut(ji).filter(|j| si < j.streams.len()) {
             j.dirty = true;
             let s = &mut j.streams[si];
-            let mut emit = emitter(
-                j.wal.is_some(),
-                &mut self.framed,
-                &j.cid,
-                &j.route,
-                s.shared.stream,
-            );
+            let mut emit = emitter(&mut self.framed, j.wal.is_some(), &j.tags, s.shared.stream);
             if let Err(e) = s.rewind(start, &mut self.buf, &mut emit) {
                 tracing::error!(
                     container = j.key,
@@ -363,6 +363,7 @@ impl Ctx {
                 stalled += j.streams.iter().filter(|s| !s.done).count() as u64;
             }
             let full = held || j.wal.as_ref().is_some_and(|w| w.is_full());
+            let buffered = j.wal.is_some();
             for (si, s) in j.streams.iter_mut().enumerate() {
                 // A window shorter than a whole line (split at `max_line_bytes`) would
                 // end inside an overlong line and never be consumed: the stream would
@@ -377,13 +378,7 @@ impl Ctx {
                     stream: si,
                     start: s.turn_start(),
                 });
-                let mut emit = emitter(
-                    j.wal.is_some(),
-                    &mut self.framed,
-                    &j.cid,
-                    &j.route,
-                    s.shared.stream,
-                );
+                let mut emit = emitter(&mut self.framed, buffered, &j.tags, s.shared.stream);
                 j.dirty |= f(s, &mut self.buf, full, &j.key, &mut emit);
                 drop(emit);
                 self.framed.flush(j.wal.as_deref());

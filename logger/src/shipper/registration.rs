@@ -48,17 +48,86 @@ pub enum Loaded {
     },
 }
 
-fn parse(bytes: &[u8], key: &str) -> Result<Registration, String> {
-    let reg: Registration =
-        serde_json::from_slice(bytes).map_err(|e| format!("unreadable: {e}"))?;
+/// Why one registration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// [`FILE`] or [`COPY`].
+        file: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// Not a registration.
+    #[error("{file}: unreadable: {source}")]
+    Malformed {
+        /// [`FILE`] or [`COPY`].
+        file: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// A format this worker does not know.
+    #[error("{file}: format version {version} not supported")]
+    Version {
+        /// [`FILE`] or [`COPY`].
+        file: &'static str,
+        /// The version it states.
+        version: u32,
+    },
+    /// The registration of another container.
+    #[error("{file}: names container {found:?}")]
+    OtherKey {
+        /// [`FILE`] or [`COPY`].
+        file: &'static str,
+        /// The key it names.
+        found: String,
+    },
+    /// A relative sandbox path.
+    #[error("{file}: sandbox {} is not absolute", sandbox.display())]
+    RelativeSandbox {
+        /// [`FILE`] or [`COPY`].
+        file: &'static str,
+        /// The path it names.
+        sandbox: PathBuf,
+    },
+}
+
+/// Reads registration file `file` of container `key`: its bytes (if it
+/// could be read) and the registration they hold.
+fn read(
+    dir: &Path,
+    file: &'static str,
+    key: &str,
+) -> (Option<Vec<u8>>, Result<Registration, RegistrationError>) {
+    let bytes = match std::fs::read(dir.join(file)) {
+        Ok(b) => b,
+        Err(source) => return (None, Err(RegistrationError::Read { file, source })),
+    };
+    let reg = parse(&bytes, file, key);
+    (Some(bytes), reg)
+}
+
+fn parse(bytes: &[u8], file: &'static str, key: &str) -> Result<Registration, RegistrationError> {
+    let reg: Registration = serde_json::from_slice(bytes)
+        .map_err(|source| RegistrationError::Malformed { file, source })?;
     if reg.version != REGISTRATION_VERSION {
-        return Err(format!("format version {} not supported", reg.version));
+        return Err(RegistrationError::Version {
+            file,
+            version: reg.version,
+        });
     }
     if reg.key != key {
-        return Err(format!("names container {:?}", reg.key));
+        return Err(RegistrationError::OtherKey {
+            file,
+            found: reg.key,
+        });
     }
     if !reg.sandbox.is_absolute() {
-        return Err(format!("sandbox {} is not absolute", reg.sandbox.display()));
+        return Err(RegistrationError::RelativeSandbox {
+            file,
+            sandbox: reg.sandbox,
+        });
     }
     Ok(reg)
 }
@@ -72,13 +141,8 @@ fn sandbox_of(bytes: &[u8]) -> Option<PathBuf> {
 
 /// Reads the registration of container `key` from its state directory `dir`.
 pub fn load(dir: &Path, key: &str) -> Loaded {
-    let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
-    let main = read(FILE);
-    let first = match main
-        .as_deref()
-        .map_err(Clone::clone)
-        .and_then(|b| parse(b, key).map_err(|e| format!("{FILE}: {e}")))
-    {
+    let (main, first) = read(dir, FILE, key);
+    let first = match first {
         Ok(reg) => {
             return Loaded::Full {
                 reg: Box::new(reg),
@@ -87,23 +151,15 @@ pub fn load(dir: &Path, key: &str) -> Loaded {
         }
         Err(e) => e,
     };
-    let copy = read(COPY);
-    match copy
-        .as_deref()
-        .map_err(Clone::clone)
-        .and_then(|b| parse(b, key).map_err(|e| format!("{COPY}: {e}")))
-    {
+    let (copy, second) = read(dir, COPY, key);
+    match second {
         Ok(reg) => Loaded::Full {
             reg: Box::new(reg),
-            problem: Some(first),
+            problem: Some(first.to_string()),
         },
         Err(second) => {
             let problem = format!("{first}; {second}");
-            match [main, copy]
-                .iter()
-                .filter_map(|b| b.as_ref().ok())
-                .find_map(|b| sandbox_of(b))
-            {
+            match [main, copy].iter().flatten().find_map(|b| sandbox_of(b)) {
                 Some(sandbox) => Loaded::SandboxOnly { sandbox, problem },
                 None => Loaded::Nothing { problem },
             }

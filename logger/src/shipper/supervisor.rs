@@ -815,12 +815,12 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), String> {
         }
         None => {
             if let Some(name) = &cfg.cgroup {
-                let limits = super::cgroup::Limits {
+                let limits = super::own_cgroup::Limits {
                     memory_max: cfg.cgroup_memory_max,
                     cpu_max: cfg.cgroup_cpu_max.clone(),
                 };
                 let dirs =
-                    super::cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)?;
+                    super::own_cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)?;
                 tracing::info!(?dirs, "moved into the shipper's own cgroup");
             }
             secure_state_dir(&cfg.state_dir)?;
