@@ -82,7 +82,7 @@ pub fn run(config: &Config, options: &Options, bench: &BenchOptions) -> Result<E
         iso.parameters.retain(|(k, _)| k != "cgroups_root");
         iso.parameters.push(("cgroups_root".into(), bench_root()));
     }
-    let modules = Modules::load(&config, options.strict)?;
+    let modules = Modules::load(&config)?;
     let sandbox = scratch.join("sandbox");
     std::fs::create_dir_all(&sandbox).map_err(|e| e.to_string())?;
     let fds_before = open_fds();

@@ -29,14 +29,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .init();
-    let options = match cli::parse(std::env::args_os().skip(1).collect()) {
-        Ok(o) => o,
-        Err(msg) => {
-            eprintln!("rein-run: {msg}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit 2, `--help` exits 0 (clap's conventions).
+    let options = cli::parse(std::env::args_os().skip(1).collect()).unwrap_or_else(|e| e.exit());
     match run(options) {
         Ok(code) => code,
         Err(msg) => {
@@ -44,6 +40,12 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Colour codes only for a terminal, and never with `NO_COLOR` set.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run(options: Options) -> Result<ExitCode, String> {
@@ -66,7 +68,7 @@ fn run(options: Options) -> Result<ExitCode, String> {
     if let Command::Bench(bench) = &options.command {
         return bench::run(&config, &options, bench);
     }
-    let modules = Modules::load(&config, options.strict)?;
+    let modules = Modules::load(&config)?;
     eprintln!("rein-run: isolators: {}", modules.kinds().join(", "));
     let live = recover(&modules, &records)?;
     match &options.command {

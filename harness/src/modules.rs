@@ -46,21 +46,21 @@ pub struct Modules {
 pub type CallError = String;
 
 impl Modules {
-    /// Creates every configured isolator. One that cannot start is reported and left
-    /// out unless `strict`.
-    pub fn load(config: &Config, strict: bool) -> Result<Self, String> {
+    /// Creates every configured isolator and the logger. One that cannot start
+    /// fails the run, naming it and the reason: running a container without an
+    /// isolator the configuration asks for would look isolated and not be.
+    pub fn load(config: &Config) -> Result<Self, String> {
         let mut isolators = Vec::new();
         for iso in &config.isolators {
-            match rein_modules::create_isolator(&iso.kind, &key_values(&iso.parameters)) {
-                Ok(handle) => isolators.push((iso.kind.clone(), *handle)),
-                Err(err) if strict => return Err(err),
-                Err(err) => eprintln!("rein-run: isolator {} is not available: {err}", iso.kind),
-            }
+            let handle = rein_modules::create_isolator(&iso.kind, &key_values(&iso.parameters))
+                .map_err(|err| cannot_start(&format!("isolator '{}'", iso.kind), &err))?;
+            isolators.push((iso.kind.clone(), *handle));
         }
         let logger = match &config.logger {
-            Some(logger) => Some(*rein_modules::create_logger(&key_values(
-                &logger.parameters,
-            ))?),
+            Some(logger) => Some(
+                *rein_modules::create_logger(&key_values(&logger.parameters))
+                    .map_err(|err| cannot_start("the container logger", &err))?,
+            ),
             None => None,
         };
         let (limits_tx, limits_rx) = mpsc::channel();
@@ -244,6 +244,13 @@ impl Modules {
         }
         errors
     }
+}
+
+fn cannot_start(what: &str, reason: &str) -> String {
+    format!(
+        "{what} cannot start: {reason} (fix its module parameters, or remove it from the \
+         configuration to run without it)"
+    )
 }
 
 /// Module parameters as the bridge takes them.
