@@ -387,6 +387,7 @@ fn zz_as_another_user() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn state_is_private_from_the_start_and_an_older_state_is_tightened() {
     let test = "state_is_private_from_the_start_and_an_older_state_is_tightened";
     let Some((d, exe)) = as_root(test, "files of root read as user 65534") else {
@@ -485,6 +486,7 @@ fn state_is_private_from_the_start_and_an_older_state_is_tightened() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn only_root_or_the_socket_group_hands_containers_to_the_shipper() {
     let test = "only_root_or_the_socket_group_hands_containers_to_the_shipper";
     let Some((d, exe)) = as_root(test, "user 65534 against a root shipper") else {
