@@ -30,22 +30,6 @@ fn value(manifest: &str, section: &str, key: &str) -> Option<String> {
     None
 }
 
-fn manifests(dir: &Path, found: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let path = entry.path();
-        if entry.file_type().unwrap().is_dir() {
-            if !name.starts_with('.') && name != "target" {
-                manifests(&path, found);
-            }
-        } else if name == "Cargo.toml" {
-            found.push(path);
-        }
-    }
-}
-
 fn version(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap()).collect()
 }
@@ -59,8 +43,7 @@ fn workspace_rust_version() -> String {
 #[test]
 fn every_crate_inherits_the_workspace_rust_version() {
     let msrv = workspace_rust_version();
-    let mut found = Vec::new();
-    manifests(&repo(), &mut found);
+    let found = rein_tests::files_under(&repo(), &|name| name == "Cargo.toml");
     let mut wrong = Vec::new();
     let mut packages = 0;
     for path in found {

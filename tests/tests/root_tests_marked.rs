@@ -3,26 +3,10 @@
 //! as root with `--include-ignored`). Checks every test in the repository whose body
 //! holds a root check (`require_root(`, `!is_root()`, `!common::is_root()`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const ROOT_CHECKS: &[&str] = &["require_root(", "!is_root()", "!common::is_root()"];
 const MARK: &str = "#[ignore = \"needs root\"]";
-
-fn sources(dir: &Path, found: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let path = entry.path();
-        if entry.file_type().unwrap().is_dir() {
-            if !name.starts_with('.') && name != "target" {
-                sources(&path, found);
-            }
-        } else if name.ends_with(".rs") {
-            found.push(path);
-        }
-    }
-}
 
 /// `(name, attributes, body)` of every `#[test]` function of a file.
 fn tests_of(text: &str) -> Vec<(String, Vec<String>, String)> {
@@ -60,8 +44,7 @@ fn tests_of(text: &str) -> Vec<(String, Vec<String>, String)> {
 #[test]
 fn tests_that_need_root_are_marked_so() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files = Vec::new();
-    sources(&repo, &mut files);
+    let files = rein_tests::files_under(&repo, &|name| name.ends_with(".rs"));
     let mut unmarked = Vec::new();
     let mut marked = 0;
     for file in files {
