@@ -9,7 +9,8 @@ use rein_core::cgroupfs::cgroup_mounts;
 
 use crate::cli::{BenchOptions, Options};
 use crate::config::Config;
-use crate::modules::Modules;
+use crate::error::HarnessError;
+use crate::modules::{CallError, Modules};
 use crate::process::Held;
 
 /// The cgroups root the benchmark works under, apart from real containers and from
@@ -75,16 +76,21 @@ fn remove_bench_roots() {
 }
 
 /// Runs the churn and prints the figures.
-pub fn run(config: &Config, options: &Options, bench: &BenchOptions) -> Result<ExitCode, String> {
+pub fn run(
+    config: &Config,
+    options: &Options,
+    bench: &BenchOptions,
+) -> Result<ExitCode, HarnessError> {
     let scratch = tempdir()?;
     let mut config = config.clone().with_state_dir(&scratch);
     for iso in &mut config.isolators {
         iso.parameters.retain(|(k, _)| k != "cgroups_root");
         iso.parameters.push(("cgroups_root".into(), bench_root()));
     }
-    let modules = Modules::load(&config, options.strict)?;
+    let modules = Modules::load(&config)?;
     let sandbox = scratch.join("sandbox");
-    std::fs::create_dir_all(&sandbox).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&sandbox)
+        .map_err(HarnessError::io(format!("creating {}", sandbox.display())))?;
     let fds_before = open_fds();
     let mut times = Vec::with_capacity(bench.containers);
     let started = Instant::now();
@@ -92,23 +98,21 @@ pub fn run(config: &Config, options: &Options, bench: &BenchOptions) -> Result<E
         let chain = vec![format!("bench-{i}")];
         let view = crate::config_view(options, &chain, &sandbox);
         let t0 = Instant::now();
-        modules
-            .prepare(&view)
-            .map_err(|e| format!("container {i}: {e}"))?;
+        modules.prepare(&view).map_err(|e| bench_error(i, &e))?;
         let mut spent = t0.elapsed();
         let held = Held::spawn(&["/bin/true".to_owned()], &sandbox, &[], None, None)
-            .map_err(|e| e.to_string())?;
+            .map_err(HarnessError::io("starting /bin/true"))?;
         modules.watch(&view.container);
         let t1 = Instant::now();
         let isolated = modules.isolate(&view.container, held.pid());
         spent += t1.elapsed();
         held.abort();
-        isolated.map_err(|e| format!("container {i}: {e}"))?;
+        isolated.map_err(|e| bench_error(i, &e))?;
         let t2 = Instant::now();
         let errors = modules.cleanup(&view.container);
         spent += t2.elapsed();
         if let Some(e) = errors.first() {
-            return Err(format!("container {i}: {e}"));
+            return Err(bench_error(i, e));
         }
         times.push(spent);
     }
@@ -149,8 +153,16 @@ pub fn run(config: &Config, options: &Options, bench: &BenchOptions) -> Result<E
     })
 }
 
-fn tempdir() -> Result<PathBuf, String> {
+fn tempdir() -> Result<PathBuf, HarnessError> {
     let dir = std::env::temp_dir().join(format!("rein-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(HarnessError::io(format!("creating {}", dir.display())))?;
     Ok(dir)
+}
+
+fn bench_error(index: usize, e: &CallError) -> HarnessError {
+    HarnessError::Bench {
+        index,
+        message: e.to_string(),
+    }
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::HarnessError;
+
 /// One isolator and its module parameters.
 #[derive(Debug, Clone, Deserialize)]
 pub struct IsolatorConfig {
@@ -62,15 +64,15 @@ fn default_sandbox_dir() -> PathBuf {
 
 impl Config {
     /// Loads a file, or the embedded default.
-    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+    pub fn load(path: Option<&Path>) -> Result<Self, HarnessError> {
         let text = match path {
-            Some(p) => {
-                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
-            }
+            Some(p) => std::fs::read_to_string(p).map_err(|source| HarnessError::ReadConfig {
+                path: p.to_owned(),
+                source,
+            })?,
             None => DEFAULT.to_owned(),
         };
-        let mut config: Config =
-            serde_json::from_str(&text).map_err(|e| format!("parsing the configuration: {e}"))?;
+        let mut config: Config = serde_json::from_str(&text)?;
         config.fill_shared_parameters();
         Ok(config)
     }

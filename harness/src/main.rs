@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod config;
+mod error;
 mod modules;
 mod process;
 mod records;
@@ -19,6 +20,7 @@ use rein_modules::{ContainerChain, ContainerConfigView, KeyValue, RecoveredView,
 
 use crate::cli::{Command, Options};
 use crate::config::Config;
+use crate::error::HarnessError;
 use crate::modules::Modules;
 use crate::records::ContainerRecord;
 
@@ -29,14 +31,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .init();
-    let options = match cli::parse(std::env::args_os().skip(1).collect()) {
-        Ok(o) => o,
-        Err(msg) => {
-            eprintln!("rein-run: {msg}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit 2, `--help` exits 0 (clap's conventions).
+    let options = cli::parse(std::env::args_os().skip(1).collect()).unwrap_or_else(|e| e.exit());
     match run(options) {
         Ok(code) => code,
         Err(msg) => {
@@ -46,7 +44,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: Options) -> Result<ExitCode, String> {
+/// Colour codes only for a terminal, and never with `NO_COLOR` set.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn run(options: Options) -> Result<ExitCode, HarnessError> {
     match options.command {
         Command::Defaults => {
             println!("{}", config::DEFAULT);
@@ -62,11 +66,11 @@ fn run(options: Options) -> Result<ExitCode, String> {
     if let Some(dir) = &options.state_dir {
         config = config.with_state_dir(dir);
     }
-    let records = StateStore::open(&config.state_dir, "harness").map_err(|e| e.to_string())?;
+    let records = StateStore::open(&config.state_dir, "harness")?;
     if let Command::Bench(bench) = &options.command {
         return bench::run(&config, &options, bench);
     }
-    let modules = Modules::load(&config, options.strict)?;
+    let modules = Modules::load(&config)?;
     eprintln!("rein-run: isolators: {}", modules.kinds().join(", "));
     let live = recover(&modules, &records)?;
     match &options.command {
@@ -95,18 +99,17 @@ fn run(options: Options) -> Result<ExitCode, String> {
     }
 }
 
-fn find(live: &[ContainerRecord], id: &str) -> Result<ContainerRecord, String> {
+fn find(live: &[ContainerRecord], id: &str) -> Result<ContainerRecord, HarnessError> {
     live.iter()
         .find(|r| r.chain.join(".") == id)
         .cloned()
-        .ok_or_else(|| format!("no live container '{id}'"))
+        .ok_or_else(|| HarnessError::NoLiveContainer(id.to_owned()))
 }
 
 /// Recovers the isolators as an agent does at start: live containers are adopted,
 /// dead ones (orphans) are cleaned up.
-fn recover(modules: &Modules, records: &StateStore) -> Result<Vec<ContainerRecord>, String> {
-    let all: Vec<(rein_core::ContainerId, ContainerRecord)> =
-        records.load_all().map_err(|e| e.to_string())?;
+fn recover(modules: &Modules, records: &StateStore) -> Result<Vec<ContainerRecord>, HarnessError> {
+    let all: Vec<(rein_core::ContainerId, ContainerRecord)> = records.load_all()?;
     let (live, dead): (Vec<_>, Vec<_>) = all
         .into_iter()
         .map(|(_, r)| r)
@@ -120,7 +123,9 @@ fn recover(modules: &Modules, records: &StateStore) -> Result<Vec<ContainerRecor
         })
         .collect();
     let orphans: Vec<ContainerChain> = dead.iter().map(ContainerRecord::container).collect();
-    modules.recover(&live_views, &orphans)?;
+    modules
+        .recover(&live_views, &orphans)
+        .map_err(HarnessError::Recover)?;
     for record in &dead {
         for e in cleanup(modules, records, record)? {
             eprintln!(
@@ -196,9 +201,9 @@ fn launch(
     config: &Config,
     options: &Options,
     argv: &[String],
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, HarnessError> {
     let chain = options.id_chain();
-    let id = rein_core::ContainerId::new(chain.clone()).map_err(|e| e.to_string())?;
+    let id = rein_core::ContainerId::new(chain.clone())?;
     let sandbox = options
         .sandbox
         .clone()
@@ -208,13 +213,16 @@ fn launch(
         .as_deref()
         .map(process::Credentials::of)
         .transpose()
-        .map_err(|e| format!("--user: {e}"))?;
-    std::fs::create_dir_all(&sandbox)
-        .map_err(|e| format!("creating sandbox {}: {e}", sandbox.display()))?;
+        .map_err(HarnessError::io("--user"))?;
+    std::fs::create_dir_all(&sandbox).map_err(HarnessError::io(format!(
+        "creating sandbox {}",
+        sandbox.display()
+    )))?;
     if let Some(c) = user {
         // The sandbox belongs to the task's user, as the agent's --switch_user makes it.
-        std::os::unix::fs::chown(&sandbox, Some(c.uid), Some(c.gid))
-            .map_err(|e| format!("giving sandbox {} to --user: {e}", sandbox.display()))?;
+        std::os::unix::fs::chown(&sandbox, Some(c.uid), Some(c.gid)).map_err(HarnessError::io(
+            format!("giving sandbox {} to --user", sandbox.display()),
+        ))?;
     }
     let view = config_view(options, &chain, &sandbox);
     let container = view.container.clone();
@@ -235,15 +243,18 @@ fn launch(
     // A detached container must not hold the harness's terminal or pipes: without a
     // logger its output goes to the sandbox files, as in Mesos.
     let stdio = match stdio {
-        None if options.detach => {
-            Some(process::Stdio::sandbox_files(&sandbox).map_err(|e| e.to_string())?)
-        }
+        None if options.detach => Some(process::Stdio::sandbox_files(&sandbox).map_err(
+            HarnessError::io(format!(
+                "opening the sandbox files in {}",
+                sandbox.display()
+            )),
+        )?),
         stdio => stdio,
     };
     let mut env = environment;
     env.extend(options.env.iter().cloned());
     let held = process::Held::spawn(argv, &sandbox, &env, stdio.as_ref(), user)
-        .map_err(|e| format!("starting {argv:?}: {e}"))?;
+        .map_err(HarnessError::io(format!("starting {argv:?}")))?;
     // The container holds its own copies now; ours must not keep its pipes open.
     drop(stdio);
     let pid = held.pid();
@@ -254,7 +265,7 @@ fn launch(
         sandbox: sandbox.clone(),
         argv: argv.to_vec(),
     };
-    records.save(&id, &record).map_err(|e| e.to_string())?;
+    records.save(&id, &record)?;
     modules.watch(&container);
     if let Err(e) = modules.isolate(&container, pid) {
         held.abort();
@@ -265,7 +276,7 @@ fn launch(
     }
     let child = held
         .release()
-        .map_err(|e| format!("releasing the container: {e}"))?;
+        .map_err(HarnessError::io("releasing the container"))?;
     eprintln!("rein-run: container {id} running as pid {pid}");
     if options.detach {
         print_report(modules, options, &record);
@@ -285,7 +296,7 @@ fn supervise(
     options: &Options,
     record: ContainerRecord,
     child: Option<process::Running>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, HarnessError> {
     let mut last_report = Instant::now();
     let mut outcome = "exited".to_owned();
     loop {
@@ -296,7 +307,7 @@ fn supervise(
                     true
                 }
                 Ok(None) => false,
-                Err(e) => return Err(format!("waiting for the container: {e}")),
+                Err(e) => return Err(HarnessError::io("waiting for the container")(e)),
             },
             None => !record.is_alive(),
         };
@@ -330,7 +341,7 @@ fn finish(
     options: &Options,
     record: ContainerRecord,
     outcome: &str,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, HarnessError> {
     print_report(modules, options, &record);
     let errors = cleanup(modules, records, &record)?;
     let id = record.chain.join(".");
@@ -351,9 +362,9 @@ fn cleanup(
     modules: &Modules,
     records: &StateStore,
     record: &ContainerRecord,
-) -> Result<Vec<modules::CallError>, String> {
+) -> Result<Vec<modules::CallError>, HarnessError> {
     let errors = modules.cleanup(&record.container());
-    records.remove(&record.id()?).map_err(|e| e.to_string())?;
+    records.remove(&record.id()?)?;
     Ok(errors)
 }
 
@@ -361,7 +372,11 @@ fn print_report(modules: &Modules, options: &Options, record: &ContainerRecord) 
     let chain = record.container();
     let (status, status_errors) = modules.status(&chain);
     let (usage, usage_errors) = modules.usage(&chain);
-    let errors: Vec<String> = status_errors.into_iter().chain(usage_errors).collect();
+    let errors: Vec<String> = status_errors
+        .iter()
+        .chain(&usage_errors)
+        .map(ToString::to_string)
+        .collect();
     if options.json {
         println!(
             "{}",

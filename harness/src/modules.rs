@@ -13,6 +13,7 @@ use rein_modules::{
 };
 
 use crate::config::Config;
+use crate::error::HarnessError;
 use crate::process::Stdio;
 
 /// How long one call may take before the harness gives up on it.
@@ -42,25 +43,41 @@ pub struct Modules {
     limits_rx: mpsc::Receiver<(String, Outcome)>,
 }
 
-/// The error of one call: which isolator, and its message.
-pub type CallError = String;
+/// The error of one call: which module, which call, and its message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{module} {call}: {message}")]
+pub struct CallError {
+    /// The isolator kind, or `logger`.
+    pub module: String,
+    /// The call (`prepare`, `isolate`, ...).
+    pub call: &'static str,
+    /// What the module answered.
+    pub message: String,
+}
 
 impl Modules {
-    /// Creates every configured isolator. One that cannot start is reported and left
-    /// out unless `strict`.
-    pub fn load(config: &Config, strict: bool) -> Result<Self, String> {
+    /// Creates every configured isolator and the logger. One that cannot start
+    /// fails the run, naming it and the reason: running a container without an
+    /// isolator the configuration asks for would look isolated and not be.
+    pub fn load(config: &Config) -> Result<Self, HarnessError> {
         let mut isolators = Vec::new();
         for iso in &config.isolators {
-            match rein_modules::create_isolator(&iso.kind, &key_values(&iso.parameters)) {
-                Ok(handle) => isolators.push((iso.kind.clone(), *handle)),
-                Err(err) if strict => return Err(err),
-                Err(err) => eprintln!("rein-run: isolator {} is not available: {err}", iso.kind),
-            }
+            let handle = rein_modules::create_isolator(&iso.kind, &key_values(&iso.parameters))
+                .map_err(|reason| HarnessError::CannotStart {
+                    what: format!("isolator '{}'", iso.kind),
+                    reason,
+                })?;
+            isolators.push((iso.kind.clone(), *handle));
         }
         let logger = match &config.logger {
-            Some(logger) => Some(*rein_modules::create_logger(&key_values(
-                &logger.parameters,
-            ))?),
+            Some(logger) => Some(
+                *rein_modules::create_logger(&key_values(&logger.parameters)).map_err(
+                    |reason| HarnessError::CannotStart {
+                        what: "the container logger".into(),
+                        reason,
+                    },
+                )?,
+            ),
             None => None,
         };
         let (limits_tx, limits_rx) = mpsc::channel();
@@ -138,7 +155,11 @@ impl Modules {
                 }
             })),
             Ok(other) => Err(describe("logger", "prepare", other)),
-            Err(_) => Err("logger prepare: no answer within the call timeout".into()),
+            Err(_) => Err(describe(
+                "logger",
+                "prepare",
+                Outcome::Failed("no answer within the call timeout".into()),
+            )),
         }
     }
 
@@ -187,7 +208,7 @@ impl Modules {
     /// Asks every isolator the same question; answers and errors per isolator.
     fn ask_all<T>(
         &self,
-        call: &str,
+        call: &'static str,
         start: impl Fn(&IsolatorHandle, Box<dyn Completer>),
         answer: impl Fn(Outcome) -> Result<T, Outcome>,
     ) -> (Vec<(String, T)>, Vec<CallError>) {
@@ -262,16 +283,21 @@ impl Completer for Tagged {
     }
 }
 
-fn expect_nothing(kind: &str, call: &str, outcome: Outcome) -> Result<(), CallError> {
+fn expect_nothing(kind: &str, call: &'static str, outcome: Outcome) -> Result<(), CallError> {
     match outcome {
         Outcome::Nothing => Ok(()),
         other => Err(describe(kind, call, other)),
     }
 }
 
-fn describe(kind: &str, call: &str, outcome: Outcome) -> CallError {
-    match outcome {
-        Outcome::Failed(message) => format!("{kind} {call}: {message}"),
-        other => format!("{kind} {call}: unexpected answer {other:?}"),
+fn describe(kind: &str, call: &'static str, outcome: Outcome) -> CallError {
+    let message = match outcome {
+        Outcome::Failed(message) => message,
+        other => format!("unexpected answer {other:?}"),
+    };
+    CallError {
+        module: kind.to_owned(),
+        call,
+        message,
     }
 }

@@ -27,8 +27,8 @@ impl ContainerRecord {
     }
 
     /// The container id.
-    pub fn id(&self) -> Result<rein_core::ContainerId, String> {
-        rein_core::ContainerId::new(self.chain.clone()).map_err(|e| e.to_string())
+    pub fn id(&self) -> Result<rein_core::ContainerId, rein_core::container::InvalidContainerId> {
+        rein_core::ContainerId::new(self.chain.clone())
     }
 
     /// Whether the container's process is still the one we started.

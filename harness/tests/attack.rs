@@ -693,6 +693,7 @@ fn snapshot(dir: &Path) -> Vec<(String, u64, u32, i64, Vec<u8>)> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attacker_beside_victim_through_the_harness_and_a_real_shipper() {
     let Some(mut f) = fixture("attacker_beside_victim_through_the_harness_and_a_real_shipper")
     else {

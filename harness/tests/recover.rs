@@ -63,6 +63,7 @@ fn net_cls_mount() -> Option<std::path::PathBuf> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn detached_container_is_recovered_and_destroyed_by_a_new_harness() {
     if !rein_tests::require_root("detached_container_is_recovered_and_destroyed_by_a_new_harness") {
         return;
@@ -121,6 +122,7 @@ fn detached_container_is_recovered_and_destroyed_by_a_new_harness() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn container_that_died_while_the_harness_was_away_is_cleaned_as_an_orphan() {
     if !rein_tests::require_root(
         "container_that_died_while_the_harness_was_away_is_cleaned_as_an_orphan",

@@ -160,18 +160,10 @@ fn task_label_routes_records_to_its_kafka_topic() {
             broker.port
         ),
     );
-    let m = rein_logger::module::LoggerModule::new(&[
-        (
-            "shipper_socket".to_string(),
-            sh.socket.display().to_string(),
-        ),
-        (
-            "allowed_sinks".to_string(),
-            "elasticsearch,kafka,none".to_string(),
-        ),
-        ("allowed_topic_prefixes".to_string(), "team-a-".to_string()),
-    ])
-    .unwrap();
+    let m = sh.module_with(&[
+        ("allowed_sinks", "elasticsearch,kafka,none"),
+        ("allowed_topic_prefixes", "team-a-"),
+    ]);
     let labels = [
         ("rein.log.sink", "kafka"),
         ("rein.log.topic", "team-a-logs"),

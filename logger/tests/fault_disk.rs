@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::shipper::{run_container, sandbox_stream, spec, Shipper};
+use common::tmpfs::Tmpfs;
 use common::{free_port, is_root, osmem_bin, skip, EsServer};
 
 /// The shipper inherits the environment: starts (which may set
@@ -34,65 +35,9 @@ fn start_shipper(dir: &Path, extra: &str, faults: Option<&str>) -> Shipper {
     sh
 }
 
-/// A tmpfs mounted at a directory, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ],
-            at,
-        );
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        run("mount", &["-o", &format!("remount,size={size}")], &self.0);
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str], path: &Path) {
-    let st = Command::new(cmd).args(args).arg(path).status().unwrap();
-    assert!(st.success(), "{cmd} {args:?} {}: {st}", path.display());
-}
-
 /// osmem on a given port (the shipper may be started before it).
 fn es_on(port: u16) -> EsServer {
-    let child = Command::new(osmem_bin().unwrap())
-        .args([
-            "-addr",
-            &format!("127.0.0.1:{port}"),
-            "-no-stdin-watch",
-            "-no-ja",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let es = EsServer {
-        child,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while es.get("/").is_none_or(|(st, _)| st != 200) {
-        assert!(Instant::now() < deadline, "osmem did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    es
+    EsServer::start_on(port).expect("osmem did not start")
 }
 
 /// Why a test cannot run here, if it cannot.
@@ -269,6 +214,7 @@ const SHIPPER: &str = "es_index = fault-%Y.%m.%d\nes_gzip = false\nes_backoff_ma
 /// buffer, then the tmpfs is enlarged, Elasticsearch comes up, and every
 /// line arrives exactly once.
 #[test]
+#[ignore = "needs root"]
 fn state_dir_fills_mid_stream_then_grows() {
     let name = "state_dir_fills_mid_stream_then_grows";
     if let Some(why) = cannot_run() {
@@ -363,6 +309,7 @@ fn state_dir_fills_mid_stream_then_grows() {
 /// Elasticsearch comes up: every line of both containers arrives exactly
 /// once, neither container saw EPIPE, the counters add up.
 #[test]
+#[ignore = "needs root"]
 fn whole_state_dir_full_with_a_new_container_and_a_killed_worker() {
     whole_state_dir_full(
         "whole_state_dir_full_with_a_new_container_and_a_killed_worker",
@@ -373,6 +320,7 @@ fn whole_state_dir_full_with_a_new_container_and_a_killed_worker() {
 /// The same, the new container registering with the worker started on the
 /// full file system after the kill.
 #[test]
+#[ignore = "needs root"]
 fn whole_state_dir_full_with_a_killed_worker_then_a_new_container() {
     whole_state_dir_full(
         "whole_state_dir_full_with_a_killed_worker_then_a_new_container",
@@ -551,6 +499,7 @@ fn injected_write_and_sync_errors_lose_and_duplicate_nothing() {
 /// to its last whole line and nothing is taken as written; once there is
 /// room, every record is in the file exactly once.
 #[test]
+#[ignore = "needs root"]
 fn dead_letter_write_on_a_full_file_system_is_retried_whole() {
     use rein_logger::sink::deadletter::{DeadLetter, DeadLetterFullPolicy, DeadLetterLimits};
     let name = "dead_letter_write_on_a_full_file_system_is_retried_whole";
@@ -707,6 +656,7 @@ fn ext4_error_trigger_exists() -> bool {
 /// mounted read-write again, and the new worker goes on from the checkpoint
 /// that was durable: every line arrives exactly once, no EPIPE.
 #[test]
+#[ignore = "needs root"]
 fn state_dir_turns_read_only_then_read_write() {
     let name = "state_dir_turns_read_only_then_read_write";
     if let Some(why) = cannot_run() {
@@ -815,6 +765,7 @@ fn state_dir_turns_read_only_then_read_write() {
 /// buffer is a full buffer: the oldest segments go (counted), the container
 /// is never held back, and kept + dropped + in flight = read, exactly.
 #[test]
+#[ignore = "needs root"]
 fn drop_oldest_on_a_full_file_system_never_blocks_and_counts_every_line() {
     let name = "drop_oldest_on_a_full_file_system_never_blocks_and_counts_every_line";
     if !is_root() {
@@ -890,6 +841,7 @@ fn drop_oldest_on_a_full_file_system_never_blocks_and_counts_every_line() {
 /// before, the whole batch was written at once and refused with ENOSPC for
 /// as long as the disk stayed full, so the buffer never drained.
 #[test]
+#[ignore = "needs root"]
 fn a_batch_larger_than_the_room_left_goes_out_in_pieces() {
     use rein_logger::wal::{FullPolicy, Wal, WalConfig};
     if !is_root() {

@@ -561,6 +561,30 @@ fn own_peak_rss_kib() -> u64 {
 const MAX_TEST_PEAK_KIB: u64 = 256 << 10;
 
 /// Waits until `cond` (or panics after 60 s with `what` and the counters).
+/// The sink thread still runs, shipped nothing and acknowledged nothing: the
+/// batch stays in the buffer (`when`: what it must not have been acknowledged on).
+#[cfg(any(feature = "redis", feature = "kafka"))]
+fn assert_kept(
+    test: &str,
+    run: &common::sinks::RunningSink,
+    w: &rein_logger::wal::Wal,
+    when: &str,
+) {
+    use std::sync::atomic::Ordering;
+    let stats = &run.stats;
+    assert!(run.running(), "{test}: the sink thread ended");
+    assert_eq!(
+        stats.shipped.load(Ordering::Relaxed),
+        0,
+        "{test}: {stats:?}"
+    );
+    assert_eq!(
+        w.stats.acked_records.load(Ordering::Relaxed),
+        0,
+        "{test}: acknowledged {when}"
+    );
+}
+
 fn wait_for(what: &str, stats: &rein_logger::sink::SinkStats, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
@@ -601,17 +625,7 @@ mod redis_faults {
         wait_for("three refused answers", &stats, || {
             stats.responses_refused.get(reason) >= 3
         });
-        assert!(run.running(), "{test}: the sink thread ended");
-        assert_eq!(
-            stats.shipped.load(Ordering::Relaxed),
-            0,
-            "{test}: {stats:?}"
-        );
-        assert_eq!(
-            w.stats.acked_records.load(Ordering::Relaxed),
-            0,
-            "{test}: acknowledged on a refused answer"
-        );
+        assert_kept(test, &run, &w, "on a refused answer");
         assert_eq!(
             stats.responses_refused.total(),
             stats.responses_refused.get(reason),
@@ -704,7 +718,7 @@ mod redis_faults {
 #[cfg(feature = "kafka")]
 mod kafka_faults {
     use super::*;
-    use common::sinks::{buffer, handled, RunningSink};
+    use common::sinks::{buffer, handled, kafka_config, RunningSink};
     use common::{fill_wal, free_port, tansu_bin, Broker};
     use rein_logger::http::Refusal;
     use rein_logger::sink::kafka::{KafkaConfig, KafkaSink};
@@ -728,16 +742,8 @@ mod kafka_faults {
         let port = free_port();
         let hostile = RawHostile::start(port, raw);
         let cfg = KafkaConfig {
-            brokers: format!("127.0.0.1:{port}"),
-            topic: "rein-logs".into(),
-            compression: "none".into(),
-            message_timeout: Duration::from_millis(1500),
             batch_records: 100,
-            batch_bytes: 4 << 20,
-            backoff_max: Duration::from_millis(300),
-            dead_letter: d.path().join("dead.ndjson"),
-            properties: vec![],
-            route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
+            ..kafka_config(port, d.path())
         };
         let run = RunningSink::start(|s| KafkaSink::new(cfg, s).unwrap(), &w);
         let stats = run.stats.clone();
@@ -748,17 +754,7 @@ mod kafka_faults {
                 && stats.retried.load(Ordering::Relaxed) > 0
                 && reason.is_none_or(|r| stats.responses_refused.get(r) > 0)
         });
-        assert!(run.running(), "{test}: the sink thread ended");
-        assert_eq!(
-            stats.shipped.load(Ordering::Relaxed),
-            0,
-            "{test}: {stats:?}"
-        );
-        assert_eq!(
-            w.stats.acked_records.load(Ordering::Relaxed),
-            0,
-            "{test}: acknowledged without a broker"
-        );
+        assert_kept(test, &run, &w, "without a broker");
         hostile.stop();
         let broker = Broker::start(port).expect("tansu starts");
         wait_for("every record delivered", &stats, || {

@@ -15,7 +15,7 @@ mod common;
 mod fake_es;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::rng::Rng;
@@ -176,13 +176,7 @@ fn own_binary(dir: &Path) -> PathBuf {
 
 /// Starts a supervisor from `exe` with the settings file `Shipper::start` wrote.
 fn start_supervisor(exe: &Path, dir: &Path) -> Child {
-    Command::new(exe)
-        .args(["run", "--config"])
-        .arg(dir.join("shipper.conf"))
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-        )
+    common::supervisor_cmd::supervisor_command(exe, dir)
         .spawn()
         .unwrap()
 }

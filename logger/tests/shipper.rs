@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::shipper::{buffered_seqs, run_container, sandbox_stream, spec, Shipper};
+use common::tmpfs::Tmpfs;
 
 /// Checks that `data` is exactly lines `prefix seq=0..n` (size 200) in order.
 fn assert_lines(data: &[u8], prefix: &str, seqs: impl Iterator<Item = u64>) {
@@ -516,9 +517,10 @@ fn agent_restart_and_two_module_instances() {
 
 /// Root only: the supervisor and the worker run in a cgroup of their own with limits.
 #[test]
+#[ignore = "needs root"]
 fn shipper_runs_in_its_own_cgroup() {
     let name = "shipper_runs_in_its_own_cgroup";
-    if !nix::unistd::geteuid().is_root() {
+    if !common::is_root() {
         return common::skip(name, "needs root");
     }
     let root = std::path::Path::new("/sys/fs/cgroup");
@@ -706,10 +708,10 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
     // Leaving SCHED_IDLE needs root (or an RLIMIT_NICE), as the shipper runs.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         common::skip(
             "parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance",
             "needs root",
@@ -745,45 +747,10 @@ fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
     let _ = c.wait();
 }
 
-/// A small tmpfs, unmounted on drop.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(at: &std::path::Path, size: &str) -> SmallFs {
-        std::fs::create_dir_all(at).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .unwrap();
-        SmallFs(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        nix::mount::mount(
-            None::<&str>,
-            &self.0,
-            None::<&str>,
-            nix::mount::MsFlags::MS_REMOUNT,
-            Some(format!("size={size}").as_str()),
-        )
-        .unwrap();
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[test]
+#[ignore = "needs root"]
 fn full_sandbox_disk_makes_the_container_wait_never_epipe_and_loses_nothing() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         common::skip(
             "full_sandbox_disk_makes_the_container_wait_never_epipe_and_loses_nothing",
             "needs root (mounts a tmpfs)",
@@ -792,7 +759,7 @@ fn full_sandbox_disk_makes_the_container_wait_never_epipe_and_loses_nothing() {
     }
     let d = tempfile::tempdir().unwrap();
     let sandbox = d.path().join("sandbox");
-    let fs = SmallFs::mount(&sandbox, "1m");
+    let fs = Tmpfs::mount_opts(&sandbox, "size=1m");
     let sh = Shipper::start(d.path(), "rotate_max_bytes = 256KiB\nrotate_keep = 1000");
     let m = sh.module();
     // 3 MB of output into a 1 MiB sandbox.

@@ -43,3 +43,25 @@ pub fn require_root(test: &str) -> bool {
         false
     }
 }
+
+/// The files under `dir` whose name `keep` accepts, skipping hidden and `target`
+/// directories (for the tests that check every source or manifest).
+pub fn files_under(dir: &std::path::Path, keep: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if entry.file_type().unwrap().is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    dirs.push(entry.path());
+                }
+            } else if keep(&name) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}

@@ -46,6 +46,7 @@ fn walk(path: &Path, id: u32, max: u64) -> TreeReport {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attack_disk_task_changes_ids_and_plants_objects() {
     let Some(xfs) = Xfs::mount("attack_disk_task_changes_ids_and_plants_objects") else {
         return;
@@ -125,6 +126,7 @@ fn attack_disk_task_changes_ids_and_plants_objects() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attack_disk_directories_swapped_for_symlinks_during_walks() {
     let Some(xfs) = Xfs::mount("attack_disk_directories_swapped_for_symlinks_during_walks") else {
         return;
@@ -172,6 +174,7 @@ fn attack_disk_directories_swapped_for_symlinks_during_walks() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attack_disk_trees_too_deep_or_too_large_stop_the_walk_at_its_bounds() {
     let Some(xfs) =
         Xfs::mount("attack_disk_trees_too_deep_or_too_large_stop_the_walk_at_its_bounds")
@@ -244,6 +247,7 @@ impl DiskKernel for IdsOnXfs {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attack_disk_churn_reclaims_every_id_while_sandboxes_stay() {
     let Some(xfs) = Xfs::mount("attack_disk_churn_reclaims_every_id_while_sandboxes_stay") else {
         return;

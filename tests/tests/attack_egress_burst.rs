@@ -39,6 +39,7 @@ fn params(root_name: &str, state: &Path, max_burst: &str) -> Vec<(String, String
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attack_egress_over_cap_shaping_is_refused_and_the_cap_holds() {
     if !rein_tests::require_root("attack_egress_over_cap_shaping_is_refused_and_the_cap_holds") {
         return;
@@ -143,6 +144,7 @@ fn attack_egress_over_cap_shaping_is_refused_and_the_cap_holds() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attack_egress_burst_granted_before_a_cap_is_capped_at_recovery() {
     if !rein_tests::require_root("attack_egress_burst_granted_before_a_cap_is_capped_at_recovery") {
         return;

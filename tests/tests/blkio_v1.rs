@@ -8,6 +8,7 @@ use rein_core::cgroupfs::Version;
 const V: Version = Version::V1;
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_write_bps_on_sandbox() {
     if let Some(h) = blkio_common::lane("blkio_v1_write_bps_on_sandbox", V) {
         blkio_common::write_bps_on_sandbox(h);
@@ -15,6 +16,7 @@ fn blkio_v1_write_bps_on_sandbox() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_read_bps_on_named_device() {
     if let Some(h) = blkio_common::lane("blkio_v1_read_bps_on_named_device", V) {
         blkio_common::read_bps_on_named_device(h);
@@ -22,6 +24,7 @@ fn blkio_v1_read_bps_on_named_device() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_unlimited_is_far_above() {
     if let Some(h) = blkio_common::lane("blkio_v1_unlimited_is_far_above", V) {
         blkio_common::unlimited_is_far_above(h);
@@ -29,6 +32,7 @@ fn blkio_v1_unlimited_is_far_above() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_cgroup_of_mesos_is_kept() {
     if let Some(h) = blkio_common::lane("blkio_v1_cgroup_of_mesos_is_kept", V) {
         blkio_common::cgroup_of_mesos_is_kept(h);
@@ -36,6 +40,7 @@ fn blkio_v1_cgroup_of_mesos_is_kept() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_recover_restores() {
     if let Some(h) = blkio_common::lane("blkio_v1_recover_restores", V) {
         blkio_common::recover_restores(h);
@@ -43,6 +48,7 @@ fn blkio_v1_recover_restores() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_refusals() {
     if let Some(h) = blkio_common::lane("blkio_v1_refusals", V) {
         blkio_common::refusals(h);
@@ -50,6 +56,7 @@ fn blkio_v1_refusals() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_write_iops() {
     if let Some(h) = blkio_common::lane("blkio_v1_write_iops", V) {
         blkio_common::iops(h, true);
@@ -57,6 +64,7 @@ fn blkio_v1_write_iops() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_read_iops() {
     if let Some(h) = blkio_common::lane("blkio_v1_read_iops", V) {
         blkio_common::iops(h, false);

@@ -9,6 +9,7 @@ use rein_core::cgroupfs::Version;
 const V: Version = Version::V2;
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_write_bps_on_sandbox() {
     if let Some(h) = blkio_common::lane("blkio_v2_write_bps_on_sandbox", V) {
         blkio_common::write_bps_on_sandbox(h);
@@ -16,6 +17,7 @@ fn blkio_v2_write_bps_on_sandbox() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_read_bps_on_named_device() {
     if let Some(h) = blkio_common::lane("blkio_v2_read_bps_on_named_device", V) {
         blkio_common::read_bps_on_named_device(h);
@@ -23,6 +25,7 @@ fn blkio_v2_read_bps_on_named_device() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_unlimited_is_far_above() {
     if let Some(h) = blkio_common::lane("blkio_v2_unlimited_is_far_above", V) {
         blkio_common::unlimited_is_far_above(h);
@@ -30,6 +33,7 @@ fn blkio_v2_unlimited_is_far_above() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_cgroup_of_mesos_is_kept() {
     if let Some(h) = blkio_common::lane("blkio_v2_cgroup_of_mesos_is_kept", V) {
         blkio_common::cgroup_of_mesos_is_kept(h);
@@ -37,6 +41,7 @@ fn blkio_v2_cgroup_of_mesos_is_kept() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_recover_restores() {
     if let Some(h) = blkio_common::lane("blkio_v2_recover_restores", V) {
         blkio_common::recover_restores(h);
@@ -44,6 +49,7 @@ fn blkio_v2_recover_restores() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_refusals() {
     if let Some(h) = blkio_common::lane("blkio_v2_refusals", V) {
         blkio_common::refusals(h);
@@ -51,6 +57,7 @@ fn blkio_v2_refusals() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_write_iops() {
     if let Some(h) = blkio_common::lane("blkio_v2_write_iops", V) {
         blkio_common::iops(h, true);
@@ -58,6 +65,7 @@ fn blkio_v2_write_iops() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v2_read_iops() {
     if let Some(h) = blkio_common::lane("blkio_v2_read_iops", V) {
         blkio_common::iops(h, false);

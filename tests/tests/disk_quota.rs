@@ -524,6 +524,7 @@ fn churn(fs: Fs, lane: &Lane) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn disk_quota_attacks_xfs() {
     if let Some(lane) = lane("disk_quota_attacks_xfs", Fs::Xfs) {
         attacks(Fs::Xfs, &lane);
@@ -532,6 +533,7 @@ fn disk_quota_attacks_xfs() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn disk_quota_attacks_ext4() {
     if let Some(lane) = lane("disk_quota_attacks_ext4", Fs::Ext4) {
         attacks(Fs::Ext4, &lane);
@@ -540,6 +542,7 @@ fn disk_quota_attacks_ext4() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn disk_quota_xfs() {
     if let Some(lane) = lane("disk_quota_xfs", Fs::Xfs) {
         suite(Fs::Xfs, &lane);
@@ -547,6 +550,7 @@ fn disk_quota_xfs() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn disk_quota_ext4() {
     if let Some(lane) = lane("disk_quota_ext4", Fs::Ext4) {
         suite(Fs::Ext4, &lane);

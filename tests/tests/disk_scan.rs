@@ -90,6 +90,7 @@ impl Drop for Unmount {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn disk_scan_stays_on_one_filesystem() {
     if !rein_tests::require_root("disk_scan_stays_on_one_filesystem") {
         return;

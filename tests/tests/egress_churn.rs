@@ -142,6 +142,7 @@ fn churn(classifier: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_churn_of_1000_net_cls_containers_leaks_nothing() {
     if !rein_tests::require_root("egress_churn_of_1000_net_cls_containers_leaks_nothing") {
         return;
@@ -150,6 +151,7 @@ fn egress_churn_of_1000_net_cls_containers_leaks_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_churn_of_1000_cgroup2_containers_leaks_nothing() {
     if !rein_tests::require_root("egress_churn_of_1000_cgroup2_containers_leaks_nothing") {
         return;
@@ -158,6 +160,7 @@ fn egress_churn_of_1000_cgroup2_containers_leaks_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_recovery_adopts_live_classes_and_removes_the_rest() {
     if !rein_tests::require_root("egress_recovery_adopts_live_classes_and_removes_the_rest") {
         return;
@@ -229,6 +232,7 @@ fn egress_recovery_adopts_live_classes_and_removes_the_rest() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_refused_labels_fail_only_that_container() {
     if !rein_tests::require_root("egress_refused_labels_fail_only_that_container") {
         return;
@@ -270,6 +274,7 @@ fn egress_refused_labels_fail_only_that_container() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_recreating_the_isolator_leaks_no_bpf_object() {
     if !rein_tests::require_root("egress_recreating_the_isolator_leaks_no_bpf_object") {
         return;

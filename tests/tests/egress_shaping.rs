@@ -178,6 +178,7 @@ fn shaped_and_unshaped(pair: &NetPair, f: &mut Fixture) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_shapes_by_net_cls_classid() {
     if !rein_tests::require_root("egress_shapes_by_net_cls_classid") {
         return;
@@ -207,6 +208,7 @@ fn unified() -> Hierarchy {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_shapes_by_cgroup2_id() {
     if !rein_tests::require_root("egress_shapes_by_cgroup2_id") {
         return;
@@ -229,6 +231,7 @@ fn egress_shapes_by_cgroup2_id() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_shapes_a_container_in_its_own_netns() {
     if !rein_tests::require_root("egress_shapes_a_container_in_its_own_netns") {
         return;
@@ -268,6 +271,7 @@ fn egress_shapes_a_container_in_its_own_netns() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_rate_follows_cpus_on_update() {
     if !rein_tests::require_root("egress_rate_follows_cpus_on_update") {
         return;
@@ -309,6 +313,7 @@ fn egress_rate_follows_cpus_on_update() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_shapes_devices_that_appear_in_the_netns_after_isolate() {
     if !rein_tests::require_root("egress_shapes_devices_that_appear_in_the_netns_after_isolate") {
         return;

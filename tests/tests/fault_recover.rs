@@ -24,7 +24,7 @@ use rein_core::params::CommonParams;
 use rein_core::state::StateStore;
 use rein_core::{ContainerId, ContainerSpec, Isolator, RecoveredContainer};
 use rein_isolators::blkio::{BlkioIsolator, Policy, SystemResolver};
-use rein_isolators::net_cls::{HandleAllocator, NetClsIsolator};
+use rein_isolators::net_cls::{Handle, HandleAllocator, NetClsIsolator};
 
 use egress_net::{in_netns, labelled_spec, shaping_params, NetPair, CLIENT_DEV};
 use fresh_mount_ns::{net_cls_mounts, unmount_all, without_net_cls_mounted, THREAD_MOUNTINFO};
@@ -161,29 +161,65 @@ fn net_cls_isolator(h: &Hierarchy, common: &CommonParams) -> NetClsIsolator {
     )
 }
 
+/// A test's own net_cls root (removed on drop), state directory and module
+/// parameters, with the other tests kept out while it lives.
+struct NetClsScene {
+    root: RootGuard,
+    h: Hierarchy,
+    state: tempfile::TempDir,
+    common: CommonParams,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl NetClsScene {
+    fn new(tag: &str) -> Self {
+        let serial = serial();
+        let h = net_cls_mount::net_cls_hierarchy();
+        let root_name = format!("rein-fr-{}-{tag}", std::process::id());
+        let root = RootGuard::new(&h, &root_name);
+        let state = tempfile::tempdir().unwrap();
+        let common = common(&root_name, state.path());
+        Self {
+            root,
+            h,
+            state,
+            common,
+            _serial: serial,
+        }
+    }
+
+    fn isolator(&self) -> NetClsIsolator {
+        net_cls_isolator(&self.h, &self.common)
+    }
+
+    /// Prepares every name, isolates the first ones with the sleepers given,
+    /// then drops the isolator (the agent goes away); their handles.
+    fn launch(&self, names: &[&str], sleepers: &[&Sleeper]) -> Vec<Handle> {
+        let mut iso = self.isolator();
+        for name in names {
+            iso.prepare(&spec(name, self.state.path())).unwrap();
+        }
+        for (name, s) in names.iter().zip(sleepers) {
+            iso.isolate(&top(name), s.pid()).unwrap();
+        }
+        names.iter().map(|n| iso.handle(&top(n)).unwrap()).collect()
+    }
+}
+
 #[test]
+#[ignore = "needs root"]
 fn net_cls_recover_survives_a_cgroup_kept_busy_by_a_live_process() {
     if !rein_tests::require_root("net_cls_recover_survives_a_cgroup_kept_busy_by_a_live_process") {
         return;
     }
-    let _serial = serial();
-    let h = net_cls_mount::net_cls_hierarchy();
-    let root_name = format!("rein-fr-{}-busy", std::process::id());
-    let root = RootGuard::new(&h, &root_name);
-    let state = tempfile::tempdir().unwrap();
-    let common = common(&root_name, state.path());
+    let scene = NetClsScene::new("busy");
     let mut sleepers: Vec<Sleeper> = (0..3).map(|_| Sleeper::spawn()).collect();
     let names = ["a", "busy", "c"];
-    let mut iso = net_cls_isolator(&h, &common);
-    for (name, s) in names.iter().zip(&sleepers) {
-        iso.prepare(&spec(name, state.path())).unwrap();
-        iso.isolate(&top(name), s.pid()).unwrap();
-    }
-    let handles: Vec<_> = names.iter().map(|n| iso.handle(&top(n)).unwrap()).collect();
-    drop(iso); // The agent restarts; "busy" was being destroyed and its cleanup is lost,
-               // but its process lives on in its cgroup.
+    // The agent restarts; "busy" was being destroyed and its cleanup is lost,
+    // but its process lives on in its cgroup.
+    let handles = scene.launch(&names, &sleepers.iter().collect::<Vec<_>>());
 
-    let mut iso = net_cls_isolator(&h, &common);
+    let mut iso = scene.isolator();
     iso.recover(
         &[live("a", sleepers[0].pid()), live("c", sleepers[2].pid())],
         &[],
@@ -207,11 +243,11 @@ fn net_cls_recover_survives_a_cgroup_kept_busy_by_a_live_process() {
     );
     // Its processes still carry its classid: the handle stays out of use.
     assert_eq!(iso.free_handles(), 13, "{counters:?}");
-    assert!(root.0.child("busy").exists());
-    assert!(state_file(state.path(), "net_cls", "busy").exists());
+    assert!(scene.root.0.child("busy").exists());
+    assert!(state_file(scene.state.path(), "net_cls", "busy").exists());
 
     // A launch in the meantime neither fails nor gets the busy one's handle.
-    iso.prepare(&spec("new", state.path())).unwrap();
+    iso.prepare(&spec("new", scene.state.path())).unwrap();
     assert!(!handles.contains(&iso.handle(&top("new")).unwrap()));
     iso.cleanup(&top("new")).unwrap();
 
@@ -230,8 +266,8 @@ fn net_cls_recover_survives_a_cgroup_kept_busy_by_a_live_process() {
         (1, 0),
         "{counters:?}"
     );
-    assert!(!root.0.child("busy").exists());
-    assert!(!state_file(state.path(), "net_cls", "busy").exists());
+    assert!(!scene.root.0.child("busy").exists());
+    assert!(!state_file(scene.state.path(), "net_cls", "busy").exists());
     assert_eq!(iso.free_handles(), 14);
 
     for s in &mut sleepers {
@@ -240,7 +276,7 @@ fn net_cls_recover_survives_a_cgroup_kept_busy_by_a_live_process() {
     for name in ["a", "c"] {
         iso.cleanup(&top(name)).unwrap();
     }
-    assert_eq!(root.groups(), Vec::<String>::new());
+    assert_eq!(scene.root.groups(), Vec::<String>::new());
     assert_eq!(iso.free_handles(), 16);
 }
 
@@ -260,6 +296,7 @@ fn proc_state(pid: i32) -> Option<char> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn net_cls_recover_survives_a_process_stuck_in_d_state() {
     const TEST: &str = "net_cls_recover_survives_a_process_stuck_in_d_state";
     if !rein_tests::require_root(TEST) {
@@ -333,6 +370,7 @@ fn net_cls_recover_survives_a_process_stuck_in_d_state() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blkio_v1_recover_survives_a_busy_cgroup_and_cleans_it_at_a_later_recover() {
     const TEST: &str = "blkio_v1_recover_survives_a_busy_cgroup_and_cleans_it_at_a_later_recover";
     if !rein_tests::require_root(TEST) {
@@ -411,33 +449,23 @@ fn blkio_v1_recover_survives_a_busy_cgroup_and_cleans_it_at_a_later_recover() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn net_cls_recover_survives_a_corrupt_state_file_of_one_of_three_containers() {
     if !rein_tests::require_root(
         "net_cls_recover_survives_a_corrupt_state_file_of_one_of_three_containers",
     ) {
         return;
     }
-    let _serial = serial();
-    let h = net_cls_mount::net_cls_hierarchy();
-    let root_name = format!("rein-fr-{}-corrupt", std::process::id());
-    let root = RootGuard::new(&h, &root_name);
-    let state = tempfile::tempdir().unwrap();
-    let common = common(&root_name, state.path());
+    let scene = NetClsScene::new("corrupt");
     let mut sleepers: Vec<Sleeper> = (0..3).map(|_| Sleeper::spawn()).collect();
     let names = ["a", "b", "c"];
-    let mut iso = net_cls_isolator(&h, &common);
-    for (name, s) in names.iter().zip(&sleepers) {
-        iso.prepare(&spec(name, state.path())).unwrap();
-        iso.isolate(&top(name), s.pid()).unwrap();
-    }
-    let handles: Vec<_> = names.iter().map(|n| iso.handle(&top(n)).unwrap()).collect();
-    drop(iso);
+    let handles = scene.launch(&names, &sleepers.iter().collect::<Vec<_>>());
     // A torn write by something else than the isolator: half a record.
-    let b = state_file(state.path(), "net_cls", "b");
+    let b = state_file(scene.state.path(), "net_cls", "b");
     let text = fs::read(&b).unwrap();
     fs::write(&b, &text[..text.len() / 2]).unwrap();
 
-    let mut iso = net_cls_isolator(&h, &common);
+    let mut iso = scene.isolator();
     let recovered: Vec<_> = names
         .iter()
         .zip(&sleepers)
@@ -465,41 +493,33 @@ fn net_cls_recover_survives_a_corrupt_state_file_of_one_of_three_containers() {
     for name in names {
         iso.cleanup(&top(name)).unwrap();
     }
-    assert_eq!(root.groups(), Vec::<String>::new());
+    assert_eq!(scene.root.groups(), Vec::<String>::new());
     assert_eq!(
-        fs::read_dir(state.path().join("net_cls")).unwrap().count(),
+        fs::read_dir(scene.state.path().join("net_cls"))
+            .unwrap()
+            .count(),
         0
     );
     assert_eq!(iso.free_handles(), 16);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn net_cls_recover_survives_state_whose_cgroup_vanished() {
     if !rein_tests::require_root("net_cls_recover_survives_state_whose_cgroup_vanished") {
         return;
     }
-    let _serial = serial();
-    let h = net_cls_mount::net_cls_hierarchy();
-    let root_name = format!("rein-fr-{}-vanished", std::process::id());
-    let root = RootGuard::new(&h, &root_name);
-    let state = tempfile::tempdir().unwrap();
-    let common = common(&root_name, state.path());
+    let scene = NetClsScene::new("vanished");
     let mut sleeper = Sleeper::spawn();
     let names = ["a", "gone", "lost"];
-    let mut iso = net_cls_isolator(&h, &common);
-    for name in names {
-        iso.prepare(&spec(name, state.path())).unwrap();
-    }
-    iso.isolate(&top("a"), sleeper.pid()).unwrap();
-    let handles: Vec<_> = names.iter().map(|n| iso.handle(&top(n)).unwrap()).collect();
-    drop(iso);
+    let handles = scene.launch(&names, &[&sleeper]);
     // Someone removed two cgroups behind the agent's back: "gone" is unknown to
     // the agent now, "lost" is still running (its cgroup must come back).
     for name in ["gone", "lost"] {
-        root.0.child(name).remove().unwrap();
+        scene.root.0.child(name).remove().unwrap();
     }
 
-    let mut iso = net_cls_isolator(&h, &common);
+    let mut iso = scene.isolator();
     iso.recover(
         &[live("a", sleeper.pid()), live("lost", sleeper.pid())],
         &[],
@@ -510,18 +530,24 @@ fn net_cls_recover_survives_state_whose_cgroup_vanished() {
     assert_eq!(iso.handle(&top("a")), Some(handles[0]));
     assert_eq!(iso.handle(&top("lost")), Some(handles[2]));
     assert_eq!(
-        root.0.child("lost").read("net_cls.classid").unwrap().trim(),
+        scene
+            .root
+            .0
+            .child("lost")
+            .read("net_cls.classid")
+            .unwrap()
+            .trim(),
         handles[2].classid().to_string(),
         "the live container's cgroup is recreated with its classid"
     );
-    assert!(!state_file(state.path(), "net_cls", "gone").exists());
+    assert!(!state_file(scene.state.path(), "net_cls", "gone").exists());
     assert_eq!(iso.free_handles(), 14);
 
     sleeper.kill();
     for name in ["a", "lost"] {
         iso.cleanup(&top(name)).unwrap();
     }
-    assert_eq!(root.groups(), Vec::<String>::new());
+    assert_eq!(scene.root.groups(), Vec::<String>::new());
     assert_eq!(iso.free_handles(), 16);
 }
 
@@ -545,6 +571,7 @@ fn bind_filter(pair: &NetPair, prio: &str, class: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_recover_survives_classes_the_kernel_refuses_to_remove() {
     if !rein_tests::require_root("egress_recover_survives_classes_the_kernel_refuses_to_remove") {
         return;
@@ -647,6 +674,7 @@ fn egress_recover_survives_classes_the_kernel_refuses_to_remove() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn egress_recover_survives_its_device_deleted_behind_its_back() {
     if !rein_tests::require_root("egress_recover_survives_its_device_deleted_behind_its_back") {
         return;
@@ -744,6 +772,7 @@ fn assert_no_mount_leaked() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn concurrent_mounts_of_the_net_cls_hierarchy_all_succeed() {
     if !rein_tests::require_root("concurrent_mounts_of_the_net_cls_hierarchy_all_succeed") {
         return;
@@ -762,6 +791,7 @@ fn concurrent_mounts_of_the_net_cls_hierarchy_all_succeed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn concurrent_net_cls_module_creation_on_a_fresh_machine_all_succeed() {
     if !rein_tests::require_root(
         "concurrent_net_cls_module_creation_on_a_fresh_machine_all_succeed",

@@ -149,6 +149,7 @@ fn open_fds() -> usize {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn net_cls_root_lifecycle_with_a_real_process() {
     if !rein_tests::require_root("net_cls_root_lifecycle_with_a_real_process") {
         return;
@@ -204,6 +205,7 @@ fn net_cls_root_lifecycle_with_a_real_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn net_cls_root_recovery_after_recreating_the_isolator() {
     if !rein_tests::require_root("net_cls_root_recovery_after_recreating_the_isolator") {
         return;
@@ -267,6 +269,7 @@ fn net_cls_root_recovery_after_recreating_the_isolator() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn net_cls_root_churn_of_1000_containers_leaks_nothing() {
     if !rein_tests::require_root("net_cls_root_churn_of_1000_containers_leaks_nothing") {
         return;

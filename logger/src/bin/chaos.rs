@@ -24,6 +24,8 @@
 mod fake_es;
 #[path = "../../tests/common/rng.rs"]
 mod rng;
+#[path = "../../tests/common/supervisor_cmd.rs"]
+mod supervisor_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 use rein_core::container::{ContainerId, ContainerSpec};
 use rein_logger::module::LoggerModule;
 use rng::Rng;
+use supervisor_cmd::supervisor_command;
 
 fn opt(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -83,13 +86,7 @@ fn kill(pid: i32, sig: libc::c_int) {
 }
 
 fn start_supervisor(exe: &Path, dir: &Path) -> Child {
-    Command::new(exe)
-        .args(["run", "--config"])
-        .arg(dir.join("shipper.conf"))
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-        )
+    supervisor_command(exe, dir)
         .stderr(
             std::fs::OpenOptions::new()
                 .create(true)

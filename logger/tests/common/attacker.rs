@@ -108,6 +108,7 @@ pub fn spawn(kind: &str, mode: Mode, sandbox: &Path, t: &Target, stop: &Path) ->
     Command::new(exe)
         .args([
             "--exact",
+            "--ignored",
             "attacker_process",
             "--nocapture",
             "--test-threads=1",

@@ -9,6 +9,8 @@ pub mod redis_server;
 pub mod rng;
 pub mod shipper;
 pub mod sinks;
+pub mod supervisor_cmd;
+pub mod tmpfs;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -48,8 +50,19 @@ pub fn today() -> String {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
+}
+
+/// Sends the library's tracing to the test's output, with colour codes only on
+/// a terminal (and never with `NO_COLOR`).
+pub fn init_test_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(colour)
+        .try_init();
 }
 
 pub fn free_port() -> u16 {
@@ -175,8 +188,13 @@ pub struct EsServer {
 
 impl EsServer {
     pub fn start() -> Option<EsServer> {
+        EsServer::start_on(free_port())
+    }
+
+    /// On a given port (a shipper may have been started before it); `None` when
+    /// osmem-server is not installed or does not answer within 15 s.
+    pub fn start_on(port: u16) -> Option<EsServer> {
         let bin = osmem_bin()?;
-        let port = free_port();
         let child = Command::new(bin)
             .args([
                 "-addr",

@@ -102,11 +102,12 @@ impl Shipper {
     }
 
     pub fn module(&self) -> LoggerModule {
-        LoggerModule::new(&[(
-            "shipper_socket".to_string(),
-            self.socket.display().to_string(),
-        )])
-        .unwrap()
+        self.module_with(&[])
+    }
+
+    /// The agent's module for this shipper, with more module parameters.
+    pub fn module_with(&self, params: &[(&str, &str)]) -> LoggerModule {
+        module_at(&self.socket, params)
     }
 
     pub fn counters(&self) -> serde_json::Value {
@@ -179,6 +180,14 @@ pub fn spec_in(name: &str, sandbox: &Path, labels: &[(&str, &str)]) -> Container
             .collect(),
         ..Default::default()
     }
+}
+
+/// The agent's module talking to the shipper at `socket`, with these module
+/// parameters.
+pub fn module_at(socket: &Path, params: &[(&str, &str)]) -> LoggerModule {
+    let mut all = vec![("shipper_socket".to_string(), socket.display().to_string())];
+    all.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    LoggerModule::new(&all).unwrap()
 }
 
 /// Starts `rein-log-loadgen` with the container's descriptors from `prepare`.

@@ -154,6 +154,24 @@ pub fn run_until<S: TestSink>(
     until: impl Fn(&SinkStats) -> bool,
     limit: Duration,
 ) -> Arc<SinkStats> {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    super::init_test_logging();
     RunningSink::start(new, w).until(until, limit)
+}
+
+/// The Kafka sink's settings the tests start from: a broker on 127.0.0.1:`port`,
+/// topic `rein-logs`, the dead-letter file in `dir`.
+#[cfg(feature = "kafka")]
+pub fn kafka_config(port: u16, dir: &Path) -> rein_logger::sink::kafka::KafkaConfig {
+    rein_logger::sink::kafka::KafkaConfig {
+        brokers: format!("127.0.0.1:{port}"),
+        topic: "rein-logs".into(),
+        compression: "none".into(),
+        message_timeout: Duration::from_millis(1500),
+        batch_records: 1000,
+        batch_bytes: 4 << 20,
+        backoff_max: Duration::from_millis(300),
+        dead_letter: dir.join("dead.ndjson"),
+        properties: vec![],
+        route_failure: rein_logger::sink::route::DEFAULT_ROUTE_FAILURE,
+    }
 }
