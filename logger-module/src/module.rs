@@ -27,11 +27,9 @@ use rein_core::params::{ParamError, Params};
 use crate::breaker::Breaker;
 use crate::fallback::FallbackRecord;
 pub use crate::handoff::{register, HandoffError};
-use crate::proto::{ContainerOptions, MultilineSpec, Registration, SinkKind};
-use crate::record::SourceMeta;
+use crate::proto::{ContainerOptions, MultilineSpec, Registration, SinkKind, SourceMeta};
+use crate::route::{check_prefix, validate_index, validate_stream, validate_topic};
 use crate::sandbox::{FileId, SandboxDir};
-use crate::sink::es::validate_index;
-use crate::sink::redis_config::validate_stream;
 
 /// Default path of the shipper's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
@@ -187,7 +185,7 @@ impl ModuleConfig {
             route = s.raw.clone();
         }
         if let Some(s) = cfg.get("log.topic").filter(|_| sink == SinkKind::Kafka) {
-            crate::sink::route::validate_topic(&s.raw).map_err(|e| s.error(e))?;
+            validate_topic(&s.raw).map_err(|e| s.error(e))?;
             check_prefix(&s.raw, &self.topic_prefixes).map_err(|e| s.error(e))?;
             route = s.raw.clone();
         }
@@ -272,14 +270,6 @@ fn shipper_timeout(p: &Params) -> Result<Duration, ParamError> {
         ));
     }
     Ok(t)
-}
-
-fn check_prefix(v: &str, prefixes: &[String]) -> Result<(), String> {
-    if prefixes.is_empty() || prefixes.iter().any(|p| v.starts_with(p.as_str())) {
-        Ok(())
-    } else {
-        Err(format!("must start with one of: {}", prefixes.join(", ")))
-    }
 }
 
 /// Compiles a task's multiline pattern with size limits (linear-time engine).

@@ -11,7 +11,35 @@ use std::time::Duration;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::record::SourceMeta;
+/// What the logger knows about a container; sent to the shipper at `prepare`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMeta {
+    /// Container id chain, root first (`["root", "child"]`).
+    pub container_chain: Vec<String>,
+    /// Mesos agent id.
+    pub agent_id: Option<String>,
+    /// Framework id.
+    pub framework_id: Option<String>,
+    /// Executor id.
+    pub executor_id: Option<String>,
+    /// Task id.
+    pub task_id: Option<String>,
+    /// Task name.
+    pub task_name: Option<String>,
+    /// ExecutorInfo labels.
+    pub executor_labels: Vec<(String, String)>,
+    /// TaskInfo labels (win over executor labels with the same key).
+    pub task_labels: Vec<(String, String)>,
+    /// The container's sandbox directory.
+    pub sandbox: PathBuf,
+}
+
+impl SourceMeta {
+    /// `root.child` form of the container id.
+    pub fn container_id(&self) -> String {
+        self.container_chain.join(".")
+    }
+}
 
 /// Largest message (registration JSON) accepted.
 pub const MAX_MESSAGE: usize = 256 * 1024;
@@ -263,9 +291,10 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> nix::Result<bool>
 mod registration_format {
     use super::*;
 
-    const V1: &str = include_str!("../tests/fixtures/registration-v1.json");
-    const V1_MULTILINE: &str = include_str!("../tests/fixtures/registration-v1-multiline.json");
-    const V1_NEWER: &str = include_str!("../tests/fixtures/registration-v1-newer.json");
+    const V1: &str = include_str!("../../logger/tests/fixtures/registration-v1.json");
+    const V1_MULTILINE: &str =
+        include_str!("../../logger/tests/fixtures/registration-v1-multiline.json");
+    const V1_NEWER: &str = include_str!("../../logger/tests/fixtures/registration-v1-newer.json");
 
     #[test]
     fn version_1_as_written_before_reads_unchanged() {
