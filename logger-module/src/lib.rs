@@ -5,6 +5,7 @@
 //! client, compression or disk buffer.
 
 pub mod breaker;
+pub mod control;
 pub mod fallback;
 pub mod handoff;
 pub mod module;

@@ -11,6 +11,8 @@ use std::time::Duration;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 
+pub use crate::control::{Control, DecodeError, Reply, Request, PROBE};
+
 /// What the logger knows about a container; sent to the shipper at `prepare`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceMeta {
@@ -161,12 +163,26 @@ pub fn seqpacket_socket() -> nix::Result<OwnedFd> {
 
 /// Sends `data` with `fds` attached.
 pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    send(sock, data, fds, MsgFlags::MSG_NOSIGNAL)
+}
+
+/// The same, without blocking: `EAGAIN` when the peer's queue is full.
+pub fn send_with_fds_nowait(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    send(
+        sock,
+        data,
+        fds,
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    )
+}
+
+fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd], flags: MsgFlags) -> nix::Result<()> {
     let iov = [IoSlice::new(data)];
     if fds.is_empty() {
-        sendmsg::<()>(sock.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)?;
+        sendmsg::<()>(sock.as_raw_fd(), &iov, &[], flags, None)?;
     } else {
         let cmsg = [ControlMessage::ScmRights(fds)];
-        sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+        sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, flags, None)?;
     }
     Ok(())
 }
@@ -256,11 +272,6 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>) -> nix::Result<(Vec<u8>, Vec<OwnedFd>
     buf.truncate(n);
     Ok((buf, fds))
 }
-
-/// What a module sends to learn whether the shipper answers again: the
-/// shipper replies `ok` and registers nothing. (An older shipper answers it
-/// with an error, which proves it alive just as well.)
-pub const PROBE: &[u8] = b"probe";
 
 /// True when the peer has closed the connection (a module that stopped
 /// waiting for the answer): what it sent must not be acted on any more.

@@ -23,7 +23,9 @@ use super::stream::{self, FileRecord, ParseStream, Splice, StreamState};
 use super::threads::{self, Liveness};
 use super::ShipperConfig;
 use crate::module::compile_pattern;
-use crate::proto::{self, MultilineSpec, Registration, SinkKind};
+use crate::proto::{
+    self, Control, DecodeError, MultilineSpec, Registration, Reply, Request, SinkKind,
+};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
 use crate::sink::es::EsSink;
@@ -331,16 +333,14 @@ impl Worker {
             }
             let (msg, fds) =
                 proto::recv_with_fds(self.control.as_fd()).map_err(|e| format!("control: {e}"))?;
-            if msg == b"done" || msg.is_empty() {
-                return Ok(());
-            }
-            let Some(key) = msg
-                .strip_prefix(b"adopt\n")
-                .and_then(|k| std::str::from_utf8(k).ok())
-            else {
-                continue;
+            let key = match Control::decode(&msg) {
+                Ok(Control::Done) | Err(DecodeError::Empty) => return Ok(()),
+                Ok(Control::Adopt(key)) => key,
+                other => {
+                    tracing::warn!("control message ignored while adopting: {other:?}");
+                    continue;
+                }
             };
-            let key = key.to_string();
             if !matches!(fds.len(), 2 | 4) || !valid_key(&key) {
                 let why = format!("bad key or {} descriptors", fds.len());
                 self.release(&key, &why);
@@ -429,7 +429,8 @@ impl Worker {
             container = key,
             "cannot take the container back ({why}); releasing it"
         );
-        let _ = proto::send_with_fds(self.control.as_fd(), format!("del\n{key}").as_bytes(), &[]);
+        let del = Control::Release(key.to_string()).encode();
+        let _ = proto::send_with_fds(self.control.as_fd(), &del, &[]);
     }
 
     /// Takes a container's two pipes (`fds[0..2]`), after an adoption with the
@@ -613,17 +614,17 @@ impl Worker {
                     .connections_refused
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("connection refused: {e}");
-                let _ = proto::send_with_fds(conn.as_fd(), format!("error: {e}").as_bytes(), &[]);
+                let _ = proto::send_with_fds(conn.as_fd(), &Reply::Error(e.into()).encode(), &[]);
                 continue;
             }
             let reply = match self.register(&conn) {
-                Ok(()) => b"ok".to_vec(),
+                Ok(()) => Reply::Ok.encode(),
                 Err(e) => {
                     self.counters
                         .registrations_refused
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("registration refused: {e}");
-                    format!("error: {e}").into_bytes()
+                    Reply::Error(e).encode()
                 }
             };
             let _ = proto::send_with_fds(conn.as_fd(), &reply, &[]);
@@ -637,18 +638,14 @@ impl Worker {
             return Err("no registration received".into());
         }
         let (msg, fds) = proto::recv_with_fds(conn.as_fd()).map_err(|e| e.to_string())?;
-        if msg == proto::PROBE {
-            return Ok(()); // a module asking whether we answer: nothing to register
-        }
+        let reg = match Request::decode(&msg).map_err(|e| e.to_string())? {
+            Request::Probe => return Ok(()), // a module asking whether we answer
+            Request::Register(reg) => *reg,
+        };
         if proto::peer_closed(conn.as_fd()) {
             return Err(
                 "the module stopped waiting (its container writes its sandbox files)".into(),
             );
-        }
-        let reg: Registration =
-            serde_json::from_slice(&msg).map_err(|e| format!("bad registration: {e}"))?;
-        if reg.version != proto::REGISTRATION_VERSION {
-            return Err(format!("protocol version {} not supported", reg.version));
         }
         if !valid_key(&reg.key) {
             return Err(format!("bad container key {:?}", reg.key));
@@ -1003,11 +1000,8 @@ impl Worker {
         for id in finished {
             if let Some(c) = self.containers.remove(&id) {
                 self.keys.remove(&c.key);
-                let _ = proto::send_with_fds(
-                    self.control.as_fd(),
-                    format!("del\n{}", c.key).as_bytes(),
-                    &[],
-                );
+                let del = Control::Release(c.key.clone()).encode();
+                let _ = proto::send_with_fds(self.control.as_fd(), &del, &[]);
                 let _ = std::fs::remove_dir_all(&c.dir);
                 self.counters
                     .containers_live
@@ -1328,7 +1322,8 @@ fn hand_to_supervisor(control: &OwnedFd, key: &str, streams: &mut [StreamState])
 
 /// Tells the supervisor to hold `fds` for container `key` (replacing what it held).
 fn send_add(control: &OwnedFd, key: &str, fds: &[RawFd]) {
-    if let Err(e) = proto::send_with_fds(control.as_fd(), format!("add\n{key}").as_bytes(), fds) {
+    let hold = Control::Hold(key.to_string()).encode();
+    if let Err(e) = proto::send_with_fds(control.as_fd(), &hold, fds) {
         tracing::error!(
             "supervisor unreachable ({e}): a restart of this worker would close container {key}"
         );
