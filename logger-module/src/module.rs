@@ -20,6 +20,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
 use rein_core::config::{ConfigError, TaskConfig};
 use rein_core::container::{ids_from_sandbox, ContainerSpec};
 use rein_core::params::{ParamError, Params};
@@ -272,14 +274,25 @@ fn shipper_timeout(p: &Params) -> Result<Duration, ParamError> {
     Ok(t)
 }
 
+/// A task's multiline pattern that does not compile within the limits.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid pattern: {0}")]
+pub struct PatternError(#[from] regex::Error);
+
+/// The label's error takes the same message.
+impl From<PatternError> for String {
+    fn from(e: PatternError) -> String {
+        e.to_string()
+    }
+}
+
 /// Compiles a task's multiline pattern with size limits (linear-time engine).
-pub fn compile_pattern(p: &str) -> Result<regex::bytes::Regex, String> {
-    regex::bytes::RegexBuilder::new(p)
+pub fn compile_pattern(p: &str) -> Result<regex::bytes::Regex, PatternError> {
+    Ok(regex::bytes::RegexBuilder::new(p)
         .size_limit(256 * 1024)
         .dfa_size_limit(512 * 1024)
         .nest_limit(32)
-        .build()
-        .map_err(|e| format!("invalid pattern: {e}"))
+        .build()?)
 }
 
 /// The container logger module (one per `--container_logger` instance).
@@ -422,21 +435,17 @@ fn new_sandbox_file(dir: &SandboxDir, name: &str) -> Result<(OwnedFd, FileId), L
     let what = || format!("creating {}", dir.path().join(name).display());
     let (f, id) = dir.create(name, &mut |_, _| {}).map_err(io(what()))?;
     let fd = OwnedFd::from(f);
-    // SAFETY: fcntl on a descriptor we own; O_APPEND is a file status flag.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
-    if r < 0 {
-        return Err(io(what())(std::io::Error::last_os_error()));
-    }
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_APPEND)).map_err(|e| io(what())(e.into()))?;
     Ok((fd, id))
 }
 
 /// A close-on-exec pipe with (best effort) `size` bytes of buffer.
 pub fn pipe(size: u64) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     if size > 0 {
         let sz = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-        // SAFETY: F_SETPIPE_SZ on a pipe we own; failure (above the system limit) is harmless.
-        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, sz) };
+        // Failure (above the system limit) is harmless: the default size stays.
+        let _ = fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(sz));
     }
     Ok((r, w))
 }
