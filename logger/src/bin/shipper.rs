@@ -58,17 +58,50 @@ enum Cmd {
     },
 }
 
+/// Why the shipper stopped with an error.
+#[derive(Debug, thiserror::Error)]
+enum ShipperError {
+    /// The settings file.
+    #[error("{0}")]
+    Config(String),
+    /// The supervisor could not start or go on.
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
+    /// The worker could not start or go on.
+    #[error("{0}")]
+    Worker(String),
+    /// A descriptor the supervisor should have passed.
+    #[error("{var}: {why}")]
+    Inherited {
+        /// The environment variable naming it.
+        var: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// A counters file that cannot be read.
+    #[error("{}: {why}", path.display())]
+    Counters {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Neither the worker nor the supervisor wrote counters yet.
+    #[error("{}: no counters yet", .0.display())]
+    NoCounters(PathBuf),
+}
+
 /// A descriptor the supervisor passed in `var`, made close-on-exec.
-fn inherited(var: &str) -> Result<OwnedFd, String> {
+fn inherited(var: &'static str) -> Result<OwnedFd, ShipperError> {
+    let bad = |why: String| ShipperError::Inherited { var, why };
     let fd: i32 = std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .ok_or(format!("{var} not set"))?;
+        .ok_or_else(|| bad("not set".into()))?;
     // SAFETY: the supervisor passed this descriptor to us (it is ours alone in this process).
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .map_err(|e| format!("{var}: {e}"))?;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| bad(e.to_string()))?;
     Ok(fd)
 }
 
@@ -110,14 +143,19 @@ fn check(path: &std::path::Path, c: &ShipperConfig) {
 
 /// `stats`: the worker's counters, and the supervisor's under `supervisor`
 /// (there even when no worker could be started).
-fn stats(d: &Path) -> Result<(), String> {
-    let read = |name: &str| -> Result<Option<serde_json::Value>, String> {
-        match std::fs::read_to_string(d.join(name)) {
+fn stats(d: &Path) -> Result<(), ShipperError> {
+    let read = |name: &str| -> Result<Option<serde_json::Value>, ShipperError> {
+        let path = d.join(name);
+        let bad = |why: String| ShipperError::Counters {
+            path: path.clone(),
+            why,
+        };
+        match std::fs::read_to_string(&path) {
             Ok(s) => serde_json::from_str(&s)
                 .map(Some)
-                .map_err(|e| format!("{}: {e}", d.join(name).display())),
+                .map_err(|e| bad(e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", d.join(name).display())),
+            Err(e) => Err(bad(e.to_string())),
         }
     };
     let worker = read("counters.json")?;
@@ -125,7 +163,7 @@ fn stats(d: &Path) -> Result<(), String> {
     let mut v = match (worker, &sup) {
         (Some(v), _) => v,
         (None, Some(_)) => serde_json::json!({}),
-        (None, None) => return Err(format!("{}: no counters yet", d.display())),
+        (None, None) => return Err(ShipperError::NoCounters(d.to_path_buf())),
     };
     if let (Some(obj), Some(s)) = (v.as_object_mut(), sup) {
         obj.insert("supervisor".into(), s);
@@ -134,12 +172,14 @@ fn stats(d: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn main_inner(cli: Cli) -> Result<(), String> {
-    let load = |p: &Path| ShipperConfig::load(p);
+fn main_inner(cli: Cli) -> Result<(), ShipperError> {
+    let load = |p: &Path| ShipperConfig::load(p).map_err(|e| ShipperError::Config(e.to_string()));
+    // The worker's own errors, whatever their type.
+    let worker_err = |e: &dyn std::fmt::Display| ShipperError::Worker(e.to_string());
     match cli.command {
         Cmd::Run { config } => {
             let c = load(&config)?;
-            supervisor::run(&config, &c).map_err(|e| e.to_string())
+            Ok(supervisor::run(&config, &c)?)
         }
         Cmd::Worker { config } => {
             let c = load(&config)?;
@@ -148,9 +188,9 @@ fn main_inner(cli: Cli) -> Result<(), String> {
             worker::install_stop_handler();
             let listen = inherited("REIN_SHIPPER_LISTEN_FD")?;
             let control = inherited("REIN_SHIPPER_CONTROL_FD")?;
-            let mut w = worker::Worker::new(c, listen, control)?;
-            w.adopt()?;
-            w.run()
+            let mut w = worker::Worker::new(c, listen, control).map_err(|e| worker_err(&e))?;
+            w.adopt().map_err(|e| worker_err(&e))?;
+            w.run().map_err(|e| worker_err(&e))
         }
         Cmd::Check { config } => load(&config).map(|c| check(&config, &c)),
         Cmd::Stats { state_dir } => stats(&state_dir),
