@@ -14,3 +14,4 @@ pub mod private;
 pub mod proto;
 pub mod route;
 pub mod sandbox;
+pub mod settings;
