@@ -11,7 +11,7 @@ use rein_core::params::{ParamError, Params};
 
 use crate::module::LoggerError;
 use crate::proto::{ContainerOptions, MultilineSpec, SinkKind};
-use crate::route::{check_prefix, validate_index, validate_stream, validate_topic};
+use crate::route::{check_prefix, validate_index, validate_stream, validate_topic, RouteError};
 
 /// Default path of the shipper's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
@@ -126,27 +126,35 @@ impl ModuleConfig {
             }
             None => self.default_sink,
         };
+        // The route label of the chosen sink (the others' are ignored).
+        type Validate = fn(&str) -> Result<(), RouteError>;
+        let routes: [(&str, SinkKind, Validate, &[String]); 3] = [
+            (
+                "log.index",
+                SinkKind::Elasticsearch,
+                validate_index,
+                &self.index_prefixes,
+            ),
+            (
+                "log.topic",
+                SinkKind::Kafka,
+                validate_topic,
+                &self.topic_prefixes,
+            ),
+            (
+                "log.redis_stream",
+                SinkKind::Redis,
+                validate_stream,
+                &self.redis_stream_prefixes,
+            ),
+        ];
         let mut route = String::new();
-        if let Some(s) = cfg
-            .get("log.index")
-            .filter(|_| sink == SinkKind::Elasticsearch)
-        {
-            validate_index(&s.raw).map_err(|e| s.error(e))?;
-            check_prefix(&s.raw, &self.index_prefixes).map_err(|e| s.error(e))?;
-            route = s.raw.clone();
-        }
-        if let Some(s) = cfg.get("log.topic").filter(|_| sink == SinkKind::Kafka) {
-            validate_topic(&s.raw).map_err(|e| s.error(e))?;
-            check_prefix(&s.raw, &self.topic_prefixes).map_err(|e| s.error(e))?;
-            route = s.raw.clone();
-        }
-        if let Some(s) = cfg
-            .get("log.redis_stream")
-            .filter(|_| sink == SinkKind::Redis)
-        {
-            validate_stream(&s.raw).map_err(|e| s.error(e))?;
-            check_prefix(&s.raw, &self.redis_stream_prefixes).map_err(|e| s.error(e))?;
-            route = s.raw.clone();
+        for (label, kind, validate, prefixes) in routes {
+            if let Some(s) = cfg.get(label).filter(|_| sink == kind) {
+                validate(&s.raw).map_err(|e| s.error(e))?;
+                check_prefix(&s.raw, prefixes).map_err(|e| s.error(e))?;
+                route = s.raw.clone();
+            }
         }
         let pattern = cfg.get("log.multiline.pattern");
         let mode = cfg.get("log.multiline");
