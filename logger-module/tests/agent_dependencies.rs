@@ -24,6 +24,7 @@ fn normal_dependencies(package: &str) -> Vec<String> {
         .args([
             "tree",
             "--offline",
+            "--locked",
             "--manifest-path",
             manifest,
             "-p",
