@@ -9,7 +9,7 @@ use std::os::fd::IntoRawFd;
 use std::sync::{mpsc, Arc, Mutex};
 
 use cxx::UniquePtr;
-use rein_logger::module::LoggerModule;
+use rein_log_module::module::LoggerModule;
 
 use crate::actor::{construct, error_chain, run_call, Completer, CxxCompleter, Outcome};
 use crate::bridge::ffi::{Completion, ContainerConfigView, ContainerIoView, KeyValue};

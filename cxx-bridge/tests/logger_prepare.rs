@@ -66,7 +66,7 @@ fn launches_against_a_silent_shipper_do_not_queue_behind_one_another() {
     let d = tempfile::tempdir().unwrap();
     let socket = d.path().join("silent.sock");
     // Listening, never accepting: connections wait in the backlog, unanswered.
-    let s = rein_logger::proto::seqpacket_socket().unwrap();
+    let s = rein_log_module::proto::seqpacket_socket().unwrap();
     bind(s.as_raw_fd(), &UnixAddr::new(&socket).unwrap()).unwrap();
     listen(&s, Backlog::new(1024).unwrap()).unwrap();
     let handle = create_logger(&[

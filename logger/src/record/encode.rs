@@ -5,9 +5,6 @@
 //! timestamp, message, `log` object and, for JSON lines, the merged fields.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
 
 use super::json::{self, push_compact, push_str, raw_as_str};
 use super::multiline::Record;
@@ -17,35 +14,7 @@ use super::Stream;
 /// ECS version written in `ecs.version`.
 pub const ECS_VERSION: &str = "8.11.0";
 
-/// What the logger knows about a container; sent to the shipper at `prepare`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceMeta {
-    /// Container id chain, root first (`["root", "child"]`).
-    pub container_chain: Vec<String>,
-    /// Mesos agent id.
-    pub agent_id: Option<String>,
-    /// Framework id.
-    pub framework_id: Option<String>,
-    /// Executor id.
-    pub executor_id: Option<String>,
-    /// Task id.
-    pub task_id: Option<String>,
-    /// Task name.
-    pub task_name: Option<String>,
-    /// ExecutorInfo labels.
-    pub executor_labels: Vec<(String, String)>,
-    /// TaskInfo labels (win over executor labels with the same key).
-    pub task_labels: Vec<(String, String)>,
-    /// The container's sandbox directory.
-    pub sandbox: PathBuf,
-}
-
-impl SourceMeta {
-    /// `root.child` form of the container id.
-    pub fn container_id(&self) -> String {
-        self.container_chain.join(".")
-    }
-}
+pub use rein_log_module::proto::SourceMeta;
 
 /// Operator-level encoding settings.
 #[derive(Clone, Debug)]

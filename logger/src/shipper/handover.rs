@@ -8,11 +8,13 @@
 //! and waits for the worker. A worker whose supervisor channel reached EOF
 //! tries that socket every [`OFFER_INTERVAL`]; once connected it sends:
 //!
-//! 1. `listen` with the listening socket (the same socket keeps serving:
+//! 1. `Listen` with the listening socket (the same socket keeps serving:
 //!    registrations waiting in its backlog are kept),
-//! 2. `add\n<key>` per container with the same descriptors the supervisor
+//! 2. `Hold(key)` per container with the same descriptors the supervisor
 //!    holds for it (both pipes, then the staging pipes' read ends),
-//! 3. `done`; and waits for `ok`.
+//! 3. `Done`; and waits for `ok`.
+//!
+//! (Messages are [`Control`]s; see `control` for their wire form.)
 //!
 //! After `ok` the worker stops reading at once and exits as on SIGTERM
 //! (offsets saved, sinks stopped). The new supervisor waits for it to be gone
@@ -24,13 +26,68 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::proto;
+use nix::errno::Errno;
+use nix::sys::socket::{accept4, bind, connect, listen, Backlog, SockFlag, UnixAddr};
+use nix::sys::stat::{umask, Mode};
+
+use crate::peercred::Peer;
+use crate::proto::{self, Control, DecodeError, Reply};
 
 /// How often an orphaned worker looks for a new supervisor.
 pub const OFFER_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long each side waits for the other's next message.
 const STEP: Duration = Duration::from_secs(10);
+
+/// Why a handover did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    /// A socket call on the handover socket failed.
+    #[error("{call} {}: {source}", path.display())]
+    Socket {
+        /// The call.
+        call: &'static str,
+        /// The handover socket.
+        path: PathBuf,
+        /// Cause.
+        source: Errno,
+    },
+    /// Sending or receiving failed, or the peer's credentials are unreadable.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        source: Errno,
+    },
+    /// The peer is another user's process.
+    #[error("peer {0} is not of our user")]
+    NotOurUser(Peer),
+    /// The peer said nothing in time.
+    #[error("no {0} within {STEP:?}")]
+    Silent(&'static str),
+    /// The first message did not carry the listening socket.
+    #[error("the first message must carry the listening socket")]
+    NoListenSocket,
+    /// The worker closed the connection before `done`.
+    #[error("the worker closed the handover")]
+    Closed,
+    /// A message out of place or not understood.
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    /// A container came with a number of descriptors no worker sends.
+    #[error("{0} descriptors for one container")]
+    Descriptors(usize),
+    /// The new supervisor refused.
+    #[error("the new supervisor answered {0:?}")]
+    Refused(String),
+}
+
+impl From<DecodeError> for HandoverError {
+    fn from(e: DecodeError) -> Self {
+        HandoverError::Unexpected(e.to_string())
+    }
+}
 
 /// The private socket a new supervisor listens on for an orphaned worker.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -47,24 +104,26 @@ pub struct Received {
     pub containers: Vec<(String, Vec<OwnedFd>)>,
 }
 
-fn own_uid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-fn expect_same_user(sock: BorrowedFd<'_>) -> Result<crate::peercred::Peer, String> {
-    let p = crate::peercred::peer(sock).map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    if p.uid != own_uid() {
-        return Err(format!("peer {p} is not of our user"));
+fn expect_same_user(sock: BorrowedFd<'_>) -> Result<Peer, HandoverError> {
+    let p = crate::peercred::peer(sock).map_err(|source| HandoverError::Io {
+        what: "SO_PEERCRED",
+        source,
+    })?;
+    if p.uid != nix::unistd::geteuid().as_raw() {
+        return Err(HandoverError::NotOurUser(p));
     }
     Ok(p)
 }
 
-fn recv_within(sock: BorrowedFd<'_>, what: &str) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
-    if !proto::wait_readable(sock, STEP).map_err(|e| e.to_string())? {
-        return Err(format!("no {what} within {STEP:?}"));
+fn recv_within(
+    sock: BorrowedFd<'_>,
+    what: &'static str,
+) -> Result<(Vec<u8>, Vec<OwnedFd>), HandoverError> {
+    let io = |source| HandoverError::Io { what, source };
+    if !proto::wait_readable(sock, STEP).map_err(io)? {
+        return Err(HandoverError::Silent(what));
     }
-    proto::recv_with_fds(sock).map_err(|e| format!("{what}: {e}"))
+    proto::recv_with_fds(sock).map_err(io)
 }
 
 /// Worker side: hands the listening socket and every container's
@@ -74,32 +133,36 @@ pub fn offer(
     state_dir: &Path,
     listen: BorrowedFd<'_>,
     containers: &[(String, Vec<RawFd>)],
-) -> Result<bool, String> {
+) -> Result<bool, HandoverError> {
     let path = socket_path(state_dir);
-    let addr = nix::sys::socket::UnixAddr::new(&path).map_err(|e| e.to_string())?;
-    let sock = proto::seqpacket_socket().map_err(|e| e.to_string())?;
-    match nix::sys::socket::connect(sock.as_raw_fd(), &addr) {
+    let socket_err = |call, source| HandoverError::Socket {
+        call,
+        path: path.clone(),
+        source,
+    };
+    let addr = UnixAddr::new(&path).map_err(|e| socket_err("address", e))?;
+    let sock = proto::seqpacket_socket().map_err(|e| socket_err("socket", e))?;
+    match connect(sock.as_raw_fd(), &addr) {
         Ok(()) => {}
-        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED) => return Ok(false),
-        Err(e) => return Err(format!("connect {}: {e}", path.display())),
+        Err(Errno::ENOENT | Errno::ECONNREFUSED) => return Ok(false),
+        Err(e) => return Err(socket_err("connect", e)),
     }
     expect_same_user(sock.as_fd())?;
-    let send = |msg: &[u8], fds: &[RawFd]| {
-        proto::send_with_fds(sock.as_fd(), msg, fds).map_err(|e| format!("sending: {e}"))
+    let send = |msg: Control, fds: &[RawFd]| {
+        proto::send_with_fds(sock.as_fd(), &msg.encode(), fds).map_err(|source| HandoverError::Io {
+            what: "sending",
+            source,
+        })
     };
-    send(b"listen", &[listen.as_raw_fd()])?;
+    send(Control::Listen, &[listen.as_raw_fd()])?;
     for (key, fds) in containers {
-        send(format!("add\n{key}").as_bytes(), fds)?;
+        send(Control::Hold(key.clone()), fds)?;
     }
-    send(b"done", &[])?;
+    send(Control::Done, &[])?;
     let (reply, _) = recv_within(sock.as_fd(), "reply")?;
-    if reply == b"ok" {
-        Ok(true)
-    } else {
-        Err(format!(
-            "the new supervisor answered {:?}",
-            String::from_utf8_lossy(&reply)
-        ))
+    match Reply::decode(&reply) {
+        Reply::Ok => Ok(true),
+        Reply::Error(why) => Err(HandoverError::Refused(why)),
     }
 }
 
@@ -112,24 +175,26 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `state_dir/handover.sock` (0600), replacing a stale one.
-    pub fn bind(state_dir: &Path) -> Result<Listener, String> {
+    pub fn bind(state_dir: &Path) -> Result<Listener, HandoverError> {
         use std::os::unix::fs::MetadataExt;
         let path = socket_path(state_dir);
+        let socket_err = |call, source| HandoverError::Socket {
+            call,
+            path: path.clone(),
+            source,
+        };
         let _ = std::fs::remove_file(&path);
-        let addr = nix::sys::socket::UnixAddr::new(&path).map_err(|e| e.to_string())?;
-        let sock = proto::seqpacket_socket().map_err(|e| e.to_string())?;
-        // SAFETY: umask(2) cannot fail; the supervisor has one thread here.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = nix::sys::socket::bind(sock.as_raw_fd(), &addr);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        bound.map_err(|e| format!("bind {}: {e}", path.display()))?;
-        nix::sys::socket::listen(
-            &sock,
-            nix::sys::socket::Backlog::new(4).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
-        )
-        .map_err(|e| format!("listen: {e}"))?;
-        let m = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+        let addr = UnixAddr::new(&path).map_err(|e| socket_err("address", e))?;
+        let sock = proto::seqpacket_socket().map_err(|e| socket_err("socket", e))?;
+        // The supervisor has one thread here: nothing else is created under this umask.
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let bound = bind(sock.as_raw_fd(), &addr);
+        umask(old);
+        bound.map_err(|e| socket_err("bind", e))?;
+        listen(&sock, Backlog::new(4).unwrap_or(Backlog::MAXCONN))
+            .map_err(|e| socket_err("listen", e))?;
+        let m = std::fs::metadata(&path)
+            .map_err(|e| socket_err("stat", Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
         Ok(Listener {
             sock,
             path,
@@ -139,41 +204,35 @@ impl Listener {
 
     /// Waits up to `wait` for an orphaned worker and takes everything it
     /// holds. `Ok(None)`: nobody came.
-    pub fn receive(&self, wait: Duration) -> Result<Option<Received>, String> {
+    pub fn receive(&self, wait: Duration) -> Result<Option<Received>, HandoverError> {
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
-            if !proto::wait_readable(self.sock.as_fd(), left.min(Duration::from_secs(1)))
-                .map_err(|e| e.to_string())?
-            {
+            if !proto::wait_readable(self.sock.as_fd(), left.min(Duration::from_secs(1))).map_err(
+                |source| HandoverError::Io {
+                    what: "waiting for a worker",
+                    source,
+                },
+            )? {
                 continue;
             }
-            // SAFETY: accept4 on our listening socket; the result is checked and owned below.
-            let fd = unsafe {
-                libc::accept4(
-                    self.sock.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
+            let Ok(fd) = accept4(self.sock.as_raw_fd(), SockFlag::SOCK_CLOEXEC) else {
+                continue;
             };
-            if fd < 0 {
-                continue;
-            }
             // SAFETY: a new descriptor from accept4, owned by nobody else.
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
             match take(conn.as_fd()) {
                 Ok(r) => {
-                    let _ = proto::send_with_fds(conn.as_fd(), b"ok", &[]);
+                    let _ = proto::send_with_fds(conn.as_fd(), &Reply::Ok.encode(), &[]);
                     return Ok(Some(r));
                 }
                 Err(e) => {
                     tracing::error!("handover refused: {e}");
-                    let _ =
-                        proto::send_with_fds(conn.as_fd(), format!("error: {e}").as_bytes(), &[]);
+                    let reply = Reply::Error(e.to_string()).encode();
+                    let _ = proto::send_with_fds(conn.as_fd(), &reply, &[]);
                 }
             }
         }
@@ -190,11 +249,11 @@ impl Drop for Listener {
     }
 }
 
-fn take(conn: BorrowedFd<'_>) -> Result<Received, String> {
+fn take(conn: BorrowedFd<'_>) -> Result<Received, HandoverError> {
     let peer = expect_same_user(conn)?;
     let (msg, mut fds) = recv_within(conn, "listening socket")?;
-    if msg != b"listen" || fds.len() != 1 {
-        return Err("the first message must carry the listening socket".into());
+    if !matches!(Control::decode(&msg), Ok(Control::Listen)) || fds.len() != 1 {
+        return Err(HandoverError::NoListenSocket);
     }
     let mut r = Received {
         listen: fds.remove(0),
@@ -214,23 +273,15 @@ fn take(conn: BorrowedFd<'_>) -> Result<Received, String> {
                 );
                 return Ok(r);
             }
-            Ok(_) => return Err("the worker closed the handover".into()),
+            Ok(_) => return Err(HandoverError::Closed),
             Err(e) => return Err(e),
         };
-        if msg == b"done" {
-            return Ok(r);
+        match Control::decode(&msg)? {
+            Control::Done => return Ok(r),
+            Control::Hold(key) if matches!(fds.len(), 2 | 4) => r.containers.push((key, fds)),
+            Control::Hold(_) => return Err(HandoverError::Descriptors(fds.len())),
+            other => return Err(HandoverError::Unexpected(format!("{other:?}"))),
         }
-        let Some(key) = msg.strip_prefix(b"add\n") else {
-            return Err(format!(
-                "unexpected message {:?}",
-                String::from_utf8_lossy(&msg)
-            ));
-        };
-        if !matches!(fds.len(), 2 | 4) {
-            return Err(format!("{} descriptors for one container", fds.len()));
-        }
-        r.containers
-            .push((String::from_utf8_lossy(key).into_owned(), fds));
     }
 }
 

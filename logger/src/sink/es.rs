@@ -121,31 +121,7 @@ pub struct EsConfig {
     pub route_failure: RouteFailure,
 }
 
-/// Checks an index pattern: Elasticsearch index-name rules, with `%Y %m %d`.
-pub fn validate_index(p: &str) -> Result<(), String> {
-    if p.is_empty() || p.len() > 200 {
-        return Err(format!("index `{p}`: must be 1 to 200 bytes"));
-    }
-    if p.starts_with(['-', '_', '+', '.']) {
-        return Err(format!("index `{p}`: must not start with - _ + or ."));
-    }
-    let mut chars = p.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            'a'..='z' | '0'..='9' | '-' | '_' | '.' => {}
-            '%' => match chars.next() {
-                Some('Y' | 'm' | 'd') => {}
-                _ => return Err(format!("index `{p}`: only %Y, %m and %d may follow %")),
-            },
-            _ => {
-                return Err(format!(
-                    "index `{p}`: `{c}` is not allowed (lower-case letters, digits, - _ .)"
-                ))
-            }
-        }
-    }
-    Ok(())
-}
+pub use rein_log_module::route::validate_index;
 
 /// The index of a record with timestamp `ts_ms` under `pattern`.
 pub fn index_name(pattern: &[u8], ts_ms: i64, out: &mut Vec<u8>) {

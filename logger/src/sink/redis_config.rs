@@ -85,31 +85,7 @@ pub fn read_auth(path: &Path) -> Result<RedisAuth, String> {
     parse_auth(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A stream key a task or the operator may use: 1 to 128 of `[a-zA-Z0-9._:-]`
-/// (no spaces, braces or globbing characters).
-pub fn validate_stream(s: &str) -> Result<(), String> {
-    validate_key(s)?;
-    if s.starts_with(super::route::RESERVED_REDIS_PREFIX) {
-        return Err(format!(
-            "stream keys starting with `{}` are reserved for the shipper's own keys",
-            super::route::RESERVED_REDIS_PREFIX
-        ));
-    }
-    Ok(())
-}
-
-/// A key the shipper writes: 1 to 128 of `[a-zA-Z0-9._:-]`.
-pub fn validate_key(s: &str) -> Result<(), String> {
-    if s.is_empty()
-        || s.len() > 128
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-    {
-        return Err("a stream key has 1 to 128 of [a-zA-Z0-9._:-]".into());
-    }
-    Ok(())
-}
+pub use rein_log_module::route::{validate_key, validate_stream};
 
 #[cfg(test)]
 mod tests {

@@ -329,7 +329,7 @@ pub fn check_es_index(route: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     let s = std::str::from_utf8(route).map_err(|_| "index name is not UTF-8".to_string())?;
-    super::es::validate_index(s)
+    Ok(super::es::validate_index(s)?)
 }
 
 /// [`validate_topic`] of a buffered route (empty: the default topic).
@@ -337,32 +337,14 @@ pub fn check_kafka_topic(route: &[u8]) -> Result<(), String> {
     if route.is_empty() {
         return Ok(());
     }
-    validate_topic(std::str::from_utf8(route).map_err(|_| "topic is not UTF-8".to_string())?)
+    Ok(validate_topic(
+        std::str::from_utf8(route).map_err(|_| "topic is not UTF-8".to_string())?,
+    )?)
 }
 
-/// Kafka topic rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`, and
-/// not `__`-prefixed (the broker's internal topics).
-pub fn validate_topic(t: &str) -> Result<(), String> {
-    if t.is_empty()
-        || t.len() > 249
-        || !t
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err("a topic has 1 to 249 of [a-zA-Z0-9._-]".into());
-    }
-    if t == "." || t == ".." {
-        return Err("`.` and `..` are not topic names".into());
-    }
-    if t.starts_with("__") {
-        return Err("topics starting with `__` are the broker's own".into());
-    }
-    Ok(())
-}
+pub use rein_log_module::route::validate_topic;
 
-/// Prefix of every Redis key the shipper writes for itself (its default
-/// dedup markers are `rein:dedup:<id>`): no task stream may start with it.
-pub const RESERVED_REDIS_PREFIX: &str = "rein:";
+pub use rein_log_module::route::RESERVED_REDIS_PREFIX;
 
 /// A task's Redis stream must stay out of the shipper's own key namespace
 /// (`rein:` and the configured `dedup_prefix`): a stream named like a marker

@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::proto;
+use crate::proto::{self, Control, DecodeError};
 use crate::shipper::stream::{self, StreamState};
 
 /// One message of the supervisor's container list at start.
@@ -36,21 +36,14 @@ pub(super) fn next_adoption(control: &OwnedFd) -> Result<Adoption, ControlError>
         return Err(ControlError::NoList);
     }
     let (msg, fds) = proto::recv_with_fds(control.as_fd())?;
-    if msg == b"done" || msg.is_empty() {
-        return Ok(Adoption::Done);
-    }
-    Ok(
-        match msg
-            .strip_prefix(b"adopt\n")
-            .and_then(|k| std::str::from_utf8(k).ok())
-        {
-            Some(key) => Adoption::Container {
-                key: key.to_string(),
-                fds,
-            },
-            None => Adoption::Other,
-        },
-    )
+    Ok(match Control::decode(&msg) {
+        Ok(Control::Done) | Err(DecodeError::Empty) => Adoption::Done,
+        Ok(Control::Adopt(key)) => Adoption::Container { key, fds },
+        other => {
+            tracing::warn!("control message ignored while adopting: {other:?}");
+            Adoption::Other
+        }
+    })
 }
 
 /// True when the supervisor closed the channel (it died); anything else it
@@ -93,7 +86,8 @@ pub(super) fn pipe_fds(streams: &[StreamState]) -> Vec<RawFd> {
 
 /// Tells the supervisor to hold `fds` for container `key` (replacing what it held).
 pub(super) fn send_add(control: &OwnedFd, key: &str, fds: &[RawFd]) {
-    if let Err(e) = proto::send_with_fds(control.as_fd(), format!("add\n{key}").as_bytes(), fds) {
+    let hold = Control::Hold(key.to_string()).encode();
+    if let Err(e) = proto::send_with_fds(control.as_fd(), &hold, fds) {
         tracing::error!(
             "supervisor unreachable ({e}): a restart of this worker would close container {key}"
         );
@@ -102,7 +96,8 @@ pub(super) fn send_add(control: &OwnedFd, key: &str, fds: &[RawFd]) {
 
 /// Tells the supervisor to close what it holds for container `key`.
 pub(super) fn send_del(control: &OwnedFd, key: &str) {
-    let _ = proto::send_with_fds(control.as_fd(), format!("del\n{key}").as_bytes(), &[]);
+    let release = Control::Release(key.to_string()).encode();
+    let _ = proto::send_with_fds(control.as_fd(), &release, &[]);
 }
 
 #[cfg(test)]

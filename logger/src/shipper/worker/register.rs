@@ -11,7 +11,7 @@ use nix::sys::socket::{accept4, SockFlag};
 
 use super::attach::AttachError;
 use super::Worker;
-use crate::proto::{self, Registration};
+use crate::proto;
 use crate::shipper::registration;
 
 /// Why a registration was refused (sent to the module as `error: <reason>`).
@@ -26,12 +26,9 @@ pub enum RegisterError {
     /// The module gave up before the answer.
     #[error("the module stopped waiting (its container writes its sandbox files)")]
     ModuleGone,
-    /// The message is not a registration.
-    #[error("bad registration: {0}")]
-    Malformed(#[from] serde_json::Error),
-    /// A registration format this worker does not know.
-    #[error("protocol version {0} not supported")]
-    Version(u32),
+    /// The message is not a registration this worker reads.
+    #[error("{0}")]
+    Decode(#[from] proto::DecodeError),
     /// A key the module does not make.
     #[error("bad container key {0:?}")]
     Key(String),
@@ -74,17 +71,18 @@ impl Worker {
                     .connections_refused
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("connection refused: {e}");
-                let _ = proto::send_with_fds(conn.as_fd(), format!("error: {e}").as_bytes(), &[]);
+                let refused = proto::Reply::Error(e.to_string()).encode();
+                let _ = proto::send_with_fds(conn.as_fd(), &refused, &[]);
                 continue;
             }
             let reply = match self.register(&conn) {
-                Ok(()) => b"ok".to_vec(),
+                Ok(()) => proto::Reply::Ok.encode(),
                 Err(e) => {
                     self.counters
                         .registrations_refused
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("registration refused: {e}");
-                    format!("error: {e}").into_bytes()
+                    proto::Reply::Error(e.to_string()).encode()
                 }
             };
             let _ = proto::send_with_fds(conn.as_fd(), &reply, &[]);
@@ -96,15 +94,12 @@ impl Worker {
             return Err(RegisterError::NotReceived);
         }
         let (msg, fds) = proto::recv_with_fds(conn.as_fd())?;
-        if msg == proto::PROBE {
-            return Ok(()); // a module asking whether we answer: nothing to register
-        }
+        let reg = match proto::Request::decode(&msg)? {
+            proto::Request::Probe => return Ok(()), // a module asking whether we answer
+            proto::Request::Register(reg) => *reg,
+        };
         if proto::peer_closed(conn.as_fd()) {
             return Err(RegisterError::ModuleGone);
-        }
-        let reg: Registration = serde_json::from_slice(&msg)?;
-        if reg.version != proto::REGISTRATION_VERSION {
-            return Err(RegisterError::Version(reg.version));
         }
         if !valid_key(&reg.key) {
             return Err(RegisterError::Key(reg.key));

@@ -8,6 +8,46 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use nix::errno::Errno;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+/// Why a peer is refused, or `socket_group` unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The kernel did not say who the peer is.
+    #[error("SO_PEERCRED: {0}")]
+    Credentials(Errno),
+    /// A module's peer that may not hand the shipper containers.
+    #[error("peer {peer} is not root{}", group.map_or_else(String::new, |g| format!(" nor in socket_group {g}")))]
+    NotAllowed {
+        /// Who connected.
+        peer: Peer,
+        /// The operator's `socket_group`.
+        group: Option<u32>,
+    },
+    /// The process serving the socket is not the shipper.
+    #[error("the socket is served by {0}, not by root: not the log shipper")]
+    NotShipper(Peer),
+    /// `socket_group` names no group.
+    #[error("no group named `{0}`")]
+    NoGroup(String),
+    /// The group database could not be read.
+    #[error("looking up group `{name}`: {source}")]
+    GroupLookup {
+        /// The name looked up.
+        name: String,
+        /// Cause.
+        source: Errno,
+    },
+}
+
+/// The shipper's string-error call sites take the same message.
+impl From<PeerError> for String {
+    fn from(e: PeerError) -> String {
+        e.to_string()
+    }
+}
+
 /// Credentials of a socket's peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -28,30 +68,12 @@ impl std::fmt::Display for Peer {
 }
 
 /// Reads the peer's credentials from a connected unix socket.
-pub fn peer(sock: BorrowedFd<'_>) -> std::io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).unwrap_or(0);
-    // SAFETY: getsockopt with a buffer and length of a `ucred`.
-    let r = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::addr_of_mut!(cred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+pub fn peer(sock: BorrowedFd<'_>) -> nix::Result<Peer> {
+    let cred = getsockopt(&sock, PeerCredentials)?;
     Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
         groups: peer_groups(sock),
     })
 }
@@ -77,10 +99,7 @@ fn peer_groups(sock: BorrowedFd<'_>) -> Vec<u32> {
             return groups;
         }
         // ERANGE: `len` says how much is needed.
-        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
-            && n > groups.len()
-            && n <= 65536
-        {
+        if Errno::last() == Errno::ERANGE && n > groups.len() && n <= 65536 {
             groups.resize(n, 0);
             continue;
         }
@@ -89,50 +108,44 @@ fn peer_groups(sock: BorrowedFd<'_>) -> Vec<u32> {
 }
 
 fn own_uid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// The shipper's check of a connecting module: root, the shipper's own user
 /// (a shipper run unprivileged, as in tests) or a member of `group`.
-pub fn check_client(sock: BorrowedFd<'_>, group: Option<u32>) -> Result<Peer, String> {
-    let p = peer(sock).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+pub fn check_client(sock: BorrowedFd<'_>, group: Option<u32>) -> Result<Peer, PeerError> {
+    let p = peer(sock).map_err(PeerError::Credentials)?;
     let in_group = group.is_some_and(|g| p.gid == g || p.groups.contains(&g));
     if p.uid == 0 || p.uid == own_uid() || in_group {
         Ok(p)
     } else {
-        Err(format!(
-            "peer {p} is not root{}",
-            match group {
-                Some(g) => format!(" nor in socket_group {g}"),
-                None => String::new(),
-            }
-        ))
+        Err(PeerError::NotAllowed { peer: p, group })
     }
 }
 
 /// The module's check of the shipper it connected to: run by root or by the
 /// module's own user. Anything else is not the shipper, whatever the path.
-pub fn check_server(sock: BorrowedFd<'_>) -> Result<Peer, String> {
-    let p = peer(sock).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+pub fn check_server(sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
+    let p = peer(sock).map_err(PeerError::Credentials)?;
     if p.uid == 0 || p.uid == own_uid() {
         Ok(p)
     } else {
-        Err(format!(
-            "the socket is served by {p}, not by root: not the log shipper"
-        ))
+        Err(PeerError::NotShipper(p))
     }
 }
 
 /// Resolves `socket_group`: a group name from the group database or a number.
-pub fn resolve_group(name: &str) -> Result<u32, String> {
+pub fn resolve_group(name: &str) -> Result<u32, PeerError> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(format!("no group named `{name}`")),
-        Err(e) => Err(format!("looking up group `{name}`: {e}")),
+        Ok(None) => Err(PeerError::NoGroup(name.into())),
+        Err(source) => Err(PeerError::GroupLookup {
+            name: name.into(),
+            source,
+        }),
     }
 }
 

@@ -105,7 +105,7 @@ pub fn list(dir: &Path) -> Vec<(PathBuf, FallbackRecord)> {
     let mut out = Vec::new();
     for e in entries.flatten().take(MAX_SCAN) {
         let path = e.path();
-        if path.extension().is_none_or(|x| x != "json") {
+        if path.extension() != Some(std::ffi::OsStr::new("json")) {
             continue;
         }
         let parsed = std::fs::read(&path)

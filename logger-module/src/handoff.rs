@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{connect, UnixAddr};
 
-use crate::proto::{self, Registration};
+use crate::proto::{self, Registration, Reply, Request};
 
 /// Why the shipper did not take a container.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +60,7 @@ fn open(socket_path: &Path, deadline: Instant, limit: Duration) -> Result<OwnedF
     }
     // The pipes carry the container's output: only to a shipper run by root
     // (or by our own user), whoever could bind a socket at this path.
-    crate::peercred::check_server(s.as_fd()).map_err(unreachable)?;
+    crate::peercred::check_server(s.as_fd()).map_err(|e| unreachable(e.to_string()))?;
     Ok(s)
 }
 
@@ -123,7 +123,9 @@ pub fn register(
     limit: Duration,
 ) -> Result<(), HandoffError> {
     let deadline = Instant::now() + limit;
-    let msg = serde_json::to_vec(reg).map_err(|e| HandoffError::Unreachable(e.to_string()))?;
+    let msg = Request::Register(Box::new(reg.clone()))
+        .encode()
+        .map_err(|e| HandoffError::Unreachable(e.to_string()))?;
     let s = open(socket_path, deadline, limit)?;
     let reply = exchange(
         &s,
@@ -132,12 +134,9 @@ pub fn register(
         deadline,
         limit,
     )?;
-    if reply == b"ok" {
-        Ok(())
-    } else {
-        Err(HandoffError::Refused(
-            String::from_utf8_lossy(&reply).into_owned(),
-        ))
+    match Reply::decode(&reply) {
+        Reply::Ok => Ok(()),
+        Reply::Error(why) => Err(HandoffError::Refused(why)),
     }
 }
 

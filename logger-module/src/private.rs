@@ -20,12 +20,10 @@ pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
 fn fchmod(f: &File, mode: u32) -> io::Result<()> {
-    // SAFETY: fchmod on a descriptor owned by `f`.
-    if unsafe { libc::fchmod(f.as_raw_fd(), mode) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(nix::sys::stat::fchmod(
+        f.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_retain(mode),
+    )?)
 }
 
 /// Opens an existing directory without following a symbolic link.
@@ -101,8 +99,7 @@ fn regular_private(f: File, path: &Path) -> io::Result<File> {
     }
     // A file someone else made (say in a world-writable directory) may be
     // open in their hands already: changing its mode would not take it back.
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if m.uid() != me {
         return Err(io::Error::other(format!(
             "{} belongs to uid {}, not to this process",
@@ -112,11 +109,9 @@ fn regular_private(f: File, path: &Path) -> io::Result<File> {
     }
     fchmod(&f, FILE_MODE)?;
     // O_NONBLOCK was only for the open (a FIFO must not block it).
-    // SAFETY: fcntl on a descriptor owned by `f`.
-    unsafe {
-        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-    }
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(f.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(f.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
     Ok(f)
 }
 
@@ -259,17 +254,17 @@ mod tests {
     }
 
     /// Sets a permissive umask for the duration of a test (restored on drop).
-    struct Umask(libc::mode_t);
+    struct Umask(nix::sys::stat::Mode);
     impl Umask {
         fn set(m: libc::mode_t) -> Umask {
-            // SAFETY: umask(2) cannot fail.
-            Umask(unsafe { libc::umask(m) })
+            Umask(nix::sys::stat::umask(
+                nix::sys::stat::Mode::from_bits_retain(m),
+            ))
         }
     }
     impl Drop for Umask {
         fn drop(&mut self) {
-            // SAFETY: umask(2) cannot fail.
-            unsafe { libc::umask(self.0) };
+            nix::sys::stat::umask(self.0);
         }
     }
 
@@ -307,10 +302,7 @@ mod tests {
         assert!(create_dir(&link).is_err());
         assert_eq!(mode(&target), 0o644, "the link's target is untouched");
         let fifo = d.path().join("fifo");
-        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(fifo.as_os_str()))
-            .unwrap();
-        // SAFETY: mkfifo with a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_retain(0o644)).unwrap();
         assert!(
             open_append(&fifo).is_err(),
             "a FIFO is refused, not waited on"

@@ -22,14 +22,18 @@
 //!   ([`objects_refused`]).
 
 use std::collections::VecDeque;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::errno::Errno;
+use nix::fcntl::{renameat, renameat2, AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 
 /// Objects refused in sandboxes by this process (a process-wide counter: the
@@ -106,53 +110,34 @@ fn cname(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn openat(
-    dir: RawFd,
-    name: &CString,
-    flags: libc::c_int,
-    mode: libc::mode_t,
-) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is a NUL-terminated string that outlives the call; the
-    // result is checked and owned once.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC | libc::O_NOCTTY,
-            libc::c_uint::from(mode),
-        )
-    })?;
+fn openat(dir: RawFd, name: &CString, flags: OFlag, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let fd = nix::fcntl::openat(
+        Some(dir),
+        name.as_c_str(),
+        flags,
+        Mode::from_bits_retain(mode),
+    )?;
     // SAFETY: a new descriptor, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer for the call.
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
-    Ok(st)
+    Ok(nix::sys::stat::fstat(fd)?)
 }
 
 /// `fstatat` without following a symlink; `None` if nothing is there.
-fn stat_at(dir: RawFd, name: &CString) -> io::Result<Option<libc::stat>> {
-    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated, `st` a valid out-pointer.
-    let r = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-    match cvt(r) {
-        Ok(_) => Ok(Some(st)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
+fn stat_at(dir: RawFd, name: &CStr) -> io::Result<Option<libc::stat>> {
+    match nix::sys::stat::fstatat(Some(dir), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// `unlinkat` of a non-directory (never follows the last component).
+fn unlink_at(dir: RawFd, name: &CString) -> nix::Result<()> {
+    nix::unistd::unlinkat(Some(dir), name.as_c_str(), UnlinkatFlags::NoRemoveDir)
 }
 
 fn file_type(st: &libc::stat) -> libc::mode_t {
@@ -184,23 +169,26 @@ fn unique(base: &str, tag: &str) -> String {
 
 /// `renameat2(RENAME_NOREPLACE)` within one directory; `Ok(false)` if `to` exists.
 fn rename_noreplace(dir: RawFd, from: &CString, to: &CString) -> io::Result<bool> {
-    // SAFETY: both names are NUL-terminated and outlive the call.
-    let r =
-        unsafe { libc::renameat2(dir, from.as_ptr(), dir, to.as_ptr(), libc::RENAME_NOREPLACE) };
-    match cvt(r) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+    let (from, to) = (from.as_c_str(), to.as_c_str());
+    match renameat2(
+        Some(dir),
+        from,
+        Some(dir),
+        to,
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
         // A file system without RENAME_NOREPLACE: check, then a plain rename
         // (a racing task can only have its own object replaced).
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(Errno::EINVAL) => {
             if stat_at(dir, to)?.is_some() {
                 return Ok(false);
             }
-            // SAFETY: as above.
-            cvt(unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) })?;
+            renameat(Some(dir), from, Some(dir), to)?;
             Ok(true)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -259,8 +247,7 @@ impl SandboxDir {
         if st.st_nlink != 1 {
             return Some(Refusal::HardLink);
         }
-        // SAFETY: geteuid never fails.
-        let me = unsafe { libc::geteuid() };
+        let me = nix::unistd::geteuid().as_raw();
         if st.st_uid != me && st.st_uid != 0 && st.st_uid != self.owner {
             return Some(Refusal::OtherOwner);
         }
@@ -284,11 +271,15 @@ impl SandboxDir {
         if self.check(&st, expect).is_some() {
             return Ok(None);
         }
-        let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        let mode = if write {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
         let fd = match openat(
             self.dirfd(),
             &c,
-            mode | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            mode | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
             0,
         ) {
             Ok(fd) => fd,
@@ -321,7 +312,7 @@ impl SandboxDir {
         let mut tries = 0;
         let (fd, tmp) = loop {
             let tmp = cname(&unique(name, "new"))?;
-            let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
             match openat(self.dirfd(), &tmp, flags, 0o644) {
                 Ok(fd) => break (fd, tmp),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < PLACE_TRIES => {
@@ -331,8 +322,7 @@ impl SandboxDir {
             }
         };
         // The umask must not take the task's read access to its own output.
-        // SAFETY: fchmod on a descriptor we own.
-        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o644) })?;
+        nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_retain(0o644))?;
         let id = FileId::of(&fstat(fd.as_raw_fd())?);
         created(id, &tmp.to_string_lossy());
         self.place(&tmp, &target, name);
@@ -354,9 +344,7 @@ impl SandboxDir {
         if !self.holds(name, expect)? {
             return Ok(false);
         }
-        let c = cname(name)?;
-        // SAFETY: NUL-terminated name; unlinkat never follows the last component.
-        cvt(unsafe { libc::unlinkat(self.dirfd(), c.as_ptr(), 0) })?;
+        unlink_at(self.dirfd(), &cname(name)?)?;
         Ok(true)
     }
 
@@ -417,8 +405,7 @@ impl SandboxDir {
             }
         }
         if !done && file_type(st) != libc::S_IFDIR {
-            // SAFETY: NUL-terminated name; unlinkat never follows the last component.
-            done = unsafe { libc::unlinkat(self.dirfd(), c.as_ptr(), 0) } == 0;
+            done = unlink_at(self.dirfd(), c).is_ok();
         }
         tracing::warn!(
             path = %self.path.join(name).display(),
@@ -440,7 +427,7 @@ fn components(p: &Path) -> impl DoubleEndedIterator<Item = OsString> + '_ {
 
 fn root_dir() -> io::Result<(OwnedFd, libc::stat)> {
     let c = CString::new("/").unwrap_or_default();
-    let fd = openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let fd = openat(libc::AT_FDCWD, &c, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
     let st = fstat(fd.as_raw_fd())?;
     Ok((fd, st))
 }
@@ -451,14 +438,10 @@ fn trusted(st: &libc::stat) -> bool {
 }
 
 fn readlinkat(dir: RawFd, name: &CString) -> io::Result<PathBuf> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: `buf` is writable for its length; the result is checked.
-    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n.unsigned_abs());
-    Ok(PathBuf::from(OsString::from_vec(buf)))
+    Ok(PathBuf::from(nix::fcntl::readlinkat(
+        Some(dir),
+        name.as_c_str(),
+    )?))
 }
 
 /// Opens the directory at `path` component by component (see [`SandboxDir::open`]).
@@ -518,7 +501,7 @@ fn walk(path: &Path) -> io::Result<OwnedFd> {
         let fd = openat(
             cur,
             &c,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
             0,
         )?;
         let st = fstat(fd.as_raw_fd())?;
@@ -529,7 +512,7 @@ fn walk(path: &Path) -> io::Result<OwnedFd> {
     openat(
         last.as_raw_fd(),
         &dot,
-        libc::O_RDONLY | libc::O_DIRECTORY,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
         0,
     )
 }
@@ -676,8 +659,7 @@ mod tests {
         std::fs::create_dir(d.path().join("real")).unwrap();
         symlink(d.path().join("real"), d.path().join("link")).unwrap();
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        // SAFETY: geteuid never fails.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = nix::unistd::geteuid().is_root();
         // A directory only root can write: its links are the operator's.
         assert_eq!(SandboxDir::open(&d.path().join("link")).is_ok(), root);
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();

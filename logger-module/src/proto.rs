@@ -11,7 +11,37 @@ use std::time::Duration;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::record::SourceMeta;
+pub use crate::control::{Control, DecodeError, Reply, Request, PROBE};
+
+/// What the logger knows about a container; sent to the shipper at `prepare`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMeta {
+    /// Container id chain, root first (`["root", "child"]`).
+    pub container_chain: Vec<String>,
+    /// Mesos agent id.
+    pub agent_id: Option<String>,
+    /// Framework id.
+    pub framework_id: Option<String>,
+    /// Executor id.
+    pub executor_id: Option<String>,
+    /// Task id.
+    pub task_id: Option<String>,
+    /// Task name.
+    pub task_name: Option<String>,
+    /// ExecutorInfo labels.
+    pub executor_labels: Vec<(String, String)>,
+    /// TaskInfo labels (win over executor labels with the same key).
+    pub task_labels: Vec<(String, String)>,
+    /// The container's sandbox directory.
+    pub sandbox: PathBuf,
+}
+
+impl SourceMeta {
+    /// `root.child` form of the container id.
+    pub fn container_id(&self) -> String {
+        self.container_chain.join(".")
+    }
+}
 
 /// Largest message (registration JSON) accepted.
 pub const MAX_MESSAGE: usize = 256 * 1024;
@@ -133,12 +163,26 @@ pub fn seqpacket_socket() -> nix::Result<OwnedFd> {
 
 /// Sends `data` with `fds` attached.
 pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    send(sock, data, fds, MsgFlags::MSG_NOSIGNAL)
+}
+
+/// The same, without blocking: `EAGAIN` when the peer's queue is full.
+pub fn send_with_fds_nowait(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    send(
+        sock,
+        data,
+        fds,
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    )
+}
+
+fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd], flags: MsgFlags) -> nix::Result<()> {
     let iov = [IoSlice::new(data)];
     if fds.is_empty() {
-        sendmsg::<()>(sock.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)?;
+        sendmsg::<()>(sock.as_raw_fd(), &iov, &[], flags, None)?;
     } else {
         let cmsg = [ControlMessage::ScmRights(fds)];
-        sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+        sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, flags, None)?;
     }
     Ok(())
 }
@@ -229,11 +273,6 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>) -> nix::Result<(Vec<u8>, Vec<OwnedFd>
     Ok((buf, fds))
 }
 
-/// What a module sends to learn whether the shipper answers again: the
-/// shipper replies `ok` and registers nothing. (An older shipper answers it
-/// with an error, which proves it alive just as well.)
-pub const PROBE: &[u8] = b"probe";
-
 /// True when the peer has closed the connection (a module that stopped
 /// waiting for the answer): what it sent must not be acted on any more.
 pub fn peer_closed(sock: BorrowedFd<'_>) -> bool {
@@ -263,9 +302,10 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> nix::Result<bool>
 mod registration_format {
     use super::*;
 
-    const V1: &str = include_str!("../tests/fixtures/registration-v1.json");
-    const V1_MULTILINE: &str = include_str!("../tests/fixtures/registration-v1-multiline.json");
-    const V1_NEWER: &str = include_str!("../tests/fixtures/registration-v1-newer.json");
+    const V1: &str = include_str!("../../logger/tests/fixtures/registration-v1.json");
+    const V1_MULTILINE: &str =
+        include_str!("../../logger/tests/fixtures/registration-v1-multiline.json");
+    const V1_NEWER: &str = include_str!("../../logger/tests/fixtures/registration-v1-newer.json");
 
     #[test]
     fn version_1_as_written_before_reads_unchanged() {

@@ -1,0 +1,161 @@
+//! The names a task may pick as its route (an Elasticsearch index pattern, a
+//! Kafka topic, a Redis stream) and the operator's prefixes around them:
+//! checked by the module at `prepare` (a bad name fails that container only)
+//! and again by the shipper before it uses a buffered route.
+
+/// Prefix of every Redis key the shipper writes for itself (its default
+/// dedup markers are `rein:dedup:<id>`): no task stream may start with it.
+pub const RESERVED_REDIS_PREFIX: &str = "rein:";
+
+/// Why a route name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// An index pattern of the wrong length.
+    #[error("index `{0}`: must be 1 to 200 bytes")]
+    IndexLength(String),
+    /// An index pattern starting with a character Elasticsearch refuses there.
+    #[error("index `{0}`: must not start with - _ + or .")]
+    IndexStart(String),
+    /// `%` followed by anything but a date field.
+    #[error("index `{0}`: only %Y, %m and %d may follow %")]
+    IndexPercent(String),
+    /// A character Elasticsearch refuses in an index name.
+    #[error("index `{index}`: `{c}` is not allowed (lower-case letters, digits, - _ .)")]
+    IndexChar {
+        /// The pattern.
+        index: String,
+        /// The refused character.
+        c: char,
+    },
+    /// A topic of the wrong length or with a refused character.
+    #[error("a topic has 1 to 249 of [a-zA-Z0-9._-]")]
+    TopicChars,
+    /// `.` or `..`.
+    #[error("`.` and `..` are not topic names")]
+    TopicDots,
+    /// A `__` topic (the broker's internal ones).
+    #[error("topics starting with `__` are the broker's own")]
+    TopicInternal,
+    /// A Redis key of the wrong length or with a refused character.
+    #[error("a stream key has 1 to 128 of [a-zA-Z0-9._:-]")]
+    KeyChars,
+    /// A stream inside the shipper's own key namespace.
+    #[error("stream keys starting with `{RESERVED_REDIS_PREFIX}` are reserved for the shipper's own keys")]
+    StreamReserved,
+    /// A name outside the operator's allowed prefixes.
+    #[error("must start with one of: {}", .0.join(", "))]
+    Prefix(Vec<String>),
+}
+
+/// The shipper's string-error call sites take the same message.
+impl From<RouteError> for String {
+    fn from(e: RouteError) -> String {
+        e.to_string()
+    }
+}
+
+/// Checks an index pattern: Elasticsearch index-name rules, with `%Y %m %d`.
+pub fn validate_index(p: &str) -> Result<(), RouteError> {
+    if p.is_empty() || p.len() > 200 {
+        return Err(RouteError::IndexLength(p.into()));
+    }
+    if p.starts_with(['-', '_', '+', '.']) {
+        return Err(RouteError::IndexStart(p.into()));
+    }
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            'a'..='z' | '0'..='9' | '-' | '_' | '.' => {}
+            '%' => match chars.next() {
+                Some('Y' | 'm' | 'd') => {}
+                _ => return Err(RouteError::IndexPercent(p.into())),
+            },
+            _ => return Err(RouteError::IndexChar { index: p.into(), c }),
+        }
+    }
+    Ok(())
+}
+
+/// Kafka topic rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`, and
+/// not `__`-prefixed (the broker's internal topics).
+pub fn validate_topic(t: &str) -> Result<(), RouteError> {
+    if t.is_empty()
+        || t.len() > 249
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(RouteError::TopicChars);
+    }
+    if t == "." || t == ".." {
+        return Err(RouteError::TopicDots);
+    }
+    if t.starts_with("__") {
+        return Err(RouteError::TopicInternal);
+    }
+    Ok(())
+}
+
+/// A stream key a task or the operator may use: 1 to 128 of `[a-zA-Z0-9._:-]`
+/// (no spaces, braces or globbing characters).
+pub fn validate_stream(s: &str) -> Result<(), RouteError> {
+    validate_key(s)?;
+    if s.starts_with(RESERVED_REDIS_PREFIX) {
+        return Err(RouteError::StreamReserved);
+    }
+    Ok(())
+}
+
+/// A key the shipper writes: 1 to 128 of `[a-zA-Z0-9._:-]`.
+pub fn validate_key(s: &str) -> Result<(), RouteError> {
+    if s.is_empty()
+        || s.len() > 128
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return Err(RouteError::KeyChars);
+    }
+    Ok(())
+}
+
+/// `v` starts with one of the operator's `prefixes` (none: any name).
+pub fn check_prefix(v: &str, prefixes: &[String]) -> Result<(), RouteError> {
+    if prefixes.is_empty() || prefixes.iter().any(|p| v.starts_with(p.as_str())) {
+        Ok(())
+    } else {
+        Err(RouteError::Prefix(prefixes.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_value_and_the_rule() {
+        assert_eq!(
+            validate_index("Logs").unwrap_err().to_string(),
+            "index `Logs`: `L` is not allowed (lower-case letters, digits, - _ .)"
+        );
+        assert_eq!(
+            String::from(validate_stream("rein:x").unwrap_err()),
+            "stream keys starting with `rein:` are reserved for the shipper's own keys"
+        );
+        assert_eq!(
+            validate_topic("__x").unwrap_err(),
+            RouteError::TopicInternal
+        );
+    }
+
+    #[test]
+    fn prefixes_bound_a_name_when_the_operator_sets_any() {
+        assert!(check_prefix("anything", &[]).is_ok());
+        let allowed = ["team-a".to_string(), "team-b".to_string()];
+        assert!(check_prefix("team-b-logs", &allowed).is_ok());
+        assert_eq!(
+            check_prefix("team-c", &allowed).unwrap_err().to_string(),
+            "must start with one of: team-a, team-b"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The module's settings: its parameters (checked when the agent loads it)
+//! and, from a task's labels and variables, a container's options within
+//! the operator's caps. A bad label fails that container only, with an error
+//! naming the label and the reason.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rein_core::config::{ConfigError, TaskConfig};
+use rein_core::params::{ParamError, Params};
+
+use crate::module::LoggerError;
+use crate::proto::{ContainerOptions, MultilineSpec, SinkKind};
+use crate::route::{check_prefix, validate_index, validate_stream, validate_topic, RouteError};
+
+/// Default path of the shipper's socket.
+pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
+
+/// Longest `shipper_timeout` accepted: a launch never waits longer for the
+/// shipper (and `0s` would mean waiting forever).
+pub const MAX_SHIPPER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every module parameter (see the README for each).
+pub const PARAMS: &[&str] = &[
+    "shipper_socket",
+    "shipper_timeout",
+    "default_sink",
+    "allowed_sinks",
+    "allowed_index_prefixes",
+    "allowed_topic_prefixes",
+    "allowed_redis_stream_prefixes",
+    "default_rate_limit",
+    "max_rate_limit",
+    "multiline_max_lines",
+    "multiline_max_bytes",
+    "multiline_max_timeout",
+    "pipe_buffer_bytes",
+];
+
+/// Operator settings of the module.
+#[derive(Clone, Debug)]
+pub struct ModuleConfig {
+    /// `shipper_socket`: the shipper's unix socket.
+    pub socket: PathBuf,
+    /// `shipper_timeout`: longest wait for the shipper in `prepare`, all steps
+    /// together (default 1s, above 0 and at most [`MAX_SHIPPER_TIMEOUT`]).
+    pub timeout: Duration,
+    /// `default_sink`: sink of containers that choose none (default elasticsearch).
+    pub default_sink: SinkKind,
+    /// `allowed_sinks`: sinks a task may choose (default elasticsearch,none).
+    pub allowed_sinks: Vec<SinkKind>,
+    /// `allowed_index_prefixes`: a task's `log.index` must start with one (empty: any).
+    pub index_prefixes: Vec<String>,
+    /// `allowed_topic_prefixes`: a task's `log.topic` must start with one (empty: any).
+    pub topic_prefixes: Vec<String>,
+    /// `allowed_redis_stream_prefixes`: a task's `log.redis_stream` must start with one (empty: any).
+    pub redis_stream_prefixes: Vec<String>,
+    /// `default_rate_limit`: bytes/s per container when the task sets none (0: unlimited).
+    pub default_rate_limit: u64,
+    /// `max_rate_limit`: cap of `log.rate_limit` (none by default).
+    pub max_rate_limit: Option<u64>,
+    /// `multiline_max_lines`: cap of `log.multiline.max_lines` (default 500).
+    pub ml_max_lines: u64,
+    /// `multiline_max_bytes`: cap of `log.multiline.max_bytes` (default 1MiB).
+    pub ml_max_bytes: u64,
+    /// `multiline_max_timeout`: cap of `log.multiline.timeout` (default 10s).
+    pub ml_max_timeout: Duration,
+    /// `pipe_buffer_bytes`: capacity asked for each pipe (default 1MiB; best effort).
+    pub pipe_buffer: u64,
+}
+
+impl ModuleConfig {
+    /// Reads and checks the parameters.
+    pub fn from_params(pairs: &[(String, String)]) -> Result<Self, LoggerError> {
+        let p = Params::new(pairs, PARAMS)?;
+        let sink = |name: &str, v: &str| {
+            SinkKind::parse(v)
+                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis or none"))
+        };
+        let default_sink = sink(
+            "default_sink",
+            p.raw("default_sink").unwrap_or("elasticsearch"),
+        )?;
+        let mut allowed_sinks = Vec::new();
+        let list = p.list("allowed_sinks");
+        if list.is_empty() {
+            allowed_sinks = vec![SinkKind::Elasticsearch, SinkKind::None];
+        }
+        for s in &list {
+            allowed_sinks.push(sink("allowed_sinks", s)?);
+        }
+        if !allowed_sinks.contains(&default_sink) {
+            return Err(p.error("default_sink", "not among allowed_sinks").into());
+        }
+        Ok(ModuleConfig {
+            socket: p
+                .path("shipper_socket")?
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            timeout: shipper_timeout(&p)?,
+            default_sink,
+            allowed_sinks,
+            index_prefixes: p.list("allowed_index_prefixes"),
+            topic_prefixes: p.list("allowed_topic_prefixes"),
+            redis_stream_prefixes: p.list("allowed_redis_stream_prefixes"),
+            default_rate_limit: p.byte_rate("default_rate_limit")?.unwrap_or(0),
+            max_rate_limit: p.byte_rate("max_rate_limit")?,
+            ml_max_lines: p.u64("multiline_max_lines")?.unwrap_or(500),
+            ml_max_bytes: p.bytes("multiline_max_bytes")?.unwrap_or(1 << 20),
+            ml_max_timeout: p
+                .duration("multiline_max_timeout")?
+                .unwrap_or(Duration::from_secs(10)),
+            pipe_buffer: p.bytes("pipe_buffer_bytes")?.unwrap_or(1 << 20),
+        })
+    }
+
+    /// The container's options from its labels/variables, within the caps.
+    pub fn options(&self, cfg: &TaskConfig) -> Result<ContainerOptions, ConfigError> {
+        let sink = match cfg.get("log.sink") {
+            Some(s) => {
+                let k = SinkKind::parse(&s.raw).ok_or_else(|| s.error("unknown sink"))?;
+                if !self.allowed_sinks.contains(&k) {
+                    let names: Vec<&str> = self.allowed_sinks.iter().map(|k| k.name()).collect();
+                    return Err(s.error(format!("this agent allows only: {}", names.join(", "))));
+                }
+                k
+            }
+            None => self.default_sink,
+        };
+        // The route label of the chosen sink (the others' are ignored).
+        type Validate = fn(&str) -> Result<(), RouteError>;
+        let routes: [(&str, SinkKind, Validate, &[String]); 3] = [
+            (
+                "log.index",
+                SinkKind::Elasticsearch,
+                validate_index,
+                &self.index_prefixes,
+            ),
+            (
+                "log.topic",
+                SinkKind::Kafka,
+                validate_topic,
+                &self.topic_prefixes,
+            ),
+            (
+                "log.redis_stream",
+                SinkKind::Redis,
+                validate_stream,
+                &self.redis_stream_prefixes,
+            ),
+        ];
+        let mut route = String::new();
+        for (label, kind, validate, prefixes) in routes {
+            if let Some(s) = cfg.get(label).filter(|_| sink == kind) {
+                validate(&s.raw).map_err(|e| s.error(e))?;
+                check_prefix(&s.raw, prefixes).map_err(|e| s.error(e))?;
+                route = s.raw.clone();
+            }
+        }
+        let pattern = cfg.get("log.multiline.pattern");
+        let mode = cfg.get("log.multiline");
+        let multiline = match (mode.map(|m| m.raw.as_str()), pattern) {
+            (Some("off"), _) | (None, None) => None,
+            (_, pattern) => {
+                if let Some(p) = pattern {
+                    compile_pattern(&p.raw).map_err(|e| p.error(e))?;
+                }
+                let mut spec = MultilineSpec {
+                    pattern: pattern.map(|p| p.raw.clone()),
+                    max_lines: 100,
+                    max_bytes: 64 * 1024,
+                    timeout_ms: 1000,
+                };
+                if let Some(s) = cfg.get("log.multiline.max_lines") {
+                    s.ensure_at_most(Some(self.ml_max_lines), |v| v.to_string())?;
+                    spec.max_lines =
+                        u32::try_from(cfg.u64("log.multiline.max_lines").unwrap_or(1).max(1))
+                            .unwrap_or(u32::MAX);
+                }
+                if let Some(s) = cfg.get("log.multiline.max_bytes") {
+                    s.ensure_at_most(Some(self.ml_max_bytes), |v| format!("{v} bytes"))?;
+                    spec.max_bytes = cfg.u64("log.multiline.max_bytes").unwrap_or(1).max(1);
+                }
+                if let Some(s) = cfg.get("log.multiline.timeout") {
+                    if let rein_core::config::Value::Duration(d) = s.value {
+                        if d > self.ml_max_timeout {
+                            return Err(s.error(format!(
+                                "above the operator's cap of {:?}",
+                                self.ml_max_timeout
+                            )));
+                        }
+                        spec.timeout_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+                    }
+                }
+                spec.max_lines = spec
+                    .max_lines
+                    .min(u32::try_from(self.ml_max_lines).unwrap_or(u32::MAX));
+                spec.max_bytes = spec.max_bytes.min(self.ml_max_bytes);
+                Some(spec)
+            }
+        };
+        let rate_limit = match cfg.get("log.rate_limit") {
+            Some(s) => {
+                s.ensure_at_most(self.max_rate_limit, |v| format!("{v} bytes/s"))?;
+                cfg.u64("log.rate_limit").unwrap_or(0)
+            }
+            None => self.default_rate_limit,
+        };
+        Ok(ContainerOptions {
+            sink,
+            route,
+            multiline,
+            rate_limit,
+        })
+    }
+}
+
+/// `shipper_timeout`: refused when 0 (it would make launches wait forever
+/// for a wedged shipper) or above [`MAX_SHIPPER_TIMEOUT`].
+fn shipper_timeout(p: &Params) -> Result<Duration, ParamError> {
+    let t = p
+        .duration("shipper_timeout")?
+        .unwrap_or(Duration::from_secs(1));
+    if t.is_zero() || t > MAX_SHIPPER_TIMEOUT {
+        return Err(p.error(
+            "shipper_timeout",
+            format!(
+                "must be above 0 and at most {MAX_SHIPPER_TIMEOUT:?} (a launch waits that long at most for the shipper)"
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+/// A task's multiline pattern that does not compile within the limits.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid pattern: {0}")]
+pub struct PatternError(#[from] regex::Error);
+
+/// The label's error takes the same message.
+impl From<PatternError> for String {
+    fn from(e: PatternError) -> String {
+        e.to_string()
+    }
+}
+
+/// Compiles a task's multiline pattern with size limits (linear-time engine).
+pub fn compile_pattern(p: &str) -> Result<regex::bytes::Regex, PatternError> {
+    Ok(regex::bytes::RegexBuilder::new(p)
+        .size_limit(256 * 1024)
+        .dfa_size_limit(512 * 1024)
+        .nest_limit(32)
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rein_core::container::ContainerSpec;
+
+    fn config(params: &[(&str, &str)]) -> Result<ModuleConfig, LoggerError> {
+        let pairs: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ModuleConfig::from_params(&pairs)
+    }
+
+    fn options(cfg: &ModuleConfig, labels: &[(&str, &str)]) -> Result<ContainerOptions, String> {
+        let spec = ContainerSpec {
+            task_labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..ContainerSpec::default()
+        };
+        let task = TaskConfig::parse(&spec).map_err(|e| e.to_string())?;
+        cfg.options(&task).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parameters_default_and_refuse_what_makes_no_sense() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.default_sink, SinkKind::Elasticsearch);
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        let e = config(&[("default_sink", "kafka")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not among allowed_sinks"), "{e}");
+        let e = config(&[("shipper_timeout", "0s")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("above 0 and at most"), "{e}");
+    }
+
+    #[test]
+    fn a_container_s_options_stay_within_the_operator_s_caps() {
+        let c = config(&[
+            ("allowed_sinks", "elasticsearch,kafka,none"),
+            ("allowed_index_prefixes", "team-"),
+            ("max_rate_limit", "1MB/s"),
+        ])
+        .unwrap();
+        let o = options(&c, &[("rein.log.index", "team-a-%Y")]).unwrap();
+        assert_eq!(
+            (o.sink, o.route.as_str()),
+            (SinkKind::Elasticsearch, "team-a-%Y")
+        );
+        let e = options(&c, &[("rein.log.index", "other")]).unwrap_err();
+        assert!(e.contains("team-"), "{e}");
+        let e = options(&c, &[("rein.log.sink", "redis")]).unwrap_err();
+        assert!(e.contains("allows only"), "{e}");
+        let e = options(&c, &[("rein.log.rate_limit", "2MB/s")]).unwrap_err();
+        assert!(e.contains("log.rate_limit"), "{e}");
+        let e = options(&c, &[("rein.log.multiline.pattern", "(")]).unwrap_err();
+        assert!(e.contains("invalid pattern"), "{e}");
+    }
+}
