@@ -70,7 +70,7 @@ impl Controller {
                 root.display()
             )
         })?;
-        let mut at = Cgroup::at(root);
+        let mut at = self.hierarchy.root();
         for part in relative.iter() {
             enable_io(&at)?;
             at = at.child(part);
