@@ -9,8 +9,10 @@
 //! version (default umask: 0755/0644) to the same modes at start.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
+
+use rein_core::atomic_file::{self, AtomicFile};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -20,12 +22,11 @@ pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
 fn fchmod(f: &File, mode: u32) -> io::Result<()> {
-    // SAFETY: fchmod on a descriptor owned by `f`.
-    if unsafe { libc::fchmod(f.as_raw_fd(), mode) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::sys::stat::fchmod(
+        f.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )
+    .map_err(io::Error::from)
 }
 
 /// Opens an existing directory without following a symbolic link.
@@ -79,45 +80,13 @@ pub fn open_rw(path: &Path) -> io::Result<File> {
 /// Creates (or empties) a regular file, mode 0600. It is emptied only once
 /// known to be ours.
 pub fn create(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let f = regular_private(f, path)?;
+    let f = atomic_file::open_regular(path, Some(FILE_MODE))?;
     f.set_len(0)?;
     Ok(f)
 }
 
 fn regular_private(f: File, path: &Path) -> io::Result<File> {
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    // A file someone else made (say in a world-writable directory) may be
-    // open in their hands already: changing its mode would not take it back.
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if m.uid() != me {
-        return Err(io::Error::other(format!(
-            "{} belongs to uid {}, not to this process",
-            path.display(),
-            m.uid()
-        )));
-    }
-    fchmod(&f, FILE_MODE)?;
-    // O_NONBLOCK was only for the open (a FIFO must not block it).
-    // SAFETY: fcntl on a descriptor owned by `f`.
-    unsafe {
-        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-    }
-    Ok(f)
+    atomic_file::claim_regular(f, path, Some(FILE_MODE))
 }
 
 /// Writes `data` to `path` through `path.tmp` (0600) and a rename. When the
@@ -128,22 +97,33 @@ fn regular_private(f: File, path: &Path) -> io::Result<File> {
 /// cursor, counters or pid of a file that exists. Otherwise the first error
 /// is returned.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let res = create(&tmp)
-        .and_then(|mut f| f.write_all(data))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    let Err(e) = res else {
+    let Err(e) = AtomicFile::new(path).mode(FILE_MODE).write(data) else {
         return Ok(());
     };
-    let _ = std::fs::remove_file(&tmp);
-    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    // The temporary copy is gone already (its blocks went back).
+    if matches!(e.source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
         && write_in_place(path, data).is_ok()
     {
         return Ok(());
     }
-    Err(e)
+    Err(e.into())
+}
+
+/// Writes `path` (0600, through a temporary file) only if it does not exist
+/// yet: an existing one is newer and is kept. Ok in both cases.
+pub fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
+    AtomicFile::new(path)
+        .temp(with_suffix(path, ".new"))
+        .mode(FILE_MODE)
+        .keep_existing()
+        .write(data)?;
+    Ok(())
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
 /// Rewrites the existing file `path` with `data` in one `pwrite` at offset
@@ -232,6 +212,8 @@ fn set_mode(f: &File, mode: u32) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::stat::{umask, Mode};
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {
@@ -259,17 +241,15 @@ mod tests {
     }
 
     /// Sets a permissive umask for the duration of a test (restored on drop).
-    struct Umask(libc::mode_t);
+    struct Umask(Mode);
     impl Umask {
-        fn set(m: libc::mode_t) -> Umask {
-            // SAFETY: umask(2) cannot fail.
-            Umask(unsafe { libc::umask(m) })
+        fn set(m: u32) -> Umask {
+            Umask(umask(Mode::from_bits_truncate(m)))
         }
     }
     impl Drop for Umask {
         fn drop(&mut self) {
-            // SAFETY: umask(2) cannot fail.
-            unsafe { libc::umask(self.0) };
+            umask(self.0);
         }
     }
 
@@ -307,10 +287,7 @@ mod tests {
         assert!(create_dir(&link).is_err());
         assert_eq!(mode(&target), 0o644, "the link's target is untouched");
         let fifo = d.path().join("fifo");
-        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(fifo.as_os_str()))
-            .unwrap();
-        // SAFETY: mkfifo with a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
         assert!(
             open_append(&fifo).is_err(),
             "a FIFO is refused, not waited on"
@@ -346,5 +323,16 @@ mod tests {
         assert_eq!(mode(&root.join("containers/c1/registration.json")), 0o600);
         assert_eq!(mode(&outside), 0o644, "a link's target is not changed");
         assert_eq!(tighten_tree(&root).unwrap(), 0);
+    }
+
+    #[test]
+    fn write_new_keeps_an_existing_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("registration.json");
+        write_new(&p, b"first").unwrap();
+        write_new(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        assert_eq!(mode(&p), 0o600);
+        assert!(!d.path().join("registration.json.new").exists());
     }
 }
