@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
-use rein_core::config::{parse_for_prepare, parse_value};
+use rein_core::config::{parse_for_module, parse_value};
 use rein_core::isolator::{Error, PendingCleanups, RecoveryCounters};
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
 use rein_core::schema;
@@ -396,7 +396,7 @@ impl Isolator for BlkioIsolator {
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
         self.retry_cleanups();
-        let mut config = parse_for_prepare(spec, self.allow_debug_panic)?;
+        let mut config = parse_for_module(spec, "blkio", self.allow_debug_panic)?;
         if spec.id.is_nested() {
             if config.group("blkio").next().is_none() {
                 return Ok(LaunchInfo::default());

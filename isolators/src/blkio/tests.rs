@@ -302,6 +302,30 @@ fn weight_scales() {
 }
 
 #[test]
+fn label_errors_name_the_blkio_isolator_and_other_modules_keys_are_theirs() {
+    let f = fixture(Version::V1);
+    let mut iso = f.isolator(allow(&["sandbox"]));
+    let bad = spec(&["b"], "/sb/loop", &[("rein.blkio.write_bps", "fast")]);
+    let err = iso.prepare(&bad).unwrap_err().to_string();
+    assert!(
+        err.starts_with("task label 'rein.blkio.write_bps' = 'fast'")
+            && err.ends_with("(blkio isolator)"),
+        "{err}"
+    );
+    let others = spec(
+        &["o"],
+        "/sb/loop",
+        &[
+            ("rein.disk.mode", "sometimes"),
+            ("rein.net.egress.rate", "fast"),
+            ("rein.blkio.write_bps", "1MiB/s"),
+        ],
+    );
+    iso.prepare(&others).unwrap();
+    assert_eq!(f.read("o/blkio.throttle.write_bps_device"), "7:3 1048576");
+}
+
+#[test]
 fn bad_labels_fail_only_that_container_with_a_clear_message() {
     let f = fixture(Version::V1);
     let mut policy = allow(&["sandbox", "/dev/sdb"]);

@@ -41,7 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use rein_core::config::{parse_for_prepare, Setting};
+use rein_core::config::{parse_for_module, Setting};
 use rein_core::isolator::Error;
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
 use rein_core::state::{Scan, StateStore};
@@ -500,7 +500,7 @@ impl DiskIsolator {
     }
 
     fn mode_of(&self, spec: &ContainerSpec) -> Result<Mode, Error> {
-        let config = parse_for_prepare(spec, self.settings.allow_debug_panic)?;
+        let config = parse_for_module(spec, "disk", self.settings.allow_debug_panic)?;
         let Some(setting) = config.get("disk.mode") else {
             return Ok(self.settings.default_mode);
         };

@@ -466,7 +466,19 @@ fn labels_within_what_the_operator_allows() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected one of"), "{err}");
+    assert!(err.ends_with("(disk isolator)"), "{err}");
     assert_eq!(iso.project_ids(), (10, 10), "failed prepares hold no id");
+    // Another module's malformed value is that module's error, not the disk's.
+    iso.prepare(&f.spec(
+        &["l0"],
+        Some(1.0),
+        &[
+            ("rein.blkio.write_bps", "fast"),
+            ("rein.net.egress.rate", "x"),
+        ],
+    ))
+    .unwrap();
+    iso.cleanup(&ContainerId::top("l0").unwrap()).unwrap();
 
     f.settings.allow_opt_out = true;
     let mut iso = f.isolator();
