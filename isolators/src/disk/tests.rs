@@ -2,8 +2,14 @@
 
 use std::fs;
 use std::io;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
+use std::time::Duration;
 
+use rein_core::Limitation;
+
+use super::record::MB;
 use super::*;
 
 /// A fake kernel: one filesystem of a configurable kind, a project id per path
