@@ -12,6 +12,7 @@
 
 pub mod controller;
 pub mod device;
+pub mod error;
 pub mod limits;
 
 use std::collections::{HashMap, HashSet};
@@ -23,13 +24,14 @@ use tracing::{info, warn};
 use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
 use rein_core::config::{parse_for_module, parse_value};
 use rein_core::isolator::{Error, PendingCleanups, RecoveryCounters};
-use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
+use rein_core::params::{CommonParams, ParamError, Params, COMMON_PARAMS};
 use rein_core::schema;
 use rein_core::state::{Scan, StateStore};
 use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Statistics};
 
 pub use controller::Controller;
 pub use device::{DevNum, DeviceResolver, SystemResolver};
+pub use error::BlkioError;
 pub use limits::{Allowed, Caps, DeviceLimits, Limits, Policy};
 
 /// Parameters of the blkio isolator, besides the common ones.
@@ -141,10 +143,7 @@ impl BlkioIsolator {
 
     /// What recovery and cleanups met so far.
     pub fn counters(&self) -> RecoveryCounters {
-        RecoveryCounters {
-            cleanups_pending: u64::try_from(self.pending.len()).unwrap_or(u64::MAX),
-            ..self.counters
-        }
+        self.counters.with_pending(self.pending.len())
     }
 
     /// The containers whose cleanup failed and waits for a retry, with the last reason.
@@ -181,7 +180,7 @@ impl BlkioIsolator {
         self.containers.get(id)
     }
 
-    fn setup(&self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+    fn setup(&self, id: &ContainerId, record: &Record) -> Result<(), BlkioError> {
         let cgroup = self.cgroup(id);
         if record.owned {
             self.controller.create(&cgroup)?;
@@ -194,14 +193,14 @@ impl BlkioIsolator {
 
     /// Re-reads a recovered container's limits and re-applies the recorded ones if
     /// the kernel's differ (or the cgroup we own vanished).
-    fn reapply(&self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+    fn reapply(&self, id: &ContainerId, record: &Record) -> Result<(), BlkioError> {
         let cgroup = self.cgroup(id);
         if !cgroup.exists() {
             if record.owned {
                 warn!(container = %id, "blkio cgroup missing on recovery; recreating it");
                 return self.setup(id, record);
             }
-            return Err("the container's blkio cgroup is gone".into());
+            return Err(BlkioError::CgroupGone);
         }
         let wanted: Vec<DeviceLimits> = record
             .limits
@@ -220,7 +219,7 @@ impl BlkioIsolator {
 
     /// Removes what a tracked or unrecorded container holds. `patient` waits
     /// briefly for a cgroup whose last process just exited (`cleanup()`).
-    fn release(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+    fn release(&mut self, id: &ContainerId, patient: bool) -> Result<(), BlkioError> {
         let owned = match self.containers.get(id) {
             Some(record) => record.owned,
             None if self.unrecorded.contains(id) => true,
@@ -236,7 +235,7 @@ impl BlkioIsolator {
     }
 
     /// Releases a container; a failure is logged, counted and retried later.
-    fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+    fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), BlkioError> {
         let outcome = self.release(id, patient);
         self.pending.settle(
             id,
@@ -248,7 +247,7 @@ impl BlkioIsolator {
     }
 }
 
-fn policy_from_params(params: &Params) -> Result<Policy, Error> {
+fn policy_from_params(params: &Params) -> Result<Policy, ParamError> {
     let mut policy = Policy {
         allowed: Vec::new(),
         ..Policy::default()
@@ -269,7 +268,8 @@ fn policy_from_params(params: &Params) -> Result<Policy, Error> {
     }
     for (param, key) in DEFAULTS {
         if let Some(raw) = params.raw(param) {
-            let spec = schema::lookup(key).ok_or_else(|| format!("unknown key {key}"))?;
+            let spec = schema::lookup(key)
+                .ok_or_else(|| params.error(param, format!("'{key}' is not a rein key")))?;
             parse_value(spec.kind, raw).map_err(|reason| params.error(param, reason))?;
             policy.defaults.push((spec.key, raw.to_owned(), param));
         }
@@ -277,13 +277,13 @@ fn policy_from_params(params: &Params) -> Result<Policy, Error> {
     // A task may lower what the operator gives by default, never raise it: an unset cap
     // follows a plain (all-device) default, and the weight cap is the kernel's default
     // weight, so no task takes a larger share than a neighbour that asked for nothing.
-    let rate_cap = |max: &str, default: &str| -> Result<Option<u64>, Error> {
+    let rate_cap = |max: &str, default: &str| -> Result<Option<u64>, ParamError> {
         Ok(match params.byte_rate(max)? {
             Some(cap) => Some(cap),
             None => params.byte_rate(default).ok().flatten(),
         })
     };
-    let count_cap = |max: &str, default: &str| -> Result<Option<u64>, Error> {
+    let count_cap = |max: &str, default: &str| -> Result<Option<u64>, ParamError> {
         Ok(match params.u64(max)? {
             Some(cap) => Some(cap),
             None => params.u64(default).ok().flatten(),
@@ -299,12 +299,12 @@ fn policy_from_params(params: &Params) -> Result<Policy, Error> {
     Ok(policy)
 }
 
-fn find_hierarchy(params: &Params, common: &CommonParams) -> Result<Hierarchy, Error> {
+fn find_hierarchy(params: &Params, common: &CommonParams) -> Result<Hierarchy, BlkioError> {
     let wanted = params
         .string("cgroup_version")
         .unwrap_or_else(|| "auto".into());
     let v1 = || Hierarchy::find_v1(&common.mountinfo, "blkio");
-    let v2 = || -> Result<Option<Hierarchy>, Error> {
+    let v2 = || -> Result<Option<Hierarchy>, BlkioError> {
         let Some(h) = Hierarchy::find_v2(&common.mountinfo)? else {
             return Ok(None);
         };
@@ -327,13 +327,9 @@ fn find_hierarchy(params: &Params, common: &CommonParams) -> Result<Hierarchy, E
                 .into())
         }
     };
-    found.ok_or_else(|| {
-        format!(
-            "no usable hierarchy for cgroup_version={wanted}: need a v1 blkio hierarchy or a \
-             cgroup2 hierarchy offering io (per {})",
-            common.mountinfo.display()
-        )
-        .into()
+    found.ok_or_else(|| BlkioError::NoHierarchy {
+        wanted,
+        mountinfo: common.mountinfo.clone(),
     })
 }
 
@@ -405,7 +401,7 @@ impl Isolator for BlkioIsolator {
             self.policy.add_defaults(&mut config)?;
         }
         if self.containers.contains_key(&spec.id) {
-            return Err(format!("container {} was already prepared", spec.id).into());
+            return Err(BlkioError::AlreadyPrepared(spec.id.clone()).into());
         }
         let limits = self
             .policy
@@ -419,7 +415,7 @@ impl Isolator for BlkioIsolator {
                 let _ = self.cgroup(&spec.id).remove();
             }
             let _ = self.store.remove(&spec.id);
-            return Err(err);
+            return Err(err.into());
         }
         info!(container = %spec.id, owned = record.owned, limits = ?record.limits, "applied blkio limits");
         self.containers.insert(spec.id.clone(), record);
@@ -435,7 +431,7 @@ impl Isolator for BlkioIsolator {
             }
             Some(_) => Ok(()),
             None if id.is_nested() => Ok(()),
-            None => Err(format!("unknown container {id}").into()),
+            None => Err(BlkioError::UnknownContainer(id.clone()).into()),
         }
     }
 
