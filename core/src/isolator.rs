@@ -155,6 +155,17 @@ pub struct RecoveryCounters {
 }
 
 impl RecoveryCounters {
+    /// Logs the end of an isolator's `recover()` with these counters.
+    pub fn log_recovered(&self, isolator: &str, containers: usize) {
+        tracing::info!(
+            containers,
+            unreadable_records = self.unreadable_records,
+            recover_failures = self.recover_failures,
+            cleanups_pending = self.cleanups_pending,
+            "{isolator} recovery done"
+        );
+    }
+
     /// These counters with `cleanups_pending` set to what is waiting now.
     pub fn with_pending(self, pending: usize) -> Self {
         Self {

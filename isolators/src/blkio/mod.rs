@@ -379,14 +379,8 @@ impl Isolator for BlkioIsolator {
             info!(container = %id, limits = ?record.limits, "recovered blkio limits");
             self.containers.insert(id, record);
         }
-        let c = self.counters();
-        info!(
-            containers = self.containers.len(),
-            unreadable_records = c.unreadable_records,
-            recover_failures = c.recover_failures,
-            cleanups_pending = c.cleanups_pending,
-            "blkio recovery done"
-        );
+        self.counters()
+            .log_recovered("blkio", self.containers.len());
         Ok(())
     }
 
