@@ -11,10 +11,10 @@
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-
-use rein_core::atomic_file::{self, AtomicFile};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rein_core::atomic_file::AtomicFile;
 
 /// Mode of every state directory.
 pub const DIR_MODE: u32 = 0o700;
@@ -22,11 +22,12 @@ pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
 fn fchmod(f: &File, mode: u32) -> io::Result<()> {
-    nix::sys::stat::fchmod(
-        f.as_raw_fd(),
-        nix::sys::stat::Mode::from_bits_truncate(mode),
-    )
-    .map_err(io::Error::from)
+    // SAFETY: fchmod on a descriptor owned by `f`.
+    if unsafe { libc::fchmod(f.as_raw_fd(), mode) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Opens an existing directory without following a symbolic link.
@@ -80,13 +81,45 @@ pub fn open_rw(path: &Path) -> io::Result<File> {
 /// Creates (or empties) a regular file, mode 0600. It is emptied only once
 /// known to be ours.
 pub fn create(path: &Path) -> io::Result<File> {
-    let f = atomic_file::open_regular(path, Some(FILE_MODE))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let f = regular_private(f, path)?;
     f.set_len(0)?;
     Ok(f)
 }
 
 fn regular_private(f: File, path: &Path) -> io::Result<File> {
-    atomic_file::claim_regular(f, path, Some(FILE_MODE))
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    // A file someone else made (say in a world-writable directory) may be
+    // open in their hands already: changing its mode would not take it back.
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return Err(io::Error::other(format!(
+            "{} belongs to uid {}, not to this process",
+            path.display(),
+            m.uid()
+        )));
+    }
+    fchmod(&f, FILE_MODE)?;
+    // O_NONBLOCK was only for the open (a FIFO must not block it).
+    // SAFETY: fcntl on a descriptor owned by `f`.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(f)
 }
 
 /// Writes `data` to `path` through `path.tmp` (0600) and a rename. When the
@@ -109,21 +142,17 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     Err(e.into())
 }
 
-/// Writes `path` (0600, through a temporary file) only if it does not exist
-/// yet: an existing one is newer and is kept. Ok in both cases.
+/// Writes `path` (0600, through `path.new`) only if it does not exist yet: an
+/// existing one is newer and is kept. Ok in both cases.
 pub fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
     AtomicFile::new(path)
-        .temp(with_suffix(path, ".new"))
+        .temp(PathBuf::from(tmp))
         .mode(FILE_MODE)
         .keep_existing()
         .write(data)?;
     Ok(())
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// Rewrites the existing file `path` with `data` in one `pwrite` at offset
@@ -212,7 +241,6 @@ fn set_mode(f: &File, mode: u32) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::stat::{umask, Mode};
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
@@ -241,15 +269,17 @@ mod tests {
     }
 
     /// Sets a permissive umask for the duration of a test (restored on drop).
-    struct Umask(Mode);
+    struct Umask(libc::mode_t);
     impl Umask {
-        fn set(m: u32) -> Umask {
-            Umask(umask(Mode::from_bits_truncate(m)))
+        fn set(m: libc::mode_t) -> Umask {
+            // SAFETY: umask(2) cannot fail.
+            Umask(unsafe { libc::umask(m) })
         }
     }
     impl Drop for Umask {
         fn drop(&mut self) {
-            umask(self.0);
+            // SAFETY: umask(2) cannot fail.
+            unsafe { libc::umask(self.0) };
         }
     }
 
@@ -287,7 +317,10 @@ mod tests {
         assert!(create_dir(&link).is_err());
         assert_eq!(mode(&target), 0o644, "the link's target is untouched");
         let fifo = d.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(fifo.as_os_str()))
+            .unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         assert!(
             open_append(&fifo).is_err(),
             "a FIFO is refused, not waited on"
