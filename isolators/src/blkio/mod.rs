@@ -30,7 +30,7 @@ use rein_core::state::{Scan, StateStore};
 use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Statistics};
 
 pub use controller::Controller;
-pub use device::{DevNum, DeviceResolver, SystemResolver};
+pub use device::{DevNum, DeviceError, DeviceResolver, SystemResolver};
 pub use error::BlkioError;
 pub use limits::{Allowed, Caps, DeviceLimits, Limits, Policy};
 

@@ -17,17 +17,22 @@ struct FakeResolver {
 }
 
 impl DeviceResolver for FakeResolver {
-    fn resolve_path(&self, path: &Path) -> Result<DevNum, String> {
+    fn resolve_path(&self, path: &Path) -> Result<DevNum, DeviceError> {
         self.paths
             .get(path)
             .copied()
-            .ok_or_else(|| format!("{} is not a block device", path.display()))
+            .ok_or_else(|| DeviceError::NotBlockDevice {
+                path: path.to_owned(),
+            })
     }
-    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, String> {
+    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, DeviceError> {
         self.sandboxes
             .get(dir)
             .copied()
-            .ok_or_else(|| format!("sandbox {} has no block device", dir.display()))
+            .ok_or_else(|| DeviceError::NoBlockDevice {
+                dir: dir.to_owned(),
+                what: "tmpfs".into(),
+            })
     }
 }
 
@@ -377,7 +382,7 @@ fn bad_labels_fail_only_that_container_with_a_clear_message() {
         ))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("has no block device"), "{err}");
+    assert!(err.contains("without a block device"), "{err}");
     // Two names of one device.
     let err = iso
         .prepare(&spec(
