@@ -6,7 +6,7 @@
 //! `/sys/fs/cgroup`. Errors carry the path and the data written.
 
 use std::fs;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
@@ -65,99 +65,20 @@ pub enum Version {
 pub struct Hierarchy {
     mount: PathBuf,
     version: Version,
+    /// Control files a created cgroup gets (a fake hierarchy on a plain directory).
+    layout: Layout,
 }
 
-/// One mount of a cgroup filesystem, as mountinfo lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupMount {
-    /// Mount point.
-    pub mount_point: PathBuf,
-    /// v1 or v2.
-    pub version: Version,
-    /// v1 controllers bound to it (from the super options).
-    pub controllers: Vec<String>,
-}
+/// The control files the kernel puts in a new cgroup directory. Empty on a real
+/// cgroupfs (the kernel makes them); on a plain directory standing in for one
+/// ([`Hierarchy::fake`]) `create()` lays them out, so a write to a file the kernel
+/// would not offer fails there as it does on the kernel.
+pub type Layout = &'static [&'static str];
 
-/// Reads the cgroup mounts out of a mountinfo file (`/proc/self/mountinfo`).
-pub fn cgroup_mounts(mountinfo: &Path) -> Result<Vec<CgroupMount>, CgroupError> {
-    let text = fs::read_to_string(mountinfo)
-        .map_err(|e| CgroupError::new("reading", mountinfo, None, e))?;
-    Ok(parse_mountinfo(&text))
-}
+pub mod fake;
+mod mountinfo;
 
-/// The controllers a v1 hierarchy can bind (mount options that are not controllers
-/// such as `xattr` or `name=systemd` are ignored).
-const V1_CONTROLLERS: &[&str] = &[
-    "cpu",
-    "cpuacct",
-    "cpuset",
-    "memory",
-    "devices",
-    "freezer",
-    "net_cls",
-    "net_prio",
-    "blkio",
-    "perf_event",
-    "hugetlb",
-    "pids",
-    "rdma",
-    "misc",
-];
-
-fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        let (Some(mount_point), Some(fstype)) = (left.get(4), right.first()) else {
-            continue;
-        };
-        let mount_point = PathBuf::from(unescape_octal(mount_point));
-        match *fstype {
-            "cgroup" => {
-                let options = right.get(2).copied().unwrap_or_default();
-                let controllers = options
-                    .split(',')
-                    .filter(|o| V1_CONTROLLERS.contains(o))
-                    .map(str::to_owned)
-                    .collect();
-                out.push(CgroupMount {
-                    mount_point,
-                    version: Version::V1,
-                    controllers,
-                });
-            }
-            "cgroup2" => out.push(CgroupMount {
-                mount_point,
-                version: Version::V2,
-                controllers: Vec::new(),
-            }),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use mountinfo::{cgroup_mounts, CgroupMount};
 
 /// Whether the calling thread's mount table (its own mount namespace) shows a v1
 /// hierarchy with `controller` mounted at `target`.
@@ -197,7 +118,25 @@ impl Hierarchy {
         Self {
             mount: mount.into(),
             version,
+            layout: &[],
         }
+    }
+
+    /// A plain directory standing in for a hierarchy (tests): the directory is
+    /// created with the root's `layout` files, and every cgroup created below it
+    /// gets them as the kernel would give its control files.
+    pub fn fake(
+        mount: impl Into<PathBuf>,
+        version: Version,
+        layout: Layout,
+    ) -> Result<Self, CgroupError> {
+        let h = Self {
+            mount: mount.into(),
+            version,
+            layout,
+        };
+        h.root().create()?;
+        Ok(h)
     }
 
     /// Finds the v1 hierarchy a controller is bound to.
@@ -295,6 +234,15 @@ impl Hierarchy {
     pub fn cgroup(&self, relative: impl AsRef<Path>) -> Cgroup {
         Cgroup {
             path: self.mount.join(relative),
+            layout: self.layout,
+        }
+    }
+
+    /// The hierarchy's root cgroup.
+    pub fn root(&self) -> Cgroup {
+        Cgroup {
+            path: self.mount.clone(),
+            layout: self.layout,
         }
     }
 }
@@ -303,12 +251,16 @@ impl Hierarchy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
     path: PathBuf,
+    layout: Layout,
 }
 
 impl Cgroup {
     /// A cgroup at an absolute path.
     pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            layout: &[],
+        }
     }
 
     /// Its directory.
@@ -320,6 +272,7 @@ impl Cgroup {
     pub fn child(&self, name: impl AsRef<Path>) -> Cgroup {
         Cgroup {
             path: self.path.join(name),
+            layout: self.layout,
         }
     }
 
@@ -328,17 +281,52 @@ impl Cgroup {
         self.path.is_dir()
     }
 
-    /// Creates the cgroup and any missing parents.
+    /// Creates the cgroup and any missing parents (on a fake hierarchy, with the
+    /// control files of its layout).
     pub fn create(&self) -> Result<(), CgroupError> {
+        // The directories this call makes (the kernel fills each one); the cgroup
+        // itself in any case, so a fake one made by hand gets its files too.
+        let mut made: Vec<&Path> = vec![&self.path];
+        if !self.layout.is_empty() {
+            made.extend(self.path.ancestors().skip(1).take_while(|p| !p.exists()));
+        }
         fs::create_dir_all(&self.path)
-            .map_err(|e| CgroupError::new("creating", &self.path, None, e))
+            .map_err(|e| CgroupError::new("creating", &self.path, None, e))?;
+        for (dir, file) in made
+            .iter()
+            .flat_map(|d| self.layout.iter().map(move |f| (d, f)))
+        {
+            let path = dir.join(file);
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| CgroupError::new("laying out", &path, None, e))?;
+        }
+        Ok(())
     }
 
-    /// Writes a control file.
+    /// Writes a control file. The file is never created: a name the kernel does
+    /// not offer (a misspelt file, a controller not enabled) is an error, as with
+    /// `O_WRONLY|O_TRUNC` in other runtimes.
     pub fn write(&self, file: &str, data: &str) -> Result<(), CgroupError> {
         let path = self.path.join(file);
-        // cgroupfs takes one value per write(2); fs::write issues exactly one for short data.
-        fs::write(&path, data).map_err(|e| CgroupError::new("writing", &path, Some(data), e))
+        let err = |e: io::Error| {
+            let missing = e.kind() == ErrorKind::NotFound && self.path.is_dir();
+            let e = CgroupError::new("writing", &path, Some(data), e);
+            if missing {
+                e.with_detail("no such control file in the cgroup".into())
+            } else {
+                e
+            }
+        };
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(err)?;
+        // cgroupfs takes one value per write(2); write_all issues exactly one for short data.
+        f.write_all(data.as_bytes()).map_err(err)
     }
 
     /// Reads a control file.
@@ -488,7 +476,7 @@ mod tests {
     #[test]
     fn write_errors_carry_path_and_data() {
         let dir = tempfile::tempdir().unwrap();
-        let h = Hierarchy::new(dir.path(), Version::V1);
+        let h = Hierarchy::fake(dir.path(), Version::V1, fake::NET_CLS_V1).unwrap();
         let cg = h.cgroup("mesos/c1");
         let err = cg.write("net_cls.classid", "65537").unwrap_err();
         let msg = err.to_string();
@@ -503,5 +491,25 @@ mod tests {
         cg.remove().unwrap();
         assert!(!cg.exists());
         cg.remove().unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_control_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Hierarchy::fake(dir.path(), Version::V1, fake::NET_CLS_V1).unwrap();
+        let cg = h.cgroup("c1");
+        cg.create().unwrap();
+        let err = cg.write("net_cls.clasid", "65537").unwrap_err();
+        assert_eq!(err.source.kind(), ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains("no such control file"), "{err}");
+        assert!(!cg.has("net_cls.clasid"), "the write created nothing");
+        // The real name is there, and a write replaces what it held.
+        cg.write("net_cls.classid", "65537").unwrap();
+        cg.write("net_cls.classid", "2").unwrap();
+        assert_eq!(cg.read("net_cls.classid").unwrap(), "2");
+        // The same on a hierarchy without a layout: nothing is made up.
+        let plain = Hierarchy::new(dir.path().join("plain"), Version::V1).cgroup("c");
+        plain.create().unwrap();
+        assert!(plain.write("cgroup.procs", "1").is_err());
     }
 }

@@ -41,9 +41,11 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A configuration error, naming the label or variable, the value and the reason.
+/// A configuration error, naming the label or variable, the value, the reason and
+/// the module that reads the key (`(blkio isolator)`), so an error raised while
+/// another module prepares the container still points at the right one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{origin} = '{value}': {reason}")]
+#[error("{origin} = '{value}': {reason}{}", owner.map(|o| format!(" ({})", module_title(o))).unwrap_or_default())]
 pub struct ConfigError {
     /// Where the bad value came from.
     pub origin: Origin,
@@ -51,10 +53,35 @@ pub struct ConfigError {
     pub value: String,
     /// What is wrong with it.
     pub reason: String,
+    /// The module whose key it is (see [`schema::owner_of`]); `None` for common keys
+    /// and operator parameters.
+    pub owner: Option<&'static str>,
+}
+
+/// How a module is named in messages.
+fn module_title(module: &str) -> String {
+    match module {
+        "logger" => "logger".to_owned(),
+        isolator => format!("{isolator} isolator"),
+    }
+}
+
+impl Origin {
+    /// The schema key the label or variable stands for (lower case, as written).
+    fn key(&self) -> Option<String> {
+        match self {
+            Origin::TaskLabel(name) | Origin::ExecutorLabel(name) => {
+                name.strip_prefix(LABEL_PREFIX).map(str::to_owned)
+            }
+            Origin::Environment(name) => name.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase),
+            Origin::Default(_) => None,
+        }
+    }
 }
 
 impl ConfigError {
     fn new(origin: Origin, value: &str, reason: impl Into<String>) -> Self {
+        let owner = origin.key().and_then(|k| schema::owner_of(&k));
         let mut value = value.to_owned();
         if value.len() > 80 {
             let mut cut = 80;
@@ -68,6 +95,7 @@ impl ConfigError {
             origin,
             value,
             reason: reason.into(),
+            owner,
         }
     }
 }
@@ -150,12 +178,29 @@ impl Setting {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskConfig {
     settings: BTreeMap<&'static str, Setting>,
+    /// The module parsing, when others' values are left to them.
+    reader: Option<&'static str>,
 }
 
 impl TaskConfig {
     /// Parses the labels and variables of a container against the whole schema.
     pub fn parse(spec: &ContainerSpec) -> Result<Self, ConfigError> {
-        let mut config = TaskConfig::default();
+        Self::parse_as(spec, None)
+    }
+
+    /// Parses like [`TaskConfig::parse`] for the module `reader`: a malformed value
+    /// of a key another module reads is left to that module (logged, and absent
+    /// from the result), so each module's launch error names its own keys. Unknown
+    /// keys in the namespace are an error to every module.
+    pub fn parse_for(spec: &ContainerSpec, reader: &'static str) -> Result<Self, ConfigError> {
+        Self::parse_as(spec, Some(reader))
+    }
+
+    fn parse_as(spec: &ContainerSpec, reader: Option<&'static str>) -> Result<Self, ConfigError> {
+        let mut config = TaskConfig {
+            reader,
+            ..TaskConfig::default()
+        };
         // Lowest precedence first; later sources overwrite.
         for (name, value) in &spec.executor_labels {
             config.take_label(name, value, Origin::ExecutorLabel(name.clone()))?;
@@ -189,8 +234,19 @@ impl TaskConfig {
         raw: &str,
         origin: Origin,
     ) -> Result<(), ConfigError> {
-        let value = parse_value(spec.kind, raw)
-            .map_err(|reason| ConfigError::new(origin.clone(), raw, reason))?;
+        let value = match parse_value(spec.kind, raw) {
+            Ok(value) => value,
+            Err(reason) => {
+                let err = ConfigError::new(origin.clone(), raw, reason);
+                return match (self.reader, err.owner) {
+                    (Some(reader), Some(owner)) if owner != reader => {
+                        tracing::info!("{err}: left to the {owner} module (not read by {reader})");
+                        Ok(())
+                    }
+                    _ => Err(err),
+                };
+            }
+        };
         self.settings.insert(
             spec.key,
             Setting {
@@ -353,7 +409,28 @@ pub fn parse_for_prepare(
     spec: &ContainerSpec,
     allow_debug_panic: bool,
 ) -> Result<TaskConfig, ConfigError> {
-    let config = TaskConfig::parse(spec)?;
+    honour_debug_panic(TaskConfig::parse(spec)?, spec, allow_debug_panic)
+}
+
+/// [`parse_for_prepare`] for the module `reader` (see [`TaskConfig::parse_for`]):
+/// its launch error names its own keys, never another module's.
+pub fn parse_for_module(
+    spec: &ContainerSpec,
+    reader: &'static str,
+    allow_debug_panic: bool,
+) -> Result<TaskConfig, ConfigError> {
+    honour_debug_panic(
+        TaskConfig::parse_for(spec, reader)?,
+        spec,
+        allow_debug_panic,
+    )
+}
+
+fn honour_debug_panic(
+    config: TaskConfig,
+    spec: &ContainerSpec,
+    allow_debug_panic: bool,
+) -> Result<TaskConfig, ConfigError> {
     if let Some(setting) = config.get("debug.panic") {
         if setting.value == Value::Bool(true) {
             if !allow_debug_panic {
@@ -519,5 +596,47 @@ mod tests {
         let long = "9".repeat(MAX_VALUE_LEN + 1);
         let err = TaskConfig::parse(&spec(&[("rein.log.index", &long)], &[], &[])).unwrap_err();
         assert!(err.value.chars().count() <= 81);
+    }
+
+    #[test]
+    fn a_value_error_names_the_module_that_reads_the_key_and_is_left_to_it() {
+        let s = spec(
+            &[
+                ("rein.blkio.read_bps", "fast"),
+                ("rein.net.egress.rate", "1mbit"),
+            ],
+            &[],
+            &[],
+        );
+        let err = TaskConfig::parse(&s).unwrap_err();
+        assert_eq!(err.owner, Some("blkio"));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("task label 'rein.blkio.read_bps' = 'fast': ")
+                && msg.ends_with(" (blkio isolator)"),
+            "{msg}"
+        );
+        // net_cls prepares first: the blkio value is not its error.
+        let c = TaskConfig::parse_for(&s, "net_cls").unwrap();
+        assert_eq!(c.u64("net.egress.rate"), Some(1_000_000));
+        assert!(c.get("blkio.read_bps").is_none());
+        let err = TaskConfig::parse_for(&s, "blkio").unwrap_err();
+        assert_eq!(err.owner, Some("blkio"), "{err}");
+        // A variable names its reader too.
+        let env = spec(&[], &[], &[("REIN_DISK_MODE", "sometimes")]);
+        let msg = parse_for_module(&env, "disk", false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.ends_with("(disk isolator)"), "{msg}");
+        assert!(parse_for_module(&env, "blkio", false).is_ok());
+        // An unknown key is everyone's error, still naming the group's module.
+        let typo = spec(&[("rein.blkio.read_bsp", "1MiB/s")], &[], &[]);
+        let err = TaskConfig::parse_for(&typo, "net_cls").unwrap_err();
+        assert_eq!(err.owner, Some("blkio"), "{err}");
+        // Common keys belong to no module in particular.
+        let debug = spec(&[("rein.debug.panic", "maybe")], &[], &[]);
+        let err = TaskConfig::parse_for(&debug, "disk").unwrap_err();
+        assert_eq!(err.owner, None);
+        assert!(!err.to_string().contains("isolator"), "{err}");
     }
 }

@@ -154,6 +154,27 @@ pub struct RecoveryCounters {
     pub cleanups_pending: u64,
 }
 
+impl RecoveryCounters {
+    /// Logs the end of an isolator's `recover()` with these counters.
+    pub fn log_recovered(&self, isolator: &str, containers: usize) {
+        tracing::info!(
+            containers,
+            unreadable_records = self.unreadable_records,
+            recover_failures = self.recover_failures,
+            cleanups_pending = self.cleanups_pending,
+            "{isolator} recovery done"
+        );
+    }
+
+    /// These counters with `cleanups_pending` set to what is waiting now.
+    pub fn with_pending(self, pending: usize) -> Self {
+        Self {
+            cleanups_pending: u64::try_from(pending).unwrap_or(u64::MAX),
+            ..self
+        }
+    }
+}
+
 /// The first retry of a failed cleanup comes this long after the failure; each
 /// further failure doubles the delay, up to [`RETRY_MAX`].
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);

@@ -5,6 +5,7 @@
 //! parser, module parameters, the per-container state store used by `recover()`,
 //! and the cgroupfs seam that every kernel write goes through.
 
+pub mod atomic_file;
 pub mod cgroupfs;
 pub mod config;
 pub mod container;

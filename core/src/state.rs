@@ -11,8 +11,8 @@
 //! state directory): the page cache outlives any agent crash, and only a machine
 //! crash loses it, which the boot id turns into "no containers", as it should.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use std::sync::OnceLock;
@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::AtomicFile;
 use crate::container::ContainerId;
 
 /// A state store error, with the file it concerns.
@@ -130,10 +131,15 @@ impl StateStore {
         let bytes = serde_json::to_vec_pretty(&envelope)
             .map_err(|e| io_err("encoding", io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{}.tmp", id.file_name()));
-        let mut file = File::create(&tmp).map_err(|e| io_err("creating", e))?;
-        file.write_all(&bytes).map_err(|e| io_err("writing", e))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|e| io_err("renaming", e))
+        AtomicFile::new(&path)
+            .temp(tmp)
+            .write(&bytes)
+            .map_err(|e| StateError::Io {
+                op: e.op,
+                path: e.path,
+                source: e.source,
+            })?;
+        Ok(())
     }
 
     /// Reads one container's record, if there is one from this boot (a record from

@@ -9,10 +9,12 @@
 //! version (default umask: 0755/0644) to the same modes at start.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rein_core::atomic_file::AtomicFile;
 
 /// Mode of every state directory.
 pub const DIR_MODE: u32 = 0o700;
@@ -123,22 +125,29 @@ fn regular_private(f: File, path: &Path) -> io::Result<File> {
 /// cursor, counters or pid of a file that exists. Otherwise the first error
 /// is returned.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let res = create(&tmp)
-        .and_then(|mut f| f.write_all(data))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    let Err(e) = res else {
+    let Err(e) = AtomicFile::new(path).mode(FILE_MODE).write(data) else {
         return Ok(());
     };
-    let _ = std::fs::remove_file(&tmp);
-    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    // The temporary copy is gone already (its blocks went back).
+    if matches!(e.source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
         && write_in_place(path, data).is_ok()
     {
         return Ok(());
     }
-    Err(e)
+    Err(e.into())
+}
+
+/// Writes `path` (0600, through `path.new`) only if it does not exist yet: an
+/// existing one is newer and is kept. Ok in both cases.
+pub fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    AtomicFile::new(path)
+        .temp(PathBuf::from(tmp))
+        .mode(FILE_MODE)
+        .keep_existing()
+        .write(data)?;
+    Ok(())
 }
 
 /// Rewrites the existing file `path` with `data` in one `pwrite` at offset
@@ -227,6 +236,7 @@ fn set_mode(f: &File, mode: u32) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {
@@ -338,5 +348,16 @@ mod tests {
         assert_eq!(mode(&root.join("containers/c1/registration.json")), 0o600);
         assert_eq!(mode(&outside), 0o644, "a link's target is not changed");
         assert_eq!(tighten_tree(&root).unwrap(), 0);
+    }
+
+    #[test]
+    fn write_new_keeps_an_existing_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("registration.json");
+        write_new(&p, b"first").unwrap();
+        write_new(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        assert_eq!(mode(&p), 0o600);
+        assert!(!d.path().join("registration.json.new").exists());
     }
 }

@@ -75,6 +75,18 @@ pub fn lookup(key: &str) -> Option<&'static KeySpec> {
     all_keys().find(|k| k.key == key)
 }
 
+/// The module that reads a key's group (`blkio.weight`: the `blkio` isolator), as
+/// errors name it; `None` for keys every module reads (`debug.*`) and unknown groups.
+pub fn owner_of(key: &str) -> Option<&'static str> {
+    match key.split(['.', '_']).next()? {
+        "net" => Some("net_cls"),
+        "blkio" => Some("blkio"),
+        "disk" => Some("disk"),
+        "log" => Some("logger"),
+        _ => None,
+    }
+}
+
 /// The label that carries `key`.
 pub fn label_name(key: &str) -> String {
     format!("{LABEL_PREFIX}{key}")
@@ -166,6 +178,16 @@ mod tests {
                 spec.key
             );
         }
+    }
+
+    #[test]
+    fn every_group_but_the_common_one_has_an_owner() {
+        for spec in all_keys() {
+            let common = COMMON_KEYS.iter().any(|c| c.key == spec.key);
+            assert_eq!(owner_of(spec.key).is_none(), common, "{}", spec.key);
+        }
+        assert_eq!(owner_of("net.egress.rate"), Some("net_cls"));
+        assert_eq!(owner_of("blkio_read_bps"), Some("blkio"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!   sandbox with N files, and times `usage()` over C calls: one `quotactl` with a
 //!   quota backend, a cached value with the scanning backend.
 
+use nix::sys::resource::{getrusage, UsageWho};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,21 +32,19 @@ fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
 
-fn cpu_time(who: i32) -> Duration {
-    // SAFETY: getrusage fills the struct it is given; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    unsafe { libc::getrusage(who, &mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+fn cpu_time(who: UsageWho) -> Duration {
+    let Ok(usage) = getrusage(who) else {
+        return Duration::ZERO;
     };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+    };
+    tv(usage.user_time()) + tv(usage.system_time())
 }
 
 fn drop_caches() {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    nix::unistd::sync();
     if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3") {
         eprintln!("cannot drop caches: {e}");
     }
@@ -109,11 +108,11 @@ fn bench_scan() {
         if cold {
             drop_caches();
         }
-        let cpu0 = cpu_time(libc::RUSAGE_CHILDREN);
+        let cpu0 = cpu_time(UsageWho::RUSAGE_CHILDREN);
         let t = Instant::now();
         let k = du(&root);
         let wall = t.elapsed();
-        let cpu = cpu_time(libc::RUSAGE_CHILDREN) - cpu0;
+        let cpu = cpu_time(UsageWho::RUSAGE_CHILDREN) - cpu0;
         println!(
             "{:<14} {:>9.0} {:>9.0} {:>12}  (round {round})",
             "du -sk",
@@ -125,7 +124,7 @@ fn bench_scan() {
             if cold {
                 drop_caches();
             }
-            let cpu0 = cpu_time(libc::RUSAGE_SELF);
+            let cpu0 = cpu_time(UsageWho::RUSAGE_SELF);
             let t = Instant::now();
             let found = scan(
                 &root,
@@ -136,7 +135,7 @@ fn bench_scan() {
             )
             .unwrap();
             let wall = t.elapsed();
-            let cpu = cpu_time(libc::RUSAGE_SELF) - cpu0;
+            let cpu = cpu_time(UsageWho::RUSAGE_SELF) - cpu0;
             println!(
                 "{:<14} {:>9.0} {:>9.0} {:>12}  (round {round})",
                 format!("scan w={w}"),
@@ -221,8 +220,8 @@ fn bench_usage() {
     for target in [0, files] {
         build_tree(&sandbox.join(format!("t{target}")), target);
         iso.poll_now();
-        // SAFETY: sync has no preconditions; settles writeback before timing.
-        unsafe { libc::sync() };
+        // Settles writeback before timing.
+        nix::unistd::sync();
         for round in 0..3 {
             let mut samples = Vec::with_capacity(calls as usize);
             let mut used = None;

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
-use rein_core::isolator::{BlkioDevice, Error};
+use rein_core::isolator::BlkioDevice;
 
 use super::device::DevNum;
+use super::error::BlkioError;
 use super::limits::{weight_bfq, weight_v1, DeviceLimits, Limits};
 
 /// v1 throttle files, in the order of `DeviceLimits`' fields.
@@ -51,26 +52,27 @@ impl Controller {
     }
 
     /// Creates a container's cgroup (and v2 leaf).
-    pub fn create(&self, cgroup: &Cgroup) -> Result<(), Error> {
+    pub fn create(&self, cgroup: &Cgroup) -> Result<(), BlkioError> {
         self.process_cgroup(cgroup).create()?;
         Ok(())
     }
 
     /// v2: enables `io` in `cgroup.subtree_control` of every ancestor of `cgroup`,
     /// from the hierarchy's root down, so the container's cgroup gets `io.*` files.
-    pub fn enable_chain(&self, cgroup: &Cgroup) -> Result<(), Error> {
+    pub fn enable_chain(&self, cgroup: &Cgroup) -> Result<(), BlkioError> {
         if self.version() == Version::V1 {
             return Ok(());
         }
         let root = self.hierarchy.mount_point();
-        let relative = cgroup.path().strip_prefix(root).map_err(|_| {
-            format!(
-                "{} is outside the hierarchy {}",
-                cgroup.path().display(),
-                root.display()
-            )
-        })?;
-        let mut at = Cgroup::at(root);
+        let relative =
+            cgroup
+                .path()
+                .strip_prefix(root)
+                .map_err(|_| BlkioError::OutsideHierarchy {
+                    path: cgroup.path().to_owned(),
+                    root: root.to_owned(),
+                })?;
+        let mut at = self.hierarchy.root();
         for part in relative.iter() {
             enable_io(&at)?;
             at = at.child(part);
@@ -79,7 +81,7 @@ impl Controller {
     }
 
     /// Writes the limits to a container's cgroup.
-    pub fn apply(&self, cgroup: &Cgroup, limits: &Limits) -> Result<(), Error> {
+    pub fn apply(&self, cgroup: &Cgroup, limits: &Limits) -> Result<(), BlkioError> {
         match self.version() {
             Version::V1 => {
                 for d in &limits.devices {
@@ -102,7 +104,7 @@ impl Controller {
         Ok(())
     }
 
-    fn apply_weight(&self, cgroup: &Cgroup, w: u64) -> Result<(), Error> {
+    fn apply_weight(&self, cgroup: &Cgroup, w: u64) -> Result<(), BlkioError> {
         let (data, file) = match self.version() {
             Version::V1 if cgroup.has("blkio.bfq.weight") => {
                 (weight_bfq(w).to_string(), "blkio.bfq.weight")
@@ -125,7 +127,7 @@ impl Controller {
     }
 
     /// Reads back the throttles a cgroup holds (weights are not read back).
-    pub fn read_limits(&self, cgroup: &Cgroup) -> Result<Vec<DeviceLimits>, Error> {
+    pub fn read_limits(&self, cgroup: &Cgroup) -> Result<Vec<DeviceLimits>, BlkioError> {
         let mut out: BTreeMap<DevNum, DeviceLimits> = BTreeMap::new();
         match self.version() {
             Version::V1 => {
@@ -154,7 +156,7 @@ impl Controller {
     }
 
     /// Per-device counters of a container's cgroup (its descendants included).
-    pub fn stats(&self, cgroup: &Cgroup) -> Result<Vec<BlkioDevice>, Error> {
+    pub fn stats(&self, cgroup: &Cgroup) -> Result<Vec<BlkioDevice>, BlkioError> {
         match self.version() {
             Version::V1 => {
                 let pick = |name: &str| {
@@ -174,29 +176,24 @@ impl Controller {
     }
 }
 
-fn no_weight(path: &Path, files: &str) -> Error {
-    format!(
-        "blkio.weight was asked for, but the kernel offers neither {files} in {} \
-         (v1 needs the BFQ scheduler or CFQ on the device; v2 needs io.cost or BFQ)",
-        path.display()
-    )
-    .into()
+fn no_weight(path: &Path, files: &'static str) -> BlkioError {
+    BlkioError::NoWeightFile {
+        path: path.to_owned(),
+        files,
+    }
 }
 
-fn enable_io(cgroup: &Cgroup) -> Result<(), Error> {
+fn enable_io(cgroup: &Cgroup) -> Result<(), BlkioError> {
     let enabled = cgroup.read("cgroup.subtree_control")?;
     if enabled.split_whitespace().any(|c| c == "io") {
         return Ok(());
     }
     let available = cgroup.read("cgroup.controllers")?;
     if !available.split_whitespace().any(|c| c == "io") {
-        return Err(format!(
-            "the io controller is not available in {} (cgroup.controllers: '{}'); \
-             is it bound to a cgroup v1 hierarchy?",
-            cgroup.path().display(),
-            available.trim()
-        )
-        .into());
+        return Err(BlkioError::IoUnavailable {
+            path: cgroup.path().to_owned(),
+            available: available.trim().to_owned(),
+        });
     }
     cgroup.write("cgroup.subtree_control", "+io")?;
     Ok(())
@@ -219,22 +216,26 @@ pub fn io_max_line(d: &DeviceLimits) -> String {
     )
 }
 
+/// The lines of a v2 file keyed by device (`8:0 key=value key=value`): each
+/// device with its `key=value` pairs; lines without a device are skipped.
+fn keyed_lines(text: &str) -> impl Iterator<Item = (DevNum, impl Iterator<Item = (&str, &str)>)> {
+    text.lines().filter_map(|line| {
+        let mut parts = line.split_whitespace();
+        let dev = parts.next().and_then(DevNum::parse)?;
+        Some((dev, parts.filter_map(|kv| kv.split_once('='))))
+    })
+}
+
 /// Parses `io.max`.
 pub fn parse_io_max(text: &str) -> Vec<DeviceLimits> {
     let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        let Some(dev) = parts.next().and_then(DevNum::parse) else {
-            continue;
-        };
+    for (dev, pairs) in keyed_lines(text) {
         let mut d = DeviceLimits {
             dev,
             ..DeviceLimits::default()
         };
-        for kv in parts {
-            let Some((k, v)) = kv.split_once('=') else {
-                continue;
-            };
+        for (k, v) in pairs {
+            // `max` is no limit.
             let v = v.parse().ok();
             match k {
                 "rbps" => d.read_bps = v,
@@ -296,16 +297,9 @@ pub fn parse_v1_stats(bytes: &str, ops: &str) -> Vec<BlkioDevice> {
 /// Parses v2 `io.stat` (`8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0`).
 pub fn parse_io_stat(text: &str) -> Vec<BlkioDevice> {
     let mut map = BTreeMap::new();
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        let Some(dev) = parts.next().and_then(DevNum::parse) else {
-            continue;
-        };
+    for (dev, pairs) in keyed_lines(text) {
         let d = entry(&mut map, dev);
-        for kv in parts {
-            let Some((k, v)) = kv.split_once('=') else {
-                continue;
-            };
+        for (k, v) in pairs {
             let Ok(v) = v.parse() else { continue };
             match k {
                 "rbytes" => d.read_bytes = v,

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::fs;
+use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -47,12 +48,77 @@ impl fmt::Display for DevNum {
     }
 }
 
+/// Why a device name could not be turned into a device number; the text is the
+/// reason a task's setting is refused with.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The path could not be looked at.
+    #[error("{}: {source}", path.display())]
+    Stat {
+        /// The path.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// The path is not a block device.
+    #[error("{} is not a block device", path.display())]
+    NotBlockDevice {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A sysfs or mountinfo file could not be read or resolved.
+    #[error("{op} {}: {source}", path.display())]
+    Read {
+        /// `reading` or `resolving`.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// A partition whose disk sysfs does not show.
+    #[error("{} has no parent disk", path.display())]
+    NoParentDisk {
+        /// The partition's sysfs directory.
+        path: PathBuf,
+    },
+    /// A `dev` file of sysfs that does not hold `MAJOR:MINOR`.
+    #[error("bad device number '{0}'")]
+    BadNumber(String),
+    /// The sandbox could not be looked at.
+    #[error("sandbox {}: {source}", dir.display())]
+    Sandbox {
+        /// The sandbox.
+        dir: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// The sandbox's mount source could not be resolved.
+    #[error("sandbox {} is on {device}: {error}", dir.display())]
+    SandboxDevice {
+        /// The sandbox.
+        dir: PathBuf,
+        /// Its mount source.
+        device: String,
+        /// Why that did not resolve.
+        error: Box<DeviceError>,
+    },
+    /// The sandbox's filesystem has no block device (tmpfs, overlay, ...).
+    #[error("sandbox {} is on a filesystem without a block device ({what})", dir.display())]
+    NoBlockDevice {
+        /// The sandbox.
+        dir: PathBuf,
+        /// Its mount source, or its anonymous device number.
+        what: String,
+    },
+}
+
 /// Turns device names into device numbers. A seam: unit tests use a table.
 pub trait DeviceResolver: Send {
-    /// The whole disk a block device path stands for. The error is the reason alone.
-    fn resolve_path(&self, path: &Path) -> Result<DevNum, String>;
+    /// The whole disk a block device path stands for.
+    fn resolve_path(&self, path: &Path) -> Result<DevNum, DeviceError>;
     /// The whole disk holding the filesystem of `dir`.
-    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, String>;
+    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, DeviceError>;
 }
 
 /// The resolver on the real system, reading the given mountinfo and sysfs.
@@ -73,25 +139,35 @@ impl SystemResolver {
     }
 
     /// Widens a partition to its disk; anything else is returned as it is.
-    pub fn whole_disk(&self, dev: DevNum) -> Result<DevNum, String> {
+    pub fn whole_disk(&self, dev: DevNum) -> Result<DevNum, DeviceError> {
         let entry = self.sysfs.join(format!("dev/block/{dev}"));
         if !entry.join("partition").exists() {
             return Ok(dev);
         }
         // /sys/dev/block/8:1 -> .../block/sda/sda1; the parent directory is the disk.
-        let real =
-            fs::canonicalize(&entry).map_err(|e| format!("resolving {}: {e}", entry.display()))?;
+        let real = fs::canonicalize(&entry).map_err(|source| DeviceError::Read {
+            op: "resolving",
+            path: entry.clone(),
+            source,
+        })?;
         let parent = real
             .parent()
-            .ok_or_else(|| format!("{} has no parent disk", real.display()))?;
-        let text = fs::read_to_string(parent.join("dev"))
-            .map_err(|e| format!("reading {}/dev: {e}", parent.display()))?;
-        DevNum::parse(&text).ok_or_else(|| format!("bad device number '{}'", text.trim()))
+            .ok_or_else(|| DeviceError::NoParentDisk { path: real.clone() })?;
+        let dev_file = parent.join("dev");
+        let text = fs::read_to_string(&dev_file).map_err(|source| DeviceError::Read {
+            op: "reading",
+            path: dev_file,
+            source,
+        })?;
+        DevNum::parse(&text).ok_or_else(|| DeviceError::BadNumber(text.trim().to_owned()))
     }
 
-    fn mount_source(&self, dev: DevNum) -> Result<Option<String>, String> {
-        let text = fs::read_to_string(&self.mountinfo)
-            .map_err(|e| format!("reading {}: {e}", self.mountinfo.display()))?;
+    fn mount_source(&self, dev: DevNum) -> Result<Option<String>, DeviceError> {
+        let text = fs::read_to_string(&self.mountinfo).map_err(|source| DeviceError::Read {
+            op: "reading",
+            path: self.mountinfo.clone(),
+            source,
+        })?;
         Ok(mount_source_of(&text, dev))
     }
 }
@@ -106,16 +182,24 @@ fn mount_source_of(mountinfo: &str, dev: DevNum) -> Option<String> {
 }
 
 impl DeviceResolver for SystemResolver {
-    fn resolve_path(&self, path: &Path) -> Result<DevNum, String> {
-        let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    fn resolve_path(&self, path: &Path) -> Result<DevNum, DeviceError> {
+        let meta = fs::metadata(path).map_err(|source| DeviceError::Stat {
+            path: path.to_owned(),
+            source,
+        })?;
         if !meta.file_type().is_block_device() {
-            return Err(format!("{} is not a block device", path.display()));
+            return Err(DeviceError::NotBlockDevice {
+                path: path.to_owned(),
+            });
         }
         self.whole_disk(DevNum::from_raw(meta.rdev()))
     }
 
-    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, String> {
-        let meta = fs::metadata(dir).map_err(|e| format!("sandbox {}: {e}", dir.display()))?;
+    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, DeviceError> {
+        let meta = fs::metadata(dir).map_err(|source| DeviceError::Sandbox {
+            dir: dir.to_owned(),
+            source,
+        })?;
         let dev = DevNum::from_raw(meta.dev());
         if dev.major != 0 {
             return self.whole_disk(dev);
@@ -125,12 +209,15 @@ impl DeviceResolver for SystemResolver {
         match self.mount_source(dev)? {
             Some(source) if source.starts_with("/dev/") => self
                 .resolve_path(Path::new(&source))
-                .map_err(|e| format!("sandbox {} is on {source}: {e}", dir.display())),
-            source => Err(format!(
-                "sandbox {} is on a filesystem without a block device ({})",
-                dir.display(),
-                source.unwrap_or_else(|| format!("device {dev}"))
-            )),
+                .map_err(|e| DeviceError::SandboxDevice {
+                    dir: dir.to_owned(),
+                    device: source,
+                    error: Box::new(e),
+                }),
+            source => Err(DeviceError::NoBlockDevice {
+                dir: dir.to_owned(),
+                what: source.unwrap_or_else(|| format!("device {dev}")),
+            }),
         }
     }
 }
@@ -185,8 +272,16 @@ mod tests {
     fn refuses_what_is_not_a_block_device() {
         let r = SystemResolver::new("/proc/self/mountinfo", "/sys");
         let err = r.resolve_path(Path::new("/dev/null")).unwrap_err();
-        assert!(err.contains("not a block device"), "{err}");
+        assert!(matches!(err, DeviceError::NotBlockDevice { .. }), "{err}");
+        assert_eq!(err.to_string(), "/dev/null is not a block device");
         let err = r.resolve_path(Path::new("/dev/no-such-disk")).unwrap_err();
-        assert!(err.contains("No such file"), "{err}");
+        assert!(err.to_string().contains("No such file"), "{err}");
+        let err = r
+            .resolve_sandbox(Path::new("/no/such/sandbox"))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("sandbox /no/such/sandbox: "),
+            "{err}"
+        );
     }
 }

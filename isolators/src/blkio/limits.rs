@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use rein_core::config::{ConfigError, DeviceRef, Setting, TaskConfig, Value};
 
-use super::device::{DevNum, DeviceResolver};
+use super::device::{DevNum, DeviceError, DeviceResolver};
 
 /// The four throttle keys, in a fixed order.
 pub const THROTTLE_KEYS: [&str; 4] = [
@@ -208,7 +208,8 @@ impl Policy {
                 let v = value
                     .as_u64()
                     .ok_or_else(|| setting.error("expected a number"))?;
-                let dev = resolve(device, sandbox, resolver).map_err(|r| setting.error(r))?;
+                let dev =
+                    resolve(device, sandbox, resolver).map_err(|r| setting.error(r.to_string()))?;
                 if let Some((_, other)) = seen.iter().find(|(d, _)| *d == dev) {
                     return Err(setting.error(format!(
                         "{} and {} are the same device ({dev})",
@@ -310,7 +311,7 @@ fn resolve(
     device: &DeviceRef,
     sandbox: &Path,
     resolver: &dyn DeviceResolver,
-) -> Result<DevNum, String> {
+) -> Result<DevNum, DeviceError> {
     match device {
         DeviceRef::Sandbox => resolver.resolve_sandbox(sandbox),
         DeviceRef::Path(p) => resolver.resolve_path(Path::new(p)),

@@ -12,7 +12,9 @@
 
 pub mod controller;
 pub mod device;
+pub mod error;
 pub mod limits;
+pub mod params;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,46 +23,19 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
-use rein_core::config::{parse_for_prepare, parse_value};
+use rein_core::config::parse_for_module;
 use rein_core::isolator::{Error, PendingCleanups, RecoveryCounters};
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
-use rein_core::schema;
 use rein_core::state::{Scan, StateStore};
 use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Statistics};
 
 pub use controller::Controller;
-pub use device::{DevNum, DeviceResolver, SystemResolver};
+pub use device::{DevNum, DeviceError, DeviceResolver, SystemResolver};
+pub use error::BlkioError;
 pub use limits::{Allowed, Caps, DeviceLimits, Limits, Policy};
+pub use params::{KERNEL_DEFAULT_WEIGHT, PARAMS};
 
-/// Parameters of the blkio isolator, besides the common ones.
-pub const PARAMS: &[&str] = &[
-    "cgroup_version",
-    "allowed_devices",
-    "default_read_bps",
-    "default_write_bps",
-    "default_read_iops",
-    "default_write_iops",
-    "default_weight",
-    "max_read_bps",
-    "max_write_bps",
-    "max_read_iops",
-    "max_write_iops",
-    "max_weight",
-    "sysfs",
-];
-
-/// (parameter, key) of the operator's defaults.
-const DEFAULTS: [(&str, &str); 5] = [
-    ("default_read_bps", "blkio.read_bps"),
-    ("default_write_bps", "blkio.write_bps"),
-    ("default_read_iops", "blkio.read_iops"),
-    ("default_write_iops", "blkio.write_iops"),
-    ("default_weight", "blkio.weight"),
-];
-
-/// The kernel's default I/O weight (cgroup v2 scale): the weight cap when the operator
-/// sets neither `max_weight` nor `default_weight`.
-pub const KERNEL_DEFAULT_WEIGHT: u64 = 100;
+use params::{find_hierarchy, policy_from_params};
 
 /// What is persisted per container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,10 +116,7 @@ impl BlkioIsolator {
 
     /// What recovery and cleanups met so far.
     pub fn counters(&self) -> RecoveryCounters {
-        RecoveryCounters {
-            cleanups_pending: u64::try_from(self.pending.len()).unwrap_or(u64::MAX),
-            ..self.counters
-        }
+        self.counters.with_pending(self.pending.len())
     }
 
     /// The containers whose cleanup failed and waits for a retry, with the last reason.
@@ -181,7 +153,7 @@ impl BlkioIsolator {
         self.containers.get(id)
     }
 
-    fn setup(&self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+    fn setup(&self, id: &ContainerId, record: &Record) -> Result<(), BlkioError> {
         let cgroup = self.cgroup(id);
         if record.owned {
             self.controller.create(&cgroup)?;
@@ -194,14 +166,14 @@ impl BlkioIsolator {
 
     /// Re-reads a recovered container's limits and re-applies the recorded ones if
     /// the kernel's differ (or the cgroup we own vanished).
-    fn reapply(&self, id: &ContainerId, record: &Record) -> Result<(), Error> {
+    fn reapply(&self, id: &ContainerId, record: &Record) -> Result<(), BlkioError> {
         let cgroup = self.cgroup(id);
         if !cgroup.exists() {
             if record.owned {
                 warn!(container = %id, "blkio cgroup missing on recovery; recreating it");
                 return self.setup(id, record);
             }
-            return Err("the container's blkio cgroup is gone".into());
+            return Err(BlkioError::CgroupGone);
         }
         let wanted: Vec<DeviceLimits> = record
             .limits
@@ -220,7 +192,7 @@ impl BlkioIsolator {
 
     /// Removes what a tracked or unrecorded container holds. `patient` waits
     /// briefly for a cgroup whose last process just exited (`cleanup()`).
-    fn release(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+    fn release(&mut self, id: &ContainerId, patient: bool) -> Result<(), BlkioError> {
         let owned = match self.containers.get(id) {
             Some(record) => record.owned,
             None if self.unrecorded.contains(id) => true,
@@ -236,7 +208,7 @@ impl BlkioIsolator {
     }
 
     /// Releases a container; a failure is logged, counted and retried later.
-    fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), Error> {
+    fn release_or_retry(&mut self, id: &ContainerId, patient: bool) -> Result<(), BlkioError> {
         let outcome = self.release(id, patient);
         self.pending.settle(
             id,
@@ -246,95 +218,6 @@ impl BlkioIsolator {
             "the container's state is kept",
         )
     }
-}
-
-fn policy_from_params(params: &Params) -> Result<Policy, Error> {
-    let mut policy = Policy {
-        allowed: Vec::new(),
-        ..Policy::default()
-    };
-    let allowed = params.list("allowed_devices");
-    for entry in if allowed.is_empty() {
-        vec!["sandbox".to_owned()]
-    } else {
-        allowed
-    } {
-        let parsed = Allowed::parse(&entry).ok_or_else(|| {
-            params.error(
-                "allowed_devices",
-                format!("'{entry}' is not 'sandbox', '*' or a /dev/ path"),
-            )
-        })?;
-        policy.allowed.push(parsed);
-    }
-    for (param, key) in DEFAULTS {
-        if let Some(raw) = params.raw(param) {
-            let spec = schema::lookup(key).ok_or_else(|| format!("unknown key {key}"))?;
-            parse_value(spec.kind, raw).map_err(|reason| params.error(param, reason))?;
-            policy.defaults.push((spec.key, raw.to_owned(), param));
-        }
-    }
-    // A task may lower what the operator gives by default, never raise it: an unset cap
-    // follows a plain (all-device) default, and the weight cap is the kernel's default
-    // weight, so no task takes a larger share than a neighbour that asked for nothing.
-    let rate_cap = |max: &str, default: &str| -> Result<Option<u64>, Error> {
-        Ok(match params.byte_rate(max)? {
-            Some(cap) => Some(cap),
-            None => params.byte_rate(default).ok().flatten(),
-        })
-    };
-    let count_cap = |max: &str, default: &str| -> Result<Option<u64>, Error> {
-        Ok(match params.u64(max)? {
-            Some(cap) => Some(cap),
-            None => params.u64(default).ok().flatten(),
-        })
-    };
-    policy.caps = Caps {
-        read_bps: rate_cap("max_read_bps", "default_read_bps")?,
-        write_bps: rate_cap("max_write_bps", "default_write_bps")?,
-        read_iops: count_cap("max_read_iops", "default_read_iops")?,
-        write_iops: count_cap("max_write_iops", "default_write_iops")?,
-        weight: Some(count_cap("max_weight", "default_weight")?.unwrap_or(KERNEL_DEFAULT_WEIGHT)),
-    };
-    Ok(policy)
-}
-
-fn find_hierarchy(params: &Params, common: &CommonParams) -> Result<Hierarchy, Error> {
-    let wanted = params
-        .string("cgroup_version")
-        .unwrap_or_else(|| "auto".into());
-    let v1 = || Hierarchy::find_v1(&common.mountinfo, "blkio");
-    let v2 = || -> Result<Option<Hierarchy>, Error> {
-        let Some(h) = Hierarchy::find_v2(&common.mountinfo)? else {
-            return Ok(None);
-        };
-        let controllers = Cgroup::at(h.mount_point()).read("cgroup.controllers")?;
-        Ok(controllers
-            .split_whitespace()
-            .any(|c| c == "io")
-            .then_some(h))
-    };
-    let found = match wanted.as_str() {
-        "v1" => v1()?,
-        "v2" => v2()?,
-        "auto" => match v1()? {
-            Some(h) => Some(h),
-            None => v2()?,
-        },
-        _ => {
-            return Err(params
-                .error("cgroup_version", "expected auto, v1 or v2")
-                .into())
-        }
-    };
-    found.ok_or_else(|| {
-        format!(
-            "no usable hierarchy for cgroup_version={wanted}: need a v1 blkio hierarchy or a \
-             cgroup2 hierarchy offering io (per {})",
-            common.mountinfo.display()
-        )
-        .into()
-    })
 }
 
 impl Isolator for BlkioIsolator {
@@ -383,20 +266,14 @@ impl Isolator for BlkioIsolator {
             info!(container = %id, limits = ?record.limits, "recovered blkio limits");
             self.containers.insert(id, record);
         }
-        let c = self.counters();
-        info!(
-            containers = self.containers.len(),
-            unreadable_records = c.unreadable_records,
-            recover_failures = c.recover_failures,
-            cleanups_pending = c.cleanups_pending,
-            "blkio recovery done"
-        );
+        self.counters()
+            .log_recovered("blkio", self.containers.len());
         Ok(())
     }
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
         self.retry_cleanups();
-        let mut config = parse_for_prepare(spec, self.allow_debug_panic)?;
+        let mut config = parse_for_module(spec, "blkio", self.allow_debug_panic)?;
         if spec.id.is_nested() {
             if config.group("blkio").next().is_none() {
                 return Ok(LaunchInfo::default());
@@ -405,7 +282,7 @@ impl Isolator for BlkioIsolator {
             self.policy.add_defaults(&mut config)?;
         }
         if self.containers.contains_key(&spec.id) {
-            return Err(format!("container {} was already prepared", spec.id).into());
+            return Err(BlkioError::AlreadyPrepared(spec.id.clone()).into());
         }
         let limits = self
             .policy
@@ -419,7 +296,7 @@ impl Isolator for BlkioIsolator {
                 let _ = self.cgroup(&spec.id).remove();
             }
             let _ = self.store.remove(&spec.id);
-            return Err(err);
+            return Err(err.into());
         }
         info!(container = %spec.id, owned = record.owned, limits = ?record.limits, "applied blkio limits");
         self.containers.insert(spec.id.clone(), record);
@@ -435,7 +312,7 @@ impl Isolator for BlkioIsolator {
             }
             Some(_) => Ok(()),
             None if id.is_nested() => Ok(()),
-            None => Err(format!("unknown container {id}").into()),
+            None => Err(BlkioError::UnknownContainer(id.clone()).into()),
         }
     }
 

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rein_core::cgroupfs::Version;
+use rein_core::cgroupfs::{fake, Version};
 use rein_core::isolator::BlkioDevice;
 
 use super::controller::{io_max_line, parse_io_max, parse_io_stat, parse_v1_stats};
@@ -17,17 +17,22 @@ struct FakeResolver {
 }
 
 impl DeviceResolver for FakeResolver {
-    fn resolve_path(&self, path: &Path) -> Result<DevNum, String> {
+    fn resolve_path(&self, path: &Path) -> Result<DevNum, DeviceError> {
         self.paths
             .get(path)
             .copied()
-            .ok_or_else(|| format!("{} is not a block device", path.display()))
+            .ok_or_else(|| DeviceError::NotBlockDevice {
+                path: path.to_owned(),
+            })
     }
-    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, String> {
+    fn resolve_sandbox(&self, dir: &Path) -> Result<DevNum, DeviceError> {
         self.sandboxes
             .get(dir)
             .copied()
-            .ok_or_else(|| format!("sandbox {} has no block device", dir.display()))
+            .ok_or_else(|| DeviceError::NoBlockDevice {
+                dir: dir.to_owned(),
+                what: "tmpfs".into(),
+            })
     }
 }
 
@@ -47,7 +52,11 @@ struct Fixture {
 
 fn fixture(version: Version) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let hierarchy = Hierarchy::new(dir.path().join("cg"), version);
+    let layout = match version {
+        Version::V1 => fake::BLKIO_V1,
+        Version::V2 => fake::IO_V2,
+    };
+    let hierarchy = Hierarchy::fake(dir.path().join("cg"), version, layout).unwrap();
     let mesos = hierarchy.mount_point().join("mesos");
     fs::create_dir_all(&mesos).unwrap();
     if version == Version::V2 {
@@ -140,7 +149,11 @@ fn v1_lifecycle_writes_throttles_and_cleans_up() {
     assert_eq!(f.read("c1/blkio.throttle.write_bps_device"), "7:3 10485760");
     // One write per device and file; a plain file keeps the last one.
     assert_eq!(f.read("c1/blkio.throttle.read_iops_device"), "8:16 50");
-    assert!(!f.file("c1/blkio.throttle.read_bps_device").exists());
+    assert_eq!(
+        f.read("c1/blkio.throttle.read_bps_device"),
+        "",
+        "never written"
+    );
     assert!(iso.record(&c.id).unwrap().owned);
     iso.isolate(&c.id, 4242).unwrap();
     assert_eq!(f.read("c1/cgroup.procs"), "4242");
@@ -179,7 +192,7 @@ fn v1_lifecycle_writes_throttles_and_cleans_up() {
 #[test]
 fn v1_cgroup_of_mesos_is_used_and_left_in_place() {
     let f = fixture(Version::V1);
-    fs::create_dir_all(f.file("c1")).unwrap();
+    f.hierarchy.cgroup("mesos/c1").create().unwrap();
     let mut iso = f.isolator(allow(&["sandbox"]));
     let c = spec(&["c1"], "/sb/sda", &[("rein.blkio.read_bps", "1MiB/s")]);
     iso.prepare(&c).unwrap();
@@ -187,7 +200,7 @@ fn v1_cgroup_of_mesos_is_used_and_left_in_place() {
     assert_eq!(f.read("c1/blkio.throttle.read_bps_device"), "8:0 1048576");
     // Mesos's own isolator places the processes.
     iso.isolate(&c.id, 1).unwrap();
-    assert!(!f.file("c1/cgroup.procs").exists());
+    assert_eq!(f.read("c1/cgroup.procs"), "", "no process placed");
     iso.cleanup(&c.id).unwrap();
     assert!(f.file("c1").exists(), "Mesos's cgroup must stay for Mesos");
     assert_eq!(f.state_files(), 0);
@@ -294,6 +307,30 @@ fn weight_scales() {
 }
 
 #[test]
+fn label_errors_name_the_blkio_isolator_and_other_modules_keys_are_theirs() {
+    let f = fixture(Version::V1);
+    let mut iso = f.isolator(allow(&["sandbox"]));
+    let bad = spec(&["b"], "/sb/loop", &[("rein.blkio.write_bps", "fast")]);
+    let err = iso.prepare(&bad).unwrap_err().to_string();
+    assert!(
+        err.starts_with("task label 'rein.blkio.write_bps' = 'fast'")
+            && err.ends_with("(blkio isolator)"),
+        "{err}"
+    );
+    let others = spec(
+        &["o"],
+        "/sb/loop",
+        &[
+            ("rein.disk.mode", "sometimes"),
+            ("rein.net.egress.rate", "fast"),
+            ("rein.blkio.write_bps", "1MiB/s"),
+        ],
+    );
+    iso.prepare(&others).unwrap();
+    assert_eq!(f.read("o/blkio.throttle.write_bps_device"), "7:3 1048576");
+}
+
+#[test]
 fn bad_labels_fail_only_that_container_with_a_clear_message() {
     let f = fixture(Version::V1);
     let mut policy = allow(&["sandbox", "/dev/sdb"]);
@@ -345,7 +382,7 @@ fn bad_labels_fail_only_that_container_with_a_clear_message() {
         ))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("has no block device"), "{err}");
+    assert!(err.contains("without a block device"), "{err}");
     // Two names of one device.
     let err = iso
         .prepare(&spec(

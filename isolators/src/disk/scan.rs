@@ -183,12 +183,11 @@ pub fn scan_many(roots: &[PathBuf], options: ScanOptions) -> Vec<io::Result<Scan
 
 /// Lowers the calling thread's CPU and I/O priority; failures are harmless.
 fn lower_priority() {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    let Ok(tid) = libc::id_t::try_from(tid) else {
+    let Ok(tid) = libc::id_t::try_from(nix::unistd::gettid().as_raw()) else {
         return;
     };
-    // SAFETY: plain syscalls on the calling thread's own id; no memory is passed.
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is passed
+    // (nix wraps neither setpriority nor ioprio_set).
     unsafe {
         // On Linux, PRIO_PROCESS with a thread id applies to that thread only.
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);

@@ -2,8 +2,14 @@
 
 use std::fs;
 use std::io;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
+use std::time::Duration;
 
+use rein_core::Limitation;
+
+use super::record::MB;
 use super::*;
 
 /// A fake kernel: one filesystem of a configurable kind, a project id per path
@@ -466,7 +472,19 @@ fn labels_within_what_the_operator_allows() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected one of"), "{err}");
+    assert!(err.ends_with("(disk isolator)"), "{err}");
     assert_eq!(iso.project_ids(), (10, 10), "failed prepares hold no id");
+    // Another module's malformed value is that module's error, not the disk's.
+    iso.prepare(&f.spec(
+        &["l0"],
+        Some(1.0),
+        &[
+            ("rein.blkio.write_bps", "fast"),
+            ("rein.net.egress.rate", "x"),
+        ],
+    ))
+    .unwrap();
+    iso.cleanup(&ContainerId::top("l0").unwrap()).unwrap();
 
     f.settings.allow_opt_out = true;
     let mut iso = f.isolator();

@@ -1,7 +1,7 @@
 use std::fs;
 use std::path::Path;
 
-use rein_core::cgroupfs::Version;
+use rein_core::cgroupfs::{fake, Version};
 use rein_core::params::DEFAULT_STATE_DIR;
 
 use super::*;
@@ -14,8 +14,8 @@ pub(super) struct Fixture {
 
 pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let hierarchy = Hierarchy::new(dir.path().join("net_cls"), Version::V1);
-    fs::create_dir_all(hierarchy.mount_point()).unwrap();
+    let hierarchy =
+        Hierarchy::fake(dir.path().join("net_cls"), Version::V1, fake::NET_CLS_V1).unwrap();
     let common = CommonParams {
         state_dir: dir.path().join("state"),
         cgroups_hierarchy: dir.path().to_owned(),
