@@ -12,7 +12,7 @@ use nix::errno::Errno;
 
 use super::super::format::{seg_path, HDR};
 use super::super::*;
-use super::{cfg, drain, frames, rec, seg_lens, segments};
+use super::{cfg, drain, frames, rec, reopened_ships, seg_lens, segments};
 
 /// Installs a fault plan for the buffer in `dir` only: `f` gets the
 /// operation and how many times it was asked for before.
@@ -193,9 +193,7 @@ fn short_write_is_cut_back_to_the_last_frame_and_rewritten_whole() {
     assert_eq!(w.commit().unwrap(), 3);
     assert_eq!(seg_lens(d.path()), frames(4));
     drop(w);
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
-    assert_eq!(drain(&w), (0..4).map(rec).collect::<Vec<_>>());
-    assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    reopened_ships(d.path(), 4);
 }
 
 #[test]
@@ -246,9 +244,7 @@ fn failed_sync_writes_the_unsynced_bytes_again_before_reporting_success() {
     assert!(!w.is_stalled());
     assert!(w.stats.sync_errors.load(Ordering::Relaxed) >= 2);
     drop(w);
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
-    assert_eq!(drain(&w), (0..4).map(rec).collect::<Vec<_>>());
-    assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    reopened_ships(d.path(), 4);
 }
 
 #[test]
@@ -277,9 +273,7 @@ fn failing_roll_keeps_writing_the_segment_and_rolls_later() {
     w.sync().unwrap();
     assert_eq!(n, 60, "{errs} failed commits");
     drop(w);
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
-    assert_eq!(drain(&w), (0..60).map(rec).collect::<Vec<_>>());
-    assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    reopened_ships(d.path(), 60);
 }
 
 #[test]

@@ -39,6 +39,13 @@ pub(super) fn drain(w: &Wal) -> Vec<Vec<u8>> {
     }
 }
 
+/// A buffer reopened in `dir` ships records `0..n`, none corrupt.
+pub(super) fn reopened_ships(dir: &Path, n: u32) {
+    let w = Wal::open(cfg(dir, 1 << 20, FullPolicy::Pause)).unwrap();
+    assert_eq!(drain(&w), (0..n).map(rec).collect::<Vec<_>>());
+    assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 0);
+}
+
 pub(super) fn seg_lens(d: &Path) -> u64 {
     fs::read_dir(d)
         .unwrap()
@@ -136,8 +143,10 @@ fn torn_tail_is_cut_and_counted() {
     assert_eq!(got, vec![rec(0), rec(1), rec(2), rec(3), rec(4), rec(6)]);
 }
 
-#[test]
-fn bad_checksum_in_closed_segment_is_skipped_and_counted() {
+/// Writes records 0..40 (one closed segment), changes the segment with
+/// `edit` (given the bytes and the length of a frame), and reads back all
+/// that a reopened buffer ships.
+fn ship_with_corrupt_segment(edit: impl FnOnce(&mut [u8], usize)) -> (Vec<Vec<u8>>, u64) {
     let d = tempfile::tempdir().unwrap();
     let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
     for i in 0..40 {
@@ -145,17 +154,32 @@ fn bad_checksum_in_closed_segment_is_skipped_and_counted() {
     }
     w.commit().unwrap();
     drop(w);
-    // Flip a byte inside the 3rd record of the first segment.
     let seg = seg_path(d.path(), 1);
     let mut data = fs::read(&seg).unwrap();
-    let frame = HDR + rec(0).len();
-    data[2 * frame + HDR + 3] ^= 0xff;
+    edit(&mut data, HDR + rec(0).len());
     fs::write(&seg, &data).unwrap();
     let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
     let got = drain(&w);
+    (got, w.stats.corrupt_records.load(Ordering::Relaxed))
+}
+
+#[test]
+fn bad_checksum_in_closed_segment_is_skipped_and_counted() {
+    // Flip a byte inside the 3rd record of the first segment.
+    let (got, corrupt) = ship_with_corrupt_segment(|data, frame| data[2 * frame + HDR + 3] ^= 0xff);
     assert_eq!(got.len(), 39);
     assert!(!got.contains(&rec(2)));
-    assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 1);
+    assert_eq!(corrupt, 1);
+}
+
+#[test]
+fn a_frame_running_past_a_closed_segments_end_is_skipped_and_counted() {
+    // The 3rd record claims more than is left of its segment: the rest is skipped.
+    let (got, corrupt) = ship_with_corrupt_segment(|data, frame| {
+        data[2 * frame..2 * frame + 4].copy_from_slice(&5000u32.to_le_bytes());
+    });
+    assert_eq!(got, [rec(0), rec(1)]);
+    assert_eq!(corrupt, 1);
 }
 
 #[test]
@@ -265,28 +289,4 @@ fn failed_cursor_save_deletes_no_segment_and_a_restart_replays() {
     // Shipped records come again (at least once), none is missing.
     let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
     assert_eq!(drain(&w), (0..60).map(rec).collect::<Vec<_>>());
-}
-
-#[test]
-fn a_frame_running_past_a_closed_segments_end_is_skipped_and_counted() {
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
-    for i in 0..40 {
-        w.push(&rec(i));
-        w.commit().unwrap();
-    }
-    drop(w);
-    // The 3rd record of the first (closed) segment claims more than is left.
-    let seg = seg_path(d.path(), 1);
-    let mut data = fs::read(&seg).unwrap();
-    let frame = HDR + rec(0).len();
-    let per_segment = data.len() / frame;
-    data[2 * frame..2 * frame + 4].copy_from_slice(&5000u32.to_le_bytes());
-    fs::write(&seg, &data).unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
-    let got = drain(&w);
-    assert_eq!(got[..2], [rec(0), rec(1)]);
-    assert_eq!(got[2], rec(u32::try_from(per_segment).unwrap()));
-    assert_eq!(got.len(), 40 - (per_segment - 2));
-    assert_eq!(w.stats.corrupt_records.load(Ordering::Relaxed), 1);
 }
