@@ -24,6 +24,12 @@ impl WalError {
         let WalError::Io { source, .. } = self;
         no_space(source)
     }
+
+    /// The file does not exist (deleted meanwhile).
+    pub(super) fn is_not_found(&self) -> bool {
+        let WalError::Io { source, .. } = self;
+        source.kind() == io::ErrorKind::NotFound
+    }
 }
 
 /// True for ENOSPC and EDQUOT.

@@ -76,10 +76,12 @@ impl Wal {
             let read = self.read_segments(&view, start, max_records, max_bytes);
             l = self.ledger();
             // A drop took the segment the read started in (its records were
-            // counted as dropped; a file may be gone): read again.
+            // counted as dropped; a file may be gone), or an acknowledgement
+            // deleted a file meanwhile: read again.
             let overtaken = l.drops != drops && l.segs.first().is_some_and(|s| s.seq > start.seg);
+            let gone = l.cursor > start && read.as_ref().is_err_and(WalError::is_not_found);
             let batch = match read {
-                _ if overtaken => continue,
+                _ if overtaken || gone => continue,
                 Ok(b) => b,
                 Err(e) => return Err(e),
             };
