@@ -5,8 +5,10 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+
 use std::time::Duration;
+use tempfile::TempDir;
 
 use nix::errno::Errno;
 
@@ -31,6 +33,14 @@ fn faults(dir: &Path, mut f: impl FnMut(fault::Op, u64) -> Option<fault::Fault> 
 
 /// Fault plans are process-wide: the tests that set one run one at a time.
 static FAULTS: Mutex<()> = Mutex::new(());
+
+/// A buffer of 1 MiB in a new directory, and the right to set fault plans.
+fn faulty(policy: FullPolicy) -> (MutexGuard<'static, ()>, TempDir, Wal) {
+    let one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(cfg(d.path(), 1 << 20, policy)).unwrap();
+    (one, d, w)
+}
 
 #[test]
 fn a_full_file_system_closes_the_segment_so_acknowledging_it_makes_room() {
@@ -85,9 +95,7 @@ fn a_full_file_system_closes_the_segment_so_acknowledging_it_makes_room() {
 
 #[test]
 fn a_stall_backs_off_and_counts_attempts_and_incidents_apart() {
-    let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+    let (_one, d, w) = faulty(FullPolicy::Pause);
     for incident in 1..=2u64 {
         faults(d.path(), |op, _| {
             (op == fault::Op::Write).then_some(fault::Fault::Errno(Errno::ENOSPC))
@@ -129,9 +137,7 @@ fn a_stall_backs_off_and_counts_attempts_and_incidents_apart() {
 
 #[test]
 fn failed_write_keeps_the_records_queued_until_a_retry_succeeds() {
-    let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+    let (_one, d, w) = faulty(FullPolicy::Pause);
     for errno in [Errno::ENOSPC, Errno::EIO, Errno::EROFS, Errno::EDQUOT] {
         faults(d.path(), move |op, _| {
             (op == fault::Op::Write).then_some(fault::Fault::Errno(errno))
@@ -165,9 +171,7 @@ fn failed_write_keeps_the_records_queued_until_a_retry_succeeds() {
 
 #[test]
 fn short_write_is_cut_back_to_the_last_frame_and_rewritten_whole() {
-    let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+    let (_one, d, w) = faulty(FullPolicy::Pause);
     w.push(&rec(0));
     w.commit().unwrap();
     // Half a frame lands, then the disk is full; then the cut itself fails once.
@@ -198,9 +202,7 @@ fn short_write_is_cut_back_to_the_last_frame_and_rewritten_whole() {
 
 #[test]
 fn short_writes_that_go_on_are_completed() {
-    let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+    let (_one, d, w) = faulty(FullPolicy::Pause);
     faults(d.path(), |op, _| {
         (op == fault::Op::Write).then_some(fault::Fault::Short(7))
     });
@@ -215,9 +217,7 @@ fn short_writes_that_go_on_are_completed() {
 
 #[test]
 fn failed_sync_writes_the_unsynced_bytes_again_before_reporting_success() {
-    let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+    let (_one, d, w) = faulty(FullPolicy::Pause);
     w.push(&rec(0));
     w.commit().unwrap();
     w.sync().unwrap();
@@ -249,9 +249,7 @@ fn failed_sync_writes_the_unsynced_bytes_again_before_reporting_success() {
 
 #[test]
 fn failing_roll_keeps_writing_the_segment_and_rolls_later() {
-    let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
+    let (_one, d, w) = faulty(FullPolicy::Pause);
     faults(d.path(), |op, k| {
         (op == fault::Op::Sync && k < 3).then_some(fault::Fault::Errno(Errno::EIO))
     });
@@ -278,9 +276,7 @@ fn failing_roll_keeps_writing_the_segment_and_rolls_later() {
 
 #[test]
 fn drop_oldest_makes_room_on_a_full_file_system() {
-    let _one = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let d = tempfile::tempdir().unwrap();
-    let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::DropOldest)).unwrap();
+    let (_one, d, w) = faulty(FullPolicy::DropOldest);
     for i in 0..60 {
         w.push(&rec(i));
         w.commit().unwrap();
