@@ -18,6 +18,10 @@ use super::format::{bad_len, crc_ok, header, seg_path, HDR, MAX_FRAME};
 use super::ledger::{Pos, Segment};
 use super::Wal;
 
+/// Reads overtaken by drops in a row before an empty batch is returned
+/// (once the wait is over).
+const MAX_REREADS: u32 = 3;
+
 /// Records read for shipping; acknowledge with [`Wal::ack`]`(batch.end)`.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -64,6 +68,7 @@ impl Wal {
     ) -> Result<Batch, WalError> {
         let deadline = Instant::now() + wait;
         let mut l = self.ledger();
+        let mut retries = 0;
         loop {
             let (start, drops) = (l.cursor, l.drops);
             let view: Vec<Segment> = l
@@ -81,7 +86,17 @@ impl Wal {
             let overtaken = l.drops != drops && l.segs.first().is_some_and(|s| s.seq > start.seg);
             let gone = l.cursor > start && read.as_ref().is_err_and(WalError::is_not_found);
             let batch = match read {
-                _ if overtaken || gone => continue,
+                _ if overtaken || gone => {
+                    retries += 1;
+                    if retries > MAX_REREADS && Instant::now() >= deadline {
+                        // Nothing read stays valid this time: the sink asks again.
+                        return Ok(Batch {
+                            end: l.cursor,
+                            ..Default::default()
+                        });
+                    }
+                    continue;
+                }
                 Ok(b) => b,
                 Err(e) => return Err(e),
             };
