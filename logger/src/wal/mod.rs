@@ -1,7 +1,7 @@
 //! The disk buffer: a segmented write-ahead log between reading and shipping.
 //!
 //! Split along its jobs, as a disk buffer's writer / reader / ledger:
-//! - [`format`]: frames and segment names on disk;
+//! - `format`: frames and segment names on disk;
 //! - `recovery`: opening, cutting what a crash left;
 //! - `writer` and `durability`: appends with `pwrite` at the known end,
 //!   `fdatasync` at most every `fsync_interval`, the unsynced tail kept in
