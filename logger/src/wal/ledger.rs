@@ -4,8 +4,9 @@
 //!
 //! It sits behind its own small lock, apart from the writer's: a reader
 //! takes a snapshot of the segments here and reads them without any lock,
-//! and an acknowledgement never waits for a write or sync in progress.
-//! Lock order: the writer's lock, then the ledger's.
+//! and an acknowledgement never waits for a write or sync in progress. The
+//! cursor file is written under a third lock, so that neither waits for it.
+//! Lock order: the writer's, the cursor file's, the ledger's.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ pub(super) struct Dropped {
     pub(super) from: u64,
     /// Offset up to which a sink holds its records (read, not acknowledged).
     pub(super) held_to: u64,
+    /// The cursor moved past it (to be saved: only a restart would suffer,
+    /// starting at the first segment left).
+    pub(super) moved: bool,
 }
 
 #[derive(Debug)]
@@ -77,7 +81,7 @@ pub(super) fn load_cursor(dir: &Path) -> Option<Pos> {
 }
 
 /// Saves `p` as the acknowledged cursor (atomically).
-pub(super) fn save_cursor(dir: &Path, p: Pos) -> Result<(), WalError> {
+pub(super) fn write_cursor(dir: &Path, p: Pos) -> Result<(), WalError> {
     let path = cursor_path(dir);
     private::write_atomic(&path, format!("{}:{}\n", p.seg, p.off).as_bytes()).map_err(io_err(&path))
 }
@@ -110,16 +114,12 @@ impl Ledger {
         self.set_total(self.total + added);
     }
 
-    /// The writer started segment `seq`. A segment acknowledged to its end
-    /// goes now (the sink may have nothing more to acknowledge for a while).
-    pub(super) fn rolled(&mut self, seq: u64) {
+    /// The writer started segment `seq`. True if the cursor moved past a
+    /// segment acknowledged to its end (to be saved: it goes now, the sink
+    /// may have nothing more to acknowledge for a while).
+    pub(super) fn rolled(&mut self, seq: u64) -> bool {
         self.segs.push(Segment { seq, len: 0 });
-        if self.advance_cursor() {
-            match save_cursor(&self.dir, self.cursor) {
-                Ok(()) => self.delete_acked(),
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
+        self.advance_cursor()
     }
 
     /// A sink read up to `end`.
@@ -132,10 +132,10 @@ impl Ledger {
         }
     }
 
-    /// Acknowledges everything before `end`: deletes fully shipped segments.
-    pub(super) fn ack(&mut self, end: Pos, records: u64) -> Result<(), WalError> {
+    /// Moves the cursor to `end`; true if it moved (to be saved).
+    pub(super) fn ack(&mut self, end: Pos, records: u64) -> bool {
         if end <= self.cursor {
-            return Ok(());
+            return false;
         }
         self.cursor = end;
         self.stats
@@ -145,11 +145,7 @@ impl Ledger {
             self.stats.in_flight_records.store(0, Ordering::Relaxed);
         }
         self.advance_cursor();
-        // The cursor first: a segment is deleted only once a restart would
-        // not look for it (a failed save leaves them for the next ack).
-        save_cursor(&self.dir, self.cursor)?;
-        self.delete_acked();
-        Ok(())
+        true
     }
 
     /// Moves the acknowledged cursor from the very end of a closed segment
@@ -172,11 +168,11 @@ impl Ledger {
         self.cursor != before
     }
 
-    /// Deletes the segments before the acknowledged cursor's (once the
-    /// cursor is saved: a restart must not look for them).
-    fn delete_acked(&mut self) {
+    /// Deletes the segments before segment `seq` (that of a saved cursor:
+    /// a restart does not look for them).
+    fn delete_before(&mut self, seq: u64) {
         let mut total = self.total;
-        while self.segs.len() > 1 && self.segs[0].seq < self.cursor.seg {
+        while self.segs.len() > 1 && self.segs[0].seq < seq {
             let old = self.segs.remove(0);
             let _ = fs::remove_file(seg_path(&self.dir, old.seq));
             total -= old.len;
@@ -207,19 +203,15 @@ impl Ledger {
             seg: self.segs[0].seq,
             off: 0,
         };
-        if self.cursor < first {
-            self.cursor = first;
-            // Only a restart suffers (it starts at the first segment left).
-            if let Err(e) = save_cursor(&self.dir, first) {
-                tracing::warn!("{e}");
-            }
-        }
+        let moved = self.cursor < first;
+        self.cursor = self.cursor.max(first);
         self.inflight = self.inflight.max(first);
         Some(Dropped {
             seq: old.seq,
             len: old.len,
             from,
             held_to,
+            moved,
         })
     }
 
@@ -237,6 +229,25 @@ impl Wal {
 
     /// Acknowledges everything before `end`: deletes fully shipped segments.
     pub fn ack(&self, end: Pos, records: u64) -> Result<(), WalError> {
-        self.ledger().ack(end, records)
+        let moved = self.ledger().ack(end, records);
+        if moved {
+            self.save_cursor()?;
+        }
+        Ok(())
+    }
+
+    /// Saves the ledger's cursor, then deletes the segments before it (the
+    /// cursor first: a failed save leaves them for the next one). Saves are
+    /// one at a time, and the ledger's lock is not held while the file is
+    /// written. Lock order: the writer's, this one, the ledger's.
+    pub(super) fn save_cursor(&self) -> Result<(), WalError> {
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let cursor = self.ledger().cursor;
+        if cursor > *saved {
+            write_cursor(&self.cfg.dir, cursor)?;
+            *saved = cursor;
+        }
+        self.ledger().delete_before(saved.seg);
+        Ok(())
     }
 }

@@ -61,7 +61,10 @@ pub struct Wal {
     cfg: WalConfig,
     /// The queue, the last segment and its durability (lock order: first).
     writer: Mutex<writer::Writer>,
-    /// The segments, the cursor and the read position (lock order: second).
+    /// The cursor last saved; held while the cursor file is written (lock
+    /// order: after the writer's, before the ledger's).
+    saved: Mutex<Pos>,
+    /// The segments, the cursor and the read position (lock order: last).
     ledger: Mutex<ledger::Ledger>,
     /// Signalled (with the ledger's lock) when records are published.
     more: Condvar,

@@ -63,6 +63,11 @@ impl Wal {
             );
         }
         fs::remove_file(&p).map_err(io_err(&p))?;
+        if old.moved {
+            if let Err(e) = self.save_cursor() {
+                tracing::warn!("{e}");
+            }
+        }
         Ok(true)
     }
 }

@@ -13,7 +13,7 @@ use super::config::WalConfig;
 use super::error::{io_err, WalError};
 use super::fault;
 use super::format::{scan, seg_path, seg_seq};
-use super::ledger::{load_cursor, save_cursor, Ledger, Pos, Segment};
+use super::ledger::{load_cursor, write_cursor, Ledger, Pos, Segment};
 use super::stats::WalStats;
 use super::writer::Writer;
 use super::Wal;
@@ -66,12 +66,13 @@ impl Wal {
         if saved.is_none() {
             // Made now, while there is room: a full file system takes a new
             // cursor only in place of an existing file.
-            if let Err(e) = save_cursor(&dir, cursor) {
+            if let Err(e) = write_cursor(&dir, cursor) {
                 tracing::warn!("{e}");
             }
         }
         Ok(Wal {
             writer: Mutex::new(Writer::new(stats.clone(), file, seq, lp, len)),
+            saved: Mutex::new(cursor),
             ledger: Mutex::new(Ledger::new(dir, stats.clone(), segs, cursor)),
             more: Condvar::new(),
             stats,

@@ -269,7 +269,12 @@ impl Wal {
         w.len = 0;
         w.synced = 0;
         w.tail.clear();
-        self.ledger().rolled(next);
+        let moved = self.ledger().rolled(next);
+        if moved {
+            if let Err(e) = self.save_cursor() {
+                tracing::warn!("{e}");
+            }
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! The reader and the writer apart: a read holds no writer's lock, and a
-//! producer and a sink running at once account for every record.
+//! The reader, the writer and the cursor file apart: a read holds no
+//! writer's lock, neither waits for a cursor save, and a producer and a sink
+//! running at once account for every record.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -31,6 +32,28 @@ fn a_read_does_not_wait_for_the_writers_lock() {
     drop(held);
     t.join().unwrap();
     assert_eq!(got, Ok(40), "a read or an ack waited for the writer");
+}
+
+#[test]
+fn a_commit_and_a_read_do_not_wait_for_a_cursor_save() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Arc::new(Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap());
+    // The cursor file's lock held as by a save on a slow file system.
+    let held = w.saved.lock().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let r = w.clone();
+    let t = thread::spawn(move || {
+        for i in 0..5 {
+            r.push(&rec(i));
+        }
+        r.commit().unwrap();
+        let b = r.read_batch(100, 1 << 20, Duration::ZERO).unwrap();
+        tx.send(b.len()).unwrap();
+    });
+    let got = rx.recv_timeout(Duration::from_secs(30));
+    drop(held);
+    t.join().unwrap();
+    assert_eq!(got, Ok(5), "a commit or a read waited for the cursor file");
 }
 
 /// One producer committing record by record while one sink reads and
