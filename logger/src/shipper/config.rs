@@ -15,7 +15,7 @@ use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
 use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
-use crate::wal::FullPolicy;
+use crate::wal::{FullPolicy, UnknownPolicy};
 
 /// Every setting of the shipper (see the README).
 pub const KEYS: &[&str] = &[
@@ -234,7 +234,7 @@ impl ShipperConfig {
             None => FullPolicy::Pause,
             Some(v) => v
                 .parse()
-                .map_err(|e: String| p.error("buffer_full_policy", e))?,
+                .map_err(|e: UnknownPolicy| p.error("buffer_full_policy", e.to_string()))?,
         };
         let mut encode = EncodeOptions {
             host_name: p.string("host_name"),

@@ -1,0 +1,89 @@
+//! The full-buffer policy: with `pause` the buffer reports itself full
+//! ([`Wal::is_full`]) so the shipper stops reading the containers' pipes;
+//! with `drop_oldest` the writer deletes the oldest segment and counts every
+//! record lost with it (and those a sink holds, shipped from memory, apart).
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use super::config::FullPolicy;
+use super::error::{io_err, WalError};
+use super::format::{scan, seg_path};
+use super::ledger::Dropped;
+use super::writer::Writer;
+use super::Wal;
+
+impl Wal {
+    /// True when the buffer holds `max_bytes` or more (with the pause policy,
+    /// the reader must stop reading containers until this turns false).
+    /// Lock-free (the reader asks before every splice; the parser may hold
+    /// the lock through a large write).
+    pub fn is_full(&self) -> bool {
+        self.cfg.policy == FullPolicy::Pause
+            && self.stats.buffer_bytes.load(Ordering::Relaxed) >= self.cfg.max_bytes
+    }
+
+    /// Bytes of all segments.
+    pub(super) fn buffered(&self) -> u64 {
+        self.ledger().total
+    }
+
+    /// True while closed segments older than `newest` keep the buffer over its bound.
+    pub(super) fn over_bound(&self, newest: u64) -> bool {
+        self.ledger().over(self.cfg.max_bytes, newest)
+    }
+
+    /// Deletes the oldest segment, counting its unshipped records. Returns
+    /// false when only the segment being written is left (and empty: one
+    /// with records is closed, to go next time).
+    pub(super) fn drop_oldest(&self, w: &mut Writer) -> Result<bool, WalError> {
+        let taken = self.ledger().take_oldest();
+        let Some(old) = taken else {
+            if w.len > 0 {
+                self.roll(w)?;
+                return Ok(true);
+            }
+            return Ok(false);
+        };
+        let p = seg_path(&self.cfg.dir, old.seq);
+        let (held, lost) = count_dropped(&old, &p).map_err(io_err(&p))?;
+        self.stats
+            .dropped_records
+            .fetch_add(lost, Ordering::Relaxed);
+        self.stats
+            .dropped_in_flight
+            .fetch_add(held, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(
+                records = lost,
+                segment = old.seq,
+                "disk buffer full: dropped the oldest segment"
+            );
+        }
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        if old.moved {
+            if let Err(e) = self.save_cursor() {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The records of a dropped segment a sink holds, and those lost.
+fn count_dropped(old: &Dropped, path: &Path) -> io::Result<(u64, u64)> {
+    let mut data = Vec::new();
+    if old.from < old.len {
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(old.from))?;
+        f.read_to_end(&mut data)?;
+    }
+    let split = usize::try_from(old.held_to - old.from)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let (_, held, _) = scan(&data[..split]);
+    let (_, lost, _) = scan(&data[split..]);
+    Ok((held, lost))
+}
