@@ -27,7 +27,7 @@ use crate::proto::{self, MultilineSpec, Registration, SinkKind};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
 use crate::sink::es::EsSink;
-use crate::sink::SinkStats;
+use crate::sink::{Control, Sink, SinkStats};
 use crate::wal::{Wal, WalConfig};
 
 const LISTEN: u64 = u64::MAX;
@@ -124,7 +124,7 @@ impl std::fmt::Debug for SinkSpawner {
 struct SinkHandle {
     wal: Arc<Wal>,
     stats: Arc<SinkStats>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Control>,
     thread: Option<JoinHandle<()>>,
     spawn: SinkSpawner,
     live: Liveness,
@@ -1208,7 +1208,7 @@ impl Worker {
         self.parser.stop();
         self.write_counters();
         for (_, s) in self.sinks.iter_mut() {
-            s.stop.store(true, Ordering::Relaxed);
+            s.stop.stop();
             s.wal.wake();
         }
         for (_, s) in self.sinks.iter_mut() {
@@ -1234,20 +1234,20 @@ fn open_buffer(cfg: &ShipperConfig, name: &str) -> Result<Arc<Wal>, String> {
 /// Opens a sink's disk buffer, builds the sink with its counters and runs it
 /// on a thread named `thread`, contained: after a panic the sink is built
 /// again by `make` and reads on from its buffer's acknowledged cursor.
-fn start_sink<S: Send + 'static>(
+fn start_sink<S: Sink + 'static>(
     cfg: &ShipperConfig,
     kind: SinkKind,
     thread: &'static str,
     counters: &Arc<Counters>,
-    make: impl Fn(Arc<SinkStats>) -> Result<S, String> + Send + Sync + 'static,
-    run: fn(&mut S, &Wal, &AtomicBool),
+    make: impl Fn(Arc<SinkStats>) -> Result<S, crate::sink::SinkError> + Send + Sync + 'static,
+    run: fn(&mut S, &Wal, &Control),
 ) -> Result<(SinkKind, SinkHandle), String> {
     let wal = open_buffer(cfg, kind.name())?;
     let stats = Arc::new(SinkStats::default());
     // A configuration the sink refuses stops the worker here, at start.
     let first = Arc::new(Mutex::new(Some(make(stats.clone())?)));
     let make = Arc::new(make);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Control::new());
     let spawn = {
         let (wal, stats, stop, counters) =
             (wal.clone(), stats.clone(), stop.clone(), counters.clone());
@@ -1266,7 +1266,7 @@ fn start_sink<S: Send + 'static>(
             std::thread::Builder::new()
                 .name(thread.into())
                 .spawn(move || {
-                    threads::contain(thread, &c.thread_panics_sink, &s, |again| {
+                    threads::contain(thread, &c.thread_panics_sink, s.stop_flag(), |again| {
                         if again || sink.is_none() {
                             // A panic may have left it in the middle of a request: a new one.
                             sink = None;
