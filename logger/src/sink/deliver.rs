@@ -341,3 +341,259 @@ pub fn ship<S: Sink>(sink: &mut S, batch: &Batch, control: &Control) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Stream;
+    use crate::sink::deadletter::DeadLetterLimits;
+    use crate::wal::{FullPolicy, WalConfig};
+    use std::collections::VecDeque;
+    use std::time::Instant;
+
+    /// A destination answering from a script, one list of outcomes per
+    /// attempt (all stored once the script is used up), recording what it
+    /// was sent.
+    struct Fake {
+        core: SinkCore,
+        script: VecDeque<Vec<Delivery>>,
+        sent: Vec<Vec<String>>,
+    }
+
+    impl Fake {
+        fn new(dir: &std::path::Path, backoff: Duration, script: Vec<Vec<Delivery>>) -> Self {
+            let stats = Arc::new(SinkStats::default());
+            Fake {
+                core: SinkCore {
+                    name: "fake",
+                    dead: DeadLetter::with_limits(
+                        &dir.join("dead.ndjson"),
+                        DeadLetterLimits::default(),
+                        stats.clone(),
+                    ),
+                    backoff: Backoff::new(backoff, backoff),
+                    route_failure: RouteFailure::DeadLetterAfterAttempts(2),
+                    batch_records: 100,
+                    batch_bytes: 1 << 20,
+                    stats,
+                },
+                script: script.into(),
+                sent: Vec::new(),
+            }
+        }
+
+        fn count(&self, f: fn(&SinkStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+            f(&self.core.stats).load(Ordering::Relaxed)
+        }
+    }
+
+    impl Sink for Fake {
+        fn core(&self) -> &SinkCore {
+            &self.core
+        }
+        fn core_mut(&mut self) -> &mut SinkCore {
+            &mut self.core
+        }
+        fn check_route(&self, route: &[u8]) -> Result<(), String> {
+            if route == b"forbidden" {
+                Err("no such route".into())
+            } else {
+                Ok(())
+            }
+        }
+        fn target(&self, r: &WalRecord<'_>) -> String {
+            if r.route.is_empty() {
+                "default".into()
+            } else {
+                String::from_utf8_lossy(r.route).into_owned()
+            }
+        }
+        fn send(&mut self, records: &[WalRecord<'_>]) -> Vec<Delivery> {
+            self.sent.push(
+                records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(r.id).into_owned())
+                    .collect(),
+            );
+            self.script
+                .pop_front()
+                .unwrap_or_else(|| vec![Delivery::Stored; records.len()])
+        }
+    }
+
+    /// A buffer holding one record per route (`id` = its index), and the batch read from it.
+    fn batch(dir: &std::path::Path, routes: &[&str]) -> Batch {
+        let w = Wal::open(WalConfig {
+            dir: dir.join("buffer"),
+            segment_bytes: 1 << 20,
+            max_bytes: 16 << 20,
+            fsync_interval: Duration::from_secs(1),
+            policy: FullPolicy::Pause,
+        })
+        .unwrap();
+        for (i, route) in routes.iter().enumerate() {
+            let id = i.to_string();
+            let mut p = Vec::new();
+            WalRecord {
+                stream: Stream::Stdout,
+                ts_ms: 1,
+                id: id.as_bytes(),
+                container: b"c",
+                route: route.as_bytes(),
+                doc: b"{}",
+            }
+            .encode_into(&mut p);
+            w.push(&p);
+        }
+        w.push(b"\xffnot a record");
+        w.commit().unwrap();
+        w.read_batch(1000, 1 << 20, Duration::ZERO).unwrap()
+    }
+
+    fn transient() -> Delivery {
+        Delivery::Transient {
+            status: 503,
+            reason: "busy".into(),
+        }
+    }
+
+    fn dead_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("dead.ndjson"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_outcome_is_counted_and_only_failures_are_resent() {
+        let d = tempfile::tempdir().unwrap();
+        let b = batch(d.path(), &["", "", "", "", "forbidden"]);
+        let mut s = Fake::new(
+            d.path(),
+            Duration::from_millis(1),
+            vec![vec![
+                Delivery::Stored,
+                Delivery::Duplicate,
+                Delivery::Dead {
+                    status: 400,
+                    reason: "mapping".into(),
+                },
+                transient(),
+            ]],
+        );
+        s.ship(&b, &Control::new()).unwrap();
+        // The forbidden route and the undecodable record were never sent.
+        assert_eq!(s.sent, [vec!["0", "1", "2", "3"], vec!["3"]]);
+        let c = |f| s.count(f);
+        assert_eq!(c(|s| &s.shipped), 3, "{:?}", s.core.stats);
+        assert_eq!(c(|s| &s.duplicates), 1);
+        assert_eq!(c(|s| &s.retried), 1);
+        assert_eq!(c(|s| &s.dead_lettered), 3);
+        let dead = dead_lines(d.path());
+        let reasons: Vec<&str> = dead.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "undecodable disk-buffer record",
+                "refused route: no such route",
+                "mapping"
+            ]
+        );
+        assert_eq!(dead[2]["status"], 400);
+        assert_eq!(dead[2]["target"], "default");
+    }
+
+    #[test]
+    fn unsent_records_go_next_without_a_backoff() {
+        let d = tempfile::tempdir().unwrap();
+        let b = batch(d.path(), &["", "", ""]);
+        let mut s = Fake::new(
+            d.path(),
+            Duration::from_secs(300),
+            vec![vec![Delivery::Stored, Delivery::Unsent, Delivery::Unsent]],
+        );
+        let start = Instant::now();
+        s.ship(&b, &Control::new()).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(60));
+        assert_eq!(s.sent, [vec!["0", "1", "2"], vec!["1", "2"]]);
+        assert_eq!(s.count(|s| &s.retried), 0);
+    }
+
+    #[test]
+    fn a_route_refusing_for_good_is_dead_lettered_after_its_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let b = batch(d.path(), &["ok", "blocked"]);
+        let refused = || Delivery::RouteRefused {
+            status: 403,
+            reason: "write block".into(),
+        };
+        let mut s = Fake::new(
+            d.path(),
+            Duration::from_millis(1),
+            vec![vec![Delivery::Stored, refused()], vec![refused()]],
+        );
+        s.ship(&b, &Control::new()).unwrap();
+        assert_eq!(s.sent.len(), 2);
+        assert!(s.core.stats.routes.is_failing("blocked"));
+        let dead = dead_lines(d.path());
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert_eq!(dead[1]["target"], "blocked");
+        assert_eq!(dead[1]["reason"], "write block");
+    }
+
+    #[test]
+    fn a_route_failing_beside_stored_ones_is_dead_lettered_after_its_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let b = batch(d.path(), &["ok", "red"]);
+        let mut s = Fake::new(
+            d.path(),
+            Duration::from_millis(1),
+            vec![vec![Delivery::Stored, transient()], vec![transient()]],
+        );
+        s.ship(&b, &Control::new()).unwrap();
+        let dead = dead_lines(d.path());
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert_eq!(dead[1]["status"], 503);
+        assert!(dead[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("route_failure"));
+    }
+
+    #[test]
+    fn a_stop_ends_the_backoff_at_once_and_the_batch_is_not_done() {
+        let d = tempfile::tempdir().unwrap();
+        let b = batch(d.path(), &[""]);
+        let mut s = Fake::new(
+            d.path(),
+            Duration::from_secs(300),
+            vec![vec![Delivery::Resend]; 10],
+        );
+        let c = Arc::new(Control::new());
+        let c2 = c.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.stop();
+        });
+        let start = Instant::now();
+        assert_eq!(s.ship(&b, &c), Err(ShipError::Stopped));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            start.elapsed()
+        );
+        stopper.join().unwrap();
+        assert_eq!(s.sent.len(), 1);
+        // Interrupted instead: the next attempt follows at once.
+        let c = Control::new();
+        c.interrupt();
+        let mut s = Fake::new(
+            d.path(),
+            Duration::from_secs(300),
+            vec![vec![Delivery::Resend]],
+        );
+        s.ship(&b, &c).unwrap();
+        assert_eq!(s.sent.len(), 2);
+    }
+}
