@@ -10,7 +10,7 @@ use crate::http::Url;
 use crate::peercred;
 use crate::record::EncodeOptions;
 use crate::redact;
-use crate::sink::deadletter::{DeadLetterLimits, DEFAULT_MAX_BYTES_PER_CONTAINER};
+use crate::sink::deadletter::{DeadLetterLimits, UnknownPolicy, DEFAULT_MAX_BYTES_PER_CONTAINER};
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
@@ -422,7 +422,7 @@ impl ShipperConfig {
                 None => DeadLetterLimits::default().policy,
                 Some(v) => v
                     .parse()
-                    .map_err(|e: String| p.error("dead_letter_full_policy", e))?,
+                    .map_err(|e: UnknownPolicy| p.error("dead_letter_full_policy", e))?,
             },
         };
         let socket_group = match p.raw("socket_group") {

@@ -7,6 +7,8 @@
 pub mod backoff;
 pub mod control;
 pub mod deadletter;
+pub mod deadletter_limits;
+pub mod deadletter_shares;
 pub mod deliver;
 pub mod error;
 pub mod es;

@@ -42,26 +42,53 @@ pub enum RouteFailure {
 /// Default `route_failure`: `dead_letter_after:3`.
 pub const DEFAULT_ROUTE_FAILURE: RouteFailure = RouteFailure::DeadLetterAfterAttempts(3);
 
+/// Why a `route_failure` value is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteFailureError {
+    /// Neither form.
+    #[error(
+        "expected `wait`, `dead_letter_after:REFUSALS` or `dead_letter_after:DURATION` (e.g. 30s)"
+    )]
+    Form,
+    /// A count of refusals out of range.
+    #[error("refusals must be 1 to 1000")]
+    Refusals,
+    /// Not a duration.
+    #[error("{0}")]
+    Duration(String),
+    /// A duration over the bound.
+    #[error("a duration of at most 24h")]
+    TooLong,
+}
+
+/// For callers that report errors as text.
+impl From<RouteFailureError> for String {
+    fn from(e: RouteFailureError) -> String {
+        e.to_string()
+    }
+}
+
 impl std::str::FromStr for RouteFailure {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = RouteFailureError;
+    fn from_str(s: &str) -> Result<Self, RouteFailureError> {
         let s = s.trim();
         if s == "wait" {
             return Ok(RouteFailure::Wait);
         }
         let Some(b) = s.strip_prefix("dead_letter_after:") else {
-            return Err("expected `wait`, `dead_letter_after:REFUSALS` or `dead_letter_after:DURATION` (e.g. 30s)".into());
+            return Err(RouteFailureError::Form);
         };
         if let Ok(n) = b.parse::<u32>() {
             return if (1..=1000).contains(&n) {
                 Ok(RouteFailure::DeadLetterAfterAttempts(n))
             } else {
-                Err("refusals must be 1 to 1000".into())
+                Err(RouteFailureError::Refusals)
             };
         }
-        let d = rein_core::units::parse_duration(b).map_err(|e| e.0)?;
+        let d =
+            rein_core::units::parse_duration(b).map_err(|e| RouteFailureError::Duration(e.0))?;
         if d > Duration::from_secs(24 * 3600) {
-            return Err("a duration of at most 24h".into());
+            return Err(RouteFailureError::TooLong);
         }
         Ok(RouteFailure::DeadLetterAfter(d))
     }
