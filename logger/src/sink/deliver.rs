@@ -59,6 +59,14 @@ pub enum Delivery {
     Unsent,
 }
 
+impl Delivery {
+    /// Not stored for a reason retrying may cure (the request, or this
+    /// record, failed this time).
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Delivery::Resend | Delivery::Transient { .. })
+    }
+}
+
 /// Why shipping a batch ended before it was acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ShipError {
@@ -88,6 +96,34 @@ pub struct SinkCore {
 }
 
 impl SinkCore {
+    /// The shared part of sink `name`: counters `stats`, the dead-letter
+    /// file at `dead_letter`, `backoff` between attempts, the route policy
+    /// and the batch size read from the disk buffer (records, bytes).
+    pub fn new(
+        name: &'static str,
+        stats: Arc<SinkStats>,
+        dead_letter: &std::path::Path,
+        backoff: Backoff,
+        route_failure: RouteFailure,
+        (batch_records, batch_bytes): (usize, usize),
+    ) -> Self {
+        SinkCore {
+            name,
+            dead: DeadLetter::new(dead_letter, stats.clone()),
+            stats,
+            backoff,
+            route_failure,
+            batch_records,
+            batch_bytes,
+        }
+    }
+
+    /// Counts a request that failed as a whole, or whose answer leaves
+    /// records to resend (see [`Delivery::is_failure`]).
+    pub fn count_failed_request(&self) {
+        self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Writes `r` (going to `target`) to the dead-letter file, counted.
     fn dead_letter(&mut self, target: &str, r: &WalRecord<'_>, status: u16, reason: &str) {
         self.dead.add(

@@ -37,6 +37,17 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// The error of the file `path` named by setting `key`.
+    pub fn file(key: &'static str, path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        SinkError::File {
+            key,
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// For callers that report errors as text.
 impl From<SinkError> for String {
     fn from(e: SinkError) -> String {

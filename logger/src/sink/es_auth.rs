@@ -46,18 +46,16 @@ pub fn base64(data: &[u8]) -> String {
 impl Auth {
     /// Reads `basic USER:PASSWORD` or `apikey KEY` from the first line of `path`.
     pub fn load(path: &Path) -> Result<Auth, SinkError> {
-        let bad = |reason: String| SinkError::File {
-            key: "es_auth_file",
-            path: path.to_path_buf(),
-            reason,
-        };
-        let s = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let s =
+            std::fs::read_to_string(path).map_err(|e| SinkError::file("es_auth_file", path, e))?;
         let line = s.lines().next().unwrap_or("").trim();
         match line.split_once(char::is_whitespace) {
             Some(("basic", v)) if v.trim().contains(':') => Ok(Auth::Basic(v.trim().to_string())),
             Some(("apikey", v)) if !v.trim().is_empty() => Ok(Auth::ApiKey(v.trim().to_string())),
-            _ => Err(bad(
-                "expected `basic USER:PASSWORD` or `apikey KEY` on the first line".into(),
+            _ => Err(SinkError::file(
+                "es_auth_file",
+                path,
+                "expected `basic USER:PASSWORD` or `apikey KEY` on the first line",
             )),
         }
     }

@@ -7,14 +7,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::backoff::Backoff;
-use super::deadletter::DeadLetter;
 use super::deliver::{Delivery, Sink, SinkCore};
 use super::es::{encode_bulk, index_name, validate_index, EsConfig};
 use super::es_answer::{classify, ItemOutcome, Outcome};
 use super::es_auth::Auth;
 use super::route;
 use super::{SinkError, SinkStats};
-use crate::http::{Client, HttpError, Limits, Refusal};
+use crate::http::{Client, ClientError, HttpError, Limits, Refusal};
 use crate::walrec::WalRecord;
 
 /// The sink: one connection, one batch in flight.
@@ -51,12 +50,13 @@ impl EsSink {
             max_response_bytes: cfg.max_response_bytes,
             ..Limits::default()
         };
-        let client =
-            Client::new(&cfg.url, Some(&cfg.ca_file), limits).map_err(|e| SinkError::File {
+        let client = Client::new(&cfg.url, Some(&cfg.ca_file), limits).map_err(|e| match e {
+            ClientError::CaFile { path, reason } => SinkError::file("es_ca_file", &path, reason),
+            e @ ClientError::NoCaFile { .. } => SinkError::Client {
                 key: "es_ca_file",
-                path: cfg.ca_file.clone(),
                 reason: e.to_string(),
-            })?;
+            },
+        })?;
         let auth = match &cfg.auth_file {
             Some(p) => Some(Auth::load(p)?.header()),
             None => None,
@@ -65,15 +65,14 @@ impl EsSink {
             client,
             auth,
             chunk: 1,
-            core: SinkCore {
-                name: "elasticsearch",
-                dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
-                backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
-                route_failure: cfg.route_failure,
-                batch_records: cfg.batch_records,
-                batch_bytes: cfg.batch_bytes,
+            core: SinkCore::new(
+                "elasticsearch",
                 stats,
-            },
+                &cfg.dead_letter,
+                Backoff::new(cfg.backoff_base, cfg.backoff_max),
+                cfg.route_failure,
+                (cfg.batch_records, cfg.batch_bytes),
+            ),
             cfg,
         })
     }
@@ -179,10 +178,7 @@ impl Sink for EsSink {
         let (outcome, refused) = self.request(&records[..take]);
         let mut out = match outcome {
             Outcome::RetryAll(status, reason) | Outcome::Unusable(status, reason) => {
-                self.core
-                    .stats
-                    .failed_requests
-                    .fetch_add(1, Ordering::Relaxed);
+                self.core.count_failed_request();
                 if !refused {
                     tracing::warn!(
                         status,

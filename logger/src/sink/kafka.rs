@@ -16,7 +16,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::backoff::Backoff;
-use super::deadletter::DeadLetter;
 use super::deliver::{Delivery, Sink, SinkCore};
 use super::route;
 use super::{SinkError, SinkStats};
@@ -156,15 +155,14 @@ impl KafkaSink {
                 ),
             })?;
         Ok(KafkaSink {
-            core: SinkCore {
-                name: "kafka",
-                dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
-                backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
-                route_failure: cfg.route_failure,
-                batch_records: cfg.batch_records,
-                batch_bytes: cfg.batch_bytes,
+            core: SinkCore::new(
+                "kafka",
                 stats,
-            },
+                &cfg.dead_letter,
+                Backoff::new(Duration::from_millis(100), cfg.backoff_max),
+                cfg.route_failure,
+                (cfg.batch_records, cfg.batch_bytes),
+            ),
             producer,
             cfg,
         })
@@ -279,14 +277,8 @@ impl Sink for KafkaSink {
                 *slot = delivery(err.as_ref());
             }
         }
-        if out
-            .iter()
-            .any(|d| matches!(d, Delivery::Resend | Delivery::Transient { .. }))
-        {
-            self.core
-                .stats
-                .failed_requests
-                .fetch_add(1, Ordering::Relaxed);
+        if out.iter().any(Delivery::is_failure) {
+            self.core.count_failed_request();
         }
         out
     }

@@ -23,7 +23,6 @@ use std::time::Duration;
 use redis::{ConnectionAddr, IntoConnectionInfo, Script, Value};
 
 use super::backoff::Backoff;
-use super::deadletter::DeadLetter;
 use super::deliver::{Delivery, Sink, SinkCore};
 use super::redis_conn::BoundedConn;
 use super::route;
@@ -174,15 +173,14 @@ impl RedisSink {
             ));
         }
         Ok(RedisSink {
-            core: SinkCore {
-                name: "redis",
-                dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
-                backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
-                route_failure: cfg.route_failure,
-                batch_records: cfg.batch_records,
-                batch_bytes: cfg.batch_bytes,
+            core: SinkCore::new(
+                "redis",
                 stats,
-            },
+                &cfg.dead_letter,
+                Backoff::new(Duration::from_millis(100), cfg.backoff_max),
+                cfg.route_failure,
+                (cfg.batch_records, cfg.batch_bytes),
+            ),
             script: Script::new(SCRIPT),
             conn: None,
             cfg,
@@ -228,10 +226,7 @@ impl RedisSink {
             Err(e) => {
                 let e = redact::scrub(&e, &self.cfg.url.secrets());
                 tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
-                self.core
-                    .stats
-                    .failed_requests
-                    .fetch_add(1, Ordering::Relaxed);
+                self.core.count_failed_request();
                 return vec![Delivery::Resend; records.len()];
             }
         };
@@ -246,14 +241,8 @@ impl RedisSink {
             })
             .collect();
         // The script stopped at an error retrying may cure: a failed call.
-        if out
-            .iter()
-            .any(|d| matches!(d, Delivery::Resend | Delivery::Transient { .. }))
-        {
-            self.core
-                .stats
-                .failed_requests
-                .fetch_add(1, Ordering::Relaxed);
+        if out.iter().any(Delivery::is_failure) {
+            self.core.count_failed_request();
         }
         out
     }

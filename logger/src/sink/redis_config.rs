@@ -87,13 +87,9 @@ pub fn parse_auth(text: &str) -> Result<RedisAuth, EmptyAuth> {
 
 /// Reads an auth file; the error names the setting and the file.
 pub fn read_auth(path: &Path) -> Result<RedisAuth, SinkError> {
-    let bad = |reason: String| SinkError::File {
-        key: "redis_auth_file",
-        path: path.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    parse_auth(&text).map_err(|e| bad(e.to_string()))
+    let text =
+        std::fs::read_to_string(path).map_err(|e| SinkError::file("redis_auth_file", path, e))?;
+    parse_auth(&text).map_err(|e| SinkError::file("redis_auth_file", path, e))
 }
 
 /// A stream key a task or the operator may use: 1 to 128 of `[a-zA-Z0-9._:-]`

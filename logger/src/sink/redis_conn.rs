@@ -112,20 +112,15 @@ pub struct BoundedConn {
 
 /// The CA certificates a `rediss://` server is verified against.
 fn tls_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, SinkError> {
-    let bad = |ca: &Path, reason: String| SinkError::File {
-        key: "redis_ca_file",
-        path: ca.to_path_buf(),
-        reason,
-    };
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(ca) => {
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(ca, e.to_string()))? {
-                let c = c.map_err(|e| bad(ca, e.to_string()))?;
-                roots.add(c).map_err(|e| bad(ca, e.to_string()))?;
+            let bad = |e: &dyn std::fmt::Display| SinkError::file("redis_ca_file", ca, e);
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+                roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
             }
             if roots.is_empty() {
-                return Err(bad(ca, "no CA certificate found".into()));
+                return Err(bad(&"no CA certificate found"));
             }
         }
         None => {
