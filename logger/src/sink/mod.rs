@@ -25,6 +25,7 @@ pub mod redis_config;
 pub mod redis_conn;
 pub mod refused;
 pub mod route;
+pub mod route_table;
 
 use std::sync::atomic::AtomicU64;
 
