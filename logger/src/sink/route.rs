@@ -8,7 +8,7 @@
 //!
 //! Errors are classified by the sinks: *permanent for the route* (a per-item
 //! 4xx other than 429 and 409-on-create, an unknown or invalid topic, Redis
-//! `NOPERM` or `WRONGTYPE`) go through [`Routes::refused`]; *transient*
+//! `NOPERM` or `WRONGTYPE`) go through [`RouteTable::refused`]; *transient*
 //! (429, 5xx, connection, timeout) are resent with backoff as before; a
 //! record the destination can never parse (a mapping error) is dead-lettered
 //! at once.
