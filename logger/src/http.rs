@@ -70,6 +70,51 @@ pub enum HttpError {
     },
 }
 
+/// Why a URL is refused (the message quotes it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Neither `http://` nor `https://`.
+    #[error("`{0}`: the URL must start with http:// or https://")]
+    Scheme(String),
+    /// A port that is not a number from 0 to 65535.
+    #[error("`{url}`: bad port `{port}`")]
+    Port {
+        /// The URL.
+        url: String,
+        /// The port as written.
+        port: String,
+    },
+    /// Nothing between the scheme and the port or path.
+    #[error("`{0}`: no host")]
+    NoHost(String),
+}
+
+/// For callers that report errors as text.
+impl From<UrlError> for String {
+    fn from(e: UrlError) -> String {
+        e.to_string()
+    }
+}
+
+/// Why a client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// An https server without a CA file to verify it against.
+    #[error("{target}: https needs a CA file")]
+    NoCaFile {
+        /// `host:port`.
+        target: String,
+    },
+    /// The CA file cannot be read or holds no certificate.
+    #[error("{}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// A parsed `http(s)://host:port/prefix` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Url {
@@ -85,28 +130,30 @@ pub struct Url {
 
 impl Url {
     /// Parses `http://h:p/prefix` or `https://h[:p]`.
-    pub fn parse(s: &str) -> Result<Url, String> {
+    pub fn parse(s: &str) -> Result<Url, UrlError> {
         let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = s.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(format!(
-                "`{s}`: the URL must start with http:// or https://"
-            ));
+            return Err(UrlError::Scheme(s.into()));
         };
         let (hostport, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
         };
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse().map_err(|_| format!("`{s}`: bad port `{p}`"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse().map_err(|_| UrlError::Port {
+                    url: s.into(),
+                    port: p.into(),
+                })?,
+            ),
             _ => (hostport, if tls { 443 } else { 80 }),
         };
         if host.is_empty() {
-            return Err(format!("`{s}`: no host"));
+            return Err(UrlError::NoHost(s.into()));
         }
         Ok(Url {
             tls,
@@ -165,17 +212,21 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
 /// Reads the CA certificates (PEM) servers are verified against.
-fn load_roots(ca_file: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
-    let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+fn load_roots(ca_file: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, ClientError> {
+    let bad = |reason: String| ClientError::CaFile {
+        path: ca_file.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
     let mut roots = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
-        match item.map_err(|e| format!("{}: {e}", ca_file.display()))? {
+        match item.map_err(|e| bad(e.to_string()))? {
             ureq::tls::PemItem::Certificate(c) => roots.push(c),
             _ => continue,
         }
     }
     if roots.is_empty() {
-        return Err(format!("{}: no CA certificate found", ca_file.display()));
+        return Err(bad("no CA certificate found".into()));
     }
     Ok(roots)
 }
@@ -208,12 +259,14 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client for `url`; https servers are verified against `ca_file`.
-    pub fn new(url: &Url, ca_file: Option<&Path>, limits: Limits) -> Result<Client, String> {
+    pub fn new(url: &Url, ca_file: Option<&Path>, limits: Limits) -> Result<Client, ClientError> {
         let mut tls = ureq::tls::TlsConfig::builder()
             .provider(ureq::tls::TlsProvider::Rustls)
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));
         if url.tls {
-            let ca = ca_file.ok_or_else(|| format!("{}: https needs a CA file", url.target()))?;
+            let ca = ca_file.ok_or_else(|| ClientError::NoCaFile {
+                target: url.target(),
+            })?;
             let roots = load_roots(ca)?;
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
         }
@@ -453,6 +506,11 @@ mod tests {
         let ca = d.path().join("ca.pem");
         std::fs::write(&ca, "not a certificate\n").unwrap();
         let e = Client::new(&u, Some(&ca), Limits::default()).unwrap_err();
-        assert!(e.contains("no CA certificate"), "{e}");
+        assert!(matches!(e, ClientError::CaFile { .. }), "{e}");
+        assert!(e.to_string().contains("no CA certificate"), "{e}");
+        assert_eq!(
+            Url::parse("http://h:x").unwrap_err().to_string(),
+            "`http://h:x`: bad port `x`"
+        );
     }
 }

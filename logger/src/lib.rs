@@ -10,6 +10,7 @@ pub use rein_log_module::{
     breaker, fallback, handoff, module, peercred, private, proto, route, sandbox,
 };
 
+pub mod choice;
 pub mod fault;
 pub mod http;
 pub mod record;

@@ -22,7 +22,7 @@ use common::shipper::{run_container, spec, Shipper};
 use common::sinks::{buffer, RunningSink};
 use common::{fill_wal as fill, free_port, skip};
 use rein_logger::sink::redis::{RedisConfig, RedisSink};
-use rein_logger::sink::SinkStats;
+use rein_logger::sink::{Control, Sink, SinkStats};
 use rein_logger::wal::Wal;
 
 fn wal(dir: &Path) -> Arc<Wal> {
@@ -187,14 +187,14 @@ fn resent_batch_adds_nothing() {
     fill(&w, "sa", "", 0, 300);
     let stats = Arc::new(SinkStats::default());
     let mut sink = RedisSink::new(config(srv.url(), d.path()), stats.clone()).unwrap();
-    let stop = AtomicBool::new(false);
+    let stop = Control::new();
     let batch = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
     assert_eq!(batch.len(), 300);
-    assert!(sink.ship(&batch, &stop));
+    assert!(sink.ship(&batch, &stop).is_ok());
     // The acknowledgement was lost (crash before `ack`): the same batch again,
     // from a new sink (as after a worker restart).
     let mut again = RedisSink::new(config(srv.url(), d.path()), stats.clone()).unwrap();
-    assert!(again.ship(&batch, &stop));
+    assert!(again.ship(&batch, &stop).is_ok());
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 600);
     assert_eq!(stats.duplicates.load(Ordering::Relaxed), 300);
     assert_eq!(xlen(&mut srv.conn(), "rein-logs"), 300);
@@ -270,10 +270,10 @@ fn lost_reply_then_resend_adds_nothing() {
         stats.clone(),
     )
     .unwrap();
-    let stop = AtomicBool::new(false);
+    let stop = Control::new();
     fill(&w, "la", "", 0, 100);
     let first = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
-    assert!(sink.ship(&first, &stop));
+    assert!(sink.ship(&first, &stop).is_ok());
     w.ack(first.end, first.len() as u64).unwrap();
     fill(&w, "la", "", 100, 400);
     let second = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
@@ -281,7 +281,7 @@ fn lost_reply_then_resend_adds_nothing() {
     // Redis stores the second batch but its answer never arrives: the sink sees a
     // dropped connection, reconnects and sends the batch again.
     proxy.armed.store(true, Ordering::SeqCst);
-    assert!(sink.ship(&second, &stop));
+    assert!(sink.ship(&second, &stop).is_ok());
     assert!(proxy.dropped.load(Ordering::SeqCst), "a reply was dropped");
     assert!(stats.failed_requests.load(Ordering::Relaxed) >= 1);
     assert_eq!(

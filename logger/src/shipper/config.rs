@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rein_core::params::{ParamError, Params};
 
+use crate::choice::UnknownChoice;
 use crate::http::Url;
 use crate::peercred;
 use crate::record::EncodeOptions;
@@ -15,7 +16,7 @@ use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
 use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
-use crate::wal::{FullPolicy, UnknownPolicy};
+use crate::wal::FullPolicy;
 
 /// Every setting of the shipper (see the README).
 pub const KEYS: &[&str] = &[
@@ -234,7 +235,7 @@ impl ShipperConfig {
             None => FullPolicy::Pause,
             Some(v) => v
                 .parse()
-                .map_err(|e: UnknownPolicy| p.error("buffer_full_policy", e.to_string()))?,
+                .map_err(|e: UnknownChoice| p.error("buffer_full_policy", e.to_string()))?,
         };
         let mut encode = EncodeOptions {
             host_name: p.string("host_name"),
@@ -455,7 +456,7 @@ impl ShipperConfig {
                 None => DeadLetterLimits::default().policy,
                 Some(v) => v
                     .parse()
-                    .map_err(|e: String| p.error("dead_letter_full_policy", e))?,
+                    .map_err(|e: UnknownChoice| p.error("dead_letter_full_policy", e))?,
             },
         };
         let socket_group = match p.raw("socket_group") {

@@ -22,91 +22,22 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
+use super::deadletter_shares::{read_shares, share_of, Shares, CONTAINER_PREFIX};
 use super::SinkStats;
 use crate::private;
 use crate::record::json::push_str;
 
-/// What happens to refused records once the dead-letter file is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeadLetterFullPolicy {
-    /// The sink waits (stops acknowledging its buffer) until there is room.
-    Pause,
-    /// Refused records beyond the bound are counted and logged, not written.
-    Drop,
-}
-
-impl std::str::FromStr for DeadLetterFullPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pause" => Ok(DeadLetterFullPolicy::Pause),
-            "drop" => Ok(DeadLetterFullPolicy::Drop),
-            _ => Err(format!("`{s}` is not one of pause, drop")),
-        }
-    }
-}
-
-/// Bound of every dead-letter file (shipper settings `max_dead_letter_bytes`,
-/// `dead_letter_full_policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeadLetterLimits {
-    /// Largest size of one dead-letter file.
-    pub max_bytes: u64,
-    /// What happens beyond it.
-    pub policy: DeadLetterFullPolicy,
-    /// Largest part of one file a single container's records may take
-    /// (`max_bytes` or more: no share, the file's bound alone).
-    pub max_bytes_per_container: u64,
-}
-
-/// Default `max_dead_letter_bytes_per_container`: 16MiB, a 64th of the
-/// default file, so that filling it takes 64 containers.
-pub const DEFAULT_MAX_BYTES_PER_CONTAINER: u64 = 16 << 20;
-
-impl Default for DeadLetterLimits {
-    fn default() -> Self {
-        DeadLetterLimits {
-            max_bytes: 1 << 30,
-            policy: DeadLetterFullPolicy::Pause,
-            max_bytes_per_container: DEFAULT_MAX_BYTES_PER_CONTAINER,
-        }
-    }
-}
-
-/// Containers whose share is tracked per file; beyond, the one with the
-/// fewest bytes is forgotten (it starts a new share; the file's own bound
-/// still holds), so a flood of container ids cannot grow the shipper's memory.
-pub const MAX_TRACKED_CONTAINERS: usize = 10_000;
-
-/// What one container has in the file.
-#[derive(Debug, Default)]
-struct Share {
-    /// Bytes written or queued.
-    bytes: u64,
-    /// Records not written since it passed its share.
-    over: u64,
-    /// Its over-share line was logged.
-    logged: bool,
-}
-
-static LIMITS: OnceLock<DeadLetterLimits> = OnceLock::new();
-
-/// Sets the bound of every dead-letter file of this process (the worker does
-/// it once from its settings, before any sink starts). Later calls are ignored.
-pub fn set_limits(l: DeadLetterLimits) {
-    let _ = LIMITS.set(l);
-}
-
-/// The bound in force ([`DeadLetterLimits::default`] unless set).
-pub fn limits() -> DeadLetterLimits {
-    LIMITS.get().copied().unwrap_or_default()
-}
+pub use super::deadletter_limits::{
+    limits, set_limits, DeadLetterFullPolicy, DeadLetterLimits, UnknownPolicy,
+    DEFAULT_MAX_BYTES_PER_CONTAINER,
+};
+pub use super::deadletter_shares::MAX_TRACKED_CONTAINERS;
 
 /// Appends refused records to a file.
 #[derive(Debug)]
@@ -121,7 +52,7 @@ pub struct DeadLetter {
     /// Container (its id as escaped in the file) and length of each queued line.
     queue: std::collections::VecDeque<(Vec<u8>, u64)>,
     /// Share used per container in the open file; `None` until it is read.
-    shares: Option<HashMap<Vec<u8>, Share>>,
+    shares: Option<Shares>,
     /// Length to cut the file back to before the next write (a failed write
     /// whose cut failed too).
     cut_to: Option<u64>,
@@ -344,64 +275,6 @@ impl DeadLetter {
     }
 }
 
-/// How every line starts; the container id (a JSON string) follows.
-const CONTAINER_PREFIX: &[u8] = b"{\"container\":\"";
-
-/// The share of `key`, tracked from now on (the least used one is forgotten
-/// when [`MAX_TRACKED_CONTAINERS`] are tracked).
-fn share_of<'m>(m: &'m mut HashMap<Vec<u8>, Share>, key: &[u8]) -> &'m mut Share {
-    if !m.contains_key(key) && m.len() >= MAX_TRACKED_CONTAINERS {
-        if let Some(k) = m
-            .iter()
-            .min_by_key(|(_, s)| s.bytes)
-            .map(|(k, _)| k.clone())
-        {
-            m.remove(&k);
-        }
-    }
-    m.entry(key.to_vec()).or_default()
-}
-
-/// The container id of a dead-letter line, as escaped in it (lines written
-/// before the id led them: `None`).
-fn line_container(line: &[u8]) -> Option<&[u8]> {
-    let rest = line.strip_prefix(CONTAINER_PREFIX)?;
-    let mut i = 0;
-    while i < rest.len() {
-        match rest[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(&rest[..i]),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// The shares of the file `path`, opened as `ours`: one pass over its lines.
-fn read_shares(path: &Path, ours: &File) -> std::io::Result<HashMap<Vec<u8>, Share>> {
-    let mut m = HashMap::new();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let (a, b) = (f.metadata()?, ours.metadata()?);
-    if a.ino() != b.ino() || a.dev() != b.dev() {
-        return Err(std::io::Error::other("replaced while being opened"));
-    }
-    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        if let Some(k) = line_container(&line) {
-            share_of(&mut m, k).bytes += line.len() as u64;
-        }
-    }
-    Ok(m)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,18 +449,6 @@ mod tests {
         d.add("es", "i", b"x", b"id", 403, b"x", b"{}");
         eprintln!("read the shares of {size} bytes in {:?}", t.elapsed());
         assert!(d.share_used(b"parent-1.c1") > 0);
-    }
-
-    #[test]
-    fn tracked_containers_are_bounded() {
-        let mut m = HashMap::new();
-        for i in 0..MAX_TRACKED_CONTAINERS + 50 {
-            share_of(&mut m, format!("c{i}").as_bytes()).bytes += 1 + i as u64;
-        }
-        assert_eq!(m.len(), MAX_TRACKED_CONTAINERS);
-        // The least used were forgotten first.
-        assert!(!m.contains_key(&b"c0"[..]));
-        assert!(m.contains_key(format!("c{}", MAX_TRACKED_CONTAINERS + 49).as_bytes()));
     }
 
     #[test]

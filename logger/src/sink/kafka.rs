@@ -5,7 +5,7 @@
 //! failed records are produced again after a backoff. Only records the broker
 //! can never accept (too large, invalid) go to the dead-letter file.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::backoff::Backoff;
-use super::deadletter::DeadLetter;
+use super::deliver::{Delivery, Sink, SinkCore};
 use super::route;
-use super::SinkStats;
+use super::{SinkError, SinkStats};
 use crate::http::Refusal;
-use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
 
 pub use super::kafka_config::KafkaConfig;
@@ -96,10 +95,7 @@ fn classify(e: &KafkaError) -> ErrorClass {
 pub struct KafkaSink {
     cfg: KafkaConfig,
     producer: BaseProducer<Deliveries>,
-    dead: DeadLetter,
-    backoff: Backoff,
-    /// Counters.
-    pub stats: Arc<SinkStats>,
+    core: SinkCore,
 }
 
 /// `receive.message.max.bytes` unless `kafka_properties` sets it: room for
@@ -116,7 +112,7 @@ impl std::fmt::Debug for KafkaSink {
 
 impl KafkaSink {
     /// Creates the producer (no connection is made yet).
-    pub fn new(cfg: KafkaConfig, stats: Arc<SinkStats>) -> Result<KafkaSink, String> {
+    pub fn new(cfg: KafkaConfig, stats: Arc<SinkStats>) -> Result<KafkaSink, SinkError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
@@ -150,221 +146,106 @@ impl KafkaSink {
                 results: Mutex::default(),
                 stats: stats.clone(),
             })
-            .map_err(|e| {
+            .map_err(|e| SinkError::Client {
+                key: "kafka_properties",
                 // librdkafka quotes a refused value: it may be a password.
-                let e = crate::redact::scrub(&e.to_string(), &cfg.secrets());
-                format!("kafka producer: {e}")
+                reason: format!(
+                    "kafka producer: {}",
+                    crate::redact::scrub(&e.to_string(), &cfg.secrets())
+                ),
             })?;
         Ok(KafkaSink {
-            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
-            backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
+            core: SinkCore::new(
+                "kafka",
+                stats,
+                &cfg.dead_letter,
+                Backoff::new(Duration::from_millis(100), cfg.backoff_max),
+                cfg.route_failure,
+                (cfg.batch_records, cfg.batch_bytes),
+            ),
             producer,
             cfg,
-            stats,
         })
     }
 
-    /// Ships batches from `wal` until `stop` is set.
-    pub fn run(&mut self, wal: &Wal, stop: &AtomicBool) {
-        let (records, bytes) = (self.cfg.batch_records, self.cfg.batch_bytes);
-        super::run_batches("kafka", wal, stop, records, bytes, |batch, stop| {
-            self.ship(batch, stop)
-        });
+    fn results(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Option<KafkaError>)>> {
+        self.producer
+            .context()
+            .results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Produces one batch until every record is acknowledged or dead-lettered;
-    /// false if stopped first (the batch is then sent again after a restart).
-    pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> bool {
-        let (recs, mut pending) = super::decode_batch(batch, "kafka", &mut self.dead, &self.stats);
-        let default_topic = self.cfg.topic.clone();
-        // A route no topic can have (buffered before a rule existed): at once.
-        pending.retain(|&i| {
-            let Some(r) = recs[i] else { return false };
-            match route::check_kafka_topic(r.route) {
-                Ok(()) => true,
-                Err(e) => {
-                    let why = format!("refused route: {e}");
-                    self.dead.add(
-                        "kafka",
-                        &self.topic_of(&r),
-                        r.container,
-                        r.id,
-                        0,
-                        why.as_bytes(),
-                        r.doc,
-                    );
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    self.stats.routes.invalid("kafka", &self.topic_of(&r), &e);
-                    false
+    /// Hands `r` (record `i` of the attempt) to the producer, waiting while
+    /// its queue is full. Sent: `None`; else what became of it.
+    fn produce(&self, i: usize, r: &WalRecord<'_>) -> Option<Delivery> {
+        let topic = if r.route.is_empty() {
+            self.cfg.topic.as_str()
+        } else {
+            std::str::from_utf8(r.route).unwrap_or(&self.cfg.topic)
+        };
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "rein.id",
+                value: Some(r.id),
+            })
+            .insert(Header {
+                key: "rein.container",
+                value: Some(r.container),
+            })
+            .insert(Header {
+                key: "rein.stream",
+                value: Some(r.stream.name()),
+            });
+        let mut rec = BaseRecord::with_opaque_to(topic, Box::new(i))
+            .key(r.container)
+            .payload(r.doc)
+            .headers(headers)
+            .timestamp(r.ts_ms);
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return None,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    self.producer.poll(Duration::from_millis(50));
                 }
-            }
-        });
-        // Topics stored in this batch (see `route::BatchRoutes`).
-        let mut batch_routes = route::BatchRoutes::default();
-        while !pending.is_empty() {
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            self.producer
-                .context()
-                .results
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
-            let mut sent = 0usize;
-            let mut failed: Vec<usize> = Vec::new();
-            let mut refused: Vec<(usize, KafkaError)> = Vec::new();
-            for &i in &pending {
-                let Some(r) = recs[i] else { continue };
-                let topic = if r.route.is_empty() {
-                    default_topic.as_str()
-                } else {
-                    std::str::from_utf8(r.route).unwrap_or(&default_topic)
-                };
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "rein.id",
-                        value: Some(r.id),
-                    })
-                    .insert(Header {
-                        key: "rein.container",
-                        value: Some(r.container),
-                    })
-                    .insert(Header {
-                        key: "rein.stream",
-                        value: Some(r.stream.name()),
-                    });
-                let mut rec = BaseRecord::with_opaque_to(topic, Box::new(i))
-                    .key(r.container)
-                    .payload(r.doc)
-                    .headers(headers)
-                    .timestamp(r.ts_ms);
-                loop {
-                    match self.producer.send(rec) {
-                        Ok(()) => {
-                            sent += 1;
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            rec = back;
-                            self.producer.poll(Duration::from_millis(50));
-                        }
-                        Err((e, _)) => {
-                            if classify(&e) != ErrorClass::Transient {
-                                refused.push((i, e));
-                            } else {
-                                tracing::warn!("kafka produce: {e}");
-                                failed.push(i);
-                            }
-                            break;
-                        }
-                    }
+                Err((e, _)) if classify(&e) == ErrorClass::Transient => {
+                    tracing::warn!("kafka produce: {e}");
+                    return Some(Delivery::Resend);
                 }
-            }
-            // Every sent record gets exactly one delivery report (success, or an error
-            // after message.timeout.ms at the latest).
-            let deadline = Instant::now() + self.cfg.message_timeout + Duration::from_secs(30);
-            loop {
-                let done = self
-                    .producer
-                    .context()
-                    .results
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .len();
-                if done >= sent || Instant::now() > deadline {
-                    break;
-                }
-                self.producer.poll(Duration::from_millis(50));
-            }
-            let results = std::mem::take(
-                &mut *self
-                    .producer
-                    .context()
-                    .results
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
-            let mut reported = vec![false; recs.len()];
-            let outcomes = refused
-                .into_iter()
-                .map(|(i, e)| (i, Some(e)))
-                .chain(results);
-            for (i, err) in outcomes {
-                reported[i] = true;
-                let Some(r) = recs[i] else { continue };
-                match err {
-                    None => {
-                        self.stats.shipped.fetch_add(1, Ordering::Relaxed);
-                        let topic = self.topic_of(&r);
-                        self.stats.routes.stored("kafka", &topic);
-                        batch_routes.stored(&topic);
-                    }
-                    Some(e) => match classify(&e) {
-                        ErrorClass::Record => self.dead_letter(&r, &e),
-                        ErrorClass::Route => {
-                            let topic = self.topic_of(&r);
-                            let policy = self.cfg.route_failure;
-                            let why = e.to_string();
-                            if self.stats.routes.refused("kafka", &topic, policy, &why) {
-                                self.dead_letter(&r, &e);
-                            } else {
-                                failed.push(i);
-                            }
-                        }
-                        ErrorClass::Transient => {
-                            tracing::warn!("kafka delivery failed, will resend: {e}");
-                            batch_routes.transient(self.topic_of(&r), || e.to_string(), i);
-                        }
-                    },
-                }
-            }
-            // A topic failing while others of the batch are stored is that
-            // topic's problem (route policy); else the broker's: resend.
-            let policy = self.cfg.route_failure;
-            let (dead, resend) = batch_routes.settle(&self.stats.routes, "kafka", policy);
-            for (i, why) in dead {
-                if let Some(r) = recs[i] {
-                    self.dead_letter_why(&r, &why);
-                }
-            }
-            failed.extend(resend);
-            // Sent but never reported (cannot happen before the deadline): resend.
-            for &i in &pending {
-                if !reported[i] && !failed.contains(&i) && recs[i].is_some() {
-                    failed.push(i);
-                }
-            }
-            failed.sort_unstable();
-            failed.dedup();
-            // Records refused at send() and not reported are in `failed` too.
-            pending = failed;
-            if !pending.is_empty() {
-                self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .retried
-                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                let d = self.backoff.next_delay();
-                let end = Instant::now() + d;
-                while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            } else {
-                self.backoff.reset();
+                Err((e, _)) => return Some(delivery(Some(&e))),
             }
         }
-        while let Err(e) = self.dead.flush() {
-            tracing::error!("dead-letter file {}: {e}", self.dead.path().display());
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        true
+    }
+}
+
+/// What a delivery report (or a produce error) means for the record.
+fn delivery(err: Option<&KafkaError>) -> Delivery {
+    let Some(e) = err else {
+        return Delivery::Stored;
+    };
+    let reason = e.to_string();
+    match classify(e) {
+        ErrorClass::Record => Delivery::Dead { status: 0, reason },
+        ErrorClass::Route => Delivery::RouteRefused { status: 0, reason },
+        ErrorClass::Transient => Delivery::Transient { status: 0, reason },
+    }
+}
+
+impl Sink for KafkaSink {
+    fn core(&self) -> &SinkCore {
+        &self.core
     }
 
-    fn topic_of(&self, r: &WalRecord<'_>) -> String {
+    fn core_mut(&mut self) -> &mut SinkCore {
+        &mut self.core
+    }
+
+    fn check_route(&self, route: &[u8]) -> Result<(), String> {
+        route::check_kafka_topic(route)
+    }
+
+    fn target(&self, r: &WalRecord<'_>) -> String {
         if r.route.is_empty() {
             self.cfg.topic.clone()
         } else {
@@ -372,21 +253,46 @@ impl KafkaSink {
         }
     }
 
-    fn dead_letter(&mut self, r: &WalRecord<'_>, e: &KafkaError) {
-        self.dead_letter_why(r, &e.to_string());
+    /// Produces every record, then waits for their delivery reports.
+    fn send(&mut self, records: &[WalRecord<'_>]) -> Vec<Delivery> {
+        self.core.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.results().clear();
+        // Not reported (cannot happen before the deadline): resent.
+        let mut out = vec![Delivery::Resend; records.len()];
+        let mut sent = 0usize;
+        for (i, r) in records.iter().enumerate() {
+            match self.produce(i, r) {
+                None => sent += 1,
+                Some(d) => out[i] = d,
+            }
+        }
+        // Every sent record gets exactly one delivery report (success, or an error
+        // after message.timeout.ms at the latest).
+        let deadline = Instant::now() + self.cfg.message_timeout + Duration::from_secs(30);
+        while self.results().len() < sent && Instant::now() <= deadline {
+            self.producer.poll(Duration::from_millis(50));
+        }
+        for (i, err) in std::mem::take(&mut *self.results()) {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = delivery(err.as_ref());
+            }
+        }
+        if out.iter().any(Delivery::is_failure) {
+            self.core.count_failed_request();
+        }
+        out
     }
 
-    fn dead_letter_why(&mut self, r: &WalRecord<'_>, why: &str) {
-        let topic = self.topic_of(r);
-        self.dead
-            .add("kafka", &topic, r.container, r.id, 0, why.as_bytes(), r.doc);
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    /// Delivers what the producer still holds (records of a batch not yet
+    /// acknowledged are produced again after a restart anyway).
+    fn shutdown(&mut self) {
+        let _ = self.producer.flush(Duration::from_secs(5));
     }
 }
 
 impl Drop for KafkaSink {
     fn drop(&mut self) {
-        let _ = self.producer.flush(Duration::from_secs(5));
+        self.shutdown();
     }
 }
 

@@ -1,10 +1,20 @@
 //! Sinks: they read batches from a disk buffer and acknowledge them only once
 //! every record is either stored by the destination or written to the
-//! dead-letter file.
+//! dead-letter file. Each sink implements [`Sink`] (its destination's
+//! protocol); the delivery loop, the route policy, the backoff and the
+//! counters are the same for all (`deliver`).
 
 pub mod backoff;
+pub mod control;
 pub mod deadletter;
+pub mod deadletter_limits;
+pub mod deadletter_shares;
+pub mod deliver;
+pub mod error;
 pub mod es;
+pub mod es_answer;
+pub mod es_auth;
+pub mod es_sink;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod kafka_config;
@@ -15,77 +25,13 @@ pub mod redis_config;
 pub mod redis_conn;
 pub mod refused;
 pub mod route;
+pub mod route_table;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
 
-use crate::wal::{Batch, Wal};
-use crate::walrec::WalRecord;
-use deadletter::DeadLetter;
-
-/// Decodes a batch's records. One that cannot be decoded would fail the same
-/// way at every resend: it goes to the dead-letter file, counted. Returns every
-/// slot (`None` where dead-lettered) and the indices of the decoded ones.
-pub fn decode_batch<'a>(
-    batch: &'a Batch,
-    sink: &str,
-    dead: &mut DeadLetter,
-    stats: &SinkStats,
-) -> (Vec<Option<WalRecord<'a>>>, Vec<usize>) {
-    let recs: Vec<Option<WalRecord<'a>>> = batch.iter().map(WalRecord::decode).collect();
-    let mut good = Vec::with_capacity(recs.len());
-    for (i, r) in recs.iter().enumerate() {
-        if r.is_some() {
-            good.push(i);
-        } else {
-            dead.add(
-                sink,
-                "",
-                b"",
-                b"",
-                0,
-                b"undecodable disk-buffer record",
-                batch.get(i),
-            );
-            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    (recs, good)
-}
-
-/// The loop of every sink thread: reads a batch from the disk buffer, lets
-/// `ship` deliver it (every record stored or dead-lettered: true; stopped
-/// first: false, and the batch is read again after a restart) and
-/// acknowledges it, until `stop` is set.
-pub fn run_batches(
-    name: &str,
-    wal: &Wal,
-    stop: &AtomicBool,
-    max_records: usize,
-    max_bytes: usize,
-    mut ship: impl FnMut(&Batch, &AtomicBool) -> bool,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let batch = match wal.read_batch(max_records, max_bytes, Duration::from_millis(200)) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("{name} sink: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        if !ship(&batch, stop) {
-            return;
-        }
-        crate::fault::point("sink");
-        if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
-            tracing::error!("{name} sink: {e}");
-        }
-    }
-}
+pub use control::{Control, Wake};
+pub use deliver::{decode_batch, Delivery, ShipError, Sink, SinkCore};
+pub use error::SinkError;
 
 /// Counters of one sink.
 #[derive(Debug, Default)]

@@ -16,20 +16,19 @@
 //! timeout: until every record of a batch is stored or dead-lettered the
 //! batch stays in the disk buffer and is sent again after a backoff.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo, Script, Value};
 
 use super::backoff::Backoff;
-use super::deadletter::DeadLetter;
+use super::deliver::{Delivery, Sink, SinkCore};
 use super::redis_conn::BoundedConn;
 use super::route;
-use super::SinkStats;
+use super::{SinkError, SinkStats};
 use crate::http::Refusal;
 use crate::redact;
-use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
 
 use super::redis_config::read_auth;
@@ -141,10 +140,7 @@ pub struct RedisSink {
     cfg: RedisConfig,
     script: Script,
     conn: Option<BoundedConn>,
-    dead: DeadLetter,
-    backoff: Backoff,
-    /// Counters.
-    pub stats: Arc<SinkStats>,
+    core: SinkCore,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -157,30 +153,37 @@ impl std::fmt::Debug for RedisSink {
 
 impl RedisSink {
     /// Checks the settings (no connection is made yet).
-    pub fn new(cfg: RedisConfig, stats: Arc<SinkStats>) -> Result<RedisSink, String> {
-        let info = cfg.url.expose().into_connection_info().map_err(|e| {
-            let e = redact::scrub(&e.to_string(), &cfg.url.secrets());
-            format!("redis_url `{}`: {e}", cfg.url)
-        })?;
+    pub fn new(cfg: RedisConfig, stats: Arc<SinkStats>) -> Result<RedisSink, SinkError> {
+        let bad = |reason: String| SinkError::Value {
+            key: "redis_url",
+            value: cfg.url.to_string(),
+            reason,
+        };
+        let info = cfg
+            .url
+            .expose()
+            .into_connection_info()
+            .map_err(|e| bad(redact::scrub(&e.to_string(), &cfg.url.secrets())))?;
         if matches!(info.addr(), ConnectionAddr::Unix(_)) {
-            return Err(format!(
-                "redis_url `{}`: only redis:// and rediss:// are supported",
-                cfg.url
-            ));
+            return Err(bad("only redis:// and rediss:// are supported".into()));
         }
         if matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }) {
-            return Err(format!(
-                "redis_url `{}`: certificate checks cannot be turned off (#insecure); set redis_ca_file",
-                cfg.url
+            return Err(bad(
+                "certificate checks cannot be turned off (#insecure); set redis_ca_file".into(),
             ));
         }
         Ok(RedisSink {
-            dead: DeadLetter::new(&cfg.dead_letter, stats.clone()),
-            backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
+            core: SinkCore::new(
+                "redis",
+                stats,
+                &cfg.dead_letter,
+                Backoff::new(Duration::from_millis(100), cfg.backoff_max),
+                cfg.route_failure,
+                (cfg.batch_records, cfg.batch_bytes),
+            ),
             script: Script::new(SCRIPT),
             conn: None,
             cfg,
-            stats,
         })
     }
 
@@ -194,7 +197,7 @@ impl RedisSink {
             .into_connection_info()
             .map_err(|e| e.to_string())?;
         if let Some(path) = &self.cfg.auth_file {
-            let auth = read_auth(path)?;
+            let auth = read_auth(path).map_err(|e| e.to_string())?;
             let mut r = info.redis_settings().clone().set_password(&auth.password);
             if let Some(u) = &auth.user {
                 r = r.set_username(u);
@@ -212,208 +215,68 @@ impl RedisSink {
         )
     }
 
-    /// Ships batches from `wal` until `stop` is set.
-    pub fn run(&mut self, wal: &Wal, stop: &AtomicBool) {
-        let (records, bytes) = (self.cfg.batch_records, self.cfg.batch_bytes);
-        super::run_batches("redis", wal, stop, records, bytes, |batch, stop| {
-            self.ship(batch, stop)
-        });
+    /// One script call for the records of one stream: their outcomes.
+    fn send_stream(&mut self, records: &[&WalRecord<'_>], ttl: u64, maxlen: u64) -> Vec<Delivery> {
+        let answer = match self.call(records, ttl, maxlen) {
+            Ok(v) => v,
+            // The whole call was refused for its stream (ACL on a key).
+            Err(e) if route_refusal(&e) => {
+                Value::Array(vec![Value::BulkString(e.into_bytes()); records.len()])
+            }
+            Err(e) => {
+                let e = redact::scrub(&e, &self.cfg.url.secrets());
+                tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
+                self.core.count_failed_request();
+                return vec![Delivery::Resend; records.len()];
+            }
+        };
+        let out: Vec<Delivery> = outcomes(&answer, records.len())
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Added => Delivery::Stored,
+                Outcome::Duplicate => Delivery::Duplicate,
+                Outcome::Refused(reason) => Delivery::RouteRefused { status: 0, reason },
+                Outcome::Later(reason) => Delivery::Transient { status: 0, reason },
+                Outcome::NotReached => Delivery::Resend,
+            })
+            .collect();
+        // The script stopped at an error retrying may cure: a failed call.
+        if out.iter().any(Delivery::is_failure) {
+            self.core.count_failed_request();
+        }
+        out
     }
 
-    /// Sends one batch until every record is stored (or was already) or
-    /// dead-lettered; false if stopped first (the batch is then sent again
-    /// after a restart, and recognised).
-    pub fn ship(&mut self, batch: &Batch, stop: &AtomicBool) -> bool {
-        let (recs, mut pending) = super::decode_batch(batch, "redis", &mut self.dead, &self.stats);
-        let ttl = self.cfg.dedup_ttl.as_secs().max(1);
-        let maxlen = self.cfg.maxlen.unwrap_or(0);
-        // A stream no task may use (the shipper's own namespace, buffered before
-        // a rule existed): to the dead-letter file at once.
-        pending.retain(|&i| {
-            let Some(r) = recs[i] else { return false };
-            match route::check_redis_stream(r.route, &self.cfg.dedup_prefix) {
-                Ok(()) => true,
-                Err(e) => {
-                    let target = String::from_utf8_lossy(r.route).into_owned();
-                    let why = format!("refused route: {e}");
-                    self.dead.add(
-                        "redis",
-                        &target,
-                        r.container,
-                        r.id,
-                        0,
-                        why.as_bytes(),
-                        r.doc,
-                    );
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    self.stats.routes.invalid("redis", &target, &e);
-                    false
-                }
-            }
-        });
-        // Streams stored in this batch (see `route::BatchRoutes`).
-        let mut batch_routes = route::BatchRoutes::default();
-        while !pending.is_empty() {
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            let mut again = Vec::new();
-            let mut reason = None;
-            // In order of first appearance, one call per stream.
-            let mut streams: Vec<&str> = Vec::new();
-            for &i in &pending {
-                if let Some(r) = recs[i] {
-                    let st = self.stream_of(&r);
-                    if !streams.contains(&st) {
-                        streams.push(st);
-                    }
-                }
-            }
-            let streams: Vec<String> = streams.into_iter().map(str::to_string).collect();
-            for stream in &streams {
-                let group: Vec<usize> = pending
-                    .iter()
-                    .copied()
-                    .filter(|&i| recs[i].is_some_and(|r| self.stream_of(&r) == stream))
-                    .collect();
-                let answer = match self.send(&recs, &group, ttl, maxlen) {
-                    Ok(v) => v,
-                    // The whole call was refused for its stream (ACL on a key).
-                    Err(e) if route_refusal(&e) => {
-                        Value::Array(vec![Value::BulkString(e.into_bytes()); group.len()])
-                    }
-                    Err(e) => {
-                        let e = redact::scrub(&e, &self.cfg.url.secrets());
-                        tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
-                        self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
-                        reason = Some(e);
-                        again.extend_from_slice(&group);
-                        continue;
-                    }
-                };
-                for (&i, o) in group.iter().zip(outcomes(&answer, group.len())) {
-                    let Some(r) = recs[i] else { continue };
-                    match o {
-                        Outcome::Added => {
-                            self.stats.shipped.fetch_add(1, Ordering::Relaxed);
-                            self.stats.routes.stored("redis", stream);
-                            batch_routes.stored(stream);
-                        }
-                        Outcome::Duplicate => {
-                            self.stats.shipped.fetch_add(1, Ordering::Relaxed);
-                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            batch_routes.stored(stream);
-                        }
-                        Outcome::Refused(why) => {
-                            let policy = self.cfg.route_failure;
-                            if self.stats.routes.refused("redis", stream, policy, &why) {
-                                self.dead.add(
-                                    "redis",
-                                    stream,
-                                    r.container,
-                                    r.id,
-                                    0,
-                                    why.as_bytes(),
-                                    r.doc,
-                                );
-                                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                reason = Some(why);
-                                again.push(i);
-                            }
-                        }
-                        Outcome::Later(why) => {
-                            batch_routes.transient(stream.clone(), || why.clone(), i);
-                            reason = Some(why);
-                        }
-                        Outcome::NotReached => again.push(i),
-                    }
-                }
-            }
-            // A stream failing while others of the batch are stored is that
-            // stream's problem (route policy); else Redis's: resend.
-            let policy = self.cfg.route_failure;
-            let (dead, resend) = batch_routes.settle(&self.stats.routes, "redis", policy);
-            for (i, why) in dead {
-                if let Some(r) = recs[i] {
-                    let stream = self.stream_of(&r).to_string();
-                    self.dead.add(
-                        "redis",
-                        &stream,
-                        r.container,
-                        r.id,
-                        0,
-                        why.as_bytes(),
-                        r.doc,
-                    );
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            again.extend(resend);
-            again.sort_unstable();
-            pending = again;
-            if pending.is_empty() {
-                self.backoff.reset();
-            } else {
-                tracing::warn!(
-                    "redis sink: {} records refused for now ({}); will resend",
-                    pending.len(),
-                    reason.as_deref().unwrap_or("no answer")
-                );
-                self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .retried
-                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                self.pause(stop);
-            }
-        }
-        while let Err(e) = self.dead.flush() {
-            tracing::error!("dead-letter file {}: {e}", self.dead.path().display());
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        true
-    }
-
-    /// One script call for the `pending` records (connecting first if needed).
+    /// One script call for `records` (connecting first if needed).
     /// A transport error drops the connection: its state is unknown.
-    fn send(
-        &mut self,
-        recs: &[Option<WalRecord<'_>>],
-        pending: &[usize],
-        ttl: u64,
-        maxlen: u64,
-    ) -> Result<Value, String> {
+    fn call(&mut self, records: &[&WalRecord<'_>], ttl: u64, maxlen: u64) -> Result<Value, String> {
         if self.conn.is_none() {
-            self.conn = Some(self.connect(pending.len())?);
+            self.conn = Some(self.connect(records.len())?);
         }
         let mut call = self.script.prepare_invoke();
         call.arg(ttl).arg(maxlen);
-        for &i in pending {
-            let Some(r) = recs[i] else { continue };
+        for r in records {
             let mut marker = Vec::with_capacity(self.cfg.dedup_prefix.len() + 1 + r.id.len());
             marker.extend_from_slice(self.cfg.dedup_prefix.as_bytes());
             marker.push(b':');
             marker.extend_from_slice(r.id);
             call.key(marker)
-                .key(self.stream_of(&r).as_bytes())
+                .key(self.stream_of(r).as_bytes())
                 .arg(r.id)
                 .arg(r.container)
                 .arg(r.stream.name())
                 .arg(r.doc);
         }
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.core.stats.requests.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn.as_mut().expect("connected above");
         match call.invoke::<Value>(conn) {
             // One entry per record handled, never more.
-            Ok(Value::Array(a)) if a.len() <= pending.len() => Ok(Value::Array(a)),
+            Ok(Value::Array(a)) if a.len() <= records.len() => Ok(Value::Array(a)),
             Ok(v) => {
                 // Not an answer to this call: what else the server sent is unknown.
                 self.conn = None;
                 let why = format!("not an answer to the script: {:.200}", format!("{v:?}"));
-                self.refused(Refusal::Unusable, pending.len(), &why);
+                self.refused(Refusal::Unusable, records.len(), &why);
                 Err(why)
             }
             Err(e) => {
@@ -426,7 +289,7 @@ impl RedisSink {
                     self.conn = None;
                 }
                 if let Some(refusal) = refusal {
-                    self.refused(refusal, pending.len(), &e.to_string());
+                    self.refused(refusal, records.len(), &e.to_string());
                 }
                 // The code first, so that `route_refusal` recognises it.
                 match e.code() {
@@ -440,7 +303,8 @@ impl RedisSink {
     /// Counts and logs (rate-limited) an answer refused for a call of `records`.
     fn refused(&self, refusal: Refusal, records: usize, reason: &str) {
         let reason = redact::scrub(reason, &self.cfg.url.secrets());
-        self.stats
+        self.core
+            .stats
             .responses_refused
             .record("redis", refusal, records, &reason);
     }
@@ -452,13 +316,53 @@ impl RedisSink {
             std::str::from_utf8(r.route).unwrap_or(&self.cfg.stream)
         }
     }
+}
 
-    /// Sleeps one backoff delay (shorter if stopped).
-    fn pause(&mut self, stop: &AtomicBool) {
-        let end = Instant::now() + self.backoff.next_delay();
-        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
+impl Sink for RedisSink {
+    fn core(&self) -> &SinkCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut SinkCore {
+        &mut self.core
+    }
+
+    /// A stream no task may use (the shipper's own namespace, buffered
+    /// before a rule existed).
+    fn check_route(&self, route: &[u8]) -> Result<(), String> {
+        route::check_redis_stream(route, &self.cfg.dedup_prefix)
+    }
+
+    fn target(&self, r: &WalRecord<'_>) -> String {
+        if r.route.is_empty() {
+            self.cfg.stream.clone()
+        } else {
+            String::from_utf8_lossy(r.route).into_owned()
         }
+    }
+
+    /// One script call per stream, in order of first appearance.
+    fn send(&mut self, records: &[WalRecord<'_>]) -> Vec<Delivery> {
+        let ttl = self.cfg.dedup_ttl.as_secs().max(1);
+        let maxlen = self.cfg.maxlen.unwrap_or(0);
+        let mut streams: Vec<String> = Vec::new();
+        for r in records {
+            let st = self.stream_of(r);
+            if !streams.iter().any(|s| s == st) {
+                streams.push(st.to_string());
+            }
+        }
+        let mut out = vec![Delivery::Resend; records.len()];
+        for stream in &streams {
+            let group: Vec<usize> = (0..records.len())
+                .filter(|&i| self.stream_of(&records[i]) == stream)
+                .collect();
+            let recs: Vec<&WalRecord<'_>> = group.iter().map(|&i| &records[i]).collect();
+            for (&i, d) in group.iter().zip(self.send_stream(&recs, ttl, maxlen)) {
+                out[i] = d;
+            }
+        }
+        out
     }
 }
 

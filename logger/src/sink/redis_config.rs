@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::SinkError;
 use crate::redact::SecretUrl;
 
 /// Settings of the Redis Streams sink (shipper keys `redis_*`).
@@ -61,11 +62,16 @@ impl std::fmt::Debug for RedisAuth {
     }
 }
 
+/// An auth file whose first line holds no credentials.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("empty first line (expected `PASSWORD` or `USER PASSWORD`)")]
+pub struct EmptyAuth;
+
 /// Parses the first line of an auth file: `PASSWORD` or `USER PASSWORD`.
-pub fn parse_auth(text: &str) -> Result<RedisAuth, String> {
+pub fn parse_auth(text: &str) -> Result<RedisAuth, EmptyAuth> {
     let line = text.lines().next().unwrap_or("").trim();
     if line.is_empty() {
-        return Err("empty first line (expected `PASSWORD` or `USER PASSWORD`)".into());
+        return Err(EmptyAuth);
     }
     Ok(match line.split_once(' ') {
         Some((user, password)) if !password.trim().is_empty() => RedisAuth {
@@ -79,10 +85,11 @@ pub fn parse_auth(text: &str) -> Result<RedisAuth, String> {
     })
 }
 
-/// Reads an auth file; the error names the file.
-pub fn read_auth(path: &Path) -> Result<RedisAuth, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_auth(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// Reads an auth file; the error names the setting and the file.
+pub fn read_auth(path: &Path) -> Result<RedisAuth, SinkError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| SinkError::file("redis_auth_file", path, e))?;
+    parse_auth(&text).map_err(|e| SinkError::file("redis_auth_file", path, e))
 }
 
 pub use rein_log_module::route::{validate_key, validate_stream};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use redis::{ConnectionAddr, ConnectionInfo, ConnectionLike, RedisResult, Value};
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 
+use super::SinkError;
 use crate::http::Refusal;
 
 /// Largest reply accepted: the script answers one short entry per record.
@@ -109,25 +110,30 @@ pub struct BoundedConn {
     pub cut: Option<Refusal>,
 }
 
-fn tls_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+/// The CA certificates a `rediss://` server is verified against.
+fn tls_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, SinkError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(ca) => {
-            for c in
-                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
-            {
-                let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
-                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            let bad = |e: &dyn std::fmt::Display| SinkError::file("redis_ca_file", ca, e);
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+                roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(&"no CA certificate found"));
             }
         }
         None => {
             for c in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(c);
             }
+            if roots.is_empty() {
+                return Err(SinkError::Client {
+                    key: "redis_ca_file",
+                    reason: "unset, and the system has no CA certificate for rediss://".into(),
+                });
+            }
         }
-    }
-    if roots.is_empty() {
-        return Err("no CA certificate found for rediss://".into());
     }
     Ok(roots)
 }

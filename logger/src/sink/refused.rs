@@ -31,7 +31,7 @@ fn slot(r: Refusal) -> usize {
 
 impl ResponseRefusals {
     /// Counts one refused answer and logs it unless one was logged less than
-    /// [`LOG_INTERVAL`] ago (the next line says how many were not).
+    /// `LOG_INTERVAL` ago (the next line says how many were not).
     pub fn record(&self, sink: &str, refusal: Refusal, records: usize, detail: &str) {
         self.by_reason[slot(refusal)].fetch_add(1, Ordering::Relaxed);
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());

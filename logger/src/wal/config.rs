@@ -15,9 +15,7 @@ pub enum FullPolicy {
 }
 
 /// A `buffer_full_policy` value that is not a policy.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not one of pause, drop_oldest")]
-pub struct UnknownPolicy(pub String);
+pub type UnknownPolicy = crate::choice::UnknownChoice;
 
 impl std::str::FromStr for FullPolicy {
     type Err = UnknownPolicy;
@@ -25,7 +23,7 @@ impl std::str::FromStr for FullPolicy {
         match s {
             "pause" => Ok(FullPolicy::Pause),
             "drop_oldest" => Ok(FullPolicy::DropOldest),
-            _ => Err(UnknownPolicy(s.to_owned())),
+            _ => Err(UnknownPolicy::new(s, "pause, drop_oldest")),
         }
     }
 }

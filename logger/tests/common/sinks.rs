@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,33 +11,8 @@ use std::time::{Duration, Instant};
 use rein_logger::http::Url;
 use rein_logger::sink::es::{EsConfig, EsSink};
 use rein_logger::sink::route::RouteFailure;
-use rein_logger::sink::SinkStats;
+use rein_logger::sink::{Control, Sink, SinkStats};
 use rein_logger::wal::{FullPolicy, Wal, WalConfig};
-
-/// A sink that ships from a buffer until `stop` is set.
-pub trait TestSink: Send + 'static {
-    fn ship(&mut self, w: &Wal, stop: &AtomicBool);
-}
-
-impl TestSink for EsSink {
-    fn ship(&mut self, w: &Wal, stop: &AtomicBool) {
-        self.run(w, stop);
-    }
-}
-
-#[cfg(feature = "redis")]
-impl TestSink for rein_logger::sink::redis::RedisSink {
-    fn ship(&mut self, w: &Wal, stop: &AtomicBool) {
-        self.run(w, stop);
-    }
-}
-
-#[cfg(feature = "kafka")]
-impl TestSink for rein_logger::sink::kafka::KafkaSink {
-    fn ship(&mut self, w: &Wal, stop: &AtomicBool) {
-        self.run(w, stop);
-    }
-}
 
 /// A disk buffer in `dir/buffer` that pauses when full.
 pub fn buffer(dir: &Path, segment_bytes: u64, max_bytes: u64) -> Arc<Wal> {
@@ -77,7 +52,7 @@ pub fn victims_es_config(addr: SocketAddr, dir: &Path) -> EsConfig {
 
 /// A sink shipping from a buffer in a thread; `stop` or `until` ends it.
 pub struct RunningSink {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Control>,
     w: Arc<Wal>,
     h: JoinHandle<()>,
     pub stats: Arc<SinkStats>,
@@ -85,12 +60,12 @@ pub struct RunningSink {
 
 impl RunningSink {
     /// Starts the sink `new` builds on the counters it is given.
-    pub fn start<S: TestSink>(new: impl FnOnce(Arc<SinkStats>) -> S, w: &Arc<Wal>) -> Self {
+    pub fn start<S: Sink + 'static>(new: impl FnOnce(Arc<SinkStats>) -> S, w: &Arc<Wal>) -> Self {
         let stats = Arc::new(SinkStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Control::new());
         let mut sink = new(stats.clone());
         let (w2, s2) = (w.clone(), stop.clone());
-        let h = std::thread::spawn(move || sink.ship(&w2, &s2));
+        let h = std::thread::spawn(move || sink.run(&w2, &s2));
         RunningSink {
             stop,
             w: w.clone(),
@@ -110,7 +85,7 @@ impl RunningSink {
 
     /// Stops at once (the batch in hand stays in the buffer).
     pub fn stop(self) -> Arc<SinkStats> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
         self.w.wake();
         self.h.join().unwrap();
         self.stats
@@ -148,7 +123,7 @@ pub fn run_es(
 
 /// Runs the sink `new` builds (with test logging) until `until` or `limit`;
 /// returns its counters.
-pub fn run_until<S: TestSink>(
+pub fn run_until<S: Sink + 'static>(
     new: impl FnOnce(Arc<SinkStats>) -> S,
     w: &Arc<Wal>,
     until: impl Fn(&SinkStats) -> bool,

@@ -212,8 +212,9 @@ pub fn run(cfg_path: &Path, cfg: &ShipperConfig) -> Result<(), SupervisorError> 
                     memory_max: cfg.cgroup_memory_max,
                     cpu_max: cfg.cgroup_cpu_max.clone(),
                 };
-                let dirs = super::own_cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)
-                    .map_err(|e| SupervisorError::Cgroup(e.to_string()))?;
+                let dirs =
+                    super::own_cgroup::join(&cfg.cgroup_root, name, std::process::id(), &limits)
+                        .map_err(|e| SupervisorError::Cgroup(e.to_string()))?;
                 tracing::info!(?dirs, "moved into the shipper's own cgroup");
             }
             socket::secure_state_dir(&cfg.state_dir)?;

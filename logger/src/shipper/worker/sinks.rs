@@ -2,7 +2,7 @@
 //! thread, contained (a panicking sink is built again and reads on from its
 //! buffer's acknowledged cursor) and restarted if its thread ends.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,7 +12,7 @@ use crate::shipper::counters::Counters;
 use crate::shipper::threads::{self, Liveness};
 use crate::shipper::ShipperConfig;
 use crate::sink::es::EsSink;
-use crate::sink::SinkStats;
+use crate::sink::{Control, Sink, SinkStats};
 use crate::wal::{Wal, WalConfig};
 
 /// Starts a sink's thread (again), with a new sink.
@@ -29,7 +29,7 @@ impl std::fmt::Debug for SinkSpawner {
 pub(super) struct SinkHandle {
     pub(super) wal: Arc<Wal>,
     pub(super) stats: Arc<SinkStats>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Control>,
     thread: Option<JoinHandle<()>>,
     spawn: SinkSpawner,
     live: Liveness,
@@ -101,11 +101,11 @@ fn start<C, S, E>(
     sink_cfg: Option<&C>,
     counters: &Arc<Counters>,
     new: fn(C, Arc<SinkStats>) -> Result<S, E>,
-    run: fn(&mut S, &Wal, &AtomicBool),
+    run: fn(&mut S, &Wal, &Control),
 ) -> Result<Option<(SinkKind, SinkHandle)>, WorkerError>
 where
     C: Clone + Send + Sync + 'static,
-    S: Send + 'static,
+    S: Sink + 'static,
     E: std::fmt::Display + 'static,
 {
     let Some(sink_cfg) = sink_cfg.cloned() else {
@@ -132,7 +132,7 @@ where
     })?;
     let first = Arc::new(Mutex::new(Some(first)));
     let make = Arc::new(make);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Control::new());
     let spawn = {
         let (wal, stats, stop, counters) =
             (wal.clone(), stats.clone(), stop.clone(), counters.clone());
@@ -151,7 +151,7 @@ where
             std::thread::Builder::new()
                 .name(thread.into())
                 .spawn(move || {
-                    threads::contain(thread, &c.thread_panics_sink, &s, |again| {
+                    threads::contain(thread, &c.thread_panics_sink, s.stop_flag(), |again| {
                         if again || sink.is_none() {
                             // A panic may have left it in the middle of a request: a new one.
                             sink = None;
@@ -214,7 +214,7 @@ pub(super) fn check(sinks: &mut Sinks, counters: &Counters, limit: std::time::Du
 /// Stops every sink and waits for its thread.
 pub(super) fn stop_all(sinks: &mut Sinks) {
     for (_, s) in sinks.iter_mut() {
-        s.stop.store(true, Ordering::Relaxed);
+        s.stop.stop();
         s.wal.wake();
     }
     for (_, s) in sinks.iter_mut() {
