@@ -402,18 +402,11 @@ fn parse_per_device(inner: Kind, raw: &str) -> Result<Vec<(DeviceRef, Value)>, S
     Ok(out)
 }
 
-/// Parses a container's configuration at `prepare()`, honouring the `debug.panic`
-/// key: it panics on purpose only where the operator allowed it (the module
-/// parameter `allow_debug_panic`), and is refused otherwise.
-pub fn parse_for_prepare(
-    spec: &ContainerSpec,
-    allow_debug_panic: bool,
-) -> Result<TaskConfig, ConfigError> {
-    honour_debug_panic(TaskConfig::parse(spec)?, spec, allow_debug_panic)
-}
-
-/// [`parse_for_prepare`] for the module `reader` (see [`TaskConfig::parse_for`]):
-/// its launch error names its own keys, never another module's.
+/// Parses a container's configuration at `prepare()` for the module `reader`
+/// (see [`TaskConfig::parse_for`]: its launch error names its own keys, never
+/// another module's), honouring the `debug.panic` key: it panics on purpose only
+/// where the operator allowed it (the module parameter `allow_debug_panic`), and
+/// is refused otherwise.
 pub fn parse_for_module(
     spec: &ContainerSpec,
     reader: &'static str,

@@ -26,6 +26,9 @@ pub enum DiskError {
     /// The id allocator.
     #[error(transparent)]
     Project(#[from] ProjectError),
+    /// A capability drop this agent would refuse (see `rein_core::launch_policy`).
+    #[error(transparent)]
+    Capabilities(#[from] rein_core::launch_policy::Refusal),
     /// `prepare()` twice for one container.
     #[error("container {0} was already prepared")]
     AlreadyPrepared(ContainerId),

@@ -47,6 +47,7 @@ use tracing::{info, warn};
 
 use rein_core::config::{parse_for_module, Setting};
 use rein_core::isolator::Error;
+use rein_core::launch_policy;
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
 use rein_core::state::StateStore;
 use rein_core::{
@@ -58,6 +59,9 @@ pub use error::DiskError;
 pub use kernel::{DiskKernel, FsInfo, FsKind, Limits, LinuxKernel, ProjectQuota, QuotaState};
 pub use monitor::{next_pause, DiskCounters, REASON_DISK};
 pub use projects::{ProjectAllocator, ProjectError};
+
+/// What ext4 quotas do not hold back (dropped from a limited container).
+const CAP_SYS_RESOURCE: &str = "CAP_SYS_RESOURCE";
 pub use record::{limits_for, Backend, Record};
 pub use scan::{scan, scan_many, ScanOptions, ScanResult};
 pub use settings::{Mode, Settings, DEFAULT_PROJECT_IDS, PARAMS};
@@ -76,7 +80,13 @@ pub struct DiskIsolator {
     awaiting_gc: HashMap<ContainerId, (PathBuf, u32)>,
     monitor: Arc<Monitor>,
     thread: Option<JoinHandle<()>>,
+    /// Whether the agent would apply a capability drop (the agent's policy;
+    /// replaced in tests, where no agent is loaded).
+    check_drops: DropCheck,
 }
+
+/// Asks whether dropping these capabilities would be refused.
+pub type DropCheck = fn(&[String]) -> Result<(), launch_policy::Refusal>;
 
 impl DiskIsolator {
     /// Builds the isolator from module parameters, on the real kernel.
@@ -119,6 +129,7 @@ impl DiskIsolator {
             store,
             awaiting_gc: HashMap::new(),
             monitor,
+            check_drops: launch_policy::check_drops,
             thread,
         }
     }
@@ -257,6 +268,16 @@ impl Isolator for DiskIsolator {
         };
         let mut launch = LaunchInfo::default();
         if let Backend::Quota { project, ext4, .. } = backend {
+            // Decided before any side effect: a drop the agent would refuse fails
+            // the launch before a file of the sandbox carries the project id.
+            let drop_resource = ext4 && limits_for(&record, self.settings.headroom).hard > 0;
+            if drop_resource {
+                if let Err(refusal) = (self.check_drops)(&[CAP_SYS_RESOURCE.into()]) {
+                    // Nothing carries the id yet: it goes straight back.
+                    self.allocator.release(project);
+                    return Err(DiskError::Capabilities(refusal).into());
+                }
+            }
             let setup = self
                 .kernel
                 .set_project_tree(&spec.sandbox, project, self.settings.walk_max_entries)
@@ -278,9 +299,9 @@ impl Isolator for DiskIsolator {
                 let _ = self.release(&spec.id, record);
                 return Err(err.into());
             }
-            if ext4 && limits_for(&record, self.settings.headroom).hard > 0 {
+            if drop_resource {
                 // Root with CAP_SYS_RESOURCE writes through ext4 quotas.
-                launch.drop_capabilities.push("CAP_SYS_RESOURCE".into());
+                launch.drop_capabilities.push(CAP_SYS_RESOURCE.into());
             }
         } else {
             self.store.save(&spec.id, &record)?;

@@ -351,6 +351,46 @@ fn ext4_drops_cap_sys_resource_where_limits_apply() {
 }
 
 #[test]
+fn a_refused_drop_fails_prepare_before_any_side_effect() {
+    let f = fixture(FakeKernel::new(
+        FsKind::Ext4,
+        QuotaState {
+            accounting: true,
+            enforcing: true,
+        },
+    ));
+    let mut iso = f.isolator();
+    iso.check_drops = |drops| {
+        Err(rein_core::launch_policy::Refusal::AgentSetsCapabilities(
+            drops.join(", "),
+        ))
+    };
+    let spec = f.spec(&["r1"], Some(10.0), &[]);
+    let err = iso.prepare(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("linux/capabilities") && err.contains("CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    let calls = f.kernel.calls();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("set_project_tree")),
+        "no file got the project id: {calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("hard=10")),
+        "no limit was set: {calls:?}"
+    );
+    // Nothing saved, nothing tracked: the same container can be prepared again
+    // once the agent allows the drop.
+    iso.check_drops = |_| Ok(());
+    let launch = iso.prepare(&spec).unwrap();
+    assert_eq!(
+        launch.drop_capabilities,
+        vec!["CAP_SYS_RESOURCE".to_owned()]
+    );
+}
+
+#[test]
 fn kill_mode_sets_headroom_and_fires_once_with_usage_and_limit() {
     let f = fixture(FakeKernel::xfs());
     let mut iso = f.isolator();

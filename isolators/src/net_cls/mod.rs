@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
-use rein_core::config::parse_for_prepare;
+use rein_core::config::parse_for_module;
 use rein_core::isolator::{Error, PendingCleanups, RecoveryCounters};
 use rein_core::params::CommonParams;
 use rein_core::state::StateStore;
@@ -219,7 +219,7 @@ impl Isolator for NetClsIsolator {
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
         self.retry_cleanups();
-        let config = parse_for_prepare(spec, self.allow_debug_panic)?;
+        let config = parse_for_module(spec, "net_cls", self.allow_debug_panic)?;
         if spec.id.is_nested() {
             return Ok(LaunchInfo::default());
         }
