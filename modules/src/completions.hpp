@@ -93,12 +93,15 @@ class LimitationCompletion : public Answer<mesos::slave::ContainerLimitation> {
   }
 };
 
+// What a Rust call takes to answer the agent.
+using Done = std::unique_ptr<rein::Completion>;
+
 // Hands a completion to a Rust call and returns its future at once.
 template <typename C, typename Call>
 process::Future<typename C::Value> startCall(Call call) {
   std::unique_ptr<C> done(new C());
   process::Future<typename C::Value> future = done->future();
-  call(std::unique_ptr<rein::Completion>(done.release()));
+  call(Done(done.release()));
   return future;
 }
 

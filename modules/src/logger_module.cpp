@@ -60,7 +60,6 @@ class RustContainerLogger : public mesos::slave::ContainerLogger {
   process::Future<ContainerIO> prepare(
       const mesos::ContainerID& containerId,
       const mesos::slave::ContainerConfig& containerConfig) override {
-    using Done = std::unique_ptr<rein::Completion>;
     return forward<ContainerIoCompletion>("logger", "prepare", [&](Done done) {
       handle_->prepare(toConfigView(containerId, containerConfig), std::move(done));
     });

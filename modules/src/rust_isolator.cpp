@@ -15,8 +15,6 @@ using process::Future;
 
 namespace rein_shim {
 
-using Done = std::unique_ptr<rein::Completion>;
-
 RustIsolator::RustIsolator(const char* kind, rust::Box<rein::IsolatorHandle> handle)
   : kind_(kind), handle_(std::move(handle)) {}
 
