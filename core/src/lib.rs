@@ -14,6 +14,7 @@ pub mod launch_policy;
 pub mod params;
 pub mod schema;
 pub mod state;
+pub mod terminal;
 pub mod units;
 
 pub use container::{ContainerId, ContainerSpec, Resources};

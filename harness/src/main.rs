@@ -31,7 +31,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(colour_on_stderr())
+        .with_ansi(rein_core::terminal::colour_on_stderr())
         .init();
     // Usage errors exit 2, `--help` exits 0 (clap's conventions).
     let options = cli::parse(std::env::args_os().skip(1).collect()).unwrap_or_else(|e| e.exit());
@@ -45,11 +45,6 @@ fn main() -> ExitCode {
 }
 
 /// Colour codes only for a terminal, and never with `NO_COLOR` set.
-fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 fn run(options: Options) -> Result<ExitCode, HarnessError> {
     match options.command {
         Command::Defaults => {

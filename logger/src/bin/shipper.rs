@@ -217,6 +217,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(rein_core::terminal::colour_on_stderr())
         .init();
     if let Err(e) = main_inner(cli) {
         eprintln!("rein-log-shipper: {e}");
