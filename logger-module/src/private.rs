@@ -92,29 +92,9 @@ pub fn create(path: &Path) -> io::Result<File> {
 }
 
 fn regular_private(f: File, path: &Path) -> io::Result<File> {
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
     // A file someone else made (say in a world-writable directory) may be
     // open in their hands already: changing its mode would not take it back.
-    let me = nix::unistd::geteuid().as_raw();
-    if m.uid() != me {
-        return Err(io::Error::other(format!(
-            "{} belongs to uid {}, not to this process",
-            path.display(),
-            m.uid()
-        )));
-    }
-    fchmod(&f, FILE_MODE)?;
-    // O_NONBLOCK was only for the open (a FIFO must not block it).
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_retain(fcntl(f.as_raw_fd(), FcntlArg::F_GETFL)?);
-    fcntl(f.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
-    Ok(f)
+    rein_core::atomic_file::claim_regular(f, path, Some(FILE_MODE))
 }
 
 /// Writes `data` to `path` through `path.tmp` (0600) and a rename. When the

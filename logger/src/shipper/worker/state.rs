@@ -36,7 +36,9 @@ impl Worker {
                 // The parser's own checkpoint, once saved, is newer: kept.
                 let path = c.dir.join("checkpoint.json");
                 if reserve
-                    .save(&c.dir, body.len() as u64, || write_new(&path, body))
+                    .save(&c.dir, body.len() as u64, || {
+                        crate::private::write_new(&path, body)
+                    })
                     .is_ok()
                 {
                     c.unsaved.checkpoint = None;
@@ -56,45 +58,5 @@ impl Worker {
                 "container state saved after all"
             );
         }
-    }
-}
-
-/// Writes `path` only if it does not exist yet (an existing one is newer);
-/// Ok in both cases.
-fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    crate::private::write_atomic(&tmp, data)?;
-    let res = nix::fcntl::renameat2(
-        None,
-        &tmp,
-        None,
-        path,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    );
-    match res {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EEXIST) => {
-            let _ = std::fs::remove_file(&tmp);
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_new_never_replaces_a_newer_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("checkpoint.json");
-        write_new(&p, b"first").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"first");
-        write_new(&p, b"older").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"first");
-        assert!(!d.path().join("checkpoint.json.new").exists());
     }
 }
