@@ -1,7 +1,6 @@
 //! A container's state the state directory did not take at attach (full or
 //! failing): the container stays attached and the state is saved later.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::Worker;
