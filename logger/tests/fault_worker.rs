@@ -125,7 +125,8 @@ fn panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once() {
             es.addr
         ),
         &[
-            ("REIN_FAULT_PANIC", "parser:40,parser:120,sink:3,sink:9"),
+            // Early passes: how many parse passes a stream takes depends on timing.
+            ("REIN_FAULT_PANIC", "parser:4,parser:12,sink:3,sink:9"),
             ("RUST_LOG", "error"),
         ],
     );
