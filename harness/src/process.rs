@@ -1,16 +1,16 @@
 //! The container's process: forked and held before `exec` until every isolator has
 //! isolated it, as Mesos's launch helper is.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::unistd::{ForkResult, Pid};
 
 /// The container's stdout and stderr, as the container logger hands them out.
 pub struct Stdio {
@@ -93,6 +93,65 @@ fn resolve(program: &str) -> io::Result<PathBuf> {
         })
 }
 
+/// What the forked child needs, all allocated before the fork.
+struct ChildPlan<'a> {
+    release_fd: RawFd,
+    wait_fd: RawFd,
+    out_fd: RawFd,
+    err_fd: RawFd,
+    user: Option<Credentials>,
+    dir: &'a CStr,
+    path: &'a CStr,
+    argv: &'a [*const libc::c_char],
+    env: &'a [*const libc::c_char],
+}
+
+/// `_exit(2)`: ends the forked child without running exit handlers (nix 0.29 has no
+/// wrapper; `std::process::exit` is not async-signal-safe).
+fn _exit(code: i32) -> ! {
+    // SAFETY: _exit takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// The child side of [`Held::spawn`]: waits for the release byte, then becomes the
+/// command. Only async-signal-safe calls, no allocation (the parent may have other
+/// threads holding the allocator's lock).
+fn child_exec(plan: &ChildPlan<'_>) -> ! {
+    use nix::unistd::{chdir, close, dup2, read, setgroups, setresgid, setresuid, setsid};
+    use nix::unistd::{Gid, Uid};
+    let _ = close(plan.release_fd);
+    let _ = setsid();
+    let mut byte = [0u8; 1];
+    loop {
+        match read(plan.wait_fd, &mut byte) {
+            Ok(1) => break,
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => _exit(126),
+        }
+    }
+    // dup2 clears close-on-exec on the new descriptors 1 and 2.
+    if plan.out_fd >= 0 && (dup2(plan.out_fd, 1).is_err() || dup2(plan.err_fd, 2).is_err()) {
+        _exit(125);
+    }
+    if let Some(c) = plan.user {
+        let (uid, gid) = (Uid::from_raw(c.uid), Gid::from_raw(c.gid));
+        // Groups first: after setresuid the process may no longer change them.
+        if setgroups(&[]).is_err()
+            || setresgid(gid, gid, gid).is_err()
+            || setresuid(uid, uid, uid).is_err()
+        {
+            _exit(124);
+        }
+    }
+    let _ = chdir(plan.dir);
+    // Raw execve: nix's builds its pointer arrays in a fresh allocation, which is not
+    // allowed here.
+    // SAFETY: `path`, `argv` and `env` are NUL-terminated strings and null-terminated
+    // pointer arrays built before the fork, alive until execve replaces the process.
+    unsafe { libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.env.as_ptr()) };
+    _exit(127)
+}
+
 impl Held {
     /// Forks `argv` in its own session, in `dir`, with `env` added, as `user` when
     /// given (no supplementary groups); the child blocks before `exec` until
@@ -136,44 +195,21 @@ impl Held {
         });
         // SAFETY: the child branch makes only async-signal-safe calls (close, setsid,
         // read, dup2, setgroups, setresgid, setresuid, chdir, execve, _exit) on memory
-        // allocated before the fork.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: see above; every pointer stays valid until execve or _exit.
-            unsafe {
-                libc::close(release_fd);
-                libc::setsid();
-                let mut byte = 0u8;
-                loop {
-                    let n = libc::read(wait_fd, (&raw mut byte).cast(), 1);
-                    if n == 1 {
-                        break;
-                    }
-                    if n == 0 || *libc::__errno_location() != libc::EINTR {
-                        libc::_exit(126);
-                    }
-                }
-                // dup2 clears close-on-exec on the new descriptors 1 and 2.
-                if out_fd >= 0 && (libc::dup2(out_fd, 1) < 0 || libc::dup2(err_fd, 2) < 0) {
-                    libc::_exit(125);
-                }
-                if let Some(c) = user {
-                    // Groups first: after setresuid the process may no longer change them.
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setresgid(c.gid, c.gid, c.gid) != 0
-                        || libc::setresuid(c.uid, c.uid, c.uid) != 0
-                    {
-                        libc::_exit(124);
-                    }
-                }
-                libc::chdir(dir.as_ptr());
-                libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
-                libc::_exit(127);
-            }
-        }
+        // allocated before the fork; none of the nix wrappers it uses allocates.
+        let pid = match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+            ForkResult::Parent { child } => child.as_raw(),
+            ForkResult::Child => child_exec(&ChildPlan {
+                release_fd,
+                wait_fd,
+                out_fd,
+                err_fd,
+                user,
+                dir: &dir,
+                path: &path,
+                argv: &argv_ptrs,
+                env: &env_ptrs,
+            }),
+        };
         drop(wait_end);
         Ok(Self { pid, release })
     }

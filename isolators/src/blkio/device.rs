@@ -32,7 +32,7 @@ impl DevNum {
     }
 
     fn from_raw(raw: u64) -> Self {
-        Self::new(libc::major(raw).into(), libc::minor(raw).into())
+        Self::new(nix::sys::stat::major(raw), nix::sys::stat::minor(raw))
     }
 
     /// Parses `major:minor`.

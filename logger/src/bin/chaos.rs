@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use rein_core::container::{ContainerId, ContainerSpec};
 use rein_logger::module::LoggerModule;
 use rng::Rng;
@@ -78,10 +80,10 @@ struct Chaos {
     fig: Figures,
 }
 
-fn kill(pid: i32, sig: libc::c_int) {
+/// Signals a process of the shipper this bench started (never a group: `pid > 0`).
+fn kill(pid: i32, sig: Signal) {
     if pid > 0 {
-        // SAFETY: kill(2) of a process of the shipper this bench started.
-        unsafe { libc::kill(pid, sig) };
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
     }
 }
 
@@ -216,13 +218,13 @@ impl Chaos {
     fn kill_worker(&mut self) {
         let pid = self.worker_pid();
         if pid > 0 && self.stats()["worker_pid"].as_i64() == Some(i64::from(pid)) {
-            kill(pid, libc::SIGKILL);
+            kill(pid, Signal::SIGKILL);
             self.fig.worker_kills += 1;
         }
     }
 
     fn kill_supervisor(&mut self, rng: &mut Rng) {
-        kill(self.supervisor.id() as i32, libc::SIGKILL);
+        kill(self.supervisor.id() as i32, Signal::SIGKILL);
         let _ = self.supervisor.wait();
         self.fig.supervisor_kills += 1;
         std::thread::sleep(rng.ms(0, 3000));
@@ -245,7 +247,7 @@ impl Chaos {
             std::thread::sleep(rng.ms(100, 2000));
             match rng.next() % 3 {
                 0 => self.kill_worker(),
-                1 => kill(self.supervisor.id() as i32, libc::SIGHUP),
+                1 => kill(self.supervisor.id() as i32, Signal::SIGHUP),
                 _ => {}
             }
         }
@@ -263,13 +265,13 @@ impl Chaos {
             5 => self.kill_supervisor(rng),
             6 => {
                 let old = self.worker_pid();
-                kill(self.supervisor.id() as i32, libc::SIGHUP);
+                kill(self.supervisor.id() as i32, Signal::SIGHUP);
                 self.fig.restarts += 1;
                 self.wait_worker(old, Duration::from_secs(30));
             }
             7 => self.binary_outage(rng),
             8 => {
-                kill(self.supervisor.id() as i32, libc::SIGUSR2);
+                kill(self.supervisor.id() as i32, Signal::SIGUSR2);
                 self.fig.upgrades += 1;
             }
             _ => {
@@ -411,7 +413,7 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let stats = c.stats();
-    kill(c.supervisor.id() as i32, libc::SIGTERM);
+    kill(c.supervisor.id() as i32, Signal::SIGTERM);
     let _ = c.supervisor.wait();
     // Lines of the containers that completed: each once in the sink.
     let (mut delivered, mut dups, mut drops, mut unexpected) = (0u64, 0u64, 0u64, 0u64);
