@@ -80,7 +80,7 @@ impl Origin {
 }
 
 impl ConfigError {
-    fn new(origin: Origin, value: &str, reason: impl Into<String>) -> Self {
+    fn new(origin: Origin, value: &str, reason: impl std::fmt::Display) -> Self {
         let owner = origin.key().and_then(|k| schema::owner_of(&k));
         let mut value = value.to_owned();
         if value.len() > 80 {
@@ -94,7 +94,7 @@ impl ConfigError {
         Self {
             origin,
             value,
-            reason: reason.into(),
+            reason: reason.to_string(),
             owner,
         }
     }
@@ -155,7 +155,7 @@ pub struct Setting {
 
 impl Setting {
     /// An error about this setting.
-    pub fn error(&self, reason: impl Into<String>) -> ConfigError {
+    pub fn error(&self, reason: impl std::fmt::Display) -> ConfigError {
         ConfigError::new(self.origin.clone(), &self.raw, reason)
     }
 
@@ -342,32 +342,55 @@ fn unknown(origin: Origin, value: &str, name: &str) -> ConfigError {
     ConfigError::new(origin, value, reason)
 }
 
-/// Parses one value of a kind. The error is the reason alone.
-pub fn parse_value(kind: Kind, raw: &str) -> Result<Value, String> {
+/// Why one value is refused. The message is the reason alone: the caller adds the
+/// key (or module parameter) it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Over the length bound (of every value, or of this text kind).
+    #[error("longer than {0} bytes")]
+    TooLong(usize),
+    /// A number, size, rate, duration or boolean that does not parse.
+    #[error(transparent)]
+    Unit(#[from] units::UnitError),
+    /// A text value with control characters.
+    #[error("contains control characters")]
+    ControlCharacters,
+    /// A word outside the allowed ones.
+    #[error("expected one of {}", .0.join(", "))]
+    NotOneOf(&'static [&'static str]),
+    /// A device that is neither `sandbox` nor under `/dev/`.
+    #[error("'{0}' is neither 'sandbox' nor a /dev/ path")]
+    Device(String),
+    /// The same device twice in one per-device value.
+    #[error("device {0:?} given twice")]
+    DeviceTwice(DeviceRef),
+}
+
+/// Parses one value of a kind.
+pub fn parse_value(kind: Kind, raw: &str) -> Result<Value, ValueError> {
     if raw.len() > MAX_VALUE_LEN {
-        return Err(format!("longer than {MAX_VALUE_LEN} bytes"));
+        return Err(ValueError::TooLong(MAX_VALUE_LEN));
     }
-    let e = |err: units::UnitError| err.0;
     Ok(match kind {
-        Kind::Bandwidth => Value::Bandwidth(units::parse_bandwidth(raw).map_err(e)?),
-        Kind::ByteRate => Value::ByteRate(units::parse_byte_rate(raw).map_err(e)?),
-        Kind::Bytes => Value::Bytes(units::parse_bytes(raw).map_err(e)?),
-        Kind::Count => Value::Count(units::parse_count(raw).map_err(e)?),
-        Kind::Duration => Value::Duration(units::parse_duration(raw).map_err(e)?),
-        Kind::Bool => Value::Bool(units::parse_bool(raw).map_err(e)?),
+        Kind::Bandwidth => Value::Bandwidth(units::parse_bandwidth(raw)?),
+        Kind::ByteRate => Value::ByteRate(units::parse_byte_rate(raw)?),
+        Kind::Bytes => Value::Bytes(units::parse_bytes(raw)?),
+        Kind::Count => Value::Count(units::parse_count(raw)?),
+        Kind::Duration => Value::Duration(units::parse_duration(raw)?),
+        Kind::Bool => Value::Bool(units::parse_bool(raw)?),
         Kind::Text(max) => {
             if raw.len() > max {
-                return Err(format!("longer than {max} bytes"));
+                return Err(ValueError::TooLong(max));
             }
             if raw.chars().any(char::is_control) {
-                return Err("contains control characters".into());
+                return Err(ValueError::ControlCharacters);
             }
             Value::Text(raw.to_owned())
         }
         Kind::Enum(words) => {
             let word = raw.trim();
             if !words.contains(&word) {
-                return Err(format!("expected one of {}", words.join(", ")));
+                return Err(ValueError::NotOneOf(words));
             }
             Value::Text(word.to_owned())
         }
@@ -375,7 +398,7 @@ pub fn parse_value(kind: Kind, raw: &str) -> Result<Value, String> {
     })
 }
 
-fn parse_per_device(inner: Kind, raw: &str) -> Result<Vec<(DeviceRef, Value)>, String> {
+fn parse_per_device(inner: Kind, raw: &str) -> Result<Vec<(DeviceRef, Value)>, ValueError> {
     let mut out: Vec<(DeviceRef, Value)> = Vec::new();
     for item in raw.split(',') {
         let item = item.trim();
@@ -389,13 +412,13 @@ fn parse_per_device(inner: Kind, raw: &str) -> Result<Vec<(DeviceRef, Value)>, S
                 {
                     DeviceRef::Path(dev.to_owned())
                 } else {
-                    return Err(format!("'{dev}' is neither 'sandbox' nor a /dev/ path"));
+                    return Err(ValueError::Device(dev.to_owned()));
                 };
                 (device, value)
             }
         };
         if out.iter().any(|(d, _)| *d == device) {
-            return Err(format!("device {device:?} given twice"));
+            return Err(ValueError::DeviceTwice(device));
         }
         out.push((device, parse_value(inner, value)?));
     }

@@ -59,14 +59,14 @@ impl Params {
     fn parse<T>(
         &self,
         name: &str,
-        f: impl Fn(&str) -> Result<T, String>,
+        f: impl Fn(&str) -> Result<T, ValueError>,
     ) -> Result<Option<T>, ParamError> {
         self.raw(name)
             .map(|v| {
                 f(v).map_err(|reason| ParamError {
                     name: name.into(),
                     value: v.into(),
-                    reason,
+                    reason: reason.to_string(),
                 })
             })
             .transpose()
@@ -84,14 +84,14 @@ impl Params {
             if p.is_absolute() {
                 Ok(p)
             } else {
-                Err("must be an absolute path".into())
+                Err(ValueError::NotAbsolute)
             }
         })
     }
 
     /// A boolean parameter.
     pub fn bool(&self, name: &str) -> Result<Option<bool>, ParamError> {
-        self.parse(name, |v| units::parse_bool(v).map_err(|e| e.0))
+        self.parse(name, |v| Ok(units::parse_bool(v)?))
     }
 
     /// A whole number (decimal, or hexadecimal with `0x`).
@@ -101,22 +101,22 @@ impl Params {
 
     /// A bandwidth in bits per second.
     pub fn bandwidth(&self, name: &str) -> Result<Option<u64>, ParamError> {
-        self.parse(name, |v| units::parse_bandwidth(v).map_err(|e| e.0))
+        self.parse(name, |v| Ok(units::parse_bandwidth(v)?))
     }
 
     /// A byte rate in bytes per second.
     pub fn byte_rate(&self, name: &str) -> Result<Option<u64>, ParamError> {
-        self.parse(name, |v| units::parse_byte_rate(v).map_err(|e| e.0))
+        self.parse(name, |v| Ok(units::parse_byte_rate(v)?))
     }
 
     /// A size in bytes.
     pub fn bytes(&self, name: &str) -> Result<Option<u64>, ParamError> {
-        self.parse(name, |v| units::parse_bytes(v).map_err(|e| e.0))
+        self.parse(name, |v| Ok(units::parse_bytes(v)?))
     }
 
     /// A duration.
     pub fn duration(&self, name: &str) -> Result<Option<Duration>, ParamError> {
-        self.parse(name, |v| units::parse_duration(v).map_err(|e| e.0))
+        self.parse(name, |v| Ok(units::parse_duration(v)?))
     }
 
     /// An inclusive range `[a-b]` or `a-b` of whole numbers.
@@ -126,10 +126,10 @@ impl Params {
             let (a, b) = t
                 .split_once('-')
                 .or_else(|| t.split_once(','))
-                .ok_or("expected a range such as [5000-10000] or 0x1,0xffff")?;
+                .ok_or(ValueError::RangeForm)?;
             let (a, b) = (parse_int(a)?, parse_int(b)?);
             if a > b {
-                return Err("range start is above its end".into());
+                return Err(ValueError::RangeOrder);
             }
             Ok((a, b))
         })
@@ -149,22 +149,37 @@ impl Params {
     }
 
     /// Builds an error about a parameter, for checks the module makes itself.
-    pub fn error(&self, name: &str, reason: impl Into<String>) -> ParamError {
+    pub fn error(&self, name: &str, reason: impl std::fmt::Display) -> ParamError {
         ParamError {
             name: name.into(),
             value: self.raw(name).unwrap_or_default().into(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 }
 
-fn parse_int(v: &str) -> Result<u64, String> {
+/// Why a parameter's value does not parse (the `reason` of its [`ParamError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ValueError {
+    #[error("must be an absolute path")]
+    NotAbsolute,
+    #[error("'{0}' is not a whole number")]
+    NotWholeNumber(String),
+    #[error("expected a range such as [5000-10000] or 0x1,0xffff")]
+    RangeForm,
+    #[error("range start is above its end")]
+    RangeOrder,
+    #[error(transparent)]
+    Unit(#[from] units::UnitError),
+}
+
+fn parse_int(v: &str) -> Result<u64, ValueError> {
     let t = v.trim();
     let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => t.parse(),
     };
-    parsed.map_err(|_| format!("'{t}' is not a whole number"))
+    parsed.map_err(|_| ValueError::NotWholeNumber(t.to_owned()))
 }
 
 #[cfg(test)]

@@ -41,13 +41,6 @@ pub enum PeerError {
     },
 }
 
-/// The shipper's string-error call sites take the same message.
-impl From<PeerError> for String {
-    fn from(e: PeerError) -> String {
-        e.to_string()
-    }
-}
-
 /// Credentials of a socket's peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {

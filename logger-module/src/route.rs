@@ -47,13 +47,6 @@ pub enum RouteError {
     Prefix(Vec<String>),
 }
 
-/// The shipper's string-error call sites take the same message.
-impl From<RouteError> for String {
-    fn from(e: RouteError) -> String {
-        e.to_string()
-    }
-}
-
 /// Checks an index pattern: Elasticsearch index-name rules, with `%Y %m %d`.
 pub fn validate_index(p: &str) -> Result<(), RouteError> {
     if p.is_empty() || p.len() > 200 {
@@ -139,7 +132,7 @@ mod tests {
             "index `Logs`: `L` is not allowed (lower-case letters, digits, - _ .)"
         );
         assert_eq!(
-            String::from(validate_stream("rein:x").unwrap_err()),
+            validate_stream("rein:x").unwrap_err().to_string(),
             "stream keys starting with `rein:` are reserved for the shipper's own keys"
         );
         assert_eq!(

@@ -236,13 +236,6 @@ fn shipper_timeout(p: &Params) -> Result<Duration, ParamError> {
 #[error("invalid pattern: {0}")]
 pub struct PatternError(#[from] regex::Error);
 
-/// The label's error takes the same message.
-impl From<PatternError> for String {
-    fn from(e: PatternError) -> String {
-        e.to_string()
-    }
-}
-
 /// Compiles a task's multiline pattern with size limits (linear-time engine).
 pub fn compile_pattern(p: &str) -> Result<regex::bytes::Regex, PatternError> {
     Ok(regex::bytes::RegexBuilder::new(p)
@@ -265,7 +258,10 @@ mod tests {
         ModuleConfig::from_params(&pairs)
     }
 
-    fn options(cfg: &ModuleConfig, labels: &[(&str, &str)]) -> Result<ContainerOptions, String> {
+    fn options(
+        cfg: &ModuleConfig,
+        labels: &[(&str, &str)],
+    ) -> Result<ContainerOptions, ConfigError> {
         let spec = ContainerSpec {
             task_labels: labels
                 .iter()
@@ -273,8 +269,7 @@ mod tests {
                 .collect(),
             ..ContainerSpec::default()
         };
-        let task = TaskConfig::parse(&spec).map_err(|e| e.to_string())?;
-        cfg.options(&task).map_err(|e| e.to_string())
+        cfg.options(&TaskConfig::parse(&spec)?)
     }
 
     #[test]
@@ -305,13 +300,21 @@ mod tests {
             (o.sink, o.route.as_str()),
             (SinkKind::Elasticsearch, "team-a-%Y")
         );
-        let e = options(&c, &[("rein.log.index", "other")]).unwrap_err();
+        let e = options(&c, &[("rein.log.index", "other")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("team-"), "{e}");
-        let e = options(&c, &[("rein.log.sink", "redis")]).unwrap_err();
+        let e = options(&c, &[("rein.log.sink", "redis")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("allows only"), "{e}");
-        let e = options(&c, &[("rein.log.rate_limit", "2MB/s")]).unwrap_err();
+        let e = options(&c, &[("rein.log.rate_limit", "2MB/s")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("log.rate_limit"), "{e}");
-        let e = options(&c, &[("rein.log.multiline.pattern", "(")]).unwrap_err();
+        let e = options(&c, &[("rein.log.multiline.pattern", "(")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid pattern"), "{e}");
     }
 }

@@ -19,10 +19,3 @@ impl UnknownChoice {
         }
     }
 }
-
-/// For callers that report errors as text.
-impl From<UnknownChoice> for String {
-    fn from(e: UnknownChoice) -> String {
-        e.to_string()
-    }
-}

@@ -89,13 +89,6 @@ pub enum UrlError {
     NoHost(String),
 }
 
-/// For callers that report errors as text.
-impl From<UrlError> for String {
-    fn from(e: UrlError) -> String {
-        e.to_string()
-    }
-}
-
 /// Why a client cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

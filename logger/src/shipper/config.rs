@@ -188,12 +188,6 @@ pub enum ConfigError {
     },
 }
 
-impl From<ConfigError> for String {
-    fn from(e: ConfigError) -> String {
-        e.to_string()
-    }
-}
-
 impl ShipperConfig {
     /// Reads the settings file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -34,12 +34,6 @@ pub enum OwnCgroupError {
     Cgroupfs(#[from] CgroupError),
 }
 
-impl From<OwnCgroupError> for String {
-    fn from(e: OwnCgroupError) -> String {
-        e.to_string()
-    }
-}
-
 /// The v1 controllers whose hierarchies the shipper joins.
 const V1_JOINED: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::backoff::Backoff;
 use super::control::{Control, Wake};
 use super::deadletter::DeadLetter;
-use super::route::{BatchRoutes, RouteFailure};
+use super::route::{BadRoute, BatchRoutes, RouteFailure};
 use super::SinkStats;
 use crate::wal::{Batch, Wal};
 use crate::walrec::WalRecord;
@@ -154,7 +154,7 @@ pub trait Sink: Send {
     fn core_mut(&mut self) -> &mut SinkCore;
     /// Why a buffered route can never be used by this sink (the rules of
     /// `prepare`, checked again: the route may predate a rule).
-    fn check_route(&self, route: &[u8]) -> Result<(), String>;
+    fn check_route(&self, route: &[u8]) -> Result<(), BadRoute>;
     /// The target of a record (index, topic, stream): its route or the default.
     fn target(&self, r: &WalRecord<'_>) -> String;
     /// A new batch begins: state kept for one batch starts anew.
@@ -256,7 +256,8 @@ pub fn ship<S: Sink>(sink: &mut S, batch: &Batch, control: &Control) -> Result<(
         decode_batch(batch, c.name, &mut c.dead, &c.stats)
     };
     let targets: Vec<String> = recs.iter().map(|r| sink.target(r)).collect();
-    let checks: Vec<Result<(), String>> = recs.iter().map(|r| sink.check_route(r.route)).collect();
+    let checks: Vec<Result<(), BadRoute>> =
+        recs.iter().map(|r| sink.check_route(r.route)).collect();
     let mut pending = Vec::with_capacity(recs.len());
     {
         let c = sink.core_mut();
@@ -268,7 +269,7 @@ pub fn ship<S: Sink>(sink: &mut S, batch: &Batch, control: &Control) -> Result<(
                 Err(e) => {
                     c.dead_letter(&targets[i], &recs[i], 0, &format!("refused route: {e}"));
                     let route = String::from_utf8_lossy(recs[i].route);
-                    c.stats.routes.invalid(c.name, &route, &e);
+                    c.stats.routes.invalid(c.name, &route, &e.to_string());
                 }
             }
         }
@@ -383,6 +384,7 @@ mod tests {
     use super::*;
     use crate::record::Stream;
     use crate::sink::deadletter::DeadLetterLimits;
+    use crate::sink::route::RouteError;
     use crate::wal::{FullPolicy, WalConfig};
     use std::collections::VecDeque;
     use std::time::Instant;
@@ -430,9 +432,9 @@ mod tests {
         fn core_mut(&mut self) -> &mut SinkCore {
             &mut self.core
         }
-        fn check_route(&self, route: &[u8]) -> Result<(), String> {
+        fn check_route(&self, route: &[u8]) -> Result<(), BadRoute> {
             if route == b"forbidden" {
-                Err("no such route".into())
+                Err(BadRoute::Rule(RouteError::TopicDots))
             } else {
                 Ok(())
             }
@@ -532,7 +534,7 @@ mod tests {
             reasons,
             [
                 "undecodable disk-buffer record",
-                "refused route: no such route",
+                "refused route: `.` and `..` are not topic names",
                 "mapping"
             ]
         );

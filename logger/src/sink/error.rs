@@ -47,10 +47,3 @@ impl SinkError {
         }
     }
 }
-
-/// For callers that report errors as text.
-impl From<SinkError> for String {
-    fn from(e: SinkError) -> String {
-        e.to_string()
-    }
-}

@@ -153,7 +153,7 @@ impl Sink for EsSink {
         &mut self.core
     }
 
-    fn check_route(&self, route: &[u8]) -> Result<(), String> {
+    fn check_route(&self, route: &[u8]) -> Result<(), route::BadRoute> {
         route::check_es_index(route)
     }
 

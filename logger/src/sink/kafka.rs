@@ -241,7 +241,7 @@ impl Sink for KafkaSink {
         &mut self.core
     }
 
-    fn check_route(&self, route: &[u8]) -> Result<(), String> {
+    fn check_route(&self, route: &[u8]) -> Result<(), route::BadRoute> {
         route::check_kafka_topic(route)
     }
 

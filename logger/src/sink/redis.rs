@@ -86,6 +86,29 @@ enum Outcome {
 
 /// Errors a stream answers the same way forever: a key of another type, a
 /// key outside the shipper's ACL.
+/// Why a script call gave no answer for its records.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    /// Connecting, or the call itself, failed (the client's words).
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// The credentials file could not be read.
+    #[error(transparent)]
+    Auth(#[from] SinkError),
+    /// The server answered something other than the script's array.
+    #[error("not an answer to the script: {0:.200}")]
+    NotAnAnswer(String),
+    /// The server refused the call for its stream (WRONGTYPE, NOPERM): the code
+    /// first, so that [`route_refusal`] recognises it.
+    #[error("{code} {error}")]
+    Refused {
+        /// The server's error code.
+        code: String,
+        /// The whole error.
+        error: redis::RedisError,
+    },
+}
+
 fn route_refusal(reason: &str) -> bool {
     reason.starts_with("WRONGTYPE") || reason.starts_with("NOPERM")
 }
@@ -189,15 +212,10 @@ impl RedisSink {
 
     /// A new connection with the current credentials and timeouts, for a
     /// call of `records`.
-    fn connect(&self, records: usize) -> Result<BoundedConn, String> {
-        let mut info = self
-            .cfg
-            .url
-            .expose()
-            .into_connection_info()
-            .map_err(|e| e.to_string())?;
+    fn connect(&self, records: usize) -> Result<BoundedConn, CallError> {
+        let mut info = self.cfg.url.expose().into_connection_info()?;
         if let Some(path) = &self.cfg.auth_file {
-            let auth = read_auth(path).map_err(|e| e.to_string())?;
+            let auth = read_auth(path)?;
             let mut r = info.redis_settings().clone().set_password(&auth.password);
             if let Some(u) = &auth.user {
                 r = r.set_username(u);
@@ -210,7 +228,7 @@ impl RedisSink {
                 if let Some(refusal) = cut.or_else(|| refusal_of(&e)) {
                     self.refused(refusal, records, &e.to_string());
                 }
-                e.to_string()
+                CallError::Redis(e)
             },
         )
     }
@@ -220,11 +238,14 @@ impl RedisSink {
         let answer = match self.call(records, ttl, maxlen) {
             Ok(v) => v,
             // The whole call was refused for its stream (ACL on a key).
-            Err(e) if route_refusal(&e) => {
-                Value::Array(vec![Value::BulkString(e.into_bytes()); records.len()])
+            Err(e) if route_refusal(&e.to_string()) => {
+                Value::Array(vec![
+                    Value::BulkString(e.to_string().into_bytes());
+                    records.len()
+                ])
             }
             Err(e) => {
-                let e = redact::scrub(&e, &self.cfg.url.secrets());
+                let e = redact::scrub(&e.to_string(), &self.cfg.url.secrets());
                 tracing::warn!("redis sink ({}): {e}; will resend", self.cfg.url);
                 self.core.count_failed_request();
                 return vec![Delivery::Resend; records.len()];
@@ -249,7 +270,12 @@ impl RedisSink {
 
     /// One script call for `records` (connecting first if needed).
     /// A transport error drops the connection: its state is unknown.
-    fn call(&mut self, records: &[&WalRecord<'_>], ttl: u64, maxlen: u64) -> Result<Value, String> {
+    fn call(
+        &mut self,
+        records: &[&WalRecord<'_>],
+        ttl: u64,
+        maxlen: u64,
+    ) -> Result<Value, CallError> {
         if self.conn.is_none() {
             self.conn = Some(self.connect(records.len())?);
         }
@@ -275,8 +301,8 @@ impl RedisSink {
             Ok(v) => {
                 // Not an answer to this call: what else the server sent is unknown.
                 self.conn = None;
-                let why = format!("not an answer to the script: {:.200}", format!("{v:?}"));
-                self.refused(Refusal::Unusable, records.len(), &why);
+                let why = CallError::NotAnAnswer(format!("{v:?}"));
+                self.refused(Refusal::Unusable, records.len(), &why.to_string());
                 Err(why)
             }
             Err(e) => {
@@ -293,8 +319,11 @@ impl RedisSink {
                 }
                 // The code first, so that `route_refusal` recognises it.
                 match e.code() {
-                    Some(code) if route_refusal(code) => Err(format!("{code} {e}")),
-                    _ => Err(e.to_string()),
+                    Some(code) if route_refusal(code) => Err(CallError::Refused {
+                        code: code.to_owned(),
+                        error: e,
+                    }),
+                    _ => Err(CallError::Redis(e)),
                 }
             }
         }
@@ -329,7 +358,7 @@ impl Sink for RedisSink {
 
     /// A stream no task may use (the shipper's own namespace, buffered
     /// before a rule existed).
-    fn check_route(&self, route: &[u8]) -> Result<(), String> {
+    fn check_route(&self, route: &[u8]) -> Result<(), route::BadRoute> {
         route::check_redis_stream(route, &self.cfg.dedup_prefix)
     }
 

@@ -61,13 +61,6 @@ pub enum RouteFailureError {
     TooLong,
 }
 
-/// For callers that report errors as text.
-impl From<RouteFailureError> for String {
-    fn from(e: RouteFailureError) -> String {
-        e.to_string()
-    }
-}
-
 impl std::str::FromStr for RouteFailure {
     type Err = RouteFailureError;
     fn from_str(s: &str) -> Result<Self, RouteFailureError> {
@@ -94,43 +87,55 @@ impl std::str::FromStr for RouteFailure {
     }
 }
 
+/// Why a buffered route can never be used by its sink.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRoute {
+    /// The route's bytes are not text (`what`: index name, topic, stream key).
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// Refused by the rules `prepare` applies.
+    #[error(transparent)]
+    Rule(#[from] RouteError),
+    /// A Redis stream named like the shipper's dedup markers.
+    #[error("stream key is inside the shipper's dedup marker namespace `{0}:`")]
+    DedupNamespace(String),
+}
+
 /// Why a task-chosen (or buffered) route can never be used by a sink; the
 /// same rules as at `prepare`, checked again by the shipper before use.
-pub fn check_es_index(route: &[u8]) -> Result<(), String> {
+pub fn check_es_index(route: &[u8]) -> Result<(), BadRoute> {
     if route.is_empty() {
         return Ok(());
     }
-    let s = std::str::from_utf8(route).map_err(|_| "index name is not UTF-8".to_string())?;
+    let s = std::str::from_utf8(route).map_err(|_| BadRoute::NotUtf8("index name"))?;
     Ok(super::es::validate_index(s)?)
 }
 
 /// [`validate_topic`] of a buffered route (empty: the default topic).
-pub fn check_kafka_topic(route: &[u8]) -> Result<(), String> {
+pub fn check_kafka_topic(route: &[u8]) -> Result<(), BadRoute> {
     if route.is_empty() {
         return Ok(());
     }
     Ok(validate_topic(
-        std::str::from_utf8(route).map_err(|_| "topic is not UTF-8".to_string())?,
+        std::str::from_utf8(route).map_err(|_| BadRoute::NotUtf8("topic"))?,
     )?)
 }
 
-pub use rein_log_module::route::validate_topic;
+pub use rein_log_module::route::{validate_topic, RouteError};
 
 pub use rein_log_module::route::RESERVED_REDIS_PREFIX;
 
 /// A task's Redis stream must stay out of the shipper's own key namespace
 /// (`rein:` and the configured `dedup_prefix`): a stream named like a marker
 /// would make the shipper take a neighbour's records for duplicates.
-pub fn check_redis_stream(stream: &[u8], dedup_prefix: &str) -> Result<(), String> {
+pub fn check_redis_stream(stream: &[u8], dedup_prefix: &str) -> Result<(), BadRoute> {
     if stream.is_empty() {
         return Ok(());
     }
-    let s = std::str::from_utf8(stream).map_err(|_| "stream key is not UTF-8".to_string())?;
+    let s = std::str::from_utf8(stream).map_err(|_| BadRoute::NotUtf8("stream key"))?;
     super::redis_config::validate_stream(s)?;
     if s == dedup_prefix || s.starts_with(&format!("{dedup_prefix}:")) {
-        return Err(format!(
-            "stream key is inside the shipper's dedup marker namespace `{dedup_prefix}:`"
-        ));
+        return Err(BadRoute::DedupNamespace(dedup_prefix.to_owned()));
     }
     Ok(())
 }

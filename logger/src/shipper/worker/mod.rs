@@ -100,12 +100,6 @@ pub enum WorkerError {
     Wait(nix::Error),
 }
 
-impl From<WorkerError> for String {
-    fn from(e: WorkerError) -> String {
-        e.to_string()
-    }
-}
-
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> WorkerError {
     move |source| WorkerError::Setup { what, source }
 }
