@@ -204,32 +204,47 @@ fn generated_id() -> String {
     format!("rein-{:x}{:08x}", std::process::id(), nanos)
 }
 
-fn env_pair(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("variable '{s}' is not KEY=VALUE"))
+/// Why one argument's value is refused (clap prints it after the flag's name).
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    /// An `--env` value without `=`.
+    #[error("variable '{0}' is not KEY=VALUE")]
+    Env(String),
+    /// A `--label` value without `=`.
+    #[error("label '{0}' is not KEY=VALUE")]
+    Label(String),
+    /// A negative, infinite or malformed number.
+    #[error("'{0}' is not a non-negative number")]
+    Number(String),
+    /// A malformed duration.
+    #[error(transparent)]
+    Duration(#[from] rein_core::units::UnitError),
 }
 
-fn byte_pair(s: OsString) -> Result<(Vec<u8>, Vec<u8>), String> {
+fn env_pair(s: &str) -> Result<(String, String), ArgError> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| ArgError::Env(s.to_owned()))
+}
+
+fn byte_pair(s: OsString) -> Result<(Vec<u8>, Vec<u8>), ArgError> {
     let bytes = s.into_vec();
-    let eq = bytes.iter().position(|b| *b == b'=').ok_or_else(|| {
-        format!(
-            "label '{}' is not KEY=VALUE",
-            String::from_utf8_lossy(&bytes)
-        )
-    })?;
+    let eq = bytes
+        .iter()
+        .position(|b| *b == b'=')
+        .ok_or_else(|| ArgError::Label(String::from_utf8_lossy(&bytes).into_owned()))?;
     Ok((bytes[..eq].to_vec(), bytes[eq + 1..].to_vec()))
 }
 
-fn number(s: &str) -> Result<f64, String> {
+fn number(s: &str) -> Result<f64, ArgError> {
     s.parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| format!("'{s}' is not a non-negative number"))
+        .ok_or_else(|| ArgError::Number(s.to_owned()))
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    rein_core::units::parse_duration(s).map_err(|e| e.0)
+fn duration(s: &str) -> Result<Duration, ArgError> {
+    Ok(rein_core::units::parse_duration(s)?)
 }
 
 /// Parses the arguments (without the program name). Only label values may be
