@@ -142,11 +142,15 @@ pub(crate) fn deliver(done: Box<dyn Completer>, outcome: Outcome) {
 }
 
 /// Runs a module's constructor; a panic or an error becomes the message the shim
-/// reports to the agent, prefixed with the module's name.
-pub(crate) fn construct<T>(
+/// reports to the agent (text: it crosses the bridge as a `rust::String`),
+/// prefixed with the module's name and with the error's causes.
+pub(crate) fn construct<T, E>(
     name: &str,
-    build: impl FnOnce() -> Result<T, String> + std::panic::UnwindSafe,
-) -> Result<T, String> {
+    build: impl FnOnce() -> Result<T, E> + std::panic::UnwindSafe,
+) -> Result<T, String>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
     catch_unwind(build)
         .map_err(|panic| {
             format!(
@@ -154,7 +158,7 @@ pub(crate) fn construct<T>(
                 panic_message(&*panic)
             )
         })?
-        .map_err(|err| format!("rein {name}: {err}"))
+        .map_err(|err| format!("rein {name}: {}", error_chain(&*err.into())))
 }
 
 /// The text of a panic payload.

@@ -57,9 +57,7 @@ impl Watches {
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
 pub fn create_isolator(kind: &str, parameters: &[KeyValue]) -> Result<Box<IsolatorHandle>, String> {
     let params = convert::parameters(parameters).map_err(|e| format!("rein {kind}: {e}"))?;
-    let isolator = construct(kind, || {
-        build(kind, &params).map_err(|err| error_chain(&*err))
-    })?;
+    let isolator = construct(kind, || build(kind, &params))?;
     IsolatorHandle::start(isolator)
         .map(Box::new)
         .map_err(|e| format!("rein {kind}: starting its thread: {e}"))

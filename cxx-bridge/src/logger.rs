@@ -29,9 +29,7 @@ pub struct LoggerHandle {
 /// Creates the logger; a bad parameter is an error the shim reports to the agent.
 pub fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>, String> {
     let params = convert::parameters(parameters).map_err(|e| format!("rein logger: {e}"))?;
-    let module = construct("logger", || {
-        LoggerModule::new(&params).map_err(|err| error_chain(&err))
-    })?;
+    let module = construct("logger", || LoggerModule::new(&params))?;
     let module = Arc::new(module);
     let (jobs, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
