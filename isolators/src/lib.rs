@@ -6,5 +6,7 @@ pub mod disk;
 pub mod egress;
 pub mod net_cls;
 pub mod registry;
+#[cfg(test)]
+mod test_support;
 
 pub use registry::create;

@@ -129,11 +129,8 @@ impl NetClsIsolator {
 
     /// What recovery and cleanups met so far.
     pub fn counters(&self) -> RecoveryCounters {
-        RecoveryCounters {
-            cleanups_pending: u64::try_from(self.pending.len() + self.stale_classes.len())
-                .unwrap_or(u64::MAX),
-            ..self.counters
-        }
+        self.counters
+            .with_pending(self.pending.len() + self.stale_classes.len())
     }
 
     /// The containers whose cleanup failed and waits for a retry, with the last reason.

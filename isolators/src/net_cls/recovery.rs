@@ -57,14 +57,8 @@ impl NetClsIsolator {
             self.recover_one(&id, record, live, known(&id));
         }
         self.remove_unclaimed_classes();
-        let c = self.counters();
-        info!(
-            containers = self.containers.len(),
-            unreadable_records = c.unreadable_records,
-            recover_failures = c.recover_failures,
-            cleanups_pending = c.cleanups_pending,
-            "net_cls recovery done"
-        );
+        self.counters()
+            .log_recovered("net_cls", self.containers.len());
         Ok(())
     }
 
