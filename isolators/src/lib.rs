@@ -4,6 +4,7 @@
 pub mod blkio;
 pub mod disk;
 pub mod egress;
+mod known;
 pub mod net_cls;
 pub mod registry;
 #[cfg(test)]

@@ -35,6 +35,7 @@ use rein_core::{
 };
 
 use crate::egress::Shape;
+use crate::known::Known;
 
 pub use error::NetClsError;
 pub use handles::{Handle, HandleAllocator, HandleError};
@@ -211,7 +212,7 @@ impl Isolator for NetClsIsolator {
         containers: &[RecoveredContainer],
         orphans: &[ContainerId],
     ) -> Result<(), Error> {
-        self.recover_all(containers, orphans)
+        self.recover_all(Known::new(containers, orphans))
     }
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
