@@ -121,6 +121,16 @@ impl LimitationNotifier {
         Self(Box::new(f))
     }
 
+    /// A notifier that sends its limitation down a channel, and the
+    /// channel's receiver (for callers that wait for the limitation).
+    pub fn channel() -> (Self, std::sync::mpsc::Receiver<Limitation>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let notifier = Self::new(move |l| {
+            let _ = tx.send(l);
+        });
+        (notifier, rx)
+    }
+
     /// Reports the limitation; the agent then destroys the container.
     pub fn notify(self, limitation: Limitation) {
         (self.0)(limitation)

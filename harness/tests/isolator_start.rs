@@ -28,6 +28,14 @@ fn rein_run(dir: &Path, isolators: &str, logger: &str) -> Output {
         .expect("rein-run runs")
 }
 
+/// Runs `rein-run` in a directory of its own with these isolators and logger
+/// settings, and checks that it refused to run, naming each of `names`.
+fn refused(isolators: &str, logger: &str, names: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rein_run(dir.path(), isolators, logger);
+    assert_refused(dir.path(), &out, names);
+}
+
 fn assert_refused(dir: &Path, out: &Output, names: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
@@ -46,15 +54,9 @@ fn assert_refused(dir: &Path, out: &Output, names: &[&str]) {
 
 #[test]
 fn an_isolator_with_a_bad_parameter_fails_the_run_naming_it_and_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = rein_run(
-        dir.path(),
+    refused(
         r#"{"kind": "net_cls", "parameters": [["net_cls_primary_handle", "zz"]]}"#,
         "",
-    );
-    assert_refused(
-        dir.path(),
-        &out,
         &[
             "isolator 'net_cls' cannot start",
             "net_cls_primary_handle",
@@ -65,49 +67,34 @@ fn an_isolator_with_a_bad_parameter_fails_the_run_naming_it_and_the_reason() {
 
 #[test]
 fn each_isolator_kind_that_cannot_start_fails_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = rein_run(
-        dir.path(),
+    // The first that cannot start is named; none is left out silently.
+    refused(
         r#"{"kind": "net_cls", "parameters": [["net_cls_primary_handle", "zz"]]},
            {"kind": "disk", "parameters": [["default_mode", "bogus"]]}"#,
         "",
+        &["isolator 'net_cls' cannot start"],
     );
-    // The first that cannot start is named; none is left out silently.
-    assert_refused(dir.path(), &out, &["isolator 'net_cls' cannot start"]);
-    let out = rein_run(
-        dir.path(),
+    refused(
         r#"{"kind": "disk", "parameters": [["default_mode", "bogus"]]}"#,
         "",
-    );
-    assert_refused(
-        dir.path(),
-        &out,
         &["isolator 'disk' cannot start", "default_mode", "bogus"],
     );
 }
 
 #[test]
 fn an_unknown_isolator_kind_fails_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = rein_run(dir.path(), r#"{"kind": "nope"}"#, "");
-    assert_refused(
-        dir.path(),
-        &out,
+    refused(
+        r#"{"kind": "nope"}"#,
+        "",
         &["isolator 'nope' cannot start", "unknown isolator kind"],
     );
 }
 
 #[test]
 fn a_logger_that_cannot_start_fails_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = rein_run(
-        dir.path(),
+    refused(
         "",
         r#", "logger": {"parameters": [["default_sink", "carrier-pigeon"]]}"#,
-    );
-    assert_refused(
-        dir.path(),
-        &out,
         &["the container logger cannot start", "default_sink"],
     );
 }

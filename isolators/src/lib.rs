@@ -4,7 +4,10 @@
 pub mod blkio;
 pub mod disk;
 pub mod egress;
+mod known;
 pub mod net_cls;
 pub mod registry;
+#[cfg(test)]
+mod test_support;
 
 pub use registry::create;

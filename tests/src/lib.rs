@@ -65,3 +65,86 @@ pub fn files_under(dir: &std::path::Path, keep: &dyn Fn(&str) -> bool) -> Vec<Pa
     }
     found
 }
+
+/// A real `sleep` process, killed and reaped on drop.
+pub struct Sleeper(pub std::process::Child);
+
+impl Sleeper {
+    /// A `sleep 300` in the test's own namespaces.
+    pub fn spawn() -> Self {
+        Self::command()
+            .spawn()
+            .map(Self)
+            .unwrap_or_else(|e| panic!("spawning sleep: {e}"))
+    }
+
+    /// The command [`Sleeper::spawn`] runs (to start it elsewhere, e.g. in
+    /// another network namespace, then wrap the child in `Sleeper`).
+    pub fn command() -> std::process::Command {
+        let mut c = std::process::Command::new("sleep");
+        c.arg("300");
+        c
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.0.id()).unwrap()
+    }
+
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The test's cgroups root, removed on drop (declare it before the sleepers,
+/// so they are gone first).
+pub struct RootGuard(pub rein_core::cgroupfs::Cgroup);
+
+impl RootGuard {
+    /// `name` under `hierarchy`, without the leftover of an earlier crashed
+    /// run under the same pid.
+    pub fn new(hierarchy: &rein_core::cgroupfs::Hierarchy, name: &str) -> Self {
+        let root = hierarchy.cgroup(name);
+        let _ = root.remove();
+        Self(root)
+    }
+
+    /// The names of the cgroups directly under the root.
+    pub fn groups(&self) -> Vec<String> {
+        std::fs::read_dir(self.0.path())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.remove() {
+            eprintln!("cleanup of {}: {e}", self.0.path().display());
+        }
+    }
+}
+
+/// A container the agent reports at recovery, running as `pid`, no sandbox.
+pub fn recovered(id: &rein_core::ContainerId, pid: i32) -> rein_core::RecoveredContainer {
+    rein_core::RecoveredContainer {
+        id: id.clone(),
+        pid: Some(pid),
+        sandbox: None,
+    }
+}

@@ -211,13 +211,8 @@ fn project(iso: &DiskIsolator, id: &ContainerId) -> u32 {
 }
 
 fn watch(iso: &mut DiskIsolator, id: &ContainerId) -> mpsc::Receiver<Limitation> {
-    let (tx, rx) = mpsc::channel();
-    iso.watch(
-        id,
-        LimitationNotifier::new(move |l| {
-            let _ = tx.send(l);
-        }),
-    );
+    let (notifier, rx) = LimitationNotifier::channel();
+    iso.watch(id, notifier);
     rx
 }
 
@@ -324,16 +319,9 @@ fn suite(fs: Fs, lane: &Lane) {
     iso.poll_now();
     let limitation = rx.try_recv().expect("no limitation above the quota");
     assert_eq!(limitation.reason, REASON_DISK);
-    assert!(
-        limitation.message.contains("quota of 2.0 MB"),
-        "{}",
-        limitation.message
-    );
-    assert!(
-        limitation.message.contains("Disk usage 3."),
-        "{}",
-        limitation.message
-    );
+    for part in ["quota of 2.0 MB", "Disk usage 3."] {
+        assert!(limitation.message.contains(part), "{}", limitation.message);
+    }
     let (_, err) = fill(&c2.sandbox.join("c"), 64 * MIB);
     assert_eq!(err.map(|e| e.raw_os_error()), Some(Some(over_errno)));
     assert!(used(&mut iso, &c2.id) <= 6 * MIB);

@@ -7,7 +7,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rein_core::state::StateStore;
@@ -220,13 +220,8 @@ fn disk_isolator_scans_where_there_is_no_project_quota() {
     let launch = iso.prepare(&spec).unwrap();
     assert!(launch.drop_capabilities.is_empty());
     assert_eq!(iso.backend(&spec.id), Some(Backend::Scan));
-    let (tx, rx) = mpsc::channel();
-    iso.watch(
-        &spec.id,
-        LimitationNotifier::new(move |l| {
-            let _ = tx.send(l);
-        }),
-    );
+    let (notifier, rx) = LimitationNotifier::channel();
+    iso.watch(&spec.id, notifier);
     write(&sandbox.join("a"), 1 << 20);
     fs::File::open(sandbox.join("a"))
         .unwrap()

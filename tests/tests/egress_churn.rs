@@ -9,48 +9,24 @@ mod net_cls_mount;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use rein_core::cgroupfs::{Cgroup, Hierarchy};
-use rein_core::{Isolator, RecoveredContainer};
+use rein_core::cgroupfs::Hierarchy;
+use rein_core::Isolator;
 use rein_isolators::egress::FILTER_NAME;
 use rein_isolators::net_cls::NetClsIsolator;
+use rein_tests::{RootGuard, Sleeper};
 
 use egress_net::{in_netns, labelled_spec as spec, shaping_params as params, NetPair, CLIENT_DEV};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A `sleep` in the client namespace, killed on drop.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn spawn(pair: &NetPair) -> Self {
-        Self(in_netns(&pair.client, || {
-            Command::new("sleep").arg("120").spawn().expect("sleep")
-        }))
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.0.id()).unwrap()
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Removes the test's cgroups root on drop (after the processes are gone).
-struct RootGuard(Cgroup);
-
-impl Drop for RootGuard {
-    fn drop(&mut self) {
-        let _ = self.0.remove();
-    }
+fn sleeper_in(pair: &NetPair) -> Sleeper {
+    Sleeper(in_netns(&pair.client, || {
+        Sleeper::command().spawn().expect("sleep")
+    }))
 }
 
 fn isolator(pair: &NetPair, params: &[(String, String)]) -> NetClsIsolator {
@@ -92,7 +68,7 @@ fn churn(classifier: &str) {
     let state = tempfile::tempdir().unwrap();
     let root = RootGuard(hierarchy(classifier).cgroup(&root_name));
     let mut iso = isolator(&pair, &params(&root_name, state.path(), classifier));
-    let sleeper = Sleeper::spawn(&pair);
+    let sleeper = sleeper_in(&pair);
     let tree = class_ids(&pair);
     // Warm up lazily opened descriptors before counting.
     let warm = spec("warm", &[("rein.net.egress.rate", "5mbit")]);
@@ -173,13 +149,13 @@ fn egress_recovery_adopts_live_classes_and_removes_the_rest() {
     let p = params(&root_name, state.path(), "cgroup2");
     let live = spec("live", &[("rein.net.egress.rate", "10mbit")]);
     let vanished = spec("vanished", &[("rein.net.egress.rate", "20mbit")]);
-    let sleeper = Sleeper::spawn(&pair);
+    let sleeper = sleeper_in(&pair);
     let (live_class, live_cgroup) = {
         let mut iso = isolator(&pair, &p);
         iso.prepare(&live).unwrap();
         iso.isolate(&live.id, sleeper.pid()).unwrap();
         iso.prepare(&vanished).unwrap();
-        let other = Sleeper::spawn(&pair);
+        let other = sleeper_in(&pair);
         iso.isolate(&vanished.id, other.pid()).unwrap();
         drop(other);
         let class = iso.handle(&live.id).unwrap();
@@ -199,15 +175,8 @@ fn egress_recovery_adopts_live_classes_and_removes_the_rest() {
     assert_eq!(before.len(), 5, "{before:?}");
 
     let mut iso = isolator(&pair, &p);
-    iso.recover(
-        &[RecoveredContainer {
-            id: live.id.clone(),
-            pid: Some(sleeper.pid()),
-            sandbox: None,
-        }],
-        &[],
-    )
-    .unwrap();
+    iso.recover(&[rein_tests::recovered(&live.id, sleeper.pid())], &[])
+        .unwrap();
     let after = class_ids(&pair);
     assert_eq!(after.len(), 3, "{after:?}");
     assert!(after.contains(&live_class), "{after:?}");
@@ -263,7 +232,7 @@ fn egress_refused_labels_fail_only_that_container() {
     }
     assert_eq!(class_ids(&pair), tree);
     // The module goes on serving other containers.
-    let sleeper = Sleeper::spawn(&pair);
+    let sleeper = sleeper_in(&pair);
     let good = spec("good", &[("rein.net.egress.rate", "100mbit")]);
     iso.prepare(&good).unwrap();
     iso.isolate(&good.id, sleeper.pid()).unwrap();

@@ -14,7 +14,6 @@ mod net_cls_mount;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::{Barrier, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use rein_core::state::StateStore;
 use rein_core::{ContainerId, ContainerSpec, Isolator, RecoveredContainer};
 use rein_isolators::blkio::{BlkioIsolator, Policy, SystemResolver};
 use rein_isolators::net_cls::{Handle, HandleAllocator, NetClsIsolator};
+use rein_tests::{RootGuard, Sleeper};
 
 use egress_net::{in_netns, labelled_spec, shaping_params, NetPair, CLIENT_DEV};
 use fresh_mount_ns::{net_cls_mounts, unmount_all, without_net_cls_mounted, THREAD_MOUNTINFO};
@@ -36,66 +36,11 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A real `sleep` process, killed and reaped on drop.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn spawn() -> Self {
-        Self(Command::new("sleep").arg("300").spawn().expect("sleep"))
-    }
-
-    fn spawn_in(pair: &NetPair) -> Self {
-        Self(in_netns(&pair.client, || {
-            Command::new("sleep").arg("300").spawn().expect("sleep")
-        }))
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.0.id()).unwrap()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The test's cgroups root, removed on drop (declare it before the sleepers, so
-/// they are gone first).
-struct RootGuard(Cgroup);
-
-impl RootGuard {
-    fn new(hierarchy: &Hierarchy, name: &str) -> Self {
-        let root = hierarchy.cgroup(name);
-        // A leftover of an earlier crashed run under the same pid.
-        let _ = root.remove();
-        Self(root)
-    }
-
-    fn groups(&self) -> Vec<String> {
-        fs::read_dir(self.0.path())
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for RootGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.remove() {
-            eprintln!("cleanup of {}: {e}", self.0.path().display());
-        }
-    }
+/// A `sleep` in the client namespace of `pair`.
+fn sleeper_in(pair: &NetPair) -> Sleeper {
+    Sleeper(in_netns(&pair.client, || {
+        Sleeper::command().spawn().expect("sleep")
+    }))
 }
 
 fn top(name: &str) -> ContainerId {
@@ -111,11 +56,7 @@ fn spec(name: &str, sandbox: &Path) -> ContainerSpec {
 }
 
 fn live(name: &str, pid: i32) -> RecoveredContainer {
-    RecoveredContainer {
-        id: top(name),
-        pid: Some(pid),
-        sandbox: None,
-    }
+    rein_tests::recovered(&top(name), pid)
 }
 
 fn common(root_name: &str, state: &Path) -> CommonParams {
@@ -551,6 +492,44 @@ fn net_cls_recover_survives_state_whose_cgroup_vanished() {
     assert_eq!(iso.free_handles(), 16);
 }
 
+/// A test's own network pair, net_cls root and state directory, with egress
+/// shaping on the pair's client device; the other tests kept out while it
+/// lives. Dropped in field order: the root before the pair.
+struct ShapedScene {
+    params: Vec<(String, String)>,
+    state: tempfile::TempDir,
+    root: RootGuard,
+    pair: NetPair,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl ShapedScene {
+    fn new(pair: &str, tag: &str) -> Self {
+        let serial = serial();
+        let pair = NetPair::new(pair);
+        let h = net_cls_mount::net_cls_hierarchy();
+        let root_name = format!("rein-fr-{}-{tag}", std::process::id());
+        let root = RootGuard::new(&h, &root_name);
+        let state = tempfile::tempdir().unwrap();
+        let params = shaping_params(&root_name, state.path(), "net_cls");
+        Self {
+            params,
+            state,
+            root,
+            pair,
+            _serial: serial,
+        }
+    }
+
+    /// The isolator as the agent creates it, in the pair's client namespace.
+    fn isolator(&self) -> NetClsIsolator {
+        in_netns(&self.pair.client, || {
+            NetClsIsolator::from_params(&self.params)
+        })
+        .unwrap_or_else(|e| panic!("creating the isolator: {e}"))
+    }
+}
+
 fn class_ids(pair: &NetPair) -> Vec<String> {
     let mut ids: Vec<String> = pair
         .client_tc(&["class", "show", "dev", CLIENT_DEV])
@@ -576,30 +555,22 @@ fn egress_recover_survives_classes_the_kernel_refuses_to_remove() {
     if !rein_tests::require_root("egress_recover_survives_classes_the_kernel_refuses_to_remove") {
         return;
     }
-    let _serial = serial();
-    let pair = NetPair::new("fr-nl");
-    let h = net_cls_mount::net_cls_hierarchy();
-    let root_name = format!("rein-fr-{}-netlink", std::process::id());
-    let root = RootGuard::new(&h, &root_name);
-    let state = tempfile::tempdir().unwrap();
-    let params = shaping_params(&root_name, state.path(), "net_cls");
-    let isolator = || {
-        in_netns(&pair.client, || NetClsIsolator::from_params(&params))
-            .unwrap_or_else(|e| panic!("creating the isolator: {e}"))
-    };
+    let scene = ShapedScene::new("fr-nl", "netlink");
+    let (pair, root, state) = (&scene.pair, &scene.root, &scene.state);
+    let isolator = || scene.isolator();
     let shaped = |name: &str, rate: &str| labelled_spec(name, &[("rein.net.egress.rate", rate)]);
-    let sleeper = Sleeper::spawn_in(&pair);
+    let sleeper = sleeper_in(pair);
     let tree = {
         let iso = isolator();
         drop(iso);
-        class_ids(&pair)
+        class_ids(pair)
     };
     let (live_class, vanished_class) = {
         let mut iso = isolator();
         iso.prepare(&shaped("live", "10mbit")).unwrap();
         iso.isolate(&top("live"), sleeper.pid()).unwrap();
         iso.prepare(&shaped("vanished", "20mbit")).unwrap();
-        let mut other = Sleeper::spawn_in(&pair);
+        let mut other = sleeper_in(pair);
         iso.isolate(&top("vanished"), other.pid()).unwrap();
         other.kill();
         (
@@ -614,14 +585,14 @@ fn egress_recover_survives_classes_the_kernel_refuses_to_remove() {
         "class", "add", "dev", CLIENT_DEV, "parent", "1:fffe", "classid", "1:7ff", "htb", "rate",
         "1mbit",
     ]);
-    bind_filter(&pair, "5", "1:7ff");
-    bind_filter(&pair, "6", &vanished_class);
+    bind_filter(pair, "5", "1:7ff");
+    bind_filter(pair, "6", &vanished_class);
 
     let mut iso = isolator();
     iso.recover(&[live("live", sleeper.pid())], &[])
         .unwrap_or_else(|e| panic!("a class the kernel refused to remove failed recovery: {e}"));
     let counters = iso.counters();
-    let classes = class_ids(&pair);
+    let classes = class_ids(pair);
     assert!(classes.contains(&live_class), "{classes:?}");
     assert!(iso.usage(&top("live")).unwrap().net_tx.is_some());
     assert!(classes.contains(&"1:7ff".to_owned()), "{classes:?}");
@@ -662,14 +633,14 @@ fn egress_recover_survives_classes_the_kernel_refuses_to_remove() {
     let mut expected = tree.clone();
     expected.push(live_class.clone());
     expected.sort();
-    assert_eq!(class_ids(&pair), expected);
+    assert_eq!(class_ids(pair), expected);
     assert!(!state_file(state.path(), "net_cls", "vanished").exists());
     assert_eq!(iso.free_handles(), capacity - 1);
 
     // The live container's process leaves before Mesos cleans it up.
     root.0.add_process(sleeper.pid()).unwrap();
     iso.cleanup(&top("live")).unwrap();
-    assert_eq!(class_ids(&pair), tree);
+    assert_eq!(class_ids(pair), tree);
     assert_eq!(root.groups(), Vec::<String>::new());
 }
 
@@ -679,18 +650,10 @@ fn egress_recover_survives_its_device_deleted_behind_its_back() {
     if !rein_tests::require_root("egress_recover_survives_its_device_deleted_behind_its_back") {
         return;
     }
-    let _serial = serial();
-    let pair = NetPair::new("fr-dev");
-    let h = net_cls_mount::net_cls_hierarchy();
-    let root_name = format!("rein-fr-{}-device", std::process::id());
-    let root = RootGuard::new(&h, &root_name);
-    let state = tempfile::tempdir().unwrap();
-    let params = shaping_params(&root_name, state.path(), "net_cls");
-    let isolator = || {
-        in_netns(&pair.client, || NetClsIsolator::from_params(&params))
-            .unwrap_or_else(|e| panic!("creating the isolator: {e}"))
-    };
-    let mut sleeper = Sleeper::spawn_in(&pair);
+    let scene = ShapedScene::new("fr-dev", "device");
+    let (pair, root, state) = (&scene.pair, &scene.root, &scene.state);
+    let isolator = || scene.isolator();
+    let mut sleeper = sleeper_in(pair);
     {
         let mut iso = isolator();
         for (name, rate) in [("live", "10mbit"), ("vanished", "20mbit")] {

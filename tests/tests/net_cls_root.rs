@@ -6,14 +6,15 @@ mod net_cls_mount;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+
 use std::sync::Mutex;
 
 use rein_core::cgroupfs::{Cgroup, Hierarchy};
 use rein_core::params::CommonParams;
 use rein_core::state::StateStore;
-use rein_core::{ContainerId, ContainerSpec, Isolator, RecoveredContainer};
+use rein_core::{ContainerId, ContainerSpec, Isolator};
 use rein_isolators::net_cls::{Handle, HandleAllocator, NetClsIsolator};
+use rein_tests::Sleeper;
 
 /// The tests share the hierarchy and count this process's fds: run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -86,39 +87,6 @@ impl Drop for Fixture {
         if let Err(e) = self.root().remove() {
             eprintln!("cleanup of {}: {e}", self.root().path().display());
         }
-    }
-}
-
-/// A real `sleep` process, killed and reaped on drop.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn spawn() -> Self {
-        Self(
-            Command::new("sleep")
-                .arg("60")
-                .spawn()
-                .expect("spawning sleep"),
-        )
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.0.id()).unwrap()
-    }
-
-    fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -224,15 +192,8 @@ fn net_cls_root_recovery_after_recreating_the_isolator() {
     }; // The agent restarts: the isolator is gone, the cgroups and the process stay.
 
     let mut iso = f.isolator(1, 4);
-    iso.recover(
-        &[RecoveredContainer {
-            id: live.id.clone(),
-            pid: Some(sleeper.pid()),
-            sandbox: None,
-        }],
-        &[],
-    )
-    .unwrap();
+    iso.recover(&[rein_tests::recovered(&live.id, sleeper.pid())], &[])
+        .unwrap();
     assert_eq!(iso.handle(&live.id), Some(live_handle));
     assert_eq!(iso.free_handles(), 3);
     assert_eq!(

@@ -226,6 +226,22 @@ fn keyed_lines(text: &str) -> impl Iterator<Item = (DevNum, impl Iterator<Item =
     })
 }
 
+/// Sets each slot whose key has a value in `pairs` that `parse` accepts;
+/// other keys and unparsable values are passed over.
+fn set_keyed<'a, T, const N: usize>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    mut slots: [(&str, &mut T); N],
+    parse: impl Fn(&str) -> Option<T>,
+) {
+    for (k, v) in pairs {
+        if let Some((_, slot)) = slots.iter_mut().find(|(key, _)| *key == k) {
+            if let Some(v) = parse(v) {
+                **slot = v;
+            }
+        }
+    }
+}
+
 /// Parses `io.max`.
 pub fn parse_io_max(text: &str) -> Vec<DeviceLimits> {
     let mut out = Vec::new();
@@ -234,17 +250,14 @@ pub fn parse_io_max(text: &str) -> Vec<DeviceLimits> {
             dev,
             ..DeviceLimits::default()
         };
-        for (k, v) in pairs {
-            // `max` is no limit.
-            let v = v.parse().ok();
-            match k {
-                "rbps" => d.read_bps = v,
-                "wbps" => d.write_bps = v,
-                "riops" => d.read_iops = v,
-                "wiops" => d.write_iops = v,
-                _ => {}
-            }
-        }
+        let slots = [
+            ("rbps", &mut d.read_bps),
+            ("wbps", &mut d.write_bps),
+            ("riops", &mut d.read_iops),
+            ("wiops", &mut d.write_iops),
+        ];
+        // `max` is no limit.
+        set_keyed(pairs, slots, |v| Some(v.parse().ok()));
         out.push(d);
     }
     out
@@ -299,16 +312,13 @@ pub fn parse_io_stat(text: &str) -> Vec<BlkioDevice> {
     let mut map = BTreeMap::new();
     for (dev, pairs) in keyed_lines(text) {
         let d = entry(&mut map, dev);
-        for (k, v) in pairs {
-            let Ok(v) = v.parse() else { continue };
-            match k {
-                "rbytes" => d.read_bytes = v,
-                "wbytes" => d.write_bytes = v,
-                "rios" => d.read_ops = v,
-                "wios" => d.write_ops = v,
-                _ => {}
-            }
-        }
+        let slots = [
+            ("rbytes", &mut d.read_bytes),
+            ("wbytes", &mut d.write_bytes),
+            ("rios", &mut d.read_ops),
+            ("wios", &mut d.write_ops),
+        ];
+        set_keyed(pairs, slots, |v| v.parse().ok());
     }
     map.into_values().collect()
 }

@@ -37,6 +37,8 @@ pub use params::{KERNEL_DEFAULT_WEIGHT, PARAMS};
 
 use params::{find_hierarchy, policy_from_params};
 
+use crate::known::Known;
+
 /// What is persisted per container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -232,27 +234,26 @@ impl Isolator for BlkioIsolator {
     ) -> Result<(), Error> {
         // Only a state directory that cannot be listed stops recovery.
         let scan: Scan<Record> = self.store.scan()?;
-        let known =
-            |id: &ContainerId| containers.iter().any(|c| &c.id == id) || orphans.contains(id);
+        let known = Known::new(containers, orphans);
         for bad in scan.unreadable {
             self.counters.unreadable_records += 1;
             let id = bad.id;
             warn!(container = %id, error = %bad.error,
                   "blkio state unreadable; the container keeps the limits the kernel holds, and its cgroup is removed at its cleanup");
             self.unrecorded.insert(id.clone());
-            if !known(&id) {
+            if !known.contains(&id) {
                 let _ = self.release_or_retry(&id, false);
             }
         }
         for (id, record) in scan.records {
-            if !known(&id) {
+            if !known.contains(&id) {
                 // Neither alive nor an orphan Mesos will clean: its cleanup was lost.
                 info!(container = %id, "removing blkio state of a vanished container");
                 self.containers.insert(id.clone(), record);
                 let _ = self.release_or_retry(&id, false);
                 continue;
             }
-            if orphans.contains(&id) {
+            if known.is_orphan(&id) {
                 // Mesos destroys orphans right after recovery; cleanup() comes for them.
                 self.containers.insert(id, record);
                 continue;

@@ -65,13 +65,7 @@ fn fixture(version: Version) -> Fixture {
             fs::write(d.join("cgroup.subtree_control"), "").unwrap();
         }
     }
-    let common = CommonParams {
-        state_dir: dir.path().join("state"),
-        cgroups_hierarchy: dir.path().to_owned(),
-        cgroups_root: "mesos".into(),
-        mountinfo: "/nonexistent".into(),
-        allow_debug_panic: false,
-    };
+    let common = crate::test_support::common_in(dir.path());
     let mut resolver = FakeResolver::default();
     resolver.paths.insert("/dev/sda".into(), SDA);
     resolver.paths.insert("/dev/sda1".into(), SDA);

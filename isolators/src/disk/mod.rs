@@ -70,6 +70,8 @@ pub use tree::TreeReport;
 use monitor::{monitor_loop, poll, Monitor, Shared, Tracked};
 use record::limit_bytes;
 
+use crate::known::Known;
+
 /// The disk quota isolator.
 pub struct DiskIsolator {
     settings: Settings,
@@ -241,7 +243,7 @@ impl Isolator for DiskIsolator {
         containers: &[RecoveredContainer],
         orphans: &[ContainerId],
     ) -> Result<(), Error> {
-        Ok(self.recover_all(containers, orphans)?)
+        Ok(self.recover_all(Known::new(containers, orphans))?)
     }
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {

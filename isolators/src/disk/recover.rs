@@ -12,14 +12,11 @@ use super::monitor::bump;
 use super::projects::ProjectError;
 use super::record::{Backend, Record};
 use super::DiskIsolator;
+use crate::known::Known;
 
 impl DiskIsolator {
     /// `recover()`: see [`rein_core::Isolator::recover`].
-    pub(crate) fn recover_all(
-        &mut self,
-        containers: &[RecoveredContainer],
-        orphans: &[ContainerId],
-    ) -> Result<(), DiskError> {
+    pub(crate) fn recover_all(&mut self, known: Known<'_>) -> Result<(), DiskError> {
         // Only a state directory that cannot be listed stops recovery; a record
         // that cannot be read is its container's trouble: a live one is adopted as
         // if it had none (a fresh id for its sandbox, saved over the file); for an
@@ -27,7 +24,7 @@ impl DiskIsolator {
         let scan: Scan<Record> = self.store.scan()?;
         for bad in scan.unreadable {
             bump(&self.monitor.counters.recover_failures, 1);
-            let live = containers.iter().any(|c| c.id == bad.id);
+            let live = known.live(&bad.id).is_some();
             warn!(container = %bad.id, error = %bad.error, live, "disk state unreadable");
             if !live {
                 if let Err(e) = self.store.remove(&bad.id) {
@@ -55,8 +52,7 @@ impl DiskIsolator {
                 }
                 continue;
             }
-            let known = containers.iter().any(|c| c.id == id) || orphans.contains(&id);
-            if known {
+            if known.contains(&id) {
                 self.adopt(&id, record);
             } else {
                 // Neither alive nor an orphan Mesos will clean: its cleanup was lost.
@@ -70,7 +66,7 @@ impl DiskIsolator {
                 }
             }
         }
-        for container in containers {
+        for container in known.live_containers() {
             if !container.id.is_nested() && !seen.contains(&container.id) {
                 self.adopt_unrecorded(container);
             }

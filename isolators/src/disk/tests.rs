@@ -57,6 +57,17 @@ impl FakeState {
     }
 }
 
+/// Project quotas accounted and enforced (XFS mounted with `prjquota`).
+const ENFORCED: QuotaState = QuotaState {
+    accounting: true,
+    enforcing: true,
+};
+/// Project usage accounted, limits not enforced (`prjquota` accounting only).
+const ACCOUNTED_ONLY: QuotaState = QuotaState {
+    accounting: true,
+    enforcing: false,
+};
+
 impl FakeKernel {
     fn new(kind: FsKind, quota: QuotaState) -> Arc<Self> {
         Arc::new(Self {
@@ -78,13 +89,7 @@ impl FakeKernel {
     }
 
     fn xfs() -> Arc<Self> {
-        Self::new(
-            FsKind::Xfs,
-            QuotaState {
-                accounting: true,
-                enforcing: true,
-            },
-        )
+        Self::new(FsKind::Xfs, ENFORCED)
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -246,13 +251,8 @@ impl Fixture {
 }
 
 fn watch(iso: &mut DiskIsolator, id: &ContainerId) -> mpsc::Receiver<Limitation> {
-    let (tx, rx) = mpsc::channel();
-    iso.watch(
-        id,
-        LimitationNotifier::new(move |l| {
-            let _ = tx.send(l);
-        }),
-    );
+    let (notifier, rx) = LimitationNotifier::channel();
+    iso.watch(id, notifier);
     rx
 }
 
@@ -326,13 +326,7 @@ fn xfs_enforce_lifecycle_and_reclaim_at_cleanup() {
 
 #[test]
 fn ext4_drops_cap_sys_resource_where_limits_apply() {
-    let f = fixture(FakeKernel::new(
-        FsKind::Ext4,
-        QuotaState {
-            accounting: true,
-            enforcing: true,
-        },
-    ));
+    let f = fixture(FakeKernel::new(FsKind::Ext4, ENFORCED));
     let mut iso = f.isolator();
     let launch = iso.prepare(&f.spec(&["e1"], Some(10.0), &[])).unwrap();
     assert_eq!(
@@ -352,13 +346,7 @@ fn ext4_drops_cap_sys_resource_where_limits_apply() {
 
 #[test]
 fn a_refused_drop_fails_prepare_before_any_side_effect() {
-    let f = fixture(FakeKernel::new(
-        FsKind::Ext4,
-        QuotaState {
-            accounting: true,
-            enforcing: true,
-        },
-    ));
+    let f = fixture(FakeKernel::new(FsKind::Ext4, ENFORCED));
     let mut iso = f.isolator();
     iso.check_drops = |drops| {
         Err(rein_core::launch_policy::Refusal::AgentSetsCapabilities(
@@ -409,16 +397,9 @@ fn kill_mode_sets_headroom_and_fires_once_with_usage_and_limit() {
     iso.poll_now();
     let limitation = rx.try_recv().expect("limitation fired");
     assert_eq!(limitation.reason, REASON_DISK);
-    assert!(
-        limitation.message.contains("15.0 MB"),
-        "{}",
-        limitation.message
-    );
-    assert!(
-        limitation.message.contains("10.0 MB"),
-        "{}",
-        limitation.message
-    );
+    for part in ["15.0 MB", "10.0 MB"] {
+        assert!(limitation.message.contains(part), "{}", limitation.message);
+    }
     assert_eq!(limitation.resource, Some(("disk".to_owned(), 15.0)));
     iso.poll_now();
     assert!(rx.try_recv().is_err(), "fires once");
@@ -441,13 +422,7 @@ fn enforce_mode_never_fires_where_the_filesystem_enforces() {
 
 #[test]
 fn accounting_only_filesystem_enforces_by_killing() {
-    let f = fixture(FakeKernel::new(
-        FsKind::Xfs,
-        QuotaState {
-            accounting: true,
-            enforcing: false,
-        },
-    ));
+    let f = fixture(FakeKernel::new(FsKind::Xfs, ACCOUNTED_ONLY));
     let mut iso = f.isolator();
     let spec = f.spec(&["p1"], Some(1.0), &[]);
     iso.prepare(&spec).unwrap();

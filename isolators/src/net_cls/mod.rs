@@ -35,6 +35,7 @@ use rein_core::{
 };
 
 use crate::egress::Shape;
+use crate::known::Known;
 
 pub use error::NetClsError;
 pub use handles::{Handle, HandleAllocator, HandleError};
@@ -129,11 +130,8 @@ impl NetClsIsolator {
 
     /// What recovery and cleanups met so far.
     pub fn counters(&self) -> RecoveryCounters {
-        RecoveryCounters {
-            cleanups_pending: u64::try_from(self.pending.len() + self.stale_classes.len())
-                .unwrap_or(u64::MAX),
-            ..self.counters
-        }
+        self.counters
+            .with_pending(self.pending.len() + self.stale_classes.len())
     }
 
     /// The containers whose cleanup failed and waits for a retry, with the last reason.
@@ -214,7 +212,7 @@ impl Isolator for NetClsIsolator {
         containers: &[RecoveredContainer],
         orphans: &[ContainerId],
     ) -> Result<(), Error> {
-        self.recover_all(containers, orphans)
+        self.recover_all(Known::new(containers, orphans))
     }
 
     fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {

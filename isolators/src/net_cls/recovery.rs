@@ -9,19 +9,15 @@ use rein_core::isolator::Error;
 use rein_core::state::Scan;
 use rein_core::{ContainerId, RecoveredContainer};
 
+use crate::known::Known;
+
 use super::{Handle, NetClsIsolator, Record};
 
 impl NetClsIsolator {
     /// Recovers every recorded container; only a state directory that cannot be
     /// listed fails (the isolator could not know its containers at all).
-    pub(super) fn recover_all(
-        &mut self,
-        containers: &[RecoveredContainer],
-        orphans: &[ContainerId],
-    ) -> Result<(), Error> {
+    pub(super) fn recover_all(&mut self, known: Known<'_>) -> Result<(), Error> {
         let scan: Scan<Record> = self.store.scan()?;
-        let known =
-            |id: &ContainerId| containers.iter().any(|c| &c.id == id) || orphans.contains(id);
         let mut records = scan.records;
         for bad in scan.unreadable {
             self.counters.unreadable_records += 1;
@@ -34,7 +30,7 @@ impl NetClsIsolator {
                         handle,
                         egress: None,
                     };
-                    if known(&id) {
+                    if known.contains(&id) {
                         if let Err(err) = self.store.save(&id, &record) {
                             warn!(container = %id, "saving the rebuilt net_cls state: {err}");
                         }
@@ -45,7 +41,7 @@ impl NetClsIsolator {
                     warn!(container = %id, error = %bad.error,
                           "net_cls state unreadable and no classid to rebuild it from; the container's cgroup is removed at its cleanup");
                     self.unrecorded.insert(id.clone());
-                    if !known(&id) {
+                    if !known.contains(&id) {
                         let _ = self.release_or_retry(&id, false);
                     }
                 }
@@ -53,18 +49,12 @@ impl NetClsIsolator {
         }
         records.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, record) in records {
-            let live = containers.iter().find(|c| c.id == id);
-            self.recover_one(&id, record, live, known(&id));
+            let live = known.live(&id);
+            self.recover_one(&id, record, live, known.contains(&id));
         }
         self.remove_unclaimed_classes();
-        let c = self.counters();
-        info!(
-            containers = self.containers.len(),
-            unreadable_records = c.unreadable_records,
-            recover_failures = c.recover_failures,
-            cleanups_pending = c.cleanups_pending,
-            "net_cls recovery done"
-        );
+        self.counters()
+            .log_recovered("net_cls", self.containers.len());
         Ok(())
     }
 

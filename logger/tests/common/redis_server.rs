@@ -28,6 +28,19 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// [`RedisServer::start`] on a free port, or a visible skip of `test`
+    /// (None) when redis-server is not installed.
+    pub fn start_or_skip(test: &str) -> Option<RedisServer> {
+        let s = RedisServer::start(0, &[]);
+        if s.is_none() {
+            super::skip(
+                test,
+                "redis-server not installed (.ci/logger-servers.sh install)",
+            );
+        }
+        s
+    }
+
     /// Starts redis-server on `port` (0: a free one) with extra arguments.
     pub fn start(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let bin = redis_bin()?;

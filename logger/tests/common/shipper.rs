@@ -203,6 +203,23 @@ pub fn run_container(m: &LoggerModule, spec: &ContainerSpec, args: &[&str]) -> C
         .unwrap()
 }
 
+/// [`run_container`] writing `lines` loadgen lines `prefix seq=N ...` at
+/// `rate` lines a second (None: as fast as it can).
+pub fn run_loadgen(
+    m: &LoggerModule,
+    spec: &ContainerSpec,
+    lines: u64,
+    rate: Option<u32>,
+    prefix: &str,
+) -> Child {
+    let (lines, rate) = (lines.to_string(), rate.map(|r| r.to_string()));
+    let mut args = vec!["--lines", &lines, "--prefix", prefix];
+    if let Some(rate) = &rate {
+        args.extend(["--rate", rate]);
+    }
+    run_container(m, spec, &args)
+}
+
 /// The stream as written to the sandbox: rotated files oldest first, then the current one.
 pub fn sandbox_stream(sandbox: &Path, name: &str) -> Vec<u8> {
     let mut out = Vec::new();

@@ -115,6 +115,18 @@ class SuiteBase:
         return wait_for(f"{daemon.name} to register",
                         lambda: http_json(daemon.port, "/state").get("id"), 60, 0.5)
 
+    def restart_agent(self, daemon, agent_id, note=""):
+        """SIGKILL of an agent alone (its executors survive), its offers
+        dropped, started again; returns once the master has it active."""
+        daemon.sigkill()
+        log(f"{daemon.name} killed with SIGKILL{note}")
+        time.sleep(1)
+        self.sched.drop_offers(agent_id)
+        daemon.start()
+        wait_for(f"{daemon.name} to re-register", lambda: any(
+            a["id"] == agent_id and a.get("active")
+            for a in http_json(self.master_port, "/slaves")["slaves"]), 90, 0.5)
+
     def agent_log(self, daemon):
         logs = os.path.join(daemon.dir, "logs")
         text = ""

@@ -5,7 +5,8 @@ import os
 import re
 import uuid
 
-from .common import cgroup_v1_mounts, free_port, http_json, log, read, wait_for
+from .common import (
+    cgroup_v1_mounts, free_port, http_json, log, read, settled_leftovers, wait_for)
 from .scheduler import TERMINAL
 
 
@@ -128,11 +129,7 @@ class BlkioDiskPhase:
             files = [os.path.join(dp, f) for sd in state_dirs
                      for dp, _, fs in os.walk(sd) for f in fs]
             return groups, files
-        try:
-            wait_for("cleanup", lambda: leftovers() == ([], []), 30, 0.5)
-        except TimeoutError:
-            pass
-        groups, files = leftovers()
+        groups, files = settled_leftovers(leftovers)
         self.results.record("o", groups == [] and files == [],
                             f"cgroups left {groups}, state files left {files}")
 

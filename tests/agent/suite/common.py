@@ -92,6 +92,16 @@ def wait_for(what, predicate, timeout, interval=0.2):
                        + (f" (last error: {last_error})" if last_error else ""))
 
 
+def settled_leftovers(leftovers, timeout=30):
+    """Waits up to `timeout` s for `leftovers()` to return ([], []) (cgroups,
+    state files); returns its last answer for the caller to record."""
+    try:
+        wait_for("cleanup", lambda: leftovers() == ([], []), timeout, 0.5)
+    except TimeoutError:
+        pass
+    return leftovers()
+
+
 def http_json(port, path, timeout=10):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

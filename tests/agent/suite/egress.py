@@ -7,10 +7,9 @@ import random
 import re
 import signal
 import subprocess
-import time
 import uuid
 
-from .common import free_port, http_json, log, read, wait_for
+from .common import free_port, log, read, wait_for
 from .scheduler import TERMINAL
 
 
@@ -128,16 +127,7 @@ print(f"egress sent {n} bytes in {t:.3f} s = {n * 8 / t / 1e6:.3f} Mbit/s", flus
 
         # (m) The class outlives an agent SIGKILL + restart, and goes with the task.
         before = self.tc_class(classid) if classid else []
-        eg.sigkill()
-        log("agent-egress killed with SIGKILL")
-        time.sleep(1)
-        self.sched.drop_offers(eg_id)
-        eg.start()
-
-        def reregistered():
-            return any(a["id"] == eg_id and a.get("active")
-                       for a in http_json(self.master_port, "/slaves")["slaves"])
-        wait_for("agent-egress to re-register", reregistered, 90, 0.5)
+        self.restart_agent(eg, eg_id)
         wait_for("agent-egress to recover the task",
                  lambda: self.container_of(eg, task), 60, 0.5)
         after = self.tc_class(classid) if classid else []

@@ -12,7 +12,7 @@ import time
 import traceback
 import uuid
 
-from .common import Daemon, REPO, free_port, http_json, http_ok, log, read, wait_for
+from .common import Daemon, REPO, free_port, http_ok, log, read, wait_for
 from .scheduler import TERMINAL
 
 
@@ -103,16 +103,7 @@ class LoggerPhase:
         wait_for("10 lines in the sandbox stdout", lambda: len(lines()) >= 10, 20)
         before = len(lines())
         before_bytes = os.path.getsize(os.path.join(sandbox, "stdout"))
-        ag.sigkill()
-        log("agent-log killed with SIGKILL")
-        time.sleep(1)
-        self.sched.drop_offers(ag_id)
-        ag.start()
-
-        def reregistered():
-            return any(a["id"] == ag_id and a.get("active")
-                       for a in http_json(self.master_port, "/slaves")["slaves"])
-        wait_for("agent-log to re-register", reregistered, 90, 0.5)
+        self.restart_agent(ag, ag_id)
         try:
             wait_for("lines after the restart", lambda: len(lines()) >= before + 30, 30)
         except TimeoutError:
@@ -331,14 +322,7 @@ class LoggerPhase:
         wait_for("50 lines in the sandbox stdout",
                  lambda: read(stdout).count("\n") >= 50, 30)
         at_kill = read(stdout).count("\n")
-        ag.sigkill()
-        log(f"agent-log killed with SIGKILL ({at_kill} lines printed)")
-        time.sleep(1)
-        self.sched.drop_offers(ag_id)
-        ag.start()
-        wait_for("agent-log to re-register", lambda: any(
-            a["id"] == ag_id and a.get("active")
-            for a in http_json(self.master_port, "/slaves")["slaves"]), 90, 0.5)
+        self.restart_agent(ag, ag_id, f" ({at_kill} lines printed)")
         at_register = read(stdout).count("\n")
         docs2, counts2 = self.wait_lines(port, task2, "es2-", n2, 90)
         once2 = counts2 == {i: 1 for i in range(n2)}

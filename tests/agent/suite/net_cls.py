@@ -7,7 +7,8 @@ import statistics
 import time
 import uuid
 
-from .common import free_port, http_json, log, pid_net_cls_path, read, wait_for
+from .common import (
+    free_port, http_json, log, pid_net_cls_path, read, settled_leftovers, wait_for)
 from .scheduler import TERMINAL
 
 
@@ -155,11 +156,7 @@ class NetClsPhase:
                 if os.path.isdir(self.net_cls_dir()) else []
             files = [os.path.join(dp, f) for dp, _, fs in os.walk(state_dir) for f in fs]
             return groups, files
-        try:
-            wait_for("cleanup", lambda: leftovers() == ([], []), 30, 0.5)
-        except TimeoutError:
-            pass
-        groups, files = leftovers()
+        groups, files = settled_leftovers(leftovers)
         r.record("e", groups == [] and files == [] and not os.path.exists(f"/proc/{pid}"),
                  f"cgroups left {groups}, state files left {files}")
     def assigned_time(self, daemon, task_id):

@@ -7,10 +7,9 @@ import pwd
 import re
 import signal
 import subprocess
-import time
 import uuid
 
-from .common import Daemon, free_port, http_json, log, raw, read, wait_for
+from .common import Daemon, free_port, log, raw, read, wait_for
 from .scheduler import TERMINAL
 
 
@@ -309,14 +308,7 @@ class TenantPhase:
         steps.append(victim_progress(f"after the worker kill -9 (pid {worker})"))
         attack_for("after the worker restart", 10)
         # Moment: the agent is killed and restarted.
-        tn.sigkill()
-        log("agent-tenant killed with SIGKILL")
-        time.sleep(1)
-        self.sched.drop_offers(tn_id)
-        tn.start()
-        wait_for("agent-tenant to re-register", lambda: any(
-            a["id"] == tn_id and a.get("active")
-            for a in http_json(self.master_port, "/slaves")["slaves"]), 90, 0.5)
+        self.restart_agent(tn, tn_id)
         steps.append(victim_progress("after the agent restart"))
         attack_for("after the agent restart", 10)
         # Moment: the worker is upgraded in place (SIGHUP to the supervisor).
