@@ -569,7 +569,8 @@ fn registrations_written_by_the_previous_version_are_adopted() {
         wait_for(
             &sh,
             "the container taken back (its copy made)",
-            Duration::from_secs(10),
+            // A worker restart on a loaded machine: start, adopt, copy.
+            Duration::from_secs(30),
             || state.join("registration.copy.json").exists(),
         );
     }
