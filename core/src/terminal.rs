@@ -4,7 +4,12 @@
 
 use std::io::IsTerminal;
 
-/// True when standard error is a terminal and `NO_COLOR` is unset or empty.
+/// True when `stream` is a terminal and `NO_COLOR` is unset or empty.
+pub fn colour_on(stream: impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// [`colour_on`] standard error, where the binaries log.
 pub fn colour_on_stderr() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colour_on(std::io::stderr())
 }

@@ -44,7 +44,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Colour codes only for a terminal, and never with `NO_COLOR` set.
 fn run(options: Options) -> Result<ExitCode, HarnessError> {
     match options.command {
         Command::Defaults => {

@@ -56,9 +56,7 @@ pub fn is_root() -> bool {
 /// Sends the library's tracing to the test's output, with colour codes only on
 /// a terminal (and never with `NO_COLOR`).
 pub fn init_test_logging() {
-    use std::io::IsTerminal;
-    let colour = std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let colour = rein_core::terminal::colour_on(std::io::stdout());
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_ansi(colour)
