@@ -79,14 +79,7 @@ pub fn open_rw(path: &Path) -> io::Result<File> {
 /// Creates (or empties) a regular file, mode 0600. It is emptied only once
 /// known to be ours.
 pub fn create(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let f = regular_private(f, path)?;
+    let f = rein_core::atomic_file::open_regular(path, Some(FILE_MODE))?;
     f.set_len(0)?;
     Ok(f)
 }
