@@ -6,7 +6,7 @@ import re
 import uuid
 
 from .common import (
-    cgroup_v1_mounts, free_port, http_json, log, read, settled_leftovers, wait_for)
+    CGROUP_V2, cgroup_points, free_port, http_json, log, read, settled_leftovers, wait_for)
 from .scheduler import TERMINAL
 
 
@@ -32,6 +32,7 @@ class BlkioDiskPhase:
                         "filesystem/posix,cgroups/cpu,rein_BlkioIsolator,rein_DiskIsolator",
                         self.root_io, manifest)
         io.start()
+        self.io_agent = io
         io_id = self.agent_id(io)
         log(f"agent-io registered: {io_id}")
 
@@ -42,8 +43,10 @@ class BlkioDiskPhase:
         st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
         if st["state"] != "TASK_RUNNING":
             raise RuntimeError(f"blkio task: {st['state']}: {st.get('message')}")
-        _, sandbox = wait_for("the blkio task's container",
-                              lambda: self.container_of(io, task), 20)
+        container, sandbox = wait_for("the blkio task's container",
+                                      lambda: self.container_of(io, task), 20)
+        if self.wants("A"):
+            self.check_v2_placement(container)
         out = wait_for("dd's report", lambda: "dd-done" in read(
             os.path.join(sandbox, "stdout")) and read(os.path.join(sandbox, "stdout")), 60)
 
@@ -111,6 +114,50 @@ class BlkioDiskPhase:
                  f"task still {self.sched.states(under)[-1]}")
         self.sched.kill(under, io_id)
         self.sched.wait_state(under, TERMINAL, 60)
+        if self.wants("D"):
+            self.check_enforce(io_id)
+
+    def check_v2_placement(self, container):
+        """(A) Mesos's cgroups2 layout: processes in <root>/<id>/leaf, our limit on
+        <root>/<id> (the cgroup Mesos's launcher created or accepted)."""
+        top = os.path.join(CGROUP_V2, self.root_io, container)
+        procs = wait_for("the task's processes in leaf", lambda: read(
+            os.path.join(top, "leaf", "cgroup.procs")).split(), 20)
+        io_max = read(os.path.join(top, "io.max"))
+        in_proc = [p for p in procs if read(f"/proc/{p}/cgroup").strip().endswith(
+            f"/{self.root_io}/{container}/leaf")]
+        self.results.record(
+            "A", bool(in_proc) and "wbps=10485760" in io_max,
+            f"{len(procs)} processes in {top}/leaf ({len(in_proc)} report it in "
+            f"/proc/PID/cgroup); io.max {io_max.strip()!r}")
+
+    def check_enforce(self, io_id):
+        """(D) enforce mode on a project-quota filesystem: the write fails at the
+        quota (EDQUOT, or ENOSPC from XFS's project quota) and the task lives on."""
+        if os.environ.get("REIN_AGENT_QUOTA_FS") != "1":
+            self.skip("D", "the sandbox is not on a project-quota filesystem "
+                      "(REIN_AGENT_QUOTA_FS=1; the VM lane's agent runs it)")
+            return
+        task = "diskenf-" + uuid.uuid4().hex[:6]
+        self.sched.launch(io_id, task, "dd if=/dev/zero of=f bs=1M count=30 conv=fsync "
+                          "2>&1; echo dd-rc=$?; sleep 600", {"rein.disk.mode": "enforce"},
+                          disk=8)
+        st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
+        if st["state"] != "TASK_RUNNING":
+            raise RuntimeError(f"enforce task: {st['state']}: {st.get('message')}")
+        _, sandbox = wait_for("the enforce task's container",
+                              lambda: self.container_of(self.io_agent, task), 20)
+        out = wait_for("dd's end", lambda: "dd-rc=" in read(
+            os.path.join(sandbox, "stdout")) and read(os.path.join(sandbox, "stdout")), 90)
+        size = os.stat(os.path.join(sandbox, "f")).st_size
+        refused = "Disk quota exceeded" in out or "No space left" in out
+        alive = self.sched.states(task)[-1] == "TASK_RUNNING"
+        self.results.record(
+            "D", refused and "dd-rc=0" not in out and size <= 8 << 20 and alive,
+            f"dd: {out.strip()[-200:]!r}; file {size} bytes (quota {8 << 20}); "
+            f"task still {self.sched.states(task)[-1]}")
+        self.sched.kill(task, io_id)
+        self.sched.wait_state(task, TERMINAL, 60)
 
     # -- egress shaping: a veth to a network namespace of our own ------------------
 
@@ -120,7 +167,7 @@ class BlkioDiskPhase:
 
         def leftovers():
             groups = []
-            for point in set(cgroup_v1_mounts().values()):
+            for point in cgroup_points():
                 for root in (self.root_io, self.root_eg):
                     top = os.path.join(point, root)
                     if os.path.isdir(top):

@@ -71,6 +71,19 @@ print(f"egress sent {n} bytes in {t:.3f} s = {n * 8 / t / 1e6:.3f} Mbit/s", flus
         want = f"{classid >> 16:x}:{classid & 0xffff:x}"
         return [line for line in out.splitlines() if line.split()[2:3] == [want]]
 
+    def our_class(self):
+        """The one class id on the veth under our primary handle, minor 0x10-0xfff."""
+        out = subprocess.run(["tc", "class", "show", "dev", self.veth], check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        found = []
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) > 2 and ":" in words[2]:
+                major, minor = (int(x or "0", 16) for x in words[2].split(":"))
+                if major == self.primary_eg and 0x10 <= minor <= 0xfff:
+                    found.append(major << 16 | minor)
+        return found[0] if len(found) == 1 else None
+
     def run_egress(self):
         r = self.results
         self.make_netns()
@@ -86,7 +99,7 @@ print(f"egress sent {n} bytes in {t:.3f} s = {n * 8 / t / 1e6:.3f} Mbit/s", flus
              os.path.join(self.tmp, "receiver.py"), self.ns_ip, str(port)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
-        manifest = self.write_manifest("modules-egress.json", {"rein_NetClsIsolator": {
+        params = {
             "state_dir": os.path.join(self.tmp, "rein-state-egress"),
             "cgroups_root": self.root_eg,
             "net_cls_primary_handle": hex(self.primary_eg),
@@ -94,7 +107,11 @@ print(f"egress sent {n} bytes in {t:.3f} s = {n * 8 / t / 1e6:.3f} Mbit/s", flus
             "mount_net_cls": "true",
             "egress_shaping": "true",
             "egress_devices": self.veth,
-        }})
+        }
+        if self.mode == "v2":
+            # No net_cls: classified by the container's cgroup v2 id (a BPF filter).
+            params.update(mount_net_cls="false", egress_classifier="cgroup2")
+        manifest = self.write_manifest("modules-egress.json", {"rein_NetClsIsolator": params})
         eg = self.agent("agent-egress", free_port(),
                         "filesystem/posix,cgroups/cpu,rein_NetClsIsolator", self.root_eg,
                         manifest)
@@ -111,6 +128,10 @@ print(f"egress sent {n} bytes in {t:.3f} s = {n * 8 / t / 1e6:.3f} Mbit/s", flus
             raise RuntimeError(f"egress task: {st['state']}: {st.get('message')}")
         classid = (st.get("container_status", {}).get("cgroup_info", {})
                    .get("net_cls", {}).get("classid"))
+        if classid is None and self.mode == "v2":
+            # No classid in the status on v2: the container's class is the one
+            # under our primary handle in the secondary range.
+            classid = wait_for("the container's HTB class", lambda: self.our_class(), 20)
         _, sandbox = wait_for("the egress task's container",
                               lambda: self.container_of(eg, task), 20)
         out = wait_for("the sender's report", lambda: "Mbit/s" in read(

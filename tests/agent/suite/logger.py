@@ -125,23 +125,23 @@ class LoggerPhase:
         self.sched.kill(task, ag_id)
         self.sched.wait_state(task, TERMINAL, 60)
 
-        if es_port:
+        if es_port and self.wants("p"):
             try:
                 self.run_logger_es(ag, ag_id, es_port)
             except Exception as e:  # noqa: BLE001 - (q) still runs
                 traceback.print_exc()
                 r.record("p", False, f"{type(e).__name__}: {e}")
-        else:
+        elif not es_port:
             self.skip("p", "osmem-server not installed (pip install osmem-server==0.1.6)")
         if self.wants("q"):
             self.run_burst(ag, ag_id, self.baseline()[1])
-        if es_port:
+        if es_port and self.wants("t"):
             try:
                 self.run_wedged(ag_id, es_port, state)
             except Exception as e:  # noqa: BLE001 - the other checks still run
                 traceback.print_exc()
                 r.record("t", False, f"{type(e).__name__}: {e}")
-        else:
+        elif not es_port:
             self.skip("t", "osmem-server not installed (pip install osmem-server==0.1.6)")
 
     # -- (t) a wedged shipper ------------------------------------------------------------
