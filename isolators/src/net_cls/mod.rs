@@ -181,6 +181,25 @@ impl NetClsIsolator {
         }
     }
 
+    /// Puts a container's process where it is classified. v1: the container's
+    /// net_cls cgroup (a nested container's is its root's). v2: Mesos's layout, the
+    /// container's `leaf` (its own cgroup has controllers enabled for children, so
+    /// it may hold no process: EBUSY); Mesos's launcher has put it there already,
+    /// so this only matters without one. A nested container's process stays where
+    /// Mesos put it, below its root's cgroup, whose id classifies it as an ancestor.
+    fn place(&self, id: &ContainerId, pid: i32) -> Result<(), Error> {
+        match self.hierarchy.version() {
+            Version::V1 => self.cgroup(id).add_process(pid)?,
+            Version::V2 if id.is_nested() => {}
+            Version::V2 => {
+                let leaf = self.cgroup(id).child("leaf");
+                leaf.create()?;
+                leaf.add_process(pid)?;
+            }
+        }
+        Ok(())
+    }
+
     fn setup(
         &self,
         id: &ContainerId,
@@ -254,7 +273,7 @@ impl Isolator for NetClsIsolator {
         if self.handle(id).is_none() {
             return Err(NetClsError::UnknownContainer(id.clone()).into());
         }
-        self.cgroup(id).add_process(pid)?;
+        self.place(id, pid)?;
         if !id.is_nested() {
             self.shape(id, pid)?;
         }

@@ -280,3 +280,35 @@ fn an_unreadable_record_is_its_containers_trouble_only() {
     }
     assert_eq!(iso.free_handles(), 10);
 }
+
+/// Mesos's cgroup v2 layout: a container's own cgroup enables controllers for its
+/// children and may hold no process (the kernel answers EBUSY), so the process
+/// goes to `<id>/leaf`; a nested container's process is left where Mesos put it.
+#[test]
+fn v2_processes_go_to_leaf_and_nested_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let hierarchy = Hierarchy::fake(dir.path().join("unified"), Version::V2, fake::COMMON).unwrap();
+    let common = crate::test_support::common_in(dir.path());
+    let store = StateStore::open(&common.state_dir, "net_cls").unwrap();
+    let mut iso = NetClsIsolator::new(
+        hierarchy.clone(),
+        &common,
+        HandleAllocator::new(1, 1, 10),
+        store,
+    );
+    let parent = spec(&["p"]);
+    let child = spec(&["p", "c"]);
+    iso.prepare(&parent).unwrap();
+    iso.prepare(&child).unwrap();
+    iso.isolate(&parent.id, 42).unwrap();
+    iso.isolate(&child.id, 77).unwrap();
+    let top = hierarchy.mount_point().join("mesos/p");
+    assert_eq!(
+        fs::read_to_string(top.join("leaf/cgroup.procs")).unwrap(),
+        "42"
+    );
+    assert_eq!(fs::read_to_string(top.join("cgroup.procs")).unwrap(), "");
+    iso.cleanup(&child.id).unwrap();
+    iso.cleanup(&parent.id).unwrap();
+    assert!(!top.exists());
+}

@@ -324,6 +324,10 @@ class LoggerPhase:
         at_kill = read(stdout).count("\n")
         self.restart_agent(ag, ag_id, f" ({at_kill} lines printed)")
         at_register = read(stdout).count("\n")
+        # The shipper's deadline starts once the task has printed everything (a
+        # loaded or emulated machine prints far slower than 0.03 s a line).
+        wait_for(f"{n2} lines in the sandbox stdout",
+                 lambda: read(stdout).count("\n") >= n2, 600, 0.5)
         docs2, counts2 = self.wait_lines(port, task2, "es2-", n2, 90)
         once2 = counts2 == {i: 1 for i in range(n2)}
         dup2 = sorted(k for k, v in counts2.items() if v > 1)
