@@ -38,8 +38,11 @@ class BlkioDiskPhase:
 
         # (h) (i) 20 MiB of O_DIRECT writes at 10 MiB/s, then a pause to read statistics.
         task = "blkio-" + uuid.uuid4().hex[:6]
+        labels = {"rein.blkio.write_bps": "10MiB/s"}
+        if self.mode == "v2":
+            labels["rein.blkio.weight"] = "50"  # io.weight (below the default cap, 100)
         self.sched.launch(io_id, task, "dd if=/dev/zero of=f bs=1M count=20 oflag=direct "
-                          "2>&1; echo dd-done; sleep 8", {"rein.blkio.write_bps": "10MiB/s"})
+                          "2>&1; echo dd-done; sleep 8", labels)
         st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
         if st["state"] != "TASK_RUNNING":
             raise RuntimeError(f"blkio task: {st['state']}: {st.get('message')}")
@@ -78,8 +81,11 @@ class BlkioDiskPhase:
 
         # (k) A task under its quota: usage and quota in the statistics.
         under = "diskok-" + uuid.uuid4().hex[:6]
+        under_labels = {"rein.disk.mode": "kill"}
+        if self.wants("R"):
+            under_labels["rein.blkio.read_bps"] = "20MiB/s"
         self.sched.launch(io_id, under, "dd if=/dev/zero of=f bs=1M count=3 conv=fsync "
-                          "2>/dev/null; sleep 600", {"rein.disk.mode": "kill"}, disk=10)
+                          "2>/dev/null; sleep 600", under_labels, disk=10)
         # (j) A task writing 30 MB with a quota of 10 MB, in kill mode. The usage in the
         # message is what the scan saw when it fired: over the quota, not always all 30 MB.
         over = "diskover-" + uuid.uuid4().hex[:6]
@@ -112,8 +118,12 @@ class BlkioDiskPhase:
                  and limit == 10 << 20 and alive,
                  f"disk_used_bytes {used}, disk_limit_bytes {limit} (quota {10 << 20}); "
                  f"task still {self.sched.states(under)[-1]}")
+        if self.wants("R"):
+            self.check_v2_recovery(io, io_id, under)
         self.sched.kill(under, io_id)
         self.sched.wait_state(under, TERMINAL, 60)
+        if self.wants("N"):
+            self.check_nested(io, io_id)
         if self.wants("D"):
             self.check_enforce(io_id)
 
@@ -124,12 +134,68 @@ class BlkioDiskPhase:
         procs = wait_for("the task's processes in leaf", lambda: read(
             os.path.join(top, "leaf", "cgroup.procs")).split(), 20)
         io_max = read(os.path.join(top, "io.max"))
+        io_weight = read(os.path.join(top, "io.weight"))
         in_proc = [p for p in procs if read(f"/proc/{p}/cgroup").strip().endswith(
             f"/{self.root_io}/{container}/leaf")]
         self.results.record(
-            "A", bool(in_proc) and "wbps=10485760" in io_max,
+            "A", bool(in_proc) and "wbps=10485760" in io_max
+            and "default 50" in io_weight.splitlines(),
             f"{len(procs)} processes in {top}/leaf ({len(in_proc)} report it in "
-            f"/proc/PID/cgroup); io.max {io_max.strip()!r}")
+            f"/proc/PID/cgroup); io.max {io_max.strip()!r}; io.weight {io_weight.strip()!r}")
+
+    def check_v2_recovery(self, io, io_id, task):
+        """(R) SIGKILL + restart of the agent: a live container keeps its io.max
+        limit and its quota (usage and limit still reported), and the task runs."""
+        container, _ = self.container_of(io, task)
+        io_max = os.path.join(CGROUP_V2, self.root_io, container, "io.max")
+        before = read(io_max).strip()
+        self.restart_agent(io, io_id)
+        wait_for("agent-io to recover the task", lambda: self.container_of(io, task), 60, 0.5)
+
+        def recovered():
+            stats = self.statistics_of(io, task) or {}
+            return stats.get("disk_limit_bytes") == 10 << 20 and stats
+        try:
+            stats = wait_for("the recovered container's statistics", recovered, 30, 0.5)
+        except TimeoutError:
+            stats = self.statistics_of(io, task) or {}
+        after = read(io_max).strip() if os.path.exists(io_max) else None
+        running = self.sched.states(task)[-1] == "TASK_RUNNING"
+        self.results.record(
+            "R", "rbps=20971520" in before and after == before and running
+            and stats.get("disk_limit_bytes") == 10 << 20
+            and (stats.get("disk_used_bytes") or 0) >= 3 << 20,
+            f"io.max before {before!r}, after {after!r}; disk_used_bytes "
+            f"{stats.get('disk_used_bytes')}, disk_limit_bytes "
+            f"{stats.get('disk_limit_bytes')} after the restart; task still "
+            f"{self.sched.states(task)[-1]}")
+
+    def check_nested(self, io, io_id):
+        """(N) A task group (the default executor, the task a nested container) with
+        blkio and disk labels runs; its process sits in a cgroup below the executor
+        container's (<root>/<executor container>/.../leaf); it ends and leaves
+        nothing (o)."""
+        task = "nested-" + uuid.uuid4().hex[:6]
+        self.sched.launch_group(io_id, task, "echo nested-up; sleep 600",
+                                {"rein.blkio.write_bps": "10MiB/s", "rein.disk.mode": "kill"},
+                                disk=10)
+        st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 120)
+        detail = f"{st['state']}: {st.get('message', '')}"
+        placed = None
+        if st["state"] == "TASK_RUNNING":
+            state = http_json(io.port, "/containers")
+            parents = [c["container_id"] for c in state if c.get("executor_id")]
+            top = os.path.join(CGROUP_V2, self.root_io)
+            below = []
+            for dirpath, _, files in os.walk(top):
+                if "cgroup.procs" in files and dirpath.count("/") >= top.count("/") + 3:
+                    below += [(dirpath, p) for p in read(
+                        os.path.join(dirpath, "cgroup.procs")).split()]
+            placed = [d for d, p in below if "sleep" in read(f"/proc/{p}/cmdline")]
+            detail += f"; containers {parents}; the task's sleep in {placed}"
+        self.results.record("N", st["state"] == "TASK_RUNNING" and bool(placed), detail)
+        self.sched.kill(task, io_id)
+        self.sched.wait_state(task, TERMINAL, 60)
 
     def check_enforce(self, io_id):
         """(D) enforce mode on a project-quota filesystem: the write fails at the

@@ -29,7 +29,7 @@ PHASES = [
 
 # The cgroup v2 agent (tests/vm/agent): the phases that apply there.
 PHASES_V2 = [
-    Phase("blkio+disk", "AhijkD", "o", "run_blkio_disk"),
+    Phase("blkio+disk", "AhijkRND", "o", "run_blkio_disk"),
     Phase("egress", "lm", "o", "run_egress"),
     Phase("logger", "np", "", "run_logger"),
     Phase("leftovers", "o", "", "check_io_egress_leftovers"),
