@@ -172,27 +172,35 @@ class BlkioDiskPhase:
 
     def check_nested(self, io, io_id):
         """(N) A task group (the default executor, the task a nested container) with
-        blkio and disk labels runs; its process sits in a cgroup below the executor
-        container's (<root>/<executor container>/.../leaf); it ends and leaves
-        nothing (o)."""
+        blkio and disk labels runs; its process sits in the executor container's
+        cgroup subtree (Mesos's nested containers share their parent's cgroups by
+        default: <root>/<executor container>/leaf); it ends and leaves nothing (o)."""
         task = "nested-" + uuid.uuid4().hex[:6]
-        self.sched.launch_group(io_id, task, "echo nested-up; sleep 600",
+        self.sched.launch_group(io_id, task, "echo nested-up; exec sleep 600",
                                 {"rein.blkio.write_bps": "10MiB/s", "rein.disk.mode": "kill"},
                                 disk=10)
         st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 120)
         detail = f"{st['state']}: {st.get('message', '')}"
-        placed = None
+        placed = []
         if st["state"] == "TASK_RUNNING":
-            state = http_json(io.port, "/containers")
-            parents = [c["container_id"] for c in state if c.get("executor_id")]
+            parents = [c["container_id"] for c in http_json(io.port, "/containers")]
             top = os.path.join(CGROUP_V2, self.root_io)
-            below = []
-            for dirpath, _, files in os.walk(top):
-                if "cgroup.procs" in files and dirpath.count("/") >= top.count("/") + 3:
-                    below += [(dirpath, p) for p in read(
-                        os.path.join(dirpath, "cgroup.procs")).split()]
-            placed = [d for d, p in below if "sleep" in read(f"/proc/{p}/cmdline")]
-            detail += f"; containers {parents}; the task's sleep in {placed}"
+
+            def sleeping():
+                found = []
+                for dirpath, _, files in os.walk(top):
+                    if "cgroup.procs" not in files:
+                        continue
+                    for p in read(os.path.join(dirpath, "cgroup.procs")).split():
+                        try:
+                            if read(f"/proc/{p}/cmdline").startswith("sleep\0600"):
+                                found.append(os.path.relpath(dirpath, top))
+                        except OSError:
+                            pass
+                return found
+            placed = wait_for("the nested task's sleep", sleeping, 20)
+            placed = [d for d in placed if d.split("/")[0] in parents]
+            detail += f"; executor containers {parents}; the task's sleep in {placed}"
         self.results.record("N", st["state"] == "TASK_RUNNING" and bool(placed), detail)
         self.sched.kill(task, io_id)
         self.sched.wait_state(task, TERMINAL, 60)
