@@ -183,8 +183,18 @@ impl DiskIsolator {
                 info!(container = %id, project, entries = report.entries, "project id cleared from the sandbox and reclaimed");
                 true
             }
+            // What is left charges no byte, and no more inodes than the symlinks
+            // and special files in the sandbox the walk cannot reset: the next
+            // holder of the id inherits nothing the quota limits (blocks only).
+            Ok(q) if q.used == 0 && q.inodes <= report.unopenable => {
+                info!(container = %id, project, entries = report.entries, inodes = q.inodes,
+                      unopenable = report.unopenable,
+                      "project id cleared from the sandbox and reclaimed (its symlinks or special files keep the id, charging no byte)");
+                true
+            }
             Ok(q) => {
                 warn!(container = %id, project, used = q.used, inodes = q.inodes, skipped = report.skipped,
+                      unopenable = report.unopenable,
                       "files outside the sandbox (or not reached) still carry the project id; it is held until the sandbox is removed");
                 false
             }

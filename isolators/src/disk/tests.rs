@@ -30,6 +30,9 @@ struct FakeState {
     limits: HashMap<u32, Limits>,
     /// Usage charged to a project by files outside every sandbox.
     used: HashMap<u32, u64>,
+    /// Symlinks and special files (path -> project id): one inode, no byte each,
+    /// and the walk cannot reset them.
+    special: HashMap<PathBuf, u32>,
     fail_set_project: bool,
     calls: Vec<String>,
 }
@@ -38,7 +41,8 @@ impl FakeState {
     fn charged(&self, id: u32) -> (u64, u64) {
         let extra = self.used.get(&id).copied().unwrap_or(0);
         let (bytes, inodes) = self.totals.get(&id).copied().unwrap_or_default();
-        (bytes + extra, inodes + u64::from(extra > 0))
+        let special = self.special.values().filter(|&&p| p == id).count() as u64;
+        (bytes + extra, inodes + u64::from(extra > 0) + special)
     }
 
     /// Sets the id of one path, keeping the totals; returns the old id.
@@ -82,6 +86,7 @@ impl FakeKernel {
                 totals: HashMap::new(),
                 limits: HashMap::new(),
                 used: HashMap::new(),
+                special: HashMap::new(),
                 fail_set_project: false,
                 calls: Vec::new(),
             }),
@@ -162,6 +167,7 @@ impl DiskKernel for FakeKernel {
             .take_while(|p| p.starts_with(path))
             .cloned()
             .collect();
+        report.unopenable = st.special.keys().filter(|p| p.starts_with(path)).count() as u64;
         for p in below {
             if report.entries >= max_entries {
                 report.complete = false;
@@ -530,6 +536,33 @@ fn nested_containers_are_accounted_in_the_parent() {
     assert_eq!(iso.usage(&child.id).unwrap(), Statistics::default());
     iso.cleanup(&child.id).unwrap();
     assert!(f.kernel.calls().is_empty());
+}
+
+/// Mesos leaves a symlink in every task group's sandbox (`tasks/<task id>`); it
+/// inherits the project id and no walk can reset it (a symlink cannot be opened).
+/// It charges one inode and no byte: the id is reclaimed at cleanup all the same,
+/// while a byte charged anywhere else still holds it.
+#[test]
+fn symlinks_left_in_the_sandbox_do_not_hold_the_id() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let group = f.spec(&["group"], Some(10.0), &[]);
+    let other = f.spec(&["other"], Some(10.0), &[]);
+    iso.prepare(&group).unwrap();
+    iso.prepare(&other).unwrap();
+    {
+        let mut st = f.kernel.st();
+        st.special.insert(group.sandbox.join("tasks/t1"), 5000);
+        st.special.insert(other.sandbox.join("tasks/t2"), 5001);
+        // Bytes of `other`'s project outside its sandbox: those still hold it.
+        st.used.insert(5001, 4096);
+    }
+    iso.cleanup(&group.id).unwrap();
+    iso.cleanup(&other.id).unwrap();
+    let counters = iso.counters();
+    assert_eq!(counters.ids_reclaimed_at_cleanup.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.ids_held_for_gc.load(Ordering::Relaxed), 1);
+    assert_eq!(iso.project_ids(), (9, 10), "5000 back, 5001 held");
 }
 
 #[test]

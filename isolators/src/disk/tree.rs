@@ -38,6 +38,11 @@ pub struct TreeReport {
     pub bytes: u64,
     /// Entries that could not be opened or set (gone, leased, refused).
     pub skipped: u64,
+    /// Symlinks, FIFOs, sockets and devices on the tree's filesystem: never opened,
+    /// so their project id stays what they were created with (each charges one
+    /// inode to it; an inline symlink or a special file, no block). Mesos itself
+    /// leaves one in every task group's sandbox (`tasks/<task id>`).
+    pub unopenable: u64,
     /// Whether the whole tree was reached (false: a bound was hit).
     pub complete: bool,
 }
@@ -149,8 +154,13 @@ impl Walk {
         )
         .ok()?;
         let k = kind(&before);
-        if before.st_dev != self.dev || (k != libc::S_IFDIR && k != libc::S_IFREG) {
-            // Symlinks, FIFOs, sockets, devices, other mounts: never opened.
+        if before.st_dev != self.dev {
+            // Another mount: never opened.
+            return None;
+        }
+        if k != libc::S_IFDIR && k != libc::S_IFREG {
+            // Symlinks, FIFOs, sockets, devices: never opened.
+            self.report.unopenable += 1;
             return None;
         }
         let mut flags = OFlag::O_RDONLY

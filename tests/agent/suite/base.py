@@ -227,7 +227,24 @@ class SuiteBase:
         if errors:
             log("scheduler stream errors: " + "; ".join(errors))
 
+    def dump_warnings(self, limit=200):
+        """Every daemon's warnings and errors (glog W/E lines and rein's WARN/ERROR),
+        for lanes whose temp dir vanishes with the machine (the VM, Docker)."""
+        for name in sorted(os.listdir(self.tmp)):
+            path = os.path.join(self.tmp, name)
+            if not (name.endswith(".out") and os.path.isfile(path)):
+                continue
+            with open(path, errors="replace") as f:
+                lines = [l.rstrip() for l in f if l[:1] in ("W", "E") and l[1:5].isdigit()
+                         or " WARN " in l or " ERROR " in l]
+            if lines:
+                print(f"---- {name}: {len(lines)} warnings/errors (last {limit})")
+                print("\n".join(lines[-limit:]), flush=True)
+
     def cleanup(self):
+        if (os.environ.get("REIN_AGENT_DUMP_LOGS") == "1"
+                and any(kind == "fail" for kind, _ in self.results.outcomes.values())):
+            self.dump_warnings()
         if self.sched and self.sched.framework_id:
             try:
                 self.sched.teardown()

@@ -193,7 +193,7 @@ class BlkioDiskPhase:
                         continue
                     for p in read(os.path.join(dirpath, "cgroup.procs")).split():
                         try:
-                            if read(f"/proc/{p}/cmdline").startswith("sleep\0600"):
+                            if read(f"/proc/{p}/cmdline").split("\0")[:2] == ["sleep", "600"]:
                                 found.append(os.path.relpath(dirpath, top))
                         except OSError:
                             pass
