@@ -28,6 +28,9 @@ src="$repo/modules/src"
 out="$repo/modules/build/obj"
 lib_path="${REIN_MODULE_LIB:-$repo/modules/build/librein_modules.so}"
 mkdir -p "$out" "$(dirname "$lib_path")"
+# One build at a time in the shared object directory (the lanes may build at once).
+exec 9>"$out/.lock"
+flock 9
 cxx="${CXX:-g++}"
 std="${MESOS_CXX_STD:-c++11}"
 
