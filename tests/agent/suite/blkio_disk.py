@@ -1,6 +1,7 @@
 # Part of the agent suite (tests/agent/run); see its docstring for the checks.
 """Checks (h)-(k), (o): the blkio and disk isolators on one agent."""
 
+import json
 import os
 import re
 import uuid
@@ -219,19 +220,31 @@ class BlkioDiskPhase:
         st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
         if st["state"] != "TASK_RUNNING":
             raise RuntimeError(f"enforce task: {st['state']}: {st.get('message')}")
-        _, sandbox = wait_for("the enforce task's container",
-                              lambda: self.container_of(self.io_agent, task), 20)
-        out = wait_for("dd's end", lambda: "dd-rc=" in read(
-            os.path.join(sandbox, "stdout")) and read(os.path.join(sandbox, "stdout")), 90)
-        size = os.stat(os.path.join(sandbox, "f")).st_size
-        refused = "Disk quota exceeded" in out or "No space left" in out
-        alive = self.sched.states(task)[-1] == "TASK_RUNNING"
-        self.results.record(
-            "D", refused and "dd-rc=0" not in out and size <= 8 << 20 and alive,
-            f"dd: {out.strip()[-200:]!r}; file {size} bytes (quota {8 << 20}); "
-            f"task still {self.sched.states(task)[-1]}")
-        self.sched.kill(task, io_id)
-        self.sched.wait_state(task, TERMINAL, 60)
+        try:
+            _, sandbox = wait_for("the enforce task's container",
+                                  lambda: self.container_of(self.io_agent, task), 20)
+            stdout = os.path.join(sandbox, "stdout")
+            try:
+                wait_for("dd's end", lambda: "dd-rc=" in read(stdout), 90)
+            except TimeoutError:
+                pass
+            out = read(stdout)
+            try:
+                size = os.stat(os.path.join(sandbox, "f")).st_size
+            except OSError as e:
+                size = f"unknown ({e})"
+            stats = self.statistics_of(self.io_agent, task) or {}
+            refused = "Disk quota exceeded" in out or "No space left" in out
+            alive = self.sched.states(task)[-1] == "TASK_RUNNING"
+            self.results.record(
+                "D", refused and "dd-rc=1" in out and isinstance(size, int)
+                and size <= 8 << 20 and alive,
+                f"dd: {out.strip()[-200:]!r}; file {size} bytes (quota {8 << 20}); "
+                f"statistics used {stats.get('disk_used_bytes')} limit "
+                f"{stats.get('disk_limit_bytes')}; task states {self.sched.states(task)}")
+        finally:
+            self.sched.kill(task, io_id)
+            self.sched.wait_state(task, TERMINAL, 60)
 
     # -- egress shaping: a veth to a network namespace of our own ------------------
 
@@ -249,8 +262,24 @@ class BlkioDiskPhase:
                                    if os.path.isdir(os.path.join(top, d))]
             files = [os.path.join(dp, f) for sd in state_dirs
                      for dp, _, fs in os.walk(sd) for f in fs]
-            return groups, files
+            return groups, [f for f in files if not held_for_gc(f)]
+
+        def held_for_gc(path):
+            # A project id the disk isolator holds, by design, until the agent
+            # garbage-collects the sandbox (something in it still charges the id
+            # bytes the walk cannot take back, e.g. Mesos's tasks/<id> symlink in a
+            # task group's sandbox on ext4, whose target is too long to be inline).
+            try:
+                with open(path) as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                return False
+            return (os.sep + "disk" + os.sep in path and record.get("released") is True
+                    and os.path.isdir(record.get("sandbox", "")))
         groups, files = settled_leftovers(leftovers)
+        held = [f for sd in state_dirs for dp, _, fs in os.walk(sd) for f in fs
+                if held_for_gc(os.path.join(dp, f))]
         self.results.record("o", groups == [] and files == [],
-                            f"cgroups left {groups}, state files left {files}")
+                            f"cgroups left {groups}, state files left {files}; project ids "
+                            f"held until the agent removes their sandbox: {len(held)}")
 
