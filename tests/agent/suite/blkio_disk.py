@@ -214,9 +214,12 @@ class BlkioDiskPhase:
                       "(REIN_AGENT_QUOTA_FS=1; the VM lane's agent runs it)")
             return
         task = "diskenf-" + uuid.uuid4().hex[:6]
-        self.sched.launch(io_id, task, "dd if=/dev/zero of=f bs=1M count=30 conv=fsync "
-                          "2>&1; echo dd-rc=$?; sleep 600", {"rein.disk.mode": "enforce"},
-                          disk=8)
+        # The task's stdout is in its sandbox, under the same quota: dd's report is
+        # kept in the shell and printed once the file is gone and there is room.
+        self.sched.launch(io_id, task, "out=$(dd if=/dev/zero of=f bs=1M count=30 "
+                          "conv=fsync 2>&1); rc=$?; size=$(stat -c %s f); rm -f f; "
+                          "echo \"$out\"; echo dd-rc=$rc size=$size; sleep 600",
+                          {"rein.disk.mode": "enforce"}, disk=8)
         st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
         if st["state"] != "TASK_RUNNING":
             raise RuntimeError(f"enforce task: {st['state']}: {st.get('message')}")
@@ -229,17 +232,15 @@ class BlkioDiskPhase:
             except TimeoutError:
                 pass
             out = read(stdout)
-            try:
-                size = os.stat(os.path.join(sandbox, "f")).st_size
-            except OSError as e:
-                size = f"unknown ({e})"
+            m = re.search(r"dd-rc=\d+ size=(\d+)", out)
+            size = int(m.group(1)) if m else "unknown"
             stats = self.statistics_of(self.io_agent, task) or {}
             refused = "Disk quota exceeded" in out or "No space left" in out
             alive = self.sched.states(task)[-1] == "TASK_RUNNING"
             self.results.record(
                 "D", refused and "dd-rc=1" in out and isinstance(size, int)
                 and size <= 8 << 20 and alive,
-                f"dd: {out.strip()[-200:]!r}; file {size} bytes (quota {8 << 20}); "
+                f"dd: {out.strip()[-220:]!r}; file {size} bytes (quota {8 << 20}); "
                 f"statistics used {stats.get('disk_used_bytes')} limit "
                 f"{stats.get('disk_limit_bytes')}; task states {self.sched.states(task)}")
         finally:
