@@ -272,8 +272,8 @@ class BlkioDiskPhase:
             # task group's sandbox on ext4, whose target is too long to be inline).
             try:
                 with open(path) as f:
-                    record = json.load(f)
-            except (OSError, ValueError):
+                    record = json.load(f).get("record", {})  # {boot_id, record}
+            except (OSError, ValueError, AttributeError):
                 return False
             return (os.sep + "disk" + os.sep in path and record.get("released") is True
                     and os.path.isdir(record.get("sandbox", "")))
