@@ -254,26 +254,29 @@ fn egress_recreating_the_isolator_leaks_no_bpf_object() {
     let state = tempfile::tempdir().unwrap();
     let _root = RootGuard(hierarchy("cgroup2").cgroup(&root_name));
     let p = params(&root_name, state.path(), "cgroup2");
-    let count = || rein_isolators::egress::bpf::loaded_objects(FILTER_NAME).unwrap();
+    // Ids only grow: this test's objects are the ones not there at its start (an
+    // earlier test's, freed after an RCU grace period or with its namespace, may
+    // still be on their way out and vanish at any moment).
+    let (progs0, maps0) = rein_isolators::egress::bpf::loaded_objects(FILTER_NAME).unwrap();
+    let ours = || {
+        let (progs, maps) = rein_isolators::egress::bpf::loaded_objects(FILTER_NAME).unwrap();
+        (
+            progs.difference(&progs0).count(),
+            maps.difference(&maps0).count(),
+        )
+    };
     // The kernel frees replaced programs and maps after an RCU grace period: counts
     // are compared once they settle.
     let settled = |want: (usize, usize)| {
-        let deadline = Instant::now() + std::time::Duration::from_secs(3);
-        while count() != want && Instant::now() < deadline {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while ours() != want && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        count()
+        ours()
     };
-    // Maps of earlier tests' programs may still be on their way out: wait until every
-    // map left belongs to a live program (each program holds one).
-    let deadline = Instant::now() + std::time::Duration::from_secs(3);
-    while count().1 > count().0 && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let before = count();
     drop(isolator(&pair, &p));
     // The filter holds one program, which holds one map.
-    let installed = (before.0 + 1, before.1 + 1);
+    let installed = (1, 1);
     assert_eq!(settled(installed), installed);
     for _ in 0..20 {
         let mut iso = isolator(&pair, &p);
@@ -284,5 +287,5 @@ fn egress_recreating_the_isolator_leaks_no_bpf_object() {
     assert_eq!(filter_lines(&pair), 1);
     // With the namespace (and its device) gone, the program and map go too.
     drop(pair);
-    assert_eq!(settled(before), before);
+    assert_eq!(settled((0, 0)), (0, 0));
 }

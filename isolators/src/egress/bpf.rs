@@ -9,6 +9,7 @@
 //!   where LEVEL is the depth of the containers' cgroups, so processes in nested
 //!   cgroups below a container's cgroup are classified as the container.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -147,12 +148,14 @@ pub fn load_program(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
     }
 }
 
-/// How many BPF programs and maps named `name` the kernel holds, system-wide
-/// (leak checks: rein's objects are all named [`super::FILTER_NAME`]).
-pub fn loaded_objects(name: &str) -> io::Result<(usize, usize)> {
+/// The ids of the BPF programs and maps named `name` the kernel holds, system-wide
+/// (leak checks: rein's objects are all named [`super::FILTER_NAME`]; ids only
+/// grow, so a check compares against the ids it saw first and is not fooled by an
+/// earlier owner's objects still on their way out).
+pub fn loaded_objects(name: &str) -> io::Result<(BTreeSet<u32>, BTreeSet<u32>)> {
     // (get-next-id command, get-fd-by-id command, offset of the name in the info).
-    let count = |next_cmd, fd_cmd, name_at: usize| -> io::Result<usize> {
-        let (mut id, mut n) = (0u32, 0usize);
+    let count = |next_cmd, fd_cmd, name_at: usize| -> io::Result<BTreeSet<u32>> {
+        let (mut id, mut n) = (0u32, BTreeSet::new());
         loop {
             let mut a = [0u8; 128];
             put_u32(&mut a, 0, id);
@@ -180,7 +183,7 @@ pub fn loaded_objects(name: &str) -> io::Result<(usize, usize)> {
                     .get(..name.len().min(15))
                     .unwrap_or_default()
             {
-                n += 1;
+                n.insert(id);
             }
         }
     };
