@@ -20,7 +20,9 @@ pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
     let path = skip_log();
     if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{test}: {reason}");
+        // One write of the whole line: tests skipping at once must not interleave
+        // (writeln! on a File writes piece by piece).
+        let _ = f.write_all(format!("{test}: {reason}\n").as_bytes());
     }
 }
 
