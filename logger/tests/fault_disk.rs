@@ -615,8 +615,23 @@ impl Ext4 {
 
     /// Unmounts (every file must be closed), checks and mounts it read-write again.
     fn repair(&self) {
-        let st = Command::new("umount").arg(&self.at).status().unwrap();
-        assert!(st.success(), "umount {}: still in use", self.at.display());
+        // A killed process's files close when its last thread is gone, which may be
+        // after its leader shows as a zombie: retried until then (bounded).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Command::new("umount")
+            .arg(&self.at)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "umount {}: still in use after 20 s",
+                self.at.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let st = Command::new("e2fsck")
             .args(["-fy"])
             .arg(&self.img)
