@@ -699,10 +699,15 @@ fn parser_policy(worker: i32) -> Option<u32> {
     None
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+/// Waits for `f`, printing the shipper's counters if it never holds.
+fn wait_for(sh: &Shipper, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < limit,
+            "timed out waiting for {what}; counters {:#}",
+            sh.counters()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -723,10 +728,10 @@ fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
     // behind for longer than parser_burst_time.
     let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nparser_burst_time = 500ms");
     let worker = sh.worker_pid();
-    wait_for("the idle parser", Duration::from_secs(5), || {
+    wait_for(&sh, "the idle parser", Duration::from_secs(5), || {
         parser_policy(worker) == Some(5)
     });
-    wait_for("parser_idle = 1", Duration::from_secs(5), || {
+    wait_for(&sh, "parser_idle = 1", Duration::from_secs(5), || {
         sh.counters()["reader"]["parser_idle"] == 1
     });
     let m = sh.module();
@@ -735,19 +740,11 @@ fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
         &spec("burst", &d.path().join("b"), &[]),
         &["--lines", "50000", "--prefix", "b"],
     );
-    // A loaded machine may take long to fill the buffer: generous, and the counters
-    // are printed if it never comes.
-    let t = Instant::now();
-    while parser_policy(worker) != Some(0) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "timed out waiting for the promoted parser (policy {:?}); counters {:#}",
-            parser_policy(worker),
-            sh.counters()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    wait_for("parser_promotions", Duration::from_secs(5), || {
+    // A loaded machine may take long to fill the buffer: generous.
+    wait_for(&sh, "the promoted parser", Duration::from_secs(60), || {
+        parser_policy(worker) == Some(0)
+    });
+    wait_for(&sh, "parser_promotions", Duration::from_secs(5), || {
         let r = &sh.counters()["reader"];
         r["parser_promotions"].as_u64() >= Some(1) && r["parser_idle"] == 0
     });

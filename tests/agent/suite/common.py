@@ -65,12 +65,7 @@ def cgroup_mode():
     /sys/fs/cgroup is the unified hierarchy, else None."""
     if all(s in cgroup_v1_mounts() for s in ("cpu", "freezer")):
         return "v1"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if left.split()[4] == CGROUP_V2 and right.split()[0] == "cgroup2":
-                return "v2"
-    return None
+    return "v2" if CGROUP_V2 in cgroup2_mounts() else None
 
 
 def select_v2_checks():
@@ -79,15 +74,16 @@ def select_v2_checks():
     CHECKS[:] = V2_CHECKS
 
 
+def cgroup2_mounts():
+    """The mount points of the unified hierarchy."""
+    with open("/proc/self/mountinfo") as f:
+        return {left.split()[4] for left, _, right in (l.partition(" - ") for l in f)
+                if right.split()[0] == "cgroup2"}
+
+
 def cgroup_points():
     """Every cgroup hierarchy's mount point, v1 and v2."""
-    points = set(cgroup_v1_mounts().values())
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] == "cgroup2":
-                points.add(left.split()[4])
-    return points
+    return set(cgroup_v1_mounts().values()) | cgroup2_mounts()
 
 
 def prepare_v2_root(root, controllers=("cpu", "io", "memory", "pids")):

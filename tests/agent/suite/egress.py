@@ -65,14 +65,8 @@ t = time.time() - t0
 print(f"egress sent {n} bytes in {t:.3f} s = {n * 8 / t / 1e6:.3f} Mbit/s", flush=True)
 """
 
-    def tc_class(self, classid):
-        out = subprocess.run(["tc", "class", "show", "dev", self.veth], check=True,
-                             stdout=subprocess.PIPE, text=True).stdout
-        want = f"{classid >> 16:x}:{classid & 0xffff:x}"
-        return [line for line in out.splitlines() if line.split()[2:3] == [want]]
-
-    def our_class(self):
-        """The one class id on the veth under our primary handle, minor 0x10-0xfff."""
+    def classes(self):
+        """(class id, line) of every HTB class on the veth."""
         out = subprocess.run(["tc", "class", "show", "dev", self.veth], check=True,
                              stdout=subprocess.PIPE, text=True).stdout
         found = []
@@ -80,8 +74,16 @@ print(f"egress sent {n} bytes in {t:.3f} s = {n * 8 / t / 1e6:.3f} Mbit/s", flus
             words = line.split()
             if len(words) > 2 and ":" in words[2]:
                 major, minor = (int(x or "0", 16) for x in words[2].split(":"))
-                if major == self.primary_eg and 0x10 <= minor <= 0xfff:
-                    found.append(major << 16 | minor)
+                found.append((major << 16 | minor, line))
+        return found
+
+    def tc_class(self, classid):
+        return [line for cid, line in self.classes() if cid == classid]
+
+    def our_class(self):
+        """The one class id on the veth under our primary handle, minor 0x10-0xfff."""
+        found = [cid for cid, _ in self.classes()
+                 if cid >> 16 == self.primary_eg and 0x10 <= cid & 0xffff <= 0xfff]
         return found[0] if len(found) == 1 else None
 
     def run_egress(self):
