@@ -252,8 +252,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.len(), 3);
-        assert_eq!((v[0].tag.as_str(), v[0].glob.as_str()), ("app", "logs/*.log"));
-        assert_eq!((v[1].tag.as_str(), v[1].multiline), ("gc.log", FileMultiline::Off));
+        assert_eq!(
+            (v[0].tag.as_str(), v[0].glob.as_str()),
+            ("app", "logs/*.log")
+        );
+        assert_eq!(
+            (v[1].tag.as_str(), v[1].multiline),
+            ("gc.log", FileMultiline::Off)
+        );
         assert_eq!(v[2].route.as_deref(), Some("team-a"));
     }
 
@@ -295,7 +301,11 @@ mod tests {
             ("a*b*c", "aXXbYY", false),
             ("gc.log", "gc.log", true),
         ] {
-            assert_eq!(component_matches(p.as_bytes(), n.as_bytes()), want, "{p} {n}");
+            assert_eq!(
+                component_matches(p.as_bytes(), n.as_bytes()),
+                want,
+                "{p} {n}"
+            );
         }
     }
 }

@@ -126,8 +126,7 @@ impl ModuleConfig {
                 max_depth: count_param(&p, "max_log_file_depth", 4)?,
             },
             file_caps: FileCaps {
-                max_files: u32::try_from(count_param(&p, "max_log_files", 32)?)
-                    .unwrap_or(u32::MAX),
+                max_files: u32::try_from(count_param(&p, "max_log_files", 32)?).unwrap_or(u32::MAX),
                 max_dir_entries: u32::try_from(count_param(&p, "max_log_dir_entries", 4096)?)
                     .unwrap_or(u32::MAX),
                 max_backlog: p
