@@ -318,11 +318,14 @@ impl FileSources {
             return;
         }
         self.scan(buf);
-        for i in 0..self.files.len() {
+        // A truncation found here adds its copy at the end: read too.
+        let mut i = 0;
+        while i < self.files.len() {
             while self.read_one(i, buf, u64::MAX, true, out) > 0 {}
             let f = &mut self.files[i];
             let route = &self.routes[f.spec];
             f.poll(true, &mut |e| out(route, e));
+            i += 1;
         }
         self.done = true;
     }
