@@ -191,3 +191,46 @@ fn two_log_files_rotated_both_ways_and_stdout_arrive_once_across_worker_kills() 
     let ids: std::collections::HashSet<&String> = s.values().map(|v| &v.0[0]).collect();
     assert_eq!(ids.len(), s.len(), "one id per line");
 }
+
+#[test]
+fn a_fallen_back_container_s_log_files_are_shipped_once_the_shipper_is_back() {
+    let d = tempfile::tempdir().unwrap();
+    // No shipper yet: the module falls back to sandbox files and leaves a record.
+    let m = common::shipper::module_at(
+        &d.path().join("shipper.sock"),
+        &[("shipper_timeout", "200ms")],
+    );
+    let sandbox = d.path().join("sb");
+    let labels = [("rein.log.files", "app=*.log")];
+    let io = m.prepare(&spec("fb", &sandbox, &labels)).unwrap();
+    assert!(!io.shipped);
+    let app = sandbox.join("app.log");
+    append(&app, 0, 500, "app");
+    std::fs::rename(&app, sandbox.join("app.log.1")).unwrap();
+    append(&app, 500, 700, "app");
+    let mut out = File::from(io.stdout);
+    writeln!(out, "out seq=0 stdout").unwrap();
+    drop(out);
+    drop(io.stderr);
+    let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut counters = sh.counters();
+    while counters["reader"]["fallback_shipped"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not shipped: {counters}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        counters = sh.counters();
+    }
+    drop(sh);
+    let s = seen(&d.path().join("state/buffer/elasticsearch"));
+    // The file renamed before the shipper ever ran is not known to it: the
+    // current one is shipped whole.
+    assert_once(&s, "out", 1, &counters);
+    let lost: Vec<u64> = (500..700)
+        .filter(|i| !s.contains_key(&("app".to_string(), *i)))
+        .collect();
+    assert!(lost.is_empty(), "app lines lost: {lost:?}; {counters}");
+    assert_eq!(s[&("app".to_string(), 500)].1, "app");
+}

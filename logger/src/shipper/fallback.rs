@@ -31,6 +31,7 @@ use super::counters::{
     Counters, FALLBACK_CONTAINERS, FALLBACK_FILES_LOST, FALLBACK_RECORDS_REMOVED,
     FALLBACK_REPORTED, FALLBACK_SHIPPED,
 };
+use super::logfiles::{FileEncoding, FileSources, FilesCheckpoint};
 use super::stream::now_ms;
 use super::ShipperConfig;
 use crate::fallback::{dir_for, list, FallbackRecord};
@@ -52,6 +53,9 @@ struct Progress {
     /// Safe stream offsets (everything before is in the disk buffer) of
     /// stdout and stderr.
     offsets: [u64; 2],
+    /// The container's log files (`rein.log.files`), if it names any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<FilesCheckpoint>,
 }
 
 #[derive(Debug)]
@@ -74,6 +78,8 @@ struct Tail {
     cid: Vec<u8>,
     route: Vec<u8>,
     streams: Vec<TailStream>,
+    /// Its log files, followed as for an attached container.
+    files: Option<FileSources>,
     progress: PathBuf,
     record: PathBuf,
     /// Records were queued but not yet durable: offsets wait for them.
@@ -242,7 +248,10 @@ impl Pickup {
         self.failed.remove(key);
         self.reported.remove(key);
         self.lost.retain(|(k, _)| k != key);
-        if let Some(t) = self.tails.remove(key) {
+        if let Some(mut t) = self.tails.remove(key) {
+            if let Some(f) = t.files.as_mut() {
+                f.release();
+            }
             let _ = std::fs::remove_file(t.progress);
         }
     }
@@ -278,6 +287,23 @@ impl Pickup {
             .multiline
             .as_ref()
             .and_then(super::worker::multiline_config);
+        let sandbox = Arc::new(sandbox);
+        let files = (!reg.options.files.is_empty()).then(|| {
+            FileSources::new(
+                reg.options.files.clone(),
+                reg.options.file_caps,
+                FileEncoding {
+                    meta: reg.meta.clone(),
+                    encode: self.cfg.encode.clone(),
+                    max_line: self.cfg.max_line_bytes,
+                    multiline: multiline.clone(),
+                    route: reg.options.route.clone().into_bytes(),
+                },
+                sandbox.clone(),
+                saved.files.clone(),
+                self.counters.log_files.clone(),
+            )
+        });
         let mut streams = Vec::with_capacity(2);
         for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
             let file = sandbox
@@ -316,6 +342,7 @@ impl Pickup {
             cid: reg.meta.container_id().into_bytes(),
             route: reg.options.route.clone().into_bytes(),
             streams,
+            files,
             progress,
             record: path.to_path_buf(),
             unsaved: false,
@@ -402,6 +429,26 @@ impl Pickup {
             }
             lines += s.pipeline.lines - before;
         }
+        if let Some(fs) = t.files.as_mut() {
+            let need = fs.window_needed();
+            if self.buf.len() < need {
+                self.buf.resize(need, 0);
+            }
+            let (cid, framed) = (&t.cid, &mut self.framed);
+            let mut emit = |route: &[u8], e: Encoded<'_>| {
+                crate::walrec::frame_encoded(framed, Stream::File, cid, route, &e);
+                records += 1;
+            };
+            if t.streams.iter().all(|s| s.done) {
+                // The container ended: its files are read to their end.
+                moved |= !fs.done;
+                fs.finish(&mut self.buf, &mut emit);
+            } else {
+                moved |= fs.round(&mut self.buf, TURN, &mut emit);
+                fs.timers(&mut self.buf, flush_after, &mut emit);
+            }
+            lines += fs.take_lines();
+        }
         if records > 0 {
             t.wal.push_framed(&self.framed, records);
             self.framed.clear();
@@ -433,6 +480,7 @@ impl Pickup {
         t.unsaved = false;
         let p = Progress {
             offsets: [0, 1].map(|i| t.streams[i].pipeline.safe_offset(t.streams[i].off)),
+            files: t.files.as_ref().map(FileSources::checkpoint),
         };
         let saved = serde_json::to_vec(&p)
             .map_err(std::io::Error::other)
@@ -441,7 +489,7 @@ impl Pickup {
             tracing::warn!(container = key, "{}: {e}", t.progress.display());
             return false;
         }
-        if !t.streams.iter().all(|s| s.done) {
+        if !t.streams.iter().all(|s| s.done) || t.files.as_ref().is_some_and(|f| !f.done) {
             return false;
         }
         let _ = std::fs::remove_file(&t.record);
