@@ -252,3 +252,36 @@ fn caps_bound_the_files_and_the_backlog_and_count_what_they_leave() {
     assert!(got2[0].3.starts_with("big seq="), "{:?}", got2[0]);
     assert_eq!(got2.last().unwrap().3.split(' ').nth(1), Some("seq=1999"));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn files_of_another_owner_are_refused_in_a_tenant_s_sandbox() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP files_of_another_owner_are_refused_in_a_tenant_s_sandbox: needs root");
+        return;
+    }
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(d.path(), Some(65534), None).unwrap();
+    // A hard link to a root file (what a tenant could plant where
+    // protected_hardlinks is off) and a root file: never read.
+    let secret_dir = tempfile::tempdir_in(d.path().parent().unwrap()).unwrap();
+    let secret = secret_dir.path().join("secret");
+    std::fs::write(&secret, b"root secret\n").unwrap();
+    std::fs::hard_link(&secret, d.path().join("linked.log")).unwrap();
+    std::fs::write(d.path().join("root.log"), b"root line\n").unwrap();
+    append(&d.path().join("mine.log"), 0, 5, "mine");
+    nix::unistd::chown(&d.path().join("mine.log"), nobody, None).unwrap();
+    let mut fs = sources(d.path(), &[("all", "*.log")], None);
+    let mut got = Got::new();
+    pump(&mut fs, &mut got);
+    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut got, e));
+    assert_once(&got, "mine", 5);
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(
+        fs.counters.refused.load(Ordering::Relaxed),
+        2,
+        "{:?}",
+        fs.counters.fields()
+    );
+}
