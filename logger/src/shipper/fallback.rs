@@ -31,7 +31,7 @@ use super::counters::{
     Counters, FALLBACK_CONTAINERS, FALLBACK_FILES_LOST, FALLBACK_RECORDS_REMOVED,
     FALLBACK_REPORTED, FALLBACK_SHIPPED,
 };
-use super::logfiles::{FileEncoding, FileSources, FilesCheckpoint};
+use super::logfiles::{targets, FileEncoding, FileSources, FileTarget, FilesCheckpoint};
 use super::stream::now_ms;
 use super::ShipperConfig;
 use crate::fallback::{dir_for, list, FallbackRecord};
@@ -80,6 +80,8 @@ struct Tail {
     streams: Vec<TailStream>,
     /// Its log files, followed as for an attached container.
     files: Option<FileSources>,
+    /// Disk buffers of log files with a sink of their own.
+    file_wals: Vec<Arc<Wal>>,
     progress: PathBuf,
     record: PathBuf,
     /// Records were queued but not yet durable: offsets wait for them.
@@ -288,16 +290,19 @@ impl Pickup {
             .as_ref()
             .and_then(super::worker::multiline_config);
         let sandbox = Arc::new(sandbox);
+        let mut file_wals = Vec::new();
         let files = (!reg.options.files.is_empty()).then(|| {
+            let route = reg.options.route.as_bytes();
+            let targets = targets(&reg.options.files, route, &self.wals, &mut file_wals);
             FileSources::new(
                 reg.options.files.clone(),
+                targets,
                 reg.options.file_caps,
                 FileEncoding {
                     meta: reg.meta.clone(),
                     encode: self.cfg.encode.clone(),
                     max_line: self.cfg.max_line_bytes,
                     multiline: multiline.clone(),
-                    route: reg.options.route.clone().into_bytes(),
                 },
                 sandbox.clone(),
                 saved.files.clone(),
@@ -343,6 +348,7 @@ impl Pickup {
             route: reg.options.route.clone().into_bytes(),
             streams,
             files,
+            file_wals,
             progress,
             record: path.to_path_buf(),
             unsaved: false,
@@ -355,11 +361,13 @@ impl Pickup {
             return false;
         };
         // A full buffer (policy `pause`) waits: the files keep the lines.
-        if t.wal.is_full() {
+        if t.wal.is_full() || t.file_wals.iter().any(|w| w.is_full()) {
             return false;
         }
         let (flush_after, read_ms) = (self.cfg.partial_flush, now_ms());
         let mut records = 0u64;
+        // Records of log files with a sink of their own, per extra buffer.
+        let mut extra: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut lines = 0u64;
         let mut moved = false;
         for s in &mut t.streams {
@@ -434,10 +442,18 @@ impl Pickup {
             if self.buf.len() < need {
                 self.buf.resize(need, 0);
             }
-            let (cid, framed) = (&t.cid, &mut self.framed);
-            let mut emit = |route: &[u8], e: Encoded<'_>| {
-                crate::walrec::frame_encoded(framed, Stream::File, cid, route, &e);
-                records += 1;
+            extra.resize_with(t.file_wals.len(), Default::default);
+            let (cid, framed, extra) = (&t.cid, &mut self.framed, &mut extra);
+            let mut emit = |to: &FileTarget, e: Encoded<'_>| {
+                let (bytes, n) = match to.wal {
+                    Some(i) => {
+                        let (b, n) = &mut extra[i];
+                        (b, n)
+                    }
+                    None => (&mut *framed, &mut records),
+                };
+                crate::walrec::frame_encoded(bytes, Stream::File, cid, &to.route, &e);
+                *n += 1;
             };
             if t.streams.iter().all(|s| s.done) {
                 // The container ended: its files are read to their end.
@@ -453,7 +469,14 @@ impl Pickup {
             t.wal.push_framed(&self.framed, records);
             self.framed.clear();
         }
-        if !moved && records == 0 && !t.unsaved {
+        let mut extra_records = 0;
+        for ((bytes, n), w) in extra.iter().zip(&t.file_wals) {
+            if *n > 0 {
+                w.push_framed(bytes, *n);
+                extra_records += n;
+            }
+        }
+        if !moved && records + extra_records == 0 && !t.unsaved {
             return false;
         }
         // Read once: the buffer keeps queued records until it can write them
@@ -462,13 +485,17 @@ impl Pickup {
         t.unsaved = true;
         // Offsets are saved only behind records that are in the buffer for
         // good; until then a restart reads them again (same ids).
-        let durable = t.wal.commit().and_then(|n| {
-            // Counted by whoever writes them (the parser shares the buffer).
-            self.counters
-                .records_buffered
-                .fetch_add(n, Ordering::Relaxed);
-            t.wal.sync()
-        });
+        let durable = std::iter::once(&t.wal)
+            .chain(t.file_wals.iter())
+            .try_for_each(|w| {
+                w.commit().and_then(|n| {
+                    // Counted by whoever writes them (the parser shares the buffer).
+                    self.counters
+                        .records_buffered
+                        .fetch_add(n, Ordering::Relaxed);
+                    w.sync()
+                })
+            });
         if let Err(e) = durable {
             // The buffer logs its failures itself, rate-limited.
             tracing::debug!(

@@ -22,8 +22,10 @@ fn sources(d: &Path, specs: &[(&str, &str)], cp: Option<FilesCheckpoint>) -> Fil
             glob: glob.to_string(),
             multiline: FileMultiline::Off,
             route: None,
+            sink: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let targets = targets(&specs, b"r", &[], &mut Vec::new());
     let meta = SourceMeta {
         container_chain: vec!["c1".into()],
         sandbox: d.to_path_buf(),
@@ -31,13 +33,13 @@ fn sources(d: &Path, specs: &[(&str, &str)], cp: Option<FilesCheckpoint>) -> Fil
     };
     FileSources::new(
         specs,
+        targets,
         FileCaps::default(),
         FileEncoding {
             meta,
             encode: EncodeOptions::default(),
             max_line: 4096,
             multiline: None,
-            route: b"r".to_vec(),
         },
         Arc::new(SandboxDir::open(d).unwrap()),
         cp,
@@ -284,4 +286,60 @@ fn files_of_another_owner_are_refused_in_a_tenant_s_sandbox() {
         "{:?}",
         fs.counters.fields()
     );
+}
+
+#[test]
+fn a_file_with_a_sink_of_its_own_goes_to_that_sink_s_buffer() {
+    use crate::proto::SinkKind;
+    use crate::wal::{FullPolicy, Wal, WalConfig};
+    let d = tempfile::tempdir().unwrap();
+    let wal = |name: &str| {
+        Arc::new(
+            Wal::open(WalConfig {
+                dir: d.path().join(name),
+                segment_bytes: 1 << 20,
+                max_bytes: 1 << 30,
+                fsync_interval: std::time::Duration::from_secs(1),
+                policy: FullPolicy::Pause,
+            })
+            .unwrap(),
+        )
+    };
+    let sinks = [
+        (SinkKind::Elasticsearch, wal("es")),
+        (SinkKind::Redis, wal("redis")),
+    ];
+    let spec = |tag: &str, sink, route: Option<&str>| FileSpec {
+        tag: tag.into(),
+        glob: format!("{tag}.log"),
+        multiline: FileMultiline::Inherit,
+        route: route.map(String::from),
+        sink,
+    };
+    let specs = [
+        spec("a", None, None),
+        spec("b", None, Some("team-b")),
+        spec("c", Some(SinkKind::Redis), None),
+        spec("d", Some(SinkKind::Redis), Some("audit")),
+        spec("e", Some(SinkKind::Kafka), None),
+    ];
+    let mut extra = Vec::new();
+    let t = targets(&specs, b"team-a", &sinks, &mut extra);
+    let want = |wal, route: &str| FileTarget {
+        wal,
+        route: route.as_bytes().to_vec(),
+    };
+    assert_eq!(
+        t,
+        vec![
+            want(None, "team-a"),
+            want(None, "team-b"),
+            want(Some(0), ""),
+            want(Some(0), "audit"),
+            // Not configured here: with the container's records, nothing lost.
+            want(None, "team-a"),
+        ]
+    );
+    assert_eq!(extra.len(), 1);
+    assert!(Arc::ptr_eq(&extra[0], &sinks[1].1));
 }
