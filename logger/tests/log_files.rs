@@ -253,3 +253,43 @@ fn a_fallen_back_container_s_log_files_are_shipped_once_the_shipper_is_back() {
     assert!(lost.is_empty(), "app lines lost: {lost:?}; {counters}");
     assert_eq!(s[&("app".to_string(), 500)].1, "app");
 }
+
+#[test]
+fn a_file_with_its_own_sink_is_shipped_when_the_container_s_sink_is_none() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms\n\
+         redis_url = redis://127.0.0.1:9",
+    );
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
+    let sandbox = d.path().join("sb");
+    let labels = [
+        ("rein.log.sink", "none"),
+        ("rein.log.files", "audit=audit.log;sink=redis,app=app.log"),
+    ];
+    let io = m.prepare(&spec("c1", &sandbox, &labels)).unwrap();
+    assert!(io.shipped);
+    append(&sandbox.join("audit.log"), 0, 300, "audit");
+    append(&sandbox.join("app.log"), 0, 300, "app");
+    let mut out = File::from(io.stdout);
+    writeln!(out, "out seq=0 stdout").unwrap();
+    drop(out);
+    drop(io.stderr);
+    sh.wait_idle(Duration::from_secs(60));
+    let counters = sh.counters();
+    drop(sh);
+    // The audit file in its sink; stdout and the other file stay in the sandbox only.
+    let s = seen(&d.path().join("state/buffer/redis"));
+    assert_once(&s, "audit", 300, &counters);
+    assert_eq!(
+        s.len(),
+        300,
+        "only the audit file's lines in the Redis buffer"
+    );
+    let es = seen(&d.path().join("state/buffer/elasticsearch"));
+    assert!(
+        es.is_empty(),
+        "sink none: nothing buffered for Elasticsearch"
+    );
+}

@@ -74,7 +74,9 @@ struct TailStream {
 
 #[derive(Debug)]
 struct Tail {
-    wal: Arc<Wal>,
+    /// The container's sink's buffer (`None`: its own lines go nowhere, only
+    /// log files with a sink of their own are shipped).
+    wal: Option<Arc<Wal>>,
     cid: Vec<u8>,
     route: Vec<u8>,
     streams: Vec<TailStream>,
@@ -262,14 +264,14 @@ impl Pickup {
     /// `None` when its records go nowhere (sink `none` or not configured).
     fn open(&mut self, path: &Path, rec: &FallbackRecord) -> Result<Option<Tail>, OpenError> {
         let reg = &rec.registration;
-        let Some(wal) = self
+        let wal = self
             .wals
             .iter()
             .find(|(k, _)| *k == reg.options.sink)
-            .map(|(_, w)| w.clone())
-        else {
+            .map(|(_, w)| w.clone());
+        if wal.is_none() && !files_with_own_sink(&reg.options.files, &self.wals) {
             return Ok(None);
-        };
+        }
         let dir = self.cfg.state_dir.join("fallback");
         crate::private::create_dir(&dir).map_err(|source| OpenError {
             what: dir.display().to_string(),
@@ -361,7 +363,7 @@ impl Pickup {
             return false;
         };
         // A full buffer (policy `pause`) waits: the files keep the lines.
-        if t.wal.is_full() || t.file_wals.iter().any(|w| w.is_full()) {
+        if t.wal.iter().chain(t.file_wals.iter()).any(|w| w.is_full()) {
             return false;
         }
         let (flush_after, read_ms) = (self.cfg.partial_flush, now_ms());
@@ -466,7 +468,9 @@ impl Pickup {
             lines += fs.take_lines();
         }
         if records > 0 {
-            t.wal.push_framed(&self.framed, records);
+            if let Some(w) = &t.wal {
+                w.push_framed(&self.framed, records);
+            }
             self.framed.clear();
         }
         let mut extra_records = 0;
@@ -485,17 +489,15 @@ impl Pickup {
         t.unsaved = true;
         // Offsets are saved only behind records that are in the buffer for
         // good; until then a restart reads them again (same ids).
-        let durable = std::iter::once(&t.wal)
-            .chain(t.file_wals.iter())
-            .try_for_each(|w| {
-                w.commit().and_then(|n| {
-                    // Counted by whoever writes them (the parser shares the buffer).
-                    self.counters
-                        .records_buffered
-                        .fetch_add(n, Ordering::Relaxed);
-                    w.sync()
-                })
-            });
+        let durable = t.wal.iter().chain(t.file_wals.iter()).try_for_each(|w| {
+            w.commit().and_then(|n| {
+                // Counted by whoever writes them (the parser shares the buffer).
+                self.counters
+                    .records_buffered
+                    .fetch_add(n, Ordering::Relaxed);
+                w.sync()
+            })
+        });
         if let Err(e) = durable {
             // The buffer logs its failures itself, rate-limited.
             tracing::debug!(
@@ -529,6 +531,17 @@ impl Pickup {
         self.forget(key);
         true
     }
+}
+
+/// True when one of `files` names a sink of its own that this shipper runs.
+pub(crate) fn files_with_own_sink(
+    files: &[crate::proto::FileSpec],
+    wals: &[(SinkKind, Arc<Wal>)],
+) -> bool {
+    files
+        .iter()
+        .filter_map(|f| f.sink)
+        .any(|k| wals.iter().any(|(w, _)| *w == k))
 }
 
 #[cfg(test)]

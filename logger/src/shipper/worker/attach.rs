@@ -16,6 +16,7 @@ use crate::module::compile_pattern;
 use crate::proto::{MultilineSpec, Registration, SinkKind};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
+use crate::shipper::fallback::files_with_own_sink;
 use crate::shipper::logfiles::{self, FileEncoding, FileSources};
 use crate::shipper::parser::{Checkpoint, ParseJob};
 use crate::shipper::stream::{self, FileRecord, ParseStream, StreamState};
@@ -95,12 +96,14 @@ impl Worker {
         let route = reg.options.route.clone().into_bytes();
         // The task's log files: followed only where records are made.
         let mut file_wals = Vec::new();
-        let files = (wal.is_some() && !reg.options.files.is_empty()).then(|| {
-            let sinks: Vec<_> = self
-                .sinks
-                .iter()
-                .map(|(k, s)| (*k, s.wal.clone()))
-                .collect();
+        let sinks: Vec<_> = self
+            .sinks
+            .iter()
+            .map(|(k, s)| (*k, s.wal.clone()))
+            .collect();
+        let follow_files = !reg.options.files.is_empty()
+            && (wal.is_some() || files_with_own_sink(&reg.options.files, &sinks));
+        let files = follow_files.then(|| {
             let targets = logfiles::targets(&reg.options.files, &route, &sinks, &mut file_wals);
             FileSources::new(
                 reg.options.files.clone(),
