@@ -11,7 +11,9 @@ use rein_core::params::{ParamError, Params};
 
 use crate::module::LoggerError;
 use crate::proto::{ContainerOptions, MultilineSpec, SinkKind};
-use crate::route::{check_prefix, validate_index, validate_stream, validate_topic, RouteError};
+use crate::route::{
+    check_prefix, validate_index, validate_stream, validate_subject, validate_topic, RouteError,
+};
 
 /// Default path of the shipper's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
@@ -29,6 +31,7 @@ pub const PARAMS: &[&str] = &[
     "allowed_index_prefixes",
     "allowed_topic_prefixes",
     "allowed_redis_stream_prefixes",
+    "allowed_nats_subject_prefixes",
     "default_rate_limit",
     "max_rate_limit",
     "multiline_max_lines",
@@ -55,6 +58,8 @@ pub struct ModuleConfig {
     pub topic_prefixes: Vec<String>,
     /// `allowed_redis_stream_prefixes`: a task's `log.redis_stream` must start with one (empty: any).
     pub redis_stream_prefixes: Vec<String>,
+    /// `allowed_nats_subject_prefixes`: a task's `log.nats_subject` must start with one (empty: any).
+    pub nats_subject_prefixes: Vec<String>,
     /// `default_rate_limit`: bytes/s per container when the task sets none (0: unlimited).
     pub default_rate_limit: u64,
     /// `max_rate_limit`: cap of `log.rate_limit` (none by default).
@@ -75,7 +80,7 @@ impl ModuleConfig {
         let p = Params::new(pairs, PARAMS)?;
         let sink = |name: &str, v: &str| {
             SinkKind::parse(v)
-                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis or none"))
+                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis, nats or none"))
         };
         let default_sink = sink(
             "default_sink",
@@ -102,6 +107,7 @@ impl ModuleConfig {
             index_prefixes: p.list("allowed_index_prefixes"),
             topic_prefixes: p.list("allowed_topic_prefixes"),
             redis_stream_prefixes: p.list("allowed_redis_stream_prefixes"),
+            nats_subject_prefixes: p.list("allowed_nats_subject_prefixes"),
             default_rate_limit: p.byte_rate("default_rate_limit")?.unwrap_or(0),
             max_rate_limit: p.byte_rate("max_rate_limit")?,
             ml_max_lines: p.u64("multiline_max_lines")?.unwrap_or(500),
@@ -128,7 +134,7 @@ impl ModuleConfig {
         };
         // The route label of the chosen sink (the others' are ignored).
         type Validate = fn(&str) -> Result<(), RouteError>;
-        let routes: [(&str, SinkKind, Validate, &[String]); 3] = [
+        let routes: [(&str, SinkKind, Validate, &[String]); 4] = [
             (
                 "log.index",
                 SinkKind::Elasticsearch,
@@ -146,6 +152,12 @@ impl ModuleConfig {
                 SinkKind::Redis,
                 validate_stream,
                 &self.redis_stream_prefixes,
+            ),
+            (
+                "log.nats_subject",
+                SinkKind::Nats,
+                validate_subject,
+                &self.nats_subject_prefixes,
             ),
         ];
         let mut route = String::new();
@@ -312,6 +324,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.rate_limit"), "{e}");
+        let c = config(&[
+            ("allowed_sinks", "nats,none"),
+            ("default_sink", "nats"),
+            ("allowed_nats_subject_prefixes", "team-a."),
+        ])
+        .unwrap();
+        let o = options(&c, &[("rein.log.nats_subject", "team-a.logs")]).unwrap();
+        assert_eq!((o.sink, o.route.as_str()), (SinkKind::Nats, "team-a.logs"));
+        for (bad, why) in [
+            ("team-b.logs", "team-a."),
+            ("team-a.>", "no wildcards"),
+            ("$JS.API.STREAM.DELETE.X", "server's and the shipper's own"),
+        ] {
+            let e = options(&c, &[("rein.log.nats_subject", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("rein.log.nats_subject") && e.contains(why),
+                "{e}"
+            );
+        }
         let e = options(&c, &[("rein.log.multiline.pattern", "(")])
             .unwrap_err()
             .to_string();
