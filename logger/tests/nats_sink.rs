@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::nats_server::{nats_bin, sink_config as config, NatsServer, StoredMsg, MISSING};
+use common::reply_dropper::ReplyDropper;
 use common::shipper::{run_container, spec, Shipper};
 use common::sinks::{buffer, RunningSink};
 use common::{fill_wal as fill, free_port, skip};
@@ -165,6 +166,48 @@ fn a_resent_batch_is_recognised_by_its_message_ids() {
     assert_eq!(count(&stats, |s| &s.shipped), 600);
     assert_eq!(count(&stats, |s| &s.duplicates), 300);
     assert_eq!(srv.messages("LOGS"), 300);
+}
+
+#[test]
+fn lost_acknowledgements_then_a_resend_add_nothing() {
+    let Some(srv) =
+        NatsServer::start_or_skip("lost_acknowledgements_then_a_resend_add_nothing", "")
+    else {
+        return;
+    };
+    logs_stream(&srv);
+    let proxy = ReplyDropper::start(srv.port);
+    let d = tempfile::tempdir().unwrap();
+    let w = wal(d.path());
+    let stats = Arc::new(SinkStats::default());
+    let url = format!("nats://127.0.0.1:{}", proxy.port);
+    let mut sink = NatsSink::new(config(&url, d.path()), stats.clone()).unwrap();
+    let stop = Control::new();
+    fill(&w, "la", "", 0, 100);
+    let first = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
+    assert!(sink.ship(&first, &stop).is_ok());
+    w.ack(first.end, first.len() as u64).unwrap();
+    fill(&w, "la", "", 100, 400);
+    let second = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
+    assert_eq!(second.len(), 400);
+    // JetStream stores the batch but its acknowledgements never arrive: the
+    // sink sees the connection end, connects again and publishes the rest again.
+    proxy.armed.store(true, Ordering::SeqCst);
+    assert!(sink.ship(&second, &stop).is_ok());
+    assert!(proxy.dropped.load(Ordering::SeqCst), "answers were dropped");
+    let c = format!("{stats:?}");
+    assert!(count(&stats, |s| &s.failed_requests) >= 1, "{c}");
+    assert!(
+        count(&stats, |s| &s.duplicates) >= 1,
+        "the resend was recognised: {c}"
+    );
+    assert_eq!(count(&stats, |s| &s.shipped), 500, "{c}");
+    let msgs = srv.read_all("LOGS");
+    assert_eq!(
+        seqs_by_container(&msgs)["la"],
+        (0..500).collect::<Vec<u64>>(),
+        "{c}"
+    );
 }
 
 #[test]

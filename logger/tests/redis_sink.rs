@@ -10,14 +10,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis_server::{sink_config as config, xlen, xrange, RedisServer, MISSING};
+use common::reply_dropper::ReplyDropper;
 use common::shipper::{run_container, spec, Shipper};
 use common::sinks::{buffer, RunningSink};
 use common::{fill_wal as fill, free_port, skip};
@@ -198,62 +197,6 @@ fn resent_batch_adds_nothing() {
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 600);
     assert_eq!(stats.duplicates.load(Ordering::Relaxed), 300);
     assert_eq!(xlen(&mut srv.conn(), "rein-logs"), 300);
-}
-
-/// Forwards to Redis; when armed, discards the next answer from Redis and
-/// closes the connection (the command was executed, its reply is lost).
-struct ReplyDropper {
-    port: u16,
-    armed: Arc<AtomicBool>,
-    dropped: Arc<AtomicBool>,
-}
-
-impl ReplyDropper {
-    fn start(upstream: u16) -> ReplyDropper {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let armed = Arc::new(AtomicBool::new(false));
-        let dropped = Arc::new(AtomicBool::new(false));
-        let (a, dr) = (armed.clone(), dropped.clone());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(c) = c else { return };
-                let Ok(u) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let (c2, u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
-                std::thread::spawn(move || pump(c2, u2, None));
-                let (a, dr) = (a.clone(), dr.clone());
-                std::thread::spawn(move || pump(u, c, Some((a, dr))));
-            }
-        });
-        ReplyDropper {
-            port,
-            armed,
-            dropped,
-        }
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, drop: Option<(Arc<AtomicBool>, Arc<AtomicBool>)>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some((armed, dropped)) = &drop {
-            if armed.swap(false, Ordering::SeqCst) {
-                dropped.store(true, Ordering::SeqCst);
-                break;
-            }
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
 }
 
 #[test]

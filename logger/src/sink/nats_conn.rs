@@ -190,18 +190,20 @@ impl NatsConn {
         auth: Option<&NatsAuth>,
         io_timeout: Duration,
     ) -> Result<NatsConn, ConnError> {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{}: no address", url.host));
-        let mut tcp = None;
-        for a in (url.host.as_str(), url.port).to_socket_addrs()? {
-            match TcpStream::connect_timeout(&a, io_timeout) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let tcp = tcp.ok_or(last)?;
+        // The first address that answers.
+        let mut last = None;
+        let tcp = (url.host.as_str(), url.port)
+            .to_socket_addrs()?
+            .find_map(|a| {
+                TcpStream::connect_timeout(&a, io_timeout)
+                    .map_err(|e| last = Some(e))
+                    .ok()
+            })
+            .ok_or_else(|| {
+                last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{}: no address", url.host))
+                })
+            })?;
         tcp.set_nodelay(true)?;
         tcp.set_write_timeout(Some(io_timeout))?;
         let mut conn = NatsConn {

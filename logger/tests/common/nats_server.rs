@@ -14,14 +14,7 @@ use rein_logger::sink::nats_conn::NatsConn;
 
 /// `$REIN_NATS_BIN`, or `nats-server` on the PATH (or /usr/bin, /usr/sbin).
 pub fn nats_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("REIN_NATS_BIN") {
-        return Some(PathBuf::from(p)).filter(|p| p.exists());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.exists())
+    super::find_bin("REIN_NATS_BIN", "nats-server")
 }
 
 pub const MISSING: &str = "nats-server not installed (Debian package nats-server)";
