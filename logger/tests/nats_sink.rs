@@ -409,6 +409,58 @@ fn credentials_come_from_a_private_file_reread_on_reconnect() {
 }
 
 #[test]
+fn a_subject_the_user_may_not_publish_to_is_contained_to_its_route() {
+    let test = "a_subject_the_user_may_not_publish_to_is_contained_to_its_route";
+    let conf = r#"authorization {
+  users = [
+    { user: admin, password: admin-pw }
+    { user: logs, password: logs-pw, permissions: {
+        publish: { allow: ["rein.logs", "team-a.>"] }, subscribe: { allow: ["_INBOX.>"] } } }
+  ]
+}"#;
+    let Some(mut srv) = NatsServer::start_or_skip(test, conf) else {
+        return;
+    };
+    srv.auth = Some(NatsAuth::User {
+        user: "admin".into(),
+        password: "admin-pw".into(),
+    });
+    srv.create_stream(
+        "LOGS",
+        &["rein.logs", "team-a.>", "team-b.>"],
+        serde_json::json!({}),
+    );
+    let d = tempfile::tempdir().unwrap();
+    let auth = d.path().join("nats-auth");
+    std::fs::write(&auth, "logs logs-pw\n").unwrap();
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let w = wal(d.path());
+    fill(&w, "pa", "", 0, 100);
+    fill(&w, "pb", "team-b.logs", 0, 40);
+    fill(&w, "pc", "team-a.logs", 0, 100);
+    let mut cfg = config(&srv.url(), d.path());
+    cfg.auth_file = Some(auth);
+    let stats = start(cfg, &w).finish(240);
+    let c = format!("{stats:?}");
+    assert_eq!(count(&stats, |s| &s.shipped), 200, "{c}");
+    assert_eq!(count(&stats, |s| &s.dead_lettered), 40, "{c}");
+    assert!(buffer_empty(&w));
+    let dead = dead_lines(d.path());
+    assert!(
+        dead.iter().all(|l| l["target"] == "team-b.logs"
+            && l["reason"]
+                .as_str()
+                .unwrap()
+                .contains("Permissions Violation")),
+        "{dead:?}"
+    );
+    let by = seqs_by_container(&srv.read_all("LOGS"));
+    assert_eq!(by["pa"], (0..100).collect::<Vec<u64>>());
+    assert_eq!(by["pc"], (0..100).collect::<Vec<u64>>());
+    assert!(!by.contains_key("pb"));
+}
+
+#[test]
 fn tls_is_verified_against_the_ca_file() {
     let test = "tls_is_verified_against_the_ca_file";
     if nats_bin().is_none() {
