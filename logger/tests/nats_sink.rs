@@ -169,6 +169,26 @@ fn a_resent_batch_is_recognised_by_its_message_ids() {
 }
 
 #[test]
+fn a_server_list_fails_over_to_one_that_answers() {
+    let Some(srv) = NatsServer::start_or_skip("a_server_list_fails_over_to_one_that_answers", "")
+    else {
+        return;
+    };
+    logs_stream(&srv);
+    let d = tempfile::tempdir().unwrap();
+    let w = wal(d.path());
+    fill(&w, "fa", "", 0, 100);
+    let list = format!("nats://127.0.0.1:{},{}", free_port(), srv.url());
+    let stats = start(config(&list, d.path()), &w).finish(100);
+    assert_eq!(count(&stats, |s| &s.shipped), 100, "{stats:?}");
+    assert!(
+        count(&stats, |s| &s.failed_requests) >= 1,
+        "the first server was tried"
+    );
+    assert_eq!(srv.messages("LOGS"), 100);
+}
+
+#[test]
 fn lost_acknowledgements_then_a_resend_add_nothing() {
     let Some(srv) =
         NatsServer::start_or_skip("lost_acknowledgements_then_a_resend_add_nothing", "")

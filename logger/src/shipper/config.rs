@@ -536,7 +536,7 @@ fn nats_config(
     let Some(u) = p.raw("nats_url") else {
         return Ok(None);
     };
-    let url = u.parse().map_err(|e| p.error("nats_url", e))?;
+    let servers = crate::sink::nats_config::parse_servers(u).map_err(|e| p.error("nats_url", e))?;
     let subject = p
         .string("nats_subject")
         .unwrap_or_else(|| "rein.logs".into());
@@ -560,7 +560,7 @@ fn nats_config(
     }
     let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     Ok(Some(NatsConfig {
-        url,
+        servers,
         subject,
         stream,
         batch_records: to_usize(

@@ -102,13 +102,15 @@ fn denied_subject(err: &str) -> Option<&str> {
 pub struct NatsSink {
     cfg: NatsConfig,
     conn: Option<NatsConn>,
+    /// The server of `servers` to connect to (modulo its length).
+    next_server: usize,
     core: SinkCore,
 }
 
 impl std::fmt::Debug for NatsSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsSink")
-            .field("url", &self.cfg.url)
+            .field("server", self.server())
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +118,13 @@ impl std::fmt::Debug for NatsSink {
 impl NatsSink {
     /// Checks the settings (no connection is made yet).
     pub fn new(cfg: NatsConfig, stats: Arc<SinkStats>) -> Result<NatsSink, SinkError> {
+        if cfg.servers.is_empty() {
+            return Err(SinkError::Value {
+                key: "nats_url",
+                value: String::new(),
+                reason: "no server".into(),
+            });
+        }
         super::nats_config::validate_subject(&cfg.subject).map_err(|e| SinkError::Value {
             key: "nats_subject",
             value: cfg.subject.clone(),
@@ -131,8 +140,14 @@ impl NatsSink {
                 (cfg.batch_records, cfg.batch_bytes),
             ),
             conn: None,
+            next_server: 0,
             cfg,
         })
+    }
+
+    /// The server connected to, or to connect to next.
+    fn server(&self) -> &super::nats_config::NatsUrl {
+        &self.cfg.servers[self.next_server % self.cfg.servers.len()]
     }
 
     fn subject_of<'r>(&'r self, r: &WalRecord<'r>) -> &'r str {
@@ -154,12 +169,13 @@ impl NatsSink {
                 None => None,
             };
             let c = NatsConn::connect(
-                &self.cfg.url,
+                self.server(),
                 &self.cfg.ca_file,
                 auth.as_ref(),
                 self.cfg.timeout,
-            )?;
-            self.conn = Some(c);
+            );
+            // A server that failed: the next of the list is tried next time.
+            self.conn = Some(c.inspect_err(|_| self.next_server += 1)?);
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -185,7 +201,7 @@ impl NatsSink {
         self.conn = None;
         self.refused(e, unanswered);
         self.core.count_failed_request();
-        tracing::warn!("nats sink ({}): {e}; will resend", self.cfg.url);
+        tracing::warn!("nats sink ({}): {e}; will resend", self.server());
     }
 
     /// Publishes every record that fits, then reads the acknowledgements.

@@ -13,8 +13,10 @@ pub use rein_log_module::route::validate_subject;
 #[derive(Clone, Debug)]
 pub struct NatsConfig {
     /// `nats_url`: `nats://HOST:PORT` or `tls://HOST:PORT` (TLS required and
-    /// verified). Credentials never go in the URL: `nats_auth_file`.
-    pub url: NatsUrl,
+    /// verified), or several separated by commas (the servers of a cluster:
+    /// after a failure the sink connects to the next). Credentials never go
+    /// in the URL: `nats_auth_file`.
+    pub servers: Vec<NatsUrl>,
     /// `nats_subject`: default subject (default `rein.logs`); a JetStream
     /// stream the operator created must take it.
     pub subject: String,
@@ -109,6 +111,11 @@ impl std::str::FromStr for NatsUrl {
     }
 }
 
+/// Parses `nats_url`: one URL or several separated by commas.
+pub fn parse_servers(s: &str) -> Result<Vec<NatsUrl>, NatsUrlError> {
+    s.split(',').map(|u| u.trim().parse()).collect()
+}
+
 /// Credentials read from `nats_auth_file`.
 #[derive(Clone, PartialEq, Eq)]
 pub enum NatsAuth {
@@ -195,6 +202,12 @@ mod tests {
             "nats://u:p@x:1".parse::<NatsUrl>(),
             Err(NatsUrlError::Credentials)
         );
+        let list = parse_servers("nats://a:1, tls://b:2").unwrap();
+        assert_eq!(
+            list.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["nats://a:1", "tls://b:2"]
+        );
+        assert_eq!(parse_servers("nats://a:1,"), Err(NatsUrlError::Scheme));
         for bad in ["nats://", "nats://x:0", "nats://x:port", "nats://x/path"] {
             assert_eq!(bad.parse::<NatsUrl>(), Err(NatsUrlError::Address), "{bad}");
         }

@@ -278,7 +278,7 @@ fn log_in(dir: &Path) -> String {
 /// `dir/dead.ndjson`, short timeouts.
 pub fn sink_config(url: &str, dir: &Path) -> NatsConfig {
     NatsConfig {
-        url: url.parse().unwrap(),
+        servers: rein_logger::sink::nats_config::parse_servers(url).unwrap(),
         subject: "rein.logs".into(),
         stream: None,
         batch_records: 500,
