@@ -168,14 +168,12 @@ impl NatsSink {
                 ),
                 None => None,
             };
-            let c = NatsConn::connect(
+            self.conn = Some(NatsConn::connect(
                 self.server(),
                 &self.cfg.ca_file,
                 auth.as_ref(),
                 self.cfg.timeout,
-            );
-            // A server that failed: the next of the list is tried next time.
-            self.conn = Some(c.inspect_err(|_| self.next_server += 1)?);
+            )?);
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -208,7 +206,12 @@ impl NatsSink {
     fn publish_batch(&mut self, records: &[WalRecord<'_>], out: &mut [Delivery]) {
         let max_payload = match self.connection() {
             Ok(c) => c.info().max_payload,
-            Err(e) => return self.failed(&e, records.len()),
+            Err(e) => {
+                self.failed(&e, records.len());
+                // The next server of the list is tried next time.
+                self.next_server += 1;
+                return;
+            }
         };
         let expected = self.cfg.stream.clone();
         let mut waiting: HashMap<u64, usize> = HashMap::with_capacity(records.len());
