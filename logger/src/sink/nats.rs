@@ -98,12 +98,47 @@ fn denied_subject(err: &str) -> Option<&str> {
     Some(rest.trim_matches(|c| c == '"' || c == '\''))
 }
 
+/// Logs the duplicate window of `stream` (the span within which a resend is
+/// recognised), asking the JetStream API once. Without the right to ask
+/// (a publish-only user) the sink goes on without it; any other failure
+/// leaves the connection's state unknown: an error.
+fn log_window(conn: &mut NatsConn, stream: &str) -> Result<(), ConnError> {
+    let answer = match conn.request(&format!("$JS.API.STREAM.INFO.{stream}"), b"") {
+        Ok(m) => m,
+        Err(ConnError::Server(e)) => {
+            tracing::info!(
+                stream,
+                "nats sink: the stream's duplicate window is unknown ({e})"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+    match v["config"]["duplicate_window"].as_u64() {
+        Some(ns) => tracing::info!(
+            stream,
+            "nats sink: a record resent within the stream's duplicate window of {:?} is \
+             recognised; one resent later (after a longer outage) is stored again",
+            Duration::from_nanos(ns)
+        ),
+        None => tracing::warn!(
+            stream,
+            "nats sink: no stream information ({:.200}); does the stream exist?",
+            String::from_utf8_lossy(&answer.payload)
+        ),
+    }
+    Ok(())
+}
+
 /// The NATS JetStream sink.
 pub struct NatsSink {
     cfg: NatsConfig,
     conn: Option<NatsConn>,
     /// The server of `servers` to connect to (modulo its length).
     next_server: usize,
+    /// The duplicate window of `nats_stream` was looked up.
+    window_logged: bool,
     core: SinkCore,
 }
 
@@ -141,6 +176,7 @@ impl NatsSink {
             ),
             conn: None,
             next_server: 0,
+            window_logged: false,
             cfg,
         })
     }
@@ -168,12 +204,17 @@ impl NatsSink {
                 ),
                 None => None,
             };
-            self.conn = Some(NatsConn::connect(
+            let mut c = NatsConn::connect(
                 self.server(),
                 &self.cfg.ca_file,
                 auth.as_ref(),
                 self.cfg.timeout,
-            )?);
+            )?;
+            if let Some(stream) = self.cfg.stream.as_deref().filter(|_| !self.window_logged) {
+                self.window_logged = true;
+                log_window(&mut c, stream)?;
+            }
+            self.conn = Some(c);
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
