@@ -429,6 +429,27 @@ fn credentials_come_from_a_private_file_reread_on_reconnect() {
 }
 
 #[test]
+fn a_token_from_the_auth_file() {
+    let conf = "authorization {\n  token: s3cret-token\n}";
+    let Some(mut srv) = NatsServer::start_or_skip("a_token_from_the_auth_file", conf) else {
+        return;
+    };
+    srv.auth = Some(NatsAuth::Token("s3cret-token".into()));
+    logs_stream(&srv);
+    let d = tempfile::tempdir().unwrap();
+    let auth = d.path().join("nats-auth");
+    std::fs::write(&auth, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let w = wal(d.path());
+    fill(&w, "ka", "", 0, 100);
+    let mut cfg = config(&srv.url(), d.path());
+    cfg.auth_file = Some(auth);
+    let stats = start(cfg, &w).finish(100);
+    assert_eq!(count(&stats, |s| &s.shipped), 100, "{stats:?}");
+    assert_eq!(srv.messages("LOGS"), 100);
+}
+
+#[test]
 fn a_subject_the_user_may_not_publish_to_is_contained_to_its_route() {
     let test = "a_subject_the_user_may_not_publish_to_is_contained_to_its_route";
     let conf = r#"authorization {
