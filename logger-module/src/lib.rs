@@ -7,6 +7,7 @@
 pub mod breaker;
 pub mod control;
 pub mod fallback;
+pub mod file_spec;
 pub mod handoff;
 pub mod module;
 pub mod peercred;

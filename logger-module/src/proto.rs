@@ -12,6 +12,7 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 
 pub use crate::control::{Control, DecodeError, Reply, Request, PROBE};
+pub use crate::file_spec::{FileCaps, FileMultiline, FileSpec};
 
 /// What the logger knows about a container; sent to the shipper at `prepare`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +127,12 @@ pub struct ContainerOptions {
     pub multiline: Option<MultilineSpec>,
     /// Bytes per second read from the container at most (0: unlimited).
     pub rate_limit: u64,
+    /// Log files in the sandbox to follow besides stdout and stderr.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    /// The operator's bounds on following them.
+    #[serde(default)]
+    pub file_caps: FileCaps,
 }
 
 /// Major version of the registration format (the module's message and the

@@ -235,6 +235,12 @@ impl SandboxDir {
         self.owner
     }
 
+    /// The directory's descriptor (a task's own files are reached relative
+    /// to it, see the shipper's `logfiles::open`).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
     fn dirfd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

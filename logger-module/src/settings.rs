@@ -9,6 +9,7 @@ use std::time::Duration;
 use rein_core::config::{ConfigError, TaskConfig};
 use rein_core::params::{ParamError, Params};
 
+use crate::file_spec::{self, FileCaps, SpecCaps};
 use crate::module::LoggerError;
 use crate::proto::{ContainerOptions, MultilineSpec, SinkKind};
 use crate::route::{
@@ -38,6 +39,11 @@ pub const PARAMS: &[&str] = &[
     "multiline_max_bytes",
     "multiline_max_timeout",
     "pipe_buffer_bytes",
+    "max_log_file_globs",
+    "max_log_file_depth",
+    "max_log_files",
+    "max_log_dir_entries",
+    "log_file_max_backlog",
 ];
 
 /// Operator settings of the module.
@@ -72,6 +78,11 @@ pub struct ModuleConfig {
     pub ml_max_timeout: Duration,
     /// `pipe_buffer_bytes`: capacity asked for each pipe (default 1MiB; best effort).
     pub pipe_buffer: u64,
+    /// `max_log_file_globs`, `max_log_file_depth`: bounds of `log.files` (default 8, 4).
+    pub file_spec_caps: SpecCaps,
+    /// `max_log_files`, `max_log_dir_entries`, `log_file_max_backlog`: what the
+    /// shipper does for one container's log files at most (default 32, 4096, 256MiB).
+    pub file_caps: FileCaps,
 }
 
 impl ModuleConfig {
@@ -116,6 +127,18 @@ impl ModuleConfig {
                 .duration("multiline_max_timeout")?
                 .unwrap_or(Duration::from_secs(10)),
             pipe_buffer: p.bytes("pipe_buffer_bytes")?.unwrap_or(1 << 20),
+            file_spec_caps: SpecCaps {
+                max_globs: count_param(&p, "max_log_file_globs", 8)?,
+                max_depth: count_param(&p, "max_log_file_depth", 4)?,
+            },
+            file_caps: FileCaps {
+                max_files: u32::try_from(count_param(&p, "max_log_files", 32)?).unwrap_or(u32::MAX),
+                max_dir_entries: u32::try_from(count_param(&p, "max_log_dir_entries", 4096)?)
+                    .unwrap_or(u32::MAX),
+                max_backlog: p
+                    .bytes("log_file_max_backlog")?
+                    .unwrap_or(FileCaps::default().max_backlog),
+            },
         })
     }
 
@@ -161,13 +184,29 @@ impl ModuleConfig {
             ),
         ];
         let mut route = String::new();
+        let mut route_check: Option<(Validate, &[String])> = None;
         for (label, kind, validate, prefixes) in routes {
+            if sink == kind {
+                route_check = Some((validate, prefixes));
+            }
             if let Some(s) = cfg.get(label).filter(|_| sink == kind) {
                 validate(&s.raw).map_err(|e| s.error(e))?;
                 check_prefix(&s.raw, prefixes).map_err(|e| s.error(e))?;
                 route = s.raw.clone();
             }
         }
+        let files = match cfg.get("log.files") {
+            Some(s) => {
+                let route_ok = |r: &str| -> Result<(), String> {
+                    let (validate, prefixes) = route_check
+                        .ok_or_else(|| format!("the {} sink takes no route", sink.name()))?;
+                    validate(r).map_err(|e| e.to_string())?;
+                    check_prefix(r, prefixes).map_err(|e| e.to_string())
+                };
+                file_spec::parse(&s.raw, self.file_spec_caps, &route_ok).map_err(|e| s.error(e))?
+            }
+            None => Vec::new(),
+        };
         let pattern = cfg.get("log.multiline.pattern");
         let mode = cfg.get("log.multiline");
         let multiline = match (mode.map(|m| m.raw.as_str()), pattern) {
@@ -222,6 +261,8 @@ impl ModuleConfig {
             route,
             multiline,
             rate_limit,
+            files,
+            file_caps: self.file_caps,
         })
     }
 }
@@ -241,6 +282,15 @@ fn shipper_timeout(p: &Params) -> Result<Duration, ParamError> {
         ));
     }
     Ok(t)
+}
+
+/// A whole-number parameter above 0, `default` when unset.
+fn count_param(p: &Params, name: &str, default: u64) -> Result<usize, ParamError> {
+    match p.u64(name)? {
+        Some(0) => Err(p.error(name, "must be at least 1")),
+        Some(v) => Ok(usize::try_from(v).unwrap_or(usize::MAX)),
+        None => Ok(usize::try_from(default).unwrap_or(usize::MAX)),
+    }
 }
 
 /// A task's multiline pattern that does not compile within the limits.

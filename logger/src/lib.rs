@@ -7,7 +7,7 @@
 //! re-exported here at its old paths.
 
 pub use rein_log_module::{
-    breaker, fallback, handoff, module, peercred, private, proto, route, sandbox,
+    breaker, fallback, file_spec, handoff, module, peercred, private, proto, route, sandbox,
 };
 
 pub mod choice;

@@ -62,6 +62,15 @@ pub const KEYS: &[KeySpec] = &[
         help: "A pending joined record is emitted after this long without a new line.",
     },
     KeySpec {
+        key: "log.files",
+        kind: Kind::Text(1024),
+        help: "Log files in the sandbox to ship besides stdout and stderr: `[TAG=]GLOB` entries \
+               separated by `,` (e.g. `app=logs/*.log,gc=gc.log;multiline=off`), each with \
+               options `;multiline=` (`off`, `indented` or `inherit`) and `;route=ROUTE`; `*` and `?` \
+               within a component; within the operator's max_log_file_globs and \
+               max_log_file_depth.",
+    },
+    KeySpec {
         key: "log.rate_limit",
         kind: Kind::ByteRate,
         help: "Most bytes per second read from the container's stdout+stderr; above it the \

@@ -237,6 +237,30 @@ impl StreamEncoder {
         }
     }
 
+    /// Encodes the records of one log file of the container
+    /// (`rein.log.files`): `log.file.path` relative to the sandbox,
+    /// `log.file.tag` the task's tag for it, `stream` `"file"`, and ids
+    /// `<container hash>-f<n>-<offset>`, where `n` numbers the files the
+    /// container's shipper state has followed (a truncated file is a new one).
+    pub fn for_file(
+        meta: &SourceMeta,
+        rel_path: &[u8],
+        tag: &str,
+        n: u64,
+        opts: &EncodeOptions,
+    ) -> Self {
+        let mut e = Self::new(meta, Stream::File, opts);
+        let mut head = b"\"log\":{\"file\":{\"path\":".to_vec();
+        push_str(&mut head, rel_path);
+        head.extend_from_slice(b",\"tag\":");
+        push_str(&mut head, tag.as_bytes());
+        head.extend_from_slice(b"},\"offset\":");
+        e.log_head = head;
+        let cid = meta.container_id();
+        e.id_prefix = format!("{:016x}-f{n}-", fnv1a64(cid.as_bytes())).into_bytes();
+        e
+    }
+
     /// The record's own time if it lies within the accepted skew of its
     /// receive time, else the receive time: a task never picks an index date.
     fn bound_time(&self, own: Option<i64>, read_ms: i64) -> RecordTime {

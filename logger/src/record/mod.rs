@@ -17,21 +17,25 @@ pub use frame::{Framer, Line, SplitPart};
 pub use multiline::{Multiline, MultilineConfig, Record, StartRule};
 pub use pipeline::{Encoded, PipelineMark, StreamPipeline};
 
-/// Which of the container's two output streams a record came from.
+/// Where a record came from: one of the container's two output streams, or
+/// a log file the task named (`rein.log.files`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {
     /// Standard output.
     Stdout,
     /// Standard error.
     Stderr,
+    /// A log file in the sandbox.
+    File,
 }
 
 impl Stream {
-    /// `"stdout"` or `"stderr"` (also the sandbox file name).
+    /// `"stdout"` or `"stderr"` (also the sandbox file name), or `"file"`.
     pub fn name(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::File => "file",
         }
     }
 
@@ -40,6 +44,7 @@ impl Stream {
         match self {
             Stream::Stdout => b'o',
             Stream::Stderr => b'e',
+            Stream::File => b'f',
         }
     }
 
@@ -48,6 +53,7 @@ impl Stream {
         match t {
             b'o' => Some(Stream::Stdout),
             b'e' => Some(Stream::Stderr),
+            b'f' => Some(Stream::File),
             _ => None,
         }
     }

@@ -67,6 +67,23 @@ impl StreamPipeline {
         }
     }
 
+    /// The same with an encoder made by the caller (a log file's).
+    pub fn with_encoder(
+        enc: StreamEncoder,
+        max_line: usize,
+        multiline: Option<MultilineConfig>,
+    ) -> Self {
+        StreamPipeline {
+            framer: Framer::new(max_line),
+            multiline: multiline.map(Multiline::new),
+            enc,
+            doc: Vec::new(),
+            id: Vec::new(),
+            empty_lines: 0,
+            lines: 0,
+        }
+    }
+
     fn emit(
         enc: &mut StreamEncoder,
         doc: &mut Vec<u8>,

@@ -80,6 +80,8 @@ pub struct Counters {
     pub buffer_stalled_ms: AtomicU64,
     /// Checkpoint saves that failed (the previous checkpoint stays in force).
     pub checkpoint_save_errors: AtomicU64,
+    /// Log files of the containers (`rein.log.files`).
+    pub log_files: std::sync::Arc<super::logfiles::FileCounters>,
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -149,7 +151,7 @@ pub fn snapshot(
             }
         }
     }
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "reader": {
             "containers_live": load(&c.containers_live),
             "containers_registered": load(&c.containers_registered),
@@ -190,7 +192,11 @@ pub fn snapshot(
         "buffers": b,
         "sinks": k,
         "routes": routes,
-    })
+    });
+    for (name, n) in c.log_files.fields() {
+        v["reader"][name] = n.into();
+    }
+    v
 }
 
 /// Prometheus text format of a snapshot.

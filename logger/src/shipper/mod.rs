@@ -8,6 +8,7 @@ pub mod config;
 pub mod counters;
 pub mod fallback;
 pub mod handover;
+pub mod logfiles;
 pub mod own_cgroup;
 pub mod parser;
 pub mod parser_sched;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::counters::Counters;
+use super::logfiles::{FileSources, FilesCheckpoint};
 use super::stream::{mono_ms, ParseStream, StreamCheckpoint, TurnStart};
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
@@ -33,13 +34,21 @@ pub struct Checkpoint {
     pub stdout: StreamCheckpoint,
     /// Of `stderr`.
     pub stderr: StreamCheckpoint,
+    /// Of the container's log files (`rein.log.files`), if it names any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesCheckpoint>,
 }
 
-/// Saves the checkpoint of a container's two streams in `dir`.
-pub fn save_checkpoint(dir: &Path, streams: &[ParseStream]) -> std::io::Result<()> {
+/// Saves the checkpoint of a container's two streams (and log files) in `dir`.
+pub fn save_checkpoint(
+    dir: &Path,
+    streams: &[ParseStream],
+    files: Option<&FileSources>,
+) -> std::io::Result<()> {
     let cp = Checkpoint {
         stdout: streams[0].checkpoint(),
         stderr: streams[1].checkpoint(),
+        files: files.map(FileSources::checkpoint),
     };
     crate::private::write_atomic(
         &dir.join("checkpoint.json"),
@@ -63,6 +72,8 @@ pub struct ParseJob {
     /// Set once both streams reached EOF and their records are synced: the
     /// reader may then forget the container.
     pub finished: Arc<AtomicBool>,
+    /// Its log files, if it names any (and has a disk buffer).
+    pub files: Option<FileSources>,
     dirty: bool,
 }
 
@@ -84,8 +95,20 @@ impl ParseJob {
             wal,
             streams,
             finished,
+            files: None,
             dirty: false,
         }
+    }
+
+    /// With the container's log files.
+    pub fn with_files(mut self, files: Option<FileSources>) -> ParseJob {
+        self.files = files;
+        self
+    }
+
+    /// True once every stream and log file is read to its end.
+    fn all_done(&self) -> bool {
+        self.streams.iter().all(|s| s.done) && self.files.as_ref().is_none_or(|f| f.done)
     }
 }
 
@@ -285,6 +308,12 @@ impl Ctx {
     /// point.
     fn after_panic(&mut self) {
         self.framed.clear();
+        for j in &mut self.jobs {
+            if let Some(f) = j.files.as_mut() {
+                f.rewind();
+                j.dirty = true;
+            }
+        }
         let Some(t) = self.turn.as_ref() else {
             return;
         };
@@ -435,6 +464,58 @@ impl Ctx {
             }
             dirty
         });
+        busy | self.files_round(|f, buf, out| f.round(buf, TURN, out))
+    }
+
+    /// Runs `f` on every container's log files with a record sink framing
+    /// each record with its route; a container whose streams are all done
+    /// gets its files finished (read to the end). True if anything was read.
+    fn files_round(
+        &mut self,
+        mut f: impl FnMut(&mut FileSources, &mut [u8], &mut dyn FnMut(&[u8], Encoded<'_>)) -> bool,
+    ) -> bool {
+        let mut busy = false;
+        for j in &mut self.jobs {
+            let Some(files) = j.files.as_mut() else {
+                continue;
+            };
+            let held = j
+                .wal
+                .as_ref()
+                .is_some_and(|w| w.is_stalled() || w.is_full());
+            if held || files.done {
+                continue;
+            }
+            let need = files.window_needed();
+            if self.buf.len() < need {
+                self.buf.resize(need, 0);
+            }
+            let framed = &mut self.framed;
+            let cid = &j.tags.cid;
+            let mut emit = |route: &[u8], e: Encoded<'_>| {
+                crate::walrec::frame_encoded(&mut framed.bytes, Stream::File, cid, route, &e);
+                framed.records += 1;
+                crate::fault::point("parser_record");
+            };
+            let streams_done = j.streams.iter().all(|s| s.done);
+            let did = if streams_done {
+                files.finish(&mut self.buf, &mut emit);
+                true
+            } else {
+                f(files, &mut self.buf, &mut emit)
+            };
+            self.framed.flush(j.wal.as_deref());
+            self.counters
+                .lines_read
+                .fetch_add(files.take_lines(), Ordering::Relaxed);
+            if did || self.framed.records > 0 {
+                j.dirty = true;
+            }
+            if let Some(w) = j.wal.as_ref() {
+                commit(w, &self.counters);
+            }
+            busy |= did;
+        }
         busy
     }
 
@@ -460,7 +541,12 @@ impl Ctx {
             s.poll(false, emit);
             dirty
         });
-        self.jobs.iter().any(|j| j.streams.iter().all(|s| s.done))
+        let flush = self.cfg.partial_flush;
+        self.files_round(|f, buf, out| {
+            f.timers(buf, flush, out);
+            false
+        });
+        self.jobs.iter().any(ParseJob::all_done)
     }
 
     /// Records first, then the offsets that point past them; finished
@@ -486,7 +572,7 @@ impl Ctx {
             if !(j.dirty || all) || !j.wal.as_ref().is_none_or(is_durable) {
                 continue;
             }
-            match save_checkpoint(&j.dir, &j.streams) {
+            match save_checkpoint(&j.dir, &j.streams, j.files.as_ref()) {
                 Ok(()) => {
                     j.dirty = false;
                     for s in &j.streams {
@@ -511,9 +597,12 @@ impl Ctx {
                 }
             }
         }
-        self.jobs.retain(|j| {
-            let done = !j.dirty && j.streams.iter().all(|s| s.done);
+        self.jobs.retain_mut(|j| {
+            let done = !j.dirty && j.all_done();
             if done {
+                if let Some(f) = j.files.as_mut() {
+                    f.release();
+                }
                 j.finished.store(true, Ordering::Release);
             }
             !done

@@ -185,6 +185,8 @@ pub fn files_only(key: &str, sandbox: PathBuf) -> Registration {
             route: String::new(),
             multiline: None,
             rate_limit: 0,
+            files: Vec::new(),
+            file_caps: Default::default(),
         },
         sandbox,
     }

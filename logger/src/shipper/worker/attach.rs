@@ -16,6 +16,7 @@ use crate::module::compile_pattern;
 use crate::proto::{MultilineSpec, Registration, SinkKind};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
+use crate::shipper::logfiles::{FileEncoding, FileSources};
 use crate::shipper::parser::{Checkpoint, ParseJob};
 use crate::shipper::stream::{self, FileRecord, ParseStream, StreamState};
 
@@ -92,6 +93,23 @@ impl Worker {
         let dir = self.container_dir(&reg.key);
         let cid = reg.meta.container_id().into_bytes();
         let route = reg.options.route.clone().into_bytes();
+        // The task's log files: followed only where records are made.
+        let files = (wal.is_some() && !reg.options.files.is_empty()).then(|| {
+            FileSources::new(
+                reg.options.files.clone(),
+                reg.options.file_caps,
+                FileEncoding {
+                    meta: reg.meta.clone(),
+                    encode: self.cfg.encode.clone(),
+                    max_line: self.cfg.max_line_bytes,
+                    multiline: reg.options.multiline.as_ref().and_then(multiline_config),
+                    route: route.clone(),
+                },
+                sandbox.clone(),
+                cp.as_ref().and_then(|c| c.files.clone()),
+                self.counters.log_files.clone(),
+            )
+        });
         let mut streams = Vec::with_capacity(2);
         let mut parse_streams = Vec::with_capacity(2);
         for (((stream, fd), scp), record) in [Stream::Stdout, Stream::Stderr]
@@ -168,15 +186,18 @@ impl Worker {
             unsaved,
             old_stages,
         };
-        self.parser.add(ParseJob::new(
-            reg.key.clone(),
-            dir,
-            cid,
-            route,
-            wal,
-            parse_streams,
-            finished,
-        ));
+        self.parser.add(
+            ParseJob::new(
+                reg.key.clone(),
+                dir,
+                cid,
+                route,
+                wal,
+                parse_streams,
+                finished,
+            )
+            .with_files(files),
+        );
         if c.old_stages.is_none() {
             for (i, st) in c.streams.iter_mut().enumerate() {
                 if let Some(p) = &st.pipe {
@@ -262,6 +283,7 @@ fn checkpoint_body(streams: &[ParseStream]) -> Vec<u8> {
     let cp = Checkpoint {
         stdout: streams[0].checkpoint(),
         stderr: streams[1].checkpoint(),
+        files: None,
     };
     serde_json::to_vec(&cp).unwrap_or_default()
 }

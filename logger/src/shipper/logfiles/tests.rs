@@ -1,0 +1,254 @@
+//! The file sources on a temporary sandbox: rotations both ways, files
+//! appearing later, a restart from a checkpoint, hostile objects.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::proto::{FileCaps, FileMultiline, FileSpec, SourceMeta};
+use crate::record::EncodeOptions;
+use crate::sandbox::SandboxDir;
+
+/// (id, tag, path, message) of every record made.
+type Got = Vec<(String, String, String, String)>;
+
+fn sources(d: &Path, specs: &[(&str, &str)], cp: Option<FilesCheckpoint>) -> FileSources {
+    let specs = specs
+        .iter()
+        .map(|(tag, glob)| FileSpec {
+            tag: tag.to_string(),
+            glob: glob.to_string(),
+            multiline: FileMultiline::Off,
+            route: None,
+        })
+        .collect();
+    let meta = SourceMeta {
+        container_chain: vec!["c1".into()],
+        sandbox: d.to_path_buf(),
+        ..SourceMeta::default()
+    };
+    FileSources::new(
+        specs,
+        FileCaps::default(),
+        FileEncoding {
+            meta,
+            encode: EncodeOptions::default(),
+            max_line: 4096,
+            multiline: None,
+            route: b"r".to_vec(),
+        },
+        Arc::new(SandboxDir::open(d).unwrap()),
+        cp,
+        Arc::new(FileCounters::default()),
+    )
+}
+
+/// Rounds until nothing more is read (scans forced).
+fn pump(fs: &mut FileSources, got: &mut Got) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        fs.last_scan = None;
+        let busy = fs.round(&mut buf, 1 << 20, &mut |_, e| keep(got, e));
+        if !busy {
+            return;
+        }
+    }
+}
+
+fn keep(got: &mut Got, e: crate::record::Encoded<'_>) {
+    let v: serde_json::Value = serde_json::from_slice(e.doc).unwrap();
+    got.push((
+        String::from_utf8(e.id.to_vec()).unwrap(),
+        v["log"]["file"]["tag"].as_str().unwrap().to_string(),
+        v["log"]["file"]["path"].as_str().unwrap().to_string(),
+        v["message"].as_str().unwrap().to_string(),
+    ));
+}
+
+fn append(p: &Path, from: usize, to: usize, what: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .unwrap();
+    for i in from..to {
+        writeln!(f, "{what} seq={i} {}", "x".repeat(i % 50)).unwrap();
+    }
+}
+
+/// Every `what seq=N` for N in 0..n exactly once, each with one id.
+fn assert_once(got: &Got, what: &str, n: usize) {
+    let mut seen: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for (id, _, _, msg) in got {
+        if let Some(rest) = msg.strip_prefix(&format!("{what} seq=")) {
+            let seq: usize = rest.split(' ').next().unwrap().parse().unwrap();
+            seen.entry(seq).or_default().push(id);
+        }
+    }
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{what}: made twice: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    let ids: std::collections::HashSet<&String> = got.iter().map(|g| &g.0).collect();
+    assert_eq!(ids.len(), got.len(), "ids are unique");
+}
+
+#[test]
+fn rotation_by_rename_and_by_copytruncate_lose_and_repeat_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("logs")).unwrap();
+    let mut fs = sources(d.path(), &[("app", "logs/*.log"), ("gc", "gc.log")], None);
+    let mut got = Got::new();
+    let (app, gc) = (d.path().join("logs/app.log"), d.path().join("gc.log"));
+    let mut a = 0;
+    let mut g = 0;
+    for round in 0..6 {
+        append(&app, a, a + 300, "app");
+        a += 300;
+        append(&gc, g, g + 200, "gc");
+        g += 200;
+        pump(&mut fs, &mut got);
+        // Written after the last read, then rotated: read from the renamed
+        // file and from the copy.
+        append(&app, a, a + 50, "app");
+        a += 50;
+        append(&gc, g, g + 40, "gc");
+        g += 40;
+        std::fs::rename(&app, d.path().join(format!("logs/app.log.{round}"))).unwrap();
+        std::fs::copy(&gc, d.path().join(format!("gc.log.{round}"))).unwrap();
+        std::fs::File::create(&gc).unwrap().set_len(0).unwrap();
+    }
+    append(&app, a, a + 10, "app");
+    a += 10;
+    // A file that appears later.
+    std::fs::create_dir(d.path().join("logs/dir.log")).unwrap();
+    append(&d.path().join("logs/late.log"), 0, 25, "late");
+    pump(&mut fs, &mut got);
+    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut got, e));
+    let c = &fs.counters;
+    eprintln!("counters: {:?}", c.fields());
+    assert_once(&got, "app", a);
+    assert_once(&got, "gc", g);
+    assert_once(&got, "late", 25);
+    assert_eq!(c.truncations.load(Ordering::Relaxed), 6);
+    assert_eq!(c.copies_recovered.load(Ordering::Relaxed), 6);
+    assert_eq!(c.truncated_bytes_lost.load(Ordering::Relaxed), 0);
+    assert!(got.iter().all(|r| r
+        .0
+        .starts_with(&format!("{:016x}-f", crate::record::encode::fnv1a64(b"c1")))));
+    assert!(got.iter().any(|r| r.1 == "gc" && r.2 == "gc.log"));
+    assert!(got.iter().any(|r| r.1 == "app" && r.2 == "logs/app.log"));
+    // The directory named like a log file was refused, not entered.
+    assert_eq!(c.refused.load(Ordering::Relaxed), 1, "{:?}", c.fields());
+}
+
+#[test]
+fn a_restart_from_the_checkpoint_resumes_every_file_where_it_stood() {
+    let d = tempfile::tempdir().unwrap();
+    let app = d.path().join("app.log");
+    let mut got = Got::new();
+    let mut fs = sources(d.path(), &[("app", "*.log")], None);
+    append(&app, 0, 500, "app");
+    pump(&mut fs, &mut got);
+    let cp = fs.checkpoint();
+    // Records made after the checkpoint are made again after the restart
+    // with the same ids (the sink keeps one); nothing before it is.
+    append(&app, 500, 700, "app");
+    pump(&mut fs, &mut got);
+    let before: Vec<_> = got.clone();
+    drop(fs);
+    // While no worker ran: more lines, then a rotation by rename.
+    append(&app, 700, 800, "app");
+    std::fs::rename(&app, d.path().join("app.log.1")).unwrap();
+    append(&app, 800, 900, "app");
+    let cp = serde_json::from_slice(&serde_json::to_vec(&cp).unwrap()).unwrap();
+    let mut fs = sources(d.path(), &[("app", "*.log")], Some(cp));
+    let mut again = Got::new();
+    pump(&mut fs, &mut again);
+    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut again, e));
+    // The re-made ones carry the same ids.
+    let ids: BTreeMap<&str, &str> = before
+        .iter()
+        .map(|r| (r.3.as_str(), r.0.as_str()))
+        .collect();
+    for r in &again {
+        if let Some(id) = ids.get(r.3.as_str()) {
+            assert_eq!(*id, r.0, "{}", r.3);
+        }
+    }
+    let mut all: Got = before.clone();
+    all.extend(
+        again
+            .into_iter()
+            .filter(|r| !ids.contains_key(r.3.as_str())),
+    );
+    assert_once(&all, "app", 900);
+    assert_eq!(fs.counters.lost.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn symlinks_fifos_and_directories_are_never_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"secret line\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("a.log")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), d.path().join("sub")).unwrap();
+    std::fs::write(outside.path().join("b.log"), b"secret too\n").unwrap();
+    nix::unistd::mkfifo(&d.path().join("f.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::create_dir(d.path().join("d.log")).unwrap();
+    append(&d.path().join("ok.log"), 0, 3, "ok");
+    // The sandbox's own stream files are never matched.
+    std::fs::write(d.path().join("stdout.log"), b"stream\n").unwrap();
+    let mut fs = sources(d.path(), &[("a", "*.log"), ("b", "sub/*.log")], None);
+    let mut got = Got::new();
+    // A FIFO opened for reading would block this thread: it must not be.
+    pump(&mut fs, &mut got);
+    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut got, e));
+    assert_once(&got, "ok", 3);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        fs.counters.refused.load(Ordering::Relaxed),
+        4,
+        "{:?}",
+        fs.counters.fields()
+    );
+}
+
+#[test]
+fn caps_bound_the_files_and_the_backlog_and_count_what_they_leave() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        append(&d.path().join(format!("{i}.log")), 0, 10, &format!("f{i}"));
+    }
+    let big = d.path().join("big.txt");
+    append(&big, 0, 2000, "big");
+    let mut fs = sources(d.path(), &[("many", "*.log"), ("big", "big.txt")], None);
+    fs.caps.max_files = 3;
+    fs.caps.max_backlog = 4096;
+    let mut got = Got::new();
+    pump(&mut fs, &mut got);
+    let c = &fs.counters;
+    assert_eq!(fs.followed(), 3);
+    assert_eq!(c.over_cap.load(Ordering::Relaxed), 1);
+    let mut fs2 = sources(d.path(), &[("big", "big.txt")], None);
+    fs2.caps.max_backlog = 4096;
+    let mut got2 = Got::new();
+    pump(&mut fs2, &mut got2);
+    let skipped = fs2.counters.backlog_bytes_skipped.load(Ordering::Relaxed);
+    let size = std::fs::metadata(&big).unwrap().len();
+    assert!(skipped > 0 && size - skipped <= 4096, "{skipped} of {size}");
+    // Whole lines only: the first record starts a line.
+    assert!(got2[0].3.starts_with("big seq="), "{:?}", got2[0]);
+    assert_eq!(got2.last().unwrap().3.split(' ').nth(1), Some("seq=1999"));
+}

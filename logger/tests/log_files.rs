@@ -1,0 +1,193 @@
+//! A task's log files (`rein.log.files`) through real `rein-log-shipper`
+//! processes: two files rotated both ways (rename, copytruncate) and stdout,
+//! worker kill -9 and restart in the middle; every line of each reaches the
+//! disk buffer with one id (the sinks keep one copy of a resent id), with
+//! its file's path and tag.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::shipper::{read_buffer, spec, Shipper};
+
+fn append(p: &Path, from: u64, to: u64, what: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .unwrap();
+    for i in from..to {
+        writeln!(f, "{what} seq={i} {}", "y".repeat((i % 40) as usize)).unwrap();
+    }
+}
+
+/// Waits until the container's checkpoint has the file at `p` (by inode)
+/// read to `len` bytes: a file is rotated only once the shipper has seen it
+/// (a file created and renamed away within one scan is not followed unless
+/// the glob matches its rotated name too).
+fn wait_read(state: &Path, p: &Path, len: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(p).unwrap().ino();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = std::fs::read_dir(state.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("checkpoint.json")).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .any(|cp| {
+                cp["files"]["files"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|f| f["ino"].as_u64() == Some(ino) && f["offset"].as_u64() >= Some(len))
+            });
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} not read to {len} bytes within 60 s",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (prefix, seq) -> (ids, tag, path) of every buffered record.
+type Seen = BTreeMap<(String, u64), (Vec<String>, String, String)>;
+
+fn seen(buffer: &Path) -> Seen {
+    let mut out = Seen::new();
+    read_buffer(buffer, |rec| {
+        let v: serde_json::Value = serde_json::from_slice(rec.doc).unwrap();
+        let msg = v["message"].as_str().unwrap();
+        let mut parts = msg.split(' ');
+        let prefix = parts.next().unwrap().to_string();
+        let seq: u64 = parts.next().unwrap()[4..].parse().unwrap();
+        let e = out.entry((prefix, seq)).or_default();
+        e.0.push(String::from_utf8_lossy(rec.id).into_owned());
+        e.1 = v["log"]["file"]["tag"].as_str().unwrap_or("").to_string();
+        e.2 = v["log"]["file"]["path"].as_str().unwrap_or("").to_string();
+    });
+    out
+}
+
+/// Each of `0..n` of `prefix` is there, all its copies with one id.
+fn assert_once(s: &Seen, prefix: &str, n: u64, counters: &serde_json::Value) {
+    let lost: Vec<u64> = (0..n)
+        .filter(|i| !s.contains_key(&(prefix.to_string(), *i)))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{prefix}: {} of {n} lost, first {:?}; counters {counters}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    for i in 0..n {
+        let ids = &s[&(prefix.to_string(), i)].0;
+        assert!(
+            ids.iter().all(|id| id == &ids[0]),
+            "{prefix} seq={i} buffered under several ids {ids:?}: a sink would keep it twice"
+        );
+    }
+}
+
+#[test]
+fn two_log_files_rotated_both_ways_and_stdout_arrive_once_across_worker_kills() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms",
+    );
+    let m = sh.module();
+    let sandbox = d.path().join("sb");
+    let labels = [
+        ("rein.log.multiline", "off"),
+        ("rein.log.files", "app=logs/*.log,gc=gc.log;multiline=off"),
+    ];
+    let io = m.prepare(&spec("c0", &sandbox, &labels)).unwrap();
+    assert!(io.shipped, "the shipper did not take the container");
+    std::fs::create_dir(sandbox.join("logs")).unwrap();
+    let mut out = File::from(io.stdout);
+    let (app, gc) = (sandbox.join("logs/app.log"), sandbox.join("gc.log"));
+    let (mut a, mut g, mut o) = (0u64, 0u64, 0u64);
+    for round in 0..8u64 {
+        append(&app, a, a + 400, "app");
+        a += 400;
+        append(&gc, g, g + 300, "gc");
+        g += 300;
+        for _ in 0..100 {
+            writeln!(out, "out seq={o} stdout").unwrap();
+            o += 1;
+        }
+        match round {
+            2 | 5 => sh.kill_worker(),
+            4 => sh.restart_worker(),
+            _ => {}
+        }
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        // Part of the lines written before a rotation are read after it
+        // (from the renamed file, or from the copy).
+        wait_read(&sh.state, &app, size(&app) / 2);
+        wait_read(&sh.state, &gc, size(&gc) / 2);
+        append(&app, a, a + 50, "app");
+        a += 50;
+        append(&gc, g, g + 50, "gc");
+        g += 50;
+        if round % 2 == 0 {
+            std::fs::rename(&app, sandbox.join(format!("logs/app.log.{round}"))).unwrap();
+        }
+        if round % 3 == 1 {
+            std::fs::copy(&gc, sandbox.join(format!("gc.log.{round}"))).unwrap();
+            File::create(&gc).unwrap();
+        }
+    }
+    // The last lines end without a newline: flushed when the container ends.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&gc)
+        .unwrap()
+        .write_all(format!("gc seq={g} no newline").as_bytes())
+        .unwrap();
+    g += 1;
+    drop(out);
+    drop(io.stderr);
+    sh.wait_idle(Duration::from_secs(60));
+    // The counters are written every second: wait for the ones after the end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut counters = sh.counters();
+    while counters["reader"]["containers_live"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "{counters}");
+        std::thread::sleep(Duration::from_millis(50));
+        counters = sh.counters();
+    }
+    drop(sh);
+    let s = seen(&d.path().join("state/buffer/elasticsearch"));
+    assert_once(&s, "app", a, &counters);
+    assert_once(&s, "gc", g, &counters);
+    assert_once(&s, "out", o, &counters);
+    let app0 = &s[&("app".to_string(), 0)];
+    assert_eq!((app0.1.as_str(), app0.2.as_str()), ("app", "logs/app.log"));
+    let gc0 = &s[&("gc".to_string(), 0)];
+    assert_eq!((gc0.1.as_str(), gc0.2.as_str()), ("gc", "gc.log"));
+    let r = &counters["reader"];
+    assert_eq!(r["log_file_truncated_bytes_lost"], 0, "{counters}");
+    assert_eq!(r["log_files_lost"], 0, "{counters}");
+    // This worker (since the last kill) saw the last copytruncate.
+    assert!(
+        r["log_file_copies_recovered"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+    assert_eq!(
+        r["log_files_followed"], 0,
+        "released at the end: {counters}"
+    );
+    let ids: std::collections::HashSet<&String> = s.values().map(|v| &v.0[0]).collect();
+    assert_eq!(ids.len(), s.len(), "one id per line");
+}
