@@ -395,6 +395,15 @@ mod tests {
                 "{e}"
             );
         }
+        // A log file's own subject follows the same rules.
+        let o = options(&c, &[("rein.log.files", "gc=gc.log;route=team-a.gc")]).unwrap();
+        assert_eq!(o.files[0].route.as_deref(), Some("team-a.gc"));
+        for bad in ["gc=gc.log;route=team-b.gc", "gc=gc.log;route=team-a.>"] {
+            let e = options(&c, &[("rein.log.files", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rein.log.files"), "{e}");
+        }
         let e = options(&c, &[("rein.log.multiline.pattern", "(")])
             .unwrap_err()
             .to_string();
