@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::nats_server::{nats_bin, sink_config as config, NatsServer, StoredMsg, MISSING};
-use common::reply_dropper::ReplyDropper;
+use common::reply_dropper::{ship_a_batch_whose_answer_is_lost, ReplyDropper};
 use common::shipper::{run_container, spec, Shipper};
 use common::sinks::{buffer, RunningSink};
 use common::{fill_wal as fill, free_port, skip};
@@ -202,19 +202,9 @@ fn lost_acknowledgements_then_a_resend_add_nothing() {
     let stats = Arc::new(SinkStats::default());
     let url = format!("nats://127.0.0.1:{}", proxy.port);
     let mut sink = NatsSink::new(config(&url, d.path()), stats.clone()).unwrap();
-    let stop = Control::new();
-    fill(&w, "la", "", 0, 100);
-    let first = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
-    assert!(sink.ship(&first, &stop).is_ok());
-    w.ack(first.end, first.len() as u64).unwrap();
-    fill(&w, "la", "", 100, 400);
-    let second = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
-    assert_eq!(second.len(), 400);
-    // JetStream stores the batch but its acknowledgements never arrive: the
-    // sink sees the connection end, connects again and publishes the rest again.
-    proxy.armed.store(true, Ordering::SeqCst);
-    assert!(sink.ship(&second, &stop).is_ok());
-    assert!(proxy.dropped.load(Ordering::SeqCst), "answers were dropped");
+    // JetStream stores the second batch but its acknowledgements never arrive:
+    // the sink sees the connection end, connects again and publishes it again.
+    ship_a_batch_whose_answer_is_lost(&mut sink, &w, &proxy);
     let c = format!("{stats:?}");
     assert!(count(&stats, |s| &s.failed_requests) >= 1, "{c}");
     assert!(

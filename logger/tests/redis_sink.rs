@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis_server::{sink_config as config, xlen, xrange, RedisServer, MISSING};
-use common::reply_dropper::ReplyDropper;
+use common::reply_dropper::{ship_a_batch_whose_answer_is_lost, ReplyDropper};
 use common::shipper::{run_container, spec, Shipper};
 use common::sinks::{buffer, RunningSink};
 use common::{fill_wal as fill, free_port, skip};
@@ -213,19 +213,9 @@ fn lost_reply_then_resend_adds_nothing() {
         stats.clone(),
     )
     .unwrap();
-    let stop = Control::new();
-    fill(&w, "la", "", 0, 100);
-    let first = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
-    assert!(sink.ship(&first, &stop).is_ok());
-    w.ack(first.end, first.len() as u64).unwrap();
-    fill(&w, "la", "", 100, 400);
-    let second = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
-    assert_eq!(second.len(), 400);
     // Redis stores the second batch but its answer never arrives: the sink sees a
     // dropped connection, reconnects and sends the batch again.
-    proxy.armed.store(true, Ordering::SeqCst);
-    assert!(sink.ship(&second, &stop).is_ok());
-    assert!(proxy.dropped.load(Ordering::SeqCst), "a reply was dropped");
+    ship_a_batch_whose_answer_is_lost(&mut sink, &w, &proxy);
     assert!(stats.failed_requests.load(Ordering::Relaxed) >= 1);
     assert_eq!(
         stats.duplicates.load(Ordering::Relaxed),

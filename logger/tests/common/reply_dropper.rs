@@ -5,6 +5,10 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use rein_logger::sink::{Control, Sink};
+use rein_logger::wal::Wal;
 
 /// Forwards to a server; when armed, discards the next answer from it and
 /// closes the connection (the command was executed, its reply is lost).
@@ -61,4 +65,25 @@ fn pump(mut from: TcpStream, mut to: TcpStream, drop: Option<(Arc<AtomicBool>, A
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Ships 100 records of container `la` through `sink` (connected through
+/// `proxy`) and acknowledges them; then 400 more with the proxy armed: the
+/// server carries the second batch out, its answer is lost, and the sink
+/// sends the batch again until it is done.
+pub fn ship_a_batch_whose_answer_is_lost<S: Sink>(sink: &mut S, w: &Wal, proxy: &ReplyDropper) {
+    let stop = Control::new();
+    super::fill_wal(w, "la", "", 0, 100);
+    let first = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
+    assert!(sink.ship(&first, &stop).is_ok());
+    w.ack(first.end, first.len() as u64).unwrap();
+    super::fill_wal(w, "la", "", 100, 400);
+    let second = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
+    assert_eq!(second.len(), 400);
+    proxy.armed.store(true, Ordering::SeqCst);
+    assert!(sink.ship(&second, &stop).is_ok());
+    assert!(
+        proxy.dropped.load(Ordering::SeqCst),
+        "an answer was dropped"
+    );
 }
