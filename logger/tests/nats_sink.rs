@@ -707,6 +707,71 @@ fn shipper_sends_task_lines_to_its_subject_once_across_a_worker_kill() {
     );
 }
 
+/// Through the real shipper: a task's log file (`rein.log.files`) goes to
+/// its own subject (`;route=`), its stdout to the container's; each line once.
+#[test]
+fn a_task_s_log_file_goes_to_its_own_subject() {
+    let Some(srv) = NatsServer::start_or_skip("a_task_s_log_file_goes_to_its_own_subject", "")
+    else {
+        return;
+    };
+    logs_stream(&srv);
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(
+        d.path(),
+        &format!(
+            "nats_url = {}\nnats_backoff_max = 300ms\npartial_flush = 300ms\n",
+            srv.url()
+        ),
+    );
+    let m = sh.module_with(&[
+        ("allowed_sinks", "nats,none"),
+        ("default_sink", "nats"),
+        ("allowed_nats_subject_prefixes", "team-a."),
+    ]);
+    let sandbox = d.path().join("f1");
+    let labels = [
+        ("rein.log.nats_subject", "team-a.out"),
+        ("rein.log.multiline", "off"),
+        ("rein.log.files", "app=app.log;route=team-a.app"),
+    ];
+    let io = m.prepare(&spec("f1", &sandbox, &labels)).unwrap();
+    assert!(io.shipped, "the shipper did not take the container");
+    let mut out = std::fs::File::from(io.stdout);
+    let mut app = std::fs::File::create(sandbox.join("app.log")).unwrap();
+    for i in 0..500 {
+        writeln!(app, "app seq={i}").unwrap();
+        writeln!(out, "out seq={i}").unwrap();
+    }
+    drop((out, io.stderr));
+    let arrived = wait_for(Duration::from_secs(60), || srv.messages("LOGS") >= 1000);
+    assert!(
+        arrived,
+        "{} of 1000; counters {}",
+        srv.messages("LOGS"),
+        sh.counters()
+    );
+    let msgs = srv.read_all("LOGS");
+    assert_eq!(msgs.len(), 1000);
+    for (subject, prefix, stream) in [
+        ("team-a.app", "app", "file"),
+        ("team-a.out", "out", "stdout"),
+    ] {
+        let mine: Vec<&StoredMsg> = msgs.iter().filter(|m| m.subject == subject).collect();
+        let seqs: Vec<u64> = mine.iter().map(|m| m.seq().1).collect();
+        assert_eq!(seqs, (0..500).collect::<Vec<u64>>(), "{subject}");
+        assert!(mine
+            .iter()
+            .all(|m| m.seq().0 == prefix && m.stream == stream));
+    }
+    let first_app = msgs
+        .iter()
+        .find(|m| m.subject == "team-a.app")
+        .unwrap()
+        .doc();
+    assert_eq!(first_app["log"]["file"]["tag"], "app", "{first_app}");
+}
+
 /// Records per second through the sink to a file-backed stream on this
 /// machine (printed as a figure).
 #[test]
