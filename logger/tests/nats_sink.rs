@@ -415,6 +415,8 @@ fn credentials_come_from_a_private_file_reread_on_reconnect() {
     std::fs::write(&auth, "logs right-pw\n").unwrap();
     let stats = run.finish(100);
     assert_eq!(count(&stats, |s| &s.shipped), 100, "{stats:?}");
+    // Refused credentials are failed requests, not refused answers.
+    assert_eq!(stats.responses_refused.total(), 0, "{stats:?}");
     assert_eq!(srv.messages("LOGS"), 100);
 }
 

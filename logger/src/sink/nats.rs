@@ -44,8 +44,28 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// JetStream's error code of a message over the stream's `max_msg_size`.
 const JS_MESSAGE_TOO_LARGE: u64 = 10054;
 
+/// An answer on the inbox that is not a JetStream acknowledgement the sink
+/// can take.
+#[derive(Debug, thiserror::Error)]
+enum AckError {
+    /// Not JSON.
+    #[error("acknowledgement is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    /// JSON without a stream and a sequence (the payload's start).
+    #[error("not an acknowledgement: {0:.120}")]
+    NotAnAck(String),
+    /// From a stream other than `nats_stream`.
+    #[error("acknowledged by stream `{got}`, not `{want}`")]
+    OtherStream {
+        /// The stream that answered.
+        got: String,
+        /// `nats_stream`.
+        want: String,
+    },
+}
+
 /// What one acknowledgement says of its record.
-fn outcome(msg: &Msg, expected_stream: Option<&str>) -> Result<Delivery, String> {
+fn outcome(msg: &Msg, expected_stream: Option<&str>) -> Result<Delivery, AckError> {
     if msg.status == Some(503) {
         return Ok(Delivery::RouteRefused {
             status: 503,
@@ -58,8 +78,7 @@ fn outcome(msg: &Msg, expected_stream: Option<&str>) -> Result<Delivery, String>
             reason: format!("status {status} {}", msg.description),
         });
     }
-    let v: serde_json::Value = serde_json::from_slice(&msg.payload)
-        .map_err(|e| format!("acknowledgement is not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&msg.payload)?;
     if let Some(err) = v.get("error") {
         let code = err["code"].as_u64().unwrap_or(0);
         let status = u16::try_from(code).unwrap_or(0);
@@ -77,13 +96,15 @@ fn outcome(msg: &Msg, expected_stream: Option<&str>) -> Result<Delivery, String>
         });
     }
     let (Some(stream), Some(_seq)) = (v["stream"].as_str(), v["seq"].as_u64()) else {
-        return Err(format!(
-            "not an acknowledgement: {:.120}",
-            String::from_utf8_lossy(&msg.payload)
+        return Err(AckError::NotAnAck(
+            String::from_utf8_lossy(&msg.payload).into_owned(),
         ));
     };
     if let Some(want) = expected_stream.filter(|w| *w != stream) {
-        return Err(format!("acknowledged by stream `{stream}`, not `{want}`"));
+        return Err(AckError::OtherStream {
+            got: stream.to_owned(),
+            want: want.to_owned(),
+        });
     }
     Ok(if v["duplicate"].as_bool() == Some(true) {
         Delivery::Duplicate
@@ -198,10 +219,7 @@ impl NatsSink {
     fn connection(&mut self) -> Result<&mut NatsConn, ConnError> {
         if self.conn.is_none() {
             let auth = match &self.cfg.auth_file {
-                Some(path) => Some(
-                    super::nats_config::read_auth(path)
-                        .map_err(|e| ConnError::Handshake(e.to_string()))?,
-                ),
+                Some(path) => Some(super::nats_config::read_auth(path)?),
                 None => None,
             };
             let mut c = NatsConn::connect(
@@ -309,12 +327,10 @@ impl NatsSink {
                         continue; // a late answer to an earlier attempt
                     };
                     answered += 1;
-                    out[i] = outcome(&reply.msg, expected.as_deref()).unwrap_or_else(|why| {
-                        self.count_refusal(Refusal::Unusable, 1, &why);
-                        Delivery::Transient {
-                            status: 0,
-                            reason: why,
-                        }
+                    out[i] = outcome(&reply.msg, expected.as_deref()).unwrap_or_else(|e| {
+                        let reason = e.to_string();
+                        self.count_refusal(Refusal::Unusable, 1, &reason);
+                        Delivery::Transient { status: 0, reason }
                     });
                 }
                 // The server stays connected after a permission violation:
@@ -401,12 +417,12 @@ mod tests {
     fn acknowledgements_map_to_outcomes() {
         let o = |m: Msg| outcome(&m, None);
         assert_eq!(
-            o(msg(None, r#"{"stream":"L","seq":4}"#)),
-            Ok(Delivery::Stored)
+            o(msg(None, r#"{"stream":"L","seq":4}"#)).unwrap(),
+            Delivery::Stored
         );
         assert_eq!(
-            o(msg(None, r#"{"stream":"L","seq":4,"duplicate":true}"#)),
-            Ok(Delivery::Duplicate)
+            o(msg(None, r#"{"stream":"L","seq":4,"duplicate":true}"#)).unwrap(),
+            Delivery::Duplicate
         );
         assert!(matches!(
             o(msg(Some(503), "")),
@@ -432,7 +448,7 @@ mod tests {
         assert!(o(msg(None, "garbage")).is_err());
         assert!(o(msg(None, r#"{"seq":1}"#)).is_err());
         let want = outcome(&msg(None, r#"{"stream":"OTHER","seq":1}"#), Some("LOGS"));
-        assert!(want.unwrap_err().contains("OTHER"));
+        assert!(want.unwrap_err().to_string().contains("OTHER"));
     }
 
     #[test]

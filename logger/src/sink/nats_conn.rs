@@ -75,6 +75,9 @@ pub enum ConnError {
     /// TLS could not be set up (the CA file, the server name).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The credentials file could not be used.
+    #[error(transparent)]
+    Credentials(#[from] super::SinkError),
 }
 
 impl ConnError {
