@@ -2,10 +2,11 @@
 //! sandbox, besides stdout and stderr, checked against the operator's caps.
 //!
 //! Syntax: entries separated by `,`; each is `[TAG=]GLOB` followed by
-//! options `;multiline=off|indented|inherit` and `;route=ROUTE`:
+//! options `;multiline=off|indented|inherit`, `;sink=SINK` (within the
+//! operator's allowed sinks) and `;route=ROUTE` (checked for the file's sink):
 //!
 //! ```text
-//! app=logs/*.log,gc=gc.log;multiline=off,audit=audit/*.log;route=team-a-audit-%Y.%m.%d
+//! app=logs/*.log,gc=gc.log;multiline=off,audit=audit/*.log;sink=kafka;route=team-a-audit
 //! ```
 //!
 //! A glob is relative to the sandbox, its components separated by `/`; `*`
@@ -15,6 +16,8 @@
 //! `stderr*` files are never matched (they are shipped as streams).
 
 use serde::{Deserialize, Serialize};
+
+use crate::proto::SinkKind;
 
 /// Longest `rein.log.files` value (also the schema's bound).
 pub const MAX_FILES_LABEL: usize = 1024;
@@ -46,9 +49,13 @@ pub struct FileSpec {
     /// Multiline joining of this file's lines.
     #[serde(default)]
     pub multiline: FileMultiline,
-    /// Index, topic or stream of this file's records (`None`: the container's).
+    /// Index, topic or stream of this file's records (`None`: the
+    /// container's, or with a sink of its own that sink's default).
     #[serde(default)]
     pub route: Option<String>,
+    /// Sink of this file's records (`None`: the container's).
+    #[serde(default, deserialize_with = "crate::proto::opt_sink_or_none")]
+    pub sink: Option<SinkKind>,
 }
 
 /// The operator's bounds on a container's log files, sent with its options.
@@ -82,11 +89,15 @@ pub struct SpecCaps {
     pub max_depth: usize,
 }
 
-/// Parses `raw`; `route_ok` checks a per-file route for the container's sink.
+/// Parses `raw` for a container whose sink is `sink`; `sink_ok` reads a
+/// per-file sink (within the allowed ones), `route_ok` checks a per-file
+/// route for a sink.
 pub fn parse(
     raw: &str,
     caps: SpecCaps,
-    route_ok: &dyn Fn(&str) -> Result<(), String>,
+    sink: SinkKind,
+    sink_ok: &dyn Fn(&str) -> Result<SinkKind, String>,
+    route_ok: &dyn Fn(SinkKind, &str) -> Result<(), String>,
 ) -> Result<Vec<FileSpec>, String> {
     let mut out: Vec<FileSpec> = Vec::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -112,7 +123,9 @@ pub fn parse(
             glob: glob.to_string(),
             multiline: FileMultiline::Inherit,
             route: None,
+            sink: None,
         };
+        let mut route = None;
         for opt in parts {
             let (k, v) = opt
                 .split_once('=')
@@ -126,16 +139,22 @@ pub fn parse(
                         "multiline '{v}' of '{tag}': expected off, indented or inherit"
                     ))
                 }
-                ("route", v) => {
-                    route_ok(v).map_err(|e| format!("route '{v}' of '{tag}': {e}"))?;
-                    spec.route = Some(v.to_string());
+                ("route", v) => route = Some(v),
+                ("sink", v) => {
+                    let k = sink_ok(v).map_err(|e| format!("sink '{v}' of '{tag}': {e}"))?;
+                    spec.sink = (k != sink).then_some(k);
                 }
                 (k, _) => {
                     return Err(format!(
-                        "unknown option '{k}' of '{tag}' (expected multiline or route)"
+                        "unknown option '{k}' of '{tag}' (expected multiline, sink or route)"
                     ))
                 }
             }
+        }
+        if let Some(v) = route {
+            let k = spec.sink.unwrap_or(sink);
+            route_ok(k, v).map_err(|e| format!("route '{v}' of '{tag}': {e}"))?;
+            spec.route = Some(v.to_string());
         }
         out.push(spec);
     }
@@ -239,19 +258,27 @@ mod tests {
         max_depth: 3,
     };
 
-    fn ok(_: &str) -> Result<(), String> {
+    fn ok(_: SinkKind, _: &str) -> Result<(), String> {
         Ok(())
+    }
+
+    fn sinks(v: &str) -> Result<SinkKind, String> {
+        match SinkKind::parse(v) {
+            Some(k) if k != SinkKind::Redis => Ok(k),
+            _ => Err("not allowed".into()),
+        }
+    }
+
+    fn p(raw: &str) -> Result<Vec<FileSpec>, String> {
+        parse(raw, CAPS, SinkKind::Elasticsearch, &sinks, &ok)
     }
 
     #[test]
     fn entries_with_tags_and_options() {
-        let v = parse(
-            "app=logs/*.log, gc.log;multiline=off,audit=a/b/*.log;route=team-a",
-            CAPS,
-            &ok,
-        )
-        .unwrap();
+        let v = p("app=logs/*.log, gc.log;multiline=off,audit=a/b/*.log;route=team-a;sink=kafka")
+            .unwrap();
         assert_eq!(v.len(), 3);
+        assert_eq!((v[0].sink, v[2].sink), (None, Some(SinkKind::Kafka)));
         assert_eq!(
             (v[0].tag.as_str(), v[0].glob.as_str()),
             ("app", "logs/*.log")
@@ -279,12 +306,33 @@ mod tests {
             ("a.log;colour=red", "unknown option"),
             ("a.log;oops", "KEY=VALUE"),
             ("t a=a.log", "tag"),
+            ("a.log;sink=redis", "sink 'redis' of 'a.log': not allowed"),
         ] {
-            let e = parse(raw, CAPS, &ok).unwrap_err();
+            let e = p(raw).unwrap_err();
             assert!(e.contains(want), "{raw}: {e}");
         }
-        let e = parse("a.log;route=x", CAPS, &|_| Err("refused".into())).unwrap_err();
-        assert!(e.contains("route 'x' of 'a.log': refused"), "{e}");
+        let refuse_kafka = |k: SinkKind, _: &str| match k {
+            SinkKind::Kafka => Err("refused for kafka".to_string()),
+            _ => Ok(()),
+        };
+        let e = parse(
+            "a.log;route=x;sink=kafka",
+            CAPS,
+            SinkKind::Elasticsearch,
+            &sinks,
+            &refuse_kafka,
+        )
+        .unwrap_err();
+        assert!(e.contains("route 'x' of 'a.log': refused for kafka"), "{e}");
+        // The route is checked for the file's own sink, whatever the order.
+        assert!(parse(
+            "a.log;route=x",
+            CAPS,
+            SinkKind::Elasticsearch,
+            &sinks,
+            &refuse_kafka
+        )
+        .is_ok());
     }
 
     #[test]

@@ -115,6 +115,23 @@ fn sink_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SinkKind, D::E
     }))
 }
 
+/// [`sink_or_none`] for an optional sink (a log file's own).
+pub(crate) fn opt_sink_or_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SinkKind>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| {
+        o.map(|name| {
+            SinkKind::parse(&name).unwrap_or_else(|| {
+                tracing::warn!(
+                    sink = name,
+                    "unknown sink of a log file in a registration: sandbox files only"
+                );
+                SinkKind::None
+            })
+        })
+    })
+}
+
 /// Per-container choices (labels / variables within operator caps).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerOptions {

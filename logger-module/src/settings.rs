@@ -184,12 +184,8 @@ impl ModuleConfig {
             ),
         ];
         let mut route = String::new();
-        let mut route_check: Option<(Validate, &[String])> = None;
-        for (label, kind, validate, prefixes) in routes {
-            if sink == kind {
-                route_check = Some((validate, prefixes));
-            }
-            if let Some(s) = cfg.get(label).filter(|_| sink == kind) {
+        for (label, kind, validate, prefixes) in &routes {
+            if let Some(s) = cfg.get(label).filter(|_| sink == *kind) {
                 validate(&s.raw).map_err(|e| s.error(e))?;
                 check_prefix(&s.raw, prefixes).map_err(|e| s.error(e))?;
                 route = s.raw.clone();
@@ -197,13 +193,25 @@ impl ModuleConfig {
         }
         let files = match cfg.get("log.files") {
             Some(s) => {
-                let route_ok = |r: &str| -> Result<(), String> {
-                    let (validate, prefixes) = route_check
-                        .ok_or_else(|| format!("the {} sink takes no route", sink.name()))?;
+                let sink_ok = |v: &str| -> Result<SinkKind, String> {
+                    let k = SinkKind::parse(v).ok_or("unknown sink")?;
+                    if !self.allowed_sinks.contains(&k) {
+                        let names: Vec<&str> =
+                            self.allowed_sinks.iter().map(|k| k.name()).collect();
+                        return Err(format!("this agent allows only: {}", names.join(", ")));
+                    }
+                    Ok(k)
+                };
+                let route_ok = |k: SinkKind, r: &str| -> Result<(), String> {
+                    let (_, _, validate, prefixes) = routes
+                        .iter()
+                        .find(|(_, kind, _, _)| *kind == k)
+                        .ok_or_else(|| format!("the {} sink takes no route", k.name()))?;
                     validate(r).map_err(|e| e.to_string())?;
                     check_prefix(r, prefixes).map_err(|e| e.to_string())
                 };
-                file_spec::parse(&s.raw, self.file_spec_caps, &route_ok).map_err(|e| s.error(e))?
+                file_spec::parse(&s.raw, self.file_spec_caps, sink, &sink_ok, &route_ok)
+                    .map_err(|e| s.error(e))?
             }
             None => Vec::new(),
         };

@@ -543,3 +543,117 @@ fn module_fallback_follows_nothing_planted() {
         );
     }
 }
+
+/// Log files (`rein.log.files`): seven attackers as `nobody` keep planting
+/// every kind of object where the container's globs look (and swapping a
+/// file of their own in and out), root plants a file of another owner
+/// holding the marker; a victim container beside them writes its own log
+/// file, rotated. Nothing outside is read or written, no planted object is
+/// followed, the shipper never blocks, the victim's lines all arrive once.
+#[test]
+fn log_file_globs_never_follow_a_planted_object() {
+    const TEST: &str = "log_file_globs_never_follow_a_planted_object";
+    let Some((d, t, secret_before)) = scene(TEST) else {
+        return;
+    };
+    let sh = Shipper::start(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms",
+    );
+    let m = sh.module();
+    let labels = [("rein.log.files", "logs/*.log,deep=logs/*/*.log")];
+    let (sb, vb) = (
+        attacker::sandbox(d.path(), "att"),
+        attacker::sandbox(d.path(), "victim"),
+    );
+    for s in [&sb, &vb] {
+        let logs = s.join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        std::os::unix::fs::chown(&logs, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let att = m
+        .prepare(&common::shipper::spec_in("att", &sb, &labels))
+        .unwrap();
+    let vic = m
+        .prepare(&common::shipper::spec_in("victim", &vb, &labels))
+        .unwrap();
+    assert!(att.shipped && vic.shipped);
+    let foreign = vec![plant_foreign(&sb.join("logs"), "foreign.log", &t)];
+    let stop = d.path().join("stop-logfiles");
+    let mut attackers = Vec::new();
+    for kind in KINDS.iter().filter(|k| **k != "foreign") {
+        match attacker::spawn(kind, Mode::LogFiles, &sb, &t, &stop) {
+            Some(c) => attackers.push(c),
+            None => {
+                common::skip(TEST, "the attacker process could not run as nobody");
+                return;
+            }
+        }
+    }
+    // The victim writes its log file in rounds, rotating it by rename.
+    let app = vb.join("logs/app.log");
+    let mut n = 0u64;
+    for round in 0..6 {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&app)
+            .unwrap();
+        std::os::unix::fs::chown(&app, Some(NOBODY), Some(NOBODY)).unwrap();
+        for _ in 0..500 {
+            f.write_all(&line("victim", n)).unwrap();
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        if round == 2 {
+            std::fs::rename(&app, vb.join("logs/app.log.1")).unwrap();
+        }
+    }
+    File::create(&stop).unwrap();
+    for mut a in attackers {
+        wait_child(&mut a, "an attacker", Duration::from_secs(90));
+    }
+    drop((att.stdout, att.stderr, vic.stdout, vic.stderr));
+    sh.wait_idle(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut counters = sh.counters();
+    while counters["reader"]["containers_live"] != 0 {
+        assert!(Instant::now() < deadline, "{counters}");
+        std::thread::sleep(Duration::from_millis(50));
+        counters = sh.counters();
+    }
+    drop(sh);
+    let recs = attacker::records(&d.path().join("state/buffer/elasticsearch"));
+    assert!(
+        !recs
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.doc).contains(&t.marker)),
+        "content from outside the sandbox or of another owner was shipped; {counters}"
+    );
+    let mut victim: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for r in recs.iter().filter(|r| r.message.starts_with("victim seq=")) {
+        let seq = r.message["victim seq=".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        victim.entry(seq).or_default().insert(r.id.clone());
+    }
+    let lost: Vec<u64> = (0..n).filter(|i| !victim.contains_key(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "victim lines lost: {:?}; {counters}",
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        victim.values().all(|ids| ids.len() == 1),
+        "a victim line under two ids"
+    );
+    let r = &counters["reader"];
+    assert!(
+        r["log_files_refused"].as_u64().unwrap_or(0) > 0,
+        "{counters}"
+    );
+    assert_nothing_outside(&t, &secret_before, &foreign, TEST);
+}

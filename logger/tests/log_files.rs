@@ -1,8 +1,9 @@
 //! A task's log files (`rein.log.files`) through real `rein-log-shipper`
-//! processes: two files rotated both ways (rename, copytruncate) and stdout,
-//! worker kill -9 and restart in the middle; every line of each reaches the
-//! disk buffer with one id (the sinks keep one copy of a resent id), with
-//! its file's path and tag.
+//! processes: two files rotated both ways (rename, copytruncate), a third
+//! with a sink of its own, and stdout, worker kill -9 and restart in the
+//! middle; every line of each reaches its sink's disk buffer with one id (the
+//! sinks keep one copy of a resent id), with its file's path and tag. And a
+//! fallen-back container's files, shipped once the shipper is back.
 
 mod common;
 
@@ -103,25 +104,31 @@ fn two_log_files_rotated_both_ways_and_stdout_arrive_once_across_worker_kills() 
     let d = tempfile::tempdir().unwrap();
     let sh = Shipper::start(
         d.path(),
-        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms",
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms\n\
+         redis_url = redis://127.0.0.1:9",
     );
-    let m = sh.module();
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
     let sandbox = d.path().join("sb");
     let labels = [
         ("rein.log.multiline", "off"),
-        ("rein.log.files", "app=logs/*.log,gc=gc.log;multiline=off"),
+        (
+            "rein.log.files",
+            "app=logs/*.log,gc=gc.log;multiline=off,audit=audit.log;sink=redis;route=audit-x",
+        ),
     ];
     let io = m.prepare(&spec("c0", &sandbox, &labels)).unwrap();
     assert!(io.shipped, "the shipper did not take the container");
     std::fs::create_dir(sandbox.join("logs")).unwrap();
     let mut out = File::from(io.stdout);
     let (app, gc) = (sandbox.join("logs/app.log"), sandbox.join("gc.log"));
+    let audit = sandbox.join("audit.log");
     let (mut a, mut g, mut o) = (0u64, 0u64, 0u64);
     for round in 0..8u64 {
         append(&app, a, a + 400, "app");
         a += 400;
         append(&gc, g, g + 300, "gc");
         g += 300;
+        append(&audit, round * 20, round * 20 + 20, "audit");
         for _ in 0..100 {
             writeln!(out, "out seq={o} stdout").unwrap();
             o += 1;
@@ -190,4 +197,59 @@ fn two_log_files_rotated_both_ways_and_stdout_arrive_once_across_worker_kills() 
     );
     let ids: std::collections::HashSet<&String> = s.values().map(|v| &v.0[0]).collect();
     assert_eq!(ids.len(), s.len(), "one id per line");
+    // The file with a sink of its own: in that sink's buffer, on its route, only there.
+    assert!(
+        !s.keys().any(|k| k.0 == "audit"),
+        "audit lines in the Elasticsearch buffer"
+    );
+    let redis = d.path().join("state/buffer/redis");
+    assert_once(&seen(&redis), "audit", 160, &counters);
+    let mut routes = std::collections::BTreeSet::new();
+    read_buffer(&redis, |rec| {
+        routes.insert(String::from_utf8_lossy(rec.route).into_owned());
+    });
+    assert_eq!(routes.into_iter().collect::<Vec<_>>(), ["audit-x"]);
+}
+
+#[test]
+fn a_fallen_back_container_s_log_files_are_shipped_once_the_shipper_is_back() {
+    let d = tempfile::tempdir().unwrap();
+    // No shipper yet: the module falls back to sandbox files and leaves a record.
+    let m = common::shipper::module_at(
+        &d.path().join("shipper.sock"),
+        &[("shipper_timeout", "200ms")],
+    );
+    let sandbox = d.path().join("sb");
+    let labels = [("rein.log.files", "app=*.log")];
+    let io = m.prepare(&spec("fb", &sandbox, &labels)).unwrap();
+    assert!(!io.shipped);
+    let app = sandbox.join("app.log");
+    append(&app, 0, 500, "app");
+    std::fs::rename(&app, sandbox.join("app.log.1")).unwrap();
+    append(&app, 500, 700, "app");
+    let mut out = File::from(io.stdout);
+    writeln!(out, "out seq=0 stdout").unwrap();
+    drop(out);
+    drop(io.stderr);
+    let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut counters = sh.counters();
+    while counters["reader"]["fallback_shipped"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not shipped: {counters}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        counters = sh.counters();
+    }
+    drop(sh);
+    let s = seen(&d.path().join("state/buffer/elasticsearch"));
+    // The file renamed before the shipper ever ran is not known to it: the
+    // current one is shipped whole.
+    assert_once(&s, "out", 1, &counters);
+    let lost: Vec<u64> = (500..700)
+        .filter(|i| !s.contains_key(&("app".to_string(), *i)))
+        .collect();
+    assert!(lost.is_empty(), "app lines lost: {lost:?}; {counters}");
+    assert_eq!(s[&("app".to_string(), 500)].1, "app");
 }

@@ -66,7 +66,8 @@ pub const KEYS: &[KeySpec] = &[
         kind: Kind::Text(1024),
         help: "Log files in the sandbox to ship besides stdout and stderr: `[TAG=]GLOB` entries \
                separated by `,` (e.g. `app=logs/*.log,gc=gc.log;multiline=off`), each with \
-               options `;multiline=` (`off`, `indented` or `inherit`) and `;route=ROUTE`; `*` and `?` \
+               options `;multiline=` (`off`, `indented` or `inherit`), `;sink=SINK` (within the \
+               allowed sinks) and `;route=ROUTE` (for the file's sink); `*` and `?` \
                within a component; within the operator's max_log_file_globs and \
                max_log_file_depth.",
     },

@@ -31,6 +31,7 @@ use super::counters::{
     Counters, FALLBACK_CONTAINERS, FALLBACK_FILES_LOST, FALLBACK_RECORDS_REMOVED,
     FALLBACK_REPORTED, FALLBACK_SHIPPED,
 };
+use super::logfiles::{targets, FileEncoding, FileSources, FileTarget, FilesCheckpoint};
 use super::stream::now_ms;
 use super::ShipperConfig;
 use crate::fallback::{dir_for, list, FallbackRecord};
@@ -52,6 +53,9 @@ struct Progress {
     /// Safe stream offsets (everything before is in the disk buffer) of
     /// stdout and stderr.
     offsets: [u64; 2],
+    /// The container's log files (`rein.log.files`), if it names any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<FilesCheckpoint>,
 }
 
 #[derive(Debug)]
@@ -74,6 +78,10 @@ struct Tail {
     cid: Vec<u8>,
     route: Vec<u8>,
     streams: Vec<TailStream>,
+    /// Its log files, followed as for an attached container.
+    files: Option<FileSources>,
+    /// Disk buffers of log files with a sink of their own.
+    file_wals: Vec<Arc<Wal>>,
     progress: PathBuf,
     record: PathBuf,
     /// Records were queued but not yet durable: offsets wait for them.
@@ -242,7 +250,10 @@ impl Pickup {
         self.failed.remove(key);
         self.reported.remove(key);
         self.lost.retain(|(k, _)| k != key);
-        if let Some(t) = self.tails.remove(key) {
+        if let Some(mut t) = self.tails.remove(key) {
+            if let Some(f) = t.files.as_mut() {
+                f.release();
+            }
             let _ = std::fs::remove_file(t.progress);
         }
     }
@@ -278,6 +289,26 @@ impl Pickup {
             .multiline
             .as_ref()
             .and_then(super::worker::multiline_config);
+        let sandbox = Arc::new(sandbox);
+        let mut file_wals = Vec::new();
+        let files = (!reg.options.files.is_empty()).then(|| {
+            let route = reg.options.route.as_bytes();
+            let targets = targets(&reg.options.files, route, &self.wals, &mut file_wals);
+            FileSources::new(
+                reg.options.files.clone(),
+                targets,
+                reg.options.file_caps,
+                FileEncoding {
+                    meta: reg.meta.clone(),
+                    encode: self.cfg.encode.clone(),
+                    max_line: self.cfg.max_line_bytes,
+                    multiline: multiline.clone(),
+                },
+                sandbox.clone(),
+                saved.files.clone(),
+                self.counters.log_files.clone(),
+            )
+        });
         let mut streams = Vec::with_capacity(2);
         for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
             let file = sandbox
@@ -316,6 +347,8 @@ impl Pickup {
             cid: reg.meta.container_id().into_bytes(),
             route: reg.options.route.clone().into_bytes(),
             streams,
+            files,
+            file_wals,
             progress,
             record: path.to_path_buf(),
             unsaved: false,
@@ -328,11 +361,13 @@ impl Pickup {
             return false;
         };
         // A full buffer (policy `pause`) waits: the files keep the lines.
-        if t.wal.is_full() {
+        if t.wal.is_full() || t.file_wals.iter().any(|w| w.is_full()) {
             return false;
         }
         let (flush_after, read_ms) = (self.cfg.partial_flush, now_ms());
         let mut records = 0u64;
+        // Records of log files with a sink of their own, per extra buffer.
+        let mut extra: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut lines = 0u64;
         let mut moved = false;
         for s in &mut t.streams {
@@ -402,11 +437,46 @@ impl Pickup {
             }
             lines += s.pipeline.lines - before;
         }
+        if let Some(fs) = t.files.as_mut() {
+            let need = fs.window_needed();
+            if self.buf.len() < need {
+                self.buf.resize(need, 0);
+            }
+            extra.resize_with(t.file_wals.len(), Default::default);
+            let (cid, framed, extra) = (&t.cid, &mut self.framed, &mut extra);
+            let mut emit = |to: &FileTarget, e: Encoded<'_>| {
+                let (bytes, n) = match to.wal {
+                    Some(i) => {
+                        let (b, n) = &mut extra[i];
+                        (b, n)
+                    }
+                    None => (&mut *framed, &mut records),
+                };
+                crate::walrec::frame_encoded(bytes, Stream::File, cid, &to.route, &e);
+                *n += 1;
+            };
+            if t.streams.iter().all(|s| s.done) {
+                // The container ended: its files are read to their end.
+                moved |= !fs.done;
+                fs.finish(&mut self.buf, &mut emit);
+            } else {
+                moved |= fs.round(&mut self.buf, TURN, &mut emit);
+                fs.timers(&mut self.buf, flush_after, &mut emit);
+            }
+            lines += fs.take_lines();
+        }
         if records > 0 {
             t.wal.push_framed(&self.framed, records);
             self.framed.clear();
         }
-        if !moved && records == 0 && !t.unsaved {
+        let mut extra_records = 0;
+        for ((bytes, n), w) in extra.iter().zip(&t.file_wals) {
+            if *n > 0 {
+                w.push_framed(bytes, *n);
+                extra_records += n;
+            }
+        }
+        if !moved && records + extra_records == 0 && !t.unsaved {
             return false;
         }
         // Read once: the buffer keeps queued records until it can write them
@@ -415,13 +485,17 @@ impl Pickup {
         t.unsaved = true;
         // Offsets are saved only behind records that are in the buffer for
         // good; until then a restart reads them again (same ids).
-        let durable = t.wal.commit().and_then(|n| {
-            // Counted by whoever writes them (the parser shares the buffer).
-            self.counters
-                .records_buffered
-                .fetch_add(n, Ordering::Relaxed);
-            t.wal.sync()
-        });
+        let durable = std::iter::once(&t.wal)
+            .chain(t.file_wals.iter())
+            .try_for_each(|w| {
+                w.commit().and_then(|n| {
+                    // Counted by whoever writes them (the parser shares the buffer).
+                    self.counters
+                        .records_buffered
+                        .fetch_add(n, Ordering::Relaxed);
+                    w.sync()
+                })
+            });
         if let Err(e) = durable {
             // The buffer logs its failures itself, rate-limited.
             tracing::debug!(
@@ -433,6 +507,7 @@ impl Pickup {
         t.unsaved = false;
         let p = Progress {
             offsets: [0, 1].map(|i| t.streams[i].pipeline.safe_offset(t.streams[i].off)),
+            files: t.files.as_ref().map(FileSources::checkpoint),
         };
         let saved = serde_json::to_vec(&p)
             .map_err(std::io::Error::other)
@@ -441,7 +516,7 @@ impl Pickup {
             tracing::warn!(container = key, "{}: {e}", t.progress.display());
             return false;
         }
-        if !t.streams.iter().all(|s| s.done) {
+        if !t.streams.iter().all(|s| s.done) || t.files.as_ref().is_some_and(|f| !f.done) {
             return false;
         }
         let _ = std::fs::remove_file(&t.record);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::counters::Counters;
-use super::logfiles::{FileSources, FilesCheckpoint};
+use super::logfiles::{FileSources, FileTarget, FilesCheckpoint};
 use super::stream::{mono_ms, ParseStream, StreamCheckpoint, TurnStart};
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
@@ -74,6 +74,8 @@ pub struct ParseJob {
     pub finished: Arc<AtomicBool>,
     /// Its log files, if it names any (and has a disk buffer).
     pub files: Option<FileSources>,
+    /// Disk buffers of log files with a sink of their own.
+    pub file_wals: Vec<Arc<Wal>>,
     dirty: bool,
 }
 
@@ -96,13 +98,16 @@ impl ParseJob {
             streams,
             finished,
             files: None,
+            file_wals: Vec::new(),
             dirty: false,
         }
     }
 
-    /// With the container's log files.
-    pub fn with_files(mut self, files: Option<FileSources>) -> ParseJob {
+    /// With the container's log files and the buffers of those with a sink
+    /// of their own.
+    pub fn with_files(mut self, files: Option<FileSources>, wals: Vec<Arc<Wal>>) -> ParseJob {
         self.files = files;
+        self.file_wals = wals;
         self
     }
 
@@ -213,6 +218,8 @@ struct Ctx {
     jobs: Vec<ParseJob>,
     buf: Vec<u8>,
     framed: Framed,
+    /// Records of log files with a sink of their own, per extra buffer.
+    framed_extra: Vec<Framed>,
     /// Set from a stream's turn start until its records are handed to its
     /// buffer: after a panic, where that stream is put back.
     turn: Option<Turn>,
@@ -240,6 +247,7 @@ impl Parser {
             jobs: Vec::new(),
             buf: vec![0u8; WINDOW],
             framed: Framed::default(),
+            framed_extra: Vec::new(),
             turn: None,
             stalled_at: None,
             checkpoint_error_logged: None,
@@ -308,6 +316,7 @@ impl Ctx {
     /// point.
     fn after_panic(&mut self) {
         self.framed.clear();
+        self.framed_extra.iter_mut().for_each(Framed::clear);
         for j in &mut self.jobs {
             if let Some(f) = j.files.as_mut() {
                 f.rewind();
@@ -472,7 +481,7 @@ impl Ctx {
     /// gets its files finished (read to the end). True if anything was read.
     fn files_round(
         &mut self,
-        mut f: impl FnMut(&mut FileSources, &mut [u8], &mut dyn FnMut(&[u8], Encoded<'_>)) -> bool,
+        mut f: impl FnMut(&mut FileSources, &mut [u8], &mut dyn FnMut(&FileTarget, Encoded<'_>)) -> bool,
     ) -> bool {
         let mut busy = false;
         for j in &mut self.jobs {
@@ -481,8 +490,9 @@ impl Ctx {
             };
             let held = j
                 .wal
-                .as_ref()
-                .is_some_and(|w| w.is_stalled() || w.is_full());
+                .iter()
+                .chain(j.file_wals.iter())
+                .any(|w| w.is_stalled() || w.is_full());
             if held || files.done {
                 continue;
             }
@@ -490,10 +500,16 @@ impl Ctx {
             if self.buf.len() < need {
                 self.buf.resize(need, 0);
             }
-            let framed = &mut self.framed;
+            self.framed_extra
+                .resize_with(j.file_wals.len(), Framed::default);
+            let (main, extra) = (&mut self.framed, &mut self.framed_extra);
             let cid = &j.tags.cid;
-            let mut emit = |route: &[u8], e: Encoded<'_>| {
-                crate::walrec::frame_encoded(&mut framed.bytes, Stream::File, cid, route, &e);
+            let mut emit = |t: &FileTarget, e: Encoded<'_>| {
+                let framed = match t.wal {
+                    Some(i) => &mut extra[i],
+                    None => &mut *main,
+                };
+                crate::walrec::frame_encoded(&mut framed.bytes, Stream::File, cid, &t.route, &e);
                 framed.records += 1;
                 crate::fault::point("parser_record");
             };
@@ -504,14 +520,19 @@ impl Ctx {
             } else {
                 f(files, &mut self.buf, &mut emit)
             };
+            let made =
+                self.framed.records + self.framed_extra.iter().map(|x| x.records).sum::<u64>();
             self.framed.flush(j.wal.as_deref());
+            for (x, w) in self.framed_extra.iter_mut().zip(&j.file_wals) {
+                x.flush(Some(w));
+            }
             self.counters
                 .lines_read
                 .fetch_add(files.take_lines(), Ordering::Relaxed);
-            if did || self.framed.records > 0 {
+            if did || made > 0 {
                 j.dirty = true;
             }
-            if let Some(w) = j.wal.as_ref() {
+            for w in j.wal.iter().chain(j.file_wals.iter()) {
                 commit(w, &self.counters);
             }
             busy |= did;
@@ -569,7 +590,10 @@ impl Ctx {
                 .is_none_or(|i| durable[i])
         };
         for j in &mut self.jobs {
-            if !(j.dirty || all) || !j.wal.as_ref().is_none_or(is_durable) {
+            if !(j.dirty || all)
+                || !j.wal.as_ref().is_none_or(is_durable)
+                || !j.file_wals.iter().all(is_durable)
+            {
                 continue;
             }
             match save_checkpoint(&j.dir, &j.streams, j.files.as_ref()) {

@@ -88,6 +88,10 @@ pub enum Mode {
     Loop,
     /// Puts the object at `stdout.1` .. `stdout.5000`, moves `stdout` away and exits.
     Many,
+    /// Puts the object at `logs/a.log`, `logs/b.log` and `logs/sub` (where
+    /// `rein.log.files` globs look), and swaps a regular file of its own in
+    /// and out at `logs/a.log`, until the stop file exists.
+    LogFiles,
 }
 
 impl Mode {
@@ -96,6 +100,7 @@ impl Mode {
             Mode::Plant => "plant",
             Mode::Loop => "loop",
             Mode::Many => "many",
+            Mode::LogFiles => "logfiles",
         }
     }
 }
@@ -249,6 +254,21 @@ pub fn attacker_main() {
                         p(name);
                     }
                 }
+            }
+        }
+        "logfiles" => {
+            let logs = dir.join("logs");
+            let q = |name: &str| plant(&kind, &logs, name, &secret, &absent, &outside);
+            let end = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < end && !stop.exists() {
+                for name in ["a.log", "b.log", "sub"] {
+                    q(name);
+                }
+                let own = logs.join(format!(".own-{}", std::process::id()));
+                if std::fs::write(&own, b"attacker own line\n").is_ok() {
+                    let _ = std::fs::rename(&own, logs.join("a.log"));
+                }
+                std::thread::yield_now();
             }
         }
         m => panic!("unknown mode {m}"),

@@ -13,7 +13,7 @@ import time
 # tests/agent/suite/common.py -> the repository root.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CHECKS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p",
-          "q", "r", "s", "t"]
+          "q", "r", "s", "t", "u"]
 CHECK_NAMES = {
     "a": "task processes in our net_cls cgroup with our classid",
     "b": "task status carries the classid",
@@ -38,10 +38,12 @@ CHECK_NAMES = {
          "sandbox across rotation, shipper and agent restarts; a victim's lines all kept",
     "t": "logger: a wedged shipper (worker stopped) delays no launch of a burst; the tasks' "
          "lines reach Elasticsearch once when it resumes",
+    "u": "logger: a task's two log files (one rotated by rename, one by copytruncate) and "
+         "stdout: every line in Elasticsearch once with its file, across an agent restart",
 }
 # The checks of the cgroup v2 agent (tests/vm/agent): the v1 checks that apply to
 # it, and its own (capital letters).
-V2_CHECKS = ["A", "h", "i", "j", "k", "R", "N", "D", "l", "m", "n", "p", "o"]
+V2_CHECKS = ["A", "h", "i", "j", "k", "R", "N", "D", "l", "m", "n", "p", "u", "o"]
 V2_CHECK_NAMES = {
     "A": "v2: Mesos's launcher puts the task in <root>/<id>/leaf, and our io.max and "
          "io.weight are on <root>/<id>",

@@ -1,5 +1,5 @@
 # Part of the agent suite (tests/agent/run); see its docstring for the checks.
-"""Checks (n), (p), (q), (t): the container logger through a real shipper."""
+"""Checks (n), (p), (q), (t), (u): the container logger through a real shipper."""
 
 import http.client
 import json
@@ -21,12 +21,12 @@ class LoggerPhase:
         targets = [os.path.join(REPO, "target")]
         if os.environ.get("CARGO_TARGET_DIR"):
             targets.insert(0, os.environ["CARGO_TARGET_DIR"])
-        for target in targets:
-            for build in ("release", "debug"):
-                path = os.path.join(target, build, "rein-log-shipper")
-                if os.path.exists(path):
-                    return path
-        return None
+        # The newest build: a release binary left from an earlier build must not
+        # stand in for the code under test.
+        found = [os.path.join(t, b, "rein-log-shipper") for t in targets
+                 for b in ("release", "debug")]
+        found = [p for p in found if os.path.exists(p)]
+        return max(found, key=os.path.getmtime) if found else None
 
     def osmem_binary(self):
         """osmem-server (PyPI osmem-server, an Elasticsearch-compatible server)."""
@@ -133,6 +133,14 @@ class LoggerPhase:
                 r.record("p", False, f"{type(e).__name__}: {e}")
         elif not es_port:
             self.skip("p", "osmem-server not installed (pip install osmem-server==0.1.6)")
+        if es_port and self.wants("u"):
+            try:
+                self.run_logger_files(ag, ag_id, es_port)
+            except Exception as e:  # noqa: BLE001 - the other checks still run
+                traceback.print_exc()
+                r.record("u", False, f"{type(e).__name__}: {e}")
+        elif not es_port:
+            self.skip("u", "osmem-server not installed (pip install osmem-server==0.1.6)")
         if self.wants("q"):
             self.run_burst(ag, ag_id, self.baseline()[1])
         if es_port and self.wants("t"):
@@ -350,6 +358,69 @@ class LoggerPhase:
                  f"{detail1}; {detail2}")
         self.sched.kill(task2, ag_id)
         self.sched.wait_state(task2, TERMINAL, 60)
+
+    # -- (u) log files in the sandbox ---------------------------------------------------
+
+    def run_logger_files(self, ag, ag_id, port, n=400):
+        """A task writes stdout and two log files; logs/app.log is renamed away after
+        150 lines, gc.log copied and truncated after 250 (copytruncate). The agent is
+        SIGKILLed and restarted meanwhile. Every line of each file and of stdout is in
+        Elasticsearch once, with its file's path and tag."""
+        r = self.results
+        task = "files-" + uuid.uuid4().hex[:6]
+        labels = {"rein.log.sink": "elasticsearch",
+                  "rein.log.files": "app=logs/*.log,gc=gc.log;multiline=off"}
+        self.sched.launch(ag_id, task, (
+            f"mkdir -p logs; i=0; while [ $i -lt {n} ]; do echo fo-$i; "
+            "echo fa-$i >> logs/app.log; echo fg-$i >> gc.log; i=$((i+1)); "
+            "if [ $i -eq 150 ]; then mv logs/app.log logs/app.log.1; fi; "
+            "if [ $i -eq 250 ]; then cp gc.log gc.log.1; : > gc.log; fi; "
+            "sleep 0.03; done; echo done > finished; sleep 600"), labels)
+        st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
+        if st["state"] != "TASK_RUNNING":
+            raise RuntimeError(f"files task: {st['state']}: {st.get('message')}")
+        _, sandbox = wait_for("the files task's container",
+                              lambda: self.container_of(ag, task), 20)
+        stdout = os.path.join(sandbox, "stdout")
+        wait_for("100 lines in the sandbox stdout",
+                 lambda: read(stdout).count("\n") >= 100, 60)
+        at_kill = read(stdout).count("\n")
+        self.restart_agent(ag, ag_id, f" ({at_kill} lines printed)")
+        wait_for("the task's last line", lambda: os.path.exists(
+            os.path.join(sandbox, "finished")), 600, 0.5)
+
+        def by_file():
+            docs = self.es_docs(port, task)
+            out = {}
+            for name, prefix, pick in (
+                    ("stdout", "fo-", lambda d: d.get("stream") == "stdout"),
+                    ("app", "fa-", lambda d: d.get("log", {}).get("file", {}).get("tag")
+                     == "app"),
+                    ("gc", "fg-", lambda d: d.get("log", {}).get("file", {}).get("tag")
+                     == "gc")):
+                out[name] = self.numbered([d for d in docs if pick(d)], prefix)
+            return docs, out
+        try:
+            wait_for(f"{n} lines of each file in Elasticsearch", lambda: all(
+                len(c) >= n for c in by_file()[1].values()), 120, 1)
+        except TimeoutError:
+            pass
+        time.sleep(2)  # a line shipped twice would show now
+        docs, counts = by_file()
+        want = {i: 1 for i in range(n)}
+        wrong = {k: {"missing": sorted(set(range(n)) - set(c))[:8],
+                     "twice": sorted(i for i, v in c.items() if v > 1)[:8]}
+                 for k, c in counts.items() if c != want}
+        paths = sorted({(d["log"]["file"].get("tag"), d["log"]["file"].get("path"))
+                        for d in docs if d.get("stream") == "file"})
+        ok_paths = paths == [("app", "logs/app.log"), ("gc", "gc.log")]
+        detail = (f"{at_kill} stdout lines at the agent SIGKILL; lines once per file: "
+                  f"{ {k: len(c) for k, c in counts.items()} } of {n} each, wrong "
+                  f"{json.dumps(wrong)}; files {paths}")
+        log(f"(u) {detail}")
+        r.record("u", not wrong and ok_paths and at_kill < n, detail)
+        self.sched.kill(task, ag_id)
+        self.sched.wait_state(task, TERMINAL, 60)
 
     # -- (q) launch burst with and without the logger ----------------------------------
 

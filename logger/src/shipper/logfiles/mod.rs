@@ -32,12 +32,13 @@ use serde::{Deserialize, Serialize};
 pub use follow::{same_start, FileCheckpoint, Followed, Step, PREFIX};
 use open::{Ident, Opened, Rules};
 
-use crate::proto::{FileCaps, FileMultiline, FileSpec, SourceMeta};
+use crate::proto::{FileCaps, FileMultiline, FileSpec, SinkKind, SourceMeta};
 use crate::record::{
     EncodeOptions, Encoded, MultilineConfig, StartRule, StreamEncoder, StreamPipeline,
 };
 use crate::sandbox::SandboxDir;
 use crate::shipper::stream::mono_ms;
+use crate::wal::Wal;
 
 /// How often the globs are scanned.
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
@@ -131,16 +132,72 @@ pub struct FileEncoding {
     pub max_line: usize,
     /// The container's multiline setting.
     pub multiline: Option<MultilineConfig>,
-    /// The container's route.
+}
+
+/// Where one `rein.log.files` entry's records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileTarget {
+    /// Index of its disk buffer among the container's extra ones (`None`:
+    /// the container's own).
+    pub wal: Option<usize>,
+    /// Index, topic or stream (empty: the sink's default).
     pub route: Vec<u8>,
+}
+
+/// Each entry's target: a file with a sink of its own goes to that sink's
+/// buffer (added to `extra` once) with its route or that sink's default; one
+/// naming a sink this shipper does not run goes with the container's
+/// records (logged), so nothing is lost.
+pub fn targets(
+    specs: &[FileSpec],
+    container_route: &[u8],
+    sinks: &[(SinkKind, Arc<Wal>)],
+    extra: &mut Vec<Arc<Wal>>,
+) -> Vec<FileTarget> {
+    specs
+        .iter()
+        .map(|s| {
+            let own = s.sink.and_then(|k| {
+                let w = sinks.iter().find(|(kind, _)| *kind == k).map(|(_, w)| w);
+                if w.is_none() {
+                    tracing::warn!(
+                        tag = s.tag,
+                        sink = k.name(),
+                        "a log file's sink is not configured in this shipper: its records go with the container's"
+                    );
+                }
+                w
+            });
+            match own {
+                Some(w) => {
+                    let i = extra.iter().position(|x| Arc::ptr_eq(x, w)).unwrap_or_else(|| {
+                        extra.push(w.clone());
+                        extra.len() - 1
+                    });
+                    FileTarget {
+                        wal: Some(i),
+                        route: s.route.clone().unwrap_or_default().into_bytes(),
+                    }
+                }
+                None => FileTarget {
+                    wal: None,
+                    route: s
+                        .route
+                        .as_ref()
+                        .filter(|_| s.sink.is_none())
+                        .map_or_else(|| container_route.to_vec(), |r| r.clone().into_bytes()),
+                },
+            }
+        })
+        .collect()
 }
 
 /// A container's log files.
 #[derive(Debug)]
 pub struct FileSources {
     specs: Vec<FileSpec>,
-    /// Route of each spec's records.
-    routes: Vec<Vec<u8>>,
+    /// Where each spec's records go.
+    routes: Vec<FileTarget>,
     caps: FileCaps,
     enc: FileEncoding,
     dir: Arc<SandboxDir>,
@@ -174,23 +231,18 @@ struct Match {
 }
 
 impl FileSources {
-    /// A container's files; `cp` is what a previous worker checkpointed.
+    /// A container's files (`routes`: see [`targets`]); `cp` is what a
+    /// previous worker checkpointed.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         specs: Vec<FileSpec>,
+        routes: Vec<FileTarget>,
         caps: FileCaps,
         enc: FileEncoding,
         dir: Arc<SandboxDir>,
         cp: Option<FilesCheckpoint>,
         counters: Arc<FileCounters>,
     ) -> FileSources {
-        let routes = specs
-            .iter()
-            .map(|s| {
-                s.route
-                    .as_ref()
-                    .map_or_else(|| enc.route.clone(), |r| r.clone().into_bytes())
-            })
-            .collect();
         let rules = Rules {
             dev: dir.dev(),
             owner: dir.owner(),
@@ -272,7 +324,7 @@ impl FileSources {
         &mut self,
         buf: &mut [u8],
         budget: u64,
-        out: &mut dyn FnMut(&[u8], Encoded<'_>),
+        out: &mut dyn FnMut(&FileTarget, Encoded<'_>),
     ) -> bool {
         if self.done {
             return false;
@@ -293,7 +345,7 @@ impl FileSources {
         &mut self,
         buf: &mut [u8],
         partial_flush: Duration,
-        out: &mut dyn FnMut(&[u8], Encoded<'_>),
+        out: &mut dyn FnMut(&FileTarget, Encoded<'_>),
     ) {
         if self.done {
             return;
@@ -313,7 +365,7 @@ impl FileSources {
 
     /// The container ended: one last scan, every file read to its end, partial
     /// lines and pending records emitted.
-    pub fn finish(&mut self, buf: &mut [u8], out: &mut dyn FnMut(&[u8], Encoded<'_>)) {
+    pub fn finish(&mut self, buf: &mut [u8], out: &mut dyn FnMut(&FileTarget, Encoded<'_>)) {
         if self.done {
             return;
         }
@@ -337,7 +389,7 @@ impl FileSources {
         buf: &mut [u8],
         budget: u64,
         flush: bool,
-        out: &mut dyn FnMut(&[u8], Encoded<'_>),
+        out: &mut dyn FnMut(&FileTarget, Encoded<'_>),
     ) -> u64 {
         let f = &mut self.files[i];
         self.turn = Some((i, f.n, f.pipeline.safe_offset(f.off)));
@@ -382,7 +434,7 @@ impl FileSources {
     /// File `i` is shorter than what was read of it: what was not read yet
     /// is read from its copy if one is found (followed under the file's old
     /// number from where it stood); the inode is then a new file.
-    fn truncated(&mut self, i: usize, out: &mut dyn FnMut(&[u8], Encoded<'_>)) {
+    fn truncated(&mut self, i: usize, out: &mut dyn FnMut(&FileTarget, Encoded<'_>)) {
         self.counters.truncations.fetch_add(1, Ordering::Relaxed);
         let f = &self.files[i];
         let (spec, cp, unread) = (f.spec, f.checkpoint(&self.specs[f.spec].tag), f.unread());
@@ -506,7 +558,7 @@ impl FileSources {
     /// Files no matching name holds, read to their end and unchanged for
     /// [`RETIRE_IDLE`]: their last partial line and pending record are
     /// emitted and they are closed.
-    fn retire_idle(&mut self, buf: &mut [u8], out: &mut dyn FnMut(&[u8], Encoded<'_>)) {
+    fn retire_idle(&mut self, buf: &mut [u8], out: &mut dyn FnMut(&FileTarget, Encoded<'_>)) {
         let idle_ms = u64::try_from(RETIRE_IDLE.as_millis()).unwrap_or(u64::MAX);
         let now = mono_ms();
         let mut i = 0;

@@ -22,8 +22,10 @@ fn sources(d: &Path, specs: &[(&str, &str)], cp: Option<FilesCheckpoint>) -> Fil
             glob: glob.to_string(),
             multiline: FileMultiline::Off,
             route: None,
+            sink: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let targets = targets(&specs, b"r", &[], &mut Vec::new());
     let meta = SourceMeta {
         container_chain: vec!["c1".into()],
         sandbox: d.to_path_buf(),
@@ -31,13 +33,13 @@ fn sources(d: &Path, specs: &[(&str, &str)], cp: Option<FilesCheckpoint>) -> Fil
     };
     FileSources::new(
         specs,
+        targets,
         FileCaps::default(),
         FileEncoding {
             meta,
             encode: EncodeOptions::default(),
             max_line: 4096,
             multiline: None,
-            route: b"r".to_vec(),
         },
         Arc::new(SandboxDir::open(d).unwrap()),
         cp,
@@ -251,4 +253,93 @@ fn caps_bound_the_files_and_the_backlog_and_count_what_they_leave() {
     // Whole lines only: the first record starts a line.
     assert!(got2[0].3.starts_with("big seq="), "{:?}", got2[0]);
     assert_eq!(got2.last().unwrap().3.split(' ').nth(1), Some("seq=1999"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn files_of_another_owner_are_refused_in_a_tenant_s_sandbox() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP files_of_another_owner_are_refused_in_a_tenant_s_sandbox: needs root");
+        return;
+    }
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(d.path(), Some(65534), None).unwrap();
+    // A hard link to a root file (what a tenant could plant where
+    // protected_hardlinks is off) and a root file: never read.
+    let secret_dir = tempfile::tempdir_in(d.path().parent().unwrap()).unwrap();
+    let secret = secret_dir.path().join("secret");
+    std::fs::write(&secret, b"root secret\n").unwrap();
+    std::fs::hard_link(&secret, d.path().join("linked.log")).unwrap();
+    std::fs::write(d.path().join("root.log"), b"root line\n").unwrap();
+    append(&d.path().join("mine.log"), 0, 5, "mine");
+    nix::unistd::chown(&d.path().join("mine.log"), nobody, None).unwrap();
+    let mut fs = sources(d.path(), &[("all", "*.log")], None);
+    let mut got = Got::new();
+    pump(&mut fs, &mut got);
+    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut got, e));
+    assert_once(&got, "mine", 5);
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(
+        fs.counters.refused.load(Ordering::Relaxed),
+        2,
+        "{:?}",
+        fs.counters.fields()
+    );
+}
+
+#[test]
+fn a_file_with_a_sink_of_its_own_goes_to_that_sink_s_buffer() {
+    use crate::proto::SinkKind;
+    use crate::wal::{FullPolicy, Wal, WalConfig};
+    let d = tempfile::tempdir().unwrap();
+    let wal = |name: &str| {
+        Arc::new(
+            Wal::open(WalConfig {
+                dir: d.path().join(name),
+                segment_bytes: 1 << 20,
+                max_bytes: 1 << 30,
+                fsync_interval: std::time::Duration::from_secs(1),
+                policy: FullPolicy::Pause,
+            })
+            .unwrap(),
+        )
+    };
+    let sinks = [
+        (SinkKind::Elasticsearch, wal("es")),
+        (SinkKind::Redis, wal("redis")),
+    ];
+    let spec = |tag: &str, sink, route: Option<&str>| FileSpec {
+        tag: tag.into(),
+        glob: format!("{tag}.log"),
+        multiline: FileMultiline::Inherit,
+        route: route.map(String::from),
+        sink,
+    };
+    let specs = [
+        spec("a", None, None),
+        spec("b", None, Some("team-b")),
+        spec("c", Some(SinkKind::Redis), None),
+        spec("d", Some(SinkKind::Redis), Some("audit")),
+        spec("e", Some(SinkKind::Kafka), None),
+    ];
+    let mut extra = Vec::new();
+    let t = targets(&specs, b"team-a", &sinks, &mut extra);
+    let want = |wal, route: &str| FileTarget {
+        wal,
+        route: route.as_bytes().to_vec(),
+    };
+    assert_eq!(
+        t,
+        vec![
+            want(None, "team-a"),
+            want(None, "team-b"),
+            want(Some(0), ""),
+            want(Some(0), "audit"),
+            // Not configured here: with the container's records, nothing lost.
+            want(None, "team-a"),
+        ]
+    );
+    assert_eq!(extra.len(), 1);
+    assert!(Arc::ptr_eq(&extra[0], &sinks[1].1));
 }

@@ -16,7 +16,7 @@ use crate::module::compile_pattern;
 use crate::proto::{MultilineSpec, Registration, SinkKind};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
-use crate::shipper::logfiles::{FileEncoding, FileSources};
+use crate::shipper::logfiles::{self, FileEncoding, FileSources};
 use crate::shipper::parser::{Checkpoint, ParseJob};
 use crate::shipper::stream::{self, FileRecord, ParseStream, StreamState};
 
@@ -94,16 +94,23 @@ impl Worker {
         let cid = reg.meta.container_id().into_bytes();
         let route = reg.options.route.clone().into_bytes();
         // The task's log files: followed only where records are made.
+        let mut file_wals = Vec::new();
         let files = (wal.is_some() && !reg.options.files.is_empty()).then(|| {
+            let sinks: Vec<_> = self
+                .sinks
+                .iter()
+                .map(|(k, s)| (*k, s.wal.clone()))
+                .collect();
+            let targets = logfiles::targets(&reg.options.files, &route, &sinks, &mut file_wals);
             FileSources::new(
                 reg.options.files.clone(),
+                targets,
                 reg.options.file_caps,
                 FileEncoding {
                     meta: reg.meta.clone(),
                     encode: self.cfg.encode.clone(),
                     max_line: self.cfg.max_line_bytes,
                     multiline: reg.options.multiline.as_ref().and_then(multiline_config),
-                    route: route.clone(),
                 },
                 sandbox.clone(),
                 cp.as_ref().and_then(|c| c.files.clone()),
@@ -196,7 +203,7 @@ impl Worker {
                 parse_streams,
                 finished,
             )
-            .with_files(files),
+            .with_files(files, file_wals),
         );
         if c.old_stages.is_none() {
             for (i, st) in c.streams.iter_mut().enumerate() {
