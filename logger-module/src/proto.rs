@@ -57,6 +57,8 @@ pub enum SinkKind {
     Kafka,
     /// Redis Streams.
     Redis,
+    /// NATS JetStream.
+    Nats,
     /// Sandbox files only.
     None,
 }
@@ -68,6 +70,7 @@ impl SinkKind {
             "elasticsearch" => Some(SinkKind::Elasticsearch),
             "kafka" => Some(SinkKind::Kafka),
             "redis" => Some(SinkKind::Redis),
+            "nats" => Some(SinkKind::Nats),
             "none" => Some(SinkKind::None),
             _ => None,
         }
@@ -79,6 +82,7 @@ impl SinkKind {
             SinkKind::Elasticsearch => "elasticsearch",
             SinkKind::Kafka => "kafka",
             SinkKind::Redis => "redis",
+            SinkKind::Nats => "nats",
             SinkKind::None => "none",
         }
     }

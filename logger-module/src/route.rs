@@ -7,6 +7,10 @@
 /// dedup markers are `rein:dedup:<id>`): no task stream may start with it.
 pub const RESERVED_REDIS_PREFIX: &str = "rein:";
 
+/// First token of the reply subjects the shipper receives JetStream's
+/// acknowledgements on: no task subject may start with it.
+pub const RESERVED_NATS_INBOX: &str = "_INBOX";
+
 /// Why a route name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -42,6 +46,12 @@ pub enum RouteError {
     /// A stream inside the shipper's own key namespace.
     #[error("stream keys starting with `{RESERVED_REDIS_PREFIX}` are reserved for the shipper's own keys")]
     StreamReserved,
+    /// A NATS subject of the wrong length, with an empty token or a refused character.
+    #[error("a subject has 1 to 128 bytes: tokens of [a-zA-Z0-9_:-] separated by single dots (no wildcards `*` `>`)")]
+    SubjectChars,
+    /// A subject of the server's or the shipper's own (`$JS.`, `$SYS.`, `_INBOX.`).
+    #[error("subjects starting with `$` or `{RESERVED_NATS_INBOX}` are the server's and the shipper's own")]
+    SubjectReserved,
     /// A name outside the operator's allowed prefixes.
     #[error("must start with one of: {}", .0.join(", "))]
     Prefix(Vec<String>),
@@ -112,6 +122,28 @@ pub fn validate_key(s: &str) -> Result<(), RouteError> {
     Ok(())
 }
 
+/// A NATS subject a task or the operator may publish to: 1 to 128 bytes of
+/// dot-separated tokens of `[a-zA-Z0-9_:-]` (no wildcard, space or control
+/// byte can appear), not `_INBOX` (the shipper's acknowledgements) and never
+/// a `$` subject (`$JS.API.` would be a JetStream command).
+pub fn validate_subject(s: &str) -> Result<(), RouteError> {
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b))
+    };
+    if s.starts_with('$') {
+        return Err(RouteError::SubjectReserved);
+    }
+    if s.is_empty() || s.len() > 128 || !s.split('.').all(token_ok) {
+        return Err(RouteError::SubjectChars);
+    }
+    if s.split('.').next() == Some(RESERVED_NATS_INBOX) {
+        return Err(RouteError::SubjectReserved);
+    }
+    Ok(())
+}
+
 /// `v` starts with one of the operator's `prefixes` (none: any name).
 pub fn check_prefix(v: &str, prefixes: &[String]) -> Result<(), RouteError> {
     if prefixes.is_empty() || prefixes.iter().any(|p| v.starts_with(p.as_str())) {
@@ -139,6 +171,48 @@ mod tests {
             validate_topic("__x").unwrap_err(),
             RouteError::TopicInternal
         );
+    }
+
+    #[test]
+    fn nats_subjects() {
+        for ok in ["logs", "team-a.logs", "a.b_c.d:e-1"] {
+            assert!(validate_subject(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(129);
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a.*",
+            "a.>",
+            ">",
+            "a b",
+            "a\tb",
+            "a\r\nPUB x",
+            "é",
+            &long,
+        ] {
+            assert_eq!(
+                validate_subject(bad),
+                Err(RouteError::SubjectChars),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            "$JS.API.STREAM.DELETE.LOGS",
+            "$SYS.x",
+            "_INBOX.abc.1",
+            "_INBOX",
+        ] {
+            assert_eq!(
+                validate_subject(bad),
+                Err(RouteError::SubjectReserved),
+                "{bad}"
+            );
+        }
+        assert!(validate_subject("_INBOXES").is_ok());
     }
 
     #[test]

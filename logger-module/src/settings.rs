@@ -12,7 +12,9 @@ use rein_core::params::{ParamError, Params};
 use crate::file_spec::{self, FileCaps, SpecCaps};
 use crate::module::LoggerError;
 use crate::proto::{ContainerOptions, MultilineSpec, SinkKind};
-use crate::route::{check_prefix, validate_index, validate_stream, validate_topic, RouteError};
+use crate::route::{
+    check_prefix, validate_index, validate_stream, validate_subject, validate_topic, RouteError,
+};
 
 /// Default path of the shipper's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
@@ -30,6 +32,7 @@ pub const PARAMS: &[&str] = &[
     "allowed_index_prefixes",
     "allowed_topic_prefixes",
     "allowed_redis_stream_prefixes",
+    "allowed_nats_subject_prefixes",
     "default_rate_limit",
     "max_rate_limit",
     "multiline_max_lines",
@@ -61,6 +64,8 @@ pub struct ModuleConfig {
     pub topic_prefixes: Vec<String>,
     /// `allowed_redis_stream_prefixes`: a task's `log.redis_stream` must start with one (empty: any).
     pub redis_stream_prefixes: Vec<String>,
+    /// `allowed_nats_subject_prefixes`: a task's `log.nats_subject` must start with one (empty: any).
+    pub nats_subject_prefixes: Vec<String>,
     /// `default_rate_limit`: bytes/s per container when the task sets none (0: unlimited).
     pub default_rate_limit: u64,
     /// `max_rate_limit`: cap of `log.rate_limit` (none by default).
@@ -86,7 +91,7 @@ impl ModuleConfig {
         let p = Params::new(pairs, PARAMS)?;
         let sink = |name: &str, v: &str| {
             SinkKind::parse(v)
-                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis or none"))
+                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis, nats or none"))
         };
         let default_sink = sink(
             "default_sink",
@@ -113,6 +118,7 @@ impl ModuleConfig {
             index_prefixes: p.list("allowed_index_prefixes"),
             topic_prefixes: p.list("allowed_topic_prefixes"),
             redis_stream_prefixes: p.list("allowed_redis_stream_prefixes"),
+            nats_subject_prefixes: p.list("allowed_nats_subject_prefixes"),
             default_rate_limit: p.byte_rate("default_rate_limit")?.unwrap_or(0),
             max_rate_limit: p.byte_rate("max_rate_limit")?,
             ml_max_lines: p.u64("multiline_max_lines")?.unwrap_or(500),
@@ -151,7 +157,7 @@ impl ModuleConfig {
         };
         // The route label of the chosen sink (the others' are ignored).
         type Validate = fn(&str) -> Result<(), RouteError>;
-        let routes: [(&str, SinkKind, Validate, &[String]); 3] = [
+        let routes: [(&str, SinkKind, Validate, &[String]); 4] = [
             (
                 "log.index",
                 SinkKind::Elasticsearch,
@@ -169,6 +175,12 @@ impl ModuleConfig {
                 SinkKind::Redis,
                 validate_stream,
                 &self.redis_stream_prefixes,
+            ),
+            (
+                "log.nats_subject",
+                SinkKind::Nats,
+                validate_subject,
+                &self.nats_subject_prefixes,
             ),
         ];
         let mut route = String::new();
@@ -370,6 +382,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.rate_limit"), "{e}");
+        let c = config(&[
+            ("allowed_sinks", "nats,none"),
+            ("default_sink", "nats"),
+            ("allowed_nats_subject_prefixes", "team-a."),
+        ])
+        .unwrap();
+        let o = options(&c, &[("rein.log.nats_subject", "team-a.logs")]).unwrap();
+        assert_eq!((o.sink, o.route.as_str()), (SinkKind::Nats, "team-a.logs"));
+        for (bad, why) in [
+            ("team-b.logs", "team-a."),
+            ("team-a.>", "no wildcards"),
+            ("$JS.API.STREAM.DELETE.X", "server's and the shipper's own"),
+        ] {
+            let e = options(&c, &[("rein.log.nats_subject", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("rein.log.nats_subject") && e.contains(why),
+                "{e}"
+            );
+        }
+        // A log file's own subject follows the same rules.
+        let o = options(&c, &[("rein.log.files", "gc=gc.log;route=team-a.gc")]).unwrap();
+        assert_eq!(o.files[0].route.as_deref(), Some("team-a.gc"));
+        for bad in ["gc=gc.log;route=team-b.gc", "gc=gc.log;route=team-a.>"] {
+            let e = options(&c, &[("rein.log.files", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rein.log.files"), "{e}");
+        }
         let e = options(&c, &[("rein.log.multiline.pattern", "(")])
             .unwrap_err()
             .to_string();

@@ -10,14 +10,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis_server::{sink_config as config, xlen, xrange, RedisServer, MISSING};
+use common::reply_dropper::{ship_a_batch_whose_answer_is_lost, ReplyDropper};
 use common::shipper::{run_container, spec, Shipper};
 use common::sinks::{buffer, RunningSink};
 use common::{fill_wal as fill, free_port, skip};
@@ -200,62 +199,6 @@ fn resent_batch_adds_nothing() {
     assert_eq!(xlen(&mut srv.conn(), "rein-logs"), 300);
 }
 
-/// Forwards to Redis; when armed, discards the next answer from Redis and
-/// closes the connection (the command was executed, its reply is lost).
-struct ReplyDropper {
-    port: u16,
-    armed: Arc<AtomicBool>,
-    dropped: Arc<AtomicBool>,
-}
-
-impl ReplyDropper {
-    fn start(upstream: u16) -> ReplyDropper {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let armed = Arc::new(AtomicBool::new(false));
-        let dropped = Arc::new(AtomicBool::new(false));
-        let (a, dr) = (armed.clone(), dropped.clone());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(c) = c else { return };
-                let Ok(u) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let (c2, u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
-                std::thread::spawn(move || pump(c2, u2, None));
-                let (a, dr) = (a.clone(), dr.clone());
-                std::thread::spawn(move || pump(u, c, Some((a, dr))));
-            }
-        });
-        ReplyDropper {
-            port,
-            armed,
-            dropped,
-        }
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, drop: Option<(Arc<AtomicBool>, Arc<AtomicBool>)>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some((armed, dropped)) = &drop {
-            if armed.swap(false, Ordering::SeqCst) {
-                dropped.store(true, Ordering::SeqCst);
-                break;
-            }
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
-}
-
 #[test]
 fn lost_reply_then_resend_adds_nothing() {
     let Some(srv) = RedisServer::start(0, &[]) else {
@@ -270,19 +213,9 @@ fn lost_reply_then_resend_adds_nothing() {
         stats.clone(),
     )
     .unwrap();
-    let stop = Control::new();
-    fill(&w, "la", "", 0, 100);
-    let first = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
-    assert!(sink.ship(&first, &stop).is_ok());
-    w.ack(first.end, first.len() as u64).unwrap();
-    fill(&w, "la", "", 100, 400);
-    let second = w.read_batch(1000, 8 << 20, Duration::ZERO).unwrap();
-    assert_eq!(second.len(), 400);
     // Redis stores the second batch but its answer never arrives: the sink sees a
     // dropped connection, reconnects and sends the batch again.
-    proxy.armed.store(true, Ordering::SeqCst);
-    assert!(sink.ship(&second, &stop).is_ok());
-    assert!(proxy.dropped.load(Ordering::SeqCst), "a reply was dropped");
+    ship_a_batch_whose_answer_is_lost(&mut sink, &w, &proxy);
     assert!(stats.failed_requests.load(Ordering::Relaxed) >= 1);
     assert_eq!(
         stats.duplicates.load(Ordering::Relaxed),

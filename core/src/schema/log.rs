@@ -6,7 +6,7 @@ use super::{KeySpec, Kind};
 pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "log.sink",
-        kind: Kind::Enum(&["elasticsearch", "kafka", "redis", "none"]),
+        kind: Kind::Enum(&["elasticsearch", "kafka", "redis", "nats", "none"]),
         help: "Where the container's records go (within the sinks the operator allows); \
                `none` keeps only the sandbox files.",
     },
@@ -27,6 +27,12 @@ pub const KEYS: &[KeySpec] = &[
         kind: Kind::Text(128),
         help: "Redis stream key for this container (`[a-zA-Z0-9._:-]`, within the \
                operator's allowed prefixes).",
+    },
+    KeySpec {
+        key: "log.nats_subject",
+        kind: Kind::Text(128),
+        help: "NATS JetStream subject for this container (dot-separated tokens of \
+               `[a-zA-Z0-9_:-]`, no wildcards, within the operator's allowed prefixes).",
     },
     KeySpec {
         key: "log.multiline",

@@ -126,6 +126,10 @@ fn check(path: &std::path::Path, c: &ShipperConfig) {
             "redis_auth_file",
             c.redis.as_ref().and_then(|r| r.auth_file.clone()),
         ),
+        (
+            "nats_auth_file",
+            c.nats.as_ref().and_then(|n| n.auth_file.clone()),
+        ),
     ];
     for (key, path) in files {
         let Some(path) = path else { continue };

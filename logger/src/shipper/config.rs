@@ -14,6 +14,7 @@ use crate::redact;
 use crate::sink::deadletter::{DeadLetterLimits, DEFAULT_MAX_BYTES_PER_CONTAINER};
 use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
+use crate::sink::nats_config::NatsConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
 use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
 use crate::wal::FullPolicy;
@@ -79,6 +80,16 @@ pub const KEYS: &[&str] = &[
     "redis_timeout",
     "redis_backoff_max",
     "redis_dead_letter",
+    "nats_url",
+    "nats_subject",
+    "nats_stream",
+    "nats_batch_records",
+    "nats_batch_bytes",
+    "nats_auth_file",
+    "nats_ca_file",
+    "nats_timeout",
+    "nats_backoff_max",
+    "nats_dead_letter",
     "cgroup",
     "cgroup_root",
     "cgroup_memory_max",
@@ -146,6 +157,8 @@ pub struct ShipperConfig {
     pub kafka: Option<KafkaConfig>,
     /// `redis_*`: the Redis Streams sink, if `redis_url` is set.
     pub redis: Option<RedisConfig>,
+    /// `nats_*`: the NATS JetStream sink, if `nats_url` is set.
+    pub nats: Option<NatsConfig>,
     /// `cgroup`: name of the cgroup the shipper moves into (created under
     /// `cgroup_root`, in each v1 hierarchy or the v2 tree; none by default).
     pub cgroup: Option<String>,
@@ -429,6 +442,7 @@ impl ShipperConfig {
                 })
             }
         };
+        let nats = nats_config(&p, &state_dir, route_failure)?;
         let max_dead_letter_bytes = p
             .bytes("max_dead_letter_bytes")?
             .unwrap_or(1 << 30)
@@ -460,6 +474,7 @@ impl ShipperConfig {
         Ok(ShipperConfig {
             kafka,
             redis,
+            nats,
             socket_group,
             dead_letter,
             socket: p
@@ -510,6 +525,63 @@ impl ShipperConfig {
             state_dir,
         })
     }
+}
+
+/// The `nats_*` settings, if `nats_url` is set.
+fn nats_config(
+    p: &Params,
+    state_dir: &Path,
+    route_failure: RouteFailure,
+) -> Result<Option<NatsConfig>, ParamError> {
+    let Some(u) = p.raw("nats_url") else {
+        return Ok(None);
+    };
+    let servers = crate::sink::nats_config::parse_servers(u).map_err(|e| p.error("nats_url", e))?;
+    let subject = p
+        .string("nats_subject")
+        .unwrap_or_else(|| "rein.logs".into());
+    crate::sink::nats_config::validate_subject(&subject).map_err(|e| p.error("nats_subject", e))?;
+    let stream = p.string("nats_stream");
+    if let Some(s) = &stream {
+        if s.is_empty()
+            || s.len() > 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        {
+            return Err(p.error("nats_stream", "a stream name has 1 to 64 of [a-zA-Z0-9_-]"));
+        }
+    }
+    let timeout = p
+        .duration("nats_timeout")?
+        .unwrap_or(Duration::from_secs(10));
+    if timeout < Duration::from_millis(100) {
+        return Err(p.error("nats_timeout", "must be at least 100ms"));
+    }
+    let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    Ok(Some(NatsConfig {
+        servers,
+        subject,
+        stream,
+        batch_records: to_usize(
+            p.u64("nats_batch_records")?
+                .unwrap_or(1000)
+                .clamp(1, 100_000),
+        ),
+        batch_bytes: to_usize(p.bytes("nats_batch_bytes")?.unwrap_or(4 << 20).max(1024)),
+        auth_file: p.path("nats_auth_file")?,
+        ca_file: p
+            .path("nats_ca_file")?
+            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
+        timeout,
+        backoff_max: p
+            .duration("nats_backoff_max")?
+            .unwrap_or(Duration::from_secs(30)),
+        dead_letter: p
+            .path("nats_dead_letter")?
+            .unwrap_or_else(|| state_dir.join("dead-letter/nats.ndjson")),
+        route_failure,
+    }))
 }
 
 #[cfg(test)]
@@ -602,6 +674,33 @@ mod tests {
                 e.to_string().contains(bad.split(' ').next().unwrap()),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn nats_settings() {
+        let pairs =
+            parse_pairs("state_dir = /s\nnats_url = nats://127.0.0.1:4222\nnats_stream = LOGS\n");
+        let n = ShipperConfig::from_pairs(&pairs).unwrap().nats.unwrap();
+        assert_eq!(n.subject, "rein.logs");
+        assert_eq!(n.stream.as_deref(), Some("LOGS"));
+        assert_eq!(n.timeout, Duration::from_secs(10));
+        assert_eq!(n.dead_letter, PathBuf::from("/s/dead-letter/nats.ndjson"));
+        assert!(ShipperConfig::from_pairs(&parse_pairs(""))
+            .unwrap()
+            .nats
+            .is_none());
+        for bad in [
+            "nats_url = http://x\n",
+            "nats_url = nats://u:hunter2@x\n",
+            "nats_url = nats://x\nnats_subject = a.*\n",
+            "nats_url = nats://x\nnats_subject = $JS.API.INFO\n",
+            "nats_url = nats://x\nnats_stream = a.b\n",
+            "nats_url = nats://x\nnats_timeout = 1ms\n",
+        ] {
+            let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
+            assert!(e.to_string().contains("nats_"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
         }
     }
 

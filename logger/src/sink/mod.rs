@@ -18,6 +18,10 @@ pub mod es_sink;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod kafka_config;
+pub mod nats;
+pub mod nats_config;
+pub mod nats_conn;
+pub mod nats_proto;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod redis_config;

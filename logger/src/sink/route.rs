@@ -140,6 +140,16 @@ pub fn check_redis_stream(stream: &[u8], dedup_prefix: &str) -> Result<(), BadRo
     Ok(())
 }
 
+/// [`validate_subject`](rein_log_module::route::validate_subject) of a
+/// buffered route (empty: the default subject).
+pub fn check_nats_subject(route: &[u8]) -> Result<(), BadRoute> {
+    if route.is_empty() {
+        return Ok(());
+    }
+    let s = std::str::from_utf8(route).map_err(|_| BadRoute::NotUtf8("subject"))?;
+    Ok(rein_log_module::route::validate_subject(s)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +196,15 @@ mod tests {
         assert!(check_redis_stream(b"rein:dedup:x", "rein:dedup").is_err());
         assert!(check_es_index(b".security").is_err());
         assert!(check_es_index(b"team-a-%Y").is_ok());
+        assert!(check_nats_subject(b"").is_ok());
+        assert!(check_nats_subject(b"team-a.logs").is_ok());
+        for bad in [
+            &b"a.>"[..],
+            b"$JS.API.STREAM.DELETE.L",
+            b"_INBOX.x.1",
+            b"a\xff",
+        ] {
+            assert!(check_nats_subject(bad).is_err());
+        }
     }
 }

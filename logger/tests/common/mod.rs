@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+pub mod nats_server;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis_server;
+pub mod reply_dropper;
 pub mod rng;
 pub mod shipper;
 pub mod sinks;
@@ -61,6 +63,19 @@ pub fn init_test_logging() {
         .with_test_writer()
         .with_ansi(colour)
         .try_init();
+}
+
+/// A server binary: `$var` if set (and present), else `name` on the PATH or
+/// in /usr/bin, /usr/sbin.
+pub fn find_bin(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
 }
 
 pub fn free_port() -> u16 {

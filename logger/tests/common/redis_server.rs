@@ -8,14 +8,7 @@ use std::time::{Duration, Instant};
 
 /// `$REIN_REDIS_BIN`, or `redis-server` on the PATH (or /usr/bin, /usr/sbin).
 pub fn redis_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("REIN_REDIS_BIN") {
-        return Some(PathBuf::from(p)).filter(|p| p.exists());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.exists())
+    super::find_bin("REIN_REDIS_BIN", "redis-server")
 }
 
 pub const MISSING: &str = "redis-server not installed (Debian package redis-server)";

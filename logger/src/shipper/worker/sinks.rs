@@ -88,6 +88,11 @@ pub(super) fn start_all(cfg: &ShipperConfig, c: &Arc<Counters>) -> Result<Sinks,
         let redis = (SinkKind::Redis, "redis-sink");
         sinks.extend(start(cfg, redis, cfg.redis.as_ref(), c, R::new, R::run)?);
     }
+    {
+        use crate::sink::nats::NatsSink as N;
+        let nats = (SinkKind::Nats, "nats-sink");
+        sinks.extend(start(cfg, nats, cfg.nats.as_ref(), c, N::new, N::run)?);
+    }
     Ok(sinks)
 }
 
