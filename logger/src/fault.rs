@@ -5,8 +5,8 @@
 //! `site` for the `n`th time (counted per process, from 1) panic there, once
 //! per entry. `REIN_FAULT_STALL=site:n:ms[,...]` makes it sleep `ms`
 //! milliseconds there instead. Points: `parser` (before a stream's parse
-//! turn), `parser_record` (after the parser framed a record, inside a
-//! turn: counted per record), `sink` (after a batch was shipped, before it
+//! turn), `parser_file` (before a log file's read), `parser_record` (after
+//! the parser framed a record, inside a turn: counted per record), `sink` (after a batch was shipped, before it
 //! is acknowledged).
 
 /// A fault-injection point named `site` (a no-op without the feature).

@@ -293,3 +293,68 @@ fn a_file_with_its_own_sink_is_shipped_when_the_container_s_sink_is_none() {
         "sink none: nothing buffered for Elasticsearch"
     );
 }
+
+#[test]
+fn panics_in_the_parser_while_it_reads_log_files_lose_and_repeat_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    // Panics before a file's read and after records were framed (of a file
+    // or a stream, whichever comes): each read cut short is made again once.
+    let sh = Shipper::start_env(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms",
+        &[(
+            "REIN_FAULT_PANIC",
+            "parser_file:5,parser_file:40,parser_record:700,parser_record:2500,parser_record:5100",
+        )],
+    );
+    let m = sh.module();
+    let sandbox = d.path().join("sb");
+    let labels = [("rein.log.files", "a=a.log,b=b.log,c=c.log")];
+    let io = m.prepare(&spec("c2", &sandbox, &labels)).unwrap();
+    assert!(io.shipped);
+    let mut out = File::from(io.stdout);
+    for round in 0..4u64 {
+        for name in ["a", "b", "c"] {
+            append(
+                &sandbox.join(format!("{name}.log")),
+                round * 500,
+                round * 500 + 500,
+                name,
+            );
+        }
+        for i in round * 300..round * 300 + 300 {
+            writeln!(out, "out seq={i} stdout").unwrap();
+        }
+        wait_read(&sh.state, &sandbox.join("a.log"), 1);
+    }
+    drop(out);
+    drop(io.stderr);
+    sh.wait_idle(Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut counters = sh.counters();
+    while counters["reader"]["containers_live"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "{counters}");
+        std::thread::sleep(Duration::from_millis(50));
+        counters = sh.counters();
+    }
+    drop(sh);
+    let s = seen(&d.path().join("state/buffer/elasticsearch"));
+    for name in ["a", "b", "c"] {
+        assert_once(&s, name, 2000, &counters);
+    }
+    assert_once(&s, "out", 1200, &counters);
+    let twice: Vec<_> = s
+        .iter()
+        .filter(|(_, v)| v.0.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "buffered twice: {:?}; {counters}",
+        &twice[..twice.len().min(5)]
+    );
+    assert!(
+        counters["reader"]["thread_panics_parser"].as_u64().unwrap() >= 3,
+        "{counters}"
+    );
+}

@@ -31,7 +31,7 @@ use super::counters::{
     Counters, FALLBACK_CONTAINERS, FALLBACK_FILES_LOST, FALLBACK_RECORDS_REMOVED,
     FALLBACK_REPORTED, FALLBACK_SHIPPED,
 };
-use super::logfiles::{targets, FileEncoding, FileSources, FileTarget, FilesCheckpoint};
+use super::logfiles::{self, targets, FileEncoding, FileSources, FileTarget, FilesCheckpoint};
 use super::stream::now_ms;
 use super::ShipperConfig;
 use crate::fallback::{dir_for, list, FallbackRecord};
@@ -446,7 +446,7 @@ impl Pickup {
             }
             extra.resize_with(t.file_wals.len(), Default::default);
             let (cid, framed, extra) = (&t.cid, &mut self.framed, &mut extra);
-            let mut emit = |to: &FileTarget, e: Encoded<'_>| {
+            let mut emit = logfiles::records(|to: &FileTarget, e: Encoded<'_>| {
                 let (bytes, n) = match to.wal {
                     Some(i) => {
                         let (b, n) = &mut extra[i];
@@ -456,7 +456,7 @@ impl Pickup {
                 };
                 crate::walrec::frame_encoded(bytes, Stream::File, cid, &to.route, &e);
                 *n += 1;
-            };
+            });
             if t.streams.iter().all(|s| s.done) {
                 // The container ended: its files are read to their end.
                 moved |= !fs.done;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::counters::Counters;
-use super::logfiles::{FileSources, FileTarget, FilesCheckpoint};
+use super::logfiles::{FileOut, FileSources, FileTarget, FilesCheckpoint};
 use super::stream::{mono_ms, ParseStream, StreamCheckpoint, TurnStart};
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
@@ -185,6 +185,38 @@ fn emitter<'a>(
             crate::walrec::frame_encoded(&mut framed.bytes, stream, cid, route, &e);
             framed.records += 1;
             crate::fault::point("parser_record");
+        }
+    }
+}
+
+/// The record sink of a container's log files: each file's records are
+/// framed for their buffer and handed to it once the file's read is done.
+struct FileEmit<'a> {
+    main: &'a mut Framed,
+    extra: &'a mut [Framed],
+    cid: &'a [u8],
+    wal: Option<&'a Wal>,
+    file_wals: &'a [Arc<Wal>],
+    /// Records handed over.
+    made: u64,
+}
+
+impl FileOut for FileEmit<'_> {
+    fn record(&mut self, to: &FileTarget, e: Encoded<'_>) {
+        let framed = match to.wal {
+            Some(i) => &mut self.extra[i],
+            None => &mut *self.main,
+        };
+        crate::walrec::frame_encoded(&mut framed.bytes, Stream::File, self.cid, &to.route, &e);
+        framed.records += 1;
+        crate::fault::point("parser_record");
+    }
+
+    fn file_done(&mut self) {
+        self.made += self.main.records + self.extra.iter().map(|x| x.records).sum::<u64>();
+        self.main.flush(self.wal);
+        for (x, w) in self.extra.iter_mut().zip(self.file_wals) {
+            x.flush(Some(w));
         }
     }
 }
@@ -481,7 +513,7 @@ impl Ctx {
     /// gets its files finished (read to the end). True if anything was read.
     fn files_round(
         &mut self,
-        mut f: impl FnMut(&mut FileSources, &mut [u8], &mut dyn FnMut(&FileTarget, Encoded<'_>)) -> bool,
+        mut f: impl FnMut(&mut FileSources, &mut [u8], &mut dyn FileOut) -> bool,
     ) -> bool {
         let mut busy = false;
         for j in &mut self.jobs {
@@ -502,30 +534,22 @@ impl Ctx {
             }
             self.framed_extra
                 .resize_with(j.file_wals.len(), Framed::default);
-            let (main, extra) = (&mut self.framed, &mut self.framed_extra);
-            let cid = &j.tags.cid;
-            let mut emit = |t: &FileTarget, e: Encoded<'_>| {
-                let framed = match t.wal {
-                    Some(i) => &mut extra[i],
-                    None => &mut *main,
-                };
-                crate::walrec::frame_encoded(&mut framed.bytes, Stream::File, cid, &t.route, &e);
-                framed.records += 1;
-                crate::fault::point("parser_record");
+            let mut out = FileEmit {
+                main: &mut self.framed,
+                extra: &mut self.framed_extra,
+                cid: &j.tags.cid,
+                wal: j.wal.as_deref(),
+                file_wals: &j.file_wals,
+                made: 0,
             };
-            let streams_done = j.streams.iter().all(|s| s.done);
-            let did = if streams_done {
-                files.finish(&mut self.buf, &mut emit);
+            let did = if j.streams.iter().all(|s| s.done) {
+                files.finish(&mut self.buf, &mut out);
                 true
             } else {
-                f(files, &mut self.buf, &mut emit)
+                f(files, &mut self.buf, &mut out)
             };
-            let made =
-                self.framed.records + self.framed_extra.iter().map(|x| x.records).sum::<u64>();
-            self.framed.flush(j.wal.as_deref());
-            for (x, w) in self.framed_extra.iter_mut().zip(&j.file_wals) {
-                x.flush(Some(w));
-            }
+            out.file_done();
+            let made = out.made;
             self.counters
                 .lines_read
                 .fetch_add(files.take_lines(), Ordering::Relaxed);

@@ -122,7 +122,7 @@ impl Followed {
         flush: bool,
         out: &mut dyn FnMut(Encoded<'_>),
     ) -> io::Result<Step> {
-        crate::fault::point("parser");
+        crate::fault::point("parser_file");
         let (size, mtime) = size_of(&self.file)?;
         if size < self.off {
             return Ok(Step::Truncated);

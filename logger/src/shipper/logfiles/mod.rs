@@ -134,6 +134,33 @@ pub struct FileEncoding {
     pub multiline: Option<MultilineConfig>,
 }
 
+/// Where a container's file records go: [`FileOut::record`] for each, and
+/// [`FileOut::file_done`] once a file's records of this turn are all made
+/// (the caller hands them to the buffers then: a panic cut short the read
+/// of that file only, which [`FileSources::rewind`] puts back).
+pub trait FileOut {
+    /// One record and its target.
+    fn record(&mut self, to: &FileTarget, e: Encoded<'_>);
+    /// The records of the file read last are complete.
+    fn file_done(&mut self);
+}
+
+/// A [`FileOut`] made of a closure (records handed over as they come).
+pub struct Records<F>(F);
+
+/// Wraps `f` as a [`FileOut`].
+pub fn records<F: FnMut(&FileTarget, Encoded<'_>)>(f: F) -> Records<F> {
+    Records(f)
+}
+
+impl<F: FnMut(&FileTarget, Encoded<'_>)> FileOut for Records<F> {
+    fn record(&mut self, to: &FileTarget, e: Encoded<'_>) {
+        (self.0)(to, e);
+    }
+
+    fn file_done(&mut self) {}
+}
+
 /// Where one `rein.log.files` entry's records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileTarget {
@@ -320,12 +347,7 @@ impl FileSources {
 
     /// One turn: a scan when due, then up to `budget` bytes of each file;
     /// `out` gets each record with its route. True if anything was read.
-    pub fn round(
-        &mut self,
-        buf: &mut [u8],
-        budget: u64,
-        out: &mut dyn FnMut(&FileTarget, Encoded<'_>),
-    ) -> bool {
+    pub fn round(&mut self, buf: &mut [u8], budget: u64, out: &mut dyn FileOut) -> bool {
         if self.done {
             return false;
         }
@@ -341,12 +363,7 @@ impl FileSources {
     }
 
     /// Partial lines after `partial_flush` of silence, multiline timeouts.
-    pub fn timers(
-        &mut self,
-        buf: &mut [u8],
-        partial_flush: Duration,
-        out: &mut dyn FnMut(&FileTarget, Encoded<'_>),
-    ) {
+    pub fn timers(&mut self, buf: &mut [u8], partial_flush: Duration, out: &mut dyn FileOut) {
         if self.done {
             return;
         }
@@ -359,13 +376,14 @@ impl FileSources {
             }
             let f = &mut self.files[i];
             let route = &self.routes[f.spec];
-            f.poll(false, &mut |e| out(route, e));
+            f.poll(false, &mut |e| out.record(route, e));
+            out.file_done();
         }
     }
 
     /// The container ended: one last scan, every file read to its end, partial
     /// lines and pending records emitted.
-    pub fn finish(&mut self, buf: &mut [u8], out: &mut dyn FnMut(&FileTarget, Encoded<'_>)) {
+    pub fn finish(&mut self, buf: &mut [u8], out: &mut dyn FileOut) {
         if self.done {
             return;
         }
@@ -376,7 +394,8 @@ impl FileSources {
             while self.read_one(i, buf, u64::MAX, true, out) > 0 {}
             let f = &mut self.files[i];
             let route = &self.routes[f.spec];
-            f.poll(true, &mut |e| out(route, e));
+            f.poll(true, &mut |e| out.record(route, e));
+            out.file_done();
             i += 1;
         }
         self.done = true;
@@ -389,16 +408,15 @@ impl FileSources {
         buf: &mut [u8],
         budget: u64,
         flush: bool,
-        out: &mut dyn FnMut(&FileTarget, Encoded<'_>),
+        out: &mut dyn FileOut,
     ) -> u64 {
         let f = &mut self.files[i];
         self.turn = Some((i, f.n, f.pipeline.safe_offset(f.off)));
         let route = &self.routes[f.spec];
         let before = f.pipeline.lines;
-        let res = f.read(buf, budget, flush, &mut |e| out(route, e));
+        let res = f.read(buf, budget, flush, &mut |e| out.record(route, e));
         self.lines += f.pipeline.lines - before;
-        self.turn = None;
-        match res {
+        let n = match res {
             Ok(Step::Read(n)) => n,
             Ok(Step::Truncated) => {
                 self.truncated(i, out);
@@ -412,7 +430,10 @@ impl FileSources {
                 );
                 0
             }
-        }
+        };
+        self.turn = None;
+        out.file_done();
+        n
     }
 
     /// After a panic cut a read short: the file is put back where its
@@ -434,14 +455,14 @@ impl FileSources {
     /// File `i` is shorter than what was read of it: what was not read yet
     /// is read from its copy if one is found (followed under the file's old
     /// number from where it stood); the inode is then a new file.
-    fn truncated(&mut self, i: usize, out: &mut dyn FnMut(&FileTarget, Encoded<'_>)) {
+    fn truncated(&mut self, i: usize, out: &mut dyn FileOut) {
         self.counters.truncations.fetch_add(1, Ordering::Relaxed);
         let f = &self.files[i];
         let (spec, cp, unread) = (f.spec, f.checkpoint(&self.specs[f.spec].tag), f.unread());
         if !self.follow_copy(spec, &cp) {
             // Nothing more of the old content can be read: its pending record goes.
             let route = &self.routes[spec];
-            self.files[i].poll(true, &mut |e| out(route, e));
+            self.files[i].poll(true, &mut |e| out.record(route, e));
             self.count_truncation_loss(&cp.path, unread);
         }
         let n = self.next_n;
@@ -558,7 +579,7 @@ impl FileSources {
     /// Files no matching name holds, read to their end and unchanged for
     /// [`RETIRE_IDLE`]: their last partial line and pending record are
     /// emitted and they are closed.
-    fn retire_idle(&mut self, buf: &mut [u8], out: &mut dyn FnMut(&FileTarget, Encoded<'_>)) {
+    fn retire_idle(&mut self, buf: &mut [u8], out: &mut dyn FileOut) {
         let idle_ms = u64::try_from(RETIRE_IDLE.as_millis()).unwrap_or(u64::MAX);
         let now = mono_ms();
         let mut i = 0;
@@ -566,9 +587,11 @@ impl FileSources {
             let f = &self.files[i];
             let stale = !f.present && now.saturating_sub(f.grew_ms) >= idle_ms;
             if stale && self.read_one(i, buf, u64::MAX, true, out) == 0 {
-                let mut f = self.files.swap_remove(i);
+                let f = &mut self.files[i];
                 let route = &self.routes[f.spec];
-                f.poll(true, &mut |e| out(route, e));
+                f.poll(true, &mut |e| out.record(route, e));
+                out.file_done();
+                let f = self.files.swap_remove(i);
                 let cp = f.checkpoint(&self.specs[f.spec].tag);
                 self.remember_retired(cp);
                 self.counters.followed.fetch_sub(1, Ordering::Relaxed);

@@ -52,7 +52,7 @@ fn pump(fs: &mut FileSources, got: &mut Got) {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         fs.last_scan = None;
-        let busy = fs.round(&mut buf, 1 << 20, &mut |_, e| keep(got, e));
+        let busy = fs.round(&mut buf, 1 << 20, &mut records(|_, e| keep(got, e)));
         if !busy {
             return;
         }
@@ -137,7 +137,10 @@ fn rotation_by_rename_and_by_copytruncate_lose_and_repeat_nothing() {
     std::fs::create_dir(d.path().join("logs/dir.log")).unwrap();
     append(&d.path().join("logs/late.log"), 0, 25, "late");
     pump(&mut fs, &mut got);
-    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut got, e));
+    fs.finish(
+        &mut vec![0u8; 1 << 16],
+        &mut records(|_, e| keep(&mut got, e)),
+    );
     let c = &fs.counters;
     eprintln!("counters: {:?}", c.fields());
     assert_once(&got, "app", a);
@@ -178,7 +181,10 @@ fn a_restart_from_the_checkpoint_resumes_every_file_where_it_stood() {
     let mut fs = sources(d.path(), &[("app", "*.log")], Some(cp));
     let mut again = Got::new();
     pump(&mut fs, &mut again);
-    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut again, e));
+    fs.finish(
+        &mut vec![0u8; 1 << 16],
+        &mut records(|_, e| keep(&mut again, e)),
+    );
     // The re-made ones carry the same ids.
     let ids: BTreeMap<&str, &str> = before
         .iter()
@@ -216,7 +222,10 @@ fn symlinks_fifos_and_directories_are_never_followed() {
     let mut got = Got::new();
     // A FIFO opened for reading would block this thread: it must not be.
     pump(&mut fs, &mut got);
-    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut got, e));
+    fs.finish(
+        &mut vec![0u8; 1 << 16],
+        &mut records(|_, e| keep(&mut got, e)),
+    );
     assert_once(&got, "ok", 3);
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(
@@ -277,7 +286,10 @@ fn files_of_another_owner_are_refused_in_a_tenant_s_sandbox() {
     let mut fs = sources(d.path(), &[("all", "*.log")], None);
     let mut got = Got::new();
     pump(&mut fs, &mut got);
-    fs.finish(&mut vec![0u8; 1 << 16], &mut |_, e| keep(&mut got, e));
+    fs.finish(
+        &mut vec![0u8; 1 << 16],
+        &mut records(|_, e| keep(&mut got, e)),
+    );
     assert_once(&got, "mine", 5);
     assert_eq!(got.len(), 5, "{got:?}");
     assert_eq!(
