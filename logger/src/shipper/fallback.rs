@@ -338,7 +338,8 @@ impl Pickup {
                     &self.cfg.encode,
                     self.cfg.max_line_bytes,
                     multiline.clone(),
-                ),
+                )
+                .with_binary(reg.options.binary),
                 off: saved.offsets[i],
                 size: 0,
                 grew: Instant::now(),

@@ -136,6 +136,7 @@ impl Worker {
                     self.cfg.max_line_bytes,
                     reg.options.multiline.as_ref().and_then(multiline_config),
                 )
+                .with_binary(reg.options.binary)
             });
             let (st, ps) = stream::open(stream, sandbox.clone(), &dir, fd, pipeline, scp, record)
                 .map_err(|source| AttachError::Stream {
