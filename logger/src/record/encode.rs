@@ -263,7 +263,7 @@ impl StreamEncoder {
 
     /// In base64 mode, what the record's `log` object must add for its bytes
     /// to be rebuilt exactly; `message_is_text`: `message` holds the record's
-    /// text (false for a JSON line, whose `message` is one of its fields).
+    /// text (false for a JSON line whose `message` is its `msg` field).
     fn exact<'a>(&self, rec: &Record<'a>, message_is_text: bool) -> Exact<'a> {
         if self.binary == BinaryMode::Text {
             return Exact::default();
@@ -345,8 +345,9 @@ impl StreamEncoder {
     /// In base64 mode, `log.original_bytes` holds (standard base64, padded)
     /// the record's exact bytes ([`Record::exact`]) whenever `message` is not
     /// exactly them: bytes that are not UTF-8 (also flagged `invalid_utf8`),
-    /// a `\r` dropped before a `\n`, a JSON line. A record not followed by a
-    /// `\n` in the stream is flagged `unterminated`.
+    /// a `\r` dropped before a `\n`, a JSON line whose `message` is its
+    /// `msg`/`message` field. A record not followed by a `\n` in the stream
+    /// is flagged `unterminated`.
     pub fn encode(&mut self, rec: &Record<'_>, read_ms: i64, out: &mut Vec<u8>) -> i64 {
         if let Some(fields) = json::parse_object(rec.text) {
             return self.encode_json(rec, &fields, read_ms, out);
@@ -479,7 +480,7 @@ impl StreamEncoder {
         out.extend_from_slice(b"\",\"message\":");
         push_str(out, msg.as_deref().map(str::as_bytes).unwrap_or(rec.text));
         out.push(b',');
-        let exact = self.exact(rec, false);
+        let exact = self.exact(rec, msg.is_none());
         self.push_log(rec, level.as_deref().map(str::as_bytes), time, exact, out);
         out.extend_from_slice(&self.tail);
         let mut nested = Vec::new();

@@ -45,7 +45,7 @@ pub struct StreamPipeline {
     exact: bool,
     doc: Vec<u8>,
     id: Vec<u8>,
-    /// Empty lines seen (not shipped in text mode; they stay in the sandbox file).
+    /// Empty lines not shipped (text mode; they stay in the sandbox file).
     pub empty_lines: u64,
     /// Lines framed (pieces of split lines count once each).
     pub lines: u64,
@@ -133,11 +133,9 @@ impl StreamPipeline {
         } = self;
         framer.frame(buf, base, flush, |line| {
             *lines += 1;
-            if line.bytes.is_empty() && line.split.is_none() {
+            if line.bytes.is_empty() && line.split.is_none() && !*exact {
                 *empty_lines += 1;
-                if !*exact {
-                    return;
-                }
+                return;
             }
             match multiline {
                 Some(m) => {

@@ -297,6 +297,11 @@ fn json_lines_keep_their_exact_bytes() {
     assert_eq!(docs[0]["json"]["log"], 2);
     assert_eq!(original(&docs[0]).unwrap(), [&line[..], b"\r"].concat());
     assert_rebuilt(&docs, &input);
+    // Without a message field, `message` is the line: nothing to add.
+    let docs = base64(b"{\"k\":\"v\"}\n", 256, None);
+    assert_eq!(docs[0]["k"], "v");
+    assert!(original(&docs[0]).is_none());
+    assert_rebuilt(&docs, b"{\"k\":\"v\"}\n");
     // Pretty-printed JSON joined by multiline: one document, exact bytes.
     let pretty = b"{\n  \"msg\": \"x\",\r\n  \"n\": [1,\n 2]\n}\n{\"msg\":\"y\"}\n";
     let docs = base64(pretty, 256, Some(multiline(digit_or_brace(), 50)));
