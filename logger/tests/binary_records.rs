@@ -3,17 +3,20 @@
 //! `max_line_bytes`, a last line without newline) through the module into
 //! a real shipper process and a real `redis-server`; the test reads the
 //! records back from Redis and rebuilds the bytes exactly. The same output
-//! in text mode does not rebuild (U+FFFD, no empty lines); an operator's
-//! `allow_binary=false` refuses the label.
+//! in text mode does not rebuild (U+FFFD, no empty lines); random bytes
+//! joined by multiline still rebuild across a `kill -9` of the worker; an
+//! operator's `allow_binary=false` refuses the label.
 #![cfg(feature = "redis")]
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis_server::{xlen, xrange, Entry, RedisServer};
+use common::rng::Rng;
 use common::shipper::{sandbox_stream, spec, Shipper};
 use rein_logger::record::rebuild;
 
@@ -65,6 +68,40 @@ fn run_task(sh: &Shipper, root: &Path, name: &str, labels: &[(&str, &str)], inpu
     assert!(status.success());
 }
 
+fn redis_shipper(srv: &RedisServer, dir: &Path) -> Shipper {
+    Shipper::start(
+        dir,
+        &format!(
+            "redis_url = {}\nredis_stream = rein-default\nredis_backoff_max = 300ms\nmax_line_bytes = 1KiB\n",
+            srv.url()
+        ),
+    )
+}
+
+/// Waits until the records of Redis stream `key` rebuild `want.len()` bytes
+/// (or more); returns them rebuilt.
+fn rebuilt_from_redis(srv: &RedisServer, sh: &Shipper, key: &str, want: usize) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let docs = stdout_docs(srv, key);
+        let got = rebuild(&docs);
+        match &got {
+            Ok(r) if r.bytes.len() >= want => {
+                assert_eq!(r.offset, 0);
+                return got.unwrap().bytes;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "records missing from Redis stream {key}: {} entries, rebuild: {:?}; counters {}",
+                xlen(&mut srv.conn(), key),
+                got.map(|r| r.bytes.len()),
+                sh.counters()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn every_byte_value_is_recovered_exactly_from_redis() {
     let Some(srv) = RedisServer::start_or_skip("every_byte_value_is_recovered_exactly_from_redis")
@@ -72,13 +109,7 @@ fn every_byte_value_is_recovered_exactly_from_redis() {
         return;
     };
     let d = tempfile::tempdir().unwrap();
-    let sh = Shipper::start(
-        d.path(),
-        &format!(
-            "redis_url = {}\nredis_stream = rein-default\nredis_backoff_max = 300ms\nmax_line_bytes = 1KiB\n",
-            srv.url()
-        ),
-    );
+    let sh = redis_shipper(&srv, d.path());
     let input = task_output();
     let file = d.path().join("output.bin");
     std::fs::write(&file, &input).unwrap();
@@ -93,20 +124,8 @@ fn every_byte_value_is_recovered_exactly_from_redis() {
     }
     // Both containers ended: their streams are read to the end and flushed.
     sh.wait_idle(Duration::from_secs(60));
-    let mut con = srv.conn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut docs = stdout_docs(&srv, "bin:b64");
-    while rebuild(&docs).map(|r| r.bytes.len()).unwrap_or(0) < input.len() {
-        assert!(
-            Instant::now() < deadline,
-            "records missing from Redis: {} entries in bin:b64, {} in bin:txt; counters {}",
-            xlen(&mut con, "bin:b64"),
-            xlen(&mut con, "bin:txt"),
-            sh.counters()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        docs = stdout_docs(&srv, "bin:b64");
-    }
+    let rebuilt = rebuilt_from_redis(&srv, &sh, "bin:b64", input.len());
+    let docs = stdout_docs(&srv, "bin:b64");
     // The sandbox file keeps every byte; the records give back the same.
     assert_eq!(sandbox_stream(&d.path().join("b64"), "stdout"), input);
     let got = rebuild(&docs).unwrap();
@@ -130,7 +149,7 @@ fn every_byte_value_is_recovered_exactly_from_redis() {
     println!(
         "base64 mode: {} records, {with_bytes} with log.original_bytes, {invalid} flagged invalid_utf8, {} bytes rebuilt",
         docs.len(),
-        got.bytes.len()
+        rebuilt.len()
     );
     // 128 single non-UTF-8 bytes, the 256-byte line, the line of invalid
     // sequences, the long line's non-ASCII parts, the last line.
@@ -143,6 +162,68 @@ fn every_byte_value_is_recovered_exactly_from_redis() {
         .all(|d| d["log"].get("original_bytes").is_none()));
     assert!(text.len() < docs.len(), "text mode ships no empty line");
     assert_ne!(rebuild(&text).map(|r| r.bytes).ok(), Some(input));
+}
+
+/// Random bytes (every value, lines joined by the `indented` rule) written
+/// while the worker is killed: replayed records, multiline ones included,
+/// still rebuild the output exactly (Redis keeps one entry per record id).
+#[test]
+fn random_bytes_rebuild_exactly_across_a_worker_kill() {
+    let Some(srv) = RedisServer::start_or_skip("random_bytes_rebuild_exactly_across_a_worker_kill")
+    else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let sh = redis_shipper(&srv, d.path());
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
+    let labels = [
+        ("rein.log.sink", "redis"),
+        ("rein.log.redis_stream", "bin:kill"),
+        ("rein.log.binary", "base64"),
+        ("rein.log.multiline", "indented"),
+    ];
+    let io = m
+        .prepare(&spec("kill", &d.path().join("kill"), &labels))
+        .unwrap();
+    assert!(io.shipped);
+    let seed = 0x5eed_b1e5;
+    println!("seed {seed:#x}");
+    let mut rng = Rng(seed);
+    // Chunks of random bytes, each ending with a newline: no partial line
+    // waits long enough to be flushed on its own.
+    let mut chunks = Vec::new();
+    for _ in 0..600 {
+        let mut c: Vec<u8> = (0..rng.range(1, 400))
+            .map(|_| match rng.range(0, 9) {
+                0 => b'\n',
+                1 => b' ',
+                _ => rng.next().to_le_bytes()[0],
+            })
+            .collect();
+        c.push(b'\n');
+        chunks.push(c);
+    }
+    let input = chunks.concat();
+    let mut out = std::fs::File::from(io.stdout);
+    drop(io.stderr);
+    let writer = std::thread::spawn(move || {
+        for c in chunks {
+            out.write_all(&c).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    sh.kill_worker();
+    writer.join().unwrap();
+    sh.wait_idle(Duration::from_secs(60));
+    let rebuilt = rebuilt_from_redis(&srv, &sh, "bin:kill", input.len());
+    assert!(
+        rebuilt == input,
+        "the rebuilt bytes differ from what the task wrote ({} vs {} bytes)",
+        rebuilt.len(),
+        input.len()
+    );
+    assert_eq!(sandbox_stream(&d.path().join("kill"), "stdout"), input);
 }
 
 #[test]
