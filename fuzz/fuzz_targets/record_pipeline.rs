@@ -67,10 +67,6 @@ fuzz_target!(|data: &[u8]| {
         task_labels,
         ..Default::default()
     };
-    let opts = EncodeOptions {
-        max_ts_past_ms: past,
-        ..Default::default()
-    };
     let ml = multiline.map(|rule| MultilineConfig {
         rule,
         max_lines: u32::from(data[3] % 8) + 1,
@@ -82,7 +78,12 @@ fuzz_target!(|data: &[u8]| {
     } else {
         BinaryMode::Text
     };
-    let mut p = StreamPipeline::new(&meta, Stream::Stdout, &opts, max_line, ml).with_binary(binary);
+    let opts = EncodeOptions {
+        max_ts_past_ms: past,
+        binary,
+        ..Default::default()
+    };
+    let mut p = StreamPipeline::new(&meta, Stream::Stdout, &opts, max_line, ml);
     // Routes the sinks accept are those their rules accept; others never reach a request.
     let es_route = route::check_es_index(route_raw).is_ok();
     let _ = route::check_kafka_topic(route_raw);

@@ -1,8 +1,9 @@
 //! `rein.log.binary=base64` end to end: a task writes every byte value (and
 //! invalid UTF-8, CR LF, empty lines, a JSON line, a line longer than
-//! `max_line_bytes`, a last line without newline) through the module into
-//! a real shipper process and a real `redis-server`; the test reads the
-//! records back from Redis and rebuilds the bytes exactly. The same output
+//! `max_line_bytes`, a last line without newline) to its stdout and to a log
+//! file (`rein.log.files`), through the module into a real shipper process
+//! and a real `redis-server`; the test reads the records back from Redis and
+//! rebuilds the bytes of each exactly. The same output
 //! in text mode does not rebuild (U+FFFD, no empty lines); random bytes
 //! joined by multiline still rebuild across a `kill -9` of the worker; an
 //! operator's `allow_binary=false` refuses the label.
@@ -19,6 +20,7 @@ use common::redis_server::{xlen, xrange, Entry, RedisServer};
 use common::rng::Rng;
 use common::shipper::{sandbox_stream, spec, Shipper};
 use rein_logger::record::rebuild;
+use serde_json::Value;
 
 /// Every byte value alone on a line, all 256 in one line, invalid and
 /// overlong UTF-8, surrogates, CR LF, empty lines, a JSON line, a long line
@@ -44,20 +46,33 @@ fn field<'a>(e: &'a Entry, name: &str) -> &'a [u8] {
     &e.1.iter().find(|(k, _)| k == name).unwrap().1
 }
 
-/// The `stdout` documents of Redis stream `key`.
-fn stdout_docs(srv: &RedisServer, key: &str) -> Vec<serde_json::Value> {
+/// Which of a container's outputs a document is from.
+type Pick = fn(&Value) -> bool;
+
+fn is_stdout(d: &Value) -> bool {
+    d["stream"] == "stdout"
+}
+
+fn is_app_log(d: &Value) -> bool {
+    d["log"]["file"]["path"] == "app.log"
+}
+
+/// The documents of Redis stream `key` that `pick` keeps.
+fn docs_of(srv: &RedisServer, key: &str, pick: Pick) -> Vec<Value> {
     xrange(&mut srv.conn(), key)
         .iter()
-        .filter(|e| field(e, "stream") == b"stdout")
         .map(|e| serde_json::from_slice(field(e, "doc")).unwrap())
+        .filter(pick)
         .collect()
 }
 
-/// Runs container `name` (sandbox `root/name`, stdout: `cat input`) with `labels`.
+/// Runs container `name` (sandbox `root/name`) with `labels`: it writes
+/// `input` to `app.log` in its sandbox, then `cat`s it to its stdout.
 fn run_task(sh: &Shipper, root: &Path, name: &str, labels: &[(&str, &str)], input: &Path) {
     let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
     let io = m.prepare(&spec(name, &root.join(name), labels)).unwrap();
     assert!(io.shipped, "the shipper did not take the container");
+    std::fs::copy(input, root.join(name).join("app.log")).unwrap();
     let status = Command::new("cat")
         .arg(input)
         .stdin(Stdio::null())
@@ -78,12 +93,18 @@ fn redis_shipper(srv: &RedisServer, dir: &Path) -> Shipper {
     )
 }
 
-/// Waits until the records of Redis stream `key` rebuild `want.len()` bytes
-/// (or more); returns them rebuilt.
-fn rebuilt_from_redis(srv: &RedisServer, sh: &Shipper, key: &str, want: usize) -> Vec<u8> {
+/// Waits until the records of Redis stream `key` that `pick` keeps rebuild
+/// `want` bytes (or more); returns them rebuilt.
+fn rebuilt_from_redis(
+    srv: &RedisServer,
+    sh: &Shipper,
+    key: &str,
+    pick: Pick,
+    want: usize,
+) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let docs = stdout_docs(srv, key);
+        let docs = docs_of(srv, key, pick);
         let got = rebuild(&docs);
         match &got {
             Ok(r) if r.bytes.len() >= want => {
@@ -119,21 +140,22 @@ fn every_byte_value_is_recovered_exactly_from_redis() {
             ("rein.log.sink", "redis"),
             ("rein.log.redis_stream", stream.as_str()),
             ("rein.log.binary", mode),
+            ("rein.log.files", "app=app.log"),
         ];
         run_task(&sh, d.path(), name, &labels, &file);
     }
-    // Both containers ended: their streams are read to the end and flushed.
+    // Both containers ended: their outputs are read to the end and flushed.
     sh.wait_idle(Duration::from_secs(60));
-    let rebuilt = rebuilt_from_redis(&srv, &sh, "bin:b64", input.len());
-    let docs = stdout_docs(&srv, "bin:b64");
-    // The sandbox file keeps every byte; the records give back the same.
+    // The sandbox files keep every byte; the records give back the same.
     assert_eq!(sandbox_stream(&d.path().join("b64"), "stdout"), input);
-    let got = rebuild(&docs).unwrap();
-    assert_eq!(got.offset, 0);
-    assert!(
-        got.bytes == input,
-        "the rebuilt bytes differ from what the task wrote"
-    );
+    for (what, pick) in [("stdout", is_stdout as Pick), ("app.log", is_app_log)] {
+        let rebuilt = rebuilt_from_redis(&srv, &sh, "bin:b64", pick, input.len());
+        assert!(
+            rebuilt == input,
+            "the bytes rebuilt from {what} differ from what the task wrote"
+        );
+    }
+    let docs = docs_of(&srv, "bin:b64", is_stdout);
     let with_bytes = docs
         .iter()
         .filter(|d| d["log"].get("original_bytes").is_some())
@@ -149,13 +171,13 @@ fn every_byte_value_is_recovered_exactly_from_redis() {
     println!(
         "base64 mode: {} records, {with_bytes} with log.original_bytes, {invalid} flagged invalid_utf8, {} bytes rebuilt",
         docs.len(),
-        rebuilt.len()
+        input.len()
     );
     // 128 single non-UTF-8 bytes, the 256-byte line, the line of invalid
     // sequences, the long line's non-ASCII parts, the last line.
     assert!(invalid >= 128 + 4, "{invalid}");
     // Text mode: the same output is shipped as today's lossy text.
-    let text = stdout_docs(&srv, "bin:txt");
+    let text = docs_of(&srv, "bin:txt", is_stdout);
     assert!(!text.is_empty());
     assert!(text
         .iter()
@@ -216,7 +238,7 @@ fn random_bytes_rebuild_exactly_across_a_worker_kill() {
     sh.kill_worker();
     writer.join().unwrap();
     sh.wait_idle(Duration::from_secs(60));
-    let rebuilt = rebuilt_from_redis(&srv, &sh, "bin:kill", input.len());
+    let rebuilt = rebuilt_from_redis(&srv, &sh, "bin:kill", is_stdout, input.len());
     assert!(
         rebuilt == input,
         "the rebuilt bytes differ from what the task wrote ({} vs {} bytes)",

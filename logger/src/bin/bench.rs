@@ -69,10 +69,10 @@ fn run(input: &[u8], label: &str, mode: BinaryMode) {
     let meta = meta();
     let opts = EncodeOptions {
         host_name: Some("agent-1".into()),
+        binary: mode,
         ..Default::default()
     };
-    let mut p =
-        StreamPipeline::new(&meta, Stream::Stdout, &opts, 16 * 1024, None).with_binary(mode);
+    let mut p = StreamPipeline::new(&meta, Stream::Stdout, &opts, 16 * 1024, None);
     let mut wal_like: Vec<u8> = Vec::with_capacity(8 << 20);
     let mut records = 0u64;
     let mut out_bytes = 0u64;

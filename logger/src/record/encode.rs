@@ -21,7 +21,7 @@ pub const ECS_VERSION: &str = "8.11.0";
 
 pub use rein_log_module::proto::{BinaryMode, SourceMeta};
 
-/// Operator-level encoding settings.
+/// Encoding settings: the operator's, and the container's binary mode.
 #[derive(Clone, Debug)]
 pub struct EncodeOptions {
     /// Written as `host.name`.
@@ -34,6 +34,8 @@ pub struct EncodeOptions {
     pub max_ts_past_ms: i64,
     /// `max_timestamp_future`: the same, after the receive time.
     pub max_ts_future_ms: i64,
+    /// The container's `rein.log.binary`: text only, or exact bytes in records.
+    pub binary: BinaryMode,
 }
 
 /// Default of `max_timestamp_past`: one day.
@@ -48,6 +50,18 @@ impl Default for EncodeOptions {
             extra_fields: serde_json::Map::new(),
             max_ts_past_ms: DEFAULT_TS_PAST_MS,
             max_ts_future_ms: DEFAULT_TS_FUTURE_MS,
+            binary: BinaryMode::Text,
+        }
+    }
+}
+
+impl EncodeOptions {
+    /// These settings for a container that chose `mode` (`rein.log.binary`).
+    #[must_use]
+    pub fn with_binary(&self, mode: BinaryMode) -> Self {
+        EncodeOptions {
+            binary: mode,
+            ..self.clone()
         }
     }
 }
@@ -251,14 +265,14 @@ impl StreamEncoder {
             ts: TsFormatter::default(),
             max_past_ms: opts.max_ts_past_ms.max(0),
             max_future_ms: opts.max_ts_future_ms.max(0),
-            binary: BinaryMode::Text,
+            binary: opts.binary,
             b64: String::new(),
         }
     }
 
-    /// Text only (the default) or exact bytes in records.
-    pub fn set_binary(&mut self, mode: BinaryMode) {
-        self.binary = mode;
+    /// Text only, or exact bytes in records ([`EncodeOptions::binary`]).
+    pub fn binary(&self) -> BinaryMode {
+        self.binary
     }
 
     /// In base64 mode, what the record's `log` object must add for its bytes

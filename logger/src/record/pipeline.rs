@@ -72,22 +72,13 @@ impl StreamPipeline {
         StreamPipeline {
             framer: Framer::new(max_line),
             multiline: multiline.map(Multiline::new),
+            exact: enc.binary() == BinaryMode::Base64,
             enc,
-            exact: false,
             doc: Vec::new(),
             id: Vec::new(),
             empty_lines: 0,
             lines: 0,
         }
-    }
-
-    /// The same pipeline with the container's choice between text and exact
-    /// bytes in its records (`rein.log.binary`).
-    #[must_use]
-    pub fn with_binary(mut self, mode: BinaryMode) -> Self {
-        self.exact = mode == BinaryMode::Base64;
-        self.enc.set_binary(mode);
-        self
     }
 
     fn emit(

@@ -60,16 +60,11 @@ fn run(
     ml: Option<MultilineConfig>,
     drive: &Drive<'_>,
 ) -> Vec<Value> {
-    let mut p = StreamPipeline::new(
-        &meta(),
-        Stream::Stdout,
-        &EncodeOptions::default(),
-        max_line,
-        ml,
-    );
-    if let Some(mode) = mode {
-        p = p.with_binary(mode);
-    }
+    let opts = match mode {
+        Some(mode) => EncodeOptions::default().with_binary(mode),
+        None => EncodeOptions::default(),
+    };
+    let mut p = StreamPipeline::new(&meta(), Stream::Stdout, &opts, max_line, ml);
     let window = p.window_needed() + 7;
     let now = Instant::now();
     let mut docs = Vec::new();
