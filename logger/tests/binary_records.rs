@@ -83,14 +83,20 @@ fn run_task(sh: &Shipper, root: &Path, name: &str, labels: &[(&str, &str)], inpu
     assert!(status.success());
 }
 
-fn redis_shipper(srv: &RedisServer, dir: &Path) -> Shipper {
-    Shipper::start(
-        dir,
+/// A `redis-server` and a shipper sending to it (lines split at 1 KiB), with
+/// its state in a temporary directory; `None` (a visible skip of `test`)
+/// without redis-server.
+fn redis_and_shipper(test: &str) -> Option<(RedisServer, tempfile::TempDir, Shipper)> {
+    let srv = RedisServer::start_or_skip(test)?;
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(
+        d.path(),
         &format!(
             "redis_url = {}\nredis_stream = rein-default\nredis_backoff_max = 300ms\nmax_line_bytes = 1KiB\n",
             srv.url()
         ),
-    )
+    );
+    Some((srv, d, sh))
 }
 
 /// Waits until the records of Redis stream `key` that `pick` keeps rebuild
@@ -125,12 +131,10 @@ fn rebuilt_from_redis(
 
 #[test]
 fn every_byte_value_is_recovered_exactly_from_redis() {
-    let Some(srv) = RedisServer::start_or_skip("every_byte_value_is_recovered_exactly_from_redis")
+    let Some((srv, d, sh)) = redis_and_shipper("every_byte_value_is_recovered_exactly_from_redis")
     else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let sh = redis_shipper(&srv, d.path());
     let input = task_output();
     let file = d.path().join("output.bin");
     std::fs::write(&file, &input).unwrap();
@@ -191,12 +195,10 @@ fn every_byte_value_is_recovered_exactly_from_redis() {
 /// still rebuild the output exactly (Redis keeps one entry per record id).
 #[test]
 fn random_bytes_rebuild_exactly_across_a_worker_kill() {
-    let Some(srv) = RedisServer::start_or_skip("random_bytes_rebuild_exactly_across_a_worker_kill")
+    let Some((srv, d, sh)) = redis_and_shipper("random_bytes_rebuild_exactly_across_a_worker_kill")
     else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let sh = redis_shipper(&srv, d.path());
     let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
     let labels = [
         ("rein.log.sink", "redis"),
