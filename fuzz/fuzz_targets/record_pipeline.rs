@@ -3,7 +3,8 @@
 //! input, each record must encode to exactly one well-formed unit: one
 //! `_bulk` action line and one document line (both JSON, no raw line break),
 //! one Kafka record payload and one Redis stream entry value (a JSON
-//! document each), and a route a sink accepts only when its rules do.
+//! document each), and a route a sink accepts only when its rules do. In
+//! `rein.log.binary=base64` mode the records rebuild the input exactly.
 
 #![no_main]
 
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use rein_logger::record::{
-    EncodeOptions, MultilineConfig, SourceMeta, StartRule, Stream, StreamPipeline,
+    rebuild, BinaryMode, EncodeOptions, MultilineConfig, SourceMeta, StartRule, Stream,
+    StreamPipeline,
 };
 use rein_logger::sink::es::encode_bulk;
 use rein_logger::sink::route;
@@ -38,7 +40,8 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    // Header: max line, multiline mode, time skew; then labels \0 route \0 stream bytes.
+    // Header: max line, multiline mode, time skew, max lines (low bits) and
+    // binary mode (high bit); then labels \0 route \0 stream bytes.
     let max_line = 16 + usize::from(data[0]) * 8;
     let multiline = match data[1] % 3 {
         0 => None,
@@ -64,16 +67,22 @@ fuzz_target!(|data: &[u8]| {
         task_labels,
         ..Default::default()
     };
-    let opts = EncodeOptions {
-        max_ts_past_ms: past,
-        ..Default::default()
-    };
     let ml = multiline.map(|rule| MultilineConfig {
         rule,
         max_lines: u32::from(data[3] % 8) + 1,
         max_bytes: max_line * 2,
         timeout: Duration::from_secs(1),
     });
+    let binary = if data[3] & 0x80 != 0 {
+        BinaryMode::Base64
+    } else {
+        BinaryMode::Text
+    };
+    let opts = EncodeOptions {
+        max_ts_past_ms: past,
+        binary,
+        ..Default::default()
+    };
     let mut p = StreamPipeline::new(&meta, Stream::Stdout, &opts, max_line, ml);
     // Routes the sinks accept are those their rules accept; others never reach a request.
     let es_route = route::check_es_index(route_raw).is_ok();
@@ -92,6 +101,14 @@ fuzz_target!(|data: &[u8]| {
     let used2 = p.feed(rest, used as u64, true, Instant::now(), READ_MS, &mut sink);
     assert_eq!(used + used2, input.len(), "a flushed feed consumes everything");
     p.poll(Instant::now(), READ_MS, true, &mut sink);
+    if binary == BinaryMode::Base64 {
+        let parsed: Vec<serde_json::Value> = docs
+            .iter()
+            .map(|d| serde_json::from_slice(&d.1).unwrap())
+            .collect();
+        let got = rebuild(&parsed).unwrap_or_else(|e| panic!("{e}"));
+        assert!(got.bytes == input, "base64 records do not rebuild the input");
+    }
 
     for (id, doc, ts) in &docs {
         // Elasticsearch, Kafka payload, Redis entry: one JSON document.

@@ -132,6 +132,40 @@ pub(crate) fn opt_sink_or_none<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+/// How a record keeps bytes that its text (`message`) cannot hold exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BinaryMode {
+    /// Text only: invalid UTF-8 becomes U+FFFD, `\r` before `\n` and empty
+    /// lines are dropped (the sandbox files keep every byte).
+    #[default]
+    Text,
+    /// Every line is a record (empty ones too) and a record whose `message`
+    /// is not exactly its bytes carries them, base64, in `log.original_bytes`.
+    Base64,
+}
+
+impl BinaryMode {
+    /// Parses the label value.
+    pub fn parse(s: &str) -> Option<BinaryMode> {
+        match s {
+            "text" => Some(BinaryMode::Text),
+            "base64" => Some(BinaryMode::Base64),
+            _ => None,
+        }
+    }
+}
+
+/// A mode this version does not know (written by a newer one) reads as
+/// [`BinaryMode::Text`], like an unknown sink reads as `none`.
+fn binary_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BinaryMode, D::Error> {
+    let name = String::deserialize(d)?;
+    Ok(BinaryMode::parse(&name).unwrap_or_else(|| {
+        tracing::warn!(binary = name, "unknown binary mode in a registration: text");
+        BinaryMode::Text
+    }))
+}
+
 /// Per-container choices (labels / variables within operator caps).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerOptions {
@@ -150,6 +184,9 @@ pub struct ContainerOptions {
     /// The operator's bounds on following them.
     #[serde(default)]
     pub file_caps: FileCaps,
+    /// Text or exact bytes in records (absent from older registrations: text).
+    #[serde(default, deserialize_with = "binary_or_text")]
+    pub binary: BinaryMode,
 }
 
 /// Major version of the registration format (the module's message and the
@@ -368,5 +405,23 @@ mod registration_format {
         let s = V1.replace("\"elasticsearch\"", "\"loki\"");
         let r: Registration = serde_json::from_str(&s).unwrap();
         assert_eq!(r.options.sink, SinkKind::None);
+    }
+
+    #[test]
+    fn the_binary_mode_is_text_when_absent_or_unknown() {
+        let v1: Registration = serde_json::from_str(V1).unwrap();
+        assert_eq!(v1.options.binary, BinaryMode::Text);
+        for (mode, want) in [
+            ("base64", BinaryMode::Base64),
+            ("text", BinaryMode::Text),
+            ("zstd", BinaryMode::Text),
+        ] {
+            let s = V1.replace(
+                "\"rate_limit\": 0",
+                &format!("\"rate_limit\": 0, \"binary\": \"{mode}\""),
+            );
+            let r: Registration = serde_json::from_str(&s).unwrap();
+            assert_eq!(r.options.binary, want, "{s}");
+        }
     }
 }

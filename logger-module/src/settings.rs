@@ -11,7 +11,7 @@ use rein_core::params::{ParamError, Params};
 
 use crate::file_spec::{self, FileCaps, SpecCaps};
 use crate::module::LoggerError;
-use crate::proto::{ContainerOptions, MultilineSpec, SinkKind};
+use crate::proto::{BinaryMode, ContainerOptions, MultilineSpec, SinkKind};
 use crate::route::{
     check_prefix, validate_index, validate_stream, validate_subject, validate_topic, RouteError,
 };
@@ -44,6 +44,7 @@ pub const PARAMS: &[&str] = &[
     "max_log_files",
     "max_log_dir_entries",
     "log_file_max_backlog",
+    "allow_binary",
 ];
 
 /// Operator settings of the module.
@@ -83,6 +84,8 @@ pub struct ModuleConfig {
     /// `max_log_files`, `max_log_dir_entries`, `log_file_max_backlog`: what the
     /// shipper does for one container's log files at most (default 32, 4096, 256MiB).
     pub file_caps: FileCaps,
+    /// `allow_binary`: whether a task may choose `log.binary=base64` (default true).
+    pub allow_binary: bool,
 }
 
 impl ModuleConfig {
@@ -139,6 +142,7 @@ impl ModuleConfig {
                     .bytes("log_file_max_backlog")?
                     .unwrap_or(FileCaps::default().max_backlog),
             },
+            allow_binary: p.bool("allow_binary")?.unwrap_or(true),
         })
     }
 
@@ -264,6 +268,17 @@ impl ModuleConfig {
             }
             None => self.default_rate_limit,
         };
+        let binary = match cfg.get("log.binary") {
+            Some(s) => {
+                let mode =
+                    BinaryMode::parse(&s.raw).ok_or_else(|| s.error("expected text or base64"))?;
+                if mode != BinaryMode::Text && !self.allow_binary {
+                    return Err(s.error("this agent allows only: text (allow_binary=false)"));
+                }
+                mode
+            }
+            None => BinaryMode::Text,
+        };
         Ok(ContainerOptions {
             sink,
             route,
@@ -271,6 +286,7 @@ impl ModuleConfig {
             rate_limit,
             files,
             file_caps: self.file_caps,
+            binary,
         })
     }
 }
@@ -416,5 +432,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("invalid pattern"), "{e}");
+    }
+
+    #[test]
+    fn binary_records_are_a_task_s_choice_the_operator_can_refuse() {
+        let c = config(&[]).unwrap();
+        assert_eq!(options(&c, &[]).unwrap().binary, BinaryMode::Text);
+        let o = options(&c, &[("rein.log.binary", "base64")]).unwrap();
+        assert_eq!(o.binary, BinaryMode::Base64);
+        let e = options(&c, &[("rein.log.binary", "hex")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rein.log.binary"), "{e}");
+        let c = config(&[("allow_binary", "false")]).unwrap();
+        assert_eq!(
+            options(&c, &[("rein.log.binary", "text")]).unwrap().binary,
+            BinaryMode::Text
+        );
+        let e = options(&c, &[("rein.log.binary", "base64")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rein.log.binary") && e.contains("allow_binary=false"),
+            "{e}"
+        );
     }
 }

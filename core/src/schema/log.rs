@@ -77,4 +77,12 @@ pub const KEYS: &[KeySpec] = &[
         help: "Most bytes per second read from the container's stdout+stderr; above it the \
                container's writes block (nothing is dropped). Capped by the operator.",
     },
+    KeySpec {
+        key: "log.binary",
+        kind: Kind::Enum(&["text", "base64"]),
+        help: "`text` (default): records hold text, invalid UTF-8 becomes U+FFFD. `base64`: \
+               every line is a record and one whose `message` is not exactly its bytes carries \
+               them in `log.original_bytes`, so the output can be rebuilt byte for byte \
+               (where the operator allows it).",
+    },
 ];

@@ -2,11 +2,23 @@
 //! core, for 200-byte lines. Prints lines/s/core for plain-text lines and for
 //! JSON lines, and with `--file` for a log file in a sandbox followed by the
 //! shipper's file source (`rein.log.files`: reads, rotation checks, encoding).
-//! Usage: `rein-log-bench [LINES] [--json-only|--plain-only|--file]`.
+//! With `--base64`, the lines are encoded in `rein.log.binary=base64` mode,
+//! and lines that are not UTF-8 are measured too.
+//! Usage: `rein-log-bench [LINES] [--json-only|--plain-only|--file] [--base64]`.
 
 use std::time::Instant;
 
-use rein_logger::record::{EncodeOptions, SourceMeta, Stream, StreamPipeline};
+use rein_logger::record::{BinaryMode, EncodeOptions, SourceMeta, Stream, StreamPipeline};
+
+/// Every 50th byte of each line made `0xff` (never UTF-8).
+fn make_binary(mut input: Vec<u8>) -> Vec<u8> {
+    for (i, b) in input.iter_mut().enumerate() {
+        if i % 50 == 7 && *b != b'\n' {
+            *b = 0xff;
+        }
+    }
+    input
+}
 
 fn make_input(lines: usize, json: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(lines * 201);
@@ -53,10 +65,11 @@ fn meta() -> SourceMeta {
     }
 }
 
-fn run(input: &[u8], label: &str) {
+fn run(input: &[u8], label: &str, mode: BinaryMode) {
     let meta = meta();
     let opts = EncodeOptions {
         host_name: Some("agent-1".into()),
+        binary: mode,
         ..Default::default()
     };
     let mut p = StreamPipeline::new(&meta, Stream::Stdout, &opts, 16 * 1024, None);
@@ -105,18 +118,26 @@ fn main() {
         .get(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
-    let mode = args.get(2).map(String::as_str).unwrap_or("");
-    if mode == "--file" {
+    let flag = |f: &str| args.iter().skip(2).any(|a| a == f);
+    if flag("--file") {
         run_file(&make_input(n, false));
         return;
     }
-    if mode != "--json-only" {
+    let (mode, suffix) = if flag("--base64") {
+        (BinaryMode::Base64, " (base64 mode)")
+    } else {
+        (BinaryMode::Text, "")
+    };
+    if !flag("--json-only") {
         let input = make_input(n, false);
-        run(&input, "plain-text lines");
+        run(&input, &format!("plain-text lines{suffix}"), mode);
+        if mode == BinaryMode::Base64 {
+            run(&make_binary(input), "non-UTF-8 lines (base64 mode)", mode);
+        }
     }
-    if mode != "--plain-only" {
+    if !flag("--plain-only") {
         let input = make_input(n, true);
-        run(&input, "JSON lines");
+        run(&input, &format!("JSON lines{suffix}"), mode);
     }
 }
 

@@ -3,8 +3,13 @@
 //! Per stream, everything that does not change between records (container,
 //! Mesos ids, labels, operator fields) is serialised once; a record costs its
 //! timestamp, message, `log` object and, for JSON lines, the merged fields.
+//!
+//! In [`BinaryMode::Base64`] a record whose `message` is not exactly its
+//! bytes also carries them in `log.original_bytes` (see [`StreamEncoder::encode`]).
 
 use std::collections::BTreeMap;
+
+use base64::Engine as _;
 
 use super::json::{self, push_compact, push_str, raw_as_str};
 use super::multiline::Record;
@@ -14,9 +19,9 @@ use super::Stream;
 /// ECS version written in `ecs.version`.
 pub const ECS_VERSION: &str = "8.11.0";
 
-pub use rein_log_module::proto::SourceMeta;
+pub use rein_log_module::proto::{BinaryMode, SourceMeta};
 
-/// Operator-level encoding settings.
+/// Encoding settings: the operator's, and the container's binary mode.
 #[derive(Clone, Debug)]
 pub struct EncodeOptions {
     /// Written as `host.name`.
@@ -29,6 +34,8 @@ pub struct EncodeOptions {
     pub max_ts_past_ms: i64,
     /// `max_timestamp_future`: the same, after the receive time.
     pub max_ts_future_ms: i64,
+    /// The container's `rein.log.binary`: text only, or exact bytes in records.
+    pub binary: BinaryMode,
 }
 
 /// Default of `max_timestamp_past`: one day.
@@ -43,6 +50,18 @@ impl Default for EncodeOptions {
             extra_fields: serde_json::Map::new(),
             max_ts_past_ms: DEFAULT_TS_PAST_MS,
             max_ts_future_ms: DEFAULT_TS_FUTURE_MS,
+            binary: BinaryMode::Text,
+        }
+    }
+}
+
+impl EncodeOptions {
+    /// These settings for a container that chose `mode` (`rein.log.binary`).
+    #[must_use]
+    pub fn with_binary(&self, mode: BinaryMode) -> Self {
+        EncodeOptions {
+            binary: mode,
+            ..self.clone()
         }
     }
 }
@@ -78,6 +97,18 @@ pub struct StreamEncoder {
     ts: TsFormatter,
     max_past_ms: i64,
     max_future_ms: i64,
+    binary: BinaryMode,
+    /// Scratch for base64 text.
+    b64: String,
+}
+
+/// What [`BinaryMode::Base64`] adds to a record's `log` object (nothing in text mode).
+#[derive(Clone, Copy, Debug, Default)]
+struct Exact<'a> {
+    /// The record's bytes, when `message` is not exactly them.
+    original: Option<&'a [u8]>,
+    invalid_utf8: bool,
+    unterminated: bool,
 }
 
 /// A record's time: the one its index is chosen by, and the task's own
@@ -234,6 +265,30 @@ impl StreamEncoder {
             ts: TsFormatter::default(),
             max_past_ms: opts.max_ts_past_ms.max(0),
             max_future_ms: opts.max_ts_future_ms.max(0),
+            binary: opts.binary,
+            b64: String::new(),
+        }
+    }
+
+    /// Text only, or exact bytes in records ([`EncodeOptions::binary`]).
+    pub fn binary(&self) -> BinaryMode {
+        self.binary
+    }
+
+    /// In base64 mode, what the record's `log` object must add for its bytes
+    /// to be rebuilt exactly; `message_is_text`: `message` holds the record's
+    /// text (false for a JSON line whose `message` is its `msg` field).
+    fn exact<'a>(&self, rec: &Record<'a>, message_is_text: bool) -> Exact<'a> {
+        if self.binary == BinaryMode::Text {
+            return Exact::default();
+        }
+        let invalid_utf8 = std::str::from_utf8(rec.exact).is_err();
+        // `exact` is `text` plus the `\r`s dropped: equal lengths, equal bytes.
+        let same = message_is_text && !invalid_utf8 && rec.exact.len() == rec.text.len();
+        Exact {
+            original: (!same).then_some(rec.exact),
+            invalid_utf8,
+            unterminated: !rec.terminated,
         }
     }
 
@@ -300,6 +355,13 @@ impl StreamEncoder {
 
     /// Appends the record as one JSON document to `out`; returns its
     /// timestamp (from the line if it has one, else `read_ms`).
+    ///
+    /// In base64 mode, `log.original_bytes` holds (standard base64, padded)
+    /// the record's exact bytes ([`Record::exact`]) whenever `message` is not
+    /// exactly them: bytes that are not UTF-8 (also flagged `invalid_utf8`),
+    /// a `\r` dropped before a `\n`, a JSON line whose `message` is its
+    /// `msg`/`message` field. A record not followed by a `\n` in the stream
+    /// is flagged `unterminated`.
     pub fn encode(&mut self, rec: &Record<'_>, read_ms: i64, out: &mut Vec<u8>) -> i64 {
         if let Some(fields) = json::parse_object(rec.text) {
             return self.encode_json(rec, &fields, read_ms, out);
@@ -315,7 +377,8 @@ impl StreamEncoder {
         out.extend_from_slice(b"\",\"message\":");
         push_str(out, rec.text);
         out.push(b',');
-        self.push_log(rec, level.map(str::as_bytes), time, out);
+        let exact = self.exact(rec, true);
+        self.push_log(rec, level.map(str::as_bytes), time, exact, out);
         out.extend_from_slice(&self.tail);
         out.push(b'}');
         time.ms
@@ -324,12 +387,14 @@ impl StreamEncoder {
     /// The `log` object. `log.flags` lists what was done to the record:
     /// `multiline` (lines joined, count in `log.lines`), `split` (a part of
     /// an overlong line, position in `log.split`), `timestamp_refused` (its
-    /// own time, kept in `log.original_timestamp`, was outside the skew).
+    /// own time, kept in `log.original_timestamp`, was outside the skew);
+    /// in base64 mode also `invalid_utf8` and `unterminated` (see [`Self::encode`]).
     fn push_log(
         &mut self,
         rec: &Record<'_>,
         level: Option<&[u8]>,
         t: RecordTime,
+        exact: Exact<'_>,
         out: &mut Vec<u8>,
     ) {
         out.extend_from_slice(&self.log_head);
@@ -342,6 +407,8 @@ impl StreamEncoder {
             (rec.lines > 1, &b"\"multiline\""[..]),
             (rec.split.is_some(), b"\"split\""),
             (t.refused.is_some(), b"\"timestamp_refused\""),
+            (exact.invalid_utf8, b"\"invalid_utf8\""),
+            (exact.unterminated, b"\"unterminated\""),
         ];
         if flags.iter().any(|f| f.0) {
             out.extend_from_slice(b",\"flags\":[");
@@ -372,6 +439,13 @@ impl StreamEncoder {
             } else {
                 b",\"last\":false}"
             });
+        }
+        if let Some(bytes) = exact.original {
+            self.b64.clear();
+            base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut self.b64);
+            out.extend_from_slice(b",\"original_bytes\":\"");
+            out.extend_from_slice(self.b64.as_bytes());
+            out.push(b'"');
         }
         out.push(b'}');
     }
@@ -420,7 +494,8 @@ impl StreamEncoder {
         out.extend_from_slice(b"\",\"message\":");
         push_str(out, msg.as_deref().map(str::as_bytes).unwrap_or(rec.text));
         out.push(b',');
-        self.push_log(rec, level.as_deref().map(str::as_bytes), time, out);
+        let exact = self.exact(rec, msg.is_none());
+        self.push_log(rec, level.as_deref().map(str::as_bytes), time, exact, out);
         out.extend_from_slice(&self.tail);
         let mut nested = Vec::new();
         for (k, v) in fields {
@@ -567,6 +642,8 @@ mod tests {
         let rec = Record {
             offset: 0,
             text,
+            exact: text,
+            terminated: true,
             lines,
             split: None,
         };
@@ -614,6 +691,8 @@ mod tests {
         let rec = Record {
             offset: 0,
             text: b"2020-01-01T00:00:00Z x",
+            exact: b"2020-01-01T00:00:00Z x",
+            terminated: true,
             lines: 3,
             split: Some(super::super::SplitPart {
                 index: 1,

@@ -16,6 +16,12 @@ pub struct Line<'a> {
     pub offset: u64,
     /// The bytes of the line.
     pub bytes: &'a [u8],
+    /// The line's exact bytes: `bytes` and the `\r` dropped before its `\n`, if any.
+    pub exact: &'a [u8],
+    /// True when a `\n` followed `exact` in the stream (false for a piece of a
+    /// split line but the last, and for a line emitted by a flush before its
+    /// newline arrived).
+    pub terminated: bool,
     /// Set when the line was longer than the limit and was split.
     pub split: Option<SplitPart>,
 }
@@ -89,23 +95,29 @@ impl Framer {
             let window = (len - pos).min(self.max_line + 1);
             match memchr::memchr(b'\n', &buf[pos..pos + window]) {
                 Some(i) => {
-                    let mut line = &buf[pos..pos + i];
-                    if let [rest @ .., b'\r'] = line {
-                        line = rest;
-                    }
+                    let exact = &buf[pos..pos + i];
+                    let line = match exact {
+                        [rest @ .., b'\r'] => rest,
+                        _ => exact,
+                    };
                     let split = self.take_last_part();
                     f(Line {
                         offset: base + pos as u64,
                         bytes: line,
+                        exact,
+                        terminated: true,
                         split,
                     });
                     pos += i + 1;
                 }
                 None if window > self.max_line => {
                     let cut = utf8_floor(&buf[pos..], self.max_line);
+                    let piece = &buf[pos..pos + cut];
                     f(Line {
                         offset: base + pos as u64,
-                        bytes: &buf[pos..pos + cut],
+                        bytes: piece,
+                        exact: piece,
+                        terminated: false,
                         split: Some(SplitPart {
                             index: self.part,
                             last: false,
@@ -120,6 +132,8 @@ impl Framer {
                         f(Line {
                             offset: base + pos as u64,
                             bytes: &buf[pos..],
+                            exact: &buf[pos..],
+                            terminated: false,
                             split,
                         });
                         pos = len;

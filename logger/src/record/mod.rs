@@ -9,13 +9,15 @@ pub mod frame;
 pub mod json;
 pub mod multiline;
 pub mod pipeline;
+pub mod rebuild;
 pub mod time;
 
-pub use encode::EncodeOptions;
+pub use encode::{BinaryMode, EncodeOptions};
 pub use encode::{SourceMeta, StreamEncoder};
 pub use frame::{Framer, Line, SplitPart};
 pub use multiline::{Multiline, MultilineConfig, Record, StartRule};
 pub use pipeline::{Encoded, PipelineMark, StreamPipeline};
+pub use rebuild::{rebuild, RebuildError, Rebuilt};
 
 /// Where a record came from: one of the container's two output streams, or
 /// a log file the task named (`rein.log.files`).

@@ -50,10 +50,29 @@ pub struct Record<'a> {
     pub offset: u64,
     /// The text (joined lines are separated by `\n`).
     pub text: &'a [u8],
+    /// The record's exact bytes in the stream: `text` with every `\r` its
+    /// lines lost before their `\n` (equal to `text` when none did).
+    pub exact: &'a [u8],
+    /// True when a `\n` followed the record's last byte (see [`Line::terminated`]).
+    pub terminated: bool,
     /// Number of lines joined (1 for a plain line).
     pub lines: u32,
     /// Set for pieces of an overlong line.
     pub split: Option<SplitPart>,
+}
+
+impl<'a> Record<'a> {
+    /// The record of one line (or one piece of a split line).
+    pub fn of_line(line: &Line<'a>) -> Self {
+        Record {
+            offset: line.offset,
+            text: line.bytes,
+            exact: line.exact,
+            terminated: line.terminated,
+            lines: 1,
+            split: line.split,
+        }
+    }
 }
 
 /// Joins continuation lines into the preceding record.
@@ -61,8 +80,13 @@ pub struct Record<'a> {
 pub struct Multiline {
     cfg: MultilineConfig,
     buf: Vec<u8>,
+    /// The pending record's exact bytes, kept only from the first line whose
+    /// exact bytes differ from its text (`\r\n`): `buf` is them otherwise.
+    exact: Vec<u8>,
+    exact_differs: bool,
     offset: u64,
     lines: u32,
+    terminated: bool,
     last: Option<Instant>,
 }
 
@@ -72,8 +96,11 @@ impl Multiline {
         Multiline {
             cfg,
             buf: Vec::new(),
+            exact: Vec::new(),
+            exact_differs: false,
             offset: 0,
             lines: 0,
+            terminated: true,
             last: None,
         }
     }
@@ -88,12 +115,7 @@ impl Multiline {
     pub fn push(&mut self, line: Line<'_>, now: Instant, f: &mut impl FnMut(Record<'_>)) {
         if line.split.is_some() {
             self.flush(f);
-            f(Record {
-                offset: line.offset,
-                text: line.bytes,
-                lines: 1,
-                split: line.split,
-            });
+            f(Record::of_line(&line));
             return;
         }
         let cont = self.lines > 0 && !self.cfg.rule.is_start(line.bytes);
@@ -109,9 +131,27 @@ impl Multiline {
             self.offset = line.offset;
             self.lines = 1;
         }
+        self.keep_exact(&line);
+        self.terminated = line.terminated;
         self.last = Some(now);
         if self.lines >= self.cfg.max_lines {
             self.flush(f);
+        }
+    }
+
+    /// Appends `line`'s exact bytes once they differ from the text (after
+    /// its text was appended to `buf`).
+    fn keep_exact(&mut self, line: &Line<'_>) {
+        if self.exact_differs {
+            if self.lines > 1 {
+                self.exact.push(b'\n');
+            }
+            self.exact.extend_from_slice(line.exact);
+        } else if line.exact.len() != line.bytes.len() {
+            let before = self.buf.len() - line.bytes.len();
+            self.exact.extend_from_slice(&self.buf[..before]);
+            self.exact.extend_from_slice(line.exact);
+            self.exact_differs = true;
         }
     }
 
@@ -128,6 +168,8 @@ impl Multiline {
     /// lines again).
     pub fn discard(&mut self) {
         self.buf.clear();
+        self.exact.clear();
+        self.exact_differs = false;
         self.lines = 0;
         self.last = None;
     }
@@ -138,14 +180,25 @@ impl Multiline {
             f(Record {
                 offset: self.offset,
                 text: &self.buf,
+                exact: if self.exact_differs {
+                    &self.exact
+                } else {
+                    &self.buf
+                },
+                terminated: self.terminated,
                 lines: self.lines,
                 split: None,
             });
             self.buf.clear();
+            self.exact.clear();
+            self.exact_differs = false;
             self.lines = 0;
             self.last = None;
             if self.buf.capacity() > 64 * 1024 {
                 self.buf = Vec::new();
+            }
+            if self.exact.capacity() > 64 * 1024 {
+                self.exact = Vec::new();
             }
         }
     }
@@ -172,6 +225,8 @@ mod tests {
                 Line {
                     offset: off,
                     bytes: l.as_bytes(),
+                    exact: l.as_bytes(),
+                    terminated: true,
                     split: None,
                 },
                 now,

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::encode::{EncodeOptions, SourceMeta, StreamEncoder};
+use super::encode::{BinaryMode, EncodeOptions, SourceMeta, StreamEncoder};
 use super::frame::Framer;
 use super::multiline::{Multiline, MultilineConfig, Record};
 use super::Stream;
@@ -39,9 +39,13 @@ pub struct StreamPipeline {
     framer: Framer,
     multiline: Option<Multiline>,
     enc: StreamEncoder,
+    /// [`BinaryMode::Base64`]: every line is a record and none is joined to
+    /// the line that follows without a `\n` between them, so the records
+    /// rebuild the stream exactly.
+    exact: bool,
     doc: Vec<u8>,
     id: Vec<u8>,
-    /// Empty lines seen (not shipped; they stay in the sandbox file).
+    /// Empty lines not shipped (text mode; they stay in the sandbox file).
     pub empty_lines: u64,
     /// Lines framed (pieces of split lines count once each).
     pub lines: u64,
@@ -56,15 +60,7 @@ impl StreamPipeline {
         max_line: usize,
         multiline: Option<MultilineConfig>,
     ) -> Self {
-        StreamPipeline {
-            framer: Framer::new(max_line),
-            multiline: multiline.map(Multiline::new),
-            enc: StreamEncoder::new(meta, stream, opts),
-            doc: Vec::new(),
-            id: Vec::new(),
-            empty_lines: 0,
-            lines: 0,
-        }
+        Self::with_encoder(StreamEncoder::new(meta, stream, opts), max_line, multiline)
     }
 
     /// The same with an encoder made by the caller (a log file's).
@@ -76,6 +72,7 @@ impl StreamPipeline {
         StreamPipeline {
             framer: Framer::new(max_line),
             multiline: multiline.map(Multiline::new),
+            exact: enc.binary() == BinaryMode::Base64,
             enc,
             doc: Vec::new(),
             id: Vec::new(),
@@ -119,6 +116,7 @@ impl StreamPipeline {
             framer,
             multiline,
             enc,
+            exact,
             doc,
             id,
             empty_lines,
@@ -126,23 +124,21 @@ impl StreamPipeline {
         } = self;
         framer.frame(buf, base, flush, |line| {
             *lines += 1;
-            if line.bytes.is_empty() && line.split.is_none() {
+            if line.bytes.is_empty() && line.split.is_none() && !*exact {
                 *empty_lines += 1;
                 return;
             }
             match multiline {
-                Some(m) => m.push(line, now, &mut |r| {
-                    Self::emit(enc, doc, id, &r, read_ms, out)
-                }),
-                None => {
-                    let r = Record {
-                        offset: line.offset,
-                        text: line.bytes,
-                        lines: 1,
-                        split: line.split,
-                    };
-                    Self::emit(enc, doc, id, &r, read_ms, out)
+                Some(m) => {
+                    let mut f = |r: Record<'_>| Self::emit(enc, doc, id, &r, read_ms, out);
+                    m.push(line, now, &mut f);
+                    // The line's newline is not there yet: what follows it
+                    // belongs to the same line, never after a joining `\n`.
+                    if *exact && !line.terminated {
+                        m.flush(&mut f);
+                    }
                 }
+                None => Self::emit(enc, doc, id, &Record::of_line(&line), read_ms, out),
             }
         })
     }

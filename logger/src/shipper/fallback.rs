@@ -302,7 +302,7 @@ impl Pickup {
                 reg.options.file_caps,
                 FileEncoding {
                     meta: reg.meta.clone(),
-                    encode: self.cfg.encode.clone(),
+                    encode: self.cfg.encode.with_binary(reg.options.binary),
                     max_line: self.cfg.max_line_bytes,
                     multiline: multiline.clone(),
                 },
@@ -335,7 +335,7 @@ impl Pickup {
                 pipeline: StreamPipeline::new(
                     &reg.meta,
                     stream,
-                    &self.cfg.encode,
+                    &self.cfg.encode.with_binary(reg.options.binary),
                     self.cfg.max_line_bytes,
                     multiline.clone(),
                 ),

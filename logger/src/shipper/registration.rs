@@ -187,6 +187,7 @@ pub fn files_only(key: &str, sandbox: PathBuf) -> Registration {
             rate_limit: 0,
             files: Vec::new(),
             file_caps: Default::default(),
+            binary: Default::default(),
         },
         sandbox,
     }

@@ -111,7 +111,7 @@ impl Worker {
                 reg.options.file_caps,
                 FileEncoding {
                     meta: reg.meta.clone(),
-                    encode: self.cfg.encode.clone(),
+                    encode: self.cfg.encode.with_binary(reg.options.binary),
                     max_line: self.cfg.max_line_bytes,
                     multiline: reg.options.multiline.as_ref().and_then(multiline_config),
                 },
@@ -132,7 +132,7 @@ impl Worker {
                 StreamPipeline::new(
                     &reg.meta,
                     stream,
-                    &self.cfg.encode,
+                    &self.cfg.encode.with_binary(reg.options.binary),
                     self.cfg.max_line_bytes,
                     reg.options.multiline.as_ref().and_then(multiline_config),
                 )
