@@ -56,6 +56,8 @@ pub enum SinkKind {
     Kafka,
     /// Redis Streams.
     Redis,
+    /// S3-compatible object storage.
+    S3,
     /// Sandbox files only.
     None,
 }
@@ -67,6 +69,7 @@ impl SinkKind {
             "elasticsearch" => Some(SinkKind::Elasticsearch),
             "kafka" => Some(SinkKind::Kafka),
             "redis" => Some(SinkKind::Redis),
+            "s3" => Some(SinkKind::S3),
             "none" => Some(SinkKind::None),
             _ => None,
         }
@@ -78,6 +81,7 @@ impl SinkKind {
             SinkKind::Elasticsearch => "elasticsearch",
             SinkKind::Kafka => "kafka",
             SinkKind::Redis => "redis",
+            SinkKind::S3 => "s3",
             SinkKind::None => "none",
         }
     }

@@ -11,7 +11,9 @@ use rein_core::params::{ParamError, Params};
 
 use crate::module::LoggerError;
 use crate::proto::{ContainerOptions, MultilineSpec, SinkKind};
-use crate::route::{check_prefix, validate_index, validate_stream, validate_topic, RouteError};
+use crate::route::{
+    check_prefix, validate_index, validate_s3_prefix, validate_stream, validate_topic, RouteError,
+};
 
 /// Default path of the shipper's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rein/log-shipper.sock";
@@ -29,6 +31,7 @@ pub const PARAMS: &[&str] = &[
     "allowed_index_prefixes",
     "allowed_topic_prefixes",
     "allowed_redis_stream_prefixes",
+    "allowed_s3_prefixes",
     "default_rate_limit",
     "max_rate_limit",
     "multiline_max_lines",
@@ -55,6 +58,8 @@ pub struct ModuleConfig {
     pub topic_prefixes: Vec<String>,
     /// `allowed_redis_stream_prefixes`: a task's `log.redis_stream` must start with one (empty: any).
     pub redis_stream_prefixes: Vec<String>,
+    /// `allowed_s3_prefixes`: a task's `log.s3_prefix` must start with one (empty: any).
+    pub s3_prefixes: Vec<String>,
     /// `default_rate_limit`: bytes/s per container when the task sets none (0: unlimited).
     pub default_rate_limit: u64,
     /// `max_rate_limit`: cap of `log.rate_limit` (none by default).
@@ -75,7 +80,7 @@ impl ModuleConfig {
         let p = Params::new(pairs, PARAMS)?;
         let sink = |name: &str, v: &str| {
             SinkKind::parse(v)
-                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis or none"))
+                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis, s3 or none"))
         };
         let default_sink = sink(
             "default_sink",
@@ -102,6 +107,7 @@ impl ModuleConfig {
             index_prefixes: p.list("allowed_index_prefixes"),
             topic_prefixes: p.list("allowed_topic_prefixes"),
             redis_stream_prefixes: p.list("allowed_redis_stream_prefixes"),
+            s3_prefixes: p.list("allowed_s3_prefixes"),
             default_rate_limit: p.byte_rate("default_rate_limit")?.unwrap_or(0),
             max_rate_limit: p.byte_rate("max_rate_limit")?,
             ml_max_lines: p.u64("multiline_max_lines")?.unwrap_or(500),
@@ -128,7 +134,7 @@ impl ModuleConfig {
         };
         // The route label of the chosen sink (the others' are ignored).
         type Validate = fn(&str) -> Result<(), RouteError>;
-        let routes: [(&str, SinkKind, Validate, &[String]); 3] = [
+        let routes: [(&str, SinkKind, Validate, &[String]); 4] = [
             (
                 "log.index",
                 SinkKind::Elasticsearch,
@@ -146,6 +152,12 @@ impl ModuleConfig {
                 SinkKind::Redis,
                 validate_stream,
                 &self.redis_stream_prefixes,
+            ),
+            (
+                "log.s3_prefix",
+                SinkKind::S3,
+                validate_s3_prefix,
+                &self.s3_prefixes,
             ),
         ];
         let mut route = String::new();
@@ -312,6 +324,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.rate_limit"), "{e}");
+        let c3 = config(&[
+            ("allowed_sinks", "s3,none"),
+            ("default_sink", "s3"),
+            ("allowed_s3_prefixes", "team-a/"),
+        ])
+        .unwrap();
+        let o = options(&c3, &[("rein.log.s3_prefix", "team-a/app")]).unwrap();
+        assert_eq!((o.sink, o.route.as_str()), (SinkKind::S3, "team-a/app"));
+        for bad in ["team-b/app", "team-a/../b", "team-a//x"] {
+            let e = options(&c3, &[("rein.log.s3_prefix", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("log.s3_prefix"), "{e}");
+        }
         let e = options(&c, &[("rein.log.multiline.pattern", "(")])
             .unwrap_err()
             .to_string();

@@ -126,6 +126,10 @@ fn check(path: &std::path::Path, c: &ShipperConfig) {
             "redis_auth_file",
             c.redis.as_ref().and_then(|r| r.auth_file.clone()),
         ),
+        (
+            "s3_credentials_file",
+            c.s3.as_ref().map(|s| s.credentials_file.clone()),
+        ),
     ];
     for (key, path) in files {
         let Some(path) = path else { continue };

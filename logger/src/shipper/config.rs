@@ -16,6 +16,7 @@ use crate::sink::es::{validate_index, EsConfig};
 use crate::sink::kafka_config::KafkaConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
 use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
+use crate::sink::s3_config::S3Config;
 use crate::wal::FullPolicy;
 
 /// Every setting of the shipper (see the README).
@@ -79,6 +80,22 @@ pub const KEYS: &[&str] = &[
     "redis_timeout",
     "redis_backoff_max",
     "redis_dead_letter",
+    "s3_endpoint",
+    "s3_bucket",
+    "s3_region",
+    "s3_path_style",
+    "s3_allow_http",
+    "s3_credentials_file",
+    "s3_ca_file",
+    "s3_prefix",
+    "s3_batch_records",
+    "s3_batch_bytes",
+    "s3_flush_interval",
+    "s3_part_bytes",
+    "s3_timeout",
+    "s3_request_timeout",
+    "s3_backoff_max",
+    "s3_dead_letter",
     "cgroup",
     "cgroup_root",
     "cgroup_memory_max",
@@ -146,6 +163,8 @@ pub struct ShipperConfig {
     pub kafka: Option<KafkaConfig>,
     /// `redis_*`: the Redis Streams sink, if `redis_url` is set.
     pub redis: Option<RedisConfig>,
+    /// `s3_*`: the S3 sink, if `s3_endpoint` is set.
+    pub s3: Option<S3Config>,
     /// `cgroup`: name of the cgroup the shipper moves into (created under
     /// `cgroup_root`, in each v1 hierarchy or the v2 tree; none by default).
     pub cgroup: Option<String>,
@@ -429,6 +448,7 @@ impl ShipperConfig {
                 })
             }
         };
+        let s3 = S3Config::from_params(&p, &state_dir, route_failure)?;
         let max_dead_letter_bytes = p
             .bytes("max_dead_letter_bytes")?
             .unwrap_or(1 << 30)
@@ -460,6 +480,7 @@ impl ShipperConfig {
         Ok(ShipperConfig {
             kafka,
             redis,
+            s3,
             socket_group,
             dead_letter,
             socket: p

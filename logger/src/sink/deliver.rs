@@ -159,6 +159,10 @@ pub trait Sink: Send {
     fn target(&self, r: &WalRecord<'_>) -> String;
     /// A new batch begins: state kept for one batch starts anew.
     fn start_batch(&mut self) {}
+    /// Before each read of `wal`: a sink that wants fuller batches (an object
+    /// store) waits here for more records, returning at once when `control`
+    /// stops it.
+    fn before_read(&mut self, _wal: &Wal, _control: &Control) {}
     /// One attempt at storing `records`: what became of each, in order (a
     /// missing outcome counts as [`Delivery::Resend`]). Counts its requests
     /// (`requests`, `failed_requests`) and the answers it refused.
@@ -227,6 +231,7 @@ pub fn run<S: Sink>(sink: &mut S, wal: &Wal, control: &Control) {
         (c.name, c.batch_records, c.batch_bytes)
     };
     while !control.is_stopped() {
+        sink.before_read(wal, control);
         let batch = match wal.read_batch(records, bytes, Duration::from_millis(200)) {
             Ok(b) => b,
             Err(e) => {

@@ -26,6 +26,13 @@ pub mod redis_conn;
 pub mod refused;
 pub mod route;
 pub mod route_table;
+#[cfg(feature = "s3")]
+pub mod s3;
+pub mod s3_config;
+pub mod s3_key;
+pub mod s3_object;
+#[cfg(feature = "s3")]
+pub mod s3_store;
 
 use std::sync::atomic::AtomicU64;
 

@@ -88,6 +88,12 @@ pub(super) fn start_all(cfg: &ShipperConfig, c: &Arc<Counters>) -> Result<Sinks,
         let redis = (SinkKind::Redis, "redis-sink");
         sinks.extend(start(cfg, redis, cfg.redis.as_ref(), c, R::new, R::run)?);
     }
+    #[cfg(feature = "s3")]
+    {
+        use crate::sink::s3::S3Sink as S;
+        let s3 = (SinkKind::S3, "s3-sink");
+        sinks.extend(start(cfg, s3, cfg.s3.as_ref(), c, S::new, S::run)?);
+    }
     Ok(sinks)
 }
 
