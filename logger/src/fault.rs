@@ -7,7 +7,7 @@
 //! milliseconds there instead. Points: `parser` (before a stream's parse
 //! turn), `parser_record` (after the parser framed a record, inside a
 //! turn: counted per record), `sink` (after a batch was shipped, before it
-//! is acknowledged).
+//! is acknowledged), `s3_part` (before each part of a multipart upload).
 
 /// A fault-injection point named `site` (a no-op without the feature).
 #[inline]

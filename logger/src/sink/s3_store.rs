@@ -199,16 +199,19 @@ impl S3Store {
         if outcome(&resp) != PutOutcome::Stored {
             return outcome(&resp);
         }
+        // Read without regard to the XML namespace: some S3-compatible
+        // stores declare another one than S3's.
         let text = String::from_utf8_lossy(&resp.body);
-        let upload_id = match rusty_s3::actions::CreateMultipartUpload::parse_response(&text) {
-            Ok(r) => r.upload_id().to_owned(),
-            Err(e) => {
-                return PutOutcome::Refused(
-                    Refusal::Unusable,
-                    format!("create-multipart-upload answer without an upload id: {e}"),
-                )
-            }
+        let Some(upload_id) = xml_text(&text, "UploadId").filter(|id| !id.is_empty()) else {
+            return PutOutcome::Refused(
+                Refusal::Unusable,
+                format!(
+                    "create-multipart-upload answer without an upload id: {:.200}",
+                    text
+                ),
+            );
         };
+        let upload_id = upload_id.to_owned();
         let result = self.upload_parts(key, &upload_id, body);
         if result != PutOutcome::Stored {
             self.abort(key, &upload_id);
@@ -227,6 +230,7 @@ impl S3Store {
                     message: "over 10000 parts".into(),
                 };
             };
+            crate::fault::point("s3_part");
             let url = self
                 .bucket
                 .upload_part(Some(&self.credentials), key, number, upload_id)

@@ -7,6 +7,8 @@ pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod rng;
+#[cfg(feature = "s3")]
+pub mod s3_server;
 pub mod shipper;
 pub mod sinks;
 pub mod supervisor_cmd;
