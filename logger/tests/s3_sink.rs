@@ -94,33 +94,42 @@ impl Found {
     }
 }
 
-#[test]
-fn every_record_once_in_gzip_objects_under_the_documented_keys() {
-    let test = "every_record_once_in_gzip_objects_under_the_documented_keys";
-    let Some(srv) = S3Server::start_or_skip(test) else {
-        return;
-    };
+/// s3rver, a temporary directory and a disk buffer in it (None: `test`
+/// skipped visibly, s3rver is not installed).
+fn setup(test: &str) -> Option<(S3Server, tempfile::TempDir, Arc<Wal>)> {
+    let srv = S3Server::start_or_skip(test)?;
     let d = tempfile::tempdir().unwrap();
     let w = wal(d.path());
+    Some((srv, d, w))
+}
+
+#[test]
+fn every_record_once_in_gzip_objects_under_the_documented_keys() {
+    let Some((srv, d, w)) = setup("every_record_once_in_gzip_objects_under_the_documented_keys")
+    else {
+        return;
+    };
     fill(&w, "sa", "", 0, 1500);
     fill(&w, "sb", "team-b/app", 0, 1500);
-    fill(&w, "sa", "", 1500, 1500);
+    fill(&w, "sc", "", 0, 1500);
     let stats = start(sink_config(&srv.endpoint(), d.path()), &w).finish(4500);
     assert_eq!(stats.shipped.load(Ordering::Relaxed), 4500, "{stats:?}");
     let f = Found::of(&srv);
-    f.check_once("sa", 3000);
+    f.check_once("sa", 1500);
     f.check_once("sb", 1500);
+    f.check_once("sc", 1500);
     // <prefix>/<yyyy>/<mm>/<dd>/<framework>/<task>/<container>/<first id>.ndjson.gz;
     // these records carry no framework or task id (`!`).
     for key in f.keys.keys() {
-        let (rest, container) = match key.strip_prefix("team-b/app/") {
-            Some(rest) => (rest, "sb"),
-            None => (key.strip_prefix("rein-logs/").unwrap(), "sa"),
-        };
+        let rest = key
+            .strip_prefix("team-b/app/")
+            .or_else(|| key.strip_prefix("rein-logs/"))
+            .unwrap_or_else(|| panic!("{key}"));
         let parts: Vec<&str> = rest.split('/').collect();
         assert_eq!(parts.len(), 7, "{key}");
         assert_eq!(&parts[..3], ["2024", "05", "01"], "{key}");
-        assert_eq!(&parts[3..6], ["!", "!", container], "{key}");
+        assert_eq!(&parts[3..5], ["!", "!"], "{key}");
+        assert_eq!(key.starts_with("team-b/"), parts[5] == "sb", "{key}");
         assert!(parts[6].ends_with(".ndjson.gz"), "{key}");
     }
     assert!(std::fs::metadata(d.path().join("dead-letter-s3.ndjson")).is_err());
@@ -128,12 +137,10 @@ fn every_record_once_in_gzip_objects_under_the_documented_keys() {
 
 #[test]
 fn server_killed_mid_stream_and_started_again_nothing_lost() {
-    let test = "server_killed_mid_stream_and_started_again_nothing_lost";
-    let Some(mut srv) = S3Server::start_or_skip(test) else {
+    let Some((mut srv, d, w)) = setup("server_killed_mid_stream_and_started_again_nothing_lost")
+    else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let w = wal(d.path());
     let mut cfg = sink_config(&srv.endpoint(), d.path());
     cfg.batch_records = 200;
     let run = start(cfg, &w);
@@ -186,11 +193,9 @@ fn fill_incompressible(w: &Wal, container: &str, n: u64) {
 
 #[test]
 fn a_large_batch_goes_as_a_multipart_upload() {
-    let Some(srv) = S3Server::start_or_skip("a_large_batch_goes_as_a_multipart_upload") else {
+    let Some((srv, d, w)) = setup("a_large_batch_goes_as_a_multipart_upload") else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let w = wal(d.path());
     fill_incompressible(&w, "mp", 6000);
     let mut cfg = sink_config(&srv.endpoint(), d.path());
     cfg.batch_records = 100_000;
@@ -225,12 +230,11 @@ fn a_large_batch_goes_as_a_multipart_upload() {
 
 #[test]
 fn refused_credentials_are_counted_then_the_fixed_file_is_read_again() {
-    let test = "refused_credentials_are_counted_then_the_fixed_file_is_read_again";
-    let Some(srv) = S3Server::start_or_skip(test) else {
+    let Some((srv, d, w)) =
+        setup("refused_credentials_are_counted_then_the_fixed_file_is_read_again")
+    else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let w = wal(d.path());
     fill(&w, "ca", "", 0, 300);
     let mut cfg = sink_config(&srv.endpoint(), d.path());
     cfg.credentials_file = credentials_file(d.path(), "NOT-A-KEY");
@@ -407,4 +411,167 @@ fn worker_killed_mid_multipart_upload_every_record_in_exactly_one_object() {
         "s3 sink counters after the kill ({before} objects stored before it): {}",
         s3_counters(&sh)
     );
+}
+
+/// A store that takes every object and keeps nothing: the sink's own cost.
+struct NullStore;
+
+impl rein_logger::sink::s3_store::ObjectStore for NullStore {
+    fn put(&mut self, _key: &str, _body: &[u8]) -> rein_logger::sink::s3_store::PutOutcome {
+        rein_logger::sink::s3_store::PutOutcome::Stored
+    }
+}
+
+/// `n` records of 4 containers as the shipper encodes them: access-log-like
+/// lines (~150 bytes, a random request id each) with a task's full metadata.
+fn fill_realistic(w: &Wal, n: u64) {
+    let mut rng = common::rng::Rng(42);
+    for c in 0..4 {
+        let container = format!("4b1c6a2e-7f1d-4c55-9f0e-2c9d0c3a1b2{c}");
+        let meta = rein_logger::record::SourceMeta {
+            container_chain: vec![container.clone()],
+            agent_id: Some("a3f1c2d4-0000-4000-8000-00000000S1".into()),
+            framework_id: Some("fw-0001".into()),
+            executor_id: Some("web.executor".into()),
+            task_id: Some(format!("web.{c}")),
+            task_name: Some("web".into()),
+            sandbox: "/var/lib/mesos/slaves/S1/frameworks/fw/executors/web/runs/latest".into(),
+            ..Default::default()
+        };
+        let mut p = rein_logger::record::StreamPipeline::new(
+            &meta,
+            Stream::Stdout,
+            &rein_logger::record::EncodeOptions::default(),
+            16 * 1024,
+            None,
+        );
+        let mut input = Vec::new();
+        for i in 0..n / 4 {
+            input.extend_from_slice(
+                format!(
+                    "2024-05-01T12:00:{:02}.{:03}Z INFO [http-worker-{}] GET /api/v1/items/{} status=200 user=u{} took={}ms req={:016x}{:016x}\n",
+                    i % 60,
+                    i % 1000,
+                    i % 16,
+                    rng.range(0, 1_000_000),
+                    rng.range(0, 5000),
+                    rng.range(1, 900),
+                    rng.next(),
+                    rng.next()
+                )
+                .as_bytes(),
+            );
+        }
+        let mut out = common::WalAppender::new(w, &container, "");
+        p.feed(
+            &input,
+            0,
+            true,
+            Instant::now(),
+            1_714_564_800_000,
+            &mut |e| {
+                out.push(e);
+            },
+        );
+    }
+    w.commit().unwrap();
+}
+
+/// Appends every record of `from` (not acknowledged) to `to`.
+fn copy_buffer(from: &Wal, to: &Wal) {
+    let b = from
+        .read_batch(usize::MAX, usize::MAX, Duration::ZERO)
+        .unwrap();
+    for r in b.iter() {
+        to.push(r);
+    }
+    to.commit().unwrap();
+}
+
+/// Runs an S3 sink on `n` buffered records until all are stored: (seconds,
+/// objects, raw bytes, compressed bytes).
+fn timed<St: rein_logger::sink::s3_store::ObjectStore + 'static>(
+    w: &Arc<Wal>,
+    n: u64,
+    new: impl FnOnce(Arc<rein_logger::sink::SinkStats>) -> S3Sink<St>,
+) -> (f64, u64, u64, u64) {
+    let counters = std::sync::Mutex::new(None);
+    let start = Instant::now();
+    let run = RunningSink::start(
+        |s| {
+            let sink = new(s);
+            *counters.lock().unwrap() = Some(sink.object_counters());
+            sink
+        },
+        w,
+    );
+    wait(
+        "every record stored",
+        Duration::from_secs(600),
+        || run.stat(|s| &s.shipped) >= n,
+        || format!("{:?}", run.stats),
+    );
+    let secs = start.elapsed().as_secs_f64();
+    run.stop();
+    let o = counters.lock().unwrap().take().unwrap();
+    (
+        secs,
+        o.objects.load(Ordering::Relaxed),
+        o.raw_bytes.load(Ordering::Relaxed),
+        o.gz_bytes.load(Ordering::Relaxed),
+    )
+}
+
+fn report(label: &str, n: u64, (secs, objects, raw, gz): (f64, u64, u64, u64)) {
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "{label}: {n} records in {secs:.2} s = {:.0} records/s, {:.1} MB/s NDJSON, {:.1} MB/s gzip \
+         ({objects} objects, {:.1} MB -> {:.1} MB, ratio {:.1})",
+        n as f64 / secs,
+        mb(raw) / secs,
+        mb(gz) / secs,
+        mb(raw),
+        mb(gz),
+        raw as f64 / gz.max(1) as f64
+    );
+}
+
+/// Benchmark (ignored by default; run in release):
+/// `cargo test --release -p rein-logger --test s3_sink -- --ignored --nocapture s3_throughput`.
+/// The sink's own cost (grouping, gzip) on one core with a store that keeps
+/// nothing, then the same records into s3rver (a Node.js test server: that
+/// figure is s3rver's, not the sink's).
+#[test]
+#[ignore = "benchmark"]
+#[allow(clippy::cast_precision_loss)]
+fn s3_throughput() {
+    let n = 200_000u64;
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = sink_config("http://127.0.0.1:1", d.path());
+    cfg.batch_records = 100_000;
+    cfg.batch_bytes = 32 << 20;
+    cfg.part_bytes = 8 << 20;
+    cfg.flush_interval = Duration::from_millis(1);
+    let w = wal(&d.path().join("null"));
+    fill_realistic(&w, n);
+    for level in [1, 6] {
+        let mut c = cfg.clone();
+        c.gzip_level = level;
+        let fresh = wal(&d.path().join(format!("null-{level}")));
+        copy_buffer(&w, &fresh);
+        let r = timed(&fresh, n, |s| S3Sink::with_store(c, s, NullStore).unwrap());
+        report(
+            &format!(
+                "s3 sink, gzip level {level}, store keeping nothing (the sink's cost, 1 core)"
+            ),
+            n,
+            r,
+        );
+    }
+    let Some(srv) = S3Server::start_or_skip("s3_throughput (into s3rver)") else {
+        return;
+    };
+    cfg.endpoint = rein_logger::http::Url::parse(&srv.endpoint()).unwrap();
+    let r = timed(&w, n, |s| S3Sink::new(cfg, s).unwrap());
+    report("s3 sink into s3rver on 127.0.0.1", n, r);
 }

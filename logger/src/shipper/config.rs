@@ -92,6 +92,7 @@ pub const KEYS: &[&str] = &[
     "s3_batch_bytes",
     "s3_flush_interval",
     "s3_part_bytes",
+    "s3_gzip_level",
     "s3_timeout",
     "s3_request_timeout",
     "s3_backoff_max",

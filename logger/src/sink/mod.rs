@@ -31,6 +31,7 @@ pub mod s3;
 pub mod s3_config;
 pub mod s3_key;
 pub mod s3_object;
+pub mod s3_shipped;
 #[cfg(feature = "s3")]
 pub mod s3_store;
 

@@ -3,10 +3,12 @@
 //! with a `PUT` or a multipart upload (`s3_store`). A batch waits up to
 //! `s3_flush_interval` to fill, so objects are few and large.
 //!
-//! Exactly once per object: a key depends only on its first record, and a
-//! batch resent after a crash is formed again from the first
-//! unacknowledged record, so the upload overwrites the same keys with the
-//! same (or more) records; a record is never in two objects.
+//! Exactly once: a key depends only on its first record, and a batch resent
+//! after a crash is formed again from the first unacknowledged record, so
+//! the upload overwrites the same keys with the same (or more) records;
+//! records a restarted worker parses and buffers a second time are
+//! recognised by their stream offset (`s3_shipped`) and not stored again. A
+//! record is never in two objects.
 //!
 //! What an answer means (per object, so per prefix):
 //! - 2xx: stored.
@@ -37,14 +39,11 @@ use super::route;
 use super::s3_config::{validate_s3_prefix, S3Config};
 use super::s3_key::{group, SegmentCache};
 use super::s3_object::encode;
+use super::s3_shipped::Shipped;
 use super::s3_store::{ObjectStore, PutOutcome, S3Store};
 use super::{Control, SinkError, SinkStats};
 use crate::wal::Wal;
 use crate::walrec::WalRecord;
-
-/// gzip level of the objects (zlib's default: a third of the size of level
-/// 1's output for typical logs at well under the upload's cost).
-const GZIP_LEVEL: u32 = 6;
 
 /// Counters of the objects themselves.
 #[derive(Debug, Default)]
@@ -104,6 +103,7 @@ pub struct S3Sink<St: ObjectStore = S3Store> {
     cfg: S3Config,
     store: St,
     cache: SegmentCache,
+    shipped: Shipped,
     objects: Arc<ObjectCounters>,
     core: SinkCore,
 }
@@ -144,6 +144,7 @@ impl<St: ObjectStore> S3Sink<St> {
             ),
             store,
             cache: SegmentCache::default(),
+            shipped: Shipped::load(&cfg.shipped_file),
             objects: Arc::new(ObjectCounters::default()),
             cfg,
         })
@@ -262,14 +263,39 @@ impl<St: ObjectStore + 'static> Sink for S3Sink<St> {
         }
     }
 
-    /// One object per prefix, day and container, in order; after a request
+    fn start_batch(&mut self) {
+        self.shipped.start_batch();
+    }
+
+    /// The batch's records are marked stored before it is acknowledged.
+    fn before_ack(&mut self) {
+        if let Err(e) = self.shipped.batch_done() {
+            tracing::error!(
+                "s3 sink: saving {}: {e}; records parsed again after a restart may be stored twice",
+                self.cfg.shipped_file.display()
+            );
+        }
+    }
+
+    /// One object per prefix, day and container, in order, of the records
+    /// not stored before (the others are duplicates); after a request
     /// without an answer the rest is left for the next attempt.
-    fn send(&mut self, records: &[WalRecord<'_>]) -> Vec<Delivery> {
+    fn send(&mut self, all: &[WalRecord<'_>]) -> Vec<Delivery> {
+        let fresh = self.shipped.fresh(all);
+        let mut out = vec![Delivery::Resend; all.len()];
+        let mut index = Vec::with_capacity(all.len());
+        for (i, new) in fresh.iter().enumerate() {
+            if *new {
+                index.push(i);
+            } else {
+                out[i] = Delivery::Duplicate;
+            }
+        }
+        let records: Vec<WalRecord<'_>> = index.iter().map(|&i| all[i]).collect();
         let targets: Vec<String> = records.iter().map(|r| self.target(r)).collect();
-        let groups = group(records, &targets, &mut self.cache);
-        let mut out = vec![Delivery::Resend; records.len()];
+        let groups = group(&records, &targets, &mut self.cache);
         for g in groups {
-            let body = encode(records, &g.records, GZIP_LEVEL);
+            let body = encode(&records, &g.records, self.cfg.gzip_level);
             self.core.stats.requests.fetch_add(1, Ordering::Relaxed);
             let outcome = self.store.put(&g.key, &body.gz);
             let no_answer = classify(&outcome) == Class::NoAnswer;
@@ -285,7 +311,7 @@ impl<St: ObjectStore + 'static> Sink for S3Sink<St> {
                     .fetch_add(body.gz.len() as u64, Ordering::Relaxed);
             }
             for &i in &g.records {
-                out[i] = d.clone();
+                out[index[i]] = d.clone();
             }
             if no_answer {
                 break;

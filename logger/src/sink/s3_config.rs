@@ -49,6 +49,8 @@ pub struct S3Config {
     /// `s3_part_bytes`: objects larger than this (compressed) are sent as a
     /// multipart upload in parts of this size (default 8MiB, at least 5MiB).
     pub part_bytes: u64,
+    /// `s3_gzip_level`: 1 (fastest, the default) to 9 (smallest).
+    pub gzip_level: u32,
     /// `s3_timeout`: connect timeout, and the longest wait for each read or write.
     pub timeout: Duration,
     /// `s3_request_timeout`: one request (a whole object or part), from
@@ -58,9 +60,16 @@ pub struct S3Config {
     pub backoff_max: Duration,
     /// `s3_dead_letter`: records no object could take.
     pub dead_letter: PathBuf,
+    /// Where the sink keeps what it has stored (`<state_dir>/s3-shipped`):
+    /// records parsed again after a worker restart are not stored twice.
+    pub shipped_file: PathBuf,
     /// `route_failure`: what becomes of the records of a prefix that keeps failing.
     pub route_failure: RouteFailure,
 }
+
+/// Default `s3_gzip_level`: level 1 compresses typical logs about 12:1 at
+/// ~150k records/s per core; level 6, 14:1 at a third of the speed.
+pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 
 /// Most parts of a multipart upload.
 const MAX_PARTS: u64 = 10_000;
@@ -121,6 +130,11 @@ impl S3Config {
                 "at most 9999 times s3_part_bytes (S3 takes 10000 parts at most)",
             ));
         }
+        let gzip_level = match p.u64("s3_gzip_level")? {
+            None => DEFAULT_GZIP_LEVEL,
+            Some(l @ 1..=9) => u32::try_from(l).unwrap_or(DEFAULT_GZIP_LEVEL),
+            Some(_) => return Err(p.error("s3_gzip_level", "1 (fastest) to 9 (smallest)")),
+        };
         let timeout = p.duration("s3_timeout")?.unwrap_or(Duration::from_secs(30));
         if timeout.is_zero() {
             return Err(p.error("s3_timeout", "must be more than 0s"));
@@ -148,6 +162,7 @@ impl S3Config {
                 .duration("s3_flush_interval")?
                 .unwrap_or(Duration::from_secs(10)),
             part_bytes,
+            gzip_level,
             timeout,
             request_timeout,
             backoff_max: p
@@ -156,6 +171,7 @@ impl S3Config {
             dead_letter: p
                 .path("s3_dead_letter")?
                 .unwrap_or_else(|| state_dir.join("dead-letter/s3.ndjson")),
+            shipped_file: state_dir.join("s3-shipped"),
             route_failure,
         }))
     }
@@ -281,6 +297,11 @@ s3_credentials_file = /etc/rein/s3
                 "s3_endpoint = https://h\ns3_part_bytes = 1MiB\n",
                 "s3_part_bytes",
                 "5MiB",
+            ),
+            (
+                "s3_endpoint = https://h\ns3_gzip_level = 0\n",
+                "s3_gzip_level",
+                "1 (fastest)",
             ),
             (
                 "s3_endpoint = https://h\ns3_prefix = a//b\n",

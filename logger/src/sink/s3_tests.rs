@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::*;
 use crate::record::Stream;
+use crate::sink::deliver::tests::dead_lines;
 use crate::sink::route::RouteFailure;
 use crate::wal::{Batch, FullPolicy, WalConfig};
 
@@ -55,10 +56,12 @@ fn config(dir: &Path) -> S3Config {
         batch_bytes: 1 << 20,
         flush_interval: Duration::from_millis(10),
         part_bytes: 5 << 20,
+        gzip_level: 6,
         timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(1),
         backoff_max: Duration::from_millis(1),
         dead_letter: dir.join("dead.ndjson"),
+        shipped_file: dir.join("s3-shipped"),
         route_failure: RouteFailure::DeadLetterAfterAttempts(2),
     }
 }
@@ -111,14 +114,6 @@ fn gunzip(b: &[u8]) -> String {
         .read_to_string(&mut s)
         .unwrap();
     s
-}
-
-fn dead_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("dead.ndjson"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

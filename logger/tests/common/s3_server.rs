@@ -239,10 +239,12 @@ pub fn sink_config(endpoint: &str, dir: &Path) -> S3Config {
         batch_bytes: 8 << 20,
         flush_interval: Duration::from_millis(200),
         part_bytes: 5 << 20,
+        gzip_level: rein_logger::sink::s3_config::DEFAULT_GZIP_LEVEL,
         timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(30),
         backoff_max: Duration::from_millis(300),
         dead_letter: dir.join("dead-letter-s3.ndjson"),
+        shipped_file: dir.join("s3-shipped"),
         route_failure: RouteFailure::DeadLetterAfterAttempts(3),
     }
 }
