@@ -308,6 +308,37 @@ impl ObjectStore for S3Store {
 mod tests {
     use super::*;
 
+    /// The presigned `PUT` of an object, as the sink signs it, has the
+    /// signature botocore (the AWS SDK for Python) computes for the same
+    /// request: `S3SigV4QueryAuth` with these credentials at this time.
+    #[test]
+    fn signatures_match_botocore() {
+        let endpoint = url::Url::parse("http://127.0.0.1:45130").unwrap();
+        let bucket = Bucket::new(endpoint, UrlStyle::Path, "logs", "us-east-1").unwrap();
+        // AWS's documentation example credentials.
+        let creds = Credentials::new(
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        );
+        let key = "rein-logs/2024/05/01/!/!/xs/08f14507b58dda1c-o-0.ndjson.gz";
+        let time: jiff::Timestamp = "2026-11-30T04:06:29Z".parse().unwrap();
+        let url = bucket
+            .put_object(Some(&creds), key)
+            .sign_with_time(SIGNATURE_VALIDITY, &time);
+        assert_eq!(
+            url.path(),
+            "/logs/rein-logs/2024/05/01/%21/%21/xs/08f14507b58dda1c-o-0.ndjson.gz"
+        );
+        let signature = url
+            .query_pairs()
+            .find(|(k, _)| k == "X-Amz-Signature")
+            .map(|(_, v)| v.into_owned());
+        assert_eq!(
+            signature.as_deref(),
+            Some("afc09497eeb71891c08cecdc4e23b9ad6bec086296b51cb83a5549b509f41904")
+        );
+    }
+
     #[test]
     fn error_documents_and_errors_inside_a_200() {
         let r = |status, body: &str| Response {
