@@ -16,6 +16,9 @@ pub use rein_log_module::route::{validate_s3_prefix, MAX_S3_PREFIX};
 /// The smallest part S3 accepts in a multipart upload (all but the last).
 pub const MIN_PART_BYTES: u64 = 5 << 20;
 
+/// The largest part, and the largest object stored with one `PUT`.
+pub const MAX_PART_BYTES: u64 = 5 << 30;
+
 /// Settings of the S3 sink (shipper keys `s3_*`).
 #[derive(Clone, Debug)]
 pub struct S3Config {
@@ -120,8 +123,11 @@ impl S3Config {
         let prefix = p.string("s3_prefix").unwrap_or_else(|| "rein-logs".into());
         validate_s3_prefix(&prefix).map_err(|e| p.error("s3_prefix", e))?;
         let part_bytes = p.bytes("s3_part_bytes")?.unwrap_or(8 << 20);
-        if part_bytes < MIN_PART_BYTES {
-            return Err(p.error("s3_part_bytes", "at least 5MiB (S3's smallest part)"));
+        if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&part_bytes) {
+            return Err(p.error(
+                "s3_part_bytes",
+                "5MiB to 5GiB (S3's smallest part and largest single upload)",
+            ));
         }
         let batch_bytes = p.bytes("s3_batch_bytes")?.unwrap_or(32 << 20).max(1024);
         if batch_bytes / part_bytes >= MAX_PARTS {
@@ -296,7 +302,12 @@ s3_credentials_file = /etc/rein/s3
             (
                 "s3_endpoint = https://h\ns3_part_bytes = 1MiB\n",
                 "s3_part_bytes",
-                "5MiB",
+                "5MiB to 5GiB",
+            ),
+            (
+                "s3_endpoint = https://h\ns3_part_bytes = 6GiB\n",
+                "s3_part_bytes",
+                "5MiB to 5GiB",
             ),
             (
                 "s3_endpoint = https://h\ns3_gzip_level = 0\n",
