@@ -158,11 +158,8 @@ impl<St: ObjectStore> S3Sink<St> {
     /// What becomes of the records of an object answered `o`.
     fn delivery(&mut self, key: &str, records: usize, o: PutOutcome) -> Delivery {
         let class = classify(&o);
-        if class == Class::Stored {
-            return Delivery::Stored;
-        }
-        self.core.count_failed_request();
         let (status, why) = match o {
+            PutOutcome::Stored => return Delivery::Stored,
             PutOutcome::Error {
                 status,
                 code,
@@ -176,8 +173,8 @@ impl<St: ObjectStore> S3Sink<St> {
                     .record("s3", refusal, records, &why);
                 (0, why)
             }
-            PutOutcome::Stored => unreachable!("handled above"),
         };
+        self.core.count_failed_request();
         if class == Class::Settings {
             tracing::error!(
                 status,

@@ -77,7 +77,13 @@ fn outcome(resp: &Response) -> PutOutcome {
         code: xml_text(&body, "Code").unwrap_or("").to_owned(),
         message: xml_text(&body, "Message")
             .map(str::to_owned)
-            .unwrap_or_else(|| body.chars().take(200).collect()),
+            .unwrap_or_else(|| {
+                // Not an S3 error document (a proxy's page...): its start, on one line.
+                body.chars()
+                    .take(200)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect()
+            }),
     }
 }
 
