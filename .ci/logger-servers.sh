@@ -15,7 +15,10 @@ case "${1:-install}" in
 install)
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$req"
   if command -v npm >/dev/null; then
-    npm ci --prefix "$s3rver" --no-audit --no-fund --loglevel=error
+    # Integrity-checked against the lockfile; a failure leaves the S3 tests
+    # skipping (each skip is printed and counted), not the whole run failing.
+    npm ci --prefix "$s3rver" --no-audit --no-fund --loglevel=error ||
+      echo "WARNING: npm ci failed: the S3 sink's tests will skip (s3rver not installed)" >&2
   else
     echo "npm not found: the S3 sink's tests will skip (s3rver not installed)" >&2
   fi
