@@ -619,3 +619,61 @@ fn signed_requests_against_an_external_store() {
         "{stats:?}"
     );
 }
+
+/// A part refused by the store: the multipart upload is aborted (s3rver
+/// implements no AbortMultipartUpload, so a scripted server stands in:
+/// it answers the create, refuses part 1 with a 500, and records the
+/// requests).
+#[test]
+fn a_failed_part_aborts_the_multipart_upload() {
+    use common::http_server::{read_request, write_response};
+    use rein_logger::sink::s3_store::{ObjectStore, PutOutcome, S3Store};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut w = conn;
+            while let Ok(Some((start, _, _))) = read_request(&mut r) {
+                log.lock().unwrap().push(start.clone());
+                let (status, body): (u16, &[u8]) = if start.starts_with("POST") {
+                    (200, b"<InitiateMultipartUploadResult><UploadId>up-1</UploadId></InitiateMultipartUploadResult>")
+                } else if start.starts_with("PUT") {
+                    (
+                        500,
+                        b"<Error><Code>InternalError</Code><Message>disk</Message></Error>",
+                    )
+                } else {
+                    (204, b"")
+                };
+                if write_response(&mut w, status, "X", body).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let d = tempfile::tempdir().unwrap();
+    let cfg = sink_config(&format!("http://127.0.0.1:{port}"), d.path());
+    let mut store = S3Store::new(&cfg).unwrap();
+    let body = vec![7u8; (5 << 20) + 1];
+    let outcome = store.put("p/k.ndjson.gz", &body);
+    assert!(
+        matches!(outcome, PutOutcome::Error { status: 500, .. }),
+        "{outcome:?}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let methods: Vec<&str> = seen.iter().map(|s| s.split(' ').next().unwrap()).collect();
+    assert_eq!(methods, ["POST", "PUT", "DELETE"], "{seen:?}");
+    assert!(
+        seen[0].contains("/logs/p/k.ndjson.gz?") && seen[0].contains("uploads"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[1].contains("partNumber=1") && seen[1].contains("uploadId=up-1"),
+        "{seen:?}"
+    );
+    assert!(seen[2].contains("uploadId=up-1"), "{seen:?}");
+}
