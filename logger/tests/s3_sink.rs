@@ -359,6 +359,63 @@ fn shipper_stores_task_lines_once_across_a_worker_kill_between_upload_and_ack() 
     println!("s3 sink counters after the kill: {}", s3_counters(&sh));
 }
 
+/// Through the real shipper: s3rver is killed while a container writes and
+/// started again on the same port and files; every line is in exactly one
+/// object.
+#[test]
+fn shipper_rides_out_a_store_outage() {
+    let test = "shipper_rides_out_a_store_outage";
+    let Some(mut srv) = S3Server::start_or_skip(test) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let settings = shipper_settings(&srv.endpoint(), d.path())
+        + "s3_flush_interval = 300ms\ns3_batch_records = 500\ns3_timeout = 2s\n";
+    let sh = Shipper::start(d.path(), &settings);
+    let m = sh.module_with(&[("allowed_sinks", "s3,none"), ("default_sink", "s3")]);
+    let n = 3000;
+    let mut c = run_loadgen(
+        &m,
+        &spec("o1", &d.path().join("o1"), &[]),
+        n,
+        Some(1500),
+        "o1",
+    );
+    wait(
+        "the first object",
+        Duration::from_secs(60),
+        || !srv.list().is_empty(),
+        || s3_counters(&sh),
+    );
+    srv.stop();
+    let failed = |sh: &Shipper| {
+        sh.counters()["sinks"]["s3"]["failed_requests"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait(
+        "failed requests while the store is down",
+        Duration::from_secs(60),
+        || failed(&sh) >= 2,
+        || s3_counters(&sh),
+    );
+    srv.start_again();
+    assert!(c.wait().unwrap().success(), "the container saw an error");
+    wait(
+        "every line in an object",
+        Duration::from_secs(120),
+        || Found::of(&srv).count("o1") >= n,
+        || format!("{} {:?}", s3_counters(&sh), Found::of(&srv).keys),
+    );
+    Found::of(&srv).check_once("o1", n);
+    assert_eq!(
+        sh.counters()["sinks"]["s3"]["dead_lettered"],
+        0,
+        "{}",
+        s3_counters(&sh)
+    );
+}
+
 /// A container writing ~16 MB of incompressible lines: an object of two
 /// 5 MiB parts or more. The worker stalls before its second part (15 s) and
 /// is killed there, mid-upload; the new worker (which stalls there too,
