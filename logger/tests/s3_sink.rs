@@ -677,10 +677,11 @@ fn signed_requests_against_an_external_store() {
     );
 }
 
-/// A part refused by the store: the multipart upload is aborted (s3rver
-/// implements no AbortMultipartUpload, so a scripted server stands in:
-/// it answers the create, refuses part 1 with a 500, and records the
-/// requests).
+/// A part refused by the store: the multipart upload is aborted; and an
+/// upload a killed worker left in the uploads file is aborted before the
+/// first object (s3rver implements no AbortMultipartUpload, so a scripted
+/// server stands in: it answers the create, refuses part 1 with a 500,
+/// answers DELETE with 204, and records the requests).
 #[test]
 fn a_failed_part_aborts_the_multipart_upload() {
     use common::http_server::{read_request, write_response};
@@ -714,6 +715,8 @@ fn a_failed_part_aborts_the_multipart_upload() {
     });
     let d = tempfile::tempdir().unwrap();
     let cfg = sink_config(&format!("http://127.0.0.1:{port}"), d.path());
+    // An upload a killed worker left: aborted before the first object.
+    std::fs::write(&cfg.uploads_file, "up-0 p/old.ndjson.gz\n").unwrap();
     let mut store = S3Store::new(&cfg).unwrap();
     let body = vec![7u8; (5 << 20) + 1];
     let outcome = store.put("p/k.ndjson.gz", &body);
@@ -721,9 +724,15 @@ fn a_failed_part_aborts_the_multipart_upload() {
         matches!(outcome, PutOutcome::Error { status: 500, .. }),
         "{outcome:?}"
     );
-    let seen = seen.lock().unwrap().clone();
+    let mut seen = seen.lock().unwrap().clone();
+    let leftover = seen.remove(0);
+    assert!(
+        leftover.starts_with("DELETE /logs/p/old.ndjson.gz?") && leftover.contains("uploadId=up-0"),
+        "{leftover}"
+    );
     let methods: Vec<&str> = seen.iter().map(|s| s.split(' ').next().unwrap()).collect();
     assert_eq!(methods, ["POST", "PUT", "DELETE"], "{seen:?}");
+    assert_eq!(std::fs::read_to_string(&cfg.uploads_file).unwrap(), "");
     assert!(
         seen[0].contains("/logs/p/k.ndjson.gz?") && seen[0].contains("uploads"),
         "{seen:?}"

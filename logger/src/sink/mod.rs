@@ -34,6 +34,7 @@ pub mod s3_object;
 pub mod s3_shipped;
 #[cfg(feature = "s3")]
 pub mod s3_store;
+pub mod s3_uploads;
 
 use std::sync::atomic::AtomicU64;
 

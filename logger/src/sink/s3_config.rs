@@ -66,6 +66,9 @@ pub struct S3Config {
     /// Where the sink keeps what it has stored (`<state_dir>/s3-shipped`):
     /// records parsed again after a worker restart are not stored twice.
     pub shipped_file: PathBuf,
+    /// Multipart uploads in progress (`<state_dir>/s3-uploads`): those a
+    /// killed worker left are aborted by the next.
+    pub uploads_file: PathBuf,
     /// `route_failure`: what becomes of the records of a prefix that keeps failing.
     pub route_failure: RouteFailure,
 }
@@ -178,6 +181,7 @@ impl S3Config {
                 .path("s3_dead_letter")?
                 .unwrap_or_else(|| state_dir.join("dead-letter/s3.ndjson")),
             shipped_file: state_dir.join("s3-shipped"),
+            uploads_file: state_dir.join("s3-uploads"),
             route_failure,
         }))
     }

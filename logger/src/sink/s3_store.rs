@@ -1,7 +1,6 @@
 //! Talking to the object store: one object stored with a `PUT`, or, above
 //! the part size, with a multipart upload (create, parts, complete; aborted
-//! when a step fails, so no incomplete upload is left behind by a failure
-//! the shipper saw). Requests are signed (SigV4, presigned URLs) by
+//! when a step fails, and, after a crash, by the next worker: `s3_uploads`). Requests are signed (SigV4, presigned URLs) by
 //! `rusty-s3`, a maintained sans-IO crate, and sent by the shipper's bounded
 //! HTTP client (`crate::http`: ureq, rustls, response limits).
 
@@ -10,6 +9,7 @@ use std::time::Duration;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::s3_config::{read_credentials, S3Config};
+use super::s3_uploads::Uploads;
 use super::SinkError;
 use crate::http::{Client, ClientError, HttpError, Limits, Refusal, Response, Url};
 
@@ -94,6 +94,9 @@ pub struct S3Store {
     credentials_file: std::path::PathBuf,
     client: Client,
     part_bytes: usize,
+    uploads: Uploads,
+    /// Uploads a previous run left are aborted (before the first object).
+    leftovers_aborted: bool,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -156,6 +159,8 @@ impl S3Store {
             credentials_file: cfg.credentials_file.clone(),
             client,
             part_bytes: usize::try_from(cfg.part_bytes).unwrap_or(usize::MAX),
+            uploads: Uploads::load(&cfg.uploads_file),
+            leftovers_aborted: false,
         })
     }
 
@@ -218,11 +223,26 @@ impl S3Store {
             );
         };
         let upload_id = upload_id.to_owned();
+        self.uploads.started(&upload_id, key);
         let result = self.upload_parts(key, &upload_id, body);
-        if result != PutOutcome::Stored {
-            self.abort(key, &upload_id);
+        if result == PutOutcome::Stored || self.abort(key, &upload_id) {
+            self.uploads.finished(&upload_id);
         }
         result
+    }
+
+    /// Aborts the uploads a killed worker left (see `s3_uploads`); one the
+    /// store does not answer for is tried again before the next object.
+    fn abort_leftovers(&mut self) {
+        let mut all_answered = true;
+        for (id, key) in self.uploads.open() {
+            if self.abort(&key, &id) {
+                self.uploads.finished(&id);
+            } else {
+                all_answered = false;
+            }
+        }
+        self.leftovers_aborted = all_answered;
     }
 
     /// The parts and the completion of upload `upload_id`.
@@ -275,28 +295,33 @@ impl S3Store {
         }
     }
 
-    /// Aborts upload `upload_id` (its parts are deleted); a failure is only
-    /// logged (a bucket lifecycle rule removes what is left).
-    fn abort(&mut self, key: &str, upload_id: &str) {
+    /// Aborts upload `upload_id` (its parts are deleted): true once the store
+    /// answered (done, already gone, or refused for good: a bucket lifecycle
+    /// rule removes what is left), false without an answer.
+    fn abort(&mut self, key: &str, upload_id: &str) -> bool {
         let url = self
             .bucket
             .abort_multipart_upload(Some(&self.credentials), key, upload_id)
             .sign(SIGNATURE_VALIDITY);
-        let result = match self.send("DELETE", &url, &[], b"") {
-            Ok(resp) if (200..300).contains(&resp.status) => return,
-            Ok(resp) => format!("{:?}", outcome(&resp)),
-            Err(o) => format!("{o:?}"),
+        let (answered, result) = match self.send("DELETE", &url, &[], b"") {
+            Ok(resp) if (200..300).contains(&resp.status) || resp.status == 404 => return true,
+            Ok(resp) => (true, format!("{:?}", outcome(&resp))),
+            Err(o) => (false, format!("{o:?}")),
         };
         tracing::warn!(
             key,
             "s3 sink: aborting an incomplete multipart upload failed ({result}); \
              a lifecycle rule (AbortIncompleteMultipartUpload) removes it"
         );
+        answered
     }
 }
 
 impl ObjectStore for S3Store {
     fn put(&mut self, key: &str, body: &[u8]) -> PutOutcome {
+        if !self.leftovers_aborted {
+            self.abort_leftovers();
+        }
         if body.len() > self.part_bytes {
             self.put_multipart(key, body)
         } else {

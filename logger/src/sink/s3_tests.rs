@@ -62,6 +62,7 @@ fn config(dir: &Path) -> S3Config {
         backoff_max: Duration::from_millis(1),
         dead_letter: dir.join("dead.ndjson"),
         shipped_file: dir.join("s3-shipped"),
+        uploads_file: dir.join("s3-uploads"),
         route_failure: RouteFailure::DeadLetterAfterAttempts(2),
     }
 }

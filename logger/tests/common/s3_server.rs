@@ -245,6 +245,7 @@ pub fn sink_config(endpoint: &str, dir: &Path) -> S3Config {
         backoff_max: Duration::from_millis(300),
         dead_letter: dir.join("dead-letter-s3.ndjson"),
         shipped_file: dir.join("s3-shipped"),
+        uploads_file: dir.join("s3-uploads"),
         route_failure: RouteFailure::DeadLetterAfterAttempts(3),
     }
 }
