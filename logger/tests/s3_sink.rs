@@ -614,6 +614,8 @@ fn s3_throughput() {
     for level in [1, 6] {
         let mut c = cfg.clone();
         c.gzip_level = level;
+        // Each run its own marks: the records are new to each.
+        c.shipped_file = d.path().join(format!("shipped-{level}"));
         let fresh = wal(&d.path().join(format!("null-{level}")));
         copy_buffer(&w, &fresh);
         let r = timed(&fresh, n, |s| S3Sink::with_store(c, s, NullStore).unwrap());
@@ -629,6 +631,7 @@ fn s3_throughput() {
         return;
     };
     cfg.endpoint = rein_logger::http::Url::parse(&srv.endpoint()).unwrap();
+    cfg.shipped_file = d.path().join("shipped-s3rver");
     let r = timed(&w, n, |s| S3Sink::new(cfg, s).unwrap());
     report("s3 sink into s3rver on 127.0.0.1", n, r);
 }
