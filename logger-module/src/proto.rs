@@ -59,6 +59,8 @@ pub enum SinkKind {
     Redis,
     /// NATS JetStream.
     Nats,
+    /// S3-compatible object storage.
+    S3,
     /// Sandbox files only.
     None,
 }
@@ -71,6 +73,7 @@ impl SinkKind {
             "kafka" => Some(SinkKind::Kafka),
             "redis" => Some(SinkKind::Redis),
             "nats" => Some(SinkKind::Nats),
+            "s3" => Some(SinkKind::S3),
             "none" => Some(SinkKind::None),
             _ => None,
         }
@@ -83,6 +86,7 @@ impl SinkKind {
             SinkKind::Kafka => "kafka",
             SinkKind::Redis => "redis",
             SinkKind::Nats => "nats",
+            SinkKind::S3 => "s3",
             SinkKind::None => "none",
         }
     }

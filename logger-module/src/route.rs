@@ -1,5 +1,5 @@
 //! The names a task may pick as its route (an Elasticsearch index pattern, a
-//! Kafka topic, a Redis stream) and the operator's prefixes around them:
+//! Kafka topic, a Redis stream, an S3 key prefix) and the operator's prefixes around them:
 //! checked by the module at `prepare` (a bad name fails that container only)
 //! and again by the shipper before it uses a buffered route.
 
@@ -52,6 +52,15 @@ pub enum RouteError {
     /// A subject of the server's or the shipper's own (`$JS.`, `$SYS.`, `_INBOX.`).
     #[error("subjects starting with `$` or `{RESERVED_NATS_INBOX}` are the server's and the shipper's own")]
     SubjectReserved,
+    /// An S3 key prefix of the wrong length or with a refused character.
+    #[error(
+        "an S3 key prefix has 1 to {MAX_S3_PREFIX} of [a-zA-Z0-9._-] in `/`-separated segments"
+    )]
+    S3PrefixChars,
+    /// An S3 key prefix with an empty, `.` or `..` segment (or a leading or
+    /// trailing `/`).
+    #[error("an S3 key prefix has no empty, `.` or `..` segment and no leading or trailing `/`")]
+    S3PrefixSegment,
     /// A name outside the operator's allowed prefixes.
     #[error("must start with one of: {}", .0.join(", "))]
     Prefix(Vec<String>),
@@ -144,6 +153,27 @@ pub fn validate_subject(s: &str) -> Result<(), RouteError> {
     Ok(())
 }
 
+/// Longest S3 key prefix: keys stay far below S3's 1024 bytes.
+pub const MAX_S3_PREFIX: usize = 200;
+
+/// An S3 key prefix a task or the operator may use: 1 to [`MAX_S3_PREFIX`]
+/// bytes of `[a-zA-Z0-9._-]` in segments separated by single `/` (no empty,
+/// `.` or `..` segment: every tool lists such keys differently).
+pub fn validate_s3_prefix(p: &str) -> Result<(), RouteError> {
+    if p.is_empty()
+        || p.len() > MAX_S3_PREFIX
+        || !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+    {
+        return Err(RouteError::S3PrefixChars);
+    }
+    if p.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(RouteError::S3PrefixSegment);
+    }
+    Ok(())
+}
+
 /// `v` starts with one of the operator's `prefixes` (none: any name).
 pub fn check_prefix(v: &str, prefixes: &[String]) -> Result<(), RouteError> {
     if prefixes.is_empty() || prefixes.iter().any(|p| v.starts_with(p.as_str())) {
@@ -213,6 +243,17 @@ mod tests {
             );
         }
         assert!(validate_subject("_INBOXES").is_ok());
+    }
+
+    #[test]
+    fn s3_prefixes() {
+        for ok in ["logs", "team-a/app.v1", "a/b/c_d"] {
+            assert_eq!(validate_s3_prefix(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "/a", "a/", "a//b", "a/../b", ".", "a b", "a%2f", "é"] {
+            assert!(validate_s3_prefix(bad).is_err(), "{bad}");
+        }
+        assert!(validate_s3_prefix(&"x".repeat(MAX_S3_PREFIX + 1)).is_err());
     }
 
     #[test]

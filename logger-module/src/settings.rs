@@ -13,7 +13,8 @@ use crate::file_spec::{self, FileCaps, SpecCaps};
 use crate::module::LoggerError;
 use crate::proto::{BinaryMode, ContainerOptions, MultilineSpec, SinkKind};
 use crate::route::{
-    check_prefix, validate_index, validate_stream, validate_subject, validate_topic, RouteError,
+    check_prefix, validate_index, validate_s3_prefix, validate_stream, validate_subject,
+    validate_topic, RouteError,
 };
 
 /// Default path of the shipper's socket.
@@ -33,6 +34,7 @@ pub const PARAMS: &[&str] = &[
     "allowed_topic_prefixes",
     "allowed_redis_stream_prefixes",
     "allowed_nats_subject_prefixes",
+    "allowed_s3_prefixes",
     "default_rate_limit",
     "max_rate_limit",
     "multiline_max_lines",
@@ -67,6 +69,8 @@ pub struct ModuleConfig {
     pub redis_stream_prefixes: Vec<String>,
     /// `allowed_nats_subject_prefixes`: a task's `log.nats_subject` must start with one (empty: any).
     pub nats_subject_prefixes: Vec<String>,
+    /// `allowed_s3_prefixes`: a task's `log.s3_prefix` must start with one (empty: any).
+    pub s3_prefixes: Vec<String>,
     /// `default_rate_limit`: bytes/s per container when the task sets none (0: unlimited).
     pub default_rate_limit: u64,
     /// `max_rate_limit`: cap of `log.rate_limit` (none by default).
@@ -93,8 +97,12 @@ impl ModuleConfig {
     pub fn from_params(pairs: &[(String, String)]) -> Result<Self, LoggerError> {
         let p = Params::new(pairs, PARAMS)?;
         let sink = |name: &str, v: &str| {
-            SinkKind::parse(v)
-                .ok_or_else(|| p.error(name, "expected elasticsearch, kafka, redis, nats or none"))
+            SinkKind::parse(v).ok_or_else(|| {
+                p.error(
+                    name,
+                    "expected elasticsearch, kafka, redis, nats, s3 or none",
+                )
+            })
         };
         let default_sink = sink(
             "default_sink",
@@ -122,6 +130,7 @@ impl ModuleConfig {
             topic_prefixes: p.list("allowed_topic_prefixes"),
             redis_stream_prefixes: p.list("allowed_redis_stream_prefixes"),
             nats_subject_prefixes: p.list("allowed_nats_subject_prefixes"),
+            s3_prefixes: p.list("allowed_s3_prefixes"),
             default_rate_limit: p.byte_rate("default_rate_limit")?.unwrap_or(0),
             max_rate_limit: p.byte_rate("max_rate_limit")?,
             ml_max_lines: p.u64("multiline_max_lines")?.unwrap_or(500),
@@ -161,7 +170,7 @@ impl ModuleConfig {
         };
         // The route label of the chosen sink (the others' are ignored).
         type Validate = fn(&str) -> Result<(), RouteError>;
-        let routes: [(&str, SinkKind, Validate, &[String]); 4] = [
+        let routes: [(&str, SinkKind, Validate, &[String]); 5] = [
             (
                 "log.index",
                 SinkKind::Elasticsearch,
@@ -185,6 +194,12 @@ impl ModuleConfig {
                 SinkKind::Nats,
                 validate_subject,
                 &self.nats_subject_prefixes,
+            ),
+            (
+                "log.s3_prefix",
+                SinkKind::S3,
+                validate_s3_prefix,
+                &self.s3_prefixes,
             ),
         ];
         let mut route = String::new();
@@ -427,6 +442,20 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("rein.log.files"), "{e}");
+        }
+        let c3 = config(&[
+            ("allowed_sinks", "s3,none"),
+            ("default_sink", "s3"),
+            ("allowed_s3_prefixes", "team-a/"),
+        ])
+        .unwrap();
+        let o = options(&c3, &[("rein.log.s3_prefix", "team-a/app")]).unwrap();
+        assert_eq!((o.sink, o.route.as_str()), (SinkKind::S3, "team-a/app"));
+        for bad in ["team-b/app", "team-a/../b", "team-a//x"] {
+            let e = options(&c3, &[("rein.log.s3_prefix", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("log.s3_prefix"), "{e}");
         }
         let e = options(&c, &[("rein.log.multiline.pattern", "(")])
             .unwrap_err()

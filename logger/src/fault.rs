@@ -6,8 +6,9 @@
 //! per entry. `REIN_FAULT_STALL=site:n:ms[,...]` makes it sleep `ms`
 //! milliseconds there instead. Points: `parser` (before a stream's parse
 //! turn), `parser_file` (before a log file's read), `parser_record` (after
-//! the parser framed a record, inside a turn: counted per record), `sink` (after a batch was shipped, before it
-//! is acknowledged).
+//! the parser framed a record, inside a turn: counted per record), `sink`
+//! (after a batch was shipped, before it is acknowledged), `s3_part` (before
+//! each part of a multipart upload).
 
 /// A fault-injection point named `site` (a no-op without the feature).
 #[inline]

@@ -231,6 +231,8 @@ pub struct Response {
     pub status: u16,
     /// Body, at most `max_response_bytes`.
     pub body: Vec<u8>,
+    /// The `ETag` header, if any (an object store names an uploaded part by it).
+    pub etag: Option<String>,
 }
 
 /// Keep-alive connections to one server.
@@ -370,13 +372,18 @@ impl Client {
         };
         let mut resp = sent?;
         let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp
             .body_mut()
             .with_config()
             .limit(self.limits.max_response_bytes)
             .read_to_vec()
             .map_err(|e| self.body_error(e))?;
-        Ok(Response { status, body })
+        Ok(Response { status, body, etag })
     }
 }
 

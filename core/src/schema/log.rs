@@ -6,7 +6,7 @@ use super::{KeySpec, Kind};
 pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "log.sink",
-        kind: Kind::Enum(&["elasticsearch", "kafka", "redis", "nats", "none"]),
+        kind: Kind::Enum(&["elasticsearch", "kafka", "redis", "nats", "s3", "none"]),
         help: "Where the container's records go (within the sinks the operator allows); \
                `none` keeps only the sandbox files.",
     },
@@ -33,6 +33,13 @@ pub const KEYS: &[KeySpec] = &[
         kind: Kind::Text(128),
         help: "NATS JetStream subject for this container (dot-separated tokens of \
                `[a-zA-Z0-9_:-]`, no wildcards, within the operator's allowed prefixes).",
+    },
+    KeySpec {
+        key: "log.s3_prefix",
+        kind: Kind::Text(200),
+        help: "S3 key prefix for this container's objects (`/`-separated segments of \
+               `[a-zA-Z0-9._-]`, within the operator's allowed prefixes); objects are \
+               `<prefix>/<yyyy>/<mm>/<dd>/<framework>/<task>/<container>/<first record id>.ndjson.gz`.",
     },
     KeySpec {
         key: "log.multiline",

@@ -130,6 +130,10 @@ fn check(path: &std::path::Path, c: &ShipperConfig) {
             "nats_auth_file",
             c.nats.as_ref().and_then(|n| n.auth_file.clone()),
         ),
+        (
+            "s3_credentials_file",
+            c.s3.as_ref().map(|s| s.credentials_file.clone()),
+        ),
     ];
     for (key, path) in files {
         let Some(path) = path else { continue };

@@ -17,6 +17,7 @@ use crate::sink::kafka_config::KafkaConfig;
 use crate::sink::nats_config::NatsConfig;
 use crate::sink::redis_config::{validate_key, validate_stream, RedisConfig};
 use crate::sink::route::{RouteFailure, DEFAULT_ROUTE_FAILURE};
+use crate::sink::s3_config::S3Config;
 use crate::wal::FullPolicy;
 
 /// Every setting of the shipper (see the README).
@@ -90,6 +91,23 @@ pub const KEYS: &[&str] = &[
     "nats_timeout",
     "nats_backoff_max",
     "nats_dead_letter",
+    "s3_endpoint",
+    "s3_bucket",
+    "s3_region",
+    "s3_path_style",
+    "s3_allow_http",
+    "s3_credentials_file",
+    "s3_ca_file",
+    "s3_prefix",
+    "s3_batch_records",
+    "s3_batch_bytes",
+    "s3_flush_interval",
+    "s3_part_bytes",
+    "s3_gzip_level",
+    "s3_timeout",
+    "s3_request_timeout",
+    "s3_backoff_max",
+    "s3_dead_letter",
     "cgroup",
     "cgroup_root",
     "cgroup_memory_max",
@@ -159,6 +177,8 @@ pub struct ShipperConfig {
     pub redis: Option<RedisConfig>,
     /// `nats_*`: the NATS JetStream sink, if `nats_url` is set.
     pub nats: Option<NatsConfig>,
+    /// `s3_*`: the S3 sink, if `s3_endpoint` is set.
+    pub s3: Option<S3Config>,
     /// `cgroup`: name of the cgroup the shipper moves into (created under
     /// `cgroup_root`, in each v1 hierarchy or the v2 tree; none by default).
     pub cgroup: Option<String>,
@@ -443,6 +463,7 @@ impl ShipperConfig {
             }
         };
         let nats = nats_config(&p, &state_dir, route_failure)?;
+        let s3 = S3Config::from_params(&p, &state_dir, route_failure)?;
         let max_dead_letter_bytes = p
             .bytes("max_dead_letter_bytes")?
             .unwrap_or(1 << 30)
@@ -475,6 +496,7 @@ impl ShipperConfig {
             kafka,
             redis,
             nats,
+            s3,
             socket_group,
             dead_letter,
             socket: p

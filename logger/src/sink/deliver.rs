@@ -159,6 +159,13 @@ pub trait Sink: Send {
     fn target(&self, r: &WalRecord<'_>) -> String;
     /// A new batch begins: state kept for one batch starts anew.
     fn start_batch(&mut self) {}
+    /// Before each read of `wal`: a sink that wants fuller batches (an object
+    /// store) waits here for more records, returning at once when `control`
+    /// stops it.
+    fn before_read(&mut self, _wal: &Wal, _control: &Control) {}
+    /// The batch is done (every record stored or dead-lettered, the
+    /// dead-letter file synced) and is about to be acknowledged.
+    fn before_ack(&mut self) {}
     /// One attempt at storing `records`: what became of each, in order (a
     /// missing outcome counts as [`Delivery::Resend`]). Counts its requests
     /// (`requests`, `failed_requests`) and the answers it refused.
@@ -227,6 +234,7 @@ pub fn run<S: Sink>(sink: &mut S, wal: &Wal, control: &Control) {
         (c.name, c.batch_records, c.batch_bytes)
     };
     while !control.is_stopped() {
+        sink.before_read(wal, control);
         let batch = match wal.read_batch(records, bytes, Duration::from_millis(200)) {
             Ok(b) => b,
             Err(e) => {
@@ -241,6 +249,7 @@ pub fn run<S: Sink>(sink: &mut S, wal: &Wal, control: &Control) {
         if ship(sink, &batch, control).is_err() {
             break;
         }
+        sink.before_ack();
         crate::fault::point("sink");
         if let Err(e) = wal.ack(batch.end, batch.len() as u64) {
             tracing::error!("{name} sink: {e}");
@@ -380,7 +389,7 @@ pub fn ship<S: Sink>(sink: &mut S, batch: &Batch, control: &Control) -> Result<(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::Stream;
     use crate::sink::deadletter::DeadLetterLimits;
@@ -495,7 +504,8 @@ mod tests {
         }
     }
 
-    fn dead_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    /// The lines of the dead-letter file `dead.ndjson` in `dir`.
+    pub(crate) fn dead_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
         std::fs::read_to_string(dir.join("dead.ndjson"))
             .unwrap_or_default()
             .lines()

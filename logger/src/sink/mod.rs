@@ -30,6 +30,15 @@ pub mod redis_conn;
 pub mod refused;
 pub mod route;
 pub mod route_table;
+#[cfg(feature = "s3")]
+pub mod s3;
+pub mod s3_config;
+pub mod s3_key;
+pub mod s3_object;
+pub mod s3_shipped;
+#[cfg(feature = "s3")]
+pub mod s3_store;
+pub mod s3_uploads;
 
 use std::sync::atomic::AtomicU64;
 

@@ -123,6 +123,15 @@ pub fn check_kafka_topic(route: &[u8]) -> Result<(), BadRoute> {
 
 pub use rein_log_module::route::{validate_topic, RouteError};
 
+/// [`super::s3_config::validate_s3_prefix`] of a buffered route (empty: the default prefix).
+pub fn check_s3_prefix(route: &[u8]) -> Result<(), BadRoute> {
+    if route.is_empty() {
+        return Ok(());
+    }
+    let s = std::str::from_utf8(route).map_err(|_| BadRoute::NotUtf8("S3 key prefix"))?;
+    Ok(super::s3_config::validate_s3_prefix(s)?)
+}
+
 pub use rein_log_module::route::RESERVED_REDIS_PREFIX;
 
 /// A task's Redis stream must stay out of the shipper's own key namespace
@@ -206,5 +215,8 @@ mod tests {
         ] {
             assert!(check_nats_subject(bad).is_err());
         }
+        assert!(check_s3_prefix(b"team-a/app").is_ok());
+        assert!(check_s3_prefix(b"team-a/../b").is_err());
+        assert!(check_s3_prefix(b"a\xff").is_err());
     }
 }

@@ -9,6 +9,8 @@ pub mod proxy;
 pub mod redis_server;
 pub mod reply_dropper;
 pub mod rng;
+#[cfg(feature = "s3")]
+pub mod s3_server;
 pub mod shipper;
 pub mod sinks;
 pub mod supervisor_cmd;

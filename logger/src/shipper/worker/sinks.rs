@@ -93,6 +93,12 @@ pub(super) fn start_all(cfg: &ShipperConfig, c: &Arc<Counters>) -> Result<Sinks,
         let nats = (SinkKind::Nats, "nats-sink");
         sinks.extend(start(cfg, nats, cfg.nats.as_ref(), c, N::new, N::run)?);
     }
+    #[cfg(feature = "s3")]
+    {
+        use crate::sink::s3::S3Sink as S;
+        let s3 = (SinkKind::S3, "s3-sink");
+        sinks.extend(start(cfg, s3, cfg.s3.as_ref(), c, S::new, S::run)?);
+    }
     Ok(sinks)
 }
 
