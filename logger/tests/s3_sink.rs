@@ -746,3 +746,57 @@ fn a_failed_part_aborts_the_multipart_upload() {
     );
     assert!(seen[2].contains("uploadId=up-1"), "{seen:?}");
 }
+
+/// A task's log file (`rein.log.files`) to S3 through the real shipper, the
+/// worker killed between an upload and its acknowledgement while the file
+/// grows: every line is in exactly one object (a log file's records are
+/// marked per file like a stream's).
+#[test]
+fn a_log_file_s_lines_are_stored_once_across_a_worker_kill_between_upload_and_ack() {
+    let test = "a_log_file_s_lines_are_stored_once_across_a_worker_kill_between_upload_and_ack";
+    let Some(srv) = S3Server::start_or_skip(test) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    // Checkpoints far apart: the killed worker's successor buffers again
+    // records the store already has (they must not land in a second object).
+    let settings = shipper_settings(&srv.endpoint(), d.path())
+        + "s3_flush_interval = 300ms\ns3_batch_records = 500\ncheckpoint_interval = 30s\n";
+    let sh = Shipper::start_env(d.path(), &settings, &[("REIN_FAULT_STALL", "sink:3:10000")]);
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,s3,none")]);
+    let labels = [("rein.log.sink", "s3"), ("rein.log.files", "app=app.log")];
+    let sandbox = d.path().join("f1");
+    let io = m.prepare(&spec("f1", &sandbox, &labels)).unwrap();
+    assert!(io.shipped);
+    let app = sandbox.join("app.log");
+    let write = |from: u64, to: u64| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&app)
+            .unwrap();
+        for i in from..to {
+            writeln!(f, "f1 seq={i} {}", "z".repeat((i % 60) as usize)).unwrap();
+        }
+    };
+    let n = 4000;
+    write(0, 2000);
+    wait(
+        "three objects stored",
+        Duration::from_secs(60),
+        || srv.list().len() >= 3,
+        || s3_counters(&sh),
+    );
+    // The worker is now stalled between the third upload and its acknowledgement.
+    write(2000, 3000);
+    sh.kill_worker();
+    write(3000, n);
+    drop((io.stdout, io.stderr));
+    wait(
+        "every line of the file in an object",
+        Duration::from_secs(120),
+        || Found::of(&srv).count("f1") >= n,
+        || format!("{} {:?}", s3_counters(&sh), Found::of(&srv).keys),
+    );
+    Found::of(&srv).check_once("f1", n);
+}

@@ -12,7 +12,8 @@
 //! after a batch is done and before it is acknowledged: a crash before the
 //! save re-forms the batch with the same marks, so its objects get the same
 //! keys and are overwritten; a crash after it finds the batch's records
-//! marked and stores none again. Records with ids of another form are
+//! marked and stores none again. A log file's records (`-f<n>-<offset>`) are
+//! marked per file the same way. Records with ids of another form are
 //! deduplicated within a batch only (the same id twice).
 
 use std::collections::{HashMap, HashSet};
@@ -25,9 +26,12 @@ use crate::walrec::WalRecord;
 /// forgotten (a stream that has not shipped for that long is not replayed).
 pub const MAX_MARKS: usize = 20_000;
 
-/// `<16 hex>-<o|e>` and the offset of an id `<16 hex>-<o|e>-<digits>`.
+/// The stream part and the offset of a record id: `<16 hex>-<o|e>` of
+/// `<16 hex>-<o|e>-<digits>` (stdout, stderr), or `<16 hex>-f<n>` of
+/// `<16 hex>-f<n>-<digits>` (the container's log file number `n`, whose
+/// offsets only grow too: a truncated file is a new number).
 pub fn split_id(id: &[u8]) -> Option<(&[u8], u64)> {
-    if id.len() < 20 || id[16] != b'-' || id[18] != b'-' || !matches!(id[17], b'o' | b'e') {
+    if id.len() < 20 || id[16] != b'-' {
         return None;
     }
     if !id[..16]
@@ -36,12 +40,21 @@ pub fn split_id(id: &[u8]) -> Option<(&[u8], u64)> {
     {
         return None;
     }
-    let digits = &id[19..];
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    let is_digits = |d: &[u8]| !d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit);
+    let stream_end = match id[17] {
+        b'o' | b'e' => 18,
+        b'f' => 18 + id[18..].iter().position(|&b| b == b'-')?,
+        _ => return None,
+    };
+    if id.get(stream_end) != Some(&b'-') || (id[17] == b'f' && !is_digits(&id[18..stream_end])) {
+        return None;
+    }
+    let digits = &id[stream_end + 1..];
+    if !is_digits(digits) {
         return None;
     }
     let offset = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((&id[..18], offset))
+    Some((&id[..stream_end], offset))
 }
 
 /// The marks: per container stream, the highest offset done, and when it
@@ -176,13 +189,21 @@ mod tests {
     }
 
     #[test]
-    fn ids_of_the_stream_form_only() {
+    fn ids_of_the_stream_and_file_forms_only() {
         assert_eq!(
             split_id(b"0123456789abcdef-o-42"),
             Some((&b"0123456789abcdef-o"[..], 42))
         );
+        assert_eq!(
+            split_id(b"0123456789abcdef-f12-7"),
+            Some((&b"0123456789abcdef-f12"[..], 7))
+        );
         for bad in [
             &b"0123456789abcdef-x-42"[..],
+            b"0123456789abcdef-f-42",
+            b"0123456789abcdef-fx-42",
+            b"0123456789abcdef-f12-",
+            b"0123456789abcdef-f12",
             b"0123456789abcdeF-o-42",
             b"0123456789abcdef-o-",
             b"0123456789abcdef-o-4a",
