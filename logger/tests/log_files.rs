@@ -60,6 +60,19 @@ fn wait_read(state: &Path, p: &Path, len: u64) {
     }
 }
 
+/// The counters once no container is attached (they are written every
+/// second: the ones after the end).
+fn counters_after_the_end(sh: &Shipper) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut counters = sh.counters();
+    while counters["reader"]["containers_live"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "{counters}");
+        std::thread::sleep(Duration::from_millis(50));
+        counters = sh.counters();
+    }
+    counters
+}
+
 /// (prefix, seq) -> (ids, tag, path) of every buffered record.
 type Seen = BTreeMap<(String, u64), (Vec<String>, String, String)>;
 
@@ -166,14 +179,7 @@ fn two_log_files_rotated_both_ways_and_stdout_arrive_once_across_worker_kills() 
     drop(out);
     drop(io.stderr);
     sh.wait_idle(Duration::from_secs(60));
-    // The counters are written every second: wait for the ones after the end.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut counters = sh.counters();
-    while counters["reader"]["containers_live"] != 0 {
-        assert!(std::time::Instant::now() < deadline, "{counters}");
-        std::thread::sleep(Duration::from_millis(50));
-        counters = sh.counters();
-    }
+    let counters = counters_after_the_end(&sh);
     drop(sh);
     let s = seen(&d.path().join("state/buffer/elasticsearch"));
     assert_once(&s, "app", a, &counters);
@@ -330,13 +336,7 @@ fn panics_in_the_parser_while_it_reads_log_files_lose_and_repeat_nothing() {
     drop(out);
     drop(io.stderr);
     sh.wait_idle(Duration::from_secs(60));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut counters = sh.counters();
-    while counters["reader"]["containers_live"] != 0 {
-        assert!(std::time::Instant::now() < deadline, "{counters}");
-        std::thread::sleep(Duration::from_millis(50));
-        counters = sh.counters();
-    }
+    let counters = counters_after_the_end(&sh);
     drop(sh);
     let s = seen(&d.path().join("state/buffer/elasticsearch"));
     for name in ["a", "b", "c"] {

@@ -31,7 +31,7 @@ use super::counters::{
     Counters, FALLBACK_CONTAINERS, FALLBACK_FILES_LOST, FALLBACK_RECORDS_REMOVED,
     FALLBACK_REPORTED, FALLBACK_SHIPPED,
 };
-use super::logfiles::{self, targets, FileEncoding, FileSources, FileTarget, FilesCheckpoint};
+use super::logfiles::{self, FileEncoding, FileSources, FileTarget, FilesCheckpoint};
 use super::stream::now_ms;
 use super::ShipperConfig;
 use crate::fallback::{dir_for, list, FallbackRecord};
@@ -269,7 +269,7 @@ impl Pickup {
             .iter()
             .find(|(k, _)| *k == reg.options.sink)
             .map(|(_, w)| w.clone());
-        if wal.is_none() && !files_with_own_sink(&reg.options.files, &self.wals) {
+        if wal.is_none() && !logfiles::own_sink_runs(&reg.options.files, &self.wals) {
             return Ok(None);
         }
         let dir = self.cfg.state_dir.join("fallback");
@@ -292,25 +292,20 @@ impl Pickup {
             .as_ref()
             .and_then(super::worker::multiline_config);
         let sandbox = Arc::new(sandbox);
-        let mut file_wals = Vec::new();
-        let files = (!reg.options.files.is_empty()).then(|| {
-            let route = reg.options.route.as_bytes();
-            let targets = targets(&reg.options.files, route, &self.wals, &mut file_wals);
-            FileSources::new(
-                reg.options.files.clone(),
-                targets,
-                reg.options.file_caps,
-                FileEncoding {
-                    meta: reg.meta.clone(),
-                    encode: self.cfg.encode.with_binary(reg.options.binary),
-                    max_line: self.cfg.max_line_bytes,
-                    multiline: multiline.clone(),
-                },
-                sandbox.clone(),
-                saved.files.clone(),
-                self.counters.log_files.clone(),
-            )
-        });
+        let (files, file_wals) = logfiles::for_container(
+            reg,
+            FileEncoding {
+                meta: reg.meta.clone(),
+                encode: self.cfg.encode.with_binary(reg.options.binary),
+                max_line: self.cfg.max_line_bytes,
+                multiline: multiline.clone(),
+            },
+            wal.is_some(),
+            &self.wals,
+            sandbox.clone(),
+            saved.files.clone(),
+            self.counters.log_files.clone(),
+        );
         let mut streams = Vec::with_capacity(2);
         for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
             let file = sandbox
@@ -531,17 +526,6 @@ impl Pickup {
         self.forget(key);
         true
     }
-}
-
-/// True when one of `files` names a sink of its own that this shipper runs.
-pub(crate) fn files_with_own_sink(
-    files: &[crate::proto::FileSpec],
-    wals: &[(SinkKind, Arc<Wal>)],
-) -> bool {
-    files
-        .iter()
-        .filter_map(|f| f.sink)
-        .any(|k| wals.iter().any(|(w, _)| *w == k))
 }
 
 #[cfg(test)]

@@ -319,18 +319,11 @@ class LoggerPhase:
 
         # Phase 2: a task printing continuously across a SIGKILL + restart of the agent.
         n2, task2 = 600, "es-restart-" + uuid.uuid4().hex[:6]
-        self.sched.launch(ag_id, task2, f"i=0; while [ $i -lt {n2} ]; do echo es2-$i; "
-                          "i=$((i+1)); sleep 0.03; done; sleep 600", labels)
-        st = self.sched.wait_state(task2, ("TASK_RUNNING",) + TERMINAL, 90)
-        if st["state"] != "TASK_RUNNING":
-            raise RuntimeError(f"es restart task: {st['state']}: {st.get('message')}")
-        _, sandbox = wait_for("the es restart task's container",
-                              lambda: self.container_of(ag, task2), 20)
+        sandbox = self.launch_running(ag, ag_id, task2, (
+            f"i=0; while [ $i -lt {n2} ]; do echo es2-$i; "
+            "i=$((i+1)); sleep 0.03; done; sleep 600"), labels, "es restart")
         stdout = os.path.join(sandbox, "stdout")
-        wait_for("50 lines in the sandbox stdout",
-                 lambda: read(stdout).count("\n") >= 50, 30)
-        at_kill = read(stdout).count("\n")
-        self.restart_agent(ag, ag_id, f" ({at_kill} lines printed)")
+        at_kill = self.restart_after(ag, ag_id, stdout, 50, 30)
         at_register = read(stdout).count("\n")
         # The shipper's deadline starts once the task has printed everything (a
         # loaded or emulated machine prints far slower than 0.03 s a line).
@@ -359,6 +352,24 @@ class LoggerPhase:
         self.sched.kill(task2, ag_id)
         self.sched.wait_state(task2, TERMINAL, 60)
 
+    def launch_running(self, ag, ag_id, task, cmd, labels, what):
+        """Launches `task` and waits until it runs; its sandbox."""
+        self.sched.launch(ag_id, task, cmd, labels)
+        st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
+        if st["state"] != "TASK_RUNNING":
+            raise RuntimeError(f"{what} task: {st['state']}: {st.get('message')}")
+        return wait_for(f"the {what} task's container", lambda: self.container_of(ag, task),
+                        20)[1]
+
+    def restart_after(self, ag, ag_id, stdout, lines, timeout):
+        """SIGKILLs and restarts the agent once the sandbox `stdout` has `lines` lines;
+        how many it had then."""
+        wait_for(f"{lines} lines in the sandbox stdout",
+                 lambda: read(stdout).count("\n") >= lines, timeout)
+        at_kill = read(stdout).count("\n")
+        self.restart_agent(ag, ag_id, f" ({at_kill} lines printed)")
+        return at_kill
+
     # -- (u) log files in the sandbox ---------------------------------------------------
 
     def run_logger_files(self, ag, ag_id, port, n=400):
@@ -370,22 +381,13 @@ class LoggerPhase:
         task = "files-" + uuid.uuid4().hex[:6]
         labels = {"rein.log.sink": "elasticsearch",
                   "rein.log.files": "app=logs/*.log,gc=gc.log;multiline=off"}
-        self.sched.launch(ag_id, task, (
+        sandbox = self.launch_running(ag, ag_id, task, (
             f"mkdir -p logs; i=0; while [ $i -lt {n} ]; do echo fo-$i; "
             "echo fa-$i >> logs/app.log; echo fg-$i >> gc.log; i=$((i+1)); "
             "if [ $i -eq 150 ]; then mv logs/app.log logs/app.log.1; fi; "
             "if [ $i -eq 250 ]; then cp gc.log gc.log.1; : > gc.log; fi; "
-            "sleep 0.03; done; echo done > finished; sleep 600"), labels)
-        st = self.sched.wait_state(task, ("TASK_RUNNING",) + TERMINAL, 90)
-        if st["state"] != "TASK_RUNNING":
-            raise RuntimeError(f"files task: {st['state']}: {st.get('message')}")
-        _, sandbox = wait_for("the files task's container",
-                              lambda: self.container_of(ag, task), 20)
-        stdout = os.path.join(sandbox, "stdout")
-        wait_for("100 lines in the sandbox stdout",
-                 lambda: read(stdout).count("\n") >= 100, 60)
-        at_kill = read(stdout).count("\n")
-        self.restart_agent(ag, ag_id, f" ({at_kill} lines printed)")
+            "sleep 0.03; done; echo done > finished; sleep 600"), labels, "files")
+        at_kill = self.restart_after(ag, ag_id, os.path.join(sandbox, "stdout"), 100, 60)
         wait_for("the task's last line", lambda: os.path.exists(
             os.path.join(sandbox, "finished")), 600, 0.5)
 

@@ -219,6 +219,47 @@ pub fn targets(
         .collect()
 }
 
+/// True when one of `files` names a sink of its own that this shipper runs.
+pub fn own_sink_runs(files: &[FileSpec], sinks: &[(SinkKind, Arc<Wal>)]) -> bool {
+    files
+        .iter()
+        .filter_map(|f| f.sink)
+        .any(|k| sinks.iter().any(|(w, _)| *w == k))
+}
+
+/// A registered container's log files (`None` when it names none, or when
+/// none of their records would go anywhere: its own sink is not run here
+/// and no file names one that is), and the buffers of the files with a
+/// sink of their own. `enc` is the container's encoding, `own_wal` whether
+/// its sink runs here, `sinks` every sink this shipper runs.
+#[allow(clippy::too_many_arguments)]
+pub fn for_container(
+    reg: &crate::proto::Registration,
+    enc: FileEncoding,
+    own_wal: bool,
+    sinks: &[(SinkKind, Arc<Wal>)],
+    dir: Arc<SandboxDir>,
+    cp: Option<FilesCheckpoint>,
+    counters: Arc<FileCounters>,
+) -> (Option<FileSources>, Vec<Arc<Wal>>) {
+    let files = &reg.options.files;
+    let mut extra = Vec::new();
+    if files.is_empty() || !(own_wal || own_sink_runs(files, sinks)) {
+        return (None, extra);
+    }
+    let routes = targets(files, reg.options.route.as_bytes(), sinks, &mut extra);
+    let f = FileSources::new(
+        files.clone(),
+        routes,
+        reg.options.file_caps,
+        enc,
+        dir,
+        cp,
+        counters,
+    );
+    (Some(f), extra)
+}
+
 /// A container's log files.
 #[derive(Debug)]
 pub struct FileSources {
@@ -493,39 +534,40 @@ impl FileSources {
     /// Follows the copy of the truncated file `cp` (see [`Self::find_copy`])
     /// from `cp.offset` under its number; false if there is none.
     fn follow_copy(&mut self, spec: usize, cp: &FileCheckpoint) -> bool {
-        let Some((file, id, size)) = self.find_copy(&cp.path, cp.offset, &cp.prefix) else {
+        let Some(tf) = self.find_copy(&cp.path, cp.offset, &cp.prefix) else {
             return false;
         };
         self.counters
             .copies_recovered
             .fetch_add(1, Ordering::Relaxed);
+        self.start(spec, cp.clone(), tf, false);
+        true
+    }
+
+    /// Starts following `tf` as the file `at` says (number, path where it
+    /// was found, offset, first bytes), for entry `spec`.
+    fn start(&mut self, spec: usize, at: FileCheckpoint, tf: open::TaskFile, present: bool) {
+        let pipeline = self.pipeline(spec, &at.path, at.n);
         self.counters.followed.fetch_add(1, Ordering::Relaxed);
-        let pipeline = self.pipeline(spec, &cp.path, cp.n);
         self.files.push(Followed {
-            n: cp.n,
+            n: at.n,
             spec,
-            rel: cp.path.clone(),
-            id,
-            file,
-            off: cp.offset,
-            prefix: cp.prefix.clone(),
+            rel: at.path,
+            id: tf.id,
+            file: tf.file,
+            off: at.offset,
+            prefix: at.prefix,
             pipeline,
-            seen_size: size,
+            seen_size: at.offset,
             grew_ms: mono_ms(),
             seen_mtime: (0, 0),
-            present: false,
+            present,
         });
-        true
     }
 
     /// A file in `rel`'s directory, not followed, beginning with `prefix` and
     /// at least `off` long: a truncated file's copy.
-    fn find_copy(
-        &self,
-        rel: &[u8],
-        off: u64,
-        prefix: &[u8],
-    ) -> Option<(std::fs::File, Ident, u64)> {
+    fn find_copy(&self, rel: &[u8], off: u64, prefix: &[u8]) -> Option<open::TaskFile> {
         if prefix.is_empty() {
             return None;
         }
@@ -547,7 +589,7 @@ impl FileSources {
                 if start.len() as u64 >= (prefix.len() as u64).min(tf.size)
                     && same_start(&start, prefix)
                 {
-                    return Some((tf.file, tf.id, tf.size));
+                    return Some(tf);
                 }
             }
         }
@@ -762,22 +804,14 @@ impl FileSources {
                 (n, self.backlog_start(&tf, &m.rel, buf), m.rel.clone())
             }
         };
-        let pipeline = self.pipeline(m.spec, &rel, n);
-        self.counters.followed.fetch_add(1, Ordering::Relaxed);
-        self.files.push(Followed {
+        let at = FileCheckpoint {
             n,
-            spec: m.spec,
-            rel,
-            id: tf.id,
-            file: tf.file,
-            off,
+            path: rel,
+            offset: off,
             prefix,
-            pipeline,
-            seen_size: off,
-            grew_ms: mono_ms(),
-            seen_mtime: (0, 0),
-            present: true,
-        });
+            ..FileCheckpoint::default()
+        };
+        self.start(m.spec, at, tf, true);
     }
 
     /// Where reading a newly found file starts: its beginning, or past the
@@ -828,23 +862,8 @@ impl FileSources {
             let spec = self.specs.iter().position(|s| s.tag == c.tag);
             match (found, spec) {
                 (Some(tf), Some(spec)) if tf.size >= c.offset => {
-                    let pipeline = self.pipeline(spec, &c.path, c.n);
-                    self.counters.followed.fetch_add(1, Ordering::Relaxed);
                     let prefix = follow::read_prefix(&tf.file, tf.size).unwrap_or_default();
-                    self.files.push(Followed {
-                        n: c.n,
-                        spec,
-                        rel: c.path,
-                        id: tf.id,
-                        file: tf.file,
-                        off: c.offset,
-                        prefix,
-                        pipeline,
-                        seen_size: c.offset,
-                        grew_ms: mono_ms(),
-                        seen_mtime: (0, 0),
-                        present: false,
-                    });
+                    self.start(spec, FileCheckpoint { prefix, ..c }, tf, false);
                 }
                 (_, Some(spec)) if self.follow_copy(spec, &c) => {}
                 _ => {

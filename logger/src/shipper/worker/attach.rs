@@ -16,8 +16,7 @@ use crate::module::compile_pattern;
 use crate::proto::{MultilineSpec, Registration, SinkKind};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
-use crate::shipper::fallback::files_with_own_sink;
-use crate::shipper::logfiles::{self, FileEncoding, FileSources};
+use crate::shipper::logfiles::{self, FileEncoding};
 use crate::shipper::parser::{Checkpoint, ParseJob};
 use crate::shipper::stream::{self, FileRecord, ParseStream, StreamState};
 
@@ -95,31 +94,25 @@ impl Worker {
         let cid = reg.meta.container_id().into_bytes();
         let route = reg.options.route.clone().into_bytes();
         // The task's log files: followed only where records are made.
-        let mut file_wals = Vec::new();
         let sinks: Vec<_> = self
             .sinks
             .iter()
             .map(|(k, s)| (*k, s.wal.clone()))
             .collect();
-        let follow_files = !reg.options.files.is_empty()
-            && (wal.is_some() || files_with_own_sink(&reg.options.files, &sinks));
-        let files = follow_files.then(|| {
-            let targets = logfiles::targets(&reg.options.files, &route, &sinks, &mut file_wals);
-            FileSources::new(
-                reg.options.files.clone(),
-                targets,
-                reg.options.file_caps,
-                FileEncoding {
-                    meta: reg.meta.clone(),
-                    encode: self.cfg.encode.with_binary(reg.options.binary),
-                    max_line: self.cfg.max_line_bytes,
-                    multiline: reg.options.multiline.as_ref().and_then(multiline_config),
-                },
-                sandbox.clone(),
-                cp.as_ref().and_then(|c| c.files.clone()),
-                self.counters.log_files.clone(),
-            )
-        });
+        let (files, file_wals) = logfiles::for_container(
+            &reg,
+            FileEncoding {
+                meta: reg.meta.clone(),
+                encode: self.cfg.encode.with_binary(reg.options.binary),
+                max_line: self.cfg.max_line_bytes,
+                multiline: reg.options.multiline.as_ref().and_then(multiline_config),
+            },
+            wal.is_some(),
+            &sinks,
+            sandbox.clone(),
+            cp.as_ref().and_then(|c| c.files.clone()),
+            self.counters.log_files.clone(),
+        );
         let mut streams = Vec::with_capacity(2);
         let mut parse_streams = Vec::with_capacity(2);
         for (((stream, fd), scp), record) in [Stream::Stdout, Stream::Stderr]
