@@ -60,6 +60,18 @@ fn wait_read(state: &Path, p: &Path, len: u64) {
     }
 }
 
+/// A shipper whose Elasticsearch and Redis sinks are unreachable (what is
+/// shipped is read back from their disk buffers) and a module allowing both.
+fn shipper_with_redis(dir: &Path) -> (Shipper, rein_logger::module::LoggerModule) {
+    let sh = Shipper::start(
+        dir,
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms\n\
+         redis_url = redis://127.0.0.1:9",
+    );
+    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
+    (sh, m)
+}
+
 /// The counters once no container is attached (they are written every
 /// second: the ones after the end).
 fn counters_after_the_end(sh: &Shipper) -> serde_json::Value {
@@ -115,12 +127,7 @@ fn assert_once(s: &Seen, prefix: &str, n: u64, counters: &serde_json::Value) {
 #[test]
 fn two_log_files_rotated_both_ways_and_stdout_arrive_once_across_worker_kills() {
     let d = tempfile::tempdir().unwrap();
-    let sh = Shipper::start(
-        d.path(),
-        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms\n\
-         redis_url = redis://127.0.0.1:9",
-    );
-    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
+    let (sh, m) = shipper_with_redis(d.path());
     let sandbox = d.path().join("sb");
     let labels = [
         ("rein.log.multiline", "off"),
@@ -263,12 +270,7 @@ fn a_fallen_back_container_s_log_files_are_shipped_once_the_shipper_is_back() {
 #[test]
 fn a_file_with_its_own_sink_is_shipped_when_the_container_s_sink_is_none() {
     let d = tempfile::tempdir().unwrap();
-    let sh = Shipper::start(
-        d.path(),
-        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms\n\
-         redis_url = redis://127.0.0.1:9",
-    );
-    let m = sh.module_with(&[("allowed_sinks", "elasticsearch,redis,none")]);
+    let (sh, m) = shipper_with_redis(d.path());
     let sandbox = d.path().join("sb");
     let labels = [
         ("rein.log.sink", "none"),

@@ -125,32 +125,22 @@ class LoggerPhase:
         self.sched.kill(task, ag_id)
         self.sched.wait_state(task, TERMINAL, 60)
 
-        if es_port and self.wants("p"):
-            try:
-                self.run_logger_es(ag, ag_id, es_port)
-            except Exception as e:  # noqa: BLE001 - (q) still runs
-                traceback.print_exc()
-                r.record("p", False, f"{type(e).__name__}: {e}")
-        elif not es_port:
-            self.skip("p", "osmem-server not installed (pip install osmem-server==0.1.6)")
-        if es_port and self.wants("u"):
-            try:
-                self.run_logger_files(ag, ag_id, es_port)
-            except Exception as e:  # noqa: BLE001 - the other checks still run
-                traceback.print_exc()
-                r.record("u", False, f"{type(e).__name__}: {e}")
-        elif not es_port:
-            self.skip("u", "osmem-server not installed (pip install osmem-server==0.1.6)")
+        self.with_es("p", es_port, lambda: self.run_logger_es(ag, ag_id, es_port))
+        self.with_es("u", es_port, lambda: self.run_logger_files(ag, ag_id, es_port))
         if self.wants("q"):
             self.run_burst(ag, ag_id, self.baseline()[1])
-        if es_port and self.wants("t"):
+        self.with_es("t", es_port, lambda: self.run_wedged(ag_id, es_port, state))
+
+    def with_es(self, check, es_port, run):
+        """Runs `check`, which needs osmem-server: an exception fails that check only."""
+        if not es_port:
+            self.skip(check, "osmem-server not installed (pip install osmem-server==0.1.6)")
+        elif self.wants(check):
             try:
-                self.run_wedged(ag_id, es_port, state)
+                run()
             except Exception as e:  # noqa: BLE001 - the other checks still run
                 traceback.print_exc()
-                r.record("t", False, f"{type(e).__name__}: {e}")
-        elif not es_port:
-            self.skip("t", "osmem-server not installed (pip install osmem-server==0.1.6)")
+                self.results.record(check, False, f"{type(e).__name__}: {e}")
 
     # -- (t) a wedged shipper ------------------------------------------------------------
 
