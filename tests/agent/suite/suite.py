@@ -21,7 +21,7 @@ PHASES = [
     Phase("net_cls", "abcdefg", "", "run_net_cls"),
     Phase("blkio+disk", "hijk", "o", "run_blkio_disk"),
     Phase("egress", "lm", "o", "run_egress"),
-    Phase("logger", "npqt", "", "run_logger"),
+    Phase("logger", "npqtu", "", "run_logger"),
     Phase("leftovers", "o", "", "check_io_egress_leftovers"),
     Phase("tenant", "rs", "", "run_tenant"),
 ]
@@ -31,7 +31,7 @@ PHASES = [
 PHASES_V2 = [
     Phase("blkio+disk", "AhijkRND", "o", "run_blkio_disk"),
     Phase("egress", "lm", "o", "run_egress"),
-    Phase("logger", "np", "", "run_logger"),
+    Phase("logger", "npu", "", "run_logger"),
     Phase("leftovers", "o", "", "check_io_egress_leftovers"),
 ]
 
