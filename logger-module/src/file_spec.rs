@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::SinkKind;
+use crate::proto::{MultilineSpec, SinkKind};
 
 /// Longest `rein.log.files` value (also the schema's bound).
 pub const MAX_FILES_LABEL: usize = 1024;
@@ -27,7 +27,7 @@ const MAX_GLOB: usize = 256;
 const MAX_TAG: usize = 64;
 
 /// How a file's lines are joined into records.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileMultiline {
     /// As the container's `log.multiline` says.
@@ -35,8 +35,9 @@ pub enum FileMultiline {
     Inherit,
     /// One record per line.
     Off,
-    /// The built-in `indented` rule.
-    Indented,
+    /// The built-in `indented` rule, within these limits (the container's
+    /// `log.multiline.*` limits, capped by the operator).
+    Indented(MultilineSpec),
 }
 
 /// One entry of `rein.log.files`.
@@ -91,13 +92,15 @@ pub struct SpecCaps {
 
 /// Parses `raw` for a container whose sink is `sink`; `sink_ok` reads a
 /// per-file sink (within the allowed ones), `route_ok` checks a per-file
-/// route for a sink.
+/// route for a sink, `indented` gives the multiline limits of a file that
+/// asks for `multiline=indented`.
 pub fn parse(
     raw: &str,
     caps: SpecCaps,
     sink: SinkKind,
     sink_ok: &dyn Fn(&str) -> Result<SinkKind, String>,
     route_ok: &dyn Fn(SinkKind, &str) -> Result<(), String>,
+    indented: &dyn Fn() -> Result<MultilineSpec, String>,
 ) -> Result<Vec<FileSpec>, String> {
     let mut out: Vec<FileSpec> = Vec::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -132,7 +135,7 @@ pub fn parse(
                 .ok_or_else(|| format!("option '{opt}' of '{tag}' is not KEY=VALUE"))?;
             match (k.trim(), v.trim()) {
                 ("multiline", "off") => spec.multiline = FileMultiline::Off,
-                ("multiline", "indented") => spec.multiline = FileMultiline::Indented,
+                ("multiline", "indented") => spec.multiline = FileMultiline::Indented(indented()?),
                 ("multiline", "inherit") => spec.multiline = FileMultiline::Inherit,
                 ("multiline", v) => {
                     return Err(format!(
@@ -269,23 +272,33 @@ mod tests {
         }
     }
 
+    fn limits() -> Result<MultilineSpec, String> {
+        Ok(MultilineSpec {
+            pattern: None,
+            max_lines: 7,
+            max_bytes: 700,
+            timeout_ms: 70,
+        })
+    }
+
     fn p(raw: &str) -> Result<Vec<FileSpec>, String> {
-        parse(raw, CAPS, SinkKind::Elasticsearch, &sinks, &ok)
+        parse(raw, CAPS, SinkKind::Elasticsearch, &sinks, &ok, &limits)
     }
 
     #[test]
     fn entries_with_tags_and_options() {
-        let v = p("app=logs/*.log, gc.log;multiline=off,audit=a/b/*.log;route=team-a;sink=kafka")
+        let v = p("app=logs/*.log, gc.log;multiline=off,audit=a/b/*.log;route=team-a;sink=kafka;multiline=indented")
             .unwrap();
         assert_eq!(v.len(), 3);
+        assert_eq!(v[2].multiline, FileMultiline::Indented(limits().unwrap()));
         assert_eq!((v[0].sink, v[2].sink), (None, Some(SinkKind::Kafka)));
         assert_eq!(
             (v[0].tag.as_str(), v[0].glob.as_str()),
             ("app", "logs/*.log")
         );
         assert_eq!(
-            (v[1].tag.as_str(), v[1].multiline),
-            ("gc.log", FileMultiline::Off)
+            (v[1].tag.as_str(), &v[1].multiline),
+            ("gc.log", &FileMultiline::Off)
         );
         assert_eq!(v[2].route.as_deref(), Some("team-a"));
     }
@@ -321,6 +334,7 @@ mod tests {
             SinkKind::Elasticsearch,
             &sinks,
             &refuse_kafka,
+            &limits,
         )
         .unwrap_err();
         assert!(e.contains("route 'x' of 'a.log': refused for kafka"), "{e}");
@@ -330,7 +344,8 @@ mod tests {
             CAPS,
             SinkKind::Elasticsearch,
             &sinks,
-            &refuse_kafka
+            &refuse_kafka,
+            &limits,
         )
         .is_ok());
     }

@@ -229,8 +229,16 @@ impl ModuleConfig {
                     validate(r).map_err(|e| e.to_string())?;
                     check_prefix(r, prefixes).map_err(|e| e.to_string())
                 };
-                file_spec::parse(&s.raw, self.file_spec_caps, sink, &sink_ok, &route_ok)
-                    .map_err(|e| s.error(e))?
+                let indented = || self.multiline_limits(cfg).map_err(|e| e.to_string());
+                file_spec::parse(
+                    &s.raw,
+                    self.file_spec_caps,
+                    sink,
+                    &sink_ok,
+                    &route_ok,
+                    &indented,
+                )
+                .map_err(|e| s.error(e))?
             }
             None => Vec::new(),
         };
@@ -242,38 +250,10 @@ impl ModuleConfig {
                 if let Some(p) = pattern {
                     compile_pattern(&p.raw).map_err(|e| p.error(e))?;
                 }
-                let mut spec = MultilineSpec {
+                Some(MultilineSpec {
                     pattern: pattern.map(|p| p.raw.clone()),
-                    max_lines: 100,
-                    max_bytes: 64 * 1024,
-                    timeout_ms: 1000,
-                };
-                if let Some(s) = cfg.get("log.multiline.max_lines") {
-                    s.ensure_at_most(Some(self.ml_max_lines), |v| v.to_string())?;
-                    spec.max_lines =
-                        u32::try_from(cfg.u64("log.multiline.max_lines").unwrap_or(1).max(1))
-                            .unwrap_or(u32::MAX);
-                }
-                if let Some(s) = cfg.get("log.multiline.max_bytes") {
-                    s.ensure_at_most(Some(self.ml_max_bytes), |v| format!("{v} bytes"))?;
-                    spec.max_bytes = cfg.u64("log.multiline.max_bytes").unwrap_or(1).max(1);
-                }
-                if let Some(s) = cfg.get("log.multiline.timeout") {
-                    if let rein_core::config::Value::Duration(d) = s.value {
-                        if d > self.ml_max_timeout {
-                            return Err(s.error(format!(
-                                "above the operator's cap of {:?}",
-                                self.ml_max_timeout
-                            )));
-                        }
-                        spec.timeout_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-                    }
-                }
-                spec.max_lines = spec
-                    .max_lines
-                    .min(u32::try_from(self.ml_max_lines).unwrap_or(u32::MAX));
-                spec.max_bytes = spec.max_bytes.min(self.ml_max_bytes);
-                Some(spec)
+                    ..self.multiline_limits(cfg)?
+                })
             }
         };
         let rate_limit = match cfg.get("log.rate_limit") {
@@ -303,6 +283,44 @@ impl ModuleConfig {
             file_caps: self.file_caps,
             binary,
         })
+    }
+}
+
+impl ModuleConfig {
+    /// The multiline limits of `log.multiline.*` (defaults 100 lines, 64KiB,
+    /// 1s), each within the operator's cap; no pattern.
+    fn multiline_limits(&self, cfg: &TaskConfig) -> Result<MultilineSpec, ConfigError> {
+        let mut spec = MultilineSpec {
+            pattern: None,
+            max_lines: 100,
+            max_bytes: 64 * 1024,
+            timeout_ms: 1000,
+        };
+        if let Some(s) = cfg.get("log.multiline.max_lines") {
+            s.ensure_at_most(Some(self.ml_max_lines), |v| v.to_string())?;
+            spec.max_lines = u32::try_from(cfg.u64("log.multiline.max_lines").unwrap_or(1).max(1))
+                .unwrap_or(u32::MAX);
+        }
+        if let Some(s) = cfg.get("log.multiline.max_bytes") {
+            s.ensure_at_most(Some(self.ml_max_bytes), |v| format!("{v} bytes"))?;
+            spec.max_bytes = cfg.u64("log.multiline.max_bytes").unwrap_or(1).max(1);
+        }
+        if let Some(s) = cfg.get("log.multiline.timeout") {
+            if let rein_core::config::Value::Duration(d) = s.value {
+                if d > self.ml_max_timeout {
+                    return Err(s.error(format!(
+                        "above the operator's cap of {:?}",
+                        self.ml_max_timeout
+                    )));
+                }
+                spec.timeout_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+            }
+        }
+        spec.max_lines = spec
+            .max_lines
+            .min(u32::try_from(self.ml_max_lines).unwrap_or(u32::MAX));
+        spec.max_bytes = spec.max_bytes.min(self.ml_max_bytes);
+        Ok(spec)
     }
 }
 
@@ -386,6 +404,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("above 0 and at most"), "{e}");
+    }
+
+    #[test]
+    fn a_log_file_s_indented_multiline_stays_within_the_operator_s_caps() {
+        use crate::proto::FileMultiline;
+        let c = config(&[
+            ("multiline_max_lines", "50"),
+            ("multiline_max_bytes", "4KiB"),
+        ])
+        .unwrap();
+        let o = options(&c, &[("rein.log.files", "gc=gc.log;multiline=indented")]).unwrap();
+        let FileMultiline::Indented(spec) = &o.files[0].multiline else {
+            panic!("{:?}", o.files[0].multiline);
+        };
+        assert_eq!((spec.max_lines, spec.max_bytes), (50, 4096));
+        assert_eq!((spec.pattern.as_deref(), spec.timeout_ms), (None, 1000));
+        // The container's own limits apply to it too.
+        let o = options(
+            &c,
+            &[
+                ("rein.log.files", "gc=gc.log;multiline=indented"),
+                ("rein.log.multiline.max_lines", "20"),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(&o.files[0].multiline, FileMultiline::Indented(s) if s.max_lines == 20));
+        let e = options(
+            &c,
+            &[
+                ("rein.log.files", "gc=gc.log;multiline=indented"),
+                ("rein.log.multiline.max_lines", "60"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rein.log.files") && e.contains("log.multiline.max_lines"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,9 +33,7 @@ pub use follow::{same_start, FileCheckpoint, Followed, Step, PREFIX};
 use open::{Ident, Opened, Rules};
 
 use crate::proto::{FileCaps, FileMultiline, FileSpec, SinkKind, SourceMeta};
-use crate::record::{
-    EncodeOptions, Encoded, MultilineConfig, StartRule, StreamEncoder, StreamPipeline,
-};
+use crate::record::{EncodeOptions, Encoded, MultilineConfig, StreamEncoder, StreamPipeline};
 use crate::sandbox::SandboxDir;
 use crate::shipper::stream::mono_ms;
 use crate::wal::Wal;
@@ -360,18 +358,10 @@ impl FileSources {
 
     fn pipeline(&self, spec: usize, rel: &[u8], n: u64) -> StreamPipeline {
         let s = &self.specs[spec];
-        let ml = match s.multiline {
+        let ml = match &s.multiline {
             FileMultiline::Inherit => self.enc.multiline.clone(),
             FileMultiline::Off => None,
-            FileMultiline::Indented => Some(MultilineConfig {
-                rule: StartRule::Indented,
-                ..self.enc.multiline.clone().unwrap_or(MultilineConfig {
-                    rule: StartRule::Indented,
-                    max_lines: 100,
-                    max_bytes: 64 * 1024,
-                    timeout: Duration::from_secs(1),
-                })
-            }),
+            FileMultiline::Indented(spec) => crate::shipper::worker::multiline_config(spec),
         };
         let enc = StreamEncoder::for_file(&self.enc.meta, rel, &s.tag, n, &self.enc.encode);
         StreamPipeline::with_encoder(enc, self.enc.max_line, ml)
