@@ -292,11 +292,12 @@ impl Pickup {
             .as_ref()
             .and_then(super::worker::multiline_config);
         let sandbox = Arc::new(sandbox);
+        let encode = self.cfg.encode.with_binary(reg.options.binary);
         let (files, file_wals) = logfiles::for_container(
             reg,
             FileEncoding {
                 meta: reg.meta.clone(),
-                encode: self.cfg.encode.with_binary(reg.options.binary),
+                encode: encode.clone(),
                 max_line: self.cfg.max_line_bytes,
                 multiline: multiline.clone(),
             },
@@ -330,7 +331,7 @@ impl Pickup {
                 pipeline: StreamPipeline::new(
                     &reg.meta,
                     stream,
-                    &self.cfg.encode.with_binary(reg.options.binary),
+                    &encode,
                     self.cfg.max_line_bytes,
                     multiline.clone(),
                 ),

@@ -556,8 +556,10 @@ impl Ctx {
             if did || made > 0 {
                 j.dirty = true;
             }
-            for w in j.wal.iter().chain(j.file_wals.iter()) {
-                commit(w, &self.counters);
+            if made > 0 {
+                for w in j.wal.iter().chain(j.file_wals.iter()) {
+                    commit(w, &self.counters);
+                }
             }
             busy |= did;
         }

@@ -245,10 +245,10 @@ pub fn for_container(
     if files.is_empty() || !(own_wal || own_sink_runs(files, sinks)) {
         return (None, extra);
     }
-    let routes = targets(files, reg.options.route.as_bytes(), sinks, &mut extra);
+    let to = targets(files, reg.options.route.as_bytes(), sinks, &mut extra);
     let f = FileSources::new(
         files.clone(),
-        routes,
+        to,
         reg.options.file_caps,
         enc,
         dir,
@@ -263,7 +263,7 @@ pub fn for_container(
 pub struct FileSources {
     specs: Vec<FileSpec>,
     /// Where each spec's records go.
-    routes: Vec<FileTarget>,
+    to: Vec<FileTarget>,
     caps: FileCaps,
     enc: FileEncoding,
     dir: Arc<SandboxDir>,
@@ -297,12 +297,12 @@ struct Match {
 }
 
 impl FileSources {
-    /// A container's files (`routes`: see [`targets`]); `cp` is what a
+    /// A container's files (`to`: where each spec's records go, see [`targets`]); `cp` is what a
     /// previous worker checkpointed.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         specs: Vec<FileSpec>,
-        routes: Vec<FileTarget>,
+        to: Vec<FileTarget>,
         caps: FileCaps,
         enc: FileEncoding,
         dir: Arc<SandboxDir>,
@@ -316,7 +316,7 @@ impl FileSources {
         let cp = cp.unwrap_or_default();
         FileSources {
             specs,
-            routes,
+            to,
             caps,
             enc,
             dir,
@@ -406,7 +406,7 @@ impl FileSources {
                 self.read_one(i, buf, u64::MAX, true, out);
             }
             let f = &mut self.files[i];
-            let route = &self.routes[f.spec];
+            let route = &self.to[f.spec];
             f.poll(false, &mut |e| out.record(route, e));
             out.file_done();
         }
@@ -424,7 +424,7 @@ impl FileSources {
         while i < self.files.len() {
             while self.read_one(i, buf, u64::MAX, true, out) > 0 {}
             let f = &mut self.files[i];
-            let route = &self.routes[f.spec];
+            let route = &self.to[f.spec];
             f.poll(true, &mut |e| out.record(route, e));
             out.file_done();
             i += 1;
@@ -443,7 +443,7 @@ impl FileSources {
     ) -> u64 {
         let f = &mut self.files[i];
         self.turn = Some((i, f.n, f.pipeline.safe_offset(f.off)));
-        let route = &self.routes[f.spec];
+        let route = &self.to[f.spec];
         let before = f.pipeline.lines;
         let res = f.read(buf, budget, flush, &mut |e| out.record(route, e));
         self.lines += f.pipeline.lines - before;
@@ -492,7 +492,7 @@ impl FileSources {
         let (spec, cp, unread) = (f.spec, f.checkpoint(&self.specs[f.spec].tag), f.unread());
         if !self.follow_copy(spec, &cp) {
             // Nothing more of the old content can be read: its pending record goes.
-            let route = &self.routes[spec];
+            let route = &self.to[spec];
             self.files[i].poll(true, &mut |e| out.record(route, e));
             self.count_truncation_loss(&cp.path, unread);
         }
@@ -620,7 +620,7 @@ impl FileSources {
             let stale = !f.present && now.saturating_sub(f.grew_ms) >= idle_ms;
             if stale && self.read_one(i, buf, u64::MAX, true, out) == 0 {
                 let f = &mut self.files[i];
-                let route = &self.routes[f.spec];
+                let route = &self.to[f.spec];
                 f.poll(true, &mut |e| out.record(route, e));
                 out.file_done();
                 let f = self.files.swap_remove(i);

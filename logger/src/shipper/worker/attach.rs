@@ -93,6 +93,9 @@ impl Worker {
         let dir = self.container_dir(&reg.key);
         let cid = reg.meta.container_id().into_bytes();
         let route = reg.options.route.clone().into_bytes();
+        // One encoding for its streams and its log files.
+        let encode = self.cfg.encode.with_binary(reg.options.binary);
+        let multiline = reg.options.multiline.as_ref().and_then(multiline_config);
         // The task's log files: followed only where records are made.
         let sinks: Vec<_> = self
             .sinks
@@ -103,9 +106,9 @@ impl Worker {
             &reg,
             FileEncoding {
                 meta: reg.meta.clone(),
-                encode: self.cfg.encode.with_binary(reg.options.binary),
+                encode: encode.clone(),
                 max_line: self.cfg.max_line_bytes,
-                multiline: reg.options.multiline.as_ref().and_then(multiline_config),
+                multiline: multiline.clone(),
             },
             wal.is_some(),
             &sinks,
@@ -125,9 +128,9 @@ impl Worker {
                 StreamPipeline::new(
                     &reg.meta,
                     stream,
-                    &self.cfg.encode.with_binary(reg.options.binary),
+                    &encode,
                     self.cfg.max_line_bytes,
-                    reg.options.multiline.as_ref().and_then(multiline_config),
+                    multiline.clone(),
                 )
             });
             let (st, ps) = stream::open(stream, sandbox.clone(), &dir, fd, pipeline, scp, record)
