@@ -101,23 +101,28 @@ impl Refusal {
 }
 
 fn cname(name: &str) -> io::Result<CString> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    plain_name(name.as_bytes())
+}
+
+/// `name` as a C string when it is one plain name (not empty, `.` or `..`,
+/// no `/`, no NUL): never a path that could lead out of a directory.
+pub fn plain_name(name: &[u8]) -> io::Result<CString> {
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{name:?} is not a plain file name"),
+            format!(
+                "{:?} is not a plain file name",
+                String::from_utf8_lossy(name)
+            ),
         ));
     }
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
 }
 
-fn openat(dir: RawFd, name: &CString, flags: OFlag, mode: libc::mode_t) -> io::Result<OwnedFd> {
+/// `openat(2)` relative to `dir`, close-on-exec, never acquiring a terminal.
+pub fn openat(dir: RawFd, name: &CStr, flags: OFlag, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-    let fd = nix::fcntl::openat(
-        Some(dir),
-        name.as_c_str(),
-        flags,
-        Mode::from_bits_retain(mode),
-    )?;
+    let fd = nix::fcntl::openat(Some(dir), name, flags, Mode::from_bits_retain(mode))?;
     // SAFETY: a new descriptor, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -127,7 +132,7 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
 }
 
 /// `fstatat` without following a symlink; `None` if nothing is there.
-fn stat_at(dir: RawFd, name: &CStr) -> io::Result<Option<libc::stat>> {
+pub fn stat_at(dir: RawFd, name: &CStr) -> io::Result<Option<libc::stat>> {
     match nix::sys::stat::fstatat(Some(dir), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::open::{size_of, Ident};
+use super::open::{size_and_mtime, Ident};
 use crate::record::{Encoded, StreamPipeline};
 use crate::shipper::stream::{mono_ms, now_ms};
 
@@ -123,7 +123,7 @@ impl Followed {
         out: &mut dyn FnMut(Encoded<'_>),
     ) -> io::Result<Step> {
         crate::fault::point("parser_file");
-        let (size, mtime) = size_of(&self.file)?;
+        let (size, mtime) = size_and_mtime(&self.file)?;
         if size < self.off {
             return Ok(Step::Truncated);
         }

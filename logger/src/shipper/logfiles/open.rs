@@ -6,15 +6,17 @@
 //! driver is not called), checked with `fstat`, and only then reopened for
 //! reading through `/proc/self/fd`, which reaches that very inode.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 
 use nix::fcntl::OFlag;
-use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::sys::stat::{FileStat, SFlag};
+
+use crate::sandbox::{self, plain_name};
 
 /// Identity of a file (device, inode).
 pub type Ident = (u64, u64);
@@ -52,39 +54,14 @@ impl Refused {
     }
 }
 
-fn cstr(name: &[u8]) -> io::Result<CString> {
-    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a plain name",
-        ));
-    }
-    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
-}
-
-fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: OFlag) -> nix::Result<OwnedFd> {
-    let fd = nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
-        name,
-        flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )?;
-    // SAFETY: a new descriptor, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// A task's name opened relative to `dir`: never through a symlink.
+fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: OFlag) -> io::Result<OwnedFd> {
+    sandbox::openat(dir.as_raw_fd(), name, flags | OFlag::O_NOFOLLOW, 0)
 }
 
 /// `fstatat` without following a symlink; `None` if nothing is there.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<FileStat>> {
-    let c = cstr(name)?;
-    match nix::sys::stat::fstatat(
-        Some(dir.as_raw_fd()),
-        c.as_c_str(),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    ) {
-        Ok(st) => Ok(Some(st)),
-        Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    sandbox::stat_at(dir.as_raw_fd(), &plain_name(name)?)
 }
 
 fn kind(st: &FileStat) -> SFlag {
@@ -119,19 +96,21 @@ pub enum Opened<T> {
 
 /// Opens the subdirectory `name` of `dir`.
 pub fn open_dir(dir: BorrowedFd<'_>, name: &[u8], rules: Rules) -> io::Result<Opened<OwnedFd>> {
-    let c = cstr(name)?;
+    let c = plain_name(name)?;
     let fd = match open_at(
         dir,
         &c,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK,
     ) {
         Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) => return Ok(Opened::Missing),
-        // A symlink (O_NOFOLLOW) or not a directory.
-        Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::ENOTDIR) => {
-            return Ok(Opened::Refused(Refused::Type))
+        Err(e) => {
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(Opened::Missing),
+                // A symlink (O_NOFOLLOW) or not a directory.
+                Some(libc::ELOOP | libc::ENOTDIR) => Ok(Opened::Refused(Refused::Type)),
+                _ => Err(e),
+            };
         }
-        Err(e) => return Err(e.into()),
     };
     let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
     Ok(match refusal(&st, rules, true) {
@@ -153,12 +132,12 @@ pub struct TaskFile {
 
 /// Opens the regular file `name` of `dir` for reading (see the module's doc).
 pub fn open_file(dir: BorrowedFd<'_>, name: &[u8], rules: Rules) -> io::Result<Opened<TaskFile>> {
-    let c = cstr(name)?;
+    let c = plain_name(name)?;
     let path_fd = match open_at(dir, &c, OFlag::O_PATH) {
         Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) => return Ok(Opened::Missing),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
         // O_PATH|O_NOFOLLOW opens a symlink itself: refused by its type below.
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let st = nix::sys::stat::fstat(path_fd.as_raw_fd())?;
     if let Some(r) = refusal(&st, rules, false) {
@@ -207,7 +186,7 @@ pub fn list(dir: BorrowedFd<'_>, max: usize) -> io::Result<(Vec<Vec<u8>>, bool)>
 }
 
 /// Size and modification time of an open file now.
-pub fn size_of(f: &File) -> io::Result<(u64, (i64, i64))> {
+pub fn size_and_mtime(f: &File) -> io::Result<(u64, (i64, i64))> {
     let st = nix::sys::stat::fstat(f.as_fd().as_raw_fd())?;
     Ok((
         u64::try_from(st.st_size).unwrap_or(0),
