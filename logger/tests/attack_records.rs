@@ -20,7 +20,7 @@ use rein_logger::record::{
 };
 use rein_logger::sink::SinkStats;
 use rein_logger::wal::Wal;
-use rein_logger::walrec::WalRecord;
+use rein_logger::walrec::Expander;
 
 const READ_MS: i64 = 1_714_564_800_000; // 2024-05-01T12:00:00Z
 
@@ -385,9 +385,10 @@ mod redis_routes {
         let n = 50;
         common::fill_wal(&scratch, "victim", "", 0, n);
         let b = scratch.read_batch(1000, 64 << 20, Duration::ZERO).unwrap();
-        let ids: Vec<String> = b
+        let ids: Vec<String> = Expander::default()
+            .expand(&b)
             .iter()
-            .map(|r| String::from_utf8(WalRecord::decode(r).unwrap().id.to_vec()).unwrap())
+            .map(|r| String::from_utf8(r.id.to_vec()).unwrap())
             .collect();
         assert_eq!(ids.len(), n);
         let w = wal(d.path());

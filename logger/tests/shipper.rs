@@ -618,10 +618,11 @@ fn labels_drive_parsing_in_the_shipper() {
     })
     .unwrap();
     let b = w.read_batch(100, 1 << 20, Duration::ZERO).unwrap();
-    let recs: Vec<(String, serde_json::Value)> = b
-        .iter()
+    let mut whole = rein_logger::walrec::Expander::default();
+    let recs: Vec<(String, serde_json::Value)> = whole
+        .expand(&b)
+        .into_iter()
         .map(|r| {
-            let r = rein_logger::walrec::WalRecord::decode(r).unwrap();
             (
                 String::from_utf8(r.route.to_vec()).unwrap(),
                 serde_json::from_slice(r.doc).unwrap(),

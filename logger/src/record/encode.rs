@@ -100,6 +100,9 @@ pub struct StreamEncoder {
     binary: BinaryMode,
     /// Scratch for base64 text.
     b64: String,
+    /// Where the last document encoded holds `log_head` and `tail` (offsets
+    /// in its `out`).
+    cuts: (usize, usize),
 }
 
 /// What [`BinaryMode::Base64`] adds to a record's `log` object (nothing in text mode).
@@ -267,7 +270,21 @@ impl StreamEncoder {
             max_future_ms: opts.max_ts_future_ms.max(0),
             binary: opts.binary,
             b64: String::new(),
+            cuts: (0, 0),
         }
+    }
+
+    /// The parts every document of this stream has alike: id prefix, log
+    /// head, tail; and where the last document encoded holds the log head
+    /// and the tail (offsets in the `out` it was encoded into).
+    pub fn parts(&self) -> (&[u8], &[u8], &[u8], (usize, usize)) {
+        (&self.id_prefix, &self.log_head, &self.tail, self.cuts)
+    }
+
+    /// Appends the tail, noting where.
+    fn push_tail(&mut self, out: &mut Vec<u8>) {
+        self.cuts.1 = out.len();
+        out.extend_from_slice(&self.tail);
     }
 
     /// Text only, or exact bytes in records ([`EncodeOptions::binary`]).
@@ -379,7 +396,7 @@ impl StreamEncoder {
         out.push(b',');
         let exact = self.exact(rec, true);
         self.push_log(rec, level.map(str::as_bytes), time, exact, out);
-        out.extend_from_slice(&self.tail);
+        self.push_tail(out);
         out.push(b'}');
         time.ms
     }
@@ -397,6 +414,7 @@ impl StreamEncoder {
         exact: Exact<'_>,
         out: &mut Vec<u8>,
     ) {
+        self.cuts.0 = out.len();
         out.extend_from_slice(&self.log_head);
         out.extend_from_slice(itoa_u64(rec.offset).as_bytes_mut());
         if let Some(l) = level {
@@ -496,7 +514,7 @@ impl StreamEncoder {
         out.push(b',');
         let exact = self.exact(rec, msg.is_none());
         self.push_log(rec, level.as_deref().map(str::as_bytes), time, exact, out);
-        out.extend_from_slice(&self.tail);
+        self.push_tail(out);
         let mut nested = Vec::new();
         for (k, v) in fields {
             if used.contains(&Some(k.as_ref())) {

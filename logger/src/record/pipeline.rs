@@ -1,5 +1,6 @@
 //! One stream's pipeline: framing -> optional multiline -> encoding.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use super::encode::{BinaryMode, EncodeOptions, SourceMeta, StreamEncoder};
@@ -18,6 +19,31 @@ pub struct Encoded<'a> {
     pub id: &'a [u8],
     /// The ECS JSON document.
     pub doc: &'a [u8],
+    /// The parts every document of the stream has alike, and where `doc`
+    /// holds them (`None`: not known).
+    pub parts: Option<DocParts<'a>>,
+}
+
+/// The parts every document of a stream has alike (the disk buffer holds
+/// them once per segment, see [`crate::walrec`]) and where a document holds them.
+#[derive(Clone, Copy, Debug)]
+pub struct DocParts<'a> {
+    /// Start of every id.
+    pub id_prefix: &'a [u8],
+    /// The `log` object's start, up to its `"offset":`.
+    pub log_head: &'a [u8],
+    /// The fields after the `log` object.
+    pub tail: &'a [u8],
+    /// Offset of `log_head` in the document.
+    pub head_at: usize,
+    /// Offset of `tail` in the document.
+    pub tail_at: usize,
+    /// The first record of a run (one call of [`StreamPipeline::feed`] or
+    /// [`StreamPipeline::poll`]), whose records go to one buffer together:
+    /// the run's meta frame goes before it.
+    pub fresh: bool,
+    /// The run's meta key, kept here by the framer of its first record.
+    pub key: &'a AtomicU64,
 }
 
 /// Where a pipeline stands between two calls, cheap to take: a pending
@@ -45,6 +71,10 @@ pub struct StreamPipeline {
     exact: bool,
     doc: Vec<u8>,
     id: Vec<u8>,
+    /// The next record is the first of its run (see [`DocParts::fresh`]).
+    fresh: bool,
+    /// The run's meta key (see [`DocParts::key`]).
+    meta_key: AtomicU64,
     /// Empty lines not shipped (text mode; they stay in the sandbox file).
     pub empty_lines: u64,
     /// Lines framed (pieces of split lines count once each).
@@ -76,15 +106,19 @@ impl StreamPipeline {
             enc,
             doc: Vec::new(),
             id: Vec::new(),
+            fresh: true,
+            meta_key: AtomicU64::new(0),
             empty_lines: 0,
             lines: 0,
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         enc: &mut StreamEncoder,
         doc: &mut Vec<u8>,
         id: &mut Vec<u8>,
+        (fresh, key): (&mut bool, &AtomicU64),
         rec: &Record<'_>,
         read_ms: i64,
         out: &mut (impl FnMut(Encoded<'_>) + ?Sized),
@@ -93,11 +127,21 @@ impl StreamPipeline {
         id.clear();
         let ts_ms = enc.encode(rec, read_ms, doc);
         enc.push_id(rec.offset, id);
+        let (id_prefix, log_head, tail, (head_at, tail_at)) = enc.parts();
         out(Encoded {
             offset: rec.offset,
             ts_ms,
             id,
             doc,
+            parts: Some(DocParts {
+                id_prefix,
+                log_head,
+                tail,
+                head_at,
+                tail_at,
+                fresh: std::mem::take(fresh),
+                key,
+            }),
         });
     }
 
@@ -119,9 +163,12 @@ impl StreamPipeline {
             exact,
             doc,
             id,
+            fresh,
+            meta_key,
             empty_lines,
             lines,
         } = self;
+        *fresh = true;
         framer.frame(buf, base, flush, |line| {
             *lines += 1;
             if line.bytes.is_empty() && line.split.is_none() && !*exact {
@@ -130,7 +177,9 @@ impl StreamPipeline {
             }
             match multiline {
                 Some(m) => {
-                    let mut f = |r: Record<'_>| Self::emit(enc, doc, id, &r, read_ms, out);
+                    let mut f = |r: Record<'_>| {
+                        Self::emit(enc, doc, id, (fresh, meta_key), &r, read_ms, out)
+                    };
                     m.push(line, now, &mut f);
                     // The line's newline is not there yet: what follows it
                     // belongs to the same line, never after a joining `\n`.
@@ -138,7 +187,15 @@ impl StreamPipeline {
                         m.flush(&mut f);
                     }
                 }
-                None => Self::emit(enc, doc, id, &Record::of_line(&line), read_ms, out),
+                None => Self::emit(
+                    enc,
+                    doc,
+                    id,
+                    (fresh, meta_key),
+                    &Record::of_line(&line),
+                    read_ms,
+                    out,
+                ),
             }
         })
     }
@@ -156,10 +213,14 @@ impl StreamPipeline {
             enc,
             doc,
             id,
+            fresh,
+            meta_key,
             ..
         } = self;
+        *fresh = true;
         if let Some(m) = multiline {
-            let mut f = |r: Record<'_>| Self::emit(enc, doc, id, &r, read_ms, out);
+            let mut f =
+                |r: Record<'_>| Self::emit(enc, doc, id, (fresh, meta_key), &r, read_ms, out);
             if force {
                 m.flush(&mut f)
             } else {

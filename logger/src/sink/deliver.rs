@@ -18,7 +18,7 @@ use super::deadletter::DeadLetter;
 use super::route::{BadRoute, BatchRoutes, RouteFailure};
 use super::SinkStats;
 use crate::wal::{Batch, Wal};
-use crate::walrec::WalRecord;
+use crate::walrec::{Expander, WalRecord};
 
 /// What became of one record in one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,33 +197,33 @@ pub trait Sink: Send {
     }
 }
 
-/// Decodes a batch's records. One that cannot be decoded would fail the same
-/// way at every resend: it goes to the dead-letter file, counted.
+/// Decodes a batch's records into `records`, each whole (a compact record
+/// expanded with its meta: the same document whatever form the disk buffer
+/// holds it in). One that cannot be decoded (corrupt, or without its meta)
+/// would fail the same way at every resend: it goes to the dead-letter
+/// file as stored, counted.
 pub fn decode_batch<'a>(
-    batch: &'a Batch,
+    batch: &Batch,
+    records: &'a mut Expander,
     sink: &str,
     dead: &mut DeadLetter,
     stats: &SinkStats,
 ) -> Vec<WalRecord<'a>> {
-    let mut out = Vec::with_capacity(batch.len());
-    for (i, raw) in batch.iter().enumerate() {
-        match WalRecord::decode(raw) {
-            Some(r) => out.push(r),
-            None => {
-                dead.add(
-                    sink,
-                    "",
-                    b"",
-                    b"",
-                    0,
-                    b"undecodable disk-buffer record",
-                    batch.get(i),
-                );
-                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    out
+    records.clear();
+    records.push_batch(batch, |i, e| {
+        tracing::warn!(sink, "{e}: to the dead-letter file");
+        dead.add(
+            sink,
+            "",
+            b"",
+            b"",
+            0,
+            e.to_string().as_bytes(),
+            batch.get(i),
+        );
+        stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    });
+    records.records()
 }
 
 /// The loop of every sink thread: reads a batch from the disk buffer, ships
@@ -260,9 +260,10 @@ pub fn run<S: Sink>(sink: &mut S, wal: &Wal, control: &Control) {
 
 /// Sends one batch until every record is stored or dead-lettered.
 pub fn ship<S: Sink>(sink: &mut S, batch: &Batch, control: &Control) -> Result<(), ShipError> {
+    let mut whole = Expander::default();
     let recs = {
         let c = sink.core_mut();
-        decode_batch(batch, c.name, &mut c.dead, &c.stats)
+        decode_batch(batch, &mut whole, c.name, &mut c.dead, &c.stats)
     };
     let targets: Vec<String> = recs.iter().map(|r| sink.target(r)).collect();
     let checks: Vec<Result<(), BadRoute>> =

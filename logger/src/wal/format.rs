@@ -4,6 +4,14 @@
 //! empty (the CRC of nothing is 0, so zeroed blocks, as a file system can
 //! leave past its last good write, would read as records). Segments are files
 //! `NNNNNNNNNNNNNNNNNNNN.wal` (their sequence number) in one directory.
+//!
+//! A frame holds a record, or a meta frame: `[META][key: u64 LE][meta]`,
+//! the constant parts of the records that name `key` (their container's
+//! metadata, see [`crate::walrec`]). A record naming a meta starts
+//! `[META_REF][stream][key: u64 LE]`. A meta frame precedes, in the same
+//! segment, every record naming it (the writer sees to it), so a segment
+//! is read alone; meta frames are never handed to a sink nor counted as
+//! records.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +19,29 @@ use std::path::{Path, PathBuf};
 pub(super) const HDR: usize = 8;
 /// Largest accepted frame payload (a record is far smaller).
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// First byte of a meta frame's payload.
+pub const META: u8 = 3;
+/// First byte of a record that names a meta frame.
+pub const META_REF: u8 = 2;
+/// Bytes of a meta frame's payload before the meta itself.
+pub const META_HDR: usize = 9;
+
+/// The key of a meta frame's payload (`None`: not a meta frame).
+pub fn meta_key(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [META, k @ ..] if k.len() >= 8 => Some(u64::from_le_bytes(k[..8].try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The meta a record's payload names (`None`: it names none).
+pub fn meta_ref(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [META_REF, _, k @ ..] if k.len() >= 8 => Some(u64::from_le_bytes(k[..8].try_into().ok()?)),
+        _ => None,
+    }
+}
 
 /// The file of segment `seq`.
 pub(super) fn seg_path(dir: &Path, seq: u64) -> PathBuf {
@@ -57,7 +88,8 @@ pub(super) fn crc_ok(payload: &[u8], crc: u32) -> bool {
     crc32fast::hash(payload) == crc
 }
 
-/// Scans frames of `data`; returns (valid length, record count, whether a bad frame ended it).
+/// Scans frames of `data`; returns (valid length, record count (meta
+/// frames are not records), whether a bad frame ended it).
 pub(super) fn scan(data: &[u8]) -> (usize, u64, bool) {
     let (mut pos, mut n) = (0, 0);
     while let Some((len, crc)) = header(data, pos) {
@@ -65,25 +97,26 @@ pub(super) fn scan(data: &[u8]) -> (usize, u64, bool) {
         if bad_len(len) || end > data.len() || !crc_ok(&data[pos + HDR..end], crc) {
             return (pos, n, true);
         }
+        n += u64::from(data[pos + HDR] != META);
         pos = end;
-        n += 1;
     }
     (pos, n, pos != data.len())
 }
 
 /// The end of the longest run of whole frames of `buf` from `from` that is at
-/// most `max` bytes long (at least one frame), and how many frames it holds.
+/// most `max` bytes long (at least one frame), and how many records (frames
+/// but meta frames) it holds.
 pub(super) fn whole_frames(buf: &[u8], from: usize, max: usize) -> (usize, u64) {
     let (mut pos, mut n) = (from, 0);
     while let Some((len, _)) = header(buf, pos) {
         let end = pos + HDR + len;
-        if end > buf.len() || (n > 0 && end - from > max) {
+        if end > buf.len() || (pos > from && end - from > max) {
             break;
         }
+        n += u64::from(buf.get(pos + HDR) != Some(&META));
         pos = end;
-        n += 1;
     }
-    if n == 0 {
+    if pos == from {
         // Not a frame (never queued so): the rest goes out as it is.
         return (buf.len(), 0);
     }

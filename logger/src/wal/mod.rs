@@ -34,6 +34,7 @@ mod error;
 pub mod fault;
 mod format;
 mod ledger;
+mod meta;
 mod policy;
 mod reader;
 mod recovery;
@@ -49,7 +50,7 @@ use std::time::Duration;
 
 pub use config::{FullPolicy, UnknownPolicy, WalConfig};
 pub use error::WalError;
-pub use format::MAX_FRAME;
+pub use format::{meta_key, meta_ref, MAX_FRAME, META, META_HDR, META_REF};
 pub use ledger::Pos;
 pub use reader::Batch;
 pub use stall::{LOG_EVERY, RETRY_FIRST, RETRY_MAX};
@@ -66,6 +67,8 @@ pub struct Wal {
     saved: Mutex<Pos>,
     /// The segments, the cursor and the read position (lock order: last).
     ledger: Mutex<ledger::Ledger>,
+    /// The metas the reader learnt (held while reading, no other lock).
+    read_metas: Mutex<meta::ReadMetas>,
     /// Signalled (with the ledger's lock) when records are published.
     more: Condvar,
     /// Counters.
@@ -79,11 +82,35 @@ impl Wal {
         format::frame_into(buf, encode);
     }
 
+    /// The payloads of the whole frames at the start of `buf` (framed by
+    /// [`Wal::frame_into`]), up to the first bad one.
+    pub fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            let (len, crc) = format::header(buf, pos)?;
+            let end = pos + format::HDR + len;
+            let payload = buf.get(pos + format::HDR..end)?;
+            if format::bad_len(len) || !format::crc_ok(payload, crc) {
+                return None;
+            }
+            pos = end;
+            Some(payload)
+        })
+    }
+
     /// Queues `records` records framed by [`Wal::frame_into`] (one lock for
     /// the batch); they reach the file at the next [`Wal::commit`].
     pub fn push_framed(&self, framed: &[u8], records: u64) {
         if records > 0 {
             self.writer().queue(framed, records);
+        }
+    }
+
+    /// The same, taking `framed` (left empty): no copy when nothing else is
+    /// queued.
+    pub fn push_framed_vec(&self, framed: &mut Vec<u8>, records: u64) {
+        if !framed.is_empty() {
+            self.writer().queue_vec(framed, records);
         }
     }
 

@@ -6,16 +6,22 @@
 //! segment deleted during the read stays readable through the descriptor.
 //! If the drop-oldest policy took a segment the read started in, the records
 //! read were counted as dropped: the batch is read again from the new cursor.
+//! Meta frames are learnt (see [`super::meta`]), never handed out: a batch
+//! holds its records and the metas they name. Records stay in the chunks
+//! read from the files (no copy).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::error::{io_err, WalError};
-use super::format::{bad_len, crc_ok, header, seg_path, HDR, MAX_FRAME};
+use super::format::{bad_len, crc_ok, header, meta_ref, seg_path, HDR, MAX_FRAME};
 use super::ledger::{Pos, Segment};
+use super::meta::ReadMetas;
 use super::Wal;
 
 /// Reads overtaken by drops in a row before an empty batch is returned
@@ -25,8 +31,14 @@ const MAX_REREADS: u32 = 3;
 /// Records read for shipping; acknowledge with [`Wal::ack`]`(batch.end)`.
 #[derive(Debug, Default)]
 pub struct Batch {
-    data: Vec<u8>,
-    spans: Vec<(usize, usize)>,
+    /// Chunks as read from the files.
+    chunks: Vec<Vec<u8>>,
+    /// Each record: its chunk and its bytes there.
+    spans: Vec<(usize, usize, usize)>,
+    /// Bytes of the records.
+    bytes: usize,
+    /// The metas the records name, by key.
+    metas: HashMap<u64, Arc<[u8]>>,
     /// Position after the last record of the batch.
     pub end: Pos,
 }
@@ -42,17 +54,22 @@ impl Batch {
     }
     /// The payload of record `i`.
     pub fn get(&self, i: usize) -> &[u8] {
-        let (a, b) = self.spans[i];
-        &self.data[a..b]
+        let (c, a, b) = self.spans[i];
+        &self.chunks[c][a..b]
     }
     /// All payloads.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.spans.iter().map(|&(a, b)| &self.data[a..b])
+        self.spans.iter().map(|&(c, a, b)| &self.chunks[c][a..b])
     }
-    fn push(&mut self, payload: &[u8]) {
-        let a = self.data.len();
-        self.data.extend_from_slice(payload);
-        self.spans.push((a, self.data.len()));
+    /// The meta named `key` by a record of the batch (`None`: the buffer
+    /// holds no such meta before the record).
+    pub fn meta(&self, key: u64) -> Option<&[u8]> {
+        self.metas.get(&key).map(|m| &m[..])
+    }
+    /// Records `a..b` of the chunk being read (the last one).
+    fn push(&mut self, a: usize, b: usize) {
+        self.spans.push((self.chunks.len() - 1, a, b));
+        self.bytes += b - a;
     }
 }
 
@@ -125,6 +142,8 @@ impl Wal {
             end: start,
             ..Default::default()
         };
+        let mut metas = self.read_metas();
+        metas.forget_before(start.seg);
         let mut pos = start;
         'segs: for s in view {
             if s.seq > pos.seg {
@@ -140,12 +159,19 @@ impl Wal {
             }
             let p = seg_path(&self.cfg.dir, s.seq);
             let f = File::open(&p).map_err(io_err(&p))?;
+            self.learn_before(&mut metas, &f, pos).map_err(io_err(&p))?;
             let want = usize::try_from(s.len - pos.off)
                 .unwrap_or(usize::MAX)
                 .min(max_bytes.max(HDR + MAX_FRAME / 16));
-            let mut data = read_at(&f, want, pos.off).map_err(io_err(&p))?;
+            batch
+                .chunks
+                .push(read_at(&f, want, pos.off).map_err(io_err(&p))?);
             let mut i = 0;
-            while let Some((len, crc)) = header(&data, i) {
+            loop {
+                let data = batch.chunks.last().expect("a chunk");
+                let Some((len, crc)) = header(data, i) else {
+                    break;
+                };
                 let end = i + HDR + len;
                 if bad_len(len) || pos.off + end as u64 > s.len {
                     // Unreadable rest of a closed segment (a length no record
@@ -155,30 +181,38 @@ impl Wal {
                     continue 'segs;
                 }
                 if end > data.len() {
-                    if batch.is_empty() && i == 0 {
+                    if i == 0 {
                         // One record larger than the read window: read it whole.
-                        data = read_at(&f, HDR + len, pos.off).map_err(io_err(&p))?;
+                        let whole = read_at(&f, HDR + len, pos.off).map_err(io_err(&p))?;
+                        *batch.chunks.last_mut().expect("a chunk") = whole;
                         continue;
                     }
                     break 'segs;
                 }
                 let payload = &data[i + HDR..end];
-                if crc_ok(payload, crc) {
-                    batch.push(payload);
-                } else {
+                let at = Pos {
+                    seg: s.seq,
+                    off: pos.off + i as u64,
+                };
+                if !crc_ok(payload, crc) {
                     self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         segment = s.seq,
                         offset = pos.off + i as u64,
                         "disk buffer: record with a bad checksum skipped"
                     );
+                } else if !metas.learn(s.seq, payload) {
+                    if let Some(k) = meta_ref(payload) {
+                        self.attach_meta(&metas, &mut batch.metas, k, at);
+                    }
+                    batch.push(i + HDR, end);
                 }
                 i = end;
                 batch.end = Pos {
                     seg: s.seq,
                     off: pos.off + i as u64,
                 };
-                if batch.len() >= max_records || batch.data.len() >= max_bytes {
+                if batch.len() >= max_records || batch.bytes >= max_bytes {
                     break 'segs;
                 }
             }
@@ -186,7 +220,60 @@ impl Wal {
                 break;
             }
         }
+        metas.learnt = metas.learnt.max(batch.end);
         Ok(batch)
+    }
+
+    /// Puts the meta `key` a record at `at` names in `to`; a missing one is
+    /// counted once, the first time the record is read (the sink
+    /// dead-letters the record).
+    fn attach_meta(&self, metas: &ReadMetas, to: &mut HashMap<u64, Arc<[u8]>>, key: u64, at: Pos) {
+        match metas.get(key) {
+            Some(m) => {
+                to.entry(key).or_insert_with(|| m.clone());
+            }
+            None if at >= metas.learnt => {
+                self.stats.missing_meta.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    segment = at.seg,
+                    offset = at.off,
+                    "disk buffer: record without its meta frame"
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn read_metas(&self) -> MutexGuard<'_, ReadMetas> {
+        self.read_metas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Learns the metas of segment `pos.seg` before `pos.off` not learnt
+    /// yet (a read starting in the middle of a segment, after a restart).
+    fn learn_before(&self, metas: &mut ReadMetas, f: &File, pos: Pos) -> io::Result<()> {
+        let from = match metas.learnt {
+            l if l.seg == pos.seg => l.off,
+            l if l.seg > pos.seg => return Ok(()),
+            _ => 0,
+        };
+        if from >= pos.off {
+            return Ok(());
+        }
+        let len = usize::try_from(pos.off - from).unwrap_or(usize::MAX);
+        let data = read_at(f, len, from)?;
+        let mut i = 0;
+        while let Some((len, crc)) = header(&data, i) {
+            let end = i + HDR + len;
+            if bad_len(len) || end > data.len() {
+                break;
+            }
+            if crc_ok(&data[i + HDR..end], crc) {
+                metas.learn(pos.seg, &data[i + HDR..end]);
+            }
+            i = end;
+        }
+        metas.learnt = pos;
+        Ok(())
     }
 
     /// Wakes a reader waiting in [`Wal::read_batch`].

@@ -75,6 +75,7 @@ impl Wal {
             saved: Mutex::new(cursor),
             ledger: Mutex::new(Ledger::new(dir, stats.clone(), segs, cursor)),
             more: Condvar::new(),
+            read_metas: Mutex::default(),
             stats,
             cfg,
         })

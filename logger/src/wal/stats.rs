@@ -11,6 +11,9 @@ pub struct WalStats {
     pub acked_records: AtomicU64,
     /// Records deleted unshipped by the drop-oldest policy.
     pub dropped_records: AtomicU64,
+    /// Records naming a meta frame the buffer does not hold before them
+    /// (corruption): counted once, when first read; the sink dead-letters them.
+    pub missing_meta: AtomicU64,
     /// Records found corrupt (bad checksum, torn tail) and skipped.
     pub corrupt_records: AtomicU64,
     /// Bytes currently on disk.

@@ -20,6 +20,7 @@ use super::durability::MAX_UNSYNCED;
 use super::error::{io_err, no_space, WalError};
 use super::fault::{truncate, write_all_at};
 use super::format::{frame_header, seg_path, whole_frames};
+use super::meta::WrittenMetas;
 use super::stall::Stall;
 use super::stats::WalStats;
 use super::Wal;
@@ -63,6 +64,8 @@ pub(super) struct Writer {
     /// The file may hold bytes past the last frame (a failed write not cut off yet).
     pub(super) tail_dirty: bool,
     pub(super) stall: Stall,
+    /// The meta frames the segment holds (and earlier ones queued records may name).
+    metas: WrittenMetas,
 }
 
 impl Writer {
@@ -85,12 +88,25 @@ impl Writer {
             resync: false,
             tail_dirty: false,
             stall: Stall::default(),
+            metas: WrittenMetas::default(),
         }
     }
 
     /// Queues framed records.
     pub(super) fn queue(&mut self, framed: &[u8], records: u64) {
         self.pending.extend_from_slice(framed);
+        self.pending_records += records;
+    }
+
+    /// Queues framed records, taking `framed` (left empty) without a copy
+    /// when nothing else is queued.
+    pub(super) fn queue_vec(&mut self, framed: &mut Vec<u8>, records: u64) {
+        if self.pending.is_empty() {
+            std::mem::swap(&mut self.pending, framed);
+        } else {
+            self.pending.extend_from_slice(framed);
+        }
+        framed.clear();
         self.pending_records += records;
     }
 
@@ -177,6 +193,9 @@ impl Wal {
         // Written frames leave the queue whatever happened to the rest.
         w.pending.drain(..done);
         w.pending_records -= written;
+        if w.pending.is_empty() {
+            w.metas.queue_empty();
+        }
         match r {
             Ok(()) => {
                 w.chunk = usize::MAX;
@@ -210,10 +229,19 @@ impl Wal {
         let len = (end - from) as u64;
         let drop_oldest = self.cfg.policy == FullPolicy::DropOldest;
         while drop_oldest && self.buffered() + len > self.cfg.max_bytes && self.drop_oldest(w)? {}
-        let seq = loop {
+        let (seq, prefix) = loop {
             let (seq, at) = (w.seq, w.len);
-            let Err(e) = write_all_at(&w.file, &w.path, &w.pending[from..end], at) else {
-                break seq;
+            // Meta frames this segment lacks go first (after a roll).
+            let prefix = w.metas.prefix(&w.pending[from..end]);
+            let res = if prefix.bytes.is_empty() {
+                write_all_at(&w.file, &w.path, &w.pending[from..end], at)
+            } else {
+                let mut all = prefix.bytes.clone();
+                all.extend_from_slice(&w.pending[from..end]);
+                write_all_at(&w.file, &w.path, &all, at)
+            };
+            let Err(e) = res else {
+                break (seq, prefix);
             };
             // Part of the batch may be in the file: cut it off, now or before the next write.
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -237,8 +265,17 @@ impl Wal {
                 return Err(io_err(&p)(e));
             }
         };
+        if prefix.unknown > 0 {
+            tracing::warn!(
+                records = prefix.unknown,
+                "disk buffer: records name a meta frame never queued"
+            );
+        }
+        let len = len + prefix.bytes.len() as u64;
         let Writer { pending, tail, .. } = &mut *w;
+        tail.extend_from_slice(&prefix.bytes);
         tail.extend_from_slice(&pending[from..end]);
+        w.metas.written(prefix);
         w.len += len;
         w.unsynced = true;
         // Counted before the sink can see them.
@@ -269,6 +306,7 @@ impl Wal {
         w.len = 0;
         w.synced = 0;
         w.tail.clear();
+        w.metas.rolled();
         let moved = self.ledger().rolled(next);
         if moved {
             if let Err(e) = self.save_cursor() {

@@ -392,18 +392,18 @@ impl<'a> WalAppender<'a> {
         }
     }
 
+    /// Frames the record as the shipper does (compact, after its meta
+    /// frame when it is the first of its run) and queues it.
     pub fn push(&mut self, e: rein_logger::record::Encoded<'_>) {
         self.payload.clear();
-        rein_logger::walrec::WalRecord {
-            stream: rein_logger::record::Stream::Stdout,
-            ts_ms: e.ts_ms,
-            id: e.id,
-            container: self.container.as_bytes(),
-            route: self.route.as_bytes(),
-            doc: e.doc,
-        }
-        .encode_into(&mut self.payload);
-        self.w.push(&self.payload);
+        rein_logger::walrec::frame_encoded(
+            &mut self.payload,
+            rein_logger::record::Stream::Stdout,
+            self.container.as_bytes(),
+            self.route.as_bytes(),
+            &e,
+        );
+        self.w.push_framed(&self.payload, 1);
         self.n += 1;
     }
 }

@@ -251,8 +251,9 @@ pub fn drain_buffer(dir: &Path, mut f: impl FnMut(rein_logger::walrec::WalRecord
         if b.is_empty() {
             return;
         }
-        for r in b.iter() {
-            f(rein_logger::walrec::WalRecord::decode(r).unwrap());
+        let mut whole = rein_logger::walrec::Expander::default();
+        for r in whole.expand(&b) {
+            f(r);
         }
         w.ack(b.end, b.len() as u64).unwrap();
     }

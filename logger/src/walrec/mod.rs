@@ -1,9 +1,30 @@
 //! The payload of one disk-buffer record: a sink-independent envelope around
-//! the encoded document.
+//! the encoded document, in one of two forms.
 //!
-//! `[version=1][stream tag][ts_ms: i64 LE][id_len: u16][id][cid_len: u16][container id]`
+//! Version 1, the whole document:
+//! `[1][stream tag][ts_ms: i64 LE][id_len: u16][id][cid_len: u16][container id]`
 //! `[route_len: u16][route][document]` — `route` is the per-task index or
 //! topic (empty: the operator's default).
+//!
+//! Version 2 ([`compact`]), the document without the parts every record of
+//! its stream has alike, which a meta frame of the same segment holds once:
+//! `[2][stream tag][meta key: u64 LE][ts_ms: i64 LE][suffix_len: u8][id suffix]`
+//! `[head_at: u32 LE][tail_at: u32 LE][body]`, the meta frame's payload being
+//! `[3][key: u64 LE][prefix_len: u16][id prefix][cid_len: u16][container id]`
+//! `[route_len: u16][route][head_len: u32][log head][tail_len: u32][tail]`.
+//! The document is `body[..head_at] + log head + body[head_at..tail_at] +
+//! tail + body[tail_at..]` and the id is `id prefix + id suffix`: an
+//! [`Expander`] makes them, byte for byte the version-1 record's.
+//!
+//! The producers write version 2 ([`frame_encoded`]); version-1 records
+//! (a buffer written by an older shipper, or by [`WalRecord::encode_into`])
+//! are read as they always were.
+
+mod compact;
+mod expand;
+
+pub use compact::{frame_encoded, CompactRecord, Meta};
+pub use expand::{ExpandError, Expander};
 
 use crate::record::Stream;
 
@@ -26,28 +47,6 @@ pub struct WalRecord<'a> {
 
 const VERSION: u8 = 1;
 
-/// Frames one record a stream's pipeline encoded into `buf`, as the disk
-/// buffer stores it (the parser and the fallen-back files' follower).
-pub fn frame_encoded(
-    buf: &mut Vec<u8>,
-    stream: Stream,
-    container: &[u8],
-    route: &[u8],
-    e: &crate::record::pipeline::Encoded<'_>,
-) {
-    crate::wal::Wal::frame_into(buf, |out| {
-        WalRecord {
-            stream,
-            ts_ms: e.ts_ms,
-            id: e.id,
-            container,
-            route,
-            doc: e.doc,
-        }
-        .encode_into(out);
-    });
-}
-
 fn push_short(out: &mut Vec<u8>, b: &[u8]) {
     let n = b.len().min(u16::MAX as usize);
     out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_le_bytes());
@@ -68,7 +67,7 @@ fn take_short<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 }
 
 impl<'a> WalRecord<'a> {
-    /// Appends the encoded payload to `out`.
+    /// Appends the encoded payload (version 1) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(VERSION);
         out.push(self.stream.tag());
@@ -79,7 +78,8 @@ impl<'a> WalRecord<'a> {
         out.extend_from_slice(self.doc);
     }
 
-    /// Decodes a payload; `None` if it is not a version-1 record.
+    /// Decodes a payload; `None` if it is not a version-1 record (a
+    /// version-2 one needs its meta: see [`Expander`]).
     pub fn decode(mut b: &'a [u8]) -> Option<Self> {
         if b.len() < 10 || b[0] != VERSION {
             return None;
@@ -101,23 +101,26 @@ impl<'a> WalRecord<'a> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roundtrip() {
-        let r = WalRecord {
-            stream: Stream::Stderr,
-            ts_ms: -5,
-            id: b"abc-e-1",
-            container: b"root.child",
-            route: b"",
-            doc: b"{\"a\":1}",
-        };
-        let mut out = Vec::new();
-        r.encode_into(&mut out);
-        assert_eq!(WalRecord::decode(&out), Some(r));
-        assert_eq!(WalRecord::decode(&out[..5]), None);
-    }
+/// Frames one record as version 1 (the whole document).
+fn frame_full(
+    buf: &mut Vec<u8>,
+    stream: Stream,
+    container: &[u8],
+    route: &[u8],
+    e: &crate::record::pipeline::Encoded<'_>,
+) {
+    crate::wal::Wal::frame_into(buf, |out| {
+        WalRecord {
+            stream,
+            ts_ms: e.ts_ms,
+            id: e.id,
+            container,
+            route,
+            doc: e.doc,
+        }
+        .encode_into(out);
+    });
 }
+
+#[cfg(test)]
+mod tests;
