@@ -17,7 +17,7 @@ use rein_logger::record::{
 };
 use rein_logger::sink::es::encode_bulk;
 use rein_logger::sink::route;
-use rein_logger::walrec::WalRecord;
+use rein_logger::walrec::{frame_encoded, Expander, WalRecord};
 
 const READ_MS: i64 = 1_714_564_800_000;
 
@@ -91,8 +91,11 @@ fuzz_target!(|data: &[u8]| {
     let route: &[u8] = if es_route { route_raw } else { b"" };
 
     let mut docs: Vec<(Vec<u8>, Vec<u8>, i64)> = Vec::new();
+    // The same records as the disk buffer holds them (compact, meta frames).
+    let mut framed = Vec::new();
     let mut sink = |e: rein_logger::record::Encoded<'_>| {
         docs.push((e.id.to_vec(), e.doc.to_vec(), e.ts_ms));
+        frame_encoded(&mut framed, Stream::Stdout, b"root.c", route, &e);
     };
     // Two reads, as a stream arrives; the rest flushed at the end.
     let cut = input.len() / 2;
@@ -108,6 +111,16 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         let got = rebuild(&parsed).unwrap_or_else(|e| panic!("{e}"));
         assert!(got.bytes == input, "base64 records do not rebuild the input");
+    }
+
+    // The buffer's records expand to exactly the documents.
+    let mut whole = Expander::default();
+    whole.push_frames(&framed).expect("framed records expand");
+    let expanded = whole.records();
+    assert_eq!(expanded.len(), docs.len());
+    for (r, (id, doc, ts)) in expanded.iter().zip(&docs) {
+        assert!(r.id == &id[..] && r.doc == &doc[..] && r.ts_ms == *ts);
+        assert!(r.container == b"root.c" && r.route == route);
     }
 
     for (id, doc, ts) in &docs {

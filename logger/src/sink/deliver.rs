@@ -396,6 +396,7 @@ pub(crate) mod tests {
     use crate::sink::deadletter::DeadLetterLimits;
     use crate::sink::route::RouteError;
     use crate::wal::{FullPolicy, WalConfig};
+    use crate::walrec::tests::differential::{both, Owned};
     use std::collections::VecDeque;
     use std::time::Instant;
 
@@ -406,6 +407,8 @@ pub(crate) mod tests {
         core: SinkCore,
         script: VecDeque<Vec<Delivery>>,
         sent: Vec<Vec<String>>,
+        /// Every record stored, whole.
+        stored: Vec<Owned>,
     }
 
     impl Fake {
@@ -427,6 +430,7 @@ pub(crate) mod tests {
                 },
                 script: script.into(),
                 sent: Vec::new(),
+                stored: Vec::new(),
             }
         }
 
@@ -463,9 +467,16 @@ pub(crate) mod tests {
                     .map(|r| String::from_utf8_lossy(r.id).into_owned())
                     .collect(),
             );
-            self.script
+            let out = self
+                .script
                 .pop_front()
-                .unwrap_or_else(|| vec![Delivery::Stored; records.len()])
+                .unwrap_or_else(|| vec![Delivery::Stored; records.len()]);
+            for (r, d) in records.iter().zip(&out) {
+                if *d == Delivery::Stored {
+                    self.stored.push(Owned::from(*r));
+                }
+            }
+            out
         }
     }
 
@@ -644,5 +655,104 @@ pub(crate) mod tests {
         );
         s.ship(&b, &c).unwrap();
         assert_eq!(s.sent.len(), 2);
+    }
+
+    /// Pushes `framed` (whole frames) to `w` in pieces of `frames` frames,
+    /// committing each.
+    fn push_in_pieces(w: &Wal, framed: &[u8], frames: usize) {
+        let payloads: Vec<&[u8]> = Wal::frames(framed).collect();
+        for piece in payloads.chunks(frames) {
+            let mut buf = Vec::new();
+            let mut records = 0;
+            for p in piece {
+                Wal::frame_into(&mut buf, |out| out.extend_from_slice(p));
+                records += u64::from(crate::wal::meta_key(p).is_none());
+            }
+            w.push_framed(&buf, records);
+            w.commit().unwrap();
+        }
+    }
+
+    #[test]
+    fn every_record_is_delivered_whole_from_compact_frames_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, compact, want) = both(300);
+        let cfg = WalConfig {
+            dir: d.path().join("buffer"),
+            segment_bytes: 16 << 10,
+            max_bytes: 1 << 30,
+            fsync_interval: Duration::from_secs(1),
+            policy: FullPolicy::Pause,
+        };
+        let mut s = Fake::new(d.path(), Duration::from_millis(1), vec![]);
+        let c = Control::new();
+        let mut restarts = 0;
+        {
+            let w = Wal::open(cfg.clone()).unwrap();
+            push_in_pieces(&w, &compact, 37);
+        }
+        loop {
+            // A restart after every two batches: reads start mid-segment.
+            let w = Wal::open(cfg.clone()).unwrap();
+            let mut empty = false;
+            for _ in 0..2 {
+                let b = w.read_batch(53, 1 << 20, Duration::ZERO).unwrap();
+                if b.is_empty() {
+                    empty = true;
+                    break;
+                }
+                s.ship(&b, &c).unwrap();
+                w.ack(b.end, b.len() as u64).unwrap();
+            }
+            w.sync().unwrap();
+            assert_eq!(w.stats.missing_meta.load(Ordering::Relaxed), 0);
+            if empty {
+                break;
+            }
+            restarts += 1;
+        }
+        assert!(restarts > 10, "{restarts}");
+        assert_eq!(s.count(|s| &s.dead_lettered), 0);
+        assert_eq!(s.stored.len(), want.len());
+        for (got, want) in s.stored.iter().zip(&want) {
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(&want.doc));
+        }
+    }
+
+    #[test]
+    fn a_record_without_its_meta_is_dead_lettered() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(WalConfig {
+            dir: d.path().join("buffer"),
+            segment_bytes: 1 << 20,
+            max_bytes: 16 << 20,
+            fsync_interval: Duration::from_secs(1),
+            policy: FullPolicy::Pause,
+        })
+        .unwrap();
+        let mut p = Vec::new();
+        crate::walrec::CompactRecord {
+            stream: Stream::Stdout,
+            key: 7,
+            ts_ms: 1,
+            id_suffix: b"1",
+            head_at: 0,
+            tail_at: 0,
+            body: b"{}",
+        }
+        .encode_into(&mut p);
+        w.push(&p);
+        w.commit().unwrap();
+        let b = w.read_batch(10, 1 << 20, Duration::ZERO).unwrap();
+        let mut s = Fake::new(d.path(), Duration::from_millis(1), vec![]);
+        s.ship(&b, &Control::new()).unwrap();
+        assert!(s.sent.is_empty());
+        assert_eq!(s.count(|s| &s.dead_lettered), 1);
+        assert_eq!(w.stats.missing_meta.load(Ordering::Relaxed), 1);
+        let dead = dead_lines(d.path());
+        assert_eq!(
+            dead[0]["reason"],
+            "disk-buffer record without its meta frame (key 0000000000000007)"
+        );
     }
 }

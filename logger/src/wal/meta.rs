@@ -9,20 +9,26 @@
 //! the acknowledged cursor) it first reads the segment's frames before the
 //! start for their metas.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::format::{header, meta_key, meta_ref, HDR, META_HDR};
 use super::ledger::Pos;
 
-/// The meta frames the writer has written, by key.
+/// Segments a meta frame is kept for after the last one it was written
+/// in: a record queued later naming it (a run of records pushed in several
+/// pieces) gets it again in its segment.
+const KEEP_SEGMENTS: u64 = 2;
+
+/// The meta frames the writer has written.
 #[derive(Debug, Default)]
 pub(super) struct WrittenMetas {
-    /// Whole frames in the segment being written.
-    cur: HashMap<u64, Vec<u8>>,
-    /// Whole frames of earlier segments, kept while records still queued
-    /// may name them.
-    old: HashMap<u64, Vec<u8>>,
+    /// Keys of those in the segment being written.
+    cur: HashSet<u64>,
+    /// Whole frames by key, with the last segment each was written in.
+    frames: HashMap<u64, (Vec<u8>, u64)>,
+    /// The segment being written.
+    seq: u64,
 }
 
 /// What a piece of the queue needs before it: meta frames its segment
@@ -33,11 +39,19 @@ pub(super) struct Prefix {
     pub(super) bytes: Vec<u8>,
     /// Meta frames (whole, by key) the segment holds once the piece is written.
     adds: Vec<(u64, Vec<u8>)>,
-    /// Records naming a meta the writer never saw.
+    /// Records naming a meta the writer does not know.
     pub(super) unknown: u64,
 }
 
 impl WrittenMetas {
+    /// The metas of segment `seq`, holding none yet.
+    pub(super) fn new(seq: u64) -> Self {
+        WrittenMetas {
+            seq,
+            ..Default::default()
+        }
+    }
+
     /// Frames of `piece` (whole frames) to be written in the current
     /// segment: the meta frames to write before it.
     pub(super) fn prefix(&self, piece: &[u8]) -> Prefix {
@@ -47,14 +61,16 @@ impl WrittenMetas {
             let end = (pos + HDR + len).min(piece.len());
             let frame = &piece[pos..end];
             let payload = &frame[HDR.min(frame.len())..];
+            let new =
+                |k: u64, p: &Prefix| !self.cur.contains(&k) && !p.adds.iter().any(|a| a.0 == k);
             if let Some(k) = meta_key(payload) {
-                if !self.cur.contains_key(&k) && !p.adds.iter().any(|(a, _)| *a == k) {
+                if new(k, &p) {
                     p.adds.push((k, frame.to_vec()));
                 }
             } else if let Some(k) = meta_ref(payload) {
-                if !self.cur.contains_key(&k) && !p.adds.iter().any(|(a, _)| *a == k) {
-                    match self.old.get(&k) {
-                        Some(f) => {
+                if new(k, &p) {
+                    match self.frames.get(&k) {
+                        Some((f, _)) => {
                             p.bytes.extend_from_slice(f);
                             p.adds.push((k, f.clone()));
                         }
@@ -69,18 +85,18 @@ impl WrittenMetas {
 
     /// The piece and its prefix are written.
     pub(super) fn written(&mut self, p: Prefix) {
-        self.cur.extend(p.adds);
+        for (k, f) in p.adds {
+            self.cur.insert(k);
+            self.frames.insert(k, (f, self.seq));
+        }
     }
 
-    /// A new segment begins: it holds no meta yet.
-    pub(super) fn rolled(&mut self) {
-        let cur = std::mem::take(&mut self.cur);
-        self.old.extend(cur);
-    }
-
-    /// Nothing is queued: no record can name an earlier segment's meta.
-    pub(super) fn queue_empty(&mut self) {
-        self.old = HashMap::new();
+    /// Segment `seq` begins: it holds no meta yet; those not written for
+    /// [`KEEP_SEGMENTS`] are forgotten.
+    pub(super) fn rolled(&mut self, seq: u64) {
+        self.cur.clear();
+        self.seq = seq;
+        self.frames.retain(|_, f| f.1 + KEEP_SEGMENTS >= seq);
     }
 }
 

@@ -88,7 +88,7 @@ impl Writer {
             resync: false,
             tail_dirty: false,
             stall: Stall::default(),
-            metas: WrittenMetas::default(),
+            metas: WrittenMetas::new(seq),
         }
     }
 
@@ -193,9 +193,6 @@ impl Wal {
         // Written frames leave the queue whatever happened to the rest.
         w.pending.drain(..done);
         w.pending_records -= written;
-        if w.pending.is_empty() {
-            w.metas.queue_empty();
-        }
         match r {
             Ok(()) => {
                 w.chunk = usize::MAX;
@@ -306,7 +303,7 @@ impl Wal {
         w.len = 0;
         w.synced = 0;
         w.tail.clear();
-        w.metas.rolled();
+        w.metas.rolled(next);
         let moved = self.ledger().rolled(next);
         if moved {
             if let Err(e) = self.save_cursor() {

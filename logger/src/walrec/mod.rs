@@ -123,4 +123,4 @@ fn frame_full(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod faults;
+mod meta;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
