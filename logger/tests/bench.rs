@@ -89,6 +89,25 @@ fn write_rate(writer: Writer, stdout: Stdio, report: &std::path::Path, secs: &st
     }
 }
 
+/// Bytes of the disk-buffer segments (`*.wal`) under `dir`.
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => wal_bytes(&p),
+                Ok(_) if p.extension().is_some_and(|x| x == "wal") => {
+                    e.metadata().map(|m| m.len()).unwrap_or(0)
+                }
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
 /// Waits until the parser has caught up; the seconds it took, or `None`.
 fn catch_up(sh: &Shipper, limit: Duration) -> Option<f64> {
     let t = std::time::Instant::now();
@@ -197,7 +216,14 @@ fn throughput() {
                         None => note.push_str(", not all parsed 120 s later"),
                     }
                 }
+                let r = sh.counters()["reader"].clone();
+                let parsed = r["bytes_read"].as_u64().unwrap_or(0)
+                    - r["unparsed_bytes"].as_u64().unwrap_or(0);
                 sh.stop();
+                note.push_str(&format!(
+                    "; disk buffer {:.2} B per parsed byte",
+                    wal_bytes(&sd) as f64 / parsed.max(1) as f64
+                ));
             }
             let _ = std::fs::remove_dir_all(&sd);
             lines.push(format!(

@@ -465,7 +465,7 @@ impl Pickup {
         }
         if records > 0 {
             if let Some(w) = &t.wal {
-                w.push_framed(&self.framed, records);
+                w.push_framed_vec(&mut self.framed, records);
             }
             self.framed.clear();
         }

@@ -129,7 +129,7 @@ impl Framed {
     /// Hands the batch to `wal` (counted once written, by [`commit`]).
     fn flush(&mut self, wal: Option<&Wal>) {
         if let Some(w) = wal {
-            w.push_framed(&self.bytes, self.records);
+            w.push_framed_vec(&mut self.bytes, self.records);
         }
         self.clear();
     }
