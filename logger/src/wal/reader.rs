@@ -24,6 +24,9 @@ use super::ledger::{Pos, Segment};
 use super::meta::ReadMetas;
 use super::Wal;
 
+/// Bytes read at once when learning the metas before a read's start.
+const LEARN_WINDOW: usize = 1 << 20;
+
 /// Reads overtaken by drops in a row before an empty batch is returned
 /// (once the wait is over).
 const MAX_REREADS: u32 = 3;
@@ -259,18 +262,35 @@ impl Wal {
         if from >= pos.off {
             return Ok(());
         }
-        let len = usize::try_from(pos.off - from).unwrap_or(usize::MAX);
-        let data = read_at(f, len, from)?;
-        let mut i = 0;
-        while let Some((len, crc)) = header(&data, i) {
-            let end = i + HDR + len;
-            if bad_len(len) || end > data.len() {
+        // In windows: the memory of a read, not of a segment.
+        let mut off = from;
+        while off < pos.off {
+            let left = usize::try_from(pos.off - off).unwrap_or(usize::MAX);
+            let mut data = read_at(f, left.min(LEARN_WINDOW), off)?;
+            let mut i = 0;
+            while let Some((len, crc)) = header(&data, i) {
+                let end = i + HDR + len;
+                if bad_len(len) || off + end as u64 > pos.off {
+                    // Corrupt: the read skips the rest of the segment anyway.
+                    i = left;
+                    break;
+                }
+                if end > data.len() {
+                    if i == 0 {
+                        data = read_at(f, HDR + len, off)?;
+                        continue;
+                    }
+                    break;
+                }
+                if crc_ok(&data[i + HDR..end], crc) {
+                    metas.learn(pos.seg, &data[i + HDR..end]);
+                }
+                i = end;
+            }
+            if i == 0 {
                 break;
             }
-            if crc_ok(&data[i + HDR..end], crc) {
-                metas.learn(pos.seg, &data[i + HDR..end]);
-            }
-            i = end;
+            off += i as u64;
         }
         metas.learnt = pos;
         Ok(())

@@ -250,3 +250,46 @@ fn meta_frames_are_not_counted_as_dropped_records() {
     assert_eq!(left, want(110 - u32::try_from(left.len()).unwrap()..110));
     assert_eq!(w.stats.missing_meta.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_reader_starting_megabytes_into_a_segment_learns_every_meta_before_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path(), 1 << 30, FullPolicy::Pause);
+    c.segment_bytes = 64 << 20;
+    let other = Meta {
+        container: b"root.other",
+        ..META_OF
+    };
+    let (a, b);
+    {
+        let w = Wal::open(c.clone()).unwrap();
+        a = push_run(&w, 0, 10);
+        // Past a read window of frames naming `a` ...
+        let mut buf = Vec::new();
+        for i in 10..30_000 {
+            compact(&mut buf, a, i);
+        }
+        w.push_framed(&buf, 29_990);
+        // ... the meta frame of another container.
+        let mut buf = Vec::new();
+        b = other.frame_into(&mut buf);
+        compact(&mut buf, b, 30_000);
+        w.push_framed(&buf, 1);
+        w.commit().unwrap();
+        // Acknowledged up to there.
+        loop {
+            let batch = w.read_batch(10_000, 64 << 20, Duration::ZERO).unwrap();
+            w.ack(batch.end, batch.len() as u64).unwrap();
+            if batch.end.off >= w.writer().len {
+                break;
+            }
+        }
+        w.sync().unwrap();
+    }
+    let w = Wal::open(c).unwrap();
+    push_rest(&w, b, 30_001, 30_002);
+    push_rest(&w, a, 30_002, 30_003);
+    let got = drain_whole(&w, 100);
+    assert_eq!(got, want(30_001..30_003));
+    assert_eq!(w.stats.missing_meta.load(Ordering::Relaxed), 0);
+}
