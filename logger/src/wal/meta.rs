@@ -57,6 +57,8 @@ impl WrittenMetas {
     pub(super) fn prefix(&self, piece: &[u8]) -> Prefix {
         let mut p = Prefix::default();
         let mut pos = 0;
+        // Records come in runs naming one meta: one lookup per run.
+        let mut last = None;
         while let Some((len, _)) = header(piece, pos) {
             let end = (pos + HDR + len).min(piece.len());
             let frame = &piece[pos..end];
@@ -67,7 +69,8 @@ impl WrittenMetas {
                 if new(k, &p) {
                     p.adds.push((k, frame.to_vec()));
                 }
-            } else if let Some(k) = meta_ref(payload) {
+            } else if let Some(k) = meta_ref(payload).filter(|&k| last != Some(k)) {
+                last = Some(k);
                 if new(k, &p) {
                     match self.frames.get(&k) {
                         Some((f, _)) => {

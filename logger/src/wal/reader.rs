@@ -147,6 +147,7 @@ impl Wal {
         };
         let mut metas = self.read_metas();
         metas.forget_before(start.seg);
+        let mut last_ref = None;
         let mut pos = start;
         'segs: for s in view {
             if s.seq > pos.seg {
@@ -205,8 +206,11 @@ impl Wal {
                         "disk buffer: record with a bad checksum skipped"
                     );
                 } else if !metas.learn(s.seq, payload) {
-                    if let Some(k) = meta_ref(payload) {
-                        self.attach_meta(&metas, &mut batch.metas, k, at);
+                    // Records come in runs naming one meta: one lookup per run.
+                    if let Some(k) = meta_ref(payload).filter(|&k| last_ref != Some(k)) {
+                        if self.attach_meta(&metas, &mut batch.metas, k, at) {
+                            last_ref = Some(k);
+                        }
                     }
                     batch.push(i + HDR, end);
                 }
@@ -227,13 +231,20 @@ impl Wal {
         Ok(batch)
     }
 
-    /// Puts the meta `key` a record at `at` names in `to`; a missing one is
-    /// counted once, the first time the record is read (the sink
+    /// Puts the meta `key` a record at `at` names in `to` (true), or counts
+    /// a missing one once, the first time the record is read (the sink
     /// dead-letters the record).
-    fn attach_meta(&self, metas: &ReadMetas, to: &mut HashMap<u64, Arc<[u8]>>, key: u64, at: Pos) {
+    fn attach_meta(
+        &self,
+        metas: &ReadMetas,
+        to: &mut HashMap<u64, Arc<[u8]>>,
+        key: u64,
+        at: Pos,
+    ) -> bool {
         match metas.get(key) {
             Some(m) => {
                 to.entry(key).or_insert_with(|| m.clone());
+                return true;
             }
             None if at >= metas.learnt => {
                 self.stats.missing_meta.fetch_add(1, Ordering::Relaxed);
@@ -245,6 +256,7 @@ impl Wal {
             }
             None => {}
         }
+        false
     }
 
     fn read_metas(&self) -> MutexGuard<'_, ReadMetas> {
