@@ -207,9 +207,9 @@ impl<St: ObjectStore> S3Sink<St> {
     }
 }
 
-/// Payload bytes of a batch.
+/// Bytes of a batch's records, made whole.
 fn batch_bytes(b: &crate::wal::Batch) -> usize {
-    b.iter().map(<[u8]>::len).sum()
+    b.bytes()
 }
 
 impl<St: ObjectStore + 'static> Sink for S3Sink<St> {

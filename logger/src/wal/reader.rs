@@ -38,7 +38,7 @@ pub struct Batch {
     chunks: Vec<Vec<u8>>,
     /// Each record: its chunk and its bytes there.
     spans: Vec<(usize, usize, usize)>,
-    /// Bytes of the records.
+    /// Bytes of the records, made whole.
     bytes: usize,
     /// The metas the records name, by key.
     metas: HashMap<u64, Arc<[u8]>>,
@@ -64,15 +64,21 @@ impl Batch {
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.spans.iter().map(|&(c, a, b)| &self.chunks[c][a..b])
     }
+    /// Bytes of the records, made whole (what the batch's byte bound counts).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
     /// The meta named `key` by a record of the batch (`None`: the buffer
     /// holds no such meta before the record).
     pub fn meta(&self, key: u64) -> Option<&[u8]> {
         self.metas.get(&key).map(|m| &m[..])
     }
-    /// Records `a..b` of the chunk being read (the last one).
-    fn push(&mut self, a: usize, b: usize) {
+    /// Records `a..b` of the chunk being read (the last one), whose meta
+    /// adds `meta` bytes when it is made whole (the batch's byte bound
+    /// counts whole records: what a sink sends).
+    fn push(&mut self, a: usize, b: usize, meta: usize) {
         self.spans.push((self.chunks.len() - 1, a, b));
-        self.bytes += b - a;
+        self.bytes += b - a + meta;
     }
 }
 
@@ -207,12 +213,16 @@ impl Wal {
                     );
                 } else if !metas.learn(s.seq, payload) {
                     // Records come in runs naming one meta: one lookup per run.
-                    if let Some(k) = meta_ref(payload).filter(|&k| last_ref != Some(k)) {
-                        if self.attach_meta(&metas, &mut batch.metas, k, at) {
-                            last_ref = Some(k);
+                    let mut whole = 0;
+                    if let Some(k) = meta_ref(payload) {
+                        if last_ref.is_none_or(|(l, _)| l != k) {
+                            last_ref = self
+                                .attach_meta(&metas, &mut batch.metas, k, at)
+                                .map(|len| (k, len));
                         }
+                        whole = last_ref.map_or(0, |(_, len)| len);
                     }
-                    batch.push(i + HDR, end);
+                    batch.push(i + HDR, end, whole);
                 }
                 i = end;
                 batch.end = Pos {
@@ -231,20 +241,20 @@ impl Wal {
         Ok(batch)
     }
 
-    /// Puts the meta `key` a record at `at` names in `to` (true), or counts
-    /// a missing one once, the first time the record is read (the sink
-    /// dead-letters the record).
+    /// Puts the meta `key` a record at `at` names in `to` (its length), or
+    /// counts a missing one once, the first time the record is read (the
+    /// sink dead-letters the record).
     fn attach_meta(
         &self,
         metas: &ReadMetas,
         to: &mut HashMap<u64, Arc<[u8]>>,
         key: u64,
         at: Pos,
-    ) -> bool {
+    ) -> Option<usize> {
         match metas.get(key) {
             Some(m) => {
                 to.entry(key).or_insert_with(|| m.clone());
-                return true;
+                return Some(m.len());
             }
             None if at >= metas.learnt => {
                 self.stats.missing_meta.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +266,7 @@ impl Wal {
             }
             None => {}
         }
-        false
+        None
     }
 
     fn read_metas(&self) -> MutexGuard<'_, ReadMetas> {
