@@ -293,3 +293,21 @@ fn a_reader_starting_megabytes_into_a_segment_learns_every_meta_before_it() {
     assert_eq!(got, want(30_001..30_003));
     assert_eq!(w.stats.missing_meta.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_batch_byte_bound_counts_records_made_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path(), 1 << 20, FullPolicy::Pause);
+    c.segment_bytes = 1 << 20;
+    let w = Wal::open(c).unwrap();
+    let key = push_run(&w, 0, 100);
+    let all = w.read_batch(1000, 1 << 20, Duration::ZERO).unwrap();
+    assert_eq!(all.len(), 100);
+    let meta = all.meta(key).unwrap().len();
+    let whole: usize = all.iter().map(|p| p.len() + meta).sum();
+    assert_eq!(all.bytes(), whole);
+    // Records 0..10 are alike in size: ten of them fill a bound of ten.
+    let one = all.get(0).len() + meta;
+    let b = w.read_batch(1000, 10 * one, Duration::ZERO).unwrap();
+    assert_eq!(b.len(), 10, "{} of {} bytes", b.bytes(), 10 * one);
+}
