@@ -540,7 +540,7 @@ impl StreamEncoder {
                 &mut *out
             };
             dst.push(b',');
-            push_str(dst, f.key.as_bytes());
+            f.push_key(dst);
             dst.push(b':');
             // Raw text as the task wrote it (pretty-printed: newlines): compacted.
             f.push_value(dst);

@@ -19,6 +19,9 @@ struct Member {
     /// escapes, decoded in the scanner's `keys`.
     key: (usize, usize),
     key_decoded: bool,
+    /// The key's first 8 bytes, big-endian, zero-padded: orders most keys
+    /// without looking at them again.
+    prefix: u64,
     /// The value's raw text in the line (no surrounding whitespace).
     value: (usize, usize),
     /// The value holds whitespace between tokens or a `\u` escape: it is
@@ -50,6 +53,7 @@ pub struct Fields<'a> {
 pub struct Field<'a> {
     /// The key, escapes decoded.
     pub key: &'a str,
+    key_decoded: bool,
     /// The value as the task wrote it (valid JSON, possibly pretty-printed).
     pub raw: &'a str,
     compact: bool,
@@ -59,6 +63,18 @@ impl<'a> Field<'a> {
     /// The string inside the value, if it is a string.
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
         super::raw_as_str(self.raw)
+    }
+
+    /// Appends the key as a JSON string.
+    pub fn push_key(&self, out: &mut Vec<u8>) {
+        if self.key_decoded {
+            super::push_str(out, self.key.as_bytes());
+        } else {
+            // Written without escapes in the line: nothing to escape.
+            out.push(b'"');
+            out.extend_from_slice(self.key.as_bytes());
+            out.push(b'"');
+        }
     }
 
     /// Appends the value on one line (see [`push_compact`]).
@@ -79,6 +95,7 @@ impl<'a> Fields<'a> {
             } else {
                 &self.text[m.key.0..m.key.1]
             },
+            key_decoded: m.key_decoded,
             raw: &self.text[m.value.0..m.value.1],
             compact: m.compact,
         }
@@ -109,6 +126,15 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// `k`'s first 8 bytes as a big-endian number, zero-padded: keys whose
+/// prefixes differ compare as their prefixes do.
+fn prefix(k: &[u8]) -> u64 {
+    let mut p = [0u8; 8];
+    let n = k.len().min(8);
+    p[..n].copy_from_slice(&k[..n]);
+    u64::from_be_bytes(p)
+}
+
 /// Index of the first byte at or after `i` that is not JSON whitespace.
 #[inline]
 fn ws(b: &[u8], mut i: usize) -> usize {
@@ -131,6 +157,31 @@ static STRING_STOP: [bool; 256] = {
     t
 };
 
+/// The index of the first `"`, `\` or control byte at or after `j` (or
+/// the end), eight bytes at a time.
+#[inline]
+fn plain_run_end(b: &[u8], mut j: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        // High bit set in a byte that is (below it, possibly spuriously
+        // after) a zero of `x`: the lowest one is exact.
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let stops = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if stops != 0 {
+            return j + (stops.trailing_zeros() / 8) as usize;
+        }
+        j += 8;
+    }
+    while j < b.len() && !STRING_STOP[b[j] as usize] {
+        j += 1;
+    }
+    j
+}
+
 /// The string starting at the quote `b[i]`: the index after its closing
 /// quote, whether it has escapes, and whether one is a `\u` escape.
 #[inline]
@@ -138,9 +189,7 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool, bool)> {
     let (mut escaped, mut unicode) = (false, false);
     let mut j = i + 1;
     loop {
-        while j < b.len() && !STRING_STOP[b[j] as usize] {
-            j += 1;
-        }
+        j = plain_run_end(b, j);
         match *b.get(j)? {
             b'"' => return Some((j + 1, escaped, unicode)),
             b'\\' => {
@@ -234,9 +283,15 @@ impl ObjectScanner {
                 }
                 i = ws(b, i + 1);
                 let (value_end, compact) = self.value_end(b, i)?;
+                let key_bytes = if key_decoded {
+                    &self.keys.as_bytes()[key.0..key.1]
+                } else {
+                    &b[key.0..key.1]
+                };
                 self.members.push(Member {
                     key,
                     key_decoded,
+                    prefix: prefix(key_bytes),
                     value: (i, value_end),
                     compact,
                 });
@@ -260,9 +315,13 @@ impl ObjectScanner {
             &src[m.key.0..m.key.1]
         };
         // Stable: equal keys stay in line order, and the last one is kept.
-        self.members.sort_by(|x, y| key_of(x).cmp(key_of(y)));
+        self.members.sort_by(|x, y| {
+            x.prefix
+                .cmp(&y.prefix)
+                .then_with(|| key_of(x).cmp(key_of(y)))
+        });
         self.members.dedup_by(|later, kept| {
-            let same = key_of(later) == key_of(kept);
+            let same = later.prefix == kept.prefix && key_of(later) == key_of(kept);
             if same {
                 *kept = *later;
             }
