@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 
-use super::json::{push_str, raw_as_str, Fields, ObjectScanner};
+use super::json::{push_str, raw_as_str, Field, Fields, ObjectScanner};
 use super::multiline::Record;
 use super::time::{parse_leading_timestamp, TsFormatter};
 use super::Stream;
@@ -495,31 +495,19 @@ impl StreamEncoder {
                 levels[r] = Some(f);
             }
         }
-        let mut used: [Option<&str>; 3] = [None; 3];
-        let ts = times
-            .iter()
-            .flatten()
-            .find_map(|f| json_time(f.raw).map(|t| (t, f.key)))
-            .map(|(t, k)| {
-                used[0] = Some(k);
-                t
-            });
-        let msg = msgs
-            .iter()
-            .flatten()
-            .find_map(|f| f.as_str().map(|s| (s, f.key)))
-            .map(|(s, k)| {
-                used[1] = Some(k);
-                s
-            });
-        let level = levels
-            .iter()
-            .flatten()
-            .find_map(|f| f.as_str().map(|s| (s, f.key)))
-            .map(|(s, k)| {
-                used[2] = Some(k);
-                normalize_level(&s).map_or_else(|| Cow::Owned(s.to_lowercase()), Cow::Borrowed)
-            });
+        let ts = first_read(&times, |f| json_time(f.raw));
+        let msg = first_read(&msgs, Field::as_str);
+        let level = first_read(&levels, Field::as_str);
+        let used = [
+            ts.map(|t| t.1),
+            msg.as_ref().map(|m| m.1),
+            level.as_ref().map(|l| l.1),
+        ];
+        let ts = ts.map(|t| t.0);
+        let msg = msg.map(|m| m.0);
+        let level = level.map(|(s, _)| {
+            normalize_level(&s).map_or_else(|| Cow::Owned(s.to_lowercase()), Cow::Borrowed)
+        });
         let time = self.bound_time(ts, read_ms);
         out.extend_from_slice(b"{\"@timestamp\":\"");
         self.ts.push(time.ms, out);
@@ -553,6 +541,17 @@ impl StreamEncoder {
         out.push(b'}');
         time.ms
     }
+}
+
+/// The first of `members` (in rank order) that `read` makes something of, and its key.
+fn first_read<'a, T>(
+    members: &[Option<Field<'a>>],
+    read: impl Fn(&Field<'a>) -> Option<T>,
+) -> Option<(T, &'a str)> {
+    members
+        .iter()
+        .flatten()
+        .find_map(|f| read(f).map(|v| (v, f.key)))
 }
 
 // The value is finite and positive; out-of-range floats saturate, which is fine for a time.

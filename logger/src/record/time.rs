@@ -178,26 +178,35 @@ mod tests {
 
     #[test]
     fn formats() {
+        // One formatter: its cached second and day must never leak into the next.
         let mut f = TsFormatter::default();
-        let mut out = Vec::new();
-        f.push(1_714_564_800_123, &mut out);
-        out.push(b' ');
-        f.push(1_714_564_800_999, &mut out);
-        out.push(b' ');
-        f.push(0, &mut out);
-        out.push(b' ');
-        f.push(59_999, &mut out);
-        out.push(b' ');
-        f.push(86_399_999, &mut out);
-        out.push(b' ');
-        f.push(86_400_000, &mut out);
-        out.push(b' ');
-        f.push(-1, &mut out);
+        let got: Vec<String> = [
+            1_714_564_800_123,
+            1_714_564_800_999,
+            0,
+            59_999,
+            86_399_999,
+            86_400_000,
+            -1,
+        ]
+        .into_iter()
+        .map(|ms| {
+            let mut out = Vec::new();
+            f.push(ms, &mut out);
+            String::from_utf8(out).unwrap()
+        })
+        .collect();
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            "2024-05-01T12:00:00.123Z 2024-05-01T12:00:00.999Z 1970-01-01T00:00:00.000Z \
-             1970-01-01T00:00:59.999Z 1970-01-01T23:59:59.999Z 1970-01-02T00:00:00.000Z \
-             1969-12-31T23:59:59.999Z"
+            got,
+            [
+                "2024-05-01T12:00:00.123Z",
+                "2024-05-01T12:00:00.999Z",
+                "1970-01-01T00:00:00.000Z",
+                "1970-01-01T00:00:59.999Z",
+                "1970-01-01T23:59:59.999Z",
+                "1970-01-02T00:00:00.000Z",
+                "1969-12-31T23:59:59.999Z",
+            ]
         );
     }
 
