@@ -360,7 +360,7 @@ impl StreamEncoder {
     }
 
     fn is_reserved(&self, key: &str) -> bool {
-        let top = key.split('.').next().unwrap_or(key);
+        let top = key.split_at(key.find('.').unwrap_or(key.len())).0;
         RESERVED.contains(&top) || self.extra_keys.iter().any(|k| k == top)
     }
 

@@ -161,7 +161,7 @@ pub fn raw_as_str(raw: &str) -> Option<Cow<'_, str>> {
     if !raw.starts_with('"') {
         return None;
     }
-    if !raw.contains('\\') {
+    if !raw.as_bytes().contains(&b'\\') {
         return Some(Cow::Borrowed(&raw[1..raw.len() - 1]));
     }
     serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
