@@ -360,7 +360,7 @@ impl StreamEncoder {
     }
 
     fn is_reserved(&self, key: &str) -> bool {
-        let top = key.split_at(key.find('.').unwrap_or(key.len())).0;
+        let top = &key[..key.bytes().position(|b| b == b'.').unwrap_or(key.len())];
         RESERVED.contains(&top) || self.extra_keys.iter().any(|k| k == top)
     }
 
