@@ -4,9 +4,15 @@
 //! shipper's file source (`rein.log.files`: reads, rotation checks, encoding).
 //! With `--base64`, the lines are encoded in `rein.log.binary=base64` mode,
 //! and lines that are not UTF-8 are measured too.
-//! Usage: `rein-log-bench [LINES] [--json-only|--plain-only|--file] [--base64]`.
+//! Per core means per second of this thread's CPU time (user + system), so
+//! that a loaded machine slows the run down without skewing the figure; the
+//! wall time is printed beside it. `--rounds N` runs plain and JSON lines N
+//! times alternately and ends with each kind's min-max.
+//! Usage: `rein-log-bench [LINES] [--json-only|--plain-only|--file] [--base64] [--rounds N]`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrusage, UsageWho};
 
 use rein_logger::record::{BinaryMode, EncodeOptions, SourceMeta, Stream, StreamPipeline};
 
@@ -65,7 +71,20 @@ fn meta() -> SourceMeta {
     }
 }
 
-fn run(input: &[u8], label: &str, mode: BinaryMode) {
+/// CPU time (user + system) this thread has used.
+fn thread_cpu() -> Duration {
+    let u = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    let t = |tv: nix::sys::time::TimeVal| {
+        Duration::new(
+            u64::try_from(tv.tv_sec()).unwrap_or(0),
+            u32::try_from(tv.tv_usec()).unwrap_or(0) * 1000,
+        )
+    };
+    t(u.user_time()) + t(u.system_time())
+}
+
+/// Encodes `input`, prints its figures and returns its lines/s/core.
+fn run(input: &[u8], label: &str, mode: BinaryMode) -> f64 {
     let meta = meta();
     let opts = EncodeOptions {
         host_name: Some("agent-1".into()),
@@ -78,6 +97,7 @@ fn run(input: &[u8], label: &str, mode: BinaryMode) {
     let mut out_bytes = 0u64;
     let now = Instant::now();
     let start = Instant::now();
+    let cpu_start = thread_cpu();
     let mut pos = 0usize;
     while pos < input.len() {
         // 64 KiB reads, as from the spool file; a partial last line is read again next time.
@@ -103,13 +123,15 @@ fn run(input: &[u8], label: &str, mode: BinaryMode) {
         }
     }
     out_bytes += wal_like.len() as u64;
-    let secs = start.elapsed().as_secs_f64();
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = (thread_cpu() - cpu_start).as_secs_f64().max(1e-9);
+    let rate = records as f64 / cpu;
     println!(
-        "{label}: {records} records of 200 bytes in {secs:.3} s = {:.0} lines/s/core ({:.0} MB/s in, {:.0} B/doc out)",
-        records as f64 / secs,
-        input.len() as f64 / secs / 1e6,
+        "{label}: {records} records of 200 bytes in {cpu:.3} s CPU ({wall:.3} s wall) = {rate:.0} lines/s/core ({:.0} MB/s/core in, {:.0} B/doc out)",
+        input.len() as f64 / cpu / 1e6,
         out_bytes as f64 / records.max(1) as f64
     );
+    rate
 }
 
 fn main() {
@@ -119,6 +141,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
     let flag = |f: &str| args.iter().skip(2).any(|a| a == f);
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(1);
     if flag("--file") {
         run_file(&make_input(n, false));
         return;
@@ -128,16 +155,41 @@ fn main() {
     } else {
         (BinaryMode::Text, "")
     };
-    if !flag("--json-only") {
-        let input = make_input(n, false);
-        run(&input, &format!("plain-text lines{suffix}"), mode);
-        if mode == BinaryMode::Base64 {
-            run(&make_binary(input), "non-UTF-8 lines (base64 mode)", mode);
+    let plain = (!flag("--json-only")).then(|| make_input(n, false));
+    let binary = plain
+        .as_ref()
+        .filter(|_| mode == BinaryMode::Base64)
+        .map(|p| make_binary(p.clone()));
+    let json = (!flag("--plain-only")).then(|| make_input(n, true));
+    let mut rates: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut record = |label: String, rate: f64| match rates.iter_mut().find(|r| r.0 == label) {
+        Some(r) => r.1.push(rate),
+        None => rates.push((label, vec![rate])),
+    };
+    for _ in 0..rounds {
+        if let Some(input) = &plain {
+            let label = format!("plain-text lines{suffix}");
+            record(label.clone(), run(input, &label, mode));
+        }
+        if let Some(input) = &binary {
+            let label = "non-UTF-8 lines (base64 mode)".to_string();
+            record(label.clone(), run(input, &label, mode));
+        }
+        if let Some(input) = &json {
+            let label = format!("JSON lines{suffix}");
+            record(label.clone(), run(input, &label, mode));
         }
     }
-    if !flag("--plain-only") {
-        let input = make_input(n, true);
-        run(&input, &format!("JSON lines{suffix}"), mode);
+    if rounds > 1 {
+        for (label, r) in &rates {
+            let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = r.iter().copied().fold(0.0, f64::max);
+            println!(
+                "{label}, {rounds} rounds: {:.2}-{:.2} M lines/s/core",
+                min / 1e6,
+                max / 1e6
+            );
+        }
     }
 }
 
@@ -183,6 +235,7 @@ fn run_file(input: &[u8]) {
     let mut buf = vec![0u8; 256 * 1024];
     let (mut made, mut out) = (0u64, Vec::with_capacity(8 << 20));
     let start = Instant::now();
+    let cpu_start = thread_cpu();
     // One turn of 1 MiB per file, as in the parser.
     while fs.round(
         &mut buf,
@@ -196,12 +249,13 @@ fn run_file(input: &[u8]) {
             }
         }),
     ) {}
-    let secs = start.elapsed().as_secs_f64();
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = (thread_cpu() - cpu_start).as_secs_f64().max(1e-9);
     let _ = std::fs::remove_dir_all(&d);
     println!(
-        "log file source: {made} records of 200 bytes in {secs:.3} s = {:.0} lines/s/core ({:.0} MB/s in)",
-        made as f64 / secs,
-        input.len() as f64 / secs / 1e6
+        "log file source: {made} records of 200 bytes in {cpu:.3} s CPU ({wall:.3} s wall) = {:.0} lines/s/core ({:.0} MB/s/core in)",
+        made as f64 / cpu,
+        input.len() as f64 / cpu / 1e6
     );
 }
 

@@ -7,11 +7,12 @@
 //! In [`BinaryMode::Base64`] a record whose `message` is not exactly its
 //! bytes also carries them in `log.original_bytes` (see [`StreamEncoder::encode`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 
-use super::json::{self, push_compact, push_str, raw_as_str};
+use super::json::{push_str, raw_as_str, Field, Fields, ObjectScanner};
 use super::multiline::Record;
 use super::time::{parse_leading_timestamp, TsFormatter};
 use super::Stream;
@@ -103,6 +104,15 @@ pub struct StreamEncoder {
     /// Where the last document encoded holds `log_head` and `tail` (offsets
     /// in its `out`).
     cuts: (usize, usize),
+    json: JsonScratch,
+}
+
+/// Buffers reused by every JSON line of a stream.
+#[derive(Debug, Default)]
+struct JsonScratch {
+    scanner: ObjectScanner,
+    /// Members moved under `json` (their names are the logger's own).
+    nested: Vec<u8>,
 }
 
 /// What [`BinaryMode::Base64`] adds to a record's `log` object (nothing in text mode).
@@ -271,6 +281,7 @@ impl StreamEncoder {
             binary: opts.binary,
             b64: String::new(),
             cuts: (0, 0),
+            json: JsonScratch::default(),
         }
     }
 
@@ -366,7 +377,7 @@ impl StreamEncoder {
     }
 
     fn is_reserved(&self, key: &str) -> bool {
-        let top = key.split('.').next().unwrap_or(key);
+        let top = &key[..key.bytes().position(|b| b == b'.').unwrap_or(key.len())];
         RESERVED.contains(&top) || self.extra_keys.iter().any(|k| k == top)
     }
 
@@ -380,8 +391,8 @@ impl StreamEncoder {
     /// `msg`/`message` field. A record not followed by a `\n` in the stream
     /// is flagged `unterminated`.
     pub fn encode(&mut self, rec: &Record<'_>, read_ms: i64, out: &mut Vec<u8>) -> i64 {
-        if let Some(fields) = json::parse_object(rec.text) {
-            return self.encode_json(rec, &fields, read_ms, out);
+        if let Some(ms) = self.encode_if_json(rec, read_ms, out) {
+            return ms;
         }
         let (own, rest) = match parse_leading_timestamp(rec.text) {
             Some((ms, n)) => (Some(ms), &rec.text[n..]),
@@ -468,44 +479,53 @@ impl StreamEncoder {
         out.push(b'}');
     }
 
+    /// Encodes the record as a JSON line if it is a JSON object, else `None`.
+    fn encode_if_json(&mut self, rec: &Record<'_>, read_ms: i64, out: &mut Vec<u8>) -> Option<i64> {
+        // Taken out while its fields are borrowed (empty buffers: no allocation).
+        let mut json = std::mem::take(&mut self.json);
+        let ms = json
+            .scanner
+            .scan(rec.text)
+            .map(|fields| self.encode_json(rec, &fields, &mut json.nested, read_ms, out));
+        self.json = json;
+        ms
+    }
+
     fn encode_json(
         &mut self,
         rec: &Record<'_>,
-        fields: &json::Fields<'_>,
+        fields: &Fields<'_>,
+        nested: &mut Vec<u8>,
         read_ms: i64,
         out: &mut Vec<u8>,
     ) -> i64 {
-        let mut ts = None;
-        let mut msg = None;
-        let mut level = None;
-        let mut used: [Option<&str>; 3] = [None; 3];
-        for k in TIME_KEYS {
-            if let Some(v) = fields.get(*k) {
-                if let Some(t) = json_time(v) {
-                    ts = Some(t);
-                    used[0] = Some(k);
-                    break;
-                }
+        // The members the logger reads, by rank in TIME_KEYS, MESSAGE_KEYS, LEVEL_KEYS.
+        let mut times = [None; TIME_KEYS.len()];
+        let mut msgs = [None; MESSAGE_KEYS.len()];
+        let mut levels = [None; LEVEL_KEYS.len()];
+        for f in fields.iter() {
+            let rank = |keys: &[&str]| keys.iter().position(|k| *k == f.key);
+            if let Some(r) = rank(TIME_KEYS) {
+                times[r] = Some(f);
+            } else if let Some(r) = rank(MESSAGE_KEYS) {
+                msgs[r] = Some(f);
+            } else if let Some(r) = rank(LEVEL_KEYS) {
+                levels[r] = Some(f);
             }
         }
-        for k in MESSAGE_KEYS {
-            if let Some(s) = fields.get(*k).and_then(|v| raw_as_str(v)) {
-                msg = Some(s);
-                used[1] = Some(k);
-                break;
-            }
-        }
-        for k in LEVEL_KEYS {
-            if let Some(s) = fields.get(*k).and_then(|v| raw_as_str(v)) {
-                level = Some(
-                    normalize_level(&s)
-                        .map(str::to_string)
-                        .unwrap_or(s.to_lowercase()),
-                );
-                used[2] = Some(k);
-                break;
-            }
-        }
+        let ts = first_read(&times, |f| json_time(f.raw));
+        let msg = first_read(&msgs, Field::as_str);
+        let level = first_read(&levels, Field::as_str);
+        let used = [
+            ts.map(|t| t.1),
+            msg.as_ref().map(|m| m.1),
+            level.as_ref().map(|l| l.1),
+        ];
+        let ts = ts.map(|t| t.0);
+        let msg = msg.map(|m| m.0);
+        let level = level.map(|(s, _)| {
+            normalize_level(&s).map_or_else(|| Cow::Owned(s.to_lowercase()), Cow::Borrowed)
+        });
         let time = self.bound_time(ts, read_ms);
         out.extend_from_slice(b"{\"@timestamp\":\"");
         self.ts.push(time.ms, out);
@@ -515,21 +535,21 @@ impl StreamEncoder {
         let exact = self.exact(rec, msg.is_none());
         self.push_log(rec, level.as_deref().map(str::as_bytes), time, exact, out);
         self.push_tail(out);
-        let mut nested = Vec::new();
-        for (k, v) in fields {
-            if used.contains(&Some(k.as_ref())) {
+        nested.clear();
+        for f in fields.iter() {
+            if used.contains(&Some(f.key)) {
                 continue;
             }
-            let dst = if self.is_reserved(k) {
-                &mut nested
+            let dst = if self.is_reserved(f.key) {
+                &mut *nested
             } else {
                 &mut *out
             };
             dst.push(b',');
-            push_str(dst, k.as_bytes());
+            f.push_key(dst);
             dst.push(b':');
             // Raw text as the task wrote it (pretty-printed: newlines): compacted.
-            push_compact(dst, v.get().as_bytes());
+            f.push_value(dst);
         }
         if !nested.is_empty() {
             out.extend_from_slice(b",\"json\":{");
@@ -541,15 +561,26 @@ impl StreamEncoder {
     }
 }
 
+/// The first of `members` (in rank order) that `read` makes something of, and its key.
+fn first_read<'a, T>(
+    members: &[Option<Field<'a>>],
+    read: impl Fn(&Field<'a>) -> Option<T>,
+) -> Option<(T, &'a str)> {
+    members
+        .iter()
+        .flatten()
+        .find_map(|f| read(f).map(|v| (v, f.key)))
+}
+
 // The value is finite and positive; out-of-range floats saturate, which is fine for a time.
 #[allow(clippy::cast_possible_truncation)]
-fn json_time(v: &serde_json::value::RawValue) -> Option<i64> {
-    if let Some(s) = raw_as_str(v) {
+fn json_time(raw: &str) -> Option<i64> {
+    if let Some(s) = raw_as_str(raw) {
         return parse_leading_timestamp(s.as_bytes())
             .filter(|(_, n)| *n == s.len())
             .map(|t| t.0);
     }
-    let n: f64 = v.get().parse().ok()?;
+    let n: f64 = raw.parse().ok()?;
     if !n.is_finite() || n <= 0.0 {
         return None;
     }
@@ -767,3 +798,7 @@ mod tests {
         assert_eq!(fnv1a64(b"root.child"), 0x894d_0750_1e7f_8bc1);
     }
 }
+
+#[cfg(test)]
+#[path = "encode_json_tests.rs"]
+mod json_tests;

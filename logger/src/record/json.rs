@@ -1,9 +1,13 @@
-//! Minimal, fast JSON string writing and JSON-object line parsing.
+//! Minimal, fast JSON string writing, and JSON object lines read by
+//! [`ObjectScanner`].
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
-use serde_json::value::RawValue;
+mod object;
+pub use object::{Field, Fields, ObjectScanner};
+
+#[cfg(test)]
+pub(crate) mod differential_tests;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -151,29 +155,16 @@ pub fn one_line(doc: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// A JSON object line, its top-level keys sorted, values kept as raw text.
-pub type Fields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
-
-/// Parses `text` as one JSON object if it looks like one (`{...}`), else `None`.
-pub fn parse_object(text: &[u8]) -> Option<Fields<'_>> {
-    let t = text.trim_ascii();
-    if t.len() < 2 || t[0] != b'{' || t[t.len() - 1] != b'}' {
+/// The string inside a raw JSON value, if it is a string (`None` when its
+/// escapes do not decode to UTF-8: a lone surrogate).
+pub fn raw_as_str(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.starts_with('"') {
         return None;
     }
-    let s = std::str::from_utf8(t).ok()?;
-    serde_json::from_str::<Fields<'_>>(s).ok()
-}
-
-/// The string inside a raw JSON value, if it is a string.
-pub fn raw_as_str(v: &RawValue) -> Option<Cow<'_, str>> {
-    let g = v.get();
-    if !g.starts_with('"') {
-        return None;
+    if !raw.as_bytes().contains(&b'\\') {
+        return Some(Cow::Borrowed(&raw[1..raw.len() - 1]));
     }
-    if !g.contains('\\') {
-        return Some(Cow::Borrowed(&g[1..g.len() - 1]));
-    }
-    serde_json::from_str::<String>(g).ok().map(Cow::Owned)
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]
@@ -192,14 +183,13 @@ mod tests {
 
     #[test]
     fn parses_objects_only() {
-        let f = parse_object(br#" {"b":1,"a":"x\"y","c":{"d":[1,2]}} "#).unwrap();
-        assert_eq!(
-            f.keys().map(|k| k.as_ref()).collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
-        assert_eq!(raw_as_str(f["a"]).unwrap(), "x\"y");
-        assert!(parse_object(b"{not json}").is_none());
-        assert!(parse_object(b"[1,2]").is_none());
+        let mut sc = ObjectScanner::default();
+        let f = sc.scan(br#" {"b":1,"a":"x\"y","c":{"d":[1,2]}} "#).unwrap();
+        assert_eq!(f.iter().map(|f| f.key).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(f.get("a").unwrap().as_str().unwrap(), "x\"y");
+        assert_eq!(f.get("c").unwrap().raw, r#"{"d":[1,2]}"#);
+        assert!(sc.scan(b"{not json}").is_none());
+        assert!(sc.scan(b"[1,2]").is_none());
     }
 
     #[test]

@@ -37,10 +37,12 @@ fn push2(out: &mut [u8], v: u32) {
 }
 
 /// Formats `ms` (milliseconds since the epoch, UTC) as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-/// Keeps the formatted seconds so consecutive records cost a 3-digit write.
+/// Keeps the formatted second and day so consecutive records cost a 3-digit
+/// write, and records of the same day a time of day (no calendar arithmetic).
 #[derive(Debug, Default)]
 pub struct TsFormatter {
     sec: Option<i64>,
+    day: Option<i64>,
     buf: [u8; 24],
 }
 
@@ -52,16 +54,19 @@ impl TsFormatter {
         if self.sec != Some(sec) {
             let days = sec.div_euclid(86_400);
             let sod = sec.rem_euclid(86_400) as u32;
-            let (y, m, d) = civil_from_days(days);
-            let y = y.clamp(0, 9999) as u32;
             let b = &mut self.buf;
-            push2(&mut b[0..2], y / 100);
-            push2(&mut b[2..4], y % 100);
-            b[4] = b'-';
-            push2(&mut b[5..7], m);
-            b[7] = b'-';
-            push2(&mut b[8..10], d);
-            b[10] = b'T';
+            if self.day != Some(days) {
+                let (y, m, d) = civil_from_days(days);
+                let y = y.clamp(0, 9999) as u32;
+                push2(&mut b[0..2], y / 100);
+                push2(&mut b[2..4], y % 100);
+                b[4] = b'-';
+                push2(&mut b[5..7], m);
+                b[7] = b'-';
+                push2(&mut b[8..10], d);
+                b[10] = b'T';
+                self.day = Some(days);
+            }
             push2(&mut b[11..13], sod / 3600);
             b[13] = b':';
             push2(&mut b[14..16], (sod / 60) % 60);
@@ -173,16 +178,35 @@ mod tests {
 
     #[test]
     fn formats() {
+        // One formatter: its cached second and day must never leak into the next.
         let mut f = TsFormatter::default();
-        let mut out = Vec::new();
-        f.push(1_714_564_800_123, &mut out);
-        out.push(b' ');
-        f.push(1_714_564_800_999, &mut out);
-        out.push(b' ');
-        f.push(0, &mut out);
+        let got: Vec<String> = [
+            1_714_564_800_123,
+            1_714_564_800_999,
+            0,
+            59_999,
+            86_399_999,
+            86_400_000,
+            -1,
+        ]
+        .into_iter()
+        .map(|ms| {
+            let mut out = Vec::new();
+            f.push(ms, &mut out);
+            String::from_utf8(out).unwrap()
+        })
+        .collect();
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            "2024-05-01T12:00:00.123Z 2024-05-01T12:00:00.999Z 1970-01-01T00:00:00.000Z"
+            got,
+            [
+                "2024-05-01T12:00:00.123Z",
+                "2024-05-01T12:00:00.999Z",
+                "1970-01-01T00:00:00.000Z",
+                "1970-01-01T00:00:59.999Z",
+                "1970-01-01T23:59:59.999Z",
+                "1970-01-02T00:00:00.000Z",
+                "1969-12-31T23:59:59.999Z",
+            ]
         );
     }
 
