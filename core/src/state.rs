@@ -15,6 +15,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
@@ -66,6 +67,92 @@ struct EnvelopeOut<'a, T> {
 struct EnvelopeIn<T> {
     boot_id: String,
     record: T,
+}
+
+thread_local! {
+    /// Records whose removal [`defer_removals`] put off, on this thread.
+    static DEFERRED: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with [`StateStore::remove`] only noting the files to remove, and
+/// returns them with `work`'s result: the caller removes them once it has answered
+/// ([`Removals::run`]), so that an unlink on a busy disk is not part of the answer.
+/// That is safe wherever a record left behind is already handled: a crash before
+/// the removal leaves a record of a container the agent no longer knows, which
+/// `recover()` treats as an orphan, as for a crash just before the call. A record
+/// saved again inside `work` is not removed.
+pub fn defer_removals<R>(work: impl FnOnce() -> R) -> (R, Removals) {
+    /// Puts back the deferral around this one (none, usually), also if `work` panics.
+    struct Scope(Option<Vec<PathBuf>>);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            DEFERRED.with(|d| *d.borrow_mut() = outer);
+        }
+    }
+    let scope = Scope(DEFERRED.with(|d| d.borrow_mut().replace(Vec::new())));
+    let result = work();
+    let noted = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+    drop(scope);
+    (result, Removals(noted))
+}
+
+/// Record files whose removal was deferred ([`defer_removals`]).
+#[derive(Debug, Default)]
+#[must_use = "the records stay on disk until `run` removes them"]
+pub struct Removals(Vec<PathBuf>);
+
+impl Removals {
+    /// Removes the files; returns those that could not be removed (a missing one is
+    /// not an error), with the reason.
+    pub fn run(self) -> Vec<StateError> {
+        self.0
+            .into_iter()
+            .filter_map(|path| remove_file(path).err())
+            .collect()
+    }
+
+    /// How many files wait.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn remove_file(path: PathBuf) -> Result<(), StateError> {
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Io {
+            op: "removing",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Whether the removal of `path` was noted, rather than done.
+fn noted_for_removal(path: &Path) -> bool {
+    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(noted) => {
+            noted.push(path.to_owned());
+            true
+        }
+        None => false,
+    })
+}
+
+/// Forgets a noted removal of `path` (it is being saved again).
+fn keep(path: &Path) {
+    DEFERRED.with(|d| {
+        if let Some(noted) = d.borrow_mut().as_mut() {
+            noted.retain(|p| p != path);
+        }
+    });
 }
 
 /// What [`StateStore::scan`] found: the records it could read, and the files it
@@ -131,6 +218,7 @@ impl StateStore {
         let bytes = serde_json::to_vec_pretty(&envelope)
             .map_err(|e| io_err("encoding", io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{}.tmp", id.file_name()));
+        keep(&path);
         AtomicFile::new(&path)
             .temp(tmp)
             .write(&bytes)
@@ -222,18 +310,14 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Removes a container's record; a missing record is not an error.
+    /// Removes a container's record; a missing record is not an error. Inside
+    /// [`defer_removals`], only notes it.
     pub fn remove(&self, id: &ContainerId) -> Result<(), StateError> {
         let path = self.path_of(id);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io {
-                op: "removing",
-                path,
-                source,
-            }),
+        if noted_for_removal(&path) {
+            return Ok(());
         }
+        remove_file(path)
     }
 }
 
@@ -245,6 +329,31 @@ mod tests {
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Rec {
         handle: u32,
+    }
+
+    #[test]
+    fn deferred_removals_happen_when_run_and_a_record_saved_again_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "iso").unwrap();
+        let (gone, kept) = (
+            ContainerId::top("gone").unwrap(),
+            ContainerId::top("kept").unwrap(),
+        );
+        store.save(&gone, &Rec { handle: 1 }).unwrap();
+        store.save(&kept, &Rec { handle: 2 }).unwrap();
+        let ((), removals) = defer_removals(|| {
+            store.remove(&gone).unwrap();
+            store.remove(&kept).unwrap();
+            store.save(&kept, &Rec { handle: 3 }).unwrap();
+        });
+        assert_eq!(removals.len(), 1);
+        assert!(store.path_of(&gone).exists(), "removed before being run");
+        assert!(removals.run().is_empty());
+        assert!(!store.path_of(&gone).exists());
+        assert_eq!(store.load::<Rec>(&kept).unwrap(), Some(Rec { handle: 3 }));
+        // Outside a deferral, removal is immediate again.
+        store.remove(&kept).unwrap();
+        assert!(!store.path_of(&kept).exists());
     }
 
     #[test]

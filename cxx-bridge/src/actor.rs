@@ -1,15 +1,17 @@
-//! The per-module worker thread and how an outcome reaches the C++ promise.
+//! A module's calls, queued to the worker threads, and how an outcome reaches the
+//! C++ promise.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
-use std::thread;
+use std::sync::Arc;
 
 use cxx::UniquePtr;
+use rein_core::state::{defer_removals, Removals};
 
 use crate::bridge::ffi::{
     Completion, ContainerIoView, LaunchInfoView, LimitationView, StatisticsView, StatusView,
 };
+use crate::pool::Mailbox;
 
 /// The answer to one call.
 #[derive(Debug, Clone)]
@@ -68,26 +70,20 @@ impl Completer for CxxCompleter {
     }
 }
 
-type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
-
-/// A thread owning a module instance `S`; calls run one at a time, in order.
-pub(crate) struct Actor<S: ?Sized> {
-    tx: mpsc::Sender<Job<S>>,
+/// A module instance `S` whose calls run one at a time, in order, on the shared
+/// worker threads ([`crate::pool`]), never on the caller's.
+pub(crate) struct Actor<S: ?Sized + Send + 'static> {
+    mailbox: Arc<Mailbox<S>>,
     name: &'static str,
 }
 
 impl<S: ?Sized + Send + 'static> Actor<S> {
-    /// Starts the thread.
-    pub(crate) fn spawn(name: &'static str, mut state: Box<S>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job<S>>();
-        thread::Builder::new()
-            .name(format!("rein-{name}"))
-            .spawn(move || {
-                for job in rx {
-                    job(&mut state);
-                }
-            })?;
-        Ok(Self { tx, name })
+    /// Takes the module in (and adds a worker thread for it).
+    pub(crate) fn spawn(name: &'static str, state: Box<S>) -> std::io::Result<Self> {
+        Ok(Self {
+            mailbox: Mailbox::start(name, state)?,
+            name,
+        })
     }
 
     /// Queues `work` and completes `done` with its outcome, or with a failure if it
@@ -100,15 +96,31 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
         work: impl FnOnce(&mut S) -> Outcome + Send + 'static,
     ) {
         let name = self.name;
-        let job: Job<S> = Box::new(move |state: &mut S| {
+        self.mailbox.send(Box::new(move |state: &mut S| {
             run_call(name, method, &container, done, || work(state));
-        });
-        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
-            // The worker is gone (it never is, short of process exit); fail the call
-            // rather than leave the agent waiting.
-            drop(job);
-            tracing::error!(module = name, call = method, "rein worker thread is gone");
-        }
+        }));
+    }
+
+    /// As [`Actor::call`], removing the state records `work` removes only after
+    /// completing `done` ([`run_call_removing_after`]).
+    pub(crate) fn call_removing_after(
+        &self,
+        method: &'static str,
+        container: String,
+        done: Box<dyn Completer>,
+        work: impl FnOnce(&mut S) -> Outcome + Send + 'static,
+    ) {
+        let name = self.name;
+        self.mailbox.send(Box::new(move |state: &mut S| {
+            run_call_removing_after(name, method, &container, done, || work(state));
+        }));
+    }
+}
+
+impl<S: ?Sized + Send + 'static> Drop for Actor<S> {
+    /// The module is dropped after the calls already queued, on a worker thread.
+    fn drop(&mut self) {
+        self.mailbox.close();
     }
 }
 
@@ -132,6 +144,29 @@ pub(crate) fn run_call(
         Outcome::Failed(message)
     });
     deliver(done, outcome);
+}
+
+/// As [`run_call`], with the removal of state records the call makes put off until
+/// its answer is delivered ([`defer_removals`]): an unlink on a busy disk costs
+/// hundreds of microseconds the agent need not wait for. They still happen before
+/// the module's next call; one that fails is logged (the record is then an orphan's,
+/// removed by the next `recover()`).
+pub(crate) fn run_call_removing_after(
+    name: &'static str,
+    method: &'static str,
+    container: &str,
+    done: Box<dyn Completer>,
+    work: impl FnOnce() -> Outcome,
+) {
+    let mut removals = None;
+    run_call(name, method, container, done, || {
+        let (outcome, noted) = defer_removals(work);
+        removals = Some(noted);
+        outcome
+    });
+    for error in removals.map(Removals::run).unwrap_or_default() {
+        tracing::warn!(module = name, call = method, container = %container, "removing a state record after answering: {error}");
+    }
 }
 
 /// Completes, containing a panic in the completion itself.

@@ -14,7 +14,7 @@ use crate::bridge::ffi::{
 };
 use crate::{convert, launch};
 
-/// One isolator instance, owned by its worker thread.
+/// One isolator instance, run by the bridge's worker threads.
 pub struct IsolatorHandle {
     actor: Actor<dyn Isolator>,
     nesting: bool,
@@ -94,7 +94,7 @@ fn decodable<V, T>(
 }
 
 impl IsolatorHandle {
-    /// Runs an isolator on its own thread.
+    /// Runs an isolator on the bridge's worker threads.
     pub fn start(isolator: Box<dyn Isolator>) -> std::io::Result<Self> {
         let nesting = isolator.supports_nesting();
         let name = isolator.name();
@@ -205,26 +205,27 @@ impl IsolatorHandle {
     }
 
     /// `cleanup()`. An id that does not decode was refused by `prepare()`, so there
-    /// is nothing to clean up: the containerizer can finish destroying it.
+    /// is nothing to clean up: the containerizer can finish destroying it. The
+    /// container's state record is removed after the answer (see
+    /// [`Actor::call_removing_after`]): a record outliving the call by a moment is
+    /// what a crash just before `cleanup()` leaves too, and `recover()` handles it.
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
         let watches = self.watches.clone();
-        self.actor.call(
-            "cleanup",
-            container.text(),
-            done,
-            move |iso| match convert::container_id(container) {
-                Ok(id) => {
-                    // The container is being destroyed: its limitation no longer matters.
-                    watches.end(&id);
-                    iso.cleanup(&id)
-                        .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
+        self.actor
+            .call_removing_after("cleanup", container.text(), done, move |iso| {
+                match convert::container_id(container) {
+                    Ok(id) => {
+                        // The container is being destroyed: its limitation no longer matters.
+                        watches.end(&id);
+                        iso.cleanup(&id)
+                            .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
+                    }
+                    Err(e) => {
+                        tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
+                        Outcome::Nothing
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
-                    Outcome::Nothing
-                }
-            },
-        );
+            });
     }
 
     fn with_id(
