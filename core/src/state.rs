@@ -16,7 +16,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -75,12 +76,12 @@ thread_local! {
 }
 
 /// Runs `work` with [`StateStore::remove`] only noting the files to remove, and
-/// returns them with `work`'s result: the caller removes them once it has answered
-/// ([`Removals::run`]), so that an unlink on a busy disk is not part of the answer.
-/// That is safe wherever a record left behind is already handled: a crash before
-/// the removal leaves a record of a container the agent no longer knows, which
-/// `recover()` treats as an orphan, as for a crash just before the call. A record
-/// saved again inside `work` is not removed.
+/// returns them with `work`'s result, for the caller to remove once it has answered
+/// ([`Removals::run`], on any thread), so that an unlink on a busy disk is not part
+/// of the answer. That is safe wherever a record left behind is already handled: a
+/// crash before the removal leaves a record of a container the agent no longer
+/// knows, which `recover()` releases, as after a crash just before the call. A
+/// record saved again before the removal runs is kept.
 pub fn defer_removals<R>(work: impl FnOnce() -> R) -> (R, Removals) {
     /// Puts back the deferral around this one (none, usually), also if `work` panics.
     struct Scope(Option<Vec<PathBuf>>);
@@ -94,7 +95,26 @@ pub fn defer_removals<R>(work: impl FnOnce() -> R) -> (R, Removals) {
     let result = work();
     let noted = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
     drop(scope);
+    lock_pending().waiting.extend(noted.iter().cloned());
     (result, Removals(noted))
+}
+
+/// Deferred removals across threads: a save takes its file out of `waiting`, so a
+/// removal running later leaves the new record alone, and waits for one `running`
+/// (never for another file's: an unlink on a busy disk is slow).
+struct Pending {
+    waiting: BTreeSet<PathBuf>,
+    running: BTreeSet<PathBuf>,
+}
+
+static PENDING: Mutex<Pending> = Mutex::new(Pending {
+    waiting: BTreeSet::new(),
+    running: BTreeSet::new(),
+});
+static REMOVED: Condvar = Condvar::new();
+
+fn lock_pending() -> MutexGuard<'static, Pending> {
+    PENDING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Record files whose removal was deferred ([`defer_removals`]).
@@ -108,7 +128,18 @@ impl Removals {
     pub fn run(self) -> Vec<StateError> {
         self.0
             .into_iter()
-            .filter_map(|path| remove_file(path).err())
+            .filter_map(|path| {
+                let mut pending = lock_pending();
+                if !pending.waiting.remove(&path) {
+                    return None; // saved again since
+                }
+                pending.running.insert(path.clone());
+                drop(pending);
+                let result = remove_file(path.clone());
+                lock_pending().running.remove(&path);
+                REMOVED.notify_all();
+                result.err()
+            })
             .collect()
     }
 
@@ -146,13 +177,20 @@ fn noted_for_removal(path: &Path) -> bool {
     })
 }
 
-/// Forgets a noted removal of `path` (it is being saved again).
+/// Forgets a deferred removal of `path` (it is being saved again).
 fn keep(path: &Path) {
     DEFERRED.with(|d| {
         if let Some(noted) = d.borrow_mut().as_mut() {
             noted.retain(|p| p != path);
         }
     });
+    let mut pending = lock_pending();
+    pending.waiting.remove(path);
+    while pending.running.contains(path) {
+        pending = REMOVED
+            .wait(pending)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
 }
 
 /// What [`StateStore::scan`] found: the records it could read, and the files it
@@ -351,6 +389,11 @@ mod tests {
         assert!(removals.run().is_empty());
         assert!(!store.path_of(&gone).exists());
         assert_eq!(store.load::<Rec>(&kept).unwrap(), Some(Rec { handle: 3 }));
+        // A record saved again after the deferral, before its removal runs, stays.
+        let ((), late) = defer_removals(|| store.remove(&kept).unwrap());
+        store.save(&kept, &Rec { handle: 4 }).unwrap();
+        assert!(late.run().is_empty());
+        assert_eq!(store.load::<Rec>(&kept).unwrap(), Some(Rec { handle: 4 }));
         // Outside a deferral, removal is immediate again.
         store.remove(&kept).unwrap();
         assert!(!store.path_of(&kept).exists());

@@ -3,10 +3,10 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cxx::UniquePtr;
-use rein_core::state::{defer_removals, Removals};
+use rein_core::state::defer_removals;
 
 use crate::bridge::ffi::{
     Completion, ContainerIoView, LaunchInfoView, LimitationView, StatisticsView, StatusView,
@@ -146,11 +146,11 @@ pub(crate) fn run_call(
     deliver(done, outcome);
 }
 
-/// As [`run_call`], with the removal of state records the call makes put off until
-/// its answer is delivered ([`defer_removals`]): an unlink on a busy disk costs
-/// hundreds of microseconds the agent need not wait for. They still happen before
-/// the module's next call; one that fails is logged (the record is then an orphan's,
-/// removed by the next `recover()`).
+/// As [`run_call`], with the removal of the state records the call removes put off
+/// until its answer is delivered ([`defer_removals`]) and handed to the janitor: an
+/// unlink on a busy disk costs hundreds of microseconds that neither the agent nor
+/// the module's next call need wait for. One that fails is logged; the record is
+/// then one of a container the agent no longer knows, released by `recover()`.
 pub(crate) fn run_call_removing_after(
     name: &'static str,
     method: &'static str,
@@ -164,9 +164,32 @@ pub(crate) fn run_call_removing_after(
         removals = Some(noted);
         outcome
     });
-    for error in removals.map(Removals::run).unwrap_or_default() {
-        tracing::warn!(module = name, call = method, container = %container, "removing a state record after answering: {error}");
+    let Some(removals) = removals.filter(|r| !r.is_empty()) else {
+        return;
+    };
+    let container = container.to_owned();
+    let remove = move || {
+        for error in removals.run() {
+            tracing::warn!(module = name, call = method, container = %container, "removing a state record after answering: {error}");
+        }
+    };
+    match janitor() {
+        Some(janitor) => janitor.send(Box::new(move |()| remove())),
+        None => remove(),
     }
+}
+
+/// The mailbox that removes state records after the answers (its own thread in the
+/// pool); `None` if its thread could not start (they are removed in place then).
+fn janitor() -> Option<&'static Arc<Mailbox<()>>> {
+    static JANITOR: OnceLock<Option<Arc<Mailbox<()>>>> = OnceLock::new();
+    JANITOR
+        .get_or_init(|| {
+            Mailbox::start("state-janitor", Box::new(()))
+                .map_err(|e| tracing::warn!("rein: starting the state janitor: {e}"))
+                .ok()
+        })
+        .as_ref()
 }
 
 /// Completes, containing a panic in the completion itself.
