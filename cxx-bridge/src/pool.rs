@@ -178,6 +178,7 @@ impl Pool {
     /// A worker thread: runs modules' calls, spins, parks.
     fn work(&self) {
         let mut run = lock(&self.run);
+        let mut spun = false;
         loop {
             if let Some(module) = run.ready.pop_front() {
                 self.queued.store(run.ready.len(), Ordering::Release);
@@ -187,13 +188,14 @@ impl Pool {
                 drop(run);
                 module.run_next();
                 run = lock(&self.run);
+                spun = false;
                 continue;
             }
             if run.retiring > 0 {
                 run.retiring -= 1;
                 return;
             }
-            if run.spinning == 0 {
+            if !spun && run.spinning == 0 {
                 run.spinning += 1;
                 drop(run);
                 let deadline = Instant::now() + SPIN;
@@ -202,13 +204,13 @@ impl Pool {
                 }
                 run = lock(&self.run);
                 run.spinning -= 1;
-                if !run.ready.is_empty() {
-                    continue;
-                }
+                spun = true;
+                continue;
             }
             run.sleepers += 1;
             run = self.wake.wait(run).unwrap_or_else(PoisonError::into_inner);
             run.sleepers -= 1;
+            spun = false;
         }
     }
 }
