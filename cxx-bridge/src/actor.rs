@@ -88,33 +88,36 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
 
     /// Queues `work` and completes `done` with its outcome, or with a failure if it
     /// panics. `span` names the call and the container in every log line it makes.
+    /// With [`Records::RemoveAfterAnswer`], the state records `work` removes are
+    /// removed only after `done` is completed ([`run_call_removing_after`]).
     pub(crate) fn call(
         &self,
         method: &'static str,
         container: String,
         done: Box<dyn Completer>,
+        records: Records,
         work: impl FnOnce(&mut S) -> Outcome + Send + 'static,
     ) {
         let name = self.name;
         self.mailbox.send(Box::new(move |state: &mut S| {
-            run_call(name, method, &container, done, || work(state));
+            let work = || work(state);
+            match records {
+                Records::InCall => run_call(name, method, &container, done, work),
+                Records::RemoveAfterAnswer => {
+                    run_call_removing_after(name, method, &container, done, work);
+                }
+            }
         }));
     }
+}
 
-    /// As [`Actor::call`], removing the state records `work` removes only after
-    /// completing `done` ([`run_call_removing_after`]).
-    pub(crate) fn call_removing_after(
-        &self,
-        method: &'static str,
-        container: String,
-        done: Box<dyn Completer>,
-        work: impl FnOnce(&mut S) -> Outcome + Send + 'static,
-    ) {
-        let name = self.name;
-        self.mailbox.send(Box::new(move |state: &mut S| {
-            run_call_removing_after(name, method, &container, done, || work(state));
-        }));
-    }
+/// When a call's removals of state records happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Records {
+    /// As the module makes them.
+    InCall,
+    /// After the answer ([`run_call_removing_after`]).
+    RemoveAfterAnswer,
 }
 
 impl<S: ?Sized + Send + 'static> Drop for Actor<S> {
