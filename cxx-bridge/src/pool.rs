@@ -134,6 +134,9 @@ struct RunQueue {
 struct Pool {
     run: Mutex<RunQueue>,
     wake: Condvar,
+    /// [`SPIN`], or nothing on a single CPU (where the caller cannot run while a
+    /// thread spins, so the spin would only delay it).
+    spin: Duration,
     /// `run.ready.len()`, for the spinning thread to watch without the lock.
     queued: AtomicUsize,
 }
@@ -148,6 +151,10 @@ fn pool() -> &'static Pool {
             retiring: 0,
         }),
         wake: Condvar::new(),
+        spin: match thread::available_parallelism() {
+            Ok(n) if n.get() > 1 => SPIN,
+            _ => Duration::ZERO,
+        },
         queued: AtomicUsize::new(0),
     })
 }
@@ -195,10 +202,10 @@ impl Pool {
                 run.retiring -= 1;
                 return;
             }
-            if !spun && run.spinning == 0 {
+            if !spun && run.spinning == 0 && !self.spin.is_zero() {
                 run.spinning += 1;
                 drop(run);
-                let deadline = Instant::now() + SPIN;
+                let deadline = Instant::now() + self.spin;
                 while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
                     std::hint::spin_loop();
                 }
