@@ -15,7 +15,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -66,6 +68,129 @@ struct EnvelopeOut<'a, T> {
 struct EnvelopeIn<T> {
     boot_id: String,
     record: T,
+}
+
+thread_local! {
+    /// Records whose removal [`defer_removals`] put off, on this thread.
+    static DEFERRED: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with [`StateStore::remove`] only noting the files to remove, and
+/// returns them with `work`'s result, for the caller to remove once it has answered
+/// ([`Removals::run`], on any thread), so that an unlink on a busy disk is not part
+/// of the answer. That is safe wherever a record left behind is already handled: a
+/// crash before the removal leaves a record of a container the agent no longer
+/// knows, which `recover()` releases, as after a crash just before the call. A
+/// record saved again before the removal runs is kept.
+pub fn defer_removals<R>(work: impl FnOnce() -> R) -> (R, Removals) {
+    /// Puts back the deferral around this one (none, usually), also if `work` panics.
+    struct Scope(Option<Vec<PathBuf>>);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            DEFERRED.with(|d| *d.borrow_mut() = outer);
+        }
+    }
+    let scope = Scope(DEFERRED.with(|d| d.borrow_mut().replace(Vec::new())));
+    let result = work();
+    let noted = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+    drop(scope);
+    lock_pending().waiting.extend(noted.iter().cloned());
+    (result, Removals(noted))
+}
+
+/// Deferred removals across threads: a save takes its file out of `waiting`, so a
+/// removal running later leaves the new record alone, and waits for one `running`
+/// (never for another file's: an unlink on a busy disk is slow).
+struct Pending {
+    waiting: BTreeSet<PathBuf>,
+    running: BTreeSet<PathBuf>,
+}
+
+static PENDING: Mutex<Pending> = Mutex::new(Pending {
+    waiting: BTreeSet::new(),
+    running: BTreeSet::new(),
+});
+static REMOVED: Condvar = Condvar::new();
+
+fn lock_pending() -> MutexGuard<'static, Pending> {
+    PENDING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Record files whose removal was deferred ([`defer_removals`]).
+#[derive(Debug, Default)]
+#[must_use = "the records stay on disk until `run` removes them"]
+pub struct Removals(Vec<PathBuf>);
+
+impl Removals {
+    /// Removes the files; returns those that could not be removed (a missing one is
+    /// not an error), with the reason.
+    pub fn run(self) -> Vec<StateError> {
+        self.0
+            .into_iter()
+            .filter_map(|path| {
+                let mut pending = lock_pending();
+                if !pending.waiting.remove(&path) {
+                    return None; // saved again since
+                }
+                pending.running.insert(path.clone());
+                drop(pending);
+                let result = remove_file(path.clone());
+                lock_pending().running.remove(&path);
+                REMOVED.notify_all();
+                result.err()
+            })
+            .collect()
+    }
+
+    /// How many files wait.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn remove_file(path: PathBuf) -> Result<(), StateError> {
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Io {
+            op: "removing",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Whether the removal of `path` was noted, rather than done.
+fn noted_for_removal(path: &Path) -> bool {
+    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(noted) => {
+            noted.push(path.to_owned());
+            true
+        }
+        None => false,
+    })
+}
+
+/// Forgets a deferred removal of `path` (it is being saved again).
+fn keep(path: &Path) {
+    DEFERRED.with(|d| {
+        if let Some(noted) = d.borrow_mut().as_mut() {
+            noted.retain(|p| p != path);
+        }
+    });
+    let mut pending = lock_pending();
+    pending.waiting.remove(path);
+    while pending.running.contains(path) {
+        pending = REMOVED
+            .wait(pending)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
 }
 
 /// What [`StateStore::scan`] found: the records it could read, and the files it
@@ -131,6 +256,7 @@ impl StateStore {
         let bytes = serde_json::to_vec_pretty(&envelope)
             .map_err(|e| io_err("encoding", io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{}.tmp", id.file_name()));
+        keep(&path);
         AtomicFile::new(&path)
             .temp(tmp)
             .write(&bytes)
@@ -222,18 +348,14 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Removes a container's record; a missing record is not an error.
+    /// Removes a container's record; a missing record is not an error. Inside
+    /// [`defer_removals`], only notes it.
     pub fn remove(&self, id: &ContainerId) -> Result<(), StateError> {
         let path = self.path_of(id);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io {
-                op: "removing",
-                path,
-                source,
-            }),
+        if noted_for_removal(&path) {
+            return Ok(());
         }
+        remove_file(path)
     }
 }
 
@@ -245,6 +367,36 @@ mod tests {
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Rec {
         handle: u32,
+    }
+
+    #[test]
+    fn deferred_removals_happen_when_run_and_a_record_saved_again_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "iso").unwrap();
+        let (gone, kept) = (
+            ContainerId::top("gone").unwrap(),
+            ContainerId::top("kept").unwrap(),
+        );
+        store.save(&gone, &Rec { handle: 1 }).unwrap();
+        store.save(&kept, &Rec { handle: 2 }).unwrap();
+        let ((), removals) = defer_removals(|| {
+            store.remove(&gone).unwrap();
+            store.remove(&kept).unwrap();
+            store.save(&kept, &Rec { handle: 3 }).unwrap();
+        });
+        assert_eq!(removals.len(), 1);
+        assert!(store.path_of(&gone).exists(), "removed before being run");
+        assert!(removals.run().is_empty());
+        assert!(!store.path_of(&gone).exists());
+        assert_eq!(store.load::<Rec>(&kept).unwrap(), Some(Rec { handle: 3 }));
+        // A record saved again after the deferral, before its removal runs, stays.
+        let ((), late) = defer_removals(|| store.remove(&kept).unwrap());
+        store.save(&kept, &Rec { handle: 4 }).unwrap();
+        assert!(late.run().is_empty());
+        assert_eq!(store.load::<Rec>(&kept).unwrap(), Some(Rec { handle: 4 }));
+        // Outside a deferral, removal is immediate again.
+        store.remove(&kept).unwrap();
+        assert!(!store.path_of(&kept).exists());
     }
 
     #[test]

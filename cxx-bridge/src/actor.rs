@@ -1,15 +1,17 @@
-//! The per-module worker thread and how an outcome reaches the C++ promise.
+//! A module's calls, queued to the worker threads, and how an outcome reaches the
+//! C++ promise.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
-use std::thread;
+use std::sync::{Arc, OnceLock};
 
 use cxx::UniquePtr;
+use rein_core::state::defer_removals;
 
 use crate::bridge::ffi::{
     Completion, ContainerIoView, LaunchInfoView, LimitationView, StatisticsView, StatusView,
 };
+use crate::pool::Mailbox;
 
 /// The answer to one call.
 #[derive(Debug, Clone)]
@@ -68,47 +70,60 @@ impl Completer for CxxCompleter {
     }
 }
 
-type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
-
-/// A thread owning a module instance `S`; calls run one at a time, in order.
-pub(crate) struct Actor<S: ?Sized> {
-    tx: mpsc::Sender<Job<S>>,
+/// A module instance `S` whose calls run one at a time, in order, on the shared
+/// worker threads ([`crate::pool`]), never on the caller's.
+pub(crate) struct Actor<S: ?Sized + Send + 'static> {
+    mailbox: Arc<Mailbox<S>>,
     name: &'static str,
 }
 
 impl<S: ?Sized + Send + 'static> Actor<S> {
-    /// Starts the thread.
-    pub(crate) fn spawn(name: &'static str, mut state: Box<S>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job<S>>();
-        thread::Builder::new()
-            .name(format!("rein-{name}"))
-            .spawn(move || {
-                for job in rx {
-                    job(&mut state);
-                }
-            })?;
-        Ok(Self { tx, name })
+    /// Takes the module in (and adds a worker thread for it).
+    pub(crate) fn spawn(name: &'static str, state: Box<S>) -> std::io::Result<Self> {
+        Ok(Self {
+            mailbox: Mailbox::start(name, state)?,
+            name,
+        })
     }
 
     /// Queues `work` and completes `done` with its outcome, or with a failure if it
     /// panics. `span` names the call and the container in every log line it makes.
+    /// With [`Records::RemoveAfterAnswer`], the state records `work` removes are
+    /// removed only after `done` is completed ([`run_call_removing_after`]).
     pub(crate) fn call(
         &self,
         method: &'static str,
         container: String,
         done: Box<dyn Completer>,
+        records: Records,
         work: impl FnOnce(&mut S) -> Outcome + Send + 'static,
     ) {
         let name = self.name;
-        let job: Job<S> = Box::new(move |state: &mut S| {
-            run_call(name, method, &container, done, || work(state));
-        });
-        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
-            // The worker is gone (it never is, short of process exit); fail the call
-            // rather than leave the agent waiting.
-            drop(job);
-            tracing::error!(module = name, call = method, "rein worker thread is gone");
-        }
+        self.mailbox.send(Box::new(move |state: &mut S| {
+            let work = || work(state);
+            match records {
+                Records::InCall => run_call(name, method, &container, done, work),
+                Records::RemoveAfterAnswer => {
+                    run_call_removing_after(name, method, &container, done, work);
+                }
+            }
+        }));
+    }
+}
+
+/// When a call's removals of state records happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Records {
+    /// As the module makes them.
+    InCall,
+    /// After the answer ([`run_call_removing_after`]).
+    RemoveAfterAnswer,
+}
+
+impl<S: ?Sized + Send + 'static> Drop for Actor<S> {
+    /// The module is dropped after the calls already queued, on a worker thread.
+    fn drop(&mut self) {
+        self.mailbox.close();
     }
 }
 
@@ -132,6 +147,52 @@ pub(crate) fn run_call(
         Outcome::Failed(message)
     });
     deliver(done, outcome);
+}
+
+/// As [`run_call`], with the removal of the state records the call removes put off
+/// until its answer is delivered ([`defer_removals`]) and handed to the janitor: an
+/// unlink on a busy disk costs hundreds of microseconds that neither the agent nor
+/// the module's next call need wait for. One that fails is logged; the record is
+/// then one of a container the agent no longer knows, released by `recover()`.
+pub(crate) fn run_call_removing_after(
+    name: &'static str,
+    method: &'static str,
+    container: &str,
+    done: Box<dyn Completer>,
+    work: impl FnOnce() -> Outcome,
+) {
+    let mut removals = None;
+    run_call(name, method, container, done, || {
+        let (outcome, noted) = defer_removals(work);
+        removals = Some(noted);
+        outcome
+    });
+    let Some(removals) = removals.filter(|r| !r.is_empty()) else {
+        return;
+    };
+    let container = container.to_owned();
+    let remove = move || {
+        for error in removals.run() {
+            tracing::warn!(module = name, call = method, container = %container, "removing a state record after answering: {error}");
+        }
+    };
+    match janitor() {
+        Some(janitor) => janitor.send(Box::new(move |()| remove())),
+        None => remove(),
+    }
+}
+
+/// The mailbox that removes state records after the answers (its own thread in the
+/// pool); `None` if its thread could not start (they are removed in place then).
+fn janitor() -> Option<&'static Arc<Mailbox<()>>> {
+    static JANITOR: OnceLock<Option<Arc<Mailbox<()>>>> = OnceLock::new();
+    JANITOR
+        .get_or_init(|| {
+            Mailbox::start("state-janitor", Box::new(()))
+                .map_err(|e| tracing::warn!("rein: starting the state janitor: {e}"))
+                .ok()
+        })
+        .as_ref()
 }
 
 /// Completes, containing a panic in the completion itself.

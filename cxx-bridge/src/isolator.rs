@@ -8,13 +8,15 @@ use cxx::UniquePtr;
 use rein_core::isolator::{Error, LimitationNotifier};
 use rein_core::{ContainerId, Isolator};
 
-use crate::actor::{construct, deliver, error_chain, Actor, Completer, CxxCompleter, Outcome};
+use crate::actor::{
+    construct, deliver, error_chain, Actor, Completer, CxxCompleter, Outcome, Records,
+};
 use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
 };
 use crate::{convert, launch};
 
-/// One isolator instance, owned by its worker thread.
+/// One isolator instance, run by the bridge's worker threads.
 pub struct IsolatorHandle {
     actor: Actor<dyn Isolator>,
     nesting: bool,
@@ -94,7 +96,7 @@ fn decodable<V, T>(
 }
 
 impl IsolatorHandle {
-    /// Runs an isolator on its own thread.
+    /// Runs an isolator on the bridge's worker threads.
     pub fn start(isolator: Box<dyn Isolator>) -> std::io::Result<Self> {
         let nesting = isolator.supports_nesting();
         let name = isolator.name();
@@ -117,22 +119,32 @@ impl IsolatorHandle {
         orphans: Vec<ContainerChain>,
         done: Box<dyn Completer>,
     ) {
-        self.actor.call("recover", String::new(), done, move |iso| {
-            let containers = decodable(containers, "container", convert::recovered);
-            let orphans = decodable(orphans, "orphan", convert::container_id);
-            match iso.recover(&containers, &orphans) {
-                Ok(()) => Outcome::Nothing,
-                Err(e) => failed(&*e),
-            }
-        });
+        self.actor.call(
+            "recover",
+            String::new(),
+            done,
+            Records::InCall,
+            move |iso| {
+                let containers = decodable(containers, "container", convert::recovered);
+                let orphans = decodable(orphans, "orphan", convert::container_id);
+                match iso.recover(&containers, &orphans) {
+                    Ok(()) => Outcome::Nothing,
+                    Err(e) => failed(&*e),
+                }
+            },
+        );
     }
 
     /// `prepare()`: the launch info is decided here ([`launch::decide`]), so the
     /// shim only copies it. A launch the policy refuses is undone at once (the
     /// isolator's `cleanup()`), before the failure reaches the agent.
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
-        self.actor
-            .call("prepare", config.container.text(), done, move |iso| {
+        self.actor.call(
+            "prepare",
+            config.container.text(),
+            done,
+            Records::InCall,
+            move |iso| {
                 let spec = match convert::container_spec(config) {
                     Ok(spec) => spec,
                     Err(e) => return failed(&e),
@@ -150,7 +162,8 @@ impl IsolatorHandle {
                         failed(&refusal)
                     }
                 }
-            });
+            },
+        );
     }
 
     /// `isolate()`.
@@ -166,14 +179,19 @@ impl IsolatorHandle {
         let text = container.text();
         let watches = self.watches.clone();
         // The completer is kept in `watches`; the call itself completes nothing.
-        self.actor
-            .call("watch", text, Box::new(Discard), move |iso| {
+        self.actor.call(
+            "watch",
+            text,
+            Box::new(Discard),
+            Records::InCall,
+            move |iso| {
                 match convert::container_id(container) {
                     Ok(id) => iso.watch(&id, watches.register(&id, done)),
                     Err(e) => deliver(done, failed(&e)),
                 }
                 Outcome::Nothing
-            });
+            },
+        );
     }
 
     /// `update()`.
@@ -205,23 +223,29 @@ impl IsolatorHandle {
     }
 
     /// `cleanup()`. An id that does not decode was refused by `prepare()`, so there
-    /// is nothing to clean up: the containerizer can finish destroying it.
+    /// is nothing to clean up: the containerizer can finish destroying it. The
+    /// container's state record is removed after the answer (see
+    /// [`Records::RemoveAfterAnswer`]): a record outliving the call by a moment is
+    /// what a crash just before `cleanup()` leaves too, and `recover()` handles it.
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
         let watches = self.watches.clone();
         self.actor.call(
             "cleanup",
             container.text(),
             done,
-            move |iso| match convert::container_id(container) {
-                Ok(id) => {
-                    // The container is being destroyed: its limitation no longer matters.
-                    watches.end(&id);
-                    iso.cleanup(&id)
-                        .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
-                }
-                Err(e) => {
-                    tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
-                    Outcome::Nothing
+            Records::RemoveAfterAnswer,
+            move |iso| {
+                match convert::container_id(container) {
+                    Ok(id) => {
+                        // The container is being destroyed: its limitation no longer matters.
+                        watches.end(&id);
+                        iso.cleanup(&id)
+                            .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
+                    }
+                    Err(e) => {
+                        tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
+                        Outcome::Nothing
+                    }
                 }
             },
         );
@@ -240,6 +264,7 @@ impl IsolatorHandle {
             method,
             container.text(),
             done,
+            Records::InCall,
             move |iso| match convert::container_id(container) {
                 Ok(id) => work(iso, &id).unwrap_or_else(|e| failed(&*e)),
                 Err(e) => failed(&e),

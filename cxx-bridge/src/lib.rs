@@ -1,9 +1,11 @@
 //! The bridge between the Mesos C++ shim and the rein modules.
 //!
-//! Every entry point returns at once: the work is queued to a Rust-owned thread per
-//! module instance (so no libprocess thread ever blocks and the module needs no
-//! locks; the logger's `prepare` runs on a small pool instead, so that launches
-//! never queue behind one waiting for the shipper), run inside `catch_unwind`, and
+//! Every entry point returns at once: the work is queued to the module instance's
+//! mailbox and run, one call at a time, on Rust-owned worker threads (one per module
+//! instance, shared so that a chain of calls hands over without a wake-up: see
+//! `pool`), so no libprocess thread ever blocks and the module needs no locks (the
+//! logger's `prepare` runs on a small pool of its own, so that launches never queue
+//! behind one waiting for the shipper); each call runs inside `catch_unwind`, and
 //! its outcome completes the shim's promise.
 //! A panic becomes a failed future naming the module and the call; it never
 //! crosses into the agent.
@@ -16,6 +18,7 @@ mod isolator;
 mod launch;
 mod log;
 mod logger;
+mod pool;
 #[cfg(feature = "probe")]
 mod probe;
 

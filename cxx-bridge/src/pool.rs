@@ -1,0 +1,283 @@
+//! The worker threads that run the modules' calls.
+//!
+//! Each module keeps its own queue of calls, run one at a time and in order (a
+//! [`Mailbox`]), as with a thread per module; the threads are shared instead, one
+//! added per module, so a module stuck in a long call holds one thread and the others
+//! still find a free one (at most one thread runs a module at a time, so there is
+//! always one thread per busy module).
+//!
+//! What sharing buys is the hand-off: a lifecycle is a chain of calls to different
+//! modules (Mesos prepares and cleans up isolators one after the other), and waking
+//! a parked thread for each costs a scheduler round trip, milliseconds on a loaded
+//! machine. A thread that has just finished a call spins for a short while
+//! ([`SPIN`]) before parking and takes the next call of any module without a wake-up.
+//! At most one thread spins at a time, so idle modules burn no CPU beyond one short
+//! spin after a burst of calls.
+//!
+//! Callers (libprocess threads) only take the queues' locks, which are held for a
+//! push or a pop, never across a module's work.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a thread that ran out of calls looks for the next one before parking:
+/// longer than the gap between two calls of a chain (the caller taking one answer and
+/// queueing the next call), shorter than anything worth a core.
+pub(crate) const SPIN: Duration = Duration::from_micros(50);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A module with calls queued, as the pool's threads see it.
+trait Ready: Send + Sync {
+    /// Runs the module's next call.
+    fn run_next(self: Arc<Self>);
+}
+
+/// What a mailbox holds: a call, or the order to drop the module.
+enum Task<S: ?Sized> {
+    Run(Box<dyn FnOnce(&mut S) + Send>),
+    Close,
+}
+
+struct Queue<S: ?Sized> {
+    tasks: VecDeque<Task<S>>,
+    /// In the pool's run queue or running: the module is not queued twice.
+    scheduled: bool,
+}
+
+/// A module instance `S` and its calls, run one at a time, in order, by the pool.
+pub(crate) struct Mailbox<S: ?Sized> {
+    queue: Mutex<Queue<S>>,
+    /// Locked only by the thread running the module's call (never by a caller);
+    /// `None` once closed.
+    state: Mutex<Option<Box<S>>>,
+}
+
+impl<S: ?Sized + Send + 'static> Mailbox<S> {
+    /// Takes `state` in and adds a thread to the pool for it.
+    pub(crate) fn start(name: &'static str, state: Box<S>) -> std::io::Result<Arc<Self>> {
+        pool().add_worker(name)?;
+        Ok(Arc::new(Self {
+            queue: Mutex::new(Queue {
+                tasks: VecDeque::new(),
+                scheduled: false,
+            }),
+            state: Mutex::new(Some(state)),
+        }))
+    }
+
+    /// Queues a call.
+    pub(crate) fn send(self: &Arc<Self>, job: Box<dyn FnOnce(&mut S) + Send>) {
+        self.push(Task::Run(job));
+    }
+
+    /// Drops the module after the calls already queued, on a pool thread (a module's
+    /// drop may do kernel work), and takes its thread out of the pool.
+    pub(crate) fn close(self: &Arc<Self>) {
+        self.push(Task::Close);
+    }
+
+    fn push(self: &Arc<Self>, task: Task<S>) {
+        let schedule = {
+            let mut queue = lock(&self.queue);
+            queue.tasks.push_back(task);
+            !std::mem::replace(&mut queue.scheduled, true)
+        };
+        if schedule {
+            pool().schedule(self.clone());
+        }
+    }
+}
+
+impl<S: ?Sized + Send + 'static> Ready for Mailbox<S> {
+    fn run_next(self: Arc<Self>) {
+        let task = lock(&self.queue).tasks.pop_front();
+        match task {
+            Some(Task::Run(job)) => {
+                if let Some(state) = lock(&self.state).as_deref_mut() {
+                    job(state);
+                }
+            }
+            Some(Task::Close) => {
+                drop(lock(&self.state).take());
+                pool().retire_worker();
+            }
+            None => {}
+        }
+        let more = {
+            let mut queue = lock(&self.queue);
+            queue.scheduled = !queue.tasks.is_empty();
+            queue.scheduled
+        };
+        if more {
+            // Behind the modules already waiting: one busy module does not starve the rest.
+            pool().schedule(self);
+        }
+    }
+}
+
+struct RunQueue {
+    ready: VecDeque<Arc<dyn Ready>>,
+    /// Threads parked on `wake`.
+    sleepers: usize,
+    /// Threads spinning (0 or 1).
+    spinning: usize,
+    /// Threads to end (their modules were closed).
+    retiring: usize,
+}
+
+struct Pool {
+    run: Mutex<RunQueue>,
+    wake: Condvar,
+    /// [`SPIN`], or nothing on a single CPU (where the caller cannot run while a
+    /// thread spins, so the spin would only delay it).
+    spin: Duration,
+    /// `run.ready.len()`, for the spinning thread to watch without the lock.
+    queued: AtomicUsize,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool {
+        run: Mutex::new(RunQueue {
+            ready: VecDeque::new(),
+            sleepers: 0,
+            spinning: 0,
+            retiring: 0,
+        }),
+        wake: Condvar::new(),
+        spin: match thread::available_parallelism() {
+            Ok(n) if n.get() > 1 => SPIN,
+            _ => Duration::ZERO,
+        },
+        queued: AtomicUsize::new(0),
+    })
+}
+
+impl Pool {
+    fn add_worker(&'static self, name: &'static str) -> std::io::Result<()> {
+        thread::Builder::new()
+            .name(format!("rein-{name}"))
+            .spawn(move || self.work())
+            .map(drop)
+    }
+
+    fn retire_worker(&self) {
+        lock(&self.run).retiring += 1;
+        self.wake.notify_one();
+    }
+
+    fn schedule(&self, module: Arc<dyn Ready>) {
+        let mut run = lock(&self.run);
+        run.ready.push_back(module);
+        self.queued.store(run.ready.len(), Ordering::Release);
+        // A spinning thread takes one module without a wake-up; wake for the rest.
+        if run.sleepers > 0 && run.ready.len() > run.spinning {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A worker thread: runs modules' calls, spins, parks.
+    fn work(&self) {
+        let mut run = lock(&self.run);
+        let mut spun = false;
+        loop {
+            if let Some(module) = run.ready.pop_front() {
+                self.queued.store(run.ready.len(), Ordering::Release);
+                if run.sleepers > 0 && !run.ready.is_empty() && run.spinning == 0 {
+                    self.wake.notify_one();
+                }
+                drop(run);
+                module.run_next();
+                run = lock(&self.run);
+                spun = false;
+                continue;
+            }
+            if run.retiring > 0 {
+                run.retiring -= 1;
+                return;
+            }
+            if !spun && run.spinning == 0 && !self.spin.is_zero() {
+                run.spinning += 1;
+                drop(run);
+                let deadline = Instant::now() + self.spin;
+                while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+                run = lock(&self.run);
+                run.spinning -= 1;
+                spun = true;
+                continue;
+            }
+            run.sleepers += 1;
+            run = self.wake.wait(run).unwrap_or_else(PoisonError::into_inner);
+            run.sleepers -= 1;
+            spun = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn calls_of_one_module_run_in_order_and_modules_run_side_by_side() {
+        let slow = Mailbox::start("test-slow", Box::new(Vec::<u32>::new())).unwrap();
+        let fast = Mailbox::start("test-fast", Box::new(Vec::<u32>::new())).unwrap();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        // The slow module is stuck in a call until released...
+        slow.send(Box::new(move |_: &mut Vec<u32>| {
+            let _ = lock(&release_rx).recv_timeout(Duration::from_secs(60));
+        }));
+        // ...and the other module's calls still run, in order.
+        let (tx, rx) = mpsc::channel();
+        for i in 0..100 {
+            let tx = tx.clone();
+            fast.send(Box::new(move |seen: &mut Vec<u32>| {
+                seen.push(i);
+                if i == 99 {
+                    let _ = tx.send(seen.clone());
+                }
+            }));
+        }
+        let seen = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        release_tx.send(()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        slow.send(Box::new(move |_| {
+            let _ = tx.send(());
+        }));
+        rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        slow.close();
+        fast.close();
+    }
+
+    struct Dropped(mpsc::Sender<thread::ThreadId>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ = self.0.send(thread::current().id());
+        }
+    }
+
+    #[test]
+    fn a_closed_module_is_dropped_on_a_pool_thread_after_its_calls() {
+        let (tx, rx) = mpsc::channel();
+        let module = Mailbox::start("test-drop", Box::new(Dropped(tx))).unwrap();
+        let (ran_tx, ran_rx) = mpsc::channel();
+        module.send(Box::new(move |_| {
+            let _ = ran_tx.send(());
+        }));
+        module.close();
+        ran_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        let dropped_on = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_ne!(dropped_on, thread::current().id());
+    }
+}
