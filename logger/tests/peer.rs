@@ -24,7 +24,9 @@
 //! `REIN_PEER_RSYSLOG_WORKERS` (default 1), `REIN_PEER_RSYSLOG_BATCH`
 //! (default 2000), `REIN_PEER_STALL_SECS` (default 60: a shipper that
 //! delivers nothing more for that long has finished or is stuck),
-//! `REIN_PEER_ONLY` (`rein`, `rein-plain` or `rsyslog`: one contender).
+//! `REIN_PEER_ONLY` (`rein`, `rein-plain`, `rsyslog`, comma-separated: the
+//! contenders run), `REIN_PEER_PERF=1` (a `perf record` of our shipper while it
+//! works; its top symbols printed; `REIN_PEER_PERF_DATA=<dir>` keeps the data).
 
 #![allow(
     clippy::cast_possible_truncation,
@@ -259,6 +261,14 @@ impl Profile {
         // SAFETY: kill(2) of the perf process this bench started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
+        // REIN_PEER_PERF_DATA=<dir>: keep the profile for `perf report -i`.
+        if let Some(keep) = std::env::var_os("REIN_PEER_PERF_DATA") {
+            let to = Path::new(&keep).join(format!(
+                "perf-{}.data",
+                label.replace([' ', '(', ')', '=', ','], "")
+            ));
+            let _ = std::fs::copy(&self.data, to);
+        }
         let out = Command::new(common::find_bin("REIN_PERF", "perf").unwrap())
             .args([
                 "report",
@@ -399,13 +409,15 @@ fn cpu_per_gb_vs_rsyslog() {
         }
     }
     println!("\nsummary over {rounds} round(s) (min-max):");
-    let ours: Vec<&Figures> = all.iter().filter(|f| f.peer != Peer::Rsyslog).collect();
-    if let Some(f) = ours.last() {
+    for p in [Peer::Rein, Peer::ReinPlain] {
+        let Some(f) = all.iter().rfind(|f| f.peer == p) else {
+            continue;
+        };
         let total: f64 = f.threads.iter().map(|t| t.1).sum();
-        println!("our worker's CPU by thread (last run, live threads):");
+        println!("  {}: the worker's CPU by thread (last round):", p.label());
         for (name, s) in &f.threads {
             println!(
-                "  {name:<20} {s:>6.2} s ({:.0} %)",
+                "    {name:<18} {s:>6.2} s ({:.0} %)",
                 100.0 * s / total.max(1e-9)
             );
         }

@@ -196,15 +196,28 @@ fn bulk(body: &[u8], wire: u64, counts: &Mutex<Counts>) -> Vec<u8> {
         if !items.is_empty() {
             items.push(b',');
         }
+        // Items shaped as Elasticsearch 8 writes them (shippers parse them all).
         items.extend_from_slice(b"{\"");
         items.extend_from_slice(op);
-        items.extend_from_slice(b"\":{\"_index\":\"logs\",\"_id\":\"");
-        items.extend_from_slice(id);
+        items.extend_from_slice(b"\":{\"_index\":\"");
+        items.extend_from_slice(string_field(action, b"\"_index\"").unwrap_or(b"logs"));
+        items.extend_from_slice(b"\",\"_id\":\"");
+        if id.is_empty() {
+            items.extend_from_slice(format!("auto-{}", c.docs).as_bytes());
+        } else {
+            items.extend_from_slice(id);
+        }
         if fresh || op == b"index" {
+            let seq_no = c.docs;
             c.docs += 1;
             c.last_doc = Some(Instant::now());
             c.count_line(string_field(doc, b"\"message\"").unwrap_or(b""));
-            items.extend_from_slice(b"\",\"_version\":1,\"result\":\"created\",\"status\":201}}");
+            items.extend_from_slice(
+                format!(
+                    "\",\"_version\":1,\"result\":\"created\",\"_shards\":{{\"total\":2,\"successful\":1,\"failed\":0}},\"_seq_no\":{seq_no},\"_primary_term\":1,\"status\":201}}}}"
+                )
+                .as_bytes(),
+            );
         } else {
             errors = true;
             c.id_conflicts += 1;
