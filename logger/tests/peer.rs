@@ -258,8 +258,11 @@ impl Profile {
     }
 
     fn report(mut self, label: &str) {
-        // SAFETY: kill(2) of the perf process this bench started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // SIGINT: perf writes its data and exits.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
         let _ = self.child.wait();
         // REIN_PEER_PERF_DATA=<dir>: keep the profile for `perf report -i`.
         if let Some(keep) = std::env::var_os("REIN_PEER_PERF_DATA") {
@@ -291,6 +294,15 @@ impl Profile {
             {
                 println!("  {l}");
             }
+        }
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
