@@ -1,0 +1,168 @@
+# Part of the agent soak bench (tests/agent/soak); see its docstring.
+"""The soak bench's tables: per agent, the first and the last window of launches,
+the drift of each against the baseline's own, and what was left behind."""
+
+import statistics
+
+from .soak_measure import summary
+
+
+def window_samples(target, start, end):
+    """The checkpoints taken when `start` and `end` tasks of the target had ended."""
+    by_done = {s["done"]: s for s in target.checkpoints}
+    return by_done.get(start), by_done.get(end)
+
+
+def per_launch(a, b, who, key, launches):
+    """ms of CPU per launch between two samples of process `who`."""
+    if not (a and b and a.get(who) and b.get(who)):
+        return None
+    return (b[who][key] - a[who][key]) / launches
+
+
+def mib(sample, who):
+    return sample[who]["rss_kib"] / 1024 if sample and sample.get(who) else None
+
+
+def fds(sample, who):
+    return sample[who]["fds"] if sample and sample.get(who) else None
+
+
+def fmt(value, spec=".1f"):
+    return "-" if value is None else format(value, spec)
+
+
+def latency_cell(records, key):
+    s = summary([r[key] for r in records if key in r])
+    return "-" if s is None else f"{s['p50']:.1f} / {s['p99']:.1f}"
+
+
+def window_rows(target, n, window):
+    """(label, first window, last window) rows of one target."""
+    by_index = sorted(target.tasks.values(), key=lambda r: r["index"])
+    first, last = by_index[:window], by_index[-window:]
+    f0, f1 = window_samples(target, 0, window)
+    l0, l1 = window_samples(target, n - window, n)
+    rows = [
+        ("launch latency p50 / p99 ms (agent)", latency_cell(first, "agent_ms"),
+         latency_cell(last, "agent_ms")),
+        ("launch latency p50 / p99 ms (client)", latency_cell(first, "client_ms"),
+         latency_cell(last, "client_ms")),
+        ("tasks/s over the window", fmt(window / (f1["t"] - f0["t"]) if f0 and f1 else None),
+         fmt(window / (l1["t"] - l0["t"]) if l0 and l1 else None)),
+        ("agent RSS MiB at the window's end", fmt(mib(f1, "agent")), fmt(mib(l1, "agent"))),
+        ("agent CPU ms per launch", fmt(per_launch(f0, f1, "agent", "cpu_ms", window), ".2f"),
+         fmt(per_launch(l0, l1, "agent", "cpu_ms", window), ".2f")),
+        ("agent's reaped children CPU ms per launch",
+         fmt(per_launch(f0, f1, "agent", "children_cpu_ms", window), ".2f"),
+         fmt(per_launch(l0, l1, "agent", "children_cpu_ms", window), ".2f")),
+        ("agent open fds at the window's end", fmt(fds(f1, "agent"), "d"),
+         fmt(fds(l1, "agent"), "d")),
+    ]
+    if target.shipper:
+        for who in ("supervisor", "worker"):
+            rows += [
+                (f"shipper {who} RSS MiB at the window's end", fmt(mib(f1, who)),
+                 fmt(mib(l1, who))),
+                (f"shipper {who} open fds at the window's end", fmt(fds(f1, who), "d"),
+                 fmt(fds(l1, who), "d")),
+                (f"shipper {who} CPU ms per launch",
+                 fmt(per_launch(f0, f1, who, "cpu_ms", window), ".2f"),
+                 fmt(per_launch(l0, l1, who, "cpu_ms", window), ".2f")),
+            ]
+    return rows
+
+
+def print_table(title, header, rows):
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print(title)
+    for row in [header] + rows:
+        print("  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def drift(target, n, window):
+    """(p50 latency, CPU per launch, RSS) last window minus first window."""
+    by_index = sorted(target.tasks.values(), key=lambda r: r["index"])
+    p50 = [summary([r["agent_ms"] for r in part if "agent_ms" in r])
+           for part in (by_index[:window], by_index[-window:])]
+    f0, f1 = window_samples(target, 0, window)
+    l0, l1 = window_samples(target, n - window, n)
+    cpu = [per_launch(f0, f1, "agent", "cpu_ms", window),
+           per_launch(l0, l1, "agent", "cpu_ms", window)]
+    rss = [mib(f1, "agent"), mib(l1, "agent")]
+
+    def delta(pair):
+        return None if None in pair else pair[1] - pair[0]
+    return {"latency p50 ms": delta([p["p50"] if p else None for p in p50]),
+            "agent CPU ms per launch": delta(cpu), "agent RSS MiB": delta(rss)}
+
+
+def report(targets, n, window, leaks, idle):
+    """Prints every table; the number of leaks (all targets)."""
+    for t in targets:
+        failed = {}
+        for r in t.tasks.values():
+            if r.get("state") != "TASK_FINISHED":
+                failed[r.get("state")] = failed.get(r.get("state"), 0) + 1
+        print(f"\n== {t.name}: {len(t.tasks)} tasks, not finished: {failed or 0}")
+        print_table(f"  first {window} vs last {window} launches",
+                    ("", f"first {window}", f"last {window}"), window_rows(t, n, window))
+        before, after = idle[t.name]
+        rows = [("agent RSS MiB", fmt(mib(before, "agent")), fmt(mib(after, "agent"))),
+                ("agent open fds", fmt(fds(before, "agent"), "d"),
+                 fmt(fds(after, "agent"), "d"))]
+        if t.shipper:
+            for who in ("supervisor", "worker"):
+                rows += [(f"shipper {who} RSS MiB", fmt(mib(before, who)),
+                          fmt(mib(after, who))),
+                         (f"shipper {who} open fds", fmt(fds(before, who), "d"),
+                          fmt(fds(after, who), "d"))]
+        print_table("  at rest (no task), before the first launch and after the last",
+                    ("", "before", "after"), rows)
+    print(f"\n== drift, last {window} minus first {window} (rein beside the baseline's own)")
+    drifts = {t.name: drift(t, n, window) for t in targets}
+    names = [t.name for t in targets]
+    rows = [(k,) + tuple(fmt(drifts[name][k], "+.2f") for name in names)
+            for k in drifts[names[0]]]
+    print_table("", ("",) + tuple(names), rows)
+    total = 0
+    print("\n== leaks after the last task ended (settled up to 90 s)")
+    rows = []
+    for kind in sorted({k for found in leaks.values() for k in found}):
+        cells = []
+        for name in names:
+            found = leaks[name].get(kind)
+            cells.append("n/a" if found is None else str(len(found)))
+            total += len(found or [])
+        rows.append((kind,) + tuple(cells))
+    print_table("", ("",) + tuple(names), rows)
+    for name in names:
+        for kind, found in leaks[name].items():
+            if found:
+                print(f"  LEAK {name} {kind}: {found[:5]}{' ...' if len(found) > 5 else ''}")
+    return total
+
+
+def print_latency(targets, n):
+    """One-at-a-time launches: min / median / max per agent, and the difference of
+    the medians (the goal: the rein agent within 5 ms of the baseline's median)."""
+    medians = {}
+    print(f"\n== launch latency, one task at a time, interleaved, n={n} each")
+    for t in targets:
+        recs = list(t.tasks.values())
+        for key, what in (("agent_ms", "agent 'Got assigned task' -> TASK_RUNNING"),
+                          ("client_ms", "client ACCEPT sent -> TASK_RUNNING received")):
+            data = [r[key] for r in recs if key in r]
+            if not data:
+                print(f"  {t.name:9} {what:44} no sample")
+                continue
+            medians[(t.name, key)] = statistics.median(data)
+            print(f"  {t.name:9} {what:44} n={len(data)} min {min(data):7.1f} ms  "
+                  f"median {statistics.median(data):7.1f} ms  max {max(data):7.1f} ms")
+    names = [t.name for t in targets]
+    for key in ("agent_ms", "client_ms"):
+        if (names[0], key) in medians and (names[1], key) in medians:
+            d = medians[(names[0], key)] - medians[(names[1], key)]
+            print(f"  median {names[0]} - {names[1]} ({key[:-3]}): {d:+.1f} ms "
+                  f"(goal <= +5 ms: {'met' if d <= 5 else 'not met'})")
