@@ -22,10 +22,17 @@ COMMAND = "echo soak-out-$MESOS_TASK_ID; echo soak-err >&2"
 REIN_LABELS = {"rein.net.egress.rate": "10mbit", "rein.blkio.write_bps": "10MiB/s"}
 
 
-def checkpoints(n, window, step=1000):
-    """The counts of ended tasks at which each agent is sampled: both ends of the first
-    and the last window, and every `step` between (the series shows a trend)."""
-    return {window, n - window, n} | set(range(step, n, step))
+def sampled(done, planned):
+    """Whether a target is sampled when `done` of its tasks have ended: every 10
+    (every one in runs of 400 or fewer), so any window's ends are within 10 tasks."""
+    return planned <= 400 or done % 10 == 0
+
+
+def window_of(n):
+    """The window compared at both ends of a run of n tasks: 1,000, or a quarter of
+    the run (in tens) when it is shorter."""
+    quarter = max(1, n // 4)
+    return min(1000, quarter - quarter % 10 if quarter >= 10 else quarter)
 
 
 class Target:
@@ -174,15 +181,20 @@ class SoakBench(EgressPhase, LoggerPhase, SuiteBase):
             ended += 1
         return ended
 
-    def drive(self, n, inflight, checkpoint_at, progress_every=1000, stall=300):
+    def drive(self, n, inflight, deadline=None, progress_every=1000, stall=300):
         """Alternates launches between the targets, at most `inflight` tasks in flight
-        on each, until each has run n; samples each target when its count of ended
-        tasks reaches a value in checkpoint_at."""
+        on each, until each has run n or the clock passes `deadline` (epoch seconds;
+        then no more are launched and those in flight end); samples each target as its
+        count of ended tasks grows (`sampled`) and once more at the end."""
         for target in self.targets:
             target.checkpoints.append(target.sample())
         last_change, turn = time.time(), 0
         while any(t.next_index < n or t.inflight for t in self.targets):
             turn += 1
+            if deadline and time.time() > deadline and n > max(
+                    t.next_index for t in self.targets):
+                n = max(t.next_index for t in self.targets)
+                log(f"time limit reached: no more launches after {n} on an agent")
             order = self.targets if turn % 2 else list(reversed(self.targets))
             for target in order:
                 free = inflight - len(target.inflight)
@@ -193,15 +205,19 @@ class SoakBench(EgressPhase, LoggerPhase, SuiteBase):
                 if self.reap(target):
                     last_change = time.time()
                 for count in range(before + 1, target.done + 1):
-                    if count in checkpoint_at:
+                    if sampled(count, n):
                         target.checkpoints.append(target.sample())
-                    if count % progress_every == 0 or count == n:
+                    if count % progress_every == 0:
                         self.progress(target, n)
             if time.time() - last_change > stall:
                 raise TimeoutError(f"no launch and no task ended for {stall} s: " + ", ".join(
                     f"{t.name} {t.done}/{n} ended, {len(t.inflight)} in flight"
                     for t in self.targets))
             time.sleep(0.005)
+        for target in self.targets:
+            if target.checkpoints[-1]["done"] != target.done:
+                target.checkpoints.append(target.sample())
+            self.progress(target, n)
 
     def progress(self, target, n):
         s = target.sample()

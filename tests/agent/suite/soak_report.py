@@ -7,17 +7,29 @@ import statistics
 from .soak_measure import summary
 
 
-def window_samples(target, start, end):
-    """The checkpoints taken when `start` and `end` tasks of the target had ended."""
-    by_done = {s["done"]: s for s in target.checkpoints}
-    return by_done.get(start), by_done.get(end)
+def nearest(target, done):
+    """The sample of the target taken when the count of its ended tasks was nearest
+    to `done`."""
+    return min(target.checkpoints, key=lambda s: abs(s["done"] - done), default=None)
 
 
-def per_launch(a, b, who, key, launches):
-    """ms of CPU per launch between two samples of process `who`."""
-    if not (a and b and a.get(who) and b.get(who)):
+def window_samples(target, window, last):
+    """The samples at both ends of the first (or the last) `window` ended tasks."""
+    if not last:
+        return nearest(target, 0), nearest(target, window)
+    end = max(target.checkpoints, key=lambda s: s["done"])
+    return nearest(target, end["done"] - window), end
+
+
+def per_launch(a, b, who, key):
+    """ms of `key` (a CPU figure) per ended task of process `who` between two samples."""
+    if not (a and b and a.get(who) and b.get(who)) or b["done"] <= a["done"]:
         return None
-    return (b[who][key] - a[who][key]) / launches
+    return (b[who][key] - a[who][key]) / (b["done"] - a["done"])
+
+
+def rate(a, b):
+    return (b["done"] - a["done"]) / (b["t"] - a["t"]) if a and b and b["t"] > a["t"] else None
 
 
 def mib(sample, who):
@@ -37,25 +49,24 @@ def latency_cell(records, key):
     return "-" if s is None else f"{s['p50']:.1f} / {s['p99']:.1f}"
 
 
-def window_rows(target, n, window):
+def window_rows(target, window):
     """(label, first window, last window) rows of one target."""
     by_index = sorted(target.tasks.values(), key=lambda r: r["index"])
     first, last = by_index[:window], by_index[-window:]
-    f0, f1 = window_samples(target, 0, window)
-    l0, l1 = window_samples(target, n - window, n)
+    f0, f1 = window_samples(target, window, last=False)
+    l0, l1 = window_samples(target, window, last=True)
+
+    def both(who, key):
+        return (fmt(per_launch(f0, f1, who, key), ".2f"), fmt(per_launch(l0, l1, who, key), ".2f"))
     rows = [
         ("launch latency p50 / p99 ms (agent)", latency_cell(first, "agent_ms"),
          latency_cell(last, "agent_ms")),
         ("launch latency p50 / p99 ms (client)", latency_cell(first, "client_ms"),
          latency_cell(last, "client_ms")),
-        ("tasks/s over the window", fmt(window / (f1["t"] - f0["t"]) if f0 and f1 else None),
-         fmt(window / (l1["t"] - l0["t"]) if l0 and l1 else None)),
+        ("tasks ended per s", fmt(rate(f0, f1), ".2f"), fmt(rate(l0, l1), ".2f")),
         ("agent RSS MiB at the window's end", fmt(mib(f1, "agent")), fmt(mib(l1, "agent"))),
-        ("agent CPU ms per launch", fmt(per_launch(f0, f1, "agent", "cpu_ms", window), ".2f"),
-         fmt(per_launch(l0, l1, "agent", "cpu_ms", window), ".2f")),
-        ("agent's reaped children CPU ms per launch",
-         fmt(per_launch(f0, f1, "agent", "children_cpu_ms", window), ".2f"),
-         fmt(per_launch(l0, l1, "agent", "children_cpu_ms", window), ".2f")),
+        ("agent CPU ms per launch",) + both("agent", "cpu_ms"),
+        ("agent's reaped children CPU ms per launch",) + both("agent", "children_cpu_ms"),
         ("agent open fds at the window's end", fmt(fds(f1, "agent"), "d"),
          fmt(fds(l1, "agent"), "d")),
     ]
@@ -66,9 +77,7 @@ def window_rows(target, n, window):
                  fmt(mib(l1, who))),
                 (f"shipper {who} open fds at the window's end", fmt(fds(f1, who), "d"),
                  fmt(fds(l1, who), "d")),
-                (f"shipper {who} CPU ms per launch",
-                 fmt(per_launch(f0, f1, who, "cpu_ms", window), ".2f"),
-                 fmt(per_launch(l0, l1, who, "cpu_ms", window), ".2f")),
+                (f"shipper {who} CPU ms per launch",) + both(who, "cpu_ms"),
             ]
     return rows
 
@@ -81,15 +90,14 @@ def print_table(title, header, rows):
                                for i, (c, w) in enumerate(zip(row, widths))))
 
 
-def drift(target, n, window):
-    """(p50 latency, CPU per launch, RSS) last window minus first window."""
+def drift(target, window):
+    """(p50 latency, CPU per launch, RSS) of the last window minus the first's."""
     by_index = sorted(target.tasks.values(), key=lambda r: r["index"])
     p50 = [summary([r["agent_ms"] for r in part if "agent_ms" in r])
            for part in (by_index[:window], by_index[-window:])]
-    f0, f1 = window_samples(target, 0, window)
-    l0, l1 = window_samples(target, n - window, n)
-    cpu = [per_launch(f0, f1, "agent", "cpu_ms", window),
-           per_launch(l0, l1, "agent", "cpu_ms", window)]
+    f0, f1 = window_samples(target, window, last=False)
+    l0, l1 = window_samples(target, window, last=True)
+    cpu = [per_launch(f0, f1, "agent", "cpu_ms"), per_launch(l0, l1, "agent", "cpu_ms")]
     rss = [mib(f1, "agent"), mib(l1, "agent")]
 
     def delta(pair):
@@ -98,7 +106,7 @@ def drift(target, n, window):
             "agent CPU ms per launch": delta(cpu), "agent RSS MiB": delta(rss)}
 
 
-def report(targets, n, window, leaks, idle):
+def report(targets, window, leaks, idle):
     """Prints every table; the number of leaks (all targets)."""
     for t in targets:
         failed = {}
@@ -107,7 +115,7 @@ def report(targets, n, window, leaks, idle):
                 failed[r.get("state")] = failed.get(r.get("state"), 0) + 1
         print(f"\n== {t.name}: {len(t.tasks)} tasks, not finished: {failed or 0}")
         print_table(f"  first {window} vs last {window} launches",
-                    ("", f"first {window}", f"last {window}"), window_rows(t, n, window))
+                    ("", f"first {window}", f"last {window}"), window_rows(t, window))
         before, after = idle[t.name]
         rows = [("agent RSS MiB", fmt(mib(before, "agent")), fmt(mib(after, "agent"))),
                 ("agent open fds", fmt(fds(before, "agent"), "d"),
@@ -121,7 +129,7 @@ def report(targets, n, window, leaks, idle):
         print_table("  at rest (no task), before the first launch and after the last",
                     ("", "before", "after"), rows)
     print(f"\n== drift, last {window} minus first {window} (rein beside the baseline's own)")
-    drifts = {t.name: drift(t, n, window) for t in targets}
+    drifts = {t.name: drift(t, window) for t in targets}
     names = [t.name for t in targets]
     rows = [(k,) + tuple(fmt(drifts[name][k], "+.2f") for name in names)
             for k in drifts[names[0]]]
