@@ -13,7 +13,8 @@ from .egress import EgressPhase
 from .logger import LoggerPhase
 from .scheduler import TERMINAL
 from .soak_measure import (
-    assigned_times, cgroups_left, entries, files_under, proc_sample, project_ids_held)
+    LAST_STAGE, agent_log_times, cgroups_left, entries, files_under, proc_sample,
+    project_ids_held)
 
 TASK_CPUS, TASK_MEM, TASK_DISK = 0.1, 32, 10
 # Every task prints to both streams (through the shipper on the rein agent) and ends.
@@ -235,15 +236,21 @@ class SoakBench(EgressPhase, LoggerPhase, SuiteBase):
             f"CPU {agent.get('cpu_ms', 0) / 1000:.1f} s{extra}")
 
     def resolve_latencies(self):
-        """Agent-side latency ("Got assigned task" -> TASK_RUNNING's timestamp) and the
-        client's (ACCEPT sent -> TASK_RUNNING received), in ms, on every record."""
+        """Agent-side latency ("Got assigned task" -> TASK_RUNNING's timestamp), the
+        client's (ACCEPT sent -> TASK_RUNNING received) and the stages of the first,
+        in ms, on every record."""
         for target in self.targets:
-            assigned = assigned_times(os.path.join(target.daemon.dir, "logs"))
+            times = agent_log_times(os.path.join(target.daemon.dir, "logs"))
             for tid, rec in target.tasks.items():
-                if "running_ts" in rec and tid in assigned:
-                    rec["agent_ms"] = (rec["running_ts"] - assigned[tid]) * 1000
-                if "running_ts" in rec:
-                    rec["client_ms"] = (rec["running_recv"] - rec["sent"]) * 1000
+                found = times.get(tid, {})
+                rec["stages"] = dict(found.get("stages", {}))
+                if "running_ts" not in rec:
+                    continue
+                rec["client_ms"] = (rec["running_recv"] - rec["sent"]) * 1000
+                if "assigned" in found:
+                    rec["agent_ms"] = (rec["running_ts"] - found["assigned"]) * 1000
+                if found.get("registered"):
+                    rec["stages"][LAST_STAGE] = (rec["running_ts"] - found["registered"]) * 1000
 
     # -- one launch at a time ---------------------------------------------------------
 

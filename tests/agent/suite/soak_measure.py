@@ -48,30 +48,73 @@ def summary(values):
 
 
 # glog's prefix: I[yyyy]mmdd hh:mm:ss.uuuuuu (newer glog writes the year).
-ASSIGNED = re.compile(r"^I(\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+) "
-                      r".*Got assigned task '([^']+)'")
+PREFIX = re.compile(r"^I(\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+) ")
+ASSIGNED = re.compile(r"Got assigned task '([^']+)'")
+LAUNCHING = re.compile(r"Launching container (\S+) for executor '([^']+)'")
+TRANSITION = re.compile(r"Transitioning the state of container (\S+) from (\w+) to (\w+) "
+                        r"after ([\d.]+)(ns|us|ms|secs|mins)")
+REGISTERED = re.compile(r"Got registration for executor '([^']+)'")
+UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "secs": 1e3, "mins": 6e4}
+# The stages of a launch, from the agent log, in ms (a command task's executor id is
+# its task id). "running" is the container's state: the executor process started.
+STAGES = [
+    ("assigned -> container launching", None),
+    ("prepare (isolators, logger, clone)", ("PREPARING", "ISOLATING")),
+    ("isolate", ("ISOLATING", "FETCHING")),
+    ("fetch", ("FETCHING", "RUNNING")),
+    ("executor start -> registered", None),
+]
+# The last stage, from the TASK_RUNNING status the framework received.
+LAST_STAGE = "registered -> TASK_RUNNING"
+STAGE_NAMES = [name for name, _ in STAGES] + [LAST_STAGE]
 
 
-def assigned_times(log_dir):
-    """task id -> the agent log's "Got assigned task" time (epoch seconds), one pass
-    over every INFO file of the agent (the log may hold tens of thousands)."""
-    found = {}
+def log_time(m):
+    year, mon, day, hh, mm, ss, frac = m.groups()
+    year = int(year) if year else time.localtime().tm_year
+    t = time.mktime((year, int(mon), int(day), int(hh), int(mm), int(ss), 0, 0, -1))
+    return t + int(frac) / 10 ** len(frac)
+
+
+def agent_log_times(log_dir):
+    """One pass over every INFO file of an agent (the log may hold tens of thousands
+    of tasks): task id -> {"assigned": epoch s, "stages": {stage: ms}}."""
+    tasks, containers, registered = {}, {}, {}
     for name in sorted(os.listdir(log_dir)):
         if ".INFO." not in name:
             continue
         with open(os.path.join(log_dir, name), errors="replace") as f:
             for line in f:
-                if "Got assigned task" not in line:
+                if not ("Got assigned task" in line or "container" in line
+                        or "Got registration" in line):
                     continue
-                m = ASSIGNED.match(line)
-                if not m:
+                prefix = PREFIX.match(line)
+                if not prefix:
                     continue
-                year, mon, day, hh, mm, ss, frac, task = m.groups()
-                year = int(year) if year else time.localtime().tm_year
-                t = time.mktime((year, int(mon), int(day), int(hh), int(mm), int(ss),
-                                 0, 0, -1))
-                found[task] = t + int(frac) / 10 ** len(frac)
-    return found
+                if m := ASSIGNED.search(line):
+                    tasks.setdefault(m.group(1), {})["assigned"] = log_time(prefix)
+                elif m := LAUNCHING.search(line):
+                    containers[m.group(1)] = {"task": m.group(2), "at": log_time(prefix)}
+                elif m := TRANSITION.search(line):
+                    c = containers.get(m.group(1))
+                    if c is not None:
+                        c[(m.group(2), m.group(3))] = float(m.group(4)) * UNIT_MS[m.group(5)]
+                        c[m.group(3)] = log_time(prefix)
+                elif m := REGISTERED.search(line):
+                    registered.setdefault(m.group(1), log_time(prefix))
+    for c in containers.values():
+        rec = tasks.setdefault(c["task"], {})
+        stages = {}
+        if "assigned" in rec:
+            stages[STAGES[0][0]] = (c["at"] - rec["assigned"]) * 1000
+        for stage, edge in STAGES[1:4]:
+            if edge in c:
+                stages[stage] = c[edge]
+        if "RUNNING" in c and c["task"] in registered:
+            stages[STAGES[4][0]] = (registered[c["task"]] - c["RUNNING"]) * 1000
+        rec["stages"] = stages
+        rec["registered"] = registered.get(c["task"])
+    return tasks
 
 
 def cgroups_left(root):

@@ -4,7 +4,7 @@ the drift of each against the baseline's own, and what was left behind."""
 
 import statistics
 
-from .soak_measure import summary
+from .soak_measure import STAGE_NAMES, summary
 
 
 def nearest(target, done):
@@ -49,6 +49,11 @@ def latency_cell(records, key):
     return "-" if s is None else f"{s['p50']:.1f} / {s['p99']:.1f}"
 
 
+def stage_p50(records, stage):
+    values = [r["stages"][stage] for r in records if stage in r.get("stages", {})]
+    return statistics.median(values) if values else None
+
+
 def window_rows(target, window):
     """(label, first window, last window) rows of one target."""
     by_index = sorted(target.tasks.values(), key=lambda r: r["index"])
@@ -63,6 +68,10 @@ def window_rows(target, window):
          latency_cell(last, "agent_ms")),
         ("launch latency p50 / p99 ms (client)", latency_cell(first, "client_ms"),
          latency_cell(last, "client_ms")),
+    ] + [
+        (f"  stage p50 ms: {stage}", fmt(stage_p50(first, stage)),
+         fmt(stage_p50(last, stage))) for stage in STAGE_NAMES
+    ] + [
         ("tasks ended per s", fmt(rate(f0, f1), ".2f"), fmt(rate(l0, l1), ".2f")),
         ("agent RSS MiB at the window's end", fmt(mib(f1, "agent")), fmt(mib(l1, "agent"))),
         ("agent CPU ms per launch",) + both("agent", "cpu_ms"),
@@ -174,3 +183,10 @@ def print_latency(targets, n):
             d = medians[(names[0], key)] - medians[(names[1], key)]
             print(f"  median {names[0]} - {names[1]} ({key[:-3]}): {d:+.1f} ms "
                   f"(goal <= +5 ms: {'met' if d <= 5 else 'not met'})")
+    rows = []
+    for stage in STAGE_NAMES:
+        p50 = [stage_p50(list(t.tasks.values()), stage) for t in targets]
+        diff = None if None in p50 else p50[0] - p50[1]
+        rows.append((stage,) + tuple(fmt(v) for v in p50) + (fmt(diff, "+.1f"),))
+    print_table("  where the time goes: median of each stage, ms",
+                ("",) + tuple(names) + ("difference",), rows)
