@@ -69,6 +69,8 @@ class Target:
 class SoakBench(EgressPhase, LoggerPhase, SuiteBase):
     def setup(self):
         """Master, the egress veth, the shipper and both agents; the targets."""
+        log(f"temp dir {self.tmp}; cgroups roots {self.root_rein} (rein), {self.root_base} "
+            "(baseline)")
         shipper = self.shipper_binary()
         if not shipper:
             raise FileNotFoundError("no rein-log-shipper built (cargo build --release -p "
