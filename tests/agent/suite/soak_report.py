@@ -80,6 +80,9 @@ def window_rows(target, window):
          fmt(fds(l1, "agent"), "d")),
     ]
     if target.shipper:
+        rows.append(("shipper containers registered at the window's end",
+                     fmt((f1 or {}).get("containers"), "d"),
+                     fmt((l1 or {}).get("containers"), "d")))
         for who in ("supervisor", "worker"):
             rows += [
                 (f"shipper {who} RSS MiB at the window's end", fmt(mib(f1, who)),
@@ -130,6 +133,8 @@ def report(targets, window, leaks, idle):
                 ("agent open fds", fmt(fds(before, "agent"), "d"),
                  fmt(fds(after, "agent"), "d"))]
         if t.shipper:
+            rows.append(("shipper containers registered", fmt(before.get("containers"), "d"),
+                         fmt(after.get("containers"), "d")))
             for who in ("supervisor", "worker"):
                 rows += [(f"shipper {who} RSS MiB", fmt(mib(before, who)),
                           fmt(mib(after, who))),
