@@ -11,6 +11,7 @@ pub mod handover;
 pub mod logfiles;
 pub mod own_cgroup;
 pub mod parser;
+pub mod parser_pool;
 pub mod parser_sched;
 pub mod registration;
 pub mod reserve;
