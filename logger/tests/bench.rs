@@ -20,7 +20,8 @@
 //! - `rss_1000_containers`: the worker's and supervisor's RSS with 1,000 live containers.
 //!
 //! `REIN_BENCH_EXTRA` (settings separated by `;`) is added to the shipper's
-//! settings of `throughput` and `sustained`.
+//! settings of `throughput` and `sustained`; `REIN_SHIPPER_BIN` runs another
+//! build of `rein-log-shipper` (to compare two builds in one run).
 
 #![allow(
     clippy::cast_possible_truncation,

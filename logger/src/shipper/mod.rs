@@ -10,6 +10,7 @@ pub mod fallback;
 pub mod handover;
 pub mod logfiles;
 pub mod own_cgroup;
+pub mod parse_job;
 pub mod parser;
 pub mod parser_pool;
 pub mod parser_sched;

@@ -7,18 +7,17 @@
 //! throttled only when its unparsed bytes reach `max_unparsed_bytes` (the
 //! reader stops reading its pipe).
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+pub use super::parse_job::{save_checkpoint, Checkpoint, ParseJob, RecordTags};
 
 use super::counters::Counters;
-use super::logfiles::{FileOut, FileSources, FileTarget, FilesCheckpoint};
-use super::stream::{mono_ms, ParseStream, StreamCheckpoint, TurnStart};
+use super::logfiles::{FileOut, FileSources, FileTarget};
+use super::stream::{mono_ms, ParseStream, TurnStart};
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
 
@@ -27,98 +26,13 @@ const TURN: u64 = 1 << 20;
 /// Initial read window; it grows to the longest line a stream may frame
 /// (`max_line_bytes` + newline, 8 MiB at most) the first time one needs it.
 const WINDOW: usize = 256 * 1024;
+/// Scratch memory an idle thread keeps (its read window and batches shrink
+/// back to this; a busy turn grows the batch to several MiB).
+const KEEP: usize = 64 * 1024;
+/// Idle this long, a thread gives its scratch memory back.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// How often timers (partial lines, multiline timeouts, EOF) are looked at.
 const TIMERS: Duration = Duration::from_millis(50);
-
-/// What `checkpoint.json` holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// Of `stdout`.
-    pub stdout: StreamCheckpoint,
-    /// Of `stderr`.
-    pub stderr: StreamCheckpoint,
-    /// Of the container's log files (`rein.log.files`), if it names any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<FilesCheckpoint>,
-}
-
-/// Saves the checkpoint of a container's two streams (and log files) in `dir`.
-pub fn save_checkpoint(
-    dir: &Path,
-    streams: &[ParseStream],
-    files: Option<&FileSources>,
-) -> std::io::Result<()> {
-    let cp = Checkpoint {
-        stdout: streams[0].checkpoint(),
-        stderr: streams[1].checkpoint(),
-        files: files.map(FileSources::checkpoint),
-    };
-    crate::private::write_atomic(
-        &dir.join("checkpoint.json"),
-        &serde_json::to_vec(&cp).unwrap_or_default(),
-    )
-}
-
-/// One container, as the parser sees it.
-#[derive(Debug)]
-pub struct ParseJob {
-    /// Container key (for messages).
-    pub key: String,
-    /// Its state directory (checkpoint).
-    pub dir: PathBuf,
-    /// Container id and route of its records.
-    pub tags: RecordTags,
-    /// Its disk buffer (`None`: nothing is parsed).
-    pub wal: Option<Arc<Wal>>,
-    /// stdout, stderr.
-    pub streams: Vec<ParseStream>,
-    /// Set once both streams reached EOF and their records are synced: the
-    /// reader may then forget the container.
-    pub finished: Arc<AtomicBool>,
-    /// Its log files, if it names any (and has a disk buffer).
-    pub files: Option<FileSources>,
-    /// Disk buffers of log files with a sink of their own.
-    pub file_wals: Vec<Arc<Wal>>,
-    dirty: bool,
-}
-
-impl ParseJob {
-    /// A container to follow; `finished` is shared with the reader.
-    pub fn new(
-        key: String,
-        dir: PathBuf,
-        cid: Vec<u8>,
-        route: Vec<u8>,
-        wal: Option<Arc<Wal>>,
-        streams: Vec<ParseStream>,
-        finished: Arc<AtomicBool>,
-    ) -> ParseJob {
-        ParseJob {
-            key,
-            dir,
-            tags: RecordTags { cid, route },
-            wal,
-            streams,
-            finished,
-            files: None,
-            file_wals: Vec::new(),
-            dirty: false,
-        }
-    }
-
-    /// With the container's log files and the buffers of those with a sink
-    /// of their own.
-    pub fn with_files(mut self, files: Option<FileSources>, wals: Vec<Arc<Wal>>) -> ParseJob {
-        self.files = files;
-        self.file_wals = wals;
-        self
-    }
-
-    /// True once every stream and log file is read to its end.
-    fn all_done(&self) -> bool {
-        self.streams.iter().all(|s| s.done) && self.files.as_ref().is_none_or(|f| f.done)
-    }
-}
 
 /// Counts lines parsed, in the worker's total and the thread's own.
 fn count_lines(counters: &Counters, mine: &AtomicU64, n: u64) {
@@ -149,6 +63,12 @@ impl Framed {
         self.bytes.clear();
         self.records = 0;
     }
+
+    /// Gives back what a busy turn grew beyond [`KEEP`] (once the thread is
+    /// idle: every parser thread keeps its own batches).
+    fn trim(&mut self) {
+        self.bytes.shrink_to(KEEP);
+    }
 }
 
 /// The stream whose turn is under way (its records are in [`Framed`] until
@@ -171,15 +91,6 @@ fn commit(wal: &Wal, counters: &Counters) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// What every record of a container carries besides its own fields.
-#[derive(Debug)]
-pub struct RecordTags {
-    /// Container id (`root.child`).
-    pub cid: Vec<u8>,
-    /// Index or topic of its records.
-    pub route: Vec<u8>,
 }
 
 /// Builds the per-record sink of a stream: frames each record into `framed`
@@ -423,9 +334,22 @@ impl Ctx {
         self.turn = None;
     }
 
+    /// Shrinks the scratch buffers back once nothing is left to parse.
+    fn trim(&mut self) {
+        if self.framed.bytes.capacity() > KEEP {
+            self.framed.trim();
+        }
+        self.framed_extra.iter_mut().for_each(Framed::trim);
+        if self.buf.len() > WINDOW {
+            self.buf.truncate(WINDOW);
+            self.buf.shrink_to_fit();
+        }
+    }
+
     fn run(&mut self) {
         let mut last_checkpoint = Instant::now();
         let mut last_timers = Instant::now();
+        let mut idle_since: Option<Instant> = None;
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             self.jobs.extend(self.inbox.try_iter());
@@ -442,7 +366,12 @@ impl Ctx {
             if stopping {
                 return;
             }
-            if !busy {
+            if busy {
+                idle_since = None;
+            } else {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() >= TRIM_AFTER {
+                    self.trim();
+                }
                 std::thread::park_timeout(Duration::from_millis(20));
             }
         }
