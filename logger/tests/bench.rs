@@ -302,11 +302,12 @@ fn sustained() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
-    let (t0, p0) = fresh_parsed(&sd);
+    let state = sd.join("state");
+    let (t0, p0) = fresh_parsed(&state);
     let cpu0 = cpu_secs(worker);
     // The last counters file written while every container still writes.
     std::thread::sleep(Duration::from_secs_f64(secs - 4.0));
-    let (t1, p1) = fresh_parsed(&sd);
+    let (t1, p1) = fresh_parsed(&state);
     let cpu1 = cpu_secs(worker);
     let rates: Vec<f64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     let took = t1
