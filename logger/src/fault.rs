@@ -4,7 +4,8 @@
 //! `REIN_FAULT_PANIC=site:n[,site:n...]` makes the thread that passes point
 //! `site` for the `n`th time (counted per process, from 1) panic there, once
 //! per entry. `REIN_FAULT_STALL=site:n:ms[,...]` makes it sleep `ms`
-//! milliseconds there instead. Points: `parser` (before a stream's parse
+//! milliseconds there instead. `site@thread` counts (and faults) only the
+//! passes of the thread named `thread` (e.g. `parser@parser-1:3`). Points: `parser` (before a stream's parse
 //! turn), `parser_file` (before a log file's read), `parser_record` (after
 //! the parser framed a record, inside a turn: counted per record), `sink`
 //! (after a batch was shipped, before it is acknowledged), `s3_part` (before
@@ -73,17 +74,25 @@ mod imp {
         })
     }
 
+    /// True if trigger key `key` (`site` or `site@thread`) counts a pass
+    /// of `site` on the current thread.
+    fn counts(key: &str, site: &str) -> bool {
+        match key.split_once('@') {
+            None => key == site,
+            Some((s, thread)) => s == site && std::thread::current().name() == Some(thread),
+        }
+    }
+
     pub(super) fn point(site: &'static str) {
         let plan = plan();
-        let Some((_, hits)) = plan.hits.iter().find(|(s, _)| s == site) else {
-            return;
-        };
-        let n = hits.fetch_add(1, Ordering::Relaxed) + 1;
-        for t in plan
-            .triggers
-            .iter()
-            .filter(|t| t.site == site && t.nth == n)
-        {
+        for (key, hits) in plan.hits.iter().filter(|(k, _)| counts(k, site)) {
+            let n = hits.fetch_add(1, Ordering::Relaxed) + 1;
+            fire(plan, key, site, n);
+        }
+    }
+
+    fn fire(plan: &Plan, key: &str, site: &'static str, n: u64) {
+        for t in plan.triggers.iter().filter(|t| t.site == key && t.nth == n) {
             match t.stall_ms {
                 Some(ms) => {
                     tracing::warn!(site, "injected stall of {ms} ms");

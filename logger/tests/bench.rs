@@ -11,7 +11,17 @@
 //!   (the parser takes idle CPU only during a burst), with the parser always
 //!   competing, and with a 64 MiB lag bound (the parse rate throttles the
 //!   container: the sustained case).
+//! - `sustained`: `REIN_BENCH_CONTAINERS` containers (default 4, our load
+//!   generator) writing 200-byte lines flat out for `REIN_BENCH_SECS`
+//!   (default 20) through a parse-bound logger (lag bound 64 MiB, sink down,
+//!   every line parsed, encoded and buffered; the buffer drops its oldest
+//!   segments past 4 GiB): MB/s parsed+buffered per container and in total
+//!   (from the counters, after a 2 s warm-up), and the worker's CPU.
 //! - `rss_1000_containers`: the worker's and supervisor's RSS with 1,000 live containers.
+//!
+//! `REIN_BENCH_EXTRA` (settings separated by `;`) is added to the shipper's
+//! settings of `throughput` and `sustained`; `REIN_SHIPPER_BIN` runs another
+//! build of `rein-log-shipper` (to compare two builds in one run).
 
 #![allow(
     clippy::cast_possible_truncation,
@@ -182,11 +192,7 @@ fn throughput() {
             }
             let sd = d.path().join(format!("run{i}"));
             std::fs::create_dir_all(&sd).unwrap();
-            // REIN_BENCH_EXTRA: shipper settings added to every configuration.
-            let extra = std::env::var("REIN_BENCH_EXTRA")
-                .unwrap_or_default()
-                .replace(';', "\n");
-            let mut sh = Shipper::start(&sd, &format!("{conf}{extra}\n"));
+            let mut sh = Shipper::start(&sd, &format!("{conf}{}\n", bench_extra()));
             let m = sh.module();
             let io = m
                 .prepare(&spec(
@@ -236,6 +242,119 @@ fn throughput() {
     for l in lines {
         println!("{l}");
     }
+}
+
+/// `REIN_BENCH_EXTRA`: shipper settings added to every configuration.
+fn bench_extra() -> String {
+    std::env::var("REIN_BENCH_EXTRA")
+        .unwrap_or_default()
+        .replace(';', "\n")
+}
+
+/// The worker's CPU time so far, in seconds.
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<f64> = after
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.iter().sum::<f64>() / hz
+}
+
+/// Bytes parsed so far (read minus unparsed), from the next counters file
+/// the worker writes (every second), with when it was written.
+fn fresh_parsed(state: &std::path::Path) -> (std::time::SystemTime, u64) {
+    let path = state.join("counters.json");
+    let mtime = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let before = mtime();
+    let t = std::time::Instant::now();
+    while mtime() == before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = common::shipper::counters_in(state);
+    let r = &c["reader"];
+    let parsed = r["bytes_read"].as_u64().unwrap_or(0) - r["unparsed_bytes"].as_u64().unwrap_or(0);
+    (mtime().unwrap_or_else(std::time::SystemTime::now), parsed)
+}
+
+#[test]
+#[ignore]
+fn sustained() {
+    let d = tempfile::tempdir().unwrap();
+    let secs: f64 = std::env::var("REIN_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20.0_f64)
+        .max(5.0);
+    let k: usize = std::env::var("REIN_BENCH_CONTAINERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let sd = d.path().join("state");
+    std::fs::create_dir_all(&sd).unwrap();
+    let mut sh = Shipper::start(
+        &sd,
+        &format!(
+            "es_url = http://127.0.0.1:9\nbuffer_max_bytes = 4GiB\nbuffer_full_policy = drop_oldest\n\
+             max_unparsed_bytes = 64MiB\n{}\n",
+            bench_extra()
+        ),
+    );
+    let m = sh.module();
+    let worker = sh.worker_pid();
+    let secs_arg = secs.to_string();
+    let writers: Vec<_> = (0..k)
+        .map(|i| {
+            let io = m
+                .prepare(&spec(
+                    &format!("c{i}"),
+                    &d.path().join(format!("s{i}")),
+                    &[("rein.log.sink", "elasticsearch")],
+                ))
+                .unwrap();
+            assert!(io.shipped);
+            let report = d.path().join(format!("r{i}"));
+            let secs = secs_arg.clone();
+            std::thread::spawn(move || {
+                let r = loadgen_rate(Stdio::from(io.stdout), &report, &secs);
+                drop(io.stderr);
+                r
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let state = sd.join("state");
+    let (t0, p0) = fresh_parsed(&state);
+    let cpu0 = cpu_secs(worker);
+    // The last counters file written while every container still writes.
+    std::thread::sleep(Duration::from_secs_f64(secs - 4.0));
+    let (t1, p1) = fresh_parsed(&state);
+    let cpu1 = cpu_secs(worker);
+    let rates: Vec<f64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let took = t1
+        .duration_since(t0)
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1e-3);
+    let c = sh.counters();
+    sh.stop();
+    let per: Vec<String> = rates.iter().map(|r| format!("{:.1}", r / 1e6)).collect();
+    println!(
+        "{k} containers, 200-byte lines flat out for {secs} s, parse-bound (max_unparsed_bytes 64MiB), parser_threads {}:",
+        c["reader"]["parser_threads"]
+    );
+    println!(
+        "  parsed+buffered {:>7.1} MB/s in total ({:.2} M lines/s) over {took:.1} s; per container (written) {} MB/s; worker CPU {:.2} cores",
+        (p1 - p0) as f64 / took / 1e6,
+        (p1 - p0) as f64 / took / 200e6,
+        per.join(" / "),
+        (cpu1 - cpu0) / took
+    );
 }
 
 #[test]

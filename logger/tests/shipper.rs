@@ -691,7 +691,7 @@ fn supervisor_upgrades_in_place_keeping_every_pipe() {
 fn parser_policy(worker: i32) -> Option<u32> {
     for t in std::fs::read_dir(format!("/proc/{worker}/task")).ok()? {
         let t = t.ok()?.path();
-        if std::fs::read_to_string(t.join("comm")).ok()?.trim() == "parser" {
+        if std::fs::read_to_string(t.join("comm")).ok()?.trim() == "parser-0" {
             let stat = std::fs::read_to_string(t.join("stat")).ok()?;
             let after = &stat[stat.rfind(')')? + 2..];
             return after.split(' ').nth(41 - 3)?.parse().ok();
@@ -727,7 +727,7 @@ fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
     let d = tempfile::tempdir().unwrap();
     // A full buffer (sink down) stops the parser behind the reader: it stays
     // behind for longer than parser_burst_time.
-    let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nparser_burst_time = 500ms");
+    let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\nes_timeout = 200ms\nbuffer_max_bytes = 64KiB\nparser_burst_time = 500ms\nparser_threads = 1");
     let worker = sh.worker_pid();
     wait_for(&sh, "the idle parser", Duration::from_secs(5), || {
         parser_policy(worker) == Some(5)

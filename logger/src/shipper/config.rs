@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "rotate_max_bytes",
     "parser_burst_bytes",
     "parser_burst_time",
+    "parser_threads",
     "rotate_keep",
     "partial_flush",
     "checkpoint_interval",
@@ -151,6 +152,10 @@ pub struct ShipperConfig {
     pub parser_burst_bytes: u64,
     /// `parser_burst_time`: see `parser_burst_bytes` (default 5s).
     pub parser_burst_time: Duration,
+    /// `parser_threads`: threads parsing containers, each container on one
+    /// of them (default 1; `auto`: the CPUs this process may use, at most
+    /// [`DEFAULT_MAX_PARSER_THREADS`]; 1 to [`MAX_PARSER_THREADS`]).
+    pub parser_threads: usize,
     /// `rotate_max_bytes`: sandbox `stdout`/`stderr` are rotated at this size (default 10MiB).
     pub rotate_max_bytes: u64,
     /// `rotate_keep`: rotated files kept (`stdout.1` ... `stdout.N`, default 5).
@@ -522,6 +527,7 @@ impl ShipperConfig {
             parser_burst_time: p
                 .duration("parser_burst_time")?
                 .unwrap_or(Duration::from_secs(5)),
+            parser_threads: parser_threads(&p)?,
             rotate_max_bytes: p.bytes("rotate_max_bytes")?.unwrap_or(10 << 20).max(4096),
             rotate_keep: u32::try_from(p.u64("rotate_keep")?.unwrap_or(5).clamp(1, 1000))
                 .unwrap_or(5),
@@ -546,6 +552,32 @@ impl ShipperConfig {
             cgroup_cpu_max: p.string("cgroup_cpu_max"),
             state_dir,
         })
+    }
+}
+
+/// Most parser threads (`parser_threads`): each keeps a read window and
+/// scratch buffers, and more threads than cores only add switches.
+pub const MAX_PARSER_THREADS: usize = 16;
+/// Most parser threads `auto` starts: past them the shared disk buffers'
+/// writers, not parsing, bound the rate.
+pub const DEFAULT_MAX_PARSER_THREADS: usize = 8;
+
+/// `parser_threads`: 1 to [`MAX_PARSER_THREADS`], or `auto`: the CPUs this
+/// process may use (affinity and cgroup quota, as `available_parallelism`
+/// sees them) up to [`DEFAULT_MAX_PARSER_THREADS`]. Default 1.
+fn parser_threads(p: &Params) -> Result<usize, ParamError> {
+    if p.raw("parser_threads").map(str::trim) == Some("auto") {
+        return Ok(std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(DEFAULT_MAX_PARSER_THREADS));
+    }
+    match p.u64("parser_threads")? {
+        Some(0) => Err(p.error("parser_threads", "must be at least 1")),
+        Some(n) if n > MAX_PARSER_THREADS as u64 => {
+            Err(p.error("parser_threads", format!("at most {MAX_PARSER_THREADS}")))
+        }
+        Some(n) => Ok(usize::try_from(n).unwrap_or(1)),
+        None => Ok(1),
     }
 }
 

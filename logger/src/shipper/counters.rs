@@ -4,9 +4,46 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use crate::sink::SinkStats;
 use crate::wal::WalStats;
+
+/// Streams held back by a failing disk buffer, as each parser thread last
+/// saw its own: `buffer_stalled_streams` is their sum, and
+/// `buffer_stalled_ms` runs while any thread has one.
+#[derive(Debug, Default)]
+pub struct StallGauge {
+    inner: Mutex<StallShares>,
+}
+
+#[derive(Debug, Default)]
+struct StallShares {
+    per_thread: Vec<u64>,
+    since: Option<Instant>,
+}
+
+impl StallGauge {
+    /// Parser thread `thread` now holds back `streams` streams.
+    pub fn note(&self, thread: usize, streams: u64, c: &Counters) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.per_thread.len() <= thread {
+            g.per_thread.resize(thread + 1, 0);
+        }
+        g.per_thread[thread] = streams;
+        let total: u64 = g.per_thread.iter().sum();
+        let now = Instant::now();
+        if let Some(t) = g.since.take() {
+            let ms = u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX);
+            c.buffer_stalled_ms.fetch_add(ms, Ordering::Relaxed);
+        }
+        if total > 0 {
+            g.since = Some(now);
+        }
+        c.buffer_stalled_streams.store(total, Ordering::Relaxed);
+    }
+}
 
 /// Reader-side counters.
 #[derive(Debug, Default)]
@@ -41,9 +78,11 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     /// Failed writes of sandbox files (the stream waits and retries).
     pub write_errors: AtomicU64,
-    /// 1 while the parser runs on idle CPU only, 0 while it competes (a gauge).
+    /// Parser threads running on idle CPU only (a gauge; 0 while all compete).
     pub parser_idle: AtomicU64,
-    /// Times the parser was switched to compete for CPU (a burst outgrew
+    /// Parser threads (a gauge: `parser_threads`).
+    pub parser_threads: AtomicU64,
+    /// Times a parser thread was switched to compete for CPU (a burst outgrew
     /// `parser_burst_bytes` or `parser_burst_time`).
     pub parser_promotions: AtomicU64,
 
@@ -78,6 +117,8 @@ pub struct Counters {
     pub buffer_stalled_streams: AtomicU64,
     /// Milliseconds during which any stream was held back so.
     pub buffer_stalled_ms: AtomicU64,
+    /// Each parser thread's share of `buffer_stalled_streams`.
+    pub buffer_stall: StallGauge,
     /// Checkpoint saves that failed (the previous checkpoint stays in force).
     pub checkpoint_save_errors: AtomicU64,
     /// Log files of the containers (`rein.log.files`).
@@ -169,6 +210,7 @@ pub fn snapshot(
             "write_errors": load(&c.write_errors),
             "parser_idle": load(&c.parser_idle),
             "parser_promotions": load(&c.parser_promotions),
+            "parser_threads": load(&c.parser_threads),
             "sandbox_objects_refused": crate::sandbox::objects_refused(),
             // Thread containment and adoption.
             "thread_panics_parser": load(&c.thread_panics_parser),

@@ -1,21 +1,23 @@
-//! The parser thread: follows every stream's sandbox files behind the reader
-//! (which only splices), turns lines into records in the disk buffers, and
-//! saves checkpoints behind synced records. A container writing faster than
-//! this thread parses is throttled only when its unparsed bytes reach
-//! `max_unparsed_bytes` (the reader stops reading its pipe).
+//! A parser thread: follows the sandbox files of its containers behind the
+//! reader (which only splices), turns lines into records in the disk buffers,
+//! and saves checkpoints behind synced records. A container is parsed by one
+//! thread of the pool (`parser_pool`) for its whole life, so its streams'
+//! order, checkpoints and panic rewind are this thread's alone; the disk
+//! buffers are shared. A container writing faster than its thread parses is
+//! throttled only when its unparsed bytes reach `max_unparsed_bytes` (the
+//! reader stops reading its pipe).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+pub use super::parse_job::{save_checkpoint, Checkpoint, ParseJob, RecordTags};
 
 use super::counters::Counters;
-use super::logfiles::{FileOut, FileSources, FileTarget, FilesCheckpoint};
-use super::stream::{mono_ms, ParseStream, StreamCheckpoint, TurnStart};
+use super::logfiles::{FileOut, FileSources, FileTarget};
+use super::stream::{mono_ms, ParseStream, TurnStart};
 use crate::record::{Encoded, Stream, StreamPipeline};
 use crate::wal::Wal;
 
@@ -24,96 +26,19 @@ const TURN: u64 = 1 << 20;
 /// Initial read window; it grows to the longest line a stream may frame
 /// (`max_line_bytes` + newline, 8 MiB at most) the first time one needs it.
 const WINDOW: usize = 256 * 1024;
+/// Scratch memory an idle thread keeps (its read window and batches shrink
+/// back to this; a busy turn grows the batch to several MiB).
+const KEEP: usize = 64 * 1024;
+/// Idle this long, a thread gives its scratch memory back.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// How often timers (partial lines, multiline timeouts, EOF) are looked at.
 const TIMERS: Duration = Duration::from_millis(50);
 
-/// What `checkpoint.json` holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// Of `stdout`.
-    pub stdout: StreamCheckpoint,
-    /// Of `stderr`.
-    pub stderr: StreamCheckpoint,
-    /// Of the container's log files (`rein.log.files`), if it names any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<FilesCheckpoint>,
-}
-
-/// Saves the checkpoint of a container's two streams (and log files) in `dir`.
-pub fn save_checkpoint(
-    dir: &Path,
-    streams: &[ParseStream],
-    files: Option<&FileSources>,
-) -> std::io::Result<()> {
-    let cp = Checkpoint {
-        stdout: streams[0].checkpoint(),
-        stderr: streams[1].checkpoint(),
-        files: files.map(FileSources::checkpoint),
-    };
-    crate::private::write_atomic(
-        &dir.join("checkpoint.json"),
-        &serde_json::to_vec(&cp).unwrap_or_default(),
-    )
-}
-
-/// One container, as the parser sees it.
-#[derive(Debug)]
-pub struct ParseJob {
-    /// Container key (for messages).
-    pub key: String,
-    /// Its state directory (checkpoint).
-    pub dir: PathBuf,
-    /// Container id and route of its records.
-    pub tags: RecordTags,
-    /// Its disk buffer (`None`: nothing is parsed).
-    pub wal: Option<Arc<Wal>>,
-    /// stdout, stderr.
-    pub streams: Vec<ParseStream>,
-    /// Set once both streams reached EOF and their records are synced: the
-    /// reader may then forget the container.
-    pub finished: Arc<AtomicBool>,
-    /// Its log files, if it names any (and has a disk buffer).
-    pub files: Option<FileSources>,
-    /// Disk buffers of log files with a sink of their own.
-    pub file_wals: Vec<Arc<Wal>>,
-    dirty: bool,
-}
-
-impl ParseJob {
-    /// A container to follow; `finished` is shared with the reader.
-    pub fn new(
-        key: String,
-        dir: PathBuf,
-        cid: Vec<u8>,
-        route: Vec<u8>,
-        wal: Option<Arc<Wal>>,
-        streams: Vec<ParseStream>,
-        finished: Arc<AtomicBool>,
-    ) -> ParseJob {
-        ParseJob {
-            key,
-            dir,
-            tags: RecordTags { cid, route },
-            wal,
-            streams,
-            finished,
-            files: None,
-            file_wals: Vec::new(),
-            dirty: false,
-        }
-    }
-
-    /// With the container's log files and the buffers of those with a sink
-    /// of their own.
-    pub fn with_files(mut self, files: Option<FileSources>, wals: Vec<Arc<Wal>>) -> ParseJob {
-        self.files = files;
-        self.file_wals = wals;
-        self
-    }
-
-    /// True once every stream and log file is read to its end.
-    fn all_done(&self) -> bool {
-        self.streams.iter().all(|s| s.done) && self.files.as_ref().is_none_or(|f| f.done)
+/// Counts lines parsed, in the worker's total and the thread's own.
+fn count_lines(counters: &Counters, mine: &AtomicU64, n: u64) {
+    if n > 0 {
+        counters.lines_read.fetch_add(n, Ordering::Relaxed);
+        mine.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -138,6 +63,12 @@ impl Framed {
         self.bytes.clear();
         self.records = 0;
     }
+
+    /// Gives back what a busy turn grew beyond [`KEEP`] (once the thread is
+    /// idle: every parser thread keeps its own batches).
+    fn trim(&mut self) {
+        self.bytes.shrink_to(KEEP);
+    }
 }
 
 /// The stream whose turn is under way (its records are in [`Framed`] until
@@ -160,15 +91,6 @@ fn commit(wal: &Wal, counters: &Counters) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// What every record of a container carries besides its own fields.
-#[derive(Debug)]
-pub struct RecordTags {
-    /// Container id (`root.child`).
-    pub cid: Vec<u8>,
-    /// Index or topic of its records.
-    pub route: Vec<u8>,
 }
 
 /// Builds the per-record sink of a stream: frames each record into `framed`
@@ -230,7 +152,7 @@ pub struct ParserConfig {
     pub checkpoint_interval: Duration,
 }
 
-/// The running parser thread.
+/// One running parser thread; [`super::parser_pool::ParserPool`] holds them.
 #[derive(Debug)]
 pub struct Parser {
     /// New containers (a channel: the reader never waits for this thread,
@@ -238,15 +160,23 @@ pub struct Parser {
     inbox: Sender<ParseJob>,
     stop: Arc<AtomicBool>,
     tid: Arc<AtomicI32>,
+    /// Containers handed over and not finished yet.
+    live: Arc<AtomicUsize>,
+    /// Lines this thread parsed (its liveness).
+    lines: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 struct Ctx {
+    /// The thread's place in the pool (its share of the gauges).
+    index: usize,
     cfg: ParserConfig,
     wals: Vec<Arc<Wal>>,
     counters: Arc<Counters>,
     inbox: Receiver<ParseJob>,
     stop: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+    lines: Arc<AtomicU64>,
     jobs: Vec<ParseJob>,
     buf: Vec<u8>,
     framed: Framed,
@@ -255,44 +185,50 @@ struct Ctx {
     /// Set from a stream's turn start until its records are handed to its
     /// buffer: after a panic, where that stream is put back.
     turn: Option<Turn>,
-    /// When streams were last seen held back by a failing buffer.
-    stalled_at: Option<Instant>,
     /// When a failed checkpoint save was last logged.
     checkpoint_error_logged: Option<Instant>,
 }
 
 impl Parser {
-    /// Starts the thread; `wals` are every sink's buffer (synced before checkpoints).
+    /// Starts parser thread `index` (named `parser-<index>`); `wals` are
+    /// every sink's buffer (synced before checkpoints).
     pub fn start(
+        index: usize,
         cfg: ParserConfig,
         wals: Vec<Arc<Wal>>,
         counters: Arc<Counters>,
     ) -> std::io::Result<Parser> {
         let (inbox, inbox_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(AtomicUsize::new(0));
+        let lines = Arc::new(AtomicU64::new(0));
         let mut ctx = Ctx {
+            index,
             cfg,
             wals,
             counters,
             inbox: inbox_rx,
             stop: stop.clone(),
+            live: live.clone(),
+            lines: lines.clone(),
             jobs: Vec::new(),
             buf: vec![0u8; WINDOW],
             framed: Framed::default(),
             framed_extra: Vec::new(),
             turn: None,
-            stalled_at: None,
             checkpoint_error_logged: None,
         };
         let tid = Arc::new(AtomicI32::new(0));
         let tid_set = tid.clone();
+        let name = format!("parser-{index}");
         let thread = std::thread::Builder::new()
-            .name("parser".into())
+            .name(name.clone())
             .spawn(move || {
                 tid_set.store(super::parser_sched::current_tid(), Ordering::Release);
-                // A panic restarts the loop with every stream where it was.
+                // A panic restarts the loop with every stream where it was;
+                // the other parser threads go on meanwhile.
                 let (counters, stop) = (ctx.counters.clone(), ctx.stop.clone());
-                super::threads::contain("parser", &counters.thread_panics_parser, &stop, |again| {
+                super::threads::contain(&name, &counters.thread_panics_parser, &stop, |again| {
                     if again {
                         ctx.after_panic();
                     }
@@ -303,6 +239,8 @@ impl Parser {
             inbox,
             stop,
             tid,
+            live,
+            lines,
             thread: Some(thread),
         })
     }
@@ -312,8 +250,19 @@ impl Parser {
         self.tid.load(Ordering::Acquire)
     }
 
+    /// Containers it follows (handed over, not finished).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Lines it parsed so far.
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
+    }
+
     /// Hands a container over.
     pub fn add(&self, job: ParseJob) {
+        self.live.fetch_add(1, Ordering::Relaxed);
         // The thread only goes away at `stop`, after the last `add`.
         let _ = self.inbox.send(job);
         self.wake();
@@ -326,11 +275,16 @@ impl Parser {
         }
     }
 
-    /// Stops where it is: syncs the buffers and saves every checkpoint (a
-    /// restarted worker parses on from there).
-    pub fn stop(&mut self) {
+    /// Asks the thread to stop where it is (see [`Parser::join`]).
+    pub fn ask_stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.wake();
+    }
+
+    /// Waits for the thread, which syncs the buffers and saves every
+    /// checkpoint before it ends (a restarted worker parses on from there).
+    pub fn join(&mut self) {
+        self.ask_stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -380,9 +334,22 @@ impl Ctx {
         self.turn = None;
     }
 
+    /// Shrinks the scratch buffers back once nothing is left to parse.
+    fn trim(&mut self) {
+        if self.framed.bytes.capacity() > KEEP {
+            self.framed.trim();
+        }
+        self.framed_extra.iter_mut().for_each(Framed::trim);
+        if self.buf.len() > WINDOW {
+            self.buf.truncate(WINDOW);
+            self.buf.shrink_to_fit();
+        }
+    }
+
     fn run(&mut self) {
         let mut last_checkpoint = Instant::now();
         let mut last_timers = Instant::now();
+        let mut idle_since: Option<Instant> = None;
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             self.jobs.extend(self.inbox.try_iter());
@@ -399,7 +366,12 @@ impl Ctx {
             if stopping {
                 return;
             }
-            if !busy {
+            if busy {
+                idle_since = None;
+            } else {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() >= TRIM_AFTER {
+                    self.trim();
+                }
                 std::thread::park_timeout(Duration::from_millis(20));
             }
         }
@@ -453,31 +425,16 @@ impl Ctx {
                 drop(emit);
                 self.framed.flush(j.wal.as_deref());
                 let after = s.pipeline.as_ref().map_or(0, |p| p.lines);
-                self.counters
-                    .lines_read
-                    .fetch_add(after - before, Ordering::Relaxed);
+                count_lines(&self.counters, &self.lines, after - before);
                 self.turn = None;
             }
             if let Some(w) = j.wal.as_ref().filter(|_| !held) {
                 commit(w, &self.counters);
             }
         }
-        self.note_stalled(stalled);
-    }
-
-    /// Keeps the gauge of streams held back by a failing buffer and the time
-    /// during which any was.
-    fn note_stalled(&mut self, streams: u64) {
-        let c = &self.counters;
-        c.buffer_stalled_streams.store(streams, Ordering::Relaxed);
-        let now = Instant::now();
-        if let Some(t) = self.stalled_at.take() {
-            let ms = u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX);
-            c.buffer_stalled_ms.fetch_add(ms, Ordering::Relaxed);
-        }
-        if streams > 0 {
-            self.stalled_at = Some(now);
-        }
+        self.counters
+            .buffer_stall
+            .note(self.index, stalled, &self.counters);
     }
 
     /// One turn of every stream; true if anything was parsed.
@@ -550,9 +507,7 @@ impl Ctx {
             };
             out.file_done();
             let made = out.made;
-            self.counters
-                .lines_read
-                .fetch_add(files.take_lines(), Ordering::Relaxed);
+            count_lines(&self.counters, &self.lines, files.take_lines());
             if did || made > 0 {
                 j.dirty = true;
             }
@@ -654,6 +609,7 @@ impl Ctx {
                     f.release();
                 }
                 j.finished.store(true, Ordering::Release);
+                self.live.fetch_sub(1, Ordering::Relaxed);
             }
             !done
         });

@@ -73,11 +73,14 @@ impl Wal {
             w.failed("rewriting unsynced records", &e);
             return Err(e);
         }
-        if !w.unsynced {
+        if !w.unsynced && w.synced >= w.len {
             w.last_sync = Instant::now();
             w.recovered(&self.cfg.dir);
             return Ok(());
         }
+        // Not `unsynced` but short of `len`: another producer's sync is in
+        // flight. This caller may not report durable before that one is
+        // done, so it syncs too (the kernel waits for the pages under way).
         let (seq, target, p) = (w.seq, w.len, w.path.clone());
         let f = w.file.try_clone().map_err(io_err(&p))?;
         w.unsynced = false;
@@ -91,6 +94,13 @@ impl Wal {
             w.failed("sync", &e);
             return Err(e);
         }
+        if w.resync {
+            // A concurrent sync failed meanwhile and took the error with it
+            // (one error per open file): this success proves nothing.
+            return Err(io_err(&p)(std::io::Error::other(
+                "a concurrent sync of the segment failed",
+            )));
+        }
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         w.synced_to(seq, target);
         w.recovered(&self.cfg.dir);
@@ -101,7 +111,9 @@ impl Wal {
     /// roll, or when too much is kept in memory).
     pub(super) fn sync_locked(&self, w: &mut Writer) -> Result<(), WalError> {
         self.repair(w)?;
-        if w.unsynced {
+        // Short of `len` without `unsynced`: a sync without the lock is in
+        // flight; the segment is durable only once this one returns.
+        if w.unsynced || w.synced < w.len {
             if let Err(e) = sync_file(&w.file, &w.path) {
                 w.sync_failed();
                 return Err(io_err(&w.path)(e));

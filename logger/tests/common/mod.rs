@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+pub mod lines;
 pub mod nats_server;
 pub mod proxy;
 #[cfg(feature = "redis")]

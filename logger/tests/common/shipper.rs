@@ -40,7 +40,10 @@ impl Shipper {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rein-log-shipper"))
+        // REIN_SHIPPER_BIN: another build of the shipper (benches compare two).
+        let bin = std::env::var_os("REIN_SHIPPER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_rein-log-shipper").into());
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&conf)
             .env(

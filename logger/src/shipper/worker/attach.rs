@@ -181,29 +181,30 @@ impl Worker {
         let id = self.next_id;
         self.next_id += 1;
         let finished = Arc::new(AtomicBool::new(false));
-        let mut c = Container {
-            key: reg.key.clone(),
-            dir: dir.clone(),
-            streams,
-            wal: wal.clone(),
-            paused: false,
-            bucket: Bucket::for_rate(reg.options.rate_limit),
-            finished: finished.clone(),
-            unsaved,
-            old_stages,
-        };
-        self.parser.add(
+        let parser = self.parser.add(
             ParseJob::new(
                 reg.key.clone(),
-                dir,
+                dir.clone(),
                 cid,
                 route,
-                wal,
+                wal.clone(),
                 parse_streams,
-                finished,
+                finished.clone(),
             )
             .with_files(files, file_wals),
         );
+        let mut c = Container {
+            parser,
+            key: reg.key.clone(),
+            dir,
+            streams,
+            wal,
+            paused: false,
+            bucket: Bucket::for_rate(reg.options.rate_limit),
+            finished,
+            unsaved,
+            old_stages,
+        };
         if c.old_stages.is_none() {
             for (i, st) in c.streams.iter_mut().enumerate() {
                 if let Some(p) = &st.pipe {

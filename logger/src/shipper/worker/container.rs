@@ -23,6 +23,8 @@ pub(super) struct Container {
     pub(super) paused: bool,
     /// Its rate limit, if any.
     pub(super) bucket: Option<Bucket>,
+    /// The parser thread following it (woken when its files grow).
+    pub(super) parser: usize,
     /// Set by the parser once everything is parsed and synced after EOF.
     pub(super) finished: Arc<AtomicBool>,
     /// State the state directory did not take yet (retried every second).

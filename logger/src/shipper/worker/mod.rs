@@ -1,7 +1,8 @@
 //! The worker: its main thread (the reader) accepts registrations, splices
-//! pipes into sandbox files and rotates them; the parser thread
-//! (`parser.rs`) follows the files, buffers records and checkpoints; one
-//! thread per sink ships. It may be killed at any instant: every byte it took
+//! pipes into sandbox files and rotates them; the parser threads
+//! (`parser_pool.rs`, `parser.rs`), each following its share of the
+//! containers, parse the files, buffer records and checkpoint; one thread
+//! per sink ships. It may be killed at any instant: every byte it took
 //! from a pipe is in a sandbox file, every offset it saved is behind records
 //! already in the buffer, rotated files are kept until the saved offsets have
 //! passed them, and the supervisor still holds every pipe.
@@ -45,7 +46,8 @@ pub use register::RegisterError;
 pub use stop::{install_stop_handler, STOP};
 
 use super::counters::Counters;
-use super::parser::{Parser, ParserConfig};
+use super::parser::ParserConfig;
+use super::parser_pool::ParserPool;
 use super::parser_sched::{BurstPolicy, BurstState};
 use super::reserve::Reserve;
 use super::threads::{self, Liveness};
@@ -118,13 +120,14 @@ pub struct Worker {
     orphaned: Option<Instant>,
     sinks: Sinks,
     counters: Arc<Counters>,
-    parser: Parser,
-    /// When the parser may take CPU from the containers.
-    burst: BurstState,
+    parser: ParserPool,
+    /// When each parser thread may take CPU from the containers.
+    burst: Vec<BurstState>,
     scratch: (OwnedFd, OwnedFd),
     peek: Vec<u8>,
     last_counters: Instant,
-    parser_live: Liveness,
+    /// Each parser thread's progress, seen from here.
+    parser_live: Vec<Liveness>,
     counters_failing: bool,
     /// Room for registrations and first checkpoints in a full state directory.
     reserve: Reserve,
@@ -153,15 +156,21 @@ impl Worker {
         let reserve = Reserve::open(&cfg.state_dir, cfg.state_reserve_bytes);
         let counters = Arc::new(Counters::default());
         let sinks = sinks::start_all(&cfg, &counters)?;
-        let parser = Parser::start(
-            ParserConfig {
+        let wals: Vec<_> = sinks.iter().map(|(_, s)| s.wal.clone()).collect();
+        let parser = ParserPool::start(
+            cfg.parser_threads,
+            &ParserConfig {
                 partial_flush: cfg.partial_flush,
                 checkpoint_interval: cfg.checkpoint_interval,
             },
-            sinks.iter().map(|(_, s)| s.wal.clone()).collect(),
-            counters.clone(),
+            &wals,
+            &counters,
         )
-        .map_err(setup("the parser thread"))?;
+        .map_err(setup("the parser threads"))?;
+        let burst = BurstPolicy {
+            bytes: cfg.parser_burst_bytes.min(cfg.max_unparsed_bytes / 2),
+            time: cfg.parser_burst_time,
+        };
         Ok(Worker {
             epoll,
             listen,
@@ -172,17 +181,14 @@ impl Worker {
             orphaned: None,
             sinks,
             counters,
+            burst: (0..parser.len()).map(|_| BurstState::new(burst)).collect(),
+            parser_live: (0..parser.len()).map(|_| Liveness::new("parser")).collect(),
             parser,
             scratch: crate::module::pipe(0).map_err(setup("scratch pipe"))?,
             peek: vec![0u8; 64 * 1024],
             last_counters: Instant::now(),
-            parser_live: Liveness::new("parser"),
             counters_failing: false,
             reserve,
-            burst: BurstState::new(BurstPolicy {
-                bytes: cfg.parser_burst_bytes.min(cfg.max_unparsed_bytes / 2),
-                time: cfg.parser_burst_time,
-            }),
             cfg,
         })
     }
@@ -237,7 +243,7 @@ impl Worker {
     }
 
     fn shutdown(&mut self) {
-        // The parser stops where it is: synced records, then saved offsets.
+        // The parsers stop where they are: synced records, then saved offsets.
         self.parser.stop();
         self.write_counters();
         sinks::stop_all(&mut self.sinks);

@@ -117,13 +117,13 @@ impl Worker {
                     }
                     Err(e) => tracing::error!(path = %st.path.display(), "rotation failed: {e}"),
                 }
-                self.parser.wake();
+                self.parser.wake(c.parser);
             }
             if moved >= FAIR_SHARE {
                 break;
             }
         }
-        self.parser.wake();
+        self.parser.wake(c.parser);
         let st = &mut c.streams[idx];
         // Blocked (rate limit, full buffer, parser too far behind) or finished: stop
         // watching until the next tick re-arms. A stream that only used up its fair
@@ -139,7 +139,7 @@ impl Worker {
             st.pipe = None;
             st.shared.pipe_waiting.store(false, Ordering::Relaxed);
             st.shared.eof.store(true, Ordering::Release);
-            self.parser.wake();
+            self.parser.wake(c.parser);
         }
     }
 }

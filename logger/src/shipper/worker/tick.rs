@@ -1,5 +1,5 @@
 //! The reader's periodic work (every 50 ms): re-arming pipes no longer
-//! blocked, finished containers removed, the parser's scheduling class;
+//! blocked, finished containers removed, the parser threads' scheduling class;
 //! every second the pending state, the reserve, thread liveness and the
 //! counters file.
 
@@ -17,7 +17,8 @@ impl Worker {
         self.retry_old_stages();
         let mut finished = Vec::new();
         let max_lag = self.cfg.max_unparsed_bytes;
-        let mut most_behind = 0u64;
+        // Per parser thread: the largest lag of its streams.
+        let mut most_behind = vec![0u64; self.parser.len()];
         for (&id, c) in self.containers.iter_mut() {
             c.paused = c.buffer_full(&self.counters);
             if let Some(b) = c.bucket.as_mut() {
@@ -26,7 +27,9 @@ impl Worker {
             let limited = c.bucket.as_ref().is_some_and(|b| b.available() == 0);
             for (i, st) in c.streams.iter_mut().enumerate() {
                 let lag = st.shared.lag();
-                most_behind = most_behind.max(lag);
+                if let Some(m) = most_behind.get_mut(c.parser) {
+                    *m = (*m).max(lag);
+                }
                 let blocked = c.paused
                     || limited
                     || lag >= max_lag
@@ -48,7 +51,9 @@ impl Worker {
                 finished.push(id);
             }
         }
-        self.schedule_parser(most_behind);
+        for (i, lag) in most_behind.into_iter().enumerate() {
+            self.schedule_parser(i, lag);
+        }
         for id in finished {
             if let Some(c) = self.containers.remove(&id) {
                 self.keys.remove(&c.key);
@@ -68,44 +73,62 @@ impl Worker {
         }
     }
 
-    /// Idle-only parsing during a burst, full competition beyond it.
-    fn schedule_parser(&mut self, most_behind: u64) {
-        let tid = self.parser.tid();
+    /// Idle-only parsing during a burst, full competition beyond it: each
+    /// parser thread by the lag of its own containers.
+    fn schedule_parser(&mut self, i: usize, most_behind: u64) {
+        let tid = self.parser.threads()[i].tid();
         if tid == 0 {
             return;
         }
-        if let Some(mode) = self.burst.observe(most_behind, Instant::now()) {
-            if let Err(e) = parser_sched::apply(tid, mode) {
-                tracing::warn!("parser scheduling {mode:?}: {e}");
-            }
-            tracing::debug!(most_behind, "parser scheduling: {mode:?}");
-            let idle = mode == ParserMode::Idle;
+        let Some(mode) = self.burst[i].observe(most_behind, Instant::now()) else {
+            return;
+        };
+        if let Err(e) = parser_sched::apply(tid, mode) {
+            tracing::warn!(thread = i, "parser scheduling {mode:?}: {e}");
+        }
+        tracing::debug!(thread = i, most_behind, "parser scheduling: {mode:?}");
+        let idle = self
+            .burst
+            .iter()
+            .filter(|b| b.mode() == ParserMode::Idle)
+            .count();
+        self.counters
+            .parser_idle
+            .store(idle as u64, Ordering::Relaxed);
+        if mode == ParserMode::Normal {
             self.counters
-                .parser_idle
-                .store(u64::from(idle), Ordering::Relaxed);
-            if !idle {
-                self.counters
-                    .parser_promotions
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+                .parser_promotions
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Liveness: sink threads (see [`sinks::check`]) and the parser: any
-    /// stream it should be parsing moved, or its lines.
+    /// Liveness: sink threads (see [`sinks::check`]) and each parser thread:
+    /// any stream it should be parsing moved, or its lines.
     fn check_threads(&mut self) {
         let limit = self.cfg.thread_stall_timeout;
         sinks::check(&mut self.sinks, &self.counters, limit);
-        let mut progress = self.counters.lines_read.load(Ordering::Relaxed);
-        let mut work = false;
-        for c in self.containers.values().filter(|c| !c.paused) {
+        let n = self.parser.len();
+        let mut progress: Vec<u64> = self.parser.threads().iter().map(|p| p.lines()).collect();
+        let mut work = vec![false; n];
+        for c in self
+            .containers
+            .values()
+            .filter(|c| !c.paused && c.parser < n)
+        {
             for st in &c.streams {
-                progress = progress.wrapping_add(st.shared.parsed.load(Ordering::Relaxed));
-                work |= st.shared.lag() > 0;
+                let p = &mut progress[c.parser];
+                *p = p.wrapping_add(st.shared.parsed.load(Ordering::Relaxed));
+                work[c.parser] |= st.shared.lag() > 0;
             }
         }
-        self.parser_live
-            .observe(progress, work, limit, &self.counters.thread_stalls_parser);
+        for (i, live) in self.parser_live.iter_mut().enumerate() {
+            live.observe(
+                progress[i],
+                work[i],
+                limit,
+                &self.counters.thread_stalls_parser,
+            );
+        }
     }
 
     pub(super) fn write_counters(&mut self) {
