@@ -604,6 +604,18 @@ impl Itoa {
     }
 }
 
+/// Appends `v` in decimal, zero-padded to `width` digits, without allocating
+/// (index dates are built this way for every record of every request).
+pub(crate) fn push_u64_padded(out: &mut Vec<u8>, v: u64, width: usize) {
+    let mut d = itoa_u64(v);
+    let digits = d.as_bytes_mut();
+    out.extend(std::iter::repeat_n(
+        b'0',
+        width.saturating_sub(digits.len()),
+    ));
+    out.extend_from_slice(digits);
+}
+
 fn itoa_u64(mut v: u64) -> Itoa {
     let mut buf = [0u8; 20];
     let mut i = 20;

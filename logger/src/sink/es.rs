@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::route::RouteFailure;
 use crate::http::Url;
+use crate::record::encode::push_u64_padded;
 use crate::record::json::{one_line, push_str};
 use crate::record::time::ymd;
 use crate::walrec::WalRecord;
@@ -67,9 +68,9 @@ pub fn index_name(pattern: &[u8], ts_ms: i64, out: &mut Vec<u8>) {
     while i < pattern.len() {
         if pattern[i] == b'%' && i + 1 < pattern.len() {
             match pattern[i + 1] {
-                b'Y' => push_digits(out, y.unsigned_abs(), 4),
-                b'm' => push_digits(out, u64::from(m), 2),
-                b'd' => push_digits(out, u64::from(d), 2),
+                b'Y' => push_u64_padded(out, y.unsigned_abs(), 4),
+                b'm' => push_u64_padded(out, u64::from(m), 2),
+                b'd' => push_u64_padded(out, u64::from(d), 2),
                 other => out.extend_from_slice(&[b'%', other]),
             }
             i += 2;
@@ -78,24 +79,6 @@ pub fn index_name(pattern: &[u8], ts_ms: i64, out: &mut Vec<u8>) {
             i += 1;
         }
     }
-}
-
-/// Appends `v` in decimal, zero-padded to `width` digits (no allocation: this
-/// runs for every record of every request).
-fn push_digits(out: &mut Vec<u8>, v: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let start = i.min(buf.len() - width.min(buf.len()));
-    out.extend_from_slice(&buf[start..]);
 }
 
 /// Appends the `_bulk` body for `records` (NDJSON, `create` actions).
