@@ -347,11 +347,19 @@ fn kill_9_of_the_worker_at_random_moments_every_line_once() {
     }
     w.finish(&ctx);
     w.check_delivered(&es, &ctx);
-    let exits = stat(&sh.state, "worker_exits");
-    assert!(
-        exits >= kills,
-        "{kills} kills, {exits} exits counted; {}",
-        ctx()
+    // A worker killed while the supervisor was still handing it the
+    // containers is counted as an adoption failure, not as an exit.
+    let ended = || stat(&sh.state, "worker_exits") + stat(&sh.state, "adoption_failures");
+    wait_for(
+        Duration::from_secs(30),
+        || ended() >= kills,
+        || {
+            format!(
+                "{kills} kills, {} exits or adoption failures counted; {}",
+                ended(),
+                ctx()
+            )
+        },
     );
     eprintln!("{kills} kills; {}", ctx());
 }
