@@ -122,8 +122,7 @@ impl<'a> AtomicFile<'a> {
                 source,
             }
         };
-        let mut f = open_regular(&self.temp, self.mode).map_err(err("creating"))?;
-        f.set_len(0).map_err(err("emptying"))?;
+        let mut f = create_temp(&self.temp, self.mode).map_err(err("creating"))?;
         f.write_all(data).map_err(err("writing"))?;
         if self.durable {
             f.sync_all().map_err(err("syncing"))?;
@@ -169,6 +168,41 @@ impl<'a> AtomicFile<'a> {
 /// Replaces `path` with `data` (defaults of [`AtomicFile::new`]).
 pub fn write(path: &Path, data: &[u8]) -> Result<Written, AtomicError> {
     AtomicFile::new(path).write(data)
+}
+
+/// Creates `path` anew (`O_EXCL`: a name already there, link or FIFO, is never
+/// opened), with `mode` set by `fchmod` when given. A regular file of this
+/// process's user left there (a write cut short by a crash) is removed first; any
+/// other object is refused. An exclusively created file is known to be empty,
+/// regular and ours, so no `fstat`, `fcntl` or truncation follows (each a syscall,
+/// the truncation a journal transaction on ext4).
+fn create_temp(path: &Path, mode: Option<u32>) -> io::Result<File> {
+    let create = || {
+        OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(mode.unwrap_or(0o666))
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let f = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(path)?;
+            if !m.is_file() || m.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(io::Error::other(format!(
+                    "{} is there already and is not a leftover of this process's user",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path)?;
+            create()?
+        }
+        other => other?,
+    };
+    if let Some(mode) = mode {
+        fchmod(f.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(io::Error::from)?;
+    }
+    Ok(f)
 }
 
 /// Opens (creating it with `mode`, or 0666 less the umask, if missing; never
@@ -229,6 +263,18 @@ mod tests {
         assert!(!d.path().join("f.json.tmp").exists());
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_leftover_temporary_is_replaced_not_appended_to() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(d.path().join("f.tmp"), b"a longer leftover of a crash").unwrap();
+        AtomicFile::new(&p).mode(0o600).write(b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!d.path().join("f.tmp").exists());
     }
 
     #[test]

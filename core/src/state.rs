@@ -253,8 +253,8 @@ impl StateStore {
             boot_id: boot_id(),
             record,
         };
-        let bytes = serde_json::to_vec_pretty(&envelope)
-            .map_err(|e| io_err("encoding", io::Error::other(e)))?;
+        let bytes =
+            serde_json::to_vec(&envelope).map_err(|e| io_err("encoding", io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{}.tmp", id.file_name()));
         keep(&path);
         AtomicFile::new(&path)
