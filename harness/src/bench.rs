@@ -2,7 +2,7 @@
 //! prepare + isolate + cleanup per container and counting what leaked.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use rein_core::cgroupfs::cgroup_mounts;
@@ -11,7 +11,6 @@ use crate::cli::{BenchOptions, Options};
 use crate::config::Config;
 use crate::error::HarnessError;
 use crate::modules::{CallError, Modules};
-use crate::process::Held;
 
 /// The cgroups root the benchmark works under, apart from real containers and from
 /// other benchmark runs.
@@ -102,13 +101,13 @@ pub fn run(
         let t0 = Instant::now();
         modules.prepare(&view).map_err(|e| bench_error(i, &e))?;
         let prepared = t0.elapsed();
-        let held = Held::spawn(&["/bin/true".to_owned()], &sandbox, &[], None, None)
-            .map_err(HarnessError::io("starting /bin/true"))?;
+        let mut held = parked(&sandbox)?;
         modules.watch(&view.container);
         let t1 = Instant::now();
-        let isolated = modules.isolate(&view.container, held.pid());
+        let isolated = modules.isolate(&view.container, pid_of(&held));
         let isolate = t1.elapsed();
-        held.abort();
+        let _ = held.kill();
+        let _ = held.wait();
         isolated.map_err(|e| bench_error(i, &e))?;
         let t2 = Instant::now();
         let errors = modules.cleanup(&view.container);
@@ -181,6 +180,25 @@ pub fn run(
     } else {
         ExitCode::from(5)
     })
+}
+
+/// The container's process: `cat` waiting on an empty pipe, started the way the
+/// agent starts its launch helper (a new program at once, `vfork` and `exec` through
+/// `posix_spawn`). A forked copy of this process left un-`exec`ed during `isolate()`
+/// would share its memory copy-on-write, and every page the modules then touch would
+/// cost a fault and a TLB shootdown: a cost of the benchmark, not of the modules.
+fn parked(sandbox: &Path) -> Result<Child, HarnessError> {
+    Command::new("/bin/cat")
+        .current_dir(sandbox)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(HarnessError::io("starting /bin/cat"))
+}
+
+fn pid_of(child: &Child) -> i32 {
+    // Linux pids fit in an i32 (pid_max is at most 2^22).
+    i32::try_from(child.id()).unwrap_or(i32::MAX)
 }
 
 fn tempdir() -> Result<PathBuf, HarnessError> {
