@@ -9,10 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io::{BufReader, BufWriter};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+#[path = "accept_loop.rs"]
+mod accept_loop;
+use accept_loop::Accepting;
 
 use crate::common::http_server::{decoded_body, read_request, write_response};
 
@@ -94,41 +97,24 @@ impl Counts {
 pub struct BulkCounter {
     pub addr: SocketAddr,
     counts: Arc<Mutex<Counts>>,
-    stop: Arc<AtomicBool>,
+    _accepting: Accepting,
 }
 
 impl BulkCounter {
     /// Listens on 127.0.0.1 (a free port).
     pub fn start() -> BulkCounter {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind the bulk counter");
-        let addr = l.local_addr().expect("its address");
-        l.set_nonblocking(true).expect("nonblocking listener");
         let counts = Arc::new(Mutex::new(Counts::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, st) = (counts.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let c = c.clone();
-                        std::thread::spawn(move || serve(s, &c));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        BulkCounter { addr, counts, stop }
+        let accepting = Accepting::start("the bulk counter", counts.clone(), serve);
+        BulkCounter {
+            addr: accepting.addr,
+            counts,
+            _accepting: accepting,
+        }
     }
 
     /// Runs `f` on the counts so far.
     pub fn with<R>(&self, f: impl FnOnce(&Counts) -> R) -> R {
         f(&self.counts.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl Drop for BulkCounter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

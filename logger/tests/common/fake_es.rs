@@ -8,10 +8,13 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+#[path = "accept_loop.rs"]
+mod accept_loop;
+use accept_loop::Accepting;
 
 /// What the server stored.
 #[derive(Default)]
@@ -103,41 +106,24 @@ impl Stored {
 pub struct FakeEs {
     pub addr: SocketAddr,
     pub stored: Arc<Mutex<Stored>>,
-    stop: Arc<AtomicBool>,
+    _accepting: Accepting,
 }
 
 impl FakeEs {
     /// Listens on 127.0.0.1 (a free port).
     pub fn start() -> FakeEs {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind the fake Elasticsearch");
-        let addr = l.local_addr().expect("its address");
-        l.set_nonblocking(true).expect("nonblocking listener");
         let stored = Arc::new(Mutex::new(Stored::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (stored.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        let s = s.clone();
-                        std::thread::spawn(move || serve(c, &s));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        FakeEs { addr, stored, stop }
+        let accepting = Accepting::start("the fake Elasticsearch", stored.clone(), serve);
+        FakeEs {
+            addr: accepting.addr,
+            stored,
+            _accepting: accepting,
+        }
     }
 
     /// Runs `f` on what was stored so far.
     pub fn with<R>(&self, f: impl FnOnce(&Stored) -> R) -> R {
         f(&self.stored.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl Drop for FakeEs {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

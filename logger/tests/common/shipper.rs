@@ -26,10 +26,15 @@ impl Shipper {
         let socket = dir.join("shipper.sock");
         let state = dir.join("state");
         let conf = dir.join("shipper.conf");
+        // REIN_TEST_SHIPPER_EXTRA: settings for every test shipper (lines separated
+        // by `;`), to run a suite with, say, `parser_threads = 2`.
+        let matrix = std::env::var("REIN_TEST_SHIPPER_EXTRA")
+            .map(|s| s.replace(';', "\n"))
+            .unwrap_or_default();
         std::fs::write(
             &conf,
             format!(
-                "socket = {}\nstate_dir = {}\n{}{extra}\n",
+                "socket = {}\nstate_dir = {}\n{}{extra}\n{matrix}\n",
                 socket.display(),
                 state.display(),
                 if extra.contains("checkpoint_interval") {
