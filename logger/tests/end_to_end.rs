@@ -89,13 +89,20 @@ fn sink_down_and_worker_killed_every_line_once_in_elasticsearch() {
     std::thread::sleep(Duration::from_millis(1500));
     sh.kill_worker();
     let total = n * names.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // A loaded machine ships slowly: the deadline only bounds a failing run, whose
+    // counters then tell a slow drain (records still buffered) from a loss.
+    let deadline = Instant::now() + Duration::from_secs(300);
     let index = es_index_today();
     while es.count(&index) < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
     let got = es.count(&index);
-    assert_eq!(got, total, "documents in the index");
+    assert_eq!(
+        got,
+        total,
+        "documents in the index; shipper counters: {}",
+        sh.counters()
+    );
     let msgs: BTreeSet<String> = es.messages(&index).into_iter().collect();
     // Unique messages == documents: no line twice; and every expected line is there.
     assert_eq!(msgs.len() as u64, total.min(10_000));
