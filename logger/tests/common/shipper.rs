@@ -26,11 +26,21 @@ impl Shipper {
         let socket = dir.join("shipper.sock");
         let state = dir.join("state");
         let conf = dir.join("shipper.conf");
-        // REIN_TEST_SHIPPER_EXTRA: settings for every test shipper (lines separated
-        // by `;`), to run a suite with, say, `parser_threads = 2`.
-        let matrix = std::env::var("REIN_TEST_SHIPPER_EXTRA")
-            .map(|s| s.replace(';', "\n"))
-            .unwrap_or_default();
+        // REIN_TEST_SHIPPER_EXTRA: settings for every test shipper (separated by
+        // `;`), to run a suite with, say, `parser_threads = 2`; a test's own
+        // setting of the same name wins (a name may not be given twice).
+        let matrix: String = std::env::var("REIN_TEST_SHIPPER_EXTRA")
+            .unwrap_or_default()
+            .split(';')
+            .filter(|kv| {
+                let name = kv.split('=').next().unwrap_or("").trim();
+                !name.is_empty()
+                    && !extra
+                        .lines()
+                        .any(|l| l.split('=').next().unwrap_or("").trim() == name)
+            })
+            .map(|kv| format!("{}\n", kv.trim()))
+            .collect();
         std::fs::write(
             &conf,
             format!(
