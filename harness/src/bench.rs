@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rein_core::cgroupfs::cgroup_mounts;
 
+use crate::bench_floor;
 use crate::cli::{BenchOptions, Options};
 use crate::config::Config;
 use crate::error::HarnessError;
@@ -173,6 +174,7 @@ pub fn run(
     // prepare and isolate, and after isolate); the rate counts them.
     println!("throughput (including fork/exec/reap of each process): {rate:.0} lifecycles/s");
     println!("leaked: cgroups {leaked_cgroups}  state files (handles, ids) {leaked_state}  file descriptors {leaked_fds}");
+    print_floor(bench.containers, &scratch, &sandbox);
     let _ = std::fs::remove_dir_all(&scratch);
     remove_bench_roots();
     Ok(if leaked_cgroups + leaked_state + leaked_fds == 0 {
@@ -180,6 +182,32 @@ pub fn run(
     } else {
         ExitCode::from(5)
     })
+}
+
+/// The same lifecycles' kernel operations without the modules ([`bench_floor`]).
+fn print_floor(containers: usize, scratch: &Path, sandbox: &Path) {
+    let spawn = || {
+        let mut child = parked(sandbox).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let pid = pid_of(&child);
+        let end: Box<dyn FnOnce()> = Box::new(move || {
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+        Ok((pid, end))
+    };
+    let root = format!("{}-floor", bench_root());
+    match bench_floor::run(containers, &root, &scratch.join("floor"), spawn) {
+        Ok(floor) => {
+            let mut times = floor.times;
+            times.sort();
+            println!(
+                "kernel floor (the same cgroup v1 and state-file operations before the answers, in one thread, no module, no hop): p50 {:.0} us  p99 {:.0} us",
+                percentile(&times, 0.5).as_secs_f64() * 1e6,
+                percentile(&times, 0.99).as_secs_f64() * 1e6,
+            );
+        }
+        Err(why) => println!("kernel floor: not measured ({why})"),
+    }
 }
 
 /// The container's process: `cat` waiting on an empty pipe, started the way the

@@ -3,6 +3,7 @@
 //! usage/status, cleanup), configured by the same labels and module parameters.
 
 mod bench;
+mod bench_floor;
 mod cli;
 mod config;
 mod error;
