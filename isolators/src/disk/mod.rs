@@ -332,7 +332,13 @@ impl Isolator for DiskIsolator {
             let Some(tracked) = shared.containers.get_mut(id) else {
                 return Ok(());
             };
-            tracked.record.limit = limit_bytes(resources);
+            let limit = limit_bytes(resources);
+            if tracked.record.limit == limit {
+                // The agent repeats the launch's resources in its first updates:
+                // nothing to set, and no state record to write again.
+                return Ok(());
+            }
+            tracked.record.limit = limit;
             tracked.record.clone()
         };
         self.apply_quota(&record)?;

@@ -471,6 +471,36 @@ fn update_resizes_the_quota() {
 }
 
 #[test]
+fn an_update_to_the_same_size_sets_nothing_and_writes_no_record() {
+    let f = fixture(FakeKernel::xfs());
+    let mut iso = f.isolator();
+    let spec = f.spec(&["u2"], Some(100.0), &[]);
+    iso.prepare(&spec).unwrap();
+    f.kernel.calls();
+    let record = f
+        .dir
+        .path()
+        .join("state/disk")
+        .join(format!("{}.json", spec.id.file_name()));
+    // Removed, so that a rewrite shows whatever the file system's clock.
+    std::fs::remove_file(&record).unwrap();
+    let same = Resources {
+        disk_mb: Some(100.0),
+        ..Resources::default()
+    };
+    iso.update(&spec.id, &same).unwrap();
+    assert_eq!(f.kernel.calls(), Vec::<String>::new(), "no quota set again");
+    assert!(!record.exists(), "no record written again");
+    let bigger = Resources {
+        disk_mb: Some(200.0),
+        ..Resources::default()
+    };
+    iso.update(&spec.id, &bigger).unwrap();
+    assert_eq!(f.kernel.calls().len(), 1, "a new size is set");
+    assert!(record.exists(), "and recorded");
+}
+
+#[test]
 fn labels_within_what_the_operator_allows() {
     let mut f = fixture(FakeKernel::xfs());
     f.settings.allowed_modes = vec![Mode::Enforce, Mode::Kill];
