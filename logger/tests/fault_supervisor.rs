@@ -89,7 +89,10 @@ struct Writers {
 
 impl Writers {
     fn start(sh: &Shipper, names: &[&str], lines: u64, rate: u64) -> Writers {
-        let m = sh.module();
+        // These tests are about the take-over, not the launch's patience: on a
+        // loaded machine a restarting worker may answer after the default 1 s,
+        // and the launch would (rightly) fall back to the sandbox files.
+        let m = sh.module_with(&[("shipper_timeout", "30s")]);
         let kids = names
             .iter()
             .map(|name| {
@@ -136,9 +139,23 @@ impl Writers {
                     .all(|n| s.tally(n, self.lines).once == self.lines)
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while !complete() && Instant::now() < deadline {
+        // Waits as long as lines keep arriving (a loaded machine ships slowly);
+        // a minute without one ends the wait, and the tally below tells.
+        let arrived = || {
+            es.with(|s| {
+                names
+                    .iter()
+                    .map(|n| s.tally(n, self.lines).once)
+                    .sum::<u64>()
+            })
+        };
+        let (mut last, mut since) = (arrived(), Instant::now());
+        while !complete() && since.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(200));
+            let now = arrived();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
         }
         // A late resend would show now.
         std::thread::sleep(Duration::from_millis(500));
