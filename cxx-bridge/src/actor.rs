@@ -182,6 +182,18 @@ pub(crate) fn run_call_removing_after(
     }
 }
 
+/// Waits (up to 5 s) until the state records handed to the janitor so far are
+/// removed: a short-lived process (`rein-run destroy`) calls it before it exits, so
+/// that none is left for the next `recover()` to release.
+pub fn flush_removals() {
+    let Some(janitor) = janitor() else { return };
+    let (tx, rx) = std::sync::mpsc::channel();
+    janitor.send(Box::new(move |()| {
+        let _ = tx.send(());
+    }));
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+}
+
 /// The mailbox that removes state records after the answers (its own thread in the
 /// pool); `None` if its thread could not start (they are removed in place then).
 fn janitor() -> Option<&'static Arc<Mailbox<()>>> {

@@ -22,7 +22,7 @@ mod pool;
 #[cfg(feature = "probe")]
 mod probe;
 
-pub use actor::{Completer, Outcome};
+pub use actor::{flush_removals, Completer, Outcome};
 pub use agent::install_mesos_enums;
 pub use bridge::ffi::*;
 pub use isolator::{create_isolator, IsolatorHandle};

@@ -36,7 +36,9 @@ fn main() -> ExitCode {
         .init();
     // Usage errors exit 2, `--help` exits 0 (clap's conventions).
     let options = cli::parse(std::env::args_os().skip(1).collect()).unwrap_or_else(|e| e.exit());
-    match run(options) {
+    let outcome = run(options);
+    rein_modules::flush_removals();
+    match outcome {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("rein-run: {msg}");
