@@ -184,9 +184,12 @@ pub(crate) fn run_call_removing_after(
 
 /// Waits (up to 5 s) until the state records handed to the janitor so far are
 /// removed: a short-lived process (`rein-run destroy`) calls it before it exits, so
-/// that none is left for the next `recover()` to release.
+/// that none is left for the next `recover()` to release. A process that never
+/// handed it a record does not start it.
 pub fn flush_removals() {
-    let Some(janitor) = janitor() else { return };
+    let Some(janitor) = JANITOR.get().and_then(Option::as_ref) else {
+        return;
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     janitor.send(Box::new(move |()| {
         let _ = tx.send(());
@@ -194,10 +197,12 @@ pub fn flush_removals() {
     let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
 }
 
+/// The janitor, started by its first record ([`janitor`]).
+static JANITOR: OnceLock<Option<Arc<Mailbox<()>>>> = OnceLock::new();
+
 /// The mailbox that removes state records after the answers (its own thread in the
 /// pool); `None` if its thread could not start (they are removed in place then).
 fn janitor() -> Option<&'static Arc<Mailbox<()>>> {
-    static JANITOR: OnceLock<Option<Arc<Mailbox<()>>>> = OnceLock::new();
     JANITOR
         .get_or_init(|| {
             Mailbox::start("state-janitor", Box::new(()))
