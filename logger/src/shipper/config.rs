@@ -566,13 +566,10 @@ pub const DEFAULT_MAX_PARSER_THREADS: usize = 8;
 /// CPUs this process may use (affinity and cgroup quota, as
 /// `available_parallelism` sees them) up to [`DEFAULT_MAX_PARSER_THREADS`].
 fn parser_threads(p: &Params) -> Result<usize, ParamError> {
-    let auto = || {
-        std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(DEFAULT_MAX_PARSER_THREADS)
-    };
     if p.raw("parser_threads").map(str::trim) == Some("auto") {
-        return Ok(auto());
+        return Ok(std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(DEFAULT_MAX_PARSER_THREADS));
     }
     match p.u64("parser_threads")? {
         Some(0) => Err(p.error("parser_threads", "must be at least 1")),
