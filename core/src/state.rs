@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -117,6 +118,26 @@ fn lock_pending() -> MutexGuard<'static, Pending> {
     PENDING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits until every removal deferred so far in this process has run (or its file
+/// was saved again), at most `timeout`; returns whether none is left. A short-lived
+/// process calls it before it exits: the answer it waited for is delivered before
+/// the removal runs, so without it a record would be left for the next `recover()`.
+pub fn wait_for_deferred_removals(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pending = lock_pending();
+    while !(pending.waiting.is_empty() && pending.running.is_empty()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        pending = REMOVED
+            .wait_timeout(pending, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    true
+}
+
 /// Record files whose removal was deferred ([`defer_removals`]).
 #[derive(Debug, Default)]
 #[must_use = "the records stay on disk until `run` removes them"]
@@ -131,7 +152,7 @@ impl Removals {
             .filter_map(|path| {
                 let mut pending = lock_pending();
                 if !pending.waiting.remove(&path) {
-                    return None; // saved again since
+                    return None; // saved again since (which woke the waiters)
                 }
                 pending.running.insert(path.clone());
                 drop(pending);
@@ -185,7 +206,9 @@ fn keep(path: &Path) {
         }
     });
     let mut pending = lock_pending();
-    pending.waiting.remove(path);
+    if pending.waiting.remove(path) {
+        REMOVED.notify_all();
+    }
     while pending.running.contains(path) {
         pending = REMOVED
             .wait(pending)
@@ -397,6 +420,22 @@ mod tests {
         // Outside a deferral, removal is immediate again.
         store.remove(&kept).unwrap();
         assert!(!store.path_of(&kept).exists());
+    }
+
+    #[test]
+    fn waiting_for_deferred_removals_sees_those_not_yet_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "iso").unwrap();
+        let id = ContainerId::top("late").unwrap();
+        store.save(&id, &Rec { handle: 1 }).unwrap();
+        let ((), removals) = defer_removals(|| store.remove(&id).unwrap());
+        // Not handed to anything yet: the wait must not report it done.
+        assert!(!wait_for_deferred_removals(Duration::from_millis(50)));
+        let path = store.path_of(&id);
+        let remover = std::thread::spawn(move || removals.run());
+        assert!(wait_for_deferred_removals(Duration::from_secs(30)));
+        assert!(!path.exists(), "the wait returned before the removal");
+        assert!(remover.join().unwrap().is_empty());
     }
 
     #[test]

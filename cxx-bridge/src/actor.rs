@@ -182,19 +182,17 @@ pub(crate) fn run_call_removing_after(
     }
 }
 
-/// Waits (up to 5 s) until the state records handed to the janitor so far are
-/// removed: a short-lived process (`rein-run destroy`) calls it before it exits, so
-/// that none is left for the next `recover()` to release. A process that never
-/// handed it a record does not start it.
+/// Waits (up to 5 s) until the state records whose removal was put off until after
+/// an answer are removed: a short-lived process (`rein-run destroy`) calls it
+/// before it exits, so that none is left for the next `recover()` to release. The
+/// records are counted before the answer is delivered, so one whose removal has not
+/// reached the janitor yet is waited for too.
 pub fn flush_removals() {
-    let Some(janitor) = JANITOR.get().and_then(Option::as_ref) else {
-        return;
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    janitor.send(Box::new(move |()| {
-        let _ = tx.send(());
-    }));
-    let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+    if !rein_core::state::wait_for_deferred_removals(std::time::Duration::from_secs(5)) {
+        tracing::warn!(
+            "rein: state records still being removed after 5 s; recover() releases those left"
+        );
+    }
 }
 
 /// The janitor, started by its first record ([`janitor`]).
