@@ -224,6 +224,56 @@ fn two_log_files_rotated_both_ways_and_stdout_arrive_once_across_worker_kills() 
     assert_eq!(routes.into_iter().collect::<Vec<_>>(), ["audit-x"]);
 }
 
+/// A worker killed after it took a container back and before its parser
+/// saved a checkpoint of its own: the next worker still knows the log files
+/// (the one rotated away is read to its end, and a new file at the name gets
+/// a new number, not the ids of the first file's lines).
+#[test]
+fn a_worker_killed_right_after_taking_a_container_back_keeps_its_log_files() {
+    let d = tempfile::tempdir().unwrap();
+    // Only a stopping worker saves its parser's checkpoint here.
+    let sh = Shipper::start(
+        d.path(),
+        "es_url = http://127.0.0.1:9\nes_timeout = 200ms\npartial_flush = 300ms\n\
+         checkpoint_interval = 1h",
+    );
+    let m = sh.module();
+    let sandbox = d.path().join("sb");
+    let io = m
+        .prepare(&spec("kb", &sandbox, &[("rein.log.files", "app=app.log")]))
+        .unwrap();
+    assert!(io.shipped, "the shipper did not take the container");
+    let app = sandbox.join("app.log");
+    append(&app, 0, 100, "app");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sh.counters()["reader"]["log_files_found"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", sh.counters());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A stopping worker saves the files' offsets; the new one takes the
+    // container back (its counters, once written, show it attached).
+    sh.restart_worker();
+    let _ = std::fs::remove_file(sh.state.join("counters.json"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sh.counters()["reader"]["containers_live"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", sh.counters());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    append(&app, 100, 150, "app");
+    std::fs::rename(&app, sandbox.join("app.log.1")).unwrap();
+    append(&app, 150, 200, "app");
+    sh.kill_worker();
+    drop(File::from(io.stdout));
+    drop(io.stderr);
+    sh.wait_idle(Duration::from_secs(60));
+    let counters = counters_after_the_end(&sh);
+    drop(sh);
+    let s = seen(&d.path().join("state/buffer/elasticsearch"));
+    assert_once(&s, "app", 200, &counters);
+    let ids: std::collections::HashSet<&String> = s.values().map(|v| &v.0[0]).collect();
+    assert_eq!(ids.len(), s.len(), "one id per line: {counters}");
+}
+
 #[test]
 fn a_fallen_back_container_s_log_files_are_shipped_once_the_shipper_is_back() {
     let d = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use crate::module::compile_pattern;
 use crate::proto::{MultilineSpec, Registration, SinkKind};
 use crate::record::{MultilineConfig, StartRule, Stream, StreamPipeline};
 use crate::sandbox::SandboxDir;
-use crate::shipper::logfiles::{self, FileEncoding};
+use crate::shipper::logfiles::{self, FileEncoding, FileSources, FilesCheckpoint};
 use crate::shipper::parser::{Checkpoint, ParseJob};
 use crate::shipper::stream::{self, FileRecord, ParseStream, StreamState};
 
@@ -153,7 +153,15 @@ impl Worker {
             checkpoint: None,
         };
         if first_checkpoint {
-            let body = checkpoint_body(&parse_streams);
+            // The log files' part as the parser starts from (what a previous
+            // worker saved of them): one killed before its own first checkpoint
+            // must not leave the next worker without them (it would follow the
+            // files anew, numbering them from 0 again, and miss rotated ones).
+            let files_cp = files
+                .as_ref()
+                .map(FileSources::checkpoint)
+                .or_else(|| cp.as_ref().and_then(|c| c.files.clone()));
+            let body = checkpoint_body(&parse_streams, files_cp);
             let path = dir.join("checkpoint.json");
             let saved = self.reserve.save(&dir, body.len() as u64, || {
                 crate::private::write_atomic(&path, &body)
@@ -285,12 +293,12 @@ impl Worker {
     }
 }
 
-/// `checkpoint.json` of a container's two streams.
-fn checkpoint_body(streams: &[ParseStream]) -> Vec<u8> {
+/// `checkpoint.json` of a container's two streams and its log files.
+fn checkpoint_body(streams: &[ParseStream], files: Option<FilesCheckpoint>) -> Vec<u8> {
     let cp = Checkpoint {
         stdout: streams[0].checkpoint(),
         stderr: streams[1].checkpoint(),
-        files: None,
+        files,
     };
     serde_json::to_vec(&cp).unwrap_or_default()
 }
