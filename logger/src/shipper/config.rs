@@ -153,7 +153,7 @@ pub struct ShipperConfig {
     /// `parser_burst_time`: see `parser_burst_bytes` (default 5s).
     pub parser_burst_time: Duration,
     /// `parser_threads`: threads parsing containers, each container on one
-    /// of them (default 1; `auto`: the CPUs this process may use, at most
+    /// of them (default `auto`: the CPUs this process may use, at most
     /// [`DEFAULT_MAX_PARSER_THREADS`]; 1 to [`MAX_PARSER_THREADS`]).
     pub parser_threads: usize,
     /// `rotate_max_bytes`: sandbox `stdout`/`stderr` are rotated at this size (default 10MiB).
@@ -562,14 +562,17 @@ pub const MAX_PARSER_THREADS: usize = 16;
 /// writers, not parsing, bound the rate.
 pub const DEFAULT_MAX_PARSER_THREADS: usize = 8;
 
-/// `parser_threads`: 1 (the default) to [`MAX_PARSER_THREADS`], or `auto`: the
+/// `parser_threads`: 1 to [`MAX_PARSER_THREADS`], or `auto` (the default): the
 /// CPUs this process may use (affinity and cgroup quota, as
 /// `available_parallelism` sees them) up to [`DEFAULT_MAX_PARSER_THREADS`].
 fn parser_threads(p: &Params) -> Result<usize, ParamError> {
-    if p.raw("parser_threads").map(str::trim) == Some("auto") {
-        return Ok(std::thread::available_parallelism()
+    let auto = || {
+        std::thread::available_parallelism()
             .map_or(1, usize::from)
-            .min(DEFAULT_MAX_PARSER_THREADS));
+            .min(DEFAULT_MAX_PARSER_THREADS)
+    };
+    if p.raw("parser_threads").map(str::trim) == Some("auto") {
+        return Ok(auto());
     }
     match p.u64("parser_threads")? {
         Some(0) => Err(p.error("parser_threads", "must be at least 1")),
@@ -577,8 +580,7 @@ fn parser_threads(p: &Params) -> Result<usize, ParamError> {
             Err(p.error("parser_threads", format!("at most {MAX_PARSER_THREADS}")))
         }
         Some(n) => Ok(usize::try_from(n).unwrap_or(1)),
-        // One until several threads pass every fault test (see the README).
-        None => Ok(1),
+        None => Ok(auto()),
     }
 }
 
@@ -678,6 +680,25 @@ mod tests {
         ] {
             let e = ShipperConfig::from_pairs(&parse_pairs(bad)).unwrap_err();
             assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn parser_threads_default_to_the_cpus_and_are_bounded() {
+        let cpus = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(DEFAULT_MAX_PARSER_THREADS);
+        let of = |text: &str| ShipperConfig::from_pairs(&parse_pairs(text));
+        assert_eq!(of("").unwrap().parser_threads, cpus);
+        assert_eq!(of("parser_threads = auto\n").unwrap().parser_threads, cpus);
+        assert_eq!(of("parser_threads = 3\n").unwrap().parser_threads, 3);
+        for bad in [
+            "parser_threads = 0\n",
+            "parser_threads = 17\n",
+            "parser_threads = many\n",
+        ] {
+            let e = of(bad).unwrap_err().to_string();
+            assert!(e.contains("parser_threads"), "{e}");
         }
     }
 
