@@ -182,19 +182,14 @@ pub fn write(path: &Path, data: &[u8]) -> Result<Written, AtomicError> {
 fn start_writeback(f: &File) -> io::Result<()> {
     // SAFETY: sync_file_range(2) on a descriptor `f` owns; no memory is passed.
     let rc = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    match rc {
-        0 => Ok(()),
-        _ => match io::Error::last_os_error() {
-            // A file system without it (some FUSE ones): the rename is still atomic.
-            e if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOSYS | libc::EINVAL | libc::ESPIPE)
-            ) =>
-            {
-                Ok(())
-            }
-            e => Err(e),
-        },
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // A file system without it (some FUSE ones): the rename is still atomic.
+        Some(libc::ENOSYS | libc::EINVAL | libc::ESPIPE) => Ok(()),
+        _ => Err(e),
     }
 }
 

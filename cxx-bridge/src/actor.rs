@@ -195,12 +195,10 @@ pub fn flush_removals() {
     }
 }
 
-/// The janitor, started by its first record ([`janitor`]).
-static JANITOR: OnceLock<Option<Arc<Mailbox<()>>>> = OnceLock::new();
-
 /// The mailbox that removes state records after the answers (its own thread in the
 /// pool); `None` if its thread could not start (they are removed in place then).
 fn janitor() -> Option<&'static Arc<Mailbox<()>>> {
+    static JANITOR: OnceLock<Option<Arc<Mailbox<()>>>> = OnceLock::new();
     JANITOR
         .get_or_init(|| {
             Mailbox::start("state-janitor", Box::new(()))

@@ -197,8 +197,7 @@ fn print_floor(containers: usize, scratch: &Path, sandbox: &Path) {
     };
     let root = format!("{}-floor", bench_root());
     match bench_floor::run(containers, &root, &scratch.join("floor"), spawn) {
-        Ok(floor) => {
-            let mut times = floor.times;
+        Ok(mut times) => {
             times.sort();
             println!(
                 "kernel floor (the same cgroup v1 and state-file operations before the answers, in one thread, no module, no hop): p50 {:.0} us  p99 {:.0} us",

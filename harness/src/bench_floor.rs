@@ -15,11 +15,6 @@ use rein_core::cgroupfs::{Cgroup, Hierarchy};
 /// Per container: a record about the size of an isolator's state record.
 const RECORD: &[u8] = br#"{"boot_id":"00000000-0000-0000-0000-000000000000","record":{"handle":"10:1","owned":true,"limit":null}}"#;
 
-/// The floor's lifecycle times (prepare + isolate + cleanup), or why there are none.
-pub struct Floor {
-    pub times: Vec<Duration>,
-}
-
 /// The v1 hierarchy a controller is bound to, if there is one.
 fn v1(controller: &str) -> Option<Hierarchy> {
     Hierarchy::find_v1(Path::new("/proc/self/mountinfo"), controller)
@@ -30,13 +25,14 @@ fn v1(controller: &str) -> Option<Hierarchy> {
 /// Runs `containers` floor lifecycles under `<hierarchy>/<root>` with the records in
 /// `state_dir`, through the same cgroupfs and state-file code the isolators use;
 /// `spawn` starts the container's process (as the benchmark does) and returns its
-/// pid and a way to end it.
+/// pid and a way to end it. Returns each lifecycle's time (prepare + isolate +
+/// cleanup), or why there are none.
 pub fn run(
     containers: usize,
     root: &str,
     state_dir: &Path,
     mut spawn: impl FnMut() -> std::io::Result<(i32, Box<dyn FnOnce()>)>,
-) -> Result<Floor, String> {
+) -> Result<Vec<Duration>, String> {
     let (Some(net_cls), Some(blkio)) = (v1("net_cls"), v1("blkio")) else {
         return Err("no cgroup v1 net_cls and blkio hierarchies here".into());
     };
@@ -87,5 +83,5 @@ pub fn run(
     for r in &roots {
         let _ = r.remove_now();
     }
-    result.map(|()| Floor { times })
+    result.map(|()| times)
 }

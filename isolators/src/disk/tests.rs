@@ -256,6 +256,14 @@ impl Fixture {
     }
 }
 
+/// Resources asking for `mb` MB of disk.
+fn disk_mb(mb: f64) -> Resources {
+    Resources {
+        disk_mb: Some(mb),
+        ..Resources::default()
+    }
+}
+
 fn watch(iso: &mut DiskIsolator, id: &ContainerId) -> mpsc::Receiver<Limitation> {
     let (notifier, rx) = LimitationNotifier::channel();
     iso.watch(id, notifier);
@@ -445,14 +453,7 @@ fn update_resizes_the_quota() {
     let spec = f.spec(&["u1"], Some(100.0), &[]);
     iso.prepare(&spec).unwrap();
     f.kernel.calls();
-    iso.update(
-        &spec.id,
-        &Resources {
-            disk_mb: Some(250.0),
-            ..Resources::default()
-        },
-    )
-    .unwrap();
+    iso.update(&spec.id, &disk_mb(250.0)).unwrap();
     assert_eq!(
         f.kernel.calls(),
         vec![format!(
@@ -484,18 +485,10 @@ fn an_update_to_the_same_size_sets_nothing_and_writes_no_record() {
         .join(format!("{}.json", spec.id.file_name()));
     // Removed, so that a rewrite shows whatever the file system's clock.
     std::fs::remove_file(&record).unwrap();
-    let same = Resources {
-        disk_mb: Some(100.0),
-        ..Resources::default()
-    };
-    iso.update(&spec.id, &same).unwrap();
+    iso.update(&spec.id, &disk_mb(100.0)).unwrap();
     assert_eq!(f.kernel.calls(), Vec::<String>::new(), "no quota set again");
     assert!(!record.exists(), "no record written again");
-    let bigger = Resources {
-        disk_mb: Some(200.0),
-        ..Resources::default()
-    };
-    iso.update(&spec.id, &bigger).unwrap();
+    iso.update(&spec.id, &disk_mb(200.0)).unwrap();
     assert_eq!(f.kernel.calls().len(), 1, "a new size is set");
     assert!(record.exists(), "and recorded");
 }
@@ -1045,10 +1038,7 @@ fn churn_of_350k_launches_never_exhausts_the_ids() {
         let spec = ContainerSpec {
             id: id.clone(),
             sandbox: sandbox.clone(),
-            resources: Resources {
-                disk_mb: Some(1.0),
-                ..Resources::default()
-            },
+            resources: disk_mb(1.0),
             ..ContainerSpec::default()
         };
         iso.prepare(&spec)

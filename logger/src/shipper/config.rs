@@ -566,13 +566,8 @@ pub const DEFAULT_MAX_PARSER_THREADS: usize = 8;
 /// CPUs this process may use (affinity and cgroup quota, as
 /// `available_parallelism` sees them) up to [`DEFAULT_MAX_PARSER_THREADS`].
 fn parser_threads(p: &Params) -> Result<usize, ParamError> {
-    let auto = || {
-        std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(DEFAULT_MAX_PARSER_THREADS)
-    };
     if p.raw("parser_threads").map(str::trim) == Some("auto") {
-        return Ok(auto());
+        return Ok(auto_parser_threads());
     }
     match p.u64("parser_threads")? {
         Some(0) => Err(p.error("parser_threads", "must be at least 1")),
@@ -580,8 +575,16 @@ fn parser_threads(p: &Params) -> Result<usize, ParamError> {
             Err(p.error("parser_threads", format!("at most {MAX_PARSER_THREADS}")))
         }
         Some(n) => Ok(usize::try_from(n).unwrap_or(1)),
-        None => Ok(auto()),
+        None => Ok(auto_parser_threads()),
     }
+}
+
+/// `parser_threads = auto`: the CPUs this process may use, at most
+/// [`DEFAULT_MAX_PARSER_THREADS`].
+fn auto_parser_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(DEFAULT_MAX_PARSER_THREADS)
 }
 
 /// The `nats_*` settings, if `nats_url` is set.
@@ -685,9 +688,7 @@ mod tests {
 
     #[test]
     fn parser_threads_default_to_the_cpus_and_are_bounded() {
-        let cpus = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(DEFAULT_MAX_PARSER_THREADS);
+        let cpus = auto_parser_threads();
         let of = |text: &str| ShipperConfig::from_pairs(&parse_pairs(text));
         assert_eq!(of("").unwrap().parser_threads, cpus);
         assert_eq!(of("parser_threads = auto\n").unwrap().parser_threads, cpus);
