@@ -14,7 +14,7 @@ use crate::actor::{
 use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
 };
-use crate::{convert, launch};
+use crate::{convert, launch, logger_ahead};
 
 /// One isolator instance, run by the bridge's worker threads.
 pub struct IsolatorHandle {
@@ -138,7 +138,10 @@ impl IsolatorHandle {
     /// `prepare()`: the launch info is decided here ([`launch::decide`]), so the
     /// shim only copies it. A launch the policy refuses is undone at once (the
     /// isolator's `cleanup()`), before the failure reaches the agent.
+    /// The first isolator's call also starts the logger's registration
+    /// ([`logger_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
+        logger_ahead::start(&config);
         self.actor.call(
             "prepare",
             config.container.text(),
@@ -228,6 +231,9 @@ impl IsolatorHandle {
     /// [`Records::RemoveAfterAnswer`]): a record outliving the call by a moment is
     /// what a crash just before `cleanup()` leaves too, and `recover()` handles it.
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
+        if let Ok(id) = convert::container_id(container.clone()) {
+            logger_ahead::discard(&id);
+        }
         let watches = self.watches.clone();
         self.actor.call(
             "cleanup",

@@ -18,6 +18,7 @@ mod isolator;
 mod launch;
 mod log;
 mod logger;
+mod logger_ahead;
 mod pool;
 #[cfg(feature = "probe")]
 mod probe;
@@ -28,3 +29,4 @@ pub use bridge::ffi::*;
 pub use isolator::{create_isolator, IsolatorHandle};
 pub use log::install_log_sink;
 pub use logger::{create_logger, LoggerHandle};
+pub use logger_ahead::counts as early_logger_registrations;

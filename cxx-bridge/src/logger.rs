@@ -6,6 +6,7 @@
 //! makes the later ones fall back without waiting at all).
 
 use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use cxx::UniquePtr;
@@ -14,16 +15,20 @@ use rein_log_module::module::LoggerModule;
 use crate::actor::{construct, error_chain, run_call, Completer, CxxCompleter, Outcome};
 use crate::bridge::ffi::{Completion, ContainerConfigView, ContainerIoView, KeyValue};
 use crate::convert;
+use crate::logger_ahead::{self, Job};
 
 /// Threads running `prepare` calls side by side.
 pub const PREPARE_THREADS: usize = 16;
-
-type Job = Box<dyn FnOnce(&LoggerModule) + Send>;
 
 /// One logger instance (the Docker containerizer makes a second one in the same
 /// process; instances share nothing but the shipper they talk to).
 pub struct LoggerHandle {
     jobs: mpsc::Sender<Job>,
+    /// This instance, for [`logger_ahead`].
+    instance: u64,
+    /// Its module parameters: an early registration made by another instance
+    /// is only taken with the same ones.
+    params: Vec<(String, String)>,
 }
 
 /// Creates the logger; a bad parameter is an error the shim reports to the agent.
@@ -50,12 +55,29 @@ pub fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>, Strin
             })
             .map_err(|e| format!("rein logger: starting its threads: {e}"))?;
     }
-    Ok(Box::new(LoggerHandle { jobs }))
+    static INSTANCES: AtomicU64 = AtomicU64::new(0);
+    let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+    logger_ahead::offer(instance, &params, &jobs);
+    Ok(Box::new(LoggerHandle {
+        jobs,
+        instance,
+        params,
+    }))
+}
+
+impl Drop for LoggerHandle {
+    fn drop(&mut self) {
+        logger_ahead::withdraw(self.instance);
+    }
 }
 
 impl LoggerHandle {
     /// `prepare()`, completing any [`Completer`] with the container's descriptors.
+    /// Answered at once when the isolators started it early ([`logger_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
+        let Err(done) = logger_ahead::claim(&self.params, &config, done) else {
+            return;
+        };
         let text = config.container.text();
         let job: Job = Box::new(move |logger: &LoggerModule| {
             run_call("logger", "prepare", &text, done, || {

@@ -394,3 +394,39 @@ fn rss_1000_containers() {
     drop(fds);
     sh.wait_idle(Duration::from_secs(30));
 }
+
+/// `prepare_latency`: the module's `prepare` (pipes, the registration round
+/// trip to the worker, which saves it and attaches the streams) one container
+/// at a time, as the agent calls it: p50 / p99 over `REIN_BENCH_N` (default 500).
+#[test]
+#[ignore]
+fn prepare_latency() {
+    let n: usize = std::env::var("REIN_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let d = tempfile::tempdir().unwrap();
+    let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\n");
+    let m = sh.module();
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let sandbox = d.path().join(format!("s{i}"));
+        std::fs::create_dir_all(&sandbox).unwrap();
+        let t = std::time::Instant::now();
+        let io = m.prepare(&spec(&format!("c{i}"), &sandbox, &[])).unwrap();
+        times.push(t.elapsed());
+        assert!(io.shipped, "container {i}");
+        drop(io);
+        // Paced like launches: the worker goes idle between them.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    times.sort();
+    let us = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    println!(
+        "logger prepare, {n} containers one at a time: p50 {:.0} us  p90 {:.0} us  p99 {:.0} us",
+        us(0.5),
+        us(0.9),
+        us(0.99)
+    );
+    sh.wait_idle(Duration::from_secs(30));
+}

@@ -1,0 +1,339 @@
+//! The logger's `prepare`, started ahead of the agent's call.
+//!
+//! The agent prepares a container's isolators one after another and asks the
+//! container logger last (Mesos's `io/switchboard` comes after them). The first
+//! rein isolator's `prepare` therefore starts the logger's registration with the
+//! shipper on the logger's threads, with the same container config; when the agent
+//! then calls the logger, its answer is usually ready and is given on the caller's
+//! thread: no thread hop and no wait for the shipper's round trip on the launch path.
+//!
+//! Only top-level containers: a nested one may share its parent's sandbox and the
+//! agent, not us, decides whether the logger sees it. The agent's own call must
+//! carry the same config (field by field) and reach a logger with the same module
+//! parameters, or the early registration is dropped and the call runs as usual.
+//! An answer the agent never asks for (a later isolator failed the launch) is
+//! dropped at the isolators' `cleanup()`, or after [`UNCLAIMED_FOR`]: closing its
+//! pipes ends the container at the shipper as one that exited at once.
+
+use std::collections::HashMap;
+use std::os::fd::IntoRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use rein_core::ContainerId;
+use rein_log_module::module::{ContainerIo, LoggerModule};
+
+use crate::actor::{error_chain, panic_message, run_call, Completer, Outcome};
+use crate::bridge::ffi::{ContainerConfigView, ContainerIoView, KeyValue, ResourceEntry};
+use crate::convert;
+
+/// A job for the logger's threads.
+pub(crate) type Job = Box<dyn FnOnce(&LoggerModule) + Send>;
+
+/// An answer nobody asked for is dropped after this long (a launch whose later
+/// isolators take longer than this is asked for as usual, only not early).
+pub(crate) const UNCLAIMED_FOR: Duration = Duration::from_secs(600);
+
+/// The logger instance early registrations go to (the first one created; the
+/// Docker containerizer makes a second, which never sees our isolators' containers).
+struct Target {
+    instance: u64,
+    params: Vec<(String, String)>,
+    jobs: mpsc::Sender<Job>,
+}
+
+enum State {
+    /// On the logger's threads; the agent's call, if it came, waits here.
+    Running(Option<(Box<dyn Completer>, String)>),
+    /// Answered, not yet asked for.
+    Done(Result<ContainerIo, String>),
+}
+
+struct Entry {
+    config: ContainerConfigView,
+    params: Vec<(String, String)>,
+    state: State,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Ahead {
+    target: Option<Target>,
+    entries: HashMap<ContainerId, Entry>,
+}
+
+fn ahead() -> MutexGuard<'static, Ahead> {
+    static AHEAD: OnceLock<Mutex<Ahead>> = OnceLock::new();
+    AHEAD
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static CLAIMED: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Early registrations so far in this process: started, claimed by the agent's
+/// call, dropped (unclaimed, or the agent's call differed).
+pub fn counts() -> (u64, u64, u64) {
+    (
+        STARTED.load(Ordering::Relaxed),
+        CLAIMED.load(Ordering::Relaxed),
+        DROPPED.load(Ordering::Relaxed),
+    )
+}
+
+/// A new logger instance; the first becomes the target of early registrations.
+pub(crate) fn offer(instance: u64, params: &[(String, String)], jobs: &mpsc::Sender<Job>) {
+    let mut a = ahead();
+    if a.target.is_none() {
+        a.target = Some(Target {
+            instance,
+            params: params.to_vec(),
+            jobs: jobs.clone(),
+        });
+    }
+}
+
+/// A logger instance going away stops being the target.
+pub(crate) fn withdraw(instance: u64) {
+    let mut a = ahead();
+    if a.target.as_ref().is_some_and(|t| t.instance == instance) {
+        a.target = None;
+    }
+}
+
+/// Called by every rein isolator's `prepare` on the caller's thread (cheap: a
+/// copy of the config and a message); the first one for a container starts its
+/// registration.
+pub(crate) fn start(config: &ContainerConfigView) {
+    if config.container.ids.len() != 1 || config.debug {
+        return;
+    }
+    let Ok(id) = convert::container_id(config.container.clone()) else {
+        return;
+    };
+    let mut a = ahead();
+    let Some(target) = &a.target else {
+        return;
+    };
+    if a.entries.contains_key(&id) {
+        return;
+    }
+    let (jobs, params) = (target.jobs.clone(), target.params.clone());
+    sweep(&mut a);
+    a.entries.insert(
+        id.clone(),
+        Entry {
+            config: config.clone(),
+            params,
+            state: State::Running(None),
+            since: Instant::now(),
+        },
+    );
+    drop(a);
+    let view = config.clone();
+    let job_id = id.clone();
+    let job: Job = Box::new(move |logger: &LoggerModule| {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let spec = convert::container_spec(view).map_err(|e| e.to_string())?;
+            logger.prepare(&spec).map_err(|e| error_chain(&e))
+        }))
+        .unwrap_or_else(|panic| {
+            let message = format!(
+                "rein logger panicked in prepare: {}",
+                panic_message(&*panic)
+            );
+            tracing::error!(container = %job_id, "{message}");
+            Err(message)
+        });
+        finish(&job_id, result);
+    });
+    if jobs.send(job).is_ok() {
+        STARTED.fetch_add(1, Ordering::Relaxed);
+    } else {
+        ahead().entries.remove(&id);
+    }
+}
+
+/// The early registration is done: to the agent's call if it waits, else kept.
+fn finish(id: &ContainerId, result: Result<ContainerIo, String>) {
+    let mut a = ahead();
+    let waiting = match a.entries.get_mut(id) {
+        None => {
+            drop(a);
+            unclaimed(id, "its launch ended first", result);
+            return;
+        }
+        Some(entry) => match &mut entry.state {
+            State::Running(waiter) => waiter.take(),
+            State::Done(_) => None,
+        },
+    };
+    match waiting {
+        Some((done, text)) => {
+            a.entries.remove(id);
+            drop(a);
+            CLAIMED.fetch_add(1, Ordering::Relaxed);
+            run_call("logger", "prepare", &text, done, || outcome(result));
+        }
+        None => {
+            if let Some(entry) = a.entries.get_mut(id) {
+                entry.state = State::Done(result);
+            }
+        }
+    }
+}
+
+/// The agent's `prepare` call for the logger `instance` with `params`: answered
+/// here (now, or when the early registration finishes) if one was started for
+/// the same config; otherwise `done` comes back for the usual call.
+pub(crate) fn claim(
+    params: &[(String, String)],
+    config: &ContainerConfigView,
+    done: Box<dyn Completer>,
+) -> Result<(), Box<dyn Completer>> {
+    let mut a = ahead();
+    if a.entries.is_empty() {
+        return Err(done);
+    }
+    let Ok(id) = convert::container_id(config.container.clone()) else {
+        return Err(done);
+    };
+    let Some(entry) = a.entries.get_mut(&id) else {
+        return Err(done);
+    };
+    if entry.params != params || !same_config(&entry.config, config) {
+        let entry = a.entries.remove(&id).expect("looked up");
+        drop(a);
+        tracing::warn!(
+            container = %id,
+            "the logger's prepare differs from the isolators' (config or module parameters): its early registration is dropped"
+        );
+        // One still running is dropped (and counted) when it finishes.
+        if let State::Done(result) = entry.state {
+            unclaimed(&id, "the agent's call differed", result);
+        }
+        return Err(done);
+    }
+    match &mut entry.state {
+        State::Running(waiter) => {
+            *waiter = Some((done, config.container.text()));
+            Ok(())
+        }
+        State::Done(_) => {
+            let Some(Entry {
+                state: State::Done(result),
+                ..
+            }) = a.entries.remove(&id)
+            else {
+                unreachable!("looked up as done");
+            };
+            drop(a);
+            CLAIMED.fetch_add(1, Ordering::Relaxed);
+            run_call("logger", "prepare", &config.container.text(), done, || {
+                outcome(result)
+            });
+            Ok(())
+        }
+    }
+}
+
+/// The isolators' `cleanup()`: an answer the agent never asked for is dropped. One
+/// the agent waits for is left to finish.
+pub(crate) fn discard(id: &ContainerId) {
+    let mut a = ahead();
+    if !matches!(
+        a.entries.get(id),
+        Some(Entry {
+            state: State::Done(_) | State::Running(None),
+            ..
+        })
+    ) {
+        return;
+    }
+    let entry = a.entries.remove(id).expect("looked up");
+    drop(a);
+    match entry.state {
+        State::Done(result) => unclaimed(id, "its launch ended first", result),
+        // Dropped when it finishes (no entry then).
+        State::Running(_) => {}
+    }
+}
+
+/// Drops answers unclaimed for [`UNCLAIMED_FOR`].
+fn sweep(a: &mut Ahead) {
+    let stale: Vec<ContainerId> = a
+        .entries
+        .iter()
+        .filter(|(_, e)| matches!(e.state, State::Done(_)) && e.since.elapsed() > UNCLAIMED_FOR)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        if let Some(Entry {
+            state: State::Done(result),
+            ..
+        }) = a.entries.remove(&id)
+        {
+            unclaimed(&id, "never asked for", result);
+        }
+    }
+}
+
+fn unclaimed(id: &ContainerId, why: &str, result: Result<ContainerIo, String>) {
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        module = "logger",
+        container = %id,
+        "early registration dropped ({why}); its pipes are closed"
+    );
+    drop(result);
+}
+
+fn outcome(result: Result<ContainerIo, String>) -> Outcome {
+    match result {
+        Ok(io) => Outcome::ContainerIo(ContainerIoView {
+            stdout_fd: io.stdout.into_raw_fd(),
+            stderr_fd: io.stderr.into_raw_fd(),
+        }),
+        Err(message) => Outcome::Failed(message),
+    }
+}
+
+/// Every field the logger reads, byte for byte.
+fn same_config(a: &ContainerConfigView, b: &ContainerConfigView) -> bool {
+    fn pairs(a: &[KeyValue], b: &[KeyValue]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.key == y.key && x.value == y.value)
+    }
+    fn resources(a: &[ResourceEntry], b: &[ResourceEntry]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.name == y.name
+                    && x.scalar.to_bits() == y.scalar.to_bits()
+                    && x.has_disk_info == y.has_disk_info
+            })
+    }
+    a.container.ids.len() == b.container.ids.len()
+        && a.container
+            .ids
+            .iter()
+            .zip(&b.container.ids)
+            .all(|(x, y)| x.value == y.value)
+        && a.directory == b.directory
+        && a.user == b.user
+        && a.task_id == b.task_id
+        && a.task_name == b.task_name
+        && a.executor_id == b.executor_id
+        && a.framework_id == b.framework_id
+        && pairs(&a.task_labels, &b.task_labels)
+        && pairs(&a.executor_labels, &b.executor_labels)
+        && pairs(&a.environment, &b.environment)
+        && resources(&a.resources, &b.resources)
+        && a.debug == b.debug
+}
