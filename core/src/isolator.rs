@@ -364,7 +364,9 @@ pub trait Isolator: Send {
         Ok(Statistics::default())
     }
 
-    /// Container status fields.
+    /// Container status fields. The bridge keeps the answer it gets after
+    /// `prepare`, `update` and `status` and gives it to the agent's later calls
+    /// without asking again: a container's status may change only through these.
     fn status(&mut self, _id: &ContainerId) -> Result<Status, Error> {
         Ok(Status::default())
     }

@@ -9,7 +9,7 @@ use rein_core::isolator::{Error, LimitationNotifier};
 use rein_core::{ContainerId, Isolator};
 
 use crate::actor::{
-    construct, deliver, error_chain, Actor, Completer, CxxCompleter, Outcome, Records,
+    construct, deliver, error_chain, run_call, Actor, Completer, CxxCompleter, Outcome, Records,
 };
 use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
@@ -19,8 +19,42 @@ use crate::{convert, launch, logger_ahead};
 /// One isolator instance, run by the bridge's worker threads.
 pub struct IsolatorHandle {
     actor: Actor<dyn Isolator>,
+    name: &'static str,
     nesting: bool,
     watches: Watches,
+    statuses: Statuses,
+}
+
+/// Each container's `status()` as the isolator last gave it (after `prepare`,
+/// `update` or a `status` call), so that the agent's `status()` on every task
+/// status update is answered on the caller's thread without a hop to the worker
+/// threads. An isolator's status changes only through its own calls, so the copy
+/// kept after them is its answer. Dropped at `cleanup()`.
+#[derive(Clone, Default)]
+struct Statuses(Arc<Mutex<HashMap<ContainerId, rein_core::Status>>>);
+
+impl Statuses {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, rein_core::Status>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the isolator (on its worker thread) and keeps the answer.
+    fn refresh(
+        &self,
+        iso: &mut dyn Isolator,
+        id: &ContainerId,
+    ) -> Result<rein_core::Status, Error> {
+        let status = iso.status(id);
+        match &status {
+            Ok(s) => {
+                self.map().insert(id.clone(), s.clone());
+            }
+            Err(_) => {
+                self.map().remove(id);
+            }
+        }
+        status
+    }
 }
 
 /// The pending `watch()` completions, by container, owned here until the
@@ -102,8 +136,10 @@ impl IsolatorHandle {
         let name = isolator.name();
         Ok(Self {
             actor: Actor::spawn(name, isolator)?,
+            name,
             nesting,
             watches: Watches::default(),
+            statuses: Statuses::default(),
         })
     }
 
@@ -142,6 +178,7 @@ impl IsolatorHandle {
     /// ([`logger_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
         logger_ahead::start(&config);
+        let statuses = self.statuses.clone();
         self.actor.call(
             "prepare",
             config.container.text(),
@@ -157,7 +194,12 @@ impl IsolatorHandle {
                     Err(e) => return failed(&*e),
                 };
                 match launch::decide(info) {
-                    Ok(view) => Outcome::LaunchInfo(view),
+                    Ok(view) => {
+                        // Kept for the agent's status() calls; a failure here is
+                        // the isolator's own answer when the agent asks.
+                        let _ = statuses.refresh(iso, &spec.id);
+                        Outcome::LaunchInfo(view)
+                    }
                     Err(refusal) => {
                         if let Err(e) = iso.cleanup(&spec.id) {
                             tracing::warn!("undoing the refused launch: {}", error_chain(&*e));
@@ -205,8 +247,11 @@ impl IsolatorHandle {
         done: Box<dyn Completer>,
     ) {
         let resources = convert::resources(resources);
+        let statuses = self.statuses.clone();
         self.with_id("update", container, done, move |iso, id| {
-            iso.update(id, &resources).map(|()| Outcome::Nothing)
+            iso.update(id, &resources)?;
+            let _ = statuses.refresh(iso, id);
+            Ok(Outcome::Nothing)
         });
     }
 
@@ -218,10 +263,23 @@ impl IsolatorHandle {
         });
     }
 
-    /// `status()`.
+    /// `status()`: answered here from the copy kept after the isolator's last
+    /// call for the container ([`Statuses`]); asked on the worker threads otherwise.
     pub fn status_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
-        self.with_id("status", container, done, |iso, id| {
-            iso.status(id).map(|s| Outcome::Status(convert::status(s)))
+        if let Ok(id) = convert::container_id(container.clone()) {
+            let kept = self.statuses.map().get(&id).cloned();
+            if let Some(status) = kept {
+                run_call(self.name, "status", &container.text(), done, || {
+                    Outcome::Status(convert::status(status))
+                });
+                return;
+            }
+        }
+        let statuses = self.statuses.clone();
+        self.with_id("status", container, done, move |iso, id| {
+            statuses
+                .refresh(iso, id)
+                .map(|s| Outcome::Status(convert::status(s)))
         });
     }
 
@@ -233,8 +291,10 @@ impl IsolatorHandle {
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
         if let Ok(id) = convert::container_id(container.clone()) {
             logger_ahead::discard(&id);
+            self.statuses.map().remove(&id);
         }
         let watches = self.watches.clone();
+        let statuses = self.statuses.clone();
         self.actor.call(
             "cleanup",
             container.text(),
@@ -245,6 +305,8 @@ impl IsolatorHandle {
                     Ok(id) => {
                         // The container is being destroyed: its limitation no longer matters.
                         watches.end(&id);
+                        // A status() asked before this call may have kept one again.
+                        statuses.map().remove(&id);
                         iso.cleanup(&id)
                             .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
                     }

@@ -312,3 +312,80 @@ fn module_parameters_that_are_not_utf8_fail_creation_naming_them() {
         "{err}"
     );
 }
+
+/// Counts its `status()` calls and reports the count as the classid.
+#[derive(Default)]
+struct CountingStatus {
+    asked: u32,
+}
+
+impl Isolator for CountingStatus {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn prepare(&mut self, _: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        Ok(LaunchInfo::default())
+    }
+    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
+        Ok(())
+    }
+    fn status(&mut self, _: &ContainerId) -> Result<Status, Error> {
+        self.asked += 1;
+        Ok(Status {
+            net_cls_classid: Some(self.asked),
+        })
+    }
+    fn cleanup(&mut self, _: &ContainerId) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+fn classid(outcome: Outcome) -> u32 {
+    match outcome {
+        Outcome::Status(s) => s.net_cls_classid,
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+#[test]
+fn status_is_answered_on_the_callers_thread_from_the_isolators_last_answer() {
+    let handle = IsolatorHandle::start(Box::<CountingStatus>::default()).unwrap();
+    let (done, rx) = completer();
+    handle.prepare_with(config("s1"), done);
+    assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+    // Asked once after prepare; the agent's calls get that answer at once (the
+    // completion has run when the call returns: no worker thread involved).
+    for _ in 0..3 {
+        let (done, rx) = completer();
+        handle.status_with(chain("s1"), done);
+        let now = rx.try_recv().expect("answered on the caller's thread");
+        assert_eq!(classid(now), 1);
+    }
+    // An update asks again.
+    let (done, rx) = completer();
+    handle.update_with(chain("s1"), vec![], done);
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+    let (done, rx) = completer();
+    handle.status_with(chain("s1"), done);
+    assert_eq!(classid(rx.try_recv().expect("answered at once")), 2);
+    // After cleanup nothing is kept: the isolator is asked.
+    let (done, rx) = completer();
+    handle.cleanup_with(chain("s1"), done);
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+    let (done, rx) = completer();
+    handle.status_with(chain("s1"), done);
+    assert_eq!(classid(wait(&rx)), 3);
+    // A container the bridge kept nothing for (recovered, say) is asked, then kept.
+    let (done, rx) = completer();
+    handle.status_with(chain("s2"), done);
+    assert_eq!(classid(wait(&rx)), 4);
+    let (done, rx) = completer();
+    handle.status_with(chain("s2"), done);
+    assert_eq!(
+        classid(rx.try_recv().expect("kept from the last answer")),
+        4
+    );
+}
