@@ -21,6 +21,8 @@ pub struct IsolatorHandle {
     actor: Actor<dyn Isolator>,
     name: &'static str,
     nesting: bool,
+    /// Started with [`IsolatorHandle::start_in_agent`].
+    in_agent: bool,
     watches: Watches,
     statuses: Statuses,
 }
@@ -94,7 +96,7 @@ impl Watches {
 pub fn create_isolator(kind: &str, parameters: &[KeyValue]) -> Result<Box<IsolatorHandle>, String> {
     let params = convert::parameters(parameters).map_err(|e| format!("rein {kind}: {e}"))?;
     let isolator = construct(kind, || build(kind, &params))?;
-    IsolatorHandle::start(isolator)
+    IsolatorHandle::start_in_agent(isolator)
         .map(Box::new)
         .map_err(|e| format!("rein {kind}: starting its thread: {e}"))
 }
@@ -130,14 +132,25 @@ fn decodable<V, T>(
 }
 
 impl IsolatorHandle {
-    /// Runs an isolator on the bridge's worker threads.
+    /// Runs an isolator on the bridge's worker threads, on its own.
     pub fn start(isolator: Box<dyn Isolator>) -> std::io::Result<Self> {
+        Self::spawn(isolator, false)
+    }
+
+    /// As [`start`](Self::start), one of the agent's isolators: its `prepare`
+    /// starts the logger's registration early ([`logger_ahead`]).
+    pub fn start_in_agent(isolator: Box<dyn Isolator>) -> std::io::Result<Self> {
+        Self::spawn(isolator, true)
+    }
+
+    fn spawn(isolator: Box<dyn Isolator>, in_agent: bool) -> std::io::Result<Self> {
         let nesting = isolator.supports_nesting();
         let name = isolator.name();
         Ok(Self {
             actor: Actor::spawn(name, isolator)?,
             name,
             nesting,
+            in_agent,
             watches: Watches::default(),
             statuses: Statuses::default(),
         })
@@ -174,10 +187,12 @@ impl IsolatorHandle {
     /// `prepare()`: the launch info is decided here ([`launch::decide`]), so the
     /// shim only copies it. A launch the policy refuses is undone at once (the
     /// isolator's `cleanup()`), before the failure reaches the agent.
-    /// The first isolator's call also starts the logger's registration
-    /// ([`logger_ahead`]).
+    /// The first of the agent's isolators to be called also starts the logger's
+    /// registration ([`logger_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
-        logger_ahead::start(&config);
+        if self.in_agent {
+            logger_ahead::start(&config);
+        }
         let statuses = self.statuses.clone();
         self.actor.call(
             "prepare",
@@ -290,7 +305,9 @@ impl IsolatorHandle {
     /// what a crash just before `cleanup()` leaves too, and `recover()` handles it.
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
         if let Ok(id) = convert::container_id(container.clone()) {
-            logger_ahead::discard(&id);
+            if self.in_agent {
+                logger_ahead::discard(&id);
+            }
             self.statuses.map().remove(&id);
         }
         let watches = self.watches.clone();

@@ -198,7 +198,7 @@ fn the_isolators_start_the_loggers_registration_and_the_agents_call_takes_it() {
     ])
     .unwrap();
     let isolators: Vec<IsolatorHandle> = (0..3)
-        .map(|_| IsolatorHandle::start(Box::new(Quiet)).unwrap())
+        .map(|_| IsolatorHandle::start_in_agent(Box::new(Quiet)).unwrap())
         .collect();
     let counts = || {
         let (started, claimed, dropped) = early_logger_registrations();
