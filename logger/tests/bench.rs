@@ -18,6 +18,8 @@
 //!   segments past 4 GiB): MB/s parsed+buffered per container and in total
 //!   (from the counters, after a 2 s warm-up), and the worker's CPU.
 //! - `rss_1000_containers`: the worker's and supervisor's RSS with 1,000 live containers.
+//! - `prepare_latency`: the module's `prepare` (the registration round trip to
+//!   the worker) one container at a time: p50 / p90 / p99.
 //!
 //! `REIN_BENCH_EXTRA` (settings separated by `;`) is added to the shipper's
 //! settings of `throughput` and `sustained`; `REIN_SHIPPER_BIN` runs another

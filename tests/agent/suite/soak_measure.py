@@ -54,12 +54,14 @@ LAUNCHING = re.compile(r"Launching container (\S+) for executor '([^']+)'")
 TRANSITION = re.compile(r"Transitioning the state of container (\S+) from (\w+) to (\w+) "
                         r"after ([\d.]+)(ns|us|ms|secs|mins)")
 REGISTERED = re.compile(r"Got registration for executor '([^']+)'")
+CLONING = re.compile(r"Launching container (\S+) and cloning")
 UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "secs": 1e3, "mins": 6e4}
 # The stages of a launch, from the agent log, in ms (a command task's executor id is
 # its task id). "running" is the container's state: the executor process started.
 STAGES = [
     ("assigned -> container launching", None),
-    ("prepare (isolators, logger, clone)", ("PREPARING", "ISOLATING")),
+    ("prepare (isolators, logger)", ("PREPARING", "CLONING")),
+    ("clone (agent fork, launch helper)", ("CLONING", "ISOLATING")),
     ("isolate", ("ISOLATING", "FETCHING")),
     ("fetch", ("FETCHING", "RUNNING")),
     ("executor start -> registered", None),
@@ -93,6 +95,10 @@ def agent_log_times(log_dir):
                     continue
                 if m := ASSIGNED.search(line):
                     tasks.setdefault(m.group(1), {})["assigned"] = log_time(prefix)
+                elif m := CLONING.search(line):
+                    c = containers.get(m.group(1))
+                    if c is not None:
+                        c["CLONING"] = log_time(prefix)
                 elif m := LAUNCHING.search(line):
                     containers[m.group(1)] = {"task": m.group(2), "at": log_time(prefix)}
                 elif m := TRANSITION.search(line):
@@ -107,11 +113,13 @@ def agent_log_times(log_dir):
         stages = {}
         if "assigned" in rec:
             stages[STAGES[0][0]] = (c["at"] - rec["assigned"]) * 1000
-        for stage, edge in STAGES[1:4]:
+        for stage, edge in STAGES[1:5]:
             if edge in c:
                 stages[stage] = c[edge]
+            elif edge[0] in c and edge[1] in c:
+                stages[stage] = (c[edge[1]] - c[edge[0]]) * 1000
         if "RUNNING" in c and c["task"] in registered:
-            stages[STAGES[4][0]] = (registered[c["task"]] - c["RUNNING"]) * 1000
+            stages[STAGES[5][0]] = (registered[c["task"]] - c["RUNNING"]) * 1000
         rec["stages"] = stages
         rec["registered"] = registered.get(c["task"])
     return tasks
