@@ -28,5 +28,5 @@ pub use agent::install_mesos_enums;
 pub use bridge::ffi::*;
 pub use isolator::{create_isolator, IsolatorHandle};
 pub use log::install_log_sink;
-pub use logger::{create_logger, LoggerHandle};
+pub use logger::{create_logger, LoggerHandle, PREPARE_THREADS};
 pub use logger_ahead::counts as early_logger_registrations;

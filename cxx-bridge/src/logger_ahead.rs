@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rein_core::ContainerId;
@@ -28,6 +28,7 @@ use rein_log_module::module::{ContainerIo, LoggerModule};
 use crate::actor::{error_chain, panic_message, run_call, Completer, Outcome};
 use crate::bridge::ffi::{ContainerConfigView, ContainerIoView, KeyValue, ResourceEntry};
 use crate::convert;
+use crate::logger::PreparePool;
 
 /// A job for the logger's threads.
 pub(crate) type Job = Box<dyn FnOnce(&LoggerModule) + Send>;
@@ -41,7 +42,7 @@ pub(crate) const UNCLAIMED_FOR: Duration = Duration::from_secs(600);
 struct Target {
     instance: u64,
     params: Vec<(String, String)>,
-    jobs: mpsc::Sender<Job>,
+    pool: Weak<PreparePool>,
 }
 
 enum State {
@@ -87,13 +88,13 @@ pub fn counts() -> (u64, u64, u64) {
 }
 
 /// A new logger instance; the first becomes the target of early registrations.
-pub(crate) fn offer(instance: u64, params: &[(String, String)], jobs: &mpsc::Sender<Job>) {
+pub(crate) fn offer(instance: u64, params: &[(String, String)], pool: &Arc<PreparePool>) {
     let mut a = ahead();
     if a.target.is_none() {
         a.target = Some(Target {
             instance,
             params: params.to_vec(),
-            jobs: jobs.clone(),
+            pool: Arc::downgrade(pool),
         });
     }
 }
@@ -123,7 +124,10 @@ pub(crate) fn start(config: &ContainerConfigView) {
     if a.entries.contains_key(&id) {
         return;
     }
-    let (jobs, params) = (target.jobs.clone(), target.params.clone());
+    let Some(pool) = target.pool.upgrade() else {
+        return;
+    };
+    let params = target.params.clone();
     sweep(&mut a);
     a.entries.insert(
         id.clone(),
@@ -137,7 +141,9 @@ pub(crate) fn start(config: &ContainerConfigView) {
     drop(a);
     let view = config.clone();
     let job_id = id.clone();
+    let unfinished = Unfinished(Some(id));
     let job: Job = Box::new(move |logger: &LoggerModule| {
+        unfinished.disarm();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let spec = convert::container_spec(view).map_err(|e| e.to_string())?;
             logger.prepare(&spec).map_err(|e| error_chain(&e))
@@ -152,10 +158,26 @@ pub(crate) fn start(config: &ContainerConfigView) {
         });
         finish(&job_id, result);
     });
-    if jobs.send(job).is_ok() {
-        STARTED.fetch_add(1, Ordering::Relaxed);
-    } else {
-        ahead().entries.remove(&id);
+    STARTED.fetch_add(1, Ordering::Relaxed);
+    pool.submit(job);
+}
+
+/// Finishes an early registration whose job was dropped unrun (the logger's
+/// threads are gone), so that the agent's call waiting for it fails instead.
+struct Unfinished(Option<ContainerId>);
+
+impl Unfinished {
+    /// The job runs: it finishes the registration itself.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.take() {
+            finish(&id, Err("rein logger: its prepare threads are gone".into()));
+        }
     }
 }
 

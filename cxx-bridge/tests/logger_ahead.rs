@@ -272,4 +272,10 @@ fn the_isolators_start_the_loggers_registration_and_the_agents_call_takes_it() {
 
     let (started, claimed, dropped) = early_logger_registrations();
     assert_eq!((started, claimed, dropped), (4, 2, 2), "{}", counts());
+    // One launch at a time needs one thread (two in a race of its counters).
+    assert!(
+        logger.prepare_threads() <= 2,
+        "{} threads",
+        logger.prepare_threads()
+    );
 }

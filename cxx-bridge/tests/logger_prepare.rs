@@ -74,12 +74,19 @@ fn launches_against_a_silent_shipper_do_not_queue_behind_one_another() {
         KeyValue::new("shipper_timeout", "1s"),
     ])
     .unwrap();
+    // Threads start as calls wait for one: one to begin with.
+    assert_eq!(handle.prepare_threads(), 1);
     let first: Vec<String> = (0..50).map(|i| format!("c{i}")).collect();
     let took = launch(&handle, d.path(), &first);
-    eprintln!("50 launches against a silent shipper: {took:?}");
+    let threads = handle.prepare_threads();
+    eprintln!("50 launches against a silent shipper: {took:?}, {threads} threads");
     assert!(
         took < Duration::from_millis(3500),
-        "50 launches took {took:?}: they queued behind one another"
+        "50 launches took {took:?} on {threads} threads: they queued behind one another"
+    );
+    assert!(
+        (2..=rein_modules::PREPARE_THREADS).contains(&threads),
+        "{threads} threads"
     );
     let later: Vec<String> = (0..50).map(|i| format!("later{i}")).collect();
     let took = launch(&handle, d.path(), &later);
