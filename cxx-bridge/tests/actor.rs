@@ -5,22 +5,11 @@ use std::time::Duration;
 
 use rein_core::isolator::{Error, Limitation, LimitationNotifier};
 use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Status};
-use rein_modules::{
-    Completer, ContainerChain, ContainerConfigView, IsolatorHandle, KeyValue, Outcome,
-};
+use rein_modules::{ContainerChain, ContainerConfigView, IsolatorHandle, KeyValue, Outcome};
 
-struct Channel(mpsc::Sender<Outcome>);
+mod common;
 
-impl Completer for Channel {
-    fn complete(self: Box<Self>, outcome: Outcome) {
-        let _ = self.0.send(outcome);
-    }
-}
-
-fn completer() -> (Box<dyn Completer>, mpsc::Receiver<Outcome>) {
-    let (tx, rx) = mpsc::channel();
-    (Box::new(Channel(tx)), rx)
-}
+use common::completer;
 
 fn wait(rx: &mpsc::Receiver<Outcome>) -> Outcome {
     rx.recv_timeout(Duration::from_secs(5))
@@ -313,36 +302,6 @@ fn module_parameters_that_are_not_utf8_fail_creation_naming_them() {
     );
 }
 
-/// Counts its `status()` calls and reports the count as the classid.
-#[derive(Default)]
-struct CountingStatus {
-    asked: u32,
-}
-
-impl Isolator for CountingStatus {
-    fn name(&self) -> &'static str {
-        "counting"
-    }
-    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
-        Ok(())
-    }
-    fn prepare(&mut self, _: &ContainerSpec) -> Result<LaunchInfo, Error> {
-        Ok(LaunchInfo::default())
-    }
-    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
-        Ok(())
-    }
-    fn status(&mut self, _: &ContainerId) -> Result<Status, Error> {
-        self.asked += 1;
-        Ok(Status {
-            net_cls_classid: Some(self.asked),
-        })
-    }
-    fn cleanup(&mut self, _: &ContainerId) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
 fn classid(outcome: Outcome) -> u32 {
     match outcome {
         Outcome::Status(s) => s.net_cls_classid,
@@ -352,7 +311,7 @@ fn classid(outcome: Outcome) -> u32 {
 
 #[test]
 fn status_is_answered_on_the_callers_thread_from_the_isolators_last_answer() {
-    let handle = IsolatorHandle::start(Box::<CountingStatus>::default()).unwrap();
+    let handle = IsolatorHandle::start(Box::<common::Quiet>::default()).unwrap();
     let (done, rx) = completer();
     handle.prepare_with(config("s1"), done);
     assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));

@@ -8,49 +8,17 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rein_core::isolator::Error;
-use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer};
+mod common;
+
+use common::completer;
 use rein_log_module::proto;
 use rein_modules::{
-    create_logger, early_logger_registrations, Completer, ContainerChain, ContainerConfigView,
-    IsolatorHandle, KeyValue, Outcome,
+    create_logger, early_logger_registrations, ContainerChain, ContainerConfigView, IsolatorHandle,
+    KeyValue, Outcome,
 };
-
-struct Quiet;
-
-impl Isolator for Quiet {
-    fn name(&self) -> &'static str {
-        "quiet"
-    }
-    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
-        Ok(())
-    }
-    fn prepare(&mut self, _: &ContainerSpec) -> Result<LaunchInfo, Error> {
-        Ok(LaunchInfo::default())
-    }
-    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
-        Ok(())
-    }
-    fn cleanup(&mut self, _: &ContainerId) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-struct Channel(mpsc::Sender<Outcome>);
-
-impl Completer for Channel {
-    fn complete(self: Box<Self>, outcome: Outcome) {
-        let _ = self.0.send(outcome);
-    }
-}
-
-fn completer() -> (Box<dyn Completer>, mpsc::Receiver<Outcome>) {
-    let (tx, rx) = mpsc::channel();
-    (Box::new(Channel(tx)), rx)
-}
 
 /// What the test's shipper received: per container key, the stdout read end of
 /// each registration; keys held are answered only once released.
@@ -198,7 +166,7 @@ fn the_isolators_start_the_loggers_registration_and_the_agents_call_takes_it() {
     ])
     .unwrap();
     let isolators: Vec<IsolatorHandle> = (0..3)
-        .map(|_| IsolatorHandle::start_in_agent(Box::new(Quiet)).unwrap())
+        .map(|_| IsolatorHandle::start_in_agent(Box::<common::Quiet>::default()).unwrap())
         .collect();
     let counts = || {
         let (started, claimed, dropped) = early_logger_registrations();

@@ -1,0 +1,56 @@
+//! What the bridge's tests share: a completer that sends the outcome down a
+//! channel, and an isolator that does nothing but count its `status()` calls.
+
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+
+use rein_core::isolator::Error;
+use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Status};
+use rein_modules::{Completer, Outcome};
+
+/// Sends its outcome.
+pub struct Channel(pub mpsc::Sender<Outcome>);
+
+impl Completer for Channel {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        let _ = self.0.send(outcome);
+    }
+}
+
+/// A completer and where its outcome arrives.
+pub fn completer() -> (Box<dyn Completer>, mpsc::Receiver<Outcome>) {
+    let (tx, rx) = mpsc::channel();
+    (Box::new(Channel(tx)), rx)
+}
+
+/// Succeeds at everything; reports how many times `status()` was asked as the
+/// classid.
+#[derive(Default)]
+pub struct Quiet {
+    asked: u32,
+}
+
+impl Isolator for Quiet {
+    fn name(&self) -> &'static str {
+        "quiet"
+    }
+    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn prepare(&mut self, _: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        Ok(LaunchInfo::default())
+    }
+    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
+        Ok(())
+    }
+    fn status(&mut self, _: &ContainerId) -> Result<Status, Error> {
+        self.asked += 1;
+        Ok(Status {
+            net_cls_classid: Some(self.asked),
+        })
+    }
+    fn cleanup(&mut self, _: &ContainerId) -> Result<(), Error> {
+        Ok(())
+    }
+}
