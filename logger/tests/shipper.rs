@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::shipper::{buffered_seqs, run_container, sandbox_stream, spec, Shipper};
@@ -700,6 +701,17 @@ fn parser_policy(worker: i32) -> Option<u32> {
     None
 }
 
+/// True while process `pid` sleeps in write(2) or writev(2) (its pipe is full).
+fn blocked_writing(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let sleeping = stat
+        .rfind(')')
+        .is_some_and(|i| stat[i + 1..].trim_start().starts_with('S'));
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let nr = syscall.split(' ').next().unwrap_or("");
+    sleeping && (nr == libc::SYS_write.to_string() || nr == libc::SYS_writev.to_string())
+}
+
 /// Waits for `f`, printing the shipper's counters if it never holds.
 fn wait_for(sh: &Shipper, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -736,11 +748,33 @@ fn parser_takes_idle_cpu_until_a_burst_outgrows_its_allowance() {
         sh.counters()["reader"]["parser_idle"] == 1
     });
     let m = sh.module();
-    let mut c = run_container(
-        &m,
-        &spec("burst", &d.path().join("b"), &[]),
-        &["--lines", "50000", "--prefix", "b"],
-    );
+    let io = m.prepare(&spec("burst", &d.path().join("b"), &[])).unwrap();
+    assert!(io.shipped, "the shipper did not take the container");
+    // The worker stopped while the container fills its pipe: once it runs again
+    // the reader moves the whole pipe at once, far ahead of the parser, which
+    // then stops behind it at the full buffer, however loaded the machine is
+    // (reading as slowly as the container writes, the parser could keep up until
+    // the buffer filled, leaving nothing behind to promote it for).
+    // SAFETY: kill(2) of the shipper's worker, a process of this test.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rein-log-loadgen"))
+        .args(["--lines", "50000", "--prefix", "b"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(io.stdout))
+        .stderr(Stdio::from(io.stderr))
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !blocked_writing(c.id()) {
+        if t.elapsed() > Duration::from_secs(60) {
+            // SAFETY: as above.
+            unsafe { libc::kill(worker, libc::SIGCONT) };
+            panic!("the container never filled its pipe");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(worker, libc::SIGCONT) };
     // A loaded machine may take long to fill the buffer: generous.
     wait_for(&sh, "the promoted parser", Duration::from_secs(60), || {
         parser_policy(worker) == Some(0)
