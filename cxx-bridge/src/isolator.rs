@@ -92,6 +92,17 @@ impl Watches {
     }
 }
 
+/// The disk isolator's name: its `prepare` tags the sandbox ([`logger_ahead`]).
+const DISK: &str = "disk";
+
+impl Drop for IsolatorHandle {
+    fn drop(&mut self) {
+        if self.in_agent && self.name == DISK {
+            logger_ahead::disk_isolator(false);
+        }
+    }
+}
+
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
 pub fn create_isolator(kind: &str, parameters: &[KeyValue]) -> Result<Box<IsolatorHandle>, String> {
     let params = convert::parameters(parameters).map_err(|e| format!("rein {kind}: {e}"))?;
@@ -146,6 +157,9 @@ impl IsolatorHandle {
     fn spawn(isolator: Box<dyn Isolator>, in_agent: bool) -> std::io::Result<Self> {
         let nesting = isolator.supports_nesting();
         let name = isolator.name();
+        if in_agent && name == DISK {
+            logger_ahead::disk_isolator(true);
+        }
         Ok(Self {
             actor: Actor::spawn(name, isolator)?,
             name,
@@ -190,9 +204,12 @@ impl IsolatorHandle {
     /// The first of the agent's isolators to be called also starts the logger's
     /// registration ([`logger_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
-        if self.in_agent {
-            logger_ahead::start(&config);
+        let tags_sandbox = self.in_agent && self.name == DISK;
+        if self.in_agent && !tags_sandbox {
+            logger_ahead::start_from(false, &config);
         }
+        // The disk isolator starts it once the sandbox is tagged (after its prepare).
+        let early = tags_sandbox.then(|| config.clone());
         let statuses = self.statuses.clone();
         self.actor.call(
             "prepare",
@@ -213,6 +230,9 @@ impl IsolatorHandle {
                         // Kept for the agent's status() calls; a failure here is
                         // the isolator's own answer when the agent asks.
                         let _ = statuses.refresh(iso, &spec.id);
+                        if let Some(config) = &early {
+                            logger_ahead::start_from(true, config);
+                        }
                         Outcome::LaunchInfo(view)
                     }
                     Err(refusal) => {

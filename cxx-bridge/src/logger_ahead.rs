@@ -14,6 +14,15 @@
 //! An answer the agent never asks for (a later isolator failed the launch) is
 //! dropped at the isolators' `cleanup()`, or after [`UNCLAIMED_FOR`]: closing its
 //! pipes ends the container at the shipper as one that exited at once.
+//!
+//! The shipper creates the sandbox's `stdout` and `stderr` while it registers, and
+//! the disk isolator gives the sandbox's files its project id by walking it: a file
+//! made under a temporary name and renamed while the walk runs could miss the id
+//! and the container's quota. With a rein disk isolator in the agent, its
+//! `prepare` (after the walk, which leaves the sandbox passing the id on to every
+//! new file) is what starts the registration; list it first in `--isolation` so
+//! that the registration still overlaps the other isolators. Mesos's own
+//! `disk/xfs` walks the sandbox too: list it before the rein isolators.
 
 use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
@@ -107,10 +116,29 @@ pub(crate) fn withdraw(instance: u64) {
     }
 }
 
-/// Called by every rein isolator's `prepare` on the caller's thread (cheap: a
-/// copy of the config and a message); the first one for a container starts its
-/// registration.
-pub(crate) fn start(config: &ContainerConfigView) {
+static DISK_ISOLATORS: AtomicU64 = AtomicU64::new(0);
+
+/// A rein disk isolator joins (`true`) or leaves (`false`) the agent: while one is
+/// there, only its `prepare` starts registrations.
+pub(crate) fn disk_isolator(present: bool) {
+    if present {
+        DISK_ISOLATORS.fetch_add(1, Ordering::SeqCst);
+    } else {
+        DISK_ISOLATORS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Called by each of the agent's rein isolators' `prepare`: `tags_sandbox` for the
+/// disk isolator, once its `prepare` has tagged the sandbox; the others, on the
+/// caller's thread, only when the agent has no disk isolator. The first call for a
+/// container starts its registration (cheap: a copy of the config and a message).
+pub(crate) fn start_from(tags_sandbox: bool, config: &ContainerConfigView) {
+    if tags_sandbox || DISK_ISOLATORS.load(Ordering::SeqCst) == 0 {
+        start(config);
+    }
+}
+
+fn start(config: &ContainerConfigView) {
     if config.container.ids.len() != 1 || config.debug {
         return;
     }

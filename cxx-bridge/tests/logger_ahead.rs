@@ -246,4 +246,21 @@ fn the_isolators_start_the_loggers_registration_and_the_agents_call_takes_it() {
         "{} threads",
         logger.prepare_threads()
     );
+
+    // 6. With a disk isolator in the agent, only its prepare starts the
+    //    registration (the shipper's sandbox files are made once the sandbox is
+    //    tagged with the project id): not the isolators before it.
+    let disk = IsolatorHandle::start_in_agent(Box::new(common::Quiet::named("disk"))).unwrap();
+    let view = config(&["c6"], &d.path().join("c6"), "a");
+    prepare_isolators(&isolators, &view);
+    assert_eq!(early_logger_registrations().0, started, "{}", counts());
+    assert_eq!(shipper.registrations("c6"), 0);
+    prepare_isolators(std::slice::from_ref(&disk), &view);
+    assert!(shipper.wait_for("c6", 1), "{}", counts());
+    let (done, rx) = completer();
+    logger.prepare_with(view, done);
+    write_to(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "six\n");
+    assert_eq!(shipper.registrations("c6"), 1, "{}", counts());
+    assert_eq!(shipper.read_all("c6", 0), "six\n");
+    assert_eq!(early_logger_registrations().1, claimed + 1, "{}", counts());
 }

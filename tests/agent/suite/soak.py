@@ -104,8 +104,8 @@ class SoakBench(EgressPhase, LoggerPhase, SuiteBase):
                                      "allowed_sinks": "none"},
         })
         rein = self.agent("agent-rein", free_port(),
-                          "filesystem/posix,cgroups/cpu,rein_NetClsIsolator,"
-                          "rein_BlkioIsolator,rein_DiskIsolator", self.root_rein, manifest,
+                          "filesystem/posix,cgroups/cpu,rein_DiskIsolator,"
+                          "rein_NetClsIsolator,rein_BlkioIsolator", self.root_rein, manifest,
                           extra=["--container_logger=rein_ContainerLogger"])
         rein.start()
         base, base_id = self.baseline()

@@ -74,8 +74,8 @@ class TenantPhase:
             extra = ["--container_logger=rein_ContainerLogger"]
         manifest = self.write_manifest("modules-tenant.json", modules)
         tn = self.agent("agent-tenant", free_port(),
-                        "filesystem/posix,cgroups/cpu,rein_NetClsIsolator,"
-                        "rein_BlkioIsolator,rein_DiskIsolator", self.root_tn, manifest,
+                        "filesystem/posix,cgroups/cpu,rein_DiskIsolator,"
+                        "rein_NetClsIsolator,rein_BlkioIsolator", self.root_tn, manifest,
                         extra=extra, switch_user=True)
         tn.start()
         tn_id = self.agent_id(tn)
