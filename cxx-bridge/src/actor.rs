@@ -136,17 +136,28 @@ pub(crate) fn run_call(
     done: Box<dyn Completer>,
     work: impl FnOnce() -> Outcome,
 ) {
+    let outcome = guarded(name, method, container, work).unwrap_or_else(Outcome::Failed);
+    deliver(done, outcome);
+}
+
+/// Runs a module's work inside a span naming the module, the call and the
+/// container; a panic becomes `Err` with the message the agent is given (and logged).
+pub(crate) fn guarded<T>(
+    name: &'static str,
+    method: &'static str,
+    container: &str,
+    work: impl FnOnce() -> T,
+) -> Result<T, String> {
     let span = tracing::info_span!("rein", module = name, call = method, container = %container);
     let _entered = span.enter();
-    let outcome = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+    catch_unwind(AssertUnwindSafe(work)).map_err(|panic| {
         let message = format!(
             "rein {name} panicked in {method}: {}",
             panic_message(&*panic)
         );
         tracing::error!("{message}");
-        Outcome::Failed(message)
-    });
-    deliver(done, outcome);
+        message
+    })
 }
 
 /// As [`run_call`], with the removal of the state records the call removes put off

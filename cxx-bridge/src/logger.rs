@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use cxx::UniquePtr;
-use rein_log_module::module::LoggerModule;
+use rein_log_module::module::{ContainerIo, LoggerModule};
 
 use crate::actor::{construct, error_chain, run_call, Completer, CxxCompleter, Outcome};
 use crate::bridge::ffi::{Completion, ContainerConfigView, ContainerIoView, KeyValue};
@@ -35,7 +35,7 @@ pub struct LoggerHandle {
 
 /// The threads running a logger's `prepare` calls.
 pub(crate) struct PreparePool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     module: Arc<LoggerModule>,
     /// Jobs sent and not yet taken by a thread.
@@ -49,7 +49,7 @@ impl PreparePool {
     fn new(module: LoggerModule) -> Result<Self, String> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let pool = PreparePool {
-            jobs: Mutex::new(jobs),
+            jobs,
             rx: Arc::new(Mutex::new(rx)),
             module: Arc::new(module),
             waiting: Arc::default(),
@@ -65,12 +65,7 @@ impl PreparePool {
     /// threads (more than needed in a race, never fewer).
     pub(crate) fn submit(&self, job: Job) {
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(job);
-        if let Err(mpsc::SendError(job)) = sent {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             // The threads are gone (they never are, short of process exit):
             // dropping the completion fails the call rather than leave the
             // agent waiting.
@@ -124,6 +119,26 @@ impl PreparePool {
     }
 }
 
+/// The logger's `prepare` for `config`: the container's descriptors, or why not.
+pub(crate) fn prepare_io(
+    logger: &LoggerModule,
+    config: ContainerConfigView,
+) -> Result<ContainerIo, String> {
+    let spec = convert::container_spec(config).map_err(|e| e.to_string())?;
+    logger.prepare(&spec).map_err(|e| error_chain(&e))
+}
+
+/// The answer to the shim: the descriptors pass to the containerizer.
+pub(crate) fn io_outcome(result: Result<ContainerIo, String>) -> Outcome {
+    match result {
+        Ok(io) => Outcome::ContainerIo(ContainerIoView {
+            stdout_fd: io.stdout.into_raw_fd(),
+            stderr_fd: io.stderr.into_raw_fd(),
+        }),
+        Err(message) => Outcome::Failed(message),
+    }
+}
+
 /// Creates the logger; a bad parameter is an error the shim reports to the agent.
 pub fn create_logger(parameters: &[KeyValue]) -> Result<Box<LoggerHandle>, String> {
     let params = convert::parameters(parameters).map_err(|e| format!("rein logger: {e}"))?;
@@ -155,17 +170,7 @@ impl LoggerHandle {
         let text = config.container.text();
         let job: Job = Box::new(move |logger: &LoggerModule| {
             run_call("logger", "prepare", &text, done, || {
-                let spec = match convert::container_spec(config) {
-                    Ok(spec) => spec,
-                    Err(e) => return Outcome::Failed(e.to_string()),
-                };
-                match logger.prepare(&spec) {
-                    Ok(io) => Outcome::ContainerIo(ContainerIoView {
-                        stdout_fd: io.stdout.into_raw_fd(),
-                        stderr_fd: io.stderr.into_raw_fd(),
-                    }),
-                    Err(e) => Outcome::Failed(error_chain(&e)),
-                }
+                io_outcome(prepare_io(logger, config))
             });
         });
         self.pool.submit(job);

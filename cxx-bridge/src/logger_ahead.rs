@@ -25,8 +25,6 @@
 //! `disk/xfs` walks the sandbox too: list it before the rein isolators.
 
 use std::collections::HashMap;
-use std::os::fd::IntoRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -34,10 +32,10 @@ use std::time::{Duration, Instant};
 use rein_core::ContainerId;
 use rein_log_module::module::{ContainerIo, LoggerModule};
 
-use crate::actor::{error_chain, panic_message, run_call, Completer, Outcome};
-use crate::bridge::ffi::{ContainerConfigView, ContainerIoView, KeyValue, ResourceEntry};
+use crate::actor::{guarded, run_call, Completer};
+use crate::bridge::ffi::{ContainerConfigView, KeyValue, ResourceEntry};
 use crate::convert;
-use crate::logger::PreparePool;
+use crate::logger::{io_outcome, prepare_io, PreparePool};
 
 /// A job for the logger's threads.
 pub(crate) type Job = Box<dyn FnOnce(&LoggerModule) + Send>;
@@ -168,22 +166,13 @@ fn start(config: &ContainerConfigView) {
     );
     drop(a);
     let view = config.clone();
+    let text = config.container.text();
     let job_id = id.clone();
     let unfinished = Unfinished(Some(id));
     let job: Job = Box::new(move |logger: &LoggerModule| {
         unfinished.disarm();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let spec = convert::container_spec(view).map_err(|e| e.to_string())?;
-            logger.prepare(&spec).map_err(|e| error_chain(&e))
-        }))
-        .unwrap_or_else(|panic| {
-            let message = format!(
-                "rein logger panicked in prepare: {}",
-                panic_message(&*panic)
-            );
-            tracing::error!(container = %job_id, "{message}");
-            Err(message)
-        });
+        let result =
+            guarded("logger", "prepare", &text, || prepare_io(logger, view)).and_then(|io| io);
         finish(&job_id, result);
     });
     STARTED.fetch_add(1, Ordering::Relaxed);
@@ -228,7 +217,7 @@ fn finish(id: &ContainerId, result: Result<ContainerIo, String>) {
             a.entries.remove(id);
             drop(a);
             CLAIMED.fetch_add(1, Ordering::Relaxed);
-            run_call("logger", "prepare", &text, done, || outcome(result));
+            run_call("logger", "prepare", &text, done, || io_outcome(result));
         }
         None => {
             if let Some(entry) = a.entries.get_mut(id) {
@@ -285,7 +274,7 @@ pub(crate) fn claim(
             drop(a);
             CLAIMED.fetch_add(1, Ordering::Relaxed);
             run_call("logger", "prepare", &config.container.text(), done, || {
-                outcome(result)
+                io_outcome(result)
             });
             Ok(())
         }
@@ -341,16 +330,6 @@ fn unclaimed(id: &ContainerId, why: &str, result: Result<ContainerIo, String>) {
         "early registration dropped ({why}); its pipes are closed"
     );
     drop(result);
-}
-
-fn outcome(result: Result<ContainerIo, String>) -> Outcome {
-    match result {
-        Ok(io) => Outcome::ContainerIo(ContainerIoView {
-            stdout_fd: io.stdout.into_raw_fd(),
-            stderr_fd: io.stderr.into_raw_fd(),
-        }),
-        Err(message) => Outcome::Failed(message),
-    }
 }
 
 /// Every field the logger reads, byte for byte.
