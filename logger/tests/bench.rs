@@ -247,6 +247,14 @@ fn throughput() {
 }
 
 /// `REIN_BENCH_EXTRA`: shipper settings added to every configuration.
+/// The number in the environment variable `name`, or `default` when unset or not one.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn bench_extra() -> String {
     std::env::var("REIN_BENCH_EXTRA")
         .unwrap_or_default()
@@ -288,15 +296,8 @@ fn fresh_parsed(state: &std::path::Path) -> (std::time::SystemTime, u64) {
 #[ignore]
 fn sustained() {
     let d = tempfile::tempdir().unwrap();
-    let secs: f64 = std::env::var("REIN_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20.0_f64)
-        .max(5.0);
-    let k: usize = std::env::var("REIN_BENCH_CONTAINERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let secs = env_or("REIN_BENCH_SECS", 20.0_f64).max(5.0);
+    let k: usize = env_or("REIN_BENCH_CONTAINERS", 4);
     let sd = d.path().join("state");
     std::fs::create_dir_all(&sd).unwrap();
     let mut sh = Shipper::start(
@@ -403,10 +404,7 @@ fn rss_1000_containers() {
 #[test]
 #[ignore]
 fn prepare_latency() {
-    let n: usize = std::env::var("REIN_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let n: usize = env_or("REIN_BENCH_N", 500);
     let d = tempfile::tempdir().unwrap();
     let sh = Shipper::start(d.path(), "es_url = http://127.0.0.1:9\n");
     let m = sh.module();
