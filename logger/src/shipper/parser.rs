@@ -84,7 +84,17 @@ struct Turn {
 /// counted and logged by the buffer, which keeps the records queued: the
 /// streams feeding it are held back until a retry succeeds.
 fn commit(wal: &Wal, counters: &Counters) -> bool {
-    match wal.commit() {
+    counted(wal.commit(), counters)
+}
+
+/// The same after a turn: while another parser thread writes to `wal`, it
+/// writes these records too and this one goes on parsing.
+fn commit_or_leave(wal: &Wal, counters: &Counters) -> bool {
+    counted(wal.commit_or_leave(), counters)
+}
+
+fn counted(written: Result<u64, crate::wal::WalError>, counters: &Counters) -> bool {
+    match written {
         Ok(n) => {
             counters.records_buffered.fetch_add(n, Ordering::Relaxed);
             true
@@ -429,7 +439,7 @@ impl Ctx {
                 self.turn = None;
             }
             if let Some(w) = j.wal.as_ref().filter(|_| !held) {
-                commit(w, &self.counters);
+                commit_or_leave(w, &self.counters);
             }
         }
         self.counters
@@ -513,7 +523,7 @@ impl Ctx {
             }
             if made > 0 {
                 for w in j.wal.iter().chain(j.file_wals.iter()) {
-                    commit(w, &self.counters);
+                    commit_or_leave(w, &self.counters);
                 }
             }
             busy |= did;

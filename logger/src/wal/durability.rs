@@ -3,7 +3,14 @@
 //! kept in memory (at most [`MAX_UNSYNCED`]): after a failed sync the kernel
 //! may have dropped them from the page cache, so they are written again
 //! before the next sync, and nothing is reported durable until then.
+//!
+//! Writeback starts early: every [`WRITEBACK_STEP`] written, the kernel is
+//! asked to start writing those pages out (`sync_file_range`, which does
+//! not wait), so the `fdatasync` that follows finds them mostly on disk and
+//! holds a producer (or, past [`MAX_UNSYNCED`], every producer) briefly
+//! instead of for a whole interval's bytes at once.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::Instant;
@@ -17,7 +24,31 @@ use super::Wal;
 /// after a failed sync): past it, a sync comes before the next write.
 pub(super) const MAX_UNSYNCED: usize = 16 << 20;
 
+/// Bytes written between two starts of writeback.
+pub(super) const WRITEBACK_STEP: u64 = 2 << 20;
+
 impl Writer {
+    /// Starts writing back what was written since the last start, once it
+    /// is [`WRITEBACK_STEP`] or more. Only a hint: it waits for nothing
+    /// and its failure is not one (the next `fdatasync` reports errors).
+    pub(super) fn start_writeback(&mut self) {
+        let from = self.flushing.max(self.synced);
+        if self.len < from + WRITEBACK_STEP {
+            return;
+        }
+        let (Ok(off), Ok(n)) = (i64::try_from(from), i64::try_from(self.len - from)) else {
+            return;
+        };
+        // SAFETY: `sync_file_range` only reads its integer arguments; the
+        // descriptor is the open segment, owned by `self.file`.
+        let r = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if r == 0 {
+            self.flushing = self.len;
+        }
+    }
+
     fn sync_failed(&mut self) {
         self.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
         self.unsynced = true;

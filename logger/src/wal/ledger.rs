@@ -33,6 +33,30 @@ pub struct Pos {
 pub(super) struct Segment {
     pub(super) seq: u64,
     pub(super) len: u64,
+    /// Its records, when this process wrote all of them (not for a segment
+    /// found at start): a segment dropped before a sink read any of it is
+    /// counted without reading it back.
+    pub(super) records: Option<u64>,
+}
+
+impl Segment {
+    /// A segment found on disk (its records unknown).
+    pub(super) fn found(seq: u64, len: u64) -> Segment {
+        Segment {
+            seq,
+            len,
+            records: None,
+        }
+    }
+
+    /// A segment this process starts.
+    pub(super) fn new(seq: u64) -> Segment {
+        Segment {
+            seq,
+            len: 0,
+            records: Some(0),
+        }
+    }
 }
 
 /// The oldest segment, taken out of the ledger by the drop-oldest policy.
@@ -44,6 +68,8 @@ pub(super) struct Dropped {
     pub(super) from: u64,
     /// Offset up to which a sink holds its records (read, not acknowledged).
     pub(super) held_to: u64,
+    /// Its records, if known (see [`Segment::records`]).
+    pub(super) records: Option<u64>,
     /// The cursor moved past it (to be saved: only a restart would suffer,
     /// starting at the first segment left).
     pub(super) moved: bool,
@@ -106,10 +132,12 @@ impl Ledger {
         self.stats.buffer_bytes.store(total, Ordering::Relaxed);
     }
 
-    /// The writer wrote `added` bytes to segment `seq`, now `len` long.
-    pub(super) fn publish(&mut self, seq: u64, len: u64, added: u64) {
+    /// The writer wrote `added` bytes holding `records` records to segment
+    /// `seq`, now `len` long.
+    pub(super) fn publish(&mut self, seq: u64, len: u64, added: u64, records: u64) {
         if let Some(s) = self.segs.last_mut().filter(|s| s.seq == seq) {
             s.len = len;
+            s.records = s.records.map(|n| n + records);
         }
         self.set_total(self.total + added);
     }
@@ -118,7 +146,7 @@ impl Ledger {
     /// segment acknowledged to its end (to be saved: it goes now, the sink
     /// may have nothing more to acknowledge for a while).
     pub(super) fn rolled(&mut self, seq: u64) -> bool {
-        self.segs.push(Segment { seq, len: 0 });
+        self.segs.push(Segment::new(seq));
         self.advance_cursor()
     }
 
@@ -211,6 +239,7 @@ impl Ledger {
             len: old.len,
             from,
             held_to,
+            records: old.records,
             moved,
         })
     }

@@ -36,6 +36,7 @@ mod format;
 mod ledger;
 mod meta;
 mod policy;
+mod queue;
 mod reader;
 mod recovery;
 mod stall;
@@ -60,8 +61,12 @@ pub use stats::WalStats;
 #[derive(Debug)]
 pub struct Wal {
     cfg: WalConfig,
-    /// The queue, the last segment and its durability (lock order: first).
+    /// The last segment, its durability and the records taken from the
+    /// queue but not written yet (lock order: first).
     writer: Mutex<writer::Writer>,
+    /// Records queued by producers (lock order: after the writer's; a
+    /// producer holds no other lock).
+    queue: Mutex<queue::Queued>,
     /// The cursor last saved; held while the cursor file is written (lock
     /// order: after the writer's, before the ledger's).
     saved: Mutex<Pos>,
@@ -102,7 +107,7 @@ impl Wal {
     /// the batch); they reach the file at the next [`Wal::commit`].
     pub fn push_framed(&self, framed: &[u8], records: u64) {
         if records > 0 {
-            self.writer().queue(framed, records);
+            self.queue().push(framed, records);
         }
     }
 
@@ -110,13 +115,13 @@ impl Wal {
     /// queued.
     pub fn push_framed_vec(&self, framed: &mut Vec<u8>, records: u64) {
         if !framed.is_empty() {
-            self.writer().queue_vec(framed, records);
+            self.queue().push_vec(framed, records);
         }
     }
 
     /// Queues one record; it reaches the file at the next [`Wal::commit`].
     pub fn push(&self, payload: &[u8]) {
-        self.writer().queue_one(payload);
+        self.queue().push_one(payload);
     }
 
     /// True while records wait for a failed write or sync to succeed: the

@@ -72,8 +72,13 @@ impl Wal {
     }
 }
 
-/// The records of a dropped segment a sink holds, and those lost.
+/// The records of a dropped segment a sink holds, and those lost: read back
+/// only when a sink read or acknowledged part of it (or its count is not
+/// known), never for a segment no sink reached yet, which is all lost.
 fn count_dropped(old: &Dropped, path: &Path) -> io::Result<(u64, u64)> {
+    if let Some(n) = old.records.filter(|_| old.from == 0 && old.held_to == 0) {
+        return Ok((0, n));
+    }
     let mut data = Vec::new();
     if old.from < old.len {
         let mut f = File::open(path)?;

@@ -46,12 +46,12 @@ impl Wal {
                 continue;
             }
             let len = fs::metadata(&p).map_err(io_err(&p))?.len();
-            segs.push(Segment { seq, len });
+            segs.push(Segment::found(seq, len));
         }
         if segs.is_empty() {
             let seq = cursor.seg.max(1);
             private::create(&seg_path(&dir, seq)).map_err(io_err(&dir))?;
-            segs.push(Segment { seq, len: 0 });
+            segs.push(Segment::new(seq));
         }
         let last = segs.last_mut().expect("one segment");
         let lp = seg_path(&dir, last.seq);
@@ -72,6 +72,7 @@ impl Wal {
         }
         Ok(Wal {
             writer: Mutex::new(Writer::new(stats.clone(), file, seq, lp, len)),
+            queue: Mutex::default(),
             saved: Mutex::new(cursor),
             ledger: Mutex::new(Ledger::new(dir, stats.clone(), segs, cursor)),
             more: Condvar::new(),

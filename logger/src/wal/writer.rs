@@ -12,15 +12,16 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use super::config::FullPolicy;
 use super::durability::MAX_UNSYNCED;
 use super::error::{io_err, no_space, WalError};
 use super::fault::{truncate, write_all_at};
-use super::format::{frame_header, seg_path, whole_frames};
+use super::format::{seg_path, whole_frames};
 use super::meta::WrittenMetas;
+use super::queue::{Queued, QUEUE_MAX};
 use super::stall::Stall;
 use super::stats::WalStats;
 use super::Wal;
@@ -57,6 +58,9 @@ pub(super) struct Writer {
     pub(super) last_sync: Instant,
     /// Length of the last segment known durable (synced).
     pub(super) synced: u64,
+    /// Length of the last segment whose writeback has been started (see
+    /// [`super::durability::WRITEBACK_STEP`]).
+    pub(super) flushing: u64,
     /// Its bytes from `synced` to its length: written again after a failed sync.
     pub(super) tail: Vec<u8>,
     /// A sync failed: `tail` must be written again before the next one.
@@ -84,37 +88,13 @@ impl Writer {
             unsynced: false,
             last_sync: Instant::now(),
             synced: len,
+            flushing: len,
             tail: Vec::new(),
             resync: false,
             tail_dirty: false,
             stall: Stall::default(),
             metas: WrittenMetas::new(seq),
         }
-    }
-
-    /// Queues framed records.
-    pub(super) fn queue(&mut self, framed: &[u8], records: u64) {
-        self.pending.extend_from_slice(framed);
-        self.pending_records += records;
-    }
-
-    /// Queues framed records, taking `framed` (left empty) without a copy
-    /// when nothing else is queued.
-    pub(super) fn queue_vec(&mut self, framed: &mut Vec<u8>, records: u64) {
-        if self.pending.is_empty() {
-            std::mem::swap(&mut self.pending, framed);
-        } else {
-            self.pending.extend_from_slice(framed);
-        }
-        framed.clear();
-        self.pending_records += records;
-    }
-
-    /// Queues one record.
-    pub(super) fn queue_one(&mut self, payload: &[u8]) {
-        self.pending.extend_from_slice(&frame_header(payload));
-        self.pending.extend_from_slice(payload);
-        self.pending_records += 1;
     }
 
     /// Counts and logs a failure (the buffer stalls).
@@ -136,6 +116,25 @@ impl Wal {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(super) fn queue(&self) -> MutexGuard<'_, Queued> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Like [`Wal::commit`], but returns at once (having written nothing)
+    /// while another producer writes: that one takes these records too
+    /// before it is done (it looks at the queue again after letting go of
+    /// the writer). Waits like [`Wal::commit`] once [`QUEUE_MAX`] bytes are
+    /// queued.
+    pub fn commit_or_leave(&self) -> Result<u64, WalError> {
+        let w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) if self.queue().len() < QUEUE_MAX => return Ok(0),
+            Err(TryLockError::WouldBlock) => self.writer(),
+        };
+        self.commit_from(w)
+    }
+
     /// Writes the queued records (one `pwrite`), applying the full policy,
     /// and `fdatasync`s if the interval has passed; returns how many records
     /// were written. On error nothing queued is lost: the records stay queued
@@ -143,7 +142,31 @@ impl Wal {
     /// boundary. A failing sync after the write is reported by [`Wal::sync`]
     /// and makes [`Wal::is_stalled`] true until it succeeds.
     pub fn commit(&self) -> Result<u64, WalError> {
-        let mut w = self.writer();
+        self.commit_from(self.writer())
+    }
+
+    /// Writes with the writer's lock `w`, then again as long as producers
+    /// that found it taken ([`Wal::commit_or_leave`]) queued more.
+    fn commit_from(&self, w: MutexGuard<'_, Writer>) -> Result<u64, WalError> {
+        let mut n = self.commit_locked(w)?;
+        while self.queue().len() > 0 {
+            let w = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                // Another writer took over, and with it what is queued.
+                Err(TryLockError::WouldBlock) => break,
+            };
+            n += self.commit_locked(w)?;
+        }
+        Ok(n)
+    }
+
+    fn commit_locked(&self, mut w: MutexGuard<'_, Writer>) -> Result<u64, WalError> {
+        let records = {
+            let Writer { pending, .. } = &mut *w;
+            self.queue().take_into(pending)
+        };
+        w.pending_records += records;
         let n = match self.write_pending(&mut w) {
             Ok(n) => n,
             Err(e) => {
@@ -275,11 +298,12 @@ impl Wal {
         w.metas.written(prefix);
         w.len += len;
         w.unsynced = true;
+        w.start_writeback();
         // Counted before the sink can see them.
         self.stats
             .appended_records
             .fetch_add(records, Ordering::Relaxed);
-        self.ledger().publish(seq, w.len, len);
+        self.ledger().publish(seq, w.len, len, records);
         if w.len >= self.cfg.segment_bytes {
             // Written already: a failing roll is retried before the next write.
             if let Err(e) = self.roll(w) {
@@ -302,6 +326,7 @@ impl Wal {
         w.path = np;
         w.len = 0;
         w.synced = 0;
+        w.flushing = 0;
         w.tail.clear();
         w.metas.rolled(next);
         let moved = self.ledger().rolled(next);

@@ -291,3 +291,58 @@ fn failed_cursor_save_deletes_no_segment_and_a_restart_replays() {
     let w = Wal::open(cfg(d.path(), 1 << 20, FullPolicy::Pause)).unwrap();
     assert_eq!(drain(&w), (0..60).map(rec).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_segment_no_sink_reached_is_counted_as_dropped_without_reading_it_back() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(cfg(d.path(), 2048, FullPolicy::DropOldest)).unwrap();
+    let mut i = 0;
+    while segments(d.path()) < 2 {
+        w.push(&rec(i));
+        w.commit().unwrap();
+        i += 1;
+    }
+    let first = seg_path(d.path(), 1);
+    let bytes = fs::read(&first).unwrap();
+    let in_first = Wal::frames(&bytes).count() as u64;
+    assert!(in_first > 0);
+    // Read back, the segment would now count no record at all.
+    fs::write(&first, vec![0u8; bytes.len()]).unwrap();
+    // Up to the first drop only (the next segments hold as many records).
+    while first.exists() {
+        w.push(&rec(i));
+        w.commit().unwrap();
+        i += 1;
+        assert!(i < 1000, "nothing was dropped");
+    }
+    assert_eq!(
+        w.stats.dropped_records.load(Ordering::Relaxed),
+        in_first,
+        "the records the ledger counted when they were written"
+    );
+}
+
+#[test]
+fn writeback_starts_every_step_without_a_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path(), 1 << 30, FullPolicy::Pause);
+    c.segment_bytes = 64 << 20;
+    c.fsync_interval = Duration::from_secs(3600);
+    let w = Wal::open(c).unwrap();
+    let step = super::durability::WRITEBACK_STEP;
+    let big = vec![b'y'; 256 << 10];
+    let mut written = 0;
+    while written < 3 * step {
+        w.push(&big);
+        w.commit().unwrap();
+        written += big.len() as u64;
+    }
+    let wr = w.writer();
+    assert!(wr.synced < step, "nothing asked for a sync yet");
+    assert!(
+        wr.flushing >= 2 * step && wr.flushing <= wr.len,
+        "writeback started up to {} of {}",
+        wr.flushing,
+        wr.len
+    );
+}
