@@ -35,9 +35,10 @@ impl Wal {
         self.ledger().over(self.cfg.max_bytes, newest)
     }
 
-    /// Deletes the oldest segment, counting its unshipped records. Returns
-    /// false when only the segment being written is left (and empty: one
-    /// with records is closed, to go next time).
+    /// Takes the oldest segment out of the buffer (counted and deleted by
+    /// [`Wal::finish_drops`]). Returns false when only the segment being
+    /// written is left (and empty: one with records is closed, to go next
+    /// time).
     pub(super) fn drop_oldest(&self, w: &mut Writer) -> Result<bool, WalError> {
         let taken = self.ledger().take_oldest();
         let Some(old) = taken else {
@@ -47,29 +48,58 @@ impl Wal {
             }
             return Ok(false);
         };
-        let p = seg_path(&self.cfg.dir, old.seq);
-        let (held, lost) = count_dropped(&old, &p).map_err(io_err(&p))?;
-        self.stats
-            .dropped_records
-            .fetch_add(lost, Ordering::Relaxed);
-        self.stats
-            .dropped_in_flight
-            .fetch_add(held, Ordering::Relaxed);
-        if lost > 0 {
-            tracing::warn!(
-                records = lost,
-                segment = old.seq,
-                "disk buffer full: dropped the oldest segment"
-            );
+        w.dropping.cursor_moved |= old.moved;
+        w.dropping.segs.push(old);
+        Ok(true)
+    }
+
+    /// Counts the unshipped records of the segments dropped, deletes them,
+    /// then saves the cursor if a drop moved it. Run once the writer's lock
+    /// is let go (a producer waits for neither the deletion nor the cursor
+    /// file), or under it when a full file system needs the room at once.
+    pub(super) fn finish_drops(&self, d: Dropping) {
+        for old in d.segs {
+            let p = seg_path(&self.cfg.dir, old.seq);
+            match count_dropped(&old, &p) {
+                Ok((held, lost)) => {
+                    self.stats
+                        .dropped_records
+                        .fetch_add(lost, Ordering::Relaxed);
+                    self.stats
+                        .dropped_in_flight
+                        .fetch_add(held, Ordering::Relaxed);
+                    if lost > 0 {
+                        tracing::warn!(
+                            records = lost,
+                            segment = old.seq,
+                            "disk buffer full: dropped the oldest segment"
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(
+                    segment = old.seq,
+                    "disk buffer full: dropped the oldest segment, its records uncounted: {}",
+                    io_err(&p)(e)
+                ),
+            }
+            if let Err(e) = fs::remove_file(&p) {
+                tracing::error!("deleting a dropped segment: {}", io_err(&p)(e));
+            }
         }
-        fs::remove_file(&p).map_err(io_err(&p))?;
-        if old.moved {
+        if d.cursor_moved {
             if let Err(e) = self.save_cursor() {
                 tracing::warn!("{e}");
             }
         }
-        Ok(true)
     }
+}
+
+/// Segments the drop-oldest policy took out, to count and delete.
+#[derive(Debug, Default)]
+pub(super) struct Dropping {
+    segs: Vec<Dropped>,
+    /// A drop moved the acknowledged cursor (to be saved).
+    cursor_moved: bool,
 }
 
 /// The records of a dropped segment a sink holds, and those lost: read back

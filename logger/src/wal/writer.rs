@@ -21,6 +21,7 @@ use super::error::{io_err, no_space, WalError};
 use super::fault::{truncate, write_all_at};
 use super::format::{seg_path, whole_frames};
 use super::meta::WrittenMetas;
+use super::policy::Dropping;
 use super::queue::{Queued, QUEUE_MAX};
 use super::stall::Stall;
 use super::stats::WalStats;
@@ -70,6 +71,8 @@ pub(super) struct Writer {
     pub(super) stall: Stall,
     /// The meta frames the segment holds (and earlier ones queued records may name).
     metas: WrittenMetas,
+    /// Segments dropped by this commit, finished once the lock is let go.
+    pub(super) dropping: Dropping,
 }
 
 impl Writer {
@@ -94,6 +97,7 @@ impl Writer {
             tail_dirty: false,
             stall: Stall::default(),
             metas: WrittenMetas::new(seq),
+            dropping: Dropping::default(),
         }
     }
 
@@ -167,10 +171,14 @@ impl Wal {
             self.queue().take_into(pending)
         };
         w.pending_records += records;
-        let n = match self.write_pending(&mut w) {
+        let written = self.write_pending(&mut w);
+        let dropped = std::mem::take(&mut w.dropping);
+        let n = match written {
             Ok(n) => n,
             Err(e) => {
                 w.failed("write", &e);
+                drop(w);
+                self.finish_drops(dropped);
                 return Err(e);
             }
         };
@@ -182,9 +190,13 @@ impl Wal {
         if due || w.resync || w.tail_dirty {
             // The records are written: a failing sync only holds back checkpoints.
             let _ = self.sync_unlocked(w);
-        } else if w.stall.failing() {
-            w.recovered(&self.cfg.dir);
+        } else {
+            if w.stall.failing() {
+                w.recovered(&self.cfg.dir);
+            }
+            drop(w);
         }
+        self.finish_drops(dropped);
         Ok(n)
     }
 
@@ -272,7 +284,11 @@ impl Wal {
             // A full file system is a full buffer to the drop-oldest policy too (it
             // never holds containers back): make room, counted, and write again.
             let full = no_space(&e);
-            if !(full && drop_oldest && self.drop_oldest(w)?) {
+            let room = full && drop_oldest && self.drop_oldest(w)?;
+            if room {
+                // The next try needs the room now.
+                self.finish_drops(std::mem::take(&mut w.dropping));
+            } else {
                 let p = w.path.clone();
                 if full && at > 0 {
                     // The segment ends here: once acknowledged it is deleted

@@ -123,3 +123,54 @@ fn a_producer_and_a_sink_at_once_ship_every_record_once_in_order() {
 fn a_producer_and_a_sink_at_once_under_drop_oldest_count_every_lost_record() {
     producer_and_sink(FullPolicy::DropOldest, 4096);
 }
+
+#[test]
+fn a_drop_saving_the_cursor_holds_back_no_other_producer() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Arc::new(Wal::open(cfg(d.path(), 2048, FullPolicy::DropOldest)).unwrap());
+    let mut i = 0;
+    while super::segments(d.path()) < 2 {
+        w.push(&rec(i));
+        w.commit().unwrap();
+        i += 1;
+    }
+    // The cursor file's lock held as by a save on a slow file system: the
+    // first drop (it moves the cursor off the dropped segment) waits in it.
+    let held = w.saved.lock().unwrap();
+    let a = {
+        let w = w.clone();
+        thread::spawn(move || {
+            while w.ledger().drops == 0 {
+                w.push(&rec(i));
+                w.commit().unwrap();
+                i += 1;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.ledger().drops == 0 {
+        assert!(Instant::now() < deadline, "nothing was dropped");
+        thread::yield_now();
+    }
+    let (tx, rx) = mpsc::channel();
+    let b = {
+        let w = w.clone();
+        thread::spawn(move || {
+            w.push(b"another producer");
+            tx.send(w.commit().unwrap()).unwrap();
+        })
+    };
+    let got = rx.recv_timeout(Duration::from_secs(30));
+    drop(held);
+    a.join().unwrap();
+    b.join().unwrap();
+    assert_eq!(got, Ok(1), "a commit waited for another's cursor save");
+    assert!(
+        !seg_path_exists(d.path(), 1),
+        "the dropped segment is deleted"
+    );
+}
+
+fn seg_path_exists(dir: &std::path::Path, seq: u64) -> bool {
+    super::super::format::seg_path(dir, seq).exists()
+}
