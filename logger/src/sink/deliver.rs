@@ -733,6 +733,7 @@ pub(crate) mod tests {
         let mut p = Vec::new();
         crate::walrec::CompactRecord {
             stream: Stream::Stdout,
+            ts_head: false,
             key: 7,
             ts_ms: 1,
             id_suffix: b"1",

@@ -1,12 +1,14 @@
 //! Version-2 records and their meta frames (the layout is in the parent
 //! module): the producer's side, and decoding.
 
+use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 use super::{frame_full, push_short, take_short};
 use crate::record::pipeline::{DocParts, Encoded};
+use crate::record::time::TsFormatter;
 use crate::record::Stream;
 use crate::wal::{Wal, META, META_REF};
 
@@ -37,12 +39,43 @@ pub struct CompactRecord<'a> {
     pub ts_ms: i64,
     /// The id after the meta's prefix.
     pub id_suffix: &'a [u8],
+    /// The document starts with `{"@timestamp":"<ts_ms formatted>","message":`,
+    /// left out of `body` (the stream byte's high bit on disk).
+    pub ts_head: bool,
     /// Where the log head goes in `body`.
     pub head_at: usize,
     /// Where the tail goes in `body` (not before `head_at`).
     pub tail_at: usize,
     /// The document without the log head and the tail.
     pub body: &'a [u8],
+}
+
+/// The stream byte's bit for a record whose document starts with
+/// [`TS_OPEN`], its timestamp formatted, [`TS_CLOSE`] (every encoder document
+/// does): those 51 bytes are made again at expansion instead of stored.
+const TS_HEAD: u8 = 0x80;
+const TS_OPEN: &[u8] = b"{\"@timestamp\":\"";
+const TS_CLOSE: &[u8] = b"\",\"message\":";
+const TS_LEN: usize = 24;
+const TS_HEAD_LEN: usize = TS_OPEN.len() + TS_LEN + TS_CLOSE.len();
+
+/// True when `doc` starts with exactly the head [`TS_HEAD`] stands for.
+fn starts_with_ts_head(doc: &[u8], ts_ms: i64) -> bool {
+    thread_local! {
+        static TS: RefCell<(TsFormatter, Vec<u8>)> = RefCell::default();
+    }
+    let Some(head) = doc.get(..TS_HEAD_LEN) else {
+        return false;
+    };
+    let ts = &head[TS_OPEN.len()..TS_OPEN.len() + TS_LEN];
+    head.starts_with(TS_OPEN)
+        && head.ends_with(TS_CLOSE)
+        && TS.with(|c| {
+            let (f, buf) = &mut *c.borrow_mut();
+            buf.clear();
+            f.push(ts_ms, buf);
+            buf[..] == *ts
+        })
 }
 
 fn push_long(out: &mut Vec<u8>, b: &[u8]) {
@@ -117,7 +150,7 @@ impl<'a> CompactRecord<'a> {
     /// Appends the payload to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(META_REF);
-        out.push(self.stream.tag());
+        out.push(self.stream.tag() | if self.ts_head { TS_HEAD } else { 0 });
         out.extend_from_slice(&self.key.to_le_bytes());
         out.extend_from_slice(&self.ts_ms.to_le_bytes());
         let n = u8::try_from(self.id_suffix.len()).unwrap_or(u8::MAX);
@@ -135,7 +168,8 @@ impl<'a> CompactRecord<'a> {
         if head[0] != META_REF {
             return None;
         }
-        let stream = Stream::from_tag(head[1])?;
+        let ts_head = head[1] & TS_HEAD != 0;
+        let stream = Stream::from_tag(head[1] & !TS_HEAD)?;
         let key = u64::from_le_bytes(head[2..10].try_into().ok()?);
         let ts_ms = i64::from_le_bytes(head[10..18].try_into().ok()?);
         let n = usize::from(*take(&mut b, 1)?.first()?);
@@ -144,6 +178,7 @@ impl<'a> CompactRecord<'a> {
         let tail_at = take_u32(&mut b)?;
         (head_at <= tail_at && tail_at <= b.len()).then_some(CompactRecord {
             stream,
+            ts_head,
             key,
             ts_ms,
             id_suffix,
@@ -156,7 +191,12 @@ impl<'a> CompactRecord<'a> {
     /// Appends the whole document, given its meta, to `out`.
     pub fn expand_doc(&self, meta: &Meta<'_>, out: &mut Vec<u8>) {
         let b = self.body;
-        out.reserve(b.len() + meta.log_head.len() + meta.tail.len());
+        out.reserve(TS_HEAD_LEN + b.len() + meta.log_head.len() + meta.tail.len());
+        if self.ts_head {
+            out.extend_from_slice(TS_OPEN);
+            TsFormatter::default().push(self.ts_ms, out);
+            out.extend_from_slice(TS_CLOSE);
+        }
         out.extend_from_slice(&b[..self.head_at]);
         out.extend_from_slice(meta.log_head);
         out.extend_from_slice(&b[self.head_at..self.tail_at]);
@@ -214,18 +254,21 @@ pub fn frame_encoded(
     let (h, t) = (p.head_at, p.tail_at);
     let head_end = h + p.log_head.len();
     let tail_end = t + p.tail.len();
+    let ts_head = h >= TS_HEAD_LEN && starts_with_ts_head(e.doc, e.ts_ms);
+    let skip = if ts_head { TS_HEAD_LEN } else { 0 };
     Wal::frame_into(buf, |out| {
         let rec = CompactRecord {
             stream,
+            ts_head,
             key,
             ts_ms: e.ts_ms,
             id_suffix: &e.id[p.id_prefix.len()..],
-            head_at: h,
-            tail_at: t - p.log_head.len(),
+            head_at: h - skip,
+            tail_at: t - p.log_head.len() - skip,
             body: &[],
         };
         rec.encode_into(out);
-        out.extend_from_slice(&e.doc[..h]);
+        out.extend_from_slice(&e.doc[skip..h]);
         out.extend_from_slice(&e.doc[head_end..t]);
         out.extend_from_slice(&e.doc[tail_end..]);
     });

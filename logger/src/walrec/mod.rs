@@ -14,7 +14,11 @@
 //! `[route_len: u16][route][head_len: u32][log head][tail_len: u32][tail]`.
 //! The document is `body[..head_at] + log head + body[head_at..tail_at] +
 //! tail + body[tail_at..]` and the id is `id prefix + id suffix`: an
-//! [`Expander`] makes them, byte for byte the version-1 record's.
+//! [`Expander`] makes them, byte for byte the version-1 record's. With the
+//! stream tag's high bit set, the document's first 51 bytes,
+//! `{"@timestamp":"<ts_ms as 2024-05-01T12:00:00.000Z>","message":`, are
+//! not stored but made again from `ts_ms` before the body (set only when the
+//! document starts with exactly those bytes: every encoder document does).
 //!
 //! The producers write version 2 ([`frame_encoded`]); version-1 records
 //! (a buffer written by an older shipper, or by [`WalRecord::encode_into`])

@@ -232,6 +232,14 @@ pub(crate) mod differential {
         let v2 = payloads.iter().filter(|p| p[0] == META_REF).count();
         let metas = payloads.iter().filter(|p| meta_key(p).is_some()).count();
         assert_eq!(v2, want.len(), "every record is compact");
+        let ts_head = payloads
+            .iter()
+            .filter(|p| p[0] == META_REF && p[1] & 0x80 != 0)
+            .count();
+        assert_eq!(
+            ts_head, v2,
+            "every encoder document's timestamp head is left out"
+        );
         assert!(
             metas > 0 && metas * 5 < v2,
             "one meta frame per run: {metas}"
@@ -242,6 +250,38 @@ pub(crate) mod differential {
             compact.len(),
             full.len()
         );
+    }
+
+    #[test]
+    fn a_timestamp_head_not_made_from_ts_ms_is_stored_as_it_is() {
+        let m = meta(&["c"]);
+        let mut p = StreamPipeline::new(&m, Stream::Stdout, &opts(BinaryMode::Text), 4096, None);
+        let (mut framed, mut want) = (Vec::new(), Vec::new());
+        p.feed(
+            b"one\ntwo\n",
+            0,
+            true,
+            Instant::now(),
+            0,
+            &mut |e: Encoded<'_>| {
+                // The second record's timestamp a millisecond off its `ts_ms`.
+                let mut doc = e.doc.to_vec();
+                if e.offset == 4 {
+                    doc[37] = if doc[37] == b'0' { b'1' } else { b'0' };
+                }
+                let e2 = Encoded { doc: &doc, ..e };
+                frame_encoded(&mut framed, Stream::Stdout, b"c", b"", &e2);
+                want.push(doc);
+            },
+        );
+        let payloads: Vec<&[u8]> = Wal::frames(&framed).filter(|p| p[0] == META_REF).collect();
+        let flags: Vec<bool> = payloads.iter().map(|p| p[1] & 0x80 != 0).collect();
+        assert_eq!(flags, [true, false]);
+        assert!(payloads[1].len() > payloads[0].len() + 40);
+        let mut x = Expander::default();
+        x.push_frames(&framed).unwrap();
+        let got: Vec<Vec<u8>> = x.records().iter().map(|r| r.doc.to_vec()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -291,6 +331,7 @@ pub(crate) mod differential {
         assert_eq!(Meta::decode(&b[..b.len() - 1]), None);
         let r = CompactRecord {
             stream: Stream::Stderr,
+            ts_head: true,
             key: 42,
             ts_ms: -1,
             id_suffix: b"17",
@@ -303,7 +344,11 @@ pub(crate) mod differential {
         assert_eq!(CompactRecord::decode(&p), Some(r));
         let mut doc = Vec::new();
         r.expand_doc(&m, &mut doc);
-        assert_eq!(doc, b"{a,\"log\":{\"offset\":7b,\"x\":1}");
+        // The timestamp head made again from `ts_ms` (-1: a millisecond before 1970).
+        assert_eq!(
+            std::str::from_utf8(&doc).unwrap(),
+            "{\"@timestamp\":\"1969-12-31T23:59:59.999Z\",\"message\":{a,\"log\":{\"offset\":7b,\"x\":1}"
+        );
         // Cut positions past the body: not a record.
         let bad = CompactRecord { tail_at: 99, ..r };
         let mut p = Vec::new();

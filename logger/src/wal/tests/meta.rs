@@ -22,6 +22,7 @@ fn compact(buf: &mut Vec<u8>, key: u64, i: u32) {
     Wal::frame_into(buf, |out| {
         CompactRecord {
             stream: Stream::Stdout,
+            ts_head: false,
             key,
             ts_ms: i64::from(i),
             id_suffix: suffix.as_bytes(),
