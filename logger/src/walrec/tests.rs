@@ -252,68 +252,60 @@ pub(crate) mod differential {
         );
     }
 
-    #[test]
-    fn a_timestamp_head_not_made_from_ts_ms_is_stored_as_it_is() {
+    /// Frames `input`'s records as the parser does, each document first
+    /// changed by `edit` (given its stream offset); the framed bytes and the
+    /// documents framed.
+    fn framed_edited(
+        input: &[u8],
+        mut edit: impl FnMut(u64, &Encoded<'_>, &mut Vec<u8>),
+    ) -> (Vec<u8>, Vec<Vec<u8>>) {
         let m = meta(&["c"]);
         let mut p = StreamPipeline::new(&m, Stream::Stdout, &opts(BinaryMode::Text), 4096, None);
         let (mut framed, mut want) = (Vec::new(), Vec::new());
-        p.feed(
-            b"one\ntwo\n",
-            0,
-            true,
-            Instant::now(),
-            0,
-            &mut |e: Encoded<'_>| {
-                // The second record's timestamp a millisecond off its `ts_ms`.
-                let mut doc = e.doc.to_vec();
-                if e.offset == 4 {
-                    doc[37] = if doc[37] == b'0' { b'1' } else { b'0' };
-                }
-                let e2 = Encoded { doc: &doc, ..e };
-                frame_encoded(&mut framed, Stream::Stdout, b"c", b"", &e2);
-                want.push(doc);
-            },
-        );
+        p.feed(input, 0, true, Instant::now(), 0, &mut |e: Encoded<'_>| {
+            let mut doc = e.doc.to_vec();
+            edit(e.offset, &e, &mut doc);
+            let e2 = Encoded { doc: &doc, ..e };
+            frame_encoded(&mut framed, Stream::Stdout, b"c", b"", &e2);
+            want.push(doc);
+        });
+        (framed, want)
+    }
+
+    #[test]
+    fn a_timestamp_head_not_made_from_ts_ms_is_stored_as_it_is() {
+        // The second record's timestamp a millisecond off its `ts_ms`.
+        let (framed, want) = framed_edited(b"one\ntwo\n", |off, _, doc| {
+            if off == 4 {
+                doc[37] = if doc[37] == b'0' { b'1' } else { b'0' };
+            }
+        });
         let payloads: Vec<&[u8]> = Wal::frames(&framed).filter(|p| p[0] == META_REF).collect();
         let flags: Vec<bool> = payloads.iter().map(|p| p[1] & 0x80 != 0).collect();
         assert_eq!(flags, [true, false]);
         assert!(payloads[1].len() > payloads[0].len() + 40);
+        assert_eq!(expanded(&framed), want);
+    }
+
+    /// The documents `framed` expands to.
+    fn expanded(framed: &[u8]) -> Vec<Vec<u8>> {
         let mut x = Expander::default();
-        x.push_frames(&framed).unwrap();
-        let got: Vec<Vec<u8>> = x.records().iter().map(|r| r.doc.to_vec()).collect();
-        assert_eq!(got, want);
+        x.push_frames(framed).unwrap();
+        x.records().iter().map(|r| r.doc.to_vec()).collect()
     }
 
     #[test]
     fn a_document_not_holding_its_parts_is_framed_whole() {
-        let m = meta(&["c"]);
-        let mut p = StreamPipeline::new(&m, Stream::Stdout, &opts(BinaryMode::Text), 4096, None);
-        let mut framed = Vec::new();
-        let mut want = Vec::new();
-        p.feed(
-            b"one\ntwo\nthree\n",
-            0,
-            true,
-            Instant::now(),
-            0,
-            &mut |e: Encoded<'_>| {
-                // The second document loses its tail (an encoder that changed).
-                let mut doc = e.doc.to_vec();
-                if e.offset == 4 {
-                    doc.truncate(e.parts.unwrap().tail_at);
-                    doc.push(b'}');
-                }
-                let e2 = Encoded { doc: &doc, ..e };
-                frame_encoded(&mut framed, Stream::Stdout, b"c", b"", &e2);
-                want.push(doc);
-            },
-        );
+        // The second document loses its tail (an encoder that changed).
+        let (framed, want) = framed_edited(b"one\ntwo\nthree\n", |off, e, doc| {
+            if off == 4 {
+                doc.truncate(e.parts.unwrap().tail_at);
+                doc.push(b'}');
+            }
+        });
         let kinds: Vec<u8> = Wal::frames(&framed).map(|p| p[0]).collect();
         assert_eq!(kinds, [3, 2, 1, 2]);
-        let mut x = Expander::default();
-        x.push_frames(&framed).unwrap();
-        let docs: Vec<Vec<u8>> = x.records().iter().map(|r| r.doc.to_vec()).collect();
-        assert_eq!(docs, want);
+        assert_eq!(expanded(&framed), want);
     }
 
     #[test]
