@@ -246,8 +246,8 @@ fn throughput() {
     }
 }
 
-/// `REIN_BENCH_EXTRA`: shipper settings added to every configuration.
-/// The number in the environment variable `name`, or `default` when unset or not one.
+/// The value of the environment variable `name`, or `default` when unset
+/// or not a `T`.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -255,6 +255,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// `REIN_BENCH_EXTRA`: shipper settings added to every configuration.
 fn bench_extra() -> String {
     std::env::var("REIN_BENCH_EXTRA")
         .unwrap_or_default()
@@ -300,7 +301,7 @@ fn sustained() {
     let k: usize = env_or("REIN_BENCH_CONTAINERS", 4);
     // 4 GiB fills within the run: the oldest segments are then dropped (the
     // sink never answers). A larger bound measures the run without drops.
-    let bound: String = env_or("REIN_BENCH_BUFFER", "4GiB".to_string());
+    let bound = env_or("REIN_BENCH_BUFFER", "4GiB".to_string());
     let sd = d.path().join("state");
     std::fs::create_dir_all(&sd).unwrap();
     let mut sh = Shipper::start(

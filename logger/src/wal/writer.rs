@@ -120,6 +120,15 @@ impl Wal {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The writer's lock if nobody holds it.
+    fn try_writer(&self) -> Option<MutexGuard<'_, Writer>> {
+        match self.writer.try_lock() {
+            Ok(w) => Some(w),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     pub(super) fn queue(&self) -> MutexGuard<'_, Queued> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -130,11 +139,10 @@ impl Wal {
     /// the writer). Waits like [`Wal::commit`] once [`QUEUE_MAX`] bytes are
     /// queued.
     pub fn commit_or_leave(&self) -> Result<u64, WalError> {
-        let w = match self.writer.try_lock() {
-            Ok(w) => w,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) if self.queue().len() < QUEUE_MAX => return Ok(0),
-            Err(TryLockError::WouldBlock) => self.writer(),
+        let w = match self.try_writer() {
+            Some(w) => w,
+            None if self.queue().len() < QUEUE_MAX => return Ok(0),
+            None => self.writer(),
         };
         self.commit_from(w)
     }
@@ -154,12 +162,8 @@ impl Wal {
     fn commit_from(&self, w: MutexGuard<'_, Writer>) -> Result<u64, WalError> {
         let mut n = self.commit_locked(w)?;
         while self.queue().len() > 0 {
-            let w = match self.writer.try_lock() {
-                Ok(w) => w,
-                Err(TryLockError::Poisoned(e)) => e.into_inner(),
-                // Another writer took over, and with it what is queued.
-                Err(TryLockError::WouldBlock) => break,
-            };
+            // None: another writer took over, and with it what is queued.
+            let Some(w) = self.try_writer() else { break };
             n += self.commit_locked(w)?;
         }
         Ok(n)

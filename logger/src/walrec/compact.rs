@@ -188,13 +188,14 @@ impl<'a> CompactRecord<'a> {
         })
     }
 
-    /// Appends the whole document, given its meta, to `out`.
-    pub fn expand_doc(&self, meta: &Meta<'_>, out: &mut Vec<u8>) {
+    /// Appends the whole document, given its meta, to `out` (`ts` formats a
+    /// timestamp head left out).
+    pub fn expand_doc(&self, meta: &Meta<'_>, ts: &mut TsFormatter, out: &mut Vec<u8>) {
         let b = self.body;
         out.reserve(TS_HEAD_LEN + b.len() + meta.log_head.len() + meta.tail.len());
         if self.ts_head {
             out.extend_from_slice(TS_OPEN);
-            TsFormatter::default().push(self.ts_ms, out);
+            ts.push(self.ts_ms, out);
             out.extend_from_slice(TS_CLOSE);
         }
         out.extend_from_slice(&b[..self.head_at]);

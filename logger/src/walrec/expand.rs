@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::compact::{CompactRecord, Meta};
 use super::WalRecord;
+use crate::record::time::TsFormatter;
 use crate::record::Stream;
 use crate::wal::{meta_key, Batch, Wal, META_HDR, META_REF};
 
@@ -40,6 +41,9 @@ struct Item {
 pub struct Expander {
     buf: Vec<u8>,
     items: Vec<Item>,
+    /// Formats the timestamp heads left out of compact records (the day and
+    /// second kept from one record to the next).
+    ts: TsFormatter,
 }
 
 impl Expander {
@@ -93,7 +97,7 @@ impl Expander {
         let container = self.put(&[m.container]);
         let route = self.put(&[m.route]);
         let a = self.buf.len();
-        r.expand_doc(&m, &mut self.buf);
+        r.expand_doc(&m, &mut self.ts, &mut self.buf);
         self.items.push(Item {
             stream: r.stream,
             ts_ms: r.ts_ms,

@@ -335,7 +335,7 @@ pub(crate) mod differential {
         r.encode_into(&mut p);
         assert_eq!(CompactRecord::decode(&p), Some(r));
         let mut doc = Vec::new();
-        r.expand_doc(&m, &mut doc);
+        r.expand_doc(&m, &mut Default::default(), &mut doc);
         // The timestamp head made again from `ts_ms` (-1: a millisecond before 1970).
         assert_eq!(
             std::str::from_utf8(&doc).unwrap(),
