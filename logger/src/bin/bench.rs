@@ -236,19 +236,27 @@ fn run_file(input: &[u8]) {
     let (mut made, mut out) = (0u64, Vec::with_capacity(8 << 20));
     let start = Instant::now();
     let cpu_start = thread_cpu();
-    // One turn of 1 MiB per file, as in the parser.
-    while fs.round(
-        &mut buf,
-        1 << 20,
-        &mut records(|_, e| {
-            made += 1;
-            out.extend_from_slice(e.id);
-            out.extend_from_slice(e.doc);
-            if out.len() > (4 << 20) {
-                out.clear();
-            }
-        }),
-    ) {}
+    // One turn of 1 MiB per file, as in the parser, which saves a
+    // checkpoint naming a newly found file before reading it.
+    loop {
+        let busy = fs.round(
+            &mut buf,
+            1 << 20,
+            &mut records(|_, e| {
+                made += 1;
+                out.extend_from_slice(e.id);
+                out.extend_from_slice(e.doc);
+                if out.len() > (4 << 20) {
+                    out.clear();
+                }
+            }),
+        );
+        let held = fs.unsaved_numbers();
+        fs.saved(&fs.checkpoint());
+        if !busy && !held {
+            break;
+        }
+    }
     let wall = start.elapsed().as_secs_f64();
     let cpu = (thread_cpu() - cpu_start).as_secs_f64().max(1e-9);
     let _ = std::fs::remove_dir_all(&d);

@@ -461,6 +461,8 @@ impl Pickup {
                 moved |= fs.round(&mut self.buf, TURN, &mut emit);
                 fs.timers(&mut self.buf, flush_after, &mut emit);
             }
+            // A newly numbered file is read once the progress names it.
+            moved |= fs.unsaved_numbers();
             lines += fs.take_lines();
         }
         if records > 0 {
@@ -513,6 +515,9 @@ impl Pickup {
         if let Err(e) = saved {
             tracing::warn!(container = key, "{}: {e}", t.progress.display());
             return false;
+        }
+        if let (Some(fs), Some(cp)) = (t.files.as_mut(), p.files.as_ref()) {
+            fs.saved(cp);
         }
         if !t.streams.iter().all(|s| s.done) || t.files.as_ref().is_some_and(|f| !f.done) {
             return false;

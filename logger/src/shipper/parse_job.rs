@@ -24,12 +24,13 @@ pub struct Checkpoint {
     pub files: Option<FilesCheckpoint>,
 }
 
-/// Saves the checkpoint of a container's two streams (and log files) in `dir`.
+/// Saves the checkpoint of a container's two streams (and log files) in
+/// `dir`; returns what was saved.
 pub fn save_checkpoint(
     dir: &Path,
     streams: &[ParseStream],
     files: Option<&FileSources>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Checkpoint> {
     let cp = Checkpoint {
         stdout: streams[0].checkpoint(),
         stderr: streams[1].checkpoint(),
@@ -38,7 +39,8 @@ pub fn save_checkpoint(
     crate::private::write_atomic(
         &dir.join("checkpoint.json"),
         &serde_json::to_vec(&cp).unwrap_or_default(),
-    )
+    )?;
+    Ok(cp)
 }
 
 /// One container, as the parser sees it.

@@ -369,7 +369,15 @@ impl Ctx {
                 finishing = self.timers();
                 last_timers = Instant::now();
             }
-            if stopping || finishing || last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
+            let since = last_checkpoint.elapsed();
+            // A log file newly numbered is read once a checkpoint names it:
+            // saved without waiting for the whole interval.
+            let numbered = since >= TIMERS.min(self.cfg.checkpoint_interval)
+                && self
+                    .jobs
+                    .iter()
+                    .any(|j| j.files.as_ref().is_some_and(FileSources::unsaved_numbers));
+            if stopping || finishing || numbered || since >= self.cfg.checkpoint_interval {
                 self.checkpoint(stopping);
                 last_checkpoint = Instant::now();
             }
@@ -511,14 +519,15 @@ impl Ctx {
             };
             let did = if j.streams.iter().all(|s| s.done) {
                 files.finish(&mut self.buf, &mut out);
-                true
+                // Not busy while a file waits for its number to be saved.
+                !files.unsaved_numbers()
             } else {
                 f(files, &mut self.buf, &mut out)
             };
             out.file_done();
             let made = out.made;
             count_lines(&self.counters, &self.lines, files.take_lines());
-            if did || made > 0 {
+            if did || made > 0 || files.unsaved_numbers() {
                 j.dirty = true;
             }
             if made > 0 {
@@ -588,8 +597,11 @@ impl Ctx {
                 continue;
             }
             match save_checkpoint(&j.dir, &j.streams, j.files.as_ref()) {
-                Ok(()) => {
+                Ok(saved) => {
                     j.dirty = false;
+                    if let (Some(f), Some(cp)) = (j.files.as_mut(), saved.files.as_ref()) {
+                        f.saved(cp);
+                    }
                     for s in &j.streams {
                         let cp = s.checkpoint();
                         s.shared.saved.store(cp.base + cp.offset, Ordering::Release);

@@ -15,6 +15,11 @@
 //!   bytes not read yet are taken from the copy when a file in the same
 //!   directory starts with the same bytes and is long enough, and the
 //!   truncated inode is followed as a new file from its start.
+//! * A file's number (in its record ids) is given in the order files are
+//!   found, which a restarted worker need not repeat: a newly numbered file
+//!   is read only once a saved checkpoint names it with its number
+//!   ([`FileSources::saved`]), so no record of it exists under a number a
+//!   restart could give to another file.
 //! * Every access goes through [`open`]: no symlink, FIFO, device, other
 //!   file system or other owner's file is ever opened or followed.
 
@@ -351,6 +356,25 @@ impl FileSources {
         }
     }
 
+    /// True when a file waits for a saved checkpoint naming its number
+    /// before it is read: the caller saves one soon.
+    pub fn unsaved_numbers(&self) -> bool {
+        self.files.iter().any(|f| f.unsaved)
+    }
+
+    /// `cp`, taken by [`Self::checkpoint`], is saved for good: the files
+    /// numbered before it was taken (all it names) may be read. A file
+    /// read before its number is saved could be found again by a restarted
+    /// worker after another new one and be numbered otherwise: the lines
+    /// read of it would then be shipped again under other ids.
+    pub fn saved(&mut self, cp: &FilesCheckpoint) {
+        for f in &mut self.files {
+            if f.n < cp.next_n {
+                f.unsaved = false;
+            }
+        }
+    }
+
     /// Lines framed since the last call.
     pub fn take_lines(&mut self) -> u64 {
         std::mem::take(&mut self.lines)
@@ -429,7 +453,8 @@ impl FileSources {
             out.file_done();
             i += 1;
         }
-        self.done = true;
+        // A file numbered here is read by a later call, once saved.
+        self.done = !self.unsaved_numbers();
     }
 
     /// Reads file `i`; handles a truncation. Returns the bytes consumed.
@@ -442,6 +467,9 @@ impl FileSources {
         out: &mut dyn FileOut,
     ) -> u64 {
         let f = &mut self.files[i];
+        if f.unsaved {
+            return 0;
+        }
         self.turn = Some((i, f.n, f.pipeline.safe_offset(f.off)));
         let route = &self.to[f.spec];
         let before = f.pipeline.lines;
@@ -506,6 +534,7 @@ impl FileSources {
         f.prefix.clear();
         f.seen_size = 0;
         f.pipeline = pipeline;
+        f.unsaved = true;
     }
 
     fn count_truncation_loss(&self, rel: &[u8], unread: u64) {
@@ -530,13 +559,21 @@ impl FileSources {
         self.counters
             .copies_recovered
             .fetch_add(1, Ordering::Relaxed);
-        self.start(spec, cp.clone(), tf, false);
+        self.start(spec, cp.clone(), tf, false, false);
         true
     }
 
     /// Starts following `tf` as the file `at` says (number, path where it
-    /// was found, offset, first bytes), for entry `spec`.
-    fn start(&mut self, spec: usize, at: FileCheckpoint, tf: open::TaskFile, present: bool) {
+    /// was found, offset, first bytes), for entry `spec`; `unsaved`: its
+    /// number is new (see [`Followed::unsaved`]).
+    fn start(
+        &mut self,
+        spec: usize,
+        at: FileCheckpoint,
+        tf: open::TaskFile,
+        present: bool,
+        unsaved: bool,
+    ) {
         let pipeline = self.pipeline(spec, &at.path, at.n);
         self.counters.followed.fetch_add(1, Ordering::Relaxed);
         self.files.push(Followed {
@@ -552,6 +589,7 @@ impl FileSources {
             grew_ms: mono_ms(),
             seen_mtime: (0, 0),
             present,
+            unsaved,
         });
     }
 
@@ -617,7 +655,7 @@ impl FileSources {
         let mut i = 0;
         while i < self.files.len() {
             let f = &self.files[i];
-            let stale = !f.present && now.saturating_sub(f.grew_ms) >= idle_ms;
+            let stale = !f.present && !f.unsaved && now.saturating_sub(f.grew_ms) >= idle_ms;
             if stale && self.read_one(i, buf, u64::MAX, true, out) == 0 {
                 let f = &mut self.files[i];
                 let route = &self.to[f.spec];
@@ -772,12 +810,12 @@ impl FileSources {
                 let i = self.retired.iter().position(|c| c.id() == tf.id)?;
                 self.retired.remove(i)
             });
-        let (n, off, rel) = match known {
+        let (n, off, rel, unsaved) = match known {
             Some(c)
                 if tf.size >= c.offset
                     && (same_start(&c.prefix, &prefix) || c.prefix.is_empty()) =>
             {
-                (c.n, c.offset, c.path)
+                (c.n, c.offset, c.path, false)
             }
             other => {
                 if let Some(c) = other {
@@ -791,7 +829,8 @@ impl FileSources {
                 let n = self.next_n;
                 self.next_n += 1;
                 self.counters.found.fetch_add(1, Ordering::Relaxed);
-                (n, self.backlog_start(&tf, &m.rel, buf), m.rel.clone())
+                let off = self.backlog_start(&tf, &m.rel, buf);
+                (n, off, m.rel.clone(), true)
             }
         };
         let at = FileCheckpoint {
@@ -801,7 +840,7 @@ impl FileSources {
             prefix,
             ..FileCheckpoint::default()
         };
-        self.start(m.spec, at, tf, true);
+        self.start(m.spec, at, tf, true, unsaved);
     }
 
     /// Where reading a newly found file starts: its beginning, or past the
@@ -853,7 +892,7 @@ impl FileSources {
             match (found, spec) {
                 (Some(tf), Some(spec)) if tf.size >= c.offset => {
                     let prefix = follow::read_prefix(&tf.file, tf.size).unwrap_or_default();
-                    self.start(spec, FileCheckpoint { prefix, ..c }, tf, false);
+                    self.start(spec, FileCheckpoint { prefix, ..c }, tf, false, false);
                 }
                 (_, Some(spec)) if self.follow_copy(spec, &c) => {}
                 _ => {
