@@ -10,6 +10,11 @@
 //! no fsync is needed (it would cost milliseconds per container on a disk-backed
 //! state directory): the page cache outlives any agent crash, and only a machine
 //! crash loses it, which the boot id turns into "no containers", as it should.
+//! Nor is the writeback started early ([`AtomicFile::until_reboot`]): a record
+//! lives for one container, and one that never reaches the disk costs no block
+//! allocation, no I/O and no discard when it is removed. A machine crash may leave
+//! an empty record, which is one of an earlier boot too: a record that does not
+//! parse and was last written before this boot is discarded like the others.
 
 use std::fs;
 use std::io;
@@ -18,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -59,6 +64,31 @@ pub fn boot_id() -> &'static str {
     })
 }
 
+/// When this boot began, from `/proc/stat` (`None` where it cannot be read).
+fn booted_at() -> Option<SystemTime> {
+    static BOOTED_AT: OnceLock<Option<SystemTime>> = OnceLock::new();
+    *BOOTED_AT.get_or_init(|| {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let secs: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    })
+}
+
+/// Whether `path` was last written before this boot began (a minute's margin for
+/// the boot time's rounding and clock steps); `false` when unknown.
+fn written_before_boot(path: &Path) -> bool {
+    let (Some(booted), Ok(meta)) = (booted_at(), fs::symlink_metadata(path)) else {
+        return false;
+    };
+    meta.modified()
+        .is_ok_and(|written| written + Duration::from_secs(60) < booted)
+}
+
 #[derive(Serialize)]
 struct EnvelopeOut<'a, T> {
     boot_id: &'a str,
@@ -74,6 +104,114 @@ struct EnvelopeIn<T> {
 thread_local! {
     /// Records whose removal [`defer_removals`] put off, on this thread.
     static DEFERRED: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };
+    /// Records whose writing [`defer_saves`] put off, on this thread.
+    static DEFERRED_SAVES: RefCell<Option<Vec<Save>>> = const { RefCell::new(None) };
+}
+
+/// A record to write: its file, the temporary file it is written through, and
+/// the encoded envelope.
+#[derive(Debug)]
+struct Save {
+    path: PathBuf,
+    temp: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Runs `work` with [`StateStore::save`] only noting what to write, and returns
+/// the records with `work`'s result, for the caller to write once it has answered
+/// ([`Saves::run`]), on the same thread and before the module's next call, so that
+/// creating a file on a busy disk is not part of the answer. Safe where the
+/// record follows the kernel objects it describes (an agent crash between the two
+/// leaves objects without a record either way), provided the container's next
+/// call fails when the writing did. Inside the work, [`StateStore::load`] sees a
+/// noted record and [`StateStore::remove`] forgets it.
+pub fn defer_saves<R>(work: impl FnOnce() -> R) -> (R, Saves) {
+    /// Puts back the deferral around this one (none, usually), also if `work` panics.
+    struct Scope(Option<Vec<Save>>);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            DEFERRED_SAVES.with(|d| *d.borrow_mut() = outer);
+        }
+    }
+    let scope = Scope(DEFERRED_SAVES.with(|d| d.borrow_mut().replace(Vec::new())));
+    let result = work();
+    let noted = DEFERRED_SAVES
+        .with(|d| d.borrow_mut().take())
+        .unwrap_or_default();
+    drop(scope);
+    (result, Saves(noted))
+}
+
+/// Records whose writing was deferred ([`defer_saves`]).
+#[derive(Debug, Default)]
+#[must_use = "the records are not on disk until `run` writes them"]
+pub struct Saves(Vec<Save>);
+
+impl Saves {
+    /// Writes the records in the order they were saved; returns those that could
+    /// not be written, with the reason (each leaves its previous record, if any).
+    pub fn run(self) -> Vec<StateError> {
+        self.0
+            .into_iter()
+            .filter_map(|save| write_record(&save).err())
+            .collect()
+    }
+
+    /// How many records wait.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn write_record(save: &Save) -> Result<(), StateError> {
+    AtomicFile::new(&save.path)
+        .temp(save.temp.clone())
+        .until_reboot()
+        .write(&save.bytes)
+        .map(drop)
+        .map_err(|e| StateError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        })
+}
+
+/// Notes `save` inside [`defer_saves`] (replacing an earlier one of the same
+/// file); gives it back to be written now outside.
+fn noted_for_saving(save: Save) -> Option<Save> {
+    DEFERRED_SAVES.with(|d| match d.borrow_mut().as_mut() {
+        Some(noted) => {
+            noted.retain(|s| s.path != save.path);
+            noted.push(save);
+            None
+        }
+        None => Some(save),
+    })
+}
+
+/// The record noted for `path` inside [`defer_saves`], if any.
+fn noted_save(path: &Path) -> Option<Vec<u8>> {
+    DEFERRED_SAVES.with(|d| {
+        d.borrow()
+            .as_ref()
+            .and_then(|noted| noted.iter().find(|s| s.path == path))
+            .map(|s| s.bytes.clone())
+    })
+}
+
+/// Forgets a record noted for `path` (it is being removed).
+fn forget_save(path: &Path) {
+    DEFERRED_SAVES.with(|d| {
+        if let Some(noted) = d.borrow_mut().as_mut() {
+            noted.retain(|s| s.path != path);
+        }
+    });
 }
 
 /// Runs `work` with [`StateStore::remove`] only noting the files to remove, and
@@ -264,7 +402,7 @@ impl StateStore {
         self.dir.join(format!("{}{SUFFIX}", id.file_name()))
     }
 
-    /// Writes a container's record atomically.
+    /// Writes a container's record atomically (inside [`defer_saves`], notes it).
     pub fn save<T: Serialize>(&self, id: &ContainerId, record: &T) -> Result<(), StateError> {
         let path = self.path_of(id);
         let io_err = |op, source| StateError::Io {
@@ -278,30 +416,34 @@ impl StateStore {
         };
         let bytes =
             serde_json::to_vec(&envelope).map_err(|e| io_err("encoding", io::Error::other(e)))?;
-        let tmp = self.dir.join(format!(".{}.tmp", id.file_name()));
+        let temp = self.dir.join(format!(".{}.tmp", id.file_name()));
         keep(&path);
-        AtomicFile::new(&path)
-            .temp(tmp)
-            .write(&bytes)
-            .map_err(|e| StateError::Io {
-                op: e.op,
-                path: e.path,
-                source: e.source,
-            })?;
-        Ok(())
+        match noted_for_saving(Save { path, temp, bytes }) {
+            Some(now) => write_record(&now),
+            None => Ok(()),
+        }
     }
 
     /// Reads one container's record, if there is one from this boot (a record from
     /// an earlier boot is removed).
     pub fn load<T: DeserializeOwned>(&self, id: &ContainerId) -> Result<Option<T>, StateError> {
         let path = self.path_of(id);
-        match fs::read(&path) {
+        match noted_save(&path).map_or_else(|| fs::read(&path), Ok) {
             Ok(bytes) => {
-                let envelope: EnvelopeIn<T> =
-                    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let envelope: EnvelopeIn<T> = match serde_json::from_slice(&bytes) {
+                    Ok(envelope) => envelope,
+                    Err(_) if written_before_boot(&path) => {
+                        tracing::info!(path = %path.display(), "discarding an unreadable state file from an earlier boot");
+                        self.remove(id)?;
+                        return Ok(None);
+                    }
+                    Err(source) => {
+                        return Err(StateError::Corrupt {
+                            path: path.clone(),
+                            source,
+                        })
+                    }
+                };
                 if envelope.boot_id != boot_id() {
                     tracing::info!(path = %path.display(), "discarding state from an earlier boot");
                     self.remove(id)?;
@@ -372,9 +514,11 @@ impl StateStore {
     }
 
     /// Removes a container's record; a missing record is not an error. Inside
-    /// [`defer_removals`], only notes it.
+    /// [`defer_removals`], only notes it; inside [`defer_saves`], also forgets a
+    /// record noted there.
     pub fn remove(&self, id: &ContainerId) -> Result<(), StateError> {
         let path = self.path_of(id);
+        forget_save(&path);
         if noted_for_removal(&path) {
             return Ok(());
         }
@@ -420,6 +564,51 @@ mod tests {
         // Outside a deferral, removal is immediate again.
         store.remove(&kept).unwrap();
         assert!(!store.path_of(&kept).exists());
+    }
+
+    #[test]
+    fn deferred_saves_are_written_when_run_read_back_inside_and_forgotten_by_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "iso").unwrap();
+        let (a, b, gone) = (
+            ContainerId::top("a").unwrap(),
+            ContainerId::top("b").unwrap(),
+            ContainerId::top("gone").unwrap(),
+        );
+        store.save(&b, &Rec { handle: 1 }).unwrap();
+        let ((), saves) = defer_saves(|| {
+            store.save(&a, &Rec { handle: 2 }).unwrap();
+            store.save(&a, &Rec { handle: 3 }).unwrap();
+            store.save(&b, &Rec { handle: 4 }).unwrap();
+            store.save(&gone, &Rec { handle: 5 }).unwrap();
+            store.remove(&gone).unwrap();
+            assert_eq!(store.load::<Rec>(&a).unwrap(), Some(Rec { handle: 3 }));
+        });
+        assert_eq!(saves.len(), 2, "{saves:?}");
+        assert!(!store.path_of(&a).exists(), "written before being run");
+        assert_eq!(store.load::<Rec>(&b).unwrap(), Some(Rec { handle: 1 }));
+        assert!(saves.run().is_empty());
+        assert_eq!(store.load::<Rec>(&a).unwrap(), Some(Rec { handle: 3 }));
+        assert_eq!(store.load::<Rec>(&b).unwrap(), Some(Rec { handle: 4 }));
+        assert!(!store.path_of(&gone).exists());
+        // Outside a deferral, saving is immediate again.
+        store.save(&gone, &Rec { handle: 6 }).unwrap();
+        assert!(store.path_of(&gone).exists());
+    }
+
+    #[test]
+    fn a_deferred_save_that_cannot_be_written_is_returned_and_the_old_record_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "iso").unwrap();
+        let id = ContainerId::top("a").unwrap();
+        store.save(&id, &Rec { handle: 1 }).unwrap();
+        let ((), saves) = defer_saves(|| store.save(&id, &Rec { handle: 2 }).unwrap());
+        // The temporary file's name taken by a directory: the write fails.
+        fs::create_dir(store.dir().join(".a.tmp")).unwrap();
+        let errors = saves.run();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains(".a.tmp"), "{}", errors[0]);
+        assert_eq!(store.load::<Rec>(&id).unwrap(), Some(Rec { handle: 1 }));
     }
 
     #[test]
@@ -472,6 +661,28 @@ mod tests {
         .unwrap();
         assert!(store.load_all::<Rec>().unwrap().is_empty());
         assert!(!store.dir().join("a.json").exists());
+    }
+
+    #[test]
+    fn an_unreadable_record_written_before_this_boot_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "x").unwrap();
+        // What a machine crash leaves of a record whose data never reached the disk.
+        let path = store.dir().join("a.json");
+        fs::write(&path, b"").unwrap();
+        let before_boot = booted_at().unwrap() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(before_boot)
+            .unwrap();
+        assert!(store.load_all::<Rec>().unwrap().is_empty());
+        assert!(!path.exists());
+        // The same written in this boot is reported.
+        fs::write(&path, b"").unwrap();
+        let err = store.load_all::<Rec>().unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
 use cxx::UniquePtr;
-use rein_core::state::defer_removals;
+use rein_core::state::{defer_removals, defer_saves, Saves};
 
 use crate::bridge::ffi::{
     Completion, ContainerIoView, LaunchInfoView, LimitationView, StatisticsView, StatusView,
@@ -89,7 +89,9 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
     /// Queues `work` and completes `done` with its outcome, or with a failure if it
     /// panics. `span` names the call and the container in every log line it makes.
     /// With [`Records::RemoveAfterAnswer`], the state records `work` removes are
-    /// removed only after `done` is completed ([`run_call_removing_after`]).
+    /// removed only after `done` is completed ([`run_call_removing_after`]); with
+    /// [`Records::SaveAfterAnswer`], those it saves are written after `done` is
+    /// completed and before the module's next call ([`run_call_saving_after`]).
     pub(crate) fn call(
         &self,
         method: &'static str,
@@ -99,6 +101,7 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
         work: impl FnOnce(&mut S) -> Outcome + Send + 'static,
     ) {
         let name = self.name;
+        let mailbox = Arc::downgrade(&self.mailbox);
         self.mailbox.send(Box::new(move |state: &mut S| {
             let work = || work(state);
             match records {
@@ -106,18 +109,33 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
                 Records::RemoveAfterAnswer => {
                     run_call_removing_after(name, method, &container, done, work);
                 }
+                Records::SaveAfterAnswer(unsaved) => {
+                    let saves = run_call_deferring_saves(name, method, &container, done, work);
+                    if saves.is_empty() {
+                        return;
+                    }
+                    let write =
+                        move |_: &mut S| write_saves(name, method, &container, saves, unsaved);
+                    match mailbox.upgrade() {
+                        Some(mailbox) => mailbox.send_first(Box::new(write)),
+                        // The pool holds the mailbox while its call runs: not reached.
+                        None => write(state),
+                    }
+                }
             }
         }));
     }
 }
 
-/// When a call's removals of state records happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When a call's writes and removals of state records happen.
 pub(crate) enum Records {
     /// As the module makes them.
     InCall,
-    /// After the answer ([`run_call_removing_after`]).
+    /// Removals after the answer ([`run_call_removing_after`]).
     RemoveAfterAnswer,
+    /// Writes after the answer ([`run_call_saving_after`]); what could not be
+    /// written is handed to the function, as one message.
+    SaveAfterAnswer(Box<dyn FnOnce(String) + Send>),
 }
 
 impl<S: ?Sized + Send + 'static> Drop for Actor<S> {
@@ -191,6 +209,50 @@ pub(crate) fn run_call_removing_after(
         Some(janitor) => janitor.send(Box::new(move |()| remove())),
         None => remove(),
     }
+}
+
+/// As [`run_call`], with the writing of the state records the call saves put off
+/// until its answer is delivered ([`defer_saves`]); returns them, for
+/// [`write_saves`] as the module's next work ([`Mailbox::send_first`]): creating a
+/// file on a busy disk costs tens to hundreds of microseconds that neither the
+/// agent nor the next module of a chain need wait for.
+fn run_call_deferring_saves(
+    name: &'static str,
+    method: &'static str,
+    container: &str,
+    done: Box<dyn Completer>,
+    work: impl FnOnce() -> Outcome,
+) -> Saves {
+    let mut saves = Saves::default();
+    run_call(name, method, container, done, || {
+        let (outcome, noted) = defer_saves(work);
+        saves = noted;
+        outcome
+    });
+    saves
+}
+
+/// Writes records a call left to write after its answer. Those that cannot be
+/// written are logged and handed to `unsaved`, for the container's next call to
+/// fail with: no container runs without the record its recovery needs.
+fn write_saves(
+    name: &'static str,
+    method: &'static str,
+    container: &str,
+    saves: Saves,
+    unsaved: Box<dyn FnOnce(String) + Send>,
+) {
+    let errors = saves.run();
+    if errors.is_empty() {
+        return;
+    }
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::warn!(module = name, call = method, container = %container, "writing a state record after answering: {message}; the container's next call fails");
+    unsaved(message);
 }
 
 /// Waits (up to 5 s) until the state records whose removal was put off until after

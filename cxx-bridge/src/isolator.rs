@@ -25,6 +25,28 @@ pub struct IsolatorHandle {
     in_agent: bool,
     watches: Watches,
     statuses: Statuses,
+    unsaved: Unsaved,
+}
+
+/// Containers whose state record could not be written after `prepare` answered
+/// ([`Records::SaveAfterAnswer`]), by container text, with the reason: their
+/// `isolate()` fails with it, so no container runs without the record its
+/// recovery needs. Dropped at `cleanup()`.
+#[derive(Clone, Default)]
+struct Unsaved(Arc<Mutex<HashMap<String, String>>>);
+
+impl Unsaved {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What to call with the reason when `container`'s records cannot be written.
+    fn sink(&self, container: String) -> Box<dyn FnOnce(String) + Send> {
+        let unsaved = self.clone();
+        Box::new(move |reason| {
+            unsaved.map().insert(container, reason);
+        })
+    }
 }
 
 /// Each container's `status()` as the isolator last gave it (after `prepare`,
@@ -167,6 +189,7 @@ impl IsolatorHandle {
             in_agent,
             watches: Watches::default(),
             statuses: Statuses::default(),
+            unsaved: Unsaved::default(),
         })
     }
 
@@ -202,7 +225,8 @@ impl IsolatorHandle {
     /// shim only copies it. A launch the policy refuses is undone at once (the
     /// isolator's `cleanup()`), before the failure reaches the agent.
     /// The first of the agent's isolators to be called also starts the logger's
-    /// registration ([`logger_ahead`]).
+    /// registration ([`logger_ahead`]). The state records the isolator saves are
+    /// written after the answer ([`Records::SaveAfterAnswer`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
         let tags_sandbox = self.in_agent && self.name == DISK;
         if self.in_agent && !tags_sandbox {
@@ -211,11 +235,13 @@ impl IsolatorHandle {
         // The disk isolator starts it once the sandbox is tagged (after its prepare).
         let early = tags_sandbox.then(|| config.clone());
         let statuses = self.statuses.clone();
+        let text = config.container.text();
+        let unsaved = self.unsaved.sink(text.clone());
         self.actor.call(
             "prepare",
-            config.container.text(),
+            text,
             done,
-            Records::InCall,
+            Records::SaveAfterAnswer(unsaved),
             move |iso| {
                 let spec = match convert::container_spec(config) {
                     Ok(spec) => spec,
@@ -246,9 +272,17 @@ impl IsolatorHandle {
         );
     }
 
-    /// `isolate()`.
+    /// `isolate()`; fails, placing nothing, for a container whose state record
+    /// could not be written after `prepare` ([`Unsaved`]).
     pub fn isolate_with(&self, container: ContainerChain, pid: i32, done: Box<dyn Completer>) {
+        let unsaved = self.unsaved.clone();
+        let (name, text) = (self.name, container.text());
         self.with_id("isolate", container, done, move |iso, id| {
+            if let Some(reason) = unsaved.map().remove(&text) {
+                return Ok(Outcome::Failed(format!(
+                    "rein {name}: the container's state record could not be written after prepare: {reason}"
+                )));
+            }
             iso.isolate(id, pid).map(|()| Outcome::Nothing)
         });
     }
@@ -318,24 +352,48 @@ impl IsolatorHandle {
         });
     }
 
-    /// `cleanup()`. An id that does not decode was refused by `prepare()`, so there
-    /// is nothing to clean up: the containerizer can finish destroying it. The
-    /// container's state record is removed after the answer (see
-    /// [`Records::RemoveAfterAnswer`]): a record outliving the call by a moment is
-    /// what a crash just before `cleanup()` leaves too, and `recover()` handles it.
+    /// `cleanup()`, answered at once on the caller's thread; the isolator's work
+    /// follows on the worker threads ([`IsolatorHandle::cleanup_reporting`]).
+    /// Mesos sends a task's terminal status update only after every isolator's
+    /// cleanup, one after the other, and treats a failed one as a container it
+    /// cannot finish destroying; the isolators instead keep what they could not
+    /// release, log and count it, and retry it ([`rein_core::isolator::PendingCleanups`]),
+    /// which is what the agent would need anyway. The work's outcome is logged.
     pub fn cleanup_with(&self, container: ContainerChain, done: Box<dyn Completer>) {
+        let settled = Box::new(LogFailure {
+            name: self.name,
+            container: container.text(),
+        });
+        self.cleanup_reporting(container, done, settled);
+    }
+
+    /// `cleanup()`: queues the isolator's work, then completes `answered` at once;
+    /// `settled` gets the work's outcome. An id that does not decode was refused by
+    /// `prepare()`, so there is nothing to clean up. The work runs after every call
+    /// already queued for the isolator and before any later one (its records
+    /// removed after it: [`Records::RemoveAfterAnswer`]); a record or kernel object
+    /// outliving the answer by a moment is what a crash just before `cleanup()`
+    /// leaves too, and `recover()` handles it.
+    pub fn cleanup_reporting(
+        &self,
+        container: ContainerChain,
+        answered: Box<dyn Completer>,
+        settled: Box<dyn Completer>,
+    ) {
+        let text = container.text();
         if let Ok(id) = convert::container_id(container.clone()) {
             if self.in_agent {
                 logger_ahead::discard(&id);
             }
             self.statuses.map().remove(&id);
         }
+        self.unsaved.map().remove(&text);
         let watches = self.watches.clone();
         let statuses = self.statuses.clone();
         self.actor.call(
             "cleanup",
-            container.text(),
-            done,
+            text,
+            settled,
             Records::RemoveAfterAnswer,
             move |iso| {
                 match convert::container_id(container) {
@@ -354,6 +412,7 @@ impl IsolatorHandle {
                 }
             },
         );
+        deliver(answered, Outcome::Nothing);
     }
 
     fn with_id(
@@ -412,6 +471,21 @@ impl IsolatorHandle {
     }
     pub(crate) fn cleanup(&self, container: ContainerChain, done: UniquePtr<Completion>) {
         self.cleanup_with(container, CxxCompleter::boxed(done));
+    }
+}
+
+/// Logs a failed outcome: the work of a call answered before it ran.
+struct LogFailure {
+    name: &'static str,
+    container: String,
+}
+
+impl Completer for LogFailure {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        if let Outcome::Failed(message) = outcome {
+            tracing::warn!(module = self.name, container = %self.container,
+                           "cleanup after answering: {message}");
+        }
     }
 }
 

@@ -7,26 +7,24 @@
 //! always one thread per busy module).
 //!
 //! What sharing buys is the hand-off: a lifecycle is a chain of calls to different
-//! modules (Mesos prepares and cleans up isolators one after the other), and waking
-//! a parked thread for each costs a scheduler round trip, milliseconds on a loaded
-//! machine. A thread that has just finished a call spins for a short while
-//! ([`SPIN`]) before parking and takes the next call of any module without a wake-up.
-//! At most one thread spins at a time, so idle modules burn no CPU beyond one short
-//! spin after a burst of calls.
+//! modules (Mesos prepares isolators one after the other, each asked from the
+//! thread that completed the previous one's future), and waking a parked thread for
+//! each costs a scheduler round trip, milliseconds on a loaded machine. A call
+//! queued by a pool thread is left to that thread, which takes it as soon as its
+//! own call returns ([`Pool::schedule`]); threads park as soon as nothing is ready
+//! (a spin before parking only took the CPU from the threads about to be woken).
 //!
 //! Callers (libprocess threads) only take the queues' locks, which are held for a
 //! push or a pop, never across a module's work.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
 
-/// How long a thread that ran out of calls looks for the next one before parking:
-/// longer than the gap between two calls of a chain (the caller taking one answer and
-/// queueing the next call), shorter than anything worth a core.
-pub(crate) const SPIN: Duration = Duration::from_micros(50);
+thread_local! {
+    /// Set on the pool's threads.
+    static WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -74,6 +72,21 @@ impl<S: ?Sized + Send + 'static> Mailbox<S> {
     /// Queues a call.
     pub(crate) fn send(self: &Arc<Self>, job: Box<dyn FnOnce(&mut S) + Send>) {
         self.push(Task::Run(job));
+    }
+
+    /// Queues work to run before every call queued so far: what a call leaves to
+    /// do after its answer, which the module's next call must find done. The
+    /// thread that answered goes on with whatever the answer started elsewhere (the
+    /// next module of a chain) before it.
+    pub(crate) fn send_first(self: &Arc<Self>, job: Box<dyn FnOnce(&mut S) + Send>) {
+        let schedule = {
+            let mut queue = lock(&self.queue);
+            queue.tasks.push_front(Task::Run(job));
+            !std::mem::replace(&mut queue.scheduled, true)
+        };
+        if schedule {
+            pool().schedule(self.clone());
+        }
     }
 
     /// Drops the module after the calls already queued, on a pool thread (a module's
@@ -125,8 +138,6 @@ struct RunQueue {
     ready: VecDeque<Arc<dyn Ready>>,
     /// Threads parked on `wake`.
     sleepers: usize,
-    /// Threads spinning (0 or 1).
-    spinning: usize,
     /// Threads to end (their modules were closed).
     retiring: usize,
 }
@@ -134,11 +145,6 @@ struct RunQueue {
 struct Pool {
     run: Mutex<RunQueue>,
     wake: Condvar,
-    /// [`SPIN`], or nothing on a single CPU (where the caller cannot run while a
-    /// thread spins, so the spin would only delay it).
-    spin: Duration,
-    /// `run.ready.len()`, for the spinning thread to watch without the lock.
-    queued: AtomicUsize,
 }
 
 fn pool() -> &'static Pool {
@@ -147,15 +153,9 @@ fn pool() -> &'static Pool {
         run: Mutex::new(RunQueue {
             ready: VecDeque::new(),
             sleepers: 0,
-            spinning: 0,
             retiring: 0,
         }),
         wake: Condvar::new(),
-        spin: match thread::available_parallelism() {
-            Ok(n) if n.get() > 1 => SPIN,
-            _ => Duration::ZERO,
-        },
-        queued: AtomicUsize::new(0),
     })
 }
 
@@ -175,49 +175,40 @@ impl Pool {
     fn schedule(&self, module: Arc<dyn Ready>) {
         let mut run = lock(&self.run);
         run.ready.push_back(module);
-        self.queued.store(run.ready.len(), Ordering::Release);
-        // A spinning thread takes one module without a wake-up; wake for the rest.
-        if run.sleepers > 0 && run.ready.len() > run.spinning {
+        // A call queued by a pool thread (a call's answer asking the next module
+        // of a chain, or the work it leaves for after its answer) is taken by that
+        // thread as soon as its own call returns, which is about to happen: it
+        // wakes a parked thread then only for what is left beyond that one
+        // ([`Pool::work`]). Waking one now would cost a scheduler round trip for
+        // a call this thread reaches sooner.
+        if run.sleepers > 0 && !WORKER.with(std::cell::Cell::get) {
             self.wake.notify_one();
         }
     }
 
-    /// A worker thread: runs modules' calls, spins, parks.
+    /// A worker thread: runs modules' calls, parks when none is ready. One that
+    /// takes a module and leaves others ready wakes a parked thread for them (the
+    /// calls pool threads queued without waking anyone, or a burst of callers').
     fn work(&self) {
+        WORKER.with(|w| w.set(true));
         let mut run = lock(&self.run);
-        let mut spun = false;
         loop {
             if let Some(module) = run.ready.pop_front() {
-                self.queued.store(run.ready.len(), Ordering::Release);
-                if run.sleepers > 0 && !run.ready.is_empty() && run.spinning == 0 {
+                if run.sleepers > 0 && !run.ready.is_empty() {
                     self.wake.notify_one();
                 }
                 drop(run);
                 module.run_next();
                 run = lock(&self.run);
-                spun = false;
                 continue;
             }
             if run.retiring > 0 {
                 run.retiring -= 1;
                 return;
             }
-            if !spun && run.spinning == 0 && !self.spin.is_zero() {
-                run.spinning += 1;
-                drop(run);
-                let deadline = Instant::now() + self.spin;
-                while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
-                    std::hint::spin_loop();
-                }
-                run = lock(&self.run);
-                run.spinning -= 1;
-                spun = true;
-                continue;
-            }
             run.sleepers += 1;
             run = self.wake.wait(run).unwrap_or_else(PoisonError::into_inner);
             run.sleepers -= 1;
-            spun = false;
         }
     }
 }
@@ -226,6 +217,7 @@ impl Pool {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::time::Duration;
 
     #[test]
     fn calls_of_one_module_run_in_order_and_modules_run_side_by_side() {

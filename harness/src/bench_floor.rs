@@ -1,9 +1,11 @@
 //! The kernel's own share of a lifecycle, printed beside `rein-run bench`'s figures:
-//! the cgroup v1 and file operations the three isolators make for a container before
-//! their answers (the state records' removal comes after, as in the modules), done
-//! in one thread through the same cgroupfs and state-file code, without the modules,
-//! the bridge or any thread hop. What the benchmark measures above this is the
-//! modules' and the bridge's cost; this part no module can remove on this machine.
+//! the cgroup v1 operations the three isolators make for a container before their
+//! answers, done in one thread through the same cgroupfs code, without the modules,
+//! the bridge or any thread hop. The state records (written after `prepare`'s
+//! answers, removed after `cleanup`'s) and the cgroups' removal (after `cleanup`'s
+//! answer) are done too, untimed, as in the modules. What the benchmark measures
+//! above this is the modules' and the bridge's cost; this part no module can remove
+//! on this machine.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,30 +53,30 @@ pub fn run(
             .map(|kind| state_dir.join(format!("{kind}-{name}.json")))
             .collect();
         let t = Instant::now();
-        // prepare: both cgroups, the classid, three records (temporary file, rename)
+        // prepare: both cgroups and the classid
         groups[0].create().map_err(|e| e.to_string())?;
         groups[0]
             .write("net_cls.classid", &format!("{}", 0x1_0000 + i % 0xffff))
             .map_err(|e| e.to_string())?;
         groups[1].create().map_err(|e| e.to_string())?;
+        let prepared = t.elapsed();
+        // after the answers: three records (temporary file, rename)
         for r in &records {
             AtomicFile::new(r)
                 .write(RECORD)
                 .map_err(|e| e.to_string())?;
         }
         // isolate: the process into both
+        let t = Instant::now();
         for g in &groups {
             g.add_process(pid).map_err(|e| e.to_string())?;
         }
-        let prepared_and_isolated = t.elapsed();
+        times.push(prepared + t.elapsed());
         end();
-        // cleanup: both cgroups; the records after the answer, as the modules
-        // remove them (off the timed path)
-        let t = Instant::now();
+        // cleanup, after its answer: both cgroups, then the records
         for g in &groups {
             g.remove().map_err(|e| e.to_string())?;
         }
-        times.push(prepared_and_isolated + t.elapsed());
         for r in &records {
             fs::remove_file(r).map_err(|e| e.to_string())?;
         }

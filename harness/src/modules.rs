@@ -1,8 +1,12 @@
 //! The isolators of one harness run, driven through the same bridge handles the
 //! agent's shim uses: each call goes to the isolator's own thread and completes
-//! through a [`Completer`], here a channel.
+//! through a [`Completer`], here a channel, or, where the containerizer chains
+//! calls, the next call itself: libprocess runs a `then` continuation on the thread
+//! that completes the future, so Mesos asks the next isolator's `prepare` from the
+//! thread that answered the previous one, and continues after the parallel
+//! `isolate` calls once the last one answered.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -37,7 +41,7 @@ pub struct Limited {
 
 /// The loaded isolators, in configuration order, and the logger.
 pub struct Modules {
-    isolators: Vec<(String, IsolatorHandle)>,
+    isolators: Arc<[(String, IsolatorHandle)]>,
     logger: Option<LoggerHandle>,
     limits_tx: mpsc::Sender<(String, Outcome)>,
     limits_rx: mpsc::Receiver<(String, Outcome)>,
@@ -82,7 +86,7 @@ impl Modules {
         };
         let (limits_tx, limits_rx) = mpsc::channel();
         Ok(Self {
-            isolators,
+            isolators: isolators.into(),
             logger,
             limits_tx,
             limits_rx,
@@ -110,7 +114,7 @@ impl Modules {
         live: &[RecoveredView],
         orphans: &[ContainerChain],
     ) -> Result<(), CallError> {
-        for (kind, handle) in &self.isolators {
+        for (kind, handle) in self.isolators.iter() {
             let outcome = Self::call_one(handle, |h, d| {
                 h.recover_with(live.to_vec(), orphans.to_vec(), d)
             });
@@ -119,22 +123,29 @@ impl Modules {
         Ok(())
     }
 
-    /// `prepare()` in order; the first failure stops (the caller cleans up).
+    /// `prepare()` in order, each asked by the answer of the one before
+    /// ([`PrepareChain`]); the first failure stops (the caller cleans up).
     /// Returns the environment to add, from every launch info.
     pub fn prepare(
         &self,
         config: &ContainerConfigView,
     ) -> Result<Vec<(String, String)>, CallError> {
-        let mut environment = Vec::new();
-        for (kind, handle) in &self.isolators {
-            match Self::call_one(handle, |h, d| h.prepare_with(config.clone(), d)) {
-                Outcome::LaunchInfo(info) => {
-                    environment.extend(info.environment.into_iter().map(|kv| (kv.key, kv.value)));
-                }
-                other => return Err(describe(kind, "prepare", other)),
-            }
+        let (tx, rx) = mpsc::channel();
+        PrepareChain {
+            isolators: self.isolators.clone(),
+            next: 0,
+            config: config.clone(),
+            environment: Vec::new(),
+            done: tx,
         }
-        Ok(environment)
+        .ask_next();
+        rx.recv_timeout(CALL_TIMEOUT).unwrap_or_else(|_| {
+            Err(CallError {
+                module: "isolators".into(),
+                call: "prepare",
+                message: "no answer within the call timeout".into(),
+            })
+        })
     }
 
     /// The logger's `prepare()`: the container's stdout and stderr, or `None` when
@@ -165,32 +176,37 @@ impl Modules {
 
     /// `watch()` on every isolator; limitations arrive on [`Modules::limitation`].
     pub fn watch(&self, container: &ContainerChain) {
-        for (kind, handle) in &self.isolators {
+        for (kind, handle) in self.isolators.iter() {
             let tx = self.limits_tx.clone();
             let kind = kind.clone();
             handle.watch_with(container.clone(), Box::new(Tagged(kind, tx)));
         }
     }
 
-    /// `isolate()` on every isolator, all queued before any is awaited (Mesos runs
-    /// them in parallel).
+    /// `isolate()` on every isolator, all queued before any answers (Mesos runs
+    /// them in parallel and goes on once the last one answered: [`Collect`]).
     pub fn isolate(&self, container: &ContainerChain, pid: i32) -> Result<(), CallError> {
-        let pending: Vec<_> = self
-            .isolators
-            .iter()
-            .map(|(kind, handle)| {
-                let (tx, rx) = mpsc::channel();
-                handle.isolate_with(container.clone(), pid, Box::new(Channel(tx)));
-                (kind, rx)
-            })
-            .collect();
-        for (kind, rx) in pending {
-            let outcome = rx
-                .recv_timeout(CALL_TIMEOUT)
-                .unwrap_or(Outcome::Failed("timed out".into()));
-            expect_nothing(kind, "isolate", outcome)?;
+        let (tx, rx) = mpsc::channel();
+        let collect = Arc::new(Collect {
+            left: Mutex::new((self.isolators.len(), Vec::new())),
+            done: tx,
+        });
+        for (kind, handle) in self.isolators.iter() {
+            let part = Part(collect.clone(), kind.clone());
+            handle.isolate_with(container.clone(), pid, Box::new(part));
         }
-        Ok(())
+        drop(collect);
+        let answers = rx.recv_timeout(CALL_TIMEOUT).unwrap_or_default();
+        if answers.len() < self.isolators.len() {
+            return Err(CallError {
+                module: "isolators".into(),
+                call: "isolate",
+                message: "no answer within the call timeout".into(),
+            });
+        }
+        answers
+            .into_iter()
+            .try_for_each(|(kind, outcome)| expect_nothing(&kind, "isolate", outcome))
     }
 
     /// A limitation, if one arrived within `wait`.
@@ -214,7 +230,7 @@ impl Modules {
     ) -> (Vec<(String, T)>, Vec<CallError>) {
         let mut answers = Vec::new();
         let mut errors = Vec::new();
-        for (kind, handle) in &self.isolators {
+        for (kind, handle) in self.isolators.iter() {
             match answer(Self::call_one(handle, &start)) {
                 Ok(value) => answers.push((kind.clone(), value)),
                 Err(other) => errors.push(describe(kind, call, other)),
@@ -254,16 +270,117 @@ impl Modules {
     }
 
     /// `cleanup()` in reverse order; every isolator is cleaned even if one fails
-    /// (Mesos tolerates cleanup failures too), and all errors are returned.
+    /// (Mesos tolerates cleanup failures too), and all errors of the isolators'
+    /// work are returned once it is done.
     pub fn cleanup(&self, container: &ContainerChain) -> Vec<CallError> {
-        let mut errors = Vec::new();
+        self.cleanup_answered(container).settle()
+    }
+
+    /// `cleanup()` in reverse order, each asked once the one before answered (as
+    /// Mesos chains them); returns when the last one answered, with the isolators'
+    /// work still to settle ([`Cleanups::settle`]).
+    pub fn cleanup_answered(&self, container: &ContainerChain) -> Cleanups {
+        let mut cleanups = Cleanups(Vec::new());
         for (kind, handle) in self.isolators.iter().rev() {
-            let outcome = Self::call_one(handle, |h, d| h.cleanup_with(container.clone(), d));
-            if let Err(e) = expect_nothing(kind, "cleanup", outcome) {
-                errors.push(e);
+            let (answered, settled) = (mpsc::channel(), mpsc::channel());
+            handle.cleanup_reporting(
+                container.clone(),
+                Box::new(Channel(answered.0)),
+                Box::new(Channel(settled.0)),
+            );
+            let answer = answered
+                .1
+                .recv_timeout(CALL_TIMEOUT)
+                .unwrap_or_else(|_| Outcome::Failed("no answer within the call timeout".into()));
+            cleanups.0.push((kind.clone(), answer, settled.1));
+        }
+        cleanups
+    }
+}
+
+/// The isolators' cleanups of one container, answered, their work perhaps still
+/// running.
+pub struct Cleanups(Vec<(String, Outcome, mpsc::Receiver<Outcome>)>);
+
+impl Cleanups {
+    /// Waits for the isolators' work; returns every failure, of an answer or of
+    /// the work.
+    pub fn settle(self) -> Vec<CallError> {
+        let mut errors = Vec::new();
+        for (kind, answer, settled) in self.0 {
+            let work = settled
+                .recv_timeout(CALL_TIMEOUT)
+                .unwrap_or_else(|_| Outcome::Failed("not done within the call timeout".into()));
+            for outcome in [answer, work] {
+                if let Err(e) = expect_nothing(&kind, "cleanup", outcome) {
+                    errors.push(e);
+                }
             }
         }
         errors
+    }
+}
+
+/// The containerizer's chain of `prepare` calls: each answer asks the next
+/// isolator, on the thread that answered.
+struct PrepareChain {
+    isolators: Arc<[(String, IsolatorHandle)]>,
+    next: usize,
+    config: ContainerConfigView,
+    environment: Vec<(String, String)>,
+    done: mpsc::Sender<Result<Vec<(String, String)>, CallError>>,
+}
+
+impl PrepareChain {
+    fn ask_next(mut self) {
+        let isolators = self.isolators.clone();
+        match isolators.get(self.next) {
+            Some((_, handle)) => {
+                self.next += 1;
+                handle.prepare_with(self.config.clone(), Box::new(self));
+            }
+            None => {
+                let _ = self.done.send(Ok(self.environment));
+            }
+        }
+    }
+}
+
+impl Completer for PrepareChain {
+    fn complete(mut self: Box<Self>, outcome: Outcome) {
+        match outcome {
+            Outcome::LaunchInfo(info) => {
+                self.environment
+                    .extend(info.environment.into_iter().map(|kv| (kv.key, kv.value)));
+                self.ask_next();
+            }
+            other => {
+                let kind = &self.isolators[self.next - 1].0;
+                let _ = self.done.send(Err(describe(kind, "prepare", other)));
+            }
+        }
+    }
+}
+
+/// The answers of calls made in parallel, handed on together once the last one
+/// arrived.
+struct Collect {
+    left: Mutex<(usize, Vec<(String, Outcome)>)>,
+    done: mpsc::Sender<Vec<(String, Outcome)>>,
+}
+
+/// One of the calls a [`Collect`] waits for, and its isolator.
+struct Part(Arc<Collect>, String);
+
+impl Completer for Part {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        let Part(collect, kind) = *self;
+        let mut left = collect.left.lock().unwrap_or_else(PoisonError::into_inner);
+        left.1.push((kind, outcome));
+        left.0 -= 1;
+        if left.0 == 0 {
+            let _ = collect.done.send(std::mem::take(&mut left.1));
+        }
     }
 }
 

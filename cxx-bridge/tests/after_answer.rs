@@ -1,0 +1,156 @@
+//! Work the bridge does after answering: `cleanup()` is answered before the
+//! isolator's work runs (its outcome goes to the second completer), and the state
+//! records `prepare()` saves are written after its answer, the container's next
+//! call failing if they could not be.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rein_core::isolator::Error;
+use rein_core::state::StateStore;
+use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer};
+use rein_modules::{ContainerChain, ContainerConfigView, IsolatorHandle, Outcome};
+
+mod common;
+
+use common::completer;
+
+fn wait(rx: &mpsc::Receiver<Outcome>) -> Outcome {
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("call completed")
+}
+
+/// Saves a record at `prepare`; its `cleanup` waits until `release` gets a message
+/// (or is closed), then fails for containers named "stuck".
+struct Recording {
+    store: StateStore,
+    release: Arc<Mutex<mpsc::Receiver<()>>>,
+}
+
+impl Isolator for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        self.store.save(&spec.id, &42u32)?;
+        Ok(LaunchInfo::default())
+    }
+    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
+        Ok(())
+    }
+    fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
+        let _ = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        self.store.remove(id)?;
+        if id.value() == "stuck" {
+            return Err("the cgroup is busy".into());
+        }
+        Ok(())
+    }
+}
+
+fn recording() -> (IsolatorHandle, tempfile::TempDir, mpsc::Sender<()>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let iso = Recording {
+        store: StateStore::open(dir.path(), "recording").unwrap(),
+        release: Arc::new(Mutex::new(rx)),
+    };
+    (IsolatorHandle::start(Box::new(iso)).unwrap(), dir, tx)
+}
+
+fn record(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join("recording").join(format!("{name}.json"))
+}
+
+fn config(name: &str) -> ContainerConfigView {
+    ContainerConfigView::new(ContainerChain::new([name]), "/tmp/sandbox")
+}
+
+#[test]
+fn cleanup_is_answered_before_its_work_and_the_work_reports_apart() {
+    let (handle, dir, release) = recording();
+    for name in ["done", "stuck"] {
+        let (done, rx) = completer();
+        handle.prepare_with(config(name), done);
+        assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+    }
+    let (answered, answer) = completer();
+    let (settled, work) = completer();
+    handle.cleanup_reporting(ContainerChain::new(["stuck"]), answered, settled);
+    // Answered while the isolator's cleanup still waits for its release.
+    assert!(matches!(wait(&answer), Outcome::Nothing));
+    assert!(
+        work.recv_timeout(Duration::from_millis(100)).is_err(),
+        "the work finished before it was released"
+    );
+    assert!(record(&dir, "stuck").exists());
+    release.send(()).unwrap();
+    match wait(&work) {
+        Outcome::Failed(message) => assert!(message.contains("busy"), "{message}"),
+        other => panic!("expected the work's failure, got {other:?}"),
+    }
+    // The agent's entry point: answered at once, the work still done (in order,
+    // before the next call).
+    let (done, rx) = completer();
+    handle.cleanup_with(ContainerChain::new(["done"]), done);
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+    release.send(()).unwrap();
+    let (done, rx) = completer();
+    handle.prepare_with(config("after"), done);
+    assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+    rein_modules::flush_removals();
+    assert!(!record(&dir, "done").exists(), "the work never ran");
+}
+
+#[test]
+fn a_record_written_after_the_answer_is_there_for_the_next_call() {
+    let (handle, dir, _release) = recording();
+    let (done, rx) = completer();
+    handle.prepare_with(config("a"), done);
+    assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+    let (done, rx) = completer();
+    handle.isolate_with(ContainerChain::new(["a"]), 1, done);
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+    let saved = fs::read_to_string(record(&dir, "a")).unwrap();
+    assert!(saved.contains("42"), "{saved}");
+}
+
+#[test]
+fn a_record_that_cannot_be_written_after_the_answer_fails_the_next_call() {
+    let (handle, dir, _release) = recording();
+    // The record's temporary name is taken by a directory: its write fails.
+    fs::create_dir(dir.path().join("recording").join(".full.tmp")).unwrap();
+    let (done, rx) = completer();
+    handle.prepare_with(config("full"), done);
+    assert!(
+        matches!(wait(&rx), Outcome::LaunchInfo(_)),
+        "the answer does not wait for the record"
+    );
+    let (done, rx) = completer();
+    handle.isolate_with(ContainerChain::new(["full"]), 1, done);
+    match wait(&rx) {
+        Outcome::Failed(message) => {
+            assert!(message.contains("state record"), "{message}");
+            assert!(message.contains(".full.tmp"), "{message}");
+        }
+        other => panic!("expected isolate to fail, got {other:?}"),
+    }
+    assert!(!record(&dir, "full").exists());
+    // Another container is not affected.
+    let (done, rx) = completer();
+    handle.prepare_with(config("fine"), done);
+    assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+    let (done, rx) = completer();
+    handle.isolate_with(ContainerChain::new(["fine"]), 1, done);
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+}
