@@ -14,15 +14,18 @@ use crate::actor::{
 use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
 };
-use crate::{convert, launch, logger_ahead};
+use crate::{convert, isolators_ahead, launch, logger_ahead};
 
 /// One isolator instance, run by the bridge's worker threads.
 pub struct IsolatorHandle {
-    actor: Actor<dyn Isolator>,
+    actor: Arc<Actor<dyn Isolator>>,
     name: &'static str,
     nesting: bool,
     /// Started with [`IsolatorHandle::start_in_agent`].
     in_agent: bool,
+    /// Its number among the agent's isolators whose `prepare`s start together
+    /// ([`isolators_ahead`]), when started in the agent.
+    member: Option<u64>,
     watches: Watches,
     statuses: Statuses,
     unsaved: Unsaved,
@@ -122,7 +125,68 @@ impl Drop for IsolatorHandle {
         if self.in_agent && self.name == DISK {
             logger_ahead::disk_isolator(false);
         }
+        if let Some(member) = self.member {
+            isolators_ahead::leave(member);
+        }
     }
+}
+
+/// Queues an isolator's `prepare` (see [`IsolatorHandle::prepare_with`]): the launch
+/// info is decided here ([`launch::decide`]); a launch the policy refuses is undone
+/// at once (the isolator's `cleanup()`) before the failure is answered; the state
+/// records are written after the answer ([`Records::SaveAfterAnswer`]). One of the
+/// agent's isolators also starts the logger's registration ([`logger_ahead`]): the
+/// disk isolator once its `prepare` has tagged the sandbox, the others at once.
+fn queue_prepare(
+    actor: &Actor<dyn Isolator>,
+    name: &'static str,
+    in_agent: bool,
+    statuses: &Statuses,
+    unsaved: &Unsaved,
+    config: ContainerConfigView,
+    done: Box<dyn Completer>,
+) {
+    let tags_sandbox = in_agent && name == DISK;
+    if in_agent && !tags_sandbox {
+        logger_ahead::start_from(false, &config);
+    }
+    let early = tags_sandbox.then(|| config.clone());
+    let statuses = statuses.clone();
+    let text = config.container.text();
+    let unsaved = unsaved.sink(text.clone());
+    actor.call(
+        "prepare",
+        text,
+        done,
+        Records::SaveAfterAnswer(unsaved),
+        move |iso| {
+            let spec = match convert::container_spec(config) {
+                Ok(spec) => spec,
+                Err(e) => return failed(&e),
+            };
+            let info = match iso.prepare(&spec) {
+                Ok(info) => info,
+                Err(e) => return failed(&*e),
+            };
+            match launch::decide(info) {
+                Ok(view) => {
+                    // Kept for the agent's status() calls; a failure here is
+                    // the isolator's own answer when the agent asks.
+                    let _ = statuses.refresh(iso, &spec.id);
+                    if let Some(config) = &early {
+                        logger_ahead::start_from(true, config);
+                    }
+                    Outcome::LaunchInfo(view)
+                }
+                Err(refusal) => {
+                    if let Err(e) = iso.cleanup(&spec.id) {
+                        tracing::warn!("undoing the refused launch: {}", error_chain(&*e));
+                    }
+                    failed(&refusal)
+                }
+            }
+        },
+    );
 }
 
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
@@ -171,7 +235,8 @@ impl IsolatorHandle {
     }
 
     /// As [`start`](Self::start), one of the agent's isolators: its `prepare`
-    /// starts the logger's registration early ([`logger_ahead`]).
+    /// starts the logger's registration early ([`logger_ahead`]), and the first of
+    /// them to be asked starts the others' ([`isolators_ahead`]).
     pub fn start_in_agent(isolator: Box<dyn Isolator>) -> std::io::Result<Self> {
         Self::spawn(isolator, true)
     }
@@ -179,17 +244,33 @@ impl IsolatorHandle {
     fn spawn(isolator: Box<dyn Isolator>, in_agent: bool) -> std::io::Result<Self> {
         let nesting = isolator.supports_nesting();
         let name = isolator.name();
+        let actor = Arc::new(Actor::spawn(name, isolator)?);
+        let statuses = Statuses::default();
+        let unsaved = Unsaved::default();
+        let member = in_agent.then(|| {
+            let (actor, statuses, unsaved) =
+                (Arc::downgrade(&actor), statuses.clone(), unsaved.clone());
+            let start: isolators_ahead::Start =
+                Arc::new(move |config, done| match actor.upgrade() {
+                    Some(actor) => {
+                        queue_prepare(&actor, name, true, &statuses, &unsaved, config, done)
+                    }
+                    None => deliver(done, Outcome::Failed(format!("rein {name}: gone"))),
+                });
+            isolators_ahead::join(start)
+        });
         if in_agent && name == DISK {
             logger_ahead::disk_isolator(true);
         }
         Ok(Self {
-            actor: Actor::spawn(name, isolator)?,
+            actor,
             name,
             nesting,
             in_agent,
+            member,
             watches: Watches::default(),
-            statuses: Statuses::default(),
-            unsaved: Unsaved::default(),
+            statuses,
+            unsaved,
         })
     }
 
@@ -221,53 +302,63 @@ impl IsolatorHandle {
         );
     }
 
-    /// `prepare()`: the launch info is decided here ([`launch::decide`]), so the
-    /// shim only copies it. A launch the policy refuses is undone at once (the
-    /// isolator's `cleanup()`), before the failure reaches the agent.
-    /// The first of the agent's isolators to be called also starts the logger's
-    /// registration ([`logger_ahead`]). The state records the isolator saves are
-    /// written after the answer ([`Records::SaveAfterAnswer`]).
+    /// `prepare()` ([`queue_prepare`]). For one of the agent's isolators: the
+    /// answer of an early `prepare` started by the first of them to be asked, if
+    /// there is one for the same config; otherwise the call, which, for the first,
+    /// starts the others' ([`isolators_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
-        let tags_sandbox = self.in_agent && self.name == DISK;
-        if self.in_agent && !tags_sandbox {
-            logger_ahead::start_from(false, &config);
-        }
-        // The disk isolator starts it once the sandbox is tagged (after its prepare).
-        let early = tags_sandbox.then(|| config.clone());
-        let statuses = self.statuses.clone();
-        let text = config.container.text();
-        let unsaved = self.unsaved.sink(text.clone());
-        self.actor.call(
-            "prepare",
-            text,
-            done,
-            Records::SaveAfterAnswer(unsaved),
-            move |iso| {
-                let spec = match convert::container_spec(config) {
-                    Ok(spec) => spec,
-                    Err(e) => return failed(&e),
-                };
-                let info = match iso.prepare(&spec) {
-                    Ok(info) => info,
-                    Err(e) => return failed(&*e),
-                };
-                match launch::decide(info) {
-                    Ok(view) => {
-                        // Kept for the agent's status() calls; a failure here is
-                        // the isolator's own answer when the agent asks.
-                        let _ = statuses.refresh(iso, &spec.id);
-                        if let Some(config) = &early {
-                            logger_ahead::start_from(true, config);
-                        }
-                        Outcome::LaunchInfo(view)
-                    }
-                    Err(refusal) => {
-                        if let Err(e) = iso.cleanup(&spec.id) {
-                            tracing::warn!("undoing the refused launch: {}", error_chain(&*e));
-                        }
-                        failed(&refusal)
-                    }
+        let done = match self.member {
+            Some(member) => match isolators_ahead::claim(member, &config, done) {
+                isolators_ahead::Claimed::Answered => return,
+                isolators_ahead::Claimed::NotStarted(done) => {
+                    queue_prepare(
+                        &self.actor,
+                        self.name,
+                        self.in_agent,
+                        &self.statuses,
+                        &self.unsaved,
+                        config.clone(),
+                        done,
+                    );
+                    isolators_ahead::start_others(member, &config);
+                    return;
                 }
+                isolators_ahead::Claimed::Differed(done) => {
+                    self.undo_early_prepare(&config);
+                    done
+                }
+            },
+            None => done,
+        };
+        queue_prepare(
+            &self.actor,
+            self.name,
+            self.in_agent,
+            &self.statuses,
+            &self.unsaved,
+            config,
+            done,
+        );
+    }
+
+    /// Queues the isolator's `cleanup` of an early `prepare` the agent's call
+    /// differed from, before that call runs.
+    fn undo_early_prepare(&self, config: &ContainerConfigView) {
+        let container = config.container.clone();
+        let settled = Box::new(LogFailure {
+            name: self.name,
+            container: container.text(),
+        });
+        self.actor.call(
+            "cleanup",
+            container.text(),
+            settled,
+            Records::InCall,
+            move |iso| match convert::container_id(container) {
+                Ok(id) => iso
+                    .cleanup(&id)
+                    .map_or_else(|e| failed(&*e), |()| Outcome::Nothing),
+                Err(e) => failed(&e),
             },
         );
     }
@@ -384,6 +475,9 @@ impl IsolatorHandle {
         if let Ok(id) = convert::container_id(container.clone()) {
             if self.in_agent {
                 logger_ahead::discard(&id);
+            }
+            if let Some(member) = self.member {
+                isolators_ahead::discard(member, &id);
             }
             self.statuses.map().remove(&id);
         }

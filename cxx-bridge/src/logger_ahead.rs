@@ -20,9 +20,10 @@
 //! made under a temporary name and renamed while the walk runs could miss the id
 //! and the container's quota. With a rein disk isolator in the agent, its
 //! `prepare` (after the walk, which leaves the sandbox passing the id on to every
-//! new file) is what starts the registration; list it first in `--isolation` so
-//! that the registration still overlaps the other isolators. Mesos's own
-//! `disk/xfs` walks the sandbox too: list it before the rein isolators.
+//! new file) is what starts the registration; since the first rein isolator the
+//! agent asks starts every rein isolator's `prepare` ([`crate::isolators_ahead`]),
+//! that is early wherever it is listed in `--isolation`. Mesos's own `disk/xfs`
+//! walks the sandbox too: list it before the rein isolators.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -332,8 +333,8 @@ fn unclaimed(id: &ContainerId, why: &str, result: Result<ContainerIo, String>) {
     drop(result);
 }
 
-/// Every field the logger reads, byte for byte.
-fn same_config(a: &ContainerConfigView, b: &ContainerConfigView) -> bool {
+/// Every field the bridge copies, byte for byte.
+pub(crate) fn same_config(a: &ContainerConfigView, b: &ContainerConfigView) -> bool {
     fn pairs(a: &[KeyValue], b: &[KeyValue]) -> bool {
         a.len() == b.len()
             && a.iter()

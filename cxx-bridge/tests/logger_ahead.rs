@@ -93,8 +93,13 @@ impl Shipper {
 
     /// Waits (up to 10 s) until `key` has `n` registrations.
     fn wait_for(&self, key: &str, n: usize) -> bool {
+        self.wait_for_within(key, n, Duration::from_secs(10))
+    }
+
+    /// Waits (up to `limit`) until `key` has `n` registrations.
+    fn wait_for_within(&self, key: &str, n: usize, limit: Duration) -> bool {
         let (lock, cond) = &*self.state;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
         let mut r = lock.lock().unwrap();
         while r.pipes.get(key).map_or(0, Vec::len) < n {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -152,6 +157,39 @@ fn prepare_isolators(isolators: &[IsolatorHandle], view: &ContainerConfigView) {
             rx.recv_timeout(Duration::from_secs(10)).unwrap(),
             Outcome::LaunchInfo(_)
         ));
+    }
+}
+
+/// A disk isolator whose `prepare` waits until its gate opens (or 30 s).
+struct Gated(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl rein_core::Isolator for Gated {
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+    fn recover(
+        &mut self,
+        _: &[rein_core::RecoveredContainer],
+        _: &[rein_core::ContainerId],
+    ) -> Result<(), rein_core::isolator::Error> {
+        Ok(())
+    }
+    fn prepare(
+        &mut self,
+        _: &rein_core::ContainerSpec,
+    ) -> Result<rein_core::LaunchInfo, rein_core::isolator::Error> {
+        let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        Ok(rein_core::LaunchInfo::default())
+    }
+    fn isolate(
+        &mut self,
+        _: &rein_core::ContainerId,
+        _: i32,
+    ) -> Result<(), rein_core::isolator::Error> {
+        Ok(())
+    }
+    fn cleanup(&mut self, _: &rein_core::ContainerId) -> Result<(), rein_core::isolator::Error> {
+        Ok(())
     }
 }
 
@@ -249,14 +287,22 @@ fn the_isolators_start_the_loggers_registration_and_the_agents_call_takes_it() {
 
     // 6. With a disk isolator in the agent, only its prepare starts the
     //    registration (the shipper's sandbox files are made once the sandbox is
-    //    tagged with the project id): not the isolators before it.
-    let disk = IsolatorHandle::start_in_agent(Box::new(common::Quiet::named("disk"))).unwrap();
+    //    tagged with the project id), not the isolators before it, even though its
+    //    prepare starts early, with theirs (a disk isolator held in its prepare).
+    let (gate, held) = std::sync::mpsc::channel::<()>();
+    let disk =
+        IsolatorHandle::start_in_agent(Box::new(Gated(std::sync::Mutex::new(held)))).unwrap();
     let view = config(&["c6"], &d.path().join("c6"), "a");
     prepare_isolators(&isolators, &view);
+    assert!(
+        !shipper.wait_for_within("c6", 1, Duration::from_millis(200)),
+        "registered before the disk isolator's prepare; {}",
+        counts()
+    );
     assert_eq!(early_logger_registrations().0, started, "{}", counts());
-    assert_eq!(shipper.registrations("c6"), 0);
-    prepare_isolators(std::slice::from_ref(&disk), &view);
+    gate.send(()).unwrap();
     assert!(shipper.wait_for("c6", 1), "{}", counts());
+    prepare_isolators(std::slice::from_ref(&disk), &view);
     let (done, rx) = completer();
     logger.prepare_with(view, done);
     write_to(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "six\n");

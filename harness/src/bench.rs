@@ -102,16 +102,17 @@ pub fn run(
     for i in 0..bench.containers {
         let chain = vec![format!("bench-{i}")];
         let view = crate::config_view(options, &chain, &sandbox);
-        // The container's process, started and settled before the timed calls: on
-        // the agent it waits, forked and not yet exec'd, while the isolators place
-        // it (see [`parked`]).
+        let t0 = Instant::now();
+        modules.prepare(&view).map_err(|e| bench_error(i, &e))?;
+        let prepared = t0.elapsed();
+        // The container's process, started between prepare and isolate as the
+        // agent forks its launch helper, and settled before isolate: on the agent
+        // it waits, forked and not yet exec'd, while the isolators place it (see
+        // [`parked`]). What the isolators do after prepare's answers runs meanwhile.
         let start = Instant::now();
         let mut held = parked(&sandbox)?;
         settle(&held);
-        let t0 = Instant::now();
-        starting += t0 - start;
-        modules.prepare(&view).map_err(|e| bench_error(i, &e))?;
-        let prepared = t0.elapsed();
+        starting += start.elapsed();
         modules.watch(&view.container);
         let t1 = Instant::now();
         let isolated = modules.isolate(&view.container, pid_of(&held));
