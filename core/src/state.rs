@@ -126,21 +126,35 @@ struct Save {
 /// call fails when the writing did. Inside the work, [`StateStore::load`] sees a
 /// noted record and [`StateStore::remove`] forgets it.
 pub fn defer_saves<R>(work: impl FnOnce() -> R) -> (R, Saves) {
-    /// Puts back the deferral around this one (none, usually), also if `work` panics.
-    struct Scope(Option<Vec<Save>>);
-    impl Drop for Scope {
+    let (result, noted) = noting(&DEFERRED_SAVES, work);
+    (result, Saves(noted))
+}
+
+/// Runs `work` with `list` (one of this thread's lists of deferred work) set, and
+/// returns what it noted there; the list around this one (none, usually) is put
+/// back afterwards, also if `work` panics.
+fn noting<T: 'static, R>(
+    list: &'static std::thread::LocalKey<RefCell<Option<Vec<T>>>>,
+    work: impl FnOnce() -> R,
+) -> (R, Vec<T>) {
+    struct Scope<T: 'static> {
+        list: &'static std::thread::LocalKey<RefCell<Option<Vec<T>>>>,
+        outer: Option<Vec<T>>,
+    }
+    impl<T: 'static> Drop for Scope<T> {
         fn drop(&mut self) {
-            let outer = self.0.take();
-            DEFERRED_SAVES.with(|d| *d.borrow_mut() = outer);
+            let outer = self.outer.take();
+            self.list.with(|d| *d.borrow_mut() = outer);
         }
     }
-    let scope = Scope(DEFERRED_SAVES.with(|d| d.borrow_mut().replace(Vec::new())));
+    let scope = Scope {
+        list,
+        outer: list.with(|d| d.borrow_mut().replace(Vec::new())),
+    };
     let result = work();
-    let noted = DEFERRED_SAVES
-        .with(|d| d.borrow_mut().take())
-        .unwrap_or_default();
+    let noted = list.with(|d| d.borrow_mut().take()).unwrap_or_default();
     drop(scope);
-    (result, Saves(noted))
+    (result, noted)
 }
 
 /// Records whose writing was deferred ([`defer_saves`]).
@@ -222,18 +236,7 @@ fn forget_save(path: &Path) {
 /// knows, which `recover()` releases, as after a crash just before the call. A
 /// record saved again before the removal runs is kept.
 pub fn defer_removals<R>(work: impl FnOnce() -> R) -> (R, Removals) {
-    /// Puts back the deferral around this one (none, usually), also if `work` panics.
-    struct Scope(Option<Vec<PathBuf>>);
-    impl Drop for Scope {
-        fn drop(&mut self) {
-            let outer = self.0.take();
-            DEFERRED.with(|d| *d.borrow_mut() = outer);
-        }
-    }
-    let scope = Scope(DEFERRED.with(|d| d.borrow_mut().replace(Vec::new())));
-    let result = work();
-    let noted = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-    drop(scope);
+    let (result, noted) = noting(&DEFERRED, work);
     lock_pending().waiting.extend(noted.iter().cloned());
     (result, Removals(noted))
 }

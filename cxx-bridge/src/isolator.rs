@@ -307,21 +307,13 @@ impl IsolatorHandle {
     /// there is one for the same config; otherwise the call, which, for the first,
     /// starts the others' ([`isolators_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
+        let mut starts_others = None;
         let done = match self.member {
             Some(member) => match isolators_ahead::claim(member, &config, done) {
                 isolators_ahead::Claimed::Answered => return,
                 isolators_ahead::Claimed::NotStarted(done) => {
-                    queue_prepare(
-                        &self.actor,
-                        self.name,
-                        self.in_agent,
-                        &self.statuses,
-                        &self.unsaved,
-                        config.clone(),
-                        done,
-                    );
-                    isolators_ahead::start_others(member, &config);
-                    return;
+                    starts_others = Some((member, config.clone()));
+                    done
                 }
                 isolators_ahead::Claimed::Differed(done) => {
                     self.undo_early_prepare(&config);
@@ -339,6 +331,9 @@ impl IsolatorHandle {
             config,
             done,
         );
+        if let Some((member, config)) = starts_others {
+            isolators_ahead::start_others(member, &config);
+        }
     }
 
     /// Queues the isolator's `cleanup` of an early `prepare` the agent's call

@@ -22,16 +22,15 @@
 //! Mesos's own do at `prepare` (the sandbox exists before any isolator is asked).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use rein_core::ContainerId;
 
 use crate::actor::{deliver, Completer, Outcome};
 use crate::bridge::ffi::ContainerConfigView;
-use crate::convert;
 use crate::logger_ahead::same_config;
+use crate::{convert, early};
 
 /// An answer nobody asked for is dropped after this long.
 pub(crate) const UNCLAIMED_FOR: Duration = Duration::from_secs(600);
@@ -71,24 +70,15 @@ struct Ahead {
 
 fn ahead() -> MutexGuard<'static, Ahead> {
     static AHEAD: OnceLock<Mutex<Ahead>> = OnceLock::new();
-    AHEAD
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    early::registry(&AHEAD)
 }
 
-static STARTED: AtomicU64 = AtomicU64::new(0);
-static CLAIMED: AtomicU64 = AtomicU64::new(0);
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static COUNTS: early::Counts = early::Counts::new();
 
 /// Early `prepare`s so far in this process: started, claimed by the agent's call,
 /// dropped (never asked for, or the agent's call differed).
 pub fn counts() -> (u64, u64, u64) {
-    (
-        STARTED.load(Ordering::Relaxed),
-        CLAIMED.load(Ordering::Relaxed),
-        DROPPED.load(Ordering::Relaxed),
-    )
+    COUNTS.get()
 }
 
 /// One of the agent's isolators joins; returns its member number.
@@ -164,7 +154,7 @@ pub(crate) fn claim(
     if !same {
         // One still running is counted when it finishes.
         if matches!(state, State::Done(_)) {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+            COUNTS.dropped(1);
         }
         tracing::warn!(container = %id, "an isolator's prepare differs from the first one's: its early prepare is undone");
         return Claimed::Differed(done);
@@ -172,7 +162,7 @@ pub(crate) fn claim(
     let State::Done(outcome) = state else {
         unreachable!("a running one is waited for above")
     };
-    CLAIMED.fetch_add(1, Ordering::Relaxed);
+    COUNTS.claimed();
     deliver(done, outcome);
     Claimed::Answered
 }
@@ -209,7 +199,7 @@ pub(crate) fn start_others(member: u64, config: &ContainerConfigView) {
     );
     drop(a);
     for (other, start) in others {
-        STARTED.fetch_add(1, Ordering::Relaxed);
+        COUNTS.started();
         start(
             config.clone(),
             Box::new(Finish {
@@ -250,7 +240,7 @@ impl Completer for Finish {
                     a.groups.remove(&self.id);
                 }
                 drop(a);
-                CLAIMED.fetch_add(1, Ordering::Relaxed);
+                COUNTS.claimed();
                 deliver(done, outcome);
             }
             None => {
@@ -300,10 +290,10 @@ fn sweep(a: &mut Ahead) {
         });
         !group.settled()
     });
-    DROPPED.fetch_add(dropped, Ordering::Relaxed);
+    COUNTS.dropped(dropped);
 }
 
 fn unclaimed(id: &ContainerId, why: &str) {
-    DROPPED.fetch_add(1, Ordering::Relaxed);
+    COUNTS.dropped(1);
     tracing::info!(container = %id, "an isolator's early prepare was not asked for ({why}); its cleanup releases it");
 }

@@ -14,6 +14,7 @@ mod actor;
 mod agent;
 mod bridge;
 mod convert;
+mod early;
 mod isolator;
 mod isolators_ahead;
 mod launch;

@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rein_core::ContainerId;
@@ -35,8 +35,8 @@ use rein_log_module::module::{ContainerIo, LoggerModule};
 
 use crate::actor::{guarded, run_call, Completer};
 use crate::bridge::ffi::{ContainerConfigView, KeyValue, ResourceEntry};
-use crate::convert;
 use crate::logger::{io_outcome, prepare_io, PreparePool};
+use crate::{convert, early};
 
 /// A job for the logger's threads.
 pub(crate) type Job = Box<dyn FnOnce(&LoggerModule) + Send>;
@@ -75,24 +75,15 @@ struct Ahead {
 
 fn ahead() -> MutexGuard<'static, Ahead> {
     static AHEAD: OnceLock<Mutex<Ahead>> = OnceLock::new();
-    AHEAD
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    early::registry(&AHEAD)
 }
 
-static STARTED: AtomicU64 = AtomicU64::new(0);
-static CLAIMED: AtomicU64 = AtomicU64::new(0);
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static COUNTS: early::Counts = early::Counts::new();
 
 /// Early registrations so far in this process: started, claimed by the agent's
 /// call, dropped (unclaimed, or the agent's call differed).
 pub fn counts() -> (u64, u64, u64) {
-    (
-        STARTED.load(Ordering::Relaxed),
-        CLAIMED.load(Ordering::Relaxed),
-        DROPPED.load(Ordering::Relaxed),
-    )
+    COUNTS.get()
 }
 
 /// A new logger instance; the first becomes the target of early registrations.
@@ -176,7 +167,7 @@ fn start(config: &ContainerConfigView) {
             guarded("logger", "prepare", &text, || prepare_io(logger, view)).and_then(|io| io);
         finish(&job_id, result);
     });
-    STARTED.fetch_add(1, Ordering::Relaxed);
+    COUNTS.started();
     pool.submit(job);
 }
 
@@ -217,7 +208,7 @@ fn finish(id: &ContainerId, result: Result<ContainerIo, String>) {
         Some((done, text)) => {
             a.entries.remove(id);
             drop(a);
-            CLAIMED.fetch_add(1, Ordering::Relaxed);
+            COUNTS.claimed();
             run_call("logger", "prepare", &text, done, || io_outcome(result));
         }
         None => {
@@ -273,7 +264,7 @@ pub(crate) fn claim(
                 unreachable!("looked up as done");
             };
             drop(a);
-            CLAIMED.fetch_add(1, Ordering::Relaxed);
+            COUNTS.claimed();
             run_call("logger", "prepare", &config.container.text(), done, || {
                 io_outcome(result)
             });
@@ -324,7 +315,7 @@ fn sweep(a: &mut Ahead) {
 }
 
 fn unclaimed(id: &ContainerId, why: &str, result: Result<ContainerIo, String>) {
-    DROPPED.fetch_add(1, Ordering::Relaxed);
+    COUNTS.dropped(1);
     tracing::info!(
         module = "logger",
         container = %id,
