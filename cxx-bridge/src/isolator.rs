@@ -14,7 +14,7 @@ use crate::actor::{
 use crate::bridge::ffi::{
     Completion, ContainerChain, ContainerConfigView, KeyValue, RecoveredView, ResourceEntry,
 };
-use crate::{convert, isolators_ahead, launch, logger_ahead};
+use crate::{convert, isolators_ahead, launch, logger_ahead, pool};
 
 /// One isolator instance, run by the bridge's worker threads.
 pub struct IsolatorHandle {
@@ -479,29 +479,35 @@ impl IsolatorHandle {
         self.unsaved.map().remove(&text);
         let watches = self.watches.clone();
         let statuses = self.statuses.clone();
-        self.actor.call(
-            "cleanup",
-            text,
-            settled,
-            Records::RemoveAfterAnswer,
-            move |iso| {
-                match convert::container_id(container) {
-                    Ok(id) => {
-                        // The container is being destroyed: its limitation no longer matters.
-                        watches.end(&id);
-                        // A status() asked before this call may have kept one again.
-                        statuses.map().remove(&id);
-                        iso.cleanup(&id)
-                            .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
+        // The agent's chain of cleanups and its terminal status update run from
+        // the answer: the thread for the work is woken once they have.
+        pool::holding_wakes(|| {
+            self.actor.call(
+                "cleanup",
+                text,
+                settled,
+                Records::RemoveAfterAnswer,
+                move |iso| {
+                    match convert::container_id(container) {
+                        Ok(id) => {
+                            // The container is being destroyed: its limitation no longer matters.
+                            watches.end(&id);
+                            // A status() asked before this call may have kept one again.
+                            statuses.map().remove(&id);
+                            iso.cleanup(&id)
+                                .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "cleanup: nothing to clean up for a refused container: {e}"
+                            );
+                            Outcome::Nothing
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
-                        Outcome::Nothing
-                    }
-                }
-            },
-        );
-        deliver(answered, Outcome::Nothing);
+                },
+            );
+            deliver(answered, Outcome::Nothing);
+        });
     }
 
     fn with_id(

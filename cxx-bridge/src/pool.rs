@@ -24,6 +24,39 @@ use std::thread;
 thread_local! {
     /// Set on the pool's threads.
     static WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Inside [`holding_wakes`] on this thread: how deep, and whether a wake-up
+    /// was put off.
+    static HELD: std::cell::Cell<(u32, bool)> = const { std::cell::Cell::new((0, false)) };
+}
+
+/// Runs `f` with the wake-ups its calls would cause put off until it returns: a
+/// call answered on the caller's thread before its work (`cleanup()`) queues the
+/// work, then answers, and the agent's continuation goes on from there (the next
+/// isolator's `cleanup`, the terminal status update). A thread woken for the work
+/// meanwhile could take the caller's CPU in the middle of that chain.
+pub(crate) fn holding_wakes<R>(f: impl FnOnce() -> R) -> R {
+    /// Ends the hold, also if `f` panics: the outermost one wakes a thread if
+    /// one was put off.
+    struct Hold;
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            let (depth, owed) = HELD.with(std::cell::Cell::get);
+            if depth > 1 {
+                HELD.with(|h| h.set((depth - 1, owed)));
+                return;
+            }
+            HELD.with(|h| h.set((0, false)));
+            if owed {
+                pool().wake_one();
+            }
+        }
+    }
+    HELD.with(|h| {
+        let (depth, owed) = h.get();
+        h.set((depth + 1, owed));
+    });
+    let _hold = Hold;
+    f()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,6 +215,20 @@ impl Pool {
         // ([`Pool::work`]). Waking one now would cost a scheduler round trip for
         // a call this thread reaches sooner.
         if run.sleepers > 0 && !WORKER.with(std::cell::Cell::get) {
+            let (depth, _) = HELD.with(std::cell::Cell::get);
+            if depth > 0 {
+                HELD.with(|h| h.set((depth, true)));
+            } else {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Wakes a parked thread if a module is ready (the one woken wakes another
+    /// for what it leaves: [`Pool::work`]).
+    fn wake_one(&self) {
+        let run = lock(&self.run);
+        if run.sleepers > 0 && !run.ready.is_empty() {
             self.wake.notify_one();
         }
     }
@@ -250,6 +297,30 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(60)).unwrap();
         slow.close();
         fast.close();
+    }
+
+    #[test]
+    fn calls_queued_while_wakes_are_held_run_once_the_hold_ends() {
+        let module = Mailbox::start("test-held", Box::new(())).unwrap();
+        let (tx, rx) = mpsc::channel();
+        holding_wakes(|| {
+            holding_wakes(|| {
+                let tx = tx.clone();
+                module.send(Box::new(move |_| {
+                    let _ = tx.send(1);
+                }));
+            });
+            module.send(Box::new(move |_| {
+                let _ = tx.send(2);
+            }));
+        });
+        let got: Vec<i32> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(60)).unwrap())
+            .collect();
+        assert_eq!(got, vec![1, 2]);
+        let (depth, owed) = HELD.with(std::cell::Cell::get);
+        assert_eq!((depth, owed), (0, false), "the hold is over");
+        module.close();
     }
 
     struct Dropped(mpsc::Sender<thread::ThreadId>);

@@ -276,25 +276,68 @@ impl Modules {
         self.cleanup_answered(container).settle()
     }
 
-    /// `cleanup()` in reverse order, each asked once the one before answered (as
-    /// Mesos chains them); returns when the last one answered, with the isolators'
-    /// work still to settle ([`Cleanups::settle`]).
+    /// `cleanup()` in reverse order, each asked by the answer of the one before
+    /// ([`CleanupChain`], as Mesos chains them); returns when the last one
+    /// answered, with the isolators' work still to settle ([`Cleanups::settle`]).
     pub fn cleanup_answered(&self, container: &ContainerChain) -> Cleanups {
-        let mut cleanups = Cleanups(Vec::new());
-        for (kind, handle) in self.isolators.iter().rev() {
-            let (answered, settled) = (mpsc::channel(), mpsc::channel());
-            handle.cleanup_reporting(
-                container.clone(),
-                Box::new(Channel(answered.0)),
-                Box::new(Channel(settled.0)),
-            );
-            let answer = answered
-                .1
-                .recv_timeout(CALL_TIMEOUT)
-                .unwrap_or_else(|_| Outcome::Failed("no answer within the call timeout".into()));
-            cleanups.0.push((kind.clone(), answer, settled.1));
+        let (tx, rx) = mpsc::channel();
+        CleanupChain {
+            isolators: self.isolators.clone(),
+            left: self.isolators.len(),
+            container: container.clone(),
+            done: Cleanups(Vec::new()),
+            settled: None,
+            to: tx,
         }
-        cleanups
+        .ask_next();
+        rx.recv_timeout(CALL_TIMEOUT).unwrap_or_else(|_| {
+            Cleanups(vec![(
+                "isolators".into(),
+                Outcome::Failed("no answer within the call timeout".into()),
+                mpsc::channel().1,
+            )])
+        })
+    }
+}
+
+/// The containerizer's chain of `cleanup` calls, in reverse order: each answer
+/// asks the next isolator, on the thread that answered.
+struct CleanupChain {
+    isolators: Arc<[(String, IsolatorHandle)]>,
+    /// Isolators not asked yet (the first `left`).
+    left: usize,
+    container: ContainerChain,
+    done: Cleanups,
+    /// Where the work of the isolator asked last reports.
+    settled: Option<mpsc::Receiver<Outcome>>,
+    to: mpsc::Sender<Cleanups>,
+}
+
+impl CleanupChain {
+    fn ask_next(mut self) {
+        if self.left == 0 {
+            let _ = self.to.send(self.done);
+            return;
+        }
+        self.left -= 1;
+        let isolators = self.isolators.clone();
+        let (kind_settled, settled) = mpsc::channel();
+        self.settled = Some(settled);
+        let container = self.container.clone();
+        isolators[self.left].1.cleanup_reporting(
+            container,
+            Box::new(self),
+            Box::new(Channel(kind_settled)),
+        );
+    }
+}
+
+impl Completer for CleanupChain {
+    fn complete(mut self: Box<Self>, outcome: Outcome) {
+        let kind = self.isolators[self.left].0.clone();
+        let settled = self.settled.take().unwrap_or_else(|| mpsc::channel().1);
+        self.done.0.push((kind, outcome, settled));
+        self.ask_next();
     }
 }
 
