@@ -97,10 +97,6 @@ pub struct Followed {
     pub seen_mtime: (i64, i64),
     /// Found at a matching name by the last scan.
     pub present: bool,
-    /// Numbered since the last saved checkpoint: not read until a saved
-    /// checkpoint names it with its number (a restarted worker may find the
-    /// new files in another order and number them otherwise).
-    pub unsaved: bool,
 }
 
 impl Followed {

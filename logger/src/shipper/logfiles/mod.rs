@@ -278,6 +278,10 @@ pub struct FileSources {
     /// From a checkpoint: files to take back at the first scan.
     resume: Vec<FileCheckpoint>,
     next_n: u64,
+    /// `next_n` of the last saved checkpoint: a file numbered from it on is not
+    /// read until a saved checkpoint names its number (a restarted worker may find
+    /// the new files in another order and number them otherwise).
+    saved_n: u64,
     last_scan: Option<Instant>,
     refused_seen: HashSet<Ident>,
     over_cap_noted: bool,
@@ -330,6 +334,7 @@ impl FileSources {
             retired: cp.retired.into_iter().collect(),
             resume: cp.files,
             next_n: cp.next_n,
+            saved_n: cp.next_n,
             last_scan: None,
             refused_seen: HashSet::new(),
             over_cap_noted: false,
@@ -359,7 +364,7 @@ impl FileSources {
     /// True when a file waits for a saved checkpoint naming its number
     /// before it is read: the caller saves one soon.
     pub fn unsaved_numbers(&self) -> bool {
-        self.files.iter().any(|f| f.unsaved)
+        self.files.iter().any(|f| f.n >= self.saved_n)
     }
 
     /// `cp`, taken by [`Self::checkpoint`], is saved for good: the files
@@ -368,11 +373,7 @@ impl FileSources {
     /// worker after another new one and be numbered otherwise: the lines
     /// read of it would then be shipped again under other ids.
     pub fn saved(&mut self, cp: &FilesCheckpoint) {
-        for f in &mut self.files {
-            if f.n < cp.next_n {
-                f.unsaved = false;
-            }
-        }
+        self.saved_n = self.saved_n.max(cp.next_n);
     }
 
     /// Lines framed since the last call.
@@ -466,10 +467,10 @@ impl FileSources {
         flush: bool,
         out: &mut dyn FileOut,
     ) -> u64 {
-        let f = &mut self.files[i];
-        if f.unsaved {
+        if self.files[i].n >= self.saved_n {
             return 0;
         }
+        let f = &mut self.files[i];
         self.turn = Some((i, f.n, f.pipeline.safe_offset(f.off)));
         let route = &self.to[f.spec];
         let before = f.pipeline.lines;
@@ -534,7 +535,6 @@ impl FileSources {
         f.prefix.clear();
         f.seen_size = 0;
         f.pipeline = pipeline;
-        f.unsaved = true;
     }
 
     fn count_truncation_loss(&self, rel: &[u8], unread: u64) {
@@ -559,21 +559,13 @@ impl FileSources {
         self.counters
             .copies_recovered
             .fetch_add(1, Ordering::Relaxed);
-        self.start(spec, cp.clone(), tf, false, false);
+        self.start(spec, cp.clone(), tf, false);
         true
     }
 
     /// Starts following `tf` as the file `at` says (number, path where it
-    /// was found, offset, first bytes), for entry `spec`; `unsaved`: its
-    /// number is new (see [`Followed::unsaved`]).
-    fn start(
-        &mut self,
-        spec: usize,
-        at: FileCheckpoint,
-        tf: open::TaskFile,
-        present: bool,
-        unsaved: bool,
-    ) {
+    /// was found, offset, first bytes), for entry `spec`.
+    fn start(&mut self, spec: usize, at: FileCheckpoint, tf: open::TaskFile, present: bool) {
         let pipeline = self.pipeline(spec, &at.path, at.n);
         self.counters.followed.fetch_add(1, Ordering::Relaxed);
         self.files.push(Followed {
@@ -589,7 +581,6 @@ impl FileSources {
             grew_ms: mono_ms(),
             seen_mtime: (0, 0),
             present,
-            unsaved,
         });
     }
 
@@ -655,7 +646,8 @@ impl FileSources {
         let mut i = 0;
         while i < self.files.len() {
             let f = &self.files[i];
-            let stale = !f.present && !f.unsaved && now.saturating_sub(f.grew_ms) >= idle_ms;
+            let stale =
+                !f.present && f.n < self.saved_n && now.saturating_sub(f.grew_ms) >= idle_ms;
             if stale && self.read_one(i, buf, u64::MAX, true, out) == 0 {
                 let f = &mut self.files[i];
                 let route = &self.to[f.spec];
@@ -810,12 +802,12 @@ impl FileSources {
                 let i = self.retired.iter().position(|c| c.id() == tf.id)?;
                 self.retired.remove(i)
             });
-        let (n, off, rel, unsaved) = match known {
+        let (n, off, rel) = match known {
             Some(c)
                 if tf.size >= c.offset
                     && (same_start(&c.prefix, &prefix) || c.prefix.is_empty()) =>
             {
-                (c.n, c.offset, c.path, false)
+                (c.n, c.offset, c.path)
             }
             other => {
                 if let Some(c) = other {
@@ -829,8 +821,7 @@ impl FileSources {
                 let n = self.next_n;
                 self.next_n += 1;
                 self.counters.found.fetch_add(1, Ordering::Relaxed);
-                let off = self.backlog_start(&tf, &m.rel, buf);
-                (n, off, m.rel.clone(), true)
+                (n, self.backlog_start(&tf, &m.rel, buf), m.rel.clone())
             }
         };
         let at = FileCheckpoint {
@@ -840,7 +831,7 @@ impl FileSources {
             prefix,
             ..FileCheckpoint::default()
         };
-        self.start(m.spec, at, tf, true, unsaved);
+        self.start(m.spec, at, tf, true);
     }
 
     /// Where reading a newly found file starts: its beginning, or past the
@@ -892,7 +883,7 @@ impl FileSources {
             match (found, spec) {
                 (Some(tf), Some(spec)) if tf.size >= c.offset => {
                     let prefix = follow::read_prefix(&tf.file, tf.size).unwrap_or_default();
-                    self.start(spec, FileCheckpoint { prefix, ..c }, tf, false, false);
+                    self.start(spec, FileCheckpoint { prefix, ..c }, tf, false);
                 }
                 (_, Some(spec)) if self.follow_copy(spec, &c) => {}
                 _ => {
