@@ -91,7 +91,8 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
     /// With [`Records::RemoveAfterAnswer`], the state records `work` removes are
     /// removed only after `done` is completed ([`run_call_removing_after`]); with
     /// [`Records::SaveAfterAnswer`], those it saves are written after `done` is
-    /// completed and before the module's next call ([`run_call_saving_after`]).
+    /// completed and before the module's next call ([`run_call_deferring_saves`],
+    /// [`write_saves`]).
     pub(crate) fn call(
         &self,
         method: &'static str,
@@ -133,8 +134,8 @@ pub(crate) enum Records {
     InCall,
     /// Removals after the answer ([`run_call_removing_after`]).
     RemoveAfterAnswer,
-    /// Writes after the answer ([`run_call_saving_after`]); what could not be
-    /// written is handed to the function, as one message.
+    /// Writes after the answer ([`run_call_deferring_saves`]); what could not be
+    /// written is handed to the function, as one message ([`write_saves`]).
     SaveAfterAnswer(Box<dyn FnOnce(String) + Send>),
 }
 

@@ -344,18 +344,7 @@ impl IsolatorHandle {
             name: self.name,
             container: container.text(),
         });
-        self.actor.call(
-            "cleanup",
-            container.text(),
-            settled,
-            Records::InCall,
-            move |iso| match convert::container_id(container) {
-                Ok(id) => iso
-                    .cleanup(&id)
-                    .map_or_else(|e| failed(&*e), |()| Outcome::Nothing),
-                Err(e) => failed(&e),
-            },
-        );
+        self.queue_cleanup(container, settled);
     }
 
     /// `isolate()`; fails, placing nothing, for a container whose state record
@@ -477,37 +466,39 @@ impl IsolatorHandle {
             self.statuses.map().remove(&id);
         }
         self.unsaved.map().remove(&text);
-        let watches = self.watches.clone();
-        let statuses = self.statuses.clone();
         // The agent's chain of cleanups and its terminal status update run from
         // the answer: the thread for the work is woken once they have.
         pool::holding_wakes(|| {
-            self.actor.call(
-                "cleanup",
-                text,
-                settled,
-                Records::RemoveAfterAnswer,
-                move |iso| {
-                    match convert::container_id(container) {
-                        Ok(id) => {
-                            // The container is being destroyed: its limitation no longer matters.
-                            watches.end(&id);
-                            // A status() asked before this call may have kept one again.
-                            statuses.map().remove(&id);
-                            iso.cleanup(&id)
-                                .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
-                        }
-                        Err(e) => {
-                            tracing::warn!(
-                                "cleanup: nothing to clean up for a refused container: {e}"
-                            );
-                            Outcome::Nothing
-                        }
-                    }
-                },
-            );
+            self.queue_cleanup(container, settled);
             deliver(answered, Outcome::Nothing);
         });
+    }
+
+    /// Queues the isolator's `cleanup` of `container`, its outcome to `settled`
+    /// (its records removed after it: [`Records::RemoveAfterAnswer`]).
+    fn queue_cleanup(&self, container: ContainerChain, settled: Box<dyn Completer>) {
+        let watches = self.watches.clone();
+        let statuses = self.statuses.clone();
+        self.actor.call(
+            "cleanup",
+            container.text(),
+            settled,
+            Records::RemoveAfterAnswer,
+            move |iso| match convert::container_id(container) {
+                Ok(id) => {
+                    // The container is being destroyed: its limitation no longer matters.
+                    watches.end(&id);
+                    // A status() asked before this call may have kept one again.
+                    statuses.map().remove(&id);
+                    iso.cleanup(&id)
+                        .map_or_else(|e| failed(&*e), |()| Outcome::Nothing)
+                }
+                Err(e) => {
+                    tracing::warn!("cleanup: nothing to clean up for a refused container: {e}");
+                    Outcome::Nothing
+                }
+            },
+        );
     }
 
     fn with_id(

@@ -112,14 +112,7 @@ impl<S: ?Sized + Send + 'static> Mailbox<S> {
     /// thread that answered goes on with whatever the answer started elsewhere (the
     /// next module of a chain) before it.
     pub(crate) fn send_first(self: &Arc<Self>, job: Box<dyn FnOnce(&mut S) + Send>) {
-        let schedule = {
-            let mut queue = lock(&self.queue);
-            queue.tasks.push_front(Task::Run(job));
-            !std::mem::replace(&mut queue.scheduled, true)
-        };
-        if schedule {
-            pool().schedule(self.clone());
-        }
+        self.queue_task(Task::Run(job), true);
     }
 
     /// Drops the module after the calls already queued, on a pool thread (a module's
@@ -129,9 +122,19 @@ impl<S: ?Sized + Send + 'static> Mailbox<S> {
     }
 
     fn push(self: &Arc<Self>, task: Task<S>) {
+        self.queue_task(task, false);
+    }
+
+    /// Queues `task` (`first`: before the others) and hands the module to the pool
+    /// if it is not there yet.
+    fn queue_task(self: &Arc<Self>, task: Task<S>, first: bool) {
         let schedule = {
             let mut queue = lock(&self.queue);
-            queue.tasks.push_back(task);
+            if first {
+                queue.tasks.push_front(task);
+            } else {
+                queue.tasks.push_back(task);
+            }
             !std::mem::replace(&mut queue.scheduled, true)
         };
         if schedule {

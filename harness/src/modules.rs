@@ -139,13 +139,8 @@ impl Modules {
             done: tx,
         }
         .ask_next();
-        rx.recv_timeout(CALL_TIMEOUT).unwrap_or_else(|_| {
-            Err(CallError {
-                module: "isolators".into(),
-                call: "prepare",
-                message: "no answer within the call timeout".into(),
-            })
-        })
+        rx.recv_timeout(CALL_TIMEOUT)
+            .unwrap_or_else(|_| Err(unanswered("prepare")))
     }
 
     /// The logger's `prepare()`: the container's stdout and stderr, or `None` when
@@ -198,11 +193,7 @@ impl Modules {
         drop(collect);
         let answers = rx.recv_timeout(CALL_TIMEOUT).unwrap_or_default();
         if answers.len() < self.isolators.len() {
-            return Err(CallError {
-                module: "isolators".into(),
-                call: "isolate",
-                message: "no answer within the call timeout".into(),
-            });
+            return Err(unanswered("isolate"));
         }
         answers
             .into_iter()
@@ -424,6 +415,15 @@ impl Completer for Part {
         if left.0 == 0 {
             let _ = collect.done.send(std::mem::take(&mut left.1));
         }
+    }
+}
+
+/// A chain of calls to the isolators that did not end within [`CALL_TIMEOUT`].
+fn unanswered(call: &'static str) -> CallError {
+    CallError {
+        module: "isolators".into(),
+        call,
+        message: "no answer within the call timeout".into(),
     }
 }
 
