@@ -77,8 +77,10 @@ pub type Layout = &'static [&'static str];
 
 pub mod fake;
 mod mountinfo;
+pub mod spares;
 
 pub use mountinfo::{cgroup_mounts, CgroupMount};
+pub use spares::{SpareCounts, Spares};
 
 /// Whether the calling thread's mount table (its own mount namespace) shows a v1
 /// hierarchy with `controller` mounted at `target`.

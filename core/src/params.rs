@@ -235,11 +235,15 @@ pub const COMMON_PARAMS: &[&str] = &[
     "cgroups_root",
     "mountinfo",
     "allow_debug_panic",
+    "spare_cgroups",
 ];
 
 /// Default directory of per-container state (survives agent restarts, not reboots,
 /// like the agent's own `--runtime_dir`).
 pub const DEFAULT_STATE_DIR: &str = "/var/run/mesos/isolators/rein";
+
+/// The most spare cgroups an isolator keeps (each holds a net_cls handle).
+pub const MAX_SPARE_CGROUPS: u64 = 64;
 
 /// The parameters every isolator takes, with their defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +258,10 @@ pub struct CommonParams {
     pub mountinfo: PathBuf,
     /// `allow_debug_panic`: honour the `debug.panic` label.
     pub allow_debug_panic: bool,
+    /// `spare_cgroups`: how many cgroup v1 directories an isolator keeps made
+    /// ahead for the next containers ([`crate::cgroupfs::Spares`]); 0 turns
+    /// them off.
+    pub spare_cgroups: usize,
 }
 
 impl CommonParams {
@@ -279,6 +287,15 @@ impl CommonParams {
                 .path("mountinfo")?
                 .unwrap_or_else(|| "/proc/self/mountinfo".into()),
             allow_debug_panic: params.bool("allow_debug_panic")?.unwrap_or(false),
+            spare_cgroups: match params.u64("spare_cgroups")? {
+                None => crate::cgroupfs::spares::DEFAULT_STOCK,
+                Some(n) if n <= MAX_SPARE_CGROUPS => usize::try_from(n).unwrap_or(0),
+                Some(_) => {
+                    return Err(
+                        params.error("spare_cgroups", format!("at most {MAX_SPARE_CGROUPS}"))
+                    )
+                }
+            },
         })
     }
 }

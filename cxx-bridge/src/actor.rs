@@ -128,6 +128,30 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
     }
 }
 
+impl<S: ?Sized + Send + 'static> Actor<S> {
+    /// Queues `work` that answers nobody (what a call leaves to do after its
+    /// answer, e.g. [`rein_core::Isolator::after_answer`]); a panic in it is
+    /// contained and logged.
+    pub(crate) fn after(&self, what: &'static str, work: impl FnOnce(&mut S) + Send + 'static) {
+        let name = self.name;
+        self.mailbox.send(Box::new(move |state: &mut S| {
+            let _ = after_answer_lane(|| guarded(name, what, "", || work(state)));
+        }));
+    }
+}
+
+/// Runs work left for after an answer, one at a time in the process: such work
+/// (records written, spare cgroups made) keeps at most one CPU busy, so the thread
+/// an answer woke (the agent's continuation) finds another free rather than
+/// waiting behind it; the calls themselves still run side by side.
+fn after_answer_lane<R>(work: impl FnOnce() -> R) -> R {
+    static LANE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LANE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    work()
+}
+
 /// When a call's writes and removals of state records happen.
 pub(crate) enum Records {
     /// As the module makes them.
@@ -243,7 +267,7 @@ fn write_saves(
     saves: Saves,
     unsaved: Box<dyn FnOnce(String) + Send>,
 ) {
-    let errors = saves.run();
+    let errors = after_answer_lane(|| saves.run());
     if errors.is_empty() {
         return;
     }

@@ -187,6 +187,8 @@ fn queue_prepare(
             }
         },
     );
+    // Behind the records the answer leaves to write, which go first.
+    actor.after("after_answer", |iso| iso.after_answer());
 }
 
 /// Creates an isolator; a bad parameter is an error the shim reports to the agent.
@@ -300,6 +302,7 @@ impl IsolatorHandle {
                 }
             },
         );
+        self.actor.after("after_answer", |iso| iso.after_answer());
     }
 
     /// `prepare()` ([`queue_prepare`]). For one of the agent's isolators: the

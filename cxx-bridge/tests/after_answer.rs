@@ -154,3 +154,126 @@ fn a_record_that_cannot_be_written_after_the_answer_fails_the_next_call() {
     handle.isolate_with(ContainerChain::new(["fine"]), 1, done);
     assert!(matches!(wait(&rx), Outcome::Nothing));
 }
+
+/// Notes its calls in a shared log; its `after_answer` waits for `gate` (if
+/// any), notes when it starts and ends, and panics when `panics`.
+struct Tidying {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+    gate: Option<mpsc::Receiver<()>>,
+    panics: bool,
+}
+
+impl Tidying {
+    fn note(&self, what: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} {what}", self.name));
+    }
+}
+
+impl Isolator for Tidying {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn prepare(&mut self, _: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        self.note("prepare");
+        Ok(LaunchInfo::default())
+    }
+    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
+        self.note("isolate");
+        Ok(())
+    }
+    fn cleanup(&mut self, _: &ContainerId) -> Result<(), Error> {
+        Ok(())
+    }
+    fn after_answer(&mut self) {
+        if let Some(gate) = &self.gate {
+            let _ = gate.recv_timeout(Duration::from_secs(30));
+        }
+        self.note("after_answer starts");
+        // Long enough for another module's work to overlap if it could.
+        std::thread::sleep(Duration::from_millis(20));
+        self.note("after_answer ends");
+        assert!(!self.panics, "a bug in after_answer");
+    }
+}
+
+#[test]
+fn after_answer_runs_after_prepares_answer_and_before_the_next_call() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (open, gate) = mpsc::channel();
+    let iso = IsolatorHandle::start(Box::new(Tidying {
+        name: "a",
+        log: log.clone(),
+        gate: Some(gate),
+        panics: true,
+    }))
+    .unwrap();
+    let (done, rx) = completer();
+    iso.prepare_with(config("c1"), done);
+    // Answered while its after_answer waits at the gate.
+    assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+    let (done, rx) = completer();
+    iso.isolate_with(ContainerChain::new(["c1"]), 1, done);
+    open.send(()).unwrap();
+    // The next call waited for it, and its panic cost that call nothing.
+    assert!(matches!(wait(&rx), Outcome::Nothing));
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "a prepare",
+            "a after_answer starts",
+            "a after_answer ends",
+            "a isolate"
+        ]
+    );
+}
+
+#[test]
+fn work_after_answers_runs_one_module_at_a_time() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let isolators: Vec<IsolatorHandle> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            IsolatorHandle::start(Box::new(Tidying {
+                name,
+                log: log.clone(),
+                gate: None,
+                panics: false,
+            }))
+            .unwrap()
+        })
+        .collect();
+    let answers: Vec<_> = isolators
+        .iter()
+        .map(|iso| {
+            let (done, rx) = completer();
+            iso.prepare_with(config("c1"), done);
+            rx
+        })
+        .collect();
+    for rx in &answers {
+        assert!(matches!(wait(rx), Outcome::LaunchInfo(_)));
+    }
+    // A later call of each runs after its after_answer: wait for all three.
+    for iso in &isolators {
+        let (done, rx) = completer();
+        iso.isolate_with(ContainerChain::new(["c1"]), 1, done);
+        assert!(matches!(wait(&rx), Outcome::Nothing));
+    }
+    let log = log.lock().unwrap();
+    let tidying: Vec<&String> = log.iter().filter(|l| l.contains("after_answer")).collect();
+    assert_eq!(tidying.len(), 6, "{log:?}");
+    for pair in tidying.chunks(2) {
+        let module = &pair[0][..1];
+        assert!(
+            pair[0].ends_with("starts") && pair[1] == &format!("{module} after_answer ends"),
+            "one module's work after its answer overlapped another's: {log:?}"
+        );
+    }
+}

@@ -13,5 +13,6 @@ pub(crate) fn common_in(dir: &Path) -> CommonParams {
         cgroups_root: "mesos".into(),
         mountinfo: "/nonexistent".into(),
         allow_debug_panic: false,
+        spare_cgroups: 0,
     }
 }

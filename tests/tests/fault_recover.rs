@@ -66,6 +66,7 @@ fn common(root_name: &str, state: &Path) -> CommonParams {
         cgroups_root: PathBuf::from(root_name),
         mountinfo: "/proc/self/mountinfo".into(),
         allow_debug_panic: false,
+        spare_cgroups: 0,
     }
 }
 

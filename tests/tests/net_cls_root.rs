@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Mutex;
 
+use rein_core::cgroupfs::spares::{DEFAULT_STOCK, SPARE_PREFIX};
 use rein_core::cgroupfs::{Cgroup, Hierarchy};
 use rein_core::params::CommonParams;
 use rein_core::state::StateStore;
@@ -51,6 +52,7 @@ impl Fixture {
             cgroups_root: PathBuf::from(&self.root_name),
             mountinfo: "/proc/self/mountinfo".into(),
             allow_debug_panic: false,
+            spare_cgroups: rein_core::cgroupfs::spares::DEFAULT_STOCK,
         }
     }
 
@@ -247,6 +249,8 @@ fn net_cls_root_churn_of_1000_containers_leaks_nothing() {
     for i in 0..1000 {
         let c = spec(&format!("churn-{i}"));
         iso.prepare(&c).unwrap();
+        // As the bridge does after prepare's answer: a spare for the next one.
+        iso.after_answer();
         let sleeper = Sleeper::spawn();
         iso.isolate(&c.id, sleeper.pid()).unwrap();
         if i % 100 == 0 {
@@ -258,13 +262,87 @@ fn net_cls_root_churn_of_1000_containers_leaks_nothing() {
     }
     eprintln!("1000 containers in {:?}", started.elapsed());
 
+    let spares = iso.spare_counts();
+    assert_eq!(
+        (spares.taken, spares.missed, spares.failed),
+        (999, 2, 0),
+        "every container but the warm-up and the first is a spare renamed: {spares:?}"
+    );
+    let left = f.child_groups();
+    assert!(
+        left.len() == DEFAULT_STOCK && left.iter().all(|n| n.starts_with(SPARE_PREFIX)),
+        "only the spares are left: {left:?}"
+    );
+    assert_eq!(
+        iso.free_handles(),
+        64 - DEFAULT_STOCK,
+        "the spares hold a handle each"
+    );
+    drop(iso);
     assert!(
         f.child_groups().is_empty(),
         "leaked cgroups: {:?}",
         f.child_groups()
     );
-    assert_eq!(iso.free_handles(), 64, "leaked handles");
     assert_eq!(f.state_files(), 0, "leaked state records");
     assert_eq!(open_fds(), fds_before, "leaked file descriptors");
     assert!(Path::new(f.root().path()).exists());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn net_cls_root_spares_carry_their_classid_and_an_earlier_runs_are_removed() {
+    if !rein_tests::require_root(
+        "net_cls_root_spares_carry_their_classid_and_an_earlier_runs_are_removed",
+    ) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let f = Fixture::new("spares");
+    // A run killed with its spares made: they stay in the kernel.
+    let killed = f.isolator(1, 16);
+    let mut killed = std::mem::ManuallyDrop::new(killed);
+    killed.after_answer();
+    assert_eq!(f.child_groups().len(), DEFAULT_STOCK);
+
+    let mut iso = f.isolator(1, 16);
+    iso.recover(&[], &[]).unwrap();
+    iso.after_answer();
+    assert_eq!(iso.spare_counts().leftovers_removed, DEFAULT_STOCK as u64);
+    assert_eq!(
+        f.child_groups().len(),
+        DEFAULT_STOCK,
+        "{:?}",
+        f.child_groups()
+    );
+    // Each spare holds the classid of a handle of its own.
+    let mut classids: Vec<String> = f
+        .child_groups()
+        .iter()
+        .map(|n| f.root().child(n).read("net_cls.classid").unwrap())
+        .collect();
+    classids.sort();
+    classids.dedup();
+    assert_eq!(classids.len(), DEFAULT_STOCK, "{classids:?}");
+
+    let c = spec("c1");
+    iso.prepare(&c).unwrap();
+    let handle = iso.handle(&c.id).unwrap();
+    let group = f.root().child("c1");
+    assert_eq!(
+        group.read("net_cls.classid").unwrap().trim(),
+        handle.classid().to_string()
+    );
+    let sleeper = Sleeper::spawn();
+    iso.isolate(&c.id, sleeper.pid()).unwrap();
+    assert_eq!(
+        net_cls_path_of(sleeper.pid()),
+        format!("/{}/c1", f.root_name)
+    );
+    sleeper.stop();
+    iso.cleanup(&c.id).unwrap();
+    assert!(!group.exists());
+    assert_eq!(iso.spare_counts().taken, 1);
+    drop(iso);
+    assert!(f.child_groups().is_empty(), "{:?}", f.child_groups());
 }

@@ -130,6 +130,7 @@ fn main() {
         cgroups_root: PathBuf::from(&root_name),
         mountinfo: MOUNTINFO.into(),
         allow_debug_panic: false,
+        spare_cgroups: 0,
     };
     let mut iso = BlkioIsolator::new(
         hierarchy.clone(),

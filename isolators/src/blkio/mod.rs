@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
+use rein_core::cgroupfs::{Cgroup, Hierarchy, Spares, Version};
 use rein_core::config::parse_for_module;
 use rein_core::isolator::{Error, PendingCleanups, RecoveryCounters};
 use rein_core::params::{CommonParams, Params, COMMON_PARAMS};
@@ -68,6 +68,8 @@ pub struct BlkioIsolator {
     /// Containers whose cleanup failed.
     pending: PendingCleanups<ContainerId>,
     counters: RecoveryCounters,
+    /// Cgroups made ahead (cgroup v1).
+    spares: Spares<()>,
 }
 
 impl BlkioIsolator {
@@ -102,7 +104,12 @@ impl BlkioIsolator {
         store: StateStore,
     ) -> Self {
         let root = hierarchy.cgroup(&common.cgroups_root);
+        let spares = match hierarchy.version() {
+            Version::V1 => common.spare_cgroups,
+            Version::V2 => 0,
+        };
         Self {
+            spares: Spares::new(root.clone(), spares),
             controller: Controller::new(hierarchy),
             root,
             policy,
@@ -119,6 +126,11 @@ impl BlkioIsolator {
     /// What recovery and cleanups met so far.
     pub fn counters(&self) -> RecoveryCounters {
         self.counters.with_pending(self.pending.len())
+    }
+
+    /// What the spare cgroups did so far.
+    pub fn spare_counts(&self) -> rein_core::cgroupfs::SpareCounts {
+        self.spares.counts()
     }
 
     /// The containers whose cleanup failed and waits for a retry, with the last reason.
@@ -155,9 +167,11 @@ impl BlkioIsolator {
         self.containers.get(id)
     }
 
-    fn setup(&self, id: &ContainerId, record: &Record) -> Result<(), BlkioError> {
+    /// Creates the container's cgroup if it owns it (unless `made`: a spare was
+    /// renamed to it), applies its limits and notes its record.
+    fn setup(&self, id: &ContainerId, record: &Record, made: bool) -> Result<(), BlkioError> {
         let cgroup = self.cgroup(id);
-        if record.owned {
+        if record.owned && !made {
             self.controller.create(&cgroup)?;
         }
         self.controller.enable_chain(&cgroup)?;
@@ -173,7 +187,7 @@ impl BlkioIsolator {
         if !cgroup.exists() {
             if record.owned {
                 warn!(container = %id, "blkio cgroup missing on recovery; recreating it");
-                return self.setup(id, record);
+                return self.setup(id, record, false);
             }
             return Err(BlkioError::CgroupGone);
         }
@@ -292,7 +306,8 @@ impl Isolator for BlkioIsolator {
             owned: !self.cgroup(&spec.id).exists(),
             limits,
         };
-        if let Err(err) = self.setup(&spec.id, &record) {
+        let made = record.owned && self.spares.take(&self.cgroup(&spec.id)).is_some();
+        if let Err(err) = self.setup(&spec.id, &record, made) {
             if record.owned {
                 let _ = self.cgroup(&spec.id).remove();
             }
@@ -327,6 +342,11 @@ impl Isolator for BlkioIsolator {
         })
     }
 
+    fn after_answer(&mut self) {
+        self.spares
+            .refill(|_| Ok::<(), std::convert::Infallible>(()));
+    }
+
     fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
         self.retry_cleanups();
         if !self.containers.contains_key(id) && !self.unrecorded.contains(id) {
@@ -343,6 +363,12 @@ pub fn version_name(v: Version) -> &'static str {
     match v {
         Version::V1 => "v1",
         Version::V2 => "v2",
+    }
+}
+
+impl Drop for BlkioIsolator {
+    fn drop(&mut self) {
+        self.spares.drain();
     }
 }
 

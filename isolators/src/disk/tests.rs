@@ -790,6 +790,7 @@ fn parameters() {
         cgroups_root: "mesos".into(),
         mountinfo: "/proc/self/mountinfo".into(),
         allow_debug_panic: false,
+        spare_cgroups: 0,
     };
     let parse = |pairs: &[(&str, &str)]| {
         let pairs: Vec<(String, String)> = pairs

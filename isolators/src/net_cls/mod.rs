@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use rein_core::cgroupfs::{Cgroup, Hierarchy, Version};
+use rein_core::cgroupfs::{Cgroup, Hierarchy, Spares, Version};
 use rein_core::config::parse_for_module;
 use rein_core::isolator::{Error, PendingCleanups, RecoveryCounters};
 use rein_core::params::CommonParams;
@@ -101,6 +101,8 @@ pub struct NetClsIsolator {
     /// Handles kept out of use while a stale class of theirs is on a device.
     held_for_stale: HashSet<Handle>,
     counters: RecoveryCounters,
+    /// Cgroups made ahead with their handle's classid (cgroup v1).
+    spares: Spares<Handle>,
 }
 
 impl NetClsIsolator {
@@ -112,7 +114,12 @@ impl NetClsIsolator {
         store: StateStore,
     ) -> Self {
         let root = hierarchy.cgroup(&common.cgroups_root);
+        let spares = match hierarchy.version() {
+            Version::V1 => common.spare_cgroups,
+            Version::V2 => 0,
+        };
         Self {
+            spares: Spares::new(root.clone(), spares),
             hierarchy,
             root,
             allocator,
@@ -146,6 +153,18 @@ impl NetClsIsolator {
     /// The handle of a container (its root's, for nested containers).
     pub fn handle(&self, id: &ContainerId) -> Option<Handle> {
         self.containers.get(&id.root()).map(|r| r.handle)
+    }
+
+    /// What the spare cgroups did so far.
+    pub fn spare_counts(&self) -> rein_core::cgroupfs::SpareCounts {
+        self.spares.counts()
+    }
+
+    /// Removes the spare cgroups and gives their handles back.
+    fn drop_spares(&mut self) {
+        for handle in self.spares.drain() {
+            self.allocator.release(handle);
+        }
     }
 
     /// How many handles are free.
@@ -200,13 +219,20 @@ impl NetClsIsolator {
         Ok(())
     }
 
+    /// Creates the container's cgroup (unless `made`: a spare set up for `handle`
+    /// was renamed to it) and notes its record.
     fn setup(
         &self,
         id: &ContainerId,
         handle: Handle,
         shape: Option<Shape>,
+        made: bool,
     ) -> Result<Record, Error> {
-        let cgroup_id = self.create_cgroup(id, handle)?;
+        let cgroup_id = if made {
+            None
+        } else {
+            self.create_cgroup(id, handle)?
+        };
         let record = Record {
             handle,
             egress: shape.map(|shape| EgressRecord {
@@ -253,8 +279,12 @@ impl Isolator for NetClsIsolator {
                 None
             }
         };
-        let handle = self.allocator.allocate()?;
-        let record = match self.setup(&spec.id, handle, shape) {
+        // A spare cgroup already holds its handle's classid.
+        let (handle, made) = match self.spares.take(&self.cgroup(&spec.id)) {
+            Some(handle) => (handle, true),
+            None => (self.allocator.allocate()?, false),
+        };
+        let record = match self.setup(&spec.id, handle, shape, made) {
             Ok(record) => record,
             Err(err) => {
                 // Leave nothing behind for a launch that will not happen.
@@ -296,6 +326,20 @@ impl Isolator for NetClsIsolator {
         })
     }
 
+    fn after_answer(&mut self) {
+        let (spares, allocator) = (&mut self.spares, &mut self.allocator);
+        spares.refill(|spare| {
+            let handle = allocator.allocate().map_err(|e| e.to_string())?;
+            match spare.write("net_cls.classid", &handle.classid().to_string()) {
+                Ok(()) => Ok(handle),
+                Err(e) => {
+                    allocator.release(handle);
+                    Err(e.to_string())
+                }
+            }
+        });
+    }
+
     fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
         if id.is_nested() {
             return Ok(());
@@ -308,6 +352,12 @@ impl Isolator for NetClsIsolator {
         self.release_or_retry(id, true)?;
         info!(container = %id, handle = ?handle.map(|h| h.to_string()), "released net_cls handle");
         Ok(())
+    }
+}
+
+impl Drop for NetClsIsolator {
+    fn drop(&mut self) {
+        self.drop_spares();
     }
 }
 

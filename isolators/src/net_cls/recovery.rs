@@ -17,6 +17,8 @@ impl NetClsIsolator {
     /// Recovers every recorded container; only a state directory that cannot be
     /// listed fails (the isolator could not know its containers at all).
     pub(super) fn recover_all(&mut self, known: Known<'_>) -> Result<(), Error> {
+        // Made before the records were known: their handles may be recorded ones.
+        self.drop_spares();
         let scan: Scan<Record> = self.store.scan()?;
         let mut records = scan.records;
         for bad in scan.unreadable {
