@@ -1,11 +1,13 @@
 //! The kernel's own share of a lifecycle, printed beside `rein-run bench`'s figures:
 //! the cgroup v1 operations the three isolators make for a container before their
 //! answers, done in one thread through the same cgroupfs code, without the modules,
-//! the bridge or any thread hop. The state records (written after `prepare`'s
-//! answers, removed after `cleanup`'s) and the cgroups' removal (after `cleanup`'s
-//! answer) are done too, untimed, as in the modules. What the benchmark measures
-//! above this is the modules' and the bridge's cost; this part no module can remove
-//! on this machine.
+//! the bridge or any thread hop: a spare cgroup renamed in each hierarchy (the
+//! net_cls one with its classid written when it was made) and the process moved
+//! into both. What is done after the answers is done too, untimed, as in the
+//! modules: the state records written (after `prepare`'s) and removed (after
+//! `cleanup`'s), the next spares made, the cgroups removed. What the benchmark
+//! measures above this is the modules' and the bridge's cost; this part no module
+//! can remove on this machine.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,20 @@ pub fn run(
     }
     fs::create_dir_all(state_dir).map_err(|e| format!("creating {}: {e}", state_dir.display()))?;
     let mut times = Vec::with_capacity(containers);
+    // The spares the next container's cgroups are renamed from, made as after an
+    // earlier answer.
+    let make_spares = |i: usize| -> Result<[Cgroup; 2], String> {
+        let name = format!(".floor-spare-{i}");
+        let spares = [roots[0].child(&name), roots[1].child(&name)];
+        for s in &spares {
+            s.create().map_err(|e| e.to_string())?;
+        }
+        spares[0]
+            .write("net_cls.classid", &format!("{}", 0x1_0000 + i % 0xffff))
+            .map_err(|e| e.to_string())?;
+        Ok(spares)
+    };
+    let mut spares = make_spares(0)?;
     let result = (0..containers).try_for_each(|i| {
         let name = format!("floor-{i}");
         let (pid, end) = spawn().map_err(|e| format!("starting the process: {e}"))?;
@@ -53,19 +69,18 @@ pub fn run(
             .map(|kind| state_dir.join(format!("{kind}-{name}.json")))
             .collect();
         let t = Instant::now();
-        // prepare: both cgroups and the classid
-        groups[0].create().map_err(|e| e.to_string())?;
-        groups[0]
-            .write("net_cls.classid", &format!("{}", 0x1_0000 + i % 0xffff))
-            .map_err(|e| e.to_string())?;
-        groups[1].create().map_err(|e| e.to_string())?;
+        // prepare: a spare renamed in each hierarchy
+        for (spare, group) in spares.iter().zip(&groups) {
+            fs::rename(spare.path(), group.path()).map_err(|e| e.to_string())?;
+        }
         let prepared = t.elapsed();
-        // after the answers: three records (temporary file, rename)
+        // after the answers: three records (temporary file, rename), the next spares
         for r in &records {
             AtomicFile::new(r)
                 .write(RECORD)
                 .map_err(|e| e.to_string())?;
         }
+        spares = make_spares(i + 1)?;
         // isolate: the process into both
         let t = Instant::now();
         for g in &groups {
