@@ -351,6 +351,13 @@ pub trait Isolator: Send {
     /// Places the container's init process (it has not exec'd yet).
     fn isolate(&mut self, id: &ContainerId, pid: i32) -> Result<(), Error>;
 
+    /// Whether `isolate()` does nothing for any container (fixed for the
+    /// isolator's life): the bridge then answers it on the caller's thread, once
+    /// the isolator's earlier calls are done, without a hop to its worker thread.
+    fn isolate_does_nothing(&self) -> bool {
+        false
+    }
+
     /// Registers the container's limitation notifier. The default keeps it pending.
     fn watch(&mut self, _id: &ContainerId, _notifier: LimitationNotifier) {}
 

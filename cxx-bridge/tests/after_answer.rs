@@ -28,6 +28,8 @@ fn wait(rx: &mpsc::Receiver<Outcome>) -> Outcome {
 struct Recording {
     store: StateStore,
     release: Arc<Mutex<mpsc::Receiver<()>>>,
+    /// Declares that its `isolate` does nothing (and then fails if it is called).
+    isolate_does_nothing: bool,
 }
 
 impl Isolator for Recording {
@@ -42,7 +44,13 @@ impl Isolator for Recording {
         Ok(LaunchInfo::default())
     }
     fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
+        if self.isolate_does_nothing {
+            return Err("isolate was called on the worker thread".into());
+        }
         Ok(())
+    }
+    fn isolate_does_nothing(&self) -> bool {
+        self.isolate_does_nothing
     }
     fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
         let _ = self
@@ -59,11 +67,18 @@ impl Isolator for Recording {
 }
 
 fn recording() -> (IsolatorHandle, tempfile::TempDir, mpsc::Sender<()>) {
+    recording_with(false)
+}
+
+fn recording_with(
+    isolate_does_nothing: bool,
+) -> (IsolatorHandle, tempfile::TempDir, mpsc::Sender<()>) {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = mpsc::channel();
     let iso = Recording {
         store: StateStore::open(dir.path(), "recording").unwrap(),
         release: Arc::new(Mutex::new(rx)),
+        isolate_does_nothing,
     };
     (IsolatorHandle::start(Box::new(iso)).unwrap(), dir, tx)
 }
@@ -153,6 +168,44 @@ fn a_record_that_cannot_be_written_after_the_answer_fails_the_next_call() {
     let (done, rx) = completer();
     handle.isolate_with(ContainerChain::new(["fine"]), 1, done);
     assert!(matches!(wait(&rx), Outcome::Nothing));
+}
+
+/// Waits until the isolator has nothing queued or running.
+fn wait_idle(handle: &IsolatorHandle) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !handle.is_idle() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still busy after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn an_isolate_that_does_nothing_is_answered_without_the_worker_and_still_fails_on_a_lost_record() {
+    let (handle, dir, _release) = recording_with(true);
+    fs::create_dir(dir.path().join("recording").join(".full.tmp")).unwrap();
+    for name in ["full", "fine"] {
+        let (done, rx) = completer();
+        handle.prepare_with(config(name), done);
+        assert!(matches!(wait(&rx), Outcome::LaunchInfo(_)));
+    }
+    wait_idle(&handle);
+    let (done, rx) = completer();
+    handle.isolate_with(ContainerChain::new(["full"]), 1, done);
+    match wait(&rx) {
+        Outcome::Failed(message) => assert!(message.contains(".full.tmp"), "{message}"),
+        other => panic!("expected isolate to fail, got {other:?}"),
+    }
+    let (done, rx) = completer();
+    handle.isolate_with(ContainerChain::new(["fine"]), 1, done);
+    // Answered at once: the isolator's isolate() (which fails) was not called.
+    assert!(matches!(rx.try_recv(), Ok(Outcome::Nothing)));
+    // A malformed id still fails.
+    let (done, rx) = completer();
+    handle.isolate_with(ContainerChain::new([""]), 1, done);
+    assert!(matches!(rx.try_recv(), Ok(Outcome::Failed(_))));
 }
 
 /// Notes its calls in a shared log; its `after_answer` waits for `gate` (if

@@ -253,7 +253,10 @@ fn parked(sandbox: &Path) -> Result<Child, HarnessError> {
         .map_err(HarnessError::io("starting /bin/cat"))
 }
 
-/// Waits (at most a second) until `child` sleeps, waiting on its empty pipe.
+/// Waits (at most a second) until `child` sleeps, waiting on its empty pipe. It
+/// polls with short sleeps, not a spin: the agent's threads wait for the launch
+/// helper without taking a CPU, which the modules' work after their answers needs
+/// meanwhile.
 fn settle(child: &Child) {
     let stat = format!("/proc/{}/stat", child.id());
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -268,7 +271,7 @@ fn settle(child: &Child) {
         if sleeping {
             return;
         }
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_micros(50));
     }
 }
 

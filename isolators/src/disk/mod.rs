@@ -318,6 +318,11 @@ impl Isolator for DiskIsolator {
         Ok(())
     }
 
+    fn isolate_does_nothing(&self) -> bool {
+        // The sandbox carries the project id from prepare(); processes need no placing.
+        true
+    }
+
     fn watch(&mut self, id: &ContainerId, notifier: LimitationNotifier) {
         if let Some(tracked) = self.lock().containers.get_mut(id) {
             tracked.notifier = Some(notifier);
