@@ -7,7 +7,8 @@ import re
 import uuid
 
 from .common import (
-    CGROUP_V2, cgroup_points, free_port, http_json, log, read, settled_leftovers, wait_for)
+    CGROUP_V2, cgroup_points, child_cgroups, free_port, http_json, log, read,
+    settled_leftovers, wait_for)
 from .scheduler import TERMINAL
 
 
@@ -258,9 +259,7 @@ class BlkioDiskPhase:
             for point in cgroup_points():
                 for root in (self.root_io, self.root_eg):
                     top = os.path.join(point, root)
-                    if os.path.isdir(top):
-                        groups += [os.path.join(top, d) for d in os.listdir(top)
-                                   if os.path.isdir(os.path.join(top, d))]
+                    groups += [os.path.join(top, d) for d in child_cgroups(top)]
             files = [os.path.join(dp, f) for sd in state_dirs
                      for dp, _, fs in os.walk(sd) for f in fs]
             return groups, [f for f in files if not held_for_gc(f)]

@@ -83,6 +83,24 @@ def cgroup2_mounts():
                 if right.split()[0] == "cgroup2"}
 
 
+# The isolators' spare cgroups (module parameter spare_cgroups, default 4): made
+# ahead in each v1 hierarchy's cgroups root and kept while the agent runs, so they
+# are not a container's leftovers; more than the stock are.
+SPARE_PREFIX = ".rein-spare\x7f"
+SPARE_STOCK = 4
+
+
+def child_cgroups(top):
+    """The cgroups directly below `top` that are left over: every one but the
+    isolators' spares, unless there are more spares than their stock."""
+    if not os.path.isdir(top):
+        return []
+    names = sorted(d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d)))
+    spares = [n for n in names if n.startswith(SPARE_PREFIX)]
+    kept = [] if len(spares) > SPARE_STOCK else spares
+    return [n for n in names if n not in kept]
+
+
 def cgroup_points():
     """Every cgroup hierarchy's mount point, v1 and v2."""
     return set(cgroup_v1_mounts().values()) | cgroup2_mounts()

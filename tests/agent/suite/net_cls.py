@@ -8,7 +8,8 @@ import time
 import uuid
 
 from .common import (
-    free_port, http_json, log, pid_net_cls_path, read, settled_leftovers, wait_for)
+    child_cgroups, free_port, http_json, log, pid_net_cls_path, read, settled_leftovers,
+    wait_for)
 from .scheduler import TERMINAL
 
 
@@ -151,9 +152,7 @@ class NetClsPhase:
         state_dir = os.path.join(self.tmp, "rein-state")
 
         def leftovers():
-            groups = [d for d in os.listdir(self.net_cls_dir())
-                      if os.path.isdir(os.path.join(self.net_cls_dir(), d))] \
-                if os.path.isdir(self.net_cls_dir()) else []
+            groups = child_cgroups(self.net_cls_dir())
             files = [os.path.join(dp, f) for dp, _, fs in os.walk(state_dir) for f in fs]
             return groups, files
         groups, files = settled_leftovers(leftovers)

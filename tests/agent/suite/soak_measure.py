@@ -9,7 +9,7 @@ import re
 import statistics
 import time
 
-from .common import cgroup_points
+from .common import cgroup_points, child_cgroups
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -130,9 +130,7 @@ def cgroups_left(root):
     left = []
     for point in sorted(cgroup_points()):
         top = os.path.join(point, root)
-        if os.path.isdir(top):
-            left += [os.path.join(top, d) for d in os.listdir(top)
-                     if os.path.isdir(os.path.join(top, d))]
+        left += [os.path.join(top, d) for d in child_cgroups(top)]
     return left
 
 
