@@ -49,6 +49,9 @@ pub struct SpareCounts {
 #[derive(Debug)]
 pub struct Spares<T> {
     root: Cgroup,
+    /// Starts the names of this isolator's spares: isolators whose hierarchies are
+    /// mounted together (one directory) keep theirs apart.
+    prefix: String,
     want: usize,
     stock: Vec<(Cgroup, T)>,
     /// Numbers the spares' names.
@@ -59,11 +62,12 @@ pub struct Spares<T> {
 }
 
 impl<T> Spares<T> {
-    /// Spares in `root`, keeping `want` of them (0: none, every cgroup is created
-    /// at `prepare`).
-    pub fn new(root: Cgroup, want: usize) -> Self {
+    /// `kind`'s spares in `root`, keeping `want` of them (0: none, every cgroup is
+    /// created at `prepare`).
+    pub fn new(root: Cgroup, kind: &str, want: usize) -> Self {
         Self {
             root,
+            prefix: format!("{SPARE_PREFIX}{kind}-"),
             want,
             stock: Vec::new(),
             made: 0,
@@ -87,8 +91,9 @@ impl<T> Spares<T> {
     /// (the caller creates the cgroup itself, as without spares), when `target` is
     /// not directly in the root (nested containers' cgroups), or already exists (a
     /// cgroup kept from before: the kernel would refuse the rename). A spare the
-    /// kernel cannot rename is removed and the next one tried.
-    pub fn take(&mut self, target: &Cgroup) -> Option<T> {
+    /// kernel cannot rename (another process removed it) is removed, what it was
+    /// set up with handed to `discard`, and the next one tried.
+    pub fn take(&mut self, target: &Cgroup, mut discard: impl FnMut(T)) -> Option<T> {
         if self.want == 0 || target.path().parent() != Some(self.root.path()) {
             return None;
         }
@@ -106,6 +111,7 @@ impl<T> Spares<T> {
                     tracing::warn!(spare = %spare.path().display(), target = %target.path().display(),
                                    "renaming a spare cgroup: {e}; it is removed");
                     let _ = spare.remove_now();
+                    discard(tag);
                     if e.kind() == ErrorKind::AlreadyExists {
                         return None;
                     }
@@ -132,7 +138,7 @@ impl<T> Spares<T> {
         }
         while self.stock.len() < self.want {
             self.made += 1;
-            let spare = self.root.child(format!("{SPARE_PREFIX}{}", self.made));
+            let spare = self.root.child(format!("{}{}", self.prefix, self.made));
             if let Err(e) = spare.create() {
                 self.counts.failed += 1;
                 tracing::warn!("making a spare cgroup: {e}");
@@ -164,8 +170,8 @@ impl<T> Spares<T> {
             .collect()
     }
 
-    /// Removes the spares in the root that are not in stock (an earlier run's);
-    /// returns how many.
+    /// Removes this isolator's spares in the root that are not in stock (an
+    /// earlier run's); returns how many.
     fn remove_leftovers(&self) -> u64 {
         let Ok(entries) = fs::read_dir(self.root.path()) else {
             return 0;
@@ -173,7 +179,7 @@ impl<T> Spares<T> {
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let is_spare = name.to_str().is_some_and(|n| n.starts_with(SPARE_PREFIX));
+            let is_spare = name.to_str().is_some_and(|n| n.starts_with(&self.prefix));
             let in_stock = self
                 .stock
                 .iter()
@@ -207,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = hierarchy(dir.path());
         let root = h.cgroup("mesos");
-        let mut spares = Spares::new(root.clone(), 2);
+        let mut spares = Spares::new(root.clone(), "net_cls", 2);
         let mut next = 10u32;
         spares.refill(|cg| {
             next += 1;
@@ -216,13 +222,13 @@ mod tests {
         });
         assert_eq!(spares.ready(), 2);
         let target = root.child("c1");
-        let tag = spares.take(&target).expect("a spare is taken");
+        let tag = spares.take(&target, drop).expect("a spare is taken");
         assert!(target.exists());
         assert_eq!(target.read("net_cls.classid").unwrap(), tag.to_string());
         assert_eq!(spares.ready(), 1);
         // Nested cgroups and existing ones are not made from spares.
-        assert_eq!(spares.take(&target.child("mesos").child("n")), None);
-        assert_eq!(spares.take(&target), None);
+        assert_eq!(spares.take(&target.child("mesos").child("n"), drop), None);
+        assert_eq!(spares.take(&target, drop), None);
         assert_eq!(spares.ready(), 1);
         let counts = spares.counts();
         assert_eq!((counts.taken, counts.missed, counts.failed), (1, 0, 0));
@@ -232,14 +238,14 @@ mod tests {
     fn with_none_left_the_caller_creates_and_a_miss_is_counted() {
         let dir = tempfile::tempdir().unwrap();
         let root = hierarchy(dir.path()).cgroup("mesos");
-        let mut spares: Spares<()> = Spares::new(root.clone(), 1);
-        assert_eq!(spares.take(&root.child("c1")), None);
+        let mut spares: Spares<()> = Spares::new(root.clone(), "net_cls", 1);
+        assert_eq!(spares.take(&root.child("c1"), drop), None);
         assert_eq!(spares.counts().missed, 1);
         // No spares wanted: nothing is made, nothing counted.
-        let mut none: Spares<()> = Spares::new(root.clone(), 0);
+        let mut none: Spares<()> = Spares::new(root.clone(), "net_cls", 0);
         none.refill(|_| Ok::<(), String>(()));
         assert_eq!(none.ready(), 0);
-        assert_eq!(none.take(&root.child("c2")), None);
+        assert_eq!(none.take(&root.child("c2"), drop), None);
         assert_eq!(none.counts(), SpareCounts::default());
     }
 
@@ -247,7 +253,7 @@ mod tests {
     fn a_failed_set_up_removes_the_spare_and_ends_the_refill() {
         let dir = tempfile::tempdir().unwrap();
         let root = hierarchy(dir.path()).cgroup("mesos");
-        let mut spares: Spares<u32> = Spares::new(root.clone(), 3);
+        let mut spares: Spares<u32> = Spares::new(root.clone(), "net_cls", 3);
         spares.refill(|_| Err("no free handle"));
         assert_eq!(spares.ready(), 0);
         assert_eq!(spares.counts().failed, 1);
@@ -264,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = hierarchy(dir.path());
         let root = h.cgroup("mesos");
-        let mut earlier: Spares<()> = Spares::new(root.clone(), 2);
+        let mut earlier: Spares<()> = Spares::new(root.clone(), "net_cls", 2);
         earlier.refill(|_| Ok::<(), String>(()));
         // A container whose id looks like a spare's name without the DEL.
         let lookalike = root.child(".rein-spare1");
@@ -272,7 +278,7 @@ mod tests {
         let container = root.child("c1");
         container.create().unwrap();
         drop(earlier);
-        let mut spares: Spares<()> = Spares::new(root.clone(), 1);
+        let mut spares: Spares<()> = Spares::new(root.clone(), "net_cls", 1);
         spares.refill(|_| Ok::<(), String>(()));
         assert_eq!(spares.counts().leftovers_removed, 2);
         assert!(lookalike.exists() && container.exists());
@@ -291,6 +297,49 @@ mod tests {
             .unwrap()
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(SPARE_PREFIX)));
+    }
+
+    #[test]
+    fn spares_removed_behind_its_back_are_given_back_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = hierarchy(dir.path()).cgroup("mesos");
+        let mut spares: Spares<u32> = Spares::new(root.clone(), "net_cls", 2);
+        let mut next = 0;
+        spares.refill(|_| {
+            next += 1;
+            Ok::<u32, String>(next)
+        });
+        // Another process removed the spare to be taken first.
+        let first = fs::read_dir(root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.ends_with(format!("{SPARE_PREFIX}net_cls-2")))
+            .unwrap();
+        fs::remove_dir_all(&first).unwrap();
+        let mut given_back = Vec::new();
+        let tag = spares.take(&root.child("c1"), |t| given_back.push(t));
+        assert_eq!((tag, given_back), (Some(1), vec![2]));
+        assert_eq!(spares.counts().failed, 1);
+    }
+
+    #[test]
+    fn isolators_sharing_a_directory_keep_their_spares_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = hierarchy(dir.path()).cgroup("mesos");
+        let mut net_cls: Spares<()> = Spares::new(root.clone(), "net_cls", 2);
+        let mut blkio: Spares<()> = Spares::new(root.clone(), "blkio", 2);
+        net_cls.refill(|_| Ok::<(), String>(()));
+        blkio.refill(|_| Ok::<(), String>(()));
+        assert_eq!(
+            blkio.counts().leftovers_removed,
+            0,
+            "net_cls's are not blkio's leftovers"
+        );
+        assert_eq!((net_cls.ready(), blkio.ready()), (2, 2));
+        assert!(net_cls.take(&root.child("c1"), drop).is_some());
+        assert!(blkio.take(&root.child("c2"), drop).is_some());
+        assert_eq!(net_cls.counts().failed + blkio.counts().failed, 0);
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl BlkioIsolator {
             Version::V2 => 0,
         };
         Self {
-            spares: Spares::new(root.clone(), spares),
+            spares: Spares::new(root.clone(), "blkio", spares),
             controller: Controller::new(hierarchy),
             root,
             policy,
@@ -306,7 +306,7 @@ impl Isolator for BlkioIsolator {
             owned: !self.cgroup(&spec.id).exists(),
             limits,
         };
-        let made = record.owned && self.spares.take(&self.cgroup(&spec.id)).is_some();
+        let made = record.owned && self.spares.take(&self.cgroup(&spec.id), drop).is_some();
         if let Err(err) = self.setup(&spec.id, &record, made) {
             if record.owned {
                 let _ = self.cgroup(&spec.id).remove();

@@ -119,7 +119,7 @@ impl NetClsIsolator {
             Version::V2 => 0,
         };
         Self {
-            spares: Spares::new(root.clone(), spares),
+            spares: Spares::new(root.clone(), "net_cls", spares),
             hierarchy,
             root,
             allocator,
@@ -280,7 +280,9 @@ impl Isolator for NetClsIsolator {
             }
         };
         // A spare cgroup already holds its handle's classid.
-        let (handle, made) = match self.spares.take(&self.cgroup(&spec.id)) {
+        let cgroup = self.cgroup(&spec.id);
+        let allocator = &mut self.allocator;
+        let (handle, made) = match self.spares.take(&cgroup, |h| allocator.release(h)) {
             Some(handle) => (handle, true),
             None => (self.allocator.allocate()?, false),
         };
