@@ -286,12 +286,17 @@ fn write_saves(
     unsaved(message);
 }
 
-/// Waits (up to 5 s) until the state records whose removal was put off until after
-/// an answer are removed: a short-lived process (`rein-run destroy`) calls it
-/// before it exits, so that none is left for the next `recover()` to release. The
-/// records are counted before the answer is delivered, so one whose removal has not
-/// reached the janitor yet is waited for too.
+/// Waits (up to 5 s each) until the modules dropped so far are gone (a module is
+/// dropped on a worker thread, and its drop removes what it keeps, such as spare
+/// cgroups), then until the state records whose removal was put off until after an
+/// answer are removed: a short-lived process (`rein-run`) calls it before it exits,
+/// so that none is left for the next `recover()` or refill to remove. The records
+/// are counted before the answer is delivered, so one whose removal has not reached
+/// the janitor yet is waited for too.
 pub fn flush_removals() {
+    if !crate::pool::wait_for_closed(std::time::Duration::from_secs(5)) {
+        tracing::warn!("rein: modules still being dropped after 5 s; what they kept (spare cgroups) is removed by the next run");
+    }
     if !rein_core::state::wait_for_deferred_removals(std::time::Duration::from_secs(5)) {
         tracing::warn!(
             "rein: state records still being removed after 5 s; recover() releases those left"

@@ -124,6 +124,7 @@ impl<S: ?Sized + Send + 'static> Mailbox<S> {
     /// Drops the module after the calls already queued, on a pool thread (a module's
     /// drop may do kernel work), and takes its thread out of the pool.
     pub(crate) fn close(self: &Arc<Self>) {
+        *lock(&CLOSING) += 1;
         self.push(Task::Close);
     }
 
@@ -161,6 +162,8 @@ impl<S: ?Sized + Send + 'static> Ready for Mailbox<S> {
             Some(Task::Close) => {
                 drop(lock(&self.state).take());
                 pool().retire_worker();
+                *lock(&CLOSING) -= 1;
+                CLOSED.notify_all();
             }
             None => {}
         }
@@ -174,6 +177,28 @@ impl<S: ?Sized + Send + 'static> Ready for Mailbox<S> {
             pool().schedule(self);
         }
     }
+}
+
+/// Modules closed whose drop has not run yet ([`wait_for_closed`]).
+static CLOSING: Mutex<usize> = Mutex::new(0);
+static CLOSED: Condvar = Condvar::new();
+
+/// Waits (up to `timeout`) until every module closed so far has been dropped;
+/// whether they all were.
+pub(crate) fn wait_for_closed(timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut closing = lock(&CLOSING);
+    while *closing > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        closing = CLOSED
+            .wait_timeout(closing, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    true
 }
 
 struct RunQueue {
@@ -337,6 +362,27 @@ mod tests {
         fn drop(&mut self) {
             let _ = self.0.send(thread::current().id());
         }
+    }
+
+    /// Its drop waits for a message.
+    struct SlowDrop(Mutex<mpsc::Receiver<()>>);
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            let _ = lock(&self.0).recv_timeout(Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn closed_modules_are_waited_for_until_dropped() {
+        let (release, rx) = mpsc::channel();
+        let module = Mailbox::start("test-slow-drop", Box::new(SlowDrop(Mutex::new(rx)))).unwrap();
+        module.close();
+        assert!(
+            !wait_for_closed(Duration::from_millis(50)),
+            "its drop is still running"
+        );
+        release.send(()).unwrap();
+        assert!(wait_for_closed(Duration::from_secs(60)));
     }
 
     #[test]
