@@ -113,6 +113,7 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
                 Records::SaveAfterAnswer(unsaved) => {
                     let saves = run_call_deferring_saves(name, method, &container, done, work);
                     if saves.is_empty() {
+                        unsaved(None);
                         return;
                     }
                     let write =
@@ -166,7 +167,7 @@ pub(crate) enum Records {
     RemoveAfterAnswer,
     /// Writes after the answer ([`run_call_deferring_saves`]); what could not be
     /// written is handed to the function, as one message ([`write_saves`]).
-    SaveAfterAnswer(Box<dyn FnOnce(String) + Send>),
+    SaveAfterAnswer(Box<dyn FnOnce(Option<String>) + Send>),
 }
 
 impl<S: ?Sized + Send + 'static> Drop for Actor<S> {
@@ -263,18 +264,20 @@ fn run_call_deferring_saves(
     saves
 }
 
-/// Writes records a call left to write after its answer. Those that cannot be
-/// written are logged and handed to `unsaved`, for the container's next call to
-/// fail with: no container runs without the record its recovery needs.
+/// Writes records a call left to write after its answer, then tells `unsaved`
+/// how it went: `None`, or the reason those that could not be written were not
+/// (also logged), for the container's next call to fail with: no container runs
+/// without the record its recovery needs.
 fn write_saves(
     name: &'static str,
     method: &'static str,
     container: &str,
     saves: Saves,
-    unsaved: Box<dyn FnOnce(String) + Send>,
+    unsaved: Box<dyn FnOnce(Option<String>) + Send>,
 ) {
     let errors = after_answer_lane(|| saves.run());
     if errors.is_empty() {
+        unsaved(None);
         return;
     }
     let message = errors
@@ -283,7 +286,7 @@ fn write_saves(
         .collect::<Vec<_>>()
         .join("; ");
     tracing::warn!(module = name, call = method, container = %container, "writing a state record after answering: {message}; the container's next call fails");
-    unsaved(message);
+    unsaved(Some(message));
 }
 
 /// Waits (up to 5 s each) until the modules dropped so far are gone (a module is

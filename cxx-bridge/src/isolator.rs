@@ -1,6 +1,7 @@
 //! `IsolatorHandle`: what the shim's `Isolator` subclass holds and forwards to.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cxx::UniquePtr;
@@ -36,21 +37,38 @@ pub struct IsolatorHandle {
 /// Containers whose state record could not be written after `prepare` answered
 /// ([`Records::SaveAfterAnswer`]), by container text, with the reason: their
 /// `isolate()` fails with it, so no container runs without the record its
-/// recovery needs. Dropped at `cleanup()`.
+/// recovery needs. Dropped at `cleanup()`. Also counts the `prepare`s queued
+/// whose records' outcome is not known yet.
 #[derive(Clone, Default)]
-struct Unsaved(Arc<Mutex<HashMap<String, String>>>);
+struct Unsaved {
+    failed: Arc<Mutex<HashMap<String, String>>>,
+    unsettled: Arc<AtomicUsize>,
+}
 
 impl Unsaved {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// What to call with the reason when `container`'s records cannot be written.
-    fn sink(&self, container: String) -> Box<dyn FnOnce(String) + Send> {
+    /// Counts a `prepare` of `container` about to be queued; returns what to call
+    /// once its records are written (`None`) or could not be (the reason). A
+    /// `prepare` dropped unrun stays counted: [`Unsaved::settled`] is then never
+    /// true again, and `isolate` always waits for the isolator's thread.
+    fn sink(&self, container: String) -> Box<dyn FnOnce(Option<String>) + Send> {
+        self.unsettled.fetch_add(1, Ordering::SeqCst);
         let unsaved = self.clone();
         Box::new(move |reason| {
-            unsaved.map().insert(container, reason);
+            if let Some(reason) = reason {
+                unsaved.map().insert(container, reason);
+            }
+            unsaved.unsettled.fetch_sub(1, Ordering::SeqCst);
         })
+    }
+
+    /// Whether every `prepare` queued so far has its records' outcome known (so
+    /// the map holds every failure there is).
+    fn settled(&self) -> bool {
+        self.unsettled.load(Ordering::SeqCst) == 0
     }
 }
 
@@ -373,7 +391,7 @@ impl IsolatorHandle {
                 ))
             })
         };
-        if self.isolate_does_nothing && self.actor.is_idle() {
+        if self.isolate_does_nothing && self.unsaved.settled() {
             // Nothing to place, and prepare's records are written (their outcome
             // is known): answered here, without waking a worker thread.
             let outcome = match convert::container_id(container) {
