@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -264,19 +264,12 @@ fn lock_pending() -> MutexGuard<'static, Pending> {
 /// process calls it before it exits: the answer it waited for is delivered before
 /// the removal runs, so without it a record would be left for the next `recover()`.
 pub fn wait_for_deferred_removals(timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut pending = lock_pending();
-    while !(pending.waiting.is_empty() && pending.running.is_empty()) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        pending = REMOVED
-            .wait_timeout(pending, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-    true
+    let (_pending, waited) = REMOVED
+        .wait_timeout_while(lock_pending(), timeout, |pending| {
+            !(pending.waiting.is_empty() && pending.running.is_empty())
+        })
+        .unwrap_or_else(PoisonError::into_inner);
+    !waited.timed_out()
 }
 
 /// Record files whose removal was deferred ([`defer_removals`]).

@@ -186,19 +186,10 @@ static CLOSED: Condvar = Condvar::new();
 /// Waits (up to `timeout`) until every module closed so far has been dropped;
 /// whether they all were.
 pub(crate) fn wait_for_closed(timeout: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut closing = lock(&CLOSING);
-    while *closing > 0 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        closing = CLOSED
-            .wait_timeout(closing, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-    true
+    let (_closing, waited) = CLOSED
+        .wait_timeout_while(lock(&CLOSING), timeout, |closing| *closing > 0)
+        .unwrap_or_else(PoisonError::into_inner);
+    !waited.timed_out()
 }
 
 struct RunQueue {

@@ -114,6 +114,23 @@ fn net_cls_path_of(pid: i32) -> String {
         .unwrap_or_else(|| panic!("no net_cls line in /proc/{pid}/cgroup:\n{text}"))
 }
 
+/// Checks that the prepared container "c1"'s cgroup holds `handle`'s classid, then
+/// isolates a real process and checks the kernel placed it there.
+fn isolate_c1(f: &Fixture, iso: &mut NetClsIsolator, handle: Handle) -> (Cgroup, Sleeper) {
+    let group = f.root().child("c1");
+    assert_eq!(
+        group.read("net_cls.classid").unwrap().trim(),
+        handle.classid().to_string()
+    );
+    let sleeper = Sleeper::spawn();
+    iso.isolate(&spec("c1").id, sleeper.pid()).unwrap();
+    assert_eq!(
+        net_cls_path_of(sleeper.pid()),
+        format!("/{}/c1", f.root_name)
+    );
+    (group, sleeper)
+}
+
 fn open_fds() -> usize {
     fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -149,18 +166,7 @@ fn net_cls_root_lifecycle_with_a_real_process() {
             secondary: 0x10
         }
     );
-    let group = f.root().child("c1");
-    assert_eq!(
-        group.read("net_cls.classid").unwrap().trim(),
-        handle.classid().to_string()
-    );
-
-    let sleeper = Sleeper::spawn();
-    iso.isolate(&c.id, sleeper.pid()).unwrap();
-    assert_eq!(
-        net_cls_path_of(sleeper.pid()),
-        format!("/{}/c1", f.root_name)
-    );
+    let (group, sleeper) = isolate_c1(&f, &mut iso, handle);
     assert_eq!(group.procs().unwrap(), vec![sleeper.pid()]);
     assert_eq!(iso.status(&c.id).unwrap().net_cls_classid, Some(0x10010));
 
@@ -328,17 +334,7 @@ fn net_cls_root_spares_carry_their_classid_and_an_earlier_runs_are_removed() {
     let c = spec("c1");
     iso.prepare(&c).unwrap();
     let handle = iso.handle(&c.id).unwrap();
-    let group = f.root().child("c1");
-    assert_eq!(
-        group.read("net_cls.classid").unwrap().trim(),
-        handle.classid().to_string()
-    );
-    let sleeper = Sleeper::spawn();
-    iso.isolate(&c.id, sleeper.pid()).unwrap();
-    assert_eq!(
-        net_cls_path_of(sleeper.pid()),
-        format!("/{}/c1", f.root_name)
-    );
+    let (group, sleeper) = isolate_c1(&f, &mut iso, handle);
     sleeper.stop();
     iso.cleanup(&c.id).unwrap();
     assert!(!group.exists());
