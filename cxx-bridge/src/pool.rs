@@ -348,6 +348,63 @@ mod tests {
         module.close();
     }
 
+    #[test]
+    fn bursts_of_calls_from_callers_and_pool_threads_all_run_beside_a_stuck_module() {
+        // Calls queued by pool threads wake nobody: a burst must still reach
+        // every ready module, also while one module holds its thread and calls
+        // arrive both from outside the pool and from calls running on it.
+        let stuck = Mailbox::start("test-stuck", Box::new(())).unwrap();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        stuck.send(Box::new(move |()| {
+            let _ = lock(&release_rx).recv_timeout(Duration::from_secs(120));
+        }));
+        let modules: Vec<_> = (0..6)
+            .map(|_| Mailbox::start("test-burst", Box::new(0u64)).unwrap())
+            .collect();
+        let modules = Arc::new(modules);
+        let (tx, rx) = mpsc::channel();
+        let rounds = 2_000;
+        let callers: Vec<_> = (0..3)
+            .map(|c| {
+                let modules = modules.clone();
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    for round in 0..rounds {
+                        let i = (round + c) % modules.len();
+                        let next = modules[(i + 1) % modules.len()].clone();
+                        let tx = tx.clone();
+                        // Each call queues another from its pool thread.
+                        modules[i].send(Box::new(move |n: &mut u64| {
+                            *n += 1;
+                            next.send(Box::new(move |n: &mut u64| {
+                                *n += 1;
+                                let _ = tx.send(());
+                            }));
+                        }));
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.join().unwrap();
+        }
+        let mut got = 0;
+        while got < 3 * rounds {
+            assert!(
+                rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+                "{got} of {} chains finished; the rest waited with threads parked",
+                3 * rounds
+            );
+            got += 1;
+        }
+        release_tx.send(()).unwrap();
+        stuck.close();
+        for module in modules.iter() {
+            module.close();
+        }
+    }
+
     struct Dropped(mpsc::Sender<thread::ThreadId>);
     impl Drop for Dropped {
         fn drop(&mut self) {

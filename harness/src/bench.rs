@@ -182,9 +182,10 @@ pub fn run(
     );
     for (name, phase) in ["prepare", "isolate", "cleanup"].iter().zip(&phases) {
         println!(
-            "  {name:<8} (every isolator): p50 {:.0} us  p99 {:.0} us",
+            "  {name:<8} (every isolator): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us",
             us(percentile(phase, 0.5)),
             us(percentile(phase, 0.99)),
+            us(percentile(phase, 0.999)),
         );
     }
     println!(
