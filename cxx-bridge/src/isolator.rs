@@ -339,12 +339,12 @@ impl IsolatorHandle {
     /// there is one for the same config; otherwise the call, which, for the first,
     /// starts the others' ([`isolators_ahead`]).
     pub fn prepare_with(&self, config: ContainerConfigView, done: Box<dyn Completer>) {
-        let mut starts_others = None;
+        let mut others = None;
         let done = match self.member {
             Some(member) => match isolators_ahead::claim(member, &config, done) {
                 isolators_ahead::Claimed::Answered => return,
                 isolators_ahead::Claimed::NotStarted(done) => {
-                    starts_others = Some((member, config.clone()));
+                    others = isolators_ahead::reserve_others(member, &config);
                     done
                 }
                 isolators_ahead::Claimed::Differed(done) => {
@@ -363,8 +363,8 @@ impl IsolatorHandle {
             config,
             done,
         );
-        if let Some((member, config)) = starts_others {
-            isolators_ahead::start_others(member, &config);
+        if let Some(others) = others {
+            others.start();
         }
     }
 

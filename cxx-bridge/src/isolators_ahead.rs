@@ -167,24 +167,34 @@ pub(crate) fn claim(
     Claimed::Answered
 }
 
+/// The others' early `prepare`s of one container, registered and not yet queued
+/// ([`reserve_others`]).
+pub(crate) struct Others {
+    id: ContainerId,
+    config: ContainerConfigView,
+    starts: Vec<(u64, Start)>,
+}
+
 /// The first of the agent's rein isolators to be asked (`member`, whose own call
-/// runs as usual) starts every other one's `prepare` of `config`.
-pub(crate) fn start_others(member: u64, config: &ContainerConfigView) {
-    let Some(id) = eligible(config) else {
-        return;
-    };
+/// runs as usual) registers every other one's early `prepare` of `config`, before
+/// its own call is queued: that call may answer, and the agent ask the next
+/// isolator, before the caller's thread goes on, and the next one must find its
+/// early `prepare` registered (else it would run the agent's call as well as an
+/// early one). [`Others::start`] queues them once the caller's own call is queued.
+pub(crate) fn reserve_others(member: u64, config: &ContainerConfigView) -> Option<Others> {
+    let id = eligible(config)?;
     let mut a = ahead();
     if a.groups.contains_key(&id) || a.members.len() < 2 {
-        return;
+        return None;
     }
     sweep(&mut a);
-    let others: Vec<(u64, Start)> = a
+    let starts: Vec<(u64, Start)> = a
         .members
         .iter()
         .filter(|(m, _)| *m != member)
         .cloned()
         .collect();
-    let mut states: HashMap<u64, State> = others
+    let mut states: HashMap<u64, State> = starts
         .iter()
         .map(|(m, _)| (*m, State::Running(None)))
         .collect();
@@ -197,16 +207,38 @@ pub(crate) fn start_others(member: u64, config: &ContainerConfigView) {
             since: Instant::now(),
         },
     );
-    drop(a);
-    for (other, start) in others {
-        COUNTS.started();
-        start(
-            config.clone(),
-            Box::new(Finish {
-                member: other,
-                id: id.clone(),
-            }),
-        );
+    Some(Others {
+        id,
+        config: config.clone(),
+        starts,
+    })
+}
+
+impl Others {
+    /// Queues the others' early `prepare`s; an agent's call that came meanwhile
+    /// already waits for its answer. One the agent's call or cleanup took back
+    /// meanwhile (another config, a launch that ended) is not started.
+    pub(crate) fn start(self) {
+        let starts: Vec<(u64, Start)> = {
+            let a = ahead();
+            let group = a.groups.get(&self.id);
+            self.starts
+                .into_iter()
+                .filter(|(m, _)| {
+                    group.is_some_and(|g| matches!(g.members.get(m), Some(State::Running(_))))
+                })
+                .collect()
+        };
+        for (other, start) in starts {
+            COUNTS.started();
+            start(
+                self.config.clone(),
+                Box::new(Finish {
+                    member: other,
+                    id: self.id.clone(),
+                }),
+            );
+        }
     }
 }
 

@@ -6,61 +6,15 @@
 //! process.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rein_core::isolator::Error;
-use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer};
 use rein_modules::{
     early_isolator_prepares, ContainerChain, ContainerConfigView, IsolatorHandle, KeyValue, Outcome,
 };
 
 mod common;
 
-use common::completer;
-
-type Journal = Arc<Mutex<Vec<String>>>;
-
-/// Writes each `prepare` (with the container's first label) and `cleanup` it gets
-/// to the journal, and gives its name as the launch info's environment.
-struct Journaling {
-    name: &'static str,
-    journal: Journal,
-}
-
-impl Isolator for Journaling {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
-        Ok(())
-    }
-    fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
-        let label = spec
-            .task_labels
-            .first()
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        self.journal
-            .lock()
-            .unwrap()
-            .push(format!("{} prepare {} {label}", self.name, spec.id));
-        Ok(LaunchInfo {
-            environment: vec![(self.name.to_uppercase(), "1".into())],
-            ..LaunchInfo::default()
-        })
-    }
-    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
-        Ok(())
-    }
-    fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
-        self.journal
-            .lock()
-            .unwrap()
-            .push(format!("{} cleanup {id}", self.name));
-        Ok(())
-    }
-}
+use common::{completer, Journal, Journaling};
 
 fn config(chain: &[&str], label: &str) -> ContainerConfigView {
     ContainerConfigView {

@@ -1,9 +1,10 @@
 //! What the bridge's tests share: a completer that sends the outcome down a
-//! channel, and an isolator that does nothing but count its `status()` calls.
+//! channel, an isolator that does nothing but count its `status()` calls, and
+//! one that journals its `prepare`s and `cleanup`s.
 
 #![allow(dead_code)]
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use rein_core::isolator::Error;
 use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Status};
@@ -64,6 +65,49 @@ impl Isolator for Quiet {
         })
     }
     fn cleanup(&mut self, _: &ContainerId) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+pub type Journal = Arc<Mutex<Vec<String>>>;
+
+/// Writes each `prepare` (with the container's first label) and `cleanup` it gets
+/// to the journal, and gives its name as the launch info's environment.
+pub struct Journaling {
+    pub name: &'static str,
+    pub journal: Journal,
+}
+
+impl Isolator for Journaling {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn recover(&mut self, _: &[RecoveredContainer], _: &[ContainerId]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn prepare(&mut self, spec: &ContainerSpec) -> Result<LaunchInfo, Error> {
+        let label = spec
+            .task_labels
+            .first()
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        self.journal
+            .lock()
+            .unwrap()
+            .push(format!("{} prepare {} {label}", self.name, spec.id));
+        Ok(LaunchInfo {
+            environment: vec![(self.name.to_uppercase(), "1".into())],
+            ..LaunchInfo::default()
+        })
+    }
+    fn isolate(&mut self, _: &ContainerId, _: i32) -> Result<(), Error> {
+        Ok(())
+    }
+    fn cleanup(&mut self, id: &ContainerId) -> Result<(), Error> {
+        self.journal
+            .lock()
+            .unwrap()
+            .push(format!("{} cleanup {id}", self.name));
         Ok(())
     }
 }
