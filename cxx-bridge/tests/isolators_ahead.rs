@@ -14,7 +14,7 @@ use rein_modules::{
 
 mod common;
 
-use common::{completer, Journal, Journaling};
+use common::{completer, journaling_in_agent, Journal};
 
 fn config(chain: &[&str], label: &str) -> ContainerConfigView {
     ContainerConfigView {
@@ -74,16 +74,7 @@ fn count(journal: &Journal, entry: &str) -> usize {
 #[test]
 fn the_first_isolator_asked_starts_the_others_prepares() {
     let journal = Journal::default();
-    let handles: Vec<IsolatorHandle> = ["one", "two", "three"]
-        .into_iter()
-        .map(|name| {
-            let iso = Journaling {
-                name,
-                journal: journal.clone(),
-            };
-            IsolatorHandle::start_in_agent(Box::new(iso)).unwrap()
-        })
-        .collect();
+    let handles = journaling_in_agent(&["one", "two", "three"], &journal);
     let (one, two, three) = (&handles[0], &handles[1], &handles[2]);
 
     // The agent's chain: the first one asked starts the others, which run before

@@ -18,7 +18,7 @@ use rein_modules::{
 
 mod common;
 
-use common::{Journal, Journaling};
+use common::{journaling_in_agent, Journal};
 
 /// The agent's chain of `prepare`s: each answer asks the next isolator, from the
 /// thread that completed it; the last sends every answer.
@@ -77,18 +77,7 @@ fn the_next_isolator_asked_before_the_caller_goes_on_is_answered_from_its_early_
     let journal = Journal::default();
     // Started before the caller's thread drops to SCHED_IDLE: the worker threads
     // keep the ordinary policy.
-    let handles: Arc<Vec<IsolatorHandle>> = Arc::new(
-        ["one", "two", "three"]
-            .into_iter()
-            .map(|name| {
-                let iso = Journaling {
-                    name,
-                    journal: journal.clone(),
-                };
-                IsolatorHandle::start_in_agent(Box::new(iso)).unwrap()
-            })
-            .collect(),
-    );
+    let handles = Arc::new(journaling_in_agent(&["one", "two", "three"], &journal));
     idle_priority();
     let containers: u64 = 50;
     for i in 0..containers {

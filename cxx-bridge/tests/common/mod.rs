@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use rein_core::isolator::Error;
 use rein_core::{ContainerId, ContainerSpec, Isolator, LaunchInfo, RecoveredContainer, Status};
-use rein_modules::{Completer, Outcome};
+use rein_modules::{Completer, IsolatorHandle, Outcome};
 
 /// Sends its outcome.
 pub struct Channel(pub mpsc::Sender<Outcome>);
@@ -110,4 +110,19 @@ impl Isolator for Journaling {
             .push(format!("{} cleanup {id}", self.name));
         Ok(())
     }
+}
+
+/// Journaling isolators by these names, started as the agent's (early prepares
+/// on), writing to one journal.
+pub fn journaling_in_agent(names: &[&'static str], journal: &Journal) -> Vec<IsolatorHandle> {
+    names
+        .iter()
+        .map(|&name| {
+            let iso = Journaling {
+                name,
+                journal: journal.clone(),
+            };
+            IsolatorHandle::start_in_agent(Box::new(iso)).unwrap()
+        })
+        .collect()
 }
