@@ -218,11 +218,19 @@ impl Others {
     /// Queues the others' early `prepare`s; an agent's call that came meanwhile
     /// already waits for its answer. One the agent's call or cleanup took back
     /// meanwhile (another config, a launch that ended) is not started.
-    pub(crate) fn start(self) {
+    pub(crate) fn start(mut self) {
+        self.start_now();
+    }
+
+    fn start_now(&mut self) {
+        let reserved = std::mem::take(&mut self.starts);
+        if reserved.is_empty() {
+            return;
+        }
         let starts: Vec<(u64, Start)> = {
             let a = ahead();
             let group = a.groups.get(&self.id);
-            self.starts
+            reserved
                 .into_iter()
                 .filter(|(m, _)| {
                     group.is_some_and(|g| matches!(g.members.get(m), Some(State::Running(_))))
@@ -238,6 +246,17 @@ impl Others {
                     id: self.id.clone(),
                 }),
             );
+        }
+    }
+}
+
+impl Drop for Others {
+    /// Registered early `prepare`s are started even if the caller's thread
+    /// unwinds before [`Others::start`]: an agent's call may already wait for one.
+    fn drop(&mut self) {
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_now()));
+        if started.is_err() {
+            tracing::error!(container = %self.id, "starting the isolators' early prepares panicked");
         }
     }
 }
