@@ -130,12 +130,6 @@ impl<S: ?Sized + Send + 'static> Actor<S> {
 }
 
 impl<S: ?Sized + Send + 'static> Actor<S> {
-    /// Whether none of the module's calls (nor work after their answers) is
-    /// queued or running.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.mailbox.is_idle()
-    }
-
     /// Queues `work` that answers nobody (what a call leaves to do after its
     /// answer, e.g. [`rein_core::Isolator::after_answer`]); a panic in it is
     /// contained and logged.

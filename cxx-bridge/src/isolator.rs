@@ -327,13 +327,6 @@ impl IsolatorHandle {
         self.actor.after("after_answer", |iso| iso.after_answer());
     }
 
-    /// Whether none of the isolator's calls (nor work after their answers) is
-    /// queued or running (tests wait for it).
-    #[doc(hidden)]
-    pub fn is_idle(&self) -> bool {
-        self.actor.is_idle()
-    }
-
     /// `prepare()` ([`queue_prepare`]). For one of the agent's isolators: the
     /// answer of an early `prepare` started by the first of them to be asked, if
     /// there is one for the same config; otherwise the call, which, for the first,

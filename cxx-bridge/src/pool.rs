@@ -115,12 +115,6 @@ impl<S: ?Sized + Send + 'static> Mailbox<S> {
         self.queue_task(Task::Run(job), true);
     }
 
-    /// Whether no call of the module is queued or running.
-    pub(crate) fn is_idle(&self) -> bool {
-        let queue = lock(&self.queue);
-        !queue.scheduled && queue.tasks.is_empty()
-    }
-
     /// Drops the module after the calls already queued, on a pool thread (a module's
     /// drop may do kernel work), and takes its thread out of the pool.
     pub(crate) fn close(self: &Arc<Self>) {
