@@ -83,21 +83,26 @@ def cgroup2_mounts():
                 if right.split()[0] == "cgroup2"}
 
 
-# The isolators' spare cgroups (module parameter spare_cgroups, default 4): made
-# ahead in each v1 hierarchy's cgroups root and kept while the agent runs, so they
-# are not a container's leftovers; more than the stock are.
+# The isolators' spare cgroups (module parameter spare_cgroups, default 4 per
+# isolator): made ahead in each v1 hierarchy's cgroups root, named
+# <prefix><isolator>-<n>, and kept while the agent runs, so they are not a
+# container's leftovers; more than an isolator's stock are.
 SPARE_PREFIX = ".rein-spare\x7f"
 SPARE_STOCK = 4
 
 
 def child_cgroups(top):
     """The cgroups directly below `top` that are left over: every one but the
-    isolators' spares, unless there are more spares than their stock."""
+    isolators' spares, unless an isolator has more spares there than its stock
+    (hierarchies mounted together hold several isolators' spares)."""
     if not os.path.isdir(top):
         return []
     names = sorted(d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d)))
-    spares = [n for n in names if n.startswith(SPARE_PREFIX)]
-    kept = [] if len(spares) > SPARE_STOCK else spares
+    by_kind = {}
+    for n in names:
+        if n.startswith(SPARE_PREFIX):
+            by_kind.setdefault(n[len(SPARE_PREFIX):].rpartition("-")[0], []).append(n)
+    kept = {n for spares in by_kind.values() if len(spares) <= SPARE_STOCK for n in spares}
     return [n for n in names if n not in kept]
 
 
