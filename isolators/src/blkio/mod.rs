@@ -302,14 +302,15 @@ impl Isolator for BlkioIsolator {
         let limits = self
             .policy
             .limits(&config, &spec.sandbox, self.resolver.as_ref())?;
+        let cgroup = self.cgroup(&spec.id);
         let record = Record {
-            owned: !self.cgroup(&spec.id).exists(),
+            owned: !cgroup.exists(),
             limits,
         };
-        let made = record.owned && self.spares.take(&self.cgroup(&spec.id), drop).is_some();
+        let made = record.owned && self.spares.take(&cgroup, drop).is_some();
         if let Err(err) = self.setup(&spec.id, &record, made) {
             if record.owned {
-                let _ = self.cgroup(&spec.id).remove();
+                let _ = cgroup.remove();
             }
             let _ = self.store.remove(&spec.id);
             return Err(err.into());

@@ -290,7 +290,7 @@ impl Isolator for NetClsIsolator {
             Ok(record) => record,
             Err(err) => {
                 // Leave nothing behind for a launch that will not happen.
-                let _ = self.cgroup(&spec.id).remove();
+                let _ = cgroup.remove();
                 let _ = self.store.remove(&spec.id);
                 self.allocator.release(handle);
                 return Err(err);
